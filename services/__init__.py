@@ -1,0 +1,1 @@
+"""The three cxloop services, the CLI and the embedded local stack."""

@@ -1,0 +1,47 @@
+"""The alerting service: opens an alert for every response that needs a follow-up."""
+
+from __future__ import annotations
+
+from fastapi import Depends, FastAPI
+
+from services.alerting import api
+from services.alerting.consumer import AlertHandler
+from services.migrations import MIGRATIONS_DIR
+from shared.events import ResponseSubmitted
+from shared.http import ApiKeyAuth, install_error_handlers, operations_router
+from shared.runtime import ConsumingService
+from shared.settings import AlertingSettings, AuthSettings, DatabaseSettings, KafkaSettings, load
+from shared.topics import Topic
+
+DESCRIPTION = """\
+Every detractor, dissatisfied or high-effort answer becomes one alert that a person
+follows up; repeats fold into the alert already open. Every `/v1` call needs
+`Authorization: Bearer <key>`.
+"""
+
+
+def create_app(
+    kafka: KafkaSettings | None = None,
+    database: DatabaseSettings | None = None,
+    auth: AuthSettings | None = None,
+    settings: AlertingSettings | None = None,
+) -> FastAPI:
+    """Build the alerting app; settings default to the environment."""
+    keys = (auth or load(AuthSettings)).keys()
+    runtime = ConsumingService(
+        name="alerting",
+        kafka=kafka or load(KafkaSettings),
+        database=database or load(DatabaseSettings),
+        consumer=settings or load(AlertingSettings),
+        topics=[Topic.RESPONSES],
+        model=ResponseSubmitted,
+        make_handler=AlertHandler,
+        migrations=MIGRATIONS_DIR,
+    )
+    app = FastAPI(
+        title="cxloop alerting", version="1", description=DESCRIPTION, lifespan=runtime.lifespan
+    )
+    install_error_handlers(app)
+    app.include_router(operations_router("alerting", runtime.readiness))
+    app.include_router(api.router, dependencies=[Depends(ApiKeyAuth(keys))])
+    return app

@@ -1,0 +1,85 @@
+"""The alerting service's SQL: open or fold alerts idempotently, and read them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.alerting.models import alerts, applied_events
+from services.alerting.rules import AlertDraft
+from shared.events import ResponseSubmitted
+
+
+async def first_seen(
+    conn: AsyncConnection, events: Sequence[ResponseSubmitted]
+) -> list[ResponseSubmitted]:
+    """Record the events in the ledger; return those never applied before, in order."""
+    unique = {e.event_id: e for e in events}
+    if not unique:
+        return []
+    inserted = await conn.execute(
+        insert(applied_events)
+        .values([{"event_id": event_id} for event_id in unique])
+        .on_conflict_do_nothing()
+        .returning(applied_events.c.event_id)
+    )
+    fresh = {row.event_id for row in inserted}
+    return [e for e in unique.values() if e.event_id in fresh]
+
+
+async def open_or_fold(conn: AsyncConnection, draft: AlertDraft, event: ResponseSubmitted) -> bool:
+    """Open an alert, or fold ``event`` into the unresolved one with the same dedupe key.
+
+    Returns True when a new alert was opened.
+    """
+    stmt = insert(alerts).values(
+        id=uuid.uuid4(),
+        dedupe_key=draft.dedupe_key,
+        rule=draft.rule,
+        severity=draft.severity.value,
+        status="open",
+        customer_id=event.customer_id,
+        channel=event.channel.value,
+        touchpoint=event.touchpoint,
+        ticket_id=event.ticket_id,
+        metric=event.metric.value,
+        score=event.score,
+        comment=event.comment,
+        reasons=list(event.reasons),
+        event_id=event.event_id,
+        occurrences=1,
+        opened_at=sa.func.now(),
+        last_seen_at=sa.func.now(),
+    )
+    upsert: sa.Executable = stmt.on_conflict_do_update(
+        index_elements=[alerts.c.dedupe_key],
+        index_where=alerts.c.status != "resolved",
+        set_={
+            "occurrences": alerts.c.occurrences + 1,
+            "last_seen_at": sa.func.now(),
+        },
+    ).returning(sa.literal_column("xmax = 0").label("inserted"))
+    return bool((await conn.execute(upsert)).scalar_one())
+
+
+async def list_alerts(
+    conn: AsyncConnection, *, status: str | None, rule: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """Return alerts, newest first."""
+    query = sa.select(alerts).order_by(alerts.c.opened_at.desc(), alerts.c.id).limit(limit)
+    if status is not None:
+        query = query.where(alerts.c.status == status)
+    if rule is not None:
+        query = query.where(alerts.c.rule == rule)
+    return [dict(row._mapping) for row in await conn.execute(query)]
+
+
+async def get_alert(conn: AsyncConnection, alert_id: uuid.UUID) -> dict[str, Any] | None:
+    """Return one alert, or None."""
+    row = (await conn.execute(sa.select(alerts).where(alerts.c.id == alert_id))).first()
+    return None if row is None else dict(row._mapping)

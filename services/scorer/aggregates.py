@@ -1,0 +1,115 @@
+"""The scoring maths, free of I/O: bucket keys, additive counts and the scores they give."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+from shared.events import Metric, NpsCategory, ResponseSubmitted, nps_category
+
+BUCKET: Final = timedelta(hours=1)
+# A CES answer is "easy" at or above this score on its scale: the top three of 7, top two of 5.
+EASY_FROM: Final[dict[int, int]] = {5: 4, 7: 5}
+SATISFIED_FROM: Final = 4
+Z_95: Final = 1.96
+
+
+def bucket_start(moment: datetime) -> datetime:
+    """Return the start of the UTC hour holding ``moment`` (a +05:30 zone still lands right)."""
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+@dataclass(frozen=True)
+class BucketKey:
+    """Where a response is counted: its hour, metric, scale and every segment dimension."""
+
+    bucket_start: datetime
+    metric: str
+    scale: int
+    channel: str
+    survey_type: str
+    touchpoint: str
+    location: str
+    product: str
+    business_unit: str
+
+
+@dataclass
+class Counts:
+    """Additive counts: two buckets' counts sum to the counts of their union."""
+
+    n: int = 0
+    score_sum: int = 0
+    promoters: int = 0
+    passives: int = 0
+    detractors: int = 0
+    satisfied: int = 0
+    easy: int = 0
+
+    def add(self, other: Counts) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+def counts_of(event: ResponseSubmitted) -> Counts:
+    """Return the counts one response contributes."""
+    c = Counts(n=1, score_sum=event.score)
+    if event.metric is Metric.NPS:
+        category = nps_category(event.score)
+        c.promoters = int(category is NpsCategory.PROMOTER)
+        c.passives = int(category is NpsCategory.PASSIVE)
+        c.detractors = int(category is NpsCategory.DETRACTOR)
+    elif event.metric is Metric.CSAT:
+        c.satisfied = int(event.score >= SATISFIED_FROM)
+    else:
+        c.easy = int(event.score >= EASY_FROM[event.scale])
+    return c
+
+
+def key_of(event: ResponseSubmitted) -> BucketKey:
+    """Return the bucket a response is counted in: the hour of ``occurred_at``, not of arrival."""
+    s = event.segments
+    return BucketKey(
+        bucket_start=bucket_start(event.occurred_at),
+        metric=event.metric.value,
+        scale=event.scale,
+        channel=event.channel.value,
+        survey_type=event.survey_type.value,
+        touchpoint=event.touchpoint,
+        location=s.location or "",
+        product=s.product or "",
+        business_unit=s.business_unit or "",
+    )
+
+
+def fold(events: list[ResponseSubmitted]) -> dict[BucketKey, Counts]:
+    """Sum the counts of ``events`` per bucket, so one batch writes each bucket once."""
+    folded: dict[BucketKey, Counts] = {}
+    for event in events:
+        folded.setdefault(key_of(event), Counts()).add(counts_of(event))
+    return folded
+
+
+def share(part: int, n: int) -> float | None:
+    """Return ``part / n`` as a percentage, or None when there is nothing to divide."""
+    return 100.0 * part / n if n else None
+
+
+def nps(c: Counts) -> float | None:
+    """Return %promoters − %detractors, from −100 to +100."""
+    return 100.0 * (c.promoters - c.detractors) / c.n if c.n else None
+
+
+def nps_margin_of_error(c: Counts) -> float | None:
+    """Return the 95% margin of error of the NPS, in points: ±1.96·100·sqrt((p+d−(p−d)²)/n)."""
+    if not c.n:
+        return None
+    p, d = c.promoters / c.n, c.detractors / c.n
+    return Z_95 * 100.0 * math.sqrt(max(0.0, p + d - (p - d) ** 2) / c.n)
+
+
+def mean(c: Counts) -> float | None:
+    """Return the mean score."""
+    return c.score_sum / c.n if c.n else None

@@ -1,0 +1,47 @@
+"""The scorer: turns the response stream into stored, time-bucketed scores and serves them."""
+
+from __future__ import annotations
+
+from fastapi import Depends, FastAPI
+
+from services.migrations import MIGRATIONS_DIR
+from services.scorer import api
+from services.scorer.consumer import ResponseHandler
+from shared.events import ResponseSubmitted
+from shared.http import ApiKeyAuth, install_error_handlers, operations_router
+from shared.runtime import ConsumingService
+from shared.settings import AuthSettings, DatabaseSettings, KafkaSettings, ScorerSettings, load
+from shared.topics import Topic
+
+DESCRIPTION = """\
+Live NPS, CSAT and CES computed from every accepted response, exactly once under
+redelivery. Every score carries its sample size `n`. Every `/v1` call needs
+`Authorization: Bearer <key>`.
+"""
+
+
+def create_app(
+    kafka: KafkaSettings | None = None,
+    database: DatabaseSettings | None = None,
+    auth: AuthSettings | None = None,
+    settings: ScorerSettings | None = None,
+) -> FastAPI:
+    """Build the scorer app; settings default to the environment."""
+    keys = (auth or load(AuthSettings)).keys()
+    runtime = ConsumingService(
+        name="scorer",
+        kafka=kafka or load(KafkaSettings),
+        database=database or load(DatabaseSettings),
+        consumer=settings or load(ScorerSettings),
+        topics=[Topic.RESPONSES],
+        model=ResponseSubmitted,
+        make_handler=ResponseHandler,
+        migrations=MIGRATIONS_DIR,
+    )
+    app = FastAPI(
+        title="cxloop scorer", version="1", description=DESCRIPTION, lifespan=runtime.lifespan
+    )
+    install_error_handlers(app)
+    app.include_router(operations_router("scorer", runtime.readiness))
+    app.include_router(api.router, dependencies=[Depends(ApiKeyAuth(keys))])
+    return app

@@ -1,0 +1,60 @@
+"""The scorer's tables (created by the Alembic migrations, described here for queries)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+
+metadata = sa.MetaData()
+
+applied_events = sa.Table(
+    "scorer_applied_events",
+    metadata,
+    sa.Column("event_id", pg.UUID(as_uuid=True), primary_key=True),
+    sa.Column("applied_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+)
+
+responses = sa.Table(
+    "responses",
+    metadata,
+    sa.Column("event_id", pg.UUID(as_uuid=True), primary_key=True),
+    sa.Column("submission_id", pg.UUID(as_uuid=True)),
+    sa.Column("metric", sa.Text, nullable=False),
+    sa.Column("scale", sa.SmallInteger, nullable=False),
+    sa.Column("score", sa.SmallInteger, nullable=False),
+    sa.Column("survey_type", sa.Text, nullable=False),
+    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("touchpoint", sa.Text, nullable=False),
+    sa.Column("location", sa.Text),
+    sa.Column("product", sa.Text),
+    sa.Column("business_unit", sa.Text),
+    sa.Column("customer_id", sa.Text, nullable=False),
+    sa.Column("ticket_id", sa.Text),
+    sa.Column("comment", sa.Text),
+    sa.Column("reasons", pg.ARRAY(sa.Text), nullable=False),
+    sa.Column("locale", sa.Text),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("stored_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+)
+
+DIMENSIONS = (
+    "channel",
+    "survey_type",
+    "touchpoint",
+    "location",
+    "product",
+    "business_unit",
+)
+COUNTS = ("n", "score_sum", "promoters", "passives", "detractors", "satisfied", "easy")
+
+score_buckets = sa.Table(
+    "score_buckets",
+    metadata,
+    sa.Column("bucket_start", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("metric", sa.Text, primary_key=True),
+    sa.Column("scale", sa.SmallInteger, primary_key=True),
+    *(sa.Column(d, sa.Text, primary_key=True) for d in DIMENSIONS),
+    *(sa.Column(c, sa.BigInteger, nullable=False) for c in COUNTS),
+)

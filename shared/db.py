@@ -1,0 +1,67 @@
+"""Postgres plumbing: the async engine, transient-error detection and the schema-at-head check."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+from shared.errors import SchemaOutdatedError
+from shared.settings import DatabaseSettings
+
+
+def create_engine(settings: DatabaseSettings) -> AsyncEngine:
+    """Return an asyncpg engine that checks connections before use (Postgres may restart)."""
+    return create_async_engine(
+        settings.sqlalchemy_url(),
+        pool_size=settings.pool_size,
+        pool_pre_ping=True,
+        connect_args={"timeout": settings.connect_timeout_seconds},
+    )
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker:  # type: ignore[type-arg]
+    """Return the session factory services use; sessions do not expire objects on commit."""
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Return whether ``exc`` means the database is unreachable rather than the query wrong."""
+    if isinstance(exc, OperationalError | InterfaceError | OSError | ConnectionError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+async def database_answers(engine: AsyncEngine, timeout: float = 3.0) -> bool:
+    """Return whether Postgres answers ``SELECT 1`` within ``timeout`` seconds."""
+    try:
+        async with asyncio.timeout(timeout), engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return True
+    except (TimeoutError, DBAPIError, OSError):
+        return False
+
+
+def _current_revision(conn: Connection) -> str | None:
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+async def assert_schema_current(engine: AsyncEngine, script_location: Path) -> None:
+    """Raise ``SchemaOutdatedError`` unless the database is at the newest migration.
+
+    The message names the command that fixes it, because an operator reads it in a log.
+    """
+    head = ScriptDirectory(str(script_location)).get_current_head()
+    async with engine.connect() as conn:
+        current = await conn.run_sync(_current_revision)
+    if current != head:
+        raise SchemaOutdatedError(
+            f"database schema is at revision {current or 'none (empty database)'} but this "
+            f"version of cxloop needs {head}: run `cxloop migrate` "
+            "(it reads CXLOOP_DATABASE_URL), then start the service again"
+        )

@@ -1,0 +1,244 @@
+"""Versioned models of the events that travel on Kafka.
+
+These are the wire contract between the collector and every consumer, including
+consumers written in other languages: ``cxloop schemas`` writes their JSON Schemas.
+
+Compatibility rules:
+
+* A record's ``schema_version`` names the contract it follows. Adding an optional field
+  keeps the version; removing, renaming or re-typing a field bumps it.
+* Consumers ignore fields they do not know (tolerant reader), so producers may add
+  optional fields before every consumer is upgraded.
+* Timestamps are timezone-aware. A naive timestamp is rejected, because guessing its
+  zone would put the event into the wrong time bucket.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Final, Literal
+from uuid import UUID
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
+
+SCHEMA_VERSION: Final = 1
+
+
+class Metric(StrEnum):
+    """The survey metrics cxloop scores."""
+
+    NPS = "nps"
+    CSAT = "csat"
+    CES = "ces"
+
+
+class Channel(StrEnum):
+    """Where the customer interaction, and so the feedback, happened."""
+
+    WEB = "web"
+    SMS = "sms"
+    CALL_CENTER = "call_center"
+    EMAIL = "email"
+    IN_APP = "in_app"
+    CHAT = "chat"
+    SOCIAL = "social"
+    IN_PERSON = "in_person"
+    OTHER = "other"
+
+
+class SurveyType(StrEnum):
+    """Why the survey was sent."""
+
+    RELATIONSHIP = "relationship"
+    TRANSACTIONAL = "transactional"
+    IN_THE_MOMENT = "in_the_moment"
+
+
+class NpsCategory(StrEnum):
+    """The NPS bucket a 0–10 answer falls into."""
+
+    PROMOTER = "promoter"
+    PASSIVE = "passive"
+    DETRACTOR = "detractor"
+
+
+# Each metric's allowed scales (the top of the scale) and the scale it implies when none is given.
+# CES has no implied scale: 1–5 and 1–7 answers are never mixed, so the sender must say which.
+SCALES: Final[dict[Metric, tuple[int, ...]]] = {
+    Metric.NPS: (10,),
+    Metric.CSAT: (5,),
+    Metric.CES: (5, 7),
+}
+_MIN_SCORE: Final[dict[Metric, int]] = {Metric.NPS: 0, Metric.CSAT: 1, Metric.CES: 1}
+
+
+def score_range(metric: Metric, scale: int) -> tuple[int, int]:
+    """Return the inclusive (lowest, highest) score of ``metric`` on ``scale``."""
+    return _MIN_SCORE[metric], scale
+
+
+def resolve_scale(metric: Metric, scale: int | None) -> int:
+    """Return the scale of a response, or raise ``ValueError`` with a message for a person."""
+    allowed = SCALES[metric]
+    if scale is None:
+        if len(allowed) > 1:
+            options = " or ".join(f"1–{s}" for s in allowed)
+            raise ValueError(f"scale is required for {metric.value}: {options} (say 5 or 7)")
+        return allowed[0]
+    if scale not in allowed:
+        options = " or ".join(str(s) for s in allowed)
+        raise ValueError(f"scale {scale} is not valid for {metric.value}: use {options}")
+    return scale
+
+
+def check_score(metric: Metric, scale: int, score: int) -> None:
+    """Raise ``ValueError`` naming the range when ``score`` is outside ``metric``'s ``scale``."""
+    low, high = score_range(metric, scale)
+    if not low <= score <= high:
+        raise ValueError(f"score {score} is outside {low}–{high} for {metric.value}")
+
+
+def nps_category(score: int) -> NpsCategory:
+    """Return the NPS category of a 0–10 answer: 9–10 promoter, 7–8 passive, 0–6 detractor."""
+    if score >= 9:
+        return NpsCategory.PROMOTER
+    if score >= 7:
+        return NpsCategory.PASSIVE
+    return NpsCategory.DETRACTOR
+
+
+def utcnow() -> datetime:
+    """Return the current time, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Label = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
+SourceName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
+ReasonCode = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
+Comment = Annotated[str, StringConstraints(max_length=10_000)]
+TouchpointType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")]
+
+
+class Segments(BaseModel):
+    """The segment attributes every score can be cut by, besides channel and touchpoint."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    location: Label | None = None
+    product: Label | None = None
+    business_unit: Label | None = None
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore", use_enum_values=False)
+
+    event_id: UUID = Field(description="Unique id of this event; consumers deduplicate by it.")
+    schema_version: Literal[1] = Field(
+        default=SCHEMA_VERSION, description="Version of this contract."
+    )
+    occurred_at: AwareDatetime = Field(
+        description="When the customer answered or the ticket changed (timezone-aware)."
+    )
+    received_at: AwareDatetime = Field(description="When the collector accepted it.")
+    source: SourceName = Field(description="The adapter that accepted it, e.g. api, twilio.")
+    channel: Channel
+    customer_id: Identifier = Field(description="Stable customer id; the partition key.")
+
+
+class ResponseSubmitted(_Event):
+    """A customer answered one survey question (NPS, CSAT or CES), with its NPS+ follow-up."""
+
+    model_config = ConfigDict(title="ResponseSubmitted", json_schema_extra={"x-topic": "responses"})
+
+    type: Literal["response.submitted"] = "response.submitted"
+    metric: Metric
+    scale: int = Field(description="Top of the scale: 10 for NPS, 5 for CSAT, 5 or 7 for CES.")
+    score: int
+    survey_type: SurveyType
+    touchpoint: Label = Field(description="The journey step surveyed, e.g. checkout, support_call.")
+    submission_id: UUID | None = Field(
+        default=None, description="Shared by the answers of one survey, e.g. NPS and CES."
+    )
+    ticket_id: Identifier | None = None
+    comment: Comment | None = None
+    reasons: tuple[ReasonCode, ...] = Field(default=(), max_length=32)
+    segments: Segments = Field(default_factory=Segments)
+    locale: Annotated[str, StringConstraints(max_length=35)] | None = None
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_fits_metric(cls, value: int, info: ValidationInfo) -> int:
+        metric = info.data.get("metric")
+        return value if metric is None else resolve_scale(metric, value)
+
+    @field_validator("score")
+    @classmethod
+    def _score_in_range(cls, value: int, info: ValidationInfo) -> int:
+        metric, scale = info.data.get("metric"), info.data.get("scale")
+        if metric is not None and scale is not None:
+            check_score(metric, scale, value)
+        return value
+
+
+class TicketPriority(StrEnum):
+    """Ticket priorities, normalised across support systems."""
+
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+    URGENT = "urgent"
+
+
+KNOWN_TOUCHPOINT_TYPES: Final = (
+    "ticket.created",
+    "ticket.first_response",
+    "ticket.status_changed",
+    "ticket.resolved",
+    "ticket.reopened",
+    "purchase",
+)
+
+
+class TouchpointEvent(_Event):
+    """Something happened in the customer's journey: a ticket changed, a purchase was made."""
+
+    model_config = ConfigDict(title="TouchpointEvent", json_schema_extra={"x-topic": "touchpoints"})
+
+    type: TouchpointType = Field(
+        description="One of " + ", ".join(KNOWN_TOUCHPOINT_TYPES) + ", or a custom dotted type."
+    )
+    ticket_id: Identifier | None = None
+    priority: TicketPriority | None = None
+    status: Label | None = None
+    segments: Segments = Field(default_factory=Segments)
+    attributes: dict[Label, Annotated[str, StringConstraints(max_length=1024)]] = Field(
+        default_factory=dict, max_length=64
+    )
+
+
+EVENT_MODELS: Final[tuple[type[ResponseSubmitted] | type[TouchpointEvent], ...]] = (
+    ResponseSubmitted,
+    TouchpointEvent,
+)
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """Return the JSON Schema of every event model, keyed by a file name."""
+    schemas: dict[str, dict[str, Any]] = {}
+    for model in EVENT_MODELS:
+        schema = model.model_json_schema(mode="serialization")
+        name = f"{model.__name__}.v{SCHEMA_VERSION}"
+        schema["$id"] = f"https://cxloop.dev/schemas/{name}.json"
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        schemas[f"{name}.schema.json"] = schema
+    return schemas

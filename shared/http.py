@@ -1,0 +1,221 @@
+"""HTTP plumbing every service mounts: bearer auth, JSON errors, and the operations endpoints.
+
+Every error is JSON shaped ``{"error": "<kind>", "detail": "...", "field": "..."}``; a 422
+also lists every bad field under ``errors``. A 5xx never carries a stack trace.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shared import metrics
+
+log = logging.getLogger(__name__)
+
+_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
+
+_ERROR_KINDS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_failed",
+    429: "rate_limited",
+    503: "unavailable",
+}
+
+
+def error_body(status: int, detail: str, field: str | None = None, **extra: Any) -> dict[str, Any]:
+    """Return the JSON body of an error response."""
+    body: dict[str, Any] = {"error": _ERROR_KINDS.get(status, "error"), "detail": detail}
+    if field is not None:
+        body["field"] = field
+    body.update(extra)
+    return body
+
+
+class ApiKeyAuth:
+    """A FastAPI dependency that accepts ``Authorization: Bearer <key>`` for configured keys."""
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        self._keys = [k.encode("utf-8") for k in keys]
+
+    async def __call__(
+        self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    ) -> None:
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            raise HTTPException(
+                401,
+                "missing credentials: send Authorization: Bearer <key>",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        presented = credentials.credentials.encode("utf-8")
+        # Compare against every key so the time taken does not reveal which one nearly matched.
+        matched = False
+        for key in self._keys:
+            matched |= hmac.compare_digest(presented, key)
+        if not matched:
+            raise HTTPException(
+                401,
+                "invalid API key",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+
+
+def _field_of(loc: Sequence[int | str]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:]
+    return ".".join(parts) or "body"
+
+
+def _message(err: dict[str, Any]) -> str:
+    msg = str(err.get("msg", "invalid"))
+    return msg.removeprefix("Value error, ")
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [{"field": _field_of(e["loc"]), "detail": _message(e)} for e in exc.errors()]
+    detail = "; ".join(f"{e['field']}: {e['detail']}" for e in errors)
+    return JSONResponse(
+        error_body(422, detail, errors[0]["field"] if errors else None, errors=errors),
+        status_code=422,
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    return JSONResponse(
+        error_body(exc.status_code, str(exc.detail)),
+        status_code=exc.status_code,
+        headers=getattr(exc, "headers", None),
+    )
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(error_body(500, "internal error; see the service log"), status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Make every error response JSON in cxloop's shape."""
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+
+
+ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
+
+
+def operations_router(service: str, readiness: ReadinessCheck) -> APIRouter:
+    """Return ``/healthz``, ``/readyz`` and ``/metrics``, which need no API key."""
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/healthz", summary="The process is alive")
+    async def healthz() -> dict[str, str]:
+        """Answer 200 whenever the process can serve HTTP at all."""
+        return {"status": "ok"}
+
+    @router.get(
+        "/readyz",
+        summary="The broker and the database answer",
+        responses={503: {"description": "A dependency does not answer"}},
+    )
+    async def readyz() -> JSONResponse:
+        """Answer 200 when every dependency answers, 503 naming the ones that do not."""
+        checks = await readiness()
+        ready = all(checks.values())
+        metrics.READY.labels(service=service).set(1 if ready else 0)
+        return JSONResponse(
+            {"status": "ready" if ready else "not_ready", "checks": checks},
+            status_code=200 if ready else 503,
+        )
+
+    @router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def prometheus_metrics() -> Response:
+        """Expose every metric in the Prometheus text format."""
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    return router
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``max_bytes`` (413) and non-JSON bodies on writes (415).
+
+    The size is checked against Content-Length first and against the bytes actually
+    received as well, so a chunked upload cannot slip past the limit.
+    """
+
+    def __init__(self, app: Any, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "application/json":
+            await _send_error(
+                send,
+                415,
+                f"content-type {media_type or '(none)'} is not supported: send application/json",
+            )
+            return
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await _send_error(send, 413, f"body is {declared} bytes; the limit is {self.max_bytes}")
+            return
+        received = 0
+        too_large = False
+
+        async def limited_receive() -> Any:
+            nonlocal received, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # Hand the app an empty end of body; what it answers is dropped below.
+                    too_large = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
+            return message
+
+        async def guarded_send(message: Any) -> None:
+            if not too_large:
+                await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)
+        if too_large:
+            await _send_error(send, 413, f"body exceeds the limit of {self.max_bytes} bytes")
+
+
+async def _send_error(send: Any, status: int, detail: str) -> None:
+    body = json.dumps(error_body(status, detail)).encode("utf-8")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

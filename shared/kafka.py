@@ -1,0 +1,241 @@
+"""Kafka plumbing: client factories, topic creation, dead letters and the one consume loop.
+
+Delivery is at-least-once. :func:`run_batches` hands each batch to a handler that applies it
+in ONE database transaction which also records the event ids it applied, and commits the
+offsets only after that transaction. A crash between the two redelivers the batch, and the
+handler's dedupe by event id makes the redelivery harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from pydantic import BaseModel, ValidationError
+
+from shared import metrics
+from shared.errors import PoisonMessageError
+from shared.settings import ConsumerSettings, KafkaSettings
+from shared.topics import TOPIC_SPECS, Topic
+
+log = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=BaseModel)
+
+HEADER_TYPE = "cxloop-type"
+HEADER_SCHEMA = "cxloop-schema-version"
+HEADER_DLQ_REASON = "cxloop-dlq-reason"
+HEADER_DLQ_ORIGIN = "cxloop-dlq-origin"
+HEADER_DLQ_GROUP = "cxloop-dlq-group"
+
+
+def make_producer(settings: KafkaSettings) -> AIOKafkaProducer:
+    """Return an unstarted producer that waits for every in-sync replica (``acks=all``)."""
+    return AIOKafkaProducer(
+        **settings.to_aiokafka_params(),
+        acks="all",
+        enable_idempotence=settings.idempotence,
+        linger_ms=2,
+    )
+
+
+def make_consumer(
+    settings: KafkaSettings, consumer: ConsumerSettings, topics: Sequence[Topic]
+) -> AIOKafkaConsumer:
+    """Return an unstarted consumer with manual commits, subscribed to ``topics``."""
+    return AIOKafkaConsumer(
+        *(settings.topic(t) for t in topics),
+        **settings.to_aiokafka_params(),
+        group_id=consumer.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=consumer.session_timeout_ms,
+        heartbeat_interval_ms=consumer.heartbeat_interval_ms,
+    )
+
+
+async def ensure_topics(settings: KafkaSettings, *, replication_factor: int = 1) -> list[str]:
+    """Create every cxloop topic with its partition count; return the names that were new."""
+    admin = AIOKafkaAdminClient(**settings.to_aiokafka_params())
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(
+                name=settings.topic(spec.topic),
+                num_partitions=spec.partitions,
+                replication_factor=replication_factor,
+            )
+            for spec in TOPIC_SPECS
+            if settings.topic(spec.topic) not in existing
+        ]
+        created = []
+        for topic in wanted:
+            try:
+                await admin.create_topics([topic])
+                created.append(topic.name)
+            except TopicAlreadyExistsError:
+                pass
+        return created
+    finally:
+        await admin.close()
+
+
+def encode(event: BaseModel) -> bytes:
+    """Serialise an event for the wire: UTF-8 JSON."""
+    return event.model_dump_json().encode("utf-8")
+
+
+def decode(model: type[E], record: ConsumerRecord[bytes, bytes]) -> E:
+    """Validate a consumed record as ``model``; raise ``PoisonMessageError`` with the reason."""
+    if record.value is None:
+        raise PoisonMessageError("empty record value")
+    try:
+        return model.model_validate_json(record.value)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "record"
+        raise PoisonMessageError(
+            f"{where}: {first['msg']} ({exc.error_count()} error(s) in all)"
+        ) from None
+
+
+@dataclass(frozen=True)
+class Decoded(Generic[E]):
+    """A consumed record and the event it holds."""
+
+    record: ConsumerRecord[bytes, bytes]
+    event: E
+
+
+class DeadLetters:
+    """Sends records that can never be applied to the dead-letter topic, with the reason."""
+
+    def __init__(self, producer: AIOKafkaProducer, settings: KafkaSettings, group: str) -> None:
+        self._producer = producer
+        self._topic = settings.topic(Topic.DEAD_LETTERS)
+        self._group = group
+
+    async def send(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
+        """Copy ``record`` to the dead-letter topic and wait for the broker's ack."""
+        origin = f"{record.topic}/{record.partition}/{record.offset}"
+        headers = [
+            (HEADER_DLQ_REASON, reason.encode("utf-8")),
+            (HEADER_DLQ_ORIGIN, origin.encode("utf-8")),
+            (HEADER_DLQ_GROUP, self._group.encode("utf-8")),
+        ]
+        await self._producer.send_and_wait(
+            self._topic, value=record.value or b"", key=record.key, headers=headers
+        )
+        metrics.DEAD_LETTERS.labels(group=self._group, topic=record.topic).inc()
+        log.warning("dead-lettered %s: %s", origin, reason)
+
+
+Handler = Callable[[Sequence[Decoded[E]]], Awaitable[None]]
+
+
+def backoff_delay(attempt: int, *, base: float = 0.2, cap: float = 30.0) -> float:
+    """Return a jittered exponential delay for retry number ``attempt`` (0-based)."""
+    return float(min(cap, base * 2**attempt) * (0.5 + random.random() / 2))  # noqa: S311
+
+
+async def sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds``, returning early when ``stop`` is set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+async def run_batches(
+    consumer: AIOKafkaConsumer,
+    handle: Handler[E],
+    stop: asyncio.Event,
+    *,
+    model: type[E],
+    dead_letters: DeadLetters,
+    settings: ConsumerSettings,
+) -> None:
+    """Consume until ``stop`` is set: decode, handle, dead-letter poison, then commit.
+
+    A batch whose handler fails (database down, or a bug) is retried with capped
+    exponential backoff and nothing is committed, so no record is skipped. Stopping
+    mid-retry leaves the batch uncommitted: the next owner of the partitions gets it again.
+    The consumer is stopped on the way out.
+    """
+    group = settings.group_id
+    try:
+        while not stop.is_set():
+            batches = await consumer.getmany(
+                timeout_ms=settings.batch_timeout_ms, max_records=settings.batch_max_records
+            )
+            if not batches:
+                continue
+            good: list[Decoded[E]] = []
+            poison: list[tuple[ConsumerRecord[bytes, bytes], str]] = []
+            for records in batches.values():
+                for record in records:
+                    try:
+                        good.append(Decoded(record, decode(model, record)))
+                    except PoisonMessageError as exc:
+                        poison.append((record, exc.reason))
+            if not await _apply_with_retry(handle, good, stop, group):
+                return
+            for record, reason in poison:
+                await dead_letters.send(record, reason)
+            await _commit(consumer, batches, settings)
+            for tp, records in batches.items():
+                metrics.CONSUMED.labels(group=group, topic=tp.topic).inc(len(records))
+    finally:
+        await consumer.stop()
+
+
+async def _apply_with_retry(
+    handle: Handler[E], good: Sequence[Decoded[E]], stop: asyncio.Event, group: str
+) -> bool:
+    attempt = 0
+    while True:
+        if not good:
+            return True
+        try:
+            with metrics.BATCH_SECONDS.labels(group=group).time():
+                await handle(good)
+            return True
+        except Exception:
+            metrics.BATCH_FAILURES.labels(group=group).inc()
+            delay = backoff_delay(attempt)
+            log.exception("batch of %d failed; retrying in %.1fs", len(good), delay)
+            attempt += 1
+            await sleep_unless_stopped(stop, delay)
+            if stop.is_set():
+                return False
+
+
+async def _commit(
+    consumer: AIOKafkaConsumer,
+    batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+    settings: ConsumerSettings,
+) -> None:
+    offsets = {tp: records[-1].offset + 1 for tp, records in batches.items() if records}
+    try:
+        # Some brokers let commit() hang while they are down; the timeout keeps the loop alive.
+        await asyncio.wait_for(consumer.commit(offsets), timeout=settings.commit_timeout_seconds)
+    except (KafkaError, TimeoutError) as exc:
+        # The batch is applied; redelivery after a rebalance is deduplicated by event id.
+        metrics.COMMIT_FAILURES.labels(group=settings.group_id).inc()
+        log.warning("offset commit failed (%s); the batch may be redelivered", type(exc).__name__)
+
+
+async def broker_answers(producer: AIOKafkaProducer, timeout: float = 3.0) -> bool:
+    """Return whether the broker answers a metadata request within ``timeout`` seconds."""
+    try:
+        async with asyncio.timeout(timeout):
+            return bool(await producer.client.fetch_all_metadata())
+    except (KafkaError, TimeoutError, OSError):
+        return False

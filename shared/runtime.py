@@ -1,0 +1,279 @@
+"""Process runtime shared by the services: resilient start-up and the supervised consumer.
+
+A service may start before its broker (compose, Kubernetes, a broker restart): it then
+keeps trying in the background and reports not-ready meanwhile, instead of crashing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Generic
+
+import uvicorn
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.db import assert_schema_current, create_engine, database_answers
+from shared.errors import BrokerUnavailableError
+from shared.kafka import (
+    DeadLetters,
+    E,
+    Handler,
+    backoff_delay,
+    broker_answers,
+    make_consumer,
+    make_producer,
+    run_batches,
+    sleep_unless_stopped,
+)
+from shared.settings import ConsumerSettings, DatabaseSettings, HttpSettings, KafkaSettings
+from shared.topics import Topic
+
+log = logging.getLogger(__name__)
+
+
+async def keep_trying(
+    what: str, attempt_once: Callable[[], Awaitable[None]], stop: asyncio.Event
+) -> bool:
+    """Call ``attempt_once`` until it succeeds (True) or ``stop`` is set (False), with backoff."""
+    attempt = 0
+    while not stop.is_set():
+        try:
+            await attempt_once()
+            if attempt:
+                log.info("%s: connected after %d attempt(s)", what, attempt + 1)
+            return True
+        except Exception as exc:
+            delay = backoff_delay(attempt, cap=10.0)
+            log.warning("%s: %s; retrying in %.1fs", what, exc or type(exc).__name__, delay)
+            attempt += 1
+            await sleep_unless_stopped(stop, delay)
+    return False
+
+
+class ProducerHandle:
+    """A producer started in the background; ``ready`` tells whether it can send now."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self.settings = settings
+        self._producer: AIOKafkaProducer | None = None
+        self._stop = asyncio.Event()
+        self._started = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Whether the producer has connected to the broker at least once."""
+        return self._started.is_set()
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        """The started producer; raises ``BrokerUnavailableError`` before it has connected."""
+        if self._producer is None:
+            raise BrokerUnavailableError("not connected to Kafka yet")
+        return self._producer
+
+    def start(self) -> None:
+        """Begin connecting in the background."""
+        self._task = asyncio.create_task(self._connect(), name="producer-start")
+
+    async def wait_started(self) -> bool:
+        """Wait until started (True) or stopped before that (False)."""
+        await asyncio.wait(
+            [asyncio.ensure_future(self._started.wait()), asyncio.ensure_future(self._stop.wait())],
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        return self._started.is_set()
+
+    async def _connect(self) -> None:
+        async def once() -> None:
+            # A client whose start() failed is not reused: each attempt gets a fresh one.
+            producer = make_producer(self.settings)
+            try:
+                await producer.start()
+            except BaseException:
+                await producer.stop()
+                raise
+            self._producer = producer
+
+        if await keep_trying("kafka producer", once, self._stop):
+            self._started.set()
+
+    async def stop(self) -> None:
+        """Flush and close the producer."""
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+        if self._producer is not None:
+            await self._producer.stop()
+
+
+class ConsumerWorker(Generic[E]):
+    """Runs :func:`shared.kafka.run_batches` for one service, restarting it if it ever dies."""
+
+    def __init__(
+        self,
+        *,
+        kafka: KafkaSettings,
+        consumer: ConsumerSettings,
+        topics: Sequence[Topic],
+        model: type[E],
+        handle: Handler[E],
+        producer: ProducerHandle,
+    ) -> None:
+        self._kafka = kafka
+        self._settings = consumer
+        self._topics = topics
+        self._model = model
+        self._handle = handle
+        self._producer = producer
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.running = False
+
+    def start(self) -> None:
+        """Start consuming in the background."""
+        self._task = asyncio.create_task(
+            self._supervise(), name=f"consume-{self._settings.group_id}"
+        )
+
+    async def _supervise(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            if not await self._producer.wait_started():
+                return
+            consumer = await self._start_consumer()
+            if consumer is None:
+                return
+            dead_letters = DeadLetters(
+                self._producer.producer, self._kafka, self._settings.group_id
+            )
+            self.running = True
+            try:
+                await run_batches(
+                    consumer,
+                    self._handle,
+                    self._stop,
+                    model=self._model,
+                    dead_letters=dead_letters,
+                    settings=self._settings,
+                )
+                attempt = 0
+            except Exception:
+                delay = backoff_delay(attempt, cap=10.0)
+                log.exception("consumer loop died; restarting in %.1fs", delay)
+                attempt += 1
+                await sleep_unless_stopped(self._stop, delay)
+            finally:
+                self.running = False
+
+    async def _start_consumer(self) -> AIOKafkaConsumer | None:
+        started: list[AIOKafkaConsumer] = []
+
+        async def once() -> None:
+            consumer = make_consumer(self._kafka, self._settings, self._topics)
+            try:
+                await consumer.start()
+            except BaseException:
+                await consumer.stop()
+                raise
+            started.append(consumer)
+
+        ok = await keep_trying(f"kafka consumer {self._settings.group_id}", once, self._stop)
+        return started[0] if ok else None
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Let the current batch finish and commit, then stop the consumer."""
+        self._stop.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, timeout)
+            except TimeoutError:
+                log.error("consumer did not stop within %.0fs; cancelling", timeout)
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+
+
+class ConsumingService(Generic[E]):
+    """The runtime of a consuming service: its engine, producer (for dead letters) and worker."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        kafka: KafkaSettings,
+        database: DatabaseSettings,
+        consumer: ConsumerSettings,
+        topics: Sequence[Topic],
+        model: type[E],
+        make_handler: Callable[[AsyncEngine], Handler[E]],
+        migrations: Path,
+    ) -> None:
+        self.name = name
+        self._kafka = kafka
+        self._consumer = consumer
+        self._topics = topics
+        self._model = model
+        self._make_handler = make_handler
+        self._migrations = migrations
+        self.engine = create_engine(database)
+        self._producer: ProducerHandle | None = None
+        self._worker: ConsumerWorker[E] | None = None
+
+    async def start(self) -> None:
+        """Refuse an outdated schema, then connect and start consuming in the background."""
+        await assert_schema_current(self.engine, self._migrations)
+        self._producer = ProducerHandle(self._kafka)
+        self._producer.start()
+        self._worker = ConsumerWorker(
+            kafka=self._kafka,
+            consumer=self._consumer,
+            topics=self._topics,
+            model=self._model,
+            handle=self._make_handler(self.engine),
+            producer=self._producer,
+        )
+        self._worker.start()
+
+    async def stop(self) -> None:
+        """Finish the batch in hand, commit, and close every client."""
+        if self._worker is not None:
+            await self._worker.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+        await self.engine.dispose()
+
+    async def readiness(self) -> dict[str, bool]:
+        """Report whether Kafka and Postgres answer and the consumer loop is running."""
+        kafka = (
+            self._producer is not None
+            and self._producer.ready
+            and await broker_answers(self._producer.producer)
+        )
+        return {
+            "kafka": kafka,
+            "database": await database_answers(self.engine),
+            "consumer": self._worker is not None and self._worker.running,
+        }
+
+    @asynccontextmanager
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        """Start with the app and stop with it; the engine is ``app.state.engine``."""
+        await self.start()
+        app.state.engine = self.engine
+        try:
+            yield
+        finally:
+            await self.stop()
+
+
+def serve(app: FastAPI, http: HttpSettings) -> None:
+    """Run ``app`` under uvicorn until SIGTERM or SIGINT, using cxloop's logging."""
+    uvicorn.run(app, host=http.host, port=http.port, log_config=None, access_log=False)

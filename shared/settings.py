@@ -1,0 +1,283 @@
+"""Settings, one class per concern, read from ``CXLOOP_*`` environment variables.
+
+Build them with :func:`load` in ``main()`` or ``create_app()``, never at import time, so
+that tests can pass their own. :func:`load` turns a bad value into a
+:class:`~shared.errors.ConfigError` that names the variable, and :func:`check_environment`
+refuses ``CXLOOP_*`` variables that no class reads (a typo should stop the process, not
+silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import ConfigError
+from shared.topics import Topic, topic_name
+
+ENV_PREFIX = "CXLOOP_"
+# Variables under these prefixes belong to tools around the services (the test harness).
+_FOREIGN_PREFIXES = ("CXLOOP_TEST_",)
+
+
+class KafkaSettings(BaseSettings):
+    """How to reach Kafka and name the topics (``CXLOOP_KAFKA_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="CXLOOP_KAFKA_", extra="forbid")
+
+    bootstrap_servers: str = Field(
+        default="127.0.0.1:9092", description="Comma-separated host:port list of brokers."
+    )
+    topic_prefix: str = Field(
+        default="cxloop.", pattern=r"^[A-Za-z0-9._-]*$", description="Prefix of every topic name."
+    )
+    client_id: str = Field(default="cxloop", description="Client id reported to the broker.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = Field(default=None, description="CA bundle for SSL listeners.")
+    idempotence: bool = Field(
+        default=True,
+        description="Use the idempotent producer. Tansu rejects it, so `cxloop up` turns it off.",
+    )
+    produce_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="How long a request waits for the broker's ack."
+    )
+    request_timeout_ms: int = Field(default=15_000, gt=0)
+
+    def topic(self, topic: Topic) -> str:
+        """Return the broker-side name of ``topic``."""
+        return topic_name(topic, self.topic_prefix)
+
+    def to_aiokafka_params(self) -> dict[str, Any]:
+        """Return the connection keyword arguments shared by aiokafka clients."""
+        params: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+            "request_timeout_ms": self.request_timeout_ms,
+        }
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            params["ssl_context"] = create_ssl_context(
+                cafile=str(self.ssl_cafile) if self.ssl_cafile else None
+            )
+        if self.sasl_mechanism is not None:
+            params["sasl_mechanism"] = self.sasl_mechanism
+            params["sasl_plain_username"] = self.sasl_username
+            params["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        return params
+
+
+class DatabaseSettings(BaseSettings):
+    """How to reach Postgres (``CXLOOP_DATABASE_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="CXLOOP_DATABASE_", extra="forbid")
+
+    url: SecretStr = Field(
+        default=SecretStr("postgresql+asyncpg://cxloop@127.0.0.1:5432/cxloop"),
+        description="SQLAlchemy URL; postgresql:// is read as postgresql+asyncpg://.",
+    )
+    pool_size: int = Field(default=10, ge=1)
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _asyncpg_driver(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
+        for plain in ("postgresql://", "postgres://"):
+            if url.startswith(plain):
+                url = "postgresql+asyncpg://" + url.removeprefix(plain)
+        if not url.startswith("postgresql+asyncpg://"):
+            raise ValueError("must be a postgresql:// or postgresql+asyncpg:// URL")
+        return SecretStr(url)
+
+    def sqlalchemy_url(self) -> str:
+        """Return the URL with its secret, for the engine only; never log it."""
+        return self.url.get_secret_value()
+
+
+class AuthSettings(BaseSettings):
+    """API keys accepted as ``Authorization: Bearer <key>`` (``CXLOOP_API_KEY[S]``)."""
+
+    model_config = SettingsConfigDict(env_prefix="CXLOOP_", extra="forbid")
+
+    api_key: SecretStr | None = Field(default=None, description="One accepted API key.")
+    api_keys: SecretStr | None = Field(
+        default=None, description="More accepted keys, comma-separated (for rotation)."
+    )
+
+    def keys(self) -> tuple[str, ...]:
+        """Return every accepted key; raise ``ConfigError`` when there is none."""
+        raw = [self.api_key.get_secret_value()] if self.api_key else []
+        if self.api_keys:
+            raw += self.api_keys.get_secret_value().split(",")
+        keys = tuple(k.strip() for k in raw if k.strip())
+        if not keys:
+            raise ConfigError(
+                "no API key configured: set CXLOOP_API_KEY (or CXLOOP_API_KEYS, comma-separated)"
+            )
+        if any(len(k) < 16 for k in keys):
+            raise ConfigError("CXLOOP_API_KEY: every key must be at least 16 characters")
+        return keys
+
+
+class LogSettings(BaseSettings):
+    """Logging (``CXLOOP_LOG_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="CXLOOP_LOG_", extra="forbid")
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class HttpSettings(BaseSettings):
+    """Where one service listens; each service subclasses it with its own prefix and port."""
+
+    host: str = Field(default="127.0.0.1", description="Address to bind.")
+    port: int = Field(default=0, ge=0, le=65535, description="Port to bind.")
+
+
+class CollectorSettings(HttpSettings):
+    """The collector (``CXLOOP_COLLECTOR_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="CXLOOP_COLLECTOR_", extra="forbid")
+
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_body_bytes: int = Field(
+        default=64 * 1024, gt=0, description="Largest single-response body accepted."
+    )
+
+
+class ConsumerSettings(HttpSettings):
+    """A consuming service: its HTTP API and its consumer group."""
+
+    group_id: str = ""
+    batch_max_records: int = Field(default=500, ge=1, le=100_000)
+    batch_timeout_ms: int = Field(default=200, ge=1)
+    commit_timeout_seconds: float = Field(default=10.0, gt=0)
+    session_timeout_ms: int = Field(default=10_000, ge=1000)
+    heartbeat_interval_ms: int = Field(default=3_000, ge=100)
+
+
+class ScorerSettings(ConsumerSettings):
+    """The scorer (``CXLOOP_SCORER_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="CXLOOP_SCORER_", extra="forbid")
+
+    port: int = Field(default=8001, ge=0, le=65535)
+    group_id: str = "cxloop-scorer"
+
+
+class AlertingSettings(ConsumerSettings):
+    """The alerting service (``CXLOOP_ALERTING_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="CXLOOP_ALERTING_", extra="forbid")
+
+    port: int = Field(default=8002, ge=0, le=65535)
+    group_id: str = "cxloop-alerting"
+
+
+class StackSettings(BaseSettings):
+    """The embedded local stack started by ``cxloop up`` (``CXLOOP_STACK_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="CXLOOP_STACK_", extra="forbid")
+
+    data_dir: Path | None = Field(
+        default=None,
+        description="Where Postgres keeps its data between runs "
+        "(default ~/.local/share/cxloop, or /var/lib/cxloop as root).",
+    )
+    broker: Literal["tansu", "apache"] = Field(
+        default="tansu",
+        description="tansu needs nothing; apache runs Apache Kafka (needs java and mvn).",
+    )
+    postgres_port: int = Field(default=15432, ge=1, le=65535, description="Postgres's port.")
+    kafka_port: int = Field(default=19092, ge=1, le=65535, description="The broker's port.")
+
+
+SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
+    KafkaSettings,
+    DatabaseSettings,
+    AuthSettings,
+    LogSettings,
+    CollectorSettings,
+    ScorerSettings,
+    AlertingSettings,
+    StackSettings,
+)
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def env_names(cls: type[BaseSettings]) -> list[str]:
+    """Return the environment variable names that ``cls`` reads."""
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    return [f"{prefix}{name}".upper() for name in cls.model_fields]
+
+
+def known_env_names() -> set[str]:
+    """Return every ``CXLOOP_*`` variable some settings class reads."""
+    return {name for cls in SETTINGS_CLASSES for name in env_names(cls)}
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Raise ``ConfigError`` naming any ``CXLOOP_*`` variable that no settings class reads."""
+    environ = os.environ if environ is None else environ
+    known = known_env_names()
+    unknown = sorted(
+        name
+        for name in environ
+        if name.startswith(ENV_PREFIX)
+        and name not in known
+        and not name.startswith(_FOREIGN_PREFIXES)
+    )
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, known, n=1)
+            hints.append(f"{name} (did you mean {close[0]}?)" if close else name)
+        raise ConfigError("unknown configuration variable: " + ", ".join(hints))
+
+
+def load(cls: type[S], **overrides: Any) -> S:
+    """Build ``cls`` from the environment (and ``overrides``); a bad value names its variable."""
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        problems = [
+            f"{prefix}{'_'.join(str(p) for p in err['loc'])}".upper() + f": {err['msg']}"
+            for err in exc.errors()
+        ]
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+def describe(
+    classes: Iterable[type[BaseSettings]] = SETTINGS_CLASSES,
+) -> list[tuple[str, str, str]]:
+    """Return (variable, default, description) rows for the README's configuration table."""
+    rows = []
+    for cls in classes:
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        for name, field in cls.model_fields.items():
+            default = field.default
+            if isinstance(default, SecretStr):
+                default = "(secret)"
+            rows.append(
+                (
+                    f"{prefix}{name}".upper(),
+                    "" if default is None else str(default),
+                    field.description or "",
+                )
+            )
+    return rows
