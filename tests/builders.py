@@ -1,0 +1,43 @@
+"""Small builders of test data: override only what a test is about."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.events import ResponseSubmitted
+
+
+def response_payload(**overrides: Any) -> dict[str, Any]:
+    """An HTTP body for ``POST /v1/responses``: an NPS 9 from the web widget."""
+    body: dict[str, Any] = {
+        "metric": "nps",
+        "score": 9,
+        "channel": "web",
+        "survey_type": "transactional",
+        "touchpoint": "checkout",
+        "customer_id": f"cust-{uuid.uuid4().hex[:8]}",
+    }
+    body.update(overrides)
+    return body
+
+
+def response_event(**overrides: Any) -> ResponseSubmitted:
+    """A wire event as the collector would produce it."""
+    now = datetime.now(UTC)
+    fields: dict[str, Any] = {
+        "event_id": uuid.uuid4(),
+        "occurred_at": now,
+        "received_at": now,
+        "source": "api",
+        "channel": "web",
+        "customer_id": f"cust-{uuid.uuid4().hex[:8]}",
+        "metric": "nps",
+        "scale": 10,
+        "score": 9,
+        "survey_type": "transactional",
+        "touchpoint": "checkout",
+    }
+    fields.update(overrides)
+    return ResponseSubmitted.model_validate(fields)

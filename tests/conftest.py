@@ -1,0 +1,132 @@
+"""Session fixtures: one real Kafka broker and one real Postgres for the whole run.
+
+Tests stay isolated through names, not servers: each test gets its own topic prefix,
+consumer groups and database (copied from a migrated template in milliseconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from services.migrations import upgrade
+from shared.kafka import ensure_topics
+from shared.settings import AlertingSettings, AuthSettings, KafkaSettings, ScorerSettings
+from tests.harness import backends
+
+_CHOICE = pytest.StashKey[tuple[str, str]]()
+_TESTS = Path(__file__).parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    docker = backends.docker_engine_answers()
+    config.stash[_CHOICE] = (backends.choose_kafka(docker), backends.choose_postgres(docker))
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    kafka, postgres = config.stash[_CHOICE]
+    return [f"cxloop backends: kafka={kafka} postgres={postgres} (see tests/harness/backends.py)"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    kafka_backend = config.stash[_CHOICE][0]
+    for item in items:
+        path = Path(str(item.fspath))
+        if _TESTS / "integration" in path.parents:
+            item.add_marker(pytest.mark.integration)
+        if _TESTS / "e2e" in path.parents:
+            item.add_marker(pytest.mark.e2e)
+        if item.get_closest_marker("apache_kafka") and kafka_backend == "tansu":
+            item.add_marker(
+                pytest.mark.skip(reason="checks Kafka semantics Tansu lacks; runs on Apache Kafka")
+            )
+
+
+@pytest.fixture(scope="session")
+def backend_choice(pytestconfig: pytest.Config) -> tuple[str, str]:
+    return pytestconfig.stash[_CHOICE]
+
+
+@pytest.fixture(scope="session")
+async def kafka(backend_choice: tuple[str, str]) -> AsyncIterator[backends.KafkaServer]:
+    server = await backends.start_kafka(backend_choice[0])
+    yield server
+    await backends.stop(server)
+
+
+@pytest.fixture(scope="session")
+async def postgres(backend_choice: tuple[str, str]) -> AsyncIterator[backends.PostgresServer]:
+    server = await backends.start_postgres(backend_choice[1])
+    yield server
+    await backends.stop(server)
+
+
+@pytest.fixture(scope="session")
+async def migrated_template(postgres: backends.PostgresServer) -> str:
+    """A database at the newest migration, copied for each test."""
+    name = f"cxloop_template_{secrets.token_hex(4)}"
+    url = await postgres.create_database(name)
+    await asyncio.to_thread(upgrade, url)
+    return name
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def database_url(postgres: backends.PostgresServer, migrated_template: str) -> str:
+    """A fresh database at the newest migration, for this test alone."""
+    return await postgres.create_database(unique("t"), template=migrated_template)
+
+
+@pytest.fixture
+async def empty_database_url(postgres: backends.PostgresServer) -> str:
+    """A fresh database with no schema at all."""
+    return await postgres.create_database(unique("e"))
+
+
+@pytest.fixture
+async def kafka_settings(kafka: backends.KafkaServer) -> KafkaSettings:
+    """Settings for this test's own topics, created with their partition counts."""
+    settings = KafkaSettings(
+        bootstrap_servers=kafka.bootstrap_servers,
+        topic_prefix=f"{unique('t')}.",
+        idempotence=kafka.supports_idempotence,
+        produce_timeout_seconds=10,
+    )
+    await ensure_topics(settings)
+    return settings
+
+
+@pytest.fixture
+def api_key() -> str:
+    return "test-" + secrets.token_urlsafe(18)
+
+
+@pytest.fixture
+def auth(api_key: str) -> AuthSettings:
+    return AuthSettings(api_key=api_key)
+
+
+_FAST_GROUP = {
+    "batch_timeout_ms": 100,
+    "session_timeout_ms": 6000,
+    "heartbeat_interval_ms": 500,
+    "commit_timeout_seconds": 5,
+}
+
+
+@pytest.fixture
+def scorer_settings() -> ScorerSettings:
+    return ScorerSettings(group_id=unique("scorer"), **_FAST_GROUP)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def alerting_settings() -> AlertingSettings:
+    return AlertingSettings(group_id=unique("alerting"), **_FAST_GROUP)  # type: ignore[arg-type]

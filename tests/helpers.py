@@ -1,0 +1,77 @@
+"""Helpers for tests on real servers: wait for a condition, read a topic back, produce."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from pydantic import BaseModel
+
+from shared.kafka import encode, make_producer
+from shared.settings import KafkaSettings
+from shared.topics import TOPIC_SPECS, Topic
+
+T = TypeVar("T")
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]],
+    until: Callable[[T], bool],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.1,
+) -> T:
+    """Call ``probe`` until ``until`` holds for its result; fail with the last result."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await probe()
+        if until(value):
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s; last value: {value!r}")
+        await asyncio.sleep(interval)
+
+
+async def read_topic(
+    settings: KafkaSettings, topic: Topic, count: int, *, timeout: float = 20.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Read ``count`` records from the start of every partition of ``topic``."""
+    name = settings.topic(topic)
+    consumer = AIOKafkaConsumer(**settings.to_aiokafka_params(), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        (spec,) = [s for s in TOPIC_SPECS if s.topic is topic]
+        tps = [TopicPartition(name, p) for p in range(spec.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(records) < count and asyncio.get_running_loop().time() < deadline:
+            for batch in (await consumer.getmany(timeout_ms=200)).values():
+                records.extend(batch)
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def produce(
+    settings: KafkaSettings,
+    topic: Topic,
+    events: Sequence[BaseModel | bytes],
+    *,
+    key: bytes = b"k",
+) -> None:
+    """Produce events (or raw bytes) to ``topic`` and wait for every ack."""
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        for event in events:
+            value = event if isinstance(event, bytes) else encode(event)
+            record_key = key
+            if isinstance(event, BaseModel) and hasattr(event, "customer_id"):
+                record_key = str(event.customer_id).encode()
+            await producer.send_and_wait(settings.topic(topic), value=value, key=record_key)
+    finally:
+        await producer.stop()

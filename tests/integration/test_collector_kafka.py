@@ -1,0 +1,91 @@
+"""The collector answers 202 only for what the broker holds, exactly as accepted."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from services.collector.app import create_app
+from shared.events import ResponseSubmitted
+from shared.kafka import HEADER_SCHEMA, HEADER_TYPE
+from shared.settings import AuthSettings, CollectorSettings, KafkaSettings
+from shared.topics import Topic
+from tests.builders import response_payload
+from tests.helpers import eventually, read_topic
+
+pytestmark = pytest.mark.smoke
+
+
+@pytest.fixture
+async def collector(
+    kafka_settings: KafkaSettings, auth: AuthSettings, api_key: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(kafka_settings, auth, CollectorSettings())
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://collector",
+            headers={"Authorization": f"Bearer {api_key}"},
+        ) as client:
+            await eventually(lambda: client.get("/readyz"), lambda r: r.status_code == 200)
+            yield client
+
+
+class TestProduce:
+    async def test_accepted_response_is_on_the_topic_as_sent(
+        self, collector: httpx.AsyncClient, kafka_settings: KafkaSettings
+    ) -> None:
+        payload = response_payload(
+            score=4,
+            customer_id="顧客-0042",
+            comment="電話がつながらない。Très long.",
+            reasons=["wait_time", "agent_knowledge"],
+            segments={"location": "osaka-umeda", "business_unit": "retail"},
+            occurred_at="2026-11-22T09:30:00+09:00",
+        )
+        r = await collector.post("/v1/responses", json=payload)
+        assert r.status_code == 202
+        event_id = r.json()["event_id"]
+
+        (record,) = await read_topic(kafka_settings, Topic.RESPONSES, 1)
+        event = ResponseSubmitted.model_validate_json(record.value)
+        assert str(event.event_id) == event_id
+        assert record.key == "顧客-0042".encode()
+        assert event.comment == payload["comment"]
+        assert event.reasons == ("wait_time", "agent_knowledge")
+        assert event.segments.location == "osaka-umeda"
+        assert event.occurred_at.isoformat() == "2026-11-22T09:30:00+09:00"
+        assert event.received_at.tzinfo is not None
+        assert event.scale == 10
+        headers = dict(record.headers)
+        assert headers[HEADER_TYPE] == b"response.submitted"
+        assert headers[HEADER_SCHEMA] == b"1"
+
+    async def test_one_customer_stays_on_one_partition(
+        self, collector: httpx.AsyncClient, kafka_settings: KafkaSettings
+    ) -> None:
+        for score in range(6):
+            r = await collector.post(
+                "/v1/responses", json=response_payload(customer_id="c-7", score=score)
+            )
+            assert r.status_code == 202
+        records = await read_topic(kafka_settings, Topic.RESPONSES, 6)
+        assert len(records) == 6
+        assert len({r.partition for r in records}) == 1
+        assert [ResponseSubmitted.model_validate_json(r.value).score for r in records] == list(
+            range(6)
+        )
+
+    async def test_client_event_id_is_kept(
+        self, collector: httpx.AsyncClient, kafka_settings: KafkaSettings
+    ) -> None:
+        event_id = str(uuid.uuid4())
+        r = await collector.post("/v1/responses", json=response_payload(event_id=event_id))
+        assert r.json() == {"event_id": event_id}
+
+    async def test_ready_when_the_broker_answers(self, collector: httpx.AsyncClient) -> None:
+        r = await collector.get("/readyz")
+        assert r.json() == {"status": "ready", "checks": {"kafka": True}}

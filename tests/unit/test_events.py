@@ -1,0 +1,106 @@
+"""The wire contract: what a consumer in any language can rely on."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import pytest
+from pydantic import ValidationError
+
+from shared.events import (
+    NpsCategory,
+    ResponseSubmitted,
+    TouchpointEvent,
+    json_schemas,
+    nps_category,
+)
+from shared.kafka import encode
+from tests.builders import response_event
+
+
+class TestTimestamps:
+    def test_naive_occurred_at_is_rejected(self) -> None:
+        with pytest.raises(ValidationError, match="timezone"):
+            response_event(occurred_at=datetime(2026, 11, 22, 10, 0))
+
+    def test_offset_is_kept_through_the_wire(self) -> None:
+        event = response_event(occurred_at="2026-11-22T10:15:00+09:00")
+        back = ResponseSubmitted.model_validate_json(encode(event))
+        assert back.occurred_at == event.occurred_at
+        assert back.occurred_at.utcoffset() is not None
+
+
+class TestScoreRanges:
+    @pytest.mark.parametrize(
+        ("metric", "scale", "score", "message"),
+        [
+            ("nps", 10, 11, "score 11 is outside 0–10 for nps"),
+            ("nps", 10, -1, "score -1 is outside 0–10 for nps"),
+            ("csat", 5, 0, "score 0 is outside 1–5 for csat"),
+            ("ces", 5, 6, "score 6 is outside 1–5 for ces"),
+        ],
+    )
+    def test_out_of_range_names_the_range(
+        self, metric: str, scale: int, score: int, message: str
+    ) -> None:
+        with pytest.raises(ValidationError, match=message):
+            response_event(metric=metric, scale=scale, score=score)
+
+    def test_ces_seven_point_accepts_seven(self) -> None:
+        assert response_event(metric="ces", scale=7, score=7).score == 7
+
+    def test_nps_on_another_scale_is_rejected(self) -> None:
+        with pytest.raises(ValidationError, match="scale 5 is not valid for nps"):
+            response_event(metric="nps", scale=5, score=3)
+
+    @pytest.mark.parametrize(
+        ("score", "category"),
+        [(0, NpsCategory.DETRACTOR), (6, NpsCategory.DETRACTOR), (7, NpsCategory.PASSIVE),
+         (8, NpsCategory.PASSIVE), (9, NpsCategory.PROMOTER), (10, NpsCategory.PROMOTER)],
+    )  # fmt: skip
+    def test_nps_category_boundaries(self, score: int, category: NpsCategory) -> None:
+        assert nps_category(score) is category
+
+
+class TestCompatibility:
+    def test_unknown_fields_from_a_newer_producer_are_ignored(self) -> None:
+        raw = json.loads(encode(response_event()))
+        raw["added_in_a_later_release"] = {"x": 1}
+        assert ResponseSubmitted.model_validate(raw).event_id
+
+    def test_a_future_schema_version_is_refused(self) -> None:
+        raw = json.loads(encode(response_event()))
+        raw["schema_version"] = 2
+        with pytest.raises(ValidationError, match="schema_version"):
+            ResponseSubmitted.model_validate(raw)
+
+    def test_utf8_comment_round_trips(self) -> None:
+        event = response_event(comment="対応が遅すぎる 😠 — très lent")
+        assert ResponseSubmitted.model_validate_json(encode(event)).comment == event.comment
+
+
+class TestJsonSchemas:
+    def test_every_event_has_a_schema_with_an_id(self) -> None:
+        schemas = json_schemas()
+        assert set(schemas) == {
+            "ResponseSubmitted.v1.schema.json",
+            "TouchpointEvent.v1.schema.json",
+        }
+        for schema in schemas.values():
+            assert schema["$id"].endswith(".json")
+            assert "event_id" in schema["required"]
+            assert "occurred_at" in schema["required"]
+
+    def test_touchpoint_types_are_dotted_names(self) -> None:
+        base = {
+            "event_id": "6f1c1d5e-7b7a-4c39-9f3a-0d2b8b7d1a10",
+            "occurred_at": "2026-11-22T10:00:00Z",
+            "received_at": "2026-11-22T10:00:01Z",
+            "source": "zendesk",
+            "channel": "email",
+            "customer_id": "c1",
+        }
+        assert TouchpointEvent.model_validate({**base, "type": "ticket.created"}).type
+        with pytest.raises(ValidationError):
+            TouchpointEvent.model_validate({**base, "type": "Ticket Created"})

@@ -1,0 +1,59 @@
+"""Configuration errors stop a process with a message that names the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.errors import ConfigError
+from shared.settings import (
+    AuthSettings,
+    CollectorSettings,
+    DatabaseSettings,
+    check_environment,
+    load,
+)
+
+
+class TestUnknownVariables:
+    def test_a_typo_is_named_with_a_suggestion(self) -> None:
+        with pytest.raises(ConfigError, match=r"CXLOOP_KAFKA_BOOTSTRAP_SERVER \(did you mean "
+                           r"CXLOOP_KAFKA_BOOTSTRAP_SERVERS\?\)"):  # fmt: skip
+            check_environment({"CXLOOP_KAFKA_BOOTSTRAP_SERVER": "x:9092"})
+
+    def test_known_and_foreign_variables_pass(self) -> None:
+        check_environment(
+            {
+                "CXLOOP_KAFKA_BOOTSTRAP_SERVERS": "x:9092",
+                "CXLOOP_TEST_KAFKA_BACKEND": "tansu",
+                "PATH": "/bin",
+            }  # fmt: skip
+        )
+
+
+class TestValues:
+    def test_a_bad_port_names_its_variable(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("CXLOOP_COLLECTOR_PORT", "eighty")
+        with pytest.raises(ConfigError, match="CXLOOP_COLLECTOR_PORT"):
+            load(CollectorSettings)
+
+    def test_plain_postgres_urls_get_the_async_driver(self) -> None:
+        settings = DatabaseSettings(url="postgresql://u:p@db:5432/cx")  # type: ignore[arg-type]
+        assert settings.sqlalchemy_url() == "postgresql+asyncpg://u:p@db:5432/cx"
+
+    def test_the_database_password_never_shows_in_repr(self) -> None:
+        settings = DatabaseSettings(url="postgresql://u:hunter2@db/cx")  # type: ignore[arg-type]
+        assert "hunter2" not in repr(settings)
+
+
+class TestApiKeys:
+    def test_no_key_refuses_to_start(self) -> None:
+        with pytest.raises(ConfigError, match="CXLOOP_API_KEY"):
+            AuthSettings(api_key=None, api_keys=None).keys()
+
+    def test_keys_can_rotate(self) -> None:
+        settings = AuthSettings(api_key="a" * 20, api_keys="b" * 20 + ", " + "c" * 20)  # type: ignore[arg-type]
+        assert settings.keys() == ("a" * 20, "b" * 20, "c" * 20)
+
+    def test_short_keys_are_refused(self) -> None:
+        with pytest.raises(ConfigError, match="at least 16"):
+            AuthSettings(api_key="short").keys()  # type: ignore[arg-type]
