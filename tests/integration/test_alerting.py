@@ -1,0 +1,83 @@
+"""Every detractor reaches the alert list once; repeats fold, redeliveries vanish."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from services.alerting.app import create_app
+from shared.settings import AlertingSettings, AuthSettings, DatabaseSettings, KafkaSettings
+from shared.topics import Topic
+from tests.builders import response_event
+from tests.helpers import eventually, produce
+
+
+@pytest.fixture
+async def alerting(
+    kafka_settings: KafkaSettings,
+    database_url: str,
+    auth: AuthSettings,
+    api_key: str,
+    alerting_settings: AlertingSettings,
+) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(
+        kafka_settings,
+        DatabaseSettings(url=database_url),
+        auth,
+        alerting_settings,  # type: ignore[arg-type]
+    )
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://alerting",
+            headers={"Authorization": f"Bearer {api_key}"},
+        ) as client:
+            yield client
+
+
+async def alerts(client: httpx.AsyncClient, **params: str) -> list[dict[str, Any]]:
+    r = await client.get("/v1/alerts", params=params)
+    assert r.status_code == 200, r.text
+    items: list[dict[str, Any]] = r.json()["items"]
+    return items
+
+
+@pytest.mark.smoke
+class TestDetractorAlerts:
+    async def test_one_alert_per_detractor_with_its_context(
+        self, alerting: httpx.AsyncClient, kafka_settings: KafkaSettings
+    ) -> None:
+        detractor = response_event(
+            score=2, customer_id="c-1", ticket_id="T-9", comment="二度と使わない", reasons=["price"]
+        )
+        await produce(kafka_settings, Topic.RESPONSES, [response_event(score=9), detractor])
+        (alert,) = await eventually(lambda: alerts(alerting, status="open"), lambda a: len(a) == 1)
+        assert alert["rule"] == "detractor"
+        assert alert["severity"] == "critical"
+        assert (alert["customer_id"], alert["ticket_id"], alert["score"]) == ("c-1", "T-9", 2)
+        assert alert["comment"] == "二度と使わない"
+        assert alert["reasons"] == ["price"]
+        assert alert["event_id"] == str(detractor.event_id)
+        one = await alerting.get(f"/v1/alerts/{alert['id']}")
+        assert one.json() == alert
+
+    async def test_repeats_fold_and_redeliveries_do_not_count(
+        self, alerting: httpx.AsyncClient, kafka_settings: KafkaSettings
+    ) -> None:
+        first = response_event(score=5, customer_id="c-2", ticket_id="T-1")
+        again = response_event(score=3, customer_id="c-2", ticket_id="T-1")
+        await produce(kafka_settings, Topic.RESPONSES, [first, first, again, again])
+        other = response_event(score=4, customer_id="c-3")
+        await produce(kafka_settings, Topic.RESPONSES, [other])
+        open_alerts = await eventually(lambda: alerts(alerting), lambda a: len(a) == 2)
+        by_customer = {a["customer_id"]: a for a in open_alerts}
+        assert by_customer["c-2"]["occurrences"] == 2
+        assert by_customer["c-3"]["occurrences"] == 1
+
+    async def test_unknown_alert_is_404(self, alerting: httpx.AsyncClient) -> None:
+        r = await alerting.get("/v1/alerts/6f1c1d5e-7b7a-4c39-9f3a-0d2b8b7d1a10")
+        assert r.status_code == 404
+        assert r.json()["error"] == "not_found"
