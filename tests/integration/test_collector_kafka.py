@@ -24,14 +24,16 @@ async def collector(
     kafka_settings: KafkaSettings, auth: AuthSettings, api_key: str
 ) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(kafka_settings, auth, CollectorSettings())
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app),
             base_url="http://collector",
             headers={"Authorization": f"Bearer {api_key}"},
-        ) as client:
-            await eventually(lambda: client.get("/readyz"), lambda r: r.status_code == 200)
-            yield client
+        ) as client,
+    ):
+        await eventually(lambda: client.get("/readyz"), lambda r: r.status_code == 200)
+        yield client
 
 
 class TestProduce:

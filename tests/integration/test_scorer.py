@@ -31,15 +31,17 @@ async def scorer(
         kafka_settings,
         DatabaseSettings(url=database_url),
         auth,
-        scorer_settings,  # type: ignore[arg-type]
+        scorer_settings,
     )
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app),
             base_url="http://scorer",
             headers={"Authorization": f"Bearer {api_key}"},
-        ) as client:
-            yield client
+        ) as client,
+    ):
+        yield client
 
 
 async def nps(client: httpx.AsyncClient, **params: str) -> dict[str, object]:
@@ -140,10 +142,10 @@ class TestRedelivery:
         try:
             handler = ResponseHandler(engine)
             events = [response_event(score=s) for s in (10, 6, 8)]
-            batch = [Decoded(record=None, event=e) for e in events]  # type: ignore[arg-type]
+            batch = [Decoded(record=None, event=e) for e in events]
             await handler(batch)
             await handler(batch)
-            await handler(batch[1:] + [Decoded(record=None, event=response_event(score=9))])  # type: ignore[arg-type]
+            await handler([*batch[1:], Decoded(record=None, event=response_event(score=9))])
             async with engine.connect() as conn:
                 raw = await conn.scalar(sa.text("SELECT count(*) FROM responses"))
                 n, promoters = (

@@ -23,7 +23,7 @@ KEY = "unit-test-key-0123456789"
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(
         KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}", produce_timeout_seconds=1),
-        AuthSettings(api_key=KEY),  # type: ignore[arg-type]
+        AuthSettings(api_key=KEY),
         CollectorSettings(max_body_bytes=4096),
     )
     async with app.router.lifespan_context(app):

@@ -33,5 +33,7 @@ class TestRules:
         a = evaluate(response_event(score=2, customer_id="c1", ticket_id="T-1"))
         b = evaluate(response_event(score=4, customer_id="c1", ticket_id="T-1"))
         c = evaluate(response_event(score=4, customer_id="c1", ticket_id="T-2"))
-        assert a is not None and b is not None and c is not None
+        assert a is not None
+        assert b is not None
+        assert c is not None
         assert a.dedupe_key == b.dedupe_key != c.dedupe_key

@@ -26,7 +26,7 @@ class TestUnknownVariables:
                 "CXLOOP_KAFKA_BOOTSTRAP_SERVERS": "x:9092",
                 "CXLOOP_TEST_KAFKA_BACKEND": "tansu",
                 "PATH": "/bin",
-            }  # fmt: skip
+            }
         )
 
 
@@ -37,11 +37,11 @@ class TestValues:
             load(CollectorSettings)
 
     def test_plain_postgres_urls_get_the_async_driver(self) -> None:
-        settings = DatabaseSettings(url="postgresql://u:p@db:5432/cx")  # type: ignore[arg-type]
+        settings = DatabaseSettings(url="postgresql://u:p@db:5432/cx")
         assert settings.sqlalchemy_url() == "postgresql+asyncpg://u:p@db:5432/cx"
 
     def test_the_database_password_never_shows_in_repr(self) -> None:
-        settings = DatabaseSettings(url="postgresql://u:hunter2@db/cx")  # type: ignore[arg-type]
+        settings = DatabaseSettings(url="postgresql://u:hunter2@db/cx")
         assert "hunter2" not in repr(settings)
 
 
@@ -51,9 +51,9 @@ class TestApiKeys:
             AuthSettings(api_key=None, api_keys=None).keys()
 
     def test_keys_can_rotate(self) -> None:
-        settings = AuthSettings(api_key="a" * 20, api_keys="b" * 20 + ", " + "c" * 20)  # type: ignore[arg-type]
+        settings = AuthSettings(api_key="a" * 20, api_keys="b" * 20 + ", " + "c" * 20)
         assert settings.keys() == ("a" * 20, "b" * 20, "c" * 20)
 
     def test_short_keys_are_refused(self) -> None:
         with pytest.raises(ConfigError, match="at least 16"):
-            AuthSettings(api_key="short").keys()  # type: ignore[arg-type]
+            AuthSettings(api_key="short").keys()
