@@ -38,10 +38,14 @@ class KafkaSettings(BaseSettings):
         default="cxloop.", pattern=r"^[A-Za-z0-9._-]*$", description="Prefix of every topic name."
     )
     client_id: str = Field(default="cxloop", description="Client id reported to the broker.")
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, with SASL_*."
+    )
+    sasl_username: str | None = Field(default=None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(default=None, description="SASL password.")
     ssl_cafile: Path | None = Field(default=None, description="CA bundle for SSL listeners.")
     idempotence: bool = Field(
         default=True,
@@ -50,7 +54,9 @@ class KafkaSettings(BaseSettings):
     produce_timeout_seconds: float = Field(
         default=10.0, gt=0, description="How long a request waits for the broker's ack."
     )
-    request_timeout_ms: int = Field(default=15_000, gt=0)
+    request_timeout_ms: int = Field(
+        default=15_000, gt=0, description="aiokafka's timeout for one broker request."
+    )
 
     def topic(self, topic: Topic) -> str:
         """Return the broker-side name of ``topic``."""
@@ -88,8 +94,10 @@ class DatabaseSettings(BaseSettings):
         default=SecretStr("postgresql+asyncpg://cxloop@127.0.0.1:5432/cxloop"),
         description="SQLAlchemy URL; postgresql:// is read as postgresql+asyncpg://.",
     )
-    pool_size: int = Field(default=10, ge=1)
-    connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    pool_size: int = Field(default=10, ge=1, description="Connections per service process.")
+    connect_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="How long to wait for a new connection."
+    )
 
     @field_validator("url")
     @classmethod
@@ -137,7 +145,9 @@ class LogSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CXLOOP_LOG_", extra="forbid")
 
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="DEBUG, INFO, WARNING or ERROR."
+    )
 
 
 class HttpSettings(BaseSettings):
@@ -152,7 +162,7 @@ class CollectorSettings(HttpSettings):
 
     model_config = SettingsConfigDict(env_prefix="CXLOOP_COLLECTOR_", extra="forbid")
 
-    port: int = Field(default=8000, ge=0, le=65535)
+    port: int = Field(default=8000, ge=0, le=65535, description="Port to bind.")
     max_body_bytes: int = Field(
         default=64 * 1024, gt=0, description="Largest single-response body accepted."
     )
@@ -161,12 +171,22 @@ class CollectorSettings(HttpSettings):
 class ConsumerSettings(HttpSettings):
     """A consuming service: its HTTP API and its consumer group."""
 
-    group_id: str = ""
-    batch_max_records: int = Field(default=500, ge=1, le=100_000)
-    batch_timeout_ms: int = Field(default=200, ge=1)
-    commit_timeout_seconds: float = Field(default=10.0, gt=0)
-    session_timeout_ms: int = Field(default=10_000, ge=1000)
-    heartbeat_interval_ms: int = Field(default=3_000, ge=100)
+    group_id: str = Field(default="", description="Kafka consumer group.")
+    batch_max_records: int = Field(
+        default=500, ge=1, le=100_000, description="Most records applied in one transaction."
+    )
+    batch_timeout_ms: int = Field(
+        default=200, ge=1, description="Longest wait for a batch to fill."
+    )
+    commit_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Longest wait for an offset commit."
+    )
+    session_timeout_ms: int = Field(
+        default=10_000, ge=1000, description="Consumer-group session timeout."
+    )
+    heartbeat_interval_ms: int = Field(
+        default=3_000, ge=100, description="Consumer-group heartbeat interval."
+    )
 
 
 class ScorerSettings(ConsumerSettings):
@@ -174,8 +194,8 @@ class ScorerSettings(ConsumerSettings):
 
     model_config = SettingsConfigDict(env_prefix="CXLOOP_SCORER_", extra="forbid")
 
-    port: int = Field(default=8001, ge=0, le=65535)
-    group_id: str = "cxloop-scorer"
+    port: int = Field(default=8001, ge=0, le=65535, description="Port to bind.")
+    group_id: str = Field(default="cxloop-scorer", description="Kafka consumer group.")
 
 
 class AlertingSettings(ConsumerSettings):
@@ -183,8 +203,8 @@ class AlertingSettings(ConsumerSettings):
 
     model_config = SettingsConfigDict(env_prefix="CXLOOP_ALERTING_", extra="forbid")
 
-    port: int = Field(default=8002, ge=0, le=65535)
-    group_id: str = "cxloop-alerting"
+    port: int = Field(default=8002, ge=0, le=65535, description="Port to bind.")
+    group_id: str = Field(default="cxloop-alerting", description="Kafka consumer group.")
 
 
 class StackSettings(BaseSettings):
