@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from pathlib import Path
+from uuid import UUID
 
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Table, text
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from shared.errors import SchemaOutdatedError
 from shared.settings import DatabaseSettings
@@ -65,3 +73,20 @@ async def assert_schema_current(engine: AsyncEngine, script_location: Path) -> N
             f"version of cxloop needs {head}: run `cxloop migrate` "
             "(it reads CXLOOP_DATABASE_URL), then start the service again"
         )
+
+
+async def record_new_event_ids(
+    conn: AsyncConnection, ledger: Table, ids: Iterable[UUID]
+) -> set[UUID]:
+    """Insert ``ids`` into a service's applied-events ledger; return those not seen before.
+
+    Run it in the same transaction as the effects of the events, so that the effects and the
+    ledger rows commit together and a redelivered event is recognised.
+    """
+    rows = [{"event_id": event_id} for event_id in ids]
+    if not rows:
+        return set()
+    inserted = await conn.execute(
+        insert(ledger).values(rows).on_conflict_do_nothing().returning(ledger.c.event_id)
+    )
+    return {row.event_id for row in inserted}

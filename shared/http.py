@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared import metrics
@@ -119,6 +120,14 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected_error)
 
 
+def get_engine(request: Request) -> AsyncEngine:
+    """Return the service's database engine, which its lifespan put on ``app.state``."""
+    engine: AsyncEngine = request.app.state.engine
+    return engine
+
+
+EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
+
 ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
 
 
@@ -219,3 +228,24 @@ async def _send_error(send: Any, status: int, detail: str) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def build_app(
+    *,
+    service: str,
+    description: str,
+    lifespan: Any,
+    readiness: ReadinessCheck,
+    routers: Sequence[APIRouter],
+    api_keys: Sequence[str],
+) -> FastAPI:
+    """Return a service's FastAPI app: JSON errors, open operations endpoints, keyed ``/v1``."""
+    app = FastAPI(
+        title=f"cxloop {service}", version="1", description=description, lifespan=lifespan
+    )
+    install_error_handlers(app)
+    app.include_router(operations_router(service, readiness))
+    auth = Depends(ApiKeyAuth(api_keys))
+    for router in routers:
+        app.include_router(router, dependencies=[auth])
+    return app

@@ -15,5 +15,5 @@ def configure(level: str, service: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("aiokafka", "kafka", "sqlalchemy.engine", "httpx"):
+    for noisy in ("aiokafka", "kafka", "sqlalchemy.engine", "httpx", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import TypeVar
 
+import httpx
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from fastapi import FastAPI
 from pydantic import BaseModel
 
 from shared.kafka import encode, make_producer
@@ -75,3 +78,17 @@ async def produce(
             await producer.send_and_wait(settings.topic(topic), value=value, key=record_key)
     finally:
         await producer.stop()
+
+
+@asynccontextmanager
+async def serving(app: FastAPI, api_key: str, name: str) -> AsyncIterator[httpx.AsyncClient]:
+    """Run ``app``'s lifespan and yield a client that calls it with ``api_key``."""
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url=f"http://{name}",
+            headers={"Authorization": f"Bearer {api_key}"},
+        ) as client,
+    ):
+        yield client

@@ -5,21 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from sqlalchemy.ext.asyncio import AsyncEngine
+from fastapi import APIRouter, HTTPException, Query
 
 from services.alerting import repository
 from services.alerting.schemas import Alert, AlertList, AlertStatus
+from shared.http import EngineDep
 
 router = APIRouter(prefix="/v1", tags=["alerts"])
-
-
-def get_engine(request: Request) -> AsyncEngine:
-    engine: AsyncEngine = request.app.state.engine
-    return engine
-
-
-EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
 
 
 @router.get("/alerts", response_model=AlertList, summary="List alerts, newest first")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 
 from services.alerting import api
 from services.alerting.consumer import AlertHandler
 from services.migrations import MIGRATIONS_DIR
 from shared.events import ResponseSubmitted
-from shared.http import ApiKeyAuth, install_error_handlers, operations_router
+from shared.http import build_app
 from shared.runtime import ConsumingService
 from shared.settings import AlertingSettings, AuthSettings, DatabaseSettings, KafkaSettings, load
 from shared.topics import Topic
@@ -38,10 +38,11 @@ def create_app(
         make_handler=AlertHandler,
         migrations=MIGRATIONS_DIR,
     )
-    app = FastAPI(
-        title="cxloop alerting", version="1", description=DESCRIPTION, lifespan=runtime.lifespan
+    return build_app(
+        service="alerting",
+        description=DESCRIPTION,
+        lifespan=runtime.lifespan,
+        readiness=runtime.readiness,
+        routers=[api.router],
+        api_keys=keys,
     )
-    install_error_handlers(app)
-    app.include_router(operations_router("alerting", runtime.readiness))
-    app.include_router(api.router, dependencies=[Depends(ApiKeyAuth(keys))])
-    return app

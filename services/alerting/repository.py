@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.alerting.models import alerts, applied_events
 from services.alerting.rules import AlertDraft
+from shared.db import record_new_event_ids
 from shared.events import ResponseSubmitted
 
 
@@ -20,16 +21,8 @@ async def first_seen(
 ) -> list[ResponseSubmitted]:
     """Record the events in the ledger; return those never applied before, in order."""
     unique = {e.event_id: e for e in events}
-    if not unique:
-        return []
-    inserted = await conn.execute(
-        insert(applied_events)
-        .values([{"event_id": event_id} for event_id in unique])
-        .on_conflict_do_nothing()
-        .returning(applied_events.c.event_id)
-    )
-    fresh = {row.event_id for row in inserted}
-    return [e for e in unique.values() if e.event_id in fresh]
+    new_ids = await record_new_event_ids(conn, applied_events, unique)
+    return [e for event_id, e in unique.items() if event_id in new_ids]
 
 
 async def open_or_fold(conn: AsyncConnection, draft: AlertDraft, event: ResponseSubmitted) -> bool:

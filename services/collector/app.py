@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 
 from services.collector.routes import responses
-from shared.http import ApiKeyAuth, BodyLimitMiddleware, install_error_handlers, operations_router
+from shared.http import BodyLimitMiddleware, build_app
 from shared.kafka import broker_answers
 from shared.runtime import ProducerHandle
 from shared.settings import AuthSettings, CollectorSettings, KafkaSettings, load
@@ -44,9 +44,13 @@ def create_app(
         handle: ProducerHandle = app.state.producer
         return {"kafka": handle.ready and await broker_answers(handle.producer)}
 
-    app = FastAPI(title="cxloop collector", version="1", description=DESCRIPTION, lifespan=lifespan)
-    install_error_handlers(app)
+    app = build_app(
+        service="collector",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        readiness=readiness,
+        routers=[responses.router],
+        api_keys=keys,
+    )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.include_router(operations_router("collector", readiness))
-    app.include_router(responses.router, dependencies=[Depends(ApiKeyAuth(keys))])
     return app

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from sqlalchemy.ext.asyncio import AsyncEngine
+from fastapi import APIRouter, HTTPException, Query
 
 from services.scorer import aggregates, repository
 from services.scorer.schemas import CesScore, CsatScore, NpsScore, Window
 from shared.events import SCALES, Channel, Metric, SurveyType, utcnow
+from shared.http import EngineDep
 
 router = APIRouter(prefix="/v1", tags=["scores"])
 
@@ -21,14 +21,6 @@ WINDOWS = {
     Window.MONTH: timedelta(days=30),
     Window.QUARTER: timedelta(days=90),
 }
-
-
-def get_engine(request: Request) -> AsyncEngine:
-    engine: AsyncEngine = request.app.state.engine
-    return engine
-
-
-EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
 
 
 @router.get(

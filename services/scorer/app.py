@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 
 from services.migrations import MIGRATIONS_DIR
 from services.scorer import api
 from services.scorer.consumer import ResponseHandler
 from shared.events import ResponseSubmitted
-from shared.http import ApiKeyAuth, install_error_handlers, operations_router
+from shared.http import build_app
 from shared.runtime import ConsumingService
 from shared.settings import AuthSettings, DatabaseSettings, KafkaSettings, ScorerSettings, load
 from shared.topics import Topic
@@ -38,10 +38,11 @@ def create_app(
         make_handler=ResponseHandler,
         migrations=MIGRATIONS_DIR,
     )
-    app = FastAPI(
-        title="cxloop scorer", version="1", description=DESCRIPTION, lifespan=runtime.lifespan
+    return build_app(
+        service="scorer",
+        description=DESCRIPTION,
+        lifespan=runtime.lifespan,
+        readiness=runtime.readiness,
+        routers=[api.router],
+        api_keys=keys,
     )
-    install_error_handlers(app)
-    app.include_router(operations_router("scorer", runtime.readiness))
-    app.include_router(api.router, dependencies=[Depends(ApiKeyAuth(keys))])
-    return app

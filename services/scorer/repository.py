@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.scorer.aggregates import BucketKey, Counts, fold
 from services.scorer.models import COUNTS, applied_events, responses, score_buckets
+from shared.db import record_new_event_ids
 from shared.events import ResponseSubmitted
 
 
@@ -24,15 +25,8 @@ async def apply_responses(
     bucket increments commit together or not at all.
     """
     unique = {e.event_id: e for e in events}
-    if not unique:
-        return []
-    inserted = await conn.execute(
-        insert(applied_events)
-        .values([{"event_id": event_id} for event_id in unique])
-        .on_conflict_do_nothing()
-        .returning(applied_events.c.event_id)
-    )
-    fresh = [unique[row.event_id] for row in inserted]
+    new_ids = await record_new_event_ids(conn, applied_events, unique)
+    fresh = [e for event_id, e in unique.items() if event_id in new_ids]
     if not fresh:
         return []
     await conn.execute(

@@ -12,7 +12,7 @@ from services.alerting.app import create_app
 from shared.settings import AlertingSettings, AuthSettings, DatabaseSettings, KafkaSettings
 from shared.topics import Topic
 from tests.builders import response_event
-from tests.helpers import eventually, produce
+from tests.helpers import eventually, produce, serving
 
 
 @pytest.fixture
@@ -29,14 +29,7 @@ async def alerting(
         auth,
         alerting_settings,
     )
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://alerting",
-            headers={"Authorization": f"Bearer {api_key}"},
-        ) as client,
-    ):
+    async with serving(app, api_key, "alerting") as client:
         yield client
 
 

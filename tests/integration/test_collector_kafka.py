@@ -14,7 +14,7 @@ from shared.kafka import HEADER_SCHEMA, HEADER_TYPE
 from shared.settings import AuthSettings, CollectorSettings, KafkaSettings
 from shared.topics import Topic
 from tests.builders import response_payload
-from tests.helpers import eventually, read_topic
+from tests.helpers import eventually, read_topic, serving
 
 pytestmark = pytest.mark.smoke
 
@@ -24,14 +24,7 @@ async def collector(
     kafka_settings: KafkaSettings, auth: AuthSettings, api_key: str
 ) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(kafka_settings, auth, CollectorSettings())
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://collector",
-            headers={"Authorization": f"Bearer {api_key}"},
-        ) as client,
-    ):
+    async with serving(app, api_key, "collector") as client:
         await eventually(lambda: client.get("/readyz"), lambda r: r.status_code == 200)
         yield client
 

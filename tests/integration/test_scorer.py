@@ -16,7 +16,7 @@ from shared.kafka import HEADER_DLQ_REASON, Decoded
 from shared.settings import AuthSettings, DatabaseSettings, KafkaSettings, ScorerSettings
 from shared.topics import Topic
 from tests.builders import response_event
-from tests.helpers import eventually, produce, read_topic
+from tests.helpers import eventually, produce, read_topic, serving
 
 
 @pytest.fixture
@@ -33,14 +33,7 @@ async def scorer(
         auth,
         scorer_settings,
     )
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://scorer",
-            headers={"Authorization": f"Bearer {api_key}"},
-        ) as client,
-    ):
+    async with serving(app, api_key, "scorer") as client:
         yield client
 
 
