@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,8 +51,7 @@ def _run_service(name: str) -> int:
 
         factories[name] = (alerting_app, AlertingSettings)
     factory, settings_cls = factories[name]
-    if name != "collector":
-        asyncio.run(_check_schema())
+    asyncio.run(_check_schema())
     serve(factory(), load(settings_cls))
     return 0
 
@@ -86,6 +86,56 @@ def _topics(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys(args: argparse.Namespace) -> int:
+    return asyncio.run(_keys_async(args))
+
+
+async def _keys_async(args: argparse.Namespace) -> int:
+    from shared.apikeys import KeyKind, Scope, create_key, list_keys, revoke_key
+    from shared.db import create_engine
+
+    engine = create_engine(load(DatabaseSettings))
+    try:
+        async with engine.begin() as conn:
+            if args.keys_command == "create":
+                scopes = [Scope(s) for s in args.scope] or (
+                    [Scope.RESPONSES_WRITE] if args.publishable else []
+                )
+                if not scopes:
+                    raise ConfigError("name at least one --scope: " + ", ".join(Scope))
+                key, key_id = await create_key(
+                    conn,
+                    name=args.name,
+                    kind=KeyKind.PUBLISHABLE if args.publishable else KeyKind.SECRET,
+                    scopes=scopes,
+                    sources=["widget"] if args.publishable else args.source,
+                    origins=args.origin,
+                )
+                print(f"created key {key_id} ({args.name}); it is shown only now:\n{key}")
+            elif args.keys_command == "list":
+                for row in await list_keys(conn):
+                    state = "revoked" if row["revoked_at"] else "active"
+                    print(
+                        f"{row['id']}  {row['prefix']}…  {state:7}  {row['kind']:11}  "
+                        f"{row['name']}  scopes={','.join(row['scopes'])}"
+                        + (f"  sources={','.join(row['sources'])}" if row["sources"] else "")
+                        + (f"  origins={','.join(row['origins'])}" if row["origins"] else "")
+                    )
+            elif not await revoke_key(conn, args.id):
+                print(f"cxloop keys revoke: no active key {args.id}", file=sys.stderr)
+                return 1
+            else:
+                print(
+                    f"revoked {args.id}; services refuse it once their cache expires "
+                    "(CXLOOP_KEY_CACHE_SECONDS)"
+                )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    finally:
+        await engine.dispose()
+    return 0
+
+
 def _schemas(args: argparse.Namespace) -> int:
     from shared.events import json_schemas
 
@@ -102,6 +152,12 @@ def _up(args: argparse.Namespace) -> int:
 
     overrides = {"broker": args.broker} if args.broker else {}
     return up(load(StackSettings, **overrides))
+
+
+def _scopes() -> list[str]:
+    from shared.apikeys import Scope
+
+    return [s.value for s in Scope]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,6 +181,24 @@ def build_parser() -> argparse.ArgumentParser:
     topics = sub.add_parser("topics", help="create the Kafka topics with their partition counts")
     topics.add_argument("--replication-factor", type=int, default=1)
     topics.set_defaults(run=_topics)
+    keys = sub.add_parser("keys", help="create, list and revoke scoped API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key; it is printed once")
+    create.add_argument("--name", required=True, help="who or what uses it")
+    create.add_argument(
+        "--scope", action="append", default=[], help="repeatable: " + ", ".join(_scopes())
+    )
+    create.add_argument(
+        "--source", action="append", default=[], help="repeatable: limit it to these adapters"
+    )
+    create.add_argument("--publishable", action="store_true", help="a widget key for browsers")
+    create.add_argument(
+        "--origin", action="append", default=[], help="repeatable: an origin a widget key may use"
+    )
+    keys_sub.add_parser("list", help="list keys (never their secrets)")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("id", type=uuid.UUID)
+    keys.set_defaults(run=_keys)
     schemas = sub.add_parser("schemas", help="write the JSON Schemas of the Kafka events")
     schemas.add_argument("--out", type=Path, default=Path("schemas"))
     schemas.set_defaults(run=_schemas)

@@ -6,7 +6,6 @@ also lists every bad field under ``errors``. A 5xx never carries a stack trace.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -20,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared import metrics
+from shared.apikeys import KeyStore, Principal, Scope
 
 log = logging.getLogger(__name__)
 
@@ -49,32 +49,59 @@ def error_body(status: int, detail: str, field: str | None = None, **extra: Any)
     return body
 
 
-class ApiKeyAuth:
-    """A FastAPI dependency that accepts ``Authorization: Bearer <key>`` for configured keys."""
+def get_principal(source: str | None = None) -> Any:
+    """Return a dependency that authenticates the bearer key and yields its Principal."""
 
-    def __init__(self, keys: Sequence[str]) -> None:
-        self._keys = [k.encode("utf-8") for k in keys]
-
-    async def __call__(
-        self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-    ) -> None:
+    async def dependency(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Principal:
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise HTTPException(
                 401,
                 "missing credentials: send Authorization: Bearer <key>",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        presented = credentials.credentials.encode("utf-8")
-        # Compare against every key so the time taken does not reveal which one nearly matched.
-        matched = False
-        for key in self._keys:
-            matched |= hmac.compare_digest(presented, key)
-        if not matched:
+        store: KeyStore = request.app.state.keystore
+        principal = await store.authenticate(credentials.credentials)
+        if principal is None:
             raise HTTPException(
                 401,
                 "invalid API key",
                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
+        return principal
+
+    return dependency
+
+
+def require(scope: Scope, source: str | None = None) -> Any:
+    """Return a dependency that admits only keys allowed ``scope`` (through ``source``)."""
+
+    # A default rather than Annotated: the dependency is built here, so a string annotation
+    # (from __future__ import annotations) could not name it.
+    async def dependency(principal: Principal = Depends(get_principal(source))) -> Principal:  # noqa: B008
+        if not principal.may(scope, source):
+            through = f" through {source}" if source else ""
+            raise HTTPException(403, f"this key may not use {scope.value}{through}")
+        return principal
+
+    return Depends(dependency)
+
+
+class FieldErrors(Exception):
+    """Raise to answer 422 naming each bad field, in the same shape as schema errors."""
+
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        super().__init__("; ".join(f"{e['field']}: {e['detail']}" for e in errors))
+        self.errors = errors
+
+
+async def _field_errors(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, FieldErrors)
+    return JSONResponse(
+        error_body(422, str(exc), exc.errors[0]["field"], errors=exc.errors), status_code=422
+    )
 
 
 def _field_of(loc: Sequence[int | str]) -> str:
@@ -116,11 +143,12 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     """Make every error response JSON in cxloop's shape."""
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(FieldErrors, _field_errors)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
 
 
-def get_engine(request: Request) -> AsyncEngine:
+async def get_engine(request: Request) -> AsyncEngine:
     """Return the service's database engine, which its lifespan put on ``app.state``."""
     engine: AsyncEngine = request.app.state.engine
     return engine
@@ -164,33 +192,40 @@ def operations_router(service: str, readiness: ReadinessCheck) -> APIRouter:
     return router
 
 
-class BodyLimitMiddleware:
-    """Refuse request bodies over ``max_bytes`` (413) and non-JSON bodies on writes (415).
+BodyPolicy = Callable[[str], tuple[int, frozenset[str]]]
+JSON_ONLY = frozenset({"application/json"})
 
-    The size is checked against Content-Length first and against the bytes actually
-    received as well, so a chunked upload cannot slip past the limit.
+
+class BodyLimitMiddleware:
+    """Refuse bodies over a path's size limit (413) or of a media type it does not take (415).
+
+    ``policy(path)`` gives the limit in bytes and the accepted media types. The size is
+    checked against Content-Length first and against the bytes actually received as well,
+    so a chunked upload cannot slip past the limit.
     """
 
-    def __init__(self, app: Any, *, max_bytes: int) -> None:
+    def __init__(self, app: Any, *, policy: BodyPolicy) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.policy = policy
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
+        max_bytes, media_types = self.policy(scope["path"])
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         media_type = headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type != "application/json":
+        if media_type not in media_types:
+            accepted = " or ".join(sorted(media_types))
             await _send_error(
                 send,
                 415,
-                f"content-type {media_type or '(none)'} is not supported: send application/json",
+                f"content-type {media_type or '(none)'} is not supported: send {accepted}",
             )
             return
         declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _send_error(send, 413, f"body is {declared} bytes; the limit is {self.max_bytes}")
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            await _send_error(send, 413, f"body is {declared} bytes; the limit is {max_bytes}")
             return
         received = 0
         too_large = False
@@ -200,7 +235,7 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     # Hand the app an empty end of body; what it answers is dropped below.
                     too_large = True
                     return {"type": "http.request", "body": b"", "more_body": False}
@@ -212,7 +247,7 @@ class BodyLimitMiddleware:
 
         await self.app(scope, limited_receive, guarded_send)
         if too_large:
-            await _send_error(send, 413, f"body exceeds the limit of {self.max_bytes} bytes")
+            await _send_error(send, 413, f"body exceeds the limit of {max_bytes} bytes")
 
 
 async def _send_error(send: Any, status: int, detail: str) -> None:
@@ -237,15 +272,18 @@ def build_app(
     lifespan: Any,
     readiness: ReadinessCheck,
     routers: Sequence[APIRouter],
-    api_keys: Sequence[str],
+    keystore: KeyStore,
 ) -> FastAPI:
-    """Return a service's FastAPI app: JSON errors, open operations endpoints, keyed ``/v1``."""
+    """Return a service's FastAPI app: JSON errors and the open operations endpoints.
+
+    Routes declare the scope they need with :func:`require`.
+    """
     app = FastAPI(
         title=f"cxloop {service}", version="1", description=description, lifespan=lifespan
     )
+    app.state.keystore = keystore
     install_error_handlers(app)
     app.include_router(operations_router(service, readiness))
-    auth = Depends(ApiKeyAuth(api_keys))
     for router in routers:
-        app.include_router(router, dependencies=[auth])
+        app.include_router(router)
     return app

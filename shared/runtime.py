@@ -268,6 +268,7 @@ class ConsumingService(Generic[E]):
         """Start with the app and stop with it; the engine is ``app.state.engine``."""
         await self.start()
         app.state.engine = self.engine
+        app.state.keystore.engine = self.engine
         try:
             yield
         finally:

@@ -13,10 +13,10 @@ import difflib
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.errors import ConfigError
 from shared.topics import Topic, topic_name
@@ -116,7 +116,10 @@ class DatabaseSettings(BaseSettings):
 
 
 class AuthSettings(BaseSettings):
-    """API keys accepted as ``Authorization: Bearer <key>`` (``CXLOOP_API_KEY[S]``)."""
+    """Operator keys, accepted as ``Authorization: Bearer <key>`` (``CXLOOP_API_KEY[S]``).
+
+    Operator keys may do everything; scoped keys live hashed in Postgres (``cxloop keys``).
+    """
 
     model_config = SettingsConfigDict(env_prefix="CXLOOP_", extra="forbid")
 
@@ -124,17 +127,16 @@ class AuthSettings(BaseSettings):
     api_keys: SecretStr | None = Field(
         default=None, description="More accepted keys, comma-separated (for rotation)."
     )
+    key_cache_seconds: float = Field(
+        default=30.0, ge=0, description="How long a scoped key's lookup is cached (revocation lag)."
+    )
 
     def keys(self) -> tuple[str, ...]:
-        """Return every accepted key; raise ``ConfigError`` when there is none."""
+        """Return the operator keys; raise ``ConfigError`` for one too short to be safe."""
         raw = [self.api_key.get_secret_value()] if self.api_key else []
         if self.api_keys:
             raw += self.api_keys.get_secret_value().split(",")
         keys = tuple(k.strip() for k in raw if k.strip())
-        if not keys:
-            raise ConfigError(
-                "no API key configured: set CXLOOP_API_KEY (or CXLOOP_API_KEYS, comma-separated)"
-            )
         if any(len(k) < 16 for k in keys):
             raise ConfigError("CXLOOP_API_KEY: every key must be at least 16 characters")
         return keys
@@ -157,6 +159,20 @@ class HttpSettings(BaseSettings):
     port: int = Field(default=0, ge=0, le=65535, description="Port to bind.")
 
 
+DEFAULT_REASON_CODES = (
+    "price", "product_quality", "delivery_speed", "wait_time", "agent_knowledge",
+    "agent_attitude", "ease_of_use", "website", "app", "billing", "communication", "other",
+)  # fmt: skip
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+def _split(value: Any) -> Any:
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    return value
+
+
 class CollectorSettings(HttpSettings):
     """The collector (``CXLOOP_COLLECTOR_*``)."""
 
@@ -164,8 +180,39 @@ class CollectorSettings(HttpSettings):
 
     port: int = Field(default=8000, ge=0, le=65535, description="Port to bind.")
     max_body_bytes: int = Field(
-        default=64 * 1024, gt=0, description="Largest single-response body accepted."
+        default=64 * 1024, gt=0, description="Largest single-event body accepted."
     )
+    max_batch_bytes: int = Field(default=1024 * 1024, gt=0, description="Largest batch body.")
+    max_batch_items: int = Field(default=500, ge=1, description="Most items in one batch.")
+    reason_codes: CommaList = Field(
+        default=DEFAULT_REASON_CODES,
+        description="NPS+ reason codes accepted, comma-separated.",
+    )
+    locations: CommaList = Field(
+        default=(), description="Accepted segment locations, comma-separated; empty accepts any."
+    )
+    products: CommaList = Field(
+        default=(), description="Accepted segment products, comma-separated; empty accepts any."
+    )
+    business_units: CommaList = Field(
+        default=(), description="Accepted business units, comma-separated; empty accepts any."
+    )
+    idempotency_window_days: float = Field(
+        default=7, gt=0, description="How long a repeat is answered `duplicate` without producing."
+    )
+    fatigue_days: float = Field(
+        default=30,
+        ge=0,
+        description="An invitation within this many days of the last is suppressed.",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="The collector's public base URL (behind a proxy), for webhook signatures.",
+    )
+
+    _split_lists = field_validator(
+        "reason_codes", "locations", "products", "business_units", mode="before"
+    )(_split)
 
 
 class ConsumerSettings(HttpSettings):
@@ -293,6 +340,8 @@ def describe(
             default = field.default
             if isinstance(default, SecretStr):
                 default = "(secret)"
+            elif isinstance(default, tuple):
+                default = ",".join(default) or None
             rows.append(
                 (
                     f"{prefix}{name}".upper(),

@@ -9,9 +9,10 @@ from fastapi import APIRouter, HTTPException, Query
 
 from services.alerting import repository
 from services.alerting.schemas import Alert, AlertList, AlertStatus
-from shared.http import EngineDep
+from shared.apikeys import Scope
+from shared.http import EngineDep, require
 
-router = APIRouter(prefix="/v1", tags=["alerts"])
+router = APIRouter(prefix="/v1", dependencies=[require(Scope.ALERTS_READ)], tags=["alerts"])
 
 
 @router.get("/alerts", response_model=AlertList, summary="List alerts, newest first")

@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from services.alerting import api
 from services.alerting.consumer import AlertHandler
 from services.migrations import MIGRATIONS_DIR
+from shared.apikeys import KeyStore
 from shared.events import ResponseSubmitted
 from shared.http import build_app
 from shared.runtime import ConsumingService
@@ -27,7 +28,8 @@ def create_app(
     settings: AlertingSettings | None = None,
 ) -> FastAPI:
     """Build the alerting app; settings default to the environment."""
-    keys = (auth or load(AuthSettings)).keys()
+    auth = auth or load(AuthSettings)
+    keystore = KeyStore(auth.keys(), ttl=auth.key_cache_seconds)
     runtime = ConsumingService(
         name="alerting",
         kafka=kafka or load(KafkaSettings),
@@ -44,5 +46,5 @@ def create_app(
         lifespan=runtime.lifespan,
         readiness=runtime.readiness,
         routers=[api.router],
-        api_keys=keys,
+        keystore=keystore,
     )

@@ -2,55 +2,109 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from fastapi import FastAPI
 
-from services.collector.routes import responses
-from shared.http import BodyLimitMiddleware, build_app
-from shared.kafka import broker_answers
+from services.collector.idempotency import IdempotencyStore
+from services.collector.routes import events, responses
+from services.collector.service import Ingest
+from services.migrations import MIGRATIONS_DIR
+from shared.apikeys import KeyStore
+from shared.db import assert_schema_current, create_engine, database_answers
+from shared.http import JSON_ONLY, BodyLimitMiddleware, build_app
+from shared.kafka import broker_answers, sleep_unless_stopped
 from shared.runtime import ProducerHandle
-from shared.settings import AuthSettings, CollectorSettings, KafkaSettings, load
+from shared.settings import (
+    AuthSettings,
+    CollectorSettings,
+    DatabaseSettings,
+    KafkaSettings,
+    load,
+)
+
+log = logging.getLogger(__name__)
 
 DESCRIPTION = """\
 The front door of cxloop. Every write is answered **2xx only once Kafka has acknowledged
 it**; a 503 means nothing was stored and the request can be retried with the same
-`event_id`. Every `/v1` call needs `Authorization: Bearer <key>`.
+`event_id`. A repeat of an `event_id`, `Idempotency-Key` or vendor message id within the
+idempotency window is answered `duplicate` and not produced again.
+
+Every `/v1` call needs `Authorization: Bearer <key>` with the scope the route names.
+Unknown fields are refused with 422, naming the field.
 """
+
+PURGE_EVERY = 600.0
 
 
 def create_app(
     kafka: KafkaSettings | None = None,
+    database: DatabaseSettings | None = None,
     auth: AuthSettings | None = None,
     settings: CollectorSettings | None = None,
 ) -> FastAPI:
     """Build the collector app; settings default to the environment."""
     kafka = kafka or load(KafkaSettings)
-    settings = settings or load(CollectorSettings)
-    keys = (auth or load(AuthSettings)).keys()
+    database = database or load(DatabaseSettings)
+    collector = settings or load(CollectorSettings)
+    auth = auth or load(AuthSettings)
+    keystore = KeyStore(auth.keys(), ttl=auth.key_cache_seconds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(database)
+        await assert_schema_current(engine, MIGRATIONS_DIR)
+        keystore.engine = engine
         handle = ProducerHandle(kafka)
         handle.start()
+        store = IdempotencyStore(engine, timedelta(days=collector.idempotency_window_days))
+        app.state.engine = engine
         app.state.producer = handle
+        app.state.ingest = Ingest(handle, store, collector)
+        stop = asyncio.Event()
+        purge = asyncio.create_task(_purge(store, stop), name="idempotency-purge")
         try:
             yield
         finally:
+            stop.set()
+            await purge
             await handle.stop()
+            await engine.dispose()
 
     async def readiness() -> dict[str, bool]:
         handle: ProducerHandle = app.state.producer
-        return {"kafka": handle.ready and await broker_answers(handle.producer)}
+        return {
+            "kafka": handle.ready and await broker_answers(handle.producer),
+            "database": await database_answers(app.state.engine),
+        }
+
+    def body_policy(path: str) -> tuple[int, frozenset[str]]:
+        if path.endswith("/batch"):
+            return collector.max_batch_bytes, JSON_ONLY
+        return collector.max_body_bytes, JSON_ONLY
 
     app = build_app(
         service="collector",
         description=DESCRIPTION,
         lifespan=lifespan,
         readiness=readiness,
-        routers=[responses.router],
-        api_keys=keys,
+        routers=[responses.router, events.router],
+        keystore=keystore,
     )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, policy=body_policy)
     return app
+
+
+async def _purge(store: IdempotencyStore, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(Exception):
+            purged = await store.purge_expired()
+            if purged:
+                log.info("purged %d expired idempotency keys", purged)
+        await sleep_unless_stopped(stop, PURGE_EVERY)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 from uuid import UUID
 
 from pydantic import (
@@ -13,7 +13,9 @@ from pydantic import (
     Strict,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from shared.events import (
     Channel,
@@ -24,6 +26,8 @@ from shared.events import (
     ReasonCode,
     Segments,
     SurveyType,
+    TicketPriority,
+    TouchpointType,
     check_score,
     resolve_scale,
 )
@@ -108,7 +112,78 @@ class ResponseIn(BaseModel):
         return value
 
 
-class Accepted(BaseModel):
-    """The broker has acknowledged the event; it will be scored and alerted on."""
+class EventIn(BaseModel):
+    """One touchpoint event: a ticket changed, a purchase was made, or a custom type.
+
+    Unknown fields are refused with 422, as for responses; put extra data in ``attributes``.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "ticket.created",
+                    "ticket_id": "T-1042",
+                    "customer_id": "cust-42",
+                    "channel": "email",
+                    "priority": "high",
+                    "occurred_at": "2026-11-22T09:00:00+09:00",
+                }
+            ]
+        },
+    )
+
+    event_id: UUID | None = Field(
+        default=None, description="Your idempotency key, as for responses."
+    )
+    type: TouchpointType = Field(
+        description="ticket.created, ticket.first_response, ticket.status_changed, "
+        "ticket.resolved, ticket.reopened, purchase, or a custom dotted lower-case type."
+    )
+    ticket_id: Identifier | None = None
+    customer_id: Identifier
+    channel: Channel
+    priority: TicketPriority | None = None
+    status: Label | None = None
+    segments: SegmentsIn = Field(default_factory=SegmentsIn)
+    attributes: dict[Label, Annotated[str, Field(max_length=1024)]] = Field(
+        default_factory=dict, max_length=64
+    )
+    occurred_at: AwareDatetime | None = Field(
+        default=None, description="When it happened, with a UTC offset. Defaults to now."
+    )
+
+    @model_validator(mode="after")
+    def _tickets_have_ids(self) -> EventIn:
+        if self.type.startswith("ticket.") and self.ticket_id is None:
+            raise PydanticCustomError(
+                "missing", "ticket_id is required for {type}", {"type": self.type}
+            )
+        return self
+
+
+class Submitted(BaseModel):
+    """What became of one item: `accepted` (the broker holds it) or `duplicate` (it already did)."""
 
     event_id: UUID
+    status: Literal["accepted", "duplicate"]
+
+
+class ItemResult(BaseModel):
+    """One batch item's result; `rejected` items name every bad field."""
+
+    index: int
+    status: Literal["accepted", "duplicate", "rejected", "unavailable"]
+    event_id: UUID | None = None
+    errors: list[dict[str, str]] | None = None
+
+
+class BatchResult(BaseModel):
+    """Per-item results, in the order the items were sent, and their totals."""
+
+    results: list[ItemResult]
+    accepted: int
+    duplicate: int
+    rejected: int
+    unavailable: int

@@ -1,29 +1,80 @@
-"""Turning accepted HTTP payloads into wire events, and producing them."""
+"""Turning accepted payloads into wire events, and producing them exactly as accepted."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from uuid import UUID, uuid4
+from enum import StrEnum
+from typing import Any
 
 from aiokafka.errors import KafkaError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
 from services.collector import metrics
-from services.collector.schemas import ResponseIn
-from shared.errors import BrokerUnavailableError
-from shared.events import ResponseSubmitted, Segments, resolve_scale
-from shared.http import error_body
+from services.collector.idempotency import Claim, IdempotencyStore, event_id_for
+from services.collector.schemas import BatchResult, EventIn, ItemResult, ResponseIn, Submitted
+from shared.events import ResponseSubmitted, Segments, TouchpointEvent, resolve_scale, utcnow
+from shared.http import FieldErrors, error_body
 from shared.kafka import HEADER_SCHEMA, HEADER_TYPE, encode
 from shared.runtime import ProducerHandle
+from shared.settings import CollectorSettings
 from shared.topics import Topic, partition_key
 
+Event = ResponseSubmitted | TouchpointEvent
 
-def response_event(payload: ResponseIn, *, received_at: datetime, source: str) -> ResponseSubmitted:
+
+class Status(StrEnum):
+    """What became of one submitted item."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result for one item: its event id and status."""
+
+    event_id: uuid.UUID
+    status: Status
+
+
+@dataclass(frozen=True)
+class Item:
+    """An event to produce and the idempotency key it came with, if any."""
+
+    event: Event
+    key: str | None
+
+
+def resolve_event_id(
+    source: str, event_id: uuid.UUID | None, key: str | None
+) -> tuple[uuid.UUID, str | None]:
+    """Return the event id and the idempotency key of a submission.
+
+    A client's event id is its own key; otherwise an ``Idempotency-Key`` (or a vendor id)
+    names the event; with neither, the event gets a fresh id and needs no key.
+    """
+    if event_id is not None:
+        return event_id, f"{source}:event:{event_id}"
+    if key is not None:
+        return event_id_for(source, key), f"{source}:key:{key}"
+    return uuid.uuid4(), None
+
+
+def response_event(
+    payload: ResponseIn, *, event_id: uuid.UUID, received_at: datetime, source: str
+) -> ResponseSubmitted:
     """Build the wire event for an accepted response."""
     return ResponseSubmitted(
-        event_id=payload.event_id or uuid4(),
+        event_id=event_id,
         occurred_at=payload.occurred_at or received_at,
         received_at=received_at,
         source=source,
@@ -43,34 +94,233 @@ def response_event(payload: ResponseIn, *, received_at: datetime, source: str) -
     )
 
 
-async def publish(handle: ProducerHandle, event: ResponseSubmitted, *, source: str) -> None:
-    """Produce ``event`` and wait for the broker's ack; raise ``BrokerUnavailableError`` if none."""
-    producer = handle.producer
-    started = time.perf_counter()
-    try:
-        async with asyncio.timeout(handle.settings.produce_timeout_seconds):
-            await producer.send_and_wait(
-                handle.settings.topic(Topic.RESPONSES),
-                value=encode(event),
-                key=partition_key(event.customer_id),
-                headers=[
-                    (HEADER_TYPE, event.type.encode()),
-                    (HEADER_SCHEMA, str(event.schema_version).encode()),
-                ],
+def touchpoint_event(
+    payload: EventIn, *, event_id: uuid.UUID, received_at: datetime, source: str
+) -> TouchpointEvent:
+    """Build the wire event for an accepted touchpoint event."""
+    return TouchpointEvent(
+        event_id=event_id,
+        occurred_at=payload.occurred_at or received_at,
+        received_at=received_at,
+        source=source,
+        channel=payload.channel,
+        customer_id=payload.customer_id,
+        type=payload.type,
+        ticket_id=payload.ticket_id,
+        priority=payload.priority,
+        status=payload.status,
+        segments=Segments.model_validate(payload.segments.model_dump()),
+        attributes=payload.attributes,
+    )
+
+
+def configured_set_errors(payload: ResponseIn, settings: CollectorSettings) -> list[dict[str, str]]:
+    """Return the errors of values outside the configured reason codes and segment sets."""
+    errors = []
+    allowed = set(settings.reason_codes)
+    for i, reason in enumerate(payload.reasons):
+        if allowed and reason not in allowed:
+            errors.append(
+                {
+                    "field": f"reasons.{i}",
+                    "detail": f"reason {reason!r} is not one of the configured reason codes",
+                }
             )
-    except (KafkaError, TimeoutError) as exc:
-        raise BrokerUnavailableError(
-            f"the broker did not acknowledge: {type(exc).__name__}"
-        ) from exc
-    metrics.PRODUCE_SECONDS.observe(time.perf_counter() - started)
-    metrics.ACCEPTED.labels(source=source, kind=event.type).inc()
+    for name, values in (
+        ("location", settings.locations),
+        ("product", settings.products),
+        ("business_unit", settings.business_units),
+    ):
+        value = getattr(payload.segments, name)
+        if values and value is not None and value not in values:
+            errors.append(
+                {
+                    "field": f"segments.{name}",
+                    "detail": f"{name} {value!r} is not one of the configured values",
+                }
+            )
+    return errors
 
 
-def unavailable(detail: str, event_id: UUID) -> JSONResponse:
-    """Return the 503 that tells a caller to retry later with the same event id."""
-    metrics.UNAVAILABLE.inc()
+def _topic(event: Event) -> Topic:
+    return Topic.RESPONSES if isinstance(event, ResponseSubmitted) else Topic.TOUCHPOINTS
+
+
+class Ingest:
+    """Produces events once each: duplicates inside the window are answered, not produced."""
+
+    def __init__(
+        self, producer: ProducerHandle, store: IdempotencyStore, settings: CollectorSettings
+    ) -> None:
+        self._producer = producer
+        self._store = store
+        self.settings = settings
+
+    async def submit(self, items: Sequence[Item], *, source: str) -> list[Outcome]:
+        """Produce ``items`` and wait for the broker's acks; return one outcome per item."""
+        first_of_key: dict[str, int] = {}
+        for i, item in enumerate(items):
+            if item.key is not None:
+                first_of_key.setdefault(item.key, i)
+        produced = await self._store.already_produced(
+            [Claim(key, items[i].event.event_id) for key, i in first_of_key.items()]
+        )
+        statuses: list[Status | None] = []
+        for i, item in enumerate(items):
+            repeat = item.key is not None and (item.key in produced or first_of_key[item.key] != i)
+            statuses.append(Status.DUPLICATE if repeat else None)
+        to_send = [i for i, status in enumerate(statuses) if status is None]
+        sent = await self._produce([items[i].event for i in to_send])
+        for i, ok in zip(to_send, sent, strict=True):
+            statuses[i] = Status.ACCEPTED if ok else Status.UNAVAILABLE
+        await self._store.mark_produced(
+            [k for i, ok in zip(to_send, sent, strict=True) if ok and (k := items[i].key)]
+        )
+        outcomes = []
+        for item, status in zip(items, statuses, strict=True):
+            assert status is not None
+            metrics.EVENTS.labels(
+                source=source,
+                kind=item.event.type.split(".")[0],
+                channel=item.event.channel.value,
+                outcome=status.value,
+            ).inc()
+            outcomes.append(Outcome(item.event.event_id, status))
+        return outcomes
+
+    async def _produce(self, events: Sequence[Event]) -> list[bool]:
+        if not events:
+            return []
+        if not self._producer.ready:
+            return [False] * len(events)
+        producer = self._producer.producer
+        settings = self._producer.settings
+        started = time.perf_counter()
+        futures: list[asyncio.Future[object]] = []
+        try:
+            async with asyncio.timeout(settings.produce_timeout_seconds):
+                for event in events:
+                    future = await producer.send(
+                        settings.topic(_topic(event)),
+                        value=encode(event),
+                        key=partition_key(event.customer_id),
+                        headers=[
+                            (HEADER_TYPE, event.type.encode()),
+                            (HEADER_SCHEMA, str(event.schema_version).encode()),
+                        ],
+                    )
+                    # An ack that arrives after we answered 503 is fine (the event id dedupes);
+                    # its outcome is retrieved here so that asyncio does not warn about it.
+                    future.add_done_callback(_retrieve)
+                    futures.append(future)
+                await asyncio.wait(futures)
+        except (KafkaError, TimeoutError):
+            pass
+        ok = [f.done() and not f.cancelled() and f.exception() is None for f in futures]
+        ok += [False] * (len(events) - len(futures))
+        if any(ok):
+            metrics.PRODUCE_SECONDS.observe(time.perf_counter() - started)
+        return ok
+
+
+def _retrieve(future: asyncio.Future[object]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def unavailable(detail: str, event_id: uuid.UUID | None = None) -> JSONResponse:
+    """Return the 503 that tells a caller to retry later (with the same event id)."""
+    extra = {"event_id": str(event_id)} if event_id else {}
     return JSONResponse(
-        error_body(503, detail + "; retry with the same event_id", event_id=str(event_id)),
+        error_body(503, detail + "; nothing was stored, retry with the same event_id", **extra),
         status_code=503,
         headers={"Retry-After": "2"},
+    )
+
+
+@dataclass(frozen=True)
+class Submission:
+    """How an endpoint turns a payload into an event: its model, builder and extra checks."""
+
+    model: type[ResponseIn] | type[EventIn]
+    build: Callable[..., Event]
+    check: Callable[[Any, CollectorSettings], list[dict[str, str]]]
+
+
+RESPONSES = Submission(ResponseIn, response_event, configured_set_errors)
+EVENTS = Submission(EventIn, touchpoint_event, lambda payload, settings: [])
+
+
+async def submit_one(
+    ingest: Ingest,
+    payload: ResponseIn | EventIn,
+    submission: Submission,
+    *,
+    source: str,
+    idempotency_key: str | None,
+) -> Submitted | JSONResponse:
+    """Produce one validated payload; 422 for configured-set errors, 503 without an ack."""
+    errors = submission.check(payload, ingest.settings)
+    if errors:
+        metrics.REJECTED.labels(source=source, reason="validation").inc()
+        raise FieldErrors(errors)
+    event_id, key = resolve_event_id(source, payload.event_id, idempotency_key)
+    event = submission.build(payload, event_id=event_id, received_at=utcnow(), source=source)
+    (outcome,) = await ingest.submit([Item(event, key)], source=source)
+    if outcome.status is Status.UNAVAILABLE:
+        return unavailable("the broker did not acknowledge in time", outcome.event_id)
+    return Submitted(event_id=outcome.event_id, status=outcome.status.value)
+
+
+def _validation_errors(exc: ValidationError) -> list[dict[str, str]]:
+    return [
+        {
+            "field": ".".join(str(p) for p in e["loc"]) or "item",
+            "detail": str(e["msg"]).removeprefix("Value error, "),
+        }
+        for e in exc.errors()
+    ]
+
+
+async def submit_batch(
+    ingest: Ingest,
+    raw_items: Sequence[Any],
+    submission: Submission,
+    *,
+    source: str,
+    idempotency_key: str | None,
+) -> BatchResult:
+    """Validate every item on its own, produce the valid ones, and report each item's fate."""
+    received_at = utcnow()
+    results: list[ItemResult | None] = []
+    items: list[Item] = []
+    positions: list[int] = []
+    for index, raw in enumerate(raw_items):
+        try:
+            payload = submission.model.model_validate(raw)
+            errors = submission.check(payload, ingest.settings)
+        except ValidationError as exc:
+            errors = _validation_errors(exc)
+        if errors:
+            metrics.REJECTED.labels(source=source, reason="validation").inc()
+            results.append(ItemResult(index=index, status="rejected", errors=errors))
+            continue
+        key = f"{idempotency_key}:{index}" if idempotency_key else None
+        event_id, claim = resolve_event_id(source, payload.event_id, key)
+        event = submission.build(payload, event_id=event_id, received_at=received_at, source=source)
+        items.append(Item(event, claim))
+        positions.append(index)
+        results.append(None)
+    for index, outcome in zip(positions, await ingest.submit(items, source=source), strict=True):
+        results[index] = ItemResult(
+            index=index, status=outcome.status.value, event_id=outcome.event_id
+        )
+    final = [r for r in results if r is not None]
+    counts = Counter(r.status for r in final)
+    return BatchResult(
+        results=final,
+        accepted=counts["accepted"],
+        duplicate=counts["duplicate"],
+        rejected=counts["rejected"],
+        unavailable=counts["unavailable"],
     )

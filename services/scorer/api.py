@@ -9,10 +9,11 @@ from fastapi import APIRouter, HTTPException, Query
 
 from services.scorer import aggregates, repository
 from services.scorer.schemas import CesScore, CsatScore, NpsScore, Window
+from shared.apikeys import Scope
 from shared.events import SCALES, Channel, Metric, SurveyType, utcnow
-from shared.http import EngineDep
+from shared.http import EngineDep, require
 
-router = APIRouter(prefix="/v1", tags=["scores"])
+router = APIRouter(prefix="/v1", dependencies=[require(Scope.SCORES_READ)], tags=["scores"])
 
 WINDOWS = {
     Window.HOUR: timedelta(hours=1),

@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from services.migrations import MIGRATIONS_DIR
 from services.scorer import api
 from services.scorer.consumer import ResponseHandler
+from shared.apikeys import KeyStore
 from shared.events import ResponseSubmitted
 from shared.http import build_app
 from shared.runtime import ConsumingService
@@ -27,7 +28,8 @@ def create_app(
     settings: ScorerSettings | None = None,
 ) -> FastAPI:
     """Build the scorer app; settings default to the environment."""
-    keys = (auth or load(AuthSettings)).keys()
+    auth = auth or load(AuthSettings)
+    keystore = KeyStore(auth.keys(), ttl=auth.key_cache_seconds)
     runtime = ConsumingService(
         name="scorer",
         kafka=kafka or load(KafkaSettings),
@@ -44,5 +46,5 @@ def create_app(
         lifespan=runtime.lifespan,
         readiness=runtime.readiness,
         routers=[api.router],
-        api_keys=keys,
+        keystore=keystore,
     )

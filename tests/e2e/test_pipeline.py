@@ -111,7 +111,7 @@ class TestPipeline:
         for answer in answers:
             r = await stack.collector.post("/v1/responses", json=answer)
             assert r.status_code == 202, r.text
-            assert r.json() == {"event_id": answer["event_id"]}
+            assert r.json() == {"event_id": answer["event_id"], "status": "accepted"}
 
         score = await eventually(
             lambda: get_json(stack.scorer, "/v1/scores", metric="nps", window="30d"),
@@ -131,9 +131,11 @@ class TestPipeline:
 
         r = await stack.collector.post("/v1/responses", json=answers[2])
         assert r.status_code == 202
+        assert r.json() == {"event_id": answers[2]["event_id"], "status": "duplicate"}
+        marker = response_payload(metric="csat", score=5, customer_id="c")
+        assert (await stack.collector.post("/v1/responses", json=marker)).status_code == 202
         await eventually(
-            lambda: metric_value(stack.scorer, "cxloop_scorer_duplicates_total"),
-            lambda v: v == 1,
+            lambda: get_json(stack.scorer, "/v1/scores", metric="csat"), lambda s: s["n"] == 1
         )
         await eventually(
             lambda: metric_value(stack.alerting, "cxloop_consumer_records_total"),

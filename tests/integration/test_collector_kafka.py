@@ -9,9 +9,9 @@ import httpx
 import pytest
 
 from services.collector.app import create_app
-from shared.events import ResponseSubmitted
+from shared.events import ResponseSubmitted, TouchpointEvent
 from shared.kafka import HEADER_SCHEMA, HEADER_TYPE
-from shared.settings import AuthSettings, CollectorSettings, KafkaSettings
+from shared.settings import AuthSettings, CollectorSettings, DatabaseSettings, KafkaSettings
 from shared.topics import Topic
 from tests.builders import response_payload
 from tests.helpers import eventually, read_topic, serving
@@ -21,9 +21,14 @@ pytestmark = pytest.mark.smoke
 
 @pytest.fixture
 async def collector(
-    kafka_settings: KafkaSettings, auth: AuthSettings, api_key: str
+    kafka_settings: KafkaSettings, database_url: str, auth: AuthSettings, api_key: str
 ) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(kafka_settings, auth, CollectorSettings())
+    app = create_app(
+        kafka=kafka_settings,
+        database=DatabaseSettings(url=database_url),
+        auth=auth,
+        settings=CollectorSettings(),
+    )
     async with serving(app, api_key, "collector") as client:
         await eventually(lambda: client.get("/readyz"), lambda r: r.status_code == 200)
         yield client
@@ -79,8 +84,76 @@ class TestProduce:
     ) -> None:
         event_id = str(uuid.uuid4())
         r = await collector.post("/v1/responses", json=response_payload(event_id=event_id))
-        assert r.json() == {"event_id": event_id}
+        assert r.json() == {"event_id": event_id, "status": "accepted"}
 
     async def test_ready_when_the_broker_answers(self, collector: httpx.AsyncClient) -> None:
         r = await collector.get("/readyz")
-        assert r.json() == {"status": "ready", "checks": {"kafka": True}}
+        assert r.json() == {"status": "ready", "checks": {"kafka": True, "database": True}}
+
+
+class TestIdempotency:
+    async def test_resent_event_id_is_a_duplicate_and_not_produced(
+        self, collector: httpx.AsyncClient, kafka_settings: KafkaSettings
+    ) -> None:
+        payload = response_payload(event_id=str(uuid.uuid4()))
+        first = await collector.post("/v1/responses", json=payload)
+        again = await collector.post("/v1/responses", json=payload)
+        assert first.json()["status"] == "accepted"
+        assert again.status_code == 202
+        assert again.json() == {"event_id": payload["event_id"], "status": "duplicate"}
+        marker = await collector.post("/v1/responses", json=response_payload())
+        records = await read_topic(kafka_settings, Topic.RESPONSES, 3, timeout=5)
+        ids = [str(ResponseSubmitted.model_validate_json(r.value).event_id) for r in records]
+        assert sorted(ids) == sorted([payload["event_id"], marker.json()["event_id"]])
+
+    async def test_idempotency_key_header_names_one_event(
+        self, collector: httpx.AsyncClient
+    ) -> None:
+        headers = {"Idempotency-Key": f"order-{uuid.uuid4()}"}
+        first = await collector.post("/v1/responses", json=response_payload(), headers=headers)
+        again = await collector.post("/v1/responses", json=response_payload(), headers=headers)
+        assert first.json()["status"] == "accepted"
+        assert again.json() == {"event_id": first.json()["event_id"], "status": "duplicate"}
+
+    async def test_batch_reports_duplicates_inside_and_across_batches(
+        self, collector: httpx.AsyncClient, kafka_settings: KafkaSettings
+    ) -> None:
+        repeated = response_payload(event_id=str(uuid.uuid4()))
+        items = [repeated, response_payload(score=3), repeated, response_payload(score=99)]
+        first = (await collector.post("/v1/responses/batch", json={"items": items})).json()
+        assert [r["status"] for r in first["results"]] == [
+            "accepted", "accepted", "duplicate", "rejected",
+        ]  # fmt: skip
+        second = (await collector.post("/v1/responses/batch", json={"items": items[:1]})).json()
+        assert second["results"][0]["status"] == "duplicate"
+        records = await read_topic(kafka_settings, Topic.RESPONSES, 3, timeout=5)
+        assert len(records) == 2
+
+
+class TestTouchpointEvents:
+    async def test_ticket_event_reaches_the_touchpoint_topic(
+        self, collector: httpx.AsyncClient, kafka_settings: KafkaSettings
+    ) -> None:
+        r = await collector.post(
+            "/v1/events",
+            json={
+                "type": "ticket.resolved",
+                "ticket_id": "T-77",
+                "customer_id": "c-9",
+                "channel": "email",
+                "priority": "urgent",
+                "status": "solved",
+                "attributes": {"agent": "佐藤"},
+                "occurred_at": "2026-11-22T10:00:00+09:00",
+            },
+        )
+        assert r.status_code == 202, r.text
+        (record,) = await read_topic(kafka_settings, Topic.TOUCHPOINTS, 1)
+        event = TouchpointEvent.model_validate_json(record.value)
+        assert (event.type, event.ticket_id, event.priority) == (
+            "ticket.resolved",
+            "T-77",
+            "urgent",
+        )
+        assert event.attributes == {"agent": "佐藤"}
+        assert record.key == b"c-9"

@@ -46,9 +46,9 @@ class TestValues:
 
 
 class TestApiKeys:
-    def test_no_key_refuses_to_start(self) -> None:
-        with pytest.raises(ConfigError, match="CXLOOP_API_KEY"):
-            AuthSettings(api_key=None, api_keys=None).keys()
+    def test_operator_keys_are_optional(self) -> None:
+        # Without one, only scoped keys from `cxloop keys create` are accepted.
+        assert AuthSettings(api_key=None, api_keys=None).keys() == ()
 
     def test_keys_can_rotate(self) -> None:
         settings = AuthSettings(api_key="a" * 20, api_keys="b" * 20 + ", " + "c" * 20)

@@ -1,51 +1,56 @@
-"""``POST /v1/responses``: one survey answer from any caller holding an API key."""
+"""``POST /v1/responses`` and ``/v1/responses/batch``: survey answers from any keyed caller."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from services.collector import service
-from services.collector.schemas import Accepted, ResponseIn
-from shared.errors import BrokerUnavailableError
-from shared.events import utcnow
-from shared.runtime import ProducerHandle
+from services.collector.deps import ERRORS, BatchIn, IdempotencyKey, IngestDep, check_batch_size
+from services.collector.schemas import BatchResult, ResponseIn, Submitted
+from shared.apikeys import Scope
+from shared.http import require
 
 router = APIRouter(prefix="/v1", tags=["responses"])
-
-
-def get_producer(request: Request) -> ProducerHandle:
-    handle: ProducerHandle = request.app.state.producer
-    return handle
-
-
-ProducerDep = Annotated[ProducerHandle, Depends(get_producer)]
 
 
 @router.post(
     "/responses",
     status_code=202,
-    response_model=Accepted,
+    response_model=Submitted,
     summary="Submit one NPS, CSAT or CES answer",
-    responses={
-        401: {"description": "Missing or invalid API key"},
-        413: {"description": "Body larger than CXLOOP_COLLECTOR_MAX_BODY_BYTES"},
-        415: {"description": "Body is not application/json"},
-        422: {"description": "A field is invalid; every bad field is named"},
-        503: {"description": "The broker did not acknowledge; retry with the same event_id"},
-    },
+    responses=ERRORS,
+    dependencies=[require(Scope.RESPONSES_WRITE, "api")],
 )
-async def submit_response(payload: ResponseIn, producer: ProducerDep) -> Accepted | JSONResponse:
-    """Accept one answer and answer 202 only once Kafka has acknowledged it.
+async def submit_response(
+    payload: ResponseIn, ingest: IngestDep, idempotency_key: IdempotencyKey = None
+) -> Submitted | JSONResponse:
+    """Accept one answer; 202 only once Kafka has acknowledged it.
 
-    A 503 means nothing was promised: retry with the `event_id` it returns, and the
-    answer is never counted twice.
+    A repeat of an `event_id` (or `Idempotency-Key`) within the window is answered 202 with
+    `status: duplicate` and is not produced again. A 503 means nothing was stored.
     """
-    event = service.response_event(payload, received_at=utcnow(), source="api")
-    try:
-        await service.publish(producer, event, source="api")
-    except BrokerUnavailableError as exc:
-        return service.unavailable(str(exc), event.event_id)
-    return Accepted(event_id=event.event_id)
+    return await service.submit_one(
+        ingest, payload, service.RESPONSES, source="api", idempotency_key=idempotency_key
+    )
+
+
+@router.post(
+    "/responses/batch",
+    response_model=BatchResult,
+    summary="Submit up to 500 answers at once",
+    responses=ERRORS,
+    dependencies=[require(Scope.RESPONSES_WRITE, "api")],
+)
+async def submit_responses(
+    body: BatchIn, ingest: IngestDep, idempotency_key: IdempotencyKey = None
+) -> BatchResult:
+    """Validate each answer on its own and produce the valid ones.
+
+    The result lists every item in order: `accepted`, `duplicate`, `rejected` (with every
+    bad field named) or `unavailable` (the broker did not acknowledge it: resend that item).
+    """
+    check_batch_size(body, ingest)
+    return await service.submit_batch(
+        ingest, body.items, service.RESPONSES, source="api", idempotency_key=idempotency_key
+    )

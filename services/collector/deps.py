@@ -1,0 +1,58 @@
+"""Dependencies shared by the collector's routes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Header, Request
+from pydantic import BaseModel, Field
+
+from services.collector.service import Ingest
+from shared.http import FieldErrors
+
+
+async def get_ingest(request: Request) -> Ingest:
+    ingest: Ingest = request.app.state.ingest
+    return ingest
+
+
+IngestDep = Annotated[Ingest, Depends(get_ingest)]
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing or invalid API key"},
+    403: {"description": "The key may not use this route or source"},
+    413: {"description": "Body larger than the configured limit"},
+    415: {"description": "Body of a media type the route does not take"},
+    422: {"description": "A field is invalid; every bad field is named"},
+    503: {"description": "The broker did not acknowledge; retry with the same event_id"},
+}
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=255,
+        description="Makes a retry harmless: a repeat within the window is answered `duplicate` "
+        "and not produced again. In a batch, item i uses `<key>:i`.",
+    ),
+]
+
+
+class BatchIn(BaseModel):
+    """Up to CXLOOP_COLLECTOR_MAX_BATCH_ITEMS items (500), each validated on its own."""
+
+    items: list[dict[str, Any]] = Field(min_length=1)
+
+
+def check_batch_size(body: BatchIn, ingest: Ingest) -> None:
+    """Refuse a batch with more items than configured."""
+    limit = ingest.settings.max_batch_items
+    if len(body.items) > limit:
+        raise FieldErrors(
+            [
+                {
+                    "field": "items",
+                    "detail": f"{len(body.items)} items; a batch holds at most {limit}",
+                }
+            ]
+        )

@@ -1,0 +1,118 @@
+"""Idempotency keys: a repeat inside the window is answered `duplicate` and not produced again.
+
+An idempotency key names one event for good: its event id is derived from the key, so even
+a repeat that does get produced (after the window, or while Postgres is unreachable, or
+after a failed produce) carries the same event id and the consumers drop it.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.db import is_transient
+
+log = logging.getLogger(__name__)
+
+_NAMESPACE = uuid.UUID("0f3c2f0e-8a3b-5d2e-9c41-6b7e2d1a9f00")
+
+metadata = sa.MetaData()
+idempotency = sa.Table(
+    "collector_idempotency",
+    metadata,
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("event_id", pg.UUID(as_uuid=True), nullable=False),
+    sa.Column("produced", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def event_id_for(source: str, key: str) -> uuid.UUID:
+    """Return the event id an idempotency key names, the same on every collector."""
+    return uuid.uuid5(_NAMESPACE, f"{source}:{key}")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """An idempotency key together with the event id it names."""
+
+    key: str
+    event_id: uuid.UUID
+
+
+class IdempotencyStore:
+    """Remembers which keys were produced, in Postgres, shared by every collector."""
+
+    def __init__(self, engine: AsyncEngine, window: timedelta) -> None:
+        self._engine = engine
+        self._window = window
+
+    async def already_produced(self, claims: Sequence[Claim]) -> set[str]:
+        """Record ``claims`` and return the keys produced within the window.
+
+        When Postgres is unreachable this returns no keys: the event is produced again and the
+        consumers recognise its event id, so availability is kept and nothing counts twice.
+        """
+        if not claims:
+            return set()
+        window = sa.literal(self._window, sa.Interval)
+        rows = pg.insert(idempotency).values(
+            [
+                {
+                    "key": c.key,
+                    "event_id": c.event_id,
+                    "produced": False,
+                    "expires_at": sa.func.now() + window,
+                }
+                for c in claims
+            ]
+        )
+        stmt = rows.on_conflict_do_update(
+            index_elements=[idempotency.c.key], set_={"key": rows.excluded.key}
+        ).returning(
+            idempotency.c.key,
+            (idempotency.c.produced & (idempotency.c.expires_at > sa.func.now())).label("dup"),
+        )
+        try:
+            async with self._engine.begin() as conn:
+                return {row.key for row in await conn.execute(stmt) if row.dup}
+        except (DBAPIError, OSError) as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("idempotency store unreachable; producing without the duplicate check")
+            return set()
+
+    async def mark_produced(self, keys: Sequence[str]) -> None:
+        """Record that ``keys`` were acknowledged by the broker, starting their window."""
+        if not keys:
+            return
+        window = sa.literal(self._window, sa.Interval)
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    idempotency.update()
+                    .where(idempotency.c.key.in_(keys))
+                    .values(produced=True, expires_at=sa.func.now() + window)
+                )
+        except (DBAPIError, OSError) as exc:
+            # Only the duplicate answer is lost: a repeat is produced and dropped downstream.
+            if not is_transient(exc):
+                raise
+            log.warning("could not record %d produced key(s)", len(keys))
+
+    async def purge_expired(self) -> int:
+        """Delete keys whose window has passed; return how many."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                idempotency.delete().where(idempotency.c.expires_at < sa.func.now())
+            )
+        return int(result.rowcount)

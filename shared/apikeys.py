@@ -1,0 +1,198 @@
+"""API keys: operator keys from the environment, and scoped keys stored hashed in Postgres.
+
+* **Operator keys** (``CXLOOP_API_KEY``, ``CXLOOP_API_KEYS``) may do everything.
+* **Secret keys** (``cxs_…``) carry scopes (which endpoints) and optionally sources (which
+  adapters, e.g. a Freshdesk token limited to ``freshdesk``). Created by ``cxloop keys create``.
+* **Publishable keys** (``cxp_…``) are meant to be seen in a browser: they may only submit
+  widget answers, and only from their configured origins.
+
+Only a SHA-256 of each key is stored; the key itself is shown once, at creation. A lookup
+is cached for ``ttl`` seconds, so a revocation takes effect everywhere within that time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+
+class Scope(StrEnum):
+    """What a key may do."""
+
+    RESPONSES_WRITE = "responses:write"
+    EVENTS_WRITE = "events:write"
+    INVITATIONS_WRITE = "invitations:write"
+    SCORES_READ = "scores:read"
+    ALERTS_READ = "alerts:read"
+    ALERTS_WRITE = "alerts:write"
+
+
+class KeyKind(StrEnum):
+    """Secret keys stay on servers; publishable keys may be embedded in a web page."""
+
+    SECRET = "secret"  # noqa: S105 - a kind of key, not a key
+    PUBLISHABLE = "publishable"
+    OPERATOR = "operator"
+
+
+_PREFIX = {KeyKind.SECRET: "cxs_", KeyKind.PUBLISHABLE: "cxp_"}
+
+metadata = sa.MetaData()
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", pg.UUID(as_uuid=True), primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("prefix", sa.Text, nullable=False),
+    sa.Column("key_hash", sa.LargeBinary, nullable=False),
+    sa.Column("scopes", pg.ARRAY(sa.Text), nullable=False),
+    sa.Column("sources", pg.ARRAY(sa.Text), nullable=False),
+    sa.Column("origins", pg.ARRAY(sa.Text), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+    sa.Column("revoked_at", sa.DateTime(timezone=True)),
+)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling, and what they may do."""
+
+    name: str
+    kind: KeyKind
+    scopes: frozenset[str]
+    sources: frozenset[str] = field(default_factory=frozenset)
+    origins: frozenset[str] = field(default_factory=frozenset)
+
+    def may(self, scope: Scope, source: str | None = None) -> bool:
+        """Return whether this key may use ``scope`` through the adapter ``source``."""
+        if self.kind is KeyKind.OPERATOR:
+            return True
+        if scope.value not in self.scopes:
+            return False
+        return not self.sources or source is None or source in self.sources
+
+
+def hash_key(key: str) -> bytes:
+    """Return the stored form of ``key``."""
+    return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+async def create_key(
+    conn: AsyncConnection,
+    *,
+    name: str,
+    kind: KeyKind,
+    scopes: Iterable[Scope],
+    sources: Iterable[str] = (),
+    origins: Iterable[str] = (),
+) -> tuple[str, uuid.UUID]:
+    """Create a key; return it (shown once, never stored) and its id."""
+    if kind is KeyKind.OPERATOR:
+        raise ValueError("operator keys come from CXLOOP_API_KEY, not the database")
+    if kind is KeyKind.PUBLISHABLE and not list(origins):
+        raise ValueError("a publishable key needs at least one allowed origin")
+    key = _PREFIX[kind] + secrets.token_urlsafe(32)
+    key_id = uuid.uuid4()
+    await conn.execute(
+        api_keys.insert().values(
+            id=key_id,
+            name=name,
+            kind=kind.value,
+            prefix=key[:10],
+            key_hash=hash_key(key),
+            scopes=sorted({s.value for s in scopes}),
+            sources=sorted(set(sources)),
+            origins=sorted(set(origins)),
+        )
+    )
+    return key, key_id
+
+
+async def list_keys(conn: AsyncConnection) -> list[dict[str, Any]]:
+    """Return every key's metadata (never a secret), newest first."""
+    query = sa.select(
+        api_keys.c.id,
+        api_keys.c.name,
+        api_keys.c.kind,
+        api_keys.c.prefix,
+        api_keys.c.scopes,
+        api_keys.c.sources,
+        api_keys.c.origins,
+        api_keys.c.created_at,
+        api_keys.c.revoked_at,
+    ).order_by(api_keys.c.created_at.desc())
+    return [dict(row._mapping) for row in await conn.execute(query)]
+
+
+async def revoke_key(conn: AsyncConnection, key_id: uuid.UUID) -> bool:
+    """Revoke a key by id; return whether an active key was revoked."""
+    result = await conn.execute(
+        api_keys.update()
+        .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+        .values(revoked_at=sa.func.now())
+    )
+    return bool(result.rowcount)
+
+
+class KeyStore:
+    """Authenticates presented keys against the operator keys and the database."""
+
+    def __init__(self, operator_keys: Sequence[str], *, ttl: float = 30.0) -> None:
+        self._operator = [k.encode("utf-8") for k in operator_keys]
+        self._ttl = ttl
+        self._cache: dict[bytes, tuple[float, Principal | None]] = {}
+        self.engine: AsyncEngine | None = None
+
+    async def authenticate(self, presented: str) -> Principal | None:
+        """Return the principal behind ``presented``, or None for an unknown or revoked key."""
+        raw = presented.encode("utf-8")
+        # Compare with every operator key so the time taken does not reveal a near match.
+        matched = False
+        for key in self._operator:
+            matched |= hmac.compare_digest(raw, key)
+        if matched:
+            return Principal("operator", KeyKind.OPERATOR, frozenset())
+        if self.engine is None or not presented.startswith(tuple(_PREFIX.values())):
+            return None
+        digest = hash_key(presented)
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        principal = await self._lookup(digest)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (now + self._ttl, principal)
+        return principal
+
+    async def _lookup(self, digest: bytes) -> Principal | None:
+        assert self.engine is not None
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(api_keys).where(
+                        api_keys.c.key_hash == digest, api_keys.c.revoked_at.is_(None)
+                    )
+                )
+            ).first()
+        if row is None:
+            return None
+        return Principal(
+            name=row.name,
+            kind=KeyKind(row.kind),
+            scopes=frozenset(row.scopes),
+            sources=frozenset(row.sources),
+            origins=frozenset(row.origins),
+        )
