@@ -136,6 +136,13 @@ async def _keys_async(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace) -> int:
+    from shared.settings import markdown_table
+
+    print(markdown_table())
+    return 0
+
+
 def _schemas(args: argparse.Namespace) -> int:
     from shared.events import json_schemas
 
@@ -199,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys_sub.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("id", type=uuid.UUID)
     keys.set_defaults(run=_keys)
+    config = sub.add_parser("config", help="print every CXLOOP_* variable as a Markdown table")
+    config.set_defaults(run=_config)
     schemas = sub.add_parser("schemas", help="write the JSON Schemas of the Kafka events")
     schemas.add_argument("--out", type=Path, default=Path("schemas"))
     schemas.set_defaults(run=_schemas)

@@ -205,6 +205,9 @@ class CollectorSettings(HttpSettings):
         ge=0,
         description="An invitation within this many days of the last is suppressed.",
     )
+    broker_wait_seconds: float = Field(
+        default=5.0, ge=0, description="How long start-up waits for the broker before serving 503s."
+    )
     public_url: str | None = Field(
         default=None,
         description="The collector's public base URL (behind a proxy), for webhook signatures.",
@@ -213,6 +216,19 @@ class CollectorSettings(HttpSettings):
     _split_lists = field_validator(
         "reason_codes", "locations", "products", "business_units", mode="before"
     )(_split)
+
+
+class SourceSettings(BaseSettings):
+    """Secrets of the vendor adapters (``CXLOOP_SOURCES_*``); an unset one disables its adapter."""
+
+    model_config = SettingsConfigDict(env_prefix="CXLOOP_SOURCES_", extra="forbid")
+
+    twilio_auth_token: SecretStr | None = Field(
+        default=None, description="Twilio auth token: checks X-Twilio-Signature on SMS webhooks."
+    )
+    zendesk_signing_secret: SecretStr | None = Field(
+        default=None, description="Zendesk webhook signing secret: checks its signature."
+    )
 
 
 class ConsumerSettings(HttpSettings):
@@ -278,6 +294,7 @@ SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
     AuthSettings,
     LogSettings,
     CollectorSettings,
+    SourceSettings,
     ScorerSettings,
     AlertingSettings,
     StackSettings,
@@ -350,3 +367,12 @@ def describe(
                 )
             )
     return rows
+
+
+def markdown_table(classes: Iterable[type[BaseSettings]] = SETTINGS_CLASSES) -> str:
+    """Return the configuration table that README.md embeds (``cxloop config``)."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for variable, default, description in describe(classes):
+        shown = f"`{default}`" if default else "—"
+        lines.append(f"| `{variable}` | {shown} | {description} |")
+    return "\n".join(lines)

@@ -12,7 +12,7 @@ from datetime import timedelta
 from fastapi import FastAPI
 
 from services.collector.idempotency import IdempotencyStore
-from services.collector.routes import events, responses
+from services.collector.routes import events, invitations, responses, twilio
 from services.collector.service import Ingest
 from services.migrations import MIGRATIONS_DIR
 from shared.apikeys import KeyStore
@@ -25,6 +25,7 @@ from shared.settings import (
     CollectorSettings,
     DatabaseSettings,
     KafkaSettings,
+    SourceSettings,
     load,
 )
 
@@ -41,6 +42,7 @@ Unknown fields are refused with 422, naming the field.
 """
 
 PURGE_EVERY = 600.0
+FORM = frozenset({"application/x-www-form-urlencoded"})
 
 
 def create_app(
@@ -48,6 +50,7 @@ def create_app(
     database: DatabaseSettings | None = None,
     auth: AuthSettings | None = None,
     settings: CollectorSettings | None = None,
+    sources: SourceSettings | None = None,
 ) -> FastAPI:
     """Build the collector app; settings default to the environment."""
     kafka = kafka or load(KafkaSettings)
@@ -55,6 +58,7 @@ def create_app(
     collector = settings or load(CollectorSettings)
     auth = auth or load(AuthSettings)
     keystore = KeyStore(auth.keys(), ttl=auth.key_cache_seconds)
+    source_settings = sources or load(SourceSettings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -63,6 +67,10 @@ def create_app(
         keystore.engine = engine
         handle = ProducerHandle(kafka)
         handle.start()
+        # A healthy broker is connected before the first request, so start-up causes no 503s;
+        # an absent one does not hold start-up back for long (requests get 503 meanwhile).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(handle.wait_started(), collector.broker_wait_seconds)
         store = IdempotencyStore(engine, timedelta(days=collector.idempotency_window_days))
         app.state.engine = engine
         app.state.producer = handle
@@ -85,6 +93,8 @@ def create_app(
         }
 
     def body_policy(path: str) -> tuple[int, frozenset[str]]:
+        if path == "/v1/sources/twilio/sms":
+            return collector.max_body_bytes, FORM
         if path.endswith("/batch"):
             return collector.max_batch_bytes, JSON_ONLY
         return collector.max_body_bytes, JSON_ONLY
@@ -94,9 +104,10 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
         readiness=readiness,
-        routers=[responses.router, events.router],
+        routers=[responses.router, events.router, invitations.router, twilio.router],
         keystore=keystore,
     )
+    app.state.sources = source_settings
     app.add_middleware(BodyLimitMiddleware, policy=body_policy)
     return app
 

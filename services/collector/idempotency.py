@@ -91,6 +91,21 @@ class IdempotencyStore:
             log.warning("idempotency store unreachable; producing without the duplicate check")
             return set()
 
+    async def was_produced(self, key: str) -> bool:
+        """Return whether ``key`` was produced within the window (False if Postgres is down)."""
+        query = sa.select(sa.literal(1)).where(
+            idempotency.c.key == key,
+            idempotency.c.produced,
+            idempotency.c.expires_at > sa.func.now(),
+        )
+        try:
+            async with self._engine.connect() as conn:
+                return bool(await conn.scalar(query))
+        except (DBAPIError, OSError) as exc:
+            if not is_transient(exc):
+                raise
+            return False
+
     async def mark_produced(self, keys: Sequence[str]) -> None:
         """Record that ``keys`` were acknowledged by the broker, starting their window."""
         if not keys:

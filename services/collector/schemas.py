@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -11,6 +12,7 @@ from pydantic import (
     ConfigDict,
     Field,
     Strict,
+    StringConstraints,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -187,3 +189,55 @@ class BatchResult(BaseModel):
     duplicate: int
     rejected: int
     unavailable: int
+
+
+Phone = Annotated[str, StringConstraints(pattern=r"^\+[1-9][0-9]{6,14}$")]
+
+
+class InvitationIn(BaseModel):
+    """A survey invitation about to be sent: SMS replies from `phone` answer it."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "customer_id": "cust-42",
+                    "phone": "+819012345678",
+                    "metric": "nps",
+                    "touchpoint": "support_call",
+                    "ticket_id": "T-1042",
+                    "locale": "ja-JP",
+                    "expires_in_hours": 72,
+                }
+            ]
+        },
+    )
+
+    customer_id: Identifier
+    phone: Phone | None = Field(default=None, description="E.164, e.g. +819012345678.")
+    metric: Metric
+    scale: StrictInt | None = Field(default=None, validate_default=True)
+    survey_type: SurveyType = SurveyType.TRANSACTIONAL
+    touchpoint: Label
+    ticket_id: Identifier | None = None
+    channel: Channel = Channel.SMS
+    locale: Annotated[str, Field(max_length=35)] | None = None
+    segments: SegmentsIn = Field(default_factory=SegmentsIn)
+    expires_in_hours: float = Field(default=72, gt=0, le=24 * 30)
+    expires_at: AwareDatetime | None = None
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_fits_metric(cls, value: int | None, info: ValidationInfo) -> int | None:
+        metric = info.data.get("metric")
+        return value if metric is None else resolve_scale(metric, value)
+
+
+class InvitationOut(BaseModel):
+    """`open`: send the survey. `suppressed`: skip it, for the reason given."""
+
+    id: UUID
+    status: Literal["open", "suppressed"]
+    reason: Literal["opted_out", "surveyed_recently"] | None
+    expires_at: datetime

@@ -153,7 +153,7 @@ class Ingest:
         self, producer: ProducerHandle, store: IdempotencyStore, settings: CollectorSettings
     ) -> None:
         self._producer = producer
-        self._store = store
+        self.store = store
         self.settings = settings
 
     async def submit(self, items: Sequence[Item], *, source: str) -> list[Outcome]:
@@ -162,7 +162,7 @@ class Ingest:
         for i, item in enumerate(items):
             if item.key is not None:
                 first_of_key.setdefault(item.key, i)
-        produced = await self._store.already_produced(
+        produced = await self.store.already_produced(
             [Claim(key, items[i].event.event_id) for key, i in first_of_key.items()]
         )
         statuses: list[Status | None] = []
@@ -173,7 +173,7 @@ class Ingest:
         sent = await self._produce([items[i].event for i in to_send])
         for i, ok in zip(to_send, sent, strict=True):
             statuses[i] = Status.ACCEPTED if ok else Status.UNAVAILABLE
-        await self._store.mark_produced(
+        await self.store.mark_produced(
             [k for i, ok in zip(to_send, sent, strict=True) if ok and (k := items[i].key)]
         )
         outcomes = []

@@ -32,7 +32,9 @@ async def client(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
         ),
         database=DatabaseSettings(url=database_url),
         auth=AuthSettings(api_key=KEY, key_cache_seconds=0),
-        settings=CollectorSettings(max_body_bytes=4096, max_batch_bytes=8192, max_batch_items=3),
+        settings=CollectorSettings(
+            max_body_bytes=4096, max_batch_bytes=8192, max_batch_items=3, broker_wait_seconds=0
+        ),
     )
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

@@ -67,7 +67,7 @@ def upgrade() -> None:
         sa.Column("answered_at", sa.DateTime(timezone=True)),
         sa.Column("reasked", sa.Integer, nullable=False, server_default="0"),
         sa.CheckConstraint(
-            "status IN ('sent', 'suppressed', 'answered')", name="invitations_status_valid"
+            "status IN ('open', 'suppressed', 'answered')", name="invitations_status_valid"
         ),
     )
     op.create_index("invitations_phone_created", "invitations", ["phone", "created_at"])
