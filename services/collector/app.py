@@ -12,7 +12,7 @@ from datetime import timedelta
 from fastapi import FastAPI
 
 from services.collector.idempotency import IdempotencyStore
-from services.collector.routes import events, invitations, responses, twilio
+from services.collector.routes import events, invitations, responses, support, twilio
 from services.collector.service import Ingest
 from services.migrations import MIGRATIONS_DIR
 from shared.apikeys import KeyStore
@@ -104,7 +104,13 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
         readiness=readiness,
-        routers=[responses.router, events.router, invitations.router, twilio.router],
+        routers=[
+            responses.router,
+            events.router,
+            invitations.router,
+            twilio.router,
+            support.router,
+        ],
         keystore=keystore,
     )
     app.state.sources = source_settings
