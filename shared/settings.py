@@ -10,12 +10,13 @@ silently fall back to a default).
 from __future__ import annotations
 
 import difflib
+import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.errors import ConfigError
@@ -218,6 +219,23 @@ class CollectorSettings(HttpSettings):
     )(_split)
 
 
+class IvrQuestion(BaseModel):
+    """Which metric an IVR question measures."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: Literal["nps", "csat", "ces"]
+    scale: int | None = None
+
+
+DEFAULT_IVR_SURVEYS: dict[str, dict[str, IvrQuestion]] = {
+    "default": {
+        "survey_result_1": IvrQuestion(metric="nps"),
+        "survey_result_2": IvrQuestion(metric="csat"),
+    }
+}
+
+
 class SourceSettings(BaseSettings):
     """Secrets of the vendor adapters (``CXLOOP_SOURCES_*``); an unset one disables its adapter."""
 
@@ -228,6 +246,10 @@ class SourceSettings(BaseSettings):
     )
     zendesk_signing_secret: SecretStr | None = Field(
         default=None, description="Zendesk webhook signing secret: checks its signature."
+    )
+    ivr_surveys: dict[str, dict[str, IvrQuestion]] = Field(
+        default=DEFAULT_IVR_SURVEYS,
+        description="JSON: survey id → question → {metric, scale}; `default` when none is named.",
     )
 
 
@@ -359,6 +381,13 @@ def describe(
                 default = "(secret)"
             elif isinstance(default, tuple):
                 default = ",".join(default) or None
+            elif isinstance(default, dict):
+                default = json.dumps(
+                    {
+                        k: {q: v.model_dump(exclude_none=True) for q, v in qs.items()}
+                        for k, qs in default.items()
+                    }
+                )
             rows.append(
                 (
                     f"{prefix}{name}".upper(),

@@ -12,7 +12,7 @@ from datetime import timedelta
 from fastapi import FastAPI
 
 from services.collector.idempotency import IdempotencyStore
-from services.collector.routes import events, invitations, responses, support, twilio
+from services.collector.routes import events, invitations, ivr, responses, support, twilio
 from services.collector.service import Ingest
 from services.migrations import MIGRATIONS_DIR
 from shared.apikeys import KeyStore
@@ -110,6 +110,7 @@ def create_app(
             invitations.router,
             twilio.router,
             support.router,
+            ivr.router,
         ],
         keystore=keystore,
     )

@@ -176,6 +176,7 @@ class ItemResult(BaseModel):
     """One batch item's result; `rejected` items name every bad field."""
 
     index: int
+    question: str | None = Field(default=None, description="The IVR question, for calls.")
     status: Literal["accepted", "duplicate", "rejected", "unavailable"]
     event_id: UUID | None = None
     errors: list[dict[str, str]] | None = None

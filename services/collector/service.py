@@ -315,12 +315,32 @@ async def submit_batch(
         results[index] = ItemResult(
             index=index, status=outcome.status.value, event_id=outcome.event_id
         )
-    final = [r for r in results if r is not None]
-    counts = Counter(r.status for r in final)
+    return summarise([r for r in results if r is not None])
+
+
+def summarise(results: list[ItemResult]) -> BatchResult:
+    """Return the batch answer for per-item ``results``."""
+    counts = Counter(r.status for r in results)
     return BatchResult(
-        results=final,
+        results=results,
         accepted=counts["accepted"],
         duplicate=counts["duplicate"],
         rejected=counts["rejected"],
         unavailable=counts["unavailable"],
     )
+
+
+def batch_response(result: BatchResult) -> BatchResult | JSONResponse:
+    """Answer 200, or 503 (with every item's result) if the broker missed any item.
+
+    A client that only looks at the status code then retries the whole batch, and the
+    items already stored come back as duplicates: nothing unstored is ever answered 2xx.
+    """
+    if not result.unavailable:
+        return result
+    body = error_body(
+        503,
+        f"the broker did not acknowledge {result.unavailable} item(s); resend them",
+        **result.model_dump(mode="json"),
+    )
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})

@@ -161,7 +161,9 @@ class TestBatches:
     async def test_each_item_is_judged_on_its_own(self, client: httpx.AsyncClient) -> None:
         items = [response_payload(), response_payload(score=11), response_payload(metric="ces")]
         r = await client.post("/v1/responses/batch", json={"items": items})
-        assert r.status_code == 200
+        # The broker is down: one item is unstored, so the whole answer is 503, with details.
+        assert r.status_code == 503
+        assert r.headers["retry-after"]
         body = r.json()
         assert [x["status"] for x in body["results"]] == ["unavailable", "rejected", "rejected"]
         assert body["results"][1]["errors"] == [
@@ -178,7 +180,7 @@ class TestBatches:
 
     async def test_batch_size_limit_is_its_own(self, client: httpx.AsyncClient) -> None:
         small = [response_payload(comment="x" * 1000)] * 3
-        assert (await client.post("/v1/responses/batch", json={"items": small})).status_code == 200
+        assert (await client.post("/v1/responses/batch", json={"items": small})).status_code == 503
         big = [response_payload(comment="x" * 3000)] * 3
         assert (await client.post("/v1/responses/batch", json={"items": big})).status_code == 413
 

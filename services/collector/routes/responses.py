@@ -44,13 +44,15 @@ async def submit_response(
 )
 async def submit_responses(
     body: BatchIn, ingest: IngestDep, idempotency_key: IdempotencyKey = None
-) -> BatchResult:
+) -> BatchResult | JSONResponse:
     """Validate each answer on its own and produce the valid ones.
 
     The result lists every item in order: `accepted`, `duplicate`, `rejected` (with every
-    bad field named) or `unavailable` (the broker did not acknowledge it: resend that item).
+    bad field named) or `unavailable`. If any item is unavailable the answer is 503 with
+    the same body: resend the batch, and what was stored comes back `duplicate`.
     """
     check_batch_size(body, ingest)
-    return await service.submit_batch(
+    result = await service.submit_batch(
         ingest, body.items, service.RESPONSES, source="api", idempotency_key=idempotency_key
     )
+    return service.batch_response(result)
