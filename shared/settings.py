@@ -206,6 +206,12 @@ class CollectorSettings(HttpSettings):
         ge=0,
         description="An invitation within this many days of the last is suppressed.",
     )
+    widget_rate_per_minute: float = Field(
+        default=30, gt=0, description="Widget answers allowed per client address per minute."
+    )
+    widget_key_rate_per_minute: float = Field(
+        default=6000, gt=0, description="Widget answers allowed per publishable key per minute."
+    )
     broker_wait_seconds: float = Field(
         default=5.0, ge=0, description="How long start-up waits for the broker before serving 503s."
     )

@@ -7,12 +7,14 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 
 from fastapi import FastAPI
 
 from services.collector.idempotency import IdempotencyStore
-from services.collector.routes import events, invitations, ivr, responses, support, twilio
+from services.collector.ratelimit import RateLimiter
+from services.collector.routes import events, invitations, ivr, responses, support, twilio, widget
 from services.collector.service import Ingest
 from services.migrations import MIGRATIONS_DIR
 from shared.apikeys import KeyStore
@@ -43,6 +45,16 @@ Unknown fields are refused with 422, naming the field.
 
 PURGE_EVERY = 600.0
 FORM = frozenset({"application/x-www-form-urlencoded"})
+# sendBeacon posts a string as text/plain, which also spares the browser a preflight.
+JSON_OR_TEXT = frozenset({"application/json", "text/plain"})
+
+
+@dataclass(frozen=True)
+class WidgetLimits:
+    """The widget's rate limits, per client address and per publishable key."""
+
+    per_address: RateLimiter
+    per_key: RateLimiter
 
 
 def create_app(
@@ -95,6 +107,8 @@ def create_app(
     def body_policy(path: str) -> tuple[int, frozenset[str]]:
         if path == "/v1/sources/twilio/sms":
             return collector.max_body_bytes, FORM
+        if path == widget.PATH:
+            return collector.max_body_bytes, JSON_OR_TEXT
         if path.endswith("/batch"):
             return collector.max_batch_bytes, JSON_ONLY
         return collector.max_body_bytes, JSON_ONLY
@@ -111,10 +125,15 @@ def create_app(
             twilio.router,
             support.router,
             ivr.router,
+            widget.router,
         ],
         keystore=keystore,
     )
     app.state.sources = source_settings
+    app.state.widget_limits = WidgetLimits(
+        per_address=RateLimiter(collector.widget_rate_per_minute),
+        per_key=RateLimiter(collector.widget_key_rate_per_minute),
+    )
     app.add_middleware(BodyLimitMiddleware, policy=body_policy)
     return app
 

@@ -272,7 +272,7 @@ async def submit_one(
     return Submitted(event_id=outcome.event_id, status=outcome.status.value)
 
 
-def _validation_errors(exc: ValidationError) -> list[dict[str, str]]:
+def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
     return [
         {
             "field": ".".join(str(p) for p in e["loc"]) or "item",
@@ -300,7 +300,7 @@ async def submit_batch(
             payload = submission.model.model_validate(raw)
             errors = submission.check(payload, ingest.settings)
         except ValidationError as exc:
-            errors = _validation_errors(exc)
+            errors = validation_errors(exc)
         if errors:
             metrics.REJECTED.labels(source=source, reason="validation").inc()
             results.append(ItemResult(index=index, status="rejected", errors=errors))

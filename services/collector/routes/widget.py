@@ -1,0 +1,136 @@
+"""The web widget: an embeddable ``widget.js`` and the endpoint it posts answers to.
+
+The widget holds a publishable key (``cxp_…``), which may only submit answers, only from
+its configured origins, and only within the per-address and per-key rate limits. Answers
+may arrive as ``text/plain`` JSON so that ``navigator.sendBeacon`` can deliver them while
+the page unloads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib import resources
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+
+from services.collector import metrics, service
+from services.collector.deps import IngestDep
+from services.collector.schemas import ResponseIn, Submitted
+from services.collector.service import validation_errors
+from shared.apikeys import KeyKind, KeyStore, Principal, Scope
+from shared.http import error_body
+
+router = APIRouter(tags=["widget"])
+
+SOURCE = "widget"
+PATH = "/v1/widget/responses"
+_WIDGET_JS = resources.files("services.collector").joinpath("static/widget.js")
+
+
+def _cors(response: Response, origin: str) -> Response:
+    response.headers["Access-Control-Allow-Origin"] = origin
+    response.headers["Vary"] = "Origin"
+    return response
+
+
+def _error(
+    status: int, detail: str, origin: str | None = None, field: str | None = None, **extra: Any
+) -> Response:
+    metrics.REJECTED.labels(source=SOURCE, reason=str(status)).inc()
+    response = JSONResponse(error_body(status, detail, field, **extra), status_code=status)
+    return _cors(response, origin) if origin else response
+
+
+async def _admit(request: Request, key: str, origin: str | None) -> Principal | Response:
+    store: KeyStore = request.app.state.keystore
+    principal = await store.authenticate(key)
+    if principal is None or principal.kind is not KeyKind.PUBLISHABLE:
+        return _error(401, "unknown publishable key")
+    if not principal.may(Scope.RESPONSES_WRITE, SOURCE):
+        return _error(403, "this key may not submit widget answers")
+    if origin is None or origin not in principal.origins:
+        return _error(403, f"origin {origin or '(none)'} is not allowed for this key")
+    return principal
+
+
+KeyParam = Annotated[str, Query(description="The publishable key (cxp_…).", max_length=200)]
+OriginHeader = Annotated[str | None, Header(alias="Origin")]
+
+
+@router.get("/widget.js", summary="The embeddable widget", response_class=Response)
+async def widget_js() -> Response:
+    """Serve the widget. Embed it with a `<script>` tag; see the README for its attributes."""
+    return Response(
+        _WIDGET_JS.read_text(encoding="utf-8"),
+        media_type="text/javascript; charset=utf-8",
+        headers={"Cache-Control": "public, max-age=300", "Access-Control-Allow-Origin": "*"},
+    )
+
+
+@router.options(PATH, summary="CORS preflight for the widget", status_code=204)
+async def preflight(request: Request, key: KeyParam, origin: OriginHeader = None) -> Response:
+    """Answer a browser's preflight: allowed only for the key's configured origins."""
+    admitted = await _admit(request, key, origin)
+    if isinstance(admitted, Response):
+        return admitted
+    assert origin is not None
+    response = Response(status_code=204)
+    response.headers["Access-Control-Allow-Methods"] = "POST"
+    response.headers["Access-Control-Allow-Headers"] = "Content-Type"
+    response.headers["Access-Control-Max-Age"] = "600"
+    return _cors(response, origin)
+
+
+@router.post(
+    PATH,
+    status_code=202,
+    response_model=Submitted,
+    summary="Submit a widget answer (publishable key, allowed origins only)",
+    responses={
+        401: {"description": "Unknown publishable key"},
+        403: {"description": "The page's origin is not allowed for the key"},
+        422: {"description": "A field is invalid; every bad field is named"},
+        429: {"description": "Rate limit reached; see Retry-After"},
+        503: {"description": "The broker did not acknowledge; retry with the same event_id"},
+    },
+)
+async def submit_widget_response(
+    request: Request, ingest: IngestDep, key: KeyParam, origin: OriginHeader = None
+) -> Response:
+    """Accept one answer from the widget; the body is JSON, sent as application/json or text/plain.
+
+    The body is a response as for `POST /v1/responses`; the widget sets `event_id`, so a
+    resend (say by `sendBeacon` after a `fetch` that seemed to fail) counts once.
+    """
+    admitted = await _admit(request, key, origin)
+    if isinstance(admitted, Response):
+        return admitted
+    assert origin is not None
+    address = request.client.host if request.client else "unknown"
+    limits = request.app.state.widget_limits
+    wait = max(limits.per_address.check(f"{key[:16]}:{address}"), limits.per_key.check(key))
+    if wait:
+        response = _error(429, "too many answers; slow down", origin)
+        response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+        return response
+    try:
+        payload = ResponseIn.model_validate(json.loads(await request.body()))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return _error(422, "body: is not valid UTF-8 JSON", origin, field="body")
+    except ValidationError as exc:
+        errors = validation_errors(exc)
+        detail = "; ".join(f"{e['field']}: {e['detail']}" for e in errors)
+        return _error(422, detail, origin, field=errors[0]["field"], errors=errors)
+    errors = service.configured_set_errors(payload, ingest.settings)
+    if errors:
+        return _error(422, errors[0]["detail"], origin, field=errors[0]["field"], errors=errors)
+    result = await service.submit_one(
+        ingest, payload, service.RESPONSES, source=SOURCE, idempotency_key=None
+    )
+    if isinstance(result, Response):
+        return _cors(result, origin)
+    return _cors(JSONResponse(result.model_dump(mode="json"), status_code=202), origin)
