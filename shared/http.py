@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any
 
@@ -265,6 +266,39 @@ async def _send_error(send: Any, status: int, detail: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class RequestMetricsMiddleware:
+    """Counts requests by route template (never the raw path, so labels stay bounded)."""
+
+    def __init__(self, app: Any, *, service: str) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def record_status(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            metrics.HTTP_REQUESTS.labels(
+                service=self.service, method=scope["method"], route=template, status=str(status)
+            ).inc()
+            metrics.HTTP_SECONDS.labels(service=self.service, route=template).observe(
+                time.perf_counter() - started
+            )
+
+
 def build_app(
     *,
     service: str,
@@ -282,6 +316,7 @@ def build_app(
         title=f"cxloop {service}", version="1", description=description, lifespan=lifespan
     )
     app.state.keystore = keystore
+    app.add_middleware(RequestMetricsMiddleware, service=service)
     install_error_handlers(app)
     app.include_router(operations_router(service, readiness))
     for router in routers:

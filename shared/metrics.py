@@ -51,3 +51,14 @@ READY = Gauge(
     "1 when the service's broker and database answer, else 0.",
     ["service"],
 )
+HTTP_REQUESTS = Counter(
+    name("http", "requests", "total"),
+    "HTTP requests by service, method, route template and status code.",
+    ["service", "method", "route", "status"],
+)
+HTTP_SECONDS = Histogram(
+    name("http", "request", "seconds"),
+    "HTTP request latency by service and route template.",
+    ["service", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)

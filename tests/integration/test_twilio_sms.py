@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
@@ -90,8 +91,12 @@ async def invite(client: httpx.AsyncClient, **fields: Any) -> dict[str, Any]:
 
 class TestReplies:
     async def test_full_width_reply_becomes_a_scored_response(
-        self, collector: httpx.AsyncClient, kafka_settings: KafkaSettings
+        self,
+        collector: httpx.AsyncClient,
+        kafka_settings: KafkaSettings,
+        caplog: pytest.LogCaptureFixture,
     ) -> None:
+        caplog.set_level(logging.DEBUG)
         assert (await invite(collector))["status"] == "open"
         sid = "SM" + secrets.token_hex(16)
         r = await send_sms(collector, twilio_form("９ 最高でした", "+819011112222", sid))
@@ -112,6 +117,9 @@ class TestReplies:
         retry = await send_sms(collector, twilio_form("９ 最高でした", "+819011112222", sid))
         assert "ご回答ありがとうございました。" in retry.text
         assert len(await read_topic(kafka_settings, Topic.RESPONSES, 2, timeout=3)) == 1
+        # Nothing personal reaches the logs, even at DEBUG: not the number, not the words.
+        for secret in ("9011112222", "最高でした", TOKEN):
+            assert secret not in caplog.text
 
     async def test_unparseable_reply_is_re_asked_then_answered(
         self, collector: httpx.AsyncClient, kafka_settings: KafkaSettings
