@@ -9,15 +9,27 @@ from __future__ import annotations
 import asyncio
 import secrets
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
+import httpx
 import pytest
 
+from services.collector.app import create_app as create_collector
 from services.migrations import upgrade
 from shared.kafka import ensure_topics
-from shared.settings import AlertingSettings, AuthSettings, KafkaSettings, ScorerSettings
+from shared.settings import (
+    AlertingSettings,
+    AuthSettings,
+    CollectorSettings,
+    DatabaseSettings,
+    KafkaSettings,
+    ScorerSettings,
+    SourceSettings,
+)
 from tests.harness import backends
+from tests.helpers import serving
 
 _CHOICE = pytest.StashKey[tuple[str, str]]()
 _TESTS = Path(__file__).parent
@@ -130,3 +142,27 @@ def scorer_settings() -> ScorerSettings:
 @pytest.fixture
 def alerting_settings() -> AlertingSettings:
     return AlertingSettings(group_id=unique("alerting"), **_FAST_GROUP)  # type: ignore[arg-type]
+
+
+CollectorFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
+
+
+@pytest.fixture
+def collector_app(
+    kafka_settings: KafkaSettings, database_url: str, auth: AuthSettings, api_key: str
+) -> CollectorFactory:
+    """Build a collector on this test's topics and database; use it as `async with`."""
+
+    def make(
+        settings: CollectorSettings | None = None, sources: SourceSettings | None = None
+    ) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+        app = create_collector(
+            kafka=kafka_settings,
+            database=DatabaseSettings(url=database_url),
+            auth=auth,
+            settings=settings or CollectorSettings(),
+            sources=sources or SourceSettings(),
+        )
+        return serving(app, api_key, "collector")
+
+    return make

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from services.collector.idempotency import IdempotencyStore
 from services.collector.ratelimit import RateLimiter
-from services.collector.routes import events, invitations, ivr, responses, support, twilio, widget
+from services.collector.routes import generic, invitations, ivr, support, twilio, widget
 from services.collector.service import Ingest
 from services.migrations import MIGRATIONS_DIR
 from shared.apikeys import KeyStore
@@ -119,8 +119,7 @@ def create_app(
         lifespan=lifespan,
         readiness=readiness,
         routers=[
-            responses.router,
-            events.router,
+            generic.router,
             invitations.router,
             twilio.router,
             support.router,

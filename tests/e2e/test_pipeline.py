@@ -156,3 +156,8 @@ class TestPipeline:
             metrics = await client.get("/metrics")
             assert metrics.headers["content-type"].startswith("text/plain")
             assert "cxloop_service_ready" in metrics.text
+            assert "cxloop_http_requests_total" in metrics.text
+            docs = await client.get("/docs")
+            assert docs.status_code == 200
+            assert "swagger-ui" in docs.text.lower()
+            assert (await client.get("/openapi.json")).json()["info"]["title"].startswith("cxloop")

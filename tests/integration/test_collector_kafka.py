@@ -8,28 +8,20 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from services.collector.app import create_app
 from shared.events import ResponseSubmitted, TouchpointEvent
 from shared.kafka import HEADER_SCHEMA, HEADER_TYPE
-from shared.settings import AuthSettings, CollectorSettings, DatabaseSettings, KafkaSettings
+from shared.settings import KafkaSettings
 from shared.topics import Topic
 from tests.builders import response_payload
-from tests.helpers import eventually, read_topic, serving
+from tests.conftest import CollectorFactory
+from tests.helpers import eventually, read_topic
 
 pytestmark = pytest.mark.smoke
 
 
 @pytest.fixture
-async def collector(
-    kafka_settings: KafkaSettings, database_url: str, auth: AuthSettings, api_key: str
-) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(
-        kafka=kafka_settings,
-        database=DatabaseSettings(url=database_url),
-        auth=auth,
-        settings=CollectorSettings(),
-    )
-    async with serving(app, api_key, "collector") as client:
+async def collector(collector_app: CollectorFactory) -> AsyncIterator[httpx.AsyncClient]:
+    async with collector_app() as client:
         await eventually(lambda: client.get("/readyz"), lambda r: r.status_code == 200)
         yield client
 

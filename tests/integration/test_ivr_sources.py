@@ -9,18 +9,15 @@ from typing import Any
 import httpx
 import pytest
 
-from services.collector.app import create_app
 from shared.events import ResponseSubmitted
 from shared.settings import (
-    AuthSettings,
-    CollectorSettings,
-    DatabaseSettings,
     IvrQuestion,
     KafkaSettings,
     SourceSettings,
 )
 from shared.topics import Topic
-from tests.helpers import read_topic, serving
+from tests.conftest import CollectorFactory
+from tests.helpers import read_topic
 
 SURVEYS = {
     "default": {"survey_result_1": IvrQuestion(metric="nps")},
@@ -33,17 +30,8 @@ SURVEYS = {
 
 
 @pytest.fixture
-async def collector(
-    kafka_settings: KafkaSettings, database_url: str, auth: AuthSettings, api_key: str
-) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(
-        kafka=kafka_settings,
-        database=DatabaseSettings(url=database_url),
-        auth=auth,
-        settings=CollectorSettings(),
-        sources=SourceSettings(ivr_surveys=SURVEYS),
-    )
-    async with serving(app, api_key, "collector") as client:
+async def collector(collector_app: CollectorFactory) -> AsyncIterator[httpx.AsyncClient]:
+    async with collector_app(sources=SourceSettings(ivr_surveys=SURVEYS)) as client:
         yield client
 
 

@@ -12,34 +12,22 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from services.collector.app import create_app
 from shared.events import TouchpointEvent
 from shared.settings import (
-    AuthSettings,
-    CollectorSettings,
-    DatabaseSettings,
     KafkaSettings,
     SourceSettings,
 )
 from shared.topics import Topic
 from tests.builders_vendors import freshdesk_ticket, zendesk_event, zendesk_headers
-from tests.helpers import read_topic, serving
+from tests.conftest import CollectorFactory
+from tests.helpers import read_topic
 
 SECRET = "zendesk-signing-secret"
 
 
 @pytest.fixture
-async def collector(
-    kafka_settings: KafkaSettings, database_url: str, auth: AuthSettings, api_key: str
-) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(
-        kafka=kafka_settings,
-        database=DatabaseSettings(url=database_url),
-        auth=auth,
-        settings=CollectorSettings(),
-        sources=SourceSettings(zendesk_signing_secret=SECRET),
-    )
-    async with serving(app, api_key, "collector") as client:
+async def collector(collector_app: CollectorFactory) -> AsyncIterator[httpx.AsyncClient]:
+    async with collector_app(sources=SourceSettings(zendesk_signing_secret=SECRET)) as client:
         yield client
 
 

@@ -11,17 +11,15 @@ import httpx
 import pytest
 from twilio.request_validator import RequestValidator
 
-from services.collector.app import create_app
 from shared.events import ResponseSubmitted
 from shared.settings import (
-    AuthSettings,
     CollectorSettings,
-    DatabaseSettings,
     KafkaSettings,
     SourceSettings,
 )
 from shared.topics import Topic
-from tests.helpers import read_topic, serving
+from tests.conftest import CollectorFactory
+from tests.helpers import read_topic
 
 TOKEN = "twilio-auth-token-for-tests"
 PUBLIC = "https://cx.example.com"
@@ -29,17 +27,9 @@ PATH = "/v1/sources/twilio/sms"
 
 
 @pytest.fixture
-async def collector(
-    kafka_settings: KafkaSettings, database_url: str, auth: AuthSettings, api_key: str
-) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(
-        kafka=kafka_settings,
-        database=DatabaseSettings(url=database_url),
-        auth=auth,
-        settings=CollectorSettings(public_url=PUBLIC, fatigue_days=30),
-        sources=SourceSettings(twilio_auth_token=TOKEN),
-    )
-    async with serving(app, api_key, "collector") as client:
+async def collector(collector_app: CollectorFactory) -> AsyncIterator[httpx.AsyncClient]:
+    settings = CollectorSettings(public_url=PUBLIC, fatigue_days=30)
+    async with collector_app(settings, SourceSettings(twilio_auth_token=TOKEN)) as client:
         yield client
 
 

@@ -9,11 +9,10 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from services.collector.app import create_app
 from shared.apikeys import KeyKind, Scope, create_key
-from shared.settings import AuthSettings, CollectorSettings, DatabaseSettings, KafkaSettings
+from shared.settings import CollectorSettings
 from tests.builders import response_payload
-from tests.helpers import serving
+from tests.conftest import CollectorFactory
 
 SHOP = "https://shop.example"
 
@@ -37,16 +36,8 @@ async def publishable_key(database_url: str) -> str:
 
 
 @pytest.fixture
-async def collector(
-    kafka_settings: KafkaSettings, database_url: str, auth: AuthSettings, api_key: str
-) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(
-        kafka=kafka_settings,
-        database=DatabaseSettings(url=database_url),
-        auth=auth,
-        settings=CollectorSettings(widget_rate_per_minute=3),
-    )
-    async with serving(app, api_key, "collector") as client:
+async def collector(collector_app: CollectorFactory) -> AsyncIterator[httpx.AsyncClient]:
+    async with collector_app(CollectorSettings(widget_rate_per_minute=3)) as client:
         client.headers.pop("Authorization")
         yield client
 
