@@ -12,9 +12,9 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -109,11 +109,11 @@ def decode(model: type[E], record: ConsumerRecord[bytes, bytes]) -> E:
 
 
 @dataclass(frozen=True)
-class Decoded(Generic[E]):
+class Decoded:
     """A consumed record and the event it holds."""
 
     record: ConsumerRecord[bytes, bytes]
-    event: E
+    event: BaseModel
 
 
 class DeadLetters:
@@ -139,7 +139,7 @@ class DeadLetters:
         log.warning("dead-lettered %s: %s", origin, reason)
 
 
-Handler = Callable[[Sequence[Decoded[E]]], Awaitable[None]]
+Handler = Callable[[Sequence[Decoded]], Awaitable[None]]
 
 
 def backoff_delay(attempt: int, *, base: float = 0.2, cap: float = 30.0) -> float:
@@ -155,14 +155,16 @@ async def sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
 
 async def run_batches(
     consumer: AIOKafkaConsumer,
-    handle: Handler[E],
+    handle: Handler,
     stop: asyncio.Event,
     *,
-    model: type[E],
+    models: Mapping[str, type[BaseModel]],
     dead_letters: DeadLetters,
     settings: ConsumerSettings,
 ) -> None:
     """Consume until ``stop`` is set: decode, handle, dead-letter poison, then commit.
+
+    ``models`` names the event model of each topic (by its broker-side name).
 
     A batch whose handler fails (database down, or a bug) is retried with capped
     exponential backoff and nothing is committed, so no record is skipped. Stopping
@@ -177,12 +179,12 @@ async def run_batches(
             )
             if not batches:
                 continue
-            good: list[Decoded[E]] = []
+            good: list[Decoded] = []
             poison: list[tuple[ConsumerRecord[bytes, bytes], str]] = []
             for records in batches.values():
                 for record in records:
                     try:
-                        good.append(Decoded(record, decode(model, record)))
+                        good.append(Decoded(record, decode(models[record.topic], record)))
                     except PoisonMessageError as exc:
                         poison.append((record, exc.reason))
             if not await _apply_with_retry(handle, good, stop, group):
@@ -197,7 +199,7 @@ async def run_batches(
 
 
 async def _apply_with_retry(
-    handle: Handler[E], good: Sequence[Decoded[E]], stop: asyncio.Event, group: str
+    handle: Handler, good: Sequence[Decoded], stop: asyncio.Event, group: str
 ) -> bool:
     attempt = 0
     while True:

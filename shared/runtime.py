@@ -9,21 +9,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Generic
 
 import uvicorn
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi import FastAPI
+from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db import assert_schema_current, create_engine, database_answers
 from shared.errors import BrokerUnavailableError
 from shared.kafka import (
     DeadLetters,
-    E,
     Handler,
     backoff_delay,
     broker_answers,
@@ -114,7 +113,7 @@ class ProducerHandle:
             await self._producer.stop()
 
 
-class ConsumerWorker(Generic[E]):
+class ConsumerWorker:
     """Runs :func:`shared.kafka.run_batches` for one service, restarting it if it ever dies."""
 
     def __init__(
@@ -122,15 +121,14 @@ class ConsumerWorker(Generic[E]):
         *,
         kafka: KafkaSettings,
         consumer: ConsumerSettings,
-        topics: Sequence[Topic],
-        model: type[E],
-        handle: Handler[E],
+        models: Mapping[Topic, type[BaseModel]],
+        handle: Handler,
         producer: ProducerHandle,
     ) -> None:
         self._kafka = kafka
         self._settings = consumer
-        self._topics = topics
-        self._model = model
+        self._topics = list(models)
+        self._models = {kafka.topic(t): m for t, m in models.items()}
         self._handle = handle
         self._producer = producer
         self._stop = asyncio.Event()
@@ -160,7 +158,7 @@ class ConsumerWorker(Generic[E]):
                     consumer,
                     self._handle,
                     self._stop,
-                    model=self._model,
+                    models=self._models,
                     dead_letters=dead_letters,
                     settings=self._settings,
                 )
@@ -201,7 +199,7 @@ class ConsumerWorker(Generic[E]):
                     await self._task
 
 
-class ConsumingService(Generic[E]):
+class ConsumingService:
     """The runtime of a consuming service: its engine, producer (for dead letters) and worker."""
 
     def __init__(
@@ -211,21 +209,19 @@ class ConsumingService(Generic[E]):
         kafka: KafkaSettings,
         database: DatabaseSettings,
         consumer: ConsumerSettings,
-        topics: Sequence[Topic],
-        model: type[E],
-        make_handler: Callable[[AsyncEngine], Handler[E]],
+        models: Mapping[Topic, type[BaseModel]],
+        make_handler: Callable[[AsyncEngine], Handler],
         migrations: Path,
     ) -> None:
         self.name = name
         self._kafka = kafka
         self._consumer = consumer
-        self._topics = topics
-        self._model = model
+        self._models = models
         self._make_handler = make_handler
         self._migrations = migrations
         self.engine = create_engine(database)
         self._producer: ProducerHandle | None = None
-        self._worker: ConsumerWorker[E] | None = None
+        self._worker: ConsumerWorker | None = None
 
     async def start(self) -> None:
         """Refuse an outdated schema, then connect and start consuming in the background."""
@@ -235,8 +231,7 @@ class ConsumingService(Generic[E]):
         self._worker = ConsumerWorker(
             kafka=self._kafka,
             consumer=self._consumer,
-            topics=self._topics,
-            model=self._model,
+            models=self._models,
             handle=self._make_handler(self.engine),
             producer=self._producer,
         )

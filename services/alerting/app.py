@@ -35,8 +35,7 @@ def create_app(
         kafka=kafka or load(KafkaSettings),
         database=database or load(DatabaseSettings),
         consumer=settings or load(AlertingSettings),
-        topics=[Topic.RESPONSES],
-        model=ResponseSubmitted,
+        models={Topic.RESPONSES: ResponseSubmitted},
         make_handler=AlertHandler,
         migrations=MIGRATIONS_DIR,
     )

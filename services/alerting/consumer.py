@@ -17,10 +17,11 @@ class AlertHandler:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def __call__(self, batch: Sequence[Decoded[ResponseSubmitted]]) -> None:
+    async def __call__(self, batch: Sequence[Decoded]) -> None:
         outcomes: list[tuple[rules.AlertDraft, bool]] = []
         async with self._engine.begin() as conn:
-            for event in await repository.first_seen(conn, [d.event for d in batch]):
+            responses = [d.event for d in batch if isinstance(d.event, ResponseSubmitted)]
+            for event in await repository.first_seen(conn, responses):
                 draft = rules.evaluate(event)
                 if draft is not None:
                     outcomes.append((draft, await repository.open_or_fold(conn, draft, event)))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Final
 
-from shared.events import Metric, NpsCategory, ResponseSubmitted, nps_category
+from shared.events import Metric, NpsCategory, ResponseSubmitted, TouchpointEvent, nps_category
 
 BUCKET: Final = timedelta(hours=1)
 # A CES answer is "easy" at or above this score on its scale: the top three of 7, top two of 5.
@@ -113,3 +113,115 @@ def nps_margin_of_error(c: Counts) -> float | None:
 def mean(c: Counts) -> float | None:
     """Return the mean score."""
     return c.score_sum / c.n if c.n else None
+
+
+@dataclass(frozen=True)
+class ReasonKey:
+    """Where an NPS+ reason is counted: its hour, NPS category, code and segments."""
+
+    bucket_start: datetime
+    category: str
+    reason: str
+    channel: str
+    survey_type: str
+    touchpoint: str
+    location: str
+    product: str
+    business_unit: str
+
+
+def fold_reasons(events: list[ResponseSubmitted]) -> dict[ReasonKey, int]:
+    """Count the reason codes of NPS answers by category and segment."""
+    counts: dict[ReasonKey, int] = {}
+    for event in events:
+        if event.metric is not Metric.NPS:
+            continue
+        key = key_of(event)
+        for reason in set(event.reasons):
+            reason_key = ReasonKey(
+                bucket_start=key.bucket_start,
+                category=nps_category(event.score).value,
+                reason=reason,
+                channel=key.channel,
+                survey_type=key.survey_type,
+                touchpoint=key.touchpoint,
+                location=key.location,
+                product=key.product,
+                business_unit=key.business_unit,
+            )
+            counts[reason_key] = counts.get(reason_key, 0) + 1
+    return counts
+
+
+FIRST_RESPONSE_TYPES: Final = frozenset({"ticket.first_response", "ticket.agent_replied"})
+
+
+@dataclass
+class TicketFacts:
+    """What a batch knows of one ticket, folded so that any order gives the same facts."""
+
+    source: str
+    ticket_id: str
+    customer_id: str
+    channel: str
+    first_seen_at: datetime
+    priority: str | None = None
+    priority_at: datetime | None = None
+    created_at: datetime | None = None
+    first_response_at: datetime | None = None
+    resolved_at: datetime | None = None
+    reopened_at: datetime | None = None
+    reopens: int = 0
+
+
+def _earliest(a: datetime | None, b: datetime) -> datetime:
+    return b if a is None or b < a else a
+
+
+def _latest(a: datetime | None, b: datetime) -> datetime:
+    return b if a is None or b > a else a
+
+
+def fold_tickets(events: list[TouchpointEvent]) -> dict[tuple[str, str], TicketFacts]:
+    """Fold ticket events per (source, ticket): earliest creation and first response,
+    latest resolution and reopening, the latest priority, and the number of reopenings."""
+    tickets: dict[tuple[str, str], TicketFacts] = {}
+    for event in events:
+        if event.ticket_id is None:
+            continue
+        at = event.occurred_at.astimezone(UTC)
+        facts = tickets.setdefault(
+            (event.source, event.ticket_id),
+            TicketFacts(event.source, event.ticket_id, event.customer_id, event.channel.value, at),
+        )
+        facts.first_seen_at = _earliest(facts.first_seen_at, at)
+        if event.priority is not None and (facts.priority_at is None or at >= facts.priority_at):
+            facts.priority, facts.priority_at = event.priority.value, at
+        if event.type == "ticket.created":
+            if facts.created_at is None or at < facts.created_at:
+                facts.channel = event.channel.value
+            facts.created_at = _earliest(facts.created_at, at)
+        elif event.type in FIRST_RESPONSE_TYPES:
+            facts.first_response_at = _earliest(facts.first_response_at, at)
+        elif event.type == "ticket.resolved":
+            facts.resolved_at = _latest(facts.resolved_at, at)
+        elif event.type == "ticket.reopened":
+            facts.reopened_at = _latest(facts.reopened_at, at)
+            facts.reopens += 1
+    return tickets
+
+
+def period_starts(moment: datetime) -> tuple[date, date]:
+    """Return the (ISO week, month) a moment falls in, as their first days in UTC."""
+    day = moment.astimezone(UTC).date()
+    return day - timedelta(days=day.weekday()), day.replace(day=1)
+
+
+def activity(events: list[ResponseSubmitted | TouchpointEvent]) -> set[tuple[str, date, str]]:
+    """Return the distinct (period, period start, customer) activity the events show."""
+    seen: set[tuple[str, date, str]] = set()
+    for event in events:
+        week, month = period_starts(event.occurred_at)
+        seen.add(("week", week, event.customer_id))
+        seen.add(("month", month, event.customer_id))
+    return seen

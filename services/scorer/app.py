@@ -6,9 +6,9 @@ from fastapi import FastAPI
 
 from services.migrations import MIGRATIONS_DIR
 from services.scorer import api
-from services.scorer.consumer import ResponseHandler
+from services.scorer.consumer import BatchHandler
 from shared.apikeys import KeyStore
-from shared.events import ResponseSubmitted
+from shared.events import ResponseSubmitted, TouchpointEvent
 from shared.http import build_app
 from shared.runtime import ConsumingService
 from shared.settings import AuthSettings, DatabaseSettings, KafkaSettings, ScorerSettings, load
@@ -35,9 +35,8 @@ def create_app(
         kafka=kafka or load(KafkaSettings),
         database=database or load(DatabaseSettings),
         consumer=settings or load(ScorerSettings),
-        topics=[Topic.RESPONSES],
-        model=ResponseSubmitted,
-        make_handler=ResponseHandler,
+        models={Topic.RESPONSES: ResponseSubmitted, Topic.TOUCHPOINTS: TouchpointEvent},
+        make_handler=BatchHandler,
         migrations=MIGRATIONS_DIR,
     )
     return build_app(

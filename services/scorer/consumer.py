@@ -7,23 +7,26 @@ from collections.abc import Sequence
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.scorer import metrics, repository
-from shared.events import ResponseSubmitted, utcnow
+from shared.events import ResponseSubmitted, TouchpointEvent, utcnow
 from shared.kafka import Decoded
 
 
-class ResponseHandler:
-    """Stores and counts a batch of responses; redelivered events change nothing."""
+class BatchHandler:
+    """Stores and counts a batch of responses and touchpoint events; redeliveries change nothing."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def __call__(self, batch: Sequence[Decoded[ResponseSubmitted]]) -> None:
-        events = [d.event for d in batch]
+    async def __call__(self, batch: Sequence[Decoded]) -> None:
+        events = [
+            d.event for d in batch if isinstance(d.event, ResponseSubmitted | TouchpointEvent)
+        ]
         async with self._engine.begin() as conn:
-            fresh = await repository.apply_responses(conn, events)
+            applied = await repository.apply_batch(conn, events)
         committed_at = utcnow()
-        metrics.DUPLICATES.inc(len(events) - len(fresh))
-        for event in fresh:
+        metrics.DUPLICATES.inc(len(events) - len(applied.responses) - len(applied.touchpoints))
+        metrics.TOUCHPOINTS_APPLIED.inc(len(applied.touchpoints))
+        for event in applied.responses:
             metrics.APPLIED.labels(metric=event.metric.value).inc()
             metrics.EVENT_TO_AGGREGATE_SECONDS.observe(
                 max(0.0, (committed_at - event.received_at).total_seconds())

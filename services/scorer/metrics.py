@@ -11,6 +11,10 @@ APPLIED = Counter(
     "Responses stored and counted for the first time, by metric.",
     ["metric"],
 )
+TOUCHPOINTS_APPLIED = Counter(
+    name("scorer", "touchpoints_applied", "total"),
+    "Touchpoint events (tickets, purchases, ...) applied for the first time.",
+)
 DUPLICATES = Counter(
     name("scorer", "duplicates", "total"),
     "Redelivered or resent events recognised by event id and not counted again.",

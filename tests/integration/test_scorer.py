@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from services.scorer.app import create_app
-from services.scorer.consumer import ResponseHandler
+from services.scorer.consumer import BatchHandler
 from shared.kafka import HEADER_DLQ_REASON, Decoded
 from shared.settings import AuthSettings, DatabaseSettings, KafkaSettings, ScorerSettings
 from shared.topics import Topic
@@ -133,7 +133,7 @@ class TestRedelivery:
     async def test_a_redelivered_batch_changes_nothing(self, database_url: str) -> None:
         engine = create_async_engine(database_url)
         try:
-            handler = ResponseHandler(engine)
+            handler = BatchHandler(engine)
             events = [response_event(score=s) for s in (10, 6, 8)]
             batch = [Decoded(record=None, event=e) for e in events]
             await handler(batch)
