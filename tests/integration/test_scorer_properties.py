@@ -1,0 +1,188 @@
+"""Every score equals a direct computation over the distinct events, whatever Kafka does.
+
+Hypothesis draws a stream of responses and ticket events, cuts it into batches, repeats
+some batches (redelivery after a crash between the DB commit and the offset commit),
+duplicates and reorders events. The scorer's tables must then match what the distinct
+events say, computed here directly and independently of the scorer's folding code.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from services.scorer.consumer import BatchHandler
+from shared.events import ResponseSubmitted, TouchpointEvent
+from shared.kafka import Decoded
+from tests.harness.backends import PostgresServer
+
+BASE = datetime(2026, 11, 20, tzinfo=UTC)
+CHANNELS = ("web", "sms", "call_center")
+
+
+@st.composite
+def response(draw: st.DrawFn) -> ResponseSubmitted:
+    metric = draw(st.sampled_from(["nps", "csat", "ces"]))
+    scale = {"nps": 10, "csat": 5}.get(metric) or draw(st.sampled_from([5, 7]))
+    low = 0 if metric == "nps" else 1
+    at = BASE + timedelta(minutes=draw(st.integers(0, 60 * 72)))
+    return ResponseSubmitted.model_validate(
+        {
+            "event_id": uuid.UUID(int=draw(st.integers(1, 2**64))),
+            "occurred_at": at,
+            "received_at": at,
+            "source": "api",
+            "channel": draw(st.sampled_from(CHANNELS)),
+            "customer_id": f"c{draw(st.integers(0, 9))}",
+            "metric": metric,
+            "scale": scale,
+            "score": draw(st.integers(low, scale)),
+            "survey_type": "transactional",
+            "touchpoint": "checkout",
+            "reasons": draw(st.lists(st.sampled_from(["price", "wait_time", "app"]), max_size=2)),
+        }
+    )
+
+
+@st.composite
+def ticket_event(draw: st.DrawFn) -> TouchpointEvent:
+    at = BASE + timedelta(minutes=draw(st.integers(0, 60 * 72)))
+    return TouchpointEvent.model_validate(
+        {
+            "event_id": uuid.UUID(int=draw(st.integers(1, 2**64))),
+            "occurred_at": at,
+            "received_at": at,
+            "source": "zendesk",
+            "channel": "email",
+            "customer_id": f"c{draw(st.integers(0, 9))}",
+            "type": draw(
+                st.sampled_from(
+                    ["ticket.created", "ticket.agent_replied", "ticket.resolved", "ticket.reopened"]
+                )
+            ),
+            "ticket_id": f"T{draw(st.integers(0, 4))}",
+            "priority": draw(st.sampled_from(["low", "high", None])),
+        }
+    )
+
+
+def expected_scores(events: list[Any]) -> dict[tuple[str, int, str], tuple[int, int, int, int]]:
+    """(metric, scale, channel) → (n, score sum, top count, bottom count), computed directly."""
+    out: dict[tuple[str, int, str], list[int]] = {}
+    for e in events:
+        if not isinstance(e, ResponseSubmitted):
+            continue
+        row = out.setdefault((e.metric.value, e.scale, e.channel.value), [0, 0, 0, 0])
+        row[0] += 1
+        row[1] += e.score
+        if e.metric == "nps":
+            row[2] += e.score >= 9
+            row[3] += e.score <= 6
+        elif e.metric == "csat":
+            row[2] += e.score >= 4
+        else:
+            row[2] += e.score >= (4 if e.scale == 5 else 5)
+    return {k: (v[0], v[1], v[2], v[3]) for k, v in out.items()}
+
+
+def expected_tickets(events: list[Any]) -> dict[str, tuple[Any, ...]]:
+    tickets: dict[str, dict[str, list[datetime]]] = {}
+    for e in events:
+        if isinstance(e, TouchpointEvent):
+            tickets.setdefault(e.ticket_id or "", {}).setdefault(e.type, []).append(e.occurred_at)
+    return {
+        tid: (
+            min(kinds.get("ticket.created", []), default=None),
+            min(kinds.get("ticket.agent_replied", []), default=None),
+            max(kinds.get("ticket.resolved", []), default=None),
+            len(kinds.get("ticket.reopened", [])),
+        )
+        for tid, kinds in tickets.items()
+    }
+
+
+class TestScorerIsExact:
+    @settings(
+        max_examples=25,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(
+        stream=st.lists(
+            st.one_of(response(), ticket_event()),
+            min_size=1,
+            max_size=60,
+            unique_by=lambda e: e.event_id,
+        ),
+        seed=st.integers(0, 2**32),
+    )
+    async def test_redelivery_duplicates_and_reordering_change_nothing(
+        self, postgres: PostgresServer, migrated_template: str, stream: list[Any], seed: int
+    ) -> None:
+        rng = random.Random(seed)
+        url = await postgres.create_database(
+            f"p_{uuid.uuid4().hex[:12]}", template=migrated_template
+        )
+        engine = create_async_engine(url)
+        try:
+            handler = BatchHandler(engine)
+            delivered = stream + rng.sample(stream, k=rng.randint(0, len(stream)))
+            rng.shuffle(delivered)
+            batches: list[list[Any]] = []
+            while delivered:
+                size = rng.randint(1, 15)
+                batches.append(delivered[:size])
+                delivered = delivered[size:]
+            for i, batch in enumerate(batches):
+                await handler([Decoded(None, e) for e in batch])  # type: ignore[arg-type]
+                if rng.random() < 0.3:
+                    # A crash after the commit, before the offsets: Kafka redelivers the batch.
+                    await handler([Decoded(None, e) for e in batches[rng.randint(0, i)]])  # type: ignore[arg-type]
+            async with engine.connect() as conn:
+                got = {
+                    (r.metric, r.scale, r.channel): (int(r.n), int(r.s), int(r.top), int(r.bottom))
+                    for r in await conn.execute(
+                        sa.text(
+                            "SELECT metric, scale, channel, sum(n) n, sum(score_sum) s, "
+                            "sum(promoters + satisfied + easy) top, sum(detractors) bottom "
+                            "FROM score_buckets GROUP BY 1, 2, 3"
+                        )
+                    )
+                }
+                tickets = {
+                    r.ticket_id: (r.created_at, r.first_response_at, r.resolved_at, r.reopens)
+                    for r in await conn.execute(
+                        sa.text(
+                            "SELECT ticket_id, created_at, first_response_at, resolved_at, reopens "
+                            "FROM tickets"
+                        )
+                    )
+                }
+                raw = await conn.scalar(sa.text("SELECT count(*) FROM responses"))
+                reasons = Counter(
+                    {
+                        r.reason: int(r.n)
+                        for r in await conn.execute(
+                            sa.text("SELECT reason, sum(n) n FROM reason_buckets GROUP BY 1")
+                        )
+                    }
+                )
+            assert got == expected_scores(stream)
+            assert tickets == expected_tickets(stream)
+            assert raw == sum(isinstance(e, ResponseSubmitted) for e in stream)
+            assert reasons == Counter(
+                r
+                for e in stream
+                if isinstance(e, ResponseSubmitted) and e.metric == "nps"
+                for r in set(e.reasons)
+            )
+        finally:
+            await engine.dispose()
