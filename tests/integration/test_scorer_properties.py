@@ -142,10 +142,10 @@ class TestScorerIsExact:
                 batches.append(delivered[:size])
                 delivered = delivered[size:]
             for i, batch in enumerate(batches):
-                await handler([Decoded(None, e) for e in batch])  # type: ignore[arg-type]
+                await handler([Decoded(None, e) for e in batch])
                 if rng.random() < 0.3:
                     # A crash after the commit, before the offsets: Kafka redelivers the batch.
-                    await handler([Decoded(None, e) for e in batches[rng.randint(0, i)]])  # type: ignore[arg-type]
+                    await handler([Decoded(None, e) for e in batches[rng.randint(0, i)]])
             async with engine.connect() as conn:
                 got = {
                     (r.metric, r.scale, r.channel): (int(r.n), int(r.s), int(r.top), int(r.bottom))
