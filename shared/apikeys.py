@@ -34,6 +34,8 @@ class Scope(StrEnum):
     EVENTS_WRITE = "events:write"
     INVITATIONS_WRITE = "invitations:write"
     SCORES_READ = "scores:read"
+    RESPONSES_READ = "responses:read"
+    CUSTOMERS_ERASE = "customers:erase"
     ALERTS_READ = "alerts:read"
     ALERTS_WRITE = "alerts:write"
 

@@ -287,6 +287,17 @@ class ScorerSettings(ConsumerSettings):
 
     port: int = Field(default=8001, ge=0, le=65535, description="Port to bind.")
     group_id: str = Field(default="cxloop-scorer", description="Kafka consumer group.")
+    min_n: int = Field(
+        default=30, ge=1, description="Below this sample size a score is flagged insufficient."
+    )
+    sla_first_response_minutes: dict[str, float] = Field(
+        default={"urgent": 60, "high": 240, "normal": 480, "low": 1440},
+        description="JSON: first-response SLA in minutes per ticket priority.",
+    )
+    sla_resolution_minutes: dict[str, float] = Field(
+        default={"urgent": 240, "high": 1440, "normal": 4320, "low": 10080},
+        description="JSON: resolution SLA in minutes per ticket priority.",
+    )
 
 
 class AlertingSettings(ConsumerSettings):
@@ -388,12 +399,7 @@ def describe(
             elif isinstance(default, tuple):
                 default = ",".join(default) or None
             elif isinstance(default, dict):
-                default = json.dumps(
-                    {
-                        k: {q: v.model_dump(exclude_none=True) for q, v in qs.items()}
-                        for k, qs in default.items()
-                    }
-                )
+                default = json.dumps(default, default=lambda m: m.model_dump(exclude_none=True))
             rows.append(
                 (
                     f"{prefix}{name}".upper(),

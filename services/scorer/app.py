@@ -30,16 +30,17 @@ def create_app(
     """Build the scorer app; settings default to the environment."""
     auth = auth or load(AuthSettings)
     keystore = KeyStore(auth.keys(), ttl=auth.key_cache_seconds)
+    scorer = settings or load(ScorerSettings)
     runtime = ConsumingService(
         name="scorer",
         kafka=kafka or load(KafkaSettings),
         database=database or load(DatabaseSettings),
-        consumer=settings or load(ScorerSettings),
+        consumer=scorer,
         models={Topic.RESPONSES: ResponseSubmitted, Topic.TOUCHPOINTS: TouchpointEvent},
         make_handler=BatchHandler,
         migrations=MIGRATIONS_DIR,
     )
-    return build_app(
+    app = build_app(
         service="scorer",
         description=DESCRIPTION,
         lifespan=runtime.lifespan,
@@ -47,3 +48,5 @@ def create_app(
         routers=[api.router],
         keystore=keystore,
     )
+    app.state.scorer_settings = scorer
+    return app

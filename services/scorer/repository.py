@@ -9,20 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.scorer.aggregates import (
-    Counts,
     activity,
     fold,
     fold_reasons,
     fold_tickets,
 )
-from services.scorer.models import COUNTS, score_buckets
+from services.scorer.models import COUNTS
 from shared.events import ResponseSubmitted, TouchpointEvent
 
 
@@ -193,28 +191,3 @@ def _response_row(e: ResponseSubmitted) -> dict[str, Any]:
         "occurred_at": e.occurred_at,
         "received_at": e.received_at,
     }
-
-
-async def sum_buckets(
-    conn: AsyncConnection,
-    *,
-    metric: str,
-    since: datetime,
-    until: datetime,
-    scale: int | None,
-    filters: Mapping[str, str],
-) -> Counts:
-    """Return the counts of ``metric`` over buckets starting in [since, until)."""
-    query = sa.select(
-        *(sa.func.coalesce(sa.func.sum(score_buckets.c[c]), 0).label(c) for c in COUNTS)
-    ).where(
-        score_buckets.c.metric == metric,
-        score_buckets.c.bucket_start >= since,
-        score_buckets.c.bucket_start < until,
-    )
-    if scale is not None:
-        query = query.where(score_buckets.c.scale == scale)
-    for dimension, value in filters.items():
-        query = query.where(score_buckets.c[dimension] == value)
-    row = (await conn.execute(query)).one()
-    return Counts(**{f.name: int(getattr(row, f.name)) for f in fields(Counts)})

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import uuid
+from datetime import date, datetime
 from enum import StrEnum
-from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Window(StrEnum):
@@ -19,42 +19,198 @@ class Window(StrEnum):
     QUARTER = "90d"
 
 
-class _Score(BaseModel):
+class Interval(StrEnum):
+    """Time-series resolution (UTC)."""
+
+    HOUR = "hour"
+    DAY = "day"
+    WEEK = "week"
+    MONTH = "month"
+
+
+class Dimension(StrEnum):
+    """What scores can be filtered and grouped by."""
+
+    CHANNEL = "channel"
+    SURVEY_TYPE = "survey_type"
+    TOUCHPOINT = "touchpoint"
+    LOCATION = "location"
+    PRODUCT = "product"
+    BUSINESS_UNIT = "business_unit"
+
+
+class ScoreSummary(BaseModel):
+    """A score with its sample size; fields beyond `n`, `score` and `insufficient` depend on
+    the metric (NPS: categories and margin of error; CSAT: satisfied and mean; CES: easy)."""
+
+    n: int = Field(description="Responses counted: every score carries its sample size.")
+    score: float | None = Field(
+        description="NPS (−100…+100), CSAT % of 4s and 5s, or mean CES; null when n = 0."
+    )
+    insufficient: bool = Field(description="n is below CXLOOP_SCORER_MIN_N: do not act on it.")
+    promoters: int | None = None
+    passives: int | None = None
+    detractors: int | None = None
+    promoter_share: float | None = None
+    passive_share: float | None = None
+    detractor_share: float | None = None
+    margin_of_error: float | None = Field(default=None, description="NPS ± points at 95%.")
+    satisfied: int | None = None
+    mean: float | None = None
+    easy: int | None = None
+    easy_share: float | None = None
+    scale: int | None = None
+
+
+class GroupScore(ScoreSummary):
+    """The score of one value of the `group_by` dimension ('' when the value was absent)."""
+
+    group: str
+
+
+class ScoreOut(ScoreSummary):
+    """A score over a window or range, optionally broken down by a dimension."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    metric: str
     window: Window | None = Field(description="The rolling window, or null for a custom range.")
     from_: datetime = Field(alias="from", description="Start of the first hourly bucket counted.")
     to: datetime = Field(description="End of the range (exclusive).")
-    n: int = Field(description="Responses counted: every score carries its sample size.")
-    filters: dict[str, str] = Field(description="The segment filters applied.")
+    filters: dict[str, str]
+    group_by: Dimension | None = None
+    groups: list[GroupScore] | None = None
 
 
-class NpsScore(_Score):
-    """NPS with its category counts, shares and 95% margin of error."""
+class Point(ScoreSummary):
+    """The score of one interval."""
 
-    metric: Literal["nps"] = "nps"
-    score: float | None = Field(description="%promoters − %detractors, −100 to +100; null if n=0.")
-    promoters: int
-    passives: int
-    detractors: int
-    promoter_share: float | None
-    passive_share: float | None
-    detractor_share: float | None
-    margin_of_error: float | None = Field(description="± points at 95% confidence.")
+    start: datetime
 
 
-class CsatScore(_Score):
-    """CSAT as the share of 4s and 5s, and as a mean."""
+class TimeseriesOut(BaseModel):
+    """A score per interval; intervals with no responses are absent."""
 
-    metric: Literal["csat"] = "csat"
-    score: float | None = Field(description="% of answers that are 4 or 5; null if n=0.")
-    satisfied: int
-    mean: float | None
+    model_config = ConfigDict(populate_by_name=True)
+
+    metric: str
+    interval: Interval
+    from_: datetime = Field(alias="from")
+    to: datetime
+    filters: dict[str, str]
+    points: list[Point]
 
 
-class CesScore(_Score):
-    """CES on one scale: the mean (higher is easier) and the share of easy answers."""
+class TimeStats(BaseModel):
+    """Durations in seconds, and the SLA breach rate among tickets already due."""
 
-    metric: Literal["ces"] = "ces"
+    n: int = Field(description="Tickets with this time known.")
+    mean_seconds: float | None
+    median_seconds: float | None
+    p90_seconds: float | None
+    breaches: int = Field(description="Past the SLA, answered late or not at all yet.")
+    due: int = Field(description="Tickets whose SLA has been decided (met, or breached).")
+    breach_rate: float | None = Field(description="breaches / due, as a percentage.")
+
+
+class ServiceTimesGroup(BaseModel):
+    """Service times of one channel or priority (or of all tickets)."""
+
+    group: str | None
+    tickets: int
+    first_response: TimeStats
+    resolution: TimeStats
+
+
+class ServiceTimesOut(BaseModel):
+    """First-response and resolution times of tickets created in the range."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: datetime = Field(alias="from")
+    to: datetime
+    filters: dict[str, str]
+    group_by: str | None
+    groups: list[ServiceTimesGroup]
+
+
+class ReasonShare(BaseModel):
+    """How often a reason code was given, and its share of the category's responses."""
+
+    reason: str
+    count: int
+    share: float | None
+
+
+class CategoryDrivers(BaseModel):
+    """The reasons given by one NPS category."""
+
+    responses: int
+    reasons: list[ReasonShare]
+
+
+class DriversOut(BaseModel):
+    """NPS+ drivers: reason codes by NPS category, over the range and filters."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: datetime = Field(alias="from")
+    to: datetime
+    filters: dict[str, str]
+    categories: dict[str, CategoryDrivers]
+    top_detractor_reasons: list[ReasonShare]
+
+
+class RetentionPoint(BaseModel):
+    """Of the customers active in a period, how many were active again in the next."""
+
+    period_start: date
+    active: int
+    retained: int
+    rate: float | None = Field(description="retained / active, as a percentage.")
+
+
+class RetentionOut(BaseModel):
+    """Retention by period; the last period's rate is provisional until the next ends."""
+
+    period: str
+    points: list[RetentionPoint]
+
+
+class StoredResponse(BaseModel):
+    """One raw response, as stored."""
+
+    event_id: uuid.UUID
+    submission_id: uuid.UUID | None
+    metric: str
     scale: int
-    score: float | None = Field(description="Mean effort score on the scale; null if n=0.")
-    easy: int
-    easy_share: float | None
+    score: int
+    survey_type: str
+    channel: str
+    touchpoint: str
+    location: str | None
+    product: str | None
+    business_unit: str | None
+    customer_id: str
+    ticket_id: str | None
+    comment: str | None
+    reasons: list[str]
+    locale: str | None
+    source: str
+    occurred_at: datetime
+    received_at: datetime
+
+
+class ResponsesPage(BaseModel):
+    """A page of responses, newest first; pass `next_cursor` as `cursor` for the next."""
+
+    items: list[StoredResponse]
+    next_cursor: str | None
+
+
+class Erasure(BaseModel):
+    """What erasure removed or pseudonymised. Aggregates keep their counts."""
+
+    responses_deleted: int
+    tickets_pseudonymised: int
+    activity_pseudonymised: int

@@ -120,7 +120,8 @@ class TestFilters:
         assert ces.json()["easy"] == 2
         no_scale = await scorer.get("/v1/scores", params={"metric": "ces"})
         assert no_scale.status_code == 422
-        assert "scale is required" in no_scale.json()["detail"]
+        assert no_scale.json()["field"] == "scale"
+        assert "is required for ces" in no_scale.json()["detail"]
 
     async def test_needs_a_key(self, scorer: httpx.AsyncClient) -> None:
         r = await scorer.get("/v1/scores", params={"metric": "nps"}, headers={"Authorization": ""})

@@ -1,0 +1,236 @@
+"""The scorer's read-side SQL: scores by group and interval, service times, drivers,
+retention, drill-down and erasure."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from datetime import date, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.scorer.aggregates import Counts
+from services.scorer.models import COUNTS, responses, score_buckets
+
+INTERVALS = ("hour", "day", "week", "month")
+
+
+@dataclass(frozen=True)
+class Group:
+    """Counts for one group value and/or one interval start."""
+
+    group: str | None
+    start: datetime | None
+    counts: Counts
+
+
+async def score_counts(
+    conn: AsyncConnection,
+    *,
+    metric: str,
+    since: datetime,
+    until: datetime,
+    scale: int | None,
+    filters: Mapping[str, str],
+    group_by: str | None = None,
+    interval: str | None = None,
+) -> list[Group]:
+    """Sum score buckets in [since, until), optionally by a dimension and/or an interval."""
+    keys: list[Any] = []
+    if group_by is not None:
+        keys.append(score_buckets.c[group_by].label("grp"))
+    if interval is not None:
+        assert interval in INTERVALS
+        keys.append(
+            sa.func.date_trunc(interval, score_buckets.c.bucket_start, "UTC").label("start")
+        )
+    query = sa.select(
+        *keys, *(sa.func.coalesce(sa.func.sum(score_buckets.c[c]), 0).label(c) for c in COUNTS)
+    ).where(
+        score_buckets.c.metric == metric,
+        score_buckets.c.bucket_start >= since,
+        score_buckets.c.bucket_start < until,
+    )
+    if scale is not None:
+        query = query.where(score_buckets.c.scale == scale)
+    for dimension, value in filters.items():
+        query = query.where(score_buckets.c[dimension] == value)
+    if keys:
+        query = query.group_by(*keys).order_by(*keys)
+    rows = (await conn.execute(query)).all()
+    return [
+        Group(
+            group=getattr(row, "grp", None),
+            start=getattr(row, "start", None),
+            counts=Counts(**{f.name: int(getattr(row, f.name)) for f in fields(Counts)}),
+        )
+        for row in rows
+    ]
+
+
+_SERVICE_TIMES = """
+WITH sla(priority, first_response, resolution) AS (
+    SELECT * FROM unnest(CAST(:priorities AS text[]), CAST(:fr AS float8[]), CAST(:res AS float8[]))
+), t AS (
+    SELECT {group_expr} AS grp,
+           extract(epoch FROM first_response_at - created_at) AS fr,
+           CASE WHEN resolved_at IS NOT NULL
+                 AND (reopened_at IS NULL OR resolved_at > reopened_at)
+                THEN extract(epoch FROM resolved_at - created_at) END AS res,
+           extract(epoch FROM CAST(:now AS timestamptz) - created_at) AS age,
+           sla.first_response * 60 AS fr_sla, sla.resolution * 60 AS res_sla
+    FROM tickets LEFT JOIN sla ON sla.priority = coalesce(tickets.priority, 'normal')
+    WHERE created_at >= :since AND created_at < :until {where}
+)
+SELECT grp, count(*) AS tickets,
+       count(fr) AS fr_n, avg(fr) AS fr_mean,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY fr) AS fr_median,
+       percentile_cont(0.9) WITHIN GROUP (ORDER BY fr) AS fr_p90,
+       count(*) FILTER (WHERE fr > fr_sla OR (fr IS NULL AND age > fr_sla)) AS fr_breaches,
+       count(*) FILTER (WHERE fr_sla IS NOT NULL AND (fr IS NOT NULL OR age > fr_sla)) AS fr_due,
+       count(res) AS res_n, avg(res) AS res_mean,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY res) AS res_median,
+       percentile_cont(0.9) WITHIN GROUP (ORDER BY res) AS res_p90,
+       count(*) FILTER (WHERE res > res_sla OR (res IS NULL AND age > res_sla)) AS res_breaches,
+       count(*) FILTER (WHERE res_sla IS NOT NULL AND (res IS NOT NULL OR age > res_sla))
+           AS res_due
+FROM t GROUP BY grp ORDER BY grp NULLS FIRST
+"""
+
+
+async def service_times(
+    conn: AsyncConnection,
+    *,
+    since: datetime,
+    until: datetime,
+    now: datetime,
+    filters: Mapping[str, str],
+    group_by: str | None,
+    sla_first_response: Mapping[str, float],
+    sla_resolution: Mapping[str, float],
+) -> list[dict[str, Any]]:
+    """First-response and resolution times of tickets created in [since, until).
+
+    A ticket past its SLA with no response (or resolution) yet counts as a breach; one
+    still within its SLA is not yet due and stays out of the breach rate.
+    """
+    assert group_by in (None, "channel", "priority")
+    priorities = sorted(set(sla_first_response) | set(sla_resolution))
+    where = "".join(
+        f" AND coalesce(tickets.{d}, 'normal') = :f_{d}"
+        if d == "priority"
+        else f" AND tickets.{d} = :f_{d}"
+        for d in filters
+    )
+    group_expr = (
+        f"coalesce(tickets.{group_by}, 'normal')"
+        if group_by == "priority"
+        else (f"tickets.{group_by}" if group_by else "NULL")
+    )
+    sql = _SERVICE_TIMES.format(group_expr=group_expr, where=where)
+    params: dict[str, Any] = {
+        "priorities": priorities,
+        "fr": [sla_first_response.get(p) for p in priorities],
+        "res": [sla_resolution.get(p) for p in priorities],
+        "since": since,
+        "until": until,
+        "now": now,
+        **{f"f_{d}": v for d, v in filters.items()},
+    }
+    return [dict(row._mapping) for row in await conn.execute(sa.text(sql), params)]
+
+
+_DRIVERS = """
+SELECT category, reason, sum(n) AS n FROM reason_buckets
+WHERE bucket_start >= :since AND bucket_start < :until {where}
+GROUP BY category, reason ORDER BY category, n DESC, reason
+"""
+
+
+async def reason_counts(
+    conn: AsyncConnection, *, since: datetime, until: datetime, filters: Mapping[str, str]
+) -> list[tuple[str, str, int]]:
+    """Return (NPS category, reason, count) over [since, until), most frequent first."""
+    where = "".join(f" AND {d} = :f_{d}" for d in filters)
+    params = {"since": since, "until": until, **{f"f_{d}": v for d, v in filters.items()}}
+    rows = await conn.execute(sa.text(_DRIVERS.format(where=where)), params)
+    return [(row.category, row.reason, int(row.n)) for row in rows]
+
+
+_RETENTION = """
+SELECT a.period_start, count(*) AS active, count(b.customer_key) AS retained
+FROM customer_activity a
+LEFT JOIN customer_activity b
+  ON b.period = a.period AND b.customer_key = a.customer_key
+ AND b.period_start = CASE WHEN a.period = 'week' THEN a.period_start + 7
+                           ELSE CAST(a.period_start + interval '1 month' AS date) END
+WHERE a.period = :period AND a.period_start >= :since AND a.period_start < :until
+GROUP BY a.period_start ORDER BY a.period_start
+"""
+
+
+async def retention(
+    conn: AsyncConnection, *, period: str, since: date, until: date
+) -> list[tuple[date, int, int]]:
+    """Return (period start, customers active, of them active again the next period)."""
+    rows = await conn.execute(
+        sa.text(_RETENTION), {"period": period, "since": since, "until": until}
+    )
+    return [(row.period_start, int(row.active), int(row.retained)) for row in rows]
+
+
+async def list_responses(
+    conn: AsyncConnection,
+    *,
+    filters: Mapping[str, Any],
+    since: datetime | None,
+    until: datetime | None,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Return raw responses, newest first, after the cursor ``after``."""
+    query = sa.select(responses).order_by(
+        responses.c.occurred_at.desc(), responses.c.event_id.desc()
+    )
+    for column, value in filters.items():
+        query = query.where(responses.c[column] == value)
+    if since is not None:
+        query = query.where(responses.c.occurred_at >= since)
+    if until is not None:
+        query = query.where(responses.c.occurred_at < until)
+    if after is not None:
+        query = query.where(
+            sa.tuple_(responses.c.occurred_at, responses.c.event_id)
+            < sa.tuple_(
+                sa.literal(after[0], sa.DateTime(timezone=True)),
+                sa.literal(after[1], pg.UUID(as_uuid=True)),
+            )
+        )
+    return [dict(row._mapping) for row in await conn.execute(query.limit(limit))]
+
+
+async def erase_customer(conn: AsyncConnection, customer_id: str) -> dict[str, int]:
+    """Delete a customer's raw responses; replace their id in tickets and activity.
+
+    Aggregates keep their counts, and retention still links the customer's periods to each
+    other, through one random pseudonym that nothing links back to the customer.
+    """
+    pseudonym = f"erased:{uuid.uuid4()}"
+    deleted = await conn.execute(responses.delete().where(responses.c.customer_id == customer_id))
+    tickets = await conn.execute(
+        sa.text("UPDATE tickets SET customer_id = :p WHERE customer_id = :c"),
+        {"p": pseudonym, "c": customer_id},
+    )
+    activity = await conn.execute(
+        sa.text("UPDATE customer_activity SET customer_key = :p WHERE customer_key = :c"),
+        {"p": pseudonym, "c": customer_id},
+    )
+    return {
+        "responses_deleted": int(deleted.rowcount),
+        "tickets_pseudonymised": int(tickets.rowcount),
+        "activity_pseudonymised": int(activity.rowcount),
+    }

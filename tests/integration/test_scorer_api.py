@@ -1,0 +1,213 @@
+"""The scorer's query API over events applied as the consumer would apply them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from services.scorer.app import create_app
+from services.scorer.consumer import BatchHandler
+from shared.events import TouchpointEvent
+from shared.kafka import Decoded
+from shared.settings import AuthSettings, DatabaseSettings, KafkaSettings, ScorerSettings
+from tests.builders import response_event
+from tests.helpers import serving
+
+NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def scorer(
+    kafka_settings: KafkaSettings,
+    database_url: str,
+    auth: AuthSettings,
+    api_key: str,
+    scorer_settings: ScorerSettings,
+) -> AsyncIterator[httpx.AsyncClient]:
+    settings = scorer_settings.model_copy(update={"min_n": 3})
+    app = create_app(kafka_settings, DatabaseSettings(url=database_url), auth, settings)
+    async with serving(app, api_key, "scorer") as client:
+        yield client
+
+
+async def apply(engine: AsyncEngine, events: Sequence[Any]) -> None:
+    await BatchHandler(engine)([Decoded(None, e) for e in events])
+
+
+def ticket(kind: str, ticket_id: str, at: datetime, **fields: Any) -> TouchpointEvent:
+    return TouchpointEvent.model_validate(
+        {
+            "event_id": uuid.uuid4(),
+            "occurred_at": at,
+            "received_at": at,
+            "source": "zendesk",
+            "channel": fields.pop("channel", "email"),
+            "customer_id": "c1",
+            "type": kind,
+            "ticket_id": ticket_id,
+            **fields,
+        }
+    )
+
+
+async def get(client: httpx.AsyncClient, path: str, **params: Any) -> Any:
+    r = await client.get(path, params=params)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+class TestScores:
+    async def test_group_by_and_minimum_n(
+        self, scorer: httpx.AsyncClient, engine: AsyncEngine
+    ) -> None:
+        await apply(
+            engine,
+            [response_event(score=s, channel="web") for s in (10, 9, 2)]
+            + [response_event(score=0, channel="sms")],
+        )
+        body = await get(scorer, "/v1/scores", metric="nps", group_by="channel")
+        assert body["n"] == 4
+        assert body["insufficient"] is False
+        groups = {g["group"]: g for g in body["groups"]}
+        assert groups["web"]["score"] == pytest.approx(100 / 3)
+        assert (groups["sms"]["n"], groups["sms"]["insufficient"]) == (1, True)
+
+    async def test_custom_range_and_daily_series(
+        self, scorer: httpx.AsyncClient, engine: AsyncEngine
+    ) -> None:
+        await apply(
+            engine,
+            [
+                response_event(score=10, occurred_at=NOW - timedelta(days=2)),
+                response_event(score=0, occurred_at=NOW - timedelta(days=2, hours=1)),
+                response_event(score=9, occurred_at=NOW - timedelta(days=1)),
+            ],
+        )
+        since = (NOW - timedelta(days=1, hours=1)).isoformat()
+        assert (await get(scorer, "/v1/scores", metric="nps", **{"from": since}))["n"] == 1
+        series = await get(
+            scorer, "/v1/scores/timeseries", metric="nps", interval="day", window="7d"
+        )
+        assert [p["n"] for p in series["points"]] == [2, 1]
+        assert all(p["start"].endswith(("T00:00:00Z", "T00:00:00+00:00")) for p in series["points"])
+        bad = await scorer.get(
+            "/v1/scores", params={"metric": "nps", "from": "2026-11-22T10:00:00"}
+        )
+        assert bad.status_code == 422
+        assert bad.json()["field"] == "from"
+
+
+class TestServiceTimes:
+    async def test_times_reopens_and_sla_breaches(
+        self, scorer: httpx.AsyncClient, engine: AsyncEngine
+    ) -> None:
+        t0 = NOW - timedelta(days=2)
+        # Delivered out of order: resolution before creation.
+        await apply(
+            engine,
+            [
+                ticket("ticket.resolved", "A", t0 + timedelta(hours=5)),
+                ticket("ticket.created", "A", t0, priority="urgent"),
+                ticket("ticket.agent_replied", "A", t0 + timedelta(minutes=30)),
+                ticket("ticket.agent_replied", "A", t0 + timedelta(hours=2)),
+                ticket("ticket.created", "B", t0, priority="urgent"),
+                ticket("ticket.agent_replied", "B", t0 + timedelta(hours=3)),
+                ticket("ticket.resolved", "B", t0 + timedelta(hours=4)),
+                ticket("ticket.reopened", "B", t0 + timedelta(hours=6)),
+            ],
+        )
+        body = await get(scorer, "/v1/service-times", window="7d", group_by="priority")
+        (urgent,) = body["groups"]
+        assert (urgent["group"], urgent["tickets"]) == ("urgent", 2)
+        fr, res = urgent["first_response"], urgent["resolution"]
+        assert fr["median_seconds"] == pytest.approx((30 * 60 + 3 * 3600) / 2)
+        assert (fr["breaches"], fr["due"], fr["breach_rate"]) == (1, 2, 50.0)
+        assert res["n"] == 1  # B was reopened and is not resolved again
+        assert res["mean_seconds"] == pytest.approx(5 * 3600)
+        assert (res["breaches"], res["due"]) == (2, 2)  # A resolved in 5h > 4h SLA; B still open
+
+
+class TestDriversAndRetention:
+    async def test_detractor_reasons(self, scorer: httpx.AsyncClient, engine: AsyncEngine) -> None:
+        await apply(
+            engine,
+            [
+                response_event(score=2, reasons=["wait_time", "price"]),
+                response_event(score=3, reasons=["wait_time"]),
+                response_event(score=10, reasons=["app"]),
+            ],
+        )
+        body = await get(scorer, "/v1/drivers")
+        assert body["top_detractor_reasons"][0] == {
+            "reason": "wait_time",
+            "count": 2,
+            "share": 100.0,
+        }
+        assert body["categories"]["promoter"]["reasons"] == [
+            {"reason": "app", "count": 1, "share": 100.0}
+        ]
+
+    async def test_weekly_retention(self, scorer: httpx.AsyncClient, engine: AsyncEngine) -> None:
+        monday = (NOW - timedelta(days=NOW.weekday() + 14)).replace(hour=12)
+        await apply(
+            engine,
+            [
+                response_event(customer_id="a", occurred_at=monday),
+                response_event(customer_id="b", occurred_at=monday),
+                response_event(customer_id="a", occurred_at=monday + timedelta(days=7)),
+            ],
+        )
+        body = await get(scorer, "/v1/retention", period="week")
+        first = body["points"][0]
+        assert (first["active"], first["retained"], first["rate"]) == (2, 1, 50.0)
+
+
+class TestDrillDownAndErasure:
+    async def test_cursor_pages_and_erasure_keep_counts(
+        self, scorer: httpx.AsyncClient, engine: AsyncEngine, api_key: str
+    ) -> None:
+        mine = [
+            response_event(
+                customer_id="erase-me",
+                score=s,
+                comment="個人的な意見",
+                occurred_at=NOW - timedelta(minutes=s),
+            )
+            for s in range(7)
+        ]
+        await apply(engine, [*mine, response_event(customer_id="other")])
+        seen, cursor = [], None
+        while True:
+            params = {
+                "customer_id": "erase-me",
+                "limit": 3,
+                **({"cursor": cursor} if cursor else {}),
+            }
+            page = await get(scorer, "/v1/responses", **params)
+            seen += [r["event_id"] for r in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert seen == [str(e.event_id) for e in mine]
+
+        before = await get(scorer, "/v1/scores", metric="nps")
+        r = await scorer.delete("/v1/customers/erase-me")
+        assert r.status_code == 200
+        assert r.json()["responses_deleted"] == 7
+        assert (await get(scorer, "/v1/responses", customer_id="erase-me"))["items"] == []
+        await apply(engine, mine)  # redelivered after erasure: still recognised
+        after = await get(scorer, "/v1/scores", metric="nps")
+        assert {**after, "to": None} == {**before, "to": None}
