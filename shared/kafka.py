@@ -194,8 +194,23 @@ async def run_batches(
             await _commit(consumer, batches, settings)
             for tp, records in batches.items():
                 metrics.CONSUMED.labels(group=group, topic=tp.topic).inc(len(records))
+            await _record_lag(consumer, group)
     finally:
         await consumer.stop()
+
+
+async def _record_lag(consumer: AIOKafkaConsumer, group: str) -> None:
+    # The high-water mark comes with every fetch, so lag costs no extra request
+    # (and does not rely on end_offsets, which some brokers get wrong).
+    lag: dict[str, int] = {}
+    for tp in consumer.assignment():
+        highwater = consumer.highwater(tp)
+        if highwater is None:
+            continue
+        position = await consumer.position(tp)
+        lag[tp.topic] = lag.get(tp.topic, 0) + max(0, highwater - position)
+    for topic, records in lag.items():
+        metrics.LAG.labels(group=group, topic=topic).set(records)
 
 
 async def _apply_with_retry(

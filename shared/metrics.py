@@ -46,6 +46,11 @@ BATCH_SECONDS = Histogram(
     ["group"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+LAG = Gauge(
+    name("consumer", "lag", "records"),
+    "Records on the broker not yet consumed, by consumer group and topic.",
+    ["group", "topic"],
+)
 READY = Gauge(
     name("service", "ready"),
     "1 when the service's broker and database answer, else 0.",

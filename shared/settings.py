@@ -290,6 +290,9 @@ class ScorerSettings(ConsumerSettings):
     min_n: int = Field(
         default=30, ge=1, description="Below this sample size a score is flagged insufficient."
     )
+    gauge_interval_seconds: float = Field(
+        default=30, gt=0, description="How often the score gauges on /metrics are recomputed."
+    )
     sla_first_response_minutes: dict[str, float] = Field(
         default={"urgent": 60, "high": 240, "normal": 480, "low": 1440},
         description="JSON: first-response SLA in minutes per ticket priority.",

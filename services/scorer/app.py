@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from services.migrations import MIGRATIONS_DIR
-from services.scorer import api
+from services.scorer import api, gauges
 from services.scorer.consumer import BatchHandler
 from shared.apikeys import KeyStore
 from shared.events import ResponseSubmitted, TouchpointEvent
@@ -40,10 +44,24 @@ def create_app(
         make_handler=BatchHandler,
         migrations=MIGRATIONS_DIR,
     )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with runtime.lifespan(app):
+            stop = asyncio.Event()
+            refresher = asyncio.create_task(
+                gauges.keep_fresh(runtime.engine, stop, scorer.gauge_interval_seconds)
+            )
+            try:
+                yield
+            finally:
+                stop.set()
+                await refresher
+
     app = build_app(
         service="scorer",
         description=DESCRIPTION,
-        lifespan=runtime.lifespan,
+        lifespan=lifespan,
         readiness=runtime.readiness,
         routers=[api.router],
         keystore=keystore,

@@ -143,6 +143,8 @@ class TestPipeline:
         )
         again = await get_json(stack.scorer, "/v1/scores", metric="nps", window="30d")
         assert again["n"] == 3
+        lag = await metric_value(stack.scorer, "cxloop_consumer_lag_records")
+        assert lag == 0, "everything sent has been consumed"
         alerts = await get_json(stack.alerting, "/v1/alerts", status="open")
         assert len(alerts["items"]) == 1
         assert alerts["items"][0]["occurrences"] == 1

@@ -211,3 +211,32 @@ class TestDrillDownAndErasure:
         await apply(engine, mine)  # redelivered after erasure: still recognised
         after = await get(scorer, "/v1/scores", metric="nps")
         assert {**after, "to": None} == {**before, "to": None}
+
+
+class TestGauges:
+    async def test_scores_sample_sizes_and_times_reach_metrics(
+        self, scorer: httpx.AsyncClient, engine: AsyncEngine
+    ) -> None:
+        from services.scorer import gauges
+
+        await apply(
+            engine,
+            [response_event(score=s, channel="sms") for s in (10, 10, 0)]
+            + [
+                ticket("ticket.created", "G", NOW - timedelta(hours=3), priority="high"),
+                ticket("ticket.agent_replied", "G", NOW - timedelta(hours=2)),
+            ],
+        )
+        await gauges.refresh(engine)
+        text = (await scorer.get("/metrics")).text
+        assert (
+            'cxloop_scorer_score{channel="sms",metric="nps",scale="10",window="24h"} 33.3' in text
+        )
+        assert (
+            'cxloop_scorer_sample_size{channel="all",metric="nps",scale="10",window="7d"} 3.0'
+            in text
+        )
+        assert (
+            'cxloop_scorer_service_time_seconds{kind="first_response",priority="high",'
+            'quantile="0.5"} 3600.0'
+        ) in text

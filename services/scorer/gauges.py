@@ -1,0 +1,116 @@
+"""Score gauges for Prometheus, refreshed in the background over a bounded label set.
+
+Labels: metric (nps, csat, ces), scale, window (24h, 7d, 30d) and channel (every channel
+and ``all``) — a few hundred series at most, never a customer or free text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import timedelta
+
+import sqlalchemy as sa
+from prometheus_client import Gauge
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.scorer import aggregates
+from services.scorer.aggregates import Counts
+from services.scorer.models import COUNTS
+from shared.events import Metric, utcnow
+from shared.kafka import sleep_unless_stopped
+from shared.metrics import name
+
+log = logging.getLogger(__name__)
+
+WINDOWS = {"24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
+
+SCORE = Gauge(
+    name("scorer", "score"),
+    "NPS (−100…100), CSAT (% satisfied) or mean CES over a rolling window.",
+    ["metric", "scale", "window", "channel"],
+)
+SAMPLE_SIZE = Gauge(
+    name("scorer", "sample_size"),
+    "Responses behind each score gauge.",
+    ["metric", "scale", "window", "channel"],
+)
+SERVICE_TIME = Gauge(
+    name("scorer", "service_time_seconds"),
+    "First-response and resolution time quantiles of tickets created in the last 7 days.",
+    ["kind", "quantile", "priority"],
+)
+
+_COUNTS_SQL = f"""
+SELECT metric, scale, channel, {", ".join(f"sum({c}) AS {c}" for c in COUNTS)}
+FROM score_buckets WHERE bucket_start >= :since GROUP BY metric, scale, channel
+"""  # noqa: S608 - constant column names only
+
+_TIMES_SQL = """
+WITH t AS (
+    SELECT coalesce(priority, 'normal') AS priority,
+           extract(epoch FROM first_response_at - created_at) AS fr,
+           CASE WHEN reopened_at IS NULL OR resolved_at > reopened_at
+                THEN extract(epoch FROM resolved_at - created_at) END AS res
+    FROM tickets WHERE created_at >= :since
+)
+SELECT priority,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY fr) AS fr50,
+       percentile_cont(0.9) WITHIN GROUP (ORDER BY fr) AS fr90,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY res) AS res50,
+       percentile_cont(0.9) WITHIN GROUP (ORDER BY res) AS res90
+FROM t GROUP BY priority
+"""
+
+
+def _score(metric: str, c: Counts) -> float | None:
+    if metric == Metric.NPS:
+        return aggregates.nps(c)
+    if metric == Metric.CSAT:
+        return aggregates.share(c.satisfied, c.n)
+    return aggregates.mean(c)
+
+
+async def refresh(engine: AsyncEngine) -> None:
+    """Recompute every gauge from Postgres."""
+    now = utcnow()
+    scores: dict[tuple[str, str, str, str], tuple[float | None, int]] = {}
+    async with engine.connect() as conn:
+        for window, span in WINDOWS.items():
+            since = aggregates.bucket_start(now - span)
+            totals: dict[tuple[str, int], Counts] = {}
+            for row in await conn.execute(sa.text(_COUNTS_SQL), {"since": since}):
+                c = Counts(**{f: int(getattr(row, f)) for f in COUNTS})
+                scores[(row.metric, str(row.scale), window, row.channel)] = (
+                    _score(row.metric, c),
+                    c.n,
+                )
+                totals.setdefault((row.metric, row.scale), Counts()).add(c)
+            for (metric, scale), c in totals.items():
+                scores[(metric, str(scale), window, "all")] = (_score(metric, c), c.n)
+        times = (await conn.execute(sa.text(_TIMES_SQL), {"since": now - timedelta(days=7)})).all()
+    SCORE.clear()
+    SAMPLE_SIZE.clear()
+    for labels, (score, n) in scores.items():
+        SAMPLE_SIZE.labels(*labels).set(n)
+        if score is not None:
+            SCORE.labels(*labels).set(score)
+    SERVICE_TIME.clear()
+    for row in times:
+        for kind, q, value in (
+            ("first_response", "0.5", row.fr50),
+            ("first_response", "0.9", row.fr90),
+            ("resolution", "0.5", row.res50),
+            ("resolution", "0.9", row.res90),
+        ):
+            if value is not None:
+                SERVICE_TIME.labels(kind, q, row.priority).set(value)
+
+
+async def keep_fresh(engine: AsyncEngine, stop: asyncio.Event, every: float) -> None:
+    """Refresh the gauges every ``every`` seconds until ``stop`` is set."""
+    while not stop.is_set():
+        with contextlib.suppress(Exception):
+            await refresh(engine)
+        await sleep_unless_stopped(stop, every)
