@@ -67,6 +67,25 @@ async def _check_schema() -> None:
         await engine.dispose()
 
 
+def _scorer(args: argparse.Namespace) -> int:
+    if args.action != "rebuild":
+        return _run_service("scorer")
+    from services.scorer.rebuild import rebuild
+    from shared.db import create_engine
+
+    async def run() -> int:
+        await _check_schema()
+        engine = create_engine(load(DatabaseSettings))
+        try:
+            return await rebuild(engine)
+        finally:
+            await engine.dispose()
+
+    logs.configure(load(LogSettings).level, "rebuild")
+    print(f"cxloop scorer rebuild: recomputed the buckets from {asyncio.run(run())} responses")
+    return 0
+
+
 def _migrate(args: argparse.Namespace) -> int:
     from services.migrations import upgrade
 
@@ -182,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         service = sub.add_parser(name, help=text)
         service.set_defaults(run=lambda _args, n=name: _run_service(n))
+        if name == "scorer":
+            service.add_argument(
+                "action",
+                nargs="?",
+                choices=["rebuild"],
+                help="rebuild: recompute the score buckets from the raw responses, then exit",
+            )
+            service.set_defaults(run=_scorer)
     migrate = sub.add_parser("migrate", help="apply the database migrations")
     migrate.add_argument("--revision", default="head")
     migrate.set_defaults(run=_migrate)

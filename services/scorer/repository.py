@@ -15,6 +15,9 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.scorer.aggregates import (
+    BucketKey,
+    Counts,
+    ReasonKey,
     activity,
     fold,
     fold_reasons,
@@ -139,16 +142,7 @@ async def apply_batch(
     responses = [e for e in fresh if isinstance(e, ResponseSubmitted)]
     touchpoints = [e for e in fresh if isinstance(e, TouchpointEvent)]
     await _execute(conn, _RESPONSES, [_response_row(e) for e in responses])
-    await _execute(
-        conn,
-        _SCORES,
-        _sorted({**_as_dict(key), **_as_dict(counts)} for key, counts in fold(responses).items()),
-    )
-    await _execute(
-        conn,
-        _REASONS,
-        _sorted({**_as_dict(key), "n": n} for key, n in fold_reasons(responses).items()),
-    )
+    await add_to_buckets(conn, fold(responses), fold_reasons(responses))
     await _execute(
         conn, _TICKETS, _sorted(_as_dict(facts) for facts in fold_tickets(touchpoints).values())
     )
@@ -158,6 +152,18 @@ async def apply_batch(
         _sorted({"period": p, "period_start": d, "customer_key": c} for p, d, c in activity(fresh)),
     )
     return Applied(responses, touchpoints)
+
+
+async def add_to_buckets(
+    conn: AsyncConnection, scores: Mapping[BucketKey, Counts], reasons: Mapping[ReasonKey, int]
+) -> None:
+    """Add folded counts to the score and reason buckets."""
+    await _execute(
+        conn,
+        _SCORES,
+        _sorted({**_as_dict(key), **_as_dict(counts)} for key, counts in scores.items()),
+    )
+    await _execute(conn, _REASONS, _sorted({**_as_dict(key), "n": n} for key, n in reasons.items()))
 
 
 def _as_dict(obj: Any) -> dict[str, Any]:

@@ -1,0 +1,63 @@
+"""Recompute the score and reason buckets from the raw responses (``cxloop scorer rebuild``).
+
+The raw rows go through the same folding code as the live consumer, so a changed definition
+(say of "easy" on a CES scale) applies to history exactly as it will to new answers. It runs
+in one transaction that first truncates the buckets: live batches wait for it, and none is
+counted twice or missed. Answers erased with ``DELETE /v1/customers/{id}`` no longer exist
+as raw rows, so a rebuild no longer counts them.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.scorer import repository
+from services.scorer.aggregates import fold, fold_reasons
+from services.scorer.models import responses
+from shared.events import ResponseSubmitted
+
+CHUNK = 5_000
+
+
+def _event(row: sa.Row[tuple[object, ...]]) -> ResponseSubmitted:
+    r = row._mapping
+    return ResponseSubmitted.model_validate(
+        {
+            **{
+                k: r[k]
+                for k in (
+                    "event_id",
+                    "submission_id",
+                    "metric",
+                    "scale",
+                    "score",
+                    "survey_type",
+                    "channel",
+                    "touchpoint",
+                    "customer_id",
+                    "ticket_id",
+                    "comment",
+                    "locale",
+                    "source",
+                    "occurred_at",
+                    "received_at",
+                )
+            },
+            "reasons": r["reasons"] or [],
+            "segments": {k: r[k] for k in ("location", "product", "business_unit") if r[k]},
+        }
+    )
+
+
+async def rebuild(engine: AsyncEngine) -> int:
+    """Recompute every bucket from the raw responses; return how many responses were read."""
+    read = 0
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("TRUNCATE score_buckets, reason_buckets"))
+        result = await conn.stream(sa.select(responses).execution_options(yield_per=CHUNK))
+        async for chunk in result.partitions(CHUNK):
+            events = [_event(row) for row in chunk]
+            read += len(events)
+            await repository.add_to_buckets(conn, fold(events), fold_reasons(events))
+    return read
