@@ -18,4 +18,4 @@ schemas:
 	./cxloop schemas --out schemas
 
 bench:
-	@echo "no benchmarks yet: they arrive with issue 7 (bench/)" >&2; exit 1
+	.venv/bin/python bench/scorer_throughput.py
