@@ -8,7 +8,7 @@ import uuid
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import AwareDatetime
 
 from services.scorer import aggregates, queries
@@ -125,7 +125,7 @@ def summarise(metric: Metric, c: Counts, scale: int | None, min_n: int) -> dict[
 
 
 class SegmentFilters:
-    """The segment filters every score endpoint takes."""
+    """The segment filters every score endpoint takes (query parameters)."""
 
     def __init__(
         self,
@@ -146,6 +146,9 @@ class SegmentFilters:
         )
 
 
+SegmentsDep = Annotated[SegmentFilters, Depends()]
+
+
 @router.get(
     "/scores",
     response_model=ScoreOut,
@@ -156,18 +159,13 @@ class SegmentFilters:
 async def get_score(
     request: Request,
     engine: EngineDep,
+    segments: SegmentsDep,
     metric: Metric,
     window: Window | None = None,
     from_: FromParam = None,
     to: ToParam = None,
     scale: ScaleParam = None,
     group_by: Dimension | None = None,
-    channel: Channel | None = None,
-    survey_type: SurveyType | None = None,
-    touchpoint: str | None = None,
-    location: str | None = None,
-    product: str | None = None,
-    business_unit: str | None = None,
 ) -> ScoreOut:
     """Return the score of `metric`, counting responses by when they occurred.
 
@@ -177,9 +175,7 @@ async def get_score(
     """
     _check_scale(metric, scale)
     since, until, window = _range(window, from_, to)
-    filters = SegmentFilters(
-        channel, survey_type, touchpoint, location, product, business_unit
-    ).values
+    filters = segments.values
     min_n = _settings(request).min_n
     async with engine.connect() as conn:
         (total,) = await queries.score_counts(
@@ -224,25 +220,18 @@ async def get_score(
 async def get_timeseries(
     request: Request,
     engine: EngineDep,
+    segments: SegmentsDep,
     metric: Metric,
     interval: Interval = Interval.DAY,
     window: Window | None = None,
     from_: FromParam = None,
     to: ToParam = None,
     scale: ScaleParam = None,
-    channel: Channel | None = None,
-    survey_type: SurveyType | None = None,
-    touchpoint: str | None = None,
-    location: str | None = None,
-    product: str | None = None,
-    business_unit: str | None = None,
 ) -> TimeseriesOut:
     """Return one score per interval (UTC) with its `n`; empty intervals are left out."""
     _check_scale(metric, scale)
     since, until, _ = _range(window, from_, to)
-    filters = SegmentFilters(
-        channel, survey_type, touchpoint, location, product, business_unit
-    ).values
+    filters = segments.values
     min_n = _settings(request).min_n
     async with engine.connect() as conn:
         rows = await queries.score_counts(
@@ -338,22 +327,15 @@ async def get_service_times(
 )
 async def get_drivers(
     engine: EngineDep,
+    segments: SegmentsDep,
     window: Window | None = None,
     from_: FromParam = None,
     to: ToParam = None,
-    channel: Channel | None = None,
-    survey_type: SurveyType | None = None,
-    touchpoint: str | None = None,
-    location: str | None = None,
-    product: str | None = None,
-    business_unit: str | None = None,
 ) -> DriversOut:
     """Count the reasons given with NPS answers, by category, with each reason's share of
     that category's answers; and the detractors' top reasons."""
     since, until, _ = _range(window, from_, to)
-    filters = SegmentFilters(
-        channel, survey_type, touchpoint, location, product, business_unit
-    ).values
+    filters = segments.values
     async with engine.connect() as conn:
         (total,) = await queries.score_counts(
             conn, metric="nps", since=since, until=until, scale=None, filters=filters
