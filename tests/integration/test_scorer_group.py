@@ -21,7 +21,8 @@ async def nps_n(client: httpx.AsyncClient) -> tuple[int, int, int]:
     return body["n"], body["promoters"], body["detractors"]
 
 
-@pytest.mark.smoke
+# Rebalances after every member has left stall on Tansu (seen in CI): Apache Kafka only.
+@pytest.mark.apache_kafka
 class TestConsumerGroup:
     async def test_instances_joining_leaving_and_restarting_change_no_total(
         self,
