@@ -2,20 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
 from fastapi import APIRouter, HTTPException, Query
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.alerting import repository
-from services.alerting.schemas import Alert, AlertList, AlertStatus
+from services.alerting import lifecycle, repository
+from services.alerting.schemas import (
+    AckIn,
+    Alert,
+    AlertList,
+    AlertStatus,
+    AssignIn,
+    CommentIn,
+    History,
+    HistoryEntry,
+    ResolveIn,
+)
 from shared.apikeys import Scope
 from shared.http import EngineDep, require
 
-router = APIRouter(prefix="/v1", dependencies=[require(Scope.ALERTS_READ)], tags=["alerts"])
+T = TypeVar("T")
+
+router = APIRouter(prefix="/v1", tags=["alerts"])
+READ = [require(Scope.ALERTS_READ)]
 
 
-@router.get("/alerts", response_model=AlertList, summary="List alerts, newest first")
+@router.get(
+    "/alerts", response_model=AlertList, summary="List alerts, newest first", dependencies=READ
+)
 async def list_alerts(
     engine: EngineDep,
     status: AlertStatus | None = None,
@@ -35,6 +52,7 @@ async def list_alerts(
     response_model=Alert,
     summary="Get one alert",
     responses={404: {"description": "No alert has this id"}},
+    dependencies=READ,
 )
 async def get_alert(engine: EngineDep, alert_id: UUID) -> Alert:
     """Return one alert by id."""
@@ -43,3 +61,92 @@ async def get_alert(engine: EngineDep, alert_id: UUID) -> Alert:
     if row is None:
         raise HTTPException(404, f"no alert {alert_id}")
     return Alert.model_validate(row)
+
+
+WRITE = [require(Scope.ALERTS_WRITE)]
+TRANSITION_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No alert has this id"},
+    409: {"description": "The alert is resolved already"},
+}
+
+
+async def _transition(engine: AsyncEngine, step: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    try:
+        async with engine.begin() as conn:
+            return await step(conn)
+    except lifecycle.NotFound as exc:
+        raise HTTPException(404, f"no alert {exc}") from None
+    except lifecycle.Conflict as exc:
+        raise HTTPException(409, str(exc)) from None
+
+
+@router.post(
+    "/alerts/{alert_id}/ack",
+    response_model=Alert,
+    summary="Acknowledge an alert",
+    responses=TRANSITION_ERRORS,
+    dependencies=WRITE,
+)
+async def acknowledge(engine: EngineDep, alert_id: UUID, body: AckIn) -> Alert:
+    """Take the alert: it stops escalating. Acknowledging twice changes nothing."""
+    row = await _transition(
+        engine, lambda c: lifecycle.acknowledge(c, alert_id, body.by, body.note)
+    )
+    return Alert.model_validate(row)
+
+
+@router.post(
+    "/alerts/{alert_id}/resolve",
+    response_model=Alert,
+    summary="Resolve an alert",
+    responses=TRANSITION_ERRORS,
+    dependencies=WRITE,
+)
+async def resolve(engine: EngineDep, alert_id: UUID, body: ResolveIn) -> Alert:
+    """Close the loop, saying what was done. Resolving twice changes nothing."""
+    row = await _transition(engine, lambda c: lifecycle.resolve(c, alert_id, body.by, body.note))
+    return Alert.model_validate(row)
+
+
+@router.post(
+    "/alerts/{alert_id}/assign",
+    response_model=Alert,
+    summary="Assign an alert",
+    responses=TRANSITION_ERRORS,
+    dependencies=WRITE,
+)
+async def assign(engine: EngineDep, alert_id: UUID, body: AssignIn) -> Alert:
+    """Give an unresolved alert to someone."""
+    row = await _transition(engine, lambda c: lifecycle.assign(c, alert_id, body.to, body.by))
+    return Alert.model_validate(row)
+
+
+@router.post(
+    "/alerts/{alert_id}/comments",
+    status_code=201,
+    response_model=History,
+    summary="Comment on an alert",
+    responses=TRANSITION_ERRORS,
+    dependencies=WRITE,
+)
+async def add_comment(engine: EngineDep, alert_id: UUID, body: CommentIn) -> History:
+    """Add a comment; answers with the alert's whole history."""
+
+    async def step(conn: AsyncConnection) -> list[dict[str, Any]]:
+        await lifecycle.comment(conn, alert_id, body.by, body.text)
+        return await lifecycle.entries(conn, alert_id)
+
+    return History(items=[HistoryEntry.model_validate(e) for e in await _transition(engine, step)])
+
+
+@router.get(
+    "/alerts/{alert_id}/history",
+    response_model=History,
+    summary="An alert's history",
+    responses=TRANSITION_ERRORS,
+    dependencies=[require(Scope.ALERTS_READ)],
+)
+async def alert_history(engine: EngineDep, alert_id: UUID) -> History:
+    """Everything that happened to the alert, oldest first: who, when, and their notes."""
+    rows = await _transition(engine, lambda c: lifecycle.entries(c, alert_id))
+    return History(items=[HistoryEntry.model_validate(e) for e in rows])

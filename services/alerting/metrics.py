@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge, Histogram
 
 from shared.metrics import name
 
@@ -15,4 +15,27 @@ FOLDED = Counter(
     name("alerting", "alerts_folded", "total"),
     "Repeat triggers folded into an alert that was already open, by rule.",
     ["rule"],
+)
+RESOLVED = Counter(
+    name("alerting", "alerts_resolved", "total"),
+    "Alerts resolved, by rule (by a person, or by the ticket resolving).",
+    ["rule"],
+)
+OPEN = Gauge(
+    name("alerting", "open_alerts"),
+    "Alerts not yet resolved, by rule and status.",
+    ["rule", "status"],
+)
+_DURATIONS = (60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400, 259200, 604800)
+TIME_TO_ACK = Histogram(
+    name("alerting", "time_to_ack", "seconds"),
+    "From an alert opening to its acknowledgement.",
+    ["rule"],
+    buckets=_DURATIONS,
+)
+TIME_TO_RESOLVE = Histogram(
+    name("alerting", "time_to_resolve", "seconds"),
+    "From an alert opening to its resolution.",
+    ["rule"],
+    buckets=_DURATIONS,
 )

@@ -39,4 +39,32 @@ alerts = sa.Table(
     sa.Column("resolved_at", sa.DateTime(timezone=True)),
     sa.Column("resolved_by", sa.Text),
     sa.Column("note", sa.Text),
+    sa.Column("assignee", sa.Text),
+    sa.Column("ticket_source", sa.Text),
+)
+
+history = sa.Table(
+    "alert_history",
+    metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True),
+    sa.Column("alert_id", pg.UUID(as_uuid=True), nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("note", sa.Text),
+)
+
+deadlines = sa.Table(
+    "sla_deadlines",
+    metadata,
+    sa.Column("source", sa.Text, primary_key=True),
+    sa.Column("ticket_id", sa.Text, primary_key=True),
+    sa.Column("kind", sa.Text, primary_key=True),
+    sa.Column("customer_id", sa.Text, nullable=False),
+    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("priority", sa.Text),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("deadline", sa.DateTime(timezone=True)),
+    sa.Column("satisfied_at", sa.DateTime(timezone=True)),
+    sa.Column("fired_at", sa.DateTime(timezone=True)),
 )

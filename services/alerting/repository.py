@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.alerting import lifecycle
 from services.alerting.models import alerts, applied_events
 from services.alerting.rules import AlertDraft
 from shared.db import record_new_event_ids
@@ -56,8 +57,12 @@ async def open_or_fold(conn: AsyncConnection, draft: AlertDraft, event: Response
             "occurrences": alerts.c.occurrences + 1,
             "last_seen_at": sa.func.now(),
         },
-    ).returning(sa.literal_column("xmax = 0").label("inserted"))
-    return bool((await conn.execute(upsert)).scalar_one())
+    ).returning(alerts.c.id, sa.literal_column("xmax = 0").label("inserted"))
+    row = (await conn.execute(upsert)).one()
+    await lifecycle.record(
+        conn, row.id, "cxloop", "opened" if row.inserted else "folded", f"event {event.event_id}"
+    )
+    return bool(row.inserted)
 
 
 async def list_alerts(

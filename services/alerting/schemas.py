@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Annotated
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 
 class AlertStatus(StrEnum):
@@ -43,10 +44,77 @@ class Alert(BaseModel):
     acknowledged_by: str | None
     resolved_at: datetime | None
     resolved_by: str | None
-    note: str | None
+    note: str | None = Field(description="The follow-up note given on resolving.")
+    assignee: str | None = None
+    ticket_source: str | None = None
 
 
 class AlertList(BaseModel):
     """A page of alerts, newest first."""
 
     items: list[Alert]
+
+
+Person = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+Note = Annotated[str, StringConstraints(min_length=1, max_length=10_000)]
+
+
+class AckIn(BaseModel):
+    """Who takes the alert, optionally with a note."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"by": "sato"}]})
+
+    by: Person
+    note: Note | None = None
+
+
+class ResolveIn(BaseModel):
+    """Who closed the loop, and how: the follow-up note is required."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"by": "sato", "note": "Called the customer; refunded the delivery fee."}]
+        },
+    )
+
+    by: Person
+    note: Note
+
+
+class AssignIn(BaseModel):
+    """Give the alert to someone."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"to": "tanaka", "by": "sato"}]}
+    )
+
+    to: Person
+    by: Person
+
+
+class CommentIn(BaseModel):
+    """Add to the alert's history."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"by": "sato", "text": "Left a voicemail."}]},
+    )
+
+    by: Person
+    text: Note
+
+
+class HistoryEntry(BaseModel):
+    """One thing that happened to an alert."""
+
+    at: datetime
+    actor: str
+    action: str
+    note: str | None
+
+
+class History(BaseModel):
+    """An alert's history, oldest first."""
+
+    items: list[HistoryEntry]

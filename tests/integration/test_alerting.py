@@ -76,3 +76,60 @@ class TestDetractorAlerts:
         r = await alerting.get("/v1/alerts/6f1c1d5e-7b7a-4c39-9f3a-0d2b8b7d1a10")
         assert r.status_code == 404
         assert r.json()["error"] == "not_found"
+
+
+class TestLifecycle:
+    async def test_open_ack_resolve_with_history(
+        self, alerting: httpx.AsyncClient, kafka_settings: KafkaSettings
+    ) -> None:
+        await produce(kafka_settings, Topic.RESPONSES, [response_event(score=1, customer_id="c-9")])
+        (alert,) = await eventually(lambda: alerts(alerting, status="open"), lambda a: len(a) == 1)
+        url = f"/v1/alerts/{alert['id']}"
+
+        r = await alerting.post(f"{url}/ack", json={"by": "sato", "note": "calling now"})
+        assert (r.status_code, r.json()["status"], r.json()["acknowledged_by"]) == (
+            200,
+            "acknowledged",
+            "sato",
+        )
+        again = await alerting.post(f"{url}/ack", json={"by": "tanaka"})
+        assert again.json()["acknowledged_by"] == "sato"
+        assert (await alerting.post(f"{url}/assign", json={"to": "tanaka", "by": "sato"})).json()[
+            "assignee"
+        ] == "tanaka"
+        r = await alerting.post(
+            f"{url}/comments", json={"by": "tanaka", "text": "留守電を残しました"}
+        )
+        assert r.status_code == 201
+
+        no_note = await alerting.post(f"{url}/resolve", json={"by": "tanaka"})
+        assert (no_note.status_code, no_note.json()["field"]) == (422, "note")
+        r = await alerting.post(
+            f"{url}/resolve", json={"by": "tanaka", "note": "Refunded the fee."}
+        )
+        assert (r.json()["status"], r.json()["resolved_by"], r.json()["note"]) == (
+            "resolved",
+            "tanaka",
+            "Refunded the fee.",
+        )
+        assert (await alerting.post(f"{url}/ack", json={"by": "sato"})).status_code == 409
+
+        history = (await alerting.get(f"{url}/history")).json()["items"]
+        assert [(h["action"], h["actor"]) for h in history] == [
+            ("opened", "cxloop"),
+            ("acknowledged", "sato"),
+            ("assigned", "sato"),
+            ("commented", "tanaka"),
+            ("resolved", "tanaka"),
+        ]
+        assert history[3]["note"] == "留守電を残しました"
+
+        # The loop is closed: a new detractor answer from the customer opens a new alert.
+        await produce(kafka_settings, Topic.RESPONSES, [response_event(score=2, customer_id="c-9")])
+        await eventually(lambda: alerts(alerting, status="open"), lambda a: len(a) == 1)
+
+    async def test_unknown_alert_and_read_only_keys(self, alerting: httpx.AsyncClient) -> None:
+        r = await alerting.post(
+            "/v1/alerts/6f1c1d5e-7b7a-4c39-9f3a-0d2b8b7d1a10/ack", json={"by": "x"}
+        )
+        assert r.status_code == 404

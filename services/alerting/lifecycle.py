@@ -1,0 +1,121 @@
+"""An alert's lifecycle: open → acknowledged → resolved, with who, when and a note.
+
+Every transition is recorded in ``alert_history``. Transitions are idempotent where a
+person would expect it (acknowledging an acknowledged alert changes nothing) and refused
+where it would lose information (acknowledging a resolved alert).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.alerting import metrics
+from services.alerting.models import alerts, history
+
+
+class NotFound(Exception):
+    """No alert has this id."""
+
+
+class Conflict(Exception):
+    """The transition does not apply to the alert's current state."""
+
+
+async def record(
+    conn: AsyncConnection, alert_id: uuid.UUID, actor: str, action: str, note: str | None = None
+) -> None:
+    """Append one entry to the alert's history."""
+    await conn.execute(
+        history.insert().values(alert_id=alert_id, actor=actor, action=action, note=note)
+    )
+
+
+async def _current(conn: AsyncConnection, alert_id: uuid.UUID) -> dict[str, Any]:
+    row = (
+        await conn.execute(sa.select(alerts).where(alerts.c.id == alert_id).with_for_update())
+    ).first()
+    if row is None:
+        raise NotFound(str(alert_id))
+    return dict(row._mapping)
+
+
+async def acknowledge(
+    conn: AsyncConnection, alert_id: uuid.UUID, by: str, note: str | None
+) -> dict[str, Any]:
+    """Mark an open alert as being handled by ``by``."""
+    alert = await _current(conn, alert_id)
+    if alert["status"] == "acknowledged":
+        return alert
+    if alert["status"] == "resolved":
+        raise Conflict("the alert is already resolved")
+    row = (
+        await conn.execute(
+            alerts.update()
+            .where(alerts.c.id == alert_id)
+            .values(status="acknowledged", acknowledged_at=sa.func.now(), acknowledged_by=by)
+            .returning(alerts)
+        )
+    ).one()
+    await record(conn, alert_id, by, "acknowledged", note)
+    metrics.TIME_TO_ACK.labels(rule=alert["rule"]).observe(
+        (row.acknowledged_at - row.opened_at).total_seconds()
+    )
+    return dict(row._mapping)
+
+
+async def resolve(
+    conn: AsyncConnection, alert_id: uuid.UUID, by: str, note: str, *, action: str = "resolved"
+) -> dict[str, Any]:
+    """Close an alert with the follow-up note; resolving twice changes nothing."""
+    alert = await _current(conn, alert_id)
+    if alert["status"] == "resolved":
+        return alert
+    row = (
+        await conn.execute(
+            alerts.update()
+            .where(alerts.c.id == alert_id)
+            .values(status="resolved", resolved_at=sa.func.now(), resolved_by=by, note=note)
+            .returning(alerts)
+        )
+    ).one()
+    await record(conn, alert_id, by, action, note)
+    metrics.RESOLVED.labels(rule=alert["rule"]).inc()
+    metrics.TIME_TO_RESOLVE.labels(rule=alert["rule"]).observe(
+        (row.resolved_at - row.opened_at).total_seconds()
+    )
+    return dict(row._mapping)
+
+
+async def assign(conn: AsyncConnection, alert_id: uuid.UUID, to: str, by: str) -> dict[str, Any]:
+    """Give an unresolved alert to ``to``."""
+    alert = await _current(conn, alert_id)
+    if alert["status"] == "resolved":
+        raise Conflict("the alert is already resolved")
+    row = (
+        await conn.execute(
+            alerts.update().where(alerts.c.id == alert_id).values(assignee=to).returning(alerts)
+        )
+    ).one()
+    await record(conn, alert_id, by, "assigned", f"to {to}")
+    return dict(row._mapping)
+
+
+async def comment(conn: AsyncConnection, alert_id: uuid.UUID, by: str, text: str) -> None:
+    """Add a comment to an alert's history."""
+    await _current(conn, alert_id)
+    await record(conn, alert_id, by, "commented", text)
+
+
+async def entries(conn: AsyncConnection, alert_id: uuid.UUID) -> list[dict[str, Any]]:
+    """Return an alert's history, oldest first."""
+    await _current(conn, alert_id)
+    rows = await conn.execute(
+        sa.select(history.c.at, history.c.actor, history.c.action, history.c.note)
+        .where(history.c.alert_id == alert_id)
+        .order_by(history.c.at, history.c.id)
+    )
+    return [dict(r._mapping) for r in rows]
