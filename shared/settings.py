@@ -259,6 +259,26 @@ class SourceSettings(BaseSettings):
     )
 
 
+class SlaSettings(BaseSettings):
+    """Service-level agreements for tickets (``CXLOOP_SLA_*``), by ticket priority."""
+
+    model_config = SettingsConfigDict(env_prefix="CXLOOP_SLA_", extra="forbid")
+
+    first_response_minutes: dict[str, float] = Field(
+        default={"urgent": 60, "high": 240, "normal": 480, "low": 1440},
+        description="JSON: first-response SLA in minutes per priority (none given: normal).",
+    )
+    resolution_minutes: dict[str, float] = Field(
+        default={"urgent": 240, "high": 1440, "normal": 4320, "low": 10080},
+        description="JSON: resolution SLA in minutes per priority (none given: normal).",
+    )
+
+    def minutes(self, kind: str, priority: str | None) -> float | None:
+        """Return the SLA of ``kind`` (first_response or resolution) for ``priority``."""
+        table = self.first_response_minutes if kind == "first_response" else self.resolution_minutes
+        return table.get(priority or "normal")
+
+
 class ConsumerSettings(HttpSettings):
     """A consuming service: its HTTP API and its consumer group."""
 
@@ -293,14 +313,6 @@ class ScorerSettings(ConsumerSettings):
     gauge_interval_seconds: float = Field(
         default=30, gt=0, description="How often the score gauges on /metrics are recomputed."
     )
-    sla_first_response_minutes: dict[str, float] = Field(
-        default={"urgent": 60, "high": 240, "normal": 480, "low": 1440},
-        description="JSON: first-response SLA in minutes per ticket priority.",
-    )
-    sla_resolution_minutes: dict[str, float] = Field(
-        default={"urgent": 240, "high": 1440, "normal": 4320, "low": 10080},
-        description="JSON: resolution SLA in minutes per ticket priority.",
-    )
 
 
 class AlertingSettings(ConsumerSettings):
@@ -310,6 +322,9 @@ class AlertingSettings(ConsumerSettings):
 
     port: int = Field(default=8002, ge=0, le=65535, description="Port to bind.")
     group_id: str = Field(default="cxloop-alerting", description="Kafka consumer group.")
+    timer_interval_seconds: float = Field(
+        default=1.0, gt=0, description="How often overdue SLA deadlines are looked for."
+    )
 
 
 class StackSettings(BaseSettings):
@@ -337,6 +352,7 @@ SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
     LogSettings,
     CollectorSettings,
     SourceSettings,
+    SlaSettings,
     ScorerSettings,
     AlertingSettings,
     StackSettings,

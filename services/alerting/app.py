@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
-from services.alerting import api
+from services.alerting import api, gauges, timers
 from services.alerting.consumer import AlertHandler
 from services.migrations import MIGRATIONS_DIR
 from shared.apikeys import KeyStore
-from shared.events import ResponseSubmitted
+from shared.events import ResponseSubmitted, TouchpointEvent
 from shared.http import build_app
 from shared.runtime import ConsumingService
-from shared.settings import AlertingSettings, AuthSettings, DatabaseSettings, KafkaSettings, load
+from shared.settings import (
+    AlertingSettings,
+    AuthSettings,
+    DatabaseSettings,
+    KafkaSettings,
+    SlaSettings,
+    load,
+)
 from shared.topics import Topic
 
 DESCRIPTION = """\
@@ -26,23 +37,43 @@ def create_app(
     database: DatabaseSettings | None = None,
     auth: AuthSettings | None = None,
     settings: AlertingSettings | None = None,
+    sla: SlaSettings | None = None,
 ) -> FastAPI:
     """Build the alerting app; settings default to the environment."""
     auth = auth or load(AuthSettings)
     keystore = KeyStore(auth.keys(), ttl=auth.key_cache_seconds)
+    alerting = settings or load(AlertingSettings)
+    sla_settings = sla or load(SlaSettings)
     runtime = ConsumingService(
         name="alerting",
         kafka=kafka or load(KafkaSettings),
         database=database or load(DatabaseSettings),
-        consumer=settings or load(AlertingSettings),
-        models={Topic.RESPONSES: ResponseSubmitted},
-        make_handler=AlertHandler,
+        consumer=alerting,
+        models={Topic.RESPONSES: ResponseSubmitted, Topic.TOUCHPOINTS: TouchpointEvent},
+        make_handler=lambda engine: AlertHandler(engine, sla_settings),
         migrations=MIGRATIONS_DIR,
     )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with runtime.lifespan(app):
+            stop = asyncio.Event()
+            background = [
+                asyncio.create_task(
+                    timers.run(runtime.engine, stop, alerting.timer_interval_seconds)
+                ),
+                asyncio.create_task(gauges.keep_fresh(runtime.engine, stop)),
+            ]
+            try:
+                yield
+            finally:
+                stop.set()
+                await asyncio.gather(*background)
+
     return build_app(
         service="alerting",
         description=DESCRIPTION,
-        lifespan=runtime.lifespan,
+        lifespan=lifespan,
         readiness=runtime.readiness,
         routers=[api.router],
         keystore=keystore,

@@ -6,25 +6,35 @@ from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.alerting import metrics, repository, rules
-from shared.events import ResponseSubmitted
+from services.alerting import metrics, repository, rules, timers
+from shared.events import ResponseSubmitted, TouchpointEvent
 from shared.kafka import Decoded
+from shared.settings import SlaSettings
 
 
 class AlertHandler:
-    """Opens or folds an alert for every new response a rule flags."""
+    """Opens or folds an alert for every new response a rule flags, and tracks SLA deadlines."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, sla: SlaSettings) -> None:
         self._engine = engine
+        self._sla = sla
 
     async def __call__(self, batch: Sequence[Decoded]) -> None:
         outcomes: list[tuple[rules.AlertDraft, bool]] = []
         async with self._engine.begin() as conn:
-            responses = [d.event for d in batch if isinstance(d.event, ResponseSubmitted)]
-            for event in await repository.first_seen(conn, responses):
-                draft = rules.evaluate(event)
-                if draft is not None:
-                    outcomes.append((draft, await repository.open_or_fold(conn, draft, event)))
+            events = [
+                d.event for d in batch if isinstance(d.event, ResponseSubmitted | TouchpointEvent)
+            ]
+            fresh = await repository.first_seen(conn, events)
+            for event in fresh:
+                if isinstance(event, ResponseSubmitted):
+                    draft = rules.evaluate(event)
+                    if draft is not None:
+                        opened = await repository.open_or_fold(conn, draft, event)
+                        outcomes.append((draft, opened))
+            await timers.track(
+                conn, [e for e in fresh if isinstance(e, TouchpointEvent)], self._sla
+            )
         for draft, opened in outcomes:
             if opened:
                 metrics.OPENED.labels(rule=draft.rule, severity=draft.severity.value).inc()

@@ -68,3 +68,8 @@ deadlines = sa.Table(
     sa.Column("satisfied_at", sa.DateTime(timezone=True)),
     sa.Column("fired_at", sa.DateTime(timezone=True)),
 )
+
+# The predicate of the partial unique index on dedupe_key, as SQL text: a bound parameter
+# would stop Postgres matching ON CONFLICT to the index once a statement's plan is generic
+# (asyncpg prepares statements; the sixth run on a connection failed before this).
+UNRESOLVED = sa.text("status <> 'resolved'")

@@ -11,15 +11,15 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.alerting import lifecycle
-from services.alerting.models import alerts, applied_events
+from services.alerting.models import UNRESOLVED, alerts, applied_events
 from services.alerting.rules import AlertDraft
 from shared.db import record_new_event_ids
-from shared.events import ResponseSubmitted
+from shared.events import ResponseSubmitted, TouchpointEvent
 
 
 async def first_seen(
-    conn: AsyncConnection, events: Sequence[ResponseSubmitted]
-) -> list[ResponseSubmitted]:
+    conn: AsyncConnection, events: Sequence[ResponseSubmitted | TouchpointEvent]
+) -> list[ResponseSubmitted | TouchpointEvent]:
     """Record the events in the ledger; return those never applied before, in order."""
     unique = {e.event_id: e for e in events}
     new_ids = await record_new_event_ids(conn, applied_events, unique)
@@ -52,7 +52,7 @@ async def open_or_fold(conn: AsyncConnection, draft: AlertDraft, event: Response
     )
     upsert: sa.Executable = stmt.on_conflict_do_update(
         index_elements=[alerts.c.dedupe_key],
-        index_where=alerts.c.status != "resolved",
+        index_where=UNRESOLVED,
         set_={
             "occurrences": alerts.c.occurrences + 1,
             "last_seen_at": sa.func.now(),

@@ -288,10 +288,9 @@ async def get_service_times(
     priority: TicketPriority | None = None,
 ) -> ServiceTimesOut:
     """Mean, median and p90 of first-response and resolution times of tickets created in the
-    range, and the SLA breach rate (CXLOOP_SCORER_SLA_*). A reopened ticket counts as
+    range, and the SLA breach rate (CXLOOP_SLA_*). A reopened ticket counts as
     resolved only once resolved again; events may arrive in any order."""
     since, until, _ = _range(window, from_, to)
-    settings = _settings(request)
     filters = _filters(channel=channel, priority=priority)
     async with engine.connect() as conn:
         rows = await queries.service_times(
@@ -301,8 +300,8 @@ async def get_service_times(
             now=utcnow(),
             filters=filters,
             group_by=group_by,
-            sla_first_response=settings.sla_first_response_minutes,
-            sla_resolution=settings.sla_resolution_minutes,
+            sla_first_response=request.app.state.sla.first_response_minutes,
+            sla_resolution=request.app.state.sla.resolution_minutes,
         )
     groups = [
         ServiceTimesGroup(

@@ -15,7 +15,14 @@ from shared.apikeys import KeyStore
 from shared.events import ResponseSubmitted, TouchpointEvent
 from shared.http import build_app
 from shared.runtime import ConsumingService
-from shared.settings import AuthSettings, DatabaseSettings, KafkaSettings, ScorerSettings, load
+from shared.settings import (
+    AuthSettings,
+    DatabaseSettings,
+    KafkaSettings,
+    ScorerSettings,
+    SlaSettings,
+    load,
+)
 from shared.topics import Topic
 
 DESCRIPTION = """\
@@ -30,6 +37,7 @@ def create_app(
     database: DatabaseSettings | None = None,
     auth: AuthSettings | None = None,
     settings: ScorerSettings | None = None,
+    sla: SlaSettings | None = None,
 ) -> FastAPI:
     """Build the scorer app; settings default to the environment."""
     auth = auth or load(AuthSettings)
@@ -67,4 +75,5 @@ def create_app(
         keystore=keystore,
     )
     app.state.scorer_settings = scorer
+    app.state.sla = sla or load(SlaSettings)
     return app

@@ -133,3 +133,25 @@ class TestLifecycle:
             "/v1/alerts/6f1c1d5e-7b7a-4c39-9f3a-0d2b8b7d1a10/ack", json={"by": "x"}
         )
         assert r.status_code == 404
+
+
+class TestPreparedStatements:
+    async def test_opening_alerts_keeps_working_after_many_runs_on_one_connection(
+        self, database_url: str
+    ) -> None:
+        # asyncpg switches a prepared statement to a generic plan after five runs; the
+        # partial-index ON CONFLICT must still match then (it did not, before a fix).
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        from services.alerting.consumer import AlertHandler
+        from shared.kafka import Decoded
+        from shared.settings import SlaSettings
+
+        engine = create_async_engine(database_url, pool_size=1, max_overflow=0)
+        try:
+            handler = AlertHandler(engine, SlaSettings())
+            for i in range(12):
+                event = response_event(score=1, customer_id=f"p{i % 3}")
+                await handler([Decoded(None, event)])
+        finally:
+            await engine.dispose()
