@@ -86,6 +86,19 @@ def _scorer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _alerting(args: argparse.Namespace) -> int:
+    if args.action != "check-config":
+        return _run_service("alerting")
+    from services.alerting.config import load as load_config
+
+    path = args.path or load(AlertingSettings).config_path
+    if path is None:
+        raise ConfigError("name the file, or set CXLOOP_ALERTING_CONFIG_PATH")
+    config = load_config(path)
+    print(f"{path}: ok ({len(config.receivers)} receiver(s), {len(config.routes)} route(s))")
+    return 0
+
+
 def _migrate(args: argparse.Namespace) -> int:
     from services.migrations import upgrade
 
@@ -209,6 +222,17 @@ def build_parser() -> argparse.ArgumentParser:
                 help="rebuild: recompute the score buckets from the raw responses, then exit",
             )
             service.set_defaults(run=_scorer)
+        if name == "alerting":
+            service.add_argument(
+                "action",
+                nargs="?",
+                choices=["check-config"],
+                help="check-config: validate the receivers and routes file, then exit",
+            )
+            service.add_argument(
+                "path", nargs="?", type=Path, help="the file (default CXLOOP_ALERTING_CONFIG_PATH)"
+            )
+            service.set_defaults(run=_alerting)
     migrate = sub.add_parser("migrate", help="apply the database migrations")
     migrate.add_argument("--revision", default="head")
     migrate.set_defaults(run=_migrate)

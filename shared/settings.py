@@ -325,6 +325,10 @@ class AlertingSettings(ConsumerSettings):
     timer_interval_seconds: float = Field(
         default=1.0, gt=0, description="How often overdue SLA deadlines are looked for."
     )
+    config_path: Path | None = Field(
+        default=None,
+        description="YAML file of receivers and routes (see `cxloop alerting check-config`).",
+    )
 
 
 class StackSettings(BaseSettings):

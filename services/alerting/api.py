@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.alerting import lifecycle, repository
@@ -19,6 +19,8 @@ from services.alerting.schemas import (
     CommentIn,
     History,
     HistoryEntry,
+    NotificationOut,
+    Notifications,
     ResolveIn,
 )
 from shared.apikeys import Scope
@@ -87,10 +89,11 @@ async def _transition(engine: AsyncEngine, step: Callable[[AsyncConnection], Awa
     responses=TRANSITION_ERRORS,
     dependencies=WRITE,
 )
-async def acknowledge(engine: EngineDep, alert_id: UUID, body: AckIn) -> Alert:
+async def acknowledge(request: Request, engine: EngineDep, alert_id: UUID, body: AckIn) -> Alert:
     """Take the alert: it stops escalating. Acknowledging twice changes nothing."""
     row = await _transition(
-        engine, lambda c: lifecycle.acknowledge(c, alert_id, body.by, body.note)
+        engine,
+        lambda c: lifecycle.acknowledge(c, alert_id, body.by, body.note, request.app.state.routing),
     )
     return Alert.model_validate(row)
 
@@ -102,9 +105,14 @@ async def acknowledge(engine: EngineDep, alert_id: UUID, body: AckIn) -> Alert:
     responses=TRANSITION_ERRORS,
     dependencies=WRITE,
 )
-async def resolve(engine: EngineDep, alert_id: UUID, body: ResolveIn) -> Alert:
+async def resolve(request: Request, engine: EngineDep, alert_id: UUID, body: ResolveIn) -> Alert:
     """Close the loop, saying what was done. Resolving twice changes nothing."""
-    row = await _transition(engine, lambda c: lifecycle.resolve(c, alert_id, body.by, body.note))
+    row = await _transition(
+        engine,
+        lambda c: lifecycle.resolve(
+            c, alert_id, body.by, body.note, config=request.app.state.routing
+        ),
+    )
     return Alert.model_validate(row)
 
 
@@ -150,3 +158,17 @@ async def alert_history(engine: EngineDep, alert_id: UUID) -> History:
     """Everything that happened to the alert, oldest first: who, when, and their notes."""
     rows = await _transition(engine, lambda c: lifecycle.entries(c, alert_id))
     return History(items=[HistoryEntry.model_validate(e) for e in rows])
+
+
+@router.get(
+    "/alerts/{alert_id}/notifications",
+    response_model=Notifications,
+    summary="Where an alert was announced, and how delivery went",
+    responses=TRANSITION_ERRORS,
+    dependencies=READ,
+)
+async def alert_notifications(engine: EngineDep, alert_id: UUID) -> Notifications:
+    """Each notification of the alert: receiver, action, status (pending, delivered or
+    failed), attempts and the last error. A failed one is not retried: fix the receiver."""
+    rows = await _transition(engine, lambda c: repository.notifications_of(c, alert_id))
+    return Notifications(items=[NotificationOut.model_validate(r) for r in rows])

@@ -8,7 +8,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from services.alerting import api, gauges, timers
+from services.alerting import api, gauges, outbox, timers
+from services.alerting.config import AlertingConfig
+from services.alerting.config import load as load_config
 from services.alerting.consumer import AlertHandler
 from services.migrations import MIGRATIONS_DIR
 from shared.apikeys import KeyStore
@@ -38,19 +40,23 @@ def create_app(
     auth: AuthSettings | None = None,
     settings: AlertingSettings | None = None,
     sla: SlaSettings | None = None,
+    config: AlertingConfig | None = None,
 ) -> FastAPI:
     """Build the alerting app; settings default to the environment."""
     auth = auth or load(AuthSettings)
     keystore = KeyStore(auth.keys(), ttl=auth.key_cache_seconds)
     alerting = settings or load(AlertingSettings)
     sla_settings = sla or load(SlaSettings)
+    routing = config or (
+        load_config(alerting.config_path) if alerting.config_path else AlertingConfig()
+    )
     runtime = ConsumingService(
         name="alerting",
         kafka=kafka or load(KafkaSettings),
         database=database or load(DatabaseSettings),
         consumer=alerting,
         models={Topic.RESPONSES: ResponseSubmitted, Topic.TOUCHPOINTS: TouchpointEvent},
-        make_handler=lambda engine: AlertHandler(engine, sla_settings),
+        make_handler=lambda engine: AlertHandler(engine, sla_settings, routing),
         migrations=MIGRATIONS_DIR,
     )
 
@@ -60,8 +66,9 @@ def create_app(
             stop = asyncio.Event()
             background = [
                 asyncio.create_task(
-                    timers.run(runtime.engine, stop, alerting.timer_interval_seconds)
+                    timers.run(runtime.engine, stop, alerting.timer_interval_seconds, routing)
                 ),
+                asyncio.create_task(outbox.run(runtime.engine, routing, stop)),
                 asyncio.create_task(gauges.keep_fresh(runtime.engine, stop)),
             ]
             try:
@@ -70,7 +77,7 @@ def create_app(
                 stop.set()
                 await asyncio.gather(*background)
 
-    return build_app(
+    app = build_app(
         service="alerting",
         description=DESCRIPTION,
         lifespan=lifespan,
@@ -78,3 +85,5 @@ def create_app(
         routers=[api.router],
         keystore=keystore,
     )
+    app.state.routing = routing
+    return app

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.alerting import metrics, repository, rules, timers
+from services.alerting.config import AlertingConfig
 from shared.events import ResponseSubmitted, TouchpointEvent
 from shared.kafka import Decoded
 from shared.settings import SlaSettings
@@ -15,9 +16,12 @@ from shared.settings import SlaSettings
 class AlertHandler:
     """Opens or folds an alert for every new response a rule flags, and tracks SLA deadlines."""
 
-    def __init__(self, engine: AsyncEngine, sla: SlaSettings) -> None:
+    def __init__(
+        self, engine: AsyncEngine, sla: SlaSettings, config: AlertingConfig | None = None
+    ) -> None:
         self._engine = engine
         self._sla = sla
+        self._config = config
 
     async def __call__(self, batch: Sequence[Decoded]) -> None:
         outcomes: list[tuple[rules.AlertDraft, bool]] = []
@@ -30,10 +34,10 @@ class AlertHandler:
                 if isinstance(event, ResponseSubmitted):
                     draft = rules.evaluate(event)
                     if draft is not None:
-                        opened = await repository.open_or_fold(conn, draft, event)
+                        opened = await repository.open_or_fold(conn, draft, event, self._config)
                         outcomes.append((draft, opened))
             await timers.track(
-                conn, [e for e in fresh if isinstance(e, TouchpointEvent)], self._sla
+                conn, [e for e in fresh if isinstance(e, TouchpointEvent)], self._sla, self._config
             )
         for draft, opened in outcomes:
             if opened:

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.alerting import metrics
-from services.alerting.models import alerts
+from services.alerting.models import alerts, notifications
 from shared.kafka import sleep_unless_stopped
 
 
@@ -23,9 +23,19 @@ async def refresh(engine: AsyncEngine) -> None:
                 .group_by(alerts.c.rule, alerts.c.status)
             )
         ).all()
+        depth = (
+            await conn.execute(
+                sa.select(notifications.c.status, sa.func.count())
+                .where(notifications.c.status != "delivered")
+                .group_by(notifications.c.status)
+            )
+        ).all()
     metrics.OPEN.clear()
     for rule, status, count in rows:
         metrics.OPEN.labels(rule=rule, status=status).set(count)
+    metrics.OUTBOX_DEPTH.clear()
+    for status, count in depth:
+        metrics.OUTBOX_DEPTH.labels(status=status).set(count)
 
 
 async def keep_fresh(engine: AsyncEngine, stop: asyncio.Event, every: float = 15.0) -> None:

@@ -13,7 +13,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.alerting import metrics
+from services.alerting import metrics, outbox
+from services.alerting.config import AlertingConfig
 from services.alerting.models import alerts, history
 
 
@@ -44,7 +45,11 @@ async def _current(conn: AsyncConnection, alert_id: uuid.UUID) -> dict[str, Any]
 
 
 async def acknowledge(
-    conn: AsyncConnection, alert_id: uuid.UUID, by: str, note: str | None
+    conn: AsyncConnection,
+    alert_id: uuid.UUID,
+    by: str,
+    note: str | None,
+    config: AlertingConfig | None = None,
 ) -> dict[str, Any]:
     """Mark an open alert as being handled by ``by``."""
     alert = await _current(conn, alert_id)
@@ -61,6 +66,8 @@ async def acknowledge(
         )
     ).one()
     await record(conn, alert_id, by, "acknowledged", note)
+    if config is not None:
+        await outbox.enqueue(conn, config, dict(row._mapping), "acknowledge")
     metrics.TIME_TO_ACK.labels(rule=alert["rule"]).observe(
         (row.acknowledged_at - row.opened_at).total_seconds()
     )
@@ -68,7 +75,13 @@ async def acknowledge(
 
 
 async def resolve(
-    conn: AsyncConnection, alert_id: uuid.UUID, by: str, note: str, *, action: str = "resolved"
+    conn: AsyncConnection,
+    alert_id: uuid.UUID,
+    by: str,
+    note: str,
+    *,
+    action: str = "resolved",
+    config: AlertingConfig | None = None,
 ) -> dict[str, Any]:
     """Close an alert with the follow-up note; resolving twice changes nothing."""
     alert = await _current(conn, alert_id)
@@ -83,6 +96,8 @@ async def resolve(
         )
     ).one()
     await record(conn, alert_id, by, action, note)
+    if config is not None:
+        await outbox.enqueue(conn, config, dict(row._mapping), "resolve")
     metrics.RESOLVED.labels(rule=alert["rule"]).inc()
     metrics.TIME_TO_RESOLVE.labels(rule=alert["rule"]).observe(
         (row.resolved_at - row.opened_at).total_seconds()

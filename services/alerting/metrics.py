@@ -39,3 +39,13 @@ TIME_TO_RESOLVE = Histogram(
     ["rule"],
     buckets=_DURATIONS,
 )
+NOTIFY_ATTEMPTS = Counter(
+    name("alerting", "notification_attempts", "total"),
+    "Notification attempts by receiver and outcome (delivered, retry, failed).",
+    ["receiver", "outcome"],
+)
+OUTBOX_DEPTH = Gauge(
+    name("alerting", "outbox_depth"),
+    "Notifications waiting for delivery (pending), and those that failed for good.",
+    ["status"],
+)

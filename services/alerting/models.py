@@ -69,6 +69,21 @@ deadlines = sa.Table(
     sa.Column("fired_at", sa.DateTime(timezone=True)),
 )
 
+notifications = sa.Table(
+    "notifications",
+    metadata,
+    sa.Column("id", pg.UUID(as_uuid=True), primary_key=True),
+    sa.Column("alert_id", pg.UUID(as_uuid=True), nullable=False),
+    sa.Column("receiver", sa.Text, nullable=False),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False, server_default="pending"),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+    sa.Column("last_error", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+    sa.Column("delivered_at", sa.DateTime(timezone=True)),
+)
+
 # The predicate of the partial unique index on dedupe_key, as SQL text: a bound parameter
 # would stop Postgres matching ON CONFLICT to the index once a statement's plan is generic
 # (asyncpg prepares statements; the sixth run on a connection failed before this).

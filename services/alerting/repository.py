@@ -10,8 +10,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.alerting import lifecycle
-from services.alerting.models import UNRESOLVED, alerts, applied_events
+from services.alerting import lifecycle, outbox
+from services.alerting.config import AlertingConfig
+from services.alerting.models import UNRESOLVED, alerts, applied_events, notifications
 from services.alerting.rules import AlertDraft
 from shared.db import record_new_event_ids
 from shared.events import ResponseSubmitted, TouchpointEvent
@@ -26,7 +27,12 @@ async def first_seen(
     return [e for event_id, e in unique.items() if event_id in new_ids]
 
 
-async def open_or_fold(conn: AsyncConnection, draft: AlertDraft, event: ResponseSubmitted) -> bool:
+async def open_or_fold(
+    conn: AsyncConnection,
+    draft: AlertDraft,
+    event: ResponseSubmitted,
+    config: AlertingConfig | None = None,
+) -> bool:
     """Open an alert, or fold ``event`` into the unresolved one with the same dedupe key.
 
     Returns True when a new alert was opened.
@@ -62,6 +68,10 @@ async def open_or_fold(conn: AsyncConnection, draft: AlertDraft, event: Response
     await lifecycle.record(
         conn, row.id, "cxloop", "opened" if row.inserted else "folded", f"event {event.event_id}"
     )
+    if row.inserted and config is not None:
+        alert = await get_alert(conn, row.id)
+        assert alert is not None
+        await outbox.enqueue(conn, config, alert, "trigger")
     return bool(row.inserted)
 
 
@@ -81,3 +91,15 @@ async def get_alert(conn: AsyncConnection, alert_id: uuid.UUID) -> dict[str, Any
     """Return one alert, or None."""
     row = (await conn.execute(sa.select(alerts).where(alerts.c.id == alert_id))).first()
     return None if row is None else dict(row._mapping)
+
+
+async def notifications_of(conn: AsyncConnection, alert_id: uuid.UUID) -> list[dict[str, Any]]:
+    """Return an alert's notifications, oldest first (404 when there is no such alert)."""
+    if await get_alert(conn, alert_id) is None:
+        raise lifecycle.NotFound(str(alert_id))
+    rows = await conn.execute(
+        sa.select(notifications)
+        .where(notifications.c.alert_id == alert_id)
+        .order_by(notifications.c.created_at, notifications.c.id)
+    )
+    return [dict(r._mapping) for r in rows]

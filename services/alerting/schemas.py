@@ -118,3 +118,22 @@ class History(BaseModel):
     """An alert's history, oldest first."""
 
     items: list[HistoryEntry]
+
+
+class NotificationOut(BaseModel):
+    """One announcement of an alert change to one receiver."""
+
+    id: UUID = Field(description="Stable across attempts: the receiver's idempotency key.")
+    receiver: str
+    action: str
+    status: str
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+class Notifications(BaseModel):
+    """An alert's notifications, oldest first."""
+
+    items: list[NotificationOut]

@@ -21,7 +21,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.alerting import lifecycle, metrics
+from services.alerting import lifecycle, metrics, outbox
+from services.alerting.config import AlertingConfig
 from services.alerting.models import UNRESOLVED, alerts, deadlines
 from services.alerting.rules import Severity
 from shared.events import TouchpointEvent
@@ -109,7 +110,12 @@ async def _reopen(conn: AsyncConnection, e: TouchpointEvent, sla: SlaSettings) -
     )
 
 
-async def track(conn: AsyncConnection, events: Sequence[TouchpointEvent], sla: SlaSettings) -> None:
+async def track(
+    conn: AsyncConnection,
+    events: Sequence[TouchpointEvent],
+    sla: SlaSettings,
+    config: AlertingConfig | None = None,
+) -> None:
     """Apply ticket events to the deadlines; a resolution closes the ticket's slow alerts."""
     for e in sorted(events, key=lambda event: event.occurred_at):
         if e.ticket_id is None:
@@ -121,12 +127,14 @@ async def track(conn: AsyncConnection, events: Sequence[TouchpointEvent], sla: S
             await _meet(conn, e, "first_response")
         elif e.type == "ticket.resolved":
             await _meet(conn, e, "resolution")
-            await _auto_resolve(conn, e.source, e.ticket_id)
+            await _auto_resolve(conn, e.source, e.ticket_id, config)
         elif e.type == "ticket.reopened":
             await _reopen(conn, e, sla)
 
 
-async def _auto_resolve(conn: AsyncConnection, source: str, ticket_id: str) -> None:
+async def _auto_resolve(
+    conn: AsyncConnection, source: str, ticket_id: str, config: AlertingConfig | None
+) -> None:
     rows = await conn.execute(
         sa.select(alerts.c.id).where(
             alerts.c.ticket_source == source,
@@ -137,11 +145,16 @@ async def _auto_resolve(conn: AsyncConnection, source: str, ticket_id: str) -> N
     )
     for (alert_id,) in rows.all():
         await lifecycle.resolve(
-            conn, alert_id, "cxloop", "the ticket was resolved", action="auto_resolved"
+            conn,
+            alert_id,
+            "cxloop",
+            "the ticket was resolved",
+            action="auto_resolved",
+            config=config,
         )
 
 
-async def _open(conn: AsyncConnection, due: Any) -> None:
+async def _open(conn: AsyncConnection, due: Any, config: AlertingConfig | None) -> None:
     rule = RULES[due.kind]
     severity = Severity.CRITICAL if due.priority == "urgent" else Severity.WARNING
     key = f"{rule}:{due.customer_id}:{due.source}:{due.ticket_id}"
@@ -169,9 +182,14 @@ async def _open(conn: AsyncConnection, due: Any) -> None:
     if alert_id is not None:
         await lifecycle.record(conn, alert_id, "cxloop", "opened", f"{due.kind} deadline passed")
         metrics.OPENED.labels(rule=rule, severity=severity.value).inc()
+        if config is not None:
+            row = (await conn.execute(sa.select(alerts).where(alerts.c.id == alert_id))).one()
+            await outbox.enqueue(conn, config, dict(row._mapping), "trigger")
 
 
-async def fire_due(engine: AsyncEngine, limit: int = 100) -> int:
+async def fire_due(
+    engine: AsyncEngine, config: AlertingConfig | None = None, limit: int = 100
+) -> int:
     """Open an alert for each passed, unmet deadline not yet fired; return how many fired."""
     async with engine.begin() as conn:
         due = (
@@ -188,7 +206,7 @@ async def fire_due(engine: AsyncEngine, limit: int = 100) -> int:
             )
         ).all()
         for row in due:
-            await _open(conn, row)
+            await _open(conn, row, config)
             await conn.execute(
                 deadlines.update()
                 .where(
@@ -201,12 +219,14 @@ async def fire_due(engine: AsyncEngine, limit: int = 100) -> int:
     return len(due)
 
 
-async def run(engine: AsyncEngine, stop: asyncio.Event, every: float) -> None:
+async def run(
+    engine: AsyncEngine, stop: asyncio.Event, every: float, config: AlertingConfig | None = None
+) -> None:
     """Fire due deadlines every ``every`` seconds until ``stop`` is set."""
     while not stop.is_set():
         fired = 0
         try:
-            fired = await fire_due(engine)
+            fired = await fire_due(engine, config)
         except Exception as exc:
             log.warning("SLA timer pass failed (%s); retrying", type(exc).__name__)
         if fired:

@@ -1,0 +1,143 @@
+"""Receivers and routes, from a YAML file shaped like Alertmanager's.
+
+::
+
+    receivers:
+      - name: oncall
+        type: webhook            # webhook | slack | pagerduty | alertmanager
+        url: https://hooks.example.com/cx
+        secret_env: ONCALL_WEBHOOK_SECRET   # its Standard Webhooks secret (whsec_…)
+      - name: pager
+        type: pagerduty
+        routing_key_env: PAGERDUTY_ROUTING_KEY
+    routes:                      # first match wins, unless `continue: true`
+      - match: {severity: critical}
+        receiver: pager
+        continue: true
+      - receiver: oncall         # no match: everything
+    runbook_url: https://wiki.example.com/cx-alerts
+
+Secrets are named by environment variable, never written in the file. Errors name the line.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from shared.errors import ConfigError
+
+
+class Receiver(BaseModel):
+    """Where notifications go."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    type: Literal["webhook", "slack", "pagerduty", "alertmanager"]
+    url: str = Field(default="", pattern=r"^(https?://.+)?$")
+    secret_env: str | None = None
+    routing_key_env: str | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> Receiver:
+        if self.type == "pagerduty":
+            if not self.routing_key_env:
+                raise ValueError("a pagerduty receiver needs routing_key_env")
+            self.url = self.url or "https://events.pagerduty.com/v2/enqueue"
+        elif not self.url:
+            raise ValueError(f"a {self.type} receiver needs a url")
+        return self
+
+    def secret(self, name: str | None) -> str | None:
+        """Return the secret in environment variable ``name``."""
+        return os.environ.get(name) if name else None
+
+
+class Route(BaseModel):
+    """Which alerts go to a receiver: every ``match`` label must equal the alert's."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    receiver: str
+    match: dict[str, str] = Field(default_factory=dict)
+    continue_: bool = Field(default=False, alias="continue")
+
+
+class AlertingConfig(BaseModel):
+    """Receivers, routes and the runbook linked from every alert."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    receivers: list[Receiver] = Field(default_factory=list)
+    routes: list[Route] = Field(default_factory=list)
+    runbook_url: str | None = None
+
+    @model_validator(mode="after")
+    def _routes_name_receivers(self) -> AlertingConfig:
+        names = [r.name for r in self.receivers]
+        if len(names) != len(set(names)):
+            raise ValueError("receiver names must be unique")
+        for route in self.routes:
+            if route.receiver not in names:
+                raise ValueError(f"route names receiver {route.receiver!r}, which is not defined")
+        return self
+
+    def receiver(self, name: str) -> Receiver | None:
+        """Return the receiver called ``name``, if it is still configured."""
+        return next((r for r in self.receivers if r.name == name), None)
+
+    def route(self, labels: dict[str, Any]) -> list[str]:
+        """Return the receivers an alert with ``labels`` goes to, in route order."""
+        chosen: list[str] = []
+        for route in self.routes:
+            if all(str(labels.get(k)) == v for k, v in route.match.items()):
+                if route.receiver not in chosen:
+                    chosen.append(route.receiver)
+                if not route.continue_:
+                    break
+        return chosen
+
+
+def _line(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == part), None)
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
+            node = node.value[part]
+        else:
+            break
+    return None if node is None else node.start_mark.line + 1
+
+
+def load(path: Path) -> AlertingConfig:
+    """Read and validate the file; a mistake raises ``ConfigError`` naming its line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text) or {}
+        tree = yaml.compose(text)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(
+            f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}"
+        ) from None
+    try:
+        return AlertingConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            line = _line(tree, loc)
+            field = ".".join(str(p) for p in loc) or "(top level)"
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            problems.append(f"{path}:{line or 1}: {field}: {msg}")
+        raise ConfigError("\n".join(problems)) from None

@@ -1,0 +1,135 @@
+"""The durable notification outbox: written with the alert change, delivered with retries.
+
+Delivery takes due rows ``FOR UPDATE SKIP LOCKED`` (instances share the work), sends them
+concurrently, and records the outcome in the same transaction. 2xx: delivered. A timeout,
+a connection failure, 429 or 5xx: retried with exponential backoff, honouring Retry-After.
+Any other 4xx: failed, visibly, never retried. Every attempt of a notification carries the
+same id (webhook-id, PagerDuty dedup_key), so a receiver can drop the repeat that a crash
+between its answer and our commit would cause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services.alerting import metrics, receivers
+from services.alerting.config import AlertingConfig
+from services.alerting.models import alerts, notifications
+from shared.kafka import backoff_delay, sleep_unless_stopped
+
+log = logging.getLogger(__name__)
+
+MAX_DELAY = 300.0
+
+
+async def enqueue(
+    conn: AsyncConnection, config: AlertingConfig, alert: dict[str, Any], action: str
+) -> int:
+    """Queue ``action`` on ``alert`` for every receiver its route names; return how many."""
+    names = config.route(alert)
+    if names:
+        await conn.execute(
+            notifications.insert(),
+            [
+                {"id": uuid.uuid4(), "alert_id": alert["id"], "receiver": n, "action": action}
+                for n in names
+            ],
+        )
+    return len(names)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "")
+    return float(value) if value.replace(".", "", 1).isdigit() else None
+
+
+async def _attempt(
+    client: httpx.AsyncClient, config: AlertingConfig, row: Any
+) -> tuple[str, float | None, str | None]:
+    """Return (outcome, delay before a retry, error) for one notification."""
+    receiver = config.receiver(row.receiver)
+    if receiver is None:
+        return "failed", None, f"receiver {row.receiver!r} is no longer configured"
+    alert = {c.name: getattr(row, c.name) for c in alerts.columns}
+    request = receivers.build(receiver, config, str(row.notification_id), row.action, alert)
+    try:
+        response = await client.post(request.url, content=request.body, headers=request.headers)
+    except httpx.HTTPError as exc:
+        return "retry", None, type(exc).__name__
+    if response.is_success:
+        return "delivered", None, None
+    if response.status_code == 429 or response.status_code >= 500:
+        return "retry", _retry_after(response), f"HTTP {response.status_code}"
+    return "failed", None, f"HTTP {response.status_code}: {response.text[:200]}"
+
+
+async def deliver_due(
+    engine: AsyncEngine, client: httpx.AsyncClient, config: AlertingConfig
+) -> int:
+    """Attempt every due notification once; return how many were attempted."""
+    async with engine.begin() as conn:
+        due = (
+            await conn.execute(
+                sa.select(
+                    notifications.c.id.label("notification_id"),
+                    notifications.c.receiver,
+                    notifications.c.action,
+                    notifications.c.attempts,
+                    *alerts.columns,
+                )
+                .join(alerts, alerts.c.id == notifications.c.alert_id)
+                .where(
+                    notifications.c.status == "pending",
+                    notifications.c.next_attempt_at <= sa.func.now(),
+                )
+                .order_by(notifications.c.next_attempt_at)
+                .limit(50)
+                .with_for_update(of=notifications, skip_locked=True)
+            )
+        ).all()
+        outcomes = await asyncio.gather(*(_attempt(client, config, row) for row in due))
+        for row, (outcome, retry_after, error) in zip(due, outcomes, strict=True):
+            metrics.NOTIFY_ATTEMPTS.labels(receiver=row.receiver, outcome=outcome).inc()
+            values: dict[str, Any] = {"attempts": row.attempts + 1, "last_error": error}
+            if outcome == "delivered":
+                values |= {"status": "delivered", "delivered_at": sa.func.now()}
+            elif outcome == "failed":
+                values["status"] = "failed"
+                log.error("notification to %s failed for good: %s", row.receiver, error)
+            else:
+                delay = min(
+                    MAX_DELAY,
+                    max(retry_after or 0, backoff_delay(row.attempts, base=1.0, cap=MAX_DELAY)),
+                )
+                values["next_attempt_at"] = sa.func.now() + sa.literal(
+                    timedelta(seconds=delay), sa.Interval
+                )
+            await conn.execute(
+                notifications.update()
+                .where(notifications.c.id == row.notification_id)
+                .values(**values)
+            )
+    return len(due)
+
+
+async def run(
+    engine: AsyncEngine, config: AlertingConfig, stop: asyncio.Event, every: float = 0.5
+) -> None:
+    """Deliver until ``stop`` is set."""
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        while not stop.is_set():
+            attempted = 0
+            try:
+                attempted = await deliver_due(engine, client, config)
+            except Exception as exc:
+                log.warning("delivery pass failed (%s); retrying", type(exc).__name__)
+            if not attempted:
+                await sleep_unless_stopped(stop, every)

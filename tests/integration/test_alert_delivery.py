@@ -1,0 +1,135 @@
+"""Notifications reach real HTTP receivers exactly once, even when a receiver is down a while."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from standardwebhooks import Webhook
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from services.alerting.app import create_app
+from services.alerting.config import AlertingConfig
+from services.servers import free_port
+from shared.settings import AlertingSettings, AuthSettings, DatabaseSettings, KafkaSettings
+from shared.topics import Topic
+from tests.builders import response_event
+from tests.helpers import eventually, http_server, produce, serving
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver that is down until ``down_until`` (monotonic), then verifies and acks."""
+
+    down_until: float = 0.0
+    attempts: Counter[str] = field(default_factory=Counter)
+    delivered: Counter[str] = field(default_factory=Counter)
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+
+    async def handle(self, request: Request) -> Response:
+        body = await request.body()
+        msg_id = request.headers["webhook-id"]
+        self.attempts[msg_id] += 1
+        if time.monotonic() < self.down_until:
+            return Response("down for maintenance", status_code=503, headers={"Retry-After": "1"})
+        payload = Webhook(SECRET).verify(body, dict(request.headers))
+        self.delivered[msg_id] += 1
+        self.bodies.append(payload)
+        return JSONResponse({"ok": True})
+
+    async def gone(self, request: Request) -> Response:
+        return Response("this hook was deleted", status_code=410)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
+    state = Receiver(down_until=time.monotonic() + 4)
+    app = Starlette(
+        routes=[
+            Route("/hook", state.handle, methods=["POST"]),
+            Route("/gone", state.gone, methods=["POST"]),
+        ]
+    )
+    async with http_server(app, free_port()) as url:
+        yield state, url
+
+
+class TestDelivery:
+    async def test_down_receiver_gets_each_notification_once_and_gone_ones_fail_visibly(
+        self,
+        receiver: tuple[Receiver, str],
+        kafka_settings: KafkaSettings,
+        database_url: str,
+        auth: AuthSettings,
+        api_key: str,
+        alerting_settings: AlertingSettings,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        state, url = receiver
+        monkeypatch.setenv("TEST_HOOK_SECRET", SECRET)
+        config = AlertingConfig.model_validate(
+            {
+                "receivers": [
+                    {
+                        "name": "oncall",
+                        "type": "webhook",
+                        "url": f"{url}/hook",
+                        "secret_env": "TEST_HOOK_SECRET",
+                    },
+                    {"name": "old", "type": "webhook", "url": f"{url}/gone"},
+                ],
+                "routes": [{"receiver": "old", "continue": True}, {"receiver": "oncall"}],
+            }
+        )
+        app = create_app(
+            kafka_settings,
+            DatabaseSettings(url=database_url),
+            auth,
+            alerting_settings,
+            None,
+            config,
+        )
+        async with serving(app, api_key, "alerting") as client:
+            await produce(
+                kafka_settings,
+                Topic.RESPONSES,
+                [response_event(score=1, customer_id=f"c{i}") for i in range(3)],
+            )
+            await eventually(lambda: _sum(state.delivered), lambda n: n == 3, timeout=60)
+            assert all(n == 1 for n in state.delivered.values())
+            assert all(state.attempts[m] >= 2 for m in state.delivered), "it was down at first"
+            assert {b["type"] for b in state.bodies} == {"alert.triggered"}
+
+            alert_id = state.bodies[0]["data"]["alert"]["id"]
+            r = await client.post(
+                f"/v1/alerts/{alert_id}/resolve", json={"by": "sato", "note": "Called back."}
+            )
+            assert r.status_code == 200
+            await eventually(lambda: _sum(state.delivered), lambda n: n == 4, timeout=30)
+            assert state.bodies[-1]["type"] == "alert.resolved"
+            assert state.bodies[-1]["data"]["alert"]["note"] == "Called back."
+
+            listed = (await client.get(f"/v1/alerts/{alert_id}/notifications")).json()["items"]
+            old = [n for n in listed if n["receiver"] == "old"]
+            assert {n["status"] for n in old} == {"failed"}
+            assert all(n["attempts"] == 1 and "HTTP 410" in n["last_error"] for n in old)
+            oncall = [n for n in listed if n["receiver"] == "oncall"]
+            assert {(n["action"], n["status"]) for n in oncall} == {
+                ("trigger", "delivered"),
+                ("resolve", "delivered"),
+            }
+        await_more = sum(state.delivered.values())
+        assert await_more == 4
+
+
+async def _sum(counter: Counter[str]) -> int:
+    return sum(counter.values())

@@ -1,0 +1,143 @@
+"""The receivers-and-routes file, and what each receiver is sent."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from standardwebhooks import Webhook
+
+from services.alerting import receivers
+from services.alerting.config import AlertingConfig, load
+from services.cli import main
+from shared.errors import ConfigError
+
+GOOD = """\
+receivers:
+  - name: oncall
+    type: webhook
+    url: https://hooks.example.com/cx
+    secret_env: TEST_WEBHOOK_SECRET
+  - name: pager
+    type: pagerduty
+    routing_key_env: TEST_PD_KEY
+routes:
+  - match: {severity: critical}
+    receiver: pager
+    continue: true
+  - receiver: oncall
+runbook_url: https://wiki.example.com/cx
+"""
+
+ALERT: dict[str, Any] = {
+    "id": uuid.UUID("6f1c1d5e-7b7a-4c39-9f3a-0d2b8b7d1a10"),
+    "rule": "detractor",
+    "severity": "critical",
+    "status": "open",
+    "customer_id": "c-1",
+    "channel": "sms",
+    "touchpoint": "support_call",
+    "ticket_id": "T-5",
+    "metric": "nps",
+    "score": 2,
+    "comment": "二度と使わない",
+    "reasons": ["price"],
+    "occurrences": 1,
+    "opened_at": datetime(2026, 11, 22, 1, 0, tzinfo=UTC),
+    "acknowledged_by": None,
+    "resolved_by": None,
+    "note": None,
+    "assignee": None,
+}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "alerting.yml"
+    path.write_text(text)
+    return path
+
+
+class TestConfig:
+    def test_routes_first_match_and_continue(self, tmp_path: Path) -> None:
+        config = load(write(tmp_path, GOOD))
+        assert config.route({"severity": "critical"}) == ["pager", "oncall"]
+        assert config.route({"severity": "warning"}) == ["oncall"]
+
+    def test_errors_name_the_line(self, tmp_path: Path) -> None:
+        bad = GOOD.replace("type: pagerduty", "type: pager_duty").replace(
+            "receiver: oncall", "receiver: nobody"
+        )
+        with pytest.raises(ConfigError) as exc:
+            load(write(tmp_path, bad))
+        assert "alerting.yml:7: receivers.1.type" in str(exc.value)
+
+    def test_unknown_receiver_and_bad_yaml(self, tmp_path: Path) -> None:
+        with pytest.raises(ConfigError, match="receiver 'nobody', which is not defined"):
+            load(write(tmp_path, GOOD.replace("receiver: oncall", "receiver: nobody")))
+        with pytest.raises(ConfigError, match=r"alerting\.yml:\d+: not valid YAML"):
+            load(write(tmp_path, "receivers:\n  - name: [unclosed\n"))
+
+    def test_check_config_command(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        assert main(["alerting", "check-config", str(write(tmp_path, GOOD))]) == 0
+        assert "2 receiver(s), 2 route(s)" in capsys.readouterr().out
+        assert main(["alerting", "check-config", str(write(tmp_path, "routes: 3\n"))]) == 2
+        assert "alerting.yml:1: routes" in capsys.readouterr().err
+
+
+class TestPayloads:
+    def test_webhook_signature_verifies_with_standardwebhooks(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+        monkeypatch.setenv("TEST_WEBHOOK_SECRET", secret)
+        config = load(write(tmp_path, GOOD))
+        request = receivers.build(config.receivers[0], config, "msg_1", "trigger", ALERT)
+        payload = Webhook(secret).verify(request.body, request.headers)
+        assert payload["type"] == "alert.triggered"
+        assert payload["data"]["alert"]["comment"] == "二度と使わない"
+        assert payload["data"]["links"] == [
+            {"href": "https://wiki.example.com/cx", "text": "Runbook"}
+        ]
+        with pytest.raises(Exception):  # noqa: B017, PT011 - the package raises its own type
+            Webhook("whsec_" + "A" * 32).verify(request.body, request.headers)
+
+    def test_pagerduty_events_v2(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("TEST_PD_KEY", "R0UT1NGKEY")
+        config = load(write(tmp_path, GOOD))
+        trigger = json.loads(
+            receivers.build(config.receivers[1], config, "n", "trigger", ALERT).body
+        )
+        assert (trigger["routing_key"], trigger["event_action"]) == ("R0UT1NGKEY", "trigger")
+        assert trigger["dedup_key"] == str(ALERT["id"])
+        assert trigger["payload"]["severity"] == "critical"
+        assert len(trigger["payload"]["summary"]) <= 1024
+        resolve = json.loads(
+            receivers.build(config.receivers[1], config, "n", "resolve", ALERT).body
+        )
+        assert resolve == {
+            "routing_key": "R0UT1NGKEY",
+            "event_action": "resolve",
+            "dedup_key": str(ALERT["id"]),
+        }
+
+    def test_slack_and_alertmanager(self) -> None:
+        config = AlertingConfig.model_validate(
+            {
+                "receivers": [
+                    {"name": "s", "type": "slack", "url": "https://hooks.slack.com/services/X"},
+                    {"name": "am", "type": "alertmanager", "url": "http://127.0.0.1:9093"},
+                ]
+            }
+        )
+        slack = json.loads(receivers.build(config.receivers[0], config, "n", "trigger", ALERT).body)
+        assert "detractor" in slack["text"]
+        assert slack["blocks"][0]["text"]["type"] == "mrkdwn"
+        am = receivers.build(config.receivers[1], config, "n", "resolve", ALERT)
+        assert am.url == "http://127.0.0.1:9093/api/v2/alerts"
+        (alert,) = json.loads(am.body)
+        assert alert["labels"]["alertname"] == "detractor"
+        assert alert["endsAt"]
