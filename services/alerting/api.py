@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
@@ -22,8 +23,12 @@ from services.alerting.schemas import (
     NotificationOut,
     Notifications,
     ResolveIn,
+    Silence,
+    SilenceIn,
+    SilenceList,
 )
 from shared.apikeys import Scope
+from shared.events import utcnow
 from shared.http import EngineDep, require
 
 T = TypeVar("T")
@@ -172,3 +177,53 @@ async def alert_notifications(engine: EngineDep, alert_id: UUID) -> Notification
     failed), attempts and the last error. A failed one is not retried: fix the receiver."""
     rows = await _transition(engine, lambda c: repository.notifications_of(c, alert_id))
     return Notifications(items=[NotificationOut.model_validate(r) for r in rows])
+
+
+@router.post(
+    "/silences",
+    status_code=201,
+    response_model=Silence,
+    tags=["silences"],
+    summary="Silence matching alerts for a while",
+    dependencies=WRITE,
+)
+async def create_silence(engine: EngineDep, body: SilenceIn) -> Silence:
+    """Alerts whose fields all equal `matchers` are still opened and listed, but announced
+    to no receiver until the silence ends."""
+    ends_at = body.ends_at or utcnow() + timedelta(minutes=body.duration_minutes or 0)
+    async with engine.begin() as conn:
+        row = await repository.create_silence(
+            conn, body.matchers, ends_at, body.created_by, body.comment
+        )
+    return Silence.model_validate(row)
+
+
+@router.get(
+    "/silences",
+    response_model=SilenceList,
+    tags=["silences"],
+    summary="List silences",
+    dependencies=READ,
+)
+async def list_silences(engine: EngineDep, active: bool = True) -> SilenceList:
+    """Active silences (or, with `active=false`, every silence), newest first."""
+    async with engine.connect() as conn:
+        rows = await repository.list_silences(conn, active_only=active)
+    return SilenceList(items=[Silence.model_validate(r) for r in rows])
+
+
+@router.delete(
+    "/silences/{silence_id}",
+    response_model=Silence,
+    tags=["silences"],
+    summary="End a silence now",
+    dependencies=WRITE,
+    responses={404: {"description": "No silence has this id"}},
+)
+async def expire_silence(engine: EngineDep, silence_id: UUID) -> Silence:
+    """End the silence; it stays listed with its end."""
+    async with engine.begin() as conn:
+        row = await repository.expire_silence(conn, silence_id)
+    if row is None:
+        raise HTTPException(404, f"no silence {silence_id}")
+    return Silence.model_validate(row)

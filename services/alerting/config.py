@@ -15,6 +15,9 @@
         receiver: pager
         continue: true
       - receiver: oncall         # no match: everything
+    escalation:                  # nobody acknowledged within 15 minutes: tell the pager
+      after_minutes: 15
+      receiver: pager
     runbook_url: https://wiki.example.com/cx-alerts
 
 Secrets are named by environment variable, never written in the file. Errors name the line.
@@ -68,13 +71,23 @@ class Route(BaseModel):
     continue_: bool = Field(default=False, alias="continue")
 
 
+class Escalation(BaseModel):
+    """Who hears of an alert nobody acknowledged in time."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    after_minutes: float = Field(gt=0)
+    receiver: str
+
+
 class AlertingConfig(BaseModel):
-    """Receivers, routes and the runbook linked from every alert."""
+    """Receivers, routes, escalation and the runbook linked from every alert."""
 
     model_config = ConfigDict(extra="forbid")
 
     receivers: list[Receiver] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=list)
+    escalation: Escalation | None = None
     runbook_url: str | None = None
 
     @model_validator(mode="after")
@@ -85,6 +98,10 @@ class AlertingConfig(BaseModel):
         for route in self.routes:
             if route.receiver not in names:
                 raise ValueError(f"route names receiver {route.receiver!r}, which is not defined")
+        if self.escalation and self.escalation.receiver not in names:
+            raise ValueError(
+                f"escalation names receiver {self.escalation.receiver!r}, which is not defined"
+            )
         return self
 
     def receiver(self, name: str) -> Receiver | None:

@@ -41,6 +41,19 @@ alerts = sa.Table(
     sa.Column("note", sa.Text),
     sa.Column("assignee", sa.Text),
     sa.Column("ticket_source", sa.Text),
+    sa.Column("escalated_at", sa.DateTime(timezone=True)),
+)
+
+silences = sa.Table(
+    "silences",
+    metadata,
+    sa.Column("id", pg.UUID(as_uuid=True), primary_key=True),
+    sa.Column("matchers", pg.JSONB, nullable=False),
+    sa.Column("starts_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+    sa.Column("ends_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_by", sa.Text, nullable=False),
+    sa.Column("comment", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
 )
 
 history = sa.Table(

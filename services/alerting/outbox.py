@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.alerting import metrics, receivers
 from services.alerting.config import AlertingConfig
-from services.alerting.models import alerts, notifications
+from services.alerting.models import alerts, notifications, silences
 from shared.kafka import backoff_delay, sleep_unless_stopped
 
 log = logging.getLogger(__name__)
@@ -30,11 +30,30 @@ log = logging.getLogger(__name__)
 MAX_DELAY = 300.0
 
 
+async def silenced(conn: AsyncConnection, alert: dict[str, Any]) -> bool:
+    """Return whether an active silence matches every one of its matchers to ``alert``."""
+    rows = await conn.execute(
+        sa.select(silences.c.matchers).where(
+            silences.c.starts_at <= sa.func.now(), silences.c.ends_at > sa.func.now()
+        )
+    )
+    return any(
+        all(str(alert.get(k)) == str(v) for k, v in matchers.items()) for (matchers,) in rows
+    )
+
+
 async def enqueue(
-    conn: AsyncConnection, config: AlertingConfig, alert: dict[str, Any], action: str
+    conn: AsyncConnection,
+    config: AlertingConfig,
+    alert: dict[str, Any],
+    action: str,
+    receivers_: list[str] | None = None,
 ) -> int:
-    """Queue ``action`` on ``alert`` for every receiver its route names; return how many."""
-    names = config.route(alert)
+    """Queue ``action`` on ``alert`` for every receiver its route names (or ``receivers_``),
+    unless a silence matches it; return how many were queued."""
+    names = receivers_ if receivers_ is not None else config.route(alert)
+    if names and await silenced(conn, alert):
+        return 0
     if names:
         await conn.execute(
             notifications.insert(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -12,7 +13,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.alerting import lifecycle, outbox
 from services.alerting.config import AlertingConfig
-from services.alerting.models import UNRESOLVED, alerts, applied_events, notifications
+from services.alerting.models import (
+    UNRESOLVED,
+    alerts,
+    applied_events,
+    notifications,
+    silences,
+)
 from services.alerting.rules import AlertDraft
 from shared.db import record_new_event_ids
 from shared.events import ResponseSubmitted, TouchpointEvent
@@ -103,3 +110,59 @@ async def notifications_of(conn: AsyncConnection, alert_id: uuid.UUID) -> list[d
         .order_by(notifications.c.created_at, notifications.c.id)
     )
     return [dict(r._mapping) for r in rows]
+
+
+_SILENCE_COLUMNS = (
+    silences.c.id,
+    silences.c.matchers,
+    silences.c.starts_at,
+    silences.c.ends_at,
+    silences.c.created_by,
+    silences.c.comment,
+    (silences.c.ends_at > sa.func.now()).label("active"),
+)
+
+
+async def create_silence(
+    conn: AsyncConnection,
+    matchers: dict[str, str],
+    ends_at: datetime,
+    created_by: str,
+    comment: str,
+) -> dict[str, Any]:
+    """Start a silence now, until ``ends_at``."""
+    row = (
+        await conn.execute(
+            silences.insert()
+            .values(
+                id=uuid.uuid4(),
+                matchers=matchers,
+                ends_at=ends_at,
+                created_by=created_by,
+                comment=comment,
+            )
+            .returning(*_SILENCE_COLUMNS)
+        )
+    ).one()
+    return dict(row._mapping)
+
+
+async def list_silences(conn: AsyncConnection, *, active_only: bool) -> list[dict[str, Any]]:
+    """Return silences, newest first."""
+    query = sa.select(*_SILENCE_COLUMNS).order_by(silences.c.created_at.desc()).limit(500)
+    if active_only:
+        query = query.where(silences.c.ends_at > sa.func.now())
+    return [dict(r._mapping) for r in await conn.execute(query)]
+
+
+async def expire_silence(conn: AsyncConnection, silence_id: uuid.UUID) -> dict[str, Any] | None:
+    """End a silence now (an ended one stays as it was)."""
+    row = (
+        await conn.execute(
+            silences.update()
+            .where(silences.c.id == silence_id)
+            .values(ends_at=sa.func.least(silences.c.ends_at, sa.func.now()))
+            .returning(*_SILENCE_COLUMNS)
+        )
+    ).first()
+    return None if row is None else dict(row._mapping)

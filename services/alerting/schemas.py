@@ -7,7 +7,14 @@ from enum import StrEnum
 from typing import Annotated
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 
 class AlertStatus(StrEnum):
@@ -137,3 +144,54 @@ class Notifications(BaseModel):
     """An alert's notifications, oldest first."""
 
     items: list[NotificationOut]
+
+
+class SilenceIn(BaseModel):
+    """Hold back notifications of alerts whose labels all equal ``matchers``, until it ends."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "matchers": {"rule": "detractor", "channel": "sms"},
+                    "duration_minutes": 120,
+                    "created_by": "sato",
+                    "comment": "SMS gateway incident; we are calling everyone back",
+                }
+            ]
+        },
+    )
+
+    matchers: dict[
+        Annotated[str, StringConstraints(pattern=r"^[a-z_]+$")],
+        Annotated[str, StringConstraints(min_length=1, max_length=200)],
+    ] = Field(min_length=1, description="Alert fields and the values they must equal.")
+    duration_minutes: float | None = Field(default=None, gt=0, le=60 * 24 * 90)
+    ends_at: AwareDatetime | None = None
+    created_by: Person
+    comment: Note
+
+    @model_validator(mode="after")
+    def _one_end(self) -> SilenceIn:
+        if (self.duration_minutes is None) == (self.ends_at is None):
+            raise ValueError("give exactly one of duration_minutes and ends_at")
+        return self
+
+
+class Silence(BaseModel):
+    """A silence; expired ones stay listed for the record."""
+
+    id: UUID
+    matchers: dict[str, str]
+    starts_at: datetime
+    ends_at: datetime
+    created_by: str
+    comment: str
+    active: bool
+
+
+class SilenceList(BaseModel):
+    """Silences, newest first."""
+
+    items: list[Silence]

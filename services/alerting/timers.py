@@ -219,6 +219,36 @@ async def fire_due(
     return len(due)
 
 
+async def escalate_due(engine: AsyncEngine, config: AlertingConfig) -> int:
+    """Tell the escalation receiver of every alert nobody acknowledged in time, once."""
+    if config.escalation is None:
+        return 0
+    after = sa.literal(timedelta(minutes=config.escalation.after_minutes), sa.Interval)
+    async with engine.begin() as conn:
+        due = (
+            await conn.execute(
+                sa.select(alerts)
+                .where(
+                    alerts.c.status == "open",
+                    alerts.c.escalated_at.is_(None),
+                    alerts.c.opened_at <= sa.func.now() - after,
+                )
+                .limit(100)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        for row in due:
+            alert = dict(row._mapping)
+            await outbox.enqueue(conn, config, alert, "trigger", [config.escalation.receiver])
+            await conn.execute(
+                alerts.update().where(alerts.c.id == row.id).values(escalated_at=sa.func.now())
+            )
+            await lifecycle.record(
+                conn, row.id, "cxloop", "escalated", f"to {config.escalation.receiver}"
+            )
+    return len(due)
+
+
 async def run(
     engine: AsyncEngine, stop: asyncio.Event, every: float, config: AlertingConfig | None = None
 ) -> None:
@@ -227,6 +257,8 @@ async def run(
         fired = 0
         try:
             fired = await fire_due(engine, config)
+            if config is not None:
+                fired += await escalate_due(engine, config)
         except Exception as exc:
             log.warning("SLA timer pass failed (%s); retrying", type(exc).__name__)
         if fired:

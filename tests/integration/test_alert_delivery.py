@@ -133,3 +133,111 @@ class TestDelivery:
 
 async def _sum(counter: Counter[str]) -> int:
     return sum(counter.values())
+
+
+@pytest.fixture
+async def up_receiver() -> AsyncIterator[tuple[Receiver, Receiver, str]]:
+    oncall, pager = Receiver(), Receiver()
+    app = Starlette(
+        routes=[
+            Route("/hook", oncall.handle, methods=["POST"]),
+            Route("/pager", pager.handle, methods=["POST"]),
+        ]
+    )
+    async with http_server(app, free_port()) as url:
+        yield oncall, pager, url
+
+
+class TestSilencesAndEscalation:
+    async def test_silence_holds_back_and_unacknowledged_alerts_escalate(
+        self,
+        up_receiver: tuple[Receiver, Receiver, str],
+        kafka_settings: KafkaSettings,
+        database_url: str,
+        auth: AuthSettings,
+        api_key: str,
+        alerting_settings: AlertingSettings,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        oncall, pager, url = up_receiver
+        monkeypatch.setenv("TEST_HOOK_SECRET", SECRET)
+        hook = {"type": "webhook", "secret_env": "TEST_HOOK_SECRET"}
+        config = AlertingConfig.model_validate(
+            {
+                "receivers": [
+                    {"name": "oncall", "url": f"{url}/hook", **hook},
+                    {"name": "pager", "url": f"{url}/pager", **hook},
+                ],
+                "routes": [{"receiver": "oncall"}],
+                "escalation": {"after_minutes": 0.05, "receiver": "pager"},
+            }
+        )
+        settings = alerting_settings.model_copy(update={"timer_interval_seconds": 0.2})
+        app = create_app(
+            kafka_settings, DatabaseSettings(url=database_url), auth, settings, None, config
+        )
+        async with serving(app, api_key, "alerting") as client:
+            r = await client.post(
+                "/v1/silences",
+                json={
+                    "matchers": {"rule": "detractor", "channel": "web"},
+                    "duration_minutes": 30,
+                    "created_by": "sato",
+                    "comment": "web survey bug; calling everyone",
+                },
+            )
+            assert r.status_code == 201
+            silence = r.json()
+            await produce(
+                kafka_settings,
+                Topic.RESPONSES,
+                [
+                    response_event(score=1, customer_id="web-1", channel="web"),
+                    response_event(score=1, customer_id="sms-1", channel="sms"),
+                    response_event(score=1, customer_id="sms-2", channel="sms"),
+                ],
+            )
+            await eventually(lambda: _sum(oncall.delivered), lambda n: n == 2, timeout=30)
+            customers = {b["data"]["alert"]["customer_id"] for b in oncall.bodies}
+            assert customers == {"sms-1", "sms-2"}
+
+            listed = (await client.get("/v1/alerts", params={"status": "open"})).json()["items"]
+            by_customer = {a["customer_id"]: a for a in listed}
+            await client.post(f"/v1/alerts/{by_customer['sms-2']['id']}/ack", json={"by": "sato"})
+            # Nobody acknowledged sms-1 (or the silenced web-1): the pager hears of them.
+            await eventually(lambda: _sum(pager.delivered), lambda n: n >= 1, timeout=30)
+            await eventually(lambda: _sum(pager.delivered), lambda n: n == 1, timeout=5)
+            assert pager.bodies[0]["data"]["alert"]["customer_id"] == "sms-1"
+            history = (await client.get(f"/v1/alerts/{by_customer['sms-1']['id']}/history")).json()[
+                "items"
+            ]
+            assert history[-1]["action"] == "escalated"
+
+            ended = await client.delete(f"/v1/silences/{silence['id']}")
+            assert ended.json()["active"] is False
+            assert (await client.get("/v1/silences")).json()["items"] == []
+            await produce(
+                kafka_settings,
+                Topic.RESPONSES,
+                [response_event(score=1, customer_id="web-2", channel="web")],
+            )
+            await eventually(lambda: _sum(oncall.delivered), lambda n: n == 3, timeout=30)
+
+    async def test_silence_needs_one_end(
+        self,
+        kafka_settings: KafkaSettings,
+        database_url: str,
+        auth: AuthSettings,
+        api_key: str,
+        alerting_settings: AlertingSettings,
+    ) -> None:
+        app = create_app(
+            kafka_settings, DatabaseSettings(url=database_url), auth, alerting_settings
+        )
+        async with serving(app, api_key, "alerting") as client:
+            r = await client.post(
+                "/v1/silences",
+                json={"matchers": {"rule": "detractor"}, "created_by": "x", "comment": "y"},
+            )
+            assert r.status_code == 422
+            assert "exactly one of duration_minutes and ends_at" in r.json()["detail"]
