@@ -32,6 +32,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from services.alerting.rules import Rules
 from shared.errors import ConfigError
 
 
@@ -88,6 +89,7 @@ class AlertingConfig(BaseModel):
     receivers: list[Receiver] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=list)
     escalation: Escalation | None = None
+    rules: Rules = Field(default_factory=Rules)
     runbook_url: str | None = None
 
     @model_validator(mode="after")

@@ -32,7 +32,7 @@ class AlertHandler:
             fresh = await repository.first_seen(conn, events)
             for event in fresh:
                 if isinstance(event, ResponseSubmitted):
-                    draft = rules.evaluate(event)
+                    draft = rules.evaluate(event, self._config.rules if self._config else None)
                     if draft is not None:
                         opened = await repository.open_or_fold(conn, draft, event, self._config)
                         outcomes.append((draft, opened))

@@ -1,11 +1,25 @@
-"""Which responses need a person to follow up: pure functions, no I/O."""
+"""Which responses need a person to follow up: pure functions, no I/O.
+
+Thresholds come from the ``rules`` section of the alerting config, and may differ by
+segment (channel, survey type, touchpoint, location, product, business unit):
+
+::
+
+    rules:
+      detractor: {alert_at_or_below: 6, critical_at_or_below: 3,
+                  overrides: [{match: {channel: sms}, critical_at_or_below: 4}]}
+      low_csat: {alert_at_or_below: 2, critical_at_or_below: 1}
+      high_effort: {alert_at_or_below: 2}
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
 
-from shared.events import Metric, NpsCategory, ResponseSubmitted, nps_category
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.events import Metric, ResponseSubmitted
 
 
 class Severity(StrEnum):
@@ -25,24 +39,87 @@ class AlertDraft:
     dedupe_key: str
 
 
+class Override(BaseModel):
+    """Different thresholds for responses whose segment fields all equal ``match``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    match: dict[str, str] = Field(min_length=1)
+    enabled: bool | None = None
+    alert_at_or_below: int | None = Field(default=None, ge=0, le=10)
+    critical_at_or_below: int | None = Field(default=None, ge=0, le=10)
+
+
+class ResponseRule(BaseModel):
+    """Alert on a response scoring at or below a threshold; critical at or below another."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    alert_at_or_below: int = Field(ge=0, le=10)
+    critical_at_or_below: int | None = Field(default=None, ge=0, le=10)
+    overrides: list[Override] = Field(default_factory=list)
+
+    def severity(self, event: ResponseSubmitted) -> Severity | None:
+        """Return the severity ``event`` calls for under this rule, or None."""
+        enabled, alert_at, critical_at = (
+            self.enabled,
+            self.alert_at_or_below,
+            self.critical_at_or_below,
+        )
+        fields = {
+            "channel": event.channel.value,
+            "survey_type": event.survey_type.value,
+            "touchpoint": event.touchpoint,
+            **event.segments.model_dump(exclude_none=True),
+        }
+        for override in self.overrides:
+            if all(fields.get(k) == v for k, v in override.match.items()):
+                enabled = enabled if override.enabled is None else override.enabled
+                alert_at = (
+                    alert_at if override.alert_at_or_below is None else override.alert_at_or_below
+                )
+                critical_at = (
+                    critical_at
+                    if override.critical_at_or_below is None
+                    else override.critical_at_or_below
+                )
+                break
+        if not enabled or event.score > alert_at:
+            return None
+        return (
+            Severity.CRITICAL
+            if critical_at is not None and event.score <= critical_at
+            else Severity.WARNING
+        )
+
+
+class Rules(BaseModel):
+    """The response rules: detractors (NPS), low CSAT and high effort (CES, either scale)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    detractor: ResponseRule = ResponseRule(alert_at_or_below=6, critical_at_or_below=3)
+    low_csat: ResponseRule = ResponseRule(alert_at_or_below=2, critical_at_or_below=1)
+    high_effort: ResponseRule = ResponseRule(alert_at_or_below=2)
+
+
+_RULE_OF = {Metric.NPS: "detractor", Metric.CSAT: "low_csat", Metric.CES: "high_effort"}
+
+
 def _key(rule: str, event: ResponseSubmitted) -> str:
     # One open alert per rule, customer and ticket: a customer who answers badly twice about
     # the same ticket is one follow-up, not two pages.
     return f"{rule}:{event.customer_id}:{event.ticket_id or '-'}"
 
 
-def evaluate(event: ResponseSubmitted) -> AlertDraft | None:
+def evaluate(event: ResponseSubmitted, rules: Rules | None = None) -> AlertDraft | None:
     """Return the alert ``event`` calls for, or None.
 
-    A detractor (NPS 0–6), a dissatisfied CSAT (1–2) and a high-effort CES (the bottom two of
-    its scale) each call for a follow-up; the lowest answers are critical.
+    By default a detractor (NPS 0–6, critical 0–3), a dissatisfied CSAT (1–2, critical 1)
+    and a high-effort CES (1–2, the bottom two of either scale) call for a follow-up.
     """
-    if event.metric is Metric.NPS and nps_category(event.score) is NpsCategory.DETRACTOR:
-        severity = Severity.CRITICAL if event.score <= 3 else Severity.WARNING
-        return AlertDraft("detractor", severity, _key("detractor", event))
-    if event.metric is Metric.CSAT and event.score <= 2:
-        severity = Severity.CRITICAL if event.score == 1 else Severity.WARNING
-        return AlertDraft("low_csat", severity, _key("low_csat", event))
-    if event.metric is Metric.CES and event.score <= 2:
-        return AlertDraft("high_effort", Severity.WARNING, _key("high_effort", event))
-    return None
+    rules = rules or Rules()
+    name = _RULE_OF[event.metric]
+    severity = getattr(rules, name).severity(event)
+    return None if severity is None else AlertDraft(name, severity, _key(name, event))

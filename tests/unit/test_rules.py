@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.alerting.rules import Severity, evaluate
+from services.alerting.rules import Rules, Severity, evaluate
 from tests.builders import response_event
 
 
@@ -37,3 +37,30 @@ class TestRules:
         assert b is not None
         assert c is not None
         assert a.dedupe_key == b.dedupe_key != c.dedupe_key
+
+
+class TestThresholdsBySegment:
+    def test_overrides_change_thresholds_for_a_segment(self) -> None:
+        rules = Rules.model_validate(
+            {
+                "detractor": {
+                    "alert_at_or_below": 6,
+                    "critical_at_or_below": 3,
+                    "overrides": [
+                        {"match": {"channel": "sms"}, "critical_at_or_below": 5},
+                        {"match": {"location": "test-store"}, "enabled": False},
+                    ],
+                },
+            }
+        )
+        sms = evaluate(response_event(score=5, channel="sms"), rules)
+        web = evaluate(response_event(score=5, channel="web"), rules)
+        assert sms is not None
+        assert web is not None
+        assert (sms.severity, web.severity) == (Severity.CRITICAL, Severity.WARNING)
+        assert evaluate(response_event(score=0, segments={"location": "test-store"}), rules) is None
+
+    def test_a_stricter_passive_threshold(self) -> None:
+        rules = Rules.model_validate({"detractor": {"alert_at_or_below": 7}})
+        assert evaluate(response_event(score=7), rules) is not None
+        assert evaluate(response_event(score=8), rules) is None
