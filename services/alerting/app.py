@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from services.alerting import api, gauges, outbox, timers
+from services.alerting import api, drops, gauges, outbox, timers
 from services.alerting.config import AlertingConfig
 from services.alerting.config import load as load_config
 from services.alerting.consumer import AlertHandler
@@ -69,6 +69,15 @@ def create_app(
                     timers.run(runtime.engine, stop, alerting.timer_interval_seconds, routing)
                 ),
                 asyncio.create_task(outbox.run(runtime.engine, routing, stop)),
+                asyncio.create_task(
+                    drops.run(
+                        runtime.engine,
+                        routing.score_drops,
+                        routing,
+                        stop,
+                        routing.score_drop_every_minutes * 60,
+                    )
+                ),
                 asyncio.create_task(gauges.keep_fresh(runtime.engine, stop)),
             ]
             try:

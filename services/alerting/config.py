@@ -32,7 +32,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from services.alerting.rules import Rules
+from services.alerting.rules import DropRule, Rules
 from shared.errors import ConfigError
 
 
@@ -90,6 +90,8 @@ class AlertingConfig(BaseModel):
     routes: list[Route] = Field(default_factory=list)
     escalation: Escalation | None = None
     rules: Rules = Field(default_factory=Rules)
+    score_drops: list[DropRule] = Field(default_factory=list)
+    score_drop_every_minutes: float = Field(default=15, gt=0)
     runbook_url: str | None = None
 
     @model_validator(mode="after")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -123,3 +124,20 @@ def evaluate(event: ResponseSubmitted, rules: Rules | None = None) -> AlertDraft
     name = _RULE_OF[event.metric]
     severity = getattr(rules, name).severity(event)
     return None if severity is None else AlertDraft(name, severity, _key(name, event))
+
+
+class DropRule(BaseModel):
+    """When a segment's score counts as dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: Literal["nps", "csat"] = "nps"
+    window: Literal["24h", "7d", "30d"] = "7d"
+    by: (
+        Literal["channel", "survey_type", "touchpoint", "location", "product", "business_unit"]
+        | None
+    ) = None
+    below: float | None = Field(default=None, description="Fire when the score is under this.")
+    drop_points: float | None = Field(default=None, gt=0, description="…or falls this much.")
+    min_n: int = Field(default=30, ge=1)
+    severity: Literal["critical", "warning", "info"] = "warning"
