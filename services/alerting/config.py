@@ -70,6 +70,12 @@ class Route(BaseModel):
     receiver: str
     match: dict[str, str] = Field(default_factory=dict)
     continue_: bool = Field(default=False, alias="continue")
+    group_by: list[str] = Field(
+        default_factory=list, description="Alerts equal in these fields are announced together."
+    )
+    group_wait_seconds: float = Field(
+        default=0, ge=0, le=3600, description="How long a new group waits for more alerts."
+    )
 
 
 class Escalation(BaseModel):
@@ -114,14 +120,27 @@ class AlertingConfig(BaseModel):
 
     def route(self, labels: dict[str, Any]) -> list[str]:
         """Return the receivers an alert with ``labels`` goes to, in route order."""
-        chosen: list[str] = []
-        for route in self.routes:
+        return [route.receiver for route, _ in self.matches(labels)]
+
+    def matches(self, labels: dict[str, Any]) -> list[tuple[Route, str | None]]:
+        """Return the routes an alert takes, each with its group key (None: ungrouped)."""
+        chosen: list[tuple[Route, str | None]] = []
+        for index, route in enumerate(self.routes):
             if all(str(labels.get(k)) == v for k, v in route.match.items()):
-                if route.receiver not in chosen:
-                    chosen.append(route.receiver)
+                if route.receiver not in [r.receiver for r, _ in chosen]:
+                    grouped = route.group_wait_seconds > 0 and self._groupable(route.receiver)
+                    values = ",".join(f"{k}={labels.get(k)}" for k in route.group_by)
+                    chosen.append(
+                        (route, f"{index}:{route.receiver}:{values}" if grouped else None)
+                    )
                 if not route.continue_:
                     break
         return chosen
+
+    def _groupable(self, name: str) -> bool:
+        # PagerDuty deduplicates per alert by dedup_key; it has no use for our groups.
+        receiver = self.receiver(name)
+        return receiver is not None and receiver.type != "pagerduty"
 
 
 def _line(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:

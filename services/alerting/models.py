@@ -42,6 +42,10 @@ alerts = sa.Table(
     sa.Column("assignee", sa.Text),
     sa.Column("ticket_source", sa.Text),
     sa.Column("escalated_at", sa.DateTime(timezone=True)),
+    sa.Column("location", sa.Text),
+    sa.Column("product", sa.Text),
+    sa.Column("business_unit", sa.Text),
+    sa.Column("survey_type", sa.Text),
 )
 
 silences = sa.Table(
@@ -95,6 +99,7 @@ notifications = sa.Table(
     sa.Column("last_error", sa.Text),
     sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
     sa.Column("delivered_at", sa.DateTime(timezone=True)),
+    sa.Column("group_key", sa.Text),
 )
 
 # The predicate of the partial unique index on dedupe_key, as SQL text: a bound parameter

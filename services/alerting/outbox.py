@@ -49,20 +49,44 @@ async def enqueue(
     action: str,
     receivers_: list[str] | None = None,
 ) -> int:
-    """Queue ``action`` on ``alert`` for every receiver its route names (or ``receivers_``),
-    unless a silence matches it; return how many were queued."""
-    names = receivers_ if receivers_ is not None else config.route(alert)
-    if names and await silenced(conn, alert):
+    """Queue ``action`` on ``alert`` for every receiver its routes name (or ``receivers_``),
+    unless a silence matches it; return how many were queued.
+
+    A new alert on a grouping route waits ``group_wait_seconds`` for company: every alert
+    that joins the group meanwhile is delivered in the same request.
+    """
+    if receivers_ is not None:
+        routes: list[tuple[str, str | None, float]] = [(r, None, 0.0) for r in receivers_]
+    else:
+        routes = [
+            (route.receiver, key, route.group_wait_seconds) for route, key in config.matches(alert)
+        ]
+    if not routes or await silenced(conn, alert):
         return 0
-    if names:
+    for receiver, group_key, wait in routes:
+        due: Any = sa.func.now()
+        if group_key is not None and action == "trigger":
+            pending = await conn.scalar(
+                sa.select(sa.func.min(notifications.c.next_attempt_at)).where(
+                    notifications.c.group_key == group_key,
+                    notifications.c.status == "pending",
+                    notifications.c.attempts == 0,
+                )
+            )
+            due = pending or sa.func.now() + sa.literal(timedelta(seconds=wait), sa.Interval)
+        else:
+            group_key = None
         await conn.execute(
-            notifications.insert(),
-            [
-                {"id": uuid.uuid4(), "alert_id": alert["id"], "receiver": n, "action": action}
-                for n in names
-            ],
+            notifications.insert().values(
+                id=uuid.uuid4(),
+                alert_id=alert["id"],
+                receiver=receiver,
+                action=action,
+                group_key=group_key,
+                next_attempt_at=due,
+            )
         )
-    return len(names)
+    return len(routes)
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -71,14 +95,17 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 
 async def _attempt(
-    client: httpx.AsyncClient, config: AlertingConfig, row: Any
+    client: httpx.AsyncClient, config: AlertingConfig, rows: list[Any]
 ) -> tuple[str, float | None, str | None]:
-    """Return (outcome, delay before a retry, error) for one notification."""
-    receiver = config.receiver(row.receiver)
+    """Return (outcome, delay before a retry, error) for one notification or one group."""
+    first = rows[0]
+    receiver = config.receiver(first.receiver)
     if receiver is None:
-        return "failed", None, f"receiver {row.receiver!r} is no longer configured"
-    alert = {c.name: getattr(row, c.name) for c in alerts.columns}
-    request = receivers.build(receiver, config, str(row.notification_id), row.action, alert)
+        return "failed", None, f"receiver {first.receiver!r} is no longer configured"
+    group = [{c.name: getattr(row, c.name) for c in alerts.columns} for row in rows]
+    request = receivers.build_group(
+        receiver, config, str(first.notification_id), first.action, group
+    )
     try:
         response = await client.post(request.url, content=request.body, headers=request.headers)
     except httpx.HTTPError as exc:
@@ -102,6 +129,7 @@ async def deliver_due(
                     notifications.c.receiver,
                     notifications.c.action,
                     notifications.c.attempts,
+                    notifications.c.group_key,
                     *alerts.columns,
                 )
                 .join(alerts, alerts.c.id == notifications.c.alert_id)
@@ -110,12 +138,18 @@ async def deliver_due(
                     notifications.c.next_attempt_at <= sa.func.now(),
                 )
                 .order_by(notifications.c.next_attempt_at)
-                .limit(50)
+                .limit(500)
                 .with_for_update(of=notifications, skip_locked=True)
             )
         ).all()
-        outcomes = await asyncio.gather(*(_attempt(client, config, row) for row in due))
-        for row, (outcome, retry_after, error) in zip(due, outcomes, strict=True):
+        batches: dict[object, list[Any]] = {}
+        for row in due:
+            batches.setdefault(row.group_key or row.notification_id, []).append(row)
+        groups = [sorted(rows, key=lambda r: str(r.notification_id)) for rows in batches.values()]
+        outcomes = await asyncio.gather(*(_attempt(client, config, rows) for rows in groups))
+        for row, (outcome, retry_after, error) in (
+            (row, result) for rows, result in zip(groups, outcomes, strict=True) for row in rows
+        ):
             metrics.NOTIFY_ATTEMPTS.labels(receiver=row.receiver, outcome=outcome).inc()
             values: dict[str, Any] = {"attempts": row.attempts + 1, "last_error": error}
             if outcome == "delivered":

@@ -150,3 +150,52 @@ def build(
     return Request(
         receiver.url, headers, json.dumps(payload, default=str, ensure_ascii=False).encode()
     )
+
+
+def build_group(
+    receiver: Receiver,
+    config: AlertingConfig,
+    notification_id: str,
+    action: str,
+    group: list[dict[str, Any]],
+    now: datetime | None = None,
+) -> Request:
+    """Return the one request that announces several alerts of a group together."""
+    if len(group) == 1 or receiver.type == "pagerduty":
+        return build(receiver, config, notification_id, action, group[0], now)
+    now = now or utcnow()
+    if receiver.type == "alertmanager":
+        requests = [build(receiver, config, notification_id, action, a, now) for a in group]
+        alerts = [json.loads(r.body)[0] for r in requests]
+        return Request(requests[0].url, requests[0].headers, json.dumps(alerts).encode())
+    lines = [summary(a) for a in group]
+    headline = f"{len(group)} alerts: {group[0]['rule'].replace('_', ' ')} and more"
+    if receiver.type == "slack":
+        text = "🔔 " + headline + "\n" + "\n".join(lines[:20])
+        if len(lines) > 20:
+            text += f"\n…and {len(lines) - 20} more"
+        payload: Any = {
+            "text": text,
+            "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}],
+        }
+        return Request(
+            receiver.url,
+            {"Content-Type": "application/json"},
+            json.dumps(payload, ensure_ascii=False).encode(),
+        )
+    payload = {
+        "type": ACTIONS[action],
+        "timestamp": now.isoformat(),
+        "data": {"alerts": [_public(a) for a in group], "summary": headline},
+    }
+    body = json.dumps(payload, default=str, ensure_ascii=False).encode()
+    timestamp = int(now.timestamp())
+    headers = {
+        "Content-Type": "application/json",
+        "webhook-id": notification_id,
+        "webhook-timestamp": str(timestamp),
+    }
+    secret = receiver.secret(receiver.secret_env)
+    if secret:
+        headers["webhook-signature"] = sign(secret, notification_id, timestamp, body)
+    return Request(receiver.url, headers, body)

@@ -54,6 +54,10 @@ class Alert(BaseModel):
     note: str | None = Field(description="The follow-up note given on resolving.")
     assignee: str | None = None
     ticket_source: str | None = None
+    location: str | None = None
+    product: str | None = None
+    business_unit: str | None = None
+    survey_type: str | None = None
 
 
 class AlertList(BaseModel):

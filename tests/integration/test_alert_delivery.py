@@ -241,3 +241,56 @@ class TestSilencesAndEscalation:
             )
             assert r.status_code == 422
             assert "exactly one of duration_minutes and ends_at" in r.json()["detail"]
+
+
+class TestGrouping:
+    async def test_a_burst_from_one_store_is_one_notification(
+        self,
+        up_receiver: tuple[Receiver, Receiver, str],
+        kafka_settings: KafkaSettings,
+        database_url: str,
+        auth: AuthSettings,
+        api_key: str,
+        alerting_settings: AlertingSettings,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        oncall, _, url = up_receiver
+        monkeypatch.setenv("TEST_HOOK_SECRET", SECRET)
+        config = AlertingConfig.model_validate(
+            {
+                "receivers": [
+                    {
+                        "name": "oncall",
+                        "type": "webhook",
+                        "url": f"{url}/hook",
+                        "secret_env": "TEST_HOOK_SECRET",
+                    }
+                ],
+                "routes": [
+                    {"receiver": "oncall", "group_by": ["location"], "group_wait_seconds": 4}
+                ],
+            }
+        )
+        app = create_app(
+            kafka_settings,
+            DatabaseSettings(url=database_url),
+            auth,
+            alerting_settings,
+            None,
+            config,
+        )
+        async with serving(app, api_key, "alerting"):
+            burst = [
+                response_event(score=1, customer_id=f"t{i}", segments={"location": "tokyo"})
+                for i in range(50)
+            ]
+            others = [
+                response_event(score=2, customer_id=f"o{i}", segments={"location": "osaka"})
+                for i in range(2)
+            ]
+            await produce(kafka_settings, Topic.RESPONSES, burst + others)
+            await eventually(lambda: _sum(oncall.delivered), lambda n: n == 2, timeout=30)
+            await eventually(lambda: _sum(oncall.delivered), lambda n: n == 2, timeout=3)
+        sizes = sorted(len(b["data"]["alerts"]) for b in oncall.bodies)
+        assert sizes == [2, 50]
+        assert all(n == 1 for n in oncall.delivered.values())
