@@ -11,6 +11,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.alerting import lifecycle, repository
+from services.alerting.rules import Severity
 from services.alerting.schemas import (
     AckIn,
     Alert,
@@ -44,13 +45,30 @@ async def list_alerts(
     engine: EngineDep,
     status: AlertStatus | None = None,
     rule: str | None = None,
+    severity: Severity | None = None,
+    customer_id: str | None = None,
+    channel: str | None = None,
+    ticket_id: str | None = None,
+    location: str | None = None,
+    assignee: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> AlertList:
-    """List alerts, optionally only those with `status` or from `rule`."""
+    """List alerts, newest first, filtered by any of the fields given."""
+    given = {
+        "status": status,
+        "rule": rule,
+        "severity": severity,
+        "customer_id": customer_id,
+        "channel": channel,
+        "ticket_id": ticket_id,
+        "location": location,
+        "assignee": assignee,
+    }
+    filters = {
+        k: str(v.value if hasattr(v, "value") else v) for k, v in given.items() if v is not None
+    }
     async with engine.connect() as conn:
-        rows = await repository.list_alerts(
-            conn, status=status.value if status else None, rule=rule, limit=limit
-        )
+        rows = await repository.list_alerts(conn, filters=filters, limit=limit)
     return AlertList(items=[Alert.model_validate(r) for r in rows])
 
 

@@ -99,6 +99,23 @@ class AlertingConfig(BaseModel):
     score_drops: list[DropRule] = Field(default_factory=list)
     score_drop_every_minutes: float = Field(default=15, gt=0)
     runbook_url: str | None = None
+    ticket_urls: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per ticket source, a link template, e.g. "
+        "{zendesk: 'https://acme.zendesk.com/agent/tickets/{ticket_id}'}.",
+    )
+
+    def links(self, alert: dict[str, Any]) -> list[dict[str, str]]:
+        """Return the links an alert's notifications carry: its ticket and the runbook."""
+        links = []
+        template = self.ticket_urls.get(alert.get("ticket_source") or "") or self.ticket_urls.get(
+            "default"
+        )
+        if template and alert.get("ticket_id"):
+            links.append({"href": template.format(ticket_id=alert["ticket_id"]), "text": "Ticket"})
+        if self.runbook_url:
+            links.append({"href": self.runbook_url, "text": "Runbook"})
+        return links
 
     @model_validator(mode="after")
     def _routes_name_receivers(self) -> AlertingConfig:

@@ -83,7 +83,7 @@ def build(
 ) -> Request:
     """Return the request that announces ``action`` on ``alert`` to ``receiver``."""
     now = now or utcnow()
-    links = [{"href": config.runbook_url, "text": "Runbook"}] if config.runbook_url else []
+    links = config.links(alert)
     headers = {"Content-Type": "application/json"}
     payload: Any
     if receiver.type == "webhook":

@@ -87,14 +87,12 @@ async def open_or_fold(
 
 
 async def list_alerts(
-    conn: AsyncConnection, *, status: str | None, rule: str | None, limit: int
+    conn: AsyncConnection, *, filters: dict[str, str], limit: int
 ) -> list[dict[str, Any]]:
-    """Return alerts, newest first."""
+    """Return alerts whose fields equal ``filters``, newest first."""
     query = sa.select(alerts).order_by(alerts.c.opened_at.desc(), alerts.c.id).limit(limit)
-    if status is not None:
-        query = query.where(alerts.c.status == status)
-    if rule is not None:
-        query = query.where(alerts.c.rule == rule)
+    for column, value in filters.items():
+        query = query.where(alerts.c[column] == value)
     return [dict(row._mapping) for row in await conn.execute(query)]
 
 

@@ -58,6 +58,8 @@ class TestDetractorAlerts:
         assert alert["event_id"] == str(detractor.event_id)
         one = await alerting.get(f"/v1/alerts/{alert['id']}")
         assert one.json() == alert
+        assert len(await alerts(alerting, customer_id="c-1", severity="critical")) == 1
+        assert await alerts(alerting, customer_id="c-1", severity="warning") == []
 
     async def test_repeats_fold_and_redeliveries_do_not_count(
         self, alerting: httpx.AsyncClient, kafka_settings: KafkaSettings

@@ -124,6 +124,21 @@ class TestPayloads:
             "dedup_key": str(ALERT["id"]),
         }
 
+    def test_links_to_the_ticket_and_the_runbook(self) -> None:
+        config = AlertingConfig.model_validate(
+            {
+                "receivers": [{"name": "w", "type": "webhook", "url": "https://h.example/x"}],
+                "ticket_urls": {"zendesk": "https://acme.zendesk.com/agent/tickets/{ticket_id}"},
+                "runbook_url": "https://wiki.example.com/cx",
+            }
+        )
+        alert = {**ALERT, "ticket_source": "zendesk"}
+        body = json.loads(receivers.build(config.receivers[0], config, "n", "trigger", alert).body)
+        assert body["data"]["links"] == [
+            {"href": "https://acme.zendesk.com/agent/tickets/T-5", "text": "Ticket"},
+            {"href": "https://wiki.example.com/cx", "text": "Runbook"},
+        ]
+
     def test_slack_and_alertmanager(self) -> None:
         config = AlertingConfig.model_validate(
             {
