@@ -124,6 +124,18 @@ def summarise(metric: Metric, c: Counts, scale: int | None, min_n: int) -> dict[
     return body
 
 
+class TimeRange:
+    """The time range every score endpoint takes: a rolling `window`, or `from`/`to`."""
+
+    def __init__(
+        self, window: Window | None = None, from_: FromParam = None, to: ToParam = None
+    ) -> None:
+        self.since, self.until, self.window = _range(window, from_, to)
+
+
+RangeDep = Annotated[TimeRange, Depends()]
+
+
 class SegmentFilters:
     """The segment filters every score endpoint takes (query parameters)."""
 
@@ -159,11 +171,9 @@ SegmentsDep = Annotated[SegmentFilters, Depends()]
 async def get_score(
     request: Request,
     engine: EngineDep,
+    span: RangeDep,
     segments: SegmentsDep,
     metric: Metric,
-    window: Window | None = None,
-    from_: FromParam = None,
-    to: ToParam = None,
     scale: ScaleParam = None,
     group_by: Dimension | None = None,
 ) -> ScoreOut:
@@ -174,7 +184,7 @@ async def get_score(
     value of a dimension. Every score carries `n`, and `insufficient` below the minimum.
     """
     _check_scale(metric, scale)
-    since, until, window = _range(window, from_, to)
+    since, until, window = span.since, span.until, span.window
     filters = segments.values
     min_n = _settings(request).min_n
     async with engine.connect() as conn:
@@ -220,17 +230,15 @@ async def get_score(
 async def get_timeseries(
     request: Request,
     engine: EngineDep,
+    span: RangeDep,
     segments: SegmentsDep,
     metric: Metric,
     interval: Interval = Interval.DAY,
-    window: Window | None = None,
-    from_: FromParam = None,
-    to: ToParam = None,
     scale: ScaleParam = None,
 ) -> TimeseriesOut:
     """Return one score per interval (UTC) with its `n`; empty intervals are left out."""
     _check_scale(metric, scale)
-    since, until, _ = _range(window, from_, to)
+    since, until = span.since, span.until
     filters = segments.values
     min_n = _settings(request).min_n
     async with engine.connect() as conn:
@@ -280,9 +288,7 @@ def _time_stats(row: dict[str, Any], prefix: str) -> TimeStats:
 async def get_service_times(
     request: Request,
     engine: EngineDep,
-    window: Window | None = None,
-    from_: FromParam = None,
-    to: ToParam = None,
+    span: RangeDep,
     group_by: Annotated[str | None, Query(pattern="^(channel|priority)$")] = None,
     channel: Channel | None = None,
     priority: TicketPriority | None = None,
@@ -290,7 +296,7 @@ async def get_service_times(
     """Mean, median and p90 of first-response and resolution times of tickets created in the
     range, and the SLA breach rate (CXLOOP_SLA_*). A reopened ticket counts as
     resolved only once resolved again; events may arrive in any order."""
-    since, until, _ = _range(window, from_, to)
+    since, until = span.since, span.until
     filters = _filters(channel=channel, priority=priority)
     async with engine.connect() as conn:
         rows = await queries.service_times(
@@ -326,14 +332,12 @@ async def get_service_times(
 )
 async def get_drivers(
     engine: EngineDep,
+    span: RangeDep,
     segments: SegmentsDep,
-    window: Window | None = None,
-    from_: FromParam = None,
-    to: ToParam = None,
 ) -> DriversOut:
     """Count the reasons given with NPS answers, by category, with each reason's share of
     that category's answers; and the detractors' top reasons."""
-    since, until, _ = _range(window, from_, to)
+    since, until = span.since, span.until
     filters = segments.values
     async with engine.connect() as conn:
         (total,) = await queries.score_counts(
