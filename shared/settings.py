@@ -266,17 +266,19 @@ class SlaSettings(BaseSettings):
 
     first_response_minutes: dict[str, float] = Field(
         default={"urgent": 60, "high": 240, "normal": 480, "low": 1440},
-        description="JSON: first-response SLA in minutes per priority (none given: normal).",
+        description="JSON: first-response SLA in minutes by priority, or by channel/priority "
+        '(e.g. "chat/urgent": 5), which wins. No priority given: normal.',
     )
     resolution_minutes: dict[str, float] = Field(
         default={"urgent": 240, "high": 1440, "normal": 4320, "low": 10080},
-        description="JSON: resolution SLA in minutes per priority (none given: normal).",
+        description="JSON: resolution SLA in minutes, keyed as for first response.",
     )
 
-    def minutes(self, kind: str, priority: str | None) -> float | None:
-        """Return the SLA of ``kind`` (first_response or resolution) for ``priority``."""
+    def minutes(self, kind: str, priority: str | None, channel: str | None = None) -> float | None:
+        """Return the SLA of ``kind`` (first_response or resolution) for a ticket."""
         table = self.first_response_minutes if kind == "first_response" else self.resolution_minutes
-        return table.get(priority or "normal")
+        priority = priority or "normal"
+        return table.get(f"{channel}/{priority}", table.get(priority))
 
 
 class ConsumerSettings(HttpSettings):

@@ -37,9 +37,9 @@ _NAMESPACE = uuid.UUID("4b0d8b8e-5b7e-5f3e-a1c4-2d6e9f8a7b10")
 
 
 def _deadline(
-    sla: SlaSettings, kind: str, priority: str | None, start: datetime
+    sla: SlaSettings, kind: str, priority: str | None, channel: str, start: datetime
 ) -> datetime | None:
-    minutes = sla.minutes(kind, priority)
+    minutes = sla.minutes(kind, priority, channel)
     return None if minutes is None else start + timedelta(minutes=minutes)
 
 
@@ -53,7 +53,7 @@ async def _start(conn: AsyncConnection, e: TouchpointEvent, kind: str, sla: SlaS
         channel=e.channel.value,
         priority=priority,
         started_at=e.occurred_at,
-        deadline=_deadline(sla, kind, priority, e.occurred_at),
+        deadline=_deadline(sla, kind, priority, e.channel.value, e.occurred_at),
     )
     earlier = sa.or_(
         deadlines.c.started_at.is_(None), row.excluded.started_at < deadlines.c.started_at
@@ -92,7 +92,7 @@ async def _meet(conn: AsyncConnection, e: TouchpointEvent, kind: str) -> None:
 
 
 async def _reopen(conn: AsyncConnection, e: TouchpointEvent, sla: SlaSettings) -> None:
-    minutes = sla.minutes("resolution", e.priority.value if e.priority else None)
+    minutes = sla.minutes("resolution", e.priority.value if e.priority else None, e.channel.value)
     await conn.execute(
         deadlines.update()
         .where(

@@ -73,8 +73,8 @@ async def score_counts(
 
 
 _SERVICE_TIMES = """
-WITH sla(priority, first_response, resolution) AS (
-    SELECT * FROM unnest(CAST(:priorities AS text[]), CAST(:fr AS float8[]), CAST(:res AS float8[]))
+WITH sla(key, first_response, resolution) AS (
+    SELECT * FROM unnest(CAST(:keys AS text[]), CAST(:fr AS float8[]), CAST(:res AS float8[]))
 ), t AS (
     SELECT {group_expr} AS grp,
            extract(epoch FROM first_response_at - created_at) AS fr,
@@ -82,8 +82,12 @@ WITH sla(priority, first_response, resolution) AS (
                  AND (reopened_at IS NULL OR resolved_at > reopened_at)
                 THEN extract(epoch FROM resolved_at - created_at) END AS res,
            extract(epoch FROM CAST(:now AS timestamptz) - created_at) AS age,
-           sla.first_response * 60 AS fr_sla, sla.resolution * 60 AS res_sla
-    FROM tickets LEFT JOIN sla ON sla.priority = coalesce(tickets.priority, 'normal')
+           coalesce(by_channel.first_response, by_priority.first_response) * 60 AS fr_sla,
+           coalesce(by_channel.resolution, by_priority.resolution) * 60 AS res_sla
+    FROM tickets
+    LEFT JOIN sla by_channel
+      ON by_channel.key = tickets.channel || '/' || coalesce(tickets.priority, 'normal')
+    LEFT JOIN sla by_priority ON by_priority.key = coalesce(tickets.priority, 'normal')
     WHERE created_at >= :since AND created_at < :until {where}
 )
 SELECT grp, count(*) AS tickets,
@@ -119,7 +123,7 @@ async def service_times(
     still within its SLA is not yet due and stays out of the breach rate.
     """
     assert group_by in (None, "channel", "priority")
-    priorities = sorted(set(sla_first_response) | set(sla_resolution))
+    keys = sorted(set(sla_first_response) | set(sla_resolution))
     where = "".join(
         f" AND coalesce(tickets.{d}, 'normal') = :f_{d}"
         if d == "priority"
@@ -133,9 +137,9 @@ async def service_times(
     )
     sql = _SERVICE_TIMES.format(group_expr=group_expr, where=where)
     params: dict[str, Any] = {
-        "priorities": priorities,
-        "fr": [sla_first_response.get(p) for p in priorities],
-        "res": [sla_resolution.get(p) for p in priorities],
+        "keys": keys,
+        "fr": [sla_first_response.get(k) for k in keys],
+        "res": [sla_resolution.get(k) for k in keys],
         "since": since,
         "until": until,
         "now": now,

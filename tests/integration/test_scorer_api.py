@@ -240,3 +240,35 @@ class TestGauges:
             'cxloop_scorer_service_time_seconds{kind="first_response",priority="high",'
             'quantile="0.5"} 3600.0'
         ) in text
+
+
+class TestChannelSla:
+    async def test_a_channel_specific_sla_changes_the_breach_rate(
+        self,
+        kafka_settings: KafkaSettings,
+        database_url: str,
+        auth: AuthSettings,
+        api_key: str,
+        scorer_settings: ScorerSettings,
+        engine: AsyncEngine,
+    ) -> None:
+        from shared.settings import SlaSettings
+
+        sla = SlaSettings(first_response_minutes={"urgent": 60, "chat/urgent": 5})
+        app = create_app(
+            kafka_settings, DatabaseSettings(url=database_url), auth, scorer_settings, sla
+        )
+        t0 = NOW - timedelta(days=1)
+        await apply(
+            engine,
+            [
+                ticket("ticket.created", "C", t0, priority="urgent", channel="chat"),
+                ticket("ticket.agent_replied", "C", t0 + timedelta(minutes=10), channel="chat"),
+                ticket("ticket.created", "E", t0, priority="urgent"),
+                ticket("ticket.agent_replied", "E", t0 + timedelta(minutes=10)),
+            ],
+        )
+        async with serving(app, api_key, "scorer") as client:
+            body = await get(client, "/v1/service-times", window="7d", group_by="channel")
+        breaches = {g["group"]: g["first_response"]["breaches"] for g in body["groups"]}
+        assert breaches == {"chat": 1, "email": 0}

@@ -57,3 +57,14 @@ class TestApiKeys:
     def test_short_keys_are_refused(self) -> None:
         with pytest.raises(ConfigError, match="at least 16"):
             AuthSettings(api_key="short").keys()
+
+
+class TestSla:
+    def test_channel_specific_sla_wins_over_the_priority_default(self) -> None:
+        from shared.settings import SlaSettings
+
+        sla = SlaSettings(first_response_minutes={"urgent": 60, "chat/urgent": 5, "normal": 480})
+        assert sla.minutes("first_response", "urgent", "chat") == 5
+        assert sla.minutes("first_response", "urgent", "email") == 60
+        assert sla.minutes("first_response", None, "chat") == 480
+        assert sla.minutes("first_response", "low", "chat") is None
