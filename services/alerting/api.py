@@ -15,6 +15,7 @@ from services.alerting.rules import Severity
 from services.alerting.schemas import (
     AckIn,
     Alert,
+    AlertErasure,
     AlertList,
     AlertStatus,
     AssignIn,
@@ -245,3 +246,18 @@ async def expire_silence(engine: EngineDep, silence_id: UUID) -> Silence:
     if row is None:
         raise HTTPException(404, f"no silence {silence_id}")
     return Silence.model_validate(row)
+
+
+@router.delete(
+    "/customers/{customer_id}",
+    response_model=AlertErasure,
+    tags=["customers"],
+    summary="Erase a customer's personal data from alerts",
+    dependencies=[require(Scope.CUSTOMERS_ERASE)],
+)
+async def erase_customer(engine: EngineDep, customer_id: str) -> AlertErasure:
+    """Remove the customer's comments and reasons from their alerts and replace their id with
+    one pseudonym. The alerts, their history and their counts stay."""
+    async with engine.begin() as conn:
+        erased = await repository.erase_customer(conn, customer_id)
+    return AlertErasure(alerts_pseudonymised=erased)

@@ -168,3 +168,19 @@ async def expire_silence(conn: AsyncConnection, silence_id: uuid.UUID) -> dict[s
         )
     ).first()
     return None if row is None else dict(row._mapping)
+
+
+async def erase_customer(conn: AsyncConnection, customer_id: str) -> int:
+    """Drop a customer's comments and reasons from alerts and pseudonymise their id."""
+    pseudonym = f"erased:{uuid.uuid4()}"
+    result = await conn.execute(
+        alerts.update()
+        .where(alerts.c.customer_id == customer_id)
+        .values(
+            customer_id=pseudonym,
+            comment=None,
+            reasons=[],
+            dedupe_key=sa.func.replace(alerts.c.dedupe_key, f":{customer_id}:", f":{pseudonym}:"),
+        )
+    )
+    return int(result.rowcount)

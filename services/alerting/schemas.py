@@ -199,3 +199,9 @@ class SilenceList(BaseModel):
     """Silences, newest first."""
 
     items: list[Silence]
+
+
+class AlertErasure(BaseModel):
+    """How many alerts lost the customer's comments and id."""
+
+    alerts_pseudonymised: int

@@ -157,3 +157,21 @@ class TestPreparedStatements:
                 await handler([Decoded(None, event)])
         finally:
             await engine.dispose()
+
+
+class TestErasure:
+    async def test_erasure_keeps_the_alert_and_drops_the_words(
+        self, alerting: httpx.AsyncClient, kafka_settings: KafkaSettings
+    ) -> None:
+        await produce(
+            kafka_settings,
+            Topic.RESPONSES,
+            [response_event(score=1, customer_id="gone", comment="私の電話番号は…")],
+        )
+        (alert,) = await eventually(lambda: alerts(alerting), lambda a: len(a) == 1)
+        r = await alerting.delete("/v1/customers/gone")
+        assert r.json() == {"alerts_pseudonymised": 1}
+        after = (await alerting.get(f"/v1/alerts/{alert['id']}")).json()
+        assert after["comment"] is None
+        assert after["customer_id"].startswith("erased:")
+        assert "gone" not in after["dedupe_key"]
