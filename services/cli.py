@@ -175,6 +175,23 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate(args: argparse.Namespace) -> int:
+    from services.simulate import Target, load_target, simulate
+
+    if args.collector:
+        if not args.key:
+            raise ConfigError("--collector needs --key (an API key for it)")
+        target = Target(
+            args.collector.rstrip("/"), args.key, args.twilio_token, args.zendesk_secret
+        )
+    else:
+        target = load_target()
+    outcomes = asyncio.run(simulate(target, args.rate, args.duration, args.seed))
+    for outcome, count in sorted(outcomes.items()):
+        print(f"{outcome:>20}  {count}")
+    return 0
+
+
 def _schemas(args: argparse.Namespace) -> int:
     from shared.events import json_schemas
 
@@ -257,6 +274,15 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys_sub.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("id", type=uuid.UUID)
     keys.set_defaults(run=_keys)
+    sim = sub.add_parser("simulate", help="send realistic demo traffic to a running stack")
+    sim.add_argument("--rate", type=float, default=20.0, help="items per second (default 20)")
+    sim.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
+    sim.add_argument("--seed", type=int, default=None, help="for a repeatable run")
+    sim.add_argument("--collector", help="collector URL (default: the running `cxloop up`)")
+    sim.add_argument("--key", help="API key, with --collector")
+    sim.add_argument("--twilio-token", help="Twilio auth token the collector checks, if any")
+    sim.add_argument("--zendesk-secret", help="Zendesk signing secret the collector checks, if any")
+    sim.set_defaults(run=_simulate)
     config = sub.add_parser("config", help="print every CXLOOP_* variable as a Markdown table")
     config.set_defaults(run=_config)
     schemas = sub.add_parser("schemas", help="write the JSON Schemas of the Kafka events")

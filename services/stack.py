@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -61,6 +62,12 @@ def _printer(source: str) -> Callable[[str], None]:
 say = _printer("stack")
 
 
+def state_file() -> Path:
+    """Where a running `cxloop up` leaves its URLs and dev secrets for `cxloop simulate`."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or os.environ.get("XDG_STATE_HOME")
+    return Path(base or Path.home() / ".local" / "state") / "cxloop" / "stack.json"
+
+
 def default_data_dir() -> Path:
     """Where Postgres keeps its data between runs when CXLOOP_STACK_DATA_DIR is unset."""
     if os.geteuid() == 0:
@@ -106,6 +113,12 @@ class Stack:
         }
         self.services: list[_Service] = []
         self.stopping = asyncio.Event()
+        self.dev_secrets = {
+            "twilio_auth_token": os.environ.get("CXLOOP_SOURCES_TWILIO_AUTH_TOKEN")
+            or secrets.token_hex(16),
+            "zendesk_signing_secret": os.environ.get("CXLOOP_SOURCES_ZENDESK_SIGNING_SECRET")
+            or secrets.token_urlsafe(24),
+        }
 
     @staticmethod
     def _port(variable: str, port: int) -> int:
@@ -121,6 +134,11 @@ class Stack:
             CXLOOP_DATABASE_URL=database_url,
             CXLOOP_API_KEY=self.api_key,
             PYTHONUNBUFFERED="1",
+        )
+        # Local vendor secrets, so that `cxloop simulate` can sign as Twilio and Zendesk do.
+        env.setdefault("CXLOOP_SOURCES_TWILIO_AUTH_TOKEN", self.dev_secrets["twilio_auth_token"])
+        env.setdefault(
+            "CXLOOP_SOURCES_ZENDESK_SIGNING_SECRET", self.dev_secrets["zendesk_signing_secret"]
         )
         for name, port in self.ports.items():
             env[f"CXLOOP_{name.upper()}_PORT"] = str(port)
@@ -144,6 +162,7 @@ class Stack:
         if self.stopping.is_set():
             await self._stop()
             return 0
+        self._write_state()
         self._banner()
         code = await self._supervise()
         await self._stop()
@@ -188,6 +207,21 @@ class Stack:
                     if asyncio.get_running_loop().time() > deadline:
                         raise RuntimeError(f"{service.name} was not ready within {timeout:.0f}s")
                     await asyncio.sleep(0.25)
+
+    def _write_state(self) -> None:
+        """Leave what `cxloop simulate` needs where it looks, readable by this user alone."""
+        state = {
+            "collector": f"http://127.0.0.1:{self.ports['collector']}",
+            "scorer": f"http://127.0.0.1:{self.ports['scorer']}",
+            "alerting": f"http://127.0.0.1:{self.ports['alerting']}",
+            "api_key": self.api_key,
+            **self.dev_secrets,
+        }
+        path = state_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600, exist_ok=True)
+        path.chmod(0o600)
+        path.write_text(json.dumps(state, indent=2))
 
     def _banner(self) -> None:
         lines = [
@@ -235,6 +269,7 @@ class Stack:
 
     async def _stop(self) -> None:
         await asyncio.gather(*(s.process.stop(timeout=20) for s in self.services))
+        state_file().unlink(missing_ok=True)
         await self.broker.stop()
         await self.postgres.stop()
         say("stopped")

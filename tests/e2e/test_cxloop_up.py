@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -35,12 +36,46 @@ def _stray_processes(markers: list[str]) -> list[str]:
 
 
 class TestCxloopUp:
+    async def _simulate(
+        self, env: dict[str, str], client: httpx.AsyncClient, ports: dict[str, int]
+    ) -> None:
+        """`cxloop simulate` against the running stack moves scores, times and alerts."""
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "services.cli", "simulate", "--rate", "20", "--duration", "3"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "web 202" in result.stdout
+        scorer, alerting = (f"http://127.0.0.1:{ports[s]}/v1" for s in ("scorer", "alerting"))
+        await eventually(
+            lambda: client.get(f"{scorer}/scores", params={"metric": "nps"}),
+            lambda r: r.json()["n"] > 10,
+            timeout=30,
+        )
+        times = await eventually(
+            lambda: client.get(f"{scorer}/service-times"),
+            lambda r: bool(r.json()["groups"]),
+            timeout=30,
+        )
+        assert times.json()["groups"][0]["tickets"] > 0
+        await eventually(
+            lambda: client.get(f"{alerting}/alerts", params={"status": "open"}),
+            lambda r: len(r.json()["items"]) > 1,
+            timeout=30,
+        )
+
     async def test_up_serves_stops_cleanly_and_keeps_postgres_data(self) -> None:
         data_dir = scratch_dir()
         ports = {name: free_port() for name in ("collector", "scorer", "alerting")}
         key = "up-test-key-0123456789"
         env = {k: v for k, v in os.environ.items() if not k.startswith("CXLOOP_")}
         env |= {
+            "XDG_RUNTIME_DIR": str(data_dir),
             "CXLOOP_STACK_DATA_DIR": str(data_dir),
             "CXLOOP_STACK_POSTGRES_PORT": str(free_port()),
             "CXLOOP_STACK_KAFKA_PORT": str(free_port()),
@@ -57,11 +92,17 @@ class TestCxloopUp:
             assert any(line.startswith("scorer") for line in lines)
             assert not await asyncio.to_thread(_stray_processes, markers)
 
-            await self._run_once(env, client, ports, post=False)
+            await self._run_once(env, client, ports, post=False, simulate=True)
             assert not await asyncio.to_thread(_stray_processes, markers)
 
     async def _run_once(
-        self, env: dict[str, str], client: httpx.AsyncClient, ports: dict[str, int], *, post: bool
+        self,
+        env: dict[str, str],
+        client: httpx.AsyncClient,
+        ports: dict[str, int],
+        *,
+        post: bool,
+        simulate: bool = False,
     ) -> list[str]:
         lines: list[str] = []
         up = ServerProcess("up", sink=lines.append)
@@ -89,6 +130,8 @@ class TestCxloopUp:
                 timeout=30,
             )
             assert body.json()["detractors"] == 1
+            if simulate:
+                await self._simulate(env, client, ports)
         finally:
             await up.stop(signal.SIGTERM, timeout=60)
         assert up.proc is not None

@@ -1,0 +1,310 @@
+"""``cxloop simulate``: realistic traffic at a chosen rate, for a demo or a smoke test.
+
+Against a running ``cxloop up`` it needs no arguments: it reads the stack's URLs, key and
+local vendor secrets from the state file ``cxloop up`` leaves. It sends, mixed:
+
+* web answers (NPS, CSAT, CES) through the JSON API, with NPS+ reasons and comments;
+* SMS replies: an invitation, then the reply as Twilio posts it, signed;
+* post-call IVR surveys as generic IVR JSON;
+* Zendesk ticket lifecycles, signed, some created hours ago with no reply so that they
+  breach their SLA at once.
+
+Scores differ by channel and location, and detractors carry realistic comments in Japanese
+and English.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import random
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+
+from services.collector.sources.twilio_signature import compute as twilio_signature
+
+LOCATIONS = {"tokyo-shibuya": 1.0, "osaka-umeda": 0.3, "nagoya-sakae": -0.8, "fukuoka-tenjin": 0.2}
+CHANNEL_MOOD = {"web": 0.8, "sms": 0.0, "call_center": -1.2, "email": -0.3}
+COMMENTS: dict[str, list[tuple[str | None, list[str]]]] = {
+    "low": [
+        ("配送が遅すぎました。二度と使いません。", ["delivery_speed"]),
+        ("電話がなかなかつながらず、30分も待たされた", ["wait_time"]),
+        ("担当者の説明が分かりにくかったです", ["agent_knowledge"]),
+        ("The app kept crashing at checkout.", ["app", "ease_of_use"]),
+        ("Charged twice and nobody called me back.", ["billing", "communication"]),
+        ("Too expensive for what you get.", ["price"]),
+    ],
+    "mid": [
+        ("まあまあでした", []),
+        ("Fine, but delivery could be faster.", ["delivery_speed"]),
+        (None, []),
+    ],
+    "high": [
+        ("スタッフの対応がとても丁寧でした！", ["agent_attitude"]),
+        ("Super easy, done in two minutes.", ["ease_of_use"]),
+        (None, []),
+    ],
+}
+
+
+@dataclass
+class Target:
+    """Where to send, with what credentials."""
+
+    collector: str
+    api_key: str
+    twilio_auth_token: str | None
+    zendesk_signing_secret: str | None
+
+
+def load_target(path: Path | None = None) -> Target:
+    """Read the state file of a running ``cxloop up``."""
+    from services.stack import state_file
+
+    path = path or state_file()
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SystemExit(
+            f"cxloop simulate: no running stack found ({path}): start `cxloop up`, "
+            "or pass --collector and --key"
+        ) from None
+    return Target(
+        state["collector"],
+        state["api_key"],
+        state.get("twilio_auth_token"),
+        state.get("zendesk_signing_secret"),
+    )
+
+
+def _nps(rng: random.Random, channel: str, location: str) -> int:
+    mood = CHANNEL_MOOD[channel] + LOCATIONS[location] + rng.gauss(0, 2.2)
+    return max(0, min(10, round(7.5 + mood)))
+
+
+def _comment(rng: random.Random, score: int, high: int) -> tuple[str | None, list[str]]:
+    band = "low" if score <= high * 0.6 else "mid" if score < high * 0.9 else "high"
+    return rng.choice(COMMENTS[band])
+
+
+class Simulator:
+    """Sends one kind of traffic per call, and counts what the collector answered."""
+
+    def __init__(self, client: httpx.AsyncClient, target: Target, rng: random.Random) -> None:
+        self.client = client
+        self.target = target
+        self.rng = rng
+        self.outcomes: Counter[str] = Counter()
+        self.auth = {"Authorization": f"Bearer {target.api_key}"}
+
+    def _note(self, kind: str, response: httpx.Response) -> None:
+        self.outcomes[f"{kind} {response.status_code}"] += 1
+
+    async def web_answer(self) -> None:
+        rng = self.rng
+        location = rng.choice(list(LOCATIONS))
+        channel = rng.choice(["web", "web", "email", "call_center"])
+        metric = rng.choice(["nps", "nps", "csat", "ces"])
+        score = _nps(rng, channel, location)
+        body: dict[str, Any] = {
+            "metric": metric,
+            "channel": channel,
+            "survey_type": rng.choice(["transactional", "in_the_moment"]),
+            "touchpoint": rng.choice(["checkout", "delivery", "support_call"]),
+            "customer_id": f"cust-{rng.randint(1, 400)}",
+            "segments": {"location": location, "product": rng.choice(["app", "store"])},
+            "event_id": str(uuid.uuid4()),
+        }
+        if metric == "nps":
+            body["score"] = score
+        elif metric == "csat":
+            body["score"] = max(1, min(5, round(score / 2)))
+        else:
+            body |= {"scale": 7, "score": max(1, min(7, round(score * 0.7)))}
+        comment, reasons = _comment(
+            rng, body["score"], body.get("scale", 10 if metric == "nps" else 5)
+        )
+        if comment:
+            body["comment"] = comment
+        body["reasons"] = reasons
+        self._note(
+            "web",
+            await self.client.post(
+                f"{self.target.collector}/v1/responses", json=body, headers=self.auth
+            ),
+        )
+
+    async def sms_reply(self) -> None:
+        if not self.target.twilio_auth_token:
+            return
+        rng = self.rng
+        phone = f"+8190{rng.randint(10_000_000, 99_999_999)}"
+        location = rng.choice(list(LOCATIONS))
+        invite = {
+            "customer_id": f"cust-{rng.randint(1, 400)}",
+            "phone": phone,
+            "metric": "nps",
+            "touchpoint": "support_call",
+            "locale": rng.choice(["ja-JP", "en-US"]),
+            "segments": {"location": location},
+        }
+        r = await self.client.post(
+            f"{self.target.collector}/v1/invitations", json=invite, headers=self.auth
+        )
+        self._note("invitation", r)
+        if r.status_code != 201 or r.json()["status"] != "open":
+            return
+        score = _nps(rng, "sms", location)
+        comment, _ = _comment(rng, score, 10)
+        text = rng.choice(
+            [
+                f"{score}",
+                f" {score} ",
+                f"{score}/10",
+                f"{score} - {comment or ''}",
+                "９" if score == 9 else str(score),
+            ]
+        )
+        form = {
+            "MessageSid": "SM" + uuid.uuid4().hex,
+            "AccountSid": "AC" + "0" * 32,
+            "From": phone,
+            "To": "+815000000000",
+            "Body": text,
+            "NumMedia": "0",
+        }
+        url = f"{self.target.collector}/v1/sources/twilio/sms"
+        signature = twilio_signature(self.target.twilio_auth_token, url, list(form.items()))
+        r = await self.client.post(
+            url,
+            content=urlencode(form),
+            headers={
+                "X-Twilio-Signature": signature,
+                "Content-Type": "application/x-www-form-urlencoded",
+            },
+        )
+        self._note("sms", r)
+
+    async def ivr_survey(self) -> None:
+        rng = self.rng
+        score = _nps(rng, "call_center", rng.choice(list(LOCATIONS)))
+        body = {
+            "call_id": str(uuid.uuid4()),
+            "customer_id": f"cust-{rng.randint(1, 400)}",
+            "queue": rng.choice(["billing", "support", "sales"]),
+            "answers": {
+                "survey_result_1": str(score),
+                "survey_result_2": str(max(1, min(5, round(score / 2)))),
+            },
+        }
+        self._note(
+            "ivr",
+            await self.client.post(
+                f"{self.target.collector}/v1/sources/ivr", json=body, headers=self.auth
+            ),
+        )
+
+    async def ticket_lifecycle(self) -> None:
+        secret = self.target.zendesk_signing_secret
+        if not secret:
+            return
+        rng = self.rng
+        ticket = rng.randint(10_000, 99_999)
+        breach = rng.random() < 0.3
+        # Two days back is past every default first-response SLA: these alert at once.
+        start = datetime.now(UTC) - (timedelta(days=2) if breach else timedelta(minutes=20))
+        priority = rng.choice(["LOW", "NORMAL", "HIGH", "URGENT"])
+        steps: list[tuple[str, dict[str, Any], datetime]] = [("ticket.created", {}, start)]
+        if not breach:
+            steps += [
+                (
+                    "ticket.comment_added",
+                    {"comment": {"is_public": True, "author": {"is_staff": True}}},
+                    start + timedelta(minutes=rng.randint(2, 15)),
+                ),
+                (
+                    "ticket.status_changed",
+                    {"previous": "OPEN", "current": "SOLVED"},
+                    start + timedelta(minutes=rng.randint(16, 19)),
+                ),
+            ]
+        for kind, event, at in steps:
+            body = {
+                "type": f"zen:event-type:{kind}",
+                "account_id": 1,
+                "id": str(uuid.uuid4()),
+                "time": at.isoformat(),
+                "subject": f"zen:ticket:{ticket}",
+                "detail": {
+                    "id": str(ticket),
+                    "requester_id": str(rng.randint(1, 400)),
+                    "priority": priority,
+                    "status": "OPEN",
+                    "via": {"channel": rng.choice(["email", "web_form", "chat"])},
+                },
+                "event": event,
+            }
+            raw = json.dumps(body).encode()
+            stamp = at.isoformat()
+            digest = hmac.new(secret.encode(), stamp.encode() + raw, hashlib.sha256).digest()
+            r = await self.client.post(
+                f"{self.target.collector}/v1/sources/zendesk",
+                content=raw,
+                headers={
+                    "Content-Type": "application/json",
+                    "X-Zendesk-Webhook-Signature": base64.b64encode(digest).decode(),
+                    "X-Zendesk-Webhook-Signature-Timestamp": stamp,
+                },
+            )
+            self._note("zendesk", r)
+
+
+def _progress(done: int, total: int, started: float, outcomes: Counter[str]) -> None:
+    width = 30
+    filled = int(width * done / max(1, total))
+    ok = sum(v for k, v in outcomes.items() if k.split()[-1].startswith("2"))
+    bad = sum(outcomes.values()) - ok
+    bar = "#" * filled + "." * (width - filled)
+    elapsed = time.monotonic() - started
+    sys.stderr.write(f"\r[{bar}] {done}/{total} in {elapsed:4.1f}s  accepted {ok}  refused {bad} ")
+    sys.stderr.flush()
+
+
+async def simulate(
+    target: Target, rate: float, duration: float, seed: int | None = None
+) -> Counter[str]:
+    """Send ``rate`` items a second for ``duration`` seconds; return the answers counted."""
+    rng = random.Random(seed)  # noqa: S311 - demo traffic, not secrets
+    total = max(1, int(rate * duration))
+    async with httpx.AsyncClient(timeout=15) as client:
+        sim = Simulator(client, target, rng)
+        kinds = (
+            [sim.web_answer] * 6 + [sim.sms_reply] * 2 + [sim.ivr_survey] + [sim.ticket_lifecycle]
+        )
+        started = time.monotonic()
+        pending: set[asyncio.Task[None]] = set()
+        for i in range(total):
+            # Paced by the clock, not by the answers, so a slow collector shows as slowness.
+            await asyncio.sleep(max(0.0, started + i / rate - time.monotonic()))
+            task = asyncio.create_task(rng.choice(kinds)())
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            if i % max(1, int(rate / 4)) == 0:
+                _progress(i, total, started, sim.outcomes)
+        if pending:
+            await asyncio.gather(*pending)
+        _progress(total, total, started, sim.outcomes)
+        sys.stderr.write("\n")
+    return sim.outcomes
