@@ -20,6 +20,7 @@ from shared.settings import KafkaSettings
 from tests.builders import response_payload
 from tests.harness.backends import KafkaServer
 from tests.helpers import eventually
+from tests.metric_names import offered, used_by_deploy
 
 pytestmark = pytest.mark.smoke
 
@@ -150,6 +151,7 @@ class TestPipeline:
         assert alerts["items"][0]["occurrences"] == 1
 
     async def test_every_service_exposes_health_and_metrics(self, stack: Stack) -> None:
+        offered_names: set[str] = set()
         for client in (stack.collector, stack.scorer, stack.alerting):
             assert (await client.get("/healthz")).json() == {"status": "ok"}
             ready = await client.get("/readyz")
@@ -159,7 +161,11 @@ class TestPipeline:
             assert metrics.headers["content-type"].startswith("text/plain")
             assert "cxloop_service_ready" in metrics.text
             assert "cxloop_http_requests_total" in metrics.text
+            offered_names.update(offered(metrics.text))
             docs = await client.get("/docs")
             assert docs.status_code == 200
             assert "swagger-ui" in docs.text.lower()
             assert (await client.get("/openapi.json")).json()["info"]["title"].startswith("cxloop")
+        # What the dashboards and alert rules query is what the running services offer.
+        missing = used_by_deploy() - offered_names
+        assert not missing, missing
