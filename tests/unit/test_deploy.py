@@ -40,3 +40,52 @@ class TestCompose:
         for name in ("collector", "scorer", "alerting"):
             depends = COMPOSE["services"][name]["depends_on"]
             assert depends["init"]["condition"] == "service_completed_successfully"
+
+
+K8S = ROOT / "deploy" / "k8s"
+
+
+def k8s_documents() -> list[dict[str, Any]]:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    docs: list[dict[str, Any]] = []
+    for name in kustomization["resources"]:
+        docs += [d for d in yaml.safe_load_all((K8S / name).read_text()) if d]
+    return docs
+
+
+class TestKubernetes:
+    def test_every_file_is_in_the_kustomization(self) -> None:
+        listed = set(yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"])
+        on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+        assert listed == on_disk
+
+    def test_deployments_probe_limit_and_run_the_right_command(self) -> None:
+        by_kind: dict[str, list[dict[str, Any]]] = {}
+        for doc in k8s_documents():
+            by_kind.setdefault(doc["kind"], []).append(doc)
+        ports = {
+            "collector": CollectorSettings().port,
+            "scorer": ScorerSettings().port,
+            "alerting": AlertingSettings().port,
+        }
+        deployments = {d["metadata"]["name"]: d for d in by_kind["Deployment"]}
+        assert set(deployments) == {f"cxloop-{n}" for n in ports}
+        for name, port in ports.items():
+            (container,) = deployments[f"cxloop-{name}"]["spec"]["template"]["spec"]["containers"]
+            assert container["args"] == [name]
+            assert container["ports"] == [{"name": "http", "containerPort": port}]
+            assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+            assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+            assert container["resources"]["requests"]
+            assert container["resources"]["limits"]
+        assert {p["metadata"]["name"] for p in by_kind["PodDisruptionBudget"]} == set(deployments)
+        (hpa,) = by_kind["HorizontalPodAutoscaler"]
+        assert hpa["spec"]["scaleTargetRef"]["name"] == "cxloop-collector"
+
+    def test_config_maps_set_only_known_variables(self) -> None:
+        config = next(
+            d
+            for d in k8s_documents()
+            if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "cxloop-config"
+        )
+        assert set(config["data"]) <= known_env_names()
