@@ -15,6 +15,30 @@ COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text
 DOCKERFILE = (ROOT / "deploy" / "Dockerfile").read_text()
 
 
+class TestImage:
+    def test_the_image_pins_its_base_and_every_dependency(self) -> None:
+        assert re.search(r"^ARG PYTHON_IMAGE=python:\d+\.\d+\.\d+-slim", DOCKERFILE, re.MULTILINE)
+        assert "USER 10001" in DOCKERFILE
+        assert "-c requirements.lock" in DOCKERFILE
+        lock = (ROOT / "deploy" / "requirements.lock").read_text().split()
+        pinned = {line.split("==")[0].lower() for line in lock}
+        runtime = {
+            "fastapi",
+            "uvicorn",
+            "aiokafka",
+            "sqlalchemy",
+            "asyncpg",
+            "alembic",
+            "pydantic",
+            "pydantic-settings",
+            "prometheus-client",
+            "httpx",
+            "pyyaml",
+        }
+        assert runtime <= pinned
+        assert all("==" in line for line in lock)
+
+
 class TestCompose:
     def test_every_cxloop_variable_is_one_the_services_read(self) -> None:
         used = set(re.findall(r"\b(CXLOOP_[A-Z0-9_]+)\b", DOCKERFILE))
