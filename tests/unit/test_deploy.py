@@ -21,7 +21,7 @@ class TestImage:
         assert "USER 10001" in DOCKERFILE
         assert "-c requirements.lock" in DOCKERFILE
         lock = (ROOT / "deploy" / "requirements.lock").read_text().split()
-        pinned = {line.split("==")[0].lower() for line in lock}
+        pinned = {line.split("==")[0].lower().replace("_", "-") for line in lock}
         runtime = {
             "fastapi",
             "uvicorn",
