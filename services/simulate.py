@@ -3,7 +3,9 @@
 Against a running ``cxloop up`` it needs no arguments: it reads the stack's URLs, key and
 local vendor secrets from the state file ``cxloop up`` leaves. It sends, mixed:
 
-* web answers (NPS, CSAT, CES) through the JSON API, with NPS+ reasons and comments;
+* web answers (NPS, CSAT, CES) as the widget posts them (publishable key, Origin,
+  text/plain; within the widget's per-address rate limit) and through the JSON API, with
+  NPS+ reasons and comments;
 * SMS replies: an invitation, then the reply as Twilio posts it, signed;
 * post-call IVR surveys as generic IVR JSON;
 * Zendesk ticket lifecycles, signed, some created hours ago with no reply so that they
@@ -36,6 +38,7 @@ import httpx
 from services.collector.sources.twilio_signature import compute as twilio_signature
 
 LOCATIONS = {"tokyo-shibuya": 1.0, "osaka-umeda": 0.3, "nagoya-sakae": -0.8, "fukuoka-tenjin": 0.2}
+WIDGET_SPACING = 2.5  # seconds: within the default 30 a minute per client address
 CHANNEL_MOOD = {"web": 0.8, "sms": 0.0, "call_center": -1.2, "email": -0.3}
 COMMENTS: dict[str, list[tuple[str | None, list[str]]]] = {
     "low": [
@@ -67,6 +70,8 @@ class Target:
     api_key: str
     twilio_auth_token: str | None
     zendesk_signing_secret: str | None
+    widget_key: str | None = None
+    widget_origin: str | None = None
 
 
 def load_target(path: Path | None = None) -> Target:
@@ -86,6 +91,8 @@ def load_target(path: Path | None = None) -> Target:
         state["api_key"],
         state.get("twilio_auth_token"),
         state.get("zendesk_signing_secret"),
+        state.get("widget_key"),
+        state.get("widget_origin"),
     )
 
 
@@ -108,6 +115,16 @@ class Simulator:
         self.rng = rng
         self.outcomes: Counter[str] = Counter()
         self.auth = {"Authorization": f"Bearer {target.api_key}"}
+        self._last_widget = -WIDGET_SPACING
+
+    def _widget_turn(self) -> bool:
+        # The widget endpoint limits each client address (the simulator has one) to a few
+        # answers a minute, as browsers would spread them; the rest go through the API.
+        now = time.monotonic()
+        if now - self._last_widget < WIDGET_SPACING:
+            return False
+        self._last_widget = now
+        return True
 
     def _note(self, kind: str, response: httpx.Response) -> None:
         self.outcomes[f"{kind} {response.status_code}"] += 1
@@ -139,8 +156,20 @@ class Simulator:
         if comment:
             body["comment"] = comment
         body["reasons"] = reasons
+        if (
+            channel == "web"
+            and self.target.widget_key
+            and self.target.widget_origin
+            and self._widget_turn()
+        ):
+            # As the widget posts from the shop's page: text/plain, publishable key, Origin.
+            url = f"{self.target.collector}/v1/widget/responses?key={self.target.widget_key}"
+            headers = {"Origin": self.target.widget_origin, "Content-Type": "text/plain"}
+            response = await self.client.post(url, content=json.dumps(body), headers=headers)
+            self._note("widget", response)
+            return
         self._note(
-            "web",
+            "api",
             await self.client.post(
                 f"{self.target.collector}/v1/responses", json=body, headers=self.auth
             ),

@@ -43,6 +43,8 @@ from shared.settings import (
 )
 
 SERVICES = ("collector", "scorer", "alerting")
+DEMO_WIDGET_KEY = "cxloop-up-demo-widget"
+DEMO_ORIGIN = "http://localhost:8080"
 _COLOURS = {"collector": 36, "scorer": 32, "alerting": 35, "postgres": 34, "broker": 33, "stack": 1}
 _WIDTH = max(len(name) for name in _COLOURS)
 
@@ -113,6 +115,7 @@ class Stack:
         }
         self.services: list[_Service] = []
         self.stopping = asyncio.Event()
+        self.widget_key = ""
         self.dev_secrets = {
             "twilio_auth_token": os.environ.get("CXLOOP_SOURCES_TWILIO_AUTH_TOKEN")
             or secrets.token_hex(16),
@@ -183,6 +186,7 @@ class Stack:
         database_url = await self.postgres.create_database("cxloop")
         say("applying migrations")
         await asyncio.to_thread(upgrade, database_url)
+        self.widget_key = await self._demo_widget_key(database_url)
         kafka = load(KafkaSettings, bootstrap_servers=self.broker.bootstrap_servers)
         created = await ensure_topics(kafka)
         say(f"topics ready ({', '.join(created) or 'all existed'})")
@@ -208,6 +212,33 @@ class Stack:
                         raise RuntimeError(f"{service.name} was not ready within {timeout:.0f}s")
                     await asyncio.sleep(0.25)
 
+    async def _demo_widget_key(self, database_url: str) -> str:
+        """A publishable key for the local demo page, replacing the one a last run made."""
+        import sqlalchemy as sa
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        from shared.apikeys import KeyKind, Scope, api_keys, create_key
+
+        engine = create_async_engine(database_url)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(
+                    api_keys.update()
+                    .where(api_keys.c.name == DEMO_WIDGET_KEY, api_keys.c.revoked_at.is_(None))
+                    .values(revoked_at=sa.func.now())
+                )
+                key, _ = await create_key(
+                    conn,
+                    name=DEMO_WIDGET_KEY,
+                    kind=KeyKind.PUBLISHABLE,
+                    scopes=[Scope.RESPONSES_WRITE],
+                    sources=["widget"],
+                    origins=[DEMO_ORIGIN],
+                )
+            return key
+        finally:
+            await engine.dispose()
+
     def _write_state(self) -> None:
         """Leave what `cxloop simulate` needs where it looks, readable by this user alone."""
         state = {
@@ -215,6 +246,8 @@ class Stack:
             "scorer": f"http://127.0.0.1:{self.ports['scorer']}",
             "alerting": f"http://127.0.0.1:{self.ports['alerting']}",
             "api_key": self.api_key,
+            "widget_key": self.widget_key,
+            "widget_origin": DEMO_ORIGIN,
             **self.dev_secrets,
         }
         path = state_file()

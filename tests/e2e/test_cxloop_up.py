@@ -50,7 +50,10 @@ class TestCxloopUp:
             check=False,
         )
         assert result.returncode == 0, result.stderr
-        assert "web 202" in result.stdout
+        assert "widget 202" in result.stdout
+        assert "api 202" in result.stdout
+        statuses = [line.split()[1] for line in result.stdout.splitlines() if line.strip()]
+        assert all(s.startswith("2") for s in statuses), result.stdout  # nothing refused
         scorer, alerting = (f"http://127.0.0.1:{ports[s]}/v1" for s in ("scorer", "alerting"))
         await eventually(
             lambda: client.get(f"{scorer}/scores", params={"metric": "nps"}),
