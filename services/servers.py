@@ -29,7 +29,7 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -492,14 +492,6 @@ class LocalPostgres:
     async def stop(self) -> None:
         """Fast shutdown: roll back open transactions, checkpoint, exit."""
         await self.process.stop(signal.SIGINT, timeout=30)
-
-
-async def start_all(*starts: Awaitable[None]) -> None:
-    """Start servers concurrently; if one fails, the error propagates after all settle."""
-    results = await asyncio.gather(*starts, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
 
 
 def python_executable() -> str:

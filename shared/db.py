@@ -15,7 +15,6 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
-    async_sessionmaker,
     create_async_engine,
 )
 
@@ -31,11 +30,6 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         pool_pre_ping=True,
         connect_args={"timeout": settings.connect_timeout_seconds},
     )
-
-
-def session_factory(engine: AsyncEngine) -> async_sessionmaker:  # type: ignore[type-arg]
-    """Return the session factory services use; sessions do not expire objects on commit."""
-    return async_sessionmaker(engine, expire_on_commit=False)
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -6,8 +6,7 @@
     ├── ConfigError            bad or missing configuration; the process must not start
     ├── SchemaOutdatedError    the database is behind the code; run `cxloop migrate`
     ├── TransientError         retry later: nothing is lost, nothing is committed
-    │   ├── BrokerUnavailableError
-    │   └── DatabaseUnavailableError
+    │   └── BrokerUnavailableError
     └── PermanentError         retrying cannot help: reject it, or dead-letter it
         └── PoisonMessageError a consumed record that cannot be decoded or validated
 
@@ -36,10 +35,6 @@ class TransientError(CxloopError):
 
 class BrokerUnavailableError(TransientError):
     """Kafka did not acknowledge in time."""
-
-
-class DatabaseUnavailableError(TransientError):
-    """Postgres did not answer."""
 
 
 class PermanentError(CxloopError):
