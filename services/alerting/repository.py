@@ -74,14 +74,13 @@ async def open_or_fold(
             "occurrences": alerts.c.occurrences + 1,
             "last_seen_at": sa.func.now(),
         },
-    ).returning(alerts.c.id, sa.literal_column("xmax = 0").label("inserted"))
+    ).returning(*alerts.columns, sa.literal_column("xmax = 0").label("inserted"))
     row = (await conn.execute(upsert)).one()
     await lifecycle.record(
         conn, row.id, "cxloop", "opened" if row.inserted else "folded", f"event {event.event_id}"
     )
     if row.inserted and config is not None:
-        alert = await get_alert(conn, row.id)
-        assert alert is not None
+        alert = {c.name: row._mapping[c.name] for c in alerts.columns}
         await outbox.enqueue(conn, config, alert, "trigger")
     return bool(row.inserted)
 
