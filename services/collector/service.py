@@ -266,6 +266,13 @@ async def submit_one(
         raise FieldErrors(errors)
     event_id, key = resolve_event_id(source, payload.event_id, idempotency_key)
     event = submission.build(payload, event_id=event_id, received_at=utcnow(), source=source)
+    return await produce_one(ingest, event, key, source=source)
+
+
+async def produce_one(
+    ingest: Ingest, event: Event, key: str | None, *, source: str
+) -> Submitted | JSONResponse:
+    """Produce one built event: its outcome, or 503 when the broker did not acknowledge it."""
     (outcome,) = await ingest.submit([Item(event, key)], source=source)
     if outcome.status is Status.UNAVAILABLE:
         return unavailable("the broker did not acknowledge in time", outcome.event_id)

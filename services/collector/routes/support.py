@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from services.collector import metrics
 from services.collector.deps import ERRORS, IngestDep
 from services.collector.schemas import Submitted
-from services.collector.service import Ingest, Item, Status, resolve_event_id, unavailable
+from services.collector.service import Ingest, produce_one, resolve_event_id
 from services.collector.sources import tickets
 from shared.apikeys import Scope
 from shared.events import TouchpointEvent, utcnow
@@ -61,10 +61,7 @@ async def _submit(
         status=change.status,
         attributes=change.attributes,
     )
-    (outcome,) = await ingest.submit([Item(event, key)], source=source)
-    if outcome.status is Status.UNAVAILABLE:
-        return unavailable("the broker did not acknowledge in time", outcome.event_id)
-    return Submitted(event_id=outcome.event_id, status=outcome.status.value)
+    return await produce_one(ingest, event, key, source=source)
 
 
 @router.post(
