@@ -12,10 +12,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from services.alerting.app import create_app as create_alerting
+from services.alerting.config import AlertingConfig
 from services.collector.app import create_app as create_collector
 from services.migrations import upgrade
 from shared.kafka import ensure_topics
@@ -164,5 +167,34 @@ def collector_app(
             sources=sources or SourceSettings(),
         )
         return serving(app, api_key, "collector")
+
+    return make
+
+
+AlertingFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
+
+
+@pytest.fixture
+def alerting_with(
+    kafka_settings: KafkaSettings,
+    database_url: str,
+    auth: AuthSettings,
+    api_key: str,
+    alerting_settings: AlertingSettings,
+) -> AlertingFactory:
+    """Build an alerting service with a routing config; use it as `async with`."""
+
+    def make(
+        config: AlertingConfig | None = None, **settings: Any
+    ) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+        app = create_alerting(
+            kafka_settings,
+            DatabaseSettings(url=database_url),
+            auth,
+            alerting_settings.model_copy(update=settings),
+            None,
+            config,
+        )
+        return serving(app, api_key, "alerting")
 
     return make

@@ -15,13 +15,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.alerting.app import create_app
 from services.alerting.config import AlertingConfig
 from services.servers import free_port
-from shared.settings import AlertingSettings, AuthSettings, DatabaseSettings, KafkaSettings
+from shared.settings import KafkaSettings
 from shared.topics import Topic
 from tests.builders import response_event
-from tests.helpers import eventually, http_server, produce, serving
+from tests.conftest import AlertingFactory
+from tests.helpers import eventually, http_server, produce
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -68,10 +68,7 @@ class TestDelivery:
         self,
         receiver: tuple[Receiver, str],
         kafka_settings: KafkaSettings,
-        database_url: str,
-        auth: AuthSettings,
-        api_key: str,
-        alerting_settings: AlertingSettings,
+        alerting_with: AlertingFactory,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         state, url = receiver
@@ -90,15 +87,7 @@ class TestDelivery:
                 "routes": [{"receiver": "old", "continue": True}, {"receiver": "oncall"}],
             }
         )
-        app = create_app(
-            kafka_settings,
-            DatabaseSettings(url=database_url),
-            auth,
-            alerting_settings,
-            None,
-            config,
-        )
-        async with serving(app, api_key, "alerting") as client:
+        async with alerting_with(config) as client:
             await produce(
                 kafka_settings,
                 Topic.RESPONSES,
@@ -153,10 +142,7 @@ class TestSilencesAndEscalation:
         self,
         up_receiver: tuple[Receiver, Receiver, str],
         kafka_settings: KafkaSettings,
-        database_url: str,
-        auth: AuthSettings,
-        api_key: str,
-        alerting_settings: AlertingSettings,
+        alerting_with: AlertingFactory,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         oncall, pager, url = up_receiver
@@ -172,11 +158,7 @@ class TestSilencesAndEscalation:
                 "escalation": {"after_minutes": 0.05, "receiver": "pager"},
             }
         )
-        settings = alerting_settings.model_copy(update={"timer_interval_seconds": 0.2})
-        app = create_app(
-            kafka_settings, DatabaseSettings(url=database_url), auth, settings, None, config
-        )
-        async with serving(app, api_key, "alerting") as client:
+        async with alerting_with(config, timer_interval_seconds=0.2) as client:
             r = await client.post(
                 "/v1/silences",
                 json={
@@ -226,15 +208,9 @@ class TestSilencesAndEscalation:
     async def test_silence_needs_one_end(
         self,
         kafka_settings: KafkaSettings,
-        database_url: str,
-        auth: AuthSettings,
-        api_key: str,
-        alerting_settings: AlertingSettings,
+        alerting_with: AlertingFactory,
     ) -> None:
-        app = create_app(
-            kafka_settings, DatabaseSettings(url=database_url), auth, alerting_settings
-        )
-        async with serving(app, api_key, "alerting") as client:
+        async with alerting_with() as client:
             r = await client.post(
                 "/v1/silences",
                 json={"matchers": {"rule": "detractor"}, "created_by": "x", "comment": "y"},
@@ -248,10 +224,7 @@ class TestGrouping:
         self,
         up_receiver: tuple[Receiver, Receiver, str],
         kafka_settings: KafkaSettings,
-        database_url: str,
-        auth: AuthSettings,
-        api_key: str,
-        alerting_settings: AlertingSettings,
+        alerting_with: AlertingFactory,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         oncall, _, url = up_receiver
@@ -271,15 +244,7 @@ class TestGrouping:
                 ],
             }
         )
-        app = create_app(
-            kafka_settings,
-            DatabaseSettings(url=database_url),
-            auth,
-            alerting_settings,
-            None,
-            config,
-        )
-        async with serving(app, api_key, "alerting"):
+        async with alerting_with(config):
             burst = [
                 response_event(score=1, customer_id=f"t{i}", segments={"location": "tokyo"})
                 for i in range(50)

@@ -13,14 +13,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from services.alerting.app import create_app
 from services.alerting.config import AlertingConfig
 from services.servers import ServerProcess, free_port, wait_for_port
-from shared.settings import AlertingSettings, AuthSettings, DatabaseSettings, KafkaSettings
+from shared.settings import KafkaSettings
 from shared.topics import Topic
 from tests.builders import response_event
+from tests.conftest import AlertingFactory
 from tests.harness.backends import scratch_dir
-from tests.helpers import eventually, http_server, produce, serving
+from tests.helpers import eventually, http_server, produce
 
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 pytestmark = pytest.mark.skipif(
@@ -76,10 +76,7 @@ class TestAlertmanager:
         self,
         routed: tuple[str, list[dict[str, Any]]],
         kafka_settings: KafkaSettings,
-        database_url: str,
-        auth: AuthSettings,
-        api_key: str,
-        alerting_settings: AlertingSettings,
+        alerting_with: AlertingFactory,
     ) -> None:
         am_url, received = routed
         config = AlertingConfig.model_validate(
@@ -88,15 +85,7 @@ class TestAlertmanager:
                 "routes": [{"receiver": "am"}],
             }
         )
-        app = create_app(
-            kafka_settings,
-            DatabaseSettings(url=database_url),
-            auth,
-            alerting_settings,
-            None,
-            config,
-        )
-        async with serving(app, api_key, "alerting") as client:
+        async with alerting_with(config) as client:
             await produce(
                 kafka_settings, Topic.RESPONSES, [response_event(score=0, customer_id="am-1")]
             )
