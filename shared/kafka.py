@@ -9,6 +9,7 @@ handler's dedupe by event id makes the redelivery harmless.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -161,6 +162,7 @@ async def run_batches(
     models: Mapping[str, type[BaseModel]],
     dead_letters: DeadLetters,
     settings: ConsumerSettings,
+    in_flight: int = 1,
 ) -> None:
     """Consume until ``stop`` is set: decode, handle, dead-letter poison, then commit.
 
@@ -170,33 +172,70 @@ async def run_batches(
     exponential backoff and nothing is committed, so no record is skipped. Stopping
     mid-retry leaves the batch uncommitted: the next owner of the partitions gets it again.
     The consumer is stopped on the way out.
+
+    ``in_flight`` > 1 lets that many batches be handled at once, each in its own
+    transaction, for a handler whose effects commute (the scorer's sums do; alerting's
+    lifecycle does not). Offsets are still committed in order, each only once its batch
+    and every batch before it are stored.
     """
     group = settings.group_id
+
+    async def fetch() -> _Fetched:
+        batches = await consumer.getmany(
+            timeout_ms=settings.batch_timeout_ms, max_records=settings.batch_max_records
+        )
+        fetched = _Fetched(batches, [], [])
+        for records in batches.values():
+            for record in records:
+                try:
+                    fetched.good.append(Decoded(record, decode(models[record.topic], record)))
+                except PoisonMessageError as exc:
+                    fetched.poison.append((record, exc.reason))
+        return fetched
+
+    async def finish(fetched: _Fetched, applying: asyncio.Task[bool]) -> bool:
+        if not await applying:
+            return False
+        for record, reason in fetched.poison:
+            await dead_letters.send(record, reason)
+        await _commit(consumer, fetched.batches, settings)
+        for tp, records in fetched.batches.items():
+            metrics.CONSUMED.labels(group=group, topic=tp.topic).inc(len(records))
+        await _record_lag(consumer, group)
+        return True
+
+    upcoming = asyncio.create_task(fetch())
+    pending: collections.deque[tuple[_Fetched, asyncio.Task[bool]]] = collections.deque()
     try:
         while not stop.is_set():
-            batches = await consumer.getmany(
-                timeout_ms=settings.batch_timeout_ms, max_records=settings.batch_max_records
-            )
-            if not batches:
-                continue
-            good: list[Decoded] = []
-            poison: list[tuple[ConsumerRecord[bytes, bytes], str]] = []
-            for records in batches.values():
-                for record in records:
-                    try:
-                        good.append(Decoded(record, decode(models[record.topic], record)))
-                    except PoisonMessageError as exc:
-                        poison.append((record, exc.reason))
-            if not await _apply_with_retry(handle, good, stop, group):
+            current = await upcoming
+            # Fetch and decode the next batch while this one waits on the database: the two
+            # use different processes' CPU.
+            upcoming = asyncio.create_task(fetch())
+            if current.batches:
+                applying = asyncio.create_task(_apply_with_retry(handle, current.good, stop, group))
+                pending.append((current, applying))
+            while pending and (len(pending) >= in_flight or not current.batches):
+                if not await finish(*pending.popleft()):
+                    return
+        # Stopping: the batches in hand finish and commit, as a lone batch always did.
+        while pending:
+            if not await finish(*pending.popleft()):
                 return
-            for record, reason in poison:
-                await dead_letters.send(record, reason)
-            await _commit(consumer, batches, settings)
-            for tp, records in batches.items():
-                metrics.CONSUMED.labels(group=group, topic=tp.topic).inc(len(records))
-            await _record_lag(consumer, group)
     finally:
+        upcoming.cancel()
+        for _, applying in pending:
+            applying.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.gather(upcoming, *(applying for _, applying in pending))
         await consumer.stop()
+
+
+@dataclass
+class _Fetched:
+    batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    good: list[Decoded]
+    poison: list[tuple[ConsumerRecord[bytes, bytes], str]]
 
 
 async def _record_lag(consumer: AIOKafkaConsumer, group: str) -> None:

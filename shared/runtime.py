@@ -124,7 +124,9 @@ class ConsumerWorker:
         models: Mapping[Topic, type[BaseModel]],
         handle: Handler,
         producer: ProducerHandle,
+        in_flight: int = 1,
     ) -> None:
+        self._in_flight = in_flight
         self._kafka = kafka
         self._settings = consumer
         self._topics = list(models)
@@ -161,6 +163,7 @@ class ConsumerWorker:
                     models=self._models,
                     dead_letters=dead_letters,
                     settings=self._settings,
+                    in_flight=self._in_flight,
                 )
                 attempt = 0
             except Exception:
@@ -212,7 +215,9 @@ class ConsumingService:
         models: Mapping[Topic, type[BaseModel]],
         make_handler: Callable[[AsyncEngine], Handler],
         migrations: Path,
+        in_flight: int = 1,
     ) -> None:
+        self._in_flight = in_flight
         self.name = name
         self._kafka = kafka
         self._consumer = consumer
@@ -234,6 +239,7 @@ class ConsumingService:
             models=self._models,
             handle=self._make_handler(self.engine),
             producer=self._producer,
+            in_flight=self._in_flight,
         )
         self._worker.start()
 

@@ -286,7 +286,7 @@ class ConsumerSettings(HttpSettings):
 
     group_id: str = Field(default="", description="Kafka consumer group.")
     batch_max_records: int = Field(
-        default=500, ge=1, le=100_000, description="Most records applied in one transaction."
+        default=2000, ge=1, le=100_000, description="Most records applied in one transaction."
     )
     batch_timeout_ms: int = Field(
         default=200, ge=1, description="Longest wait for a batch to fill."
@@ -314,6 +314,13 @@ class ScorerSettings(ConsumerSettings):
     )
     gauge_interval_seconds: float = Field(
         default=30, gt=0, description="How often the score gauges on /metrics are recomputed."
+    )
+    batches_in_flight: int = Field(
+        default=2,
+        ge=1,
+        le=8,
+        description="Batches applied at once, each in its own transaction (offsets still "
+        "commit in order).",
     )
 
 

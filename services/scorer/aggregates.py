@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Final
+from typing import Final, NamedTuple
 
 from shared.events import Metric, NpsCategory, ResponseSubmitted, TouchpointEvent, nps_category
 
@@ -21,8 +21,7 @@ def bucket_start(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
-@dataclass(frozen=True)
-class BucketKey:
+class BucketKey(NamedTuple):
     """Where a response is counted: its hour, metric, scale and every segment dimension."""
 
     bucket_start: datetime
@@ -36,7 +35,7 @@ class BucketKey:
     business_unit: str
 
 
-@dataclass
+@dataclass(slots=True)
 class Counts:
     """Additive counts: two buckets' counts sum to the counts of their union."""
 
@@ -49,22 +48,38 @@ class Counts:
     easy: int = 0
 
     def add(self, other: Counts) -> None:
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        # Spelt out rather than looped over fields(): this runs once per event folded.
+        self.n += other.n
+        self.score_sum += other.score_sum
+        self.promoters += other.promoters
+        self.passives += other.passives
+        self.detractors += other.detractors
+        self.satisfied += other.satisfied
+        self.easy += other.easy
 
 
 def counts_of(event: ResponseSubmitted) -> Counts:
     """Return the counts one response contributes."""
-    c = Counts(n=1, score_sum=event.score)
+    return _count_into(Counts(), event)
+
+
+def _count_into(c: Counts, event: ResponseSubmitted) -> Counts:
+    # Adds in place rather than summing a Counts per answer: this runs once per event folded.
+    score = event.score
+    c.n += 1
+    c.score_sum += score
     if event.metric is Metric.NPS:
-        category = nps_category(event.score)
-        c.promoters = int(category is NpsCategory.PROMOTER)
-        c.passives = int(category is NpsCategory.PASSIVE)
-        c.detractors = int(category is NpsCategory.DETRACTOR)
+        category = nps_category(score)
+        if category is NpsCategory.PROMOTER:
+            c.promoters += 1
+        elif category is NpsCategory.PASSIVE:
+            c.passives += 1
+        else:
+            c.detractors += 1
     elif event.metric is Metric.CSAT:
-        c.satisfied = int(event.score >= SATISFIED_FROM)
+        c.satisfied += score >= SATISFIED_FROM
     else:
-        c.easy = int(event.score >= EASY_FROM[event.scale])
+        c.easy += score >= EASY_FROM[event.scale]
     return c
 
 
@@ -88,7 +103,11 @@ def fold(events: list[ResponseSubmitted]) -> dict[BucketKey, Counts]:
     """Sum the counts of ``events`` per bucket, so one batch writes each bucket once."""
     folded: dict[BucketKey, Counts] = {}
     for event in events:
-        folded.setdefault(key_of(event), Counts()).add(counts_of(event))
+        key = key_of(event)
+        counts = folded.get(key)
+        if counts is None:
+            counts = folded[key] = Counts()
+        _count_into(counts, event)
     return folded
 
 
@@ -115,8 +134,7 @@ def mean(c: Counts) -> float | None:
     return c.score_sum / c.n if c.n else None
 
 
-@dataclass(frozen=True)
-class ReasonKey:
+class ReasonKey(NamedTuple):
     """Where an NPS+ reason is counted: its hour, NPS category, code and segments."""
 
     bucket_start: datetime

@@ -51,6 +51,7 @@ def create_app(
         models={Topic.RESPONSES: ResponseSubmitted, Topic.TOUCHPOINTS: TouchpointEvent},
         make_handler=BatchHandler,
         migrations=MIGRATIONS_DIR,
+        in_flight=scorer.batches_in_flight,
     )
 
     @asynccontextmanager

