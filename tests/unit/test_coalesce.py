@@ -41,7 +41,7 @@ async def test_a_run_takes_no_more_than_max_items_unless_one_call_is_bigger() ->
     run.release.set()
     coalesce = Coalescer(run, max_items=3)
     results = await asyncio.gather(coalesce([1, 2]), coalesce([3, 4]), coalesce([5, 6, 7, 8]))
-    assert results == [[10, 20], [30, 40], [50, 60, 70, 80]]
+    assert list(results) == [[10, 20], [30, 40], [50, 60, 70, 80]]
     assert run.runs == [[1, 2], [3, 4], [5, 6, 7, 8]]
 
 
