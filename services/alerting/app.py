@@ -50,13 +50,15 @@ def create_app(
     routing = config or (
         load_config(alerting.config_path) if alerting.config_path else AlertingConfig()
     )
+    # Set by the consumer when it queued notifications, so the outbox sends without waiting.
+    queued = asyncio.Event()
     runtime = ConsumingService(
         name="alerting",
         kafka=kafka or load(KafkaSettings),
         database=database or load(DatabaseSettings),
         consumer=alerting,
         models={Topic.RESPONSES: ResponseSubmitted, Topic.TOUCHPOINTS: TouchpointEvent},
-        make_handler=lambda engine: AlertHandler(engine, sla_settings, routing),
+        make_handler=lambda engine: AlertHandler(engine, sla_settings, routing, queued),
         migrations=MIGRATIONS_DIR,
     )
 
@@ -68,7 +70,7 @@ def create_app(
                 asyncio.create_task(
                     timers.run(runtime.engine, stop, alerting.timer_interval_seconds, routing)
                 ),
-                asyncio.create_task(outbox.run(runtime.engine, routing, stop)),
+                asyncio.create_task(outbox.run(runtime.engine, routing, stop, queued=queued)),
                 asyncio.create_task(
                     drops.run(
                         runtime.engine,

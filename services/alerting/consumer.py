@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -17,11 +18,16 @@ class AlertHandler:
     """Opens or folds an alert for every new response a rule flags, and tracks SLA deadlines."""
 
     def __init__(
-        self, engine: AsyncEngine, sla: SlaSettings, config: AlertingConfig | None = None
+        self,
+        engine: AsyncEngine,
+        sla: SlaSettings,
+        config: AlertingConfig | None = None,
+        queued: asyncio.Event | None = None,
     ) -> None:
         self._engine = engine
         self._sla = sla
         self._config = config
+        self._queued = queued
 
     async def __call__(self, batch: Sequence[Decoded]) -> None:
         outcomes: list[tuple[rules.AlertDraft, bool]] = []
@@ -39,6 +45,9 @@ class AlertHandler:
             await timers.track(
                 conn, [e for e in fresh if isinstance(e, TouchpointEvent)], self._sla, self._config
             )
+        if self._queued is not None and any(opened for _, opened in outcomes):
+            # Committed: the outbox of this process may send now rather than at its next poll.
+            self._queued.set()
         for draft, opened in outcomes:
             if opened:
                 metrics.OPENED.labels(rule=draft.rule, severity=draft.severity.value).inc()

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from services.alerting import metrics, receivers
 from services.alerting.config import AlertingConfig
 from services.alerting.models import alerts, notifications, silences
-from shared.kafka import backoff_delay, sleep_unless_stopped
+from shared.kafka import backoff_delay
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,23 @@ async def _attempt(
     return "failed", None, f"HTTP {response.status_code}: {response.text[:200]}"
 
 
+_UPDATE_COLUMNS = ("id", "status", "attempts", "last_error", "delay")
+
+_RECORD_ATTEMPTS = sa.text("""
+UPDATE notifications AS n SET
+    status = u.status,
+    attempts = u.attempts,
+    last_error = u.last_error,
+    delivered_at = CASE WHEN u.status = 'delivered' THEN now() ELSE n.delivered_at END,
+    next_attempt_at = CASE WHEN u.delay IS NULL THEN n.next_attempt_at
+                           ELSE now() + make_interval(secs => u.delay) END
+FROM unnest(CAST(:id AS uuid[]), CAST(:status AS text[]), CAST(:attempts AS integer[]),
+            CAST(:last_error AS text[]), CAST(:delay AS float8[]))
+     AS u(id, status, attempts, last_error, delay)
+WHERE n.id = u.id
+""")
+
+
 async def deliver_due(
     engine: AsyncEngine, client: httpx.AsyncClient, config: AlertingConfig
 ) -> int:
@@ -147,42 +164,60 @@ async def deliver_due(
             batches.setdefault(row.group_key or row.notification_id, []).append(row)
         groups = [sorted(rows, key=lambda r: str(r.notification_id)) for rows in batches.values()]
         outcomes = await asyncio.gather(*(_attempt(client, config, rows) for rows in groups))
+        updates: dict[str, list[Any]] = {k: [] for k in _UPDATE_COLUMNS}
         for row, (outcome, retry_after, error) in (
             (row, result) for rows, result in zip(groups, outcomes, strict=True) for row in rows
         ):
             metrics.NOTIFY_ATTEMPTS.labels(receiver=row.receiver, outcome=outcome).inc()
-            values: dict[str, Any] = {"attempts": row.attempts + 1, "last_error": error}
-            if outcome == "delivered":
-                values |= {"status": "delivered", "delivered_at": sa.func.now()}
-            elif outcome == "failed":
-                values["status"] = "failed"
+            delay = None
+            if outcome == "failed":
                 log.error("notification to %s failed for good: %s", row.receiver, error)
-            else:
+            elif outcome == "retry":
                 delay = min(
                     MAX_DELAY,
                     max(retry_after or 0, backoff_delay(row.attempts, base=1.0, cap=MAX_DELAY)),
                 )
-                values["next_attempt_at"] = sa.func.now() + sa.literal(
-                    timedelta(seconds=delay), sa.Interval
-                )
-            await conn.execute(
-                notifications.update()
-                .where(notifications.c.id == row.notification_id)
-                .values(**values)
-            )
+            status = {"delivered": "delivered", "failed": "failed"}.get(outcome, "pending")
+            for column, value in zip(
+                _UPDATE_COLUMNS,
+                (row.notification_id, status, row.attempts + 1, error, delay),
+                strict=True,
+            ):
+                updates[column].append(value)
+        if due:
+            # One statement for the whole pass: its rows are locked since the SELECT.
+            await conn.execute(_RECORD_ATTEMPTS, updates)
     return len(due)
 
 
 async def run(
-    engine: AsyncEngine, config: AlertingConfig, stop: asyncio.Event, every: float = 0.5
+    engine: AsyncEngine,
+    config: AlertingConfig,
+    stop: asyncio.Event,
+    every: float = 0.5,
+    queued: asyncio.Event | None = None,
 ) -> None:
-    """Deliver until ``stop`` is set."""
+    """Deliver until ``stop`` is set: every ``every`` seconds, and at once when ``queued`` is set.
+
+    ``queued`` is this process's shortcut; the poll finds what other instances queued.
+    """
+    queued = queued or asyncio.Event()
     async with httpx.AsyncClient(timeout=10.0) as client:
         while not stop.is_set():
+            queued.clear()
             attempted = 0
             try:
                 attempted = await deliver_due(engine, client, config)
             except Exception as exc:
                 log.warning("delivery pass failed (%s); retrying", type(exc).__name__)
             if not attempted:
-                await sleep_unless_stopped(stop, every)
+                await _first_of(stop, queued, timeout=every)
+
+
+async def _first_of(stop: asyncio.Event, queued: asyncio.Event, timeout: float) -> None:
+    waits = [asyncio.create_task(stop.wait()), asyncio.create_task(queued.wait())]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
