@@ -70,12 +70,15 @@ async def produce(
     producer = make_producer(settings)
     await producer.start()
     try:
+        # Sent without waiting for each ack, then awaited together: order per partition holds.
+        acks = []
         for event in events:
             value = event if isinstance(event, bytes) else encode(event)
             record_key = key
             if isinstance(event, BaseModel) and hasattr(event, "customer_id"):
                 record_key = str(event.customer_id).encode()
-            await producer.send_and_wait(settings.topic(topic), value=value, key=record_key)
+            acks.append(await producer.send(settings.topic(topic), value=value, key=record_key))
+        await asyncio.gather(*acks)
     finally:
         await producer.stop()
 

@@ -1,0 +1,128 @@
+"""Query latency of the scorer's API over a large history.
+
+Seeds --responses raw answers in bulk with SQL (spread over 100 days across 4 channels,
+4 touchpoints, 8 locations and 2 survey types), derives their hourly score buckets in the
+same transaction, then starts the scorer as a process and times, one request at a time
+after a warm-up:
+  30d by channel     GET /v1/scores?metric=nps&window=30d&group_by=channel
+  90d by channel     GET /v1/scores?metric=nps&window=90d&group_by=channel
+  90d daily series   GET /v1/scores/timeseries?metric=nps&window=90d&interval=day
+
+    python bench/queries.py --responses 10000000 --requests 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+import sqlalchemy as sa
+from common import Result, Servers, percentile, servers, stack
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from shared.settings import DatabaseSettings
+
+# Bench-only seeding SQL. It builds the rows the scorer would have stored; the scorer's own
+# code is what the benchmark then times.
+_SEED_RESPONSES = """
+INSERT INTO responses (event_id, metric, scale, score, survey_type, channel, touchpoint,
+    location, customer_id, reasons, source, occurred_at, received_at)
+SELECT gen_random_uuid(), 'nps', 10, (random() * 10)::int,
+    (ARRAY['transactional', 'relationship'])[1 + (i % 2)],
+    (ARRAY['web', 'sms', 'call_center', 'email'])[1 + (i / 2 % 4)],
+    (ARRAY['checkout', 'delivery', 'support_call', 'onboarding'])[1 + (i / 8 % 4)],
+    'loc' || (i / 32 % 8), 'c' || (i % 200000), '{}', 'api', at, at
+FROM (SELECT i, now() - random() * interval '100 days' AS at
+      FROM generate_series(CAST(:start AS integer), CAST(:stop AS integer)) AS i) AS s
+"""
+
+_SEED_BUCKETS = """
+INSERT INTO score_buckets (bucket_start, metric, scale, channel, survey_type, touchpoint,
+    location, product, business_unit, n, score_sum, promoters, passives, detractors,
+    satisfied, easy)
+SELECT date_trunc('hour', occurred_at, 'UTC'), metric, scale, channel, survey_type,
+    touchpoint, coalesce(location, ''), '', '', count(*), sum(score),
+    count(*) FILTER (WHERE score >= 9), count(*) FILTER (WHERE score BETWEEN 7 AND 8),
+    count(*) FILTER (WHERE score <= 6), 0, 0
+FROM responses GROUP BY 1, 2, 3, 4, 5, 6, 7
+"""
+
+QUERIES = {
+    "30d by channel": ("/v1/scores", {"metric": "nps", "window": "30d", "group_by": "channel"}),
+    "90d by channel": ("/v1/scores", {"metric": "nps", "window": "90d", "group_by": "channel"}),
+    "90d daily series": (
+        "/v1/scores/timeseries",
+        {"metric": "nps", "window": "90d", "interval": "day"},
+    ),
+}
+
+
+async def seed(url: str, responses: int) -> tuple[float, int]:
+    engine = create_async_engine(DatabaseSettings(url=url).sqlalchemy_url())
+    started = time.perf_counter()
+    try:
+        async with engine.begin() as conn:
+            step = 1_000_000
+            for start in range(1, responses + 1, step):
+                stop = min(responses, start + step - 1)
+                await conn.execute(sa.text(_SEED_RESPONSES), {"start": start, "stop": stop})
+            await conn.execute(sa.text(_SEED_BUCKETS))
+        async with engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(sa.text("VACUUM ANALYZE responses"))
+            await conn.execute(sa.text("VACUUM ANALYZE score_buckets"))
+            buckets = int(await conn.scalar(sa.text("SELECT count(*) FROM score_buckets")) or 0)
+    finally:
+        await engine.dispose()
+    return time.perf_counter() - started, buckets
+
+
+async def measure(srv: Servers, responses: int, requests: int) -> list[Result]:
+    url = await srv.database()
+    seeded, buckets = await seed(url, responses)
+    print(f"  seeded {responses:,} responses, {buckets:,} buckets in {seeded:.0f}s", flush=True)
+    results = []
+    async with stack(srv, services=("scorer",), CXLOOP_DATABASE_URL=url) as s:
+        async with s.client("scorer") as client:
+            for name, (path, params) in QUERIES.items():
+                for _ in range(10):
+                    (await client.get(path, params=params)).raise_for_status()
+                times = []
+                for _ in range(requests):
+                    started = time.perf_counter()
+                    r = await client.get(path, params=params)
+                    times.append(time.perf_counter() - started)
+                    r.raise_for_status()
+                p50, p99 = percentile(times, 50) * 1000, percentile(times, 99) * 1000
+                print(f"  {name}: p50 {p50:.1f} ms, p99 {p99:.1f} ms", flush=True)
+                results.append(
+                    Result(
+                        f"Query p99, {name}",
+                        p99,
+                        "ms",
+                        target="p99 ≤ 50 ms",
+                        met=p99 <= 50,
+                        note=f"p50 {p50:.1f} ms over {requests} requests; {responses:,} "
+                        f"responses in {buckets:,} hourly buckets",
+                    )
+                )
+        rss = s.peak_rss_mib()["scorer"]
+    results[-1].note += f"; scorer peak RSS {rss:.0f} MiB"
+    return results
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--responses", type=int, default=10_000_000)
+    parser.add_argument("--requests", type=int, default=200)
+    args = parser.parse_args()
+    async with servers() as srv:
+        for r in await measure(srv, args.responses, args.requests):
+            print(f"{r.name}: {r.value:.1f} {r.unit} ({r.note})")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

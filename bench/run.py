@@ -1,0 +1,123 @@
+"""Run every benchmark on one set of servers and write BENCHMARKS.md (``make bench``).
+
+python bench/run.py                  # the sizes the targets are stated for
+python bench/run.py --quick          # small sizes, to check the scripts work
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+
+import ingest
+import latency
+import queries
+import scorer_throughput
+from common import ROOT, Result, servers
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    for line in open("/proc/cpuinfo", encoding="utf-8"):
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kib = int(open("/proc/meminfo", encoding="utf-8").readline().split()[1])
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {mem_kib / 1024**2:.0f} GiB, "
+        f"Linux {platform.release()}, Python {platform.python_version()}"
+    )
+
+
+def commit() -> str:
+    out = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    )
+    return out.stdout.strip() or "unknown"
+
+
+def _fmt(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "—"
+    text = f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
+    return f"{text} {unit}".strip()
+
+
+def table(results: list[Result]) -> str:
+    lines = [
+        "| measure | cxloop | reference | ratio | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        reference = f"{_fmt(r.reference_value, r.unit)} ({r.reference})" if r.reference else "—"
+        ratio = f"{r.ratio:.2f}" if r.ratio is not None else "—"
+        met = {True: "yes", False: "**no**", None: "—"}[r.met]
+        lines.append(
+            f"| {r.name} | {_fmt(r.value, r.unit)} | {reference} | {ratio} | "
+            f"{r.target or '—'} | {met} |"
+        )
+    lines.append("")
+    lines += [f"- **{r.name}:** {r.note}" for r in results if r.note]
+    return "\n".join(lines)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    args = parser.parse_args()
+    q = args.quick
+    sizes = {
+        "scorer events": 20_000 if q else 1_000_000,
+        "naive events": 300 if q else 5_000,
+        "ingest seconds": 3 if q else 15,
+        "latency seconds": 10 if q else 60,
+        "responses": 100_000 if q else 10_000_000,
+        "requests": 20 if q else 200,
+    }
+    started = time.monotonic()
+    results: list[Result] = []
+    async with servers() as srv:
+        print(f"servers: {srv.describe()}", flush=True)
+        print("ingest", flush=True)
+        results += await ingest.measure(srv, sizes["ingest seconds"])
+        print("scorer throughput", flush=True)
+        results += await scorer_throughput.measure(
+            srv, sizes["scorer events"], sizes["naive events"], spread_hours=24
+        )
+        print("end-to-end latency", flush=True)
+        results += await latency.measure(srv, rate=500, seconds=sizes["latency seconds"])
+        print("query latency", flush=True)
+        results += await queries.measure(srv, sizes["responses"], sizes["requests"])
+        described = srv.describe()
+    took = time.monotonic() - started
+    text = f"""# Benchmarks
+
+Written by `make bench` (`python bench/run.py{" --quick" if q else ""}`) on
+{datetime.now(UTC):%Y-%m-%d %H:%M} UTC at commit `{commit()}`, in {took / 60:.0f} minutes.
+Each line compares cxloop with its reference measured in the same run on the same
+machine, so that machine noise mostly cancels out in the ratio.
+
+- **Machine:** {machine()}
+- **Servers:** {described}, started by the benchmark itself (as the tests start them)
+- **Sizes:** {", ".join(f"{k} {v:,}" for k, v in sizes.items())}
+- **Single scripts:** `python bench/ingest.py`, `bench/scorer_throughput.py`,
+  `bench/latency.py`, `bench/queries.py` (each takes `--help`)
+
+{table(results)}
+"""
+    with open(args.out, "w", encoding="utf-8") as out:
+        out.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
