@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import ingest
 import latency
@@ -23,12 +24,11 @@ from common import ROOT, Result, servers
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    for line in open("/proc/cpuinfo", encoding="utf-8"):
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    mem_kib = int(open("/proc/meminfo", encoding="utf-8").readline().split()[1])
+    cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
+    models = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
+    cpu = models[0] if models else "unknown CPU"
+    meminfo = Path("/proc/meminfo").read_text(encoding="utf-8")
+    mem_kib = int(meminfo.splitlines()[0].split()[1])
     return (
         f"{os.cpu_count()} cores ({cpu}), {mem_kib / 1024**2:.0f} GiB, "
         f"Linux {platform.release()}, Python {platform.python_version()}"
@@ -114,8 +114,7 @@ machine, so that machine noise mostly cancels out in the ratio.
 
 {table(results)}
 """
-    with open(args.out, "w", encoding="utf-8") as out:
-        out.write(text)
+    await asyncio.to_thread(Path(args.out).write_text, text, encoding="utf-8")
     print(text)
 
 
