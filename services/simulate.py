@@ -286,7 +286,7 @@ class Simulator:
                 "event": event,
             }
             raw = json.dumps(body).encode()
-            stamp = at.isoformat()
+            stamp = datetime.now(UTC).isoformat()  # signed when sent, not when it happened
             digest = hmac.new(secret.encode(), stamp.encode() + raw, hashlib.sha256).digest()
             r = await self.client.post(
                 f"{self.target.collector}/v1/sources/zendesk",

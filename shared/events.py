@@ -121,11 +121,16 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=256)]
-Label = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
+# Postgres text cannot hold U+0000: an event carrying one would fail every consumer's insert
+# for good, so the contract refuses it (and the consumers dead-letter such a record).
+NO_NUL = r"^[^\x00]*$"
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=NO_NUL)]
+Label = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True, pattern=NO_NUL)
+]
 SourceName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
 ReasonCode = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
-Comment = Annotated[str, StringConstraints(max_length=10_000)]
+Comment = Annotated[str, StringConstraints(max_length=10_000, pattern=NO_NUL)]
 TouchpointType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")]
 
 
@@ -173,7 +178,7 @@ class ResponseSubmitted(_Event):
     comment: Comment | None = None
     reasons: tuple[ReasonCode, ...] = Field(default=(), max_length=32)
     segments: Segments = Field(default_factory=Segments)
-    locale: Annotated[str, StringConstraints(max_length=35)] | None = None
+    locale: Annotated[str, StringConstraints(max_length=35, pattern=NO_NUL)] | None = None
 
     @field_validator("scale")
     @classmethod
@@ -221,8 +226,8 @@ class TouchpointEvent(_Event):
     priority: TicketPriority | None = None
     status: Label | None = None
     segments: Segments = Field(default_factory=Segments)
-    attributes: dict[Label, Annotated[str, StringConstraints(max_length=1024)]] = Field(
-        default_factory=dict, max_length=64
+    attributes: dict[Label, Annotated[str, StringConstraints(max_length=1024, pattern=NO_NUL)]] = (
+        Field(default_factory=dict, max_length=64)
     )
 
 

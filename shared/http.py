@@ -11,11 +11,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -39,6 +42,61 @@ _ERROR_KINDS = {
     429: "rate_limited",
     503: "unavailable",
 }
+
+
+class FieldError(BaseModel):
+    """One bad field of a request, named by its dotted path."""
+
+    field: str
+    detail: str
+
+
+class ErrorBody(BaseModel):
+    """The body of every 4xx and 5xx answer."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error: str = Field(description="A stable kind: validation_failed, unauthorized, ...")
+    detail: str = Field(description="What went wrong, for a person.")
+    field: str | None = Field(default=None, description="The first bad field, if one is.")
+    errors: list[FieldError] | None = Field(
+        default=None, description="Every bad field, when the request had several."
+    )
+
+
+def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
+    """Make every documented 4xx/5xx answer of an OpenAPI ``schema`` an :class:`ErrorBody`.
+
+    FastAPI documents 422 as its own HTTPValidationError, which is not what these services
+    send: their handlers answer every error in one shape.
+    """
+    ref = {"$ref": "#/components/schemas/ErrorBody"}
+    for path in schema.get("paths", {}).values():
+        for method, operation in path.items():
+            responses = operation.setdefault("responses", {})
+            # Answered by middleware on any route: NulGuardMiddleware, and on bodies
+            # BodyLimitMiddleware where a service installs it.
+            responses.setdefault("422", {"description": "A field is invalid; it is named"})
+            if method in ("post", "put", "patch"):
+                responses.setdefault("413", {"description": "Body larger than the limit"})
+                responses.setdefault("415", {"description": "Body of a media type not taken"})
+            for status, response in responses.items():
+                if status[0] in "45" and not _has_own_model(response):
+                    response["content"] = {"application/json": {"schema": ref}}
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.pop("HTTPValidationError", None)
+    components.pop("ValidationError", None)
+    error_schema = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(error_schema.pop("$defs", {}))
+    components["ErrorBody"] = error_schema
+    return schema
+
+
+def _has_own_model(response: dict[str, Any]) -> bool:
+    # A route may document an error answer of its own (the batch 503 lists every item).
+    content = response.get("content", {}).get("application/json", {}).get("schema", {})
+    ref = content.get("$ref", "")
+    return bool(ref) and not ref.endswith(("/HTTPValidationError", "/ErrorBody"))
 
 
 def error_body(status: int, detail: str, field: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -197,6 +255,99 @@ BodyPolicy = Callable[[str], tuple[int, frozenset[str]]]
 JSON_ONLY = frozenset({"application/json"})
 
 
+class NulGuardMiddleware:
+    """Refuse (422, naming the field) any request carrying U+0000 in its path, query or body.
+
+    Postgres text cannot hold it: accepted, it would fail a query with a 500, or, in an
+    answer's comment, fail every consumer's insert of that event for good.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if "\x00" in scope["path"]:
+            await _send_error(send, 422, _NUL, field="path")
+            return
+        query = scope.get("query_string", b"")
+        if b"\x00" in query or b"%00" in query:
+            for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+                if "\x00" in value or "\x00" in name:
+                    await _send_error(send, 422, f"{name}: {_NUL}", field=name)
+                    return
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                await self.app(scope, _replay([message]), send)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        field = _nul_field(body)
+        if field is not None:
+            await _send_error(send, 422, f"{field}: {_NUL}", field=field)
+            return
+        await self.app(scope, _replay([{"type": "http.request", "body": body}], receive), send)
+
+
+_NUL = "must not contain the NUL character (U+0000)"
+
+
+def _nul_field(body: bytes) -> str | None:
+    """Return where in ``body`` a NUL is (a JSON path or form field), or None."""
+    lowered = body.lower()
+    if b"\x00" not in body and b"\\u0000" not in lowered and b"%00" not in body:
+        return None
+    try:
+        return _nul_path(json.loads(body), "")
+    except (ValueError, UnicodeDecodeError):
+        pass
+    for name, value in parse_qsl(body.decode("latin-1"), keep_blank_values=True):
+        if "\x00" in value or "\x00" in name:
+            return name
+    return "body" if b"\x00" in body else None
+
+
+def _nul_path(value: Any, path: str) -> str | None:
+    if isinstance(value, str):
+        return (path or "body") if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                return where
+            found = _nul_path(item, where)
+            if found:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _nul_path(item, f"{path}.{index}" if path else str(index))
+            if found:
+                return found
+    return None
+
+
+def _replay(messages: list[Any], then: Any = None) -> Any:
+    pending = list(messages)
+
+    async def receive() -> Any:
+        if pending:
+            return pending.pop(0)
+        if then is not None:
+            return await then()
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
 class BodyLimitMiddleware:
     """Refuse bodies over a path's size limit (413) or of a media type it does not take (415).
 
@@ -251,8 +402,8 @@ class BodyLimitMiddleware:
             await _send_error(send, 413, f"body exceeds the limit of {max_bytes} bytes")
 
 
-async def _send_error(send: Any, status: int, detail: str) -> None:
-    body = json.dumps(error_body(status, detail)).encode("utf-8")
+async def _send_error(send: Any, status: int, detail: str, field: str | None = None) -> None:
+    body = json.dumps(error_body(status, detail, field)).encode("utf-8")
     await send(
         {
             "type": "http.response.start",
@@ -316,6 +467,21 @@ def build_app(
         title=f"cxloop {service}", version="1", description=description, lifespan=lifespan
     )
     app.state.keystore = keystore
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(
+                get_openapi(
+                    title=app.title,
+                    version=app.version,
+                    description=app.description,
+                    routes=app.routes,
+                )
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(NulGuardMiddleware)
     app.add_middleware(RequestMetricsMiddleware, service=service)
     install_error_handlers(app)
     app.include_router(operations_router(service, readiness))

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -52,10 +53,10 @@ def zendesk_event(
     }
 
 
-def zendesk_headers(
-    secret: str, body: bytes, timestamp: str = "2026-11-22T01:23:48Z"
-) -> dict[str, str]:
-    """Headers Zendesk signs a webhook with: base64(HMAC-SHA256(secret, timestamp + body))."""
+def zendesk_headers(secret: str, body: bytes, timestamp: str | None = None) -> dict[str, str]:
+    """Headers Zendesk signs a webhook with: base64(HMAC-SHA256(secret, timestamp + body)),
+    signed now unless ``timestamp`` says otherwise."""
+    timestamp = timestamp or datetime.now(UTC).isoformat(timespec="seconds")
     digest = hmac.new(secret.encode(), timestamp.encode() + body, hashlib.sha256).digest()
     return {
         "X-Zendesk-Webhook-Signature": base64.b64encode(digest).decode(),

@@ -27,7 +27,8 @@ from shared.kafka import backoff_delay
 
 log = logging.getLogger(__name__)
 
-MAX_DELAY = 300.0
+# A receiver back from an outage hears from us within a minute: an alert is for people now.
+MAX_DELAY = 60.0
 
 
 async def silenced(conn: AsyncConnection, alert: dict[str, Any]) -> bool:

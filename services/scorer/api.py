@@ -430,7 +430,7 @@ async def list_responses(
     location: str | None = None,
     customer_id: str | None = None,
     ticket_id: str | None = None,
-    score: int | None = None,
+    score: Annotated[int | None, Query(ge=0, le=10, description="Answers of this score.")] = None,
     from_: FromParam = None,
     to: ToParam = None,
     cursor: str | None = None,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 import uuid
 from collections.abc import AsyncIterator
 
@@ -43,11 +42,6 @@ async def own_postgres() -> AsyncIterator[LocalPostgres]:
     await server.start()
     yield server
     await server.stop()
-
-
-@pytest.fixture
-def stack_key() -> str:
-    return "resilience-" + secrets.token_urlsafe(18)
 
 
 async def topics_on(bootstrap: str) -> KafkaSettings:

@@ -10,26 +10,26 @@ import time
 import pytest
 
 from services.servers import ApacheKafkaBroker
+from tests.processes import Load, Service, scalar, service_env, wait_for
 from tests.resilience.conftest import topics_on
-from tests.resilience.harness import Load, Service, scalar, service_env, wait_for
 
 pytestmark = [pytest.mark.resilience, pytest.mark.apache_kafka]
 
 
 async def test_answers_accepted_around_a_broker_kill_are_counted_exactly_once(
-    own_kafka: ApacheKafkaBroker, database_url: str, stack_key: str
+    own_kafka: ApacheKafkaBroker, database_url: str, api_key: str
 ) -> None:
     kafka = await topics_on(own_kafka.bootstrap_servers)
     env = service_env(
         bootstrap=own_kafka.bootstrap_servers,
         prefix=kafka.topic_prefix,
         database_url=database_url,
-        api_key=stack_key,
+        api_key=api_key,
         CXLOOP_KAFKA_PRODUCE_TIMEOUT_SECONDS="2",
         CXLOOP_KAFKA_REQUEST_TIMEOUT_MS="3000",
     )
-    collector = Service("collector", env, stack_key)
-    scorer = Service("scorer", env, stack_key)
+    collector = Service("collector", env, api_key)
+    scorer = Service("scorer", env, api_key)
     await collector.start()
     await scorer.start()
     try:

@@ -18,7 +18,7 @@ from shared.topics import Topic
 from tests.builders import response_event
 from tests.harness.backends import KafkaServer
 from tests.helpers import produce
-from tests.resilience.harness import Service, scalar, service_env, wait_for
+from tests.processes import Service, scalar, service_env, wait_for
 
 pytestmark = [pytest.mark.resilience, pytest.mark.apache_kafka]
 
@@ -26,7 +26,7 @@ BACKLOG = 20_000
 
 
 async def test_totals_are_exact_after_kills_at_random_and_between_the_two_commits(
-    kafka: KafkaServer, kafka_settings: KafkaSettings, database_url: str, stack_key: str
+    kafka: KafkaServer, kafka_settings: KafkaSettings, database_url: str, api_key: str
 ) -> None:
     rng = random.Random(7)
     events = [
@@ -44,7 +44,7 @@ async def test_totals_are_exact_after_kills_at_random_and_between_the_two_commit
         bootstrap=kafka.bootstrap_servers,
         prefix=kafka_settings.topic_prefix,
         database_url=database_url,
-        api_key=stack_key,
+        api_key=api_key,
         CXLOOP_KAFKA_IDEMPOTENCE=str(kafka.supports_idempotence).lower(),
         CXLOOP_SCORER_BATCH_MAX_RECORDS="300",
     )
@@ -52,7 +52,7 @@ async def test_totals_are_exact_after_kills_at_random_and_between_the_two_commit
 
     crashing = Path(__file__).with_name("crashing_scorer.py")
     for after in (1, 3, 2):
-        scorer = Service("scorer", env | {"CRASH_AFTER_BATCHES": str(after)}, stack_key)
+        scorer = Service("scorer", env | {"CRASH_AFTER_BATCHES": str(after)}, api_key)
         scorer.argv = (str(crashing),)
         with contextlib.suppress(RuntimeError):  # it may die before it ever answers
             await scorer.start(ready=False)
@@ -61,12 +61,12 @@ async def test_totals_are_exact_after_kills_at_random_and_between_the_two_commit
         assert await asyncio.wait_for(scorer.process.wait(), 90) == 137
 
     for _ in range(4):
-        scorer = Service("scorer", env, stack_key)
+        scorer = Service("scorer", env, api_key)
         await scorer.start()
         await asyncio.sleep(rng.uniform(0.5, 2.0))
         await scorer.kill()
 
-    scorer = Service("scorer", env, stack_key)
+    scorer = Service("scorer", env, api_key)
     await scorer.start()
     try:
         await wait_for(lambda: scalar(database_url, applied), lambda n: n == BACKLOG, timeout=180)

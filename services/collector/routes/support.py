@@ -97,6 +97,15 @@ async def zendesk_webhook(
     ):
         metrics.REJECTED.labels(source="zendesk", reason="signature").inc()
         raise HTTPException(403, "X-Zendesk-Webhook-Signature does not match this request")
+    offset = tickets.zendesk_timestamp_offset(timestamp, utcnow())
+    if offset is None or offset > tickets.ZENDESK_TOLERANCE:
+        metrics.REJECTED.labels(source="zendesk", reason="stale").inc()
+        off = "unreadable" if offset is None else f"{offset.total_seconds():.0f}s off"
+        raise HTTPException(
+            403,
+            f"X-Zendesk-Webhook-Signature-Timestamp is {off}; requests signed more than "
+            f"{tickets.ZENDESK_TOLERANCE.total_seconds():.0f}s away are refused as replays",
+        )
     _, body = await _json_body(request, "zendesk")
     return await _submit(ingest, body, "zendesk", tickets.from_zendesk)
 

@@ -71,7 +71,16 @@ async def widget_js() -> Response:
     )
 
 
-@router.options(PATH, summary="CORS preflight for the widget", status_code=204)
+@router.options(
+    PATH,
+    summary="CORS preflight for the widget",
+    status_code=204,
+    responses={
+        401: {"description": "Unknown publishable key"},
+        403: {"description": "The page's origin is not allowed for the key"},
+        429: {"description": "Rate limit reached; see Retry-After"},
+    },
+)
 async def preflight(request: Request, key: KeyParam, origin: OriginHeader = None) -> Response:
     """Answer a browser's preflight: allowed only for the key's configured origins."""
     admitted = await _admit(request, key, origin)

@@ -10,7 +10,7 @@ import base64
 import hashlib
 import hmac
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from shared.events import Channel, TicketPriority
@@ -46,6 +46,26 @@ def zendesk_signature_valid(secret: str, timestamp: str, body: bytes, signature:
     """Check X-Zendesk-Webhook-Signature: base64(HMAC-SHA256(secret, timestamp + body))."""
     digest = hmac.new(secret.encode(), timestamp.encode() + body, hashlib.sha256).digest()
     return hmac.compare_digest(base64.b64encode(digest).decode(), signature)
+
+
+# A signed request older (or newer) than this is a replay, or a clock badly off: refused.
+ZENDESK_TOLERANCE: Final = timedelta(minutes=5)
+
+
+def zendesk_timestamp_offset(timestamp: str, now: datetime) -> timedelta | None:
+    """Return how far X-Zendesk-Webhook-Signature-Timestamp is from ``now`` (ISO 8601 or
+    unix seconds), or None when it is not a timestamp with a zone."""
+    try:
+        at = (
+            datetime.fromtimestamp(int(timestamp), UTC)
+            if timestamp.isdigit()
+            else datetime.fromisoformat(timestamp)
+        )
+    except (ValueError, OverflowError, OSError):
+        return None
+    if at.tzinfo is None:
+        return None
+    return abs(now - at)
 
 
 _ZENDESK_CHANNELS: Final = {

@@ -101,8 +101,9 @@ class Service:
                 return int(line.split()[1])
         raise RuntimeError("no VmRSS")
 
-    def errors(self) -> list[str]:
-        return [line for line in self.log if " ERROR " in line or "Traceback" in line]
+    def errors(self, since: int = 0) -> list[str]:
+        """The ERROR lines and tracebacks it logged, from line ``since`` on."""
+        return [line for line in self.log[since:] if " ERROR " in line or "Traceback" in line]
 
 
 @dataclass
