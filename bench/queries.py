@@ -1,7 +1,7 @@
 """Query latency of the scorer's API over a large history.
 
 Seeds --responses raw answers in bulk with SQL (spread over 100 days across 4 channels,
-4 touchpoints, 8 locations and 2 survey types), derives their hourly score buckets in the
+4 touchpoints, 8 locations and 2 survey types), derives their hourly and daily score buckets in the
 same transaction, then starts the scorer as a process and times, one request at a time
 after a warm-up:
   30d by channel     GET /v1/scores?metric=nps&window=30d&group_by=channel
@@ -48,6 +48,13 @@ SELECT date_trunc('hour', occurred_at, 'UTC'), metric, scale, channel, survey_ty
 FROM responses GROUP BY 1, 2, 3, 4, 5, 6, 7
 """
 
+_SEED_DAYS = """
+INSERT INTO score_days SELECT date_trunc('day', bucket_start, 'UTC'), metric, scale, channel,
+    survey_type, touchpoint, location, product, business_unit, sum(n), sum(score_sum),
+    sum(promoters), sum(passives), sum(detractors), sum(satisfied), sum(easy)
+FROM score_buckets GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
+"""
+
 QUERIES = {
     "30d by channel": ("/v1/scores", {"metric": "nps", "window": "30d", "group_by": "channel"}),
     "90d by channel": ("/v1/scores", {"metric": "nps", "window": "90d", "group_by": "channel"}),
@@ -68,10 +75,12 @@ async def seed(url: str, responses: int) -> tuple[float, int]:
                 stop = min(responses, start + step - 1)
                 await conn.execute(sa.text(_SEED_RESPONSES), {"start": start, "stop": stop})
             await conn.execute(sa.text(_SEED_BUCKETS))
+            await conn.execute(sa.text(_SEED_DAYS))
         async with engine.connect() as conn:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             await conn.execute(sa.text("VACUUM ANALYZE responses"))
             await conn.execute(sa.text("VACUUM ANALYZE score_buckets"))
+            await conn.execute(sa.text("VACUUM ANALYZE score_days"))
             buckets = int(await conn.scalar(sa.text("SELECT count(*) FROM score_buckets")) or 0)
     finally:
         await engine.dispose()

@@ -28,7 +28,13 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         settings.sqlalchemy_url(),
         pool_size=settings.pool_size,
         pool_pre_ping=True,
-        connect_args={"timeout": settings.connect_timeout_seconds},
+        connect_args={
+            "timeout": settings.connect_timeout_seconds,
+            # asyncpg prepares every statement; from its sixth run Postgres may switch to a
+            # generic plan that ignores the values: measured 17 -> 37 ms for a 90-day score,
+            # whose best plan depends on how many days and hours the range covers.
+            "server_settings": {"plan_cache_mode": "force_custom_plan"},
+        },
     )
 
 

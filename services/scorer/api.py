@@ -188,24 +188,25 @@ async def get_score(
     filters = segments.values
     min_n = _settings(request).min_n
     async with engine.connect() as conn:
-        (total,) = await queries.score_counts(
-            conn, metric=metric.value, since=since, until=until, scale=scale, filters=filters
+        rows = await queries.score_counts(
+            conn,
+            metric=metric.value,
+            since=since,
+            until=until,
+            scale=scale,
+            filters=filters,
+            group_by=group_by.value if group_by is not None else None,
         )
-        groups = None
-        if group_by is not None:
-            rows = await queries.score_counts(
-                conn,
-                metric=metric.value,
-                since=since,
-                until=until,
-                scale=scale,
-                filters=filters,
-                group_by=group_by.value,
-            )
-            groups = [
-                GroupScore(group=g.group or "", **summarise(metric, g.counts, scale, min_n))
-                for g in rows
-            ]
+    # Counts add up, so the groups' sum is the total: one query, not two.
+    total = Counts()
+    for row in rows:
+        total.add(row.counts)
+    groups = None
+    if group_by is not None:
+        groups = [
+            GroupScore(group=g.group or "", **summarise(metric, g.counts, scale, min_n))
+            for g in rows
+        ]
     return ScoreOut.model_validate(
         {
             "metric": metric.value,
@@ -215,7 +216,7 @@ async def get_score(
             "filters": filters,
             "group_by": group_by,
             "groups": groups,
-            **summarise(metric, total.counts, scale, min_n),
+            **summarise(metric, total, scale, min_n),
         }
     )
 

@@ -49,12 +49,19 @@ DIMENSIONS = (
 )
 COUNTS = ("n", "score_sum", "promoters", "passives", "detractors", "satisfied", "easy")
 
-score_buckets = sa.Table(
-    "score_buckets",
-    metadata,
-    sa.Column("bucket_start", sa.DateTime(timezone=True), primary_key=True),
-    sa.Column("metric", sa.Text, primary_key=True),
-    sa.Column("scale", sa.SmallInteger, primary_key=True),
-    *(sa.Column(d, sa.Text, primary_key=True) for d in DIMENSIONS),
-    *(sa.Column(c, sa.BigInteger, nullable=False) for c in COUNTS),
-)
+
+def _score_table(name: str) -> sa.Table:
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("bucket_start", sa.DateTime(timezone=True), primary_key=True),
+        sa.Column("metric", sa.Text, primary_key=True),
+        sa.Column("scale", sa.SmallInteger, primary_key=True),
+        *(sa.Column(d, sa.Text, primary_key=True) for d in DIMENSIONS),
+        *(sa.Column(c, sa.BigInteger, nullable=False) for c in COUNTS),
+    )
+
+
+# Hourly buckets, and the same counts rolled up by UTC day (for whole days of long windows).
+score_buckets = _score_table("score_buckets")
+score_days = _score_table("score_days")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -14,7 +14,7 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.scorer.aggregates import Counts
-from services.scorer.models import COUNTS, responses, score_buckets
+from services.scorer.models import COUNTS, DIMENSIONS, responses, score_buckets, score_days
 
 INTERVALS = ("hour", "day", "week", "month")
 
@@ -26,6 +26,31 @@ class Group:
     group: str | None
     start: datetime | None
     counts: Counts
+
+
+_SCORE_COLUMNS = ("bucket_start", "metric", "scale", *DIMENSIONS, *COUNTS)
+
+
+def _spans(
+    since: datetime, until: datetime, interval: str | None
+) -> list[tuple[sa.Table, datetime, datetime]]:
+    """Cover [since, until) with whole UTC days from ``score_days`` and hours elsewhere."""
+    first = _day_start(since)
+    if first < since:
+        first += timedelta(days=1)
+    last = _day_start(until)
+    if interval == "hour" or first >= last:
+        return [(score_buckets, since, until)]
+    spans = [(score_days, first, last)]
+    if since < first:
+        spans.append((score_buckets, since, first))
+    if last < until:
+        spans.append((score_buckets, last, until))
+    return spans
+
+
+def _day_start(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 async def score_counts(
@@ -40,25 +65,26 @@ async def score_counts(
     interval: str | None = None,
 ) -> list[Group]:
     """Sum score buckets in [since, until), optionally by a dimension and/or an interval."""
+    parts = []
+    for table, start, end in _spans(since, until, interval):
+        part = sa.select(*(table.c[c] for c in _SCORE_COLUMNS)).where(
+            table.c.metric == metric, table.c.bucket_start >= start, table.c.bucket_start < end
+        )
+        if scale is not None:
+            part = part.where(table.c.scale == scale)
+        for dimension, value in filters.items():
+            part = part.where(table.c[dimension] == value)
+        parts.append(part)
+    source = (parts[0] if len(parts) == 1 else sa.union_all(*parts)).subquery()
     keys: list[Any] = []
     if group_by is not None:
-        keys.append(score_buckets.c[group_by].label("grp"))
+        keys.append(source.c[group_by].label("grp"))
     if interval is not None:
         assert interval in INTERVALS
-        keys.append(
-            sa.func.date_trunc(interval, score_buckets.c.bucket_start, "UTC").label("start")
-        )
+        keys.append(sa.func.date_trunc(interval, source.c.bucket_start, "UTC").label("start"))
     query = sa.select(
-        *keys, *(sa.func.coalesce(sa.func.sum(score_buckets.c[c]), 0).label(c) for c in COUNTS)
-    ).where(
-        score_buckets.c.metric == metric,
-        score_buckets.c.bucket_start >= since,
-        score_buckets.c.bucket_start < until,
+        *keys, *(sa.func.coalesce(sa.func.sum(source.c[c]), 0).label(c) for c in COUNTS)
     )
-    if scale is not None:
-        query = query.where(score_buckets.c.scale == scale)
-    for dimension, value in filters.items():
-        query = query.where(score_buckets.c[dimension] == value)
     if keys:
         query = query.group_by(*keys).order_by(*keys)
     rows = (await conn.execute(query)).all()

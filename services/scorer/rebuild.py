@@ -54,7 +54,7 @@ async def rebuild(engine: AsyncEngine) -> int:
     """Recompute every bucket from the raw responses; return how many responses were read."""
     read = 0
     async with engine.begin() as conn:
-        await conn.execute(sa.text("TRUNCATE score_buckets, reason_buckets"))
+        await conn.execute(sa.text("TRUNCATE score_buckets, score_days, reason_buckets"))
         result = await conn.stream(sa.select(responses).execution_options(yield_per=CHUNK))
         async for chunk in result.partitions(CHUNK):
             events = [_event(row) for row in chunk]

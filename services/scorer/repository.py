@@ -65,7 +65,8 @@ _ACTIVITY_KEY = "period, period_start, customer_key"
 
 # Bucket and activity rows are COPYed into per-session staging tables, then merged by one
 # INSERT ... SELECT each: COPY's binary rows cost a fraction of unnest()'s array parameters.
-# ON COMMIT DELETE ROWS empties them with each transaction without churning the catalog.
+# ON COMMIT DELETE ROWS empties them with each transaction without churning the catalog;
+# the DELETEs empty them between two merges of one transaction (a rebuild's chunks).
 _STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS staged_scores
     (LIKE score_buckets INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
@@ -73,6 +74,9 @@ CREATE TEMP TABLE IF NOT EXISTS staged_reasons
     (LIKE reason_buckets INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS staged_activity
     (LIKE customer_activity INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+DELETE FROM staged_scores;
+DELETE FROM staged_reasons;
+DELETE FROM staged_activity;
 """
 
 # Built from constant column names only. Rows merge in key order, so that concurrent
@@ -81,6 +85,15 @@ _MERGE_SCORES = f"""
 INSERT INTO score_buckets AS b ({_SCORE_KEY}, {", ".join(COUNTS)})
 SELECT {_SCORE_KEY}, {", ".join(COUNTS)} FROM staged_scores ORDER BY {_SCORE_KEY}
 ON CONFLICT ON CONSTRAINT score_buckets_pkey DO UPDATE SET
+    {", ".join(f"{c} = b.{c} + EXCLUDED.{c}" for c in COUNTS)}
+"""
+
+_DAY_KEY = f"date_trunc('day', bucket_start, 'UTC'), metric, scale, {_DIMS}"
+_MERGE_SCORE_DAYS = f"""
+INSERT INTO score_days AS b ({_SCORE_KEY}, {", ".join(COUNTS)})
+SELECT {_DAY_KEY}, {", ".join(f"sum({c})" for c in COUNTS)}
+FROM staged_scores GROUP BY {_DAY_KEY} ORDER BY {_DAY_KEY}
+ON CONFLICT ON CONSTRAINT score_days_pkey DO UPDATE SET
     {", ".join(f"{c} = b.{c} + EXCLUDED.{c}" for c in COUNTS)}
 """
 
@@ -180,7 +193,7 @@ async def _stage_and_merge(
             records=[(*k, *_values(c)) for k, c in scores.items()],
             columns=[*BucketKey._fields, *COUNTS],
         )
-        merges.append(_MERGE_SCORES)
+        merges += [_MERGE_SCORES, _MERGE_SCORE_DAYS]
     if reasons:
         await driver.copy_records_to_table(
             "staged_reasons",
