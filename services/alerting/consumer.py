@@ -30,21 +30,22 @@ class AlertHandler:
         self._queued = queued
 
     async def __call__(self, batch: Sequence[Decoded]) -> None:
-        outcomes: list[tuple[rules.AlertDraft, bool]] = []
         async with self._engine.begin() as conn:
             events = [
                 d.event for d in batch if isinstance(d.event, ResponseSubmitted | TouchpointEvent)
             ]
             fresh = await repository.first_seen(conn, events)
+            flagged = []
             for event in fresh:
                 if isinstance(event, ResponseSubmitted):
                     draft = rules.evaluate(event, self._config.rules if self._config else None)
                     if draft is not None:
-                        opened = await repository.open_or_fold(conn, draft, event, self._config)
-                        outcomes.append((draft, opened))
+                        flagged.append((draft, event))
+            new_alert = await repository.open_or_fold(conn, flagged, self._config)
             await timers.track(
                 conn, [e for e in fresh if isinstance(e, TouchpointEvent)], self._sla, self._config
             )
+        outcomes = [(draft, new) for (draft, _), new in zip(flagged, new_alert, strict=True)]
         if self._queued is not None and any(opened for _, opened in outcomes):
             # Committed: the outbox of this process may send now rather than at its next poll.
             self._queued.set()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -31,16 +32,19 @@ log = logging.getLogger(__name__)
 MAX_DELAY = 60.0
 
 
-async def silenced(conn: AsyncConnection, alert: dict[str, Any]) -> bool:
-    """Return whether an active silence matches every one of its matchers to ``alert``."""
+async def active_silences(conn: AsyncConnection) -> list[dict[str, Any]]:
+    """Return the matchers of every silence in force now."""
     rows = await conn.execute(
         sa.select(silences.c.matchers).where(
             silences.c.starts_at <= sa.func.now(), silences.c.ends_at > sa.func.now()
         )
     )
-    return any(
-        all(str(alert.get(k)) == str(v) for k, v in matchers.items()) for (matchers,) in rows
-    )
+    return [matchers for (matchers,) in rows]
+
+
+def silenced(alert: dict[str, Any], active: Sequence[dict[str, Any]]) -> bool:
+    """Return whether one of the ``active`` silences matches every one of its matchers."""
+    return any(all(str(alert.get(k)) == str(v) for k, v in m.items()) for m in active)
 
 
 async def enqueue(
@@ -49,12 +53,14 @@ async def enqueue(
     alert: dict[str, Any],
     action: str,
     receivers_: list[str] | None = None,
+    silences_: Sequence[dict[str, Any]] | None = None,
 ) -> int:
     """Queue ``action`` on ``alert`` for every receiver its routes name (or ``receivers_``),
     unless a silence matches it; return how many were queued.
 
     A new alert on a grouping route waits ``group_wait_seconds`` for company: every alert
-    that joins the group meanwhile is delivered in the same request.
+    that joins the group meanwhile is delivered in the same request. ``silences_`` are the
+    silences in force, when the caller already read them for a whole batch.
     """
     if receivers_ is not None:
         routes: list[tuple[str, str | None, float]] = [(r, None, 0.0) for r in receivers_]
@@ -62,7 +68,9 @@ async def enqueue(
         routes = [
             (route.receiver, key, route.group_wait_seconds) for route, key in config.matches(alert)
         ]
-    if not routes or await silenced(conn, alert):
+    if not routes:
+        return 0
+    if silenced(alert, silences_ if silences_ is not None else await active_silences(conn)):
         return 0
     for receiver, group_key, wait in routes:
         due: Any = sa.func.now()

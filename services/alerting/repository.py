@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.alerting import lifecycle, outbox
@@ -34,55 +33,102 @@ async def first_seen(
     return [e for event_id, e in unique.items() if event_id in new_ids]
 
 
+_OPEN_OR_FOLD = sa.text(f"""
+INSERT INTO alerts AS a (id, dedupe_key, rule, severity, status, customer_id, channel,
+    touchpoint, ticket_id, location, product, business_unit, survey_type, metric, score,
+    comment, reasons, event_id, occurrences, opened_at, last_seen_at)
+SELECT id, dedupe_key, rule, severity, 'open', customer_id, channel, touchpoint, ticket_id,
+    location, product, business_unit, survey_type, metric, score, comment,
+    string_to_array(reasons, ','), event_id, occurrences, now(), now()
+FROM unnest(
+    CAST(:id AS uuid[]), CAST(:dedupe_key AS text[]), CAST(:rule AS text[]),
+    CAST(:severity AS text[]), CAST(:customer_id AS text[]), CAST(:channel AS text[]),
+    CAST(:touchpoint AS text[]), CAST(:ticket_id AS text[]), CAST(:location AS text[]),
+    CAST(:product AS text[]), CAST(:business_unit AS text[]), CAST(:survey_type AS text[]),
+    CAST(:metric AS text[]), CAST(:score AS smallint[]), CAST(:comment AS text[]),
+    CAST(:reasons AS text[]), CAST(:event_id AS uuid[]), CAST(:occurrences AS integer[])
+) AS d(id, dedupe_key, rule, severity, customer_id, channel, touchpoint, ticket_id, location,
+    product, business_unit, survey_type, metric, score, comment, reasons, event_id, occurrences)
+ORDER BY dedupe_key
+ON CONFLICT (dedupe_key) WHERE {UNRESOLVED.text} DO UPDATE SET
+    occurrences = a.occurrences + EXCLUDED.occurrences,
+    last_seen_at = now()
+RETURNING a.*, (xmax = 0) AS inserted
+""")
+
+_HISTORY = sa.text("""
+INSERT INTO alert_history (alert_id, actor, action, note)
+SELECT * FROM unnest(CAST(:alert_id AS uuid[]), CAST(:actor AS text[]),
+                     CAST(:action AS text[]), CAST(:note AS text[]))
+""")
+
+
 async def open_or_fold(
     conn: AsyncConnection,
-    draft: AlertDraft,
-    event: ResponseSubmitted,
+    flagged: Sequence[tuple[AlertDraft, ResponseSubmitted]],
     config: AlertingConfig | None = None,
-) -> bool:
-    """Open an alert, or fold ``event`` into the unresolved one with the same dedupe key.
+) -> list[bool]:
+    """Open an alert for each flagged answer, or fold it into the unresolved one with the
+    same dedupe key; return, per answer, whether it opened a new alert.
 
-    Returns True when a new alert was opened.
+    One statement per table for the whole batch: answers of one batch sharing a key open (or
+    fold into) one alert, the first of them giving its details, and each is in its history.
     """
-    stmt = insert(alerts).values(
-        id=uuid.uuid4(),
-        dedupe_key=draft.dedupe_key,
-        rule=draft.rule,
-        severity=draft.severity.value,
-        status="open",
-        customer_id=event.customer_id,
-        channel=event.channel.value,
-        touchpoint=event.touchpoint,
-        ticket_id=event.ticket_id,
-        location=event.segments.location,
-        product=event.segments.product,
-        business_unit=event.segments.business_unit,
-        survey_type=event.survey_type.value,
-        metric=event.metric.value,
-        score=event.score,
-        comment=event.comment,
-        reasons=list(event.reasons),
-        event_id=event.event_id,
-        occurrences=1,
-        opened_at=sa.func.now(),
-        last_seen_at=sa.func.now(),
-    )
-    upsert: sa.Executable = stmt.on_conflict_do_update(
-        index_elements=[alerts.c.dedupe_key],
-        index_where=UNRESOLVED,
-        set_={
-            "occurrences": alerts.c.occurrences + 1,
-            "last_seen_at": sa.func.now(),
-        },
-    ).returning(*alerts.columns, sa.literal_column("xmax = 0").label("inserted"))
-    row = (await conn.execute(upsert)).one()
-    await lifecycle.record(
-        conn, row.id, "cxloop", "opened" if row.inserted else "folded", f"event {event.event_id}"
-    )
-    if row.inserted and config is not None:
-        alert = {c.name: row._mapping[c.name] for c in alerts.columns}
-        await outbox.enqueue(conn, config, alert, "trigger")
-    return bool(row.inserted)
+    if not flagged:
+        return []
+    first: dict[str, tuple[AlertDraft, ResponseSubmitted]] = {}
+    count: dict[str, int] = {}
+    for draft, event in flagged:
+        first.setdefault(draft.dedupe_key, (draft, event))
+        count[draft.dedupe_key] = count.get(draft.dedupe_key, 0) + 1
+    columns: dict[str, list[Any]] = {}
+    for key, (draft, event) in first.items():
+        values = _alert_row(draft, event, occurrences=count[key])
+        for name, value in values.items():
+            columns.setdefault(name, []).append(value)
+    opened = {r.dedupe_key: r for r in await conn.execute(_OPEN_OR_FOLD, columns)}
+    entries: dict[str, list[Any]] = {"alert_id": [], "actor": [], "action": [], "note": []}
+    outcomes = []
+    for draft, event in flagged:
+        row = opened[draft.dedupe_key]
+        is_first = first[draft.dedupe_key][1] is event
+        outcomes.append(bool(row.inserted) and is_first)
+        entries["alert_id"].append(row.id)
+        entries["actor"].append("cxloop")
+        entries["action"].append("opened" if outcomes[-1] else "folded")
+        entries["note"].append(f"event {event.event_id}")
+    await conn.execute(_HISTORY, entries)
+    if config is not None:
+        active = await outbox.active_silences(conn)
+        for row in opened.values():
+            if row.inserted:
+                alert = {c.name: row._mapping[c.name] for c in alerts.columns}
+                await outbox.enqueue(conn, config, alert, "trigger", silences_=active)
+    return outcomes
+
+
+def _alert_row(draft: AlertDraft, event: ResponseSubmitted, occurrences: int) -> dict[str, Any]:
+    return {
+        "id": uuid.uuid4(),
+        "dedupe_key": draft.dedupe_key,
+        "rule": draft.rule,
+        "severity": draft.severity.value,
+        "customer_id": event.customer_id,
+        "channel": event.channel.value,
+        "touchpoint": event.touchpoint,
+        "ticket_id": event.ticket_id,
+        "location": event.segments.location,
+        "product": event.segments.product,
+        "business_unit": event.segments.business_unit,
+        "survey_type": event.survey_type.value,
+        "metric": event.metric.value,
+        "score": event.score,
+        "comment": event.comment,
+        # Reason codes cannot hold a comma (see shared.events.ReasonCode).
+        "reasons": ",".join(event.reasons),
+        "event_id": event.event_id,
+        "occurrences": occurrences,
+    }
 
 
 async def list_alerts(
