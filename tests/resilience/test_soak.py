@@ -8,9 +8,7 @@ import os
 
 import pytest
 
-from shared.settings import KafkaSettings
-from tests.harness.backends import KafkaServer
-from tests.processes import Load, Service, scalar, service_env, wait_for
+from tests.processes import Load, Service, scalar, wait_for
 
 pytestmark = [pytest.mark.resilience, pytest.mark.timeout(900)]
 
@@ -20,16 +18,9 @@ WARM_UP = 60
 
 
 async def test_five_minutes_at_a_fixed_rate_with_no_errors_no_loss_and_bounded_memory(
-    kafka: KafkaServer, kafka_settings: KafkaSettings, database_url: str, api_key: str
+    stack_env: dict[str, str], database_url: str, api_key: str
 ) -> None:
-    env = service_env(
-        bootstrap=kafka.bootstrap_servers,
-        prefix=kafka_settings.topic_prefix,
-        database_url=database_url,
-        api_key=api_key,
-        CXLOOP_KAFKA_IDEMPOTENCE=str(kafka.supports_idempotence).lower(),
-    )
-    services = [Service(name, env, api_key) for name in ("collector", "scorer", "alerting")]
+    services = [Service(name, stack_env, api_key) for name in ("collector", "scorer", "alerting")]
     for service in services:
         await service.start()
     rss: dict[str, list[int]] = {s.name: [] for s in services}
