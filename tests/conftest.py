@@ -225,3 +225,4 @@ async def own_kafka(kafka: backends.KafkaServer) -> AsyncIterator[ApacheKafkaBro
     await server.start()
     yield server
     await server.stop()
+    backends.remove_scratch(server.data_dir)

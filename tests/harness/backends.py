@@ -22,6 +22,7 @@ a forced backend that cannot start fails the run instead of falling back.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -143,11 +144,35 @@ class PostgresServer:
 
 
 def scratch_dir() -> Path:
-    """Return a new directory for a server's data, reachable by `nobody`."""
+    """Return a new directory for a server's data, reachable by `nobody`.
+
+    Remove it with :func:`remove_scratch` once its server has stopped; whatever is left is
+    removed when the process exits (brokers and databases of a whole run add up to tens of
+    gigabytes otherwise).
+    """
     # Under /tmp so that `nobody` (Postgres's user when the tests run as root) can reach it.
     path = Path(tempfile.mkdtemp(prefix="cxloop-test-", dir="/tmp"))
     path.chmod(0o755)
+    if not _SCRATCH:
+        atexit.register(_remove_all_scratch)
+    _SCRATCH.append(path)
     return path
+
+
+_SCRATCH: list[Path] = []
+
+
+def remove_scratch(inside: Path) -> None:
+    """Remove the scratch directory holding ``inside`` (a server's data directory)."""
+    for path in list(_SCRATCH):
+        if inside == path or path in inside.parents:
+            shutil.rmtree(path, ignore_errors=True)
+            _SCRATCH.remove(path)
+
+
+def _remove_all_scratch() -> None:
+    for path in _SCRATCH:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 async def start_kafka(backend: str) -> KafkaServer:
@@ -193,5 +218,7 @@ async def stop(server: KafkaServer | PostgresServer) -> None:
     for thing in server._stop:
         if isinstance(thing, ApacheKafkaBroker | TansuBroker | LocalPostgres):
             await thing.stop()
+            if isinstance(thing, ApacheKafkaBroker | LocalPostgres):
+                remove_scratch(thing.data_dir)
         else:
             thing.stop()  # type: ignore[attr-defined]

