@@ -114,6 +114,9 @@ machine, so that machine noise mostly cancels out in the ratio.
 
 {table(results)}
 """
+    notes = Path(__file__).with_name("notes.md")
+    if notes.exists():
+        text += "\n" + notes.read_text(encoding="utf-8")
     await asyncio.to_thread(Path(args.out).write_text, text, encoding="utf-8")
     print(text)
 
