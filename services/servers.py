@@ -336,7 +336,7 @@ class ApacheKafkaBroker(Broker):
         jvm = [java, "-Xmx512m", "-Xms128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
                f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath]  # fmt: skip
         if not (self.data_dir / "logs" / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = _kafka_cluster_id()
             fmt = await asyncio.create_subprocess_exec(
                 *jvm, "kafka.tools.StorageTool", "format", "--standalone",
                 "-t", cluster_id, "-c", str(props),
@@ -353,6 +353,15 @@ class ApacheKafkaBroker(Broker):
 
     async def stop(self) -> None:
         await self.process.stop(timeout=30)
+
+
+def _kafka_cluster_id() -> str:
+    # As Kafka's own Uuid.randomUuid(): one in 64 ids would start with '-', which
+    # kafka-storage then reads as an option ("--cluster-id: expected one argument").
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def debian_postgres_bin() -> Path | None:
