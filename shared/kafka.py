@@ -15,7 +15,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -208,16 +208,25 @@ async def run_batches(
     pending: collections.deque[tuple[_Fetched, asyncio.Task[bool]]] = collections.deque()
     try:
         while not stop.is_set():
-            current = await upcoming
-            # Fetch and decode the next batch while this one waits on the database: the two
-            # use different processes' CPU.
-            upcoming = asyncio.create_task(fetch())
-            if current.batches:
-                applying = asyncio.create_task(_apply_with_retry(handle, current.good, stop, group))
-                pending.append((current, applying))
-            while pending and (len(pending) >= in_flight or not current.batches):
+            # A batch is finished (offsets committed) as soon as it and those before it are
+            # stored, not when the next fetch returns.
+            while pending and pending[0][1].done():
                 if not await finish(*pending.popleft()):
                     return
+            waits: set[asyncio.Task[Any]] = {pending[0][1]} if pending else set()
+            if len(pending) < in_flight:
+                # Fetch and decode the next batch while earlier ones wait on the database:
+                # the two use different processes' CPU.
+                waits.add(upcoming)
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if upcoming.done() and len(pending) < in_flight:
+                current = upcoming.result()
+                upcoming = asyncio.create_task(fetch())
+                if current.batches:
+                    applying = asyncio.create_task(
+                        _apply_with_retry(handle, current.good, stop, group)
+                    )
+                    pending.append((current, applying))
         # Stopping: the batches in hand finish and commit, as a lone batch always did.
         while pending:
             if not await finish(*pending.popleft()):

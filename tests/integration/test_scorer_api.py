@@ -20,6 +20,7 @@ from tests.builders import response_event
 from tests.helpers import serving
 
 NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+MIDNIGHT = NOW.replace(hour=0)
 
 
 @pytest.fixture
@@ -91,12 +92,13 @@ class TestScores:
         await apply(
             engine,
             [
-                response_event(score=10, occurred_at=NOW - timedelta(days=2)),
-                response_event(score=0, occurred_at=NOW - timedelta(days=2, hours=1)),
-                response_event(score=9, occurred_at=NOW - timedelta(days=1)),
+                response_event(score=10, occurred_at=MIDNIGHT - timedelta(days=2, hours=-12)),
+                response_event(score=0, occurred_at=MIDNIGHT - timedelta(days=2, hours=-11)),
+                response_event(score=9, occurred_at=MIDNIGHT - timedelta(days=1, hours=-12)),
             ],
         )
-        since = (NOW - timedelta(days=1, hours=1)).isoformat()
+        # Anchored at midnight: a test run just after 00:00 UTC must see the same days.
+        since = (MIDNIGHT - timedelta(days=1, hours=-11)).isoformat()
         assert (await get(scorer, "/v1/scores", metric="nps", **{"from": since}))["n"] == 1
         series = await get(
             scorer, "/v1/scores/timeseries", metric="nps", interval="day", window="7d"
