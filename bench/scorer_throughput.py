@@ -29,7 +29,7 @@ from sqlalchemy.orm import registry
 from services.migrations import MIGRATIONS_DIR
 from services.scorer import aggregates, models
 from services.scorer.consumer import BatchHandler
-from services.scorer.repository import _RESPONSE_COLUMNS, _response_record
+from services.scorer.repository import RESPONSE_COLUMNS, response_record
 from shared.events import ResponseSubmitted, TouchpointEvent
 from shared.kafka import encode, make_producer
 from shared.runtime import ConsumingService
@@ -150,8 +150,8 @@ async def run_limit(kafka: KafkaSettings, url: str, n: int) -> float:
                 assert driver is not None
                 await driver.copy_records_to_table(
                     "responses",
-                    records=[_response_record(e) for e in rows],
-                    columns=_RESPONSE_COLUMNS,
+                    records=[response_record(e) for e in rows],
+                    columns=RESPONSE_COLUMNS,
                 )
             await consumer.commit()
             seen += len(rows)
@@ -233,7 +233,7 @@ async def _naive_one(sessions: object, e: ResponseSubmitted) -> None:
         if await session.get(Applied, e.event_id) is not None:
             return
         session.add(Applied(event_id=e.event_id))  # type: ignore[call-arg]
-        row = dict(zip(_RESPONSE_COLUMNS, _response_record(e), strict=True))
+        row = dict(zip(RESPONSE_COLUMNS, response_record(e), strict=True))
         session.add(Response(**row))
         key = aggregates.key_of(e)
         counts = aggregates.counts_of(e)

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import AwareDatetime
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.scorer import aggregates, queries
 from services.scorer.aggregates import Counts
@@ -161,6 +162,31 @@ class SegmentFilters:
 SegmentsDep = Annotated[SegmentFilters, Depends()]
 
 
+async def _score_rows(
+    engine: AsyncEngine,
+    span: TimeRange,
+    segments: SegmentFilters,
+    metric: Metric,
+    scale: int | None,
+    *,
+    group_by: str | None = None,
+    interval: str | None = None,
+) -> list[queries.Group]:
+    """Check the scale, then sum the buckets of the range and segments (both endpoints)."""
+    _check_scale(metric, scale)
+    async with engine.connect() as conn:
+        return await queries.score_counts(
+            conn,
+            metric=metric.value,
+            since=span.since,
+            until=span.until,
+            scale=scale,
+            filters=segments.values,
+            group_by=group_by,
+            interval=interval,
+        )
+
+
 @router.get(
     "/scores",
     response_model=ScoreOut,
@@ -183,20 +209,12 @@ async def get_score(
     (default 30d); `from`/`to` give a custom range instead. `group_by` adds one score per
     value of a dimension. Every score carries `n`, and `insufficient` below the minimum.
     """
-    _check_scale(metric, scale)
     since, until, window = span.since, span.until, span.window
     filters = segments.values
     min_n = _settings(request).min_n
-    async with engine.connect() as conn:
-        rows = await queries.score_counts(
-            conn,
-            metric=metric.value,
-            since=since,
-            until=until,
-            scale=scale,
-            filters=filters,
-            group_by=group_by.value if group_by is not None else None,
-        )
+    rows = await _score_rows(
+        engine, span, segments, metric, scale, group_by=group_by.value if group_by else None
+    )
     # Counts add up, so the groups' sum is the total: one query, not two.
     total = Counts()
     for row in rows:
@@ -238,20 +256,10 @@ async def get_timeseries(
     scale: ScaleParam = None,
 ) -> TimeseriesOut:
     """Return one score per interval (UTC) with its `n`; empty intervals are left out."""
-    _check_scale(metric, scale)
     since, until = span.since, span.until
     filters = segments.values
     min_n = _settings(request).min_n
-    async with engine.connect() as conn:
-        rows = await queries.score_counts(
-            conn,
-            metric=metric.value,
-            since=since,
-            until=until,
-            scale=scale,
-            filters=filters,
-            interval=interval.value,
-        )
+    rows = await _score_rows(engine, span, segments, metric, scale, interval=interval.value)
     points = [Point(start=r.start, **summarise(metric, r.counts, scale, min_n)) for r in rows]
     return TimeseriesOut.model_validate(
         {

@@ -52,7 +52,7 @@ ON CONFLICT DO NOTHING
 RETURNING event_id
 """
 
-_RESPONSE_COLUMNS = (
+RESPONSE_COLUMNS = (
     "event_id", "submission_id", "metric", "scale", "score", "survey_type", "channel",
     "touchpoint", "location", "product", "business_unit", "customer_id", "ticket_id", "comment",
     "reasons", "locale", "source", "occurred_at", "received_at",
@@ -155,7 +155,7 @@ async def apply_batch(
     # transaction that adds its id to the ledger, and the ledger just said these ids are new.
     if responses:
         await driver.copy_records_to_table(
-            "responses", records=[_response_record(e) for e in responses], columns=_RESPONSE_COLUMNS
+            "responses", records=[response_record(e) for e in responses], columns=RESPONSE_COLUMNS
         )
     await _stage_and_merge(driver, fold(responses), fold_reasons(responses), activity(fresh))
     await _execute(
@@ -223,7 +223,8 @@ def _sorted(rows: Any) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: tuple(str(v) for v in r.values()))
 
 
-def _response_record(e: ResponseSubmitted) -> tuple[Any, ...]:
+def response_record(e: ResponseSubmitted) -> tuple[Any, ...]:
+    """Return a response as a row of RESPONSE_COLUMNS, for COPY into ``responses``."""
     s = e.segments
     return (
         e.event_id, e.submission_id, e.metric.value, e.scale, e.score, e.survey_type.value,
