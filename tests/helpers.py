@@ -37,6 +37,35 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
+async def stays(
+    probe: Callable[[], Awaitable[T]],
+    holds: Callable[[T], bool],
+    *,
+    seconds: float,
+    interval: float = 0.1,
+) -> T:
+    """Call ``probe`` for ``seconds`` and fail at the first result for which ``holds`` is false.
+
+    For "nothing more arrives": ``eventually`` returns at the first true probe, so it cannot
+    see a notification that comes later; this keeps looking for the whole duration and
+    returns the last result.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    probes = 0
+    while True:
+        value = await probe()
+        probes += 1
+        if not holds(value):
+            elapsed = seconds - (deadline - loop.time())
+            raise AssertionError(
+                f"condition stopped holding after {elapsed:.1f}s (probe {probes}): {value!r}"
+            )
+        if loop.time() >= deadline:
+            return value
+        await asyncio.sleep(interval)
+
+
 async def read_topic(
     settings: KafkaSettings, topic: Topic, count: int, *, timeout: float = 20.0
 ) -> list[ConsumerRecord[bytes, bytes]]:
