@@ -11,7 +11,8 @@
         └── PoisonMessageError a consumed record that cannot be decoded or validated
 
 A consumer retries a ``TransientError`` with backoff and commits no offset; it sends
-the record behind a ``PermanentError`` to the dead-letter topic and moves on.
+the record behind a ``PermanentError`` to the dead-letter topic and moves on. Over HTTP,
+every ``PermanentError`` is answered 422 naming its ``field`` (the bad field, when known).
 """
 
 from __future__ import annotations
@@ -38,7 +39,15 @@ class BrokerUnavailableError(TransientError):
 
 
 class PermanentError(CxloopError):
-    """The input itself is wrong; retrying the same input cannot succeed."""
+    """The input itself is wrong; retrying the same input cannot succeed.
+
+    ``field`` names the bad field (a dotted path) when one is to blame; over HTTP every
+    ``PermanentError`` is answered 422 naming it (``shared.http.errors``).
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class PoisonMessageError(PermanentError):

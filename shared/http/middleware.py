@@ -1,0 +1,195 @@
+"""The ASGI middlewares every service runs: body limits, the NUL guard, request metrics."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qsl
+
+from shared import metrics
+from shared.http.errors import send_error as _send_error
+
+BodyPolicy = Callable[[str], tuple[int, frozenset[str]]]
+JSON_ONLY = frozenset({"application/json"})
+
+
+class NulGuardMiddleware:
+    """Refuse (422, naming the field) any request carrying U+0000 in its path, query or body.
+
+    Postgres text cannot hold it: accepted, it would fail a query with a 500, or, in an
+    answer's comment, fail every consumer's insert of that event for good.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if "\x00" in scope["path"]:
+            await _send_error(send, 422, _NUL, field="path")
+            return
+        query = scope.get("query_string", b"")
+        if b"\x00" in query or b"%00" in query:
+            for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+                if "\x00" in value or "\x00" in name:
+                    await _send_error(send, 422, f"{name}: {_NUL}", field=name)
+                    return
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                await self.app(scope, _replay([message]), send)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        field = _nul_field(body)
+        if field is not None:
+            await _send_error(send, 422, f"{field}: {_NUL}", field=field)
+            return
+        await self.app(scope, _replay([{"type": "http.request", "body": body}], receive), send)
+
+
+_NUL = "must not contain the NUL character (U+0000)"
+
+
+def _nul_field(body: bytes) -> str | None:
+    """Return where in ``body`` a NUL is (a JSON path or form field), or None."""
+    lowered = body.lower()
+    if b"\x00" not in body and b"\\u0000" not in lowered and b"%00" not in body:
+        return None
+    try:
+        return _nul_path(json.loads(body), "")
+    except (ValueError, UnicodeDecodeError):
+        pass
+    for name, value in parse_qsl(body.decode("latin-1"), keep_blank_values=True):
+        if "\x00" in value or "\x00" in name:
+            return name
+    return "body" if b"\x00" in body else None
+
+
+def _nul_path(value: Any, path: str) -> str | None:
+    if isinstance(value, str):
+        return (path or "body") if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                return where
+            found = _nul_path(item, where)
+            if found:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _nul_path(item, f"{path}.{index}" if path else str(index))
+            if found:
+                return found
+    return None
+
+
+def _replay(messages: list[Any], then: Any = None) -> Any:
+    pending = list(messages)
+
+    async def receive() -> Any:
+        if pending:
+            return pending.pop(0)
+        if then is not None:
+            return await then()
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over a path's size limit (413) or of a media type it does not take (415).
+
+    ``policy(path)`` gives the limit in bytes and the accepted media types. The size is
+    checked against Content-Length first and against the bytes actually received as well,
+    so a chunked upload cannot slip past the limit.
+    """
+
+    def __init__(self, app: Any, *, policy: BodyPolicy) -> None:
+        self.app = app
+        self.policy = policy
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        max_bytes, media_types = self.policy(scope["path"])
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type not in media_types:
+            accepted = " or ".join(sorted(media_types))
+            await _send_error(
+                send,
+                415,
+                f"content-type {media_type or '(none)'} is not supported: send {accepted}",
+            )
+            return
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            await _send_error(send, 413, f"body is {declared} bytes; the limit is {max_bytes}")
+            return
+        received = 0
+        too_large = False
+
+        async def limited_receive() -> Any:
+            nonlocal received, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > max_bytes:
+                    # Hand the app an empty end of body; what it answers is dropped below.
+                    too_large = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
+            return message
+
+        async def guarded_send(message: Any) -> None:
+            if not too_large:
+                await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)
+        if too_large:
+            await _send_error(send, 413, f"body exceeds the limit of {max_bytes} bytes")
+
+
+class RequestMetricsMiddleware:
+    """Counts requests by route template (never the raw path, so labels stay bounded)."""
+
+    def __init__(self, app: Any, *, service: str) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def record_status(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            metrics.HTTP_REQUESTS.labels(
+                service=self.service, method=scope["method"], route=template, status=str(status)
+            ).inc()
+            metrics.HTTP_SECONDS.labels(service=self.service, route=template).observe(
+                time.perf_counter() - started
+            )

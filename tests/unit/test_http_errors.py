@@ -1,0 +1,45 @@
+"""Every PermanentError raised under a route is answered 422, naming its field."""
+
+from __future__ import annotations
+
+import httpx
+from fastapi import FastAPI
+
+from shared.errors import PermanentError, PoisonMessageError
+from shared.http import install_error_handlers
+
+
+def _app() -> FastAPI:
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.post("/with-field")
+    async def with_field() -> None:
+        raise PermanentError("CallSid is missing", field="CallSid")
+
+    @app.post("/without-field")
+    async def without_field() -> None:
+        raise PoisonMessageError("cannot decode")
+
+    return app
+
+
+async def _post(path: str) -> httpx.Response:
+    transport = httpx.ASGITransport(app=_app(), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        return await client.post(path)
+
+
+class TestPermanentErrorIs422:
+    async def test_the_field_is_named_from_the_attribute(self) -> None:
+        answer = await _post("/with-field")
+        assert answer.status_code == 422
+        body = answer.json()
+        assert body["error"] == "validation_failed"
+        assert body["field"] == "CallSid"
+        assert body["errors"] == [{"field": "CallSid", "detail": "CallSid is missing"}]
+
+    async def test_without_a_field_it_is_still_422_and_names_none(self) -> None:
+        answer = await _post("/without-field")
+        assert answer.status_code == 422
+        assert "field" not in answer.json()
