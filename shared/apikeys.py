@@ -76,6 +76,12 @@ class Principal:
     scopes: frozenset[str]
     sources: frozenset[str] = field(default_factory=frozenset)
     origins: frozenset[str] = field(default_factory=frozenset)
+    key_id: uuid.UUID | None = None  # None for the operator keys from the environment
+
+    @property
+    def caller(self) -> str:
+        """Who owns what this key sends (its idempotency keys): the key's id, or ``operator``."""
+        return str(self.key_id) if self.key_id is not None else self.kind.value
 
     def may(self, scope: Scope, source: str | None = None) -> bool:
         """Return whether this key may use ``scope`` through the adapter ``source``."""
@@ -197,4 +203,5 @@ class KeyStore:
             scopes=frozenset(row.scopes),
             sources=frozenset(row.sources),
             origins=frozenset(row.origins),
+            key_id=row.id,
         )
