@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,6 +21,75 @@ ACTIONS = {
 }
 _PAGERDUTY_SEVERITY = {"critical": "critical", "warning": "warning", "info": "info"}
 
+# How long a text any receiver is sent may be, in characters counted as UTF-16 code units
+# (the strictest count in use, so an emoji counts two). Documented limits where a receiver
+# has one: a Slack section block's text, PagerDuty's Events v2 summary. The others are
+# ours: short fields (ids, names, labels) and a comment or note, so that one customer's
+# long comment never makes a notification that a receiver refuses or truncates blindly.
+SLACK_TEXT = 3000
+PAGERDUTY_SUMMARY = 1024
+SHORT = 255
+LONG = 4000
+SUMMARY_COMMENT = 200
+ELLIPSIS = "…"
+_SLACK_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+_ZWJ = "\u200d"
+
+
+def _width(char: str, slack: bool) -> int:
+    if slack and char in _SLACK_ESCAPES:
+        return len(_SLACK_ESCAPES[char])
+    return 2 if ord(char) > 0xFFFF else 1
+
+
+def _extends(char: str) -> bool:
+    """Whether ``char`` belongs to the character before it (a mark, joiner, selector)."""
+    code = ord(char)
+    return (
+        unicodedata.category(char).startswith("M")
+        or char == _ZWJ
+        or 0xFE00 <= code <= 0xFE0F
+        or 0x1F3FB <= code <= 0x1F3FF
+        or 0xE0020 <= code <= 0xE007F
+    )
+
+
+def _clip(text: str, limit: int, *, slack: bool) -> str:
+    widths = [_width(c, slack) for c in text]
+    if sum(widths) <= limit:
+        return slack_escape(text) if slack else text
+    budget, used, cut = limit - len(ELLIPSIS), 0, 0
+    while cut < len(text) and used + widths[cut] <= budget:
+        used += widths[cut]
+        cut += 1
+    # Never end between a character and what combines with it (a voiced mark, a skin tone,
+    # the halves of a joined emoji): that would show a different character.
+    while cut > 0 and (_extends(text[cut]) or text[cut - 1] == _ZWJ):
+        cut -= 1
+    head = text[:cut]
+    return (slack_escape(head) if slack else head) + ELLIPSIS
+
+
+def clip(text: str, limit: int) -> str:
+    """Return ``text``, or as much of it as fits ``limit`` with an ellipsis, cut between
+    whole characters."""
+    return _clip(text, limit, slack=False)
+
+
+def slack_escape(text: str) -> str:
+    """Escape the three characters Slack reads as control sequences in mrkdwn."""
+    return "".join(_SLACK_ESCAPES.get(c, c) for c in text)
+
+
+def slack_text(text: str, limit: int = SLACK_TEXT) -> str:
+    """Return ``text`` escaped for Slack and clipped to ``limit`` after escaping, never
+    inside an ``&lt;``."""
+    return _clip(text, limit, slack=True)
+
+
+def _short(value: Any) -> str:
+    return clip(str(value), SHORT)
+
 
 @dataclass(frozen=True)
 class Request:
@@ -32,14 +102,16 @@ class Request:
 
 def summary(alert: dict[str, Any]) -> str:
     """One line a person reads first: what happened, to whom, where."""
-    what = alert["rule"].replace("_", " ")
+    what = _short(alert["rule"]).replace("_", " ")
     score = f", score {alert['score']}" if alert.get("score") is not None else ""
-    ticket = f", ticket {alert['ticket_id']}" if alert.get("ticket_id") else ""
-    comment = f" — “{alert['comment'][:200]}”" if alert.get("comment") else ""
-    return (
-        f"[{alert['severity']}] {what}: customer {alert['customer_id']} on "
-        f"{alert['channel']}/{alert.get('touchpoint') or '-'}{score}{ticket}{comment}"
+    ticket = f", ticket {_short(alert['ticket_id'])}" if alert.get("ticket_id") else ""
+    comment = f" — “{clip(alert['comment'], SUMMARY_COMMENT)}”" if alert.get("comment") else ""
+    line = (
+        f"[{_short(alert['severity'])}] {what}: customer {_short(alert['customer_id'])} on "
+        f"{_short(alert['channel'])}/{_short(alert.get('touchpoint') or '-')}"
+        f"{score}{ticket}{comment}"
     )
+    return clip(line, PAGERDUTY_SUMMARY)
 
 
 def _public(alert: dict[str, Any]) -> dict[str, Any]:
@@ -63,7 +135,13 @@ def _public(alert: dict[str, Any]) -> dict[str, Any]:
         "note",
         "assignee",
     )
-    return {k: alert.get(k) for k in keys}
+    public = {k: alert.get(k) for k in keys}
+    for key, value in public.items():
+        if isinstance(value, str):
+            public[key] = clip(value, LONG if key in ("comment", "note") else SHORT)
+    if public["reasons"]:
+        public["reasons"] = [_short(r) for r in public["reasons"][:32]]
+    return public
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
@@ -105,7 +183,8 @@ def build(
         ]
         text = f"{state} {summary(alert)}"
         if action == "resolve" and alert.get("note"):
-            text += f"\nFollow-up: {alert['note']}"
+            text += f"\nFollow-up: {clip(alert['note'], LONG)}"
+        text = slack_text(text)
         payload = {
             "text": text,
             "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}],
@@ -118,21 +197,21 @@ def build(
         }
         if action == "trigger":
             payload["payload"] = {
-                "summary": summary(alert)[:1024],
+                "summary": summary(alert),
                 "source": "cxloop",
                 "severity": _PAGERDUTY_SEVERITY.get(alert["severity"], "warning"),
                 "timestamp": str(alert["opened_at"]),
-                "component": alert["channel"],
-                "group": alert.get("touchpoint") or "",
-                "class": alert["rule"],
+                "component": _short(alert["channel"]),
+                "group": _short(alert.get("touchpoint") or ""),
+                "class": _short(alert["rule"]),
                 "custom_details": _public(alert),
             }
             payload["links"] = links
     else:
         labels = {
-            "alertname": alert["rule"],
-            "severity": alert["severity"],
-            "channel": alert["channel"],
+            "alertname": _short(alert["rule"]),
+            "severity": _short(alert["severity"]),
+            "channel": _short(alert["channel"]),
             "alert_id": str(alert["id"]),
             "source": "cxloop",
         }
@@ -169,11 +248,12 @@ def build_group(
         alerts = [json.loads(r.body)[0] for r in requests]
         return Request(requests[0].url, requests[0].headers, json.dumps(alerts).encode())
     lines = [summary(a) for a in group]
-    headline = f"{len(group)} alerts: {group[0]['rule'].replace('_', ' ')} and more"
+    headline = f"{len(group)} alerts: {_short(group[0]['rule']).replace('_', ' ')} and more"
     if receiver.type == "slack":
         text = "🔔 " + headline + "\n" + "\n".join(lines[:20])
         if len(lines) > 20:
             text += f"\n…and {len(lines) - 20} more"
+        text = slack_text(text)
         payload: Any = {
             "text": text,
             "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}],
