@@ -58,8 +58,10 @@ async def stays(
         probes += 1
         if not holds(value):
             elapsed = seconds - (deadline - loop.time())
+            shown = repr(value)
+            shown = shown if len(shown) <= 2000 else shown[:2000] + "…"
             raise AssertionError(
-                f"condition stopped holding after {elapsed:.1f}s (probe {probes}): {value!r}"
+                f"condition stopped holding after {elapsed:.1f}s (probe {probes}): {shown}"
             )
         if loop.time() >= deadline:
             return value

@@ -21,7 +21,7 @@ from shared.settings import KafkaSettings
 from shared.topics import Topic
 from tests.builders import response_event
 from tests.conftest import AlertingFactory
-from tests.helpers import eventually, http_server, produce
+from tests.helpers import eventually, http_server, produce, stays
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -106,6 +106,7 @@ class TestDelivery:
             await eventually(lambda: _sum(state.delivered), lambda n: n == 4, timeout=30)
             assert state.bodies[-1]["type"] == "alert.resolved"
             assert state.bodies[-1]["data"]["alert"]["note"] == "Called back."
+            await stays(lambda: _sum(state.delivered), lambda n: n == 4, seconds=3)
 
             listed = (await client.get(f"/v1/alerts/{alert_id}/notifications")).json()["items"]
             old = [n for n in listed if n["receiver"] == "old"]
@@ -188,7 +189,9 @@ class TestSilencesAndEscalation:
             await client.post(f"/v1/alerts/{by_customer['sms-2']['id']}/ack", json={"by": "sato"})
             # Nobody acknowledged sms-1 (or the silenced web-1): the pager hears of them.
             await eventually(lambda: _sum(pager.delivered), lambda n: n >= 1, timeout=30)
-            await eventually(lambda: _sum(pager.delivered), lambda n: n == 1, timeout=5)
+            # Fifteen timer passes: sms-1 is not escalated twice, acked sms-2 and silenced web-1
+            # never are.
+            await stays(lambda: _sum(pager.delivered), lambda n: n == 1, seconds=3)
             assert pager.bodies[0]["data"]["alert"]["customer_id"] == "sms-1"
             history = (await client.get(f"/v1/alerts/{by_customer['sms-1']['id']}/history")).json()[
                 "items"
@@ -255,7 +258,8 @@ class TestGrouping:
             ]
             await produce(kafka_settings, Topic.RESPONSES, burst + others)
             await eventually(lambda: _sum(oncall.delivered), lambda n: n == 2, timeout=30)
-            await eventually(lambda: _sum(oncall.delivered), lambda n: n == 2, timeout=3)
+            # Nothing more after the group wait: each group is one notification, sent once.
+            await stays(lambda: _sum(oncall.delivered), lambda n: n == 2, seconds=5)
         sizes = sorted(len(b["data"]["alerts"]) for b in oncall.bodies)
         assert sizes == [2, 50]
         assert all(n == 1 for n in oncall.delivered.values())
