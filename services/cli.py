@@ -36,7 +36,7 @@ def _run_service(name: str) -> int:
 
     from shared.runtime import serve
 
-    logs.configure(load(LogSettings).level, name)
+    logs.configure(load(LogSettings), name)
     factories: dict[str, tuple[Callable[[], FastAPI], type[HttpSettings]]] = {}
     if name == "collector":
         from services.collector.app import create_app as collector_app
@@ -81,7 +81,7 @@ def _scorer(args: argparse.Namespace) -> int:
         finally:
             await engine.dispose()
 
-    logs.configure(load(LogSettings).level, "rebuild")
+    logs.configure(load(LogSettings), "rebuild")
     print(f"cxloop scorer rebuild: recomputed the buckets from {asyncio.run(run())} responses")
     return 0
 
@@ -102,7 +102,7 @@ def _alerting(args: argparse.Namespace) -> int:
 def _migrate(args: argparse.Namespace) -> int:
     from services.migrations import upgrade
 
-    logs.configure(load(LogSettings).level, "migrate")
+    logs.configure(load(LogSettings), "migrate")
     upgrade(load(DatabaseSettings).sqlalchemy_url(), args.revision)
     print(f"cxloop migrate: database is at {args.revision}")
     return 0

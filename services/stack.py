@@ -219,7 +219,7 @@ class Stack:
 
         from shared.apikeys import KeyKind, Scope, api_keys, create_key
 
-        engine = create_async_engine(database_url)
+        engine = create_async_engine(database_url, hide_parameters=True)
         try:
             async with engine.begin() as conn:
                 await conn.execute(

@@ -1,19 +1,260 @@
-"""Logging set-up shared by every process."""
+"""Logging set-up shared by every process: text or JSON lines, and no row values in either.
+
+Errors of the database driver quote the rows they failed on (asyncpg's ``DETAIL:  Key
+(customer_id)=(...)``, ``Failing row contains (...)``, an argument it could not encode),
+and a pydantic ``ValidationError`` quotes its input. Whatever logs them, with ``exc_info``
+or as a ``%s`` argument, the formatters here write them through :func:`describe_error`,
+which keeps the kind of error, its SQLSTATE and the constraint, table and column it names,
+and never a value.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import time
+import traceback
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from shared.settings import LogSettings
+
+# Libraries whose DEBUG lines are about their own plumbing (httpcore prints request headers,
+# python-multipart every form field it parses): they log warnings and errors only.
+_NOISY = (
+    "aiokafka",
+    "kafka",
+    "sqlalchemy.engine",
+    "sqlalchemy.pool",
+    "httpx",
+    "httpcore",
+    "alembic",
+    "multipart",
+    "python_multipart",
+)
+
+# Postgres data exceptions (class 22, "invalid input syntax for type uuid: \"...\"") and
+# messages raised by PL/pgSQL (P0) may quote a value in their primary message; the others
+# keep values in DETAIL, which is never shown.
+_VALUE_QUOTING_SQLSTATE_CLASSES = ("22", "P0")
 
 
-def configure(level: str, service: str) -> None:
-    """Log to stderr as ``time level service logger: message``; quiet chatty libraries."""
+def describe_error(exc: BaseException) -> str:
+    """Return a one-line description of ``exc`` that quotes no value it may carry.
+
+    Database errors (asyncpg's, and SQLAlchemy's wrappers of them) keep their kind, SQLSTATE
+    and the constraint, table and column they name; a validation error keeps where and what
+    is wrong. Any other exception is described as ``str()`` describes it. Use it wherever the
+    text of an error leaves the process: a log line, a dead letter's reason.
+    """
+    name = type(exc).__name__
+    postgres = _postgres_error(exc)
+    if postgres is not None:
+        statement = getattr(exc, "statement", None)
+        sql = f" [SQL: {_shorten(str(statement))}]" if statement else ""
+        return f"{name}: {_describe_postgres(postgres, name)}{sql}"
+    if isinstance(exc, ValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['type']}"
+            for err in exc.errors(include_url=False, include_input=False)
+        )
+        return f"{name}: {exc.error_count()} error(s) in {exc.title}: {problems}"
+    if _from_database_driver(exc):
+        # A client-side driver error: "invalid input for query argument $1: '<value>' (...)".
+        first = str(exc).split(": ", 1)[0]
+        return f"{name}: {first} (the rest is withheld: it may quote a value)"
+    text = str(exc)
+    return f"{name}: {text}" if text else name
+
+
+def _postgres_error(exc: BaseException) -> Any | None:
+    """The server error behind ``exc`` (SQLAlchemy wraps asyncpg's twice), or None."""
+    found: Any | None = None
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and _from_database_driver(current):
+        seen.add(id(current))
+        if getattr(current, "sqlstate", None):
+            found = current  # the innermost one (asyncpg's) names the constraint
+        orig = getattr(current, "orig", None)
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+    return found
+
+
+def _shorten(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _from_database_driver(exc: BaseException) -> bool:
+    module = type(exc).__module__
+    return module.startswith(("asyncpg", "sqlalchemy"))
+
+
+def _describe_postgres(error: Any, outer: str) -> str:
+    sqlstate = str(getattr(error, "sqlstate", "") or "")
+    kind = type(error).__name__
+    parts = [f"[SQLSTATE {sqlstate}]" + (f" {kind}" if kind != outer else "")]
+    for attribute in ("constraint_name", "table_name", "column_name", "data_type_name"):
+        value = getattr(error, attribute, None)
+        if value:
+            parts.append(f"{attribute.removesuffix('_name')}={value}")
+    if not sqlstate.startswith(_VALUE_QUOTING_SQLSTATE_CLASSES) and error.args:
+        message = str(error.args[0]).splitlines()[0] if str(error.args[0]) else ""
+        if message:
+            parts.append(f"({message})")
+    return " ".join(parts)
+
+
+def format_exception(exc: BaseException) -> str:
+    """Return ``exc``'s traceback and chain as Python prints them, each error described
+    by :func:`describe_error`."""
+    chain: list[tuple[BaseException, str]] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    link = ""
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append((current, link))
+        if current.__cause__ is not None:
+            current, link = current.__cause__, _CAUSE
+        elif current.__context__ is not None and not current.__suppress_context__:
+            current, link = current.__context__, _CONTEXT
+        else:
+            current = None
+    parts: list[str] = []
+    for error, link in reversed(chain):
+        parts.append(_format_one(error))
+        if link:
+            parts.append(link)
+    return "".join(parts).rstrip("\n")
+
+
+_CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
+_CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
+
+
+def _format_one(error: BaseException) -> str:
+    text = ""
+    if error.__traceback__ is not None:
+        text = "Traceback (most recent call last):\n" + "".join(
+            traceback.format_tb(error.__traceback__)
+        )
+    text += describe_error(error) + "\n"
+    if isinstance(error, BaseExceptionGroup):
+        for index, inner in enumerate(error.exceptions, 1):
+            nested = format_exception(inner).replace("\n", "\n  | ")
+            text += f"  +---------------- {index} ----------------\n  | {nested}\n"
+    return text
+
+
+def _message(record: logging.LogRecord) -> str:
+    """``record``'s message, with any exception among its arguments described safely."""
+    args = record.args
+    if isinstance(args, tuple) and any(isinstance(a, BaseException) for a in args):
+        safe = tuple(describe_error(a) if isinstance(a, BaseException) else a for a in args)
+        return str(record.msg) % safe
+    return record.getMessage()
+
+
+class TextFormatter(logging.Formatter):
+    """``time level service logger: message``, then the exception's traceback, if any."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__(f"%(asctime)s %(levelname)s {service} %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = _message(record)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        return format_exception(ei[1]) if ei and ei[1] is not None else ""
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, service, logger, message and exception."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "service": self.service,
+            "logger": record.name,
+            "message": _message(record),
+        }
+        if record.exc_info and record.exc_info[1] is not None:
+            entry["exception"] = format_exception(record.exc_info[1])
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = record.stack_info
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def formatter(settings: LogSettings, service: str) -> logging.Formatter:
+    """Return the formatter ``settings.format`` names."""
+    if settings.format == "json":
+        return JsonFormatter(service)
+    return TextFormatter(service)
+
+
+def configure(settings: LogSettings, service: str) -> None:
+    """Log to stderr, as text or JSON lines; quiet chatty libraries."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter(f"%(asctime)s %(levelname)s {service} %(name)s: %(message)s")
-    )
+    handler.setFormatter(formatter(settings, service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
-    for noisy in ("aiokafka", "kafka", "sqlalchemy.engine", "httpx", "alembic"):
+    root.setLevel(settings.level)
+    for noisy in _NOISY:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+access_log = logging.getLogger("cxloop.access")
+
+
+def route_template(scope: Any) -> str:
+    """The template of the route that answered (``/v1/alerts/{alert_id}``), never the raw
+    path, which may carry a customer id or a phone number; ``unmatched`` for none."""
+    route = scope.get("route")
+    return str(getattr(route, "path", None) or "unmatched")
+
+
+class AccessLogMiddleware:
+    """At DEBUG, one line per request: method, route template, status and duration.
+
+    It replaces uvicorn's access log, which prints the raw path and query string.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not access_log.isEnabledFor(logging.DEBUG):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def record_status(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            access_log.debug(
+                "%s %s %d %.1fms",
+                scope["method"],
+                route_template(scope),
+                status,
+                (time.perf_counter() - started) * 1000,
+            )

@@ -31,6 +31,7 @@ from shared.kafka import (
     run_batches,
     sleep_unless_stopped,
 )
+from shared.logs import AccessLogMiddleware
 from shared.settings import ConsumerSettings, DatabaseSettings, HttpSettings, KafkaSettings
 from shared.topics import Topic
 
@@ -277,5 +278,11 @@ class ConsumingService:
 
 
 def serve(app: FastAPI, http: HttpSettings) -> None:
-    """Run ``app`` under uvicorn until SIGTERM or SIGINT, using cxloop's logging."""
-    uvicorn.run(app, host=http.host, port=http.port, log_config=None, access_log=False)
+    """Run ``app`` under uvicorn until SIGTERM or SIGINT, using cxloop's logging.
+
+    uvicorn's access log is off: it prints raw paths and query strings, which may carry a
+    customer id; :class:`shared.logs.AccessLogMiddleware` logs route templates instead.
+    """
+    uvicorn.run(
+        AccessLogMiddleware(app), host=http.host, port=http.port, log_config=None, access_log=False
+    )

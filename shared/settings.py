@@ -149,7 +149,13 @@ class LogSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CXLOOP_LOG_", extra="forbid")
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        default="INFO", description="DEBUG, INFO, WARNING or ERROR."
+        default="INFO",
+        description="DEBUG, INFO, WARNING or ERROR. DEBUG adds one line per HTTP request.",
+    )
+    format: Literal["text", "json"] = Field(
+        default="text",
+        description="text, or json: one object per line (time, level, service, logger, "
+        "message, exception).",
     )
 
 

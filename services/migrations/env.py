@@ -17,7 +17,7 @@ def _run(connection: Connection) -> None:
 
 async def _migrate() -> None:
     url = context.config.attributes["url"]
-    engine = create_async_engine(url)
+    engine = create_async_engine(url, hide_parameters=True)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)

@@ -1,0 +1,111 @@
+"""Log lines as an operator reads them: text or JSON, and never a row value of an error."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import asyncpg
+import pytest
+from pydantic import BaseModel
+from sqlalchemy.exc import IntegrityError
+
+from shared import logs
+from shared.settings import LogSettings
+
+SECRET = "cust-4f1e-planted"
+
+
+@pytest.fixture
+def output() -> Iterator[io.StringIO]:
+    """Configure logging as a service does, into a buffer; restore pytest's handlers after."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    buffer = io.StringIO()
+    yield buffer
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def configure(output: io.StringIO, fmt: str) -> None:
+    logs.configure(LogSettings.model_validate({"level": "DEBUG", "format": fmt}), "collector")
+    logging.getLogger().handlers[0].setStream(output)  # type: ignore[attr-defined]
+
+
+def unique_violation() -> IntegrityError:
+    """What SQLAlchemy raises over asyncpg for a duplicate key, as the driver builds it."""
+    driver = asyncpg.UniqueViolationError.new(
+        {
+            "C": "23505",
+            "M": 'duplicate key value violates unique constraint "invitations_pkey"',
+            "D": f"Key (customer_id)=({SECRET}) already exists.",
+            "n": "invitations_pkey",
+            "t": "invitations",
+        }
+    )
+    try:
+        raise IntegrityError("INSERT INTO invitations VALUES ($1)", (SECRET,), driver)
+    except IntegrityError as exc:
+        return exc
+
+
+class Row(BaseModel):
+    score: int
+
+
+class TestDatabaseErrors:
+    def test_neither_the_detail_nor_the_parameters_are_logged(self, output: io.StringIO) -> None:
+        configure(output, "text")
+        error = unique_violation()
+        assert SECRET in str(error), "the driver's own text quotes the row"
+        try:
+            raise RuntimeError("batch failed") from error
+        except RuntimeError:
+            logging.getLogger("shared.kafka").exception("batch of %d failed", 3)
+        logging.getLogger("x").warning("insert failed: %s", error)
+        text = output.getvalue()
+        assert SECRET not in text
+        assert "invitations_pkey" in text
+        assert "23505" in text
+        assert "The above exception was the direct cause" in text
+
+    def test_a_validation_error_is_described_without_its_input(self) -> None:
+        try:
+            Row.model_validate({"score": SECRET})
+        except ValueError as exc:
+            described = logs.describe_error(exc)
+        assert SECRET not in described
+        assert "score: int_parsing" in described
+
+    def test_a_value_quoting_postgres_message_is_withheld(self) -> None:
+        error = asyncpg.InvalidTextRepresentationError.new(
+            {"C": "22P02", "M": f'invalid input syntax for type uuid: "{SECRET}"'}
+        )
+        assert SECRET not in logs.describe_error(error)
+        assert "22P02" in logs.describe_error(error)
+
+
+class TestJsonLines:
+    def test_every_line_is_one_object_with_the_exception_text(self, output: io.StringIO) -> None:
+        configure(output, "json")
+        log = logging.getLogger("services.collector")
+        log.info("purged %d expired idempotency keys", 2)
+        try:
+            raise unique_violation()
+        except IntegrityError:
+            log.exception("unhandled error on %s %s", "POST", "/v1/invitations")
+        first, second = (json.loads(line) for line in output.getvalue().splitlines())
+        assert first["message"] == "purged 2 expired idempotency keys"
+        assert (first["level"], first["logger"], first["service"]) == (
+            "INFO",
+            "services.collector",
+            "collector",
+        )
+        assert "time" in first
+        assert "exception" not in first
+        assert second["level"] == "ERROR"
+        assert "Traceback" in second["exception"]
+        assert "IntegrityError" in second["exception"]
+        assert SECRET not in output.getvalue()
