@@ -142,10 +142,14 @@ class TestPreparedStatements:
         self, database_url: str
     ) -> None:
         # asyncpg switches a prepared statement to a generic plan after five runs; the
-        # partial-index ON CONFLICT must still match then (it did not, before a fix).
+        # partial-index ON CONFLICT must still match then (it did not, before a fix). A bare
+        # engine (no plan_cache_mode) on one connection, so the statement does reach its sixth
+        # run on the same prepared plan.
+        import sqlalchemy as sa
         from sqlalchemy.ext.asyncio import create_async_engine
 
         from services.alerting.consumer import AlertHandler
+        from services.alerting.models import alerts as alerts_table
         from shared.kafka import Decoded
         from shared.settings import SlaSettings
 
@@ -155,8 +159,18 @@ class TestPreparedStatements:
             for i in range(12):
                 event = response_event(score=1, customer_id=f"p{i % 3}")
                 await handler([Decoded(None, event)])
+            async with engine.connect() as conn:
+                rows = await conn.execute(
+                    sa.select(
+                        alerts_table.c.customer_id,
+                        alerts_table.c.status,
+                        alerts_table.c.occurrences,
+                    ).order_by(alerts_table.c.customer_id)
+                )
+                found = [tuple(r) for r in rows]
         finally:
             await engine.dispose()
+        assert found == [("p0", "open", 4), ("p1", "open", 4), ("p2", "open", 4)]
 
 
 class TestErasure:
