@@ -27,7 +27,7 @@ CHECKS = [
     checks.response_schema_conformance,
     checks.negative_data_rejection,
 ]
-EXAMPLES = int(os.environ.get("CXLOOP_FUZZ_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("CXLOOP_TEST_FUZZ_EXAMPLES", "25"))
 
 
 def fuzz(url: str, api_key: str) -> list[str]:

@@ -1,5 +1,5 @@
 """Five minutes at a fixed rate through the three services: no errors, memory that levels
-off, and as many answers scored as were accepted (``CXLOOP_SOAK_SECONDS`` shortens it)."""
+off, and as many answers scored as were accepted (``CXLOOP_TEST_SOAK_SECONDS`` shortens it)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from tests.processes import Load, Service, scalar, wait_for
 
 pytestmark = [pytest.mark.resilience, pytest.mark.timeout(900)]
 
-SECONDS = int(os.environ.get("CXLOOP_SOAK_SECONDS", "300"))
+SECONDS = int(os.environ.get("CXLOOP_TEST_SOAK_SECONDS", "300"))
 RATE = 50
 WARM_UP = 60
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from shared.errors import ConfigError
@@ -12,6 +15,25 @@ from shared.settings import (
     check_environment,
     load,
 )
+
+ROOT = Path(__file__).parents[2]
+# Misspelt on purpose, by the tests that check they are refused.
+DELIBERATE_TYPOS = {"CXLOOP_KAFKA_BOOTSTRAP_SERVER", "CXLOOP_DATABSE_URL"}
+
+
+def _variables_named_in_the_repository() -> set[str]:
+    """Every CXLOOP_* name (not a prefix such as CXLOOP_SLA_*) in the docs, tests and code."""
+    files = [ROOT / "README.md", ROOT / "DEVELOPERS.md", ROOT / "Makefile", ROOT / "cxloop"]
+    for folder in ("docs", "tests", "deploy", ".ci", "services", "shared", "bench"):
+        files += [p for p in (ROOT / folder).rglob("*") if p.is_file() and p.suffix != ".pyc"]
+    named: set[str] = set()
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, FileNotFoundError):
+            continue
+        named |= set(re.findall(r"\bCXLOOP_[A-Z0-9_]*[A-Z0-9]\b", text))
+    return named
 
 
 class TestUnknownVariables:
@@ -28,6 +50,19 @@ class TestUnknownVariables:
                 "PATH": "/bin",
             }
         )
+
+    def test_every_variable_the_docs_and_tests_name_is_accepted(self) -> None:
+        # A knob a page tells you to set (CXLOOP_TEST_SOAK_SECONDS, for the soak) must not
+        # stop `cxloop up` or `cxloop config` in the same shell. Test knobs are CXLOOP_TEST_*.
+        named = _variables_named_in_the_repository()
+        assert "CXLOOP_TEST_SOAK_SECONDS" in named
+        assert "CXLOOP_TEST_FUZZ_EXAMPLES" in named
+        check_environment(dict.fromkeys(named - DELIBERATE_TYPOS, "1"))
+
+    @pytest.mark.parametrize("typo", sorted(DELIBERATE_TYPOS))
+    def test_the_typos_tests_plant_are_refused(self, typo: str) -> None:
+        with pytest.raises(ConfigError, match=typo):
+            check_environment({typo: "1"})
 
 
 class TestValues:
