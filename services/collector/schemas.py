@@ -177,7 +177,10 @@ class ItemResult(BaseModel):
 
     index: int
     question: str | None = Field(default=None, description="The IVR question, for calls.")
-    status: Literal["accepted", "duplicate", "rejected", "unavailable"]
+    status: Literal["accepted", "duplicate", "rejected", "unavailable", "conflict"] = Field(
+        description="`conflict`: the batch's Idempotency-Key (or the item's event_id) was "
+        "first used for a different request that did not hold this item; nothing was produced."
+    )
     event_id: UUID | None = None
     errors: list[dict[str, str]] | None = None
 
@@ -190,6 +193,7 @@ class BatchResult(BaseModel):
     duplicate: int
     rejected: int
     unavailable: int
+    conflict: int = 0
 
 
 Phone = Annotated[str, StringConstraints(pattern=r"^\+[1-9][0-9]{6,14}$")]

@@ -17,7 +17,17 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from services.collector import metrics
-from services.collector.idempotency import Claim, IdempotencyStore, event_id_for
+from services.collector.idempotency import (
+    Claim,
+    IdempotencyStore,
+    Verdict,
+    batch_fingerprint,
+    caller_key,
+    event_id_for,
+    fingerprint,
+    item_event_id,
+    item_key,
+)
 from services.collector.schemas import BatchResult, EventIn, ItemResult, ResponseIn, Submitted
 from shared.events import ResponseSubmitted, Segments, TouchpointEvent, resolve_scale, utcnow
 from shared.http import FieldErrors, error_body
@@ -36,6 +46,7 @@ class Status(StrEnum):
     DUPLICATE = "duplicate"
     REJECTED = "rejected"
     UNAVAILABLE = "unavailable"
+    CONFLICT = "conflict"
 
 
 @dataclass(frozen=True)
@@ -48,22 +59,34 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Item:
-    """An event to produce and the idempotency key it came with, if any."""
+    """An event to produce and the idempotency key it came with, if any.
+
+    ``fingerprint`` is the request content the key was used with (None for a vendor id,
+    which names its event alone); ``batch`` is the claim key of the batch the item was
+    keyed under; ``named_by`` is the request field that carried the key, for a conflict.
+    """
 
     event: Event
     key: str | None
+    fingerprint: bytes | None = None
+    batch: str | None = None
+    named_by: str = "Idempotency-Key"
 
 
 def resolve_event_id(
-    source: str, event_id: uuid.UUID | None, key: str | None
+    source: str, event_id: uuid.UUID | None, key: str | None, caller: str | None = None
 ) -> tuple[uuid.UUID, str | None]:
     """Return the event id and the idempotency key of a submission.
 
-    A client's event id is its own key; otherwise an ``Idempotency-Key`` (or a vendor id)
-    names the event; with neither, the event gets a fresh id and needs no key.
+    A client's event id is its own key (global, as event ids are); otherwise an
+    ``Idempotency-Key`` names the event, scoped to ``caller`` (the API key's id), or a vendor
+    id does, scoped to its source (``caller`` None); with neither, the event gets a fresh id
+    and needs no key.
     """
     if event_id is not None:
         return event_id, f"{source}:event:{event_id}"
+    if key is not None and caller is not None:
+        return event_id_for(source, key, caller), caller_key(source, caller, key)
     if key is not None:
         return event_id_for(source, key), f"{source}:key:{key}"
     return uuid.uuid4(), None
@@ -156,26 +179,35 @@ class Ingest:
         self.store = store
         self.settings = settings
 
-    async def submit(self, items: Sequence[Item], *, source: str) -> list[Outcome]:
-        """Produce ``items`` and wait for the broker's acks; return one outcome per item."""
+    async def submit(
+        self, items: Sequence[Item], *, source: str, batch: Claim | None = None
+    ) -> list[Outcome]:
+        """Produce ``items`` and wait for the broker's acks; return one outcome per item.
+
+        ``batch`` is the claim of the batch key that items with ``batch`` set were keyed under.
+        """
         first_of_key: dict[str, int] = {}
         for i, item in enumerate(items):
             if item.key is not None:
                 first_of_key.setdefault(item.key, i)
-        produced = await self.store.already_produced(
-            [Claim(key, items[i].event.event_id) for key, i in first_of_key.items()]
-        )
+        claims = [
+            Claim(key, items[i].event.event_id, items[i].fingerprint, items[i].batch)
+            for key, i in first_of_key.items()
+        ]
+        if batch is not None and any(item.batch == batch.key for item in items):
+            claims.insert(0, batch)  # before its items, as IdempotencyStore.claim requires
+        verdicts = dict(zip([c.key for c in claims], await self.store.claim(claims), strict=True))
         statuses: list[Status | None] = []
         for i, item in enumerate(items):
-            repeat = item.key is not None and (item.key in produced or first_of_key[item.key] != i)
-            statuses.append(Status.DUPLICATE if repeat else None)
+            statuses.append(None if item.key is None else _status(items, first_of_key, i, verdicts))
         to_send = [i for i, status in enumerate(statuses) if status is None]
         sent = await self._produce([items[i].event for i in to_send])
         for i, ok in zip(to_send, sent, strict=True):
             statuses[i] = Status.ACCEPTED if ok else Status.UNAVAILABLE
-        await self.store.mark_produced(
-            [k for i, ok in zip(to_send, sent, strict=True) if ok and (k := items[i].key)]
-        )
+        produced = [k for i, ok in zip(to_send, sent, strict=True) if ok and (k := items[i].key)]
+        if batch is not None and any(items[i].batch == batch.key for i in to_send):
+            produced.append(batch.key)  # the batch's window lasts as long as its items'
+        await self.store.mark_produced(produced)
         outcomes = []
         for item, status in zip(items, statuses, strict=True):
             assert status is not None
@@ -223,6 +255,21 @@ class Ingest:
         return ok
 
 
+def _status(
+    items: Sequence[Item], first_of_key: dict[str, int], i: int, verdicts: dict[str, Verdict]
+) -> Status | None:
+    """Return the status of keyed item ``i`` before producing (None: produce it)."""
+    key = items[i].key
+    assert key is not None
+    first = first_of_key[key]
+    verdict = verdicts[key]
+    if verdict is Verdict.CONFLICT or items[i].fingerprint != items[first].fingerprint:
+        return Status.CONFLICT
+    if verdict is Verdict.DUPLICATE or first != i:
+        return Status.DUPLICATE
+    return None
+
+
 def _retrieve(future: asyncio.Future[object]) -> None:
     if not future.cancelled():
         future.exception()
@@ -236,6 +283,24 @@ def unavailable(detail: str, event_id: uuid.UUID | None = None) -> JSONResponse:
         status_code=503,
         headers={"Retry-After": "2"},
     )
+
+
+def conflict_detail(named_by: str, key: str) -> str:
+    """Say that ``key`` (carried in the field ``named_by``) was used for something else."""
+    if named_by == "event_id":
+        return (
+            f"event_id {key} was already used for a different request; "
+            "a different event needs a new event_id"
+        )
+    return (
+        f"Idempotency-Key {key!r} was already used for a different request; "
+        "send a different request under a new key"
+    )
+
+
+def conflict(named_by: str, key: str) -> JSONResponse:
+    """Return the 409 that refuses a key reused for a different request, as Stripe does."""
+    return JSONResponse(error_body(409, conflict_detail(named_by, key), named_by), status_code=409)
 
 
 @dataclass(frozen=True)
@@ -258,24 +323,37 @@ async def submit_one(
     *,
     source: str,
     idempotency_key: str | None,
+    caller: str,
 ) -> Submitted | JSONResponse:
-    """Produce one validated payload; 422 for configured-set errors, 503 without an ack."""
+    """Produce one validated payload; 422 for configured-set errors, 409 for a key reused
+    with a different body, 503 without an ack."""
     errors = submission.check(payload, ingest.settings)
     if errors:
         metrics.REJECTED.labels(source=source, reason="validation").inc()
         raise FieldErrors(errors)
-    event_id, key = resolve_event_id(source, payload.event_id, idempotency_key)
+    event_id, key = resolve_event_id(source, payload.event_id, idempotency_key, caller)
     event = submission.build(payload, event_id=event_id, received_at=utcnow(), source=source)
-    return await produce_one(ingest, event, key, source=source)
+    content = fingerprint(submission.model.__name__, payload.model_dump(mode="json"))
+    named_by = "event_id" if payload.event_id is not None else "Idempotency-Key"
+    (outcome,) = await ingest.submit([Item(event, key, content, named_by=named_by)], source=source)
+    if outcome.status is Status.CONFLICT:
+        return conflict(named_by, str(payload.event_id or idempotency_key))
+    return answer_one(outcome)
 
 
 async def produce_one(
     ingest: Ingest, event: Event, key: str | None, *, source: str
 ) -> Submitted | JSONResponse:
-    """Produce one built event: its outcome, or 503 when the broker did not acknowledge it."""
+    """Produce one event named by a vendor id (or nothing): its outcome, or 503."""
     (outcome,) = await ingest.submit([Item(event, key)], source=source)
+    return answer_one(outcome)
+
+
+def answer_one(outcome: Outcome) -> Submitted | JSONResponse:
+    """Answer one item's outcome, or 503 when the broker did not acknowledge it."""
     if outcome.status is Status.UNAVAILABLE:
         return unavailable("the broker did not acknowledge in time", outcome.event_id)
+    assert outcome.status in (Status.ACCEPTED, Status.DUPLICATE)
     return Submitted(event_id=outcome.event_id, status=outcome.status.value)
 
 
@@ -296,12 +374,28 @@ async def submit_batch(
     *,
     source: str,
     idempotency_key: str | None,
+    caller: str,
 ) -> BatchResult:
-    """Validate every item on its own, produce the valid ones, and report each item's fate."""
+    """Validate every item on its own, produce the valid ones, and report each item's fate.
+
+    Under an ``Idempotency-Key`` each item is keyed by its own content (its fingerprint, and
+    how many identical items came before it), not by its position: a resend in any order
+    maps each item to its first result, and an item the first batch did not hold conflicts.
+    An item with its own ``event_id`` is keyed by that, as a single request is.
+    """
     received_at = utcnow()
+    kind = submission.model.__name__
     results: list[ItemResult | None] = []
     items: list[Item] = []
     positions: list[int] = []
+    batch: Claim | None = None
+    if idempotency_key is not None:
+        batch = Claim(
+            caller_key(source, caller, idempotency_key),
+            event_id_for(source, idempotency_key, caller),
+            batch_fingerprint(kind),
+        )
+    seen: Counter[bytes] = Counter()
     for index, raw in enumerate(raw_items):
         try:
             payload = submission.model.model_validate(raw)
@@ -312,16 +406,38 @@ async def submit_batch(
             metrics.REJECTED.labels(source=source, reason="validation").inc()
             results.append(ItemResult(index=index, status="rejected", errors=errors))
             continue
-        key = f"{idempotency_key}:{index}" if idempotency_key else None
-        event_id, claim = resolve_event_id(source, payload.event_id, key)
-        event = submission.build(payload, event_id=event_id, received_at=received_at, source=source)
-        items.append(Item(event, claim))
+        content = fingerprint(kind, payload.model_dump(mode="json"))
+        if payload.event_id is None and batch is not None and idempotency_key is not None:
+            occurrence = seen[content]
+            seen[content] += 1
+            event_id = item_event_id(source, caller, idempotency_key, content, occurrence)
+            key = item_key(source, caller, idempotency_key, content, occurrence)
+            item = Item(
+                submission.build(
+                    payload, event_id=event_id, received_at=received_at, source=source
+                ),
+                key,
+                batch=batch.key,
+            )
+        else:
+            event_id, claim = resolve_event_id(source, payload.event_id, None)
+            event = submission.build(
+                payload, event_id=event_id, received_at=received_at, source=source
+            )
+            item = Item(event, claim, content, named_by="event_id")
+        items.append(item)
         positions.append(index)
         results.append(None)
-    for index, outcome in zip(positions, await ingest.submit(items, source=source), strict=True):
-        results[index] = ItemResult(
-            index=index, status=outcome.status.value, event_id=outcome.event_id
-        )
+    outcomes = await ingest.submit(items, source=source, batch=batch)
+    for index, item, outcome in zip(positions, items, outcomes, strict=True):
+        if outcome.status is Status.CONFLICT:
+            key_text = str(item.event.event_id) if item.batch is None else str(idempotency_key)
+            errors = [{"field": item.named_by, "detail": conflict_detail(item.named_by, key_text)}]
+            results[index] = ItemResult(index=index, status="conflict", errors=errors)
+        else:
+            results[index] = ItemResult(
+                index=index, status=outcome.status.value, event_id=outcome.event_id
+            )
     return summarise([r for r in results if r is not None])
 
 
@@ -334,6 +450,7 @@ def summarise(results: list[ItemResult]) -> BatchResult:
         duplicate=counts["duplicate"],
         rejected=counts["rejected"],
         unavailable=counts["unavailable"],
+        conflict=counts["conflict"],
     )
 
 

@@ -102,8 +102,9 @@ class TestIdempotency:
         self, collector: httpx.AsyncClient
     ) -> None:
         headers = {"Idempotency-Key": f"order-{uuid.uuid4()}"}
-        first = await collector.post("/v1/responses", json=response_payload(), headers=headers)
-        again = await collector.post("/v1/responses", json=response_payload(), headers=headers)
+        payload = response_payload()
+        first = await collector.post("/v1/responses", json=payload, headers=headers)
+        again = await collector.post("/v1/responses", json=payload, headers=headers)
         assert first.json()["status"] == "accepted"
         assert again.json() == {"event_id": first.json()["event_id"], "status": "duplicate"}
 

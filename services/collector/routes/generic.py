@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from services.collector import service
 from services.collector.deps import ERRORS, BatchIn, IdempotencyKey, IngestDep, check_batch_size
 from services.collector.schemas import BatchResult, EventIn, ResponseIn, Submitted
-from shared.apikeys import Scope
+from shared.apikeys import Principal, Scope
 from shared.http import require
 
 router = APIRouter(prefix="/v1")
@@ -35,21 +35,39 @@ def _register(
     submission: service.Submission,
     what: str,
 ) -> None:
-    auth = [require(scope, "api")]
+    # One dependency object, so the route's auth and its `caller` are one call per request.
+    authenticated = require(scope, "api")
+    auth = [authenticated]
 
     async def submit_one(
-        payload: Any, ingest: IngestDep, idempotency_key: IdempotencyKey = None
+        payload: Any,
+        ingest: IngestDep,
+        idempotency_key: IdempotencyKey = None,
+        caller: Principal = authenticated,
     ) -> Submitted | JSONResponse:
         return await service.submit_one(
-            ingest, payload, submission, source="api", idempotency_key=idempotency_key
+            ingest,
+            payload,
+            submission,
+            source="api",
+            idempotency_key=idempotency_key,
+            caller=caller.caller,
         )
 
     async def submit_many(
-        body: BatchIn, ingest: IngestDep, idempotency_key: IdempotencyKey = None
+        body: BatchIn,
+        ingest: IngestDep,
+        idempotency_key: IdempotencyKey = None,
+        caller: Principal = authenticated,
     ) -> BatchResult | JSONResponse:
         check_batch_size(body, ingest)
         result = await service.submit_batch(
-            ingest, body.items, submission, source="api", idempotency_key=idempotency_key
+            ingest,
+            body.items,
+            submission,
+            source="api",
+            idempotency_key=idempotency_key,
+            caller=caller.caller,
         )
         return service.batch_response(result)
 

@@ -138,7 +138,12 @@ async def submit_widget_response(
     if errors:
         return _error(422, errors[0]["detail"], origin, field=errors[0]["field"], errors=errors)
     result = await service.submit_one(
-        ingest, payload, service.RESPONSES, source=SOURCE, idempotency_key=None
+        ingest,
+        payload,
+        service.RESPONSES,
+        source=SOURCE,
+        idempotency_key=None,
+        caller=admitted.caller,
     )
     if isinstance(result, Response):
         return _cors(result, origin)
