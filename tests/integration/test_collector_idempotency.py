@@ -1,0 +1,225 @@
+"""Idempotency keys belong to the caller that sent them, and name one request body.
+
+Two callers that pick the same ``Idempotency-Key`` get two events; one caller reusing a key
+for a different body gets 409, never a silent `duplicate`; a batch is matched item by item
+by content, so a resend in another order maps each item to its own first result.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from shared.apikeys import KeyKind, Scope, create_key
+from shared.events import ResponseSubmitted
+from shared.settings import KafkaSettings
+from shared.topics import Topic
+from tests.builders import response_payload
+from tests.conftest import CollectorFactory
+from tests.helpers import eventually, read_topic
+
+
+@pytest.fixture
+async def collector(collector_app: CollectorFactory) -> AsyncIterator[httpx.AsyncClient]:
+    async with collector_app() as client:
+        await eventually(lambda: client.get("/readyz"), lambda r: r.status_code == 200)
+        yield client
+
+
+@pytest.fixture
+async def two_keys(database_url: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Authorization headers of two secret keys that may both submit responses."""
+    engine = create_async_engine(database_url)
+    headers = []
+    try:
+        async with engine.begin() as conn:
+            for name in ("shop-a", "shop-b"):
+                key, _ = await create_key(
+                    conn, name=name, kind=KeyKind.SECRET, scopes=[Scope.RESPONSES_WRITE]
+                )
+                headers.append({"Authorization": f"Bearer {key}"})
+    finally:
+        await engine.dispose()
+    return headers[0], headers[1]
+
+
+async def produced(settings: KafkaSettings, expected: int) -> list[ResponseSubmitted]:
+    """Every response on the topic, waiting a while for one more than ``expected``."""
+    records = await read_topic(settings, Topic.RESPONSES, expected + 1, timeout=5)
+    return [ResponseSubmitted.model_validate_json(r.value) for r in records]
+
+
+def keyed(key: str, auth: dict[str, str] | None = None) -> dict[str, str]:
+    return {"Idempotency-Key": key, **(auth or {})}
+
+
+class TestCallerScope:
+    async def test_two_keys_with_one_idempotency_key_and_different_bodies_are_two_events(
+        self,
+        collector: httpx.AsyncClient,
+        kafka_settings: KafkaSettings,
+        two_keys: tuple[dict[str, str], dict[str, str]],
+    ) -> None:
+        a, b = two_keys
+        key = "order-1042"  # both shops number their orders the same way
+        first = await collector.post(
+            "/v1/responses", json=response_payload(customer_id="a-1"), headers=keyed(key, a)
+        )
+        second = await collector.post(
+            "/v1/responses", json=response_payload(customer_id="b-1"), headers=keyed(key, b)
+        )
+        assert (first.status_code, first.json()["status"]) == (202, "accepted")
+        assert (second.status_code, second.json()["status"]) == (202, "accepted")
+        assert first.json()["event_id"] != second.json()["event_id"]
+        events = await produced(kafka_settings, 2)
+        assert sorted(e.customer_id for e in events) == ["a-1", "b-1"]
+
+    async def test_a_resent_batch_of_another_key_does_not_answer_for_the_first(
+        self,
+        collector: httpx.AsyncClient,
+        kafka_settings: KafkaSettings,
+        two_keys: tuple[dict[str, str], dict[str, str]],
+    ) -> None:
+        a, b = two_keys
+        batch_a = {"items": [response_payload(customer_id="a-1")]}
+        batch_b = {"items": [response_payload(customer_id="b-1")]}
+        ra = await collector.post("/v1/responses/batch", json=batch_a, headers=keyed("k", a))
+        rb = await collector.post("/v1/responses/batch", json=batch_b, headers=keyed("k", b))
+        assert ra.json()["accepted"] == rb.json()["accepted"] == 1
+        assert len(await produced(kafka_settings, 2)) == 2
+
+
+class TestBodyFingerprint:
+    async def test_same_key_and_different_body_is_409_naming_the_key(
+        self, collector: httpx.AsyncClient, kafka_settings: KafkaSettings
+    ) -> None:
+        headers = keyed("order-7")
+        first = await collector.post(
+            "/v1/responses", json=response_payload(score=9), headers=headers
+        )
+        changed = await collector.post(
+            "/v1/responses", json=response_payload(score=2), headers=headers
+        )
+        assert first.json()["status"] == "accepted"
+        assert changed.status_code == 409
+        body = changed.json()
+        assert body["error"] == "conflict"
+        assert body["field"] == "Idempotency-Key"
+        assert "'order-7'" in body["detail"]
+        assert [e.score for e in await produced(kafka_settings, 1)] == [9]
+
+    async def test_the_conflict_holds_on_every_resend(self, collector: httpx.AsyncClient) -> None:
+        headers = keyed(f"order-{uuid.uuid4()}")
+        await collector.post("/v1/responses", json=response_payload(score=9), headers=headers)
+        for _ in range(2):
+            r = await collector.post(
+                "/v1/responses", json=response_payload(score=2), headers=headers
+            )
+            assert r.status_code == 409
+
+    async def test_same_key_and_same_body_in_another_key_order_is_one_duplicate_event(
+        self, collector: httpx.AsyncClient, kafka_settings: KafkaSettings
+    ) -> None:
+        payload = response_payload(comment="遅い", reasons=["wait_time"])
+        headers = {**keyed("order-8"), "Content-Type": "application/json"}
+        first = await collector.post("/v1/responses", content=json.dumps(payload), headers=headers)
+        reordered = json.dumps(dict(reversed(list(payload.items()))), indent=2)
+        again = await collector.post("/v1/responses", content=reordered, headers=headers)
+        assert first.json()["status"] == "accepted"
+        assert again.status_code == 202
+        assert again.json() == {"event_id": first.json()["event_id"], "status": "duplicate"}
+        assert len(await produced(kafka_settings, 1)) == 1
+
+    async def test_an_event_id_reused_for_a_different_body_is_409_naming_it(
+        self, collector: httpx.AsyncClient, kafka_settings: KafkaSettings
+    ) -> None:
+        event_id = str(uuid.uuid4())
+        first = await collector.post(
+            "/v1/responses", json=response_payload(event_id=event_id, score=9)
+        )
+        changed = await collector.post(
+            "/v1/responses", json=response_payload(event_id=event_id, score=1)
+        )
+        assert first.json()["status"] == "accepted"
+        assert changed.status_code == 409
+        assert changed.json()["field"] == "event_id"
+        assert event_id in changed.json()["detail"]
+        assert len(await produced(kafka_settings, 1)) == 1
+
+    async def test_a_key_used_for_a_batch_conflicts_as_a_single_request(
+        self, collector: httpx.AsyncClient
+    ) -> None:
+        headers = keyed("order-9")
+        item = response_payload()
+        batch = await collector.post("/v1/responses/batch", json={"items": [item]}, headers=headers)
+        assert batch.json()["accepted"] == 1
+        single = await collector.post("/v1/responses", json=item, headers=headers)
+        assert single.status_code == 409
+
+
+def statuses(answer: dict[str, Any]) -> list[str]:
+    return [r["status"] for r in answer["results"]]
+
+
+class TestBatches:
+    async def test_a_batch_resent_in_another_order_maps_each_item_to_its_own_first_result(
+        self, collector: httpx.AsyncClient, kafka_settings: KafkaSettings
+    ) -> None:
+        twin = response_payload(customer_id="c-twin", score=10)
+        items = [
+            response_payload(customer_id="c-1", score=1),
+            twin,
+            response_payload(customer_id="c-2", score=2),
+            dict(twin),  # the same answer twice is two answers
+        ]
+        headers = keyed("upload-2026-12-01")
+        first = (
+            await collector.post("/v1/responses/batch", json={"items": items}, headers=headers)
+        ).json()
+        assert statuses(first) == ["accepted"] * 4
+        id_of = {i: r["event_id"] for i, r in enumerate(first["results"])}
+        assert len(set(id_of.values())) == 4
+
+        order = [2, 3, 0, 1]
+        again = (
+            await collector.post(
+                "/v1/responses/batch", json={"items": [items[i] for i in order]}, headers=headers
+            )
+        ).json()
+        assert statuses(again) == ["duplicate"] * 4
+        # Each item keeps its own event id; of two identical answers, the first resent takes
+        # the first's.
+        assert [r["event_id"] for r in again["results"]] == [id_of[i] for i in (2, 1, 0, 3)]
+        events = await produced(kafka_settings, 4)
+        assert sorted(str(e.event_id) for e in events) == sorted(id_of.values())
+
+    async def test_a_batch_resent_with_one_item_changed_conflicts_on_that_item(
+        self, collector: httpx.AsyncClient, kafka_settings: KafkaSettings
+    ) -> None:
+        items = [response_payload(customer_id=f"c-{i}", score=i) for i in range(3)]
+        headers = keyed("upload-2026-12-02")
+        first = (
+            await collector.post("/v1/responses/batch", json={"items": items}, headers=headers)
+        ).json()
+        assert first["accepted"] == 3
+        changed = [items[0], {**items[1], "score": 10}, items[2]]
+        for _ in range(2):  # and again: a conflict is not remembered as a claim
+            r = await collector.post(
+                "/v1/responses/batch", json={"items": changed}, headers=headers
+            )
+            assert r.status_code == 200
+            answer = r.json()
+            assert statuses(answer) == ["duplicate", "conflict", "duplicate"]
+            assert (answer["duplicate"], answer["conflict"]) == (2, 1)
+            (error,) = answer["results"][1]["errors"]
+            assert error["field"] == "Idempotency-Key"
+            assert "'upload-2026-12-02'" in error["detail"]
+            assert answer["results"][0]["event_id"] == first["results"][0]["event_id"]
+        events = await produced(kafka_settings, 3)
+        assert sorted(e.score for e in events) == [0, 1, 2]
