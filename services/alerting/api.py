@@ -29,7 +29,7 @@ from services.alerting.schemas import (
     SilenceIn,
     SilenceList,
 )
-from shared.apikeys import Scope
+from shared.apikeys import Principal, Scope
 from shared.events import utcnow
 from shared.http import EngineDep, require
 
@@ -89,7 +89,10 @@ async def get_alert(engine: EngineDep, alert_id: UUID) -> Alert:
     return Alert.model_validate(row)
 
 
-WRITE = [require(Scope.ALERTS_WRITE)]
+_WRITE = require(Scope.ALERTS_WRITE)
+WRITE = [_WRITE]
+# The key that calls a writing route: the actor recorded, whatever `by` the body names.
+Writer = Annotated[Principal, _WRITE]
 TRANSITION_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "No alert has this id"},
     409: {"description": "The alert is resolved already"},
@@ -111,13 +114,22 @@ async def _transition(engine: AsyncEngine, step: Callable[[AsyncConnection], Awa
     response_model=Alert,
     summary="Acknowledge an alert",
     responses=TRANSITION_ERRORS,
-    dependencies=WRITE,
 )
-async def acknowledge(request: Request, engine: EngineDep, alert_id: UUID, body: AckIn) -> Alert:
-    """Take the alert: it stops escalating. Acknowledging twice changes nothing."""
+async def acknowledge(
+    request: Request, engine: EngineDep, principal: Writer, alert_id: UUID, body: AckIn
+) -> Alert:
+    """Take the alert: it stops escalating. Acknowledging twice changes nothing. The history
+    records the key's name as the actor, and `by`, if given, as its display name."""
     row = await _transition(
         engine,
-        lambda c: lifecycle.acknowledge(c, alert_id, body.by, body.note, request.app.state.routing),
+        lambda c: lifecycle.acknowledge(
+            c,
+            alert_id,
+            principal.name,
+            body.note,
+            request.app.state.routing,
+            display_name=body.by,
+        ),
     )
     return Alert.model_validate(row)
 
@@ -127,14 +139,21 @@ async def acknowledge(request: Request, engine: EngineDep, alert_id: UUID, body:
     response_model=Alert,
     summary="Resolve an alert",
     responses=TRANSITION_ERRORS,
-    dependencies=WRITE,
 )
-async def resolve(request: Request, engine: EngineDep, alert_id: UUID, body: ResolveIn) -> Alert:
-    """Close the loop, saying what was done. Resolving twice changes nothing."""
+async def resolve(
+    request: Request, engine: EngineDep, principal: Writer, alert_id: UUID, body: ResolveIn
+) -> Alert:
+    """Close the loop, saying what was done. Resolving twice changes nothing. The history
+    records the key's name as the actor, and `by`, if given, as its display name."""
     row = await _transition(
         engine,
         lambda c: lifecycle.resolve(
-            c, alert_id, body.by, body.note, config=request.app.state.routing
+            c,
+            alert_id,
+            principal.name,
+            body.note,
+            config=request.app.state.routing,
+            display_name=body.by,
         ),
     )
     return Alert.model_validate(row)
@@ -145,11 +164,14 @@ async def resolve(request: Request, engine: EngineDep, alert_id: UUID, body: Res
     response_model=Alert,
     summary="Assign an alert",
     responses=TRANSITION_ERRORS,
-    dependencies=WRITE,
 )
-async def assign(engine: EngineDep, alert_id: UUID, body: AssignIn) -> Alert:
-    """Give an unresolved alert to someone."""
-    row = await _transition(engine, lambda c: lifecycle.assign(c, alert_id, body.to, body.by))
+async def assign(engine: EngineDep, principal: Writer, alert_id: UUID, body: AssignIn) -> Alert:
+    """Give an unresolved alert to someone. The history records the key's name as the
+    actor, and `by`, if given, as its display name."""
+    row = await _transition(
+        engine,
+        lambda c: lifecycle.assign(c, alert_id, body.to, principal.name, display_name=body.by),
+    )
     return Alert.model_validate(row)
 
 
@@ -159,13 +181,15 @@ async def assign(engine: EngineDep, alert_id: UUID, body: AssignIn) -> Alert:
     response_model=History,
     summary="Comment on an alert",
     responses=TRANSITION_ERRORS,
-    dependencies=WRITE,
 )
-async def add_comment(engine: EngineDep, alert_id: UUID, body: CommentIn) -> History:
-    """Add a comment; answers with the alert's whole history."""
+async def add_comment(
+    engine: EngineDep, principal: Writer, alert_id: UUID, body: CommentIn
+) -> History:
+    """Add a comment, by the key's name and `by` as its display name if given; answers with
+    the alert's whole history."""
 
     async def step(conn: AsyncConnection) -> list[dict[str, Any]]:
-        await lifecycle.comment(conn, alert_id, body.by, body.text)
+        await lifecycle.comment(conn, alert_id, principal.name, body.text, display_name=body.by)
         return await lifecycle.entries(conn, alert_id)
 
     return History(items=[HistoryEntry.model_validate(e) for e in await _transition(engine, step)])
@@ -179,7 +203,8 @@ async def add_comment(engine: EngineDep, alert_id: UUID, body: CommentIn) -> His
     dependencies=[require(Scope.ALERTS_READ)],
 )
 async def alert_history(engine: EngineDep, alert_id: UUID) -> History:
-    """Everything that happened to the alert, oldest first: who, when, and their notes."""
+    """Everything that happened to the alert, oldest first: who (the key that acted, and
+    the display name it gave), when, and their notes."""
     rows = await _transition(engine, lambda c: lifecycle.entries(c, alert_id))
     return History(items=[HistoryEntry.model_validate(e) for e in rows])
 
@@ -204,15 +229,20 @@ async def alert_notifications(engine: EngineDep, alert_id: UUID) -> Notification
     response_model=Silence,
     tags=["silences"],
     summary="Silence matching alerts for a while",
-    dependencies=WRITE,
 )
-async def create_silence(engine: EngineDep, body: SilenceIn) -> Silence:
+async def create_silence(engine: EngineDep, principal: Writer, body: SilenceIn) -> Silence:
     """Alerts whose fields all equal `matchers` are still opened and listed, but announced
-    to no receiver until the silence ends."""
+    to no receiver until the silence ends. The silence records the key's name as its actor,
+    and `created_by` (the key's name if not given) as its display name."""
     ends_at = body.ends_at or utcnow() + timedelta(minutes=body.duration_minutes or 0)
     async with engine.begin() as conn:
         row = await repository.create_silence(
-            conn, body.matchers, ends_at, body.created_by, body.comment
+            conn,
+            body.matchers,
+            ends_at,
+            principal.name,
+            body.created_by or principal.name,
+            body.comment,
         )
     return Silence.model_validate(row)
 

@@ -1,8 +1,13 @@
 """An alert's lifecycle: open → acknowledged → resolved, with who, when and a note.
 
-Every transition is recorded in ``alert_history``. Transitions are idempotent where a
-person would expect it (acknowledging an acknowledged alert changes nothing) and refused
-where it would lose information (acknowledging a resolved alert).
+Every transition is recorded in ``alert_history`` with its ``actor``: the name of the API
+key that asked for it (``cxloop`` when the service acted by itself), never a name the
+caller typed. The name a caller may give (``by``) is kept beside it as ``display_name``;
+``acknowledged_by`` and ``resolved_by`` show it, or the key's name when none was given.
+
+Transitions are idempotent where a person would expect it (acknowledging an acknowledged
+alert changes nothing) and refused where it would lose information (acknowledging a
+resolved alert).
 """
 
 from __future__ import annotations
@@ -27,11 +32,19 @@ class Conflict(Exception):
 
 
 async def record(
-    conn: AsyncConnection, alert_id: uuid.UUID, actor: str, action: str, note: str | None = None
+    conn: AsyncConnection,
+    alert_id: uuid.UUID,
+    actor: str,
+    action: str,
+    note: str | None = None,
+    *,
+    display_name: str | None = None,
 ) -> None:
     """Append one entry to the alert's history."""
     await conn.execute(
-        history.insert().values(alert_id=alert_id, actor=actor, action=action, note=note)
+        history.insert().values(
+            alert_id=alert_id, actor=actor, action=action, note=note, display_name=display_name
+        )
     )
 
 
@@ -47,11 +60,13 @@ async def _current(conn: AsyncConnection, alert_id: uuid.UUID) -> dict[str, Any]
 async def acknowledge(
     conn: AsyncConnection,
     alert_id: uuid.UUID,
-    by: str,
+    actor: str,
     note: str | None,
     config: AlertingConfig | None = None,
+    *,
+    display_name: str | None = None,
 ) -> dict[str, Any]:
-    """Mark an open alert as being handled by ``by``."""
+    """Mark an open alert as being handled by ``actor`` (shown as ``display_name``)."""
     alert = await _current(conn, alert_id)
     if alert["status"] == "acknowledged":
         return alert
@@ -61,11 +76,15 @@ async def acknowledge(
         await conn.execute(
             alerts.update()
             .where(alerts.c.id == alert_id)
-            .values(status="acknowledged", acknowledged_at=sa.func.now(), acknowledged_by=by)
+            .values(
+                status="acknowledged",
+                acknowledged_at=sa.func.now(),
+                acknowledged_by=display_name or actor,
+            )
             .returning(alerts)
         )
     ).one()
-    await record(conn, alert_id, by, "acknowledged", note)
+    await record(conn, alert_id, actor, "acknowledged", note, display_name=display_name)
     if config is not None:
         await outbox.enqueue(conn, config, dict(row._mapping), "acknowledge")
     metrics.TIME_TO_ACK.labels(rule=alert["rule"]).observe(
@@ -77,11 +96,12 @@ async def acknowledge(
 async def resolve(
     conn: AsyncConnection,
     alert_id: uuid.UUID,
-    by: str,
+    actor: str,
     note: str,
     *,
     action: str = "resolved",
     config: AlertingConfig | None = None,
+    display_name: str | None = None,
 ) -> dict[str, Any]:
     """Close an alert with the follow-up note; resolving twice changes nothing."""
     alert = await _current(conn, alert_id)
@@ -91,11 +111,16 @@ async def resolve(
         await conn.execute(
             alerts.update()
             .where(alerts.c.id == alert_id)
-            .values(status="resolved", resolved_at=sa.func.now(), resolved_by=by, note=note)
+            .values(
+                status="resolved",
+                resolved_at=sa.func.now(),
+                resolved_by=display_name or actor,
+                note=note,
+            )
             .returning(alerts)
         )
     ).one()
-    await record(conn, alert_id, by, action, note)
+    await record(conn, alert_id, actor, action, note, display_name=display_name)
     if config is not None:
         await outbox.enqueue(conn, config, dict(row._mapping), "resolve")
     metrics.RESOLVED.labels(rule=alert["rule"]).inc()
@@ -105,7 +130,14 @@ async def resolve(
     return dict(row._mapping)
 
 
-async def assign(conn: AsyncConnection, alert_id: uuid.UUID, to: str, by: str) -> dict[str, Any]:
+async def assign(
+    conn: AsyncConnection,
+    alert_id: uuid.UUID,
+    to: str,
+    actor: str,
+    *,
+    display_name: str | None = None,
+) -> dict[str, Any]:
     """Give an unresolved alert to ``to``."""
     alert = await _current(conn, alert_id)
     if alert["status"] == "resolved":
@@ -115,21 +147,34 @@ async def assign(conn: AsyncConnection, alert_id: uuid.UUID, to: str, by: str) -
             alerts.update().where(alerts.c.id == alert_id).values(assignee=to).returning(alerts)
         )
     ).one()
-    await record(conn, alert_id, by, "assigned", f"to {to}")
+    await record(conn, alert_id, actor, "assigned", f"to {to}", display_name=display_name)
     return dict(row._mapping)
 
 
-async def comment(conn: AsyncConnection, alert_id: uuid.UUID, by: str, text: str) -> None:
+async def comment(
+    conn: AsyncConnection,
+    alert_id: uuid.UUID,
+    actor: str,
+    text: str,
+    *,
+    display_name: str | None = None,
+) -> None:
     """Add a comment to an alert's history."""
     await _current(conn, alert_id)
-    await record(conn, alert_id, by, "commented", text)
+    await record(conn, alert_id, actor, "commented", text, display_name=display_name)
 
 
 async def entries(conn: AsyncConnection, alert_id: uuid.UUID) -> list[dict[str, Any]]:
     """Return an alert's history, oldest first."""
     await _current(conn, alert_id)
     rows = await conn.execute(
-        sa.select(history.c.at, history.c.actor, history.c.action, history.c.note)
+        sa.select(
+            history.c.at,
+            history.c.actor,
+            history.c.display_name,
+            history.c.action,
+            history.c.note,
+        )
         .where(history.c.alert_id == alert_id)
         .order_by(history.c.at, history.c.id)
     )

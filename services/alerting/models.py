@@ -58,6 +58,7 @@ silences = sa.Table(
     sa.Column("created_by", sa.Text, nullable=False),
     sa.Column("comment", sa.Text, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+    sa.Column("actor", sa.Text, nullable=False),
 )
 
 history = sa.Table(
@@ -69,6 +70,7 @@ history = sa.Table(
     sa.Column("actor", sa.Text, nullable=False),
     sa.Column("action", sa.Text, nullable=False),
     sa.Column("note", sa.Text),
+    sa.Column("display_name", sa.Text),
 )
 
 deadlines = sa.Table(

@@ -164,6 +164,7 @@ _SILENCE_COLUMNS = (
     silences.c.matchers,
     silences.c.starts_at,
     silences.c.ends_at,
+    silences.c.actor,
     silences.c.created_by,
     silences.c.comment,
     (silences.c.ends_at > sa.func.now()).label("active"),
@@ -174,10 +175,11 @@ async def create_silence(
     conn: AsyncConnection,
     matchers: dict[str, str],
     ends_at: datetime,
+    actor: str,
     created_by: str,
     comment: str,
 ) -> dict[str, Any]:
-    """Start a silence now, until ``ends_at``."""
+    """Start a silence now, until ``ends_at``, for the key named ``actor``."""
     row = (
         await conn.execute(
             silences.insert()
@@ -185,6 +187,7 @@ async def create_silence(
                 id=uuid.uuid4(),
                 matchers=matchers,
                 ends_at=ends_at,
+                actor=actor,
                 created_by=created_by,
                 comment=comment,
             )

@@ -48,9 +48,15 @@ class Alert(BaseModel):
     opened_at: datetime
     last_seen_at: datetime
     acknowledged_at: datetime | None
-    acknowledged_by: str | None
+    acknowledged_by: str | None = Field(
+        description="The display name given on acknowledging, or the key's name. The key "
+        "that acted is the history's `actor`."
+    )
     resolved_at: datetime | None
-    resolved_by: str | None
+    resolved_by: str | None = Field(
+        description="The display name given on resolving, or the key's name. The key that "
+        "acted is the history's `actor`."
+    )
     note: str | None = Field(description="The follow-up note given on resolving.")
     assignee: str | None = None
     ticket_source: str | None = None
@@ -68,19 +74,23 @@ class AlertList(BaseModel):
 
 Person = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
 Note = Annotated[str, StringConstraints(min_length=1, max_length=10_000)]
+DISPLAY_NAME = (
+    "Optional: the name to show for who acted (e.g. a person sharing a team's key). It is "
+    "shown as given; the API key that acted is recorded apart, as `actor`."
+)
 
 
 class AckIn(BaseModel):
-    """Who takes the alert, optionally with a note."""
+    """Take the alert, optionally with a display name and a note."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"by": "sato"}]})
 
-    by: Person
+    by: Person | None = Field(default=None, description=DISPLAY_NAME)
     note: Note | None = None
 
 
 class ResolveIn(BaseModel):
-    """Who closed the loop, and how: the follow-up note is required."""
+    """How the loop was closed: the follow-up note is required."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -89,7 +99,7 @@ class ResolveIn(BaseModel):
         },
     )
 
-    by: Person
+    by: Person | None = Field(default=None, description=DISPLAY_NAME)
     note: Note
 
 
@@ -101,7 +111,7 @@ class AssignIn(BaseModel):
     )
 
     to: Person
-    by: Person
+    by: Person | None = Field(default=None, description=DISPLAY_NAME)
 
 
 class CommentIn(BaseModel):
@@ -112,7 +122,7 @@ class CommentIn(BaseModel):
         json_schema_extra={"examples": [{"by": "sato", "text": "Left a voicemail."}]},
     )
 
-    by: Person
+    by: Person | None = Field(default=None, description=DISPLAY_NAME)
     text: Note
 
 
@@ -120,7 +130,13 @@ class HistoryEntry(BaseModel):
     """One thing that happened to an alert."""
 
     at: datetime
-    actor: str
+    actor: str = Field(
+        description="Who acted: the name of the API key used (`cxloop` for the service "
+        "itself; `unknown` for entries from before keys were recorded)."
+    )
+    display_name: str | None = Field(
+        default=None, description="The name the caller gave as `by`, if any: not verified."
+    )
     action: str
     note: str | None
 
@@ -173,7 +189,7 @@ class SilenceIn(BaseModel):
     ] = Field(min_length=1, description="Alert fields and the values they must equal.")
     duration_minutes: float | None = Field(default=None, gt=0, le=60 * 24 * 90)
     ends_at: AwareDatetime | None = None
-    created_by: Person
+    created_by: Person | None = Field(default=None, description=DISPLAY_NAME)
     comment: Note
 
     @model_validator(mode="after")
@@ -190,7 +206,11 @@ class Silence(BaseModel):
     matchers: dict[str, str]
     starts_at: datetime
     ends_at: datetime
-    created_by: str
+    actor: str = Field(
+        description="Who created it: the name of the API key used (`unknown` for silences "
+        "from before keys were recorded)."
+    )
+    created_by: str = Field(description="The display name given, or the key's name.")
     comment: str
     active: bool
 

@@ -117,12 +117,13 @@ class TestLifecycle:
         assert (await alerting.post(f"{url}/ack", json={"by": "sato"})).status_code == 409
 
         history = (await alerting.get(f"{url}/history")).json()["items"]
-        assert [(h["action"], h["actor"]) for h in history] == [
-            ("opened", "cxloop"),
-            ("acknowledged", "sato"),
-            ("assigned", "sato"),
-            ("commented", "tanaka"),
-            ("resolved", "tanaka"),
+        # The actor is the key that called (here the operator's); `by` is its display name.
+        assert [(h["action"], h["actor"], h["display_name"]) for h in history] == [
+            ("opened", "cxloop", None),
+            ("acknowledged", "operator", "sato"),
+            ("assigned", "operator", "sato"),
+            ("commented", "operator", "tanaka"),
+            ("resolved", "operator", "tanaka"),
         ]
         assert history[3]["note"] == "留守電を残しました"
 

@@ -1,0 +1,182 @@
+"""Who acted on an alert or a silence is the key that called, not a name in the body."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from services.alerting import repository, rules
+from services.alerting.app import create_app
+from services.migrations import downgrade, upgrade
+from shared.apikeys import KeyKind, Scope, create_key
+from shared.settings import AlertingSettings, AuthSettings, DatabaseSettings, KafkaSettings
+from tests.builders import response_event
+from tests.helpers import serving
+
+TEAM = "support-team"
+
+
+@pytest.fixture
+async def team_key(database_url: str) -> str:
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            key, _ = await create_key(
+                conn, name=TEAM, kind=KeyKind.SECRET, scopes=[Scope.ALERTS_READ, Scope.ALERTS_WRITE]
+            )
+    finally:
+        await engine.dispose()
+    return key
+
+
+@pytest.fixture
+async def alerting(
+    kafka_settings: KafkaSettings,
+    database_url: str,
+    auth: AuthSettings,
+    team_key: str,
+    alerting_settings: AlertingSettings,
+) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(kafka_settings, DatabaseSettings(url=database_url), auth, alerting_settings)
+    async with serving(app, team_key, "alerting") as client:
+        yield client
+
+
+async def open_alert(database_url: str) -> str:
+    event = response_event(score=1, customer_id=f"c-{uuid.uuid4().hex[:8]}")
+    draft = rules.evaluate(event)
+    assert draft is not None
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            await repository.open_or_fold(conn, [(draft, event)])
+            alert_id = await conn.scalar(
+                sa.text("SELECT id FROM alerts WHERE event_id = :e"), {"e": event.event_id}
+            )
+    finally:
+        await engine.dispose()
+    return str(alert_id)
+
+
+async def history(client: httpx.AsyncClient, alert_id: str) -> list[dict[str, Any]]:
+    r = await client.get(f"/v1/alerts/{alert_id}/history")
+    assert r.status_code == 200, r.text
+    items: list[dict[str, Any]] = r.json()["items"]
+    return items
+
+
+class TestAlertActions:
+    async def test_an_ack_naming_someone_else_records_the_key_as_actor(
+        self, alerting: httpx.AsyncClient, database_url: str
+    ) -> None:
+        alert_id = await open_alert(database_url)
+        r = await alerting.post(f"/v1/alerts/{alert_id}/ack", json={"by": "someone-else"})
+        assert r.status_code == 200, r.text
+        assert r.json()["acknowledged_by"] == "someone-else"
+        opened, acked = await history(alerting, alert_id)
+        assert (acked["action"], acked["actor"]) == ("acknowledged", TEAM)
+        assert acked.get("display_name") == "someone-else"
+        assert (opened["actor"], opened["display_name"]) == ("cxloop", None)
+
+    async def test_assign_comment_and_resolve_record_the_key_too(
+        self, alerting: httpx.AsyncClient, database_url: str
+    ) -> None:
+        alert_id = await open_alert(database_url)
+        url = f"/v1/alerts/{alert_id}"
+        assigned = await alerting.post(f"{url}/assign", json={"to": "tanaka", "by": "the-ceo"})
+        assert assigned.status_code == 200, assigned.text
+        commented = await alerting.post(f"{url}/comments", json={"by": "the-ceo", "text": "x"})
+        assert commented.status_code == 201, commented.text
+        resolved = await alerting.post(f"{url}/resolve", json={"by": "the-ceo", "note": "done"})
+        assert resolved.json()["resolved_by"] == "the-ceo"
+        entries = await history(alerting, alert_id)
+        assert [(h["action"], h["actor"], h["display_name"]) for h in entries] == [
+            ("opened", "cxloop", None),
+            ("assigned", TEAM, "the-ceo"),
+            ("commented", TEAM, "the-ceo"),
+            ("resolved", TEAM, "the-ceo"),
+        ]
+
+    async def test_without_a_display_name_the_key_name_is_shown(
+        self, alerting: httpx.AsyncClient, database_url: str
+    ) -> None:
+        alert_id = await open_alert(database_url)
+        r = await alerting.post(f"/v1/alerts/{alert_id}/ack", json={})
+        assert r.status_code == 200, r.text
+        assert r.json()["acknowledged_by"] == TEAM
+        r = await alerting.post(f"/v1/alerts/{alert_id}/resolve", json={"note": "called back"})
+        assert r.json()["resolved_by"] == TEAM
+        entries = await history(alerting, alert_id)
+        assert [(h["actor"], h["display_name"]) for h in entries[1:]] == [(TEAM, None)] * 2
+
+
+class TestSilenceActor:
+    async def test_a_silence_naming_someone_else_records_the_key_as_actor(
+        self, alerting: httpx.AsyncClient
+    ) -> None:
+        body = {
+            "matchers": {"rule": "detractor"},
+            "duration_minutes": 30,
+            "created_by": "someone-else",
+            "comment": "incident",
+        }
+        r = await alerting.post("/v1/silences", json=body)
+        assert r.status_code == 201, r.text
+        assert (r.json()["actor"], r.json()["created_by"]) == (TEAM, "someone-else")
+        (listed,) = (await alerting.get("/v1/silences")).json()["items"]
+        assert (listed["actor"], listed["created_by"]) == (TEAM, "someone-else")
+
+        del body["created_by"]
+        r = await alerting.post("/v1/silences", json=body)
+        assert (r.status_code, r.json()["actor"], r.json()["created_by"]) == (201, TEAM, TEAM)
+
+
+class TestMigration:
+    async def test_existing_rows_keep_their_names_as_display_names_and_go_back(
+        self, empty_database_url: str
+    ) -> None:
+        url = empty_database_url
+        await asyncio.to_thread(upgrade, url, "0011")
+        engine = create_async_engine(url)
+        alert_id = await open_alert(url)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(
+                    sa.text(
+                        "INSERT INTO alert_history (alert_id, actor, action) "
+                        "VALUES (:a, 'sato', 'acknowledged')"
+                    ),
+                    {"a": alert_id},
+                )
+                await conn.execute(
+                    sa.text(
+                        "INSERT INTO silences (id, matchers, ends_at, created_by, comment) "
+                        "VALUES (:id, '{}', now(), 'sato', 'c')"
+                    ),
+                    {"id": uuid.uuid4()},
+                )
+            await asyncio.to_thread(upgrade, url, "0012")
+            async with engine.connect() as conn:
+                rows = (
+                    await conn.execute(
+                        sa.text("SELECT actor, display_name FROM alert_history ORDER BY id")
+                    )
+                ).all()
+                assert [tuple(r) for r in rows] == [("cxloop", None), ("unknown", "sato")]
+                silence = (
+                    await conn.execute(sa.text("SELECT actor, created_by FROM silences"))
+                ).one()
+                assert tuple(silence) == ("unknown", "sato")
+            await asyncio.to_thread(downgrade, url, "0011")
+            async with engine.connect() as conn:
+                actors = await conn.scalars(sa.text("SELECT actor FROM alert_history ORDER BY id"))
+                assert list(actors) == ["cxloop", "sato"]
+        finally:
+            await engine.dispose()
