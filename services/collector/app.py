@@ -37,7 +37,9 @@ DESCRIPTION = """\
 The front door of cxloop. Every write is answered **2xx only once Kafka has acknowledged
 it**; a 503 means nothing was stored and the request can be retried with the same
 `event_id`. A repeat of an `event_id`, `Idempotency-Key` or vendor message id within the
-idempotency window is answered `duplicate` and not produced again.
+idempotency window is answered `duplicate` and not produced again; the same `event_id` or
+`Idempotency-Key` with a different body is refused with 409. An `Idempotency-Key` belongs to
+the API key that sends it.
 
 Every `/v1` call needs `Authorization: Bearer <key>` with the scope the route names.
 Unknown fields are refused with 422, naming the field.

@@ -32,8 +32,10 @@ IdempotencyKey = Annotated[
     Header(
         alias="Idempotency-Key",
         max_length=255,
-        description="Makes a retry harmless: a repeat within the window is answered `duplicate` "
-        "and not produced again. In a batch, item i uses `<key>:i`.",
+        description="Makes a retry harmless: a repeat of the same body within the window is "
+        "answered `duplicate` and not produced again; the same key with a different body is "
+        "409. Keys belong to the API key that sends them: another caller's equal key is "
+        "another event. In a batch, each item is matched by its content, in any order.",
     ),
 ]
 

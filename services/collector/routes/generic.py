@@ -15,16 +15,23 @@ from shared.http import require
 
 router = APIRouter(prefix="/v1")
 
+CONFLICT = {"description": "The Idempotency-Key or event_id was used for a different body"}
+
 _ONE = """\
-A repeat of an `event_id` (or `Idempotency-Key`) within the window is answered 202 with
-`status: duplicate` and is not produced again. A 503 means nothing was stored: retry
-with the same `event_id`."""
+A repeat of an `event_id` (or `Idempotency-Key`) with the same body within the window is
+answered 202 with `status: duplicate` and is not produced again. The same key with a
+different body is refused with 409, naming the key; an `Idempotency-Key` belongs to the API
+key that sent it, so another caller's equal key is another event. A 503 means nothing was
+stored: retry with the same `event_id`."""
 
 _MANY = """\
 Each item is validated on its own. The result lists every item in order: `accepted`,
 `duplicate`, `rejected` (with every bad field named) or `unavailable`. If any item is
 unavailable the answer is 503 with the same body: resend the batch, and what was stored
-comes back `duplicate`. Item i of a batch sent with an `Idempotency-Key` uses `<key>:i`."""
+comes back `duplicate`. Under an `Idempotency-Key` each item is matched by its content, not
+its position: a resend in any order answers each item with its own first result, and an
+item the batch first sent under that key did not hold is `conflict` (nothing produced; send
+it under a new key). An item with its own `event_id` is matched by that."""
 
 
 def _register(
@@ -80,7 +87,7 @@ def _register(
         response_model=Submitted,
         summary=f"Submit one {what}",
         description=f"Accept one {what}; 202 only once Kafka has acknowledged it.\n\n{_ONE}",
-        responses=ERRORS,
+        responses={**ERRORS, 409: CONFLICT},
         dependencies=auth,
         tags=[tag],
         operation_id=f"submit_{tag}",

@@ -102,6 +102,7 @@ async def preflight(request: Request, key: KeyParam, origin: OriginHeader = None
     responses={
         401: {"description": "Unknown publishable key"},
         403: {"description": "The page's origin is not allowed for the key"},
+        409: {"description": "The event_id was already used for a different answer"},
         422: {"description": "A field is invalid; every bad field is named"},
         429: {"description": "Rate limit reached; see Retry-After"},
         503: {"description": "The broker did not acknowledge; retry with the same event_id"},
