@@ -1,9 +1,13 @@
 """Every score equals a direct computation over the distinct events, whatever Kafka does.
 
-Hypothesis draws a stream of responses and ticket events, cuts it into batches, repeats
-some batches (redelivery after a crash between the DB commit and the offset commit),
-duplicates and reorders events. The scorer's tables must then match what the distinct
-events say, computed here directly and independently of the scorer's folding code.
+Hypothesis draws a stream of responses and ticket events, duplicates and reorders them,
+and produces them to a real topic. The scorer consumes them as in production: its own
+consume loop (``run_batches`` with ``CXLOOP_SCORER_BATCHES_IN_FLIGHT`` batches in flight,
+each in its own transaction) in batches of a drawn size. Then the group's offsets are
+rewound, partition by partition, to drawn earlier points, which is what a crash between
+the database commit and the offset commit leaves behind, and the scorer is started again
+and reads those records a second time. The scorer's tables must then match what the
+distinct events say, computed here directly and independently of the scorer's folding code.
 """
 
 from __future__ import annotations
@@ -14,15 +18,21 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from services.scorer.consumer import BatchHandler
+from services.scorer.app import create_app as create_scorer
 from shared.events import ResponseSubmitted, TouchpointEvent
-from shared.kafka import Decoded
-from tests.harness.backends import PostgresServer
+from shared.kafka import ensure_topics
+from shared.settings import AuthSettings, DatabaseSettings, KafkaSettings, ScorerSettings
+from shared.topics import TOPIC_SPECS, Topic
+from tests.harness.backends import KafkaServer, PostgresServer
+from tests.helpers import eventually, produce
 
 BASE = datetime(2026, 11, 20, tzinfo=UTC)
 CHANNELS = ("web", "sms", "call_center")
@@ -109,9 +119,65 @@ def expected_tickets(events: list[Any]) -> dict[str, tuple[Any, ...]]:
     }
 
 
+TOPICS = (Topic.RESPONSES, Topic.TOUCHPOINTS)
+
+
+async def _offsets(kafka: KafkaSettings, group: str) -> tuple[dict[Any, int], dict[Any, int]]:
+    """Return the group's committed offsets and the end offsets of the scorer's topics."""
+    admin = AIOKafkaAdminClient(**kafka.to_aiokafka_params())
+    consumer = AIOKafkaConsumer(**kafka.to_aiokafka_params())
+    await admin.start()
+    await consumer.start()
+    try:
+        committed = {
+            tp: meta.offset
+            for tp, meta in (await admin.list_consumer_group_offsets(group)).items()
+            if meta.offset >= 0
+        }
+        parts = [
+            TopicPartition(kafka.topic(spec.topic), p)
+            for spec in TOPIC_SPECS
+            if spec.topic in TOPICS
+            for p in range(spec.partitions)
+        ]
+        ends = await consumer.end_offsets(parts)
+        return committed, {tp: end for tp, end in ends.items() if end > 0}
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+async def _rewind(kafka: KafkaSettings, group: str, to: dict[Any, int]) -> None:
+    """Commit ``to`` for the (stopped) group: what a crash before the offset commit leaves."""
+    consumer = AIOKafkaConsumer(
+        **kafka.to_aiokafka_params(), group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign(list(to))
+        await consumer.commit(to)
+    finally:
+        await consumer.stop()
+
+
+async def _consume_all(
+    kafka: KafkaSettings, database_url: str, settings: ScorerSettings, auth: AuthSettings
+) -> None:
+    """Run the scorer until its group has committed every record of its topics."""
+    app = create_scorer(kafka, DatabaseSettings(url=database_url), auth, settings)
+    async with app.router.lifespan_context(app):
+        await eventually(
+            lambda: _offsets(kafka, settings.group_id),
+            lambda offsets: offsets[0] == offsets[1],
+            timeout=60,
+            interval=0.2,
+        )
+
+
+@pytest.mark.apache_kafka
 class TestScorerIsExact:
     @settings(
-        max_examples=25,
+        max_examples=20,
         deadline=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     )
@@ -122,30 +188,64 @@ class TestScorerIsExact:
             max_size=60,
             unique_by=lambda e: e.event_id,
         ),
+        batch_size=st.integers(1, 12),
         seed=st.integers(0, 2**32),
     )
     async def test_redelivery_duplicates_and_reordering_change_nothing(
-        self, postgres: PostgresServer, migrated_template: str, stream: list[Any], seed: int
+        self,
+        kafka: KafkaServer,
+        postgres: PostgresServer,
+        migrated_template: str,
+        stream: list[Any],
+        batch_size: int,
+        seed: int,
     ) -> None:
         rng = random.Random(seed)
         url = await postgres.create_database(
             f"p_{uuid.uuid4().hex[:12]}", template=migrated_template
         )
+        tag = uuid.uuid4().hex[:10]
+        kafka_settings = KafkaSettings(
+            bootstrap_servers=kafka.bootstrap_servers,
+            topic_prefix=f"p_{tag}.",
+            idempotence=kafka.supports_idempotence,
+        )
+        await ensure_topics(kafka_settings)
+        scorer = ScorerSettings(
+            group_id=f"scorer_{tag}",
+            batch_max_records=batch_size,
+            batch_timeout_ms=50,
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=500,
+            commit_timeout_seconds=5,
+        )
+        # The production setting is what this property is about.
+        assert scorer.batches_in_flight >= 2
+        auth = AuthSettings(api_key="test-" + uuid.uuid4().hex)
+
+        delivered = stream + rng.sample(stream, k=rng.randint(0, len(stream)))
+        rng.shuffle(delivered)
+        for topic, kind in (
+            (Topic.RESPONSES, ResponseSubmitted),
+            (Topic.TOUCHPOINTS, TouchpointEvent),
+        ):
+            events = [e for e in delivered if isinstance(e, kind)]
+            if events:
+                await produce(kafka_settings, topic, events)
+
+        await _consume_all(kafka_settings, url, scorer, auth)
+        # A crash after the database commit, before the offsets: Kafka redelivers from an
+        # earlier offset, on any partition.
+        committed, _ = await _offsets(kafka_settings, scorer.group_id)
+        await _rewind(
+            kafka_settings,
+            scorer.group_id,
+            {tp: rng.randint(0, end) for tp, end in committed.items()},
+        )
+        await _consume_all(kafka_settings, url, scorer, auth)
+
         engine = create_async_engine(url)
         try:
-            handler = BatchHandler(engine)
-            delivered = stream + rng.sample(stream, k=rng.randint(0, len(stream)))
-            rng.shuffle(delivered)
-            batches: list[list[Any]] = []
-            while delivered:
-                size = rng.randint(1, 15)
-                batches.append(delivered[:size])
-                delivered = delivered[size:]
-            for i, batch in enumerate(batches):
-                await handler([Decoded(None, e) for e in batch])
-                if rng.random() < 0.3:
-                    # A crash after the commit, before the offsets: Kafka redelivers the batch.
-                    await handler([Decoded(None, e) for e in batches[rng.randint(0, i)]])
             async with engine.connect() as conn:
                 got = {
                     (r.metric, r.scale, r.channel): (int(r.n), int(r.s), int(r.top), int(r.bottom))
