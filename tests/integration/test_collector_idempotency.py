@@ -7,6 +7,7 @@ by content, so a resend in another order maps each item to its own first result.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -135,6 +136,22 @@ class TestBodyFingerprint:
         assert again.status_code == 202
         assert again.json() == {"event_id": first.json()["event_id"], "status": "duplicate"}
         assert len(await produced(kafka_settings, 1)) == 1
+
+    async def test_concurrent_requests_with_one_key_and_different_bodies_store_one(
+        self, collector: httpx.AsyncClient, kafka_settings: KafkaSettings
+    ) -> None:
+        # Sent at once, they share one claim round trip: the first claims the key.
+        headers = keyed("order-10")
+        answers = await asyncio.gather(
+            *(
+                collector.post("/v1/responses", json=response_payload(score=s), headers=headers)
+                for s in (9, 1, 5)
+            )
+        )
+        assert sorted(a.status_code for a in answers) == [202, 409, 409]
+        (accepted,) = [a for a in answers if a.status_code == 202]
+        (event,) = await produced(kafka_settings, 1)
+        assert str(event.event_id) == accepted.json()["event_id"]
 
     async def test_an_event_id_reused_for_a_different_body_is_409_naming_it(
         self, collector: httpx.AsyncClient, kafka_settings: KafkaSettings
