@@ -1,16 +1,17 @@
-"""Postgres plumbing: the async engine, transient-error detection and the schema-at-head check."""
+"""Postgres plumbing: the engine, transient- and data-error tests, the schema-at-head check."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Table, text
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Connection, Table, bindparam, func, select, text
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -18,7 +19,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from shared.errors import SchemaOutdatedError
+from shared.errors import PermanentError, SchemaOutdatedError
 from shared.settings import DatabaseSettings
 
 
@@ -48,6 +49,62 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, OperationalError | InterfaceError | OSError | ConnectionError):
         return True
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+# SQLSTATE classes that blame the values of the rows: 21 cardinality violation, 22 data
+# exception (a value out of range or refused by its type), 23 integrity constraint violation,
+# 54 program limit exceeded (a value too big for an index row). Anything else (08 connection,
+# 40 serialization failure or deadlock, 53 resources, 57 server shutting down, 42 a bug in
+# the SQL) says nothing about the data.
+_DATA_SQLSTATE_CLASSES = frozenset({"21", "22", "23", "54"})
+
+
+def refused_data(exc: BaseException) -> str | None:
+    """Return why ``exc`` blames the data being written, or None when it does not.
+
+    The data is to blame for a ``PermanentError``, for a Postgres error of a data class
+    (a constraint, a value out of range, a value too big for an index) and for a value
+    Python cannot convert (``ValueError``, ``ArithmeticError``). A transient error, a
+    programming error or any other failure returns None: the same data may succeed later.
+    The reason names the condition, table, column and constraint, never a value.
+    """
+    if isinstance(exc, PermanentError):
+        return str(exc) if exc.field is None else f"{exc.field}: {exc}"
+    postgres = _postgres_error(exc)
+    if postgres is not None:
+        code: str = postgres.sqlstate
+        if code[:2] not in _DATA_SQLSTATE_CLASSES:
+            return None
+        where = [
+            f"{what} {name}"
+            for what in ("table", "column", "constraint")
+            if (name := getattr(postgres, f"{what}_name", None))
+        ]
+        reason = f"the database refused it: {type(postgres).__name__} (SQLSTATE {code})"
+        return f"{reason}, {', '.join(where)}" if where else reason
+    if is_transient(exc):
+        return None
+    if isinstance(exc, ValueError | ArithmeticError):
+        return f"{type(exc).__name__} while applying it"
+    return None
+
+
+def _postgres_error(exc: BaseException) -> Any | None:
+    """Return the innermost error carrying a SQLSTATE in ``exc``'s chain, if any.
+
+    SQLAlchemy wraps asyncpg's error (``exc.orig``, whose cause is asyncpg's own); the
+    scorer's COPY raises asyncpg's error unwrapped.
+    """
+    found: Any | None = None
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(getattr(current, "sqlstate", None), str):
+            found = current
+        orig = getattr(current, "orig", None)
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+    return found
 
 
 async def database_answers(engine: AsyncEngine, timeout: float = 3.0) -> bool:
@@ -86,12 +143,19 @@ async def record_new_event_ids(
     """Insert ``ids`` into a service's applied-events ledger; return those not seen before.
 
     Run it in the same transaction as the effects of the events, so that the effects and the
-    ledger rows commit together and a redelivered event is recognised.
+    ledger rows commit together and a redelivered event is recognised. The ids travel as one
+    array parameter, not a VALUES row each: a batch of any size stays within the 32,767 bind
+    parameters a Postgres statement may carry.
     """
-    rows = [{"event_id": event_id} for event_id in ids]
-    if not rows:
+    event_ids = list(ids)
+    if not event_ids:
         return set()
+    new_ids = select(func.unnest(bindparam("event_ids", type_=ARRAY(ledger.c.event_id.type))))
     inserted = await conn.execute(
-        insert(ledger).values(rows).on_conflict_do_nothing().returning(ledger.c.event_id)
+        insert(ledger)
+        .from_select(["event_id"], new_ids)
+        .on_conflict_do_nothing()
+        .returning(ledger.c.event_id),
+        {"event_ids": event_ids},
     )
     return {row.event_id for row in inserted}

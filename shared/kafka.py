@@ -4,6 +4,12 @@ Delivery is at-least-once. :func:`run_batches` hands each batch to a handler tha
 in ONE database transaction which also records the event ids it applied, and commits the
 offsets only after that transaction. A crash between the two redelivers the batch, and the
 handler's dedupe by event id makes the redelivery harmless.
+
+A record that validates but that the handler cannot apply because of its data (a
+constraint, a value out of range: see :func:`shared.db.refused_data`) is found by applying
+the failing batch in halves, in order, down to the one record that fails alone; that record
+is dead-lettered with the reason and the rest are applied. Any other failure (the database
+down, a deadlock, a bug) retries the whole batch with backoff and dead-letters nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from pydantic import BaseModel, ValidationError
 
 from shared import metrics
+from shared.db import refused_data
 from shared.errors import PoisonMessageError
 from shared.settings import ConsumerSettings, KafkaSettings
 from shared.topics import TOPIC_SPECS, Topic
@@ -168,7 +175,9 @@ async def run_batches(
 
     ``models`` names the event model of each topic (by its broker-side name).
 
-    A batch whose handler fails (database down, or a bug) is retried with capped
+    A batch that fails on its data is applied in halves, in order, and each record that
+    fails alone is dead-lettered with its reason (see :func:`_settle`). A batch whose
+    handler fails otherwise (database down, or a bug) is retried whole with capped
     exponential backoff and nothing is committed, so no record is skipped. Stopping
     mid-retry leaves the batch uncommitted: the next owner of the partitions gets it again.
     The consumer is stopped on the way out.
@@ -193,10 +202,11 @@ async def run_batches(
                     fetched.poison.append((record, exc.reason))
         return fetched
 
-    async def finish(fetched: _Fetched, applying: asyncio.Task[bool]) -> bool:
-        if not await applying:
+    async def finish(fetched: _Fetched, applying: asyncio.Task[list[Refused] | None]) -> bool:
+        refused = await applying
+        if refused is None:
             return False
-        for record, reason in fetched.poison:
+        for record, reason in [*fetched.poison, *refused]:
             await dead_letters.send(record, reason)
         await _commit(consumer, fetched.batches, settings)
         for tp, records in fetched.batches.items():
@@ -205,7 +215,9 @@ async def run_batches(
         return True
 
     upcoming = asyncio.create_task(fetch())
-    pending: collections.deque[tuple[_Fetched, asyncio.Task[bool]]] = collections.deque()
+    pending: collections.deque[tuple[_Fetched, asyncio.Task[list[Refused] | None]]] = (
+        collections.deque()
+    )
     try:
         while not stop.is_set():
             # A batch is finished (offsets committed) as soon as it and those before it are
@@ -240,11 +252,14 @@ async def run_batches(
         await consumer.stop()
 
 
+Refused = tuple[ConsumerRecord[bytes, bytes], str]
+
+
 @dataclass
 class _Fetched:
     batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
     good: list[Decoded]
-    poison: list[tuple[ConsumerRecord[bytes, bytes], str]]
+    poison: list[Refused]
 
 
 async def _record_lag(consumer: AIOKafkaConsumer, group: str) -> None:
@@ -263,15 +278,17 @@ async def _record_lag(consumer: AIOKafkaConsumer, group: str) -> None:
 
 async def _apply_with_retry(
     handle: Handler, good: Sequence[Decoded], stop: asyncio.Event, group: str
-) -> bool:
+) -> list[Refused] | None:
+    """Apply ``good``; return the records refused for their data, or None if stopped first.
+
+    A failure that does not blame the data retries the whole batch: the halves applied
+    before it are in the ledger, so the retry skips them and dead-letters nothing new.
+    """
     attempt = 0
-    while True:
-        if not good:
-            return True
+    while good:
         try:
             with metrics.BATCH_SECONDS.labels(group=group).time():
-                await handle(good)
-            return True
+                return await _settle(handle, good)
         except Exception:
             metrics.BATCH_FAILURES.labels(group=group).inc()
             delay = backoff_delay(attempt)
@@ -279,7 +296,29 @@ async def _apply_with_retry(
             attempt += 1
             await sleep_unless_stopped(stop, delay)
             if stop.is_set():
-                return False
+                return None
+    return []
+
+
+async def _settle(handle: Handler, batch: Sequence[Decoded]) -> list[Refused]:
+    """Apply ``batch``, or, if its data is refused, its halves in order; return the refused.
+
+    Each record that fails alone is refused. Halving keeps the order in which the others
+    are applied, as alerting's lifecycle needs: the records before a bad one, then the bad
+    one alone (rolled back), then those after it. Any other failure propagates.
+    """
+    try:
+        await handle(batch)
+        return []
+    except Exception as exc:
+        reason = refused_data(exc)
+        if reason is None:
+            raise
+    if len(batch) == 1:
+        return [(batch[0].record, reason)]
+    log.warning("batch of %d refused (%s); applying it in halves", len(batch), reason)
+    half = len(batch) // 2
+    return [*await _settle(handle, batch[:half]), *await _settle(handle, batch[half:])]
 
 
 async def _commit(
