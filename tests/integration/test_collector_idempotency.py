@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from shared.apikeys import KeyKind, Scope, create_key
@@ -240,3 +241,27 @@ class TestBatches:
             assert answer["results"][0]["event_id"] == first["results"][0]["event_id"]
         events = await produced(kafka_settings, 3)
         assert sorted(e.score for e in events) == [0, 1, 2]
+
+
+class TestAfterTheWindow:
+    async def test_a_repeat_after_the_window_carries_the_event_id_of_its_caller(
+        self,
+        collector: httpx.AsyncClient,
+        database_url: str,
+        two_keys: tuple[dict[str, str], dict[str, str]],
+    ) -> None:
+        # Produced again once its claim is gone (purged, or Postgres unreachable), a repeat
+        # still names the caller's first event, so the consumers drop it.
+        a, b = two_keys
+        payload = response_payload()
+        first = await collector.post("/v1/responses", json=payload, headers=keyed("k-1", a))
+        engine = create_async_engine(database_url)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(sa.text("DELETE FROM collector_idempotency"))
+        finally:
+            await engine.dispose()
+        again = await collector.post("/v1/responses", json=payload, headers=keyed("k-1", a))
+        other = await collector.post("/v1/responses", json=payload, headers=keyed("k-1", b))
+        assert again.json() == {"event_id": first.json()["event_id"], "status": "accepted"}
+        assert other.json()["event_id"] != first.json()["event_id"]
