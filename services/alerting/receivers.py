@@ -55,11 +55,12 @@ def _extends(char: str) -> bool:
 
 
 def _clip(text: str, limit: int, *, slack: bool) -> str:
-    widths = [_width(c, slack) for c in text]
+    # Every character counts at least one, so no more than limit + 1 need measuring.
+    widths = [_width(c, slack) for c in text[: limit + 1]]
     if sum(widths) <= limit:
         return slack_escape(text) if slack else text
     budget, used, cut = limit - len(ELLIPSIS), 0, 0
-    while cut < len(text) and used + widths[cut] <= budget:
+    while cut < len(widths) and used + widths[cut] <= budget:
         used += widths[cut]
         cut += 1
     # Never end between a character and what combines with it (a voiced mark, a skin tone,

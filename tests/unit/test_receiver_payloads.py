@@ -164,6 +164,12 @@ class TestLengthBounds:
             assert whole_units == unit * (len(whole_units) // len(unit)), (pad, whole_units)
             assert len(kept) >= receivers.LONG - 20
 
+    def test_at_the_limit_nothing_is_cut_and_one_over_loses_two_characters(self) -> None:
+        hook = sent(HOOK, "trigger", alert(comment="あ" * receivers.LONG))["data"]["alert"]
+        assert hook["comment"] == "あ" * receivers.LONG
+        hook = sent(HOOK, "trigger", alert(comment="あ" * (receivers.LONG + 1)))["data"]["alert"]
+        assert hook["comment"] == "あ" * (receivers.LONG - 1) + "…"
+
     def test_the_summary_clips_a_long_japanese_comment_with_an_ellipsis(self) -> None:
         comment = "返金" * 500
         summary = sent(PAGER, "trigger", alert(comment=comment))["payload"]["summary"]
