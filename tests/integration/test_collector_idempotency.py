@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from services.migrations import downgrade, upgrade
 from shared.apikeys import KeyKind, Scope, create_key
 from shared.events import ResponseSubmitted
 from shared.settings import KafkaSettings
@@ -265,3 +266,29 @@ class TestAfterTheWindow:
         other = await collector.post("/v1/responses", json=payload, headers=keyed("k-1", b))
         assert again.json() == {"event_id": first.json()["event_id"], "status": "accepted"}
         assert other.json()["event_id"] != first.json()["event_id"]
+
+
+class TestMigration:
+    async def test_0010_keeps_event_id_and_vendor_claims_and_drops_unscoped_api_keys(
+        self, empty_database_url: str
+    ) -> None:
+        insert = sa.text(
+            "INSERT INTO collector_idempotency (key, event_id, produced, expires_at) "
+            "SELECT k, gen_random_uuid(), true, now() + interval '1 day' FROM unnest(CAST(:keys AS text[])) k"
+        )
+        keys = sa.text("SELECT key FROM collector_idempotency ORDER BY key")
+        kept = [f"api:event:{uuid.uuid4()}", "twilio:key:SM0001", "zendesk:key:ev-1"]
+        await asyncio.to_thread(upgrade, empty_database_url, "0009")
+        engine = create_async_engine(empty_database_url)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(insert, {"keys": [*kept, "api:key:order-1", "api:key:b:0"]})
+            await asyncio.to_thread(upgrade, empty_database_url, "0010")
+            async with engine.begin() as conn:
+                assert list(await conn.scalars(keys)) == sorted(kept)
+                await conn.execute(insert, {"keys": ["api:key:operator:k", "api:item:op:ab:0:k"]})
+            await asyncio.to_thread(downgrade, empty_database_url, "0009")
+            async with engine.begin() as conn:
+                assert list(await conn.scalars(keys)) == sorted(kept)
+        finally:
+            await engine.dispose()
