@@ -274,7 +274,8 @@ class TestMigration:
     ) -> None:
         insert = sa.text(
             "INSERT INTO collector_idempotency (key, event_id, produced, expires_at) "
-            "SELECT k, gen_random_uuid(), true, now() + interval '1 day' FROM unnest(CAST(:keys AS text[])) k"
+            "SELECT k, gen_random_uuid(), true, now() + interval '1 day' "
+            "FROM unnest(CAST(:keys AS text[])) k"
         )
         keys = sa.text("SELECT key FROM collector_idempotency ORDER BY key")
         kept = [f"api:event:{uuid.uuid4()}", "twilio:key:SM0001", "zendesk:key:ev-1"]
