@@ -77,7 +77,7 @@ class TestZendesk:
         body["detail"].pop("id")
         r = await post_zendesk(collector, body)
         assert r.status_code == 422
-        assert (r.json()["field"], r.json()["detail"]) == ("detail.id", "detail.id: is required")
+        assert (r.json()["field"], r.json()["detail"]) == ("detail.id", "detail.id is required")
 
 
 class TestFreshdesk:

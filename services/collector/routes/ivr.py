@@ -135,9 +135,6 @@ async def amazon_connect(request: Request, ingest: IngestDep) -> BatchResult | J
         call = ivr.from_amazon_connect(body if isinstance(body, dict) else {})
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise FieldErrors([{"field": "body", "detail": "is not valid UTF-8 JSON"}]) from None
-    except ivr.MalformedCall as exc:
-        field, _, reason = str(exc).partition(" ")
-        raise FieldErrors([{"field": field, "detail": reason}]) from None
     surveys = request.app.state.sources.ivr_surveys
     return batch_response(await submit_call(ingest, call, surveys, source="amazon_connect"))
 
@@ -156,10 +153,6 @@ async def generic_ivr(
 
     Questions map to metrics as configured for `survey` (CXLOOP_SOURCES_IVR_SURVEYS).
     """
-    try:
-        call = payload.to_call()
-    except ivr.MalformedCall as exc:
-        field, _, reason = str(exc).partition(" ")
-        raise FieldErrors([{"field": field, "detail": reason}]) from None
+    call = payload.to_call()
     surveys = request.app.state.sources.ivr_surveys
     return batch_response(await submit_call(ingest, call, surveys, source="ivr"))

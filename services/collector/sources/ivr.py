@@ -16,13 +16,17 @@ from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from shared.errors import PermanentError
 from shared.events import Identifier, Label
 
 _NAMESPACE = uuid.UUID("6a1d6f55-2f7e-5d8a-b3c0-0c6f9a7e4e21")
 
 
-class MalformedCall(ValueError):
-    """The call lacks what cxloop needs; the message names the field."""
+class MalformedCall(PermanentError):
+    """The call lacks what cxloop needs; ``field`` names the field (a dotted path)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field} {problem}", field=field)
 
 
 @dataclass(frozen=True)
@@ -54,18 +58,18 @@ def from_amazon_connect(body: dict[str, Any]) -> IvrCall:
     details = body.get("Details")
     contact = details.get("ContactData") if isinstance(details, dict) else None
     if not isinstance(contact, dict) or not contact.get("ContactId"):
-        raise MalformedCall("Details.ContactData.ContactId is required")
+        raise MalformedCall("Details.ContactData.ContactId", "is required")
     attributes = contact.get("Attributes") or {}
     if not isinstance(attributes, dict):
-        raise MalformedCall("Details.ContactData.Attributes must be an object")
+        raise MalformedCall("Details.ContactData.Attributes", "must be an object")
     endpoint = contact.get("CustomerEndpoint") or {}
     customer = attributes.get("customerId") or (
         pseudonymous_caller(str(endpoint["Address"])) if endpoint.get("Address") else None
     )
     if not customer:
         raise MalformedCall(
-            "Details.ContactData.Attributes.customerId is required when there is no "
-            "CustomerEndpoint.Address"
+            "Details.ContactData.Attributes.customerId",
+            "is required when there is no CustomerEndpoint.Address",
         )
     queue = contact.get("Queue") or {}
     return IvrCall(
@@ -117,7 +121,7 @@ class GenericIvrCall(BaseModel):
 
     def to_call(self) -> IvrCall:
         if self.customer_id is None and self.caller is None:
-            raise MalformedCall("customer_id is required when there is no caller")
+            raise MalformedCall("customer_id", "is required when there is no caller")
         return IvrCall(
             call_id=self.call_id,
             survey=self.survey,
