@@ -212,6 +212,7 @@ def configure(settings: LogSettings, service: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.level)
+    logging.captureWarnings(True)  # a warning is a log line too (one JSON object)
     for noisy in _NOISY:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.errors import PermanentError
+from shared.logs import route_template
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    # The route's template: the raw path may carry a customer id.
+    route = route_template(request.scope)
+    log.error("unhandled error on %s %s", request.method, route, exc_info=exc)
     return JSONResponse(error_body(500, "internal error; see the service log"), status_code=500)
 
 

@@ -8,11 +8,14 @@ import logging
 from collections.abc import Iterator
 
 import asyncpg
+import httpx
 import pytest
+from fastapi import FastAPI
 from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
 
 from shared import logs
+from shared.http import install_error_handlers
 from shared.settings import LogSettings
 
 SECRET = "cust-4f1e-planted"
@@ -27,6 +30,7 @@ def output() -> Iterator[io.StringIO]:
     yield buffer
     root.handlers[:] = handlers
     root.setLevel(level)
+    logging.captureWarnings(False)
 
 
 def configure(output: io.StringIO, fmt: str) -> None:
@@ -109,3 +113,40 @@ class TestJsonLines:
         assert "Traceback" in second["exception"]
         assert "IntegrityError" in second["exception"]
         assert SECRET not in output.getvalue()
+
+
+class TestRequests:
+    async def test_a_500_is_logged_with_its_route_template_not_the_path(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        app = FastAPI()
+        install_error_handlers(app)
+
+        @app.get("/v1/customers/{customer_id}")
+        async def broken(customer_id: str) -> None:
+            raise RuntimeError("broken")
+
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            r = await client.get(f"/v1/customers/{SECRET}")
+        assert r.status_code == 500
+        assert "unhandled error on GET /v1/customers/{customer_id}" in caplog.text
+        assert SECRET not in caplog.text
+
+    async def test_the_access_log_names_route_templates(self, output: io.StringIO) -> None:
+        configure(output, "text")
+        app = FastAPI()
+
+        @app.get("/v1/customers/{customer_id}")
+        async def customer(customer_id: str) -> dict[str, str]:
+            return {}
+
+        transport = httpx.ASGITransport(app=logs.AccessLogMiddleware(app))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            await client.get(f"/v1/customers/{SECRET}", params={"phone": "+819012345678"})
+            await client.get(f"/elsewhere/{SECRET}")
+        lines = output.getvalue().splitlines()
+        assert any("GET /v1/customers/{customer_id} 200" in line for line in lines)
+        assert any("GET unmatched 404" in line for line in lines)
+        assert SECRET not in output.getvalue()
+        assert "9012345678" not in output.getvalue()
