@@ -130,6 +130,11 @@ async def _keys_async(args: argparse.Namespace) -> int:
     try:
         async with engine.begin() as conn:
             if args.keys_command == "create":
+                if args.publishable and (args.scope or args.source):
+                    raise ConfigError(
+                        "--publishable takes no --scope or --source: a publishable key is "
+                        "visible in the browser and only ever submits widget answers"
+                    )
                 scopes = [Scope(s) for s in args.scope] or (
                     [Scope.RESPONSES_WRITE] if args.publishable else []
                 )

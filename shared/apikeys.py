@@ -13,7 +13,6 @@ is cached for ``ttl`` seconds, so a revocation takes effect everywhere within th
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 import time
 import uuid
@@ -25,6 +24,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from shared import signatures
 
 
 class Scope(StrEnum):
@@ -49,6 +50,8 @@ class KeyKind(StrEnum):
 
 
 _PREFIX = {KeyKind.SECRET: "cxs_", KeyKind.PUBLISHABLE: "cxp_"}
+# The only adapter a publishable key reaches: the widget's endpoint.
+WIDGET_SOURCE = "widget"
 
 metadata = sa.MetaData()
 api_keys = sa.Table(
@@ -84,9 +87,17 @@ class Principal:
         return str(self.key_id) if self.key_id is not None else self.kind.value
 
     def may(self, scope: Scope, source: str | None = None) -> bool:
-        """Return whether this key may use ``scope`` through the adapter ``source``."""
+        """Return whether this key may use ``scope`` through the adapter ``source``.
+
+        A publishable key is visible to anyone who opens the page that embeds it: it only
+        ever submits widget answers, whatever scopes it was created with.
+        """
         if self.kind is KeyKind.OPERATOR:
             return True
+        if self.kind is KeyKind.PUBLISHABLE and (
+            scope is not Scope.RESPONSES_WRITE or source != WIDGET_SOURCE
+        ):
+            return False
         if scope.value not in self.scopes:
             return False
         return not self.sources or source is None or source in self.sources
@@ -169,7 +180,7 @@ class KeyStore:
         # Compare with every operator key so the time taken does not reveal a near match.
         matched = False
         for key in self._operator:
-            matched |= hmac.compare_digest(raw, key)
+            matched |= signatures.matches(key, raw)
         if matched:
             return Principal("operator", KeyKind.OPERATOR, frozenset())
         if self.engine is None or not presented.startswith(tuple(_PREFIX.values())):

@@ -284,5 +284,11 @@ def serve(app: FastAPI, http: HttpSettings) -> None:
     customer id; :class:`shared.logs.AccessLogMiddleware` logs route templates instead.
     """
     uvicorn.run(
-        AccessLogMiddleware(app), host=http.host, port=http.port, log_config=None, access_log=False
+        AccessLogMiddleware(app),
+        host=http.host,
+        port=http.port,
+        log_config=None,
+        access_log=False,
+        # The app reads X-Forwarded-For itself, trusting http.forwarded_allow_ips only.
+        proxy_headers=False,
     )

@@ -164,6 +164,14 @@ class HttpSettings(BaseSettings):
 
     host: str = Field(default="127.0.0.1", description="Address to bind.")
     port: int = Field(default=0, ge=0, le=65535, description="Port to bind.")
+    max_body_bytes: int = Field(
+        default=64 * 1024, gt=0, description="Largest request body accepted (413 above)."
+    )
+    forwarded_allow_ips: str = Field(
+        default="127.0.0.1",
+        description="Proxies whose X-Forwarded-For/Forwarded is believed: comma-separated "
+        "addresses or networks, * for any, empty for none (uvicorn's convention).",
+    )
 
 
 DEFAULT_REASON_CODES = (

@@ -95,6 +95,7 @@ def create_app(
         readiness=runtime.readiness,
         routers=[api.router],
         keystore=keystore,
+        http=alerting,
     )
     app.state.routing = routing
     return app

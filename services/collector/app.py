@@ -19,7 +19,7 @@ from services.collector.service import Ingest
 from services.migrations import MIGRATIONS_DIR
 from shared.apikeys import KeyStore
 from shared.db import assert_schema_current, create_engine, database_answers
-from shared.http import JSON_ONLY, BodyLimitMiddleware, build_app
+from shared.http import JSON_ONLY, build_app
 from shared.kafka import broker_answers, sleep_unless_stopped
 from shared.runtime import ProducerHandle
 from shared.settings import (
@@ -129,13 +129,14 @@ def create_app(
             widget.router,
         ],
         keystore=keystore,
+        http=collector,
+        body_policy=body_policy,
     )
     app.state.sources = source_settings
     app.state.widget_limits = WidgetLimits(
         per_address=RateLimiter(collector.widget_rate_per_minute),
         per_key=RateLimiter(collector.widget_key_rate_per_minute),
     )
-    app.add_middleware(BodyLimitMiddleware, policy=body_policy)
     return app
 
 

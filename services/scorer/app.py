@@ -74,6 +74,7 @@ def create_app(
         readiness=runtime.readiness,
         routers=[api.router],
         keystore=keystore,
+        http=scorer,
     )
     app.state.scorer_settings = scorer
     app.state.sla = sla or load(SlaSettings)

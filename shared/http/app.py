@@ -7,11 +7,21 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from shared.apikeys import KeyStore
+from shared.http.auth import AuthGateMiddleware
 from shared.http.errors import document_errors, install_error_handlers
-from shared.http.middleware import NulGuardMiddleware, RequestMetricsMiddleware
+from shared.http.middleware import (
+    JSON_ONLY,
+    BodyLimitMiddleware,
+    BodyPolicy,
+    ForwardedHeaderMiddleware,
+    NulGuardMiddleware,
+    RequestMetricsMiddleware,
+)
 from shared.http.operations import ReadinessCheck, operations_router
+from shared.settings import HttpSettings
 
 
 def build_app(
@@ -22,10 +32,22 @@ def build_app(
     readiness: ReadinessCheck,
     routers: Sequence[APIRouter],
     keystore: KeyStore,
+    http: HttpSettings,
+    body_policy: BodyPolicy | None = None,
 ) -> FastAPI:
-    """Return a service's FastAPI app: JSON errors and the open operations endpoints.
+    """Return a service's FastAPI app: JSON errors, the open operations endpoints, and the
+    one middleware stack every request goes through, outermost first:
 
-    Routes declare the scope they need with :func:`require`.
+    1. ``Forwarded`` read as ``X-Forwarded-For``, then uvicorn's ``ProxyHeadersMiddleware``:
+       the client address is the forwarded one only when the peer is in
+       ``http.forwarded_allow_ips``;
+    2. request metrics (by route template);
+    3. the auth gate: a route that :func:`~shared.http.auth.require`-s a scope answers 401/403
+       before its body is read;
+    4. body limits: 413 from ``Content-Length`` before reading, or as a chunked body passes
+       the limit; 415 for a media type not taken. ``body_policy(path)`` gives both per route
+       (default: ``http.max_body_bytes`` of JSON);
+    5. the NUL guard, which buffers a body, so it comes after the limit.
     """
     app = FastAPI(
         title=f"cxloop {service}", version="1", description=description, lifespan=lifespan
@@ -45,10 +67,17 @@ def build_app(
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    policy = body_policy or (lambda path: (http.max_body_bytes, JSON_ONLY))
+    # add_middleware wraps what is already there: innermost first.
     app.add_middleware(NulGuardMiddleware)
+    app.add_middleware(BodyLimitMiddleware, policy=policy)
+    operations = operations_router(service, readiness)
+    app.add_middleware(AuthGateMiddleware, routers=[operations, *routers])
     app.add_middleware(RequestMetricsMiddleware, service=service)
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=http.forwarded_allow_ips)
+    app.add_middleware(ForwardedHeaderMiddleware)
     install_error_handlers(app)
-    app.include_router(operations_router(service, readiness))
+    app.include_router(operations)
     for router in routers:
         app.include_router(router)
     return app

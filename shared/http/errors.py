@@ -67,9 +67,12 @@ def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
     for path in schema.get("paths", {}).values():
         for method, operation in path.items():
             responses = operation.setdefault("responses", {})
-            # Answered by middleware on any route: NulGuardMiddleware, and on bodies
-            # BodyLimitMiddleware where a service installs it.
+            # Answered by middleware (shared.http.app) on any route: the NUL guard (422),
+            # the body limits (413, 415) and, where a bearer key is needed, the auth gate.
             responses.setdefault("422", {"description": "A field is invalid; it is named"})
+            if operation.get("security"):
+                responses.setdefault("401", {"description": "Missing or invalid API key"})
+                responses.setdefault("403", {"description": "The key may not use this route"})
             if method in ("post", "put", "patch"):
                 responses.setdefault("413", {"description": "Body larger than the limit"})
                 responses.setdefault("415", {"description": "Body of a media type not taken"})
@@ -171,8 +174,16 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected_error)
 
 
-async def send_error(send: Any, status: int, detail: str, field: str | None = None) -> None:
+async def send_error(
+    send: Any,
+    status: int,
+    detail: str,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> None:
+    """Answer an error from ASGI middleware, in the same shape as the handlers."""
     body = json.dumps(error_body(status, detail, field)).encode("utf-8")
+    extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
     await send(
         {
             "type": "http.response.start",
@@ -180,6 +191,7 @@ async def send_error(send: Any, status: int, detail: str, field: str | None = No
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
+                *extra,
             ],
         }
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -108,12 +109,18 @@ def _replay(messages: list[Any], then: Any = None) -> Any:
     return receive
 
 
-class BodyLimitMiddleware:
-    """Refuse bodies over a path's size limit (413) or of a media type it does not take (415).
+class BodyTooLargeError(Exception):
+    """Raised into the app by the limited ``receive`` once a body passes its route's limit."""
 
-    ``policy(path)`` gives the limit in bytes and the accepted media types. The size is
-    checked against Content-Length first and against the bytes actually received as well,
-    so a chunked upload cannot slip past the limit.
+
+class BodyLimitMiddleware:
+    """Refuse bodies over a route's size limit (413) or of a media type it does not take (415).
+
+    ``policy(path)`` gives the limit in bytes and the accepted media types. A declared
+    ``Content-Length`` over the limit is refused before a byte of the body is read; a body
+    streamed without one (chunked) is counted as it arrives, and the first chunk past the
+    limit ends the request with 413: the app never sees a truncated body, because reading
+    it raises instead. Inside this middleware nothing can buffer more than the limit.
     """
 
     def __init__(self, app: Any, *, policy: BodyPolicy) -> None:
@@ -121,11 +128,16 @@ class BodyLimitMiddleware:
         self.policy = policy
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        # Other methods take no body on any route here, so nothing would read one.
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
         max_bytes, media_types = self.policy(scope["path"])
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        declared = headers.get("content-length", "").strip()
+        if declared.isdigit() and int(declared) > max_bytes:
+            await _send_error(send, 413, f"body is {declared} bytes; the limit is {max_bytes}")
+            return
         media_type = headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type not in media_types:
             accepted = " or ".join(sorted(media_types))
@@ -135,31 +147,83 @@ class BodyLimitMiddleware:
                 f"content-type {media_type or '(none)'} is not supported: send {accepted}",
             )
             return
-        declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-            await _send_error(send, 413, f"body is {declared} bytes; the limit is {max_bytes}")
-            return
         received = 0
         too_large = False
+        started = False
 
         async def limited_receive() -> Any:
             nonlocal received, too_large
+            if too_large:
+                raise BodyTooLargeError
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > max_bytes:
-                    # Hand the app an empty end of body; what it answers is dropped below.
                     too_large = True
-                    return {"type": "http.request", "body": b"", "more_body": False}
+                    raise BodyTooLargeError
             return message
 
         async def guarded_send(message: Any) -> None:
-            if not too_large:
-                await send(message)
+            nonlocal started
+            if too_large:
+                return  # whatever the app answers to a body cut short is replaced by the 413
+            started = True
+            await send(message)
 
-        await self.app(scope, limited_receive, guarded_send)
-        if too_large:
+        with contextlib.suppress(BodyTooLargeError):
+            await self.app(scope, limited_receive, guarded_send)
+        if too_large and not started:
             await _send_error(send, 413, f"body exceeds the limit of {max_bytes} bytes")
+
+
+class ForwardedHeaderMiddleware:
+    """Read RFC 7239 ``Forwarded`` as ``X-Forwarded-For``/``-Proto`` when those are absent.
+
+    It only translates: whether any of it is believed is decided by uvicorn's
+    ``ProxyHeadersMiddleware``, which runs next and trusts only the configured proxies.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        names = {key.lower() for key, _ in scope["headers"]}
+        if b"forwarded" in names and b"x-forwarded-for" not in names:
+            value = b", ".join(v for k, v in scope["headers"] if k.lower() == b"forwarded")
+            hosts, protos = forwarded_pairs(value.decode("latin-1"))
+            added = []
+            if hosts:
+                added.append((b"x-forwarded-for", ", ".join(hosts).encode("latin-1")))
+            if protos and b"x-forwarded-proto" not in names:
+                added.append((b"x-forwarded-proto", protos[-1].encode("latin-1")))
+            scope = {**scope, "headers": [*scope["headers"], *added]}
+        await self.app(scope, receive, send)
+
+
+def forwarded_pairs(value: str) -> tuple[list[str], list[str]]:
+    """Return the ``for`` hosts (ports stripped) and ``proto`` values of a Forwarded header."""
+    hosts: list[str] = []
+    protos: list[str] = []
+    for element in value.split(","):
+        for pair in element.split(";"):
+            name, _, raw = pair.strip().partition("=")
+            item = raw.strip().strip('"')
+            if name.lower() == "for" and item:
+                hosts.append(_host_of(item))
+            elif name.lower() == "proto" and item:
+                protos.append(item.lower())
+    return hosts, protos
+
+
+def _host_of(node: str) -> str:
+    if node.startswith("["):  # "[2001:db8::17]:4711"
+        return node[1:].partition("]")[0]
+    if node.count(":") == 1:  # "192.0.2.60:8080"
+        return node.partition(":")[0]
+    return node
 
 
 class RequestMetricsMiddleware:

@@ -13,6 +13,7 @@ from services.collector.deps import ERRORS, IngestDep
 from services.collector.schemas import Submitted
 from services.collector.service import Ingest, produce_one, resolve_event_id
 from services.collector.sources import tickets
+from shared import signatures
 from shared.apikeys import Scope
 from shared.events import TouchpointEvent, utcnow
 from shared.http import FieldErrors, require
@@ -42,10 +43,10 @@ async def _submit(
     except tickets.UnsupportedEvent as exc:
         metrics.REJECTED.labels(source=source, reason="unsupported").inc()
         return JSONResponse({"status": "ignored", "detail": f"{exc} is not used"}, status_code=200)
-    except tickets.MalformedEvent:
-        # A PermanentError: answered 422 naming its field, as every one is.
+    except tickets.MalformedEvent as exc:
         metrics.REJECTED.labels(source=source, reason="validation").inc()
-        raise
+        field, _, reason = str(exc).partition(" ")
+        raise FieldErrors([{"field": field, "detail": reason}]) from None
     event_id, key = resolve_event_id(source, None, change.key)
     received_at = utcnow()
     event = TouchpointEvent(
@@ -89,12 +90,18 @@ async def zendesk_webhook(
         raise HTTPException(
             503, "the Zendesk source is not configured: set CXLOOP_SOURCES_ZENDESK_SIGNING_SECRET"
         )
+    # Read raw, so that a repeated, empty, non-ASCII or huge header is refused unread.
+    signature = signatures.single_header(request.scope["headers"], "X-Zendesk-Webhook-Signature")
+    timestamp = signatures.single_header(
+        request.scope["headers"], "X-Zendesk-Webhook-Signature-Timestamp"
+    )
+    if signature is None or timestamp is None:
+        metrics.REJECTED.labels(source="zendesk", reason="signature").inc()
+        raise HTTPException(
+            403, "X-Zendesk-Webhook-Signature or its timestamp is missing, repeated or malformed"
+        )
     raw = await request.body()
-    if (
-        signature is None
-        or timestamp is None
-        or not tickets.zendesk_signature_valid(secret.get_secret_value(), timestamp, raw, signature)
-    ):
+    if not tickets.zendesk_signature_valid(secret.get_secret_value(), timestamp, raw, signature):
         metrics.REJECTED.labels(source="zendesk", reason="signature").inc()
         raise HTTPException(403, "X-Zendesk-Webhook-Signature does not match this request")
     offset = tickets.zendesk_timestamp_offset(timestamp, utcnow())

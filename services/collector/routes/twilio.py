@@ -13,6 +13,7 @@ from services.collector import invitations, metrics
 from services.collector.deps import IngestDep
 from services.collector.service import Item, Status, resolve_event_id
 from services.collector.sources import sms, twilio_signature
+from shared import signatures
 from shared.events import ResponseSubmitted, Segments, score_range, utcnow
 from shared.http import EngineDep
 
@@ -61,11 +62,14 @@ async def inbound_sms(
         raise HTTPException(
             503, "the Twilio source is not configured: set CXLOOP_SOURCES_TWILIO_AUTH_TOKEN"
         )
+    # Read raw, so that a repeated, empty, non-ASCII or huge header is refused unread.
+    signature = signatures.single_header(request.scope["headers"], "X-Twilio-Signature")
+    if signature is None:
+        metrics.REJECTED.labels(source=SOURCE, reason="signature").inc()
+        raise HTTPException(403, "X-Twilio-Signature is missing, repeated or malformed")
     params = parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
     urls = twilio_signature.candidate_urls(_signed_url(request, ingest.settings.public_url))
-    if signature is None or not twilio_signature.valid(
-        token.get_secret_value(), urls, params, signature
-    ):
+    if not twilio_signature.valid(token.get_secret_value(), urls, params, signature):
         metrics.REJECTED.labels(source=SOURCE, reason="signature").inc()
         raise HTTPException(403, "X-Twilio-Signature does not match this request")
     fields = dict(params)

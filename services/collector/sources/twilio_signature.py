@@ -14,6 +14,8 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 
+from shared import signatures
+
 
 def compute(auth_token: str, url: str, params: Sequence[tuple[str, str]]) -> str:
     """Return the signature Twilio sends for a POST of ``params`` to ``url``."""
@@ -26,7 +28,7 @@ def valid(
     auth_token: str, urls: Sequence[str], params: Sequence[tuple[str, str]], signature: str
 ) -> bool:
     """Return whether ``signature`` matches any of the URLs Twilio may have signed."""
-    return any(hmac.compare_digest(compute(auth_token, url, params), signature) for url in urls)
+    return any(signatures.matches(compute(auth_token, url, params), signature) for url in urls)
 
 
 def candidate_urls(url: str) -> list[str]:

@@ -1,0 +1,388 @@
+"""The edge of every service: hostile requests are refused cheaply, in the same order.
+
+Bodies here are generators that count what the service pulled, so "refused before reading"
+is checked by what was read, not by how long it took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
+from twilio.request_validator import RequestValidator
+
+from services.alerting.app import create_app as create_alerting
+from services.scorer.app import create_app as create_scorer
+from shared.apikeys import KeyKind, Scope, create_key
+from shared.settings import (
+    AlertingSettings,
+    AuthSettings,
+    CollectorSettings,
+    DatabaseSettings,
+    KafkaSettings,
+    ScorerSettings,
+    SourceSettings,
+)
+from tests.builders import response_payload
+from tests.builders_vendors import zendesk_event, zendesk_headers
+from tests.conftest import CollectorFactory
+from tests.helpers import serving
+
+LIMIT = 4096
+HUGE = 200 * 1024 * 1024
+CHUNK = 64 * 1024
+TWILIO_TOKEN = "twilio-auth-token-for-edge-tests"
+ZENDESK_SECRET = "zendesk-secret-for-edge-tests"
+PUBLIC = "https://cx.example.com"
+SHOP = "https://shop.example"
+
+Factory = Callable[[], AbstractAsyncContextManager[httpx.AsyncClient]]
+
+
+class CountingBody:
+    """A request body of ``total`` bytes, produced only as the service pulls it."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.pulled = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while self.pulled < self.total:
+            chunk = b"x" * min(CHUNK, self.total - self.pulled)
+            self.pulled += len(chunk)
+            yield chunk
+
+
+@pytest.fixture
+def services(
+    collector_app: CollectorFactory,
+    kafka_settings: KafkaSettings,
+    database_url: str,
+    auth: AuthSettings,
+    api_key: str,
+    scorer_settings: ScorerSettings,
+    alerting_settings: AlertingSettings,
+) -> dict[str, Factory]:
+    """Each service with a small body limit, by name."""
+    database = DatabaseSettings(url=database_url)
+
+    def collector() -> AbstractAsyncContextManager[httpx.AsyncClient]:
+        return collector_app(
+            CollectorSettings(max_body_bytes=LIMIT, public_url=PUBLIC),
+            SourceSettings(twilio_auth_token=TWILIO_TOKEN, zendesk_signing_secret=ZENDESK_SECRET),
+        )
+
+    def scorer() -> AbstractAsyncContextManager[httpx.AsyncClient]:
+        settings = scorer_settings.model_copy(update={"max_body_bytes": LIMIT})
+        return serving(create_scorer(kafka_settings, database, auth, settings), api_key, "scorer")
+
+    def alerting() -> AbstractAsyncContextManager[httpx.AsyncClient]:
+        settings = alerting_settings.model_copy(update={"max_body_bytes": LIMIT})
+        app = create_alerting(kafka_settings, database, auth, settings)
+        return serving(app, api_key, "alerting")
+
+    return {"collector": collector, "scorer": scorer, "alerting": alerting}
+
+
+# A route of each service that takes a body and needs a key. The scorer takes no body on
+# any route: a POST to one of its protected paths must be refused as cheaply.
+WRITES = {
+    "collector": "/v1/responses",
+    "scorer": "/v1/scores",
+    "alerting": f"/v1/alerts/{uuid.uuid4()}/comments",
+}
+ANONYMOUS = {"Authorization": ""}
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.mark.parametrize("name", list(WRITES))
+class TestCheapRefusal:
+    async def test_a_declared_oversized_body_is_413_and_never_read(
+        self, services: dict[str, Factory], name: str
+    ) -> None:
+        body = CountingBody(HUGE)
+        async with services[name]() as client:
+            r = await client.post(
+                WRITES[name], content=body, headers={**JSON, "Content-Length": str(HUGE)}
+            )
+        assert r.status_code == 413
+        assert r.json()["error"] == "payload_too_large"
+        assert body.pulled == 0
+
+    async def test_a_chunked_oversized_body_is_cut_off_at_the_limit(
+        self, services: dict[str, Factory], name: str
+    ) -> None:
+        body = CountingBody(HUGE)
+        async with services[name]() as client:
+            r = await client.post(WRITES[name], content=body, headers=JSON)
+        assert r.status_code == 413
+        assert body.pulled <= LIMIT + CHUNK
+
+    async def test_an_anonymous_oversized_body_is_401_and_never_read(
+        self, services: dict[str, Factory], name: str
+    ) -> None:
+        body = CountingBody(HUGE)
+        async with services[name]() as client:
+            r = await client.post(
+                WRITES[name],
+                content=body,
+                headers={**ANONYMOUS, **JSON, "Content-Length": str(HUGE)},
+            )
+        assert r.status_code == 401
+        assert r.headers["www-authenticate"].startswith("Bearer")
+        assert body.pulled == 0
+
+    @pytest.mark.parametrize("authorization", ["", "Bearer not-a-key", "Basic Zm9vOmJhcg=="])
+    async def test_anonymous_junk_is_401_not_a_schema_422(
+        self, services: dict[str, Factory], name: str, authorization: str
+    ) -> None:
+        async with services[name]() as client:
+            r = await client.post(
+                WRITES[name],
+                content=b'{"junk": true, "score": "\\u0000"}',
+                headers={**JSON, "Authorization": authorization},
+            )
+        assert r.status_code == 401
+        assert "errors" not in r.json()
+
+
+class TestProtectedRoutesWithoutABody:
+    async def test_an_anonymous_erasure_is_401_on_the_scorer_and_alerting(
+        self, services: dict[str, Factory]
+    ) -> None:
+        for name in ("scorer", "alerting"):
+            async with services[name]() as client:
+                r = await client.delete("/v1/customers/c1", headers=ANONYMOUS)
+            assert r.status_code == 401, name
+
+
+class TestOperationsStayOpen:
+    async def test_healthz_needs_no_key(self, services: dict[str, Factory]) -> None:
+        async with services["scorer"]() as client:
+            r = await client.get("/healthz", headers=ANONYMOUS)
+        assert r.status_code == 200
+
+
+def _twilio_form() -> dict[str, str]:
+    return {"MessageSid": "SM" + "0" * 32, "From": "+14155550100", "Body": "9"}
+
+
+# A header value that must be refused, not compared: each as raw bytes on the wire.
+BAD_VALUES: dict[str, list[bytes]] = {
+    "non_ascii": ["é".encode("latin-1")],
+    "non_ascii_utf8": ["Ωmega=".encode()],
+    "huge": [b"A" * 100_000],
+    "empty": [b""],
+}
+
+
+class TestSignatureHeaders:
+    @pytest.mark.parametrize("kind", list(BAD_VALUES))
+    async def test_a_bad_twilio_signature_is_403_never_500(
+        self, services: dict[str, Factory], kind: str
+    ) -> None:
+        headers = [(b"Content-Type", b"application/x-www-form-urlencoded")]
+        headers += [(b"X-Twilio-Signature", value) for value in BAD_VALUES[kind]]
+        async with services["collector"]() as client:
+            client.headers.pop("Authorization")
+            r = await client.post(
+                "/v1/sources/twilio/sms", content=_encode(_twilio_form()), headers=headers
+            )
+        assert r.status_code == 403
+
+    async def test_a_repeated_twilio_signature_is_403_even_if_one_is_right(
+        self, services: dict[str, Factory]
+    ) -> None:
+        form = _twilio_form()
+        signature = RequestValidator(TWILIO_TOKEN).compute_signature(
+            PUBLIC + "/v1/sources/twilio/sms", form
+        )
+        headers = [
+            (b"Content-Type", b"application/x-www-form-urlencoded"),
+            (b"X-Twilio-Signature", signature.encode()),
+            (b"X-Twilio-Signature", b"forged"),
+        ]
+        async with services["collector"]() as client:
+            client.headers.pop("Authorization")
+            r = await client.post("/v1/sources/twilio/sms", content=_encode(form), headers=headers)
+        assert r.status_code == 403
+
+    @pytest.mark.parametrize("kind", list(BAD_VALUES))
+    @pytest.mark.parametrize(
+        "header", ["X-Zendesk-Webhook-Signature", "X-Zendesk-Webhook-Signature-Timestamp"]
+    )
+    async def test_a_bad_zendesk_header_is_403_never_500(
+        self, services: dict[str, Factory], kind: str, header: str
+    ) -> None:
+        body = json.dumps(zendesk_event("ticket.created")).encode()
+        signed = zendesk_headers(ZENDESK_SECRET, body)
+        headers = [(k.encode(), v.encode()) for k, v in signed.items() if k != header]
+        headers += [(header.encode(), value) for value in BAD_VALUES[kind]]
+        async with services["collector"]() as client:
+            client.headers.pop("Authorization")
+            r = await client.post("/v1/sources/zendesk", content=body, headers=headers)
+        assert r.status_code == 403
+
+    async def test_a_repeated_zendesk_signature_is_403_even_if_one_is_right(
+        self, services: dict[str, Factory]
+    ) -> None:
+        body = json.dumps(zendesk_event("ticket.created")).encode()
+        signed = zendesk_headers(ZENDESK_SECRET, body)
+        headers = [(k.encode(), v.encode()) for k, v in signed.items()]
+        headers.append((b"X-Zendesk-Webhook-Signature", b"forged"))
+        async with services["collector"]() as client:
+            client.headers.pop("Authorization")
+            r = await client.post("/v1/sources/zendesk", content=body, headers=headers)
+        assert r.status_code == 403
+
+    async def test_a_non_ascii_bearer_key_is_401_never_500(
+        self, services: dict[str, Factory]
+    ) -> None:
+        for name in WRITES:
+            async with services[name]() as client:
+                r = await client.get(
+                    "/v1/scores" if name == "scorer" else "/healthz",
+                    headers=[(b"Authorization", "Bearer cxs_é".encode("latin-1"))],
+                )
+            assert r.status_code in (200, 401), name  # /healthz is open
+            if name == "scorer":
+                assert r.status_code == 401
+
+
+def _encode(form: dict[str, str]) -> bytes:
+    return urlencode(form).encode()
+
+
+async def _publishable(database_url: str, scopes: list[Scope]) -> str:
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            key, _ = await create_key(
+                conn,
+                name="site",
+                kind=KeyKind.PUBLISHABLE,
+                scopes=scopes,
+                sources=["widget"],
+                origins=[SHOP],
+            )
+    finally:
+        await engine.dispose()
+    return key
+
+
+class TestPublishableKeys:
+    async def test_a_publishable_key_reaches_no_server_route_whatever_its_scopes(
+        self, services: dict[str, Factory], database_url: str
+    ) -> None:
+        key = await _publishable(
+            database_url,
+            [Scope.SCORES_READ, Scope.CUSTOMERS_ERASE, Scope.ALERTS_READ, Scope.RESPONSES_WRITE],
+        )
+        bearer = {"Authorization": f"Bearer {key}"}
+        calls = {
+            "scorer": [("GET", "/v1/scores?metric=nps"), ("DELETE", "/v1/customers/c1")],
+            "alerting": [("GET", "/v1/alerts"), ("DELETE", "/v1/customers/c1")],
+            "collector": [("POST", "/v1/responses")],
+        }
+        for name, requests in calls.items():
+            async with services[name]() as client:
+                for method, path in requests:
+                    body = response_payload() if method == "POST" else None
+                    r = await client.request(method, path, json=body, headers=bearer)
+                    assert r.status_code == 403, (name, method, path, r.text)
+
+    async def test_it_still_submits_widget_answers(
+        self, services: dict[str, Factory], database_url: str
+    ) -> None:
+        key = await _publishable(database_url, [Scope.RESPONSES_WRITE])
+        async with services["collector"]() as client:
+            client.headers.pop("Authorization")
+            r = await client.post(
+                f"/v1/widget/responses?key={key}",
+                json=response_payload(),
+                headers={"Origin": SHOP},
+            )
+        assert r.status_code == 202
+
+
+class TestBehindAProxy:
+    async def _answers(
+        self,
+        collector_app: CollectorFactory,
+        key: str,
+        trusted: str,
+        forwarded: list[dict[str, str]],
+    ) -> list[int]:
+        settings = CollectorSettings(widget_rate_per_minute=1, forwarded_allow_ips=trusted)
+        statuses = []
+        async with collector_app(settings) as client:
+            client.headers.pop("Authorization")
+            for headers in forwarded:
+                r = await client.post(
+                    f"/v1/widget/responses?key={key}",
+                    json=response_payload(),
+                    headers={"Origin": SHOP, **headers},
+                )
+                statuses.append(r.status_code)
+        return statuses
+
+    async def test_a_trusted_proxy_gives_each_visitor_their_own_bucket(
+        self, collector_app: CollectorFactory, database_url: str
+    ) -> None:
+        key = await _publishable(database_url, [Scope.RESPONSES_WRITE])
+        visitors: list[dict[str, str]] = [
+            {"X-Forwarded-For": "203.0.113.1"},
+            {"X-Forwarded-For": "203.0.113.2"},
+            {"Forwarded": 'for="198.51.100.7:4711";proto=https'},
+            {"Forwarded": "for=198.51.100.8"},
+            {"X-Forwarded-For": "198.51.100.7"},
+            {"X-Forwarded-For": "10.1.1.1, 203.0.113.1"},
+        ]
+        # The test client's peer is 127.0.0.1: trusted here. Each visitor has a bucket of one.
+        statuses = await self._answers(collector_app, key, "127.0.0.1", visitors)
+        assert statuses == [202, 202, 202, 202, 429, 429]
+
+    async def test_an_untrusted_peer_is_limited_by_its_own_address(
+        self, collector_app: CollectorFactory, database_url: str
+    ) -> None:
+        key = await _publishable(database_url, [Scope.RESPONSES_WRITE])
+        visitors: list[dict[str, str]] = [
+            {"X-Forwarded-For": "203.0.113.1"},
+            {"X-Forwarded-For": "203.0.113.2"},
+        ]
+        assert await self._answers(collector_app, key, "10.0.0.0/8", visitors) == [202, 429]
+
+
+class TestKeysCli:
+    def _keys(self, database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CXLOOP_")}
+        env["CXLOOP_DATABASE_URL"] = database_url
+        return subprocess.run(
+            [sys.executable, "-m", "services.cli", "keys", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    async def test_publishable_refuses_scope(self, database_url: str) -> None:
+        result = await asyncio.to_thread(
+            self._keys,
+            database_url,
+            "create", "--name", "site", "--publishable", "--origin", SHOP,
+            "--scope", "scores:read", "--scope", "customers:erase",
+        )  # fmt: skip
+        assert result.returncode == 2
+        assert "--publishable takes no --scope" in result.stderr
+        listing = await asyncio.to_thread(self._keys, database_url, "list")
+        assert "site" not in listing.stdout
