@@ -27,7 +27,7 @@ from shared.kafka import HEADER_DLQ_REASON
 from shared.settings import KafkaSettings
 from shared.topics import Topic
 from tests.builders import response_payload
-from tests.helpers import read_topic
+from tests.helpers import produce, read_topic
 from tests.processes import Service, wait_for
 
 TOKEN = "twilio-token-of-the-logs-test"
@@ -216,6 +216,12 @@ async def test_no_planted_personal_data_reaches_any_log_line(
             r = await api.post("/v1/responses", json=answer)
             assert r.status_code == 202, r.text
             produced += 1
+    # A record that fails validation in every consumer (a producer of another version, say).
+    poison = response_payload(
+        customer_id=planted.customer, score=planted.email, comment=planted.comment
+    )
+    await produce(kafka_settings, Topic.RESPONSES, [json.dumps(poison).encode()])
+    produced += 1
 
     for service in (scorer, alerting):
 
@@ -243,6 +249,7 @@ async def test_no_planted_personal_data_reaches_any_log_line(
 
     dead = await read_topic(kafka_settings, Topic.DEAD_LETTERS, 10, timeout=3)
     reasons = [v.decode() for r in dead for k, v in r.headers if k == HEADER_DLQ_REASON]
+    assert len(reasons) >= 2, "each consumer dead-letters the record that fails validation"
     for service in services.values():
         await service.stop()  # every line is flushed
 
