@@ -25,6 +25,11 @@ from shared.topics import Topic, topic_name
 ENV_PREFIX = "CXLOOP_"
 # Variables under these prefixes belong to tools around the services (the test harness).
 _FOREIGN_PREFIXES = ("CXLOOP_TEST_",)
+# Test knobs that were named outside that prefix once, and are refused with their new name.
+_RENAMED = {
+    "CXLOOP_SOAK_SECONDS": "CXLOOP_TEST_SOAK_SECONDS",
+    "CXLOOP_FUZZ_EXAMPLES": "CXLOOP_TEST_FUZZ_EXAMPLES",
+}
 
 
 class KafkaSettings(BaseSettings):
@@ -414,7 +419,10 @@ def check_environment(environ: Mapping[str, str] | None = None) -> None:
         hints = []
         for name in unknown:
             close = difflib.get_close_matches(name, known, n=1)
-            hints.append(f"{name} (did you mean {close[0]}?)" if close else name)
+            if name in _RENAMED:
+                hints.append(f"{name} (renamed {_RENAMED[name]})")
+            else:
+                hints.append(f"{name} (did you mean {close[0]}?)" if close else name)
         raise ConfigError("unknown configuration variable: " + ", ".join(hints))
 
 

@@ -17,8 +17,13 @@ from shared.settings import (
 )
 
 ROOT = Path(__file__).parents[2]
-# Misspelt on purpose, by the tests that check they are refused.
-DELIBERATE_TYPOS = {"CXLOOP_KAFKA_BOOTSTRAP_SERVER", "CXLOOP_DATABSE_URL"}
+# Misspelt on purpose by the tests that check they are refused, and test knobs' old names.
+REFUSED_ON_PURPOSE = {
+    "CXLOOP_KAFKA_BOOTSTRAP_SERVER",
+    "CXLOOP_DATABSE_URL",
+    "CXLOOP_SOAK_SECONDS",
+    "CXLOOP_FUZZ_EXAMPLES",
+}
 
 
 def _variables_named_in_the_repository() -> set[str]:
@@ -57,10 +62,14 @@ class TestUnknownVariables:
         named = _variables_named_in_the_repository()
         assert "CXLOOP_TEST_SOAK_SECONDS" in named
         assert "CXLOOP_TEST_FUZZ_EXAMPLES" in named
-        check_environment(dict.fromkeys(named - DELIBERATE_TYPOS, "1"))
+        check_environment(dict.fromkeys(named - REFUSED_ON_PURPOSE, "1"))
 
-    @pytest.mark.parametrize("typo", sorted(DELIBERATE_TYPOS))
-    def test_the_typos_tests_plant_are_refused(self, typo: str) -> None:
+    def test_a_test_knob_by_its_old_name_is_refused_with_its_new_one(self) -> None:
+        with pytest.raises(ConfigError, match=r"CXLOOP_SOAK_SECONDS \(renamed CXLOOP_TEST_SOAK_"):
+            check_environment({"CXLOOP_SOAK_SECONDS": "30"})
+
+    @pytest.mark.parametrize("typo", sorted(REFUSED_ON_PURPOSE))
+    def test_the_names_tests_plant_are_refused(self, typo: str) -> None:
         with pytest.raises(ConfigError, match=typo):
             check_environment({typo: "1"})
 
