@@ -43,10 +43,10 @@ async def _submit(
     except tickets.UnsupportedEvent as exc:
         metrics.REJECTED.labels(source=source, reason="unsupported").inc()
         return JSONResponse({"status": "ignored", "detail": f"{exc} is not used"}, status_code=200)
-    except tickets.MalformedEvent as exc:
+    except tickets.MalformedEvent:
+        # A PermanentError: answered 422 naming its field, as every one is.
         metrics.REJECTED.labels(source=source, reason="validation").inc()
-        field, _, reason = str(exc).partition(" ")
-        raise FieldErrors([{"field": field, "detail": reason}]) from None
+        raise
     event_id, key = resolve_event_id(source, None, change.key)
     received_at = utcnow()
     event = TouchpointEvent(

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from shared import signatures
+from shared.errors import PermanentError
 from shared.events import Channel, TicketPriority
 
 # A public reply by an agent; the scorer takes a ticket's earliest as its first response.
@@ -39,8 +40,11 @@ class UnsupportedEvent(Exception):
     """A well-formed event cxloop has no use for; acknowledged and ignored."""
 
 
-class MalformedEvent(ValueError):
-    """An event that lacks what cxloop needs; the message names the field."""
+class MalformedEvent(PermanentError):
+    """An event that lacks what cxloop needs; ``field`` names the field (a dotted path)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field} {problem}", field=field)
 
 
 def zendesk_signature_valid(secret: str, timestamp: str, body: bytes, signature: str) -> bool:
@@ -80,7 +84,7 @@ _DONE: Final = {"SOLVED", "CLOSED"}
 
 def _need(mapping: Any, name: str, where: str) -> Any:
     if not isinstance(mapping, dict) or mapping.get(name) in (None, ""):
-        raise MalformedEvent(f"{where}.{name} is required")
+        raise MalformedEvent(f"{where}.{name}", "is required")
     return mapping[name]
 
 
@@ -90,9 +94,9 @@ def _time(value: Any, where: str) -> datetime | None:
     try:
         moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
-        raise MalformedEvent(f"{where} is not an ISO 8601 time: {value!r}") from None
+        raise MalformedEvent(where, f"is not an ISO 8601 time: {value!r}") from None
     if moment.tzinfo is None:
-        raise MalformedEvent(f"{where} has no UTC offset: {value!r}")
+        raise MalformedEvent(where, f"has no UTC offset: {value!r}")
     return moment
 
 
@@ -156,7 +160,7 @@ def _int(value: Any, where: str) -> int:
     try:
         return int(value)
     except (TypeError, ValueError):
-        raise MalformedEvent(f"{where} must be a number, not {value!r}") from None
+        raise MalformedEvent(where, f"must be a number, not {value!r}") from None
 
 
 def from_freshdesk(body: dict[str, Any]) -> TicketChange:
@@ -177,7 +181,9 @@ def from_freshdesk(body: dict[str, Any]) -> TicketChange:
     elif event in _FRESHDESK_EVENTS:
         kind = _FRESHDESK_EVENTS[event]
     else:
-        raise MalformedEvent(f"event {event!r} is not created, updated, agent_replied or reopened")
+        raise MalformedEvent(
+            "event", f"{event!r} is not created, updated, agent_replied or reopened"
+        )
     attributes = {
         name: str(ticket[name])
         for name in ("due_by", "fr_due_by", "responder_id", "group_id")
