@@ -213,8 +213,16 @@ def configure(settings: LogSettings, service: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(settings.level)
     logging.captureWarnings(True)  # a warning is a log line too (one JSON object)
+    sys.excepthook = _log_uncaught  # and so is the error that ends the process
     for noisy in _NOISY:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, exc, tb)
+        return
+    logging.getLogger("cxloop").critical("exiting on %s", kind.__name__, exc_info=(kind, exc, tb))
 
 
 access_log = logging.getLogger("cxloop.access")

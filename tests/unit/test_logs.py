@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 from collections.abc import Iterator
 
 import asyncpg
@@ -31,6 +32,7 @@ def output() -> Iterator[io.StringIO]:
     root.handlers[:] = handlers
     root.setLevel(level)
     logging.captureWarnings(False)
+    sys.excepthook = sys.__excepthook__
 
 
 def configure(output: io.StringIO, fmt: str) -> None:
@@ -113,6 +115,20 @@ class TestJsonLines:
         assert "Traceback" in second["exception"]
         assert "IntegrityError" in second["exception"]
         assert SECRET not in output.getvalue()
+
+
+class TestUncaught:
+    def test_the_error_that_ends_a_process_is_a_json_line_without_values(
+        self, output: io.StringIO
+    ) -> None:
+        configure(output, "json")
+        error = unique_violation()
+        sys.excepthook(type(error), error, error.__traceback__)
+        (line,) = output.getvalue().splitlines()
+        entry = json.loads(line)
+        assert entry["level"] == "CRITICAL"
+        assert "invitations_pkey" in entry["exception"]
+        assert SECRET not in line
 
 
 class TestRequests:
