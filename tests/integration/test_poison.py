@@ -126,6 +126,8 @@ class TestScorer:
         ],
         ids=["constraint", "time-out-of-range"],
     )
+    # One batch of all; or batches of 8, two in flight, committed in order.
+    @pytest.mark.parametrize("max_records", [500, 8], ids=["one-batch", "batches-in-flight"])
     async def test_only_the_refused_record_is_dead_lettered_and_the_partition_moves_on(
         self,
         kafka_settings: KafkaSettings,
@@ -135,13 +137,15 @@ class TestScorer:
         scorer_settings: ScorerSettings,
         poison: dict[str, Any],
         why: tuple[str, ...],
+        max_records: int,
     ) -> None:
+        scorer_settings = scorer_settings.model_copy(update={"batch_max_records": max_records})
         await run_sql(
             database_url, f"ALTER TABLE responses ADD CONSTRAINT refused {REFUSE_TOUCHPOINT}"
         )
         good = [response_event(customer_id=CUSTOMER, score=s % 11) for s in range(30)]
         bad = response_event(customer_id=CUSTOMER, score=10, **poison)
-        # Produced before the scorer starts: its first fetch holds all of them in one batch.
+        # Produced before the scorer starts: its first fetches are full batches.
         await produce(kafka_settings, Topic.RESPONSES, around(bad, good))
         app = create_scorer(
             kafka_settings, DatabaseSettings(url=database_url), auth, scorer_settings
