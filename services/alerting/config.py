@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -113,8 +112,7 @@ class AlertingConfig(BaseModel):
             "default"
         )
         if template and alert.get("ticket_id"):
-            ticket_id = quote(str(alert["ticket_id"]), safe="")
-            links.append({"href": template.format(ticket_id=ticket_id), "text": "Ticket"})
+            links.append({"href": template.format(ticket_id=alert["ticket_id"]), "text": "Ticket"})
         if self.runbook_url:
             links.append({"href": self.runbook_url, "text": "Runbook"})
         return links

@@ -10,7 +10,7 @@ The names below are re-exported so ``from shared.http import X`` keeps working.
 """
 
 from shared.http.app import build_app
-from shared.http.auth import get_principal, require
+from shared.http.auth import get_principal, require, signed_by
 from shared.http.errors import (
     ErrorBody,
     FieldError,
@@ -49,4 +49,5 @@ __all__ = [
     "operations_router",
     "require",
     "send_error",
+    "signed_by",
 ]

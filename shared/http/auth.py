@@ -17,10 +17,11 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.routing import BaseRoute, Match
+from starlette.routing import Match
 
 from shared.apikeys import KeyStore, Principal, Scope
 from shared.http.errors import send_error
+from shared.signatures import single_header
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
 
@@ -119,68 +120,120 @@ def require(scope: Scope, source: str | None = None) -> Any:
     return Depends(dependency)
 
 
+@dataclass(frozen=True)
+class SignedBy:
+    """A route authenticated by a vendor's signature, carried in ``headers``."""
+
+    headers: tuple[str, ...]
+
+    def refusal(self, raw_headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+        """Return why the request is refused unread (the 403 detail), or None."""
+        for name in self.headers:
+            if single_header(raw_headers, name) is None:
+                return f"{name} is missing, repeated or malformed"
+        return None
+
+
+def signed_by(*headers: str) -> Any:
+    """Return a dependency for a route signed by its caller (Twilio, Zendesk) in ``headers``.
+
+    :class:`AuthGateMiddleware` refuses (403) a request whose signature header is absent,
+    repeated, empty, not ASCII or oversized before its body is read; the route itself then
+    verifies the signature, which needs the body.
+    """
+    signed = SignedBy(headers)
+
+    async def dependency(request: Request) -> None:
+        refusal = signed.refusal(request.scope["headers"])
+        if refusal is not None:
+            raise HTTPException(403, refusal)
+
+    dependency.signed_by = signed  # type: ignore[attr-defined]
+    return Depends(dependency)
+
+
+def _walk(dependant: Dependant) -> Iterator[Any]:
+    yield dependant.call
+    for sub in dependant.dependencies:
+        yield from _walk(sub)
+
+
 def requirements_of(route: APIRoute) -> tuple[Requirement, ...]:
     """Return every :class:`Requirement` a route declares through :func:`require`."""
+    found = (getattr(call, "requirement", None) for call in _walk(route.dependant))
+    return tuple(dict.fromkeys(r for r in found if isinstance(r, Requirement)))
 
-    def walk(dependant: Dependant) -> Iterator[Requirement]:
-        found = getattr(dependant.call, "requirement", None)
-        if isinstance(found, Requirement):
-            yield found
-        for sub in dependant.dependencies:
-            yield from walk(sub)
 
-    return tuple(dict.fromkeys(walk(route.dependant)))
+def signatures_of(route: APIRoute) -> tuple[SignedBy, ...]:
+    """Return every :class:`SignedBy` a route declares through :func:`signed_by`."""
+    found = (getattr(call, "signed_by", None) for call in _walk(route.dependant))
+    return tuple(dict.fromkeys(s for s in found if isinstance(s, SignedBy)))
+
+
+@dataclass(frozen=True)
+class _Gate:
+    route: APIRoute
+    needs: tuple[Requirement, ...]
+    signed: tuple[SignedBy, ...]
+    keyed: bool  # a bearer key is needed (with no scope, when only the path matched)
 
 
 class AuthGateMiddleware:
-    """Authenticate a request to a route that :func:`require`-s a scope before its body is read.
+    """Refuse an unauthenticated request before its body is read, as its route declares.
 
-    Refused: 401 without a valid bearer key, 403 for a key without the route's scope. Routes
-    that declare no requirement (operations, vendor-signed webhooks, the widget) pass through
-    to their own checks.
+    A route that :func:`require`-s a scope: 401 without a valid bearer key, 403 for a key
+    without the scope. A route :func:`signed_by` a vendor: 403 for an unusable signature
+    header (the route checks the signature itself, as it needs the body). The widget,
+    whose publishable key travels in the query, and the operations endpoints pass through.
     """
 
     def __init__(self, app: Any, *, routers: Sequence[APIRouter]) -> None:
         self.app = app
-        self._table: list[tuple[BaseRoute, tuple[Requirement, ...]]] = []
+        self._table: list[_Gate] = []
         for router in routers:
             for route in router.routes:
                 if not isinstance(route, APIRoute):
                     raise TypeError(f"{route!r}: the auth gate knows only APIRoutes")
-                self._table.append((route, requirements_of(route)))
+                needs = requirements_of(route)
+                self._table.append(_Gate(route, needs, signatures_of(route), bool(needs)))
 
-    def _requirements(self, scope: Any) -> tuple[Requirement, ...] | None:
-        """Return the requirements of the route ``scope`` reaches (None: no key needed).
+    def _gate(self, scope: Any) -> _Gate | None:
+        """Return what the route ``scope`` reaches requires, or None if nothing.
 
         A path that is protected but reached with another method needs a valid key and no
         scope, so an anonymous caller learns no more from a 405 than from a 401.
         """
-        partial: tuple[Requirement, ...] | None = None
-        for route, needs in self._table:
-            match, _ = route.matches(scope)
+        partial: _Gate | None = None
+        for gate in self._table:
+            match, _ = gate.route.matches(scope)
             if match is Match.FULL:
-                return needs or None
-            if match is Match.PARTIAL and needs and partial is None:
-                partial = ()
+                scope["route"] = gate.route  # for the metrics and logs of a refusal
+                return gate if gate.needs or gate.signed else None
+            if match is Match.PARTIAL and gate.needs and partial is None:
+                partial = _Gate(gate.route, (), (), keyed=True)
         return partial
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        needs = self._requirements(scope)
-        if needs is not None:
-            authorization = _header(scope, b"authorization")
-            try:
+        gate = self._gate(scope)
+        try:
+            if gate is not None and gate.keyed:
+                authorization = _header(scope, b"authorization")
                 principal = await authenticate(scope["app"].state.keystore, authorization)
-                for need in needs:
+                for need in gate.needs:
                     refusal = need.refusal(principal)
                     if refusal is not None:
                         raise AuthError(403, refusal)
-            except AuthError as exc:
-                await send_error(send, exc.status, exc.detail, headers=exc.headers)
-                return
-            scope[_PRINCIPAL] = principal
+                scope[_PRINCIPAL] = principal
+            for signed in gate.signed if gate is not None else ():
+                refusal = signed.refusal(scope["headers"])
+                if refusal is not None:
+                    raise AuthError(403, refusal)
+        except AuthError as exc:
+            await send_error(send, exc.status, exc.detail, headers=exc.headers)
+            return
         await self.app(scope, receive, send)
 
 

@@ -245,6 +245,25 @@ class TestSignatureHeaders:
             r = await client.post("/v1/sources/zendesk", content=body, headers=headers)
         assert r.status_code == 403
 
+    @pytest.mark.parametrize(
+        ("path", "header"),
+        [
+            ("/v1/sources/twilio/sms", "X-Twilio-Signature"),
+            ("/v1/sources/zendesk", "X-Zendesk-Webhook-Signature"),
+        ],
+    )
+    async def test_an_unusable_signature_header_is_refused_before_the_body_is_read(
+        self, services: dict[str, Factory], path: str, header: str
+    ) -> None:
+        body = CountingBody(LIMIT)
+        media = "application/x-www-form-urlencoded" if "twilio" in path else "application/json"
+        headers = [(b"Content-Type", media.encode()), (header.encode(), "é".encode("latin-1"))]
+        async with services["collector"]() as client:
+            client.headers.pop("Authorization")
+            r = await client.post(path, content=body, headers=headers)
+        assert r.status_code == 403
+        assert body.pulled == 0
+
     async def test_a_non_ascii_bearer_key_is_401_never_500(
         self, services: dict[str, Factory]
     ) -> None:

@@ -16,7 +16,7 @@ from services.collector.sources import tickets
 from shared import signatures
 from shared.apikeys import Scope
 from shared.events import TouchpointEvent, utcnow
-from shared.http import FieldErrors, require
+from shared.http import FieldErrors, require, signed_by
 
 router = APIRouter(prefix="/v1/sources", tags=["sources"])
 
@@ -71,6 +71,9 @@ async def _submit(
     response_model=Submitted,
     summary="Zendesk ticket-event webhook (signed)",
     responses={**ERRORS, 200: IGNORED, 403: {"description": "The signature does not match"}},
+    dependencies=[
+        signed_by("X-Zendesk-Webhook-Signature", "X-Zendesk-Webhook-Signature-Timestamp")
+    ],
 )
 async def zendesk_webhook(
     request: Request,

@@ -15,7 +15,7 @@ from services.collector.service import Item, Status, resolve_event_id
 from services.collector.sources import sms, twilio_signature
 from shared import signatures
 from shared.events import ResponseSubmitted, Segments, score_range, utcnow
-from shared.http import EngineDep
+from shared.http import EngineDep, signed_by
 
 router = APIRouter(prefix="/v1/sources", tags=["sources"])
 
@@ -43,6 +43,7 @@ def _signed_url(request: Request, public_url: str | None) -> str:
         403: {"description": "X-Twilio-Signature is missing or wrong"},
         503: {"description": "Not configured, or the broker did not acknowledge"},
     },
+    dependencies=[signed_by("X-Twilio-Signature")],
 )
 async def inbound_sms(
     request: Request,
