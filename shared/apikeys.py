@@ -50,6 +50,9 @@ class KeyKind(StrEnum):
 
 
 _PREFIX = {KeyKind.SECRET: "cxs_", KeyKind.PUBLISHABLE: "cxp_"}
+# Names that stand for something other than a stored key in a record of who acted: the
+# service itself, an action from before keys were recorded, the environment's keys.
+RESERVED_NAMES = frozenset({"cxloop", "unknown", "operator"})
 # The only adapter a publishable key reaches: the widget's endpoint.
 WIDGET_SOURCE = "widget"
 
@@ -120,6 +123,11 @@ async def create_key(
     """Create a key; return it (shown once, never stored) and its id."""
     if kind is KeyKind.OPERATOR:
         raise ValueError("operator keys come from CXLOOP_API_KEY, not the database")
+    if name.strip().casefold() in RESERVED_NAMES:
+        raise ValueError(
+            f"the key name {name.strip()!r} is reserved (records of who acted use it for "
+            "the service itself); choose another"
+        )
     if kind is KeyKind.PUBLISHABLE and not list(origins):
         raise ValueError("a publishable key needs at least one allowed origin")
     key = _PREFIX[kind] + secrets.token_urlsafe(32)

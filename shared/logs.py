@@ -64,8 +64,9 @@ def describe_error(exc: BaseException) -> str:
         return f"{name}: {exc.error_count()} error(s) in {exc.title}: {problems}"
     if _from_database_driver(exc):
         # A client-side driver error: "invalid input for query argument $1: '<value>' (...)".
-        first = str(exc).split(": ", 1)[0]
-        return f"{name}: {first} (the rest is withheld: it may quote a value)"
+        first, quoted, _ = str(exc).partition(": ")
+        withheld = " (the rest is withheld: it may quote a value)" if quoted else ""
+        return f"{name}: {first}{withheld}"
     text = str(exc)
     return f"{name}: {text}" if text else name
 

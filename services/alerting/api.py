@@ -90,7 +90,6 @@ async def get_alert(engine: EngineDep, alert_id: UUID) -> Alert:
 
 
 _WRITE = require(Scope.ALERTS_WRITE)
-WRITE = [_WRITE]
 # The key that calls a writing route: the actor recorded, whatever `by` the body names.
 Writer = Annotated[Principal, _WRITE]
 TRANSITION_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -129,6 +128,7 @@ async def acknowledge(
             body.note,
             request.app.state.routing,
             display_name=body.by,
+            actor_id=principal.caller,
         ),
     )
     return Alert.model_validate(row)
@@ -154,6 +154,7 @@ async def resolve(
             body.note,
             config=request.app.state.routing,
             display_name=body.by,
+            actor_id=principal.caller,
         ),
     )
     return Alert.model_validate(row)
@@ -170,7 +171,9 @@ async def assign(engine: EngineDep, principal: Writer, alert_id: UUID, body: Ass
     actor, and `by`, if given, as its display name."""
     row = await _transition(
         engine,
-        lambda c: lifecycle.assign(c, alert_id, body.to, principal.name, display_name=body.by),
+        lambda c: lifecycle.assign(
+            c, alert_id, body.to, principal.name, display_name=body.by, actor_id=principal.caller
+        ),
     )
     return Alert.model_validate(row)
 
@@ -189,7 +192,14 @@ async def add_comment(
     the alert's whole history."""
 
     async def step(conn: AsyncConnection) -> list[dict[str, Any]]:
-        await lifecycle.comment(conn, alert_id, principal.name, body.text, display_name=body.by)
+        await lifecycle.comment(
+            conn,
+            alert_id,
+            principal.name,
+            body.text,
+            display_name=body.by,
+            actor_id=principal.caller,
+        )
         return await lifecycle.entries(conn, alert_id)
 
     return History(items=[HistoryEntry.model_validate(e) for e in await _transition(engine, step)])
@@ -243,6 +253,7 @@ async def create_silence(engine: EngineDep, principal: Writer, body: SilenceIn) 
             principal.name,
             body.created_by or principal.name,
             body.comment,
+            actor_id=principal.caller,
         )
     return Silence.model_validate(row)
 
@@ -266,13 +277,15 @@ async def list_silences(engine: EngineDep, active: bool = True) -> SilenceList:
     response_model=Silence,
     tags=["silences"],
     summary="End a silence now",
-    dependencies=WRITE,
     responses={404: {"description": "No silence has this id"}},
 )
-async def expire_silence(engine: EngineDep, silence_id: UUID) -> Silence:
-    """End the silence; it stays listed with its end."""
+async def expire_silence(engine: EngineDep, principal: Writer, silence_id: UUID) -> Silence:
+    """End the silence; it stays listed with its end, the key that ended it and when. Ending
+    an ended silence changes nothing."""
     async with engine.begin() as conn:
-        row = await repository.expire_silence(conn, silence_id)
+        row = await repository.expire_silence(
+            conn, silence_id, principal.name, actor_id=principal.caller
+        )
     if row is None:
         raise HTTPException(404, f"no silence {silence_id}")
     return Silence.model_validate(row)

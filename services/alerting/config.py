@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -112,7 +113,8 @@ class AlertingConfig(BaseModel):
             "default"
         )
         if template and alert.get("ticket_id"):
-            links.append({"href": template.format(ticket_id=alert["ticket_id"]), "text": "Ticket"})
+            ticket_id = quote(str(alert["ticket_id"]), safe="")
+            links.append({"href": template.format(ticket_id=ticket_id), "text": "Ticket"})
         if self.runbook_url:
             links.append({"href": self.runbook_url, "text": "Runbook"})
         return links

@@ -2,8 +2,11 @@
 
 Every transition is recorded in ``alert_history`` with its ``actor``: the name of the API
 key that asked for it (``cxloop`` when the service acted by itself), never a name the
-caller typed. The name a caller may give (``by``) is kept beside it as ``display_name``;
-``acknowledged_by`` and ``resolved_by`` show it, or the key's name when none was given.
+caller typed, and ``actor_id``: the key's id (``operator`` for the environment's keys,
+none for the service), since two keys may share a name. The name a caller may give
+(``by``) is kept beside it as ``display_name``; ``acknowledged_by`` and ``resolved_by``
+show it, or the key's name when none was given, and the alert keeps the verified key
+apart as ``acknowledged_actor``/``_id`` and ``resolved_actor``/``_id``.
 
 Transitions are idempotent where a person would expect it (acknowledging an acknowledged
 alert changes nothing) and refused where it would lose information (acknowledging a
@@ -39,11 +42,17 @@ async def record(
     note: str | None = None,
     *,
     display_name: str | None = None,
+    actor_id: str | None = None,
 ) -> None:
     """Append one entry to the alert's history."""
     await conn.execute(
         history.insert().values(
-            alert_id=alert_id, actor=actor, action=action, note=note, display_name=display_name
+            alert_id=alert_id,
+            actor=actor,
+            actor_id=actor_id,
+            action=action,
+            note=note,
+            display_name=display_name,
         )
     )
 
@@ -65,6 +74,7 @@ async def acknowledge(
     config: AlertingConfig | None = None,
     *,
     display_name: str | None = None,
+    actor_id: str | None = None,
 ) -> dict[str, Any]:
     """Mark an open alert as being handled by ``actor`` (shown as ``display_name``)."""
     alert = await _current(conn, alert_id)
@@ -80,11 +90,15 @@ async def acknowledge(
                 status="acknowledged",
                 acknowledged_at=sa.func.now(),
                 acknowledged_by=display_name or actor,
+                acknowledged_actor=actor,
+                acknowledged_actor_id=actor_id,
             )
             .returning(alerts)
         )
     ).one()
-    await record(conn, alert_id, actor, "acknowledged", note, display_name=display_name)
+    await record(
+        conn, alert_id, actor, "acknowledged", note, display_name=display_name, actor_id=actor_id
+    )
     if config is not None:
         await outbox.enqueue(conn, config, dict(row._mapping), "acknowledge")
     metrics.TIME_TO_ACK.labels(rule=alert["rule"]).observe(
@@ -102,6 +116,7 @@ async def resolve(
     action: str = "resolved",
     config: AlertingConfig | None = None,
     display_name: str | None = None,
+    actor_id: str | None = None,
 ) -> dict[str, Any]:
     """Close an alert with the follow-up note; resolving twice changes nothing."""
     alert = await _current(conn, alert_id)
@@ -115,12 +130,14 @@ async def resolve(
                 status="resolved",
                 resolved_at=sa.func.now(),
                 resolved_by=display_name or actor,
+                resolved_actor=actor,
+                resolved_actor_id=actor_id,
                 note=note,
             )
             .returning(alerts)
         )
     ).one()
-    await record(conn, alert_id, actor, action, note, display_name=display_name)
+    await record(conn, alert_id, actor, action, note, display_name=display_name, actor_id=actor_id)
     if config is not None:
         await outbox.enqueue(conn, config, dict(row._mapping), "resolve")
     metrics.RESOLVED.labels(rule=alert["rule"]).inc()
@@ -137,6 +154,7 @@ async def assign(
     actor: str,
     *,
     display_name: str | None = None,
+    actor_id: str | None = None,
 ) -> dict[str, Any]:
     """Give an unresolved alert to ``to``."""
     alert = await _current(conn, alert_id)
@@ -147,7 +165,9 @@ async def assign(
             alerts.update().where(alerts.c.id == alert_id).values(assignee=to).returning(alerts)
         )
     ).one()
-    await record(conn, alert_id, actor, "assigned", f"to {to}", display_name=display_name)
+    await record(
+        conn, alert_id, actor, "assigned", f"to {to}", display_name=display_name, actor_id=actor_id
+    )
     return dict(row._mapping)
 
 
@@ -158,10 +178,13 @@ async def comment(
     text: str,
     *,
     display_name: str | None = None,
+    actor_id: str | None = None,
 ) -> None:
     """Add a comment to an alert's history."""
     await _current(conn, alert_id)
-    await record(conn, alert_id, actor, "commented", text, display_name=display_name)
+    await record(
+        conn, alert_id, actor, "commented", text, display_name=display_name, actor_id=actor_id
+    )
 
 
 async def entries(conn: AsyncConnection, alert_id: uuid.UUID) -> list[dict[str, Any]]:
@@ -171,6 +194,7 @@ async def entries(conn: AsyncConnection, alert_id: uuid.UUID) -> list[dict[str, 
         sa.select(
             history.c.at,
             history.c.actor,
+            history.c.actor_id,
             history.c.display_name,
             history.c.action,
             history.c.note,

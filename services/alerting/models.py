@@ -36,8 +36,12 @@ alerts = sa.Table(
     sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("acknowledged_at", sa.DateTime(timezone=True)),
     sa.Column("acknowledged_by", sa.Text),
+    sa.Column("acknowledged_actor", sa.Text),
+    sa.Column("acknowledged_actor_id", sa.Text),
     sa.Column("resolved_at", sa.DateTime(timezone=True)),
     sa.Column("resolved_by", sa.Text),
+    sa.Column("resolved_actor", sa.Text),
+    sa.Column("resolved_actor_id", sa.Text),
     sa.Column("note", sa.Text),
     sa.Column("assignee", sa.Text),
     sa.Column("ticket_source", sa.Text),
@@ -59,6 +63,10 @@ silences = sa.Table(
     sa.Column("comment", sa.Text, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
     sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("actor_id", sa.Text),
+    sa.Column("expired_at", sa.DateTime(timezone=True)),
+    sa.Column("expired_by", sa.Text),
+    sa.Column("expired_by_id", sa.Text),
 )
 
 history = sa.Table(
@@ -71,6 +79,7 @@ history = sa.Table(
     sa.Column("action", sa.Text, nullable=False),
     sa.Column("note", sa.Text),
     sa.Column("display_name", sa.Text),
+    sa.Column("actor_id", sa.Text),
 )
 
 deadlines = sa.Table(

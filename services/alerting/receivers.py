@@ -31,6 +31,8 @@ PAGERDUTY_SUMMARY = 1024
 SHORT = 255
 LONG = 4000
 SUMMARY_COMMENT = 200
+# A link longer than this is left out, not cut: a cut link would lead somewhere else.
+URL = 2048
 ELLIPSIS = "…"
 _SLACK_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 _ZWJ = "\u200d"
@@ -88,6 +90,23 @@ def slack_text(text: str, limit: int = SLACK_TEXT) -> str:
     return _clip(text, limit, slack=True)
 
 
+def slack_payload(text: str) -> dict[str, Any]:
+    """Return the Slack message showing ``text`` (escaped already) as it is.
+
+    Escaping stops ``<!here>`` and ``<url|label>``; turning automatic parsing off stops the
+    rest: a ``verbatim`` text object makes no link of a bare URL, channel name or
+    ``@here``, and the fallback ``text`` is neither parsed nor unfurled.
+    """
+    return {
+        "text": text,
+        "parse": "none",
+        "link_names": False,
+        "unfurl_links": False,
+        "unfurl_media": False,
+        "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text, "verbatim": True}}],
+    }
+
+
 def _short(value: Any) -> str:
     return clip(str(value), SHORT)
 
@@ -132,7 +151,11 @@ def _public(alert: dict[str, Any]) -> dict[str, Any]:
         "occurrences",
         "opened_at",
         "acknowledged_by",
+        "acknowledged_actor",
+        "acknowledged_actor_id",
         "resolved_by",
+        "resolved_actor",
+        "resolved_actor_id",
         "note",
         "assignee",
     )
@@ -162,7 +185,7 @@ def build(
 ) -> Request:
     """Return the request that announces ``action`` on ``alert`` to ``receiver``."""
     now = now or utcnow()
-    links = config.links(alert)
+    links = [link for link in config.links(alert) if len(link["href"]) <= URL]
     headers = {"Content-Type": "application/json"}
     payload: Any
     if receiver.type == "webhook":
@@ -185,11 +208,7 @@ def build(
         text = f"{state} {summary(alert)}"
         if action == "resolve" and alert.get("note"):
             text += f"\nFollow-up: {clip(alert['note'], LONG)}"
-        text = slack_text(text)
-        payload = {
-            "text": text,
-            "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}],
-        }
+        payload = slack_payload(slack_text(text))
     elif receiver.type == "pagerduty":
         payload = {
             "routing_key": receiver.secret(receiver.routing_key_env) or "",
@@ -254,11 +273,7 @@ def build_group(
         text = "🔔 " + headline + "\n" + "\n".join(lines[:20])
         if len(lines) > 20:
             text += f"\n…and {len(lines) - 20} more"
-        text = slack_text(text)
-        payload: Any = {
-            "text": text,
-            "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}],
-        }
+        payload: Any = slack_payload(slack_text(text))
         return Request(
             receiver.url,
             {"Content-Type": "application/json"},

@@ -165,8 +165,12 @@ _SILENCE_COLUMNS = (
     silences.c.starts_at,
     silences.c.ends_at,
     silences.c.actor,
+    silences.c.actor_id,
     silences.c.created_by,
     silences.c.comment,
+    silences.c.expired_at,
+    silences.c.expired_by,
+    silences.c.expired_by_id,
     (silences.c.ends_at > sa.func.now()).label("active"),
 )
 
@@ -178,8 +182,10 @@ async def create_silence(
     actor: str,
     created_by: str,
     comment: str,
+    *,
+    actor_id: str | None = None,
 ) -> dict[str, Any]:
-    """Start a silence now, until ``ends_at``, for the key named ``actor``."""
+    """Start a silence now, until ``ends_at``, for the key named ``actor`` (id ``actor_id``)."""
     row = (
         await conn.execute(
             silences.insert()
@@ -188,6 +194,7 @@ async def create_silence(
                 matchers=matchers,
                 ends_at=ends_at,
                 actor=actor,
+                actor_id=actor_id,
                 created_by=created_by,
                 comment=comment,
             )
@@ -205,16 +212,27 @@ async def list_silences(conn: AsyncConnection, *, active_only: bool) -> list[dic
     return [dict(r._mapping) for r in await conn.execute(query)]
 
 
-async def expire_silence(conn: AsyncConnection, silence_id: uuid.UUID) -> dict[str, Any] | None:
-    """End a silence now (an ended one stays as it was)."""
+async def expire_silence(
+    conn: AsyncConnection, silence_id: uuid.UUID, actor: str, *, actor_id: str | None = None
+) -> dict[str, Any] | None:
+    """End a silence now, recording the key that ended it and when (an ended one stays as
+    it was)."""
     row = (
         await conn.execute(
             silences.update()
-            .where(silences.c.id == silence_id)
-            .values(ends_at=sa.func.least(silences.c.ends_at, sa.func.now()))
+            .where(silences.c.id == silence_id, silences.c.ends_at > sa.func.now())
+            .values(
+                ends_at=sa.func.now(),
+                expired_at=sa.func.now(),
+                expired_by=actor,
+                expired_by_id=actor_id,
+            )
             .returning(*_SILENCE_COLUMNS)
         )
     ).first()
+    if row is None:
+        query = sa.select(*_SILENCE_COLUMNS).where(silences.c.id == silence_id)
+        row = (await conn.execute(query)).first()
     return None if row is None else dict(row._mapping)
 
 

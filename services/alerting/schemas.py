@@ -25,6 +25,16 @@ class AlertStatus(StrEnum):
     RESOLVED = "resolved"
 
 
+ACTOR = (
+    "Who acted: the name of the API key used (`cxloop` for the service itself; `unknown` "
+    "for actions from before keys were recorded)."
+)
+ACTOR_ID = (
+    "The id of the API key used (`operator` for the environment's keys; none for the "
+    "service itself or before keys were recorded): key names need not be unique."
+)
+
+
 class Alert(BaseModel):
     """A follow-up owed to a customer."""
 
@@ -49,14 +59,18 @@ class Alert(BaseModel):
     last_seen_at: datetime
     acknowledged_at: datetime | None
     acknowledged_by: str | None = Field(
-        description="The display name given on acknowledging, or the key's name. The key "
-        "that acted is the history's `actor`."
+        description="The display name given on acknowledging, or the key's name: not "
+        "verified. The key that acted is `acknowledged_actor`."
     )
+    acknowledged_actor: str | None = Field(default=None, description=ACTOR)
+    acknowledged_actor_id: str | None = Field(default=None, description=ACTOR_ID)
     resolved_at: datetime | None
     resolved_by: str | None = Field(
-        description="The display name given on resolving, or the key's name. The key that "
-        "acted is the history's `actor`."
+        description="The display name given on resolving, or the key's name: not verified. "
+        "The key that acted is `resolved_actor`."
     )
+    resolved_actor: str | None = Field(default=None, description=ACTOR)
+    resolved_actor_id: str | None = Field(default=None, description=ACTOR_ID)
     note: str | None = Field(description="The follow-up note given on resolving.")
     assignee: str | None = None
     ticket_source: str | None = None
@@ -130,10 +144,8 @@ class HistoryEntry(BaseModel):
     """One thing that happened to an alert."""
 
     at: datetime
-    actor: str = Field(
-        description="Who acted: the name of the API key used (`cxloop` for the service "
-        "itself; `unknown` for entries from before keys were recorded)."
-    )
+    actor: str = Field(description=ACTOR)
+    actor_id: str | None = Field(default=None, description=ACTOR_ID)
     display_name: str | None = Field(
         default=None, description="The name the caller gave as `by`, if any: not verified."
     )
@@ -210,9 +222,17 @@ class Silence(BaseModel):
         description="Who created it: the name of the API key used (`unknown` for silences "
         "from before keys were recorded)."
     )
+    actor_id: str | None = Field(default=None, description=ACTOR_ID)
     created_by: str = Field(description="The display name given, or the key's name.")
     comment: str
     active: bool
+    expired_at: datetime | None = Field(
+        default=None, description="When `DELETE /v1/silences/{id}` ended it, if it did."
+    )
+    expired_by: str | None = Field(
+        default=None, description="The name of the API key that ended it, if one did."
+    )
+    expired_by_id: str | None = Field(default=None, description=ACTOR_ID)
 
 
 class SilenceList(BaseModel):

@@ -253,6 +253,15 @@ async def test_no_planted_personal_data_reaches_any_log_line(
     for service in services.values():
         await service.stop()  # every line is flushed
 
+    leaks = [
+        f"{service.name}: {what} in {line!r}"
+        for service in services.values()
+        for line in service.log + [f"dead letter reason {r}" for r in reasons]
+        for what, value in planted.strings().items()
+        if value in _readable(line)
+    ]
+    assert not leaks, "\n".join(leaks[:20])
+
     # The run did what it claims: the failures were logged, with their tracebacks.
     collector_log = records(collector.log, fmt)
     assert any(
@@ -263,15 +272,6 @@ async def test_no_planted_personal_data_reaches_any_log_line(
         for service in services.values():
             for line in service.log:
                 assert isinstance(json.loads(line), dict), line
-
-    leaks = [
-        f"{service.name}: {what} in {line!r}"
-        for service in services.values()
-        for line in service.log + [f"dead letter reason {r}" for r in reasons]
-        for what, value in planted.strings().items()
-        if value in _readable(line)
-    ]
-    assert not leaks, "\n".join(leaks[:20])
 
 
 def _readable(line: str) -> str:

@@ -24,16 +24,27 @@ TEAM = "support-team"
 
 
 @pytest.fixture
-async def team_key(database_url: str) -> str:
+async def team(database_url: str) -> tuple[str, str]:
+    """A key named TEAM that may read and act on alerts, and its id."""
     engine = create_async_engine(database_url)
     try:
         async with engine.begin() as conn:
-            key, _ = await create_key(
+            key, key_id = await create_key(
                 conn, name=TEAM, kind=KeyKind.SECRET, scopes=[Scope.ALERTS_READ, Scope.ALERTS_WRITE]
             )
     finally:
         await engine.dispose()
-    return key
+    return key, str(key_id)
+
+
+@pytest.fixture
+def team_key(team: tuple[str, str]) -> str:
+    return team[0]
+
+
+@pytest.fixture
+def team_id(team: tuple[str, str]) -> str:
+    return team[1]
 
 
 @pytest.fixture
@@ -116,6 +127,39 @@ class TestAlertActions:
         entries = await history(alerting, alert_id)
         assert [(h["actor"], h["display_name"]) for h in entries[1:]] == [(TEAM, None)] * 2
 
+    async def test_the_key_id_is_recorded_and_the_alert_keeps_the_verified_key(
+        self, alerting: httpx.AsyncClient, database_url: str, team_id: str
+    ) -> None:
+        alert_id = await open_alert(database_url)
+        url = f"/v1/alerts/{alert_id}"
+        acked = (await alerting.post(f"{url}/ack", json={"by": "the-ceo"})).json()
+        assert (acked["acknowledged_by"], acked["acknowledged_actor"]) == ("the-ceo", TEAM)
+        assert acked["acknowledged_actor_id"] == team_id
+        await alerting.post(f"{url}/assign", json={"to": "tanaka"})
+        await alerting.post(f"{url}/comments", json={"text": "called"})
+        resolved = (await alerting.post(f"{url}/resolve", json={"by": "x", "note": "ok"})).json()
+        assert (resolved["resolved_by"], resolved["resolved_actor"]) == ("x", TEAM)
+        assert resolved["resolved_actor_id"] == team_id
+        assert (await alerting.get(url)).json()["resolved_actor_id"] == team_id
+        entries = await history(alerting, alert_id)
+        assert [h["actor_id"] for h in entries] == [None] + [team_id] * 4
+
+
+class TestReservedNames:
+    @pytest.mark.parametrize("name", ["cxloop", "unknown", "operator", " Operator "])
+    async def test_a_key_may_not_take_a_name_that_stands_for_something_else(
+        self, database_url: str, name: str
+    ) -> None:
+        engine = create_async_engine(database_url)
+        try:
+            async with engine.begin() as conn:
+                with pytest.raises(ValueError, match="reserved"):
+                    await create_key(
+                        conn, name=name, kind=KeyKind.SECRET, scopes=[Scope.ALERTS_WRITE]
+                    )
+        finally:
+            await engine.dispose()
+
 
 class TestSilenceActor:
     async def test_a_silence_naming_someone_else_records_the_key_as_actor(
@@ -136,6 +180,27 @@ class TestSilenceActor:
         del body["created_by"]
         r = await alerting.post("/v1/silences", json=body)
         assert (r.status_code, r.json()["actor"], r.json()["created_by"]) == (201, TEAM, TEAM)
+
+    async def test_ending_a_silence_records_the_key_that_ended_it_and_when(
+        self, alerting: httpx.AsyncClient, team_id: str
+    ) -> None:
+        body = {"matchers": {"rule": "detractor"}, "duration_minutes": 30, "comment": "c"}
+        created = (await alerting.post("/v1/silences", json=body)).json()
+        assert (created["actor_id"], created["expired_by"], created["expired_at"]) == (
+            team_id,
+            None,
+            None,
+        )
+        ended = await alerting.delete(f"/v1/silences/{created['id']}")
+        assert ended.status_code == 200, ended.text
+        silence = ended.json()
+        assert (silence["active"], silence["expired_by"]) == (False, TEAM)
+        assert silence["expired_by_id"] == team_id
+        assert silence["expired_at"] == silence["ends_at"]
+        again = (await alerting.delete(f"/v1/silences/{created['id']}")).json()
+        assert again == silence
+        (listed,) = (await alerting.get("/v1/silences", params={"active": "false"})).json()["items"]
+        assert (listed["expired_by"], listed["expired_at"]) == (TEAM, silence["expired_at"])
 
 
 class TestMigration:
@@ -178,5 +243,70 @@ class TestMigration:
             async with engine.connect() as conn:
                 actors = await conn.scalars(sa.text("SELECT actor FROM alert_history ORDER BY id"))
                 assert list(actors) == ["cxloop", "sato"]
+        finally:
+            await engine.dispose()
+
+    async def test_a_name_typed_as_cxloop_is_not_taken_for_the_service(
+        self, empty_database_url: str
+    ) -> None:
+        url = empty_database_url
+        await asyncio.to_thread(upgrade, url, "0011")
+        engine = create_async_engine(url)
+        spoofed, auto = await open_alert(url), await open_alert(url)
+        try:
+            async with engine.begin() as conn:
+                rows = [
+                    (spoofed, "acknowledged"),
+                    (spoofed, "assigned"),
+                    (spoofed, "commented"),
+                    (spoofed, "resolved"),
+                    (auto, "escalated"),
+                    (auto, "auto_resolved"),
+                ]
+                for alert_id, action in rows:
+                    await conn.execute(
+                        sa.text(
+                            "INSERT INTO alert_history (alert_id, actor, action) "
+                            "VALUES (:a, 'cxloop', :action)"
+                        ),
+                        {"a": alert_id, "action": action},
+                    )
+                await conn.execute(
+                    sa.text(
+                        "UPDATE alerts SET status = 'resolved', acknowledged_at = now(), "
+                        "acknowledged_by = 'cxloop', resolved_at = now(), resolved_by = 'cxloop'"
+                    )
+                )
+            await asyncio.to_thread(upgrade, url, "0012")
+            async with engine.connect() as conn:
+                history_rows = await conn.execute(
+                    sa.text(
+                        "SELECT alert_id, action, actor, display_name, actor_id "
+                        "FROM alert_history ORDER BY id"
+                    )
+                )
+                got = [
+                    (str(r.alert_id), r.action, r.actor, r.display_name, r.actor_id)
+                    for r in history_rows
+                ]
+                assert got == [
+                    (spoofed, "opened", "cxloop", None, None),
+                    (auto, "opened", "cxloop", None, None),
+                    (spoofed, "acknowledged", "unknown", "cxloop", None),
+                    (spoofed, "assigned", "unknown", "cxloop", None),
+                    (spoofed, "commented", "unknown", "cxloop", None),
+                    (spoofed, "resolved", "unknown", "cxloop", None),
+                    (auto, "escalated", "cxloop", None, None),
+                    (auto, "auto_resolved", "cxloop", None, None),
+                ]
+                alert_rows = await conn.execute(
+                    sa.text("SELECT id, acknowledged_actor, resolved_actor FROM alerts")
+                )
+                alerts = {str(r.id): (r.acknowledged_actor, r.resolved_actor) for r in alert_rows}
+                assert alerts == {spoofed: ("unknown", "unknown"), auto: ("unknown", "cxloop")}
+            await asyncio.to_thread(downgrade, url, "0011")
+            async with engine.connect() as conn:
+                actors = await conn.scalars(sa.text("SELECT actor FROM alert_history ORDER BY id"))
+                assert set(actors) == {"cxloop"}
         finally:
             await engine.dispose()

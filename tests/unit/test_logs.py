@@ -91,6 +91,9 @@ class TestDatabaseErrors:
         )
         assert SECRET not in logs.describe_error(error)
         assert "22P02" in logs.describe_error(error)
+        # asyncpg's own, raised before the statement reaches Postgres
+        unsent = asyncpg.DataError(f"invalid input for query argument $1: {SECRET!r} (bad)")
+        assert SECRET not in logs.describe_error(unsent)
 
 
 class TestJsonLines:

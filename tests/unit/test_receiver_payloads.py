@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,6 +65,32 @@ def utf16(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
 
 
+def walk(value: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], str]]:
+    """Every string in a JSON payload, with the keys leading to it."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from walk(item, (*path, key))
+    elif isinstance(value, list):
+        for item in value:
+            yield from walk(item, path)
+
+
+def bound(path: tuple[str, ...]) -> int:
+    """The longest a string at ``path`` may be, in UTF-16 code units."""
+    key = path[-1]
+    if key == "text" and path[0] in ("text", "blocks"):
+        return receivers.SLACK_TEXT
+    if key == "summary":
+        return receivers.PAGERDUTY_SUMMARY
+    if key in ("comment", "note"):
+        return receivers.LONG
+    if key == "href":
+        return receivers.URL
+    return receivers.SHORT
+
+
 class TestSlackEscaping:
     def test_a_hostile_comment_neither_pings_nor_disguises_a_link(self) -> None:
         payload = sent(SLACK, "trigger", alert(comment=HOSTILE))
@@ -103,35 +130,116 @@ class TestSlackEscaping:
             assert body.replace("&lt;", "") == "", clipped
 
 
-class TestLengthBounds:
-    def test_a_100_kb_comment_keeps_every_payload_within_its_receivers_limits(self) -> None:
-        huge = "x" * 100_000
-        a = alert(comment=huge, note="n" * 100_000, customer_id="c" * 5_000)
+class TestSlackAutomaticParsing:
+    COMMENT = "@here <!here> see https://evil.example/pay now"
 
-        slack = sent(SLACK, "trigger", a)
-        assert all(utf16(t) <= 3000 for t in slack_texts(slack))
-        assert all(utf16(t) <= 3000 for t in slack_texts(sent(SLACK, "resolve", a)))
+    def assert_shown_verbatim(self, payload: dict[str, Any]) -> None:
+        # Slack would otherwise ping @here and make a link of the bare URL by itself.
+        assert payload["parse"] == "none"
+        assert payload["link_names"] is False
+        assert payload["unfurl_links"] is False
+        assert payload["unfurl_media"] is False
+        texts = [b["text"] for b in payload["blocks"]]
+        assert texts
+        for text in texts:
+            assert text["type"] == "mrkdwn"
+            assert text["verbatim"] is True
+        for text in slack_texts(payload):
+            assert "@here &lt;!here&gt; see https://evil.example/pay now" in text
+            assert "<!here>" not in text
+
+    def test_a_mention_and_a_bare_url_in_a_comment_stay_plain_text(self) -> None:
+        self.assert_shown_verbatim(sent(SLACK, "trigger", alert(comment=self.COMMENT)))
+
+    def test_in_a_resolution_note_too(self) -> None:
+        a = alert(status="resolved", comment=self.COMMENT, note=self.COMMENT)
+        self.assert_shown_verbatim(sent(SLACK, "resolve", a))
+
+    def test_in_a_group_announcement_too(self) -> None:
+        group = [alert(comment=self.COMMENT, id=uuid.uuid4()) for _ in range(3)]
+        request = receivers.build_group(SLACK, CONFIG, "n-1", "trigger", group)
+        self.assert_shown_verbatim(json.loads(request.body))
+
+
+class TestTicketLinks:
+    def test_a_ticket_id_is_percent_encoded_in_its_link(self) -> None:
+        links = sent(HOOK, "trigger", alert(ticket_id="5/../../admin?x=1#a b&c"))["data"]["links"]
+        assert links[0] == {
+            "href": "https://acme.zendesk.com/agent/tickets/5%2F..%2F..%2Fadmin%3Fx%3D1%23a%20b%26c",
+            "text": "Ticket",
+        }
+
+
+class TestActors:
+    def test_the_verified_key_is_sent_beside_the_display_name(self) -> None:
+        a = alert(
+            status="resolved",
+            acknowledged_by="the-ceo",
+            acknowledged_actor="support-team",
+            acknowledged_actor_id="2b0e7c1a-5f4e-4d7b-9a53-0e1f6e8b9c11",
+            resolved_by="the-ceo",
+            resolved_actor="cxloop",
+            resolved_actor_id=None,
+            note="done",
+        )
+        for action in ("acknowledge", "resolve"):
+            hook = sent(HOOK, action, a)["data"]["alert"]
+            assert (hook["acknowledged_by"], hook["acknowledged_actor"]) == (
+                "the-ceo",
+                "support-team",
+            )
+            assert hook["acknowledged_actor_id"] == "2b0e7c1a-5f4e-4d7b-9a53-0e1f6e8b9c11"
+            assert (hook["resolved_by"], hook["resolved_actor"]) == ("the-ceo", "cxloop")
+            assert "resolved_actor_id" in hook
+        details = sent(PAGER, "trigger", a)["payload"]["custom_details"]
+        assert details["acknowledged_actor"] == "support-team"
+        assert details["resolved_actor"] == "cxloop"
+
+
+class TestLengthBounds:
+    def test_huge_values_in_every_free_text_field_keep_every_string_within_its_bound(
+        self,
+    ) -> None:
+        big = "x" * 100_000
+        a = alert(
+            rule="r" * 100_000,
+            severity="s" * 100_000,
+            status="open",
+            customer_id="c" * 100_000,
+            channel="h" * 100_000,
+            touchpoint="t" * 100_000,
+            ticket_id="k" * 100_000,
+            metric="m" * 100_000,
+            comment=big,
+            reasons=["y" * 100_000] * 1_000,
+            note="n" * 100_000,
+            assignee="a" * 100_000,
+            acknowledged_by="b" * 100_000,
+            acknowledged_actor="v" * 100_000,
+            resolved_by="w" * 100_000,
+            resolved_actor="z" * 100_000,
+        )
+        for action in ("trigger", "acknowledge", "resolve"):
+            for receiver in (SLACK, PAGER, AM, HOOK):
+                payload = sent(receiver, action, a)
+                strings = list(walk(payload))
+                assert strings, receiver.type
+                for path, value in strings:
+                    assert utf16(value) <= bound(path), (receiver.type, action, path)
+                assert len(receivers.build(receiver, CONFIG, "n", action, a).body) < 40_000
+            group = [a | {"id": uuid.uuid4()} for _ in range(30)]
+            for receiver in (SLACK, AM, HOOK):
+                body = receivers.build_group(receiver, CONFIG, "n", action, group).body
+                for path, value in walk(json.loads(body)):
+                    assert utf16(value) <= bound(path), (receiver.type, action, path)
 
         pager = sent(PAGER, "trigger", a)["payload"]
-        assert utf16(pager["summary"]) <= 1024
-        for key in ("source", "component", "group", "class"):
-            assert utf16(pager[key]) <= receivers.SHORT
-        assert utf16(pager["custom_details"]["comment"]) <= receivers.LONG
-        assert utf16(pager["custom_details"]["note"]) <= receivers.LONG
-        assert utf16(pager["custom_details"]["customer_id"]) <= receivers.SHORT
-
-        (am,) = sent(AM, "trigger", a)
-        assert all(utf16(v) <= receivers.SHORT for v in am["labels"].values())
-        assert utf16(am["annotations"]["summary"]) <= 1024
-
-        hook = sent(HOOK, "trigger", a)["data"]
-        assert utf16(hook["summary"]) <= 1024
-        assert utf16(hook["alert"]["comment"]) <= receivers.LONG
-        assert utf16(hook["alert"]["note"]) <= receivers.LONG
-        assert utf16(hook["alert"]["customer_id"]) <= receivers.SHORT
-
-        for receiver in (SLACK, PAGER, AM, HOOK):
-            assert len(receivers.build(receiver, CONFIG, "n", "trigger", a).body) < 20_000
+        for key in ("component", "group", "class"):
+            assert len(pager[key]) == receivers.SHORT
+            assert pager[key].endswith("…")
+        assert len(pager["custom_details"]["reasons"]) == 32
+        # A ticket link too long to be a URL is left out, never cut to another ticket.
+        assert [link["text"] for link in sent(HOOK, "trigger", a)["data"]["links"]] == ["Runbook"]
 
     def test_japanese_under_the_limit_arrives_unchanged(self) -> None:
         comment = "配達が二時間遅れ、電話も繋がりませんでした。返金をお願いします。" * 3
