@@ -131,11 +131,50 @@ class TestLifecycle:
         await produce(kafka_settings, Topic.RESPONSES, [response_event(score=2, customer_id="c-9")])
         await eventually(lambda: alerts(alerting, status="open"), lambda a: len(a) == 1)
 
-    async def test_unknown_alert_and_read_only_keys(self, alerting: httpx.AsyncClient) -> None:
-        r = await alerting.post(
-            "/v1/alerts/6f1c1d5e-7b7a-4c39-9f3a-0d2b8b7d1a10/ack", json={"by": "x"}
-        )
+    async def test_unknown_alert_and_read_only_keys(
+        self, alerting: httpx.AsyncClient, kafka_settings: KafkaSettings, database_url: str
+    ) -> None:
+        unknown = "/v1/alerts/6f1c1d5e-7b7a-4c39-9f3a-0d2b8b7d1a10"
+        r = await alerting.post(f"{unknown}/ack", json={"by": "x"})
         assert r.status_code == 404
+
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        from shared.apikeys import KeyKind, Scope, create_key
+
+        engine = create_async_engine(database_url)
+        try:
+            async with engine.begin() as conn:
+                key, _ = await create_key(
+                    conn, name="dashboard", kind=KeyKind.SECRET, scopes=[Scope.ALERTS_READ]
+                )
+        finally:
+            await engine.dispose()
+        read_only = {"Authorization": f"Bearer {key}"}
+        await produce(kafka_settings, Topic.RESPONSES, [response_event(score=0, customer_id="r")])
+        (alert,) = await eventually(lambda: alerts(alerting, status="open"), lambda a: len(a) == 1)
+        url = f"/v1/alerts/{alert['id']}"
+
+        seen = await alerting.get(url, headers=read_only)
+        assert (seen.status_code, seen.json()["id"]) == (200, alert["id"])
+        assert (await alerting.get(f"{url}/history", headers=read_only)).status_code == 200
+        assert (await alerting.get(unknown, headers=read_only)).status_code == 404
+        for action, body in [
+            ("ack", {"by": "x"}),
+            ("resolve", {"by": "x", "note": "n"}),
+            ("assign", {"to": "x", "by": "x"}),
+            ("comments", {"by": "x", "text": "t"}),
+        ]:
+            refused = await alerting.post(f"{url}/{action}", json=body, headers=read_only)
+            assert refused.status_code == 403, (action, refused.text)
+            assert "alerts:write" in refused.json()["detail"]
+        assert (
+            await alerting.post(f"{unknown}/ack", json={}, headers=read_only)
+        ).status_code == 403
+        after = (await alerting.get(url)).json()
+        assert (after["status"], after["assignee"]) == ("open", None)
+        history = (await alerting.get(f"{url}/history")).json()["items"]
+        assert [h["action"] for h in history] == ["opened"]
 
 
 class TestPreparedStatements:

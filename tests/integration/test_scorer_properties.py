@@ -28,10 +28,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from services.scorer.app import create_app as create_scorer
 from shared.events import ResponseSubmitted, TouchpointEvent
-from shared.kafka import ensure_topics
 from shared.settings import AuthSettings, DatabaseSettings, KafkaSettings, ScorerSettings
 from shared.topics import TOPIC_SPECS, Topic
-from tests.harness.backends import KafkaServer, PostgresServer
+from tests.harness.backends import PostgresServer
 from tests.helpers import eventually, produce
 
 BASE = datetime(2026, 11, 20, tzinfo=UTC)
@@ -140,15 +139,14 @@ async def _offsets(kafka: KafkaSettings, group: str) -> tuple[dict[Any, int], di
             if spec.topic in TOPICS
             for p in range(spec.partitions)
         ]
-        ends = await consumer.end_offsets(parts)
-        return committed, {tp: end for tp, end in ends.items() if end > 0}
+        return committed, await consumer.end_offsets(parts)
     finally:
         await consumer.stop()
         await admin.close()
 
 
-async def _rewind(kafka: KafkaSettings, group: str, to: dict[Any, int]) -> None:
-    """Commit ``to`` for the (stopped) group: what a crash before the offset commit leaves."""
+async def _commit(kafka: KafkaSettings, group: str, to: dict[Any, int]) -> None:
+    """Commit ``to`` for the (stopped) group."""
     consumer = AIOKafkaConsumer(
         **kafka.to_aiokafka_params(), group_id=group, enable_auto_commit=False
     )
@@ -193,7 +191,7 @@ class TestScorerIsExact:
     )
     async def test_redelivery_duplicates_and_reordering_change_nothing(
         self,
-        kafka: KafkaServer,
+        kafka_settings: KafkaSettings,
         postgres: PostgresServer,
         migrated_template: str,
         stream: list[Any],
@@ -204,15 +202,13 @@ class TestScorerIsExact:
         url = await postgres.create_database(
             f"p_{uuid.uuid4().hex[:12]}", template=migrated_template
         )
-        tag = uuid.uuid4().hex[:10]
-        kafka_settings = KafkaSettings(
-            bootstrap_servers=kafka.bootstrap_servers,
-            topic_prefix=f"p_{tag}.",
-            idempotence=kafka.supports_idempotence,
-        )
-        await ensure_topics(kafka_settings)
+        # One set of topics for every example (each one costs the broker its partitions): an
+        # example's group starts where the topics end, and reads only what it produces.
+        group = f"scorer_{uuid.uuid4().hex[:10]}"
+        _, start = await _offsets(kafka_settings, group)
+        await _commit(kafka_settings, group, start)
         scorer = ScorerSettings(
-            group_id=f"scorer_{tag}",
+            group_id=group,
             batch_max_records=batch_size,
             batch_timeout_ms=50,
             session_timeout_ms=6000,
@@ -236,11 +232,11 @@ class TestScorerIsExact:
         await _consume_all(kafka_settings, url, scorer, auth)
         # A crash after the database commit, before the offsets: Kafka redelivers from an
         # earlier offset, on any partition.
-        committed, _ = await _offsets(kafka_settings, scorer.group_id)
-        await _rewind(
+        committed, _ = await _offsets(kafka_settings, group)
+        await _commit(
             kafka_settings,
-            scorer.group_id,
-            {tp: rng.randint(0, end) for tp, end in committed.items()},
+            group,
+            {tp: rng.randint(start[tp], end) for tp, end in committed.items()},
         )
         await _consume_all(kafka_settings, url, scorer, auth)
 
