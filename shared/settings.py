@@ -357,6 +357,15 @@ class AlertingSettings(ConsumerSettings):
         default=None,
         description="YAML file of receivers and routes (see `cxloop alerting check-config`).",
     )
+    notification_max_age_hours: float = Field(
+        default=24,
+        gt=0,
+        description="Retry budget: a notification still undelivered this long after it was "
+        "queued is marked failed.",
+    )
+    notification_timeout_seconds: float = Field(
+        default=10, gt=0, description="How long one receiver may take to answer one request."
+    )
 
 
 class StackSettings(BaseSettings):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from fastapi import FastAPI
 
@@ -70,7 +71,16 @@ def create_app(
                 asyncio.create_task(
                     timers.run(runtime.engine, stop, alerting.timer_interval_seconds, routing)
                 ),
-                asyncio.create_task(outbox.run(runtime.engine, routing, stop, queued=queued)),
+                asyncio.create_task(
+                    outbox.run(
+                        runtime.engine,
+                        routing,
+                        stop,
+                        queued=queued,
+                        max_age=timedelta(hours=alerting.notification_max_age_hours),
+                        timeout=alerting.notification_timeout_seconds,
+                    )
+                ),
                 asyncio.create_task(
                     drops.run(
                         runtime.engine,

@@ -25,16 +25,54 @@ Secrets are named by environment variable, never written in the file. Errors nam
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
+import string
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import quote
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from services.alerting.rules import DropRule, Rules
 from shared.errors import ConfigError
+
+
+def webhook_key(secret: str) -> bytes:
+    """Return the signing key of a Standard Webhooks secret (``whsec_`` and base64).
+
+    Raises ``ValueError`` without repeating the secret when it is not one.
+    """
+    try:
+        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if not key:
+        raise ValueError("the webhook secret is not whsec_ followed by base64")
+    return key
+
+
+def _ticket_template(template: str) -> str:
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        raise ValueError(f"not a valid link template: {exc}") from None
+    unknown = sorted(fields - {"ticket_id"})
+    if unknown:
+        raise ValueError(f"a link template may use only {{ticket_id}}, not {{{unknown[0]}}}")
+    return template
+
+
+TicketTemplate = Annotated[str, AfterValidator(_ticket_template)]
 
 
 class Receiver(BaseModel):
@@ -47,6 +85,18 @@ class Receiver(BaseModel):
     url: str = Field(default="", pattern=r"^(https?://.+)?$")
     secret_env: str | None = None
     routing_key_env: str | None = None
+
+    @field_validator("secret_env")
+    @classmethod
+    def _secret_is_whsec(cls, name: str | None) -> str | None:
+        # Checked when the file loads, so that no notification fails to be signed later.
+        secret = os.environ.get(name) if name else None
+        if secret:
+            try:
+                webhook_key(secret)
+            except ValueError as exc:
+                raise ValueError(f"{exc} (in ${name})") from None
+        return name
 
     @model_validator(mode="after")
     def _complete(self) -> Receiver:
@@ -100,7 +150,7 @@ class AlertingConfig(BaseModel):
     score_drops: list[DropRule] = Field(default_factory=list)
     score_drop_every_minutes: float = Field(default=15, gt=0)
     runbook_url: str | None = None
-    ticket_urls: dict[str, str] = Field(
+    ticket_urls: dict[str, TicketTemplate] = Field(
         default_factory=dict,
         description="Per ticket source, a link template, e.g. "
         "{zendesk: 'https://acme.zendesk.com/agent/tickets/{ticket_id}'}.",
@@ -113,8 +163,7 @@ class AlertingConfig(BaseModel):
             "default"
         )
         if template and alert.get("ticket_id"):
-            ticket_id = quote(str(alert["ticket_id"]), safe="")
-            links.append({"href": template.format(ticket_id=ticket_id), "text": "Ticket"})
+            links.append({"href": template.format(ticket_id=alert["ticket_id"]), "text": "Ticket"})
         if self.runbook_url:
             links.append({"href": self.runbook_url, "text": "Runbook"})
         return links

@@ -44,8 +44,14 @@ NOTIFY_ATTEMPTS = Counter(
     "Notification attempts by receiver and outcome (delivered, retry, failed).",
     ["receiver", "outcome"],
 )
+NOTIFICATIONS_EXPIRED = Counter(
+    name("alerting", "notifications_expired", "total"),
+    "Notifications marked failed because retrying them outlived the retry budget.",
+    ["receiver"],
+)
 OUTBOX_DEPTH = Gauge(
     name("alerting", "outbox_depth"),
-    "Notifications waiting for delivery (pending), and those that failed for good.",
+    "Notifications waiting for delivery (pending), held by a silence (held), and those that "
+    "failed for good.",
     ["status"],
 )

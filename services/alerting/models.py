@@ -111,6 +111,7 @@ notifications = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
     sa.Column("delivered_at", sa.DateTime(timezone=True)),
     sa.Column("group_key", sa.Text),
+    sa.Column("locked_until", sa.DateTime(timezone=True)),
 )
 
 # The predicate of the partial unique index on dedupe_key, as SQL text: a bound parameter

@@ -1,11 +1,20 @@
 """The durable notification outbox: written with the alert change, delivered with retries.
 
-Delivery takes due rows ``FOR UPDATE SKIP LOCKED`` (instances share the work), sends them
-concurrently, and records the outcome in the same transaction. 2xx: delivered. A timeout,
-a connection failure, 429 or 5xx: retried with exponential backoff, honouring Retry-After.
-Any other 4xx: failed, visibly, never retried. Every attempt of a notification carries the
+A pass leases due rows in a short transaction (``locked_until``, taken ``FOR UPDATE SKIP
+LOCKED`` so instances share the work), commits, sends, and records each delivery on its
+own. No row lock is held while a receiver is called; a crashed instance's lease runs out
+and another sends again. Each receiver has its own few requests in flight, so one that
+hangs or is down delays nobody else's notifications.
+
+2xx: delivered. A timeout, a connection failure, 429 or 5xx: retried with exponential
+backoff, honouring Retry-After, until the retry budget (a maximum age) is spent; then
+failed. Any other 4xx, or a request that cannot even be built: failed, visibly, never
+retried, and no other notification is touched. Every attempt of a notification carries the
 same id (webhook-id, PagerDuty dedup_key), so a receiver can drop the repeat that a crash
 between its answer and our commit would cause.
+
+A trigger that a silence matches is kept ``held``; when no silence matches it any more, it
+is sent if its alert is still open, and dropped otherwise (as Alertmanager does).
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -30,6 +40,10 @@ log = logging.getLogger(__name__)
 
 # A receiver back from an outage hears from us within a minute: an alert is for people now.
 MAX_DELAY = 60.0
+# Requests in flight per receiver: a slow one uses its own, never another receiver's.
+PER_RECEIVER = 4
+# How often held notifications are compared with the silences in force.
+RELEASE_EVERY = 1.0
 
 
 async def active_silences(conn: AsyncConnection) -> list[dict[str, Any]]:
@@ -56,7 +70,8 @@ async def enqueue(
     silences_: Sequence[dict[str, Any]] | None = None,
 ) -> int:
     """Queue ``action`` on ``alert`` for every receiver its routes name (or ``receivers_``),
-    unless a silence matches it; return how many were queued.
+    and return how many were queued. A trigger that a silence matches is held until no
+    silence does; any other action under a silence is dropped.
 
     A new alert on a grouping route waits ``group_wait_seconds`` for company: every alert
     that joins the group meanwhile is delivered in the same request. ``silences_`` are the
@@ -70,11 +85,14 @@ async def enqueue(
         ]
     if not routes:
         return 0
-    if silenced(alert, silences_ if silences_ is not None else await active_silences(conn)):
+    held = silenced(alert, silences_ if silences_ is not None else await active_silences(conn))
+    if held and action != "trigger":
         return 0
     for receiver, group_key, wait in routes:
         due: Any = sa.func.now()
-        if group_key is not None and action == "trigger":
+        if held:
+            pass  # sent, with its group, when no silence matches it any more
+        elif group_key is not None and action == "trigger":
             pending = await conn.scalar(
                 sa.select(sa.func.min(notifications.c.next_attempt_at)).where(
                     notifications.c.group_key == group_key,
@@ -93,9 +111,10 @@ async def enqueue(
                 action=action,
                 group_key=group_key,
                 next_attempt_at=due,
+                status="held" if held else "pending",
             )
         )
-    return len(routes)
+    return 0 if held else len(routes)
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -111,10 +130,14 @@ async def _attempt(
     receiver = config.receiver(first.receiver)
     if receiver is None:
         return "failed", None, f"receiver {first.receiver!r} is no longer configured"
-    group = [{c.name: getattr(row, c.name) for c in alerts.columns} for row in rows]
-    request = receivers.build_group(
-        receiver, config, str(first.notification_id), first.action, group
-    )
+    group = [dict(row.alert._mapping) for row in rows]
+    try:
+        request = receivers.build_group(
+            receiver, config, str(first.notification_id), first.action, group
+        )
+    except Exception as exc:
+        # A bad secret or link template: this notification can never be sent as it is.
+        return "failed", None, f"cannot build the request: {type(exc).__name__}: {exc}"[:500]
     try:
         response = await client.post(request.url, content=request.body, headers=request.headers)
     except httpx.HTTPError as exc:
@@ -126,77 +149,221 @@ async def _attempt(
     return "failed", None, f"HTTP {response.status_code}: {response.text[:200]}"
 
 
-_UPDATE_COLUMNS = ("id", "status", "attempts", "last_error", "delay")
+_LEASE = sa.text("""
+WITH room AS (
+    SELECT * FROM unnest(CAST(:busy AS text[]), CAST(:room AS integer[])) AS r(receiver, room)
+), due AS (
+    SELECT n.id, n.receiver, coalesce(n.group_key, CAST(n.id AS text)) AS unit,
+           min(n.next_attempt_at)
+               OVER (PARTITION BY n.receiver, coalesce(n.group_key, CAST(n.id AS text)))
+               AS unit_due
+    FROM notifications AS n
+    WHERE n.status = 'pending' AND n.next_attempt_at <= now()
+      AND (n.locked_until IS NULL OR n.locked_until <= now())
+), ranked AS (
+    -- A group is leased whole: each receiver gets its room in groups (or single notifications).
+    SELECT d.id, coalesce(r.room, CAST(:per_receiver AS integer)) AS room,
+           dense_rank() OVER (PARTITION BY d.receiver ORDER BY d.unit_due, d.unit) AS rank
+    FROM due AS d LEFT JOIN room AS r USING (receiver)
+), picked AS (
+    SELECT id FROM notifications
+    WHERE id IN (SELECT id FROM ranked WHERE rank <= room)
+      AND status = 'pending' AND next_attempt_at <= now()
+      AND (locked_until IS NULL OR locked_until <= now())
+    ORDER BY id
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE notifications AS n
+SET locked_until = now() + make_interval(secs => CAST(:lease AS float8))
+FROM picked WHERE n.id = picked.id
+RETURNING n.id AS notification_id, n.receiver, n.action, n.attempts, n.group_key, n.alert_id
+""")
 
-_RECORD_ATTEMPTS = sa.text("""
+_RECORD = sa.text("""
+WITH u AS (
+    SELECT CAST(:status AS text) AS status, CAST(:error AS text) AS error,
+           CAST(:delay AS float8) AS delay, CAST(:budget AS text) AS budget,
+           now() - make_interval(secs => CAST(:max_age AS float8)) AS oldest
+)
 UPDATE notifications AS n SET
-    status = u.status,
-    attempts = u.attempts,
-    last_error = u.last_error,
+    status = CASE WHEN u.status = 'pending' AND n.created_at <= u.oldest THEN 'failed'
+                  ELSE u.status END,
+    attempts = n.attempts + 1,
+    last_error = CASE WHEN u.status = 'pending' AND n.created_at <= u.oldest
+                      THEN 'retry budget of ' || u.budget || ' spent; last error: ' || u.error
+                      ELSE u.error END,
     delivered_at = CASE WHEN u.status = 'delivered' THEN now() ELSE n.delivered_at END,
     next_attempt_at = CASE WHEN u.delay IS NULL THEN n.next_attempt_at
-                           ELSE now() + make_interval(secs => u.delay) END
-FROM unnest(CAST(:id AS uuid[]), CAST(:status AS text[]), CAST(:attempts AS integer[]),
-            CAST(:last_error AS text[]), CAST(:delay AS float8[]))
-     AS u(id, status, attempts, last_error, delay)
-WHERE n.id = u.id
+                           ELSE now() + make_interval(secs => u.delay) END,
+    locked_until = NULL
+FROM u
+WHERE n.id = ANY(CAST(:ids AS uuid[])) AND n.status = 'pending'
+RETURNING n.status
 """)
 
 
-async def deliver_due(
-    engine: AsyncEngine, client: httpx.AsyncClient, config: AlertingConfig
-) -> int:
-    """Attempt every due notification once; return how many were attempted."""
-    async with engine.begin() as conn:
-        due = (
-            await conn.execute(
-                sa.select(
-                    notifications.c.id.label("notification_id"),
-                    notifications.c.receiver,
-                    notifications.c.action,
-                    notifications.c.attempts,
-                    notifications.c.group_key,
-                    *alerts.columns,
+def _budget(max_age: timedelta) -> str:
+    hours = max_age.total_seconds() / 3600
+    return f"{hours:g} h"
+
+
+@dataclass
+class Outbox:
+    """One instance's delivery loop: leases, sends per receiver, records each on its own."""
+
+    engine: AsyncEngine
+    client: httpx.AsyncClient
+    config: AlertingConfig
+    max_age: timedelta = timedelta(hours=24)
+    lease_seconds: float = 60.0
+    in_flight: dict[str, int] = field(default_factory=dict)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    freed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def lease(self) -> list[list[Any]]:
+        """Lease due notifications (each receiver up to its free room); return them grouped."""
+        busy = {r: n for r, n in self.in_flight.items() if n}
+        async with self.engine.begin() as conn:
+            leased = (
+                await conn.execute(
+                    _LEASE,
+                    {
+                        "busy": list(busy),
+                        "room": [max(0, PER_RECEIVER - n) for n in busy.values()],
+                        "per_receiver": PER_RECEIVER,
+                        "lease": self.lease_seconds,
+                    },
                 )
-                .join(alerts, alerts.c.id == notifications.c.alert_id)
-                .where(
-                    notifications.c.status == "pending",
-                    notifications.c.next_attempt_at <= sa.func.now(),
-                )
-                .order_by(notifications.c.next_attempt_at)
-                .limit(500)
-                .with_for_update(of=notifications, skip_locked=True)
+            ).all()
+            if not leased:
+                return []
+            rows = await conn.execute(
+                sa.select(alerts).where(alerts.c.id.in_({row.alert_id for row in leased}))
             )
-        ).all()
+            by_id = {row.id: row for row in rows}
         batches: dict[object, list[Any]] = {}
-        for row in due:
-            batches.setdefault(row.group_key or row.notification_id, []).append(row)
-        groups = [sorted(rows, key=lambda r: str(r.notification_id)) for rows in batches.values()]
-        outcomes = await asyncio.gather(*(_attempt(client, config, rows) for rows in groups))
-        updates: dict[str, list[Any]] = {k: [] for k in _UPDATE_COLUMNS}
-        for row, (outcome, retry_after, error) in (
-            (row, result) for rows, result in zip(groups, outcomes, strict=True) for row in rows
-        ):
-            metrics.NOTIFY_ATTEMPTS.labels(receiver=row.receiver, outcome=outcome).inc()
-            delay = None
-            if outcome == "failed":
-                log.error("notification to %s failed for good: %s", row.receiver, error)
-            elif outcome == "retry":
-                delay = min(
-                    MAX_DELAY,
-                    max(retry_after or 0, backoff_delay(row.attempts, base=1.0, cap=MAX_DELAY)),
+        for row in leased:
+            alert = by_id.get(row.alert_id)
+            if alert is None:
+                continue
+            merged = _Row(
+                notification_id=row.notification_id,
+                receiver=row.receiver,
+                action=row.action,
+                attempts=row.attempts,
+                group_key=row.group_key,
+                alert=alert,
+            )
+            batches.setdefault(row.group_key or row.notification_id, []).append(merged)
+        return [sorted(rows, key=lambda r: str(r.notification_id)) for rows in batches.values()]
+
+    def start(self, group: list[Any]) -> None:
+        """Send one notification (or group) in the background, counted against its receiver."""
+        receiver = group[0].receiver
+        self.in_flight[receiver] = self.in_flight.get(receiver, 0) + 1
+        task = asyncio.create_task(self._deliver(group))
+        self.tasks.add(task)
+        task.add_done_callback(self._done(receiver))
+
+    def _done(self, receiver: str) -> Any:
+        def done(task: asyncio.Task[None]) -> None:
+            self.tasks.discard(task)
+            self.in_flight[receiver] -= 1
+            self.freed.set()
+
+        return done
+
+    async def _deliver(self, group: list[Any]) -> None:
+        first = group[0]
+        outcome, retry_after, error = await _attempt(self.client, self.config, group)
+        delay = None
+        if outcome == "retry":
+            delay = min(
+                MAX_DELAY,
+                max(retry_after or 0, backoff_delay(first.attempts, base=1.0, cap=MAX_DELAY)),
+            )
+        status = {"delivered": "delivered", "failed": "failed"}.get(outcome, "pending")
+        try:
+            async with self.engine.begin() as conn:
+                recorded = (
+                    await conn.execute(
+                        _RECORD,
+                        {
+                            "ids": [row.notification_id for row in group],
+                            "status": status,
+                            "error": error,
+                            "delay": delay,
+                            "max_age": self.max_age.total_seconds(),
+                            "budget": _budget(self.max_age),
+                        },
+                    )
+                ).all()
+        except Exception as exc:
+            # Its lease runs out and it is sent again, with the same id.
+            log.warning(
+                "recording a delivery to %s failed (%s)", first.receiver, type(exc).__name__
+            )
+            return
+        expired = sum(1 for (s,) in recorded if s == "failed") if status == "pending" else 0
+        if expired:
+            outcome = "failed"
+            metrics.NOTIFICATIONS_EXPIRED.labels(receiver=first.receiver).inc(expired)
+            log.error(
+                "notification to %s failed for good: retry budget spent (%s)",
+                first.receiver,
+                error,
+            )
+        elif outcome == "failed":
+            log.error("notification to %s failed for good: %s", first.receiver, error)
+        metrics.NOTIFY_ATTEMPTS.labels(receiver=first.receiver, outcome=outcome).inc(len(group))
+
+    async def release_held(self) -> int:
+        """Queue held triggers no silence matches any more (drop those of closed alerts)."""
+        async with self.engine.begin() as conn:
+            held = (
+                await conn.execute(
+                    sa.select(notifications.c.id.label("notification_id"), *alerts.columns)
+                    .join(alerts, alerts.c.id == notifications.c.alert_id)
+                    .where(notifications.c.status == "held")
+                    .order_by(notifications.c.created_at)
+                    .limit(1000)
+                    .with_for_update(of=notifications, skip_locked=True)
                 )
-            status = {"delivered": "delivered", "failed": "failed"}.get(outcome, "pending")
-            for column, value in zip(
-                _UPDATE_COLUMNS,
-                (row.notification_id, status, row.attempts + 1, error, delay),
-                strict=True,
-            ):
-                updates[column].append(value)
-        if due:
-            # One statement for the whole pass: its rows are locked since the SELECT.
-            await conn.execute(_RECORD_ATTEMPTS, updates)
-    return len(due)
+            ).all()
+            if not held:
+                return 0
+            active = await active_silences(conn)
+            free = [row for row in held if not silenced(dict(row._mapping), active)]
+            send = [row.notification_id for row in free if row.status == "open"]
+            drop = [row.notification_id for row in free if row.status != "open"]
+            if send:
+                await conn.execute(
+                    notifications.update()
+                    .where(notifications.c.id.in_(send))
+                    .values(status="pending", next_attempt_at=sa.func.now())
+                )
+            if drop:
+                await conn.execute(notifications.delete().where(notifications.c.id.in_(drop)))
+        return len(send)
+
+    async def drain(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for the requests in flight, then cancel the rest."""
+        if not self.tasks:
+            return
+        _, pending = await asyncio.wait(set(self.tasks), timeout=grace)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+@dataclass(frozen=True)
+class _Row:
+    notification_id: uuid.UUID
+    receiver: str
+    action: str
+    attempts: int
+    group_key: str | None
+    alert: Any
 
 
 async def run(
@@ -205,26 +372,43 @@ async def run(
     stop: asyncio.Event,
     every: float = 0.5,
     queued: asyncio.Event | None = None,
+    max_age: timedelta = timedelta(hours=24),
+    timeout: float = 10.0,
 ) -> None:
-    """Deliver until ``stop`` is set: every ``every`` seconds, and at once when ``queued`` is set.
+    """Deliver until ``stop`` is set: every ``every`` seconds, at once when ``queued`` is set,
+    and whenever a receiver has room again.
 
     ``queued`` is this process's shortcut; the poll finds what other instances queued.
     """
     queued = queued or asyncio.Event()
-    async with httpx.AsyncClient(timeout=10.0) as client:
-        while not stop.is_set():
-            queued.clear()
-            attempted = 0
-            try:
-                attempted = await deliver_due(engine, client, config)
-            except Exception as exc:
-                log.warning("delivery pass failed (%s); retrying", type(exc).__name__)
-            if not attempted:
-                await _first_of(stop, queued, timeout=every)
+    loop = asyncio.get_running_loop()
+    async with httpx.AsyncClient(timeout=timeout) as client:
+        outbox = Outbox(
+            engine, client, config, max_age=max_age, lease_seconds=max(60.0, 3 * timeout)
+        )
+        released_at = 0.0
+        try:
+            while not stop.is_set():
+                queued.clear()
+                outbox.freed.clear()
+                started = 0
+                try:
+                    if loop.time() - released_at >= RELEASE_EVERY:
+                        released_at = loop.time()
+                        await outbox.release_held()
+                    for group in await outbox.lease():
+                        outbox.start(group)
+                        started += 1
+                except Exception as exc:
+                    log.warning("delivery pass failed (%s); retrying", type(exc).__name__)
+                if not started:
+                    await _first_of(stop, queued, outbox.freed, timeout=every)
+        finally:
+            await outbox.drain(grace=min(timeout, 5.0))
 
 
-async def _first_of(stop: asyncio.Event, queued: asyncio.Event, timeout: float) -> None:
-    waits = [asyncio.create_task(stop.wait()), asyncio.create_task(queued.wait())]
+async def _first_of(*events: asyncio.Event, timeout: float) -> None:
+    waits = [asyncio.create_task(e.wait()) for e in events]
     try:
         await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from services.alerting.config import AlertingConfig, Receiver
+from services.alerting.config import AlertingConfig, Receiver, webhook_key
 from shared.events import utcnow
 
 ACTIONS = {
@@ -170,7 +170,7 @@ def _public(alert: dict[str, Any]) -> dict[str, Any]:
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     """Return a Standard Webhooks ``webhook-signature`` value for ``body``."""
-    key = base64.b64decode(secret.removeprefix("whsec_"))
+    key = webhook_key(secret)
     content = f"{msg_id}.{timestamp}.".encode() + body
     return "v1," + base64.b64encode(hmac.new(key, content, hashlib.sha256).digest()).decode()
 

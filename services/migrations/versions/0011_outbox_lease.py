@@ -1,11 +1,19 @@
 """Alerting: outbox leases (locked_until), per-delivery failure reasons and a retry budget.
 
+A delivery pass leases its rows (``locked_until``) in a short transaction, sends, then
+records each delivery on its own: no row lock is held while a receiver is called, and a
+crashed instance's lease simply runs out. Notifications of alerts opened under a silence
+are kept ``held`` and released when the silence ends.
+
 Revision ID: 0011
 Revises: 0010
 Create Date: 2026-12-02
 """
 
 from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
 
 revision = "0011"
 down_revision = "0010"
@@ -14,8 +22,27 @@ depends_on = None
 
 
 def upgrade() -> None:
-    pass
+    op.add_column("notifications", sa.Column("locked_until", sa.DateTime(timezone=True)))
+    op.drop_constraint("notifications_status", "notifications", type_="check")
+    op.create_check_constraint(
+        "notifications_status",
+        "notifications",
+        "status IN ('pending', 'delivered', 'failed', 'held')",
+    )
+    op.create_index(
+        "notifications_held",
+        "notifications",
+        ["created_at"],
+        postgresql_where=sa.text("status = 'held'"),
+    )
 
 
 def downgrade() -> None:
-    pass
+    # Before this revision a silenced alert was announced to nobody, ever.
+    op.execute("DELETE FROM notifications WHERE status = 'held'")
+    op.drop_index("notifications_held", "notifications")
+    op.drop_constraint("notifications_status", "notifications", type_="check")
+    op.create_check_constraint(
+        "notifications_status", "notifications", "status IN ('pending', 'delivered', 'failed')"
+    )
+    op.drop_column("notifications", "locked_until")

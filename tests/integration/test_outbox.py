@@ -1,0 +1,299 @@
+"""The outbox never loops, never blocks and never forgets.
+
+Each delivery is recorded on its own, so one notification that cannot be built never
+makes another resend; no row lock is held while a receiver is called; one receiver that
+hangs delays no other; retries stop after the retry budget; alerts opened under a silence
+are announced when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pytest
+import sqlalchemy as sa
+from prometheus_client import REGISTRY
+from standardwebhooks import Webhook
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from services.alerting.config import AlertingConfig
+from services.servers import free_port
+from shared.db import create_engine
+from shared.settings import DatabaseSettings, KafkaSettings
+from shared.topics import Topic
+from tests.builders import response_event
+from tests.conftest import AlertingFactory
+from tests.helpers import eventually, http_server, produce
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+T = TypeVar("T")
+
+
+async def stays(
+    probe: Callable[[], Awaitable[T]], holds: Callable[[T], bool], *, seconds: float
+) -> T:
+    """Fail at the first probe, within ``seconds``, for which ``holds`` is false."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while True:
+        value = await probe()
+        assert holds(value), f"stopped holding: {value!r}"
+        if loop.time() >= deadline:
+            return value
+        await asyncio.sleep(0.1)
+
+
+@dataclass
+class Receivers:
+    """Webhook receivers on one server: good, always down, and one that hangs."""
+
+    delivered: Counter[str] = field(default_factory=Counter)
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+    down_attempts: Counter[str] = field(default_factory=Counter)
+    hanging: Counter[str] = field(default_factory=Counter)
+    hung: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def good(self, request: Request) -> Response:
+        payload = Webhook(SECRET).verify(await request.body(), dict(request.headers))
+        self.delivered[request.headers["webhook-id"]] += 1
+        self.bodies.append(payload)
+        return JSONResponse({"ok": True})
+
+    async def down(self, request: Request) -> Response:
+        self.down_attempts[request.headers["webhook-id"]] += 1
+        return Response("maintenance", status_code=503, headers={"Retry-After": "0"})
+
+    async def hang(self, request: Request) -> Response:
+        self.hanging[request.headers["webhook-id"]] += 1
+        self.hung.set()
+        await self.release.wait()
+        return JSONResponse({"ok": True})
+
+    def customers(self) -> list[str]:
+        return [b["data"]["alert"]["customer_id"] for b in self.bodies]
+
+
+@pytest.fixture
+async def hooks() -> AsyncIterator[tuple[Receivers, str]]:
+    state = Receivers()
+    app = Starlette(
+        routes=[
+            Route("/good", state.good, methods=["POST"]),
+            Route("/down", state.down, methods=["POST"]),
+            Route("/hang", state.hang, methods=["POST"]),
+        ]
+    )
+    async with http_server(app, free_port()) as url:
+        try:
+            yield state, url
+        finally:
+            state.release.set()
+
+
+def routing(url: str, *others: dict[str, Any]) -> AlertingConfig:
+    """``good`` last, after every receiver of ``others`` (each with continue)."""
+    good = {"name": "good", "type": "webhook", "url": f"{url}/good", "secret_env": "GOOD_SECRET"}
+    return AlertingConfig.model_validate(
+        {
+            "receivers": [*others, good],
+            "routes": [
+                *({"receiver": o["name"], "continue": True} for o in others),
+                {"receiver": "good"},
+            ],
+        }
+    )
+
+
+async def notifications(client: Any, customer_id: str) -> list[dict[str, Any]]:
+    alerts = (await client.get("/v1/alerts", params={"customer_id": customer_id})).json()
+    items: list[dict[str, Any]] = []
+    for alert in alerts["items"]:
+        r = await client.get(f"/v1/alerts/{alert['id']}/notifications")
+        items += r.json()["items"]
+    return items
+
+
+def by_receiver(items: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [n for n in items if n["receiver"] == name]
+
+
+async def total(counter: Counter[str]) -> int:
+    return sum(counter.values())
+
+
+class TestOneBadNotification:
+    async def test_a_bad_secret_fails_its_own_notification_and_resends_nothing(
+        self,
+        hooks: tuple[Receivers, str],
+        kafka_settings: KafkaSettings,
+        alerting_with: AlertingFactory,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        state, url = hooks
+        monkeypatch.setenv("GOOD_SECRET", SECRET)
+        bad = {"name": "bad", "type": "webhook", "url": f"{url}/good", "secret_env": "BAD_SECRET"}
+        config = routing(url, bad)
+        # Valid when the file was checked; the environment changed under the running service.
+        monkeypatch.setenv("BAD_SECRET", "whsec_abc")
+        async with alerting_with(config) as client:
+            await produce(
+                kafka_settings, Topic.RESPONSES, [response_event(score=1, customer_id="c1")]
+            )
+            await eventually(lambda: total(state.delivered), lambda n: n >= 1, timeout=30)
+            listed = await eventually(
+                lambda: notifications(client, "c1"),
+                lambda items: {n["status"] for n in items} == {"delivered", "failed"},
+                timeout=30,
+            )
+            (failed,) = by_receiver(listed, "bad")
+            assert failed["attempts"] == 1
+            assert "webhook secret" in failed["last_error"]
+            assert "whsec_abc" not in failed["last_error"]
+            await stays(lambda: total(state.delivered), lambda n: n == 1, seconds=3)
+        assert state.customers() == ["c1"]
+
+
+class TestNoLockDuringSend:
+    async def test_a_hanging_receiver_holds_no_row_and_delays_no_other_receiver(
+        self,
+        hooks: tuple[Receivers, str],
+        kafka_settings: KafkaSettings,
+        alerting_with: AlertingFactory,
+        database_url: str,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        state, url = hooks
+        monkeypatch.setenv("GOOD_SECRET", SECRET)
+        config = routing(url, {"name": "slow", "type": "webhook", "url": f"{url}/hang"})
+        engine = create_engine(DatabaseSettings(url=database_url))
+        try:
+            async with alerting_with(config, notification_timeout_seconds=300):
+                try:
+                    await self._check(state, kafka_settings, engine)
+                finally:
+                    state.release.set()
+        finally:
+            await engine.dispose()
+
+    async def _check(self, state: Receivers, kafka_settings: KafkaSettings, engine: Any) -> None:
+        await produce(kafka_settings, Topic.RESPONSES, [response_event(score=1, customer_id="c1")])
+        await asyncio.wait_for(state.hung.wait(), timeout=30)
+        # The row being sent is leased, not locked: anyone may take it meanwhile.
+        async with engine.begin() as conn:
+            locked = await conn.execute(
+                sa.text("SELECT id FROM notifications WHERE receiver = 'slow' FOR UPDATE NOWAIT")
+            )
+            assert len(locked.all()) == 1
+        # While the first request still hangs, the good receiver hears of more.
+        await produce(
+            kafka_settings,
+            Topic.RESPONSES,
+            [response_event(score=1, customer_id=f"c{i}") for i in (2, 3)],
+        )
+        await eventually(lambda: total(state.delivered), lambda n: n == 3, timeout=30)
+        assert not state.release.is_set()
+        assert sorted(state.customers()) == ["c1", "c2", "c3"]
+        assert sum(state.hanging.values()) >= 1
+
+
+class TestRetryBudget:
+    async def test_a_receiver_down_past_the_budget_gets_the_notification_failed_and_counted(
+        self,
+        hooks: tuple[Receivers, str],
+        kafka_settings: KafkaSettings,
+        alerting_with: AlertingFactory,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        state, url = hooks
+        monkeypatch.setenv("GOOD_SECRET", SECRET)
+        name = f"down{free_port()}"
+        config = routing(url, {"name": name, "type": "webhook", "url": f"{url}/down"})
+        before = _expired(name)
+        # 1.8 s: a few attempts, then the budget is spent.
+        async with alerting_with(config, notification_max_age_hours=0.0005) as client:
+            await produce(
+                kafka_settings, Topic.RESPONSES, [response_event(score=1, customer_id="c1")]
+            )
+            listed = await eventually(
+                lambda: notifications(client, "c1"),
+                lambda items: {n["status"] for n in by_receiver(items, name)} == {"failed"},
+                timeout=60,
+            )
+            (failed,) = by_receiver(listed, name)
+            assert "retry budget" in failed["last_error"]
+            assert "HTTP 503" in failed["last_error"]
+            assert failed["attempts"] >= 2
+            attempts = await total(state.down_attempts)
+            assert attempts == failed["attempts"]
+            await stays(lambda: total(state.down_attempts), lambda n: n == attempts, seconds=2)
+            assert _expired(name) - before == 1
+            exposition = (await client.get("/metrics")).text
+            assert f'cxloop_alerting_notifications_expired_total{{receiver="{name}"}}' in (
+                exposition
+            )
+            (good,) = by_receiver(listed, "good")
+            assert good["status"] == "delivered"
+
+
+def _expired(receiver: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "cxloop_alerting_notifications_expired_total", {"receiver": receiver}
+    )
+    return value or 0.0
+
+
+class TestSilenceEnd:
+    async def test_alerts_still_open_when_a_silence_ends_are_announced_then(
+        self,
+        hooks: tuple[Receivers, str],
+        kafka_settings: KafkaSettings,
+        alerting_with: AlertingFactory,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        state, url = hooks
+        monkeypatch.setenv("GOOD_SECRET", SECRET)
+        async with alerting_with(routing(url)) as client:
+            r = await client.post(
+                "/v1/silences",
+                json={
+                    "matchers": {"channel": "web"},
+                    "duration_minutes": 30,
+                    "created_by": "sato",
+                    "comment": "web survey bug",
+                },
+            )
+            silence = r.json()
+            await produce(
+                kafka_settings,
+                Topic.RESPONSES,
+                [
+                    response_event(score=1, customer_id="open-1", channel="web"),
+                    response_event(score=1, customer_id="closed-1", channel="web"),
+                    response_event(score=1, customer_id="sms-1", channel="sms"),
+                ],
+            )
+            await eventually(lambda: total(state.delivered), lambda n: n == 1, timeout=30)
+            listed = await eventually(
+                lambda: client.get("/v1/alerts", params={"channel": "web"}),
+                lambda r: len(r.json()["items"]) == 2,
+            )
+            closed = next(a for a in listed.json()["items"] if a["customer_id"] == "closed-1")
+            resolved = await client.post(
+                f"/v1/alerts/{closed['id']}/resolve", json={"by": "sato", "note": "Called."}
+            )
+            assert resolved.status_code == 200
+            await stays(lambda: total(state.delivered), lambda n: n == 1, seconds=2)
+
+            await client.delete(f"/v1/silences/{silence['id']}")
+            await eventually(lambda: total(state.delivered), lambda n: n == 2, timeout=30)
+            await stays(lambda: total(state.delivered), lambda n: n == 2, seconds=3)
+        assert state.customers() == ["sms-1", "open-1"]
+        assert state.bodies[-1]["type"] == "alert.triggered"

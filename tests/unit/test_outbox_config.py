@@ -1,0 +1,64 @@
+"""A receiver secret or link template that could never be used stops start-up, by line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.alerting.config import load
+from services.cli import main
+from shared.errors import ConfigError
+
+CONFIG = """\
+receivers:
+  - name: oncall
+    type: webhook
+    url: https://hooks.example.com/cx
+    secret_env: TEST_OUTBOX_SECRET
+routes:
+  - receiver: oncall
+ticket_urls:
+  zendesk: https://acme.zendesk.com/agent/tickets/{ticket_id}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "alerting.yml"
+    path.write_text(text)
+    return path
+
+
+class TestCheckConfig:
+    def test_a_malformed_webhook_secret_is_refused_naming_the_line(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        monkeypatch.setenv("TEST_OUTBOX_SECRET", "whsec_abc")
+        with pytest.raises(ConfigError) as exc:
+            load(write(tmp_path, CONFIG))
+        assert "alerting.yml:5: receivers.0.secret_env" in str(exc.value)
+        assert "$TEST_OUTBOX_SECRET" in str(exc.value)
+        assert "whsec_abc" not in str(exc.value)
+        assert main(["alerting", "check-config", str(tmp_path / "alerting.yml")]) == 2
+        assert "alerting.yml:5: receivers.0.secret_env" in capsys.readouterr().err
+
+    def test_a_good_secret_passes(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("TEST_OUTBOX_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+        assert load(write(tmp_path, CONFIG)).receivers[0].secret_env == "TEST_OUTBOX_SECRET"
+
+    @pytest.mark.parametrize(
+        ("template", "problem"),
+        [
+            ("https://x.example/{ticket}", "not {ticket}"),
+            ("https://x.example/{ticket_id}/{customer_id}", "not {customer_id}"),
+            ("https://x.example/{ticket_id", "not a valid link template"),
+        ],
+    )
+    def test_a_link_template_naming_an_unknown_field_is_refused_naming_the_line(
+        self, tmp_path: Path, template: str, problem: str
+    ) -> None:
+        text = CONFIG.replace("https://acme.zendesk.com/agent/tickets/{ticket_id}", template)
+        with pytest.raises(ConfigError) as exc:
+            load(write(tmp_path, text))
+        assert "alerting.yml:9: ticket_urls.zendesk" in str(exc.value)
+        assert problem in str(exc.value)
