@@ -137,6 +137,7 @@ async def stack(
         "CXLOOP_KAFKA_IDEMPOTENCE": str(srv.kafka.supports_idempotence).lower(),
         "CXLOOP_DATABASE_URL": await srv.database(),
         "CXLOOP_API_KEY": api_key,
+        "CXLOOP_PRIVACY_HASH_KEY": secrets.token_urlsafe(32),
         "CXLOOP_LOG_LEVEL": "WARNING",
         **{f"CXLOOP_{name.upper()}_PORT": str(port) for name, port in ports.items()},
         **env,

@@ -32,6 +32,7 @@ from services.scorer.consumer import BatchHandler
 from services.scorer.repository import RESPONSE_COLUMNS, response_record
 from shared.events import ResponseSubmitted, TouchpointEvent
 from shared.kafka import encode, make_producer
+from shared.privacy import Hasher
 from shared.runtime import ConsumingService
 from shared.settings import DatabaseSettings, KafkaSettings, ScorerSettings
 from shared.topics import Topic
@@ -94,7 +95,7 @@ async def run_scorer(kafka: KafkaSettings, url: str, n: int) -> float:
         database=DatabaseSettings(url=url),
         consumer=scorer,
         models={Topic.RESPONSES: ResponseSubmitted, Topic.TOUCHPOINTS: TouchpointEvent},
-        make_handler=BatchHandler,
+        make_handler=lambda engine: BatchHandler(engine, Hasher(b"bench-hash-key")),
         migrations=MIGRATIONS_DIR,
         in_flight=scorer.batches_in_flight,
     )

@@ -111,10 +111,14 @@ def _migrate(args: argparse.Namespace) -> int:
 def _topics(args: argparse.Namespace) -> int:
     from shared.kafka import ensure_topics
 
+    kafka = load(KafkaSettings)
     created = asyncio.run(
-        ensure_topics(load(KafkaSettings), replication_factor=args.replication_factor)
+        ensure_topics(
+            kafka, replication_factor=args.replication_factor, retention_ms=kafka.retention_ms()
+        )
     )
     print("created: " + (", ".join(created) if created else "nothing; every topic existed"))
+    print(f"retention.ms={kafka.retention_ms()} on every topic (CXLOOP_KAFKA_RETENTION_DAYS)")
     return 0
 
 
@@ -258,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="apply the database migrations")
     migrate.add_argument("--revision", default="head")
     migrate.set_defaults(run=_migrate)
-    topics = sub.add_parser("topics", help="create the Kafka topics with their partition counts")
+    topics = sub.add_parser(
+        "topics", help="create the Kafka topics with their partition counts, and set retention"
+    )
     topics.add_argument("--replication-factor", type=int, default=1)
     topics.set_defaults(run=_topics)
     keys = sub.add_parser("keys", help="create, list and revoke scoped API keys")

@@ -116,12 +116,24 @@ class Stack:
         self.services: list[_Service] = []
         self.stopping = asyncio.Event()
         self.widget_key = ""
+        self.hash_key = ""
         self.dev_secrets = {
             "twilio_auth_token": os.environ.get("CXLOOP_SOURCES_TWILIO_AUTH_TOKEN")
             or secrets.token_hex(16),
             "zendesk_signing_secret": os.environ.get("CXLOOP_SOURCES_ZENDESK_SIGNING_SECRET")
             or secrets.token_urlsafe(24),
         }
+
+    def _hash_key(self) -> str:
+        """CXLOOP_PRIVACY_HASH_KEY, or one generated once and kept beside the data."""
+        given = os.environ.get("CXLOOP_PRIVACY_HASH_KEY")
+        if given:
+            return given
+        path = self.data_dir / "privacy-hash-key"
+        if not path.exists():
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_urlsafe(32))
+        return path.read_text().strip()
 
     @staticmethod
     def _port(variable: str, port: int) -> int:
@@ -136,6 +148,7 @@ class Stack:
             CXLOOP_KAFKA_IDEMPOTENCE=str(self.broker.supports_idempotence).lower(),
             CXLOOP_DATABASE_URL=database_url,
             CXLOOP_API_KEY=self.api_key,
+            CXLOOP_PRIVACY_HASH_KEY=self.hash_key,
             PYTHONUNBUFFERED="1",
         )
         # Local vendor secrets, so that `cxloop simulate` can sign as Twilio and Zendesk do.
@@ -174,6 +187,8 @@ class Stack:
     async def _start(self) -> None:
         say(f"data directory: {self.data_dir}")
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # The migrations (in this process) and the services hash with one stable key.
+        os.environ["CXLOOP_PRIVACY_HASH_KEY"] = self.hash_key = self._hash_key()
         if not self.broker.persistent:
             say(
                 "NOTE: the Tansu broker keeps data in memory only: events not yet consumed "

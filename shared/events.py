@@ -231,9 +231,40 @@ class TouchpointEvent(_Event):
     )
 
 
-EVENT_MODELS: Final[tuple[type[ResponseSubmitted] | type[TouchpointEvent], ...]] = (
+class CustomerErased(BaseModel):
+    """A customer asked to be forgotten: every consumer erases or pseudonymises their data.
+
+    Produced by the collector's ``DELETE /v1/customers/{id}`` on every topic that carries
+    customer events, keyed by the customer id, so that on each partition it comes after
+    every event of theirs produced before it. Its ``event_id`` is the erasure id that
+    ``GET /v1/erasures/{id}`` reports on. A record of this type carries the ``cxloop-type``
+    header ``customer.erased``; consumers read it whatever the topic's own model is.
+    """
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="ignore",
+        title="CustomerErased",
+        json_schema_extra={"x-topic": "responses, touchpoints"},
+    )
+
+    type: Literal["customer.erased"] = "customer.erased"
+    event_id: UUID = Field(description="The erasure id (the same on every topic).")
+    schema_version: Literal[1] = Field(
+        default=SCHEMA_VERSION, description="Version of this contract."
+    )
+    requested_at: AwareDatetime = Field(description="When the collector accepted the erasure.")
+    customer_id: Identifier = Field(description="The customer to erase; the partition key.")
+
+
+CUSTOMER_ERASED: Final = "customer.erased"
+
+EVENT_MODELS: Final[
+    tuple[type[ResponseSubmitted] | type[TouchpointEvent] | type[CustomerErased], ...]
+] = (
     ResponseSubmitted,
     TouchpointEvent,
+    CustomerErased,
 )
 
 

@@ -21,22 +21,22 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from pydantic import BaseModel, ValidationError
 
 from shared import metrics
 from shared.db import refused_data
 from shared.errors import PoisonMessageError
+from shared.events import CUSTOMER_ERASED, CustomerErased
 from shared.settings import ConsumerSettings, KafkaSettings
 from shared.topics import TOPIC_SPECS, Topic
 
 log = logging.getLogger(__name__)
-
-E = TypeVar("E", bound=BaseModel)
 
 HEADER_TYPE = "cxloop-type"
 HEADER_SCHEMA = "cxloop-schema-version"
@@ -70,17 +70,24 @@ def make_consumer(
     )
 
 
-async def ensure_topics(settings: KafkaSettings, *, replication_factor: int = 1) -> list[str]:
-    """Create every cxloop topic with its partition count; return the names that were new."""
+async def ensure_topics(
+    settings: KafkaSettings, *, replication_factor: int = 1, retention_ms: int | None = None
+) -> list[str]:
+    """Create every cxloop topic with its partition count; return the names that were new.
+
+    With ``retention_ms``, every topic, new or existing, gets that ``retention.ms``.
+    """
     admin = AIOKafkaAdminClient(**settings.to_aiokafka_params())
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        configs = {} if retention_ms is None else {"retention.ms": str(retention_ms)}
         wanted = [
             NewTopic(
                 name=settings.topic(spec.topic),
                 num_partitions=spec.partitions,
                 replication_factor=replication_factor,
+                topic_configs=configs,
             )
             for spec in TOPIC_SPECS
             if settings.topic(spec.topic) not in existing
@@ -88,13 +95,64 @@ async def ensure_topics(settings: KafkaSettings, *, replication_factor: int = 1)
         created = []
         for topic in wanted:
             try:
-                await admin.create_topics([topic])
-                created.append(topic.name)
+                response = await admin.create_topics([topic])
             except TopicAlreadyExistsError:
-                pass
+                continue
+            # The broker may answer an error code (36: exists) rather than raise.
+            if not any(error_code for _, error_code, *_ in response.topic_errors):
+                created.append(topic.name)
+        if retention_ms is not None:
+            names = [settings.topic(spec.topic) for spec in TOPIC_SPECS]
+            await _set_topic_configs(admin, [n for n in names if n not in created], configs)
         return created
     finally:
         await admin.close()
+
+
+async def topic_configs(settings: KafkaSettings, name: str) -> dict[str, str]:
+    """Return the configs set on topic ``name`` itself (not the broker's defaults)."""
+    admin = AIOKafkaAdminClient(**settings.to_aiokafka_params())
+    await admin.start()
+    try:
+        return await _dynamic_configs(admin, name)
+    finally:
+        await admin.close()
+
+
+async def _dynamic_configs(admin: AIOKafkaAdminClient, name: str) -> dict[str, str]:
+    (response,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
+    found: dict[str, str] = {}
+    for error_code, error_message, *_, entries in response.resources:
+        if error_code:
+            raise KafkaError(f"describe configs of {name}: {error_message}")
+        for entry in entries:
+            key, value, _read_only, source = entry[:4]
+            # v0 says is_default (a bool); v1+ the source, 1 being the topic's own config.
+            if source is False or source == 1:
+                found[key] = value
+    return found
+
+
+async def _set_topic_configs(
+    admin: AIOKafkaAdminClient, names: Sequence[str], configs: Mapping[str, str]
+) -> None:
+    # AlterConfigs replaces a topic's whole set, so the configs set before are sent back too.
+    for name in names:
+        for attempt in range(20):
+            try:
+                merged = {**await _dynamic_configs(admin, name), **configs}
+                break
+            except KafkaError:
+                # A topic just created (by us or another client) may not be described yet.
+                if attempt == 19:
+                    raise
+                await asyncio.sleep(0.5)
+        (response,) = await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name, merged)]
+        )
+        for error_code, error_message, *_ in response.resources:
+            if error_code:
+                raise KafkaError(f"alter configs of {name}: {error_message}")
 
 
 def encode(event: BaseModel) -> bytes:
@@ -102,10 +160,17 @@ def encode(event: BaseModel) -> bytes:
     return event.model_dump_json().encode("utf-8")
 
 
-def decode(model: type[E], record: ConsumerRecord[bytes, bytes]) -> E:
-    """Validate a consumed record as ``model``; raise ``PoisonMessageError`` with the reason."""
+def decode(model: type[BaseModel], record: ConsumerRecord[bytes, bytes]) -> BaseModel:
+    """Validate a consumed record as ``model``; raise ``PoisonMessageError`` with the reason.
+
+    A record whose ``cxloop-type`` header is ``customer.erased`` is read as
+    :class:`~shared.events.CustomerErased`, whatever the topic's model.
+    """
     if record.value is None:
         raise PoisonMessageError("empty record value")
+    erased = CUSTOMER_ERASED.encode()
+    if any(k == HEADER_TYPE and v == erased for k, v in record.headers or ()):
+        model = CustomerErased
     try:
         return model.model_validate_json(record.value)
     except ValidationError as exc:

@@ -63,6 +63,16 @@ class KafkaSettings(BaseSettings):
     request_timeout_ms: int = Field(
         default=15_000, gt=0, description="aiokafka's timeout for one broker request."
     )
+    retention_days: float = Field(
+        default=7,
+        gt=0,
+        description="retention.ms that `cxloop topics` sets on every topic, new or existing: "
+        "raw events (and erased customers' events) age out of the log after it.",
+    )
+
+    def retention_ms(self) -> int:
+        """Return the topics' retention in milliseconds."""
+        return int(self.retention_days * 86_400_000)
 
     def topic(self, topic: Topic) -> str:
         """Return the broker-side name of ``topic``."""
@@ -148,6 +158,23 @@ class AuthSettings(BaseSettings):
         return keys
 
 
+class PrivacySettings(BaseSettings):
+    """Keyed hashing of personal identifiers (``CXLOOP_PRIVACY_*``); every service needs it."""
+
+    model_config = SettingsConfigDict(env_prefix="CXLOOP_PRIVACY_", extra="forbid")
+
+    hash_key: SecretStr = Field(
+        min_length=16,
+        description="Required. Secret of the HMAC-SHA256 that phone numbers, IVR caller ids "
+        "and erased customer ids are kept as; the same in every service, never changed "
+        "(`cxloop up` generates one).",
+    )
+
+    def key(self) -> bytes:
+        """Return the HMAC key; never log it."""
+        return self.hash_key.get_secret_value().encode("utf-8")
+
+
 class LogSettings(BaseSettings):
     """Logging (``CXLOOP_LOG_*``)."""
 
@@ -224,6 +251,12 @@ class CollectorSettings(HttpSettings):
         default=30,
         ge=0,
         description="An invitation within this many days of the last is suppressed.",
+    )
+    invitation_retention_days: float = Field(
+        default=90,
+        gt=0,
+        description="Invitations (and the phone hashes they hold) are purged this many days "
+        "after they were created; none is answered after that.",
     )
     widget_rate_per_minute: float = Field(
         default=30, gt=0, description="Widget answers allowed per client address per minute."
@@ -390,6 +423,7 @@ SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
     KafkaSettings,
     DatabaseSettings,
     AuthSettings,
+    PrivacySettings,
     LogSettings,
     CollectorSettings,
     SourceSettings,
@@ -456,7 +490,7 @@ def describe(
     for cls in classes:
         prefix = str(cls.model_config.get("env_prefix", ""))
         for name, field in cls.model_fields.items():
-            default = field.default
+            default = None if field.is_required() else field.default
             if isinstance(default, SecretStr):
                 default = "(secret)"
             elif isinstance(default, tuple):

@@ -7,6 +7,7 @@ consumer groups and database (copied from a migrated template in milliseconds).
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -34,7 +35,10 @@ from shared.settings import (
 )
 from tests.harness import backends
 from tests.helpers import serving
-from tests.processes import service_env
+from tests.processes import TEST_HASH_KEY, service_env
+
+# Every service needs the keyed-hash secret; those built in-process read it from here.
+os.environ.setdefault("CXLOOP_PRIVACY_HASH_KEY", TEST_HASH_KEY)
 
 _CHOICE = pytest.StashKey[tuple[str, str]]()
 _TESTS = Path(__file__).parent

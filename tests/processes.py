@@ -21,6 +21,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from services.servers import ServerProcess, free_port
 from tests.builders import response_payload
 
+# The keyed-hash secret of every service the tests run (tests/conftest.py sets it too).
+TEST_HASH_KEY = "test-privacy-hash-key-0123456789"
+
 
 def service_env(
     *, bootstrap: str, prefix: str, database_url: str, api_key: str, **extra: str
@@ -32,6 +35,7 @@ def service_env(
         "CXLOOP_KAFKA_TOPIC_PREFIX": prefix,
         "CXLOOP_DATABASE_URL": database_url,
         "CXLOOP_API_KEY": api_key,
+        "CXLOOP_PRIVACY_HASH_KEY": TEST_HASH_KEY,
         "CXLOOP_SCORER_GROUP_ID": f"scorer-{prefix}",
         "CXLOOP_ALERTING_GROUP_ID": f"alerting-{prefix}",
         "CXLOOP_SCORER_SESSION_TIMEOUT_MS": "6000",

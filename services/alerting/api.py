@@ -29,9 +29,11 @@ from services.alerting.schemas import (
     SilenceIn,
     SilenceList,
 )
+from shared import erasure
 from shared.apikeys import Principal, Scope
 from shared.events import utcnow
 from shared.http import EngineDep, require
+from shared.privacy import Hasher
 
 T = TypeVar("T")
 
@@ -298,9 +300,15 @@ async def expire_silence(engine: EngineDep, principal: Writer, silence_id: UUID)
     summary="Erase a customer's personal data from alerts",
     dependencies=[require(Scope.CUSTOMERS_ERASE)],
 )
-async def erase_customer(engine: EngineDep, customer_id: str) -> AlertErasure:
-    """Remove the customer's comments and reasons from their alerts and replace their id with
-    one pseudonym. The alerts, their history and their counts stay."""
+async def erase_customer(request: Request, engine: EngineDep, customer_id: str) -> AlertErasure:
+    """Remove the customer's comments, reasons and notes from their alerts and history, and
+    replace their id in alerts and SLA deadlines with one pseudonym. The alerts and their
+    counts stay; a later event for the customer is stored under the pseudonym. This erases
+    the alerting service alone: the collector's `DELETE /v1/customers/{id}` erases the
+    customer from every service."""
+    hasher: Hasher = request.app.state.hasher
     async with engine.begin() as conn:
-        erased = await repository.erase_customer(conn, customer_id)
+        await erasure.lock(conn, exclusive=True)
+        pseudonym = await erasure.pseudonym_for(conn, hasher, "alerting", customer_id)
+        erased = await repository.erase_customer(conn, customer_id, pseudonym)
     return AlertErasure(alerts_pseudonymised=erased)

@@ -17,12 +17,14 @@ from services.migrations import MIGRATIONS_DIR
 from shared.apikeys import KeyStore
 from shared.events import ResponseSubmitted, TouchpointEvent
 from shared.http import build_app
+from shared.privacy import Hasher
 from shared.runtime import ConsumingService
 from shared.settings import (
     AlertingSettings,
     AuthSettings,
     DatabaseSettings,
     KafkaSettings,
+    PrivacySettings,
     SlaSettings,
     load,
 )
@@ -42,11 +44,13 @@ def create_app(
     settings: AlertingSettings | None = None,
     sla: SlaSettings | None = None,
     config: AlertingConfig | None = None,
+    privacy: PrivacySettings | None = None,
 ) -> FastAPI:
     """Build the alerting app; settings default to the environment."""
     auth = auth or load(AuthSettings)
     keystore = KeyStore(auth.keys(), ttl=auth.key_cache_seconds)
     alerting = settings or load(AlertingSettings)
+    hasher = Hasher((privacy or load(PrivacySettings)).key())
     sla_settings = sla or load(SlaSettings)
     routing = config or (
         load_config(alerting.config_path) if alerting.config_path else AlertingConfig()
@@ -59,7 +63,7 @@ def create_app(
         database=database or load(DatabaseSettings),
         consumer=alerting,
         models={Topic.RESPONSES: ResponseSubmitted, Topic.TOUCHPOINTS: TouchpointEvent},
-        make_handler=lambda engine: AlertHandler(engine, sla_settings, routing, queued),
+        make_handler=lambda engine: AlertHandler(engine, sla_settings, routing, queued, hasher),
         migrations=MIGRATIONS_DIR,
     )
 
@@ -108,4 +112,5 @@ def create_app(
         http=alerting,
     )
     app.state.routing = routing
+    app.state.hasher = hasher
     return app

@@ -5,17 +5,23 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.alerting import metrics, repository, rules, timers
 from services.alerting.config import AlertingConfig
+from shared import erasure
 from shared.events import ResponseSubmitted, TouchpointEvent
 from shared.kafka import Decoded
-from shared.settings import SlaSettings
+from shared.privacy import Hasher
+from shared.settings import PrivacySettings, SlaSettings, load
 
 
 class AlertHandler:
-    """Opens or folds an alert for every new response a rule flags, and tracks SLA deadlines."""
+    """Opens or folds an alert for every new response a rule flags, and tracks SLA deadlines.
+
+    A ``customer.erased`` in the batch erases the customer between the events before it and
+    those after it, and an erased customer's later events are applied pseudonymised.
+    """
 
     def __init__(
         self,
@@ -23,29 +29,27 @@ class AlertHandler:
         sla: SlaSettings,
         config: AlertingConfig | None = None,
         queued: asyncio.Event | None = None,
+        hasher: Hasher | None = None,
     ) -> None:
         self._engine = engine
+        self._hasher = hasher or Hasher(load(PrivacySettings).key())
         self._sla = sla
         self._config = config
         self._queued = queued
 
     async def __call__(self, batch: Sequence[Decoded]) -> None:
+        outcomes: list[tuple[rules.AlertDraft, bool]] = []
         async with self._engine.begin() as conn:
-            events = [
-                d.event for d in batch if isinstance(d.event, ResponseSubmitted | TouchpointEvent)
-            ]
-            fresh = await repository.first_seen(conn, events)
-            flagged = []
-            for event in fresh:
-                if isinstance(event, ResponseSubmitted):
-                    draft = rules.evaluate(event, self._config.rules if self._config else None)
-                    if draft is not None:
-                        flagged.append((draft, event))
-            new_alert = await repository.open_or_fold(conn, flagged, self._config)
-            await timers.track(
-                conn, [e for e in fresh if isinstance(e, TouchpointEvent)], self._sla, self._config
+
+            async def apply(events: list[ResponseSubmitted | TouchpointEvent]) -> None:
+                outcomes.extend(await self._apply(conn, events))
+
+            async def erase(customer_id: str, pseudonym: str) -> None:
+                await repository.erase_customer(conn, customer_id, pseudonym)
+
+            await erasure.apply_in_order(
+                conn, self._hasher, "alerting", [d.event for d in batch], apply, erase
             )
-        outcomes = [(draft, new) for (draft, _), new in zip(flagged, new_alert, strict=True)]
         if self._queued is not None and any(opened for _, opened in outcomes):
             # Committed: the outbox of this process may send now rather than at its next poll.
             self._queued.set()
@@ -54,3 +58,19 @@ class AlertHandler:
                 metrics.OPENED.labels(rule=draft.rule, severity=draft.severity.value).inc()
             else:
                 metrics.FOLDED.labels(rule=draft.rule).inc()
+
+    async def _apply(
+        self, conn: AsyncConnection, events: list[ResponseSubmitted | TouchpointEvent]
+    ) -> list[tuple[rules.AlertDraft, bool]]:
+        fresh = await repository.first_seen(conn, events)
+        flagged = []
+        for event in fresh:
+            if isinstance(event, ResponseSubmitted):
+                draft = rules.evaluate(event, self._config.rules if self._config else None)
+                if draft is not None:
+                    flagged.append((draft, event))
+        new_alert = await repository.open_or_fold(conn, flagged, self._config)
+        await timers.track(
+            conn, [e for e in fresh if isinstance(e, TouchpointEvent)], self._sla, self._config
+        )
+        return [(draft, new) for (draft, _), new in zip(flagged, new_alert, strict=True)]

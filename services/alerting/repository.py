@@ -16,6 +16,8 @@ from services.alerting.models import (
     UNRESOLVED,
     alerts,
     applied_events,
+    deadlines,
+    history,
     notifications,
     silences,
 )
@@ -236,17 +238,36 @@ async def expire_silence(
     return None if row is None else dict(row._mapping)
 
 
-async def erase_customer(conn: AsyncConnection, customer_id: str) -> int:
-    """Drop a customer's comments and reasons from alerts and pseudonymise their id."""
-    pseudonym = f"erased:{uuid.uuid4()}"
-    result = await conn.execute(
+async def erase_customer(conn: AsyncConnection, customer_id: str, pseudonym: str) -> int:
+    """Erase a customer from alerting; return how many of their alerts were pseudonymised.
+
+    Their id becomes ``pseudonym`` in SLA deadlines and alerts; their alerts lose the
+    comment, the reasons, the resolution note and every note in their history. Deadlines
+    go first: a deadline firing meanwhile holds its row, so its alert exists by the time
+    the alerts are updated.
+    """
+    await conn.execute(
+        deadlines.update()
+        .where(deadlines.c.customer_id == customer_id)
+        .values(customer_id=pseudonym)
+    )
+    rows = await conn.execute(
         alerts.update()
         .where(alerts.c.customer_id == customer_id)
         .values(
             customer_id=pseudonym,
             comment=None,
             reasons=[],
+            note=None,
             dedupe_key=sa.func.replace(alerts.c.dedupe_key, f":{customer_id}:", f":{pseudonym}:"),
         )
+        .returning(alerts.c.id)
     )
-    return int(result.rowcount)
+    alert_ids = [row.id for row in rows]
+    if alert_ids:
+        await conn.execute(
+            history.update()
+            .where(history.c.alert_id.in_(alert_ids), history.c.note.is_not(None))
+            .values(note=None)
+        )
+    return len(alert_ids)

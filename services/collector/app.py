@@ -11,22 +11,34 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.collector import invitations as invitations_store
 from services.collector.idempotency import IdempotencyStore
 from services.collector.ratelimit import RateLimiter
-from services.collector.routes import generic, invitations, ivr, support, twilio, widget
+from services.collector.routes import (
+    customers,
+    generic,
+    invitations,
+    ivr,
+    support,
+    twilio,
+    widget,
+)
 from services.collector.service import Ingest
 from services.migrations import MIGRATIONS_DIR
 from shared.apikeys import KeyStore
 from shared.db import assert_schema_current, create_engine, database_answers
 from shared.http import JSON_ONLY, build_app
 from shared.kafka import broker_answers, sleep_unless_stopped
+from shared.privacy import Hasher
 from shared.runtime import ProducerHandle
 from shared.settings import (
     AuthSettings,
     CollectorSettings,
     DatabaseSettings,
     KafkaSettings,
+    PrivacySettings,
     SourceSettings,
     load,
 )
@@ -65,6 +77,7 @@ def create_app(
     auth: AuthSettings | None = None,
     settings: CollectorSettings | None = None,
     sources: SourceSettings | None = None,
+    privacy: PrivacySettings | None = None,
 ) -> FastAPI:
     """Build the collector app; settings default to the environment."""
     kafka = kafka or load(KafkaSettings)
@@ -73,6 +86,7 @@ def create_app(
     auth = auth or load(AuthSettings)
     keystore = KeyStore(auth.keys(), ttl=auth.key_cache_seconds)
     source_settings = sources or load(SourceSettings)
+    hasher = Hasher((privacy or load(PrivacySettings)).key())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -90,7 +104,8 @@ def create_app(
         app.state.producer = handle
         app.state.ingest = Ingest(handle, store, collector)
         stop = asyncio.Event()
-        purge = asyncio.create_task(_purge(store, stop), name="idempotency-purge")
+        retention = timedelta(days=collector.invitation_retention_days)
+        purge = asyncio.create_task(_purge(store, engine, retention, stop), name="purge")
         try:
             yield
         finally:
@@ -123,6 +138,7 @@ def create_app(
         routers=[
             generic.router,
             invitations.router,
+            customers.router,
             twilio.router,
             support.router,
             ivr.router,
@@ -133,6 +149,7 @@ def create_app(
         body_policy=body_policy,
     )
     app.state.sources = source_settings
+    app.state.hasher = hasher
     app.state.widget_limits = WidgetLimits(
         per_address=RateLimiter(collector.widget_rate_per_minute),
         per_key=RateLimiter(collector.widget_key_rate_per_minute),
@@ -140,10 +157,22 @@ def create_app(
     return app
 
 
-async def _purge(store: IdempotencyStore, stop: asyncio.Event) -> None:
+async def _purge(
+    store: IdempotencyStore, engine: AsyncEngine, retention: timedelta, stop: asyncio.Event
+) -> None:
     while not stop.is_set():
         with contextlib.suppress(Exception):
             purged = await store.purge_expired()
             if purged:
                 log.info("purged %d expired idempotency keys", purged)
+        with contextlib.suppress(Exception):
+            purged = await purge_invitations(engine, retention)
+            if purged:
+                log.info("purged %d invitations past their retention", purged)
         await sleep_unless_stopped(stop, PURGE_EVERY)
+
+
+async def purge_invitations(engine: AsyncEngine, retention: timedelta) -> int:
+    """Delete the invitations older than ``retention``; return how many."""
+    async with engine.begin() as conn:
+        return await invitations_store.purge_expired(conn, retention)

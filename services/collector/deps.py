@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from services.collector.service import Ingest
 from shared.http import FieldErrors
+from shared.privacy import Hasher
 
 
 async def get_ingest(request: Request) -> Ingest:
@@ -58,3 +59,11 @@ def check_batch_size(body: BatchIn, ingest: Ingest) -> None:
                 }
             ]
         )
+
+
+async def get_hasher(request: Request) -> Hasher:
+    hasher: Hasher = request.app.state.hasher
+    return hasher
+
+
+HasherDep = Annotated[Hasher, Depends(get_hasher)]

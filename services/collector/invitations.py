@@ -1,4 +1,11 @@
-"""Survey invitations, survey fatigue and SMS opt-outs, in Postgres."""
+"""Survey invitations, survey fatigue and SMS opt-outs, in Postgres.
+
+Phone numbers are never stored: both tables keep ``phone_hash``, the keyed hash of the
+number (:meth:`shared.privacy.Hasher.phone`), which is all a reply needs to be matched.
+Invitations are purged ``CXLOOP_COLLECTOR_INVITATION_RETENTION_DAYS`` after creation, and
+an erased customer's at once; an opt-out outlives erasure (as a hash), so that a number
+which said STOP is never surveyed again.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,9 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.collector.schemas import InvitationIn
+from shared import erasure
 from shared.events import resolve_scale, utcnow
+from shared.privacy import Hasher
 
 metadata = sa.MetaData()
 invitations = sa.Table(
@@ -19,7 +28,7 @@ invitations = sa.Table(
     metadata,
     sa.Column("id", pg.UUID(as_uuid=True), primary_key=True),
     sa.Column("customer_id", sa.Text, nullable=False),
-    sa.Column("phone", sa.Text),
+    sa.Column("phone_hash", sa.Text),
     sa.Column("metric", sa.Text, nullable=False),
     sa.Column("scale", sa.SmallInteger, nullable=False),
     sa.Column("survey_type", sa.Text, nullable=False),
@@ -37,30 +46,37 @@ invitations = sa.Table(
 opt_outs = sa.Table(
     "sms_opt_outs",
     metadata,
-    sa.Column("phone", sa.Text, primary_key=True),
+    sa.Column("phone_hash", sa.Text, primary_key=True),
     sa.Column("keyword", sa.Text, nullable=False),
     sa.Column("opted_out_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
 )
 
 
+async def _lock_customer(conn: AsyncConnection, customer_id: str) -> None:
+    await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(customer_id))))
+
+
 async def create(
-    conn: AsyncConnection, payload: InvitationIn, *, fatigue: timedelta
+    conn: AsyncConnection, payload: InvitationIn, *, fatigue: timedelta, hasher: Hasher
 ) -> tuple[uuid.UUID, str, str | None, datetime]:
     """Record an invitation; return its id, status (open or suppressed), reason and expiry.
 
     An opted-out number is always suppressed; so is a customer invited within ``fatigue``.
+    An erased customer's invitation is kept under their pseudonym, so that its answer is too.
     """
-    # Serialise invitations per customer, so two at once cannot both escape the fatigue rule.
-    await conn.execute(
-        sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(payload.customer_id)))
-    )
+    # Serialise invitations per customer, so two at once cannot both escape the fatigue rule
+    # (and none slips past an erasure running at the same time).
+    await _lock_customer(conn, payload.customer_id)
+    erased = await erasure.pseudonyms_of(conn, hasher, "collector", [payload.customer_id])
+    customer_id = erased.get(payload.customer_id, payload.customer_id)
+    phone_hash = None if payload.phone is None else hasher.phone(payload.phone)
     reason = None
-    if payload.phone is not None and await is_opted_out(conn, payload.phone):
+    if phone_hash is not None and await is_opted_out(conn, phone_hash):
         reason = "opted_out"
     elif fatigue > timedelta(0):
         recent = await conn.scalar(
             sa.select(sa.func.count()).where(
-                invitations.c.customer_id == payload.customer_id,
+                invitations.c.customer_id == customer_id,
                 invitations.c.status != "suppressed",
                 invitations.c.created_at > sa.func.now() - sa.literal(fatigue, sa.Interval),
             )
@@ -75,8 +91,8 @@ async def create(
     await conn.execute(
         invitations.insert().values(
             id=invitation_id,
-            customer_id=payload.customer_id,
-            phone=payload.phone,
+            customer_id=customer_id,
+            phone_hash=phone_hash,
             metric=payload.metric.value,
             scale=resolve_scale(payload.metric, payload.scale),
             survey_type=payload.survey_type.value,
@@ -92,13 +108,13 @@ async def create(
     return invitation_id, status, reason, expires_at
 
 
-async def open_for_phone(conn: AsyncConnection, phone: str) -> dict[str, Any] | None:
-    """Lock and return the newest unexpired open invitation sent to ``phone``."""
+async def open_for_phone(conn: AsyncConnection, phone_hash: str) -> dict[str, Any] | None:
+    """Lock and return the newest unexpired open invitation sent to the number."""
     row = (
         await conn.execute(
             sa.select(invitations)
             .where(
-                invitations.c.phone == phone,
+                invitations.c.phone_hash == phone_hash,
                 invitations.c.status == "open",
                 invitations.c.expires_at > sa.func.now(),
             )
@@ -110,11 +126,11 @@ async def open_for_phone(conn: AsyncConnection, phone: str) -> dict[str, Any] | 
     return None if row is None else dict(row._mapping)
 
 
-async def locale_for_phone(conn: AsyncConnection, phone: str) -> str | None:
-    """Return the locale of the newest invitation sent to ``phone``, answered or not."""
+async def locale_for_phone(conn: AsyncConnection, phone_hash: str) -> str | None:
+    """Return the locale of the newest invitation sent to the number, answered or not."""
     return await conn.scalar(
         sa.select(invitations.c.locale)
-        .where(invitations.c.phone == phone)
+        .where(invitations.c.phone_hash == phone_hash)
         .order_by(invitations.c.created_at.desc())
         .limit(1)
     )
@@ -138,22 +154,43 @@ async def note_reask(conn: AsyncConnection, invitation_id: uuid.UUID) -> None:
     )
 
 
-async def is_opted_out(conn: AsyncConnection, phone: str) -> bool:
-    """Return whether ``phone`` has opted out of surveys."""
-    return bool(await conn.scalar(sa.select(sa.literal(1)).where(opt_outs.c.phone == phone)))
+async def is_opted_out(conn: AsyncConnection, phone_hash: str) -> bool:
+    """Return whether the number has opted out of surveys."""
+    return bool(
+        await conn.scalar(sa.select(sa.literal(1)).where(opt_outs.c.phone_hash == phone_hash))
+    )
 
 
-async def opt_out(conn: AsyncConnection, phone: str, keyword: str) -> None:
-    """Remember that ``phone`` must never be surveyed again, and close its open invitations."""
-    stmt = pg.insert(opt_outs).values(phone=phone, keyword=keyword)
+async def opt_out(conn: AsyncConnection, phone_hash: str, keyword: str) -> None:
+    """Remember that the number must never be surveyed again; close its open invitations."""
+    stmt = pg.insert(opt_outs).values(phone_hash=phone_hash, keyword=keyword)
     await conn.execute(stmt.on_conflict_do_nothing())
     await conn.execute(
         invitations.update()
-        .where(invitations.c.phone == phone, invitations.c.status == "open")
+        .where(invitations.c.phone_hash == phone_hash, invitations.c.status == "open")
         .values(status="suppressed")
     )
 
 
-async def opt_in(conn: AsyncConnection, phone: str) -> None:
+async def opt_in(conn: AsyncConnection, phone_hash: str) -> None:
     """Forget an opt-out (the customer replied START)."""
-    await conn.execute(opt_outs.delete().where(opt_outs.c.phone == phone))
+    await conn.execute(opt_outs.delete().where(opt_outs.c.phone_hash == phone_hash))
+
+
+async def erase_customer(conn: AsyncConnection, customer_id: str) -> int:
+    """Delete every invitation of a customer; return how many there were."""
+    await _lock_customer(conn, customer_id)
+    result = await conn.execute(
+        invitations.delete().where(invitations.c.customer_id == customer_id)
+    )
+    return int(result.rowcount)
+
+
+async def purge_expired(conn: AsyncConnection, retention: timedelta) -> int:
+    """Delete the invitations created more than ``retention`` ago; return how many."""
+    result = await conn.execute(
+        invitations.delete().where(
+            invitations.c.created_at < sa.func.now() - sa.literal(retention, sa.Interval)
+        )
+    )
+    return int(result.rowcount)

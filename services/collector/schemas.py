@@ -246,3 +246,28 @@ class InvitationOut(BaseModel):
     status: Literal["open", "suppressed"]
     reason: Literal["opted_out", "surveyed_recently"] | None
     expires_at: datetime
+
+
+class ErasureAccepted(BaseModel):
+    """An erasure on its way to every service; follow it at `GET /v1/erasures/{id}`."""
+
+    id: UUID
+    status: Literal["accepted"] = "accepted"
+    requested_at: datetime
+
+
+class ServiceErasure(BaseModel):
+    """One service's part of an erasure."""
+
+    service: str
+    status: Literal["pending", "complete"]
+    completed_at: datetime | None
+
+
+class ErasureStatus(BaseModel):
+    """Each service's completion of an erasure; `complete` once every one has applied it."""
+
+    id: UUID
+    requested_at: datetime
+    complete: bool
+    services: list[ServiceErasure]

@@ -34,9 +34,11 @@ from services.scorer.schemas import (
     TimeStats,
     Window,
 )
+from shared import erasure
 from shared.apikeys import Scope
 from shared.events import SCALES, Channel, Metric, SurveyType, TicketPriority, utcnow
 from shared.http import EngineDep, FieldErrors, require
+from shared.privacy import Hasher
 from shared.settings import ScorerSettings
 
 router = APIRouter(prefix="/v1", tags=["scores"])
@@ -480,12 +482,17 @@ async def list_responses(
     summary="Erase a customer's personal data",
     dependencies=[require(Scope.CUSTOMERS_ERASE)],
 )
-async def erase_customer(engine: EngineDep, customer_id: str) -> Erasure:
+async def erase_customer(request: Request, engine: EngineDep, customer_id: str) -> Erasure:
     """Delete the customer's raw responses (comments included) and replace their id in ticket
     and activity records with a pseudonym. Aggregates keep their counts, and a redelivered
-    event is still recognised, so nothing is counted again."""
+    event is still recognised, so nothing is counted again; a later event for the customer is
+    stored under the pseudonym. This erases the scorer alone: the collector's
+    `DELETE /v1/customers/{id}` erases the customer from every service."""
     if not customer_id.strip():
         raise HTTPException(422, "customer_id is empty")
+    hasher: Hasher = request.app.state.hasher
     async with engine.begin() as conn:
-        result = await queries.erase_customer(conn, customer_id)
+        await erasure.lock(conn, exclusive=True)
+        pseudonym = await erasure.pseudonym_for(conn, hasher, "scorer", customer_id)
+        result = await queries.erase_customer(conn, customer_id, pseudonym)
     return Erasure(**result)

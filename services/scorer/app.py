@@ -14,11 +14,13 @@ from services.scorer.consumer import BatchHandler
 from shared.apikeys import KeyStore
 from shared.events import ResponseSubmitted, TouchpointEvent
 from shared.http import build_app
+from shared.privacy import Hasher
 from shared.runtime import ConsumingService
 from shared.settings import (
     AuthSettings,
     DatabaseSettings,
     KafkaSettings,
+    PrivacySettings,
     ScorerSettings,
     SlaSettings,
     load,
@@ -38,18 +40,20 @@ def create_app(
     auth: AuthSettings | None = None,
     settings: ScorerSettings | None = None,
     sla: SlaSettings | None = None,
+    privacy: PrivacySettings | None = None,
 ) -> FastAPI:
     """Build the scorer app; settings default to the environment."""
     auth = auth or load(AuthSettings)
     keystore = KeyStore(auth.keys(), ttl=auth.key_cache_seconds)
     scorer = settings or load(ScorerSettings)
+    hasher = Hasher((privacy or load(PrivacySettings)).key())
     runtime = ConsumingService(
         name="scorer",
         kafka=kafka or load(KafkaSettings),
         database=database or load(DatabaseSettings),
         consumer=scorer,
         models={Topic.RESPONSES: ResponseSubmitted, Topic.TOUCHPOINTS: TouchpointEvent},
-        make_handler=BatchHandler,
+        make_handler=lambda engine: BatchHandler(engine, hasher),
         migrations=MIGRATIONS_DIR,
         in_flight=scorer.batches_in_flight,
     )
@@ -77,5 +81,6 @@ def create_app(
         http=scorer,
     )
     app.state.scorer_settings = scorer
+    app.state.hasher = hasher
     app.state.sla = sla or load(SlaSettings)
     return app

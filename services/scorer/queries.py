@@ -243,13 +243,13 @@ async def list_responses(
     return [dict(row._mapping) for row in await conn.execute(query.limit(limit))]
 
 
-async def erase_customer(conn: AsyncConnection, customer_id: str) -> dict[str, int]:
+async def erase_customer(conn: AsyncConnection, customer_id: str, pseudonym: str) -> dict[str, int]:
     """Delete a customer's raw responses; replace their id in tickets and activity.
 
     Aggregates keep their counts, and retention still links the customer's periods to each
-    other, through one random pseudonym that nothing links back to the customer.
+    other, through the customer's random pseudonym (``shared.erasure.pseudonym_for``),
+    which only a keyed hash of their id leads to.
     """
-    pseudonym = f"erased:{uuid.uuid4()}"
     deleted = await conn.execute(responses.delete().where(responses.c.customer_id == customer_id))
     tickets = await conn.execute(
         sa.text("UPDATE tickets SET customer_id = :p WHERE customer_id = :c"),

@@ -21,6 +21,7 @@ from tests.builders import response_payload
 from tests.harness.backends import KafkaServer
 from tests.helpers import eventually
 from tests.metric_names import offered, used_by_deploy
+from tests.processes import TEST_HASH_KEY
 
 pytestmark = pytest.mark.smoke
 
@@ -44,6 +45,7 @@ async def stack(
         "CXLOOP_KAFKA_IDEMPOTENCE": str(kafka.supports_idempotence).lower(),
         "CXLOOP_DATABASE_URL": database_url,
         "CXLOOP_API_KEY": api_key,
+        "CXLOOP_PRIVACY_HASH_KEY": TEST_HASH_KEY,
         "CXLOOP_SCORER_GROUP_ID": f"scorer-{uuid.uuid4().hex[:8]}",
         "CXLOOP_ALERTING_GROUP_ID": f"alerting-{uuid.uuid4().hex[:8]}",
         "CXLOOP_SCORER_SESSION_TIMEOUT_MS": "6000",

@@ -14,8 +14,12 @@ class TestSchemas:
     def test_writes_one_json_schema_per_event(self, tmp_path: Path) -> None:
         assert main(["schemas", "--out", str(tmp_path)]) == 0
         written = sorted(p.name for p in tmp_path.iterdir())
-        assert written == ["ResponseSubmitted.v1.schema.json", "TouchpointEvent.v1.schema.json"]
-        schema = json.loads((tmp_path / written[0]).read_text())
+        assert written == [
+            "CustomerErased.v1.schema.json",
+            "ResponseSubmitted.v1.schema.json",
+            "TouchpointEvent.v1.schema.json",
+        ]
+        schema = json.loads((tmp_path / "ResponseSubmitted.v1.schema.json").read_text())
         assert schema["properties"]["metric"]
         assert schema["$schema"].startswith("https://json-schema.org/")
 

@@ -86,11 +86,14 @@ class TestJsonSchemas:
         assert set(schemas) == {
             "ResponseSubmitted.v1.schema.json",
             "TouchpointEvent.v1.schema.json",
+            "CustomerErased.v1.schema.json",
         }
-        for schema in schemas.values():
+        for name, schema in schemas.items():
             assert schema["$id"].endswith(".json")
             assert "event_id" in schema["required"]
-            assert "occurred_at" in schema["required"]
+            assert "customer_id" in schema["required"]
+            if not name.startswith("CustomerErased"):
+                assert "occurred_at" in schema["required"]
 
     def test_touchpoint_types_are_dotted_names(self) -> None:
         base = {

@@ -127,12 +127,14 @@ async def amazon_connect(request: Request, ingest: IngestDep) -> BatchResult | J
     Send the ContactFlowEvent as Amazon Connect gives it. The contact attribute `surveyId`
     picks the survey (else `default`); each configured question (e.g. `survey_result_1`)
     becomes one response, all sharing a submission id. `customerId` names the customer;
-    without it the caller's number is kept only as a one-way hash. Retrying a call is
+    without it the caller's number is kept only as a keyed hash. Retrying a call is
     harmless: the contact id and question name each answer.
     """
     try:
         body = json.loads(await request.body())
-        call = ivr.from_amazon_connect(body if isinstance(body, dict) else {})
+        call = ivr.from_amazon_connect(
+            body if isinstance(body, dict) else {}, request.app.state.hasher
+        )
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise FieldErrors([{"field": "body", "detail": "is not valid UTF-8 JSON"}]) from None
     surveys = request.app.state.sources.ivr_surveys
@@ -153,6 +155,6 @@ async def generic_ivr(
 
     Questions map to metrics as configured for `survey` (CXLOOP_SOURCES_IVR_SURVEYS).
     """
-    call = payload.to_call()
+    call = payload.to_call(request.app.state.hasher)
     surveys = request.app.state.sources.ivr_surveys
     return batch_response(await submit_call(ingest, call, surveys, source="ivr"))

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, HTTPException, Request
 from fastapi.responses import Response
 
 from services.collector import invitations, metrics
-from services.collector.deps import IngestDep
+from services.collector.deps import HasherDep, IngestDep
 from services.collector.service import Item, Status, resolve_event_id
 from services.collector.sources import sms, twilio_signature
 from shared import signatures
@@ -49,6 +49,7 @@ async def inbound_sms(
     request: Request,
     engine: EngineDep,
     ingest: IngestDep,
+    hasher: HasherDep,
     signature: Annotated[str | None, Header(alias="X-Twilio-Signature")] = None,
 ) -> Response:
     """Read a reply to a survey invitation and answer in TwiML.
@@ -78,23 +79,25 @@ async def inbound_sms(
     if not _MESSAGE_SID.match(sid) or not phone:
         metrics.REJECTED.labels(source=SOURCE, reason="validation").inc()
         raise HTTPException(400, "MessageSid and From are required")
+    # The number is only ever looked up, and kept, as its keyed hash.
+    phone_hash = hasher.phone(phone)
 
     event_id, key = resolve_event_id(SOURCE, None, sid)
     assert key is not None
     if await ingest.store.was_produced(key):
         # Twilio retried a message whose answer is already in Kafka: thank again, change nothing.
         async with engine.connect() as conn:
-            locale = await invitations.locale_for_phone(conn, phone)
+            locale = await invitations.locale_for_phone(conn, phone_hash)
         return _twiml(sms.text("thanks", locale))
 
     keyword = sms.keyword(body)
     async with engine.begin() as conn:
         if keyword is sms.Keyword.STOP:
-            await invitations.opt_out(conn, phone, sms.normalise(body).lower())
+            await invitations.opt_out(conn, phone_hash, sms.normalise(body).lower())
             return _twiml()
         if keyword is sms.Keyword.START:
-            await invitations.opt_in(conn, phone)
-        invitation = await invitations.open_for_phone(conn, phone)
+            await invitations.opt_in(conn, phone_hash)
+        invitation = await invitations.open_for_phone(conn, phone_hash)
         locale = invitation["locale"] if invitation else None
         if keyword is sms.Keyword.START:
             return _twiml(sms.text("resubscribed", locale))

@@ -7,7 +7,6 @@ survey id maps each question (an Amazon Connect contact attribute such as
 
 from __future__ import annotations
 
-import hashlib
 import unicodedata
 import uuid
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from shared.errors import PermanentError
 from shared.events import Identifier, Label
+from shared.privacy import Hasher
 
 _NAMESPACE = uuid.UUID("6a1d6f55-2f7e-5d8a-b3c0-0c6f9a7e4e21")
 
@@ -48,12 +48,7 @@ class IvrCall:
         return uuid.uuid5(_NAMESPACE, self.call_id)
 
 
-def pseudonymous_caller(address: str) -> str:
-    """Return a stable customer id for a caller known only by phone number, without the number."""
-    return "caller:" + hashlib.sha256(address.encode()).hexdigest()[:24]
-
-
-def from_amazon_connect(body: dict[str, Any]) -> IvrCall:
+def from_amazon_connect(body: dict[str, Any], hasher: Hasher) -> IvrCall:
     """Read a ContactFlowEvent: DTMF answers are contact attributes named by the survey."""
     details = body.get("Details")
     contact = details.get("ContactData") if isinstance(details, dict) else None
@@ -64,7 +59,7 @@ def from_amazon_connect(body: dict[str, Any]) -> IvrCall:
         raise MalformedCall("Details.ContactData.Attributes", "must be an object")
     endpoint = contact.get("CustomerEndpoint") or {}
     customer = attributes.get("customerId") or (
-        pseudonymous_caller(str(endpoint["Address"])) if endpoint.get("Address") else None
+        hasher.caller(str(endpoint["Address"])) if endpoint.get("Address") else None
     )
     if not customer:
         raise MalformedCall(
@@ -107,7 +102,7 @@ class GenericIvrCall(BaseModel):
     call_id: Identifier
     customer_id: Identifier | None = None
     caller: Annotated[str, Field(max_length=32)] | None = Field(
-        default=None, description="The caller's number; stored only as a one-way hash."
+        default=None, description="The caller's number; stored only as a keyed hash."
     )
     survey: Label = "default"
     queue: Label | None = None
@@ -119,13 +114,13 @@ class GenericIvrCall(BaseModel):
     )
     occurred_at: AwareDatetime | None = None
 
-    def to_call(self) -> IvrCall:
+    def to_call(self, hasher: Hasher) -> IvrCall:
         if self.customer_id is None and self.caller is None:
             raise MalformedCall("customer_id", "is required when there is no caller")
         return IvrCall(
             call_id=self.call_id,
             survey=self.survey,
-            customer_id=self.customer_id or pseudonymous_caller(str(self.caller)),
+            customer_id=self.customer_id or hasher.caller(str(self.caller)),
             touchpoint=self.queue or "post_call_survey",
             ticket_id=self.ticket_id,
             answers=dict(self.answers),

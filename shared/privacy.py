@@ -1,0 +1,69 @@
+"""Keyed hashes of personal identifiers: phone numbers, IVR callers, erased customer ids.
+
+Every one is an HMAC-SHA256 under ``CXLOOP_PRIVACY_HASH_KEY``, never a plain SHA-256: a
+phone number has so few possible values that anyone could reverse an unkeyed hash of it by
+trying them all. Each kind of identifier has its own domain (``phone:``, ``caller:``,
+``customer:``), so equal strings of two kinds never share a hash.
+
+An IVR caller's id is the HMAC of the first 24 hex digits of the SHA-256 of their number:
+those digits are what cxloop kept before keyed hashing, so migration 0013 re-keys the stored
+``caller:`` ids in place and a caller keeps one id across the upgrade.
+
+:func:`sql_hmac` computes the same HMAC inside Postgres (without pgcrypto), so that a
+migration re-keys millions of rows with one statement per table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Final
+
+_BLOCK: Final = 64  # SHA-256's block size, in bytes (RFC 2104)
+CALLER_PREFIX: Final = "caller:"
+
+
+class Hasher:
+    """HMAC-SHA256 of personal identifiers under one secret key."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def digest(self, domain: str, value: str) -> bytes:
+        """Return the HMAC of ``value`` in ``domain``."""
+        return hmac.new(self._key, f"{domain}:{value}".encode(), hashlib.sha256).digest()
+
+    def phone(self, phone: str) -> str:
+        """Return the stored form of a phone number (64 hex digits)."""
+        return self.digest("phone", phone).hex()
+
+    def customer(self, customer_id: str) -> bytes:
+        """Return the stored form of an erased customer's id."""
+        return self.digest("customer", customer_id)
+
+    def caller(self, address: str) -> str:
+        """Return a stable customer id for a caller known only by their number."""
+        unkeyed = hashlib.sha256(address.encode()).hexdigest()[:24]
+        return self.rekey_caller(unkeyed)
+
+    def rekey_caller(self, unkeyed: str) -> str:
+        """Return the keyed caller id of the 24 hex digits stored before keyed hashing."""
+        return CALLER_PREFIX + self.digest("caller", unkeyed).hex()[:24]
+
+
+def sql_hmac_pads(key: bytes) -> tuple[bytes, bytes]:
+    """Return HMAC's inner and outer padded keys, the bind parameters of :func:`sql_hmac`."""
+    if len(key) > _BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(_BLOCK, b"\0")
+    return bytes(b ^ 0x36 for b in key), bytes(b ^ 0x5C for b in key)
+
+
+def sql_hmac(domain: str, value_sql: str) -> str:
+    """Return SQL for the HMAC (bytea) of the text expression ``value_sql`` in ``domain``.
+
+    Bind ``ipad`` and ``opad`` to :func:`sql_hmac_pads`; ``domain`` must be a constant.
+    """
+    assert domain.isidentifier()
+    message = f"convert_to('{domain}:' || {value_sql}, 'UTF8')"
+    return f"sha256(CAST(:opad AS bytea) || sha256(CAST(:ipad AS bytea) || {message}))"

@@ -1,0 +1,465 @@
+"""One call on the collector erases a customer from every service, for good."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from aiokafka.errors import KafkaError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from services.alerting.app import create_app as create_alerting
+from services.collector.app import purge_invitations
+from services.migrations import upgrade
+from services.scorer.app import create_app as create_scorer
+from shared.apikeys import KeyKind, Scope, create_key
+from shared.events import CustomerErased, ResponseSubmitted
+from shared.kafka import decode, ensure_topics, topic_configs
+from shared.privacy import Hasher
+from shared.settings import (
+    AlertingSettings,
+    AuthSettings,
+    DatabaseSettings,
+    KafkaSettings,
+    ScorerSettings,
+)
+from shared.topics import Topic
+from tests.builders import response_payload
+from tests.conftest import CollectorFactory, unique
+from tests.helpers import eventually, read_topic, serving
+from tests.processes import TEST_HASH_KEY
+
+PHONE = "+819012345678"
+# Every column that holds a customer id, by table.
+CUSTOMER_COLUMNS = {
+    "responses": "customer_id",
+    "tickets": "customer_id",
+    "customer_activity": "customer_key",
+    "alerts": "customer_id",
+    "sla_deadlines": "customer_id",
+    "invitations": "customer_id",
+}
+
+Consumers = Callable[[], AbstractAsyncContextManager[tuple[httpx.AsyncClient, httpx.AsyncClient]]]
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def consumers(
+    kafka_settings: KafkaSettings,
+    database_url: str,
+    auth: AuthSettings,
+    api_key: str,
+    scorer_settings: ScorerSettings,
+    alerting_settings: AlertingSettings,
+) -> Consumers:
+    """The scorer and the alerting service on this test's topics and database."""
+
+    @asynccontextmanager
+    async def run() -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+        database = DatabaseSettings(url=database_url)
+        scorer = create_scorer(kafka_settings, database, auth, scorer_settings)
+        alerting = create_alerting(kafka_settings, database, auth, alerting_settings)
+        async with (
+            serving(scorer, api_key, "scorer") as s,
+            serving(alerting, api_key, "alerting") as a,
+        ):
+            yield s, a
+
+    return run
+
+
+async def rows_of(engine: AsyncEngine, customer_id: str) -> dict[str, int]:
+    """How many rows of each table still carry ``customer_id``."""
+    async with engine.connect() as conn:
+        return {
+            table: int(
+                await conn.scalar(
+                    sa.text(f"SELECT count(*) FROM {table} WHERE {column} = :c"),  # noqa: S608
+                    {"c": customer_id},
+                )
+                or 0
+            )
+            for table, column in CUSTOMER_COLUMNS.items()
+        }
+
+
+async def scalar(engine: AsyncEngine, sql: str, **params: Any) -> Any:
+    async with engine.connect() as conn:
+        return await conn.scalar(sa.text(sql), params)
+
+
+async def applied(engine: AsyncEngine, ledger: str) -> int:
+    """How many events a service's ledger holds."""
+    return int(await scalar(engine, f"SELECT count(*) FROM {ledger}"))  # noqa: S608
+
+
+async def submit(collector: httpx.AsyncClient, customer: str, **overrides: Any) -> None:
+    r = await collector.post(
+        "/v1/responses",
+        json=response_payload(
+            **{"customer_id": customer, "score": 2, "comment": "call me, Jane", **overrides}
+        ),
+    )
+    assert r.status_code in (200, 201, 202), r.text
+    r = await collector.post(
+        "/v1/events",
+        json={
+            "type": "ticket.created",
+            "ticket_id": f"T-{uuid.uuid4().hex[:6]}",
+            "customer_id": customer,
+            "channel": "email",
+            "priority": "urgent",
+        },
+    )
+    assert r.status_code in (200, 201, 202), r.text
+
+
+async def erase(collector: httpx.AsyncClient, customer: str) -> str:
+    r = await collector.delete(f"/v1/customers/{customer}")
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["status"] == "accepted"
+    erasure_id: str = body["id"]
+    return erasure_id
+
+
+async def erasure_of(collector: httpx.AsyncClient, erasure_id: str) -> dict[str, Any]:
+    r = await collector.get(f"/v1/erasures/{erasure_id}")
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+async def completed(collector: httpx.AsyncClient, erasure_id: str) -> dict[str, Any]:
+    return await eventually(
+        lambda: erasure_of(collector, erasure_id), lambda b: b["complete"], timeout=60
+    )
+
+
+class TestOneCallErasesEverywhere:
+    async def test_every_service_erases_and_reports_it(
+        self, collector_app: CollectorFactory, consumers: Consumers, engine: AsyncEngine
+    ) -> None:
+        customer = f"cust-{uuid.uuid4().hex[:8]}"
+        async with collector_app() as collector, consumers() as (scorer, _):
+            await submit(collector, customer)
+            r = await collector.post(
+                "/v1/invitations",
+                json={
+                    "customer_id": customer,
+                    "phone": PHONE,
+                    "metric": "nps",
+                    "survey_type": "transactional",
+                    "touchpoint": "checkout",
+                    "channel": "sms",
+                },
+            )
+            assert r.status_code == 201, r.text
+            await eventually(
+                lambda: rows_of(engine, customer),
+                lambda n: all(n[t] for t in ("responses", "tickets", "alerts", "sla_deadlines")),
+            )
+
+            erasure_id = await erase(collector, customer)
+            early = await erasure_of(collector, erasure_id)
+            assert [s["service"] for s in early["services"]] == ["collector", "scorer", "alerting"]
+            assert early["services"][0]["status"] == "complete"
+
+            done = await completed(collector, erasure_id)
+            assert {s["service"]: s["status"] for s in done["services"]} == {
+                "collector": "complete",
+                "scorer": "complete",
+                "alerting": "complete",
+            }
+            assert await rows_of(engine, customer) == dict.fromkeys(CUSTOMER_COLUMNS, 0)
+            comments = await scalar(engine, "SELECT count(comment) FROM alerts")
+            assert comments == 0
+            # The scorer's counts stay.
+            r = await scorer.get("/v1/scores", params={"metric": "nps", "window": "30d"})
+            assert r.json()["n"] == 1
+
+    async def test_an_unknown_erasure_is_404(self, collector_app: CollectorFactory) -> None:
+        async with collector_app() as collector:
+            r = await collector.get(f"/v1/erasures/{uuid.uuid4()}")
+        assert r.status_code == 404
+
+    async def test_needs_the_erase_scope(
+        self, collector_app: CollectorFactory, engine: AsyncEngine
+    ) -> None:
+        async with engine.begin() as conn:
+            reader, _ = await create_key(
+                conn, name="reader", kind=KeyKind.SECRET, scopes=[Scope.RESPONSES_WRITE]
+            )
+        async with collector_app() as collector:
+            headers = {"Authorization": f"Bearer {reader}"}
+            r = await collector.delete("/v1/customers/c1", headers=headers)
+            assert r.status_code == 403
+            r = await collector.get(f"/v1/erasures/{uuid.uuid4()}", headers=headers)
+            assert r.status_code == 403
+
+    async def test_the_event_follows_the_customers_events_on_each_topic(
+        self, collector_app: CollectorFactory, kafka_settings: KafkaSettings
+    ) -> None:
+        customer = f"cust-{uuid.uuid4().hex[:8]}"
+        async with collector_app() as collector:
+            await submit(collector, customer)
+            erasure_id = await erase(collector, customer)
+        for topic in (Topic.RESPONSES, Topic.TOUCHPOINTS):
+            records = await read_topic(kafka_settings, topic, 2)
+            assert len(records) == 2
+            first, last = records
+            assert (first.partition, first.key) == (last.partition, customer.encode())
+            assert first.offset < last.offset
+            event = decode(ResponseSubmitted, last)
+            assert isinstance(event, CustomerErased)
+            assert (str(event.event_id), event.customer_id) == (erasure_id, customer)
+
+
+class TestNothingComesBack:
+    async def test_events_sent_before_the_delete_and_consumed_after(
+        self, collector_app: CollectorFactory, consumers: Consumers, engine: AsyncEngine
+    ) -> None:
+        customer = f"cust-{uuid.uuid4().hex[:8]}"
+        async with collector_app() as collector:
+            # No consumer runs yet: these are still in Kafka when the DELETE is answered.
+            await submit(collector, customer)
+            erasure_id = await erase(collector, customer)
+            async with consumers():
+                await completed(collector, erasure_id)
+                await eventually(
+                    lambda: scalar(engine, "SELECT count(*) FROM scorer_applied_events"),
+                    lambda n: n == 2,
+                )
+        assert await rows_of(engine, customer) == dict.fromkeys(CUSTOMER_COLUMNS, 0)
+        assert await scalar(engine, "SELECT count(*) FROM alerts") == 1
+
+    async def test_a_later_event_is_stored_pseudonymised(
+        self, collector_app: CollectorFactory, consumers: Consumers, engine: AsyncEngine
+    ) -> None:
+        customer = f"cust-{uuid.uuid4().hex[:8]}"
+        async with collector_app() as collector, consumers():
+            await submit(collector, customer)
+            await completed(collector, await erase(collector, customer))
+            await submit(collector, customer, comment="it's Jane again")
+            for ledger in ("scorer_applied_events", "alerting_applied_events"):
+                await eventually(functools.partial(applied, engine, ledger), lambda n: n == 4)
+        assert await rows_of(engine, customer) == dict.fromkeys(CUSTOMER_COLUMNS, 0)
+        # (The first answer too, if the scorer met the erasure on the touchpoints topic first.)
+        later = await scalar(engine, "SELECT min(customer_id) FROM responses")
+        assert later.startswith("erased:")
+        assert await scalar(engine, "SELECT count(comment) FROM responses") == 0
+        # One pseudonym per service: the scorer's retention and tickets still link the periods.
+        alerting = await scalar(engine, "SELECT customer_id FROM sla_deadlines LIMIT 1")
+        assert alerting.startswith("erased:")
+        for table, column in CUSTOMER_COLUMNS.items():
+            if table != "invitations":
+                pseudonym = alerting if table in ("alerts", "sla_deadlines") else later
+                found = await scalar(
+                    engine,
+                    f"SELECT count(*) FROM {table} WHERE {column} <> :p",  # noqa: S608
+                    p=pseudonym,
+                )
+                assert found == 0, table
+        async with engine.connect() as conn:
+            erased = (await conn.execute(sa.text("SELECT * FROM erased_customers"))).all()
+        assert sorted(row.service for row in erased) == ["alerting", "collector", "scorer"]
+        assert all(customer.encode() not in bytes(row.id_hash) for row in erased)
+
+
+class TestCollectorState:
+    async def test_invitations_go_and_numbers_are_kept_only_as_keyed_hashes(
+        self, collector_app: CollectorFactory, engine: AsyncEngine
+    ) -> None:
+        customer = f"cust-{uuid.uuid4().hex[:8]}"
+        invitation = {
+            "customer_id": customer,
+            "phone": PHONE,
+            "metric": "nps",
+            "survey_type": "transactional",
+            "touchpoint": "checkout",
+            "channel": "sms",
+        }
+        async with collector_app() as collector:
+            r = await collector.post("/v1/invitations", json=invitation)
+            assert r.status_code == 201, r.text
+            async with engine.begin() as conn:
+                # As a STOP reply records it (services.collector.invitations.opt_out).
+                await conn.execute(
+                    sa.text("INSERT INTO sms_opt_outs (phone_hash, keyword) VALUES (:h, 'stop')"),
+                    {"h": Hasher(TEST_HASH_KEY.encode()).phone(PHONE)},
+                )
+            await erase(collector, customer)
+            assert await scalar(engine, "SELECT count(*) FROM invitations") == 0
+            # The opt-out outlives erasure, as a hash: the number is never surveyed again.
+            r = await collector.post(
+                "/v1/invitations", json={**invitation, "customer_id": "someone-else"}
+            )
+            assert r.json()["status"] == "suppressed"
+            assert r.json()["reason"] == "opted_out"
+        async with engine.connect() as conn:
+            dump = str((await conn.execute(sa.text("SELECT * FROM invitations"))).all())
+            dump += str((await conn.execute(sa.text("SELECT * FROM sms_opt_outs"))).all())
+        assert PHONE not in dump
+        assert hashlib.sha256(PHONE.encode()).hexdigest() not in dump
+
+    async def test_a_new_invitation_for_an_erased_customer_is_pseudonymised(
+        self, collector_app: CollectorFactory, engine: AsyncEngine
+    ) -> None:
+        customer = f"cust-{uuid.uuid4().hex[:8]}"
+        async with collector_app() as collector:
+            await erase(collector, customer)
+            r = await collector.post(
+                "/v1/invitations",
+                json={
+                    "customer_id": customer,
+                    "phone": PHONE,
+                    "metric": "nps",
+                    "survey_type": "transactional",
+                    "touchpoint": "checkout",
+                    "channel": "sms",
+                },
+            )
+            assert r.status_code == 201, r.text
+        stored = await scalar(engine, "SELECT customer_id FROM invitations")
+        assert stored.startswith("erased:")
+
+    async def test_expired_invitations_are_purged(
+        self, collector_app: CollectorFactory, engine: AsyncEngine
+    ) -> None:
+        async with collector_app() as collector:
+            for customer in ("old", "new"):
+                r = await collector.post(
+                    "/v1/invitations",
+                    json={
+                        "customer_id": customer,
+                        "phone": PHONE,
+                        "metric": "nps",
+                        "survey_type": "transactional",
+                        "touchpoint": "checkout",
+                        "channel": "sms",
+                    },
+                )
+                assert r.status_code == 201, r.text
+        async with engine.begin() as conn:
+            await conn.execute(
+                sa.text(
+                    "UPDATE invitations SET created_at = now() - interval '31 days' "
+                    "WHERE customer_id = 'old'"
+                )
+            )
+        assert await purge_invitations(engine, timedelta(days=30)) == 1
+        assert await scalar(engine, "SELECT array_agg(customer_id) FROM invitations") == ["new"]
+
+
+class TestKeyedHashes:
+    async def test_a_caller_is_known_by_a_keyed_hash(
+        self, collector_app: CollectorFactory, kafka_settings: KafkaSettings
+    ) -> None:
+        async with collector_app() as collector:
+            r = await collector.post(
+                "/v1/sources/ivr",
+                json={"call_id": "call-1", "caller": PHONE, "answers": {"survey_result_1": "9"}},
+            )
+            assert r.status_code == 200, r.text
+        (record,) = await read_topic(kafka_settings, Topic.RESPONSES, 1)
+        event = decode(ResponseSubmitted, record)
+        assert isinstance(event, ResponseSubmitted)
+        customer_id = event.customer_id
+        unkeyed = hashlib.sha256(PHONE.encode()).hexdigest()
+        assert unkeyed[:24] not in customer_id
+        assert customer_id == Hasher(TEST_HASH_KEY.encode()).caller(PHONE)
+        assert customer_id != Hasher(b"another-secret-of-16+").caller(PHONE)
+
+    async def test_migration_rekeys_stored_numbers_and_callers(
+        self, empty_database_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        await asyncio.to_thread(upgrade, empty_database_url, "0012")
+        legacy = "caller:" + hashlib.sha256(PHONE.encode()).hexdigest()[:24]
+        engine = create_async_engine(empty_database_url)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(
+                    sa.text(
+                        "INSERT INTO invitations (id, customer_id, phone, metric, scale, "
+                        "survey_type, touchpoint, channel, status, expires_at) VALUES "
+                        "(gen_random_uuid(), :c, :p, 'nps', 10, 'transactional', 'checkout', "
+                        "'sms', 'open', now() + interval '1 day')"
+                    ),
+                    {"c": legacy, "p": PHONE},
+                )
+                await conn.execute(
+                    sa.text("INSERT INTO sms_opt_outs (phone, keyword) VALUES (:p, 'stop')"),
+                    {"p": PHONE},
+                )
+            monkeypatch.delenv("CXLOOP_PRIVACY_HASH_KEY")
+            with pytest.raises(RuntimeError, match="CXLOOP_PRIVACY_HASH_KEY"):
+                await asyncio.to_thread(upgrade, empty_database_url)
+            key = "a-production-secret-0123456789"
+            monkeypatch.setenv("CXLOOP_PRIVACY_HASH_KEY", key)
+            await asyncio.to_thread(upgrade, empty_database_url)
+            hasher = Hasher(key.encode())
+            async with engine.connect() as conn:
+                row = (
+                    await conn.execute(sa.text("SELECT customer_id, phone_hash FROM invitations"))
+                ).one()
+                opted_out = await conn.scalar(sa.text("SELECT phone_hash FROM sms_opt_outs"))
+        finally:
+            await engine.dispose()
+        # Computed in Postgres by the migration, the same as the services compute them.
+        assert tuple(row) == (hasher.caller(PHONE), hasher.phone(PHONE))
+        assert opted_out == hasher.phone(PHONE)
+
+
+async def retention_of(settings: KafkaSettings, topic: Topic) -> str | None:
+    """The topic's own retention.ms; None while the broker cannot describe it yet."""
+    try:
+        return (await topic_configs(settings, settings.topic(topic))).get("retention.ms")
+    except KafkaError:
+        return None
+
+
+class TestTopicRetention:
+    async def test_set_on_new_and_existing_topics(
+        self, kafka_settings: KafkaSettings, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        await ensure_topics(kafka_settings, retention_ms=3_600_000)
+        # A broker applies an altered config shortly after the controller accepted it.
+        for topic in Topic:
+            await eventually(
+                functools.partial(retention_of, kafka_settings, topic),
+                lambda retention: retention == "3600000",
+            )
+
+        fresh = kafka_settings.model_copy(update={"topic_prefix": f"{unique('r')}."})
+        monkeypatch.setenv("CXLOOP_KAFKA_BOOTSTRAP_SERVERS", fresh.bootstrap_servers)
+        monkeypatch.setenv("CXLOOP_KAFKA_TOPIC_PREFIX", fresh.topic_prefix)
+        monkeypatch.setenv("CXLOOP_KAFKA_IDEMPOTENCE", str(fresh.idempotence).lower())
+        from services.cli import main
+
+        assert await asyncio.to_thread(main, ["topics"]) == 0
+        await eventually(
+            functools.partial(retention_of, fresh, Topic.RESPONSES),
+            lambda retention: retention == str(7 * 86_400_000),
+        )
+
+
+def test_the_erasure_event_is_in_the_published_schemas() -> None:
+    from shared.events import json_schemas
+
+    assert "CustomerErased.v1.schema.json" in json_schemas()
