@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.collector import invitations as invitations_store
-from services.collector.idempotency import IdempotencyStore
+from services.collector.idempotency import EventIds, IdempotencyStore
 from services.collector.ratelimit import RateLimiter
 from services.collector.routes import (
     customers,
@@ -86,7 +86,9 @@ def create_app(
     auth = auth or load(AuthSettings)
     keystore = KeyStore(auth.keys(), ttl=auth.key_cache_seconds)
     source_settings = sources or load(SourceSettings)
-    hasher = Hasher((privacy or load(PrivacySettings)).key())
+    privacy = privacy or load(PrivacySettings)
+    hasher = Hasher(privacy.key())
+    event_ids = EventIds(privacy.key())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -102,7 +104,7 @@ def create_app(
         store = IdempotencyStore(engine, timedelta(days=collector.idempotency_window_days))
         app.state.engine = engine
         app.state.producer = handle
-        app.state.ingest = Ingest(handle, store, collector)
+        app.state.ingest = Ingest(handle, store, collector, event_ids)
         stop = asyncio.Event()
         retention = timedelta(days=collector.invitation_retention_days)
         purge = asyncio.create_task(_purge(store, engine, retention, stop), name="purge")

@@ -1,8 +1,13 @@
 """Idempotency keys: a repeat inside the window is answered `duplicate` and not produced again.
 
-An idempotency key names one event for good: its event id is derived from the key, so even
-a repeat that does get produced (after the window, or while Postgres is unreachable, or
-after a failed produce) carries the same event id and the consumers drop it.
+An idempotency key and the body it came with name one event for good: its event id is
+derived from both (:class:`EventIds`), so even a repeat that does get produced (after the
+window, or while Postgres is unreachable, or after a failed produce) carries the same event
+id and the consumers drop it; the same key with a different body after the window is a
+different event. The ids are an HMAC-SHA256 under the server's secret
+(``CXLOOP_PRIVACY_HASH_KEY``), formatted as UUID version 8: nobody without the secret can
+compute the id of someone else's key or vendor message and send it first, and no client may
+send a version-8 id of its own (the schemas refuse it).
 
 Whose key it is. An ``Idempotency-Key`` belongs to the caller that sent it (the API key's
 id, see :func:`caller_key`), and so does the event id derived from it: two callers that
@@ -21,12 +26,13 @@ the batch first sent under that key conflicts.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -40,10 +46,8 @@ from shared.db import is_transient
 
 log = logging.getLogger(__name__)
 
-_NAMESPACE = uuid.UUID("0f3c2f0e-8a3b-5d2e-9c41-6b7e2d1a9f00")
-# Batch items name their events in a namespace of their own, so that no single request's
-# key, whatever its text, derives the event id of a batch item.
-_ITEM_NAMESPACE = uuid.UUID("5b1f6d7a-2c4e-5e8f-a1b3-9d0c7e6f4a21")
+# The HMAC's domain: no other keyed hash under the same secret (shared.privacy) starts so.
+_DOMAIN = b"event-id:"
 
 metadata = sa.MetaData()
 idempotency = sa.Table(
@@ -62,8 +66,11 @@ idempotency = sa.Table(
 # Fixed SQL over array parameters: one prepared statement whatever the batch size, where a
 # multi-row VALUES would be compiled afresh for every request (measured: most of the
 # collector's CPU per single answer). A row whose window has passed is claimed afresh: it
-# takes the new fingerprint, and `fresh` says so (its expires_at is left for _MARK to move).
-# `xmax = 0` is true of a row this statement inserted.
+# takes the new event id and fingerprint and a new window, so that a second collector
+# re-claiming it with another body finds it live. ON CONFLICT locks the row as it is now
+# (after any concurrent claim committed) and updates it only if it has expired: the rows
+# returned are exactly the fresh claims, `xmax = 0` the inserted ones among them. The rest
+# are live claims, still locked by this statement, read by _CURRENT in the same transaction.
 _CLAIM = sa.text("""
 INSERT INTO collector_idempotency AS t (key, event_id, fingerprint, produced, expires_at)
 SELECT key, event_id, fingerprint, false, now() + CAST(:window AS interval)
@@ -71,27 +78,34 @@ FROM unnest(
     CAST(:keys AS text[]), CAST(:event_ids AS uuid[]), CAST(:fingerprints AS bytea[])
 ) AS c(key, event_id, fingerprint)
 ON CONFLICT (key) DO UPDATE SET
-    fingerprint = CASE WHEN t.expires_at > now() THEN t.fingerprint ELSE EXCLUDED.fingerprint END,
-    produced = t.produced AND t.expires_at > now()
-RETURNING key, fingerprint, produced, xmax = 0 OR expires_at <= now() AS fresh
+    event_id = EXCLUDED.event_id,
+    fingerprint = EXCLUDED.fingerprint,
+    produced = false,
+    created_at = now(),
+    expires_at = EXCLUDED.expires_at
+WHERE t.expires_at <= now()
+RETURNING key, fingerprint, produced, true AS fresh, xmax = 0 AS inserted
+""")
+
+_CURRENT = sa.text("""
+SELECT key, fingerprint, produced, false AS fresh, false AS inserted
+FROM collector_idempotency WHERE key = ANY(CAST(:keys AS text[]))
 """)
 
 _UNCLAIM = sa.text("DELETE FROM collector_idempotency WHERE key = ANY(CAST(:keys AS text[]))")
 
+# A key's window starts when it is first produced and is not moved after that (a batch key
+# is marked again by every resend that produced an item): no claim made with a batch key
+# then expires before the batch's own. Keys marked with produced false are claims of items
+# the broker missed, given the window of the batch they were sent with.
 _MARK = sa.text("""
-UPDATE collector_idempotency SET produced = true, expires_at = now() + CAST(:window AS interval)
-WHERE key = ANY(CAST(:keys AS text[]))
+UPDATE collector_idempotency AS t SET
+    produced = t.produced OR m.produced,
+    expires_at = CASE WHEN t.produced THEN t.expires_at
+                      ELSE now() + CAST(:window AS interval) END
+FROM unnest(CAST(:keys AS text[]), CAST(:produced AS boolean[])) AS m(key, produced)
+WHERE t.key = m.key
 """)
-
-
-def event_id_for(source: str, key: str, caller: str | None = None) -> uuid.UUID:
-    """Return the event id an idempotency key names, the same on every collector.
-
-    ``caller`` (see :func:`caller_key`) scopes the key to whoever sent it; vendor ids are
-    scoped by their ``source`` alone.
-    """
-    name = f"{source}:{key}" if caller is None else f"{source}:{caller}:{key}"
-    return uuid.uuid5(_NAMESPACE, name)
 
 
 def caller_key(source: str, caller: str, key: str) -> str:
@@ -108,17 +122,72 @@ def item_key(source: str, caller: str, key: str, fingerprint: bytes, occurrence:
     return f"{source}:item:{caller}:{fingerprint.hex()}:{occurrence}:{key}"
 
 
-def item_event_id(
-    source: str, caller: str, key: str, fingerprint: bytes, occurrence: int
-) -> uuid.UUID:
-    """Return the event id of a batch item (see :func:`item_key`)."""
-    return uuid.uuid5(_ITEM_NAMESPACE, f"{source}:{caller}:{fingerprint.hex()}:{occurrence}:{key}")
+def uuid8(digest: bytes) -> uuid.UUID:
+    """Return the UUID version 8 (RFC 9562) made of the first 16 bytes of ``digest``."""
+    value = int.from_bytes(digest[:16], "big")
+    value = (value & ~(0xF << 76)) | (0x8 << 76)  # version 8
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # the RFC variant
+    return uuid.UUID(int=value)
+
+
+class EventIds:
+    """Derives the event ids that keys name: HMAC-SHA256 under a server secret, as UUIDv8.
+
+    The secret must stay the same for good and on every collector: under another secret a
+    repeat gets another event id, and a repeat after the window then counts twice.
+    """
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+
+    def _derive(self, *name: str | int) -> uuid.UUID:
+        # A JSON array: no key text, whatever its characters, reads as another name.
+        text = json.dumps(name, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return uuid8(hmac.new(self._secret, _DOMAIN + text, hashlib.sha256).digest())
+
+    def for_key(self, source: str, caller: str, key: str, fingerprint: bytes) -> uuid.UUID:
+        """Return the event id of an ``Idempotency-Key`` sent by ``caller`` with a body."""
+        return self._derive("key", source, caller, fingerprint.hex(), key)
+
+    def for_vendor(self, source: str, key: str) -> uuid.UUID:
+        """Return the event id of a vendor's message id, scoped to its source."""
+        return self._derive("vendor", source, key)
+
+    def for_batch(self, source: str, caller: str, key: str) -> uuid.UUID:
+        """Return the id a batch's own claim records (no event carries it)."""
+        return self._derive("batch", source, caller, key)
+
+    def for_item(
+        self, source: str, caller: str, key: str, fingerprint: bytes, occurrence: int
+    ) -> uuid.UUID:
+        """Return the event id of a batch item (see :func:`item_key`)."""
+        return self._derive("item", source, caller, fingerprint.hex(), occurrence, key)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        # One instant, one text: the same time sent in another offset is the same body.
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC)
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, tuple | set | frozenset):
+        return sorted(value) if isinstance(value, set | frozenset) else list(value)
+    raise TypeError(f"cannot fingerprint a {type(value).__name__}")
 
 
 def fingerprint(kind: str, content: Any) -> bytes:
-    """Return a stable hash of request content: the same for equal JSON in any key order."""
+    """Return a stable hash of request content: the same for equal JSON in any key order.
+
+    Datetimes count as the instant they name (in UTC), whatever offset they were sent in.
+    """
     canonical = json.dumps(
-        [kind, content], sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        [kind, content],
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        default=_json_default,
     )
     return hashlib.sha256(canonical.encode("utf-8")).digest()
 
@@ -192,20 +261,27 @@ class IdempotencyStore:
         }
         async with self._engine.begin() as conn:
             rows = {row.key: row for row in await conn.execute(_CLAIM, params)}
+            live = [k for k in keys if k not in rows]
+            if live:
+                rows |= {row.key: row for row in await conn.execute(_CURRENT, {"keys": live})}
             verdicts: list[Verdict] = []
             batches: dict[str, tuple[bool, Verdict]] = {}  # the latest batch claim of each key
             unclaim: list[str] = []
             for i, c in enumerate(claims):
                 row = rows[c.key]
                 fresh = bool(row.fresh) and first[c.key] == i
+                # Inserted: no claim of this key existed. One that had expired was made by
+                # this caller under this key before, so it was in the batch.
+                inserted = bool(row.inserted) and first[c.key] == i
                 if c.fingerprint is not None and row.fingerprint not in (None, c.fingerprint):
                     verdict = Verdict.CONFLICT
                 elif c.batch is not None and (
-                    batches[c.batch][1] is Verdict.CONFLICT or (fresh and not batches[c.batch][0])
+                    batches[c.batch][1] is Verdict.CONFLICT
+                    or (inserted and not batches[c.batch][0])
                 ):
                     # An item the batch first sent under this key did not hold.
                     verdict = Verdict.CONFLICT
-                    if fresh:
+                    if inserted:
                         unclaim.append(c.key)  # so that a resend conflicts again
                 elif row.produced:
                     verdict = Verdict.DUPLICATE
@@ -233,22 +309,33 @@ class IdempotencyStore:
                 raise
             return False
 
-    async def mark_produced(self, keys: Sequence[str]) -> None:
-        """Record that ``keys`` were acknowledged by the broker, starting their window."""
+    async def mark_produced(self, keys: Sequence[str], missed: Sequence[str] = ()) -> None:
+        """Record that ``keys`` were acknowledged by the broker, starting their window.
+
+        ``missed`` are claims sent with them that the broker did not acknowledge: they stay
+        unproduced but get the same window, so that none expires before the batch key
+        marked with them (an item claimed in it would then look foreign to the batch).
+        """
+        marks = [(key, True) for key in keys] + [(key, False) for key in missed]
         if not keys:
             return
         try:
-            await self._mark(keys)
+            await self._mark(marks)
         except (DBAPIError, OSError) as exc:
             # Only the duplicate answer is lost: a repeat is produced and dropped downstream.
             if not is_transient(exc):
                 raise
             log.warning("could not record %d produced key(s)", len(keys))
 
-    async def _mark_all(self, keys: list[str]) -> list[None]:
+    async def _mark_all(self, marks: list[tuple[str, bool]]) -> list[None]:
+        produced: dict[str, bool] = {}
+        for key, acked in marks:
+            produced[key] = produced.get(key, False) or acked
+        keys = sorted(produced)
+        params = {"keys": keys, "produced": [produced[k] for k in keys], "window": self._window}
         async with self._engine.begin() as conn:
-            await conn.execute(_MARK, {"keys": sorted(set(keys)), "window": self._window})
-        return [None] * len(keys)
+            await conn.execute(_MARK, params)
+        return [None] * len(marks)
 
     async def purge_expired(self) -> int:
         """Delete keys whose window has passed; return how many."""

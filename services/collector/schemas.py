@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from uuid import UUID
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -35,6 +36,17 @@ from shared.events import (
 )
 
 StrictInt = Annotated[int, Strict()]
+
+
+def _not_derived(value: UUID) -> UUID:
+    if value.version == 8:
+        # The collector derives version-8 ids from keys; a client sending one first could
+        # take the id of another caller's key or of a vendor's message.
+        raise ValueError("must not be a version 8 UUID (the collector derives those); use uuid4")
+    return value
+
+
+ClientEventId = Annotated[UUID, AfterValidator(_not_derived)]
 
 
 class SegmentsIn(Segments):
@@ -70,9 +82,10 @@ class ResponseIn(BaseModel):
         },
     )
 
-    event_id: UUID | None = Field(
+    event_id: ClientEventId | None = Field(
         default=None,
         description="Your idempotency key: resending the same event_id never counts twice. "
+        "A random UUID (version 4); version 8 is refused. "
         "Generated when absent (then a retry after a timeout may count twice).",
     )
     metric: Metric
@@ -136,8 +149,8 @@ class EventIn(BaseModel):
         },
     )
 
-    event_id: UUID | None = Field(
-        default=None, description="Your idempotency key, as for responses."
+    event_id: ClientEventId | None = Field(
+        default=None, description="Your idempotency key, as for responses (not version 8)."
     )
     type: TouchpointType = Field(
         description="ticket.created, ticket.first_response, ticket.status_changed, "

@@ -19,13 +19,12 @@ from pydantic import ValidationError
 from services.collector import metrics
 from services.collector.idempotency import (
     Claim,
+    EventIds,
     IdempotencyStore,
     Verdict,
     batch_fingerprint,
     caller_key,
-    event_id_for,
     fingerprint,
-    item_event_id,
     item_key,
 )
 from services.collector.schemas import BatchResult, EventIn, ItemResult, ResponseIn, Submitted
@@ -71,25 +70,6 @@ class Item:
     fingerprint: bytes | None = None
     batch: str | None = None
     named_by: str = "Idempotency-Key"
-
-
-def resolve_event_id(
-    source: str, event_id: uuid.UUID | None, key: str | None, caller: str | None = None
-) -> tuple[uuid.UUID, str | None]:
-    """Return the event id and the idempotency key of a submission.
-
-    A client's event id is its own key (global, as event ids are); otherwise an
-    ``Idempotency-Key`` names the event, scoped to ``caller`` (the API key's id), or a vendor
-    id does, scoped to its source (``caller`` None); with neither, the event gets a fresh id
-    and needs no key.
-    """
-    if event_id is not None:
-        return event_id, f"{source}:event:{event_id}"
-    if key is not None and caller is not None:
-        return event_id_for(source, key, caller), caller_key(source, caller, key)
-    if key is not None:
-        return event_id_for(source, key), f"{source}:key:{key}"
-    return uuid.uuid4(), None
 
 
 def response_event(
@@ -173,11 +153,40 @@ class Ingest:
     """Produces events once each: duplicates inside the window are answered, not produced."""
 
     def __init__(
-        self, producer: ProducerHandle, store: IdempotencyStore, settings: CollectorSettings
+        self,
+        producer: ProducerHandle,
+        store: IdempotencyStore,
+        settings: CollectorSettings,
+        ids: EventIds,
     ) -> None:
         self._producer = producer
         self.store = store
         self.settings = settings
+        self.ids = ids
+
+    def resolve_event_id(
+        self,
+        source: str,
+        event_id: uuid.UUID | None,
+        key: str | None,
+        caller: str | None = None,
+        content: bytes | None = None,
+    ) -> tuple[uuid.UUID, str | None]:
+        """Return the event id and the idempotency key of a submission.
+
+        A client's event id is its own key (global, as event ids are); otherwise an
+        ``Idempotency-Key`` names the event with the body's fingerprint ``content``, scoped
+        to ``caller`` (the API key's id), or a vendor id does, scoped to its source
+        (``caller`` None); with neither, the event gets a fresh id and needs no key.
+        """
+        if event_id is not None:
+            return event_id, f"{source}:event:{event_id}"
+        if key is not None and caller is not None:
+            assert content is not None
+            return self.ids.for_key(source, caller, key, content), caller_key(source, caller, key)
+        if key is not None:
+            return self.ids.for_vendor(source, key), f"{source}:key:{key}"
+        return uuid.uuid4(), None
 
     async def submit(
         self, items: Sequence[Item], *, source: str, batch: Claim | None = None
@@ -204,10 +213,18 @@ class Ingest:
         sent = await self._produce([items[i].event for i in to_send])
         for i, ok in zip(to_send, sent, strict=True):
             statuses[i] = Status.ACCEPTED if ok else Status.UNAVAILABLE
-        produced = [k for i, ok in zip(to_send, sent, strict=True) if ok and (k := items[i].key)]
-        if batch is not None and any(items[i].batch == batch.key for i in to_send):
-            produced.append(batch.key)  # the batch's window lasts as long as its items'
-        await self.store.mark_produced(produced)
+        acked = [i for i, ok in zip(to_send, sent, strict=True) if ok]
+        produced = [k for i in acked if (k := items[i].key)]
+        missed: list[str] = []
+        if batch is not None and any(items[i].batch == batch.key for i in acked):
+            produced.append(batch.key)
+            # The items the broker missed keep their claims as long as the batch's.
+            missed = [
+                k
+                for i, ok in zip(to_send, sent, strict=True)
+                if not ok and items[i].batch == batch.key and (k := items[i].key)
+            ]
+        await self.store.mark_produced(produced, missed)
         outcomes = []
         for item, status in zip(items, statuses, strict=True):
             assert status is not None
@@ -331,9 +348,11 @@ async def submit_one(
     if errors:
         metrics.REJECTED.labels(source=source, reason="validation").inc()
         raise FieldErrors(errors)
-    event_id, key = resolve_event_id(source, payload.event_id, idempotency_key, caller)
+    content = fingerprint(submission.model.__name__, payload.model_dump())
+    event_id, key = ingest.resolve_event_id(
+        source, payload.event_id, idempotency_key, caller, content
+    )
     event = submission.build(payload, event_id=event_id, received_at=utcnow(), source=source)
-    content = fingerprint(submission.model.__name__, payload.model_dump(mode="json"))
     named_by = "event_id" if payload.event_id is not None else "Idempotency-Key"
     (outcome,) = await ingest.submit([Item(event, key, content, named_by=named_by)], source=source)
     if outcome.status is Status.CONFLICT:
@@ -392,7 +411,7 @@ async def submit_batch(
     if idempotency_key is not None:
         batch = Claim(
             caller_key(source, caller, idempotency_key),
-            event_id_for(source, idempotency_key, caller),
+            ingest.ids.for_batch(source, caller, idempotency_key),
             batch_fingerprint(kind),
         )
     seen: Counter[bytes] = Counter()
@@ -406,11 +425,11 @@ async def submit_batch(
             metrics.REJECTED.labels(source=source, reason="validation").inc()
             results.append(ItemResult(index=index, status="rejected", errors=errors))
             continue
-        content = fingerprint(kind, payload.model_dump(mode="json"))
+        content = fingerprint(kind, payload.model_dump())
         if payload.event_id is None and batch is not None and idempotency_key is not None:
             occurrence = seen[content]
             seen[content] += 1
-            event_id = item_event_id(source, caller, idempotency_key, content, occurrence)
+            event_id = ingest.ids.for_item(source, caller, idempotency_key, content, occurrence)
             key = item_key(source, caller, idempotency_key, content, occurrence)
             item = Item(
                 submission.build(
@@ -420,7 +439,7 @@ async def submit_batch(
                 batch=batch.key,
             )
         else:
-            event_id, claim = resolve_event_id(source, payload.event_id, None)
+            event_id, claim = ingest.resolve_event_id(source, payload.event_id, None)
             event = submission.build(
                 payload, event_id=event_id, received_at=received_at, source=source
             )

@@ -11,6 +11,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -18,14 +19,20 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from services.collector.app import create_app
+from services.collector.idempotency import Claim, IdempotencyStore, Verdict
 from services.migrations import downgrade, upgrade
+from services.servers import free_port
 from shared.apikeys import KeyKind, Scope, create_key
 from shared.events import ResponseSubmitted
-from shared.settings import KafkaSettings
+from shared.settings import AuthSettings, DatabaseSettings, KafkaSettings, PrivacySettings
 from shared.topics import Topic
 from tests.builders import response_payload
 from tests.conftest import CollectorFactory
-from tests.helpers import eventually, read_topic
+from tests.helpers import eventually, read_topic, serving
+
+# How event ids were derived before they were keyed: anyone could compute them.
+OLD_NAMESPACE = uuid.UUID("0f3c2f0e-8a3b-5d2e-9c41-6b7e2d1a9f00")
 
 
 @pytest.fixture
@@ -62,6 +69,39 @@ def keyed(key: str, auth: dict[str, str] | None = None) -> dict[str, str]:
     return {"Idempotency-Key": key, **(auth or {})}
 
 
+async def run_sql(database_url: str, statement: str) -> None:
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(sa.text(statement))
+    finally:
+        await engine.dispose()
+
+
+async def pass_the_window(database_url: str, how: str) -> None:
+    """Every claim's window passes: expired in place, or purged."""
+    if how == "expired":
+        await run_sql(
+            database_url, "UPDATE collector_idempotency SET expires_at = now() - interval '1 s'"
+        )
+    else:
+        await run_sql(database_url, "DELETE FROM collector_idempotency")
+
+
+@pytest.fixture
+async def broker_down(database_url: str, api_key: str) -> AsyncIterator[httpx.AsyncClient]:
+    """A collector on the same database whose broker never answers."""
+    app = create_app(
+        kafka=KafkaSettings(
+            bootstrap_servers=f"127.0.0.1:{free_port()}", produce_timeout_seconds=1
+        ),
+        database=DatabaseSettings(url=database_url),
+        auth=AuthSettings(api_key=api_key),
+    )
+    async with serving(app, api_key, "collector-down") as client:
+        yield client
+
+
 class TestCallerScope:
     async def test_two_keys_with_one_idempotency_key_and_different_bodies_are_two_events(
         self,
@@ -89,12 +129,13 @@ class TestCallerScope:
         kafka_settings: KafkaSettings,
         two_keys: tuple[dict[str, str], dict[str, str]],
     ) -> None:
+        # The same item under the same key from two callers: the item's claim is the caller's.
         a, b = two_keys
-        batch_a = {"items": [response_payload(customer_id="a-1")]}
-        batch_b = {"items": [response_payload(customer_id="b-1")]}
-        ra = await collector.post("/v1/responses/batch", json=batch_a, headers=keyed("k", a))
-        rb = await collector.post("/v1/responses/batch", json=batch_b, headers=keyed("k", b))
+        batch = {"items": [response_payload(customer_id="c-1")]}
+        ra = await collector.post("/v1/responses/batch", json=batch, headers=keyed("k", a))
+        rb = await collector.post("/v1/responses/batch", json=batch, headers=keyed("k", b))
         assert ra.json()["accepted"] == rb.json()["accepted"] == 1
+        assert ra.json()["results"][0]["event_id"] != rb.json()["results"][0]["event_id"]
         assert len(await produced(kafka_settings, 2)) == 2
 
 
@@ -154,6 +195,30 @@ class TestBodyFingerprint:
         (accepted,) = [a for a in answers if a.status_code == 202]
         (event,) = await produced(kafka_settings, 1)
         assert str(event.event_id) == accepted.json()["event_id"]
+
+    async def test_concurrent_requests_to_two_collectors_with_one_key_store_one(
+        self, collector_app: CollectorFactory, kafka_settings: KafkaSettings
+    ) -> None:
+        headers = keyed("order-11")
+        async with collector_app() as one, collector_app() as two:
+            answers = await asyncio.gather(
+                one.post("/v1/responses", json=response_payload(score=9), headers=headers),
+                two.post("/v1/responses", json=response_payload(score=1), headers=headers),
+            )
+        assert sorted(a.status_code for a in answers) == [202, 409]
+        assert len(await produced(kafka_settings, 1)) == 1
+
+    async def test_the_same_instant_in_another_offset_is_a_duplicate(
+        self, collector: httpx.AsyncClient, kafka_settings: KafkaSettings
+    ) -> None:
+        headers = keyed("order-12")
+        tokyo = response_payload(occurred_at="2026-11-22T10:15:00+09:00")
+        utc = {**tokyo, "occurred_at": "2026-11-22T01:15:00Z"}
+        first = await collector.post("/v1/responses", json=tokyo, headers=headers)
+        again = await collector.post("/v1/responses", json=utc, headers=headers)
+        assert again.status_code == 202, again.text
+        assert again.json() == {"event_id": first.json()["event_id"], "status": "duplicate"}
+        assert len(await produced(kafka_settings, 1)) == 1
 
     async def test_an_event_id_reused_for_a_different_body_is_409_naming_it(
         self, collector: httpx.AsyncClient, kafka_settings: KafkaSettings
@@ -244,28 +309,218 @@ class TestBatches:
         assert sorted(e.score for e in events) == [0, 1, 2]
 
 
+class TestEventIds:
+    async def test_an_event_id_computed_from_a_key_does_not_take_the_keys_event(
+        self, collector: httpx.AsyncClient, kafka_settings: KafkaSettings
+    ) -> None:
+        # Someone sends first the id they expect the operator's next key to name.
+        guessed = uuid.uuid5(OLD_NAMESPACE, "api:operator:order-2001")
+        squat = await collector.post(
+            "/v1/responses", json=response_payload(event_id=str(guessed), score=0)
+        )
+        real = await collector.post(
+            "/v1/responses", json=response_payload(score=10), headers=keyed("order-2001")
+        )
+        assert squat.json()["status"] == real.json()["status"] == "accepted"
+        assert real.json()["event_id"] != str(guessed)
+        assert uuid.UUID(real.json()["event_id"]).version == 8
+        events = await produced(kafka_settings, 2)
+        assert len({e.event_id for e in events}) == 2  # the consumers count both
+
+    async def test_a_version_8_event_id_from_a_client_is_refused_naming_event_id(
+        self, collector: httpx.AsyncClient
+    ) -> None:
+        keyed_answer = await collector.post(
+            "/v1/responses", json=response_payload(), headers=keyed("order-2002")
+        )
+        derived = keyed_answer.json()["event_id"]
+        single = await collector.post("/v1/responses", json=response_payload(event_id=derived))
+        assert single.status_code == 422
+        assert single.json()["field"] == "event_id"
+        batch = await collector.post(
+            "/v1/responses/batch", json={"items": [response_payload(event_id=derived)]}
+        )
+        (result,) = batch.json()["results"]
+        assert result["status"] == "rejected"
+        assert [e["field"] for e in result["errors"]] == ["event_id"]
+
+    async def test_another_secret_derives_other_event_ids(
+        self, database_url: str, kafka_settings: KafkaSettings, api_key: str
+    ) -> None:
+        def app(secret: str) -> Any:
+            return create_app(
+                kafka=kafka_settings,
+                database=DatabaseSettings(url=database_url),
+                auth=AuthSettings(api_key=api_key),
+                privacy=PrivacySettings(hash_key=secret),
+            )
+
+        ids = []
+        for secret in ("one-secret-of-16-chars", "another-secret-of-16-chars"):
+            async with serving(app(secret), api_key, "collector") as client:
+                r = await client.post(
+                    "/v1/responses", json=response_payload(), headers=keyed("order-2003")
+                )
+                ids.append(r.json()["event_id"])
+            await pass_the_window(database_url, "deleted")
+        assert ids[0] != ids[1]
+
+
 class TestAfterTheWindow:
+    @pytest.mark.parametrize("how", ["expired", "deleted"])
     async def test_a_repeat_after_the_window_carries_the_event_id_of_its_caller(
         self,
         collector: httpx.AsyncClient,
         database_url: str,
         two_keys: tuple[dict[str, str], dict[str, str]],
+        how: str,
     ) -> None:
         # Produced again once its claim is gone (purged, or Postgres unreachable), a repeat
         # still names the caller's first event, so the consumers drop it.
         a, b = two_keys
         payload = response_payload()
         first = await collector.post("/v1/responses", json=payload, headers=keyed("k-1", a))
-        engine = create_async_engine(database_url)
-        try:
-            async with engine.begin() as conn:
-                await conn.execute(sa.text("DELETE FROM collector_idempotency"))
-        finally:
-            await engine.dispose()
+        await pass_the_window(database_url, how)
         again = await collector.post("/v1/responses", json=payload, headers=keyed("k-1", a))
         other = await collector.post("/v1/responses", json=payload, headers=keyed("k-1", b))
         assert again.json() == {"event_id": first.json()["event_id"], "status": "accepted"}
         assert other.json()["event_id"] != first.json()["event_id"]
+
+    @pytest.mark.parametrize("how", ["expired", "deleted"])
+    async def test_the_key_with_a_different_body_after_the_window_is_a_new_event(
+        self,
+        collector: httpx.AsyncClient,
+        database_url: str,
+        kafka_settings: KafkaSettings,
+        how: str,
+    ) -> None:
+        headers = keyed("order-3001")
+        first = await collector.post(
+            "/v1/responses", json=response_payload(score=9), headers=headers
+        )
+        await pass_the_window(database_url, how)
+        other = await collector.post(
+            "/v1/responses", json=response_payload(score=3), headers=headers
+        )
+        assert other.json()["status"] == "accepted"
+        assert other.json()["event_id"] != first.json()["event_id"]
+        events = await produced(kafka_settings, 2)
+        assert sorted(e.score for e in events) == [3, 9]
+        assert len({e.event_id for e in events}) == 2  # the consumers count both
+        # Within the new window, the first body is now the different one.
+        back = await collector.post(
+            "/v1/responses", json=response_payload(score=9), headers=headers
+        )
+        assert back.status_code == 409
+
+    async def test_two_collectors_reclaiming_an_expired_key_with_different_bodies_store_one(
+        self, collector_app: CollectorFactory, database_url: str, kafka_settings: KafkaSettings
+    ) -> None:
+        headers = keyed("order-3002")
+        async with collector_app() as one, collector_app() as two:
+            first = await one.post("/v1/responses", json=response_payload(), headers=headers)
+            assert first.status_code == 202
+            await pass_the_window(database_url, "expired")
+            answers = await asyncio.gather(
+                one.post("/v1/responses", json=response_payload(score=1), headers=headers),
+                two.post("/v1/responses", json=response_payload(score=2), headers=headers),
+            )
+        assert sorted(a.status_code for a in answers) == [202, 409]
+        assert len(await produced(kafka_settings, 2)) == 2
+
+    async def test_a_collector_that_reclaimed_an_expired_key_holds_it_against_another(
+        self,
+        collector: httpx.AsyncClient,
+        broker_down: httpx.AsyncClient,
+        database_url: str,
+        kafka_settings: KafkaSettings,
+    ) -> None:
+        headers = keyed("order-3003")
+        first = await collector.post(
+            "/v1/responses", json=response_payload(score=5), headers=headers
+        )
+        assert first.json()["status"] == "accepted"
+        await pass_the_window(database_url, "expired")
+        # One collector re-claims the key for a new body, and its broker misses it.
+        body = response_payload(score=1)
+        missed = await broker_down.post("/v1/responses", json=body, headers=headers)
+        assert missed.status_code == 503
+        other = await collector.post(
+            "/v1/responses", json=response_payload(score=2), headers=headers
+        )
+        assert other.status_code == 409
+        retry = await collector.post("/v1/responses", json=body, headers=headers)
+        assert retry.json() == {"event_id": missed.json()["event_id"], "status": "accepted"}
+        assert sorted(e.score for e in await produced(kafka_settings, 2)) == [1, 5]
+
+    async def test_a_reclaim_holds_the_key_against_another_collector(
+        self, database_url: str
+    ) -> None:
+        # Two collectors (two engines): the first re-claims an expired key for one body and
+        # has not produced it yet; the second, with another body, must find the key taken.
+        window = timedelta(days=1)
+        engines = [create_async_engine(database_url) for _ in range(2)]
+        one, two = (IdempotencyStore(engine, window) for engine in engines)
+        key = f"api:key:operator:{uuid.uuid4()}"
+
+        def claim(body: bytes) -> list[Claim]:
+            return [Claim(key, uuid.uuid4(), body * 32)]
+
+        try:
+            assert await one.claim(claim(b"a")) == [Verdict.NEW]
+            await one.mark_produced([key])
+            await pass_the_window(database_url, "expired")
+            assert await one.claim(claim(b"b")) == [Verdict.NEW]
+            assert await two.claim(claim(b"c")) == [Verdict.CONFLICT]
+        finally:
+            for engine in engines:
+                await engine.dispose()
+
+
+class TestUnacknowledgedBatches:
+    async def test_a_batch_the_broker_missed_is_not_refused_when_resent_as_claims_expire(
+        self,
+        collector: httpx.AsyncClient,
+        broker_down: httpx.AsyncClient,
+        database_url: str,
+        kafka_settings: KafkaSettings,
+    ) -> None:
+        items = [response_payload(customer_id=f"c-{i}") for i in range(2)]
+        headers = keyed("upload-2026-12-03")
+        missed = await broker_down.post(
+            "/v1/responses/batch", json={"items": items}, headers=headers
+        )
+        assert missed.status_code == 503
+        # Time passes until the earliest claims expire.
+        await run_sql(
+            database_url,
+            "UPDATE collector_idempotency SET expires_at = now() - interval '1 s' "
+            "WHERE expires_at < (SELECT max(expires_at) FROM collector_idempotency)",
+        )
+        resent = await collector.post("/v1/responses/batch", json={"items": items}, headers=headers)
+        assert resent.status_code == 200
+        assert statuses(resent.json()) == ["accepted", "accepted"]
+        assert len(await produced(kafka_settings, 2)) == 2
+
+    async def test_an_item_past_its_own_window_is_not_refused_while_its_batch_lives(
+        self, collector: httpx.AsyncClient, database_url: str, kafka_settings: KafkaSettings
+    ) -> None:
+        items = [response_payload(customer_id=f"c-{i}") for i in range(2)]
+        headers = keyed("upload-2026-12-04")
+        first = await collector.post("/v1/responses/batch", json={"items": items}, headers=headers)
+        assert first.json()["accepted"] == 2
+        await run_sql(
+            database_url,
+            "UPDATE collector_idempotency SET expires_at = now() - interval '1 s' "
+            "WHERE key LIKE '%:item:%'",
+        )
+        for expected in ("accepted", "duplicate"):  # and its claim was kept
+            again = await collector.post(
+                "/v1/responses/batch", json={"items": items}, headers=headers
+            )
+            assert statuses(again.json()) == [expected, expected]
+            ids = [r["event_id"] for r in again.json()["results"]]
+            assert ids == [r["event_id"] for r in first.json()["results"]]
 
 
 class TestMigration:

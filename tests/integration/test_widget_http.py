@@ -103,6 +103,21 @@ class TestOrigins:
         assert r.json()["field"] == "score"
         assert r.headers["access-control-allow-origin"] == SHOP
 
+    async def test_a_version_8_event_id_is_refused_naming_event_id(
+        self, collector: httpx.AsyncClient, publishable_key: str
+    ) -> None:
+        # The collector derives version-8 ids from keys and vendor message ids: an anonymous
+        # page must not send one first and so take another caller's event.
+        derived = uuid.UUID(int=uuid.uuid4().int & ~(0xF << 76) | (0x8 << 76))
+        r = await collector.post(
+            widget_url(publishable_key),
+            json=response_payload(event_id=str(derived)),
+            headers={"Origin": SHOP},
+        )
+        assert r.status_code == 422
+        assert r.json()["field"] == "event_id"
+        assert r.headers["access-control-allow-origin"] == SHOP
+
 
 class TestRateLimit:
     async def test_429_with_retry_after_per_address(

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from services.collector import metrics
 from services.collector.deps import ERRORS, IngestDep
 from services.collector.schemas import BatchResult, ItemResult
-from services.collector.service import Ingest, Item, batch_response, resolve_event_id, summarise
+from services.collector.service import Ingest, Item, batch_response, summarise
 from services.collector.sources import ivr
 from shared.apikeys import Scope
 from shared.events import (
@@ -79,7 +79,7 @@ async def submit_call(
             )
             continue
         assert score is not None
-        event_id, key = resolve_event_id(source, None, f"{call.call_id}:{question}")
+        event_id, key = ingest.resolve_event_id(source, None, f"{call.call_id}:{question}")
         items.append(
             Item(
                 ResponseSubmitted(

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from services.collector import metrics
 from services.collector.deps import ERRORS, IngestDep
 from services.collector.schemas import Submitted
-from services.collector.service import Ingest, produce_one, resolve_event_id
+from services.collector.service import Ingest, produce_one
 from services.collector.sources import tickets
 from shared import signatures
 from shared.apikeys import Scope
@@ -47,7 +47,7 @@ async def _submit(
         # A PermanentError: answered 422 naming its field, as every one is.
         metrics.REJECTED.labels(source=source, reason="validation").inc()
         raise
-    event_id, key = resolve_event_id(source, None, change.key)
+    event_id, key = ingest.resolve_event_id(source, None, change.key)
     received_at = utcnow()
     event = TouchpointEvent(
         event_id=event_id,

@@ -11,7 +11,7 @@ from fastapi.responses import Response
 
 from services.collector import invitations, metrics
 from services.collector.deps import HasherDep, IngestDep
-from services.collector.service import Item, Status, resolve_event_id
+from services.collector.service import Item, Status
 from services.collector.sources import sms, twilio_signature
 from shared import signatures
 from shared.events import ResponseSubmitted, Segments, score_range, utcnow
@@ -82,7 +82,7 @@ async def inbound_sms(
     # The number is only ever looked up, and kept, as its keyed hash.
     phone_hash = hasher.phone(phone)
 
-    event_id, key = resolve_event_id(SOURCE, None, sid)
+    event_id, key = ingest.resolve_event_id(SOURCE, None, sid)
     assert key is not None
     if await ingest.store.was_produced(key):
         # Twilio retried a message whose answer is already in Kafka: thank again, change nothing.

@@ -1,0 +1,69 @@
+"""Event ids derived from keys: keyed, version 8, and one per body; fingerprints per instant."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+
+from services.collector.idempotency import EventIds, fingerprint
+from services.collector.schemas import ResponseIn
+from tests.builders import response_payload
+
+BODY = fingerprint("ResponseIn", {"score": 9})
+OTHER = fingerprint("ResponseIn", {"score": 3})
+
+
+class TestEventIds:
+    def test_ids_are_version_8_and_depend_on_the_secret(self) -> None:
+        one = EventIds(b"one-secret-of-16-chars").for_key("api", "operator", "k", BODY)
+        two = EventIds(b"another-secret-of-16").for_key("api", "operator", "k", BODY)
+        assert (one.version, one.variant) == (8, uuid.RFC_4122)
+        assert one != two
+
+    def test_the_body_is_part_of_the_id_and_the_same_body_keeps_it(self) -> None:
+        ids = EventIds(b"one-secret-of-16-chars")
+        first = ids.for_key("api", "operator", "k", BODY)
+        assert ids.for_key("api", "operator", "k", BODY) == first
+        assert ids.for_key("api", "operator", "k", OTHER) != first
+
+    def test_no_key_text_reads_as_another_name(self) -> None:
+        ids = EventIds(b"one-secret-of-16-chars")
+        assert ids.for_vendor("twilio", "a:b") != ids.for_vendor("twilio:a", "b")
+        assert ids.for_key("api", "a:b", "c", BODY) != ids.for_key("api", "a", "b:c", BODY)
+
+
+class TestFingerprint:
+    def test_one_instant_in_two_offsets_is_one_body(self) -> None:
+        tokyo = datetime(2026, 11, 22, 10, 15, tzinfo=timezone(timedelta(hours=9)))
+        bodies = [
+            ResponseIn.model_validate(
+                response_payload(customer_id="c-1", occurred_at=when.isoformat())
+            )
+            for when in (tokyo, tokyo.astimezone(UTC))
+        ]
+        a, b = (fingerprint("ResponseIn", body.model_dump()) for body in bodies)
+        assert a == b
+
+    def test_another_instant_is_another_body(self) -> None:
+        bodies = [
+            ResponseIn.model_validate(response_payload(customer_id="c-1", occurred_at=when))
+            for when in ("2026-11-22T10:15:00+09:00", "2026-11-22T10:15:00Z")
+        ]
+        a, b = (fingerprint("ResponseIn", body.model_dump()) for body in bodies)
+        assert a != b
+
+
+class TestClientEventIds:
+    def test_a_version_8_event_id_is_refused(self) -> None:
+        derived = EventIds(b"one-secret-of-16-chars").for_key("api", "operator", "k", BODY)
+        errors = []
+        try:
+            ResponseIn.model_validate(response_payload(event_id=str(derived)))
+        except ValueError as exc:
+            errors = [".".join(map(str, e["loc"])) for e in getattr(exc, "errors", list)()]
+        assert errors == ["event_id"]
+
+    def test_a_random_event_id_is_taken(self) -> None:
+        event_id = uuid.uuid4()
+        payload = ResponseIn.model_validate(response_payload(event_id=str(event_id)))
+        assert payload.event_id == event_id
