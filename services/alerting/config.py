@@ -31,6 +31,7 @@ import os
 import string
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 import yaml
 from pydantic import (
@@ -163,7 +164,8 @@ class AlertingConfig(BaseModel):
             "default"
         )
         if template and alert.get("ticket_id"):
-            links.append({"href": template.format(ticket_id=alert["ticket_id"]), "text": "Ticket"})
+            ticket_id = quote(str(alert["ticket_id"]), safe="")
+            links.append({"href": template.format(ticket_id=ticket_id), "text": "Ticket"})
         if self.runbook_url:
             links.append({"href": self.runbook_url, "text": "Runbook"})
         return links
