@@ -62,18 +62,24 @@ _DATA_SQLSTATE_CLASSES = frozenset({"21", "22", "23", "54"})
 def refused_data(exc: BaseException) -> str | None:
     """Return why ``exc`` blames the data being written, or None when it does not.
 
-    The data is to blame for a ``PermanentError``, for a Postgres error of a data class
-    (a constraint, a value out of range, a value too big for an index) and for a value
-    Python cannot convert (``ValueError``, ``ArithmeticError``). A transient error, a
-    programming error or any other failure returns None: the same data may succeed later.
-    The reason names the condition, table, column and constraint, never a value.
+    The data is to blame for a ``PermanentError`` (a handler raises one, naming the field,
+    for a value it cannot convert) and for a Postgres error of a data class (a constraint,
+    a value out of range, a value too big for an index). A transient error, a programming
+    error (a ``ValueError`` included) or any other failure returns None: the same data may
+    succeed later. The reason names the condition, table, column and constraint, never a
+    value. The caller still treats many records refused for one reason as systemic
+    (``shared.kafka``): schema skew or a code bug may raise a data class for every record.
     """
     if isinstance(exc, PermanentError):
         return str(exc) if exc.field is None else f"{exc.field}: {exc}"
-    postgres = _postgres_error(exc)
+    postgres = postgres_error(exc)
     if postgres is not None:
         code: str = postgres.sqlstate
         if code[:2] not in _DATA_SQLSTATE_CLASSES:
+            return None
+        if isinstance(postgres.__cause__, TypeError):
+            # asyncpg could not encode a parameter of the wrong Python type: the code and
+            # the schema disagree, whatever the record holds.
             return None
         where = [
             f"{what} {name}"
@@ -82,14 +88,10 @@ def refused_data(exc: BaseException) -> str | None:
         ]
         reason = f"the database refused it: {type(postgres).__name__} (SQLSTATE {code})"
         return f"{reason}, {', '.join(where)}" if where else reason
-    if is_transient(exc):
-        return None
-    if isinstance(exc, ValueError | ArithmeticError):
-        return f"{type(exc).__name__} while applying it"
     return None
 
 
-def _postgres_error(exc: BaseException) -> Any | None:
+def postgres_error(exc: BaseException) -> Any | None:
     """Return the innermost error carrying a SQLSTATE in ``exc``'s chain, if any.
 
     SQLAlchemy wraps asyncpg's error (``exc.orig``, whose cause is asyncpg's own); the

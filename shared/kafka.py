@@ -8,8 +8,12 @@ handler's dedupe by event id makes the redelivery harmless.
 A record that validates but that the handler cannot apply because of its data (a
 constraint, a value out of range: see :func:`shared.db.refused_data`) is found by applying
 the failing batch in halves, in order, down to the one record that fails alone; that record
-is dead-lettered with the reason and the rest are applied. Any other failure (the database
-down, a deadlock, a bug) retries the whole batch with backoff and dead-letters nothing.
+is retried once after a short wait (a race with another writer may have caused it) and,
+refused again for the same reason, dead-lettered with it; the rest are applied. Any other
+failure (the database down, a deadlock, a bug) retries the whole batch with backoff and
+dead-letters nothing, and so does a split that looks systemic: more records refused alone
+for one reason than a small share of the batch (schema skew during a rollout, a bug), or a
+record that must never be dead-lettered (``customer.erased``) refused alone.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from pydantic import BaseModel, ValidationError
 
 from shared import metrics
-from shared.db import refused_data
+from shared.db import postgres_error, refused_data
 from shared.errors import PoisonMessageError
 from shared.events import CUSTOMER_ERASED, CustomerErased
 from shared.settings import ConsumerSettings, KafkaSettings
@@ -197,8 +201,14 @@ class DeadLetters:
         self._topic = settings.topic(Topic.DEAD_LETTERS)
         self._group = group
 
-    async def send(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
-        """Copy ``record`` to the dead-letter topic and wait for the broker's ack."""
+    async def send(
+        self, record: ConsumerRecord[bytes, bytes], reason: str, kind: str = "validation"
+    ) -> None:
+        """Copy ``record`` to the dead-letter topic and wait for the broker's ack.
+
+        ``kind`` labels the dead-letter counter: ``validation`` (it could not be decoded),
+        ``refused_by_database`` or ``refused_by_handler`` (it failed alone when applied).
+        """
         origin = f"{record.topic}/{record.partition}/{record.offset}"
         headers = [
             (HEADER_DLQ_REASON, reason.encode("utf-8")),
@@ -208,11 +218,26 @@ class DeadLetters:
         await self._producer.send_and_wait(
             self._topic, value=record.value or b"", key=record.key, headers=headers
         )
-        metrics.DEAD_LETTERS.labels(group=self._group, topic=record.topic).inc()
+        metrics.DEAD_LETTERS.labels(group=self._group, topic=record.topic, reason=kind).inc()
         log.warning("dead-lettered %s: %s", origin, reason)
 
 
 Handler = Callable[[Sequence[Decoded]], Awaitable[None]]
+
+# Header values of the records no split may dead-letter: an erasure that is lost would
+# leave a customer's data in place.
+_NEVER_DEAD_LETTERED_TYPES = frozenset({CUSTOMER_ERASED.encode()})
+
+
+def never_dead_lettered(record: ConsumerRecord[bytes, bytes]) -> bool:
+    """Return whether ``record`` must never be dead-lettered for its data (an erasure).
+
+    Such a record refused alone makes the split systemic: the batch is retried with backoff.
+    """
+    return any(
+        key == HEADER_TYPE and value in _NEVER_DEAD_LETTERED_TYPES
+        for key, value in record.headers or ()
+    )
 
 
 def backoff_delay(attempt: int, *, base: float = 0.2, cap: float = 30.0) -> float:
@@ -235,13 +260,19 @@ async def run_batches(
     dead_letters: DeadLetters,
     settings: ConsumerSettings,
     in_flight: int = 1,
+    never_dead_letter: Callable[[ConsumerRecord[bytes, bytes]], bool] = never_dead_lettered,
+    refused_share: float = 0.1,
+    refused_retry_seconds: float = 0.5,
 ) -> None:
     """Consume until ``stop`` is set: decode, handle, dead-letter poison, then commit.
 
     ``models`` names the event model of each topic (by its broker-side name).
 
     A batch that fails on its data is applied in halves, in order, and each record that
-    fails alone is dead-lettered with its reason (see :func:`_settle`). A batch whose
+    fails alone, and again after ``refused_retry_seconds``, is dead-lettered with its reason
+    (see :class:`_Split`). When more records than ``refused_share`` of the batch (at least
+    one) fail alone for one reason, or one for which ``never_dead_letter`` is true does, the
+    split is systemic: nothing is dead-lettered and the batch is retried whole. A batch whose
     handler fails otherwise (database down, or a bug) is retried whole with capped
     exponential backoff and nothing is committed, so no record is skipped. Stopping
     mid-retry leaves the batch uncommitted: the next owner of the partitions gets it again.
@@ -264,15 +295,15 @@ async def run_batches(
                 try:
                     fetched.good.append(Decoded(record, decode(models[record.topic], record)))
                 except PoisonMessageError as exc:
-                    fetched.poison.append((record, exc.reason))
+                    fetched.poison.append((record, exc.reason, "validation"))
         return fetched
 
     async def finish(fetched: _Fetched, applying: asyncio.Task[list[Refused] | None]) -> bool:
         refused = await applying
         if refused is None:
             return False
-        for record, reason in [*fetched.poison, *refused]:
-            await dead_letters.send(record, reason)
+        for record, reason, kind in [*fetched.poison, *refused]:
+            await dead_letters.send(record, reason, kind)
         await _commit(consumer, fetched.batches, settings)
         for tp, records in fetched.batches.items():
             metrics.CONSUMED.labels(group=group, topic=tp.topic).inc(len(records))
@@ -300,9 +331,15 @@ async def run_batches(
                 current = upcoming.result()
                 upcoming = asyncio.create_task(fetch())
                 if current.batches:
-                    applying = asyncio.create_task(
-                        _apply_with_retry(handle, current.good, stop, group)
+                    split = _Split(
+                        handle,
+                        stop,
+                        group,
+                        never_dead_letter=never_dead_letter,
+                        limit=max(1, int(refused_share * len(current.good))),
+                        retry_seconds=refused_retry_seconds,
                     )
+                    applying = asyncio.create_task(_apply_with_retry(split, current.good))
                     pending.append((current, applying))
         # Stopping: the batches in hand finish and commit, as a lone batch always did.
         while pending:
@@ -317,7 +354,8 @@ async def run_batches(
         await consumer.stop()
 
 
-Refused = tuple[ConsumerRecord[bytes, bytes], str]
+# A record, why it can never be applied, and the dead-letter counter's reason label.
+Refused = tuple[ConsumerRecord[bytes, bytes], str, str]
 
 
 @dataclass
@@ -341,49 +379,139 @@ async def _record_lag(consumer: AIOKafkaConsumer, group: str) -> None:
         metrics.LAG.labels(group=group, topic=topic).set(records)
 
 
-async def _apply_with_retry(
-    handle: Handler, good: Sequence[Decoded], stop: asyncio.Event, group: str
-) -> list[Refused] | None:
+async def _apply_with_retry(split: _Split, good: Sequence[Decoded]) -> list[Refused] | None:
     """Apply ``good``; return the records refused for their data, or None if stopped first.
 
-    A failure that does not blame the data retries the whole batch: the halves applied
-    before it are in the ledger, so the retry skips them and dead-letters nothing new.
+    A failure that does not blame the data, or a systemic split, retries the whole batch:
+    the halves applied before it are in the ledger, so the retry skips them and
+    dead-letters nothing new.
     """
     attempt = 0
+    group = split.group
     while good:
         try:
             with metrics.BATCH_SECONDS.labels(group=group).time():
-                return await _settle(handle, good)
-        except Exception:
+                return await split.settle(good)
+        except _Stopped:
+            return None
+        except Exception as exc:
             metrics.BATCH_FAILURES.labels(group=group).inc()
             delay = backoff_delay(attempt)
-            log.exception("batch of %d failed; retrying in %.1fs", len(good), delay)
+            if isinstance(exc, SystemicRefusalError):
+                metrics.BATCH_SPLITS.labels(group=group, outcome="systemic").inc()
+                log.error(
+                    "batch of %d: %s; dead-lettering nothing, retrying it whole in %.1fs",
+                    len(good),
+                    exc,
+                    delay,
+                )
+            else:
+                log.exception("batch of %d failed; retrying in %.1fs", len(good), delay)
             attempt += 1
-            await sleep_unless_stopped(stop, delay)
-            if stop.is_set():
+            await sleep_unless_stopped(split.stop, delay)
+            if split.stop.is_set():
                 return None
     return []
 
 
-async def _settle(handle: Handler, batch: Sequence[Decoded]) -> list[Refused]:
-    """Apply ``batch``, or, if its data is refused, its halves in order; return the refused.
+class SystemicRefusalError(Exception):
+    """A split whose refusals blame no single record: the batch is retried whole."""
 
-    Each record that fails alone is refused. Halving keeps the order in which the others
-    are applied, as alerting's lifecycle needs: the records before a bad one, then the bad
-    one alone (rolled back), then those after it. Any other failure propagates.
+
+class _Stopped(Exception):
+    """``stop`` was set between two steps of a split."""
+
+
+class _Split:
+    """Applies a batch, or, if its data is refused, its halves in order, down to one record.
+
+    Halving keeps the order in which the others are applied, as alerting's lifecycle needs:
+    the records before a bad one, then the bad one alone (rolled back), then those after it.
+    Each record refused alone is applied once more, alone, ``retry_seconds`` after the split
+    (a foreign key or a unique key may have met a concurrent writer, or the cause of a
+    systemic refusal been fixed meanwhile), and refused only if it fails again for the same
+    reason. Any other failure propagates, and so does a systemic split
+    (:class:`SystemicRefusalError`): more than ``limit`` records refused alone for one
+    reason, a record ``never_dead_letter`` protects refused alone, or a retry refused for
+    another reason. ``stop`` is honoured between steps.
     """
-    try:
-        await handle(batch)
-        return []
-    except Exception as exc:
-        reason = refused_data(exc)
-        if reason is None:
-            raise
-    if len(batch) == 1:
-        return [(batch[0].record, reason)]
-    log.warning("batch of %d refused (%s); applying it in halves", len(batch), reason)
-    half = len(batch) // 2
-    return [*await _settle(handle, batch[:half]), *await _settle(handle, batch[half:])]
+
+    def __init__(
+        self,
+        handle: Handler,
+        stop: asyncio.Event,
+        group: str,
+        *,
+        never_dead_letter: Callable[[ConsumerRecord[bytes, bytes]], bool],
+        limit: int,
+        retry_seconds: float,
+    ) -> None:
+        self.handle = handle
+        self.stop = stop
+        self.group = group
+        self._never_dead_letter = never_dead_letter
+        self._limit = limit
+        self._retry_seconds = retry_seconds
+        self._alone: collections.Counter[str] = collections.Counter()
+
+    async def settle(self, batch: Sequence[Decoded]) -> list[Refused]:
+        """Apply ``batch``; return the records refused for their data (see the class)."""
+        self._alone.clear()
+        refusal = await self._try(batch)
+        if refusal is None:
+            return []
+        log.warning("batch of %d refused (%s); applying it in halves", len(batch), refusal[0])
+        found = await self._split(batch, refusal)
+        # Once more each, after the others: a concurrent writer, or a fix landed meanwhile.
+        await sleep_unless_stopped(self.stop, self._retry_seconds)
+        refused: list[Refused] = []
+        for decoded, (reason, kind) in found:
+            again = await self._try([decoded])
+            if again is not None and again[0] != reason:
+                raise SystemicRefusalError(f"a record refused for {reason}, then {again[0]}")
+            if again is not None:
+                refused.append((decoded.record, reason, kind))
+        outcome = "dead_lettered" if refused else "applied"
+        metrics.BATCH_SPLITS.labels(group=self.group, outcome=outcome).inc()
+        return refused
+
+    async def _try(self, batch: Sequence[Decoded]) -> tuple[str, str] | None:
+        if self.stop.is_set():
+            raise _Stopped
+        try:
+            await self.handle(batch)
+            return None
+        except Exception as exc:
+            reason = refused_data(exc)
+            if reason is None:
+                raise
+            kind = "refused_by_database" if postgres_error(exc) else "refused_by_handler"
+            return reason, kind
+
+    async def _split(
+        self, batch: Sequence[Decoded], refusal: tuple[str, str]
+    ) -> list[tuple[Decoded, tuple[str, str]]]:
+        if len(batch) == 1:
+            return [(batch[0], self._refused_alone(batch[0], refusal))]
+        log.debug("batch of %d refused; applying it in halves", len(batch))
+        refused: list[tuple[Decoded, tuple[str, str]]] = []
+        half = len(batch) // 2
+        for part in (batch[:half], batch[half:]):
+            again = await self._try(part)
+            if again is not None:
+                refused += await self._split(part, again)
+        return refused
+
+    def _refused_alone(self, decoded: Decoded, refusal: tuple[str, str]) -> tuple[str, str]:
+        reason = refusal[0]
+        if self._never_dead_letter(decoded.record):
+            raise SystemicRefusalError(f"a record never dead-lettered was refused ({reason})")
+        self._alone[reason] += 1
+        if self._alone[reason] > self._limit:
+            raise SystemicRefusalError(
+                f"{self._alone[reason]} records refused alone for one reason ({reason})"
+            )
+        return refusal
 
 
 async def _commit(

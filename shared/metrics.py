@@ -27,8 +27,16 @@ CONSUMED = Counter(
 )
 DEAD_LETTERS = Counter(
     name("consumer", "dead_letters", "total"),
-    "Records sent to the dead-letter topic because they can never be applied.",
-    ["group", "topic"],
+    "Records sent to the dead-letter topic because they can never be applied: reason is "
+    "validation (undecodable), refused_by_database or refused_by_handler (applied alone).",
+    ["group", "topic", "reason"],
+)
+BATCH_SPLITS = Counter(
+    name("consumer", "batch_splits", "total"),
+    "Batches refused for their data and applied in halves, by outcome: dead_lettered, "
+    "applied (nothing refused in the end) or systemic (one cause refused too many records "
+    "alone, or a record never dead-lettered: the batch is retried whole).",
+    ["group", "outcome"],
 )
 BATCH_FAILURES = Counter(
     name("consumer", "batch_failures", "total"),

@@ -25,6 +25,7 @@ from services.alerting import lifecycle, metrics, outbox
 from services.alerting.config import AlertingConfig
 from services.alerting.models import UNRESOLVED, alerts, deadlines
 from services.alerting.rules import Severity
+from shared.errors import PermanentError
 from shared.events import TouchpointEvent
 from shared.kafka import sleep_unless_stopped
 from shared.settings import SlaSettings
@@ -39,8 +40,19 @@ _NAMESPACE = uuid.UUID("4b0d8b8e-5b7e-5f3e-a1c4-2d6e9f8a7b10")
 def _deadline(
     sla: SlaSettings, kind: str, priority: str | None, channel: str, start: datetime
 ) -> datetime | None:
-    minutes = sla.minutes(kind, priority, channel)
-    return None if minutes is None else start + timedelta(minutes=minutes)
+    return _later(start, sla.minutes(kind, priority, channel))
+
+
+def _later(start: datetime, minutes: float | None) -> datetime | None:
+    """``minutes`` after the event's time; a deadline past year 9999 is the event's fault."""
+    if minutes is None:
+        return None
+    try:
+        return start + timedelta(minutes=minutes)
+    except OverflowError:
+        raise PermanentError(
+            "is too late: its SLA deadline is past the year 9999", field="occurred_at"
+        ) from None
 
 
 async def _start(conn: AsyncConnection, e: TouchpointEvent, kind: str, sla: SlaSettings) -> None:
@@ -105,7 +117,7 @@ async def _reopen(conn: AsyncConnection, e: TouchpointEvent, sla: SlaSettings) -
             satisfied_at=None,
             fired_at=None,
             started_at=e.occurred_at,
-            deadline=None if minutes is None else e.occurred_at + timedelta(minutes=minutes),
+            deadline=_later(e.occurred_at, minutes),
         )
     )
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Final, NamedTuple
 
+from shared.errors import PermanentError
 from shared.events import Metric, NpsCategory, ResponseSubmitted, TouchpointEvent, nps_category
 
 BUCKET: Final = timedelta(hours=1)
@@ -16,9 +17,18 @@ SATISFIED_FROM: Final = 4
 Z_95: Final = 1.96
 
 
+def in_utc(moment: datetime) -> datetime:
+    """Return ``moment`` in UTC; a time past either end of the calendar in UTC (valid in its
+    own zone, as ``0001-01-01T00:30+01:00`` is) is the event's fault: ``PermanentError``."""
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise PermanentError("is outside the years 1 to 9999 in UTC", field="occurred_at") from None
+
+
 def bucket_start(moment: datetime) -> datetime:
     """Return the start of the UTC hour holding ``moment`` (a +05:30 zone still lands right)."""
-    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    return in_utc(moment).replace(minute=0, second=0, microsecond=0)
 
 
 class BucketKey(NamedTuple):
@@ -207,7 +217,7 @@ def fold_tickets(events: list[TouchpointEvent]) -> dict[tuple[str, str], TicketF
     for event in events:
         if event.ticket_id is None:
             continue
-        at = event.occurred_at.astimezone(UTC)
+        at = in_utc(event.occurred_at)
         facts = tickets.setdefault(
             (event.source, event.ticket_id),
             TicketFacts(event.source, event.ticket_id, event.customer_id, event.channel.value, at),
@@ -231,7 +241,7 @@ def fold_tickets(events: list[TouchpointEvent]) -> dict[tuple[str, str], TicketF
 
 def period_starts(moment: datetime) -> tuple[date, date]:
     """Return the (ISO week, month) a moment falls in, as their first days in UTC."""
-    day = moment.astimezone(UTC).date()
+    day = in_utc(moment).date()
     return day - timedelta(days=day.weekday()), day.replace(day=1)
 
 

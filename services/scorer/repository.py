@@ -150,6 +150,10 @@ async def apply_batch(
     fresh = [e for event_id, e in unique.items() if event_id in new_ids]
     responses = [e for e in fresh if isinstance(e, ResponseSubmitted)]
     touchpoints = [e for e in fresh if isinstance(e, TouchpointEvent)]
+    # Folded first: an event's time past the calendar in UTC is a PermanentError naming
+    # occurred_at, not an OverflowError of the driver's COPY.
+    buckets, reasons, active = fold(responses), fold_reasons(responses), activity(fresh)
+    tickets = _sorted(_as_dict(facts) for facts in fold_tickets(touchpoints).values())
     driver = await _driver(conn)
     # Plain COPY, without ON CONFLICT, is safe: a raw row is only ever written in the
     # transaction that adds its id to the ledger, and the ledger just said these ids are new.
@@ -157,10 +161,8 @@ async def apply_batch(
         await driver.copy_records_to_table(
             "responses", records=[response_record(e) for e in responses], columns=RESPONSE_COLUMNS
         )
-    await _stage_and_merge(driver, fold(responses), fold_reasons(responses), activity(fresh))
-    await _execute(
-        conn, _TICKETS, _sorted(_as_dict(facts) for facts in fold_tickets(touchpoints).values())
-    )
+    await _stage_and_merge(driver, buckets, reasons, active)
+    await _execute(conn, _TICKETS, tickets)
     return Applied(responses, touchpoints)
 
 

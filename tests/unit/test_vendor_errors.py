@@ -12,6 +12,9 @@ import pytest
 
 from services.collector.sources import ivr, tickets
 from shared.errors import PermanentError
+from shared.privacy import Hasher
+
+HASHER = Hasher(b"test-key")
 
 
 class TestTicketEvents:
@@ -36,9 +39,31 @@ class TestTicketEvents:
 
 
 class TestIvrCalls:
-    def test_a_malformed_call_is_permanent_and_names_its_field(self) -> None:
-        # The parsers raise it (tests/integration/test_ivr_sources.py checks the 422 answers).
-        error = ivr.MalformedCall("Details.ContactData.Attributes.customerId", "is required")
-        assert isinstance(error, PermanentError)
-        assert error.field == "Details.ContactData.Attributes.customerId"
-        assert str(error) == "Details.ContactData.Attributes.customerId is required"
+    @pytest.mark.parametrize(
+        ("body", "field"),
+        [
+            ({"Details": {"ContactData": {}}}, "Details.ContactData.ContactId"),
+            (
+                {"Details": {"ContactData": {"ContactId": "c1", "Attributes": ["1"]}}},
+                "Details.ContactData.Attributes",
+            ),
+            (
+                {"Details": {"ContactData": {"ContactId": "c1", "Attributes": {"q1": "3"}}}},
+                "Details.ContactData.Attributes.customerId",
+            ),
+        ],
+        ids=["no-contact", "attributes-not-an-object", "no-customer"],
+    )
+    def test_amazon_connect_names_the_field(self, body: dict[str, Any], field: str) -> None:
+        with pytest.raises(PermanentError) as caught:
+            ivr.from_amazon_connect(body, HASHER)
+        assert isinstance(caught.value, ivr.MalformedCall)
+        assert caught.value.field == field
+        assert str(caught.value).startswith(f"{field} ")
+
+    def test_a_generic_call_without_customer_or_caller_names_customer_id(self) -> None:
+        call = ivr.GenericIvrCall.model_validate({"call_id": "x1", "answers": {"q1": "3"}})
+        with pytest.raises(PermanentError) as caught:
+            call.to_call(HASHER)
+        assert isinstance(caught.value, ivr.MalformedCall)
+        assert caught.value.field == "customer_id"
