@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
+import httpx
 import yaml
 from pydantic import (
     AfterValidator,
@@ -86,6 +87,19 @@ class Receiver(BaseModel):
     url: str = Field(default="", pattern=r"^(https?://.+)?$")
     secret_env: str | None = None
     routing_key_env: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url_parses(cls, url: str) -> str:
+        # Checked as the sender will parse it, so that no notification fails on it later.
+        if url:
+            try:
+                host = httpx.URL(url).host
+            except httpx.InvalidURL as exc:
+                raise ValueError(f"not a valid URL: {exc}") from None
+            if not host:
+                raise ValueError("not a valid URL: it names no host")
+        return url
 
     @field_validator("secret_env")
     @classmethod

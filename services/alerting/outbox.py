@@ -20,11 +20,14 @@ is sent if its alert is still open, and dropped otherwise (as Alertmanager does)
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
+import re
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -118,8 +121,17 @@ async def enqueue(
 
 
 def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after", "")
-    return float(value) if value.replace(".", "", 1).isdigit() else None
+    """Return the seconds Retry-After asks for: ASCII digits or an HTTP-date, else None."""
+    value = response.headers.get("retry-after", "").strip()
+    if re.fullmatch(r"[0-9]{1,9}", value):
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 async def _attempt(
@@ -140,13 +152,17 @@ async def _attempt(
         return "failed", None, f"cannot build the request: {type(exc).__name__}: {exc}"[:500]
     try:
         response = await client.post(request.url, content=request.body, headers=request.headers)
-    except httpx.HTTPError as exc:
+    except httpx.InvalidURL:
+        return "failed", None, "the receiver's url is not a valid URL"
+    except Exception as exc:
+        # Whatever went wrong, it is recorded and retried within the budget, never lost.
         return "retry", None, type(exc).__name__
+    # Never the body: receivers echo the payload back, and the error is shown and logged.
     if response.is_success:
         return "delivered", None, None
     if response.status_code == 429 or response.status_code >= 500:
         return "retry", _retry_after(response), f"HTTP {response.status_code}"
-    return "failed", None, f"HTTP {response.status_code}: {response.text[:200]}"
+    return "failed", None, f"HTTP {response.status_code}: refused by the receiver"
 
 
 _LEASE = sa.text("""
@@ -177,6 +193,17 @@ UPDATE notifications AS n
 SET locked_until = now() + make_interval(secs => CAST(:lease AS float8))
 FROM picked WHERE n.id = picked.id
 RETURNING n.id AS notification_id, n.receiver, n.action, n.attempts, n.group_key, n.alert_id
+""")
+
+# Rows past their budget are failed, not leased: whatever stopped their record, they stop.
+_EXPIRE = sa.text("""
+UPDATE notifications
+SET status = 'failed', locked_until = NULL,
+    last_error = CAST(:error AS text) || coalesce('; last error: ' || last_error, '')
+WHERE status = 'pending' AND next_attempt_at <= now()
+  AND (locked_until IS NULL OR locked_until <= now())
+  AND created_at <= now() - make_interval(secs => CAST(:max_age AS float8))
+RETURNING receiver
 """)
 
 _RECORD = sa.text("""
@@ -224,6 +251,20 @@ class Outbox:
         """Lease due notifications (each receiver up to its free room); return them grouped."""
         busy = {r: n for r, n in self.in_flight.items() if n}
         async with self.engine.begin() as conn:
+            expired = (
+                await conn.execute(
+                    _EXPIRE,
+                    {
+                        "max_age": self.max_age.total_seconds(),
+                        "error": f"retry budget of {_budget(self.max_age)} spent",
+                    },
+                )
+            ).all()
+            for receiver, count in Counter(r for (r,) in expired).items():
+                metrics.NOTIFICATIONS_EXPIRED.labels(receiver=receiver).inc(count)
+                log.error(
+                    "%d notifications to %s failed for good: retry budget spent", count, receiver
+                )
             leased = (
                 await conn.execute(
                     _LEASE,
@@ -275,7 +316,10 @@ class Outbox:
 
     async def _deliver(self, group: list[Any]) -> None:
         first = group[0]
-        outcome, retry_after, error = await _attempt(self.client, self.config, group)
+        try:
+            outcome, retry_after, error = await _attempt(self.client, self.config, group)
+        except Exception as exc:
+            outcome, retry_after, error = "retry", None, f"cannot send: {type(exc).__name__}"
         delay = None
         if outcome == "retry":
             delay = min(
@@ -284,26 +328,24 @@ class Outbox:
             )
         status = {"delivered": "delivered", "failed": "failed"}.get(outcome, "pending")
         try:
-            async with self.engine.begin() as conn:
-                recorded = (
-                    await conn.execute(
-                        _RECORD,
-                        {
-                            "ids": [row.notification_id for row in group],
-                            "status": status,
-                            "error": error,
-                            "delay": delay,
-                            "max_age": self.max_age.total_seconds(),
-                            "budget": _budget(self.max_age),
-                        },
-                    )
-                ).all()
+            recorded = await self._record(group, status, error, delay)
         except Exception as exc:
-            # Its lease runs out and it is sent again, with the same id.
+            # Recorded again with a fixed text, so that no error text can stop the record.
             log.warning(
-                "recording a delivery to %s failed (%s)", first.receiver, type(exc).__name__
+                "recording a delivery to %s failed (%s); recording it without its error",
+                first.receiver,
+                type(exc).__name__,
             )
-            return
+            try:
+                recorded = await self._record(
+                    group, status, f"recording the outcome failed ({type(exc).__name__})", delay
+                )
+            except Exception as again:
+                # Its lease runs out and it is sent again, with the same id, within the budget.
+                log.warning(
+                    "recording a delivery to %s failed (%s)", first.receiver, type(again).__name__
+                )
+                return
         expired = sum(1 for (s,) in recorded if s == "failed") if status == "pending" else 0
         if expired:
             outcome = "failed"
@@ -316,6 +358,24 @@ class Outbox:
         elif outcome == "failed":
             log.error("notification to %s failed for good: %s", first.receiver, error)
         metrics.NOTIFY_ATTEMPTS.labels(receiver=first.receiver, outcome=outcome).inc(len(group))
+
+    async def _record(
+        self, group: list[Any], status: str, error: str | None, delay: float | None
+    ) -> Sequence[Any]:
+        async with self.engine.begin() as conn:
+            return (
+                await conn.execute(
+                    _RECORD,
+                    {
+                        "ids": [row.notification_id for row in group],
+                        "status": status,
+                        "error": error,
+                        "delay": delay,
+                        "max_age": self.max_age.total_seconds(),
+                        "budget": _budget(self.max_age),
+                    },
+                )
+            ).all()
 
     async def release_held(self) -> int:
         """Queue held triggers no silence matches any more (drop those of closed alerts)."""

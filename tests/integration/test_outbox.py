@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -30,24 +30,9 @@ from shared.settings import DatabaseSettings, KafkaSettings
 from shared.topics import Topic
 from tests.builders import response_event
 from tests.conftest import AlertingFactory
-from tests.helpers import eventually, http_server, produce
+from tests.helpers import eventually, http_server, produce, stays
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-T = TypeVar("T")
-
-
-async def stays(
-    probe: Callable[[], Awaitable[T]], holds: Callable[[T], bool], *, seconds: float
-) -> T:
-    """Fail at the first probe, within ``seconds``, for which ``holds`` is false."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while True:
-        value = await probe()
-        assert holds(value), f"stopped holding: {value!r}"
-        if loop.time() >= deadline:
-            return value
-        await asyncio.sleep(0.1)
 
 
 @dataclass
@@ -58,6 +43,7 @@ class Receivers:
     bodies: list[dict[str, Any]] = field(default_factory=list)
     down_attempts: Counter[str] = field(default_factory=Counter)
     hanging: Counter[str] = field(default_factory=Counter)
+    echoed: Counter[str] = field(default_factory=Counter)
     hung: asyncio.Event = field(default_factory=asyncio.Event)
     release: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -77,6 +63,11 @@ class Receivers:
         await self.release.wait()
         return JSONResponse({"ok": True})
 
+    async def echo(self, request: Request) -> Response:
+        # Receivers echo the payload: customer text, and here a NUL that Postgres text refuses.
+        self.echoed[request.headers["webhook-id"]] += 1
+        return Response(b"\x00bad request: " + await request.body(), status_code=400)
+
     def customers(self) -> list[str]:
         return [b["data"]["alert"]["customer_id"] for b in self.bodies]
 
@@ -89,6 +80,7 @@ async def hooks() -> AsyncIterator[tuple[Receivers, str]]:
             Route("/good", state.good, methods=["POST"]),
             Route("/down", state.down, methods=["POST"]),
             Route("/hang", state.hang, methods=["POST"]),
+            Route("/echo", state.echo, methods=["POST"]),
         ]
     )
     async with http_server(app, free_port()) as url:
@@ -159,6 +151,36 @@ class TestOneBadNotification:
             assert "whsec_abc" not in failed["last_error"]
             await stays(lambda: total(state.delivered), lambda n: n == 1, seconds=3)
         assert state.customers() == ["c1"]
+
+
+class TestRefusedWithABody:
+    async def test_a_refusal_echoing_the_payload_is_recorded_once_without_the_body(
+        self,
+        hooks: tuple[Receivers, str],
+        kafka_settings: KafkaSettings,
+        alerting_with: AlertingFactory,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        state, url = hooks
+        monkeypatch.setenv("GOOD_SECRET", SECRET)
+        config = routing(url, {"name": "echo", "type": "webhook", "url": f"{url}/echo"})
+        async with alerting_with(config) as client:
+            await produce(
+                kafka_settings,
+                Topic.RESPONSES,
+                [response_event(score=1, customer_id="c1", comment="call me on 555-0100")],
+            )
+            listed = await eventually(
+                lambda: notifications(client, "c1"),
+                lambda items: [n["status"] for n in by_receiver(items, "echo")] == ["failed"],
+                timeout=30,
+            )
+            (failed,) = by_receiver(listed, "echo")
+            assert failed["attempts"] == 1
+            assert failed["last_error"].startswith("HTTP 400")
+            assert "555-0100" not in failed["last_error"]
+            assert "c1" not in failed["last_error"]
+            await stays(lambda: total(state.echoed), lambda n: n == 1, seconds=2)
 
 
 class TestNoLockDuringSend:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 
+import httpx
 import pytest
 
 from services.alerting.config import load
+from services.alerting.outbox import _retry_after
 from services.cli import main
 from shared.errors import ConfigError
 
@@ -62,3 +66,26 @@ class TestCheckConfig:
             load(write(tmp_path, text))
         assert "alerting.yml:9: ticket_urls.zendesk" in str(exc.value)
         assert problem in str(exc.value)
+
+    @pytest.mark.parametrize("url", ["http://[::1/", "http:///hooks"])
+    def test_a_url_the_sender_cannot_parse_is_refused_naming_the_line(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str
+    ) -> None:
+        monkeypatch.setenv("TEST_OUTBOX_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+        with pytest.raises(ConfigError) as exc:
+            load(write(tmp_path, CONFIG.replace("https://hooks.example.com/cx", url)))
+        assert "alerting.yml:4: receivers.0.url: not a valid URL" in str(exc.value)
+
+
+class TestRetryAfter:
+    @pytest.mark.parametrize("value", ["²", "1.5", "-1", "١٢", "soon", "", "Wed, 02 Dec 2026"])
+    def test_anything_but_digits_or_an_http_date_is_ignored(self, value: str) -> None:
+        response = httpx.Response(503, headers={b"Retry-After": value.encode()})
+        assert _retry_after(response) is None
+
+    def test_seconds_and_an_http_date_are_honoured(self) -> None:
+        assert _retry_after(httpx.Response(503, headers={"Retry-After": "7"})) == 7.0
+        soon = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+        delay = _retry_after(httpx.Response(503, headers={"Retry-After": soon}))
+        assert delay is not None
+        assert 0 < delay <= 30
