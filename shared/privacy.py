@@ -8,9 +8,6 @@ trying them all. Each kind of identifier has its own domain (``phone:``, ``calle
 An IVR caller's id is the HMAC of the first 24 hex digits of the SHA-256 of their number:
 those digits are what cxloop kept before keyed hashing, so migration 0013 re-keys the stored
 ``caller:`` ids in place and a caller keeps one id across the upgrade.
-
-:func:`sql_hmac` computes the same HMAC inside Postgres (without pgcrypto), so that a
-migration re-keys millions of rows with one statement per table.
 """
 
 from __future__ import annotations
@@ -19,7 +16,6 @@ import hashlib
 import hmac
 from typing import Final
 
-_BLOCK: Final = 64  # SHA-256's block size, in bytes (RFC 2104)
 CALLER_PREFIX: Final = "caller:"
 
 
@@ -49,21 +45,3 @@ class Hasher:
     def rekey_caller(self, unkeyed: str) -> str:
         """Return the keyed caller id of the 24 hex digits stored before keyed hashing."""
         return CALLER_PREFIX + self.digest("caller", unkeyed).hex()[:24]
-
-
-def sql_hmac_pads(key: bytes) -> tuple[bytes, bytes]:
-    """Return HMAC's inner and outer padded keys, the bind parameters of :func:`sql_hmac`."""
-    if len(key) > _BLOCK:
-        key = hashlib.sha256(key).digest()
-    key = key.ljust(_BLOCK, b"\0")
-    return bytes(b ^ 0x36 for b in key), bytes(b ^ 0x5C for b in key)
-
-
-def sql_hmac(domain: str, value_sql: str) -> str:
-    """Return SQL for the HMAC (bytea) of the text expression ``value_sql`` in ``domain``.
-
-    Bind ``ipad`` and ``opad`` to :func:`sql_hmac_pads`; ``domain`` must be a constant.
-    """
-    assert domain.isidentifier()
-    message = f"convert_to('{domain}:' || {value_sql}, 'UTF8')"
-    return f"sha256(CAST(:opad AS bytea) || sha256(CAST(:ipad AS bytea) || {message}))"

@@ -412,7 +412,16 @@ class TestKeyedHashes:
                 await asyncio.to_thread(upgrade, empty_database_url)
             key = "a-production-secret-0123456789"
             monkeypatch.setenv("CXLOOP_PRIVACY_HASH_KEY", key)
-            await asyncio.to_thread(upgrade, empty_database_url)
+            sent: list[str] = []
+
+            def log(*args: Any) -> None:
+                sent.append(repr(args[3]))  # a statement's parameters, as a log would show
+
+            sa.event.listen(sa.Engine, "before_cursor_execute", log)
+            try:
+                await asyncio.to_thread(upgrade, empty_database_url)
+            finally:
+                sa.event.remove(sa.Engine, "before_cursor_execute", log)
             hasher = Hasher(key.encode())
             async with engine.connect() as conn:
                 row = (
@@ -421,9 +430,13 @@ class TestKeyedHashes:
                 opted_out = await conn.scalar(sa.text("SELECT phone_hash FROM sms_opt_outs"))
         finally:
             await engine.dispose()
-        # Computed in Postgres by the migration, the same as the services compute them.
         assert tuple(row) == (hasher.caller(PHONE), hasher.phone(PHONE))
         assert opted_out == hasher.phone(PHONE)
+        # Neither the key (nor its padded forms) nor a stored number was a bind parameter.
+        pads = [bytes(b ^ p for b in key.encode().ljust(64, b"\0")) for p in (0x36, 0x5C)]
+        secrets = [key, PHONE, legacy[7:], *map(repr, pads)]
+        assert sent
+        assert not [s for s in sent if any(secret in s for secret in secrets)]
 
 
 async def retention_of(settings: KafkaSettings, topic: Topic) -> str | None:

@@ -7,8 +7,11 @@
   and the unkeyed ``caller:`` ids of IVR callers are re-keyed in every table that holds
   customer ids (see ``shared/privacy.py``). An HMAC needs the secret, which never enters
   the database: this migration reads ``CXLOOP_PRIVACY_HASH_KEY`` from the environment (as
-  the services do) and computes the HMAC inside Postgres with the padded keys as bind
-  parameters, one statement per table. A database with nothing to hash needs no key.
+  the services do) and computes the HMACs in Python, a batch of distinct values at a time;
+  only the hashes are sent back (neither the key nor a plaintext number is ever a bind
+  parameter, so a statement log shows neither). A database with nothing to hash needs no
+  key. The plaintext numbers stay in dead row versions until VACUUM reclaims them, and in
+  WAL archives and backups taken before the upgrade until those expire.
 * Indexes for erasing by customer id and purging old invitations.
 
 Downgrade drops the new tables and renames the columns back; the hashes stay hashes (a
@@ -23,12 +26,13 @@ Create Date: 2026-12-02
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql as pg
 
-from shared.privacy import sql_hmac, sql_hmac_pads
+from shared.privacy import Hasher
 from shared.settings import PrivacySettings, load
 
 revision = "0013"
@@ -37,7 +41,7 @@ branch_labels = None
 depends_on = None
 
 _KEY = "CXLOOP_PRIVACY_HASH_KEY"
-_CALLER = "'caller:' || left(encode({hmac}, 'hex'), 24)"
+_BATCH = 10_000
 # (table, customer id column) of every table that holds customer ids.
 _CUSTOMER_COLUMNS = (
     ("responses", "customer_id"),
@@ -66,28 +70,76 @@ def _rehash(conn: sa.Connection) -> None:
                 "(the same secret the services use) and run cxloop migrate again"
             )
         return
-    ipad, opad = sql_hmac_pads(load(PrivacySettings).key())
-    pads = {"ipad": ipad, "opad": opad}
-    phone = f"encode({sql_hmac('phone', 'phone_hash')}, 'hex')"
-    conn.execute(
-        sa.text(f"UPDATE invitations SET phone_hash = {phone} WHERE phone_hash IS NOT NULL"), pads
+    hasher = Hasher(load(PrivacySettings).key())
+    phones = (
+        ("invitations", "phone_hash", "phone_hash IS NOT NULL"),
+        (
+            "sms_opt_outs",
+            "phone_hash",
+            "true",
+        ),
     )
-    conn.execute(sa.text(f"UPDATE sms_opt_outs SET phone_hash = {phone}"), pads)
-    for table, column in _CUSTOMER_COLUMNS:
-        caller = _CALLER.format(hmac=sql_hmac("caller", f"substr({column}, 8)"))
-        conn.execute(
-            sa.text(f"UPDATE {table} SET {column} = {caller} WHERE {column} LIKE 'caller:%'"),
-            pads,
-        )
-    caller = _CALLER.format(hmac=sql_hmac("caller", "substr(customer_id, 8)"))
+    _rekey(conn, phones, hasher.phone)
+    callers = tuple(
+        (table, column, f"{column} LIKE 'caller:%'")
+        for table, column in (*_CUSTOMER_COLUMNS, ("alerts", "customer_id"))
+    )
+    _rekey(conn, callers, lambda old: hasher.rekey_caller(old.removeprefix("caller:")))
+
+
+def _rekey(
+    conn: sa.Connection, columns: tuple[tuple[str, str, str], ...], new: Callable[[str], str]
+) -> None:
+    """Replace each stored value of ``columns`` by ``new(value)``, computed in Python.
+
+    Neither the key nor a stored value is ever a bind parameter (a statement logged with
+    its parameters would show them): Postgres numbers the distinct values in a temporary
+    table, the migration reads them a batch at a time and sends back only the numbers and
+    the hashes, and one UPDATE per table joins on the table.
+    """
     conn.execute(
         sa.text(
-            f"UPDATE alerts SET customer_id = {caller}, dedupe_key = replace(dedupe_key, "
-            f"':' || customer_id || ':', ':' || {caller} || ':') "
-            "WHERE customer_id LIKE 'caller:%'"
-        ),
-        pads,
+            "CREATE TEMP TABLE cxloop_rekey (n bigint PRIMARY KEY, old text NOT NULL UNIQUE, "
+            "new text) ON COMMIT DROP"
+        )
     )
+    values = " UNION ".join(f"SELECT {c} AS old FROM {t} WHERE {w}" for t, c, w in columns)
+    conn.execute(
+        sa.text(
+            "INSERT INTO cxloop_rekey (n, old) "
+            f"SELECT row_number() OVER (ORDER BY old), old FROM ({values}) AS v"
+        )
+    )
+    last = 0
+    while rows := conn.execute(
+        sa.text("SELECT n, old FROM cxloop_rekey WHERE n > :last ORDER BY n LIMIT :batch"),
+        {"last": last, "batch": _BATCH},
+    ).all():
+        conn.execute(
+            sa.text(
+                "UPDATE cxloop_rekey SET new = h.new FROM unnest(:ns, :news) AS h(n, new) "
+                "WHERE cxloop_rekey.n = h.n"
+            ).bindparams(
+                sa.bindparam("ns", type_=pg.ARRAY(sa.BigInteger)),
+                sa.bindparam("news", type_=pg.ARRAY(sa.Text)),
+            ),
+            {"ns": [row.n for row in rows], "news": [new(row.old) for row in rows]},
+        )
+        last = rows[-1].n
+    for table, column, where in columns:
+        dedupe = (
+            ", dedupe_key = replace(dedupe_key, ':' || alerts.customer_id || ':', "
+            "':' || cxloop_rekey.new || ':')"
+            if table == "alerts"
+            else ""
+        )
+        conn.execute(
+            sa.text(
+                f"UPDATE {table} SET {column} = cxloop_rekey.new{dedupe} FROM cxloop_rekey "
+                f"WHERE {table}.{column} = cxloop_rekey.old AND {where}"
+            )
+        )
+    conn.execute(sa.text("DROP TABLE cxloop_rekey"))
 
 
 def upgrade() -> None:
