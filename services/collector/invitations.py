@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.collector.schemas import InvitationIn
 from shared import erasure
+from shared.errors import PermanentError
 from shared.events import resolve_scale, utcnow
 from shared.privacy import Hasher
 
@@ -62,13 +63,17 @@ async def create(
     """Record an invitation; return its id, status (open or suppressed), reason and expiry.
 
     An opted-out number is always suppressed; so is a customer invited within ``fatigue``.
-    An erased customer's invitation is kept under their pseudonym, so that its answer is too.
+    An erased customer is never invited again (:class:`PermanentError` naming
+    ``customer_id``): a reply would carry their words back into every service.
     """
     # Serialise invitations per customer, so two at once cannot both escape the fatigue rule
     # (and none slips past an erasure running at the same time).
     await _lock_customer(conn, payload.customer_id)
-    erased = await erasure.pseudonyms_of(conn, hasher, "collector", [payload.customer_id])
-    customer_id = erased.get(payload.customer_id, payload.customer_id)
+    if await erasure.pseudonyms_of(conn, hasher, "collector", [payload.customer_id]):
+        raise PermanentError(
+            "the customer was erased; cxloop sends them no invitation", field="customer_id"
+        )
+    customer_id = payload.customer_id
     phone_hash = None if payload.phone is None else hasher.phone(payload.phone)
     reason = None
     if phone_hash is not None and await is_opted_out(conn, phone_hash):

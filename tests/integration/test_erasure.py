@@ -318,7 +318,7 @@ class TestCollectorState:
         assert PHONE not in dump
         assert hashlib.sha256(PHONE.encode()).hexdigest() not in dump
 
-    async def test_a_new_invitation_for_an_erased_customer_is_pseudonymised(
+    async def test_an_erased_customer_is_not_invited_again(
         self, collector_app: CollectorFactory, engine: AsyncEngine
     ) -> None:
         customer = f"cust-{uuid.uuid4().hex[:8]}"
@@ -335,9 +335,10 @@ class TestCollectorState:
                     "channel": "sms",
                 },
             )
-            assert r.status_code == 201, r.text
-        stored = await scalar(engine, "SELECT customer_id FROM invitations")
-        assert stored.startswith("erased:")
+            # Their reply would carry their words back into the scorer, alerts and Slack.
+            assert r.status_code == 422, r.text
+            assert r.json()["field"] == "customer_id"
+        assert await scalar(engine, "SELECT count(*) FROM invitations") == 0
 
     async def test_expired_invitations_are_purged(
         self, collector_app: CollectorFactory, engine: AsyncEngine

@@ -32,7 +32,7 @@ async def create_invitation(
     invited within CXLOOP_COLLECTOR_FATIGUE_DAYS (`surveyed_recently`). A reply from the
     phone is matched to its newest open, unexpired invitation. The number is kept only as a
     keyed hash, and the invitation is purged CXLOOP_COLLECTOR_INVITATION_RETENTION_DAYS after
-    it was created.
+    it was created. An erased customer is never invited again: 422 naming `customer_id`.
     """
     fatigue = timedelta(days=ingest.settings.fatigue_days)
     async with engine.begin() as conn:
