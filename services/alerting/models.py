@@ -112,6 +112,7 @@ notifications = sa.Table(
     sa.Column("delivered_at", sa.DateTime(timezone=True)),
     sa.Column("group_key", sa.Text),
     sa.Column("locked_until", sa.DateTime(timezone=True)),
+    sa.Column("lease_id", pg.UUID(as_uuid=True)),
 )
 
 # The predicate of the partial unique index on dedupe_key, as SQL text: a bound parameter

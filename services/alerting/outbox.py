@@ -135,9 +135,13 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 
 async def _attempt(
-    client: httpx.AsyncClient, config: AlertingConfig, rows: list[Any]
+    client: httpx.AsyncClient, config: AlertingConfig, rows: list[Any], timeout: float
 ) -> tuple[str, float | None, str | None]:
-    """Return (outcome, delay before a retry, error) for one notification or one group."""
+    """Return (outcome, delay before a retry, error) for one notification or one group.
+
+    The request has ``timeout`` seconds in all (httpx's are per phase, so a receiver that
+    drips its answer would outlive the lease); the body of the answer is never read.
+    """
     first = rows[0]
     receiver = config.receiver(first.receiver)
     if receiver is None:
@@ -151,7 +155,13 @@ async def _attempt(
         # A bad secret or link template: this notification can never be sent as it is.
         return "failed", None, f"cannot build the request: {type(exc).__name__}: {exc}"[:500]
     try:
-        response = await client.post(request.url, content=request.body, headers=request.headers)
+        async with (
+            asyncio.timeout(timeout),
+            client.stream(
+                "POST", request.url, content=request.body, headers=request.headers
+            ) as response,
+        ):
+            pass
     except httpx.InvalidURL:
         return "failed", None, "the receiver's url is not a valid URL"
     except Exception as exc:
@@ -190,15 +200,17 @@ WITH room AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE notifications AS n
-SET locked_until = now() + make_interval(secs => CAST(:lease AS float8))
+SET locked_until = now() + make_interval(secs => CAST(:lease AS float8)),
+    lease_id = CAST(:token AS uuid)
 FROM picked WHERE n.id = picked.id
-RETURNING n.id AS notification_id, n.receiver, n.action, n.attempts, n.group_key, n.alert_id
+RETURNING n.id AS notification_id, n.receiver, n.action, n.attempts, n.group_key, n.alert_id,
+          n.lease_id
 """)
 
 # Rows past their budget are failed, not leased: whatever stopped their record, they stop.
 _EXPIRE = sa.text("""
 UPDATE notifications
-SET status = 'failed', locked_until = NULL,
+SET status = 'failed', locked_until = NULL, lease_id = NULL,
     last_error = CAST(:error AS text) || coalesce('; last error: ' || last_error, '')
 WHERE status = 'pending' AND next_attempt_at <= now()
   AND (locked_until IS NULL OR locked_until <= now())
@@ -222,9 +234,11 @@ UPDATE notifications AS n SET
     delivered_at = CASE WHEN u.status = 'delivered' THEN now() ELSE n.delivered_at END,
     next_attempt_at = CASE WHEN u.delay IS NULL THEN n.next_attempt_at
                            ELSE now() + make_interval(secs => u.delay) END,
-    locked_until = NULL
+    locked_until = NULL, lease_id = NULL
 FROM u
+-- Only under the lease it was sent under: a late answer never overwrites a newer lease.
 WHERE n.id = ANY(CAST(:ids AS uuid[])) AND n.status = 'pending'
+  AND n.lease_id = CAST(:lease AS uuid)
 RETURNING n.status
 """)
 
@@ -243,6 +257,7 @@ class Outbox:
     config: AlertingConfig
     max_age: timedelta = timedelta(hours=24)
     lease_seconds: float = 60.0
+    timeout: float = 10.0
     in_flight: dict[str, int] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     freed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -273,6 +288,7 @@ class Outbox:
                         "room": [max(0, PER_RECEIVER - n) for n in busy.values()],
                         "per_receiver": PER_RECEIVER,
                         "lease": self.lease_seconds,
+                        "token": uuid.uuid4(),
                     },
                 )
             ).all()
@@ -294,6 +310,7 @@ class Outbox:
                 attempts=row.attempts,
                 group_key=row.group_key,
                 alert=alert,
+                lease_id=row.lease_id,
             )
             batches.setdefault(row.group_key or row.notification_id, []).append(merged)
         return [sorted(rows, key=lambda r: str(r.notification_id)) for rows in batches.values()]
@@ -317,7 +334,9 @@ class Outbox:
     async def _deliver(self, group: list[Any]) -> None:
         first = group[0]
         try:
-            outcome, retry_after, error = await _attempt(self.client, self.config, group)
+            outcome, retry_after, error = await _attempt(
+                self.client, self.config, group, self.timeout
+            )
         except Exception as exc:
             outcome, retry_after, error = "retry", None, f"cannot send: {type(exc).__name__}"
         delay = None
@@ -368,6 +387,7 @@ class Outbox:
                     _RECORD,
                     {
                         "ids": [row.notification_id for row in group],
+                        "lease": group[0].lease_id,
                         "status": status,
                         "error": error,
                         "delay": delay,
@@ -424,6 +444,7 @@ class _Row:
     attempts: int
     group_key: str | None
     alert: Any
+    lease_id: uuid.UUID
 
 
 async def run(
@@ -444,7 +465,12 @@ async def run(
     loop = asyncio.get_running_loop()
     async with httpx.AsyncClient(timeout=timeout) as client:
         outbox = Outbox(
-            engine, client, config, max_age=max_age, lease_seconds=max(60.0, 3 * timeout)
+            engine,
+            client,
+            config,
+            max_age=max_age,
+            lease_seconds=max(60.0, 3 * timeout),
+            timeout=timeout,
         )
         released_at = 0.0
         try:

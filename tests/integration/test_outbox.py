@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from prometheus_client import REGISTRY
@@ -24,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from services.alerting.config import AlertingConfig
+from services.alerting.outbox import Outbox
 from services.servers import free_port
 from shared.db import create_engine
 from shared.settings import DatabaseSettings, KafkaSettings
@@ -224,6 +227,116 @@ class TestNoLockDuringSend:
         assert not state.release.is_set()
         assert sorted(state.customers()) == ["c1", "c2", "c3"]
         assert sum(state.hanging.values()) >= 1
+
+
+@asynccontextmanager
+async def dripping_receiver(release: asyncio.Event, calls: list[int]) -> AsyncIterator[str]:
+    """A receiver that answers a header line every 0.2 s, never finishing its answer."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        calls.append(1)
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\n")
+            while not release.is_set():
+                writer.write(b"x-drip: 1\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.2)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/drip"
+    finally:
+        release.set()
+        server.close()
+
+
+class TestTotalDeadline:
+    async def test_a_receiver_dripping_its_answer_is_cut_off_and_the_attempt_recorded(
+        self,
+        hooks: tuple[Receivers, str],
+        alerting_with: AlertingFactory,
+        kafka_settings: KafkaSettings,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        _, url = hooks
+        monkeypatch.setenv("GOOD_SECRET", SECRET)
+        release, calls = asyncio.Event(), list[int]()
+        async with dripping_receiver(release, calls) as drip:
+            config = routing(url, {"name": "drip", "type": "webhook", "url": drip})
+            # Each header line comes well within the 1 s; the answer as a whole never does.
+            async with alerting_with(config, notification_timeout_seconds=1) as client:
+                await produce(
+                    kafka_settings, Topic.RESPONSES, [response_event(score=1, customer_id="c1")]
+                )
+                listed = await eventually(
+                    lambda: notifications(client, "c1"),
+                    lambda items: any(n["attempts"] for n in by_receiver(items, "drip")),
+                    timeout=30,
+                )
+                (dripped,) = by_receiver(listed, "drip")
+                assert dripped["status"] == "pending"
+                assert dripped["last_error"] == "TimeoutError"
+                assert not release.is_set()
+
+
+class TestLeaseToken:
+    async def test_an_answer_arriving_after_its_lease_ran_out_changes_nothing(
+        self, database_url: str
+    ) -> None:
+        engine = create_engine(DatabaseSettings(url=database_url))
+        config = AlertingConfig.model_validate(
+            {
+                "receivers": [{"name": "r", "type": "slack", "url": "http://127.0.0.1:9/x"}],
+                "routes": [{"receiver": "r"}],
+            }
+        )
+        try:
+            async with engine.begin() as conn:
+                alert_id = await conn.scalar(sa.text(NEW_ALERT))
+                await conn.execute(
+                    sa.text(
+                        "INSERT INTO notifications (id, alert_id, receiver, action) "
+                        "VALUES (gen_random_uuid(), :a, 'r', 'trigger')"
+                    ),
+                    {"a": alert_id},
+                )
+            async with httpx.AsyncClient() as http:
+                outbox = Outbox(engine, http, config)
+                ((first,),) = await outbox.lease()
+                # The send outlived its lease; another pass leased the row again.
+                async with engine.begin() as conn:
+                    await conn.execute(
+                        sa.text("UPDATE notifications SET locked_until = now() - interval '1 s'")
+                    )
+                ((second,),) = await outbox.lease()
+                assert second.lease_id != first.lease_id
+                await outbox._record([first], "pending", "TimeoutError", 5.0)
+            async with engine.begin() as conn:
+                row = (
+                    await conn.execute(
+                        sa.text("SELECT attempts, locked_until, last_error FROM notifications")
+                    )
+                ).one()
+            assert row.attempts == 0
+            assert row.locked_until is not None
+            assert row.last_error is None
+        finally:
+            await engine.dispose()
+
+
+NEW_ALERT = """
+INSERT INTO alerts (id, dedupe_key, rule, severity, status, customer_id, channel, reasons,
+                    event_id, occurrences, opened_at, last_seen_at)
+VALUES (gen_random_uuid(), gen_random_uuid()::text, 'detractor', 'critical', 'open', 'c1',
+        'web', ARRAY['score 1'], gen_random_uuid(), 1, now(), now())
+RETURNING id
+"""
 
 
 class TestRetryBudget:

@@ -23,6 +23,8 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column("notifications", sa.Column("locked_until", sa.DateTime(timezone=True)))
+    # Which lease a send was made under: only that lease may record its outcome.
+    op.add_column("notifications", sa.Column("lease_id", sa.Uuid()))
     op.drop_constraint("notifications_status", "notifications", type_="check")
     op.create_check_constraint(
         "notifications_status",
@@ -45,4 +47,5 @@ def downgrade() -> None:
     op.create_check_constraint(
         "notifications_status", "notifications", "status IN ('pending', 'delivered', 'failed')"
     )
+    op.drop_column("notifications", "lease_id")
     op.drop_column("notifications", "locked_until")
