@@ -284,18 +284,34 @@ async def run_batches(
     and every batch before it are stored.
     """
     group = settings.group_id
+    held = 0  # fetches in a row that held back a record never dead-lettered
 
     async def fetch() -> _Fetched:
+        nonlocal held
+        if held:
+            await sleep_unless_stopped(stop, backoff_delay(held - 1))
         batches = await consumer.getmany(
             timeout_ms=settings.batch_timeout_ms, max_records=settings.batch_max_records
         )
         fetched = _Fetched(batches, [], [])
-        for records in batches.values():
-            for record in records:
+        holding = False
+        for tp, records in list(batches.items()):
+            for i, record in enumerate(records):
                 try:
                     fetched.good.append(Decoded(record, decode(models[record.topic], record)))
                 except PoisonMessageError as exc:
-                    fetched.poison.append((record, exc.reason, "validation"))
+                    if not never_dead_letter(record):
+                        fetched.poison.append((record, exc.reason, "validation"))
+                        continue
+                    # An erasure this version cannot read (a newer schema mid-rollout): its
+                    # partition waits from it on, retried with backoff, never dead-lettered.
+                    holding = True
+                    _hold_back(consumer, group, tp, record, exc.reason)
+                    del records[i:]
+                    break
+            if not records:
+                del batches[tp]
+        held = held + 1 if holding else 0
         return fetched
 
     async def finish(fetched: _Fetched, applying: asyncio.Task[list[Refused] | None]) -> bool:
@@ -363,6 +379,25 @@ class _Fetched:
     batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
     good: list[Decoded]
     poison: list[Refused]
+
+
+def _hold_back(
+    consumer: AIOKafkaConsumer,
+    group: str,
+    tp: TopicPartition,
+    record: ConsumerRecord[bytes, bytes],
+    reason: str,
+) -> None:
+    consumer.seek(tp, record.offset)
+    metrics.HELD_BACK.labels(group=group, topic=record.topic).inc()
+    log.error(
+        "cannot decode %s/%s/%s, which is never dead-lettered (%s): its partition waits "
+        "and retries it; deploy the version that reads it",
+        record.topic,
+        record.partition,
+        record.offset,
+        reason,
+    )
 
 
 async def _record_lag(consumer: AIOKafkaConsumer, group: str) -> None:

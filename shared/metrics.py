@@ -31,6 +31,12 @@ DEAD_LETTERS = Counter(
     "validation (undecodable), refused_by_database or refused_by_handler (applied alone).",
     ["group", "topic", "reason"],
 )
+HELD_BACK = Counter(
+    name("consumer", "held_back", "total"),
+    "Fetches that met a record never dead-lettered (an erasure) that cannot be decoded: its "
+    "partition waits at it and retries with backoff.",
+    ["group", "topic"],
+)
 BATCH_SPLITS = Counter(
     name("consumer", "batch_splits", "total"),
     "Batches refused for their data and applied in halves, by outcome: dead_lettered, "
