@@ -63,6 +63,14 @@ def webhook_key(secret: str) -> bytes:
     return key
 
 
+def _from_env(name: str) -> str:
+    """Return environment variable ``name``; refuse, naming it (never its value), if unset."""
+    value = os.environ.get(name, "") if name else ""
+    if not value.strip():
+        raise ValueError(f"${name} is not set or is empty" if name else "names no variable")
+    return value
+
+
 def _ticket_template(template: str) -> str:
     try:
         fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
@@ -104,13 +112,19 @@ class Receiver(BaseModel):
     @field_validator("secret_env")
     @classmethod
     def _secret_is_whsec(cls, name: str | None) -> str | None:
-        # Checked when the file loads, so that no notification fails to be signed later.
-        secret = os.environ.get(name) if name else None
-        if secret:
+        # Checked when the file loads, so that no notification goes out unsigned later.
+        if name is not None:
             try:
-                webhook_key(secret)
+                webhook_key(_from_env(name))
             except ValueError as exc:
                 raise ValueError(f"{exc} (in ${name})") from None
+        return name
+
+    @field_validator("routing_key_env")
+    @classmethod
+    def _routing_key_set(cls, name: str | None) -> str | None:
+        if name is not None:
+            _from_env(name)
         return name
 
     @model_validator(mode="after")

@@ -135,6 +135,7 @@ class TestOneBadNotification:
         state, url = hooks
         monkeypatch.setenv("GOOD_SECRET", SECRET)
         bad = {"name": "bad", "type": "webhook", "url": f"{url}/good", "secret_env": "BAD_SECRET"}
+        monkeypatch.setenv("BAD_SECRET", SECRET)
         config = routing(url, bad)
         # Valid when the file was checked; the environment changed under the running service.
         monkeypatch.setenv("BAD_SECRET", "whsec_abc")

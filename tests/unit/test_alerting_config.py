@@ -55,6 +55,13 @@ ALERT: dict[str, Any] = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A receiver naming an unset variable is refused; these are the file's.
+    monkeypatch.setenv("TEST_WEBHOOK_SECRET", "whsec_" + "B" * 32)
+    monkeypatch.setenv("TEST_PD_KEY", "R0UT1NGKEY")
+
+
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "alerting.yml"
     path.write_text(text)

@@ -33,6 +33,11 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_OUTBOX_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+
+
 class TestCheckConfig:
     def test_a_malformed_webhook_secret_is_refused_naming_the_line(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
@@ -45,6 +50,35 @@ class TestCheckConfig:
         assert "whsec_abc" not in str(exc.value)
         assert main(["alerting", "check-config", str(tmp_path / "alerting.yml")]) == 2
         assert "alerting.yml:5: receivers.0.secret_env" in capsys.readouterr().err
+
+    @pytest.mark.parametrize("value", [None, "", " "])
+    def test_a_secret_variable_unset_or_empty_is_refused_naming_the_line_and_variable(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str | None
+    ) -> None:
+        # Else the webhook would go out unsigned, and its receiver would take it or drop it.
+        if value is None:
+            monkeypatch.delenv("TEST_OUTBOX_SECRET")
+        else:
+            monkeypatch.setenv("TEST_OUTBOX_SECRET", value)
+        with pytest.raises(ConfigError) as exc:
+            load(write(tmp_path, CONFIG))
+        assert "alerting.yml:5: receivers.0.secret_env: $TEST_OUTBOX_SECRET is not set" in str(
+            exc.value
+        )
+
+    def test_a_routing_key_variable_unset_is_refused_naming_the_line_and_variable(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.delenv("TEST_OUTBOX_PD_KEY", raising=False)
+        pager = "  - name: pager\n    type: pagerduty\n    routing_key_env: TEST_OUTBOX_PD_KEY\n"
+        text = CONFIG.replace("routes:\n", pager + "routes:\n")
+        with pytest.raises(ConfigError) as exc:
+            load(write(tmp_path, text))
+        assert "alerting.yml:8: receivers.1.routing_key_env: $TEST_OUTBOX_PD_KEY is not set" in str(
+            exc.value
+        )
+        monkeypatch.setenv("TEST_OUTBOX_PD_KEY", "R0UT1NGKEY")
+        assert load(write(tmp_path, text)).receivers[1].routing_key_env == "TEST_OUTBOX_PD_KEY"
 
     def test_a_good_secret_passes(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("TEST_OUTBOX_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
