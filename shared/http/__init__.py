@@ -15,9 +15,11 @@ from shared.http.errors import (
     ErrorBody,
     FieldError,
     FieldErrors,
+    JsonBodyError,
     document_errors,
     error_body,
     install_error_handlers,
+    load_json,
     send_error,
 )
 from shared.http.middleware import (
@@ -37,6 +39,7 @@ __all__ = [
     "ErrorBody",
     "FieldError",
     "FieldErrors",
+    "JsonBodyError",
     "NulGuardMiddleware",
     "ReadinessCheck",
     "RequestMetricsMiddleware",
@@ -46,6 +49,7 @@ __all__ = [
     "get_engine",
     "get_principal",
     "install_error_handlers",
+    "load_json",
     "operations_router",
     "require",
     "send_error",

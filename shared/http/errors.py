@@ -112,6 +112,31 @@ class FieldErrors(Exception):
         self.errors = errors
 
 
+class JsonBodyError(FieldErrors):
+    """A request body that is not JSON a route can read: answered 422 naming ``body``."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__([{"field": "body", "detail": detail}])
+        self.detail = detail
+
+
+def load_json(raw: bytes) -> Any:
+    """Parse a request body as JSON, or raise :class:`JsonBodyError`.
+
+    A body nested past the interpreter's recursion limit (a few kilobytes of ``[``) is
+    refused as "is nested too deeply" instead of escaping as a RecursionError, a 500.
+    """
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise JsonBodyError(NESTED_TOO_DEEPLY) from None
+    except (ValueError, UnicodeDecodeError):
+        raise JsonBodyError("is not valid UTF-8 JSON") from None
+
+
+NESTED_TOO_DEEPLY = "is nested too deeply"
+
+
 async def _field_errors(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, FieldErrors)
     return JSONResponse(

@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from shared import metrics
+from shared.http.errors import NESTED_TOO_DEEPLY
 from shared.http.errors import send_error as _send_error
 
 BodyPolicy = Callable[[str], tuple[int, frozenset[str]]]
@@ -52,7 +53,11 @@ class NulGuardMiddleware:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        field = _nul_field(body)
+        try:
+            field = _nul_field(body)
+        except RecursionError:
+            await _send_error(send, 422, f"body: {NESTED_TOO_DEEPLY}", field="body")
+            return
         if field is not None:
             await _send_error(send, 422, f"{field}: {_NUL}", field=field)
             return
@@ -63,7 +68,10 @@ _NUL = "must not contain the NUL character (U+0000)"
 
 
 def _nul_field(body: bytes) -> str | None:
-    """Return where in ``body`` a NUL is (a JSON path or form field), or None."""
+    """Return where in ``body`` a NUL is (a JSON path or form field), or None.
+
+    Raises RecursionError for JSON nested too deeply to parse or walk.
+    """
     lowered = body.lower()
     if b"\x00" not in body and b"\\u0000" not in lowered and b"%00" not in body:
         return None

@@ -334,6 +334,56 @@ class TestPublishableKeys:
         assert r.status_code == 202
 
 
+def _deep(depth: int, nul: bool) -> bytes:
+    """A JSON object a few KB long whose ``b`` is ``depth`` lists deep (``a`` a NUL, if asked)."""
+    head = b'{"a":"\\u0000",' if nul else b"{"
+    return head + b'"b":' + b"[" * depth + b"]" * depth + b"}"
+
+
+class TestDeeplyNestedJson:
+    """A body nested past the parser's recursion limit is a 422 naming ``body``, not a 500."""
+
+    DEPTH = 1500  # json.loads raises RecursionError from about 1,000; 3 KB, under LIMIT
+
+    async def _check(self, r: httpx.Response) -> None:
+        assert r.status_code == 422, r.text
+        assert r.json()["field"] == "body"
+        assert "nested too deeply" in r.json()["detail"]
+
+    @pytest.mark.parametrize("depth", [DEPTH, 950])
+    async def test_the_nul_guard(self, services: dict[str, Factory], depth: int) -> None:
+        # 950 parses, but walking it for the NUL passes the recursion limit.
+        async with services["collector"]() as client:
+            r = await client.post("/v1/responses", content=_deep(depth, nul=True), headers=JSON)
+        await self._check(r)
+
+    @pytest.mark.parametrize("path", ["/v1/sources/amazon-connect", "/v1/sources/freshdesk"])
+    async def test_json_sources(self, services: dict[str, Factory], path: str) -> None:
+        async with services["collector"]() as client:
+            r = await client.post(path, content=_deep(self.DEPTH, nul=False), headers=JSON)
+        await self._check(r)
+
+    async def test_zendesk(self, services: dict[str, Factory]) -> None:
+        body = _deep(self.DEPTH, nul=False)
+        async with services["collector"]() as client:
+            r = await client.post(
+                "/v1/sources/zendesk", content=body, headers=zendesk_headers(ZENDESK_SECRET, body)
+            )
+        await self._check(r)
+
+    async def test_the_widget(self, services: dict[str, Factory], database_url: str) -> None:
+        key = await _publishable(database_url, [Scope.RESPONSES_WRITE])
+        async with services["collector"]() as client:
+            client.headers.pop("Authorization")
+            r = await client.post(
+                f"/v1/widget/responses?key={key}",
+                content=_deep(self.DEPTH, nul=False),
+                headers={**JSON, "Origin": SHOP},
+            )
+        await self._check(r)
+        assert r.headers["access-control-allow-origin"] == SHOP
+
+
 class TestBehindAProxy:
     async def _answers(
         self,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -22,7 +20,7 @@ from shared.events import (
     resolve_scale,
     utcnow,
 )
-from shared.http import FieldErrors, require
+from shared.http import FieldErrors, load_json, require
 from shared.settings import IvrQuestion
 
 router = APIRouter(prefix="/v1/sources", tags=["sources"])
@@ -130,13 +128,8 @@ async def amazon_connect(request: Request, ingest: IngestDep) -> BatchResult | J
     without it the caller's number is kept only as a keyed hash. Retrying a call is
     harmless: the contact id and question name each answer.
     """
-    try:
-        body = json.loads(await request.body())
-        call = ivr.from_amazon_connect(
-            body if isinstance(body, dict) else {}, request.app.state.hasher
-        )
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise FieldErrors([{"field": "body", "detail": "is not valid UTF-8 JSON"}]) from None
+    body = load_json(await request.body())
+    call = ivr.from_amazon_connect(body if isinstance(body, dict) else {}, request.app.state.hasher)
     surveys = request.app.state.sources.ivr_surveys
     return batch_response(await submit_call(ingest, call, surveys, source="amazon_connect"))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Request
@@ -16,7 +15,7 @@ from services.collector.sources import tickets
 from shared import signatures
 from shared.apikeys import Scope
 from shared.events import TouchpointEvent, utcnow
-from shared.http import FieldErrors, require, signed_by
+from shared.http import FieldErrors, JsonBodyError, load_json, require, signed_by
 
 router = APIRouter(prefix="/v1/sources", tags=["sources"])
 
@@ -26,10 +25,10 @@ IGNORED = {"description": "A well-formed event cxloop does not use: acknowledged
 async def _json_body(request: Request, source: str) -> tuple[bytes, dict[str, Any]]:
     raw = await request.body()
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = load_json(raw)
+    except JsonBodyError:
         metrics.REJECTED.labels(source=source, reason="validation").inc()
-        raise FieldErrors([{"field": "body", "detail": "is not valid UTF-8 JSON"}]) from None
+        raise
     if not isinstance(body, dict):
         raise FieldErrors([{"field": "body", "detail": "must be a JSON object"}])
     return raw, body

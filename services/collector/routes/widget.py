@@ -8,7 +8,6 @@ the page unloads.
 
 from __future__ import annotations
 
-import json
 import math
 from importlib import resources
 from typing import Annotated, Any
@@ -22,7 +21,7 @@ from services.collector.deps import IngestDep
 from services.collector.schemas import ResponseIn, Submitted
 from services.collector.service import validation_errors
 from shared.apikeys import KeyKind, KeyStore, Principal, Scope
-from shared.http import error_body
+from shared.http import JsonBodyError, error_body, load_json
 
 router = APIRouter(tags=["widget"])
 
@@ -128,9 +127,9 @@ async def submit_widget_response(
         response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
         return response
     try:
-        payload = ResponseIn.model_validate(json.loads(await request.body()))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return _error(422, "body: is not valid UTF-8 JSON", origin, field="body")
+        payload = ResponseIn.model_validate(load_json(await request.body()))
+    except JsonBodyError as exc:
+        return _error(422, f"body: {exc.detail}", origin, field="body")
     except ValidationError as exc:
         errors = validation_errors(exc)
         detail = "; ".join(f"{e['field']}: {e['detail']}" for e in errors)
