@@ -17,9 +17,11 @@ One erasure travels like this:
    its rows still carry the id, and one customer's rows never end up split between the id
    and a pseudonym that another service chose.
 
-A batch that erases takes :func:`lock` exclusively, every other batch takes it shared: a
-batch still in flight (the scorer keeps two) commits before the erasure runs, and a batch
-that starts after it sees the customer as erased.
+A batch that erases takes its service's :func:`lock` exclusively, every other batch takes
+it shared: a batch still in flight (the scorer keeps two) commits before the erasure runs,
+and a batch that starts after it sees the customer as erased. Each service has its own
+lock, so an erasure in one never stalls the other, and a batch whose erasures that service
+has already completed (a redelivery) takes it shared.
 """
 
 from __future__ import annotations
@@ -60,14 +62,31 @@ erased_customers = sa.Table(
 
 CustomerEvent = ResponseSubmitted | TouchpointEvent
 
-# Advisory locks of the two-int4 form, a key space apart from the one-bigint locks.
+# Advisory locks of the two-int4 form, a key space apart from the one-bigint locks; the
+# second int is this base plus the service's place in SERVICES.
 _LOCK = (0x6378, 0x4552)
 
 
-async def lock(conn: AsyncConnection, *, exclusive: bool) -> None:
-    """Take the erasure lock for this transaction: exclusive to erase, shared to apply."""
+async def lock(conn: AsyncConnection, service: str, *, exclusive: bool) -> None:
+    """Take ``service``'s erasure lock for this transaction: exclusive to erase, else shared."""
     function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
-    await conn.execute(sa.text(f"SELECT {function}({_LOCK[0]}, {_LOCK[1]})"))
+    key = _LOCK[1] + SERVICES.index(service)
+    await conn.execute(sa.text(f"SELECT {function}({_LOCK[0]}, {key})"))
+
+
+async def pending(conn: AsyncConnection, service: str, erasure_ids: Iterable[uuid.UUID]) -> bool:
+    """Return whether ``service`` has yet to complete any of ``erasure_ids``."""
+    ids = set(erasure_ids)
+    if not ids:
+        return False
+    done = await conn.scalar(
+        sa.select(sa.func.count()).where(
+            erasures.c.service == service,
+            erasures.c.completed_at.is_not(None),
+            erasures.c.id == sa.any_(sa.bindparam("ids", list(ids), type_=pg.ARRAY(pg.UUID))),
+        )
+    )
+    return done != len(ids)
 
 
 async def pseudonym_for(
@@ -169,7 +188,8 @@ async def apply_in_order(
     ``apply`` stores customer events (already pseudonymised where the customer is erased);
     ``erase(customer_id, pseudonym)`` erases one customer's data in this service.
     """
-    await lock(conn, exclusive=any(isinstance(e, CustomerErased) for e in events))
+    erasing = (e.event_id for e in events if isinstance(e, CustomerErased))
+    await lock(conn, service, exclusive=await pending(conn, service, erasing))
     segment: list[CustomerEvent] = []
     for event in events:
         if isinstance(event, CustomerErased):

@@ -308,7 +308,7 @@ async def erase_customer(request: Request, engine: EngineDep, customer_id: str) 
     customer from every service."""
     hasher: Hasher = request.app.state.hasher
     async with engine.begin() as conn:
-        await erasure.lock(conn, exclusive=True)
+        await erasure.lock(conn, "alerting", exclusive=True)
         pseudonym = await erasure.pseudonym_for(conn, hasher, "alerting", customer_id)
         erased = await repository.erase_customer(conn, customer_id, pseudonym)
     return AlertErasure(alerts_pseudonymised=erased)

@@ -492,7 +492,7 @@ async def erase_customer(request: Request, engine: EngineDep, customer_id: str) 
         raise HTTPException(422, "customer_id is empty")
     hasher: Hasher = request.app.state.hasher
     async with engine.begin() as conn:
-        await erasure.lock(conn, exclusive=True)
+        await erasure.lock(conn, "scorer", exclusive=True)
         pseudonym = await erasure.pseudonym_for(conn, hasher, "scorer", customer_id)
         result = await queries.erase_customer(conn, customer_id, pseudonym)
     return Erasure(**result)

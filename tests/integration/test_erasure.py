@@ -21,8 +21,9 @@ from services.alerting.app import create_app as create_alerting
 from services.collector.app import purge_invitations
 from services.migrations import upgrade
 from services.scorer.app import create_app as create_scorer
+from shared import erasure
 from shared.apikeys import KeyKind, Scope, create_key
-from shared.events import CustomerErased, ResponseSubmitted
+from shared.events import CustomerErased, ResponseSubmitted, utcnow
 from shared.kafka import decode, ensure_topics, topic_configs
 from shared.privacy import Hasher
 from shared.settings import (
@@ -477,3 +478,39 @@ def test_the_erasure_event_is_in_the_published_schemas() -> None:
     from shared.events import json_schemas
 
     assert "CustomerErased.v1.schema.json" in json_schemas()
+
+
+class TestErasureLocks:
+    """An erasure stalls only its own service's batches, and only while it is pending."""
+
+    async def test_an_erasure_in_one_service_does_not_wait_for_the_other(
+        self, engine: AsyncEngine
+    ) -> None:
+        async with engine.begin() as scorer, engine.begin() as alerting:
+            await erasure.lock(scorer, "scorer", exclusive=True)
+            # Refused at once instead of waiting when the lock is held (never a hang).
+            await alerting.execute(sa.text("SET LOCAL lock_timeout = '5s'"))
+            await erasure.lock(alerting, "alerting", exclusive=False)
+
+    async def test_a_completed_erasure_redelivered_does_not_wait_for_batches_in_flight(
+        self, engine: AsyncEngine
+    ) -> None:
+        event = CustomerErased(
+            event_id=uuid.uuid4(), requested_at=utcnow(), customer_id=unique("cust")
+        )
+        async with engine.begin() as conn:
+            await erasure.complete(conn, event.event_id, "scorer", event.requested_at)
+        hasher = Hasher(TEST_HASH_KEY.encode())
+        erased: list[str] = []
+
+        async def apply(events: list[Any]) -> None:
+            pass
+
+        async def erase_one(customer_id: str, pseudonym: str) -> None:
+            erased.append(customer_id)
+
+        async with engine.begin() as in_flight, engine.begin() as redelivered:
+            await erasure.lock(in_flight, "scorer", exclusive=False)
+            await redelivered.execute(sa.text("SET LOCAL lock_timeout = '5s'"))
+            await erasure.apply_in_order(redelivered, hasher, "scorer", [event], apply, erase_one)
+        assert erased == []
