@@ -113,6 +113,11 @@ notifications = sa.Table(
     sa.Column("group_key", sa.Text),
     sa.Column("locked_until", sa.DateTime(timezone=True)),
     sa.Column("lease_id", pg.UUID(as_uuid=True)),
+    # Since when it is due: queued, or released by the end of its silence. The retry
+    # budget counts from here, not from created_at (a silence may hold it for days).
+    sa.Column(
+        "due_since", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
 )
 
 # The predicate of the partial unique index on dedupe_key, as SQL text: a bound parameter

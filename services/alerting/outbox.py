@@ -214,7 +214,7 @@ SET status = 'failed', locked_until = NULL, lease_id = NULL,
     last_error = CAST(:error AS text) || coalesce('; last error: ' || last_error, '')
 WHERE status = 'pending' AND next_attempt_at <= now()
   AND (locked_until IS NULL OR locked_until <= now())
-  AND created_at <= now() - make_interval(secs => CAST(:max_age AS float8))
+  AND due_since <= now() - make_interval(secs => CAST(:max_age AS float8))
 RETURNING receiver
 """)
 
@@ -225,10 +225,10 @@ WITH u AS (
            now() - make_interval(secs => CAST(:max_age AS float8)) AS oldest
 )
 UPDATE notifications AS n SET
-    status = CASE WHEN u.status = 'pending' AND n.created_at <= u.oldest THEN 'failed'
+    status = CASE WHEN u.status = 'pending' AND n.due_since <= u.oldest THEN 'failed'
                   ELSE u.status END,
     attempts = n.attempts + 1,
-    last_error = CASE WHEN u.status = 'pending' AND n.created_at <= u.oldest
+    last_error = CASE WHEN u.status = 'pending' AND n.due_since <= u.oldest
                       THEN 'retry budget of ' || u.budget || ' spent; last error: ' || u.error
                       ELSE u.error END,
     delivered_at = CASE WHEN u.status = 'delivered' THEN now() ELSE n.delivered_at END,
@@ -420,7 +420,9 @@ class Outbox:
                 await conn.execute(
                     notifications.update()
                     .where(notifications.c.id.in_(send))
-                    .values(status="pending", next_attempt_at=sa.func.now())
+                    .values(
+                        status="pending", next_attempt_at=sa.func.now(), due_since=sa.func.now()
+                    )
                 )
             if drop:
                 await conn.execute(notifications.delete().where(notifications.c.id.in_(drop)))

@@ -346,6 +346,7 @@ class TestRetryBudget:
         hooks: tuple[Receivers, str],
         kafka_settings: KafkaSettings,
         alerting_with: AlertingFactory,
+        database_url: str,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         state, url = hooks
@@ -353,30 +354,96 @@ class TestRetryBudget:
         name = f"down{free_port()}"
         config = routing(url, {"name": name, "type": "webhook", "url": f"{url}/down"})
         before = _expired(name)
-        # 1.8 s: a few attempts, then the budget is spent.
-        async with alerting_with(config, notification_max_age_hours=0.0005) as client:
-            await produce(
-                kafka_settings, Topic.RESPONSES, [response_event(score=1, customer_id="c1")]
-            )
-            listed = await eventually(
-                lambda: notifications(client, "c1"),
-                lambda items: {n["status"] for n in by_receiver(items, name)} == {"failed"},
-                timeout=60,
-            )
-            (failed,) = by_receiver(listed, name)
-            assert "retry budget" in failed["last_error"]
-            assert "HTTP 503" in failed["last_error"]
-            assert failed["attempts"] >= 2
-            attempts = await total(state.down_attempts)
-            assert attempts == failed["attempts"]
-            await stays(lambda: total(state.down_attempts), lambda n: n == attempts, seconds=2)
-            assert _expired(name) - before == 1
-            exposition = (await client.get("/metrics")).text
-            assert f'cxloop_alerting_notifications_expired_total{{receiver="{name}"}}' in (
-                exposition
-            )
-            (good,) = by_receiver(listed, "good")
-            assert good["status"] == "delivered"
+        engine = create_engine(DatabaseSettings(url=database_url))
+        try:
+            async with alerting_with(config) as client:
+                await produce(
+                    kafka_settings, Topic.RESPONSES, [response_event(score=1, customer_id="c1")]
+                )
+                await eventually(
+                    lambda: notifications(client, "c1"),
+                    lambda items: [n["attempts"] > 0 for n in by_receiver(items, name)] == [True],
+                    timeout=30,
+                )
+                # Due for longer than the budget (24 h) now: its next turn fails it for good.
+                async with engine.begin() as conn:
+                    await conn.execute(
+                        sa.text(
+                            "UPDATE notifications SET due_since = now() - interval '25 hours' "
+                            "WHERE receiver = :r"
+                        ),
+                        {"r": name},
+                    )
+                listed = await eventually(
+                    lambda: notifications(client, "c1"),
+                    lambda items: [n["status"] for n in by_receiver(items, name)] == ["failed"],
+                    timeout=30,
+                )
+                (failed,) = by_receiver(listed, name)
+                assert "retry budget of 24 h spent" in failed["last_error"]
+                assert "HTTP 503" in failed["last_error"]
+                attempts = await total(state.down_attempts)
+                assert attempts == failed["attempts"]
+                await stays(lambda: total(state.down_attempts), lambda n: n == attempts, seconds=2)
+                assert _expired(name) - before == 1
+                exposition = (await client.get("/metrics")).text
+                assert f'cxloop_alerting_notifications_expired_total{{receiver="{name}"}}' in (
+                    exposition
+                )
+                (good,) = by_receiver(listed, "good")
+                assert good["status"] == "delivered"
+        finally:
+            await engine.dispose()
+
+    async def test_the_budget_counts_from_the_end_of_the_silence_not_from_the_alert(
+        self,
+        hooks: tuple[Receivers, str],
+        kafka_settings: KafkaSettings,
+        alerting_with: AlertingFactory,
+        database_url: str,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        _, url = hooks
+        monkeypatch.setenv("GOOD_SECRET", SECRET)
+        config = routing(url, {"name": "down", "type": "webhook", "url": f"{url}/down"})
+        engine = create_engine(DatabaseSettings(url=database_url))
+        try:
+            async with alerting_with(config) as client:
+                silence = await client.post(
+                    "/v1/silences",
+                    json={
+                        "matchers": {"channel": "web"},
+                        "duration_minutes": 30,
+                        "created_by": "sato",
+                        "comment": "survey bug",
+                    },
+                )
+                await produce(
+                    kafka_settings,
+                    Topic.RESPONSES,
+                    [response_event(score=1, customer_id="c1", channel="web")],
+                )
+                await eventually(
+                    lambda: notifications(client, "c1"),
+                    lambda items: {n["status"] for n in items} == {"held"},
+                    timeout=30,
+                )
+                # Held for two days by the silence.
+                async with engine.begin() as conn:
+                    await conn.execute(
+                        sa.text("UPDATE notifications SET created_at = now() - interval '2 days'")
+                    )
+                await client.delete(f"/v1/silences/{silence.json()['id']}")
+                listed = await eventually(
+                    lambda: notifications(client, "c1"),
+                    lambda items: [n["attempts"] for n in by_receiver(items, "down")] >= [2],
+                    timeout=30,
+                )
+                (down,) = by_receiver(listed, "down")
+                assert down["status"] == "pending"
+                assert down["last_error"] == "HTTP 503"
+        finally:
+            await engine.dispose()
 
 
 def _expired(receiver: str) -> float:

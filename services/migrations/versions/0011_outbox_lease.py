@@ -25,6 +25,14 @@ def upgrade() -> None:
     op.add_column("notifications", sa.Column("locked_until", sa.DateTime(timezone=True)))
     # Which lease a send was made under: only that lease may record its outcome.
     op.add_column("notifications", sa.Column("lease_id", sa.Uuid()))
+    # The retry budget counts from here: queued, or released when its silence ended.
+    op.add_column(
+        "notifications",
+        sa.Column(
+            "due_since", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
+    )
+    op.execute("UPDATE notifications SET due_since = created_at")
     op.drop_constraint("notifications_status", "notifications", type_="check")
     op.create_check_constraint(
         "notifications_status",
@@ -47,5 +55,6 @@ def downgrade() -> None:
     op.create_check_constraint(
         "notifications_status", "notifications", "status IN ('pending', 'delivered', 'failed')"
     )
+    op.drop_column("notifications", "due_since")
     op.drop_column("notifications", "lease_id")
     op.drop_column("notifications", "locked_until")
