@@ -16,6 +16,7 @@ import hashlib
 import secrets
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -176,10 +177,17 @@ async def revoke_key(conn: AsyncConnection, key_id: uuid.UUID) -> bool:
 class KeyStore:
     """Authenticates presented keys against the operator keys and the database."""
 
-    def __init__(self, operator_keys: Sequence[str], *, ttl: float = 30.0) -> None:
+    def __init__(
+        self, operator_keys: Sequence[str], *, ttl: float = 30.0, max_entries: int = 10_000
+    ) -> None:
         self._operator = [k.encode("utf-8") for k in operator_keys]
         self._ttl = ttl
-        self._cache: dict[bytes, tuple[float, Principal | None]] = {}
+        self._max_entries = max_entries
+        # Two bounded LRU caches of key digests, each for ``ttl`` seconds: the keys found,
+        # and the keys refused, so a key presented again costs no query either way, and a
+        # flood of refused keys cannot push the good ones out.
+        self._known: OrderedDict[bytes, tuple[float, Principal]] = OrderedDict()
+        self._refused: OrderedDict[bytes, float] = OrderedDict()
         self.engine: AsyncEngine | None = None
 
     async def authenticate(self, presented: str) -> Principal | None:
@@ -195,13 +203,21 @@ class KeyStore:
             return None
         digest = hash_key(presented)
         now = time.monotonic()
-        cached = self._cache.get(digest)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        known = self._known.get(digest)
+        if known is not None and known[0] > now:
+            self._known.move_to_end(digest)
+            return known[1]
+        refused_until = self._refused.get(digest)
+        if refused_until is not None and refused_until > now:
+            self._refused.move_to_end(digest)
+            return None
         principal = await self._lookup(digest)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[digest] = (now + self._ttl, principal)
+        if principal is None:
+            self._known.pop(digest, None)
+            _remember(self._refused, digest, now + self._ttl, self._max_entries)
+        else:
+            self._refused.pop(digest, None)
+            _remember(self._known, digest, (now + self._ttl, principal), self._max_entries)
         return principal
 
     async def _lookup(self, digest: bytes) -> Principal | None:
@@ -224,3 +240,11 @@ class KeyStore:
             origins=frozenset(row.origins),
             key_id=row.id,
         )
+
+
+def _remember(cache: OrderedDict[bytes, Any], digest: bytes, entry: Any, limit: int) -> None:
+    """Store ``entry`` as the most recent, evicting the least recently used past ``limit``."""
+    cache[digest] = entry
+    cache.move_to_end(digest)
+    while len(cache) > limit:
+        cache.popitem(last=False)

@@ -65,10 +65,13 @@ JSON_OR_TEXT = frozenset({"application/json", "text/plain"})
 
 @dataclass(frozen=True)
 class WidgetLimits:
-    """The widget's rate limits, per client address and per publishable key."""
+    """The widget's rate limits: per client address (answers, and preflights apart, so a
+    browser's preflight does not spend an answer), checked before the key is looked up, and
+    per publishable key."""
 
     per_address: RateLimiter
     per_key: RateLimiter
+    preflight: RateLimiter
 
 
 def create_app(
@@ -155,6 +158,7 @@ def create_app(
     app.state.widget_limits = WidgetLimits(
         per_address=RateLimiter(collector.widget_rate_per_minute),
         per_key=RateLimiter(collector.widget_key_rate_per_minute),
+        preflight=RateLimiter(collector.widget_rate_per_minute),
     )
     return app
 

@@ -23,7 +23,7 @@ from twilio.request_validator import RequestValidator
 
 from services.alerting.app import create_app as create_alerting
 from services.scorer.app import create_app as create_scorer
-from shared.apikeys import KeyKind, Scope, create_key
+from shared.apikeys import KeyKind, KeyStore, Principal, Scope, create_key
 from shared.settings import (
     AlertingSettings,
     AuthSettings,
@@ -382,6 +382,60 @@ class TestDeeplyNestedJson:
             )
         await self._check(r)
         assert r.headers["access-control-allow-origin"] == SHOP
+
+
+class TestRefusedWidgetKeysAreCheap:
+    """Unknown publishable keys from one address cost one key lookup, then 429s."""
+
+    async def test_the_address_limit_comes_before_the_key_lookup(
+        self, collector_app: CollectorFactory, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        lookups: list[bytes] = []
+        real = KeyStore._lookup
+
+        async def counted(store: KeyStore, digest: bytes) -> Principal | None:
+            lookups.append(digest)
+            return await real(store, digest)
+
+        monkeypatch.setattr(KeyStore, "_lookup", counted)
+        settings = CollectorSettings(widget_rate_per_minute=1)
+        async with collector_app(settings) as client:
+            client.headers.pop("Authorization")
+            statuses = []
+            for n in range(5):
+                for method in ("OPTIONS", "POST"):
+                    r = await client.request(
+                        method,
+                        f"/v1/widget/responses?key=cxp_{n:040d}",
+                        json=response_payload() if method == "POST" else None,
+                        headers={"Origin": SHOP},
+                    )
+                    statuses.append(r.status_code)
+        # One preflight and one answer admitted to the lookup; the rest refused unlooked.
+        assert statuses == [401, 401] + [429] * 8
+        assert len(lookups) == 1  # the second lookup of cxp_0… is the refused-key cache's
+
+    async def test_the_same_unknown_key_is_looked_up_once(
+        self, collector_app: CollectorFactory, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        lookups: list[bytes] = []
+        real = KeyStore._lookup
+
+        async def counted(store: KeyStore, digest: bytes) -> Principal | None:
+            lookups.append(digest)
+            return await real(store, digest)
+
+        monkeypatch.setattr(KeyStore, "_lookup", counted)
+        async with collector_app(CollectorSettings(widget_rate_per_minute=1000)) as client:
+            client.headers.pop("Authorization")
+            for _ in range(20):
+                r = await client.post(
+                    f"/v1/widget/responses?key=cxp_{'z' * 40}",
+                    json=response_payload(),
+                    headers={"Origin": SHOP},
+                )
+                assert r.status_code == 401
+        assert len(lookups) == 1
 
 
 class TestBehindAProxy:

@@ -79,6 +79,14 @@ class TestOrigins:
         assert r.json() == {"event_id": body["event_id"], "status": "accepted"}
 
     async def test_other_origins_keys_and_kinds_are_refused(
+        self, collector_app: CollectorFactory, publishable_key: str, api_key: str
+    ) -> None:
+        # Refusals spend the address's budget too (it is checked before the key): room for 4.
+        async with collector_app(CollectorSettings(widget_rate_per_minute=4)) as collector:
+            collector.headers.pop("Authorization")
+            await self._refusals(collector, publishable_key, api_key)
+
+    async def _refusals(
         self, collector: httpx.AsyncClient, publishable_key: str, api_key: str
     ) -> None:
         body = response_payload()

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from services.collector import metrics, service
 from services.collector.deps import IngestDep
+from services.collector.ratelimit import RateLimiter
 from services.collector.schemas import ResponseIn, Submitted
 from services.collector.service import validation_errors
 from shared.apikeys import KeyKind, KeyStore, Principal, Scope
@@ -42,6 +43,25 @@ def _error(
     metrics.REJECTED.labels(source=SOURCE, reason=str(status)).inc()
     response = JSONResponse(error_body(status, detail, field, **extra), status_code=status)
     return _cors(response, origin) if origin else response
+
+
+def _too_many(wait: float, origin: str | None) -> Response:
+    response = _error(429, "too many answers; slow down", origin)
+    response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+    return response
+
+
+def _address_limited(request: Request, limiter: RateLimiter, origin: str | None) -> Response | None:
+    """Take a token from the client address's bucket, or answer 429 (before any key lookup).
+
+    A key is looked up only for an address within its limit, so unknown keys sent from one
+    address cost it its budget, not a database query each.
+    """
+    address = request.client.host if request.client else "unknown"
+    wait = limiter.check(address)
+    # The origin is echoed unchecked: a 429 says nothing about the key, and the page may
+    # read its Retry-After.
+    return _too_many(wait, origin) if wait else None
 
 
 async def _admit(request: Request, key: str, origin: str | None) -> Principal | Response:
@@ -82,6 +102,9 @@ async def widget_js() -> Response:
 )
 async def preflight(request: Request, key: KeyParam, origin: OriginHeader = None) -> Response:
     """Answer a browser's preflight: allowed only for the key's configured origins."""
+    limited = _address_limited(request, request.app.state.widget_limits.preflight, origin)
+    if limited is not None:
+        return limited
     admitted = await _admit(request, key, origin)
     if isinstance(admitted, Response):
         return admitted
@@ -115,17 +138,17 @@ async def submit_widget_response(
     The body is a response as for `POST /v1/responses`; the widget sets `event_id`, so a
     resend (say by `sendBeacon` after a `fetch` that seemed to fail) counts once.
     """
+    limits = request.app.state.widget_limits
+    limited = _address_limited(request, limits.per_address, origin)
+    if limited is not None:
+        return limited
     admitted = await _admit(request, key, origin)
     if isinstance(admitted, Response):
         return admitted
     assert origin is not None
-    address = request.client.host if request.client else "unknown"
-    limits = request.app.state.widget_limits
-    wait = max(limits.per_address.check(f"{key[:16]}:{address}"), limits.per_key.check(key))
+    wait = limits.per_key.check(key)
     if wait:
-        response = _error(429, "too many answers; slow down", origin)
-        response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
-        return response
+        return _too_many(wait, origin)
     try:
         payload = ResponseIn.model_validate(load_json(await request.body()))
     except JsonBodyError as exc:
