@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 # The HMAC's domain: no other keyed hash under the same secret (shared.privacy) starts so.
 _DOMAIN = b"event-id:"
+_FINGERPRINT = b"fingerprint:"
 
 metadata = sa.MetaData()
 idempotency = sa.Table(
@@ -145,6 +146,10 @@ class EventIds:
         text = json.dumps(name, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         return uuid8(hmac.new(self._secret, _DOMAIN + text, hashlib.sha256).digest())
 
+    def fingerprint(self, kind: str, content: Any) -> bytes:
+        """Return the keyed fingerprint of request content (see :func:`fingerprint`)."""
+        return fingerprint(kind, content, self._secret)
+
     def for_key(self, source: str, caller: str, key: str, fingerprint: bytes) -> uuid.UUID:
         """Return the event id of an ``Idempotency-Key`` sent by ``caller`` with a body."""
         return self._derive("key", source, caller, fingerprint.hex(), key)
@@ -177,10 +182,12 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot fingerprint a {type(value).__name__}")
 
 
-def fingerprint(kind: str, content: Any) -> bytes:
-    """Return a stable hash of request content: the same for equal JSON in any key order.
+def fingerprint(kind: str, content: Any, secret: bytes) -> bytes:
+    """Return a stable keyed hash of request content: the same for equal JSON in any order.
 
     Datetimes count as the instant they name (in UTC), whatever offset they were sent in.
+    An HMAC under ``secret`` (``CXLOOP_PRIVACY_HASH_KEY``), never a plain SHA-256: the
+    content holds customer ids and comments, and fingerprints are only compared for equality.
     """
     canonical = json.dumps(
         [kind, content],
@@ -189,12 +196,16 @@ def fingerprint(kind: str, content: Any) -> bytes:
         ensure_ascii=False,
         default=_json_default,
     )
-    return hashlib.sha256(canonical.encode("utf-8")).digest()
+    return hmac.new(secret, _FINGERPRINT + canonical.encode("utf-8"), hashlib.sha256).digest()
 
 
 def batch_fingerprint(kind: str) -> bytes:
-    """Return the fingerprint a batch's own claim carries: a key used for a batch of ``kind``."""
-    return fingerprint("batch", kind)
+    """Return the fingerprint a batch's own claim carries: a key used for a batch of ``kind``.
+
+    It holds nothing personal, so it needs no secret.
+    """
+    canonical = json.dumps(["batch", kind], separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).digest()
 
 
 class Verdict(StrEnum):

@@ -24,7 +24,6 @@ from services.collector.idempotency import (
     Verdict,
     batch_fingerprint,
     caller_key,
-    fingerprint,
     item_key,
 )
 from services.collector.schemas import BatchResult, EventIn, ItemResult, ResponseIn, Submitted
@@ -348,7 +347,7 @@ async def submit_one(
     if errors:
         metrics.REJECTED.labels(source=source, reason="validation").inc()
         raise FieldErrors(errors)
-    content = fingerprint(submission.model.__name__, payload.model_dump())
+    content = ingest.ids.fingerprint(submission.model.__name__, payload.model_dump())
     event_id, key = ingest.resolve_event_id(
         source, payload.event_id, idempotency_key, caller, content
     )
@@ -425,7 +424,7 @@ async def submit_batch(
             metrics.REJECTED.labels(source=source, reason="validation").inc()
             results.append(ItemResult(index=index, status="rejected", errors=errors))
             continue
-        content = fingerprint(kind, payload.model_dump())
+        content = ingest.ids.fingerprint(kind, payload.model_dump())
         if payload.event_id is None and batch is not None and idempotency_key is not None:
             occurrence = seen[content]
             seen[content] += 1

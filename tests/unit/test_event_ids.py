@@ -9,8 +9,9 @@ from services.collector.idempotency import EventIds, fingerprint
 from services.collector.schemas import ResponseIn
 from tests.builders import response_payload
 
-BODY = fingerprint("ResponseIn", {"score": 9})
-OTHER = fingerprint("ResponseIn", {"score": 3})
+SECRET = b"one-secret-of-16-chars"
+BODY = fingerprint("ResponseIn", {"score": 9}, SECRET)
+OTHER = fingerprint("ResponseIn", {"score": 3}, SECRET)
 
 
 class TestEventIds:
@@ -41,15 +42,23 @@ class TestFingerprint:
             )
             for when in (tokyo, tokyo.astimezone(UTC))
         ]
-        a, b = (fingerprint("ResponseIn", body.model_dump()) for body in bodies)
+        a, b = (fingerprint("ResponseIn", body.model_dump(), SECRET) for body in bodies)
         assert a == b
+
+    def test_fingerprints_are_keyed(self) -> None:
+        # A body holds customer ids and comments: nobody without the secret may test a guess
+        # against a stored fingerprint.
+        content = {"customer_id": "c-1", "comment": "call me"}
+        one = fingerprint("ResponseIn", content, SECRET)
+        assert one == EventIds(SECRET).fingerprint("ResponseIn", content)
+        assert one != fingerprint("ResponseIn", content, b"another-secret-of-16")
 
     def test_another_instant_is_another_body(self) -> None:
         bodies = [
             ResponseIn.model_validate(response_payload(customer_id="c-1", occurred_at=when))
             for when in ("2026-11-22T10:15:00+09:00", "2026-11-22T10:15:00Z")
         ]
-        a, b = (fingerprint("ResponseIn", body.model_dump()) for body in bodies)
+        a, b = (fingerprint("ResponseIn", body.model_dump(), SECRET) for body in bodies)
         assert a != b
 
 
