@@ -185,10 +185,13 @@ class BodyLimitMiddleware:
 
 
 class ForwardedHeaderMiddleware:
-    """Read RFC 7239 ``Forwarded`` as ``X-Forwarded-For``/``-Proto`` when those are absent.
+    """Read RFC 7239 ``Forwarded`` as ``X-Forwarded-For``/``-Proto``, in their place.
 
-    It only translates: whether any of it is believed is decided by uvicorn's
-    ``ProxyHeadersMiddleware``, which runs next and trusts only the configured proxies.
+    When a request carries ``Forwarded``, that is the header believed: any
+    ``X-Forwarded-For``/``-Proto`` is dropped, since a proxy that writes only ``Forwarded``
+    passes on whatever ``X-Forwarded-For`` its client sent. It only translates: whether any
+    of it is believed is decided by uvicorn's ``ProxyHeadersMiddleware``, which runs next and
+    trusts only the configured proxies.
     """
 
     def __init__(self, app: Any) -> None:
@@ -199,16 +202,19 @@ class ForwardedHeaderMiddleware:
             await self.app(scope, receive, send)
             return
         names = {key.lower() for key, _ in scope["headers"]}
-        if b"forwarded" in names and b"x-forwarded-for" not in names:
+        if b"forwarded" in names:
             value = b", ".join(v for k, v in scope["headers"] if k.lower() == b"forwarded")
             hosts, protos = forwarded_pairs(value.decode("latin-1"))
-            added = []
+            kept = [(k, v) for k, v in scope["headers"] if k.lower() not in _REPLACED]
             if hosts:
-                added.append((b"x-forwarded-for", ", ".join(hosts).encode("latin-1")))
-            if protos and b"x-forwarded-proto" not in names:
-                added.append((b"x-forwarded-proto", protos[-1].encode("latin-1")))
-            scope = {**scope, "headers": [*scope["headers"], *added]}
+                kept.append((b"x-forwarded-for", ", ".join(hosts).encode("latin-1")))
+            if protos:
+                kept.append((b"x-forwarded-proto", protos[-1].encode("latin-1")))
+            scope = {**scope, "headers": kept}
         await self.app(scope, receive, send)
+
+
+_REPLACED = frozenset({b"x-forwarded-for", b"x-forwarded-proto"})
 
 
 def forwarded_pairs(value: str) -> tuple[list[str], list[str]]:

@@ -475,6 +475,18 @@ class TestBehindAProxy:
         statuses = await self._answers(collector_app, key, "127.0.0.1", visitors)
         assert statuses == [202, 202, 202, 202, 429, 429]
 
+    async def test_forwarded_is_believed_over_a_passed_on_x_forwarded_for(
+        self, collector_app: CollectorFactory, database_url: str
+    ) -> None:
+        # A proxy that writes only Forwarded passes on the client's own X-Forwarded-For:
+        # picking a new one each time must not give the client a new bucket.
+        key = await _publishable(database_url, [Scope.RESPONSES_WRITE])
+        visitors: list[dict[str, str]] = [
+            {"Forwarded": "for=198.51.100.9", "X-Forwarded-For": f"203.0.113.{n}"} for n in range(3)
+        ]
+        statuses = await self._answers(collector_app, key, "127.0.0.1", visitors)
+        assert statuses == [202, 429, 429]
+
     async def test_an_untrusted_peer_is_limited_by_its_own_address(
         self, collector_app: CollectorFactory, database_url: str
     ) -> None:
