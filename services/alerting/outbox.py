@@ -45,8 +45,9 @@ log = logging.getLogger(__name__)
 MAX_DELAY = 60.0
 # Requests in flight per receiver: a slow one uses its own, never another receiver's.
 PER_RECEIVER = 4
-# How often held notifications are compared with the silences in force.
+# How often held notifications are compared with the silences in force, and how many at once.
 RELEASE_EVERY = 1.0
+HELD_PAGE = 1000
 
 
 async def active_silences(conn: AsyncConnection) -> list[dict[str, Any]]:
@@ -398,35 +399,45 @@ class Outbox:
             ).all()
 
     async def release_held(self) -> int:
-        """Queue held triggers no silence matches any more (drop those of closed alerts)."""
-        async with self.engine.begin() as conn:
-            held = (
-                await conn.execute(
+        """Queue held triggers no silence matches any more (drop those of closed alerts).
+
+        Every held row is looked at, a page at a time: one whose silence ended never waits
+        behind any number still silenced.
+        """
+        released, after = 0, None
+        while True:
+            async with self.engine.begin() as conn:
+                query = (
                     sa.select(notifications.c.id.label("notification_id"), *alerts.columns)
                     .join(alerts, alerts.c.id == notifications.c.alert_id)
                     .where(notifications.c.status == "held")
-                    .order_by(notifications.c.created_at)
-                    .limit(1000)
+                    .order_by(notifications.c.id)
+                    .limit(HELD_PAGE)
                     .with_for_update(of=notifications, skip_locked=True)
                 )
-            ).all()
-            if not held:
-                return 0
-            active = await active_silences(conn)
-            free = [row for row in held if not silenced(dict(row._mapping), active)]
-            send = [row.notification_id for row in free if row.status == "open"]
-            drop = [row.notification_id for row in free if row.status != "open"]
-            if send:
-                await conn.execute(
-                    notifications.update()
-                    .where(notifications.c.id.in_(send))
-                    .values(
-                        status="pending", next_attempt_at=sa.func.now(), due_since=sa.func.now()
+                if after is not None:
+                    query = query.where(notifications.c.id > after)
+                held = (await conn.execute(query)).all()
+                if not held:
+                    return released
+                after = held[-1].notification_id
+                active = await active_silences(conn)
+                free = [row for row in held if not silenced(dict(row._mapping), active)]
+                send = [row.notification_id for row in free if row.status == "open"]
+                drop = [row.notification_id for row in free if row.status != "open"]
+                if send:
+                    await conn.execute(
+                        notifications.update()
+                        .where(notifications.c.id.in_(send))
+                        .values(
+                            status="pending", next_attempt_at=sa.func.now(), due_since=sa.func.now()
+                        )
                     )
-                )
-            if drop:
-                await conn.execute(notifications.delete().where(notifications.c.id.in_(drop)))
-        return len(send)
+                if drop:
+                    await conn.execute(notifications.delete().where(notifications.c.id.in_(drop)))
+            released += len(send)
+            if len(held) < HELD_PAGE:
+                return released
 
     async def drain(self, grace: float) -> None:
         """Wait up to ``grace`` seconds for the requests in flight, then cancel the rest."""

@@ -500,3 +500,59 @@ class TestSilenceEnd:
             await stays(lambda: total(state.delivered), lambda n: n == 2, seconds=3)
         assert state.customers() == ["sms-1", "open-1"]
         assert state.bodies[-1]["type"] == "alert.triggered"
+
+    async def test_a_released_alert_never_waits_behind_a_thousand_still_silenced(
+        self,
+        hooks: tuple[Receivers, str],
+        kafka_settings: KafkaSettings,
+        alerting_with: AlertingFactory,
+        database_url: str,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        state, url = hooks
+        monkeypatch.setenv("GOOD_SECRET", SECRET)
+        engine = create_engine(DatabaseSettings(url=database_url))
+        try:
+            async with alerting_with(routing(url)) as client:
+                ids = {}
+                for customer in ("still", "free"):
+                    r = await client.post(
+                        "/v1/silences",
+                        json={
+                            "matchers": {"customer_id": customer},
+                            "duration_minutes": 30,
+                            "created_by": "sato",
+                            "comment": "calling them",
+                        },
+                    )
+                    ids[customer] = r.json()["id"]
+                await produce(
+                    kafka_settings,
+                    Topic.RESPONSES,
+                    [response_event(score=1, customer_id=c) for c in ("still", "free")],
+                )
+                await eventually(
+                    lambda: notifications(client, "free"),
+                    lambda items: [n["status"] for n in items] == ["held"],
+                )
+                (still,) = (
+                    await eventually(
+                        lambda: client.get("/v1/alerts", params={"customer_id": "still"}),
+                        lambda r: len(r.json()["items"]) == 1,
+                    )
+                ).json()["items"]
+                # A thousand older held notifications whose silence is still in force.
+                async with engine.begin() as conn:
+                    await conn.execute(sa.text(MANY_HELD), {"a": still["id"]})
+                await client.delete(f"/v1/silences/{ids['free']}")
+                await eventually(lambda: total(state.delivered), lambda n: n == 1, timeout=30)
+                assert state.customers() == ["free"]
+        finally:
+            await engine.dispose()
+
+
+MANY_HELD = """
+INSERT INTO notifications (id, alert_id, receiver, action, status, created_at)
+SELECT gen_random_uuid(), CAST(:a AS uuid), 'good', 'trigger', 'held', now() - interval '1 hour'
+FROM generate_series(1, 1000)
+"""

@@ -42,7 +42,7 @@ def upgrade() -> None:
     op.create_index(
         "notifications_held",
         "notifications",
-        ["created_at"],
+        ["id"],
         postgresql_where=sa.text("status = 'held'"),
     )
 
