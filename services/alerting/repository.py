@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.alerting import lifecycle, outbox
@@ -267,7 +268,15 @@ async def erase_customer(conn: AsyncConnection, customer_id: str, pseudonym: str
     if alert_ids:
         await conn.execute(
             history.update()
-            .where(history.c.alert_id.in_(alert_ids), history.c.note.is_not(None))
+            # One array parameter: a customer may have more alerts than a statement has
+            # bind parameters (32,767).
+            .where(
+                history.c.alert_id
+                == sa.any_(
+                    sa.bindparam("alert_ids", alert_ids, type_=pg.ARRAY(pg.UUID(as_uuid=True)))
+                ),
+                history.c.note.is_not(None),
+            )
             .values(note=None)
         )
     return len(alert_ids)

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from aiokafka.errors import KafkaError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from services.alerting import repository as alerting_repository
 from services.alerting.app import create_app as create_alerting
 from services.collector.app import purge_invitations
 from services.migrations import upgrade
@@ -514,3 +515,38 @@ class TestErasureLocks:
             await redelivered.execute(sa.text("SET LOCAL lock_timeout = '5s'"))
             await erasure.apply_in_order(redelivered, hasher, "scorer", [event], apply, erase_one)
         assert erased == []
+
+
+async def test_a_customer_with_more_alerts_than_bind_parameters_is_erased(
+    engine: AsyncEngine,
+) -> None:
+    customer = unique("many")
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.text(
+                "INSERT INTO alerts (id, dedupe_key, rule, severity, status, customer_id, "
+                "channel, reasons, event_id, occurrences, opened_at, last_seen_at, comment) "
+                "SELECT gen_random_uuid(), 'detractor:' || :c || ':' || n, 'detractor', "
+                "'high', 'resolved', :c, 'email', ARRAY['r'], gen_random_uuid(), 1, now(), "
+                "now(), 'call me' FROM generate_series(1, 33000) AS n"
+            ),
+            {"c": customer},
+        )
+        await conn.execute(
+            sa.text(
+                "INSERT INTO alert_history (alert_id, actor, action, note) "
+                "SELECT id, 'operator', 'resolve', 'Jane called back' FROM alerts "
+                "WHERE customer_id = :c LIMIT 1"
+            ),
+            {"c": customer},
+        )
+    async with engine.begin() as conn:
+        erased = await alerting_repository.erase_customer(conn, customer, f"erased:{customer}")
+    assert erased == 33000
+    notes = await scalar(
+        engine,
+        "SELECT count(h.note) FROM alert_history h JOIN alerts a ON a.id = h.alert_id "
+        "WHERE a.customer_id = :p",
+        p=f"erased:{customer}",
+    )
+    assert notes == 0
