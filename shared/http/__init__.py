@@ -10,7 +10,7 @@ The names below are re-exported so ``from shared.http import X`` keeps working.
 """
 
 from shared.http.app import build_app
-from shared.http.auth import get_principal, require, signed_by
+from shared.http.auth import get_principal, public, require, signed_by
 from shared.http.errors import (
     ErrorBody,
     FieldError,
@@ -51,6 +51,7 @@ __all__ = [
     "install_error_handlers",
     "load_json",
     "operations_router",
+    "public",
     "require",
     "send_error",
     "signed_by",

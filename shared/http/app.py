@@ -10,7 +10,7 @@ from fastapi.openapi.utils import get_openapi
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from shared.apikeys import KeyStore
-from shared.http.auth import AuthGateMiddleware
+from shared.http.auth import AuthGateMiddleware, check_declared
 from shared.http.errors import document_errors, install_error_handlers
 from shared.http.middleware import (
     JSON_ONLY,
@@ -72,6 +72,9 @@ def build_app(
     app.add_middleware(NulGuardMiddleware)
     app.add_middleware(BodyLimitMiddleware, policy=policy)
     operations = operations_router(service, readiness)
+    # Starlette builds its middleware on the first request: check the routes now, so an
+    # undeclared route fails the app's construction (and its tests), not a request.
+    check_declared([operations, *routers])
     app.add_middleware(AuthGateMiddleware, routers=[operations, *routers])
     app.add_middleware(RequestMetricsMiddleware, service=service)
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=http.forwarded_allow_ips)

@@ -152,6 +152,28 @@ def signed_by(*headers: str) -> Any:
     return Depends(dependency)
 
 
+@dataclass(frozen=True)
+class Public:
+    """A route that needs no bearer key or signature, and why (for a reader of the code)."""
+
+    reason: str
+
+
+def public(reason: str) -> Any:
+    """Return a dependency that marks a route as open on purpose: ``reason`` says why.
+
+    Every route a service mounts declares :func:`require`, :func:`signed_by` or this;
+    :func:`check_declared` refuses to build an app with a route that declares none.
+    """
+    marker = Public(reason)
+
+    async def dependency() -> None:
+        return None
+
+    dependency.public = marker  # type: ignore[attr-defined]
+    return Depends(dependency)
+
+
 def _walk(dependant: Dependant) -> Iterator[Any]:
     yield dependant.call
     for sub in dependant.dependencies:
@@ -170,6 +192,27 @@ def signatures_of(route: APIRoute) -> tuple[SignedBy, ...]:
     return tuple(dict.fromkeys(s for s in found if isinstance(s, SignedBy)))
 
 
+def publics_of(route: APIRoute) -> tuple[Public, ...]:
+    """Return every :class:`Public` marker a route declares through :func:`public`."""
+    found = (getattr(call, "public", None) for call in _walk(route.dependant))
+    return tuple(dict.fromkeys(p for p in found if isinstance(p, Public)))
+
+
+def check_declared(routers: Sequence[APIRouter]) -> None:
+    """Raise TypeError for a route that is not an APIRoute, or that declares neither
+    :func:`require`, :func:`signed_by` nor :func:`public`: a route the auth gate would not
+    know how to guard is refused when the app is built, not let through at run time."""
+    for router in routers:
+        for route in router.routes:
+            if not isinstance(route, APIRoute):
+                raise TypeError(f"{route!r}: the auth gate knows only APIRoutes")
+            if not (requirements_of(route) or signatures_of(route) or publics_of(route)):
+                methods = ",".join(sorted(route.methods or ()))
+                raise TypeError(
+                    f"{methods} {route.path}: declare require(), signed_by() or public()"
+                )
+
+
 @dataclass(frozen=True)
 class _Gate:
     route: APIRoute
@@ -183,17 +226,19 @@ class AuthGateMiddleware:
 
     A route that :func:`require`-s a scope: 401 without a valid bearer key, 403 for a key
     without the scope. A route :func:`signed_by` a vendor: 403 for an unusable signature
-    header (the route checks the signature itself, as it needs the body). The widget,
-    whose publishable key travels in the query, and the operations endpoints pass through.
+    header (the route checks the signature itself, as it needs the body). A route marked
+    :func:`public` (the widget, whose publishable key travels in the query, and the
+    operations endpoints) passes through; a route that declares none of the three is
+    refused when the app is built (:func:`check_declared`).
     """
 
     def __init__(self, app: Any, *, routers: Sequence[APIRouter]) -> None:
         self.app = app
         self._table: list[_Gate] = []
+        check_declared(routers)
         for router in routers:
             for route in router.routes:
-                if not isinstance(route, APIRoute):
-                    raise TypeError(f"{route!r}: the auth gate knows only APIRoutes")
+                assert isinstance(route, APIRoute)
                 needs = requirements_of(route)
                 self._table.append(_Gate(route, needs, signatures_of(route), bool(needs)))
 

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import metrics
+from shared.http.auth import public
 
 
 async def get_engine(request: Request) -> AsyncEngine:
@@ -25,7 +26,9 @@ ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
 
 def operations_router(service: str, readiness: ReadinessCheck) -> APIRouter:
     """Return ``/healthz``, ``/readyz`` and ``/metrics``, which need no API key."""
-    router = APIRouter(tags=["operations"])
+    router = APIRouter(
+        tags=["operations"], dependencies=[public("probes and scrapers carry no key")]
+    )
 
     @router.get("/healthz", summary="The process is alive")
     async def healthz() -> dict[str, str]:

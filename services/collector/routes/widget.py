@@ -22,9 +22,13 @@ from services.collector.ratelimit import RateLimiter
 from services.collector.schemas import ResponseIn, Submitted
 from services.collector.service import validation_errors
 from shared.apikeys import KeyKind, KeyStore, Principal, Scope
-from shared.http import JsonBodyError, error_body, load_json
+from shared.http import JsonBodyError, error_body, load_json, public
 
-router = APIRouter(tags=["widget"])
+# Open to the auth gate: a page carries a publishable key in the query, checked here with
+# its origins, after the per-address rate limit.
+router = APIRouter(
+    tags=["widget"], dependencies=[public("browsers; the publishable key is checked here")]
+)
 
 SOURCE = "widget"
 PATH = "/v1/widget/responses"
