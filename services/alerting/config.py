@@ -60,6 +60,9 @@ def webhook_key(secret: str) -> bytes:
         key = b""
     if not key:
         raise ValueError("the webhook secret is not whsec_ followed by base64")
+    if not 24 <= len(key) <= 64:
+        # Standard Webhooks: a key of 24 to 64 bytes (a short one is guessed offline).
+        raise ValueError(f"the webhook secret's key is {len(key)} bytes, not 24 to 64")
     return key
 
 
@@ -73,9 +76,13 @@ def _from_env(name: str) -> str:
 
 def _ticket_template(template: str) -> str:
     try:
-        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+        parsed = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template)]
     except ValueError as exc:
         raise ValueError(f"not a valid link template: {exc}") from None
+    fields = {name for name, _, _ in parsed if name is not None}
+    if any(spec or conv for name, spec, conv in parsed if name is not None):
+        # A spec (:d) or conversion (!r) would fail or change the link at send time.
+        raise ValueError("a link template may use {ticket_id} only as is, without :spec or !conv")
     unknown = sorted(fields - {"ticket_id"})
     if unknown:
         raise ValueError(f"a link template may use only {{ticket_id}}, not {{{unknown[0]}}}")

@@ -97,14 +97,26 @@ async def enqueue(
         if held:
             pass  # sent, with its group, when no silence matches it any more
         elif group_key is not None and action == "trigger":
-            pending = await conn.scalar(
-                sa.select(sa.func.min(notifications.c.next_attempt_at)).where(
-                    notifications.c.group_key == group_key,
-                    notifications.c.status == "pending",
-                    notifications.c.attempts == 0,
+            # A group is frozen once leased: a later alert starts the route's next group,
+            # so that every attempt of a group carries the same alerts under the same id.
+            joinable = (
+                await conn.execute(
+                    sa.select(notifications.c.group_key, notifications.c.next_attempt_at)
+                    .where(
+                        notifications.c.group_key.startswith(f"{group_key}#", autoescape=True),
+                        notifications.c.status == "pending",
+                        notifications.c.attempts == 0,
+                        notifications.c.locked_until.is_(None),
+                    )
+                    .order_by(notifications.c.next_attempt_at)
+                    .limit(1)
                 )
-            )
-            due = pending or sa.func.now() + sa.literal(timedelta(seconds=wait), sa.Interval)
+            ).first()
+            if joinable is not None:
+                group_key, due = joinable.group_key, joinable.next_attempt_at
+            else:
+                group_key = f"{group_key}#{uuid.uuid4().hex}"
+                due = sa.func.now() + sa.literal(timedelta(seconds=wait), sa.Interval)
         else:
             group_key = None
         await conn.execute(

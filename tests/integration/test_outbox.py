@@ -257,6 +257,49 @@ async def dripping_receiver(release: asyncio.Event, calls: list[int]) -> AsyncIt
         server.close()
 
 
+class TestFrozenGroup:
+    async def test_an_alert_arriving_while_its_group_is_sent_starts_the_next_group(
+        self,
+        hooks: tuple[Receivers, str],
+        kafka_settings: KafkaSettings,
+        alerting_with: AlertingFactory,
+        database_url: str,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        state, url = hooks
+        config = AlertingConfig.model_validate(
+            {
+                "receivers": [{"name": "slow", "type": "webhook", "url": f"{url}/hang"}],
+                "routes": [{"receiver": "slow", "group_by": ["rule"], "group_wait_seconds": 0.1}],
+            }
+        )
+        engine = create_engine(DatabaseSettings(url=database_url))
+        try:
+            async with alerting_with(config, notification_timeout_seconds=300):
+                await produce(
+                    kafka_settings, Topic.RESPONSES, [response_event(score=1, customer_id="c1")]
+                )
+                await asyncio.wait_for(state.hung.wait(), timeout=30)
+                # The first group is on its way: the second alert may not join it, or the
+                # group's retry would carry an alert its first attempt did not.
+                await produce(
+                    kafka_settings, Topic.RESPONSES, [response_event(score=1, customer_id="c2")]
+                )
+                await eventually(lambda: total(state.hanging), lambda n: n == 2, timeout=30)
+                async with engine.begin() as conn:
+                    keys = (
+                        (await conn.execute(sa.text("SELECT group_key FROM notifications")))
+                        .scalars()
+                        .all()
+                    )
+                assert len(keys) == 2
+                assert keys[0] != keys[1]
+                await stays(lambda: total(state.hanging), lambda n: n == 2, seconds=1)
+        finally:
+            state.release.set()
+            await engine.dispose()
+
+
 class TestTotalDeadline:
     async def test_a_receiver_dripping_its_answer_is_cut_off_and_the_attempt_recorded(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -80,6 +81,17 @@ class TestCheckConfig:
         monkeypatch.setenv("TEST_OUTBOX_PD_KEY", "R0UT1NGKEY")
         assert load(write(tmp_path, text)).receivers[1].routing_key_env == "TEST_OUTBOX_PD_KEY"
 
+    @pytest.mark.parametrize(("key", "size"), [(b"k", 1), (b"k" * 23, 23), (b"k" * 65, 65)])
+    def test_a_webhook_key_not_24_to_64_bytes_is_refused(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: bytes, size: int
+    ) -> None:
+        secret = "whsec_" + base64.b64encode(key).decode()
+        monkeypatch.setenv("TEST_OUTBOX_SECRET", secret)
+        with pytest.raises(ConfigError) as exc:
+            load(write(tmp_path, CONFIG))
+        assert f"receivers.0.secret_env: the webhook secret's key is {size} bytes" in str(exc.value)
+        assert secret not in str(exc.value)
+
     def test_a_good_secret_passes(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("TEST_OUTBOX_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
         assert load(write(tmp_path, CONFIG)).receivers[0].secret_env == "TEST_OUTBOX_SECRET"
@@ -90,6 +102,8 @@ class TestCheckConfig:
             ("https://x.example/{ticket}", "not {ticket}"),
             ("https://x.example/{ticket_id}/{customer_id}", "not {customer_id}"),
             ("https://x.example/{ticket_id", "not a valid link template"),
+            ("https://x.example/{ticket_id:d}", "without :spec or !conv"),
+            ("https://x.example/{ticket_id!r}", "without :spec or !conv"),
         ],
     )
     def test_a_link_template_naming_an_unknown_field_is_refused_naming_the_line(
