@@ -118,7 +118,11 @@ def _topics(args: argparse.Namespace) -> int:
         )
     )
     print("created: " + (", ".join(created) if created else "nothing; every topic existed"))
-    print(f"retention.ms={kafka.retention_ms()} on every topic (CXLOOP_KAFKA_RETENTION_DAYS)")
+    retention = kafka.retention_ms()
+    print(
+        f"retention.ms={retention} segment.ms={min(retention, 86_400_000)} on every topic "
+        "(CXLOOP_KAFKA_RETENTION_DAYS)"
+    )
     return 0
 
 

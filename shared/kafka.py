@@ -74,18 +74,30 @@ def make_consumer(
     )
 
 
+_SEGMENT_MS = 86_400_000  # a day
+
+
 async def ensure_topics(
     settings: KafkaSettings, *, replication_factor: int = 1, retention_ms: int | None = None
 ) -> list[str]:
     """Create every cxloop topic with its partition count; return the names that were new.
 
-    With ``retention_ms``, every topic, new or existing, gets that ``retention.ms``.
+    With ``retention_ms``, every topic, new or existing, gets that ``retention.ms``, and a
+    ``segment.ms`` of at most a day: Kafka deletes whole closed segments only, so a record
+    outlives the retention by up to one segment's age. Other configs of a topic are kept.
     """
     admin = AIOKafkaAdminClient(**settings.to_aiokafka_params())
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        configs = {} if retention_ms is None else {"retention.ms": str(retention_ms)}
+        configs = (
+            {}
+            if retention_ms is None
+            else {
+                "retention.ms": str(retention_ms),
+                "segment.ms": str(min(retention_ms, _SEGMENT_MS)),
+            }
+        )
         wanted = [
             NewTopic(
                 name=settings.topic(spec.topic),

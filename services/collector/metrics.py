@@ -22,3 +22,8 @@ PRODUCE_SECONDS = Histogram(
     "Time from handing events to the producer to the broker's acknowledgement.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+PURGE_FAILURES = Counter(
+    name("collector", "purge_failures", "total"),
+    "Failed purges of expired idempotency keys or old invitations (retried next pass), by what.",
+    ["what"],
+)

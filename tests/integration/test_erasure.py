@@ -9,17 +9,21 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
 import sqlalchemy as sa
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from services.alerting import repository as alerting_repository
 from services.alerting.app import create_app as create_alerting
-from services.collector.app import purge_invitations
+from services.collector import metrics as collector_metrics
+from services.collector.app import _purge, purge_invitations
+from services.collector.idempotency import IdempotencyStore
 from services.migrations import upgrade
 from services.scorer.app import create_app as create_scorer
 from shared import erasure
@@ -369,6 +373,38 @@ class TestCollectorState:
         assert await purge_invitations(engine, timedelta(days=30)) == 1
         assert await scalar(engine, "SELECT array_agg(customer_id) FROM invitations") == ["new"]
 
+    async def test_a_failing_purge_is_logged_and_counted(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        stop = asyncio.Event()
+
+        class Store:
+            async def purge_expired(self) -> int:
+                stop.set()
+                raise RuntimeError(f"a driver error quoting a row: {PHONE}")
+
+        failures = {
+            what: collector_metrics.PURGE_FAILURES.labels(what=what)
+            for what in ("idempotency_keys", "invitations")
+        }
+        before = {what: counter._value.get() for what, counter in failures.items()}
+        unreachable = create_async_engine("postgresql+asyncpg://cxloop@127.0.0.1:1/cxloop")
+        try:
+            store = cast(IdempotencyStore, Store())
+            await _purge(store, unreachable, timedelta(days=30), stop)
+        finally:
+            await unreachable.dispose()
+        assert {w: c._value.get() - before[w] for w, c in failures.items()} == {
+            "idempotency_keys": 1,
+            "invitations": 1,
+        }
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert [m.split(" failed")[0] for m in errors] == [
+            "purging idempotency_keys",
+            "purging invitations",
+        ]
+        assert not [m for m in errors if PHONE in m]
+
 
 class TestKeyedHashes:
     async def test_a_caller_is_known_by_a_keyed_hash(
@@ -442,25 +478,46 @@ class TestKeyedHashes:
         assert not [s for s in sent if any(secret in s for secret in secrets)]
 
 
-async def retention_of(settings: KafkaSettings, topic: Topic) -> str | None:
-    """The topic's own retention.ms; None while the broker cannot describe it yet."""
+async def configs_of(settings: KafkaSettings, topic: Topic) -> dict[str, str]:
+    """The topic's own configs; empty while the broker cannot describe it yet."""
     try:
-        return (await topic_configs(settings, settings.topic(topic))).get("retention.ms")
+        return await topic_configs(settings, settings.topic(topic))
     except KafkaError:
-        return None
+        return {}
 
 
 class TestTopicRetention:
     async def test_set_on_new_and_existing_topics(
         self, kafka_settings: KafkaSettings, monkeypatch: pytest.MonkeyPatch
     ) -> None:
+        await ensure_topics(kafka_settings)
+        # An operator's own config on a topic, set before: it must be kept.
+        name = kafka_settings.topic(Topic.RESPONSES)
+        admin = AIOKafkaAdminClient(**kafka_settings.to_aiokafka_params())
+        await admin.start()
+        try:
+            await admin.alter_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, name, {"max.message.bytes": "2000000"})]
+            )
+        finally:
+            await admin.close()
+        await eventually(
+            functools.partial(configs_of, kafka_settings, Topic.RESPONSES),
+            lambda configs: configs.get("max.message.bytes") == "2000000",
+        )
         await ensure_topics(kafka_settings, retention_ms=3_600_000)
-        # A broker applies an altered config shortly after the controller accepted it.
+        # A broker applies an altered config shortly after the controller accepted it; a
+        # segment never outlives the retention.
         for topic in Topic:
             await eventually(
-                functools.partial(retention_of, kafka_settings, topic),
-                lambda retention: retention == "3600000",
+                functools.partial(configs_of, kafka_settings, topic),
+                lambda configs: (
+                    (configs.get("retention.ms"), configs.get("segment.ms"))
+                    == ("3600000", "3600000")
+                ),
             )
+        kept = await configs_of(kafka_settings, Topic.RESPONSES)
+        assert kept.get("max.message.bytes") == "2000000"
 
         fresh = kafka_settings.model_copy(update={"topic_prefix": f"{unique('r')}."})
         monkeypatch.setenv("CXLOOP_KAFKA_BOOTSTRAP_SERVERS", fresh.bootstrap_servers)
@@ -470,8 +527,11 @@ class TestTopicRetention:
 
         assert await asyncio.to_thread(main, ["topics"]) == 0
         await eventually(
-            functools.partial(retention_of, fresh, Topic.RESPONSES),
-            lambda retention: retention == str(7 * 86_400_000),
+            functools.partial(configs_of, fresh, Topic.RESPONSES),
+            lambda configs: (
+                (configs.get("retention.ms"), configs.get("segment.ms"))
+                == (str(7 * 86_400_000), "86400000")
+            ),
         )
 
 
