@@ -30,7 +30,6 @@ from services.collector.service import Ingest
 from services.migrations import MIGRATIONS_DIR
 from shared.apikeys import KeyStore
 from shared.db import assert_schema_current, create_engine, database_answers
-from shared.errors import ConfigError
 from shared.http import JSON_ONLY, build_app
 from shared.kafka import broker_answers, sleep_unless_stopped
 from shared.privacy import Hasher
@@ -65,21 +64,6 @@ FORM = frozenset({"application/x-www-form-urlencoded"})
 JSON_OR_TEXT = frozenset({"application/json", "text/plain"})
 
 
-def check_twilio_url(collector: CollectorSettings, sources: SourceSettings) -> None:
-    """Raise ConfigError when Twilio is configured without the URL it calls.
-
-    Twilio signs the URL it was told to call; behind a proxy or ingress that is not the URL
-    the collector sees, so guessing it would refuse every genuine webhook, or trust
-    forwarded host and scheme headers to rebuild it.
-    """
-    if sources.twilio_auth_token is not None and not collector.public_url:
-        raise ConfigError(
-            "invalid configuration: CXLOOP_COLLECTOR_PUBLIC_URL: required when "
-            "CXLOOP_SOURCES_TWILIO_AUTH_TOKEN is set (the base URL Twilio calls, which its "
-            "signature covers)"
-        )
-
-
 @dataclass(frozen=True)
 class WidgetLimits:
     """The widget's rate limits: per client address (answers, and preflights apart, so a
@@ -106,7 +90,6 @@ def create_app(
     auth = auth or load(AuthSettings)
     keystore = KeyStore(auth.keys(), ttl=auth.key_cache_seconds)
     source_settings = sources or load(SourceSettings)
-    check_twilio_url(collector, source_settings)
     privacy = privacy or load(PrivacySettings)
     hasher = Hasher(privacy.key())
     event_ids = EventIds(privacy.key())
