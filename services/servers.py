@@ -406,6 +406,17 @@ def _check_reachable(path: Path, user: str) -> None:
             )
 
 
+# Postgres's own log quotes rows: a failed statement's DETAIL ("Failing row contains (...)",
+# "Key (customer_id)=(...)"), its STATEMENT, and class 22 errors in the message itself
+# ('invalid input syntax for type uuid: "..."'). A statement's error is the client's to log
+# (cxloop describes it without values); the server log keeps LOG, FATAL and PANIC lines.
+QUIET_POSTGRES_LOG = (
+    "-c", "log_min_messages=log",
+    "-c", "log_error_verbosity=terse",
+    "-c", "log_min_error_statement=panic",
+)  # fmt: skip
+
+
 class LocalPostgres:
     """A PostgreSQL server on 127.0.0.1 from local binaries, its data in ``data_dir``."""
 
@@ -449,7 +460,8 @@ class LocalPostgres:
                 str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
                 "--auth=trust", "-E", "UTF8", "--locale=C", "--no-instructions",
             )  # fmt: skip
-        settings = ["-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200"]
+        settings = ["-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200",
+                    *QUIET_POSTGRES_LOG]  # fmt: skip
         if not self.durable:
             # Test data is thrown away, so durability only costs time.
             settings += ["-c", "fsync=off", "-c", "synchronous_commit=off",
