@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.collector import invitations as invitations_store
+from services.collector import metrics
 from services.collector.idempotency import EventIds, IdempotencyStore
 from services.collector.ratelimit import RateLimiter
 from services.collector.routes import (
@@ -184,15 +185,25 @@ async def _purge(
     store: IdempotencyStore, engine: AsyncEngine, retention: timedelta, stop: asyncio.Event
 ) -> None:
     while not stop.is_set():
-        with contextlib.suppress(Exception):
+        try:
             purged = await store.purge_expired()
             if purged:
                 log.info("purged %d expired idempotency keys", purged)
-        with contextlib.suppress(Exception):
+        except Exception as exc:
+            _purge_failed("idempotency_keys", exc)
+        try:
             purged = await purge_invitations(engine, retention)
             if purged:
                 log.info("purged %d invitations past their retention", purged)
+        except Exception as exc:
+            _purge_failed("invitations", exc)
         await sleep_unless_stopped(stop, PURGE_EVERY)
+
+
+def _purge_failed(what: str, exc: Exception) -> None:
+    # The exception's type only: a driver's message may quote a row.
+    metrics.PURGE_FAILURES.labels(what=what).inc()
+    log.error("purging %s failed (%s); retrying in %ds", what, type(exc).__name__, PURGE_EVERY)
 
 
 async def purge_invitations(engine: AsyncEngine, retention: timedelta) -> int:
