@@ -282,7 +282,9 @@ def _encode(form: dict[str, str]) -> bytes:
     return urlencode(form).encode()
 
 
-async def _publishable(database_url: str, scopes: list[Scope]) -> str:
+async def _publishable(
+    database_url: str, scopes: list[Scope], sources: tuple[str, ...] = ("widget",)
+) -> str:
     engine = create_async_engine(database_url)
     try:
         async with engine.begin() as conn:
@@ -291,7 +293,7 @@ async def _publishable(database_url: str, scopes: list[Scope]) -> str:
                 name="site",
                 kind=KeyKind.PUBLISHABLE,
                 scopes=scopes,
-                sources=["widget"],
+                sources=sources,
                 origins=[SHOP],
             )
     finally:
@@ -303,15 +305,25 @@ class TestPublishableKeys:
     async def test_a_publishable_key_reaches_no_server_route_whatever_its_scopes(
         self, services: dict[str, Factory], database_url: str
     ) -> None:
-        key = await _publishable(
-            database_url,
-            [Scope.SCORES_READ, Scope.CUSTOMERS_ERASE, Scope.ALERTS_READ, Scope.RESPONSES_WRITE],
-        )
+        # Every scope and no source: only the publishable kind itself can refuse it, so a
+        # route that forgot to would let the key through.
+        key = await _publishable(database_url, list(Scope), sources=())
         bearer = {"Authorization": f"Bearer {key}"}
         calls = {
             "scorer": [("GET", "/v1/scores?metric=nps"), ("DELETE", "/v1/customers/c1")],
             "alerting": [("GET", "/v1/alerts"), ("DELETE", "/v1/customers/c1")],
-            "collector": [("POST", "/v1/responses")],
+            "collector": [
+                ("POST", "/v1/responses"),
+                ("POST", "/v1/responses/batch"),
+                ("POST", "/v1/events"),
+                ("POST", "/v1/events/batch"),
+                ("POST", "/v1/invitations"),
+                ("DELETE", "/v1/customers/c1"),
+                ("GET", f"/v1/erasures/{uuid.uuid4()}"),
+                ("POST", "/v1/sources/freshdesk"),
+                ("POST", "/v1/sources/amazon-connect"),
+                ("POST", "/v1/sources/ivr"),
+            ],
         }
         for name, requests in calls.items():
             async with services[name]() as client:
