@@ -10,6 +10,8 @@ and never a value.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -154,6 +156,8 @@ def _format_one(error: BaseException) -> str:
 
 def _message(record: logging.LogRecord) -> str:
     """``record``'s message, with any exception among its arguments described safely."""
+    if isinstance(record.msg, BaseException):  # logger.error(exc)
+        return describe_error(record.msg)
     args = record.args
     if isinstance(args, tuple) and any(isinstance(a, BaseException) for a in args):
         safe = tuple(describe_error(a) if isinstance(a, BaseException) else a for a in args)
@@ -206,9 +210,23 @@ def formatter(settings: LogSettings, service: str) -> logging.Formatter:
     return TextFormatter(service)
 
 
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler whose own failure prints a fixed line, not the record's arguments."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        # logging's own prints "Message: %r / Arguments: %s": the values a format lost.
+        error = sys.exc_info()[1]
+        with contextlib.suppress(Exception):
+            sys.stderr.write(
+                f"--- logging error: a record of {record.name} ({record.pathname}:"
+                f"{record.lineno}) could not be formatted: "
+                f"{type(error).__name__ if error is not None else 'unknown error'} ---\n"
+            )
+
+
 def configure(settings: LogSettings, service: str) -> None:
     """Log to stderr, as text or JSON lines; quiet chatty libraries."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Handler(sys.stderr)
     handler.setFormatter(formatter(settings, service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -224,6 +242,35 @@ def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: Any) -> Non
         sys.__excepthook__(kind, exc, tb)
         return
     logging.getLogger("cxloop").critical("exiting on %s", kind.__name__, exc_info=(kind, exc, tb))
+
+
+# The messages asyncio's loop reports with (others, "Exception in callback <repr>", quote
+# the callback's arguments).
+_LOOP_MESSAGES = frozenset(
+    {
+        "Task exception was never retrieved",
+        "Future exception was never retrieved",
+        "Unhandled exception in event loop",
+        "Exception in callback",
+        "Unhandled error in exception handler",
+    }
+)
+
+
+def log_loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The event loop's exception handler: asyncio's own writes the task's repr, which
+    quotes its exception; this one logs a known message and the error through
+    :func:`describe_error`."""
+    message = str(context.get("message") or "")
+    if message not in _LOOP_MESSAGES:
+        message = "Exception in callback" if message.startswith("Exception in callback") else ""
+    error = context.get("exception")
+    exc_info = (
+        (type(error), error, error.__traceback__) if isinstance(error, BaseException) else None
+    )
+    logging.getLogger("asyncio").error(
+        "%s", message or "unhandled error in the event loop", exc_info=exc_info
+    )
 
 
 access_log = logging.getLogger("cxloop.access")
@@ -246,6 +293,9 @@ class AccessLogMiddleware:
         self.app = app
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            # serve() wraps every app in this: the loop uvicorn made reports through the logs.
+            asyncio.get_running_loop().set_exception_handler(log_loop_exception)
         if scope["type"] != "http" or not access_log.isEnabledFor(logging.DEBUG):
             await self.app(scope, receive, send)
             return

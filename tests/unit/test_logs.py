@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -169,3 +171,53 @@ class TestRequests:
         assert any("GET unmatched 404" in line for line in lines)
         assert SECRET not in output.getvalue()
         assert "9012345678" not in output.getvalue()
+
+
+class TestLoggingErrors:
+    def test_a_message_that_cannot_be_formatted_prints_no_argument(
+        self, output: io.StringIO, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        configure(output, "text")
+        logging.getLogger("x").info("answer for %s and %s", SECRET)  # one argument short
+        stderr = capsys.readouterr().err
+        assert "could not be formatted" in stderr
+        assert SECRET not in stderr + output.getvalue()
+
+    def test_an_exception_logged_as_the_message_is_described(self, output: io.StringIO) -> None:
+        configure(output, "json")
+        logging.getLogger("x").error(unique_violation())
+        (line,) = output.getvalue().splitlines()
+        assert "invitations_pkey" in json.loads(line)["message"]
+        assert SECRET not in line
+
+    async def test_a_task_exception_never_retrieved_is_described(self, output: io.StringIO) -> None:
+        configure(output, "text")
+
+        async def receive() -> dict[str, str]:
+            return {"type": "lifespan.startup"}
+
+        async def send(message: object) -> None:
+            raise RuntimeError("started")  # leave the lifespan once startup is answered
+
+        loop = asyncio.get_running_loop()
+        previous = loop.get_exception_handler()
+        try:
+            # What serve() runs under uvicorn: the lifespan installs the loop's handler.
+            with contextlib.suppress(RuntimeError):
+                await logs.AccessLogMiddleware(FastAPI())(
+                    {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send
+                )
+            error = unique_violation()
+            failed = loop.create_future()
+            failed.set_exception(error)  # its repr quotes the error's
+            loop.call_exception_handler(
+                {"message": "Task exception was never retrieved",
+                 "exception": error, "future": failed}
+            )  # fmt: skip
+            failed.exception()
+        finally:
+            loop.set_exception_handler(previous)
+        text = output.getvalue()
+        assert "Task exception was never retrieved" in text
+        assert "invitations_pkey" in text
+        assert SECRET not in text
