@@ -27,6 +27,7 @@ from starlette.routing import Route
 
 from services.alerting.config import AlertingConfig
 from services.alerting.outbox import Outbox
+from services.migrations import upgrade
 from services.servers import free_port
 from shared.db import create_engine
 from shared.settings import DatabaseSettings, KafkaSettings
@@ -376,6 +377,31 @@ class TestLeaseToken:
             assert row.attempts == 0
             assert row.locked_until is not None
             assert row.last_error is None
+        finally:
+            await engine.dispose()
+
+
+class TestStoredRefusals:
+    async def test_migrating_keeps_only_the_status_of_a_stored_refusal_body(
+        self, empty_database_url: str
+    ) -> None:
+        await asyncio.to_thread(upgrade, empty_database_url, "0010")
+        engine = create_engine(DatabaseSettings(url=empty_database_url))
+        try:
+            async with engine.begin() as conn:
+                alert_id = await conn.scalar(sa.text(NEW_ALERT))
+                await conn.execute(
+                    sa.text(
+                        "INSERT INTO notifications (id, alert_id, receiver, action, status, "
+                        "attempts, last_error) VALUES (gen_random_uuid(), :a, 'r', 'trigger', "
+                        "'failed', 1, :e)"
+                    ),
+                    {"a": alert_id, "e": 'HTTP 400: {"comment": "call me on 555-0100"}'},
+                )
+            await asyncio.to_thread(upgrade, empty_database_url, "0011")
+            async with engine.begin() as conn:
+                error = await conn.scalar(sa.text("SELECT last_error FROM notifications"))
+            assert error == "HTTP 400: refused by the receiver"
         finally:
             await engine.dispose()
 

@@ -33,6 +33,12 @@ def upgrade() -> None:
         ),
     )
     op.execute("UPDATE notifications SET due_since = created_at")
+    # last_error kept the first 200 characters of a refusal's body, which receivers fill
+    # with the payload they were sent (customer text): keep only the status code.
+    op.execute(
+        "UPDATE notifications SET last_error = substring(last_error from '^HTTP [0-9]+')"
+        " || ': refused by the receiver' WHERE last_error ~ '^HTTP [0-9]+: '"
+    )
     op.drop_constraint("notifications_status", "notifications", type_="check")
     op.create_check_constraint(
         "notifications_status",
