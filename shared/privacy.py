@@ -16,7 +16,14 @@ import hashlib
 import hmac
 from typing import Final
 
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.errors import ConfigError
+
 CALLER_PREFIX: Final = "caller:"
+# The table that keeps the key's check value (one row), created by migration 0013.
+KEY_CHECK_TABLE: Final = "privacy_key_check"
 
 
 class Hasher:
@@ -42,6 +49,36 @@ class Hasher:
         unkeyed = hashlib.sha256(address.encode()).hexdigest()[:24]
         return self.rekey_caller(unkeyed)
 
+    def check_value(self) -> bytes:
+        """Return the key's check value: the HMAC of a fixed label, safe to store."""
+        return self.digest("check", "cxloop privacy key")
+
     def rekey_caller(self, unkeyed: str) -> str:
         """Return the keyed caller id of the 24 hex digits stored before keyed hashing."""
         return CALLER_PREFIX + self.digest("caller", unkeyed).hex()[:24]
+
+
+async def verify_key(engine: AsyncEngine, hasher: Hasher) -> None:
+    """Refuse a key other than the one this database was written with (``ConfigError``).
+
+    The first service to start on a database that has no check value stores its own. Under
+    another key an erased customer's later events would carry their id again (it no longer
+    matches the stored hash), and SMS opt-outs and invitations would no longer match.
+    """
+    check = hasher.check_value()
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.text(
+                "INSERT INTO privacy_key_check (id, check_value) VALUES (true, :check) "
+                "ON CONFLICT (id) DO NOTHING"
+            ),
+            {"check": check},
+        )
+        stored = await conn.scalar(sa.text("SELECT check_value FROM privacy_key_check"))
+    if stored is None or not hmac.compare_digest(bytes(stored), check):
+        raise ConfigError(
+            "invalid configuration: CXLOOP_PRIVACY_HASH_KEY is not the key this database was "
+            "written with; set the original key (the key must never change: under another "
+            "one erased customers' later events are stored under their id again, and SMS "
+            "opt-outs are lost)"
+        )

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db import assert_schema_current, create_engine, database_answers
-from shared.errors import BrokerUnavailableError
+from shared.errors import BrokerUnavailableError, ConfigError
 from shared.kafka import (
     DeadLetters,
     Handler,
@@ -32,6 +32,7 @@ from shared.kafka import (
     sleep_unless_stopped,
 )
 from shared.logs import AccessLogMiddleware
+from shared.privacy import Hasher, verify_key
 from shared.settings import ConsumerSettings, DatabaseSettings, HttpSettings, KafkaSettings
 from shared.topics import Topic
 
@@ -217,8 +218,10 @@ class ConsumingService:
         make_handler: Callable[[AsyncEngine], Handler],
         migrations: Path,
         in_flight: int = 1,
+        hasher: Hasher | None = None,
     ) -> None:
         self._in_flight = in_flight
+        self._hasher = hasher
         self.name = name
         self._kafka = kafka
         self._consumer = consumer
@@ -232,6 +235,12 @@ class ConsumingService:
     async def start(self) -> None:
         """Refuse an outdated schema, then connect and start consuming in the background."""
         await assert_schema_current(self.engine, self._migrations)
+        if self._hasher is not None:
+            try:
+                await verify_key(self.engine, self._hasher)
+            except ConfigError:
+                await self.engine.dispose()
+                raise
         self._producer = ProducerHandle(self._kafka)
         self._producer.start()
         self._worker = ConsumerWorker(

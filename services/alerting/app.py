@@ -65,6 +65,7 @@ def create_app(
         models={Topic.RESPONSES: ResponseSubmitted, Topic.TOUCHPOINTS: TouchpointEvent},
         make_handler=lambda engine: AlertHandler(engine, sla_settings, routing, queued, hasher),
         migrations=MIGRATIONS_DIR,
+        hasher=hasher,
     )
 
     @asynccontextmanager

@@ -33,7 +33,7 @@ from shared.db import assert_schema_current, create_engine, database_answers
 from shared.errors import ConfigError
 from shared.http import JSON_ONLY, build_app
 from shared.kafka import broker_answers, sleep_unless_stopped
-from shared.privacy import Hasher
+from shared.privacy import Hasher, verify_key
 from shared.runtime import ProducerHandle
 from shared.settings import (
     AuthSettings,
@@ -115,6 +115,11 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(database)
         await assert_schema_current(engine, MIGRATIONS_DIR)
+        try:
+            await verify_key(engine, hasher)
+        except ConfigError:
+            await engine.dispose()
+            raise
         keystore.engine = engine
         handle = ProducerHandle(kafka)
         handle.start()

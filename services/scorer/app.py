@@ -56,6 +56,7 @@ def create_app(
         make_handler=lambda engine: BatchHandler(engine, hasher),
         migrations=MIGRATIONS_DIR,
         in_flight=scorer.batches_in_flight,
+        hasher=hasher,
     )
 
     @asynccontextmanager

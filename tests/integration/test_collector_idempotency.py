@@ -88,6 +88,11 @@ async def pass_the_window(database_url: str, how: str) -> None:
         await run_sql(database_url, "DELETE FROM collector_idempotency")
 
 
+async def forget_the_key(database_url: str) -> None:
+    """Drop the database's privacy key check value, as on a database never started."""
+    await run_sql(database_url, "DELETE FROM privacy_key_check")
+
+
 @pytest.fixture
 async def broker_down(database_url: str, api_key: str) -> AsyncIterator[httpx.AsyncClient]:
     """A collector on the same database whose broker never answers."""
@@ -357,6 +362,8 @@ class TestEventIds:
 
         ids = []
         for secret in ("one-secret-of-16-chars", "another-secret-of-16-chars"):
+            # As on a fresh database: a service refuses a key other than the database's.
+            await forget_the_key(database_url)
             async with serving(app(secret), api_key, "collector") as client:
                 r = await client.post(
                     "/v1/responses", json=response_payload(), headers=keyed("order-2003")

@@ -23,19 +23,22 @@ from services.alerting import repository as alerting_repository
 from services.alerting.app import create_app as create_alerting
 from services.collector import metrics as collector_metrics
 from services.collector.app import _purge, purge_invitations
+from services.collector.app import create_app as create_collector
 from services.collector.idempotency import IdempotencyStore
 from services.migrations import upgrade
 from services.scorer.app import create_app as create_scorer
 from shared import erasure
 from shared.apikeys import KeyKind, Scope, create_key
+from shared.errors import ConfigError
 from shared.events import CustomerErased, ResponseSubmitted, utcnow
 from shared.kafka import decode, ensure_topics, topic_configs
-from shared.privacy import Hasher
+from shared.privacy import Hasher, verify_key
 from shared.settings import (
     AlertingSettings,
     AuthSettings,
     DatabaseSettings,
     KafkaSettings,
+    PrivacySettings,
     ScorerSettings,
 )
 from shared.topics import Topic
@@ -610,3 +613,44 @@ async def test_a_customer_with_more_alerts_than_bind_parameters_is_erased(
         p=f"erased:{customer}",
     )
     assert notes == 0
+
+
+class TestThePrivacyKeyNeverChanges:
+    async def test_a_service_under_another_key_refuses_to_start(
+        self,
+        kafka_settings: KafkaSettings,
+        database_url: str,
+        auth: AuthSettings,
+        api_key: str,
+        collector_app: CollectorFactory,
+        scorer_settings: ScorerSettings,
+        alerting_settings: AlertingSettings,
+    ) -> None:
+        # The database was migrated under the test key, and a service started with it.
+        async with collector_app() as collector:
+            assert (await collector.get("/v1/erasures/" + str(uuid.uuid4()))).status_code == 404
+        other = PrivacySettings(hash_key="another-secret-of-16-chars")
+        database = DatabaseSettings(url=database_url)
+        for app in (
+            create_collector(kafka_settings, database, auth, privacy=other),
+            create_scorer(kafka_settings, database, auth, scorer_settings, privacy=other),
+            create_alerting(kafka_settings, database, auth, alerting_settings, privacy=other),
+        ):
+            with pytest.raises(ConfigError, match="CXLOOP_PRIVACY_HASH_KEY"):
+                async with serving(app, api_key, "service"):
+                    pass
+
+    async def test_the_first_start_stores_the_check_value(
+        self, database_url: str, engine: AsyncEngine
+    ) -> None:
+        hasher = Hasher(TEST_HASH_KEY.encode())
+        # Migrated under the key: its check value is there already.
+        assert bytes(await scalar(engine, "SELECT check_value FROM privacy_key_check")) == (
+            hasher.check_value()
+        )
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("DELETE FROM privacy_key_check"))
+        await verify_key(engine, hasher)
+        await verify_key(engine, hasher)
+        with pytest.raises(ConfigError, match="CXLOOP_PRIVACY_HASH_KEY"):
+            await verify_key(engine, Hasher(b"another-secret-of-16-chars"))

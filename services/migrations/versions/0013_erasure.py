@@ -12,6 +12,9 @@
   parameter, so a statement log shows neither). A database with nothing to hash needs no
   key. The plaintext numbers stay in dead row versions until VACUUM reclaims them, and in
   WAL archives and backups taken before the upgrade until those expire.
+* ``privacy_key_check``: the HMAC of a fixed label under the key (stored here when the key
+  is set, else by the first service to start); every service refuses to start under
+  another key.
 * Indexes for erasing by customer id and purging old invitations.
 
 Downgrade drops the new tables and renames the columns back; the hashes stay hashes (a
@@ -32,7 +35,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql as pg
 
-from shared.privacy import Hasher
+from shared.privacy import KEY_CHECK_TABLE, Hasher
 from shared.settings import PrivacySettings, load
 
 revision = "0013"
@@ -71,6 +74,10 @@ def _rehash(conn: sa.Connection) -> None:
             )
         return
     hasher = Hasher(load(PrivacySettings).key())
+    conn.execute(
+        sa.text(f"INSERT INTO {KEY_CHECK_TABLE} (id, check_value) VALUES (true, :check)"),
+        {"check": hasher.check_value()},
+    )
     phones = (
         ("invitations", "phone_hash", "phone_hash IS NOT NULL"),
         (
@@ -160,6 +167,12 @@ def upgrade() -> None:
             "erased_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
         ),
     )
+    op.create_table(
+        KEY_CHECK_TABLE,
+        sa.Column("id", sa.Boolean, primary_key=True),
+        sa.Column("check_value", sa.LargeBinary, nullable=False),
+        sa.CheckConstraint("id", name="privacy_key_check_one_row"),
+    )
     op.alter_column("invitations", "phone", new_column_name="phone_hash")
     op.alter_column("sms_opt_outs", "phone", new_column_name="phone_hash")
     _rehash(op.get_bind())
@@ -174,5 +187,6 @@ def downgrade() -> None:
     op.drop_index("invitations_created_at", "invitations")
     op.alter_column("sms_opt_outs", "phone_hash", new_column_name="phone")
     op.alter_column("invitations", "phone_hash", new_column_name="phone")
+    op.drop_table(KEY_CHECK_TABLE)
     op.drop_table("erased_customers")
     op.drop_table("erasures")
