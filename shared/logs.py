@@ -49,7 +49,8 @@ def describe_error(exc: BaseException) -> str:
 
     Database errors (asyncpg's, and SQLAlchemy's wrappers of them) keep their kind, SQLSTATE
     and the constraint, table and column they name; a validation error keeps where and what
-    is wrong. Any other exception is described as ``str()`` describes it. Use it wherever the
+    is wrong. cxloop's own errors, and the few library errors :func:`_trusted` names, keep
+    their text; any other exception is described by its type alone. Use it wherever the
     text of an error leaves the process: a log line, a dead letter's reason.
     """
     name = type(exc).__name__
@@ -69,8 +70,25 @@ def describe_error(exc: BaseException) -> str:
         first, quoted, _ = str(exc).partition(": ")
         withheld = " (the rest is withheld: it may quote a value)" if quoted else ""
         return f"{name}: {first}{withheld}"
+    if not _trusted(exc):
+        return name
     text = str(exc)
     return f"{name}: {text}" if text else name
+
+
+def _trusted(exc: BaseException) -> bool:
+    """Whether ``exc``'s own text may be logged: cxloop's errors (their messages name a field
+    or a variable, never its value), and library errors whose text is about plumbing: an
+    OSError's errno, reason and address, a Kafka client's protocol error, a JSON decoder's
+    position. Any other (a ValueError, a KeyError, httpx's, which quote what they were given
+    or a URL that may hold a token) is described by its type alone."""
+    from aiokafka.errors import KafkaError
+
+    from shared.errors import CxloopError
+
+    if isinstance(exc, CxloopError | OSError | KafkaError | json.JSONDecodeError):
+        return True
+    return type(exc).__module__.partition(".")[0] in ("shared", "services")
 
 
 def _postgres_error(exc: BaseException) -> Any | None:

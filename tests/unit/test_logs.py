@@ -221,3 +221,21 @@ class TestLoggingErrors:
         assert "Task exception was never retrieved" in text
         assert "invitations_pkey" in text
         assert SECRET not in text
+
+
+class TestUntrustedMessages:
+    @pytest.mark.parametrize(
+        "error",
+        [ValueError(f"bad phone {SECRET}"), KeyError(SECRET), httpx.HTTPError(SECRET)],
+        ids=["ValueError", "KeyError", "httpx"],
+    )
+    def test_any_other_library_error_is_described_by_its_type_only(self, error: Exception) -> None:
+        assert logs.describe_error(error) == type(error).__name__
+
+    def test_cxloop_errors_and_connection_errors_keep_their_message(self) -> None:
+        from shared.errors import PermanentError
+
+        refused = PermanentError("is outside the years 1 to 9999 in UTC", field="occurred_at")
+        assert "outside the years" in logs.describe_error(refused)
+        down = ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 5432)")
+        assert "Connect call failed" in logs.describe_error(down)
