@@ -53,7 +53,7 @@ def test_trusting_any_proxy_is_warned_about_once(caplog: pytest.LogCaptureFixtur
         _build("edgetest", "*")
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1
-    assert "CXLOOP_EDGETEST_FORWARDED_ALLOW_IPS is '*'" in warnings[0]
+    assert "_EDGETEST_FORWARDED_ALLOW_IPS is '*'" in warnings[0]
 
 
 def test_kubernetes_trusts_proxies_only_where_the_address_is_read() -> None:
