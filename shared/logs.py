@@ -164,7 +164,7 @@ def _format_one(error: BaseException) -> str:
         text = "Traceback (most recent call last):\n" + "".join(
             traceback.format_tb(error.__traceback__)
         )
-    text += describe_error(error) + "\n"
+    text += one_line(describe_error(error)) + "\n"
     if isinstance(error, BaseExceptionGroup):
         for index, inner in enumerate(error.exceptions, 1):
             nested = format_exception(inner).replace("\n", "\n  | ")
@@ -183,14 +183,29 @@ def _message(record: logging.LogRecord) -> str:
     return record.getMessage()
 
 
+# Every character str.splitlines() breaks at: one in a message (a comment, say) would let
+# it forge a line of its own. Text lines escape them all; JSON escapes \n and \r itself.
+_LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+_TEXT_ESCAPES = str.maketrans({c: c.encode("unicode_escape").decode() for c in _LINE_BREAKS})
+_JSON_ESCAPES = str.maketrans({c: f"\\u{ord(c):04x}" for c in "\x85\u2028\u2029"})
+
+
+def one_line(text: str) -> str:
+    """``text`` with every line break escaped (``\\n``, ``\\u2028``)."""
+    return text.translate(_TEXT_ESCAPES)
+
+
 class TextFormatter(logging.Formatter):
-    """``time level service logger: message``, then the exception's traceback, if any."""
+    """``time level service logger: message``, then the exception's traceback, if any.
+
+    The message is one line: its line breaks are escaped.
+    """
 
     def __init__(self, service: str) -> None:
         super().__init__(f"%(asctime)s %(levelname)s {service} %(name)s: %(message)s")
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = _message(record)
+        record.message = one_line(_message(record))
         return super().formatMessage(record)
 
     def formatException(self, ei: Any) -> str:
@@ -218,7 +233,8 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = record.exc_text
         if record.stack_info:
             entry["stack"] = record.stack_info
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        # JSON escapes \n and \r; a reader splitting on U+2028, U+2029 or NEL would not.
+        return json.dumps(entry, ensure_ascii=False, default=str).translate(_JSON_ESCAPES)
 
 
 def formatter(settings: LogSettings, service: str) -> logging.Formatter:

@@ -239,3 +239,24 @@ class TestUntrustedMessages:
         assert "outside the years" in logs.describe_error(refused)
         down = ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 5432)")
         assert "Connect call failed" in logs.describe_error(down)
+
+
+class TestOneRecordOneLine:
+    FORGED = "a\n2026-01-01 00:00:00,000 ERROR collector x: forged\r\x85\u2028\u2029\x0bb"
+
+    def test_a_text_message_cannot_start_another_line(self, output: io.StringIO) -> None:
+        configure(output, "text")
+        logging.getLogger("x").warning("comment: %s", self.FORGED)
+        try:
+            raise RuntimeError(self.FORGED)
+        except RuntimeError as exc:
+            logging.getLogger("x").error("failed: %s", exc)
+        lines = output.getvalue().splitlines()
+        assert len(lines) == 2, lines
+        assert "\\n2026-01-01" in lines[0]
+
+    def test_a_json_line_holds_no_raw_line_separator(self, output: io.StringIO) -> None:
+        configure(output, "json")
+        logging.getLogger("x").warning("comment: %s", self.FORGED)
+        (line,) = output.getvalue().splitlines()
+        assert json.loads(line)["message"] == f"comment: {self.FORGED}"
