@@ -243,7 +243,8 @@ async def erase_customer(conn: AsyncConnection, customer_id: str, pseudonym: str
     """Erase a customer from alerting; return how many of their alerts were pseudonymised.
 
     Their id becomes ``pseudonym`` in SLA deadlines and alerts; their alerts lose the
-    comment, the reasons, the resolution note and every note in their history. Deadlines
+    comment, the reasons, the resolution note and every note in their history, and their id
+    becomes the pseudonym in dedupe keys and notification group keys too. Deadlines
     go first: a deadline firing meanwhile holds its row, so its alert exists by the time
     the alerts are updated.
     """
@@ -266,17 +267,22 @@ async def erase_customer(conn: AsyncConnection, customer_id: str, pseudonym: str
     )
     alert_ids = [row.id for row in rows]
     if alert_ids:
+        # One array parameter: a customer may have more alerts than a statement has bind
+        # parameters (32,767).
+        ids = sa.bindparam("alert_ids", alert_ids, type_=pg.ARRAY(pg.UUID(as_uuid=True)))
         await conn.execute(
             history.update()
-            # One array parameter: a customer may have more alerts than a statement has
-            # bind parameters (32,767).
-            .where(
-                history.c.alert_id
-                == sa.any_(
-                    sa.bindparam("alert_ids", alert_ids, type_=pg.ARRAY(pg.UUID(as_uuid=True)))
-                ),
-                history.c.note.is_not(None),
-            )
+            .where(history.c.alert_id == sa.any_(ids), history.c.note.is_not(None))
             .values(note=None)
+        )
+        # A route that groups by customer_id names them in its notifications' group key.
+        grouped, renamed = f"customer_id={customer_id}", f"customer_id={pseudonym}"
+        await conn.execute(
+            notifications.update()
+            .where(
+                notifications.c.alert_id == sa.any_(ids),
+                sa.func.strpos(notifications.c.group_key, grouped) > 0,
+            )
+            .values(group_key=sa.func.replace(notifications.c.group_key, grouped, renamed))
         )
     return len(alert_ids)

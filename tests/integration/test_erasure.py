@@ -199,6 +199,10 @@ class TestOneCallErasesEverywhere:
             assert await rows_of(engine, customer) == dict.fromkeys(CUSTOMER_COLUMNS, 0)
             comments = await scalar(engine, "SELECT count(comment) FROM alerts")
             assert comments == 0
+            in_keys = await scalar(
+                engine, "SELECT count(*) FROM alerts WHERE strpos(dedupe_key, :c) > 0", c=customer
+            )
+            assert in_keys == 0
             # The scorer's counts stay.
             r = await scorer.get("/v1/scores", params={"metric": "nps", "window": "30d"})
             assert r.json()["n"] == 1
@@ -215,12 +219,21 @@ class TestOneCallErasesEverywhere:
             reader, _ = await create_key(
                 conn, name="reader", kind=KeyKind.SECRET, scopes=[Scope.RESPONSES_WRITE]
             )
+            eraser, _ = await create_key(
+                conn, name="eraser", kind=KeyKind.SECRET, scopes=[Scope.CUSTOMERS_ERASE]
+            )
         async with collector_app() as collector:
             headers = {"Authorization": f"Bearer {reader}"}
             r = await collector.delete("/v1/customers/c1", headers=headers)
             assert r.status_code == 403
             r = await collector.get(f"/v1/erasures/{uuid.uuid4()}", headers=headers)
             assert r.status_code == 403
+            # The erase scope alone is enough for both (publishable keys: test_http_edge).
+            headers = {"Authorization": f"Bearer {eraser}"}
+            r = await collector.delete("/v1/customers/c1", headers=headers)
+            assert r.status_code == 202, r.text
+            r = await collector.get(f"/v1/erasures/{r.json()['id']}", headers=headers)
+            assert r.status_code == 200, r.text
 
     async def test_the_event_follows_the_customers_events_on_each_topic(
         self, collector_app: CollectorFactory, kafka_settings: KafkaSettings
@@ -288,7 +301,10 @@ class TestNothingComesBack:
         async with engine.connect() as conn:
             erased = (await conn.execute(sa.text("SELECT * FROM erased_customers"))).all()
         assert sorted(row.service for row in erased) == ["alerting", "collector", "scorer"]
-        assert all(customer.encode() not in bytes(row.id_hash) for row in erased)
+        # Kept only as the keyed hash: never the id, nor a hash anyone could compute from it.
+        keyed = Hasher(TEST_HASH_KEY.encode()).customer(customer)
+        assert [bytes(row.id_hash) for row in erased] == [keyed] * 3
+        assert keyed != hashlib.sha256(customer.encode()).digest()
 
 
 class TestCollectorState:
@@ -654,3 +670,55 @@ class TestThePrivacyKeyNeverChanges:
         await verify_key(engine, hasher)
         with pytest.raises(ConfigError, match="CXLOOP_PRIVACY_HASH_KEY"):
             await verify_key(engine, Hasher(b"another-secret-of-16-chars"))
+
+
+async def test_alerting_erases_history_notes_dedupe_keys_and_group_keys(
+    engine: AsyncEngine,
+) -> None:
+    customer = unique("jane")
+    async with engine.begin() as conn:
+        alert_id = await conn.scalar(
+            sa.text(
+                "INSERT INTO alerts (id, dedupe_key, rule, severity, status, customer_id, "
+                "channel, reasons, event_id, occurrences, opened_at, last_seen_at, comment, "
+                "note) VALUES (gen_random_uuid(), 'detractor:' || :c || ':-', 'detractor', "
+                "'high', 'open', :c, 'email', ARRAY['said: call Jane'], gen_random_uuid(), 1, "
+                "now(), now(), 'call me', 'Jane was angry') RETURNING id"
+            ),
+            {"c": customer},
+        )
+        await conn.execute(
+            sa.text(
+                "INSERT INTO alert_history (alert_id, actor, action, note) "
+                "VALUES (:a, 'operator', 'ack', 'Jane called back')"
+            ),
+            {"a": alert_id},
+        )
+        await conn.execute(
+            sa.text(
+                "INSERT INTO notifications (id, alert_id, receiver, action, group_key) VALUES "
+                "(gen_random_uuid(), :a, 'oncall', 'trigger', "
+                "'0:oncall:customer_id=' || :c || ',rule=detractor#1')"
+            ),
+            {"a": alert_id, "c": customer},
+        )
+    pseudonym = f"erased:{uuid.uuid4()}"
+    async with engine.begin() as conn:
+        assert await alerting_repository.erase_customer(conn, customer, pseudonym) == 1
+    async with engine.connect() as conn:
+        alert = (
+            await conn.execute(
+                sa.text("SELECT dedupe_key, comment, note, reasons FROM alerts WHERE id = :a"),
+                {"a": alert_id},
+            )
+        ).one()
+        notes = await conn.scalar(
+            sa.text("SELECT array_agg(note) FROM alert_history WHERE alert_id = :a"),
+            {"a": alert_id},
+        )
+        group_key = await conn.scalar(
+            sa.text("SELECT group_key FROM notifications WHERE alert_id = :a"), {"a": alert_id}
+        )
+    assert tuple(alert) == (f"detractor:{pseudonym}:-", None, None, [])
+    assert notes == [None]
+    assert group_key == f"0:oncall:customer_id={pseudonym},rule=detractor#1"
