@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from services.alerting import outbox as outbox_module
 from services.alerting.config import AlertingConfig
 from services.alerting.outbox import Outbox
 from services.migrations import upgrade
@@ -379,6 +380,67 @@ class TestLeaseToken:
             assert row.last_error is None
         finally:
             await engine.dispose()
+
+
+class TestAlwaysRecorded:
+    async def test_an_error_the_database_refuses_is_recorded_with_a_fixed_text(
+        self, database_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        async def refused(*_: Any) -> tuple[str, None, str]:
+            return "failed", None, "HTTP 400: \x00"  # Postgres text refuses NUL
+
+        monkeypatch.setattr(outbox_module, "_attempt", refused)
+        async with _one_notification(database_url) as (engine, outbox):
+            for group in await outbox.lease():
+                await outbox._deliver(group)
+            async with engine.begin() as conn:
+                row = (
+                    await conn.execute(
+                        sa.text("SELECT status, attempts, last_error FROM notifications")
+                    )
+                ).one()
+        assert (row.status, row.attempts) == ("failed", 1)
+        assert row.last_error == "recording the outcome failed (DBAPIError)"
+
+    async def test_a_row_past_its_budget_is_failed_not_leased(self, database_url: str) -> None:
+        async with _one_notification(database_url) as (engine, outbox):
+            async with engine.begin() as conn:
+                await conn.execute(
+                    sa.text("UPDATE notifications SET due_since = now() - interval '25 hours'")
+                )
+            assert await outbox.lease() == []
+            async with engine.begin() as conn:
+                row = (
+                    await conn.execute(sa.text("SELECT status, last_error FROM notifications"))
+                ).one()
+        assert row.status == "failed"
+        assert row.last_error == "retry budget of 24 h spent"
+
+
+@asynccontextmanager
+async def _one_notification(database_url: str) -> AsyncIterator[tuple[Any, Outbox]]:
+    """An outbox (not running) over a database holding one pending notification."""
+    engine = create_engine(DatabaseSettings(url=database_url))
+    config = AlertingConfig.model_validate(
+        {
+            "receivers": [{"name": "r", "type": "slack", "url": "http://127.0.0.1:9/x"}],
+            "routes": [{"receiver": "r"}],
+        }
+    )
+    try:
+        async with engine.begin() as conn:
+            alert_id = await conn.scalar(sa.text(NEW_ALERT))
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO notifications (id, alert_id, receiver, action) "
+                    "VALUES (gen_random_uuid(), :a, 'r', 'trigger')"
+                ),
+                {"a": alert_id},
+            )
+        async with httpx.AsyncClient() as http:
+            yield engine, Outbox(engine, http, config)
+    finally:
+        await engine.dispose()
 
 
 class TestStoredRefusals:
