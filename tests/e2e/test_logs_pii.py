@@ -1,36 +1,46 @@
-"""No personal data in any log line of any service, at DEBUG, as text or as JSON lines.
+"""No personal data and no secret in any log line of any service, at DEBUG, as text or JSON.
 
 The three services run as processes on one test's topics and database. Planted personal
-data goes through every way in (the JSON API, an invitation and a Twilio SMS reply, IVR
-calls by customer id and by caller number), through requests refused with 422 and 404,
-and through database errors forced in the collector (a 500), the scorer and alerting (a
-failing batch): Postgres quotes the failing row in its error, and SQLAlchemy the
-statement's parameters, unless cxloop keeps both out of its logs.
+data goes through every way in (the JSON API, the widget, an invitation and a Twilio SMS
+reply, IVR calls by customer id and by caller number), through requests refused with 422
+and 404, through an erasure, and through database errors forced in the collector (a 500),
+the scorer and alerting (a failing batch): Postgres quotes the failing row in its error,
+and SQLAlchemy the statement's parameters, unless cxloop keeps both out of its logs. The
+secrets (the API key, the Twilio token, the privacy hash key, a webhook's whsec_ secret and
+receiver URLs with tokens in their paths, which fail because nothing listens) are planted
+too.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import secrets
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from twilio.request_validator import RequestValidator
 
+from services.servers import free_port
+from shared.apikeys import KeyKind, Scope, create_key
 from shared.kafka import HEADER_DLQ_REASON
 from shared.settings import KafkaSettings
 from shared.topics import Topic
 from tests.builders import response_payload
 from tests.helpers import produce, read_topic
-from tests.processes import Service, wait_for
+from tests.processes import TEST_HASH_KEY, Service, wait_for
 
-TOKEN = "twilio-token-of-the-logs-test"
+TOKEN = "twilio-token-" + secrets.token_hex(8)
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+SHOP = "https://shop.example.com"
 PUBLIC = "https://cx.example.com"
 SMS = "/v1/sources/twilio/sms"
 
@@ -49,7 +59,9 @@ class Planted:
         self.phone = f"+8190{digits}"
         self.caller = f"+8180{digits}"
         self.stranger = f"+8170{digits}"  # texts without an invitation
-        self.comment = f"配送が遅すぎる {tag} 二度と頼まない"
+        self.ascii_comment = f"parcel-late-{tag}-never-again"
+        self.comment = f"配送が遅すぎる {tag} 二度と頼まない {self.ascii_comment}"
+        self.widget_words = f"widget-said-{tag}"
         self.sms_words = f"最悪でした {tag}"
 
     def strings(self) -> dict[str, str]:
@@ -61,6 +73,8 @@ class Planted:
             "invited customer id": self.invited,
             "email": self.email,
             "comment": self.comment,
+            "ASCII comment token": self.ascii_comment,
+            "widget comment": self.widget_words,
             "SMS words": self.sms_words,
             **{f"phone {p}": digits for p, digits in phones.items()},
         }
@@ -80,9 +94,54 @@ END $$
 """
 
 
+class Receivers:
+    """A webhook and a Slack receiver with secrets in their URLs, on a port nothing serves,
+    so every delivery fails and is logged."""
+
+    def __init__(self, directory: Path) -> None:
+        dead = f"http://127.0.0.1:{free_port()}"
+        self.webhook_url = f"{dead}/hooks/tok_{secrets.token_hex(12)}"
+        self.slack_url = f"{dead}/services/T0PII/B0PII/{secrets.token_urlsafe(18)}"
+        self.path = directory / "alerting.yaml"
+        self.path.write_text(
+            "receivers:\n"
+            f"  - {{name: oncall, type: webhook, url: '{self.webhook_url}',"
+            " secret_env: PII_WEBHOOK_SECRET}\n"
+            f"  - {{name: team, type: slack, url: '{self.slack_url}'}}\n"
+            "routes:\n"
+            "  - {receiver: oncall, continue: true}\n"
+            "  - {receiver: team}\n"
+        )
+
+
+@pytest.fixture
+def receivers(tmp_path: Path) -> Receivers:
+    return Receivers(tmp_path)
+
+
+def secrets_of(env: dict[str, str], receivers: Receivers) -> dict[str, str]:
+    """The secrets a run's services were given, none of which may reach a log line."""
+    found = {
+        "API key": env["CXLOOP_API_KEY"],
+        "Twilio token": TOKEN,
+        "privacy hash key": env["CXLOOP_PRIVACY_HASH_KEY"],
+        "webhook secret": WEBHOOK_SECRET,
+        "webhook secret's key": WEBHOOK_SECRET.removeprefix("whsec_"),
+        "webhook URL's token": receivers.webhook_url.rsplit("/", 1)[1],
+        "Slack URL's token": receivers.slack_url.rsplit("/", 1)[1],
+    }
+    password = make_url(env["CXLOOP_DATABASE_URL"]).password
+    if password:
+        found["database password"] = password
+    return found
+
+
 @pytest.fixture(params=["text", "json"])
 async def services(
-    request: pytest.FixtureRequest, stack_env: dict[str, str], api_key: str
+    request: pytest.FixtureRequest,
+    stack_env: dict[str, str],
+    api_key: str,
+    receivers: Receivers,
 ) -> AsyncIterator[dict[str, Service]]:
     env = stack_env | {
         "CXLOOP_LOG_LEVEL": "DEBUG",
@@ -90,7 +149,12 @@ async def services(
         "CXLOOP_SOURCES_TWILIO_AUTH_TOKEN": TOKEN,
         "CXLOOP_COLLECTOR_PUBLIC_URL": PUBLIC,
         "CXLOOP_COLLECTOR_FATIGUE_DAYS": "0",
+        "CXLOOP_ALERTING_CONFIG_PATH": str(receivers.path),
+        "PII_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        # A retry budget spent within a second: each failed delivery is logged as failed.
+        "CXLOOP_ALERTING_NOTIFICATION_MAX_AGE_HOURS": "0.0002",
     }
+    assert env["CXLOOP_PRIVACY_HASH_KEY"] == TEST_HASH_KEY
     started = {name: Service(name, env, api_key) for name in ("collector", "scorer", "alerting")}
     try:
         for service in started.values():
@@ -149,8 +213,28 @@ async def execute(database_url: str, sql: str) -> None:
         await engine.dispose()
 
 
+async def publishable_key(database_url: str) -> str:
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            key, _ = await create_key(
+                conn,
+                name="pii-shop",
+                kind=KeyKind.PUBLISHABLE,
+                scopes=[Scope.RESPONSES_WRITE],
+                sources=["widget"],
+                origins=[SHOP],
+            )
+    finally:
+        await engine.dispose()
+    return key
+
+
 async def test_no_planted_personal_data_reaches_any_log_line(
-    services: dict[str, Service], database_url: str, kafka_settings: KafkaSettings
+    services: dict[str, Service],
+    database_url: str,
+    kafka_settings: KafkaSettings,
+    receivers: Receivers,
 ) -> None:
     collector, scorer, alerting = services["collector"], services["scorer"], services["alerting"]
     fmt = collector.env["CXLOOP_LOG_FORMAT"]
@@ -247,6 +331,35 @@ async def test_no_planted_personal_data_reaches_any_log_line(
         r = await api.get(f"/v1/nothing/{planted.customer}")
         assert r.status_code == 404, r.text
 
+    # Both receivers were tried (nothing listens), and their failures logged.
+    async def failures_logged() -> set[str]:
+        logged = records(alerting.log, fmt)
+        return {
+            receiver
+            for e in logged
+            if e["logger"] == "services.alerting.outbox" and e["level"] == "ERROR"
+            for receiver in ("oncall", "team")
+            if f"to {receiver} failed" in e["message"]
+        }
+
+    await wait_for(failures_logged, lambda tried: {"oncall", "team"} <= tried, timeout=60)
+
+    widget_key = await publishable_key(database_url)
+    async with collector.client() as api:
+        api.headers.pop("Authorization")
+        answer = response_payload(customer_id=planted.customer, score=3,
+                                  comment=f"{planted.widget_words} {planted.phone}")  # fmt: skip
+        r = await api.post(
+            "/v1/widget/responses", params={"key": widget_key}, json=answer,
+            headers={"Origin": SHOP},
+        )  # fmt: skip
+        assert r.status_code == 202, r.text
+    async with collector.client() as api:
+        r = await api.delete(f"/v1/customers/{planted.customer}")
+        assert r.status_code == 202, r.text
+        r = await api.get(f"/v1/erasures/{r.json()['id']}")
+        assert r.status_code == 200, r.text
+
     dead = await read_topic(kafka_settings, Topic.DEAD_LETTERS, 10, timeout=3)
     reasons = [v.decode() for r in dead for k, v in r.headers if k == HEADER_DLQ_REASON]
     assert len(reasons) >= 2, "each consumer dead-letters the record that fails validation"
@@ -257,7 +370,7 @@ async def test_no_planted_personal_data_reaches_any_log_line(
         f"{service.name}: {what} in {line!r}"
         for service in services.values()
         for line in service.log + [f"dead letter reason {r}" for r in reasons]
-        for what, value in planted.strings().items()
+        for what, value in (planted.strings() | secrets_of(collector.env, receivers)).items()
         if value in _readable(line)
     ]
     assert not leaks, "\n".join(leaks[:20])
