@@ -393,8 +393,8 @@ class AlertingSettings(ConsumerSettings):
     notification_max_age_hours: float = Field(
         default=24,
         gt=0,
-        description="Retry budget: a notification still undelivered this long after it was "
-        "queued is marked failed.",
+        description="Retry budget: a notification still undelivered this long after it became "
+        "due (queued, or released when its silence ended) is marked failed.",
     )
     notification_timeout_seconds: float = Field(
         default=10, gt=0, description="How long one receiver may take to answer one request."
