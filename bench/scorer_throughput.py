@@ -34,6 +34,7 @@ from shared.events import ResponseSubmitted, TouchpointEvent
 from shared.kafka import encode, make_producer
 from shared.privacy import Hasher
 from shared.runtime import ConsumingService
+from shared.scoring import Counts
 from shared.settings import DatabaseSettings, KafkaSettings, ScorerSettings
 from shared.topics import Topic
 
@@ -256,7 +257,7 @@ async def _naive_one(sessions: object, e: ResponseSubmitted) -> None:
                 session.add(Activity(**pk))
 
 
-def _counts(c: aggregates.Counts) -> dict[str, int]:
+def _counts(c: Counts) -> dict[str, int]:
     return {name: getattr(c, name) for name in models.COUNTS}
 
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import uuid
-from datetime import timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
@@ -22,23 +20,23 @@ from services.alerting import lifecycle, metrics, outbox
 from services.alerting.config import AlertingConfig
 from services.alerting.models import UNRESOLVED, alerts
 from services.alerting.rules import DropRule
+from shared import scoring
 from shared.events import utcnow
 from shared.kafka import sleep_unless_stopped
+from shared.scoring import Counts
 
 log = logging.getLogger(__name__)
 
-WINDOWS = {"24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
 _NAMESPACE = uuid.UUID("9d3e1c2a-7f4b-5e6d-8a9b-0c1d2e3f4a5b")
 _LOCK = 0x63786C6F6F70  # one pass at a time across instances
 
 
-def score_and_margin(metric: str, n: int, top: int, bottom: int) -> tuple[float, float]:
-    """Return the score and its 95% margin of error, in points."""
+def _estimate(metric: str, counts: tuple[int, int, int]) -> scoring.Estimate:
+    """Return the score and margin of (n, promoters or satisfied, detractors)."""
+    n, top, bottom = counts
     if metric == "nps":
-        p, d = top / n, bottom / n
-        return 100 * (p - d), 1.96 * 100 * math.sqrt(max(0.0, p + d - (p - d) ** 2) / n)
-    p = top / n
-    return 100 * p, 1.96 * 100 * math.sqrt(p * (1 - p) / n)
+        return scoring.estimate(metric, Counts(n=n, promoters=top, detractors=bottom))
+    return scoring.estimate(metric, Counts(n=n, satisfied=top))
 
 
 _COUNTS = """
@@ -63,18 +61,22 @@ def judge(
     rule: DropRule, now: tuple[int, int, int], before: tuple[int, int, int] | None
 ) -> str | None:
     """Return why the segment counts as dropped, or None. Pure, for testing."""
-    n, top, bottom = now
+    n = now[0]
     if n < rule.min_n:
         return None
-    score, margin = score_and_margin(rule.metric, n, top, bottom)
+    current = _estimate(rule.metric, now)
+    score, margin = current.value, current.margin
+    if score is None or margin is None:  # never: n >= min_n >= 1, and NPS and CSAT have both
+        return None
     if rule.below is not None and score < rule.below and rule.below - score > margin:
         return f"{rule.metric.upper()} is {score:.1f} (n={n}, ±{margin:.1f}), below {rule.below:g}"
     if rule.drop_points is not None and before is not None and before[0] >= rule.min_n:
-        previous, previous_margin = score_and_margin(rule.metric, *before)
-        fall = previous - score
-        if fall >= rule.drop_points and fall > math.hypot(margin, previous_margin):
+        previous = _estimate(rule.metric, before)
+        change = scoring.change(current, previous)
+        fall = -change.delta if change.delta is not None else 0.0
+        if change.significant and fall >= rule.drop_points:  # drop_points > 0: a fall
             return (
-                f"{rule.metric.upper()} fell {fall:.1f} points, from {previous:.1f} "
+                f"{rule.metric.upper()} fell {fall:.1f} points, from {previous.value:.1f} "
                 f"(n={before[0]}) to {score:.1f} (n={n}), beyond the margin of error"
             )
     return None
@@ -90,7 +92,7 @@ async def check(
             return 0
         now = utcnow()
         for rule in rules:
-            span = WINDOWS[rule.window]
+            span = scoring.WINDOWS[rule.window]
             current = await _counts(conn, rule, now - span, now)
             previous = await _counts(conn, rule, now - 2 * span, now - span)
             for group, counts in current.items():

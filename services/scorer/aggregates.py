@@ -1,34 +1,14 @@
-"""The scoring maths, free of I/O: bucket keys, additive counts and the scores they give."""
+"""Folding events into bucket keys and additive counts, free of I/O (the scores those
+counts give are in ``shared.scoring``)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Final, NamedTuple
 
-from shared.errors import PermanentError
 from shared.events import Metric, NpsCategory, ResponseSubmitted, TouchpointEvent, nps_category
-
-BUCKET: Final = timedelta(hours=1)
-# A CES answer is "easy" at or above this score on its scale: the top three of 7, top two of 5.
-EASY_FROM: Final[dict[int, int]] = {5: 4, 7: 5}
-SATISFIED_FROM: Final = 4
-Z_95: Final = 1.96
-
-
-def in_utc(moment: datetime) -> datetime:
-    """Return ``moment`` in UTC; a time past either end of the calendar in UTC (valid in its
-    own zone, as ``0001-01-01T00:30+01:00`` is) is the event's fault: ``PermanentError``."""
-    try:
-        return moment.astimezone(UTC)
-    except OverflowError:
-        raise PermanentError("is outside the years 1 to 9999 in UTC", field="occurred_at") from None
-
-
-def bucket_start(moment: datetime) -> datetime:
-    """Return the start of the UTC hour holding ``moment`` (a +05:30 zone still lands right)."""
-    return in_utc(moment).replace(minute=0, second=0, microsecond=0)
+from shared.scoring import EASY_FROM, SATISFIED_FROM, Counts, bucket_start, in_utc
 
 
 class BucketKey(NamedTuple):
@@ -43,29 +23,6 @@ class BucketKey(NamedTuple):
     location: str
     product: str
     business_unit: str
-
-
-@dataclass(slots=True)
-class Counts:
-    """Additive counts: two buckets' counts sum to the counts of their union."""
-
-    n: int = 0
-    score_sum: int = 0
-    promoters: int = 0
-    passives: int = 0
-    detractors: int = 0
-    satisfied: int = 0
-    easy: int = 0
-
-    def add(self, other: Counts) -> None:
-        # Spelt out rather than looped over fields(): this runs once per event folded.
-        self.n += other.n
-        self.score_sum += other.score_sum
-        self.promoters += other.promoters
-        self.passives += other.passives
-        self.detractors += other.detractors
-        self.satisfied += other.satisfied
-        self.easy += other.easy
 
 
 def counts_of(event: ResponseSubmitted) -> Counts:
@@ -119,29 +76,6 @@ def fold(events: list[ResponseSubmitted]) -> dict[BucketKey, Counts]:
             counts = folded[key] = Counts()
         _count_into(counts, event)
     return folded
-
-
-def share(part: int, n: int) -> float | None:
-    """Return ``part / n`` as a percentage, or None when there is nothing to divide."""
-    return 100.0 * part / n if n else None
-
-
-def nps(c: Counts) -> float | None:
-    """Return %promoters − %detractors, from −100 to +100."""
-    return 100.0 * (c.promoters - c.detractors) / c.n if c.n else None
-
-
-def nps_margin_of_error(c: Counts) -> float | None:
-    """Return the 95% margin of error of the NPS, in points: ±1.96·100·sqrt((p+d−(p−d)²)/n)."""
-    if not c.n:
-        return None
-    p, d = c.promoters / c.n, c.detractors / c.n
-    return Z_95 * 100.0 * math.sqrt(max(0.0, p + d - (p - d) ** 2) / c.n)
-
-
-def mean(c: Counts) -> float | None:
-    """Return the mean score."""
-    return c.score_sum / c.n if c.n else None
 
 
 class ReasonKey(NamedTuple):

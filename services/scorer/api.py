@@ -12,8 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import AwareDatetime
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.scorer import aggregates, queries
-from services.scorer.aggregates import Counts
+from services.scorer import queries
 from services.scorer.schemas import (
     CategoryDrivers,
     Dimension,
@@ -34,22 +33,16 @@ from services.scorer.schemas import (
     TimeStats,
     Window,
 )
-from shared import erasure
+from shared import erasure, scoring
 from shared.apikeys import Scope
 from shared.events import SCALES, Channel, Metric, SurveyType, TicketPriority, utcnow
 from shared.http import EngineDep, FieldErrors, require
 from shared.privacy import Hasher
+from shared.scoring import Counts, summarise
 from shared.settings import ScorerSettings
 
 router = APIRouter(prefix="/v1", tags=["scores"])
 
-WINDOWS = {
-    Window.HOUR: timedelta(hours=1),
-    Window.DAY: timedelta(hours=24),
-    Window.WEEK: timedelta(days=7),
-    Window.MONTH: timedelta(days=30),
-    Window.QUARTER: timedelta(days=90),
-}
 READ = [require(Scope.SCORES_READ)]
 
 FromParam = Annotated[
@@ -81,7 +74,7 @@ def _range(
     if to is not None:
         raise FieldErrors([{"field": "to", "detail": "needs `from` as well"}])
     window = window or Window.MONTH
-    return aggregates.bucket_start(now - WINDOWS[window]), now, window
+    return scoring.window_start(window, now), now, window
 
 
 def _filters(**values: Any) -> dict[str, str]:
@@ -95,36 +88,6 @@ def _check_scale(metric: Metric, scale: int | None) -> None:
         raise FieldErrors(
             [{"field": "scale", "detail": f"{scale} is not valid for {metric.value}"}]
         )
-
-
-def summarise(metric: Metric, c: Counts, scale: int | None, min_n: int) -> dict[str, Any]:
-    """Return the score fields of ``metric`` for counts ``c``."""
-    body: dict[str, Any] = {"n": c.n, "insufficient": c.n < min_n}
-    if metric is Metric.NPS:
-        body |= {
-            "score": aggregates.nps(c),
-            "promoters": c.promoters,
-            "passives": c.passives,
-            "detractors": c.detractors,
-            "promoter_share": aggregates.share(c.promoters, c.n),
-            "passive_share": aggregates.share(c.passives, c.n),
-            "detractor_share": aggregates.share(c.detractors, c.n),
-            "margin_of_error": aggregates.nps_margin_of_error(c),
-        }
-    elif metric is Metric.CSAT:
-        body |= {
-            "score": aggregates.share(c.satisfied, c.n),
-            "satisfied": c.satisfied,
-            "mean": aggregates.mean(c),
-        }
-    else:
-        body |= {
-            "score": aggregates.mean(c),
-            "scale": scale,
-            "easy": c.easy,
-            "easy_share": aggregates.share(c.easy, c.n),
-        }
-    return body
 
 
 class TimeRange:
@@ -285,7 +248,7 @@ def _time_stats(row: dict[str, Any], prefix: str) -> TimeStats:
         p90_seconds=row[f"{prefix}_p90"],
         breaches=breaches,
         due=due,
-        breach_rate=aggregates.share(breaches, due),
+        breach_rate=scoring.share(breaches, due),
     )
 
 
@@ -364,7 +327,7 @@ async def get_drivers(
         name: CategoryDrivers(
             responses=size,
             reasons=[
-                ReasonShare(reason=r, count=n, share=aggregates.share(n, size))
+                ReasonShare(reason=r, count=n, share=scoring.share(n, size))
                 for c, r, n in rows
                 if c == name
             ],
@@ -403,7 +366,7 @@ async def get_retention(
     return RetentionOut(
         period=period,
         points=[
-            RetentionPoint(period_start=p, active=a, retained=r, rate=aggregates.share(r, a))
+            RetentionPoint(period_start=p, active=a, retained=r, rate=scoring.share(r, a))
             for p, a, r in rows
         ],
     )

@@ -10,21 +10,22 @@ import asyncio
 import contextlib
 import logging
 from datetime import timedelta
+from typing import Final
 
 import sqlalchemy as sa
 from prometheus_client import Gauge
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.scorer import aggregates
-from services.scorer.aggregates import Counts
 from services.scorer.models import COUNTS
-from shared.events import Metric, utcnow
+from shared import scoring
+from shared.events import utcnow
 from shared.kafka import sleep_unless_stopped
 from shared.metrics import name
+from shared.scoring import Counts
 
 log = logging.getLogger(__name__)
 
-WINDOWS = {"24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
+WINDOWS: Final = ("24h", "7d", "30d")
 
 SCORE = Gauge(
     name("scorer", "score"),
@@ -64,31 +65,23 @@ FROM t GROUP BY priority
 """
 
 
-def _score(metric: str, c: Counts) -> float | None:
-    if metric == Metric.NPS:
-        return aggregates.nps(c)
-    if metric == Metric.CSAT:
-        return aggregates.share(c.satisfied, c.n)
-    return aggregates.mean(c)
-
-
 async def refresh(engine: AsyncEngine) -> None:
     """Recompute every gauge from Postgres."""
     now = utcnow()
     scores: dict[tuple[str, str, str, str], tuple[float | None, int]] = {}
     async with engine.connect() as conn:
-        for window, span in WINDOWS.items():
-            since = aggregates.bucket_start(now - span)
+        for window in WINDOWS:
+            since = scoring.window_start(window, now)
             totals: dict[tuple[str, int], Counts] = {}
             for row in await conn.execute(sa.text(_COUNTS_SQL), {"since": since}):
                 c = Counts(**{f: int(getattr(row, f)) for f in COUNTS})
                 scores[(row.metric, str(row.scale), window, row.channel)] = (
-                    _score(row.metric, c),
+                    scoring.score(row.metric, c),
                     c.n,
                 )
                 totals.setdefault((row.metric, row.scale), Counts()).add(c)
             for (metric, scale), c in totals.items():
-                scores[(metric, str(scale), window, "all")] = (_score(metric, c), c.n)
+                scores[(metric, str(scale), window, "all")] = (scoring.score(metric, c), c.n)
         times = (await conn.execute(sa.text(_TIMES_SQL), {"since": now - timedelta(days=7)})).all()
     SCORE.clear()
     SAMPLE_SIZE.clear()

@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.scorer.aggregates import Counts
 from services.scorer.models import COUNTS, DIMENSIONS, responses, score_buckets, score_days
+from shared.scoring import Counts
 
 INTERVALS = ("hour", "day", "week", "month")
 

@@ -17,7 +17,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.scorer.aggregates import (
     BucketKey,
-    Counts,
     ReasonKey,
     activity,
     fold,
@@ -26,6 +25,7 @@ from services.scorer.aggregates import (
 )
 from services.scorer.models import COUNTS
 from shared.events import ResponseSubmitted, TouchpointEvent
+from shared.scoring import Counts
 
 
 @dataclass(frozen=True)

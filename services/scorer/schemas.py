@@ -55,6 +55,11 @@ class ScoreSummary(BaseModel):
     passive_share: float | None = None
     detractor_share: float | None = None
     margin_of_error: float | None = Field(default=None, description="NPS ± points at 95%.")
+    margin: float | None = Field(
+        default=None,
+        description="± points of `score` at 95% (NPS; CSAT by the Wald interval); null for "
+        "CES, whose counts keep no spread, and when n = 0.",
+    )
     satisfied: int | None = None
     mean: float | None = None
     easy: int | None = None

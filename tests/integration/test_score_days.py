@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from services.scorer import queries, repository
-from services.scorer.aggregates import bucket_start
+from shared.scoring import bucket_start
 from tests.builders import response_event
 
 

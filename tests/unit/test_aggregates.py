@@ -1,4 +1,4 @@
-"""The scoring maths."""
+"""Folding responses into counts, and the scores of folded counts."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.scorer import aggregates
-from services.scorer.aggregates import Counts, bucket_start, fold
+from services.scorer.aggregates import fold
+from shared import scoring
+from shared.scoring import Counts, bucket_start
 from tests.builders import response_event
 
 
@@ -23,28 +24,28 @@ class TestNps:
     def test_score_is_promoters_minus_detractors(self) -> None:
         c = nps_counts([10, 9, 9, 8, 3])
         assert (c.promoters, c.passives, c.detractors, c.n) == (3, 1, 1, 5)
-        assert aggregates.nps(c) == pytest.approx(40.0)
+        assert scoring.nps(c) == pytest.approx(40.0)
 
     def test_all_detractors_is_minus_100(self) -> None:
-        assert aggregates.nps(nps_counts([0, 6, 2])) == pytest.approx(-100.0)
+        assert scoring.nps(nps_counts([0, 6, 2])) == pytest.approx(-100.0)
 
     def test_no_responses_has_no_score(self) -> None:
-        assert aggregates.nps(Counts()) is None
-        assert aggregates.nps_margin_of_error(Counts()) is None
+        assert scoring.nps(Counts()) is None
+        assert scoring.nps_margin_of_error(Counts()) is None
 
     def test_margin_of_error_follows_the_formula(self) -> None:
         c = nps_counts([10] * 50 + [7] * 30 + [2] * 20)
         p, d = 0.5, 0.2
         expected = 1.96 * 100 * math.sqrt((p + d - (p - d) ** 2) / 100)
-        assert aggregates.nps_margin_of_error(c) == pytest.approx(expected)
+        assert scoring.nps_margin_of_error(c) == pytest.approx(expected)
 
     def test_margin_shrinks_with_the_square_root_of_n(self) -> None:
         small = nps_counts([10, 7, 2] * 10)
         large = nps_counts([10, 7, 2] * 1000)
-        assert aggregates.nps(small) == pytest.approx(aggregates.nps(large))
-        small_moe = aggregates.nps_margin_of_error(small)
+        assert scoring.nps(small) == pytest.approx(scoring.nps(large))
+        small_moe = scoring.nps_margin_of_error(small)
         assert small_moe is not None
-        assert aggregates.nps_margin_of_error(large) == pytest.approx(small_moe / 10)
+        assert scoring.nps_margin_of_error(large) == pytest.approx(small_moe / 10)
 
 
 class TestCsatAndCes:
@@ -52,8 +53,8 @@ class TestCsatAndCes:
         events = [response_event(metric="csat", scale=5, score=s) for s in (5, 4, 3, 1)]
         (c,) = fold(events).values()
         assert c.satisfied == 2
-        assert aggregates.share(c.satisfied, c.n) == pytest.approx(50.0)
-        assert aggregates.mean(c) == pytest.approx(13 / 4)
+        assert scoring.share(c.satisfied, c.n) == pytest.approx(50.0)
+        assert scoring.mean(c) == pytest.approx(13 / 4)
 
     @pytest.mark.parametrize(("scale", "easy_scores"), [(5, {4, 5}), (7, {5, 6, 7})])
     def test_ces_easy_is_the_top_of_its_own_scale(self, scale: int, easy_scores: set[int]) -> None:
