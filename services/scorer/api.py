@@ -1,49 +1,42 @@
 """The scorer's query API: scores, time series, service times, drivers, retention,
-drill-down and erasure."""
+drill-down, a customer's history, live responses and erasure. Each route parses its
+parameters and calls one function of ``service``, which the dashboard calls too."""
 
 from __future__ import annotations
 
-import base64
-import uuid
-from datetime import date, datetime, timedelta
+from datetime import date
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import AwareDatetime
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.scorer import queries
+from services.scorer import service
 from services.scorer.schemas import (
-    CategoryDrivers,
+    CustomerOut,
     Dimension,
     DriversOut,
     Erasure,
-    GroupScore,
+    HeadlineOut,
     Interval,
-    Point,
-    ReasonShare,
+    LatestResponses,
     ResponsesPage,
     RetentionOut,
-    RetentionPoint,
     ScoreOut,
-    ServiceTimesGroup,
     ServiceTimesOut,
-    StoredResponse,
     TimeseriesOut,
-    TimeStats,
     Window,
 )
-from shared import erasure, scoring
 from shared.apikeys import Scope
-from shared.events import SCALES, Channel, Metric, SurveyType, TicketPriority, utcnow
-from shared.http import EngineDep, FieldErrors, require
+from shared.events import Channel, Metric, SurveyType, TicketPriority
+from shared.http import EngineDep, require
 from shared.privacy import Hasher
-from shared.scoring import Counts, summarise
 from shared.settings import ScorerSettings
 
 router = APIRouter(prefix="/v1", tags=["scores"])
 
 READ = [require(Scope.SCORES_READ)]
+READ_RESPONSES = [require(Scope.RESPONSES_READ)]
+CUSTOMER_ID_MAX = 256  # as the events' customer_id
 
 FromParam = Annotated[
     AwareDatetime | None,
@@ -55,6 +48,9 @@ ToParam = Annotated[AwareDatetime | None, Query(description="End of a custom ran
 ScaleParam = Annotated[
     int | None, Query(description="Required for ces: 5 or 7 (the scales are never mixed).")
 ]
+CustomerIdParam = Annotated[
+    str, Path(min_length=1, max_length=CUSTOMER_ID_MAX, description="The customer's id.")
+]
 
 
 def _settings(request: Request) -> ScorerSettings:
@@ -62,32 +58,8 @@ def _settings(request: Request) -> ScorerSettings:
     return settings
 
 
-def _range(
-    window: Window | None, from_: datetime | None, to: datetime | None
-) -> tuple[datetime, datetime, Window | None]:
-    now = utcnow()
-    if from_ is not None:
-        until = to or now
-        if from_ >= until:
-            raise FieldErrors([{"field": "from", "detail": "must be before `to`"}])
-        return from_, until, None
-    if to is not None:
-        raise FieldErrors([{"field": "to", "detail": "needs `from` as well"}])
-    window = window or Window.MONTH
-    return scoring.window_start(window, now), now, window
-
-
 def _filters(**values: Any) -> dict[str, str]:
     return {k: str(v) for k, v in values.items() if v is not None}
-
-
-def _check_scale(metric: Metric, scale: int | None) -> None:
-    if metric is Metric.CES and scale is None:
-        raise FieldErrors([{"field": "scale", "detail": "is required for ces: 5 or 7"}])
-    if scale is not None and scale not in SCALES[metric]:
-        raise FieldErrors(
-            [{"field": "scale", "detail": f"{scale} is not valid for {metric.value}"}]
-        )
 
 
 class TimeRange:
@@ -96,7 +68,7 @@ class TimeRange:
     def __init__(
         self, window: Window | None = None, from_: FromParam = None, to: ToParam = None
     ) -> None:
-        self.since, self.until, self.window = _range(window, from_, to)
+        self.range = service.resolve_range(window, from_, to)
 
 
 RangeDep = Annotated[TimeRange, Depends()]
@@ -127,31 +99,6 @@ class SegmentFilters:
 SegmentsDep = Annotated[SegmentFilters, Depends()]
 
 
-async def _score_rows(
-    engine: AsyncEngine,
-    span: TimeRange,
-    segments: SegmentFilters,
-    metric: Metric,
-    scale: int | None,
-    *,
-    group_by: str | None = None,
-    interval: str | None = None,
-) -> list[queries.Group]:
-    """Check the scale, then sum the buckets of the range and segments (both endpoints)."""
-    _check_scale(metric, scale)
-    async with engine.connect() as conn:
-        return await queries.score_counts(
-            conn,
-            metric=metric.value,
-            since=span.since,
-            until=span.until,
-            scale=scale,
-            filters=segments.values,
-            group_by=group_by,
-            interval=interval,
-        )
-
-
 @router.get(
     "/scores",
     response_model=ScoreOut,
@@ -174,33 +121,9 @@ async def get_score(
     (default 30d); `from`/`to` give a custom range instead. `group_by` adds one score per
     value of a dimension. Every score carries `n`, and `insufficient` below the minimum.
     """
-    since, until, window = span.since, span.until, span.window
-    filters = segments.values
     min_n = _settings(request).min_n
-    rows = await _score_rows(
-        engine, span, segments, metric, scale, group_by=group_by.value if group_by else None
-    )
-    # Counts add up, so the groups' sum is the total: one query, not two.
-    total = Counts()
-    for row in rows:
-        total.add(row.counts)
-    groups = None
-    if group_by is not None:
-        groups = [
-            GroupScore(group=g.group or "", **summarise(metric, g.counts, scale, min_n))
-            for g in rows
-        ]
-    return ScoreOut.model_validate(
-        {
-            "metric": metric.value,
-            "window": window,
-            "from": since,
-            "to": until,
-            "filters": filters,
-            "group_by": group_by,
-            "groups": groups,
-            **summarise(metric, total, scale, min_n),
-        }
+    return await service.scores(
+        engine, span.range, segments.values, metric, scale, min_n, group_by=group_by
     )
 
 
@@ -221,35 +144,27 @@ async def get_timeseries(
     scale: ScaleParam = None,
 ) -> TimeseriesOut:
     """Return one score per interval (UTC) with its `n`; empty intervals are left out."""
-    since, until = span.since, span.until
-    filters = segments.values
     min_n = _settings(request).min_n
-    rows = await _score_rows(engine, span, segments, metric, scale, interval=interval.value)
-    points = [Point(start=r.start, **summarise(metric, r.counts, scale, min_n)) for r in rows]
-    return TimeseriesOut.model_validate(
-        {
-            "metric": metric.value,
-            "interval": interval,
-            "from": since,
-            "to": until,
-            "filters": filters,
-            "points": points,
-        }
+    return await service.trend(
+        engine, span.range, segments.values, metric, scale, min_n, interval=interval
     )
 
 
-def _time_stats(row: dict[str, Any], prefix: str) -> TimeStats:
-    due = int(row[f"{prefix}_due"])
-    breaches = int(row[f"{prefix}_breaches"])
-    return TimeStats(
-        n=int(row[f"{prefix}_n"]),
-        mean_seconds=row[f"{prefix}_mean"],
-        median_seconds=row[f"{prefix}_median"],
-        p90_seconds=row[f"{prefix}_p90"],
-        breaches=breaches,
-        due=due,
-        breach_rate=scoring.share(breaches, due),
-    )
+@router.get(
+    "/headline",
+    response_model=HeadlineOut,
+    response_model_by_alias=True,
+    summary="NPS, CSAT and CES, each against the previous period",
+    dependencies=READ,
+)
+async def get_headline(
+    request: Request, engine: EngineDep, span: RangeDep, segments: SegmentsDep
+) -> HeadlineOut:
+    """Return NPS, CSAT and CES (one entry per CES scale answered) over the range, each
+    with `n`, its margin of error and `insufficient`, against the period of equal length
+    just before: `change.delta` is significant when it lies beyond both periods' combined
+    margin of error (1.96·sqrt(se₁² + se₂²)) and both have at least the minimum `n`."""
+    return await service.headline(engine, span.range, segments.values, _settings(request).min_n)
 
 
 @router.get(
@@ -270,30 +185,14 @@ async def get_service_times(
     """Mean, median and p90 of first-response and resolution times of tickets created in the
     range, and the SLA breach rate (CXLOOP_SLA_*). A reopened ticket counts as
     resolved only once resolved again; events may arrive in any order."""
-    since, until = span.since, span.until
-    filters = _filters(channel=channel, priority=priority)
-    async with engine.connect() as conn:
-        rows = await queries.service_times(
-            conn,
-            since=since,
-            until=until,
-            now=utcnow(),
-            filters=filters,
-            group_by=group_by,
-            sla_first_response=request.app.state.sla.first_response_minutes,
-            sla_resolution=request.app.state.sla.resolution_minutes,
-        )
-    groups = [
-        ServiceTimesGroup(
-            group=row["grp"],
-            tickets=int(row["tickets"]),
-            first_response=_time_stats(row, "fr"),
-            resolution=_time_stats(row, "res"),
-        )
-        for row in rows
-    ]
-    return ServiceTimesOut.model_validate(
-        {"from": since, "to": until, "filters": filters, "group_by": group_by, "groups": groups}
+    sla = request.app.state.sla
+    return await service.service_times(
+        engine,
+        span.range,
+        _filters(channel=channel, priority=priority),
+        group_by,
+        sla_first_response=sla.first_response_minutes,
+        sla_resolution=sla.resolution_minutes,
     )
 
 
@@ -304,45 +203,10 @@ async def get_service_times(
     summary="NPS+ drivers: reason codes by NPS category",
     dependencies=READ,
 )
-async def get_drivers(
-    engine: EngineDep,
-    span: RangeDep,
-    segments: SegmentsDep,
-) -> DriversOut:
+async def get_drivers(engine: EngineDep, span: RangeDep, segments: SegmentsDep) -> DriversOut:
     """Count the reasons given with NPS answers, by category, with each reason's share of
     that category's answers; and the detractors' top reasons."""
-    since, until = span.since, span.until
-    filters = segments.values
-    async with engine.connect() as conn:
-        (total,) = await queries.score_counts(
-            conn, metric="nps", since=since, until=until, scale=None, filters=filters
-        )
-        rows = await queries.reason_counts(conn, since=since, until=until, filters=filters)
-    sizes = {
-        "promoter": total.counts.promoters,
-        "passive": total.counts.passives,
-        "detractor": total.counts.detractors,
-    }
-    categories = {
-        name: CategoryDrivers(
-            responses=size,
-            reasons=[
-                ReasonShare(reason=r, count=n, share=scoring.share(n, size))
-                for c, r, n in rows
-                if c == name
-            ],
-        )
-        for name, size in sizes.items()
-    }
-    return DriversOut.model_validate(
-        {
-            "from": since,
-            "to": until,
-            "filters": filters,
-            "categories": categories,
-            "top_detractor_reasons": categories["detractor"].reasons[:5],
-        }
-    )
+    return await service.drivers(engine, span.range, segments.values)
 
 
 @router.get(
@@ -359,34 +223,7 @@ async def get_retention(
 ) -> RetentionOut:
     """The share of customers active in each period (any response or touchpoint event) who
     were active again in the next. Weeks start on Monday, UTC. Default: the last 12 periods."""
-    until = to or utcnow().date() + timedelta(days=1)
-    since = from_ or until - (timedelta(weeks=12) if period == "week" else timedelta(days=366))
-    async with engine.connect() as conn:
-        rows = await queries.retention(conn, period=period, since=since, until=until)
-    return RetentionOut(
-        period=period,
-        points=[
-            RetentionPoint(period_start=p, active=a, retained=r, rate=scoring.share(r, a))
-            for p, a, r in rows
-        ],
-    )
-
-
-def _cursor(row: dict[str, Any]) -> str:
-    raw = f"{row['occurred_at'].isoformat()}|{row['event_id']}"
-    return base64.urlsafe_b64encode(raw.encode()).decode()
-
-
-def _after(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
-    if cursor is None:
-        return None
-    try:
-        moment, event_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-        return datetime.fromisoformat(moment), uuid.UUID(event_id)
-    except (ValueError, UnicodeDecodeError):
-        raise FieldErrors(
-            [{"field": "cursor", "detail": "is not a cursor this API gave"}]
-        ) from None
+    return await service.retention(engine, period, from_, to)
 
 
 @router.get(
@@ -394,7 +231,7 @@ def _after(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
     response_model=ResponsesPage,
     tags=["responses"],
     summary="Drill down into raw responses",
-    dependencies=[require(Scope.RESPONSES_READ)],
+    dependencies=READ_RESPONSES,
 )
 async def list_responses(
     engine: EngineDep,
@@ -427,15 +264,44 @@ async def list_responses(
         }.items()
         if v is not None
     }
-    async with engine.connect() as conn:
-        rows = await queries.list_responses(
-            conn, filters=filters, since=from_, until=to, after=_after(cursor), limit=limit + 1
-        )
-    page = rows[:limit]
-    return ResponsesPage(
-        items=[StoredResponse.model_validate(r) for r in page],
-        next_cursor=_cursor(page[-1]) if len(rows) > limit else None,
-    )
+    return await service.responses_page(engine, filters, from_, to, cursor, limit)
+
+
+@router.get(
+    "/responses/latest",
+    response_model=LatestResponses,
+    tags=["responses"],
+    summary="Responses stored since a cursor, for live updates",
+    dependencies=READ_RESPONSES,
+)
+async def latest_responses(
+    engine: EngineDep,
+    segments: SegmentsDep,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="The `cursor` of the previous call.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = service.LIVE_LIMIT,
+) -> LatestResponses:
+    """Responses stored since `cursor` (without one, the latest), newest first, at most
+    `limit`. Each call looks a few seconds back before its cursor, so that no response is
+    missed when batches commit out of order: an item may repeat, recognise it by
+    `event_id`. They carry personal data, so this needs the `responses:read` scope."""
+    return await service.latest_responses(engine, cursor, segments.values, limit)
+
+
+@router.get(
+    "/customers/{customer_id}",
+    response_model=CustomerOut,
+    tags=["customers"],
+    summary="A customer's latest answers and tickets",
+    dependencies=READ_RESPONSES,
+)
+async def get_customer(engine: EngineDep, customer_id: CustomerIdParam) -> CustomerOut:
+    """The customer's answers (score, comment, reasons, channel, touchpoint, time) and
+    tickets (status, priority, first-response and resolution times), newest first, at most
+    50 of each. An unknown or erased customer has none. They carry personal data, so this
+    needs the `responses:read` scope."""
+    return await service.customer(engine, customer_id)
 
 
 @router.delete(
@@ -454,8 +320,4 @@ async def erase_customer(request: Request, engine: EngineDep, customer_id: str) 
     if not customer_id.strip():
         raise HTTPException(422, "customer_id is empty")
     hasher: Hasher = request.app.state.hasher
-    async with engine.begin() as conn:
-        await erasure.lock(conn, "scorer", exclusive=True)
-        pseudonym = await erasure.pseudonym_for(conn, hasher, "scorer", customer_id)
-        result = await queries.erase_customer(conn, customer_id, pseudonym)
-    return Erasure(**result)
+    return await service.erase_customer(engine, hasher, customer_id)

@@ -1,5 +1,5 @@
 """The scorer's read-side SQL: scores by group and interval, service times, drivers,
-retention, drill-down and erasure."""
+retention, drill-down, a customer's history, the latest responses and erasure."""
 
 from __future__ import annotations
 
@@ -49,6 +49,45 @@ def _spans(
     return spans
 
 
+def _score_source(
+    since: datetime,
+    until: datetime,
+    interval: str | None,
+    filters: Mapping[str, str],
+    *,
+    metric: str | None,
+    scale: int | None = None,
+) -> sa.Subquery:
+    """The score rows of [since, until), whole days from ``score_days``, edges by the hour."""
+    parts = []
+    for table, start, end in _spans(since, until, interval):
+        part = sa.select(*(table.c[c] for c in _SCORE_COLUMNS)).where(
+            table.c.bucket_start >= start, table.c.bucket_start < end
+        )
+        if metric is not None:
+            part = part.where(table.c.metric == metric)
+        if scale is not None:
+            part = part.where(table.c.scale == scale)
+        for dimension, value in filters.items():
+            part = part.where(table.c[dimension] == value)
+        parts.append(part)
+    return (parts[0] if len(parts) == 1 else sa.union_all(*parts)).subquery()
+
+
+def _counts(row: Any) -> Counts:
+    return Counts(**{f.name: int(getattr(row, f.name)) for f in fields(Counts)})
+
+
+async def counts_by_metric(
+    conn: AsyncConnection, *, since: datetime, until: datetime, filters: Mapping[str, str]
+) -> dict[tuple[str, int], Counts]:
+    """Sum score buckets in [since, until) per (metric, scale), for every metric at once."""
+    source = _score_source(since, until, None, filters, metric=None)
+    keys = (source.c.metric, source.c.scale)
+    query = sa.select(*keys, *(sa.func.sum(source.c[c]).label(c) for c in COUNTS)).group_by(*keys)
+    return {(row.metric, int(row.scale)): _counts(row) for row in await conn.execute(query)}
+
+
 def _day_start(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
@@ -65,17 +104,7 @@ async def score_counts(
     interval: str | None = None,
 ) -> list[Group]:
     """Sum score buckets in [since, until), optionally by a dimension and/or an interval."""
-    parts = []
-    for table, start, end in _spans(since, until, interval):
-        part = sa.select(*(table.c[c] for c in _SCORE_COLUMNS)).where(
-            table.c.metric == metric, table.c.bucket_start >= start, table.c.bucket_start < end
-        )
-        if scale is not None:
-            part = part.where(table.c.scale == scale)
-        for dimension, value in filters.items():
-            part = part.where(table.c[dimension] == value)
-        parts.append(part)
-    source = (parts[0] if len(parts) == 1 else sa.union_all(*parts)).subquery()
+    source = _score_source(since, until, interval, filters, metric=metric, scale=scale)
     keys: list[Any] = []
     if group_by is not None:
         keys.append(source.c[group_by].label("grp"))
@@ -92,7 +121,7 @@ async def score_counts(
         Group(
             group=getattr(row, "grp", None),
             start=getattr(row, "start", None),
-            counts=Counts(**{f.name: int(getattr(row, f.name)) for f in fields(Counts)}),
+            counts=_counts(row),
         )
         for row in rows
     ]
@@ -241,6 +270,61 @@ async def list_responses(
             )
         )
     return [dict(row._mapping) for row in await conn.execute(query.limit(limit))]
+
+
+async def latest_responses(
+    conn: AsyncConnection,
+    *,
+    stored_since: datetime | None,
+    filters: Mapping[str, str],
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Return responses stored after ``stored_since`` (all if None), newest stored first."""
+    query = sa.select(responses).order_by(responses.c.stored_at.desc(), responses.c.event_id.desc())
+    if stored_since is not None:
+        query = query.where(responses.c.stored_at > stored_since)
+    for column, value in filters.items():
+        query = query.where(responses.c[column] == value)
+    return [dict(row._mapping) for row in await conn.execute(query.limit(limit))]
+
+
+async def customer_responses(
+    conn: AsyncConnection, customer_id: str, *, limit: int
+) -> list[dict[str, Any]]:
+    """Return a customer's responses, newest first."""
+    query = (
+        sa.select(responses)
+        .where(responses.c.customer_id == customer_id)
+        .order_by(responses.c.occurred_at.desc(), responses.c.event_id.desc())
+        .limit(limit)
+    )
+    return [dict(row._mapping) for row in await conn.execute(query)]
+
+
+# Status and durations as /v1/service-times counts them: resolved only if not reopened since.
+_CUSTOMER_TICKETS = """
+SELECT source, ticket_id, channel, priority, created_at, first_response_at, resolved_at, reopens,
+       CASE WHEN resolved_at IS NOT NULL AND (reopened_at IS NULL OR resolved_at > reopened_at)
+                THEN 'resolved'
+            WHEN reopened_at IS NOT NULL THEN 'reopened'
+            ELSE 'open' END AS status,
+       extract(epoch FROM first_response_at - created_at) AS first_response_seconds,
+       CASE WHEN resolved_at IS NOT NULL AND (reopened_at IS NULL OR resolved_at > reopened_at)
+            THEN extract(epoch FROM resolved_at - created_at) END AS resolution_seconds
+FROM tickets WHERE customer_id = :customer_id
+ORDER BY coalesce(created_at, first_seen_at) DESC, source, ticket_id
+LIMIT :limit
+"""
+
+
+async def customer_tickets(
+    conn: AsyncConnection, customer_id: str, *, limit: int
+) -> list[dict[str, Any]]:
+    """Return a customer's tickets with their status and service times, newest first."""
+    rows = await conn.execute(
+        sa.text(_CUSTOMER_TICKETS), {"customer_id": customer_id, "limit": limit}
+    )
+    return [dict(row._mapping) for row in rows]
 
 
 async def erase_customer(conn: AsyncConnection, customer_id: str, pseudonym: str) -> dict[str, int]:

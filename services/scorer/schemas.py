@@ -219,3 +219,106 @@ class Erasure(BaseModel):
     responses_deleted: int
     tickets_pseudonymised: int
     activity_pseudonymised: int
+
+
+class Previous(BaseModel):
+    """The same score over the period of equal length just before the range."""
+
+    n: int
+    score: float | None
+    margin: float | None
+    insufficient: bool
+
+
+class ScoreChange(BaseModel):
+    """Current minus previous, and whether it lies beyond the two periods' combined margin."""
+
+    delta: float | None = Field(description="Points; null when either period has no score.")
+    margin: float | None = Field(description="± points of the difference at 95%.")
+    significant: bool = Field(
+        description="|delta| > margin, with both periods at CXLOOP_SCORER_MIN_N or more."
+    )
+
+
+class HeadlineScore(BaseModel):
+    """One metric's score over the range, with its change from the previous period."""
+
+    metric: str
+    scale: int | None = Field(description="The CES scale (5 or 7); null for NPS and CSAT.")
+    n: int
+    score: float | None
+    margin: float | None
+    insufficient: bool
+    previous: Previous
+    change: ScoreChange
+
+
+class HeadlineOut(BaseModel):
+    """NPS, CSAT and CES (one entry per CES scale answered, most answers first) over the
+    range, each against the period of equal length just before it."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: datetime = Field(alias="from")
+    to: datetime
+    previous_from: datetime
+    previous_to: datetime
+    window: Window | None
+    filters: dict[str, str]
+    scores: list[HeadlineScore]
+
+
+class CustomerResponse(BaseModel):
+    """One of a customer's answers."""
+
+    event_id: uuid.UUID
+    metric: str
+    scale: int
+    score: int
+    comment: str | None
+    reasons: list[str]
+    channel: str
+    touchpoint: str
+    ticket_id: str | None
+    occurred_at: datetime
+
+
+class CustomerTicket(BaseModel):
+    """One of a customer's tickets, its facts folded from every event seen for it."""
+
+    source: str
+    ticket_id: str
+    channel: str
+    status: str = Field(description="open, resolved, or reopened (not resolved again since).")
+    priority: str | None
+    created_at: datetime | None
+    first_response_at: datetime | None
+    resolved_at: datetime | None
+    reopens: int
+    first_response_seconds: float | None
+    resolution_seconds: float | None = Field(
+        description="Creation to resolution; null while open or reopened."
+    )
+
+
+class CustomerOut(BaseModel):
+    """A customer's latest answers and tickets, newest first, at most `limit` of each."""
+
+    customer_id: str
+    responses: list[CustomerResponse]
+    more_responses: bool = Field(description="The customer has older answers than these.")
+    tickets: list[CustomerTicket]
+    more_tickets: bool = Field(description="The customer has older tickets than these.")
+
+
+class LatestResponses(BaseModel):
+    """Responses stored since a cursor, newest first; pass `cursor` back on the next call.
+
+    Each call looks a few seconds back before its cursor, so that a response whose batch
+    committed after a newer one's is not missed: an item may repeat one returned before
+    (recognise it by `event_id`).
+    """
+
+    items: list[StoredResponse]
+    cursor: str | None = Field(description="Pass as `cursor` next time; null until any response.")
+    truncated: bool = Field(description="More responses arrived than `limit`: older ones left out.")

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from services.scorer.app import create_app
@@ -84,6 +85,8 @@ class TestScores:
         assert body["insufficient"] is False
         groups = {g["group"]: g for g in body["groups"]}
         assert groups["web"]["score"] == pytest.approx(100 / 3)
+        # p = 2/3, d = 1/3: p + d − (p − d)² = 8/9; sqrt(8/9 / 3) = 0.544331; × 196 = 106.689.
+        assert groups["web"]["margin"] == pytest.approx(106.689, abs=1e-3)
         assert (groups["sms"]["n"], groups["sms"]["insufficient"]) == (1, True)
 
     async def test_custom_range_and_daily_series(
@@ -110,6 +113,227 @@ class TestScores:
         )
         assert bad.status_code == 422
         assert bad.json()["field"] == "from"
+
+
+def nps(scores: Sequence[int], at: datetime, **fields: Any) -> list[Any]:
+    return [response_event(score=s, occurred_at=at, **fields) for s in scores]
+
+
+def csat(scores: Sequence[int], at: datetime) -> list[Any]:
+    return [response_event(metric="csat", scale=5, score=s, occurred_at=at) for s in scores]
+
+
+class TestHeadline:
+    async def test_change_against_the_previous_period_and_its_significance(
+        self, scorer: httpx.AsyncClient, engine: AsyncEngine
+    ) -> None:
+        now, before = NOW - timedelta(days=2), NOW - timedelta(days=9)
+        await apply(
+            engine,
+            [
+                *nps([10] * 8 + [0] * 2, now),
+                *nps([10] * 2 + [0] * 8, before),
+                *csat([5, 4, 4, 1], now),
+                *csat([5, 4, 2, 1], before),
+                *[
+                    response_event(metric="ces", scale=7, score=s, occurred_at=now)
+                    for s in (7, 6, 2)
+                ],
+                response_event(metric="ces", scale=5, score=4, occurred_at=before),
+            ],
+        )
+        body = await get(scorer, "/v1/headline", window="7d")
+        assert body["previous_to"] == body["from"]
+        scores = {(s["metric"], s["scale"]): s for s in body["scores"]}
+        assert list(scores) == [("nps", None), ("csat", None), ("ces", 7), ("ces", 5)]
+
+        # NPS 60 (8 of 10 promoters, 2 detractors) against −60. Each margin:
+        # 0.8 + 0.2 − 0.6² = 0.64; sqrt(0.064) × 196 = 49.5847. Combined: 49.5847 × √2 = 70.1238.
+        nps_ = scores[("nps", None)]
+        assert (nps_["score"], nps_["n"], nps_["insufficient"]) == (60.0, 10, False)
+        assert nps_["margin"] == pytest.approx(49.5847, abs=1e-3)
+        assert nps_["previous"]["score"] == pytest.approx(-60.0)
+        assert nps_["change"]["delta"] == pytest.approx(120.0)
+        assert nps_["change"]["margin"] == pytest.approx(70.1238, abs=1e-3)
+        assert nps_["change"]["significant"] is True
+
+        # CSAT 75% (±42.435) against 50% (sqrt(0.25 / 4) × 196 = ±49): combined
+        # sqrt(42.435² + 49²) = 64.82; a rise of 25 points is within it.
+        csat_ = scores[("csat", None)]
+        assert (csat_["score"], csat_["previous"]["score"]) == (75.0, 50.0)
+        assert csat_["change"]["margin"] == pytest.approx(64.82, abs=1e-2)
+        assert csat_["change"]["significant"] is False
+
+        # CES: scales apart, the most answered first; no margin, so never significant.
+        ces7, ces5 = scores[("ces", 7)], scores[("ces", 5)]
+        assert (ces7["n"], ces7["score"], ces7["margin"]) == (3, 5.0, None)
+        assert ces7["change"] == {"delta": None, "margin": None, "significant": False}
+        assert (ces5["n"], ces5["insufficient"], ces5["previous"]["n"]) == (0, True, 1)
+
+    async def test_too_few_answers_are_flagged_and_never_significant(
+        self, scorer: httpx.AsyncClient, engine: AsyncEngine
+    ) -> None:
+        # All promoters against all detractors: both margins are 0, but n = 2 < min_n = 3.
+        await apply(
+            engine,
+            [
+                *nps([10, 10], NOW - timedelta(days=2), channel="sms"),
+                *nps([0, 0], NOW - timedelta(days=9), channel="sms"),
+                *nps([10] * 5, NOW - timedelta(days=2), channel="web"),
+            ],
+        )
+        body = await get(scorer, "/v1/headline", window="7d", channel="sms")
+        assert body["filters"] == {"channel": "sms"}
+        nps_ = body["scores"][0]
+        assert (nps_["n"], nps_["insufficient"], nps_["previous"]["insufficient"]) == (
+            2,
+            True,
+            True,
+        )
+        assert nps_["change"]["delta"] == pytest.approx(200.0)
+        assert nps_["change"]["significant"] is False
+        csat_ = body["scores"][1]
+        assert (csat_["n"], csat_["score"], csat_["insufficient"]) == (0, None, True)
+        assert csat_["change"] == {"delta": None, "margin": None, "significant": False}
+
+
+class TestCustomer:
+    async def test_answers_and_tickets_newest_first(
+        self, scorer: httpx.AsyncClient, engine: AsyncEngine
+    ) -> None:
+        t0 = NOW - timedelta(days=3)
+        answers = [
+            response_event(
+                customer_id="cust-42",
+                score=2,
+                comment="Slow refund",
+                reasons=["refund"],
+                ticket_id="A",
+                occurred_at=t0 + timedelta(hours=6),
+            ),
+            response_event(customer_id="cust-42", metric="csat", scale=5, score=5, occurred_at=t0),
+        ]
+        await apply(
+            engine,
+            [
+                *answers,
+                response_event(customer_id="someone-else"),
+                ticket("ticket.created", "A", t0, customer_id="cust-42", priority="high"),
+                ticket(
+                    "ticket.agent_replied", "A", t0 + timedelta(minutes=30), customer_id="cust-42"
+                ),
+                ticket("ticket.resolved", "A", t0 + timedelta(hours=5), customer_id="cust-42"),
+                ticket("ticket.created", "B", t0 + timedelta(days=1), customer_id="cust-42"),
+                ticket(
+                    "ticket.resolved", "B", t0 + timedelta(days=1, hours=1), customer_id="cust-42"
+                ),
+                ticket(
+                    "ticket.reopened", "B", t0 + timedelta(days=1, hours=2), customer_id="cust-42"
+                ),
+                ticket("ticket.created", "C", t0 + timedelta(days=2), customer_id="cust-42"),
+                ticket("ticket.created", "D", t0, customer_id="someone-else"),
+            ],
+        )
+        body = await get(scorer, "/v1/customers/cust-42")
+        assert [r["event_id"] for r in body["responses"]] == [str(e.event_id) for e in answers]
+        first = body["responses"][0]
+        assert (first["score"], first["comment"], first["reasons"]) == (
+            2,
+            "Slow refund",
+            ["refund"],
+        )
+        assert (first["channel"], first["touchpoint"], first["ticket_id"]) == (
+            "web",
+            "checkout",
+            "A",
+        )
+        tickets = body["tickets"]
+        assert [(t["ticket_id"], t["status"]) for t in tickets] == [
+            ("C", "open"),
+            ("B", "reopened"),
+            ("A", "resolved"),
+        ]
+        a = tickets[2]
+        assert (a["priority"], a["first_response_seconds"], a["resolution_seconds"]) == (
+            "high",
+            1800.0,
+            18000.0,
+        )
+        assert tickets[1]["resolution_seconds"] is None
+        assert (body["more_responses"], body["more_tickets"]) == (False, False)
+
+    async def test_bounded_validated_and_empty_once_erased(
+        self, scorer: httpx.AsyncClient, engine: AsyncEngine
+    ) -> None:
+        await apply(
+            engine,
+            [
+                response_event(customer_id="busy", occurred_at=NOW - timedelta(minutes=i))
+                for i in range(52)
+            ],
+        )
+        body = await get(scorer, "/v1/customers/busy")
+        assert (len(body["responses"]), body["more_responses"]) == (50, True)
+
+        too_long = await scorer.get("/v1/customers/" + "x" * 257)
+        assert too_long.status_code == 422
+        assert too_long.json()["field"] == "customer_id"
+
+        assert (await scorer.delete("/v1/customers/busy")).status_code == 200
+        assert (await get(scorer, "/v1/customers/busy"))["responses"] == []
+
+
+class TestLatestResponses:
+    async def test_newer_than_the_cursor_and_a_late_commit_is_not_missed(
+        self, scorer: httpx.AsyncClient, engine: AsyncEngine
+    ) -> None:
+        base = datetime.now(UTC) - timedelta(minutes=10)
+
+        async def stored(events: Sequence[Any], at: datetime) -> None:
+            await apply(engine, events)
+            async with engine.begin() as conn:
+                await conn.execute(
+                    sa.text("UPDATE responses SET stored_at = :at WHERE event_id = ANY(:ids)"),
+                    {"at": at, "ids": [e.event_id for e in events]},
+                )
+
+        old = response_event()
+        seen = [response_event(), response_event()]
+        await stored([old], base)
+        await stored(seen[:1], base + timedelta(seconds=60))
+        await stored(seen[1:], base + timedelta(seconds=61))
+        first = await get(scorer, "/v1/responses/latest", limit=2)
+        assert [r["event_id"] for r in first["items"]] == [
+            str(seen[1].event_id),
+            str(seen[0].event_id),
+        ]
+        assert first["truncated"] is True
+
+        # Stored 5 s before the cursor but committed after it was given (a batch that began
+        # earlier and finished later), then a new one.
+        late, new = response_event(), response_event()
+        await stored([late], base + timedelta(seconds=56))
+        await apply(engine, [new])
+        then = await get(scorer, "/v1/responses/latest", cursor=first["cursor"])
+        ids = [r["event_id"] for r in then["items"]]
+        # The new one first; the seen ones again (within the look-back); the late one; not old.
+        assert ids == [str(e.event_id) for e in (new, seen[1], seen[0], late)]
+        assert then["truncated"] is False
+        assert (await get(scorer, "/v1/responses/latest", cursor=then["cursor"]))["items"][0][
+            "event_id"
+        ] == str(new.event_id)
+
+    async def test_filters_and_a_bad_cursor(
+        self, scorer: httpx.AsyncClient, engine: AsyncEngine
+    ) -> None:
+        sms = response_event(channel="sms")
+        await apply(engine, [sms, response_event(channel="web")])
+        body = await get(scorer, "/v1/responses/latest", channel="sms")
+        assert [r["event_id"] for r in body["items"]] == [str(sms.event_id)]
+        empty = await get(scorer, "/v1/responses/latest", channel="email")
+        assert (empty["items"], empty["cursor"]) == ([], None)
+        bad = await scorer.get("/v1/responses/latest", params={"cursor": "not-a-cursor"})
+        assert (bad.status_code, bad.json()["field"]) == (422, "cursor")
 
 
 class TestServiceTimes:

@@ -1,0 +1,498 @@
+"""What the scorer answers, between the routes and the SQL: every `/v1` route and every
+dashboard page calls these functions, so the two can never disagree.
+
+They take plain typed arguments (an engine, a :class:`Range`, segment filters, a metric,
+``min_n`` ...) and return the response schemas. The maths is ``shared.scoring``'s; the SQL
+is ``queries``'.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any, Final
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.scorer import queries
+from services.scorer.schemas import (
+    CategoryDrivers,
+    CustomerOut,
+    CustomerResponse,
+    CustomerTicket,
+    Dimension,
+    DriversOut,
+    Erasure,
+    GroupScore,
+    HeadlineOut,
+    HeadlineScore,
+    Interval,
+    LatestResponses,
+    Point,
+    Previous,
+    ReasonShare,
+    ResponsesPage,
+    RetentionOut,
+    RetentionPoint,
+    ScoreChange,
+    ScoreOut,
+    ServiceTimesGroup,
+    ServiceTimesOut,
+    StoredResponse,
+    TimeseriesOut,
+    TimeStats,
+    Window,
+)
+from shared import erasure, scoring
+from shared.events import SCALES, Metric, utcnow
+from shared.http import FieldErrors
+from shared.privacy import Hasher
+from shared.scoring import Counts, summarise
+
+Filters = Mapping[str, str]
+"""Segment filters: a dimension (``queries.DIMENSIONS``) and the one value it must have."""
+
+CUSTOMER_LIMIT: Final = 50
+LIVE_LIMIT: Final = 50
+# How far before its cursor a live call looks again: a batch's rows are stored at the time
+# its transaction began, so one that began earlier than another but committed later would
+# otherwise fall behind a cursor already past it.
+LIVE_SETTLE: Final = timedelta(seconds=10)
+DEFAULT_WINDOW: Final = Window.MONTH
+
+
+@dataclass(frozen=True)
+class Range:
+    """A time range [since, until), and the rolling window it came from (None if custom)."""
+
+    since: datetime
+    until: datetime
+    window: Window | None = None
+
+    def previous(self) -> Range:
+        """The range of equal length that ends where this one starts."""
+        return Range(self.since - (self.until - self.since), self.since, self.window)
+
+
+def resolve_range(
+    window: Window | None, from_: datetime | None, to: datetime | None, now: datetime | None = None
+) -> Range:
+    """Return the range a caller asked for: `from`/`to` if given, else the rolling `window`
+    (default 30d) back to the top of its hour. Bad combinations are a 422 naming the field."""
+    now = now or utcnow()
+    if from_ is not None:
+        until = to or now
+        if from_ >= until:
+            raise FieldErrors([{"field": "from", "detail": "must be before `to`"}])
+        return Range(from_, until)
+    if to is not None:
+        raise FieldErrors([{"field": "to", "detail": "needs `from` as well"}])
+    window = window or DEFAULT_WINDOW
+    return Range(scoring.window_start(window, now), now, window)
+
+
+def check_scale(metric: Metric, scale: int | None) -> None:
+    """Refuse a CES query without a scale, and a scale the metric does not have."""
+    if metric is Metric.CES and scale is None:
+        raise FieldErrors([{"field": "scale", "detail": "is required for ces: 5 or 7"}])
+    if scale is not None and scale not in SCALES[metric]:
+        raise FieldErrors(
+            [{"field": "scale", "detail": f"{scale} is not valid for {metric.value}"}]
+        )
+
+
+async def _score_rows(
+    engine: AsyncEngine,
+    span: Range,
+    filters: Filters,
+    metric: Metric,
+    scale: int | None,
+    *,
+    group_by: str | None = None,
+    interval: str | None = None,
+) -> list[queries.Group]:
+    check_scale(metric, scale)
+    async with engine.connect() as conn:
+        return await queries.score_counts(
+            conn,
+            metric=metric.value,
+            since=span.since,
+            until=span.until,
+            scale=scale,
+            filters=filters,
+            group_by=group_by,
+            interval=interval,
+        )
+
+
+async def scores(
+    engine: AsyncEngine,
+    span: Range,
+    filters: Filters,
+    metric: Metric,
+    scale: int | None,
+    min_n: int,
+    group_by: Dimension | None = None,
+) -> ScoreOut:
+    """The score of ``metric`` over ``span``, and one per value of ``group_by`` if given."""
+    rows = await _score_rows(
+        engine, span, filters, metric, scale, group_by=group_by.value if group_by else None
+    )
+    # Counts add up, so the groups' sum is the total: one query, not two.
+    total = Counts()
+    for row in rows:
+        total.add(row.counts)
+    groups = None
+    if group_by is not None:
+        groups = [
+            GroupScore(group=g.group or "", **summarise(metric, g.counts, scale, min_n))
+            for g in rows
+        ]
+    return ScoreOut.model_validate(
+        {
+            "metric": metric.value,
+            "window": span.window,
+            "from": span.since,
+            "to": span.until,
+            "filters": dict(filters),
+            "group_by": group_by,
+            "groups": groups,
+            **summarise(metric, total, scale, min_n),
+        }
+    )
+
+
+async def breakdown(
+    engine: AsyncEngine,
+    span: Range,
+    filters: Filters,
+    metric: Metric,
+    scale: int | None,
+    dimension: Dimension,
+    min_n: int,
+) -> ScoreOut:
+    """The score of ``metric`` per value of ``dimension`` (in ``groups``), each with its
+    ``n``, margin and ``insufficient`` flag, and the total."""
+    return await scores(engine, span, filters, metric, scale, min_n, group_by=dimension)
+
+
+async def trend(
+    engine: AsyncEngine,
+    span: Range,
+    filters: Filters,
+    metric: Metric,
+    scale: int | None,
+    min_n: int,
+    interval: Interval = Interval.DAY,
+) -> TimeseriesOut:
+    """One score of ``metric`` per interval (UTC), each with its ``n`` and margin; intervals
+    without answers are left out."""
+    rows = await _score_rows(engine, span, filters, metric, scale, interval=interval.value)
+    points = [Point(start=r.start, **summarise(metric, r.counts, scale, min_n)) for r in rows]
+    return TimeseriesOut.model_validate(
+        {
+            "metric": metric.value,
+            "interval": interval,
+            "from": span.since,
+            "to": span.until,
+            "filters": dict(filters),
+            "points": points,
+        }
+    )
+
+
+def _headline_score(
+    metric: Metric, scale: int | None, now: Counts, before: Counts, min_n: int
+) -> HeadlineScore:
+    current, previous = scoring.estimate(metric, now), scoring.estimate(metric, before)
+    change = scoring.change(current, previous, min_n)
+    return HeadlineScore(
+        metric=metric.value,
+        scale=scale,
+        n=current.n,
+        score=current.value,
+        margin=current.margin,
+        insufficient=current.n < min_n,
+        previous=Previous(
+            n=previous.n,
+            score=previous.value,
+            margin=previous.margin,
+            insufficient=previous.n < min_n,
+        ),
+        change=ScoreChange(
+            delta=change.delta, margin=change.margin, significant=change.significant
+        ),
+    )
+
+
+async def headline(engine: AsyncEngine, span: Range, filters: Filters, min_n: int) -> HeadlineOut:
+    """NPS, CSAT and CES over ``span``, each against the period of equal length before it.
+
+    NPS and CSAT are always there (n = 0 when nobody answered). CES scales are never mixed:
+    there is one entry per scale answered in either period, the most answered first.
+    """
+    before = span.previous()
+    async with engine.connect() as conn:
+        now_counts = await queries.counts_by_metric(
+            conn, since=span.since, until=span.until, filters=filters
+        )
+        before_counts = await queries.counts_by_metric(
+            conn, since=before.since, until=before.until, filters=filters
+        )
+
+    def total(counts: dict[tuple[str, int], Counts], metric: Metric, scale: int | None) -> Counts:
+        summed = Counts()
+        for (m, s), c in counts.items():
+            if m == metric and (scale is None or s == scale):
+                summed.add(c)
+        return summed
+
+    entries = [
+        _headline_score(m, None, total(now_counts, m, None), total(before_counts, m, None), min_n)
+        for m in (Metric.NPS, Metric.CSAT)
+    ]
+    ces_scales = {s for m, s in (*now_counts, *before_counts) if m == Metric.CES}
+    ces = [
+        _headline_score(
+            Metric.CES,
+            s,
+            total(now_counts, Metric.CES, s),
+            total(before_counts, Metric.CES, s),
+            min_n,
+        )
+        for s in sorted(ces_scales)
+    ]
+    ces.sort(key=lambda e: (-e.n, -e.previous.n))
+    return HeadlineOut.model_validate(
+        {
+            "from": span.since,
+            "to": span.until,
+            "previous_from": before.since,
+            "previous_to": before.until,
+            "window": span.window,
+            "filters": dict(filters),
+            "scores": [*entries, *ces],
+        }
+    )
+
+
+def _time_stats(row: Mapping[str, Any], prefix: str) -> TimeStats:
+    due = int(row[f"{prefix}_due"])
+    breaches = int(row[f"{prefix}_breaches"])
+    return TimeStats(
+        n=int(row[f"{prefix}_n"]),
+        mean_seconds=row[f"{prefix}_mean"],
+        median_seconds=row[f"{prefix}_median"],
+        p90_seconds=row[f"{prefix}_p90"],
+        breaches=breaches,
+        due=due,
+        breach_rate=scoring.share(breaches, due),
+    )
+
+
+async def service_times(
+    engine: AsyncEngine,
+    span: Range,
+    filters: Filters,
+    group_by: str | None,
+    sla_first_response: Mapping[str, float],
+    sla_resolution: Mapping[str, float],
+) -> ServiceTimesOut:
+    """First-response and resolution times of tickets created in ``span``, and SLA breaches;
+    ``filters`` and ``group_by`` are over channel and priority."""
+    async with engine.connect() as conn:
+        rows = await queries.service_times(
+            conn,
+            since=span.since,
+            until=span.until,
+            now=utcnow(),
+            filters=filters,
+            group_by=group_by,
+            sla_first_response=sla_first_response,
+            sla_resolution=sla_resolution,
+        )
+    groups = [
+        ServiceTimesGroup(
+            group=row["grp"],
+            tickets=int(row["tickets"]),
+            first_response=_time_stats(row, "fr"),
+            resolution=_time_stats(row, "res"),
+        )
+        for row in rows
+    ]
+    return ServiceTimesOut.model_validate(
+        {
+            "from": span.since,
+            "to": span.until,
+            "filters": dict(filters),
+            "group_by": group_by,
+            "groups": groups,
+        }
+    )
+
+
+async def drivers(engine: AsyncEngine, span: Range, filters: Filters) -> DriversOut:
+    """The reasons given with NPS answers in ``span``, by category, with their shares."""
+    async with engine.connect() as conn:
+        (total,) = await queries.score_counts(
+            conn, metric="nps", since=span.since, until=span.until, scale=None, filters=filters
+        )
+        rows = await queries.reason_counts(
+            conn, since=span.since, until=span.until, filters=filters
+        )
+    sizes = {
+        "promoter": total.counts.promoters,
+        "passive": total.counts.passives,
+        "detractor": total.counts.detractors,
+    }
+    categories = {
+        name: CategoryDrivers(
+            responses=size,
+            reasons=[
+                ReasonShare(reason=r, count=n, share=scoring.share(n, size))
+                for c, r, n in rows
+                if c == name
+            ],
+        )
+        for name, size in sizes.items()
+    }
+    return DriversOut.model_validate(
+        {
+            "from": span.since,
+            "to": span.until,
+            "filters": dict(filters),
+            "categories": categories,
+            "top_detractor_reasons": categories["detractor"].reasons[:5],
+        }
+    )
+
+
+async def retention(
+    engine: AsyncEngine, period: str, since: date | None, until: date | None
+) -> RetentionOut:
+    """Retention by ``period`` (week or month); default the last 12 periods."""
+    until = until or utcnow().date() + timedelta(days=1)
+    since = since or until - (timedelta(weeks=12) if period == "week" else timedelta(days=366))
+    async with engine.connect() as conn:
+        rows = await queries.retention(conn, period=period, since=since, until=until)
+    return RetentionOut(
+        period=period,
+        points=[
+            RetentionPoint(period_start=p, active=a, retained=r, rate=scoring.share(r, a))
+            for p, a, r in rows
+        ],
+    )
+
+
+def _encode(*parts: str) -> str:
+    return base64.urlsafe_b64encode("|".join(parts).encode()).decode()
+
+
+def _decode(cursor: str, parts: int) -> list[str]:
+    try:
+        values = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+    except (ValueError, UnicodeDecodeError):
+        values = []
+    if len(values) != parts:
+        raise FieldErrors([{"field": "cursor", "detail": "is not a cursor this API gave"}])
+    return values
+
+
+def _page_cursor(row: Mapping[str, Any]) -> str:
+    return _encode(row["occurred_at"].isoformat(), str(row["event_id"]))
+
+
+def _after(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
+    if cursor is None:
+        return None
+    moment, event_id = _decode(cursor, 2)
+    try:
+        return datetime.fromisoformat(moment), uuid.UUID(event_id)
+    except ValueError:
+        raise FieldErrors(
+            [{"field": "cursor", "detail": "is not a cursor this API gave"}]
+        ) from None
+
+
+async def responses_page(
+    engine: AsyncEngine,
+    filters: Mapping[str, Any],
+    since: datetime | None,
+    until: datetime | None,
+    cursor: str | None,
+    limit: int,
+) -> ResponsesPage:
+    """Raw responses, newest first, ``limit`` at a time after ``cursor``."""
+    after = _after(cursor)
+    async with engine.connect() as conn:
+        rows = await queries.list_responses(
+            conn, filters=filters, since=since, until=until, after=after, limit=limit + 1
+        )
+    page = rows[:limit]
+    return ResponsesPage(
+        items=[StoredResponse.model_validate(r) for r in page],
+        next_cursor=_page_cursor(page[-1]) if len(rows) > limit else None,
+    )
+
+
+async def latest_responses(
+    engine: AsyncEngine,
+    since_cursor: str | None,
+    filters: Filters,
+    limit: int = LIVE_LIMIT,
+) -> LatestResponses:
+    """Responses stored since ``since_cursor`` (the newest ``limit`` if None), newest stored
+    first, for live updates. The call looks ``LIVE_SETTLE`` back before the cursor, so an
+    item may repeat one returned before: recognise it by ``event_id``."""
+    stored_since = None
+    if since_cursor is not None:
+        (moment,) = _decode(since_cursor, 1)
+        try:
+            stored_since = datetime.fromisoformat(moment) - LIVE_SETTLE
+        except ValueError:
+            raise FieldErrors(
+                [{"field": "cursor", "detail": "is not a cursor this API gave"}]
+            ) from None
+    async with engine.connect() as conn:
+        rows = await queries.latest_responses(
+            conn, stored_since=stored_since, filters=filters, limit=limit + 1
+        )
+    page = rows[:limit]
+    if page:
+        cursor: str | None = _encode(page[0]["stored_at"].isoformat())
+    else:
+        cursor = since_cursor
+    return LatestResponses(
+        items=[StoredResponse.model_validate(r) for r in page],
+        cursor=cursor,
+        truncated=len(rows) > limit,
+    )
+
+
+async def customer(
+    engine: AsyncEngine, customer_id: str, limit: int = CUSTOMER_LIMIT
+) -> CustomerOut:
+    """A customer's answers and tickets, newest first, at most ``limit`` of each. An unknown
+    (or erased) customer has none."""
+    async with engine.connect() as conn:
+        answers = await queries.customer_responses(conn, customer_id, limit=limit + 1)
+        tickets = await queries.customer_tickets(conn, customer_id, limit=limit + 1)
+    return CustomerOut(
+        customer_id=customer_id,
+        responses=[CustomerResponse.model_validate(r) for r in answers[:limit]],
+        more_responses=len(answers) > limit,
+        tickets=[CustomerTicket.model_validate(t) for t in tickets[:limit]],
+        more_tickets=len(tickets) > limit,
+    )
+
+
+async def erase_customer(engine: AsyncEngine, hasher: Hasher, customer_id: str) -> Erasure:
+    """Erase a customer from the scorer: delete their responses, pseudonymise the rest."""
+    async with engine.begin() as conn:
+        await erasure.lock(conn, "scorer", exclusive=True)
+        pseudonym = await erasure.pseudonym_for(conn, hasher, "scorer", customer_id)
+        result = await queries.erase_customer(conn, customer_id, pseudonym)
+    return Erasure(**result)
