@@ -7,8 +7,8 @@
 * ``sign_in_links``: one-time links (``cxloop up`` prints one per page), stored as hashes;
   ``used_at`` makes each good for one sign-in.
 
-Revision ID: 0014
-Revises: 0013
+Revision ID: 0015
+Revises: 0014
 Create Date: 2026-12-02
 """
 
@@ -17,8 +17,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0014"
-down_revision = "0013"
+revision = "0015"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
