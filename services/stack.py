@@ -17,6 +17,7 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -50,6 +51,11 @@ DEMO_WIDGET_KEY = "cxloop-up-demo-widget"
 DEMO_ORIGIN = "http://localhost:8080"
 _COLOURS = {"collector": 36, "scorer": 32, "alerting": 35, "postgres": 34, "broker": 33, "stack": 1}
 _WIDTH = max(len(name) for name in _COLOURS)
+
+
+# Where each service's pages start.
+PAGES = {"scorer": "/dashboard", "alerting": "/console"}
+SIGN_IN_LINK_LIFETIME = timedelta(hours=1)
 
 
 def _printer(source: str) -> Callable[[str], None]:
@@ -120,6 +126,7 @@ class Stack:
         self.stopping = asyncio.Event()
         self.widget_key = ""
         self.hash_key = ""
+        self.sign_in_links: dict[str, str] = {}
         self.dev_secrets = {
             "twilio_auth_token": os.environ.get("CXLOOP_SOURCES_TWILIO_AUTH_TOKEN")
             or secrets.token_hex(16),
@@ -163,7 +170,14 @@ class Stack:
             env[f"CXLOOP_{name.upper()}_PORT"] = str(port)
         # Twilio signs the URL it calls: locally, the one `cxloop simulate` posts to.
         env.setdefault("CXLOOP_COLLECTOR_PUBLIC_URL", f"http://127.0.0.1:{self.ports['collector']}")
+        # The dashboard and the console link to each other.
+        env.setdefault("CXLOOP_SCORER_CONSOLE_URL", self.page_url("alerting"))
+        env.setdefault("CXLOOP_ALERTING_DASHBOARD_URL", self.page_url("scorer"))
         return env
+
+    def page_url(self, service: str) -> str:
+        """The dashboard's (scorer) or the console's (alerting) URL."""
+        return f"http://127.0.0.1:{self.ports[service]}{PAGES[service]}"
 
     async def run(self) -> int:
         """Start everything, supervise until a signal, then stop in order. Returns an exit code."""
@@ -207,6 +221,7 @@ class Stack:
         say("applying migrations")
         await asyncio.to_thread(upgrade, database_url)
         self.widget_key = await self._demo_widget_key(database_url)
+        self.sign_in_links = await self._sign_in_links(database_url)
         kafka = load(KafkaSettings, bootstrap_servers=self.broker.bootstrap_servers)
         try:
             created = await ensure_topics(kafka, retention_ms=kafka.retention_ms())
@@ -236,6 +251,30 @@ class Stack:
                     if asyncio.get_running_loop().time() > deadline:
                         raise ServerError(f"{service.name} was not ready within {timeout:.0f}s")
                     await asyncio.sleep(0.25)
+
+    async def _sign_in_links(self, database_url: str) -> dict[str, str]:
+        """One-time links that sign the dev key in to the dashboard and the console."""
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        from shared.apikeys import hash_key
+        from shared.web.sessions import create_sign_in_link
+
+        engine = create_async_engine(database_url, hide_parameters=True)
+        links = {}
+        try:
+            async with engine.begin() as conn:
+                for service in PAGES:
+                    token = await create_sign_in_link(
+                        conn,
+                        service=service,
+                        key_hash=hash_key(self.api_key),
+                        valid_for=SIGN_IN_LINK_LIFETIME,
+                    )
+                    port = self.ports[service]
+                    links[service] = f"http://127.0.0.1:{port}/signin/link?token={token}"
+        finally:
+            await engine.dispose()
+        return links
 
     async def _demo_widget_key(self, database_url: str) -> str:
         """A publishable key for the local demo page, replacing the one a last run made."""
@@ -287,6 +326,8 @@ class Stack:
             f"  collector  http://127.0.0.1:{self.ports['collector']}   (docs: /docs)",
             f"  scorer     http://127.0.0.1:{self.ports['scorer']}   (docs: /docs)",
             f"  alerting   http://127.0.0.1:{self.ports['alerting']}   (docs: /docs)",
+            f"  dashboard  {self.page_url('scorer')}",
+            f"  console    {self.page_url('alerting')}",
             f"  kafka      {self.broker.bootstrap_servers} ({self.broker.name})",
             f"  postgres   {self.postgres.url('cxloop').replace('+asyncpg', '')}",
             # A key the user chose is theirs to know; printing it would copy it into logs.
@@ -296,6 +337,10 @@ class Stack:
                 if self.generated_key
                 else "from CXLOOP_API_KEY"
             ),
+            "Sign in with one click (each link works once, within an hour; afterwards sign in "
+            "with the API key):",
+            f"  dashboard  {self.sign_in_links.get('scorer', '')}",
+            f"  console    {self.sign_in_links.get('alerting', '')}",
             "Press Ctrl-C to stop.",
         ]
         for line in lines:

@@ -13,6 +13,7 @@ is cached for ``ttl`` seconds, so a revocation takes effect everywhere within th
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import time
 import uuid
@@ -201,7 +202,24 @@ class KeyStore:
             return Principal("operator", KeyKind.OPERATOR, frozenset())
         if self.engine is None or not presented.startswith(tuple(_PREFIX.values())):
             return None
-        digest = hash_key(presented)
+        return await self._stored(hash_key(presented))
+
+    async def authenticate_digest(self, digest: bytes) -> Principal | None:
+        """Return the principal of the key whose :func:`hash_key` is ``digest``, or None.
+
+        A browser session holds only this digest: the key is looked up (and its revocation
+        seen) through the same caches as a presented key.
+        """
+        matched = False
+        for key in self._operator:
+            matched |= hmac.compare_digest(hashlib.sha256(key).digest(), digest)
+        if matched:
+            return Principal("operator", KeyKind.OPERATOR, frozenset())
+        if self.engine is None:
+            return None
+        return await self._stored(digest)
+
+    async def _stored(self, digest: bytes) -> Principal | None:
         now = time.monotonic()
         known = self._known.get(digest)
         if known is not None and known[0] > now:

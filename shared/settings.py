@@ -206,6 +206,17 @@ class HttpSettings(BaseSettings):
     )
 
 
+class PageSettings(BaseSettings):
+    """Mixed into a service that serves pages (the scorer's dashboard, the console)."""
+
+    session_hours: float = Field(
+        default=12,
+        gt=0,
+        le=24 * 30,
+        description="How long a browser stays signed in after exchanging its API key.",
+    )
+
+
 DEFAULT_REASON_CODES = (
     "price", "product_quality", "delivery_speed", "wait_time", "agent_knowledge",
     "agent_attitude", "ease_of_use", "website", "app", "billing", "communication", "other",
@@ -354,13 +365,16 @@ class ConsumerSettings(HttpSettings):
     )
 
 
-class ScorerSettings(ConsumerSettings):
+class ScorerSettings(ConsumerSettings, PageSettings):
     """The scorer (``CXLOOP_SCORER_*``)."""
 
     model_config = SettingsConfigDict(env_prefix="CXLOOP_SCORER_", extra="forbid")
 
     port: int = Field(default=8001, ge=0, le=65535, description="Port to bind.")
     group_id: str = Field(default="cxloop-scorer", description="Kafka consumer group.")
+    console_url: str | None = Field(
+        default=None, description="The on-call console's URL, linked from the dashboard."
+    )
     min_n: int = Field(
         default=30, ge=1, description="Below this sample size a score is flagged insufficient."
     )
@@ -376,13 +390,16 @@ class ScorerSettings(ConsumerSettings):
     )
 
 
-class AlertingSettings(ConsumerSettings):
+class AlertingSettings(ConsumerSettings, PageSettings):
     """The alerting service (``CXLOOP_ALERTING_*``)."""
 
     model_config = SettingsConfigDict(env_prefix="CXLOOP_ALERTING_", extra="forbid")
 
     port: int = Field(default=8002, ge=0, le=65535, description="Port to bind.")
     group_id: str = Field(default="cxloop-alerting", description="Kafka consumer group.")
+    dashboard_url: str | None = Field(
+        default=None, description="The scorer's dashboard URL, linked from the console."
+    )
     timer_interval_seconds: float = Field(
         default=1.0, gt=0, description="How often overdue SLA deadlines are looked for."
     )

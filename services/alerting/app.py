@@ -13,6 +13,8 @@ from services.alerting import api, drops, gauges, outbox, timers
 from services.alerting.config import AlertingConfig
 from services.alerting.config import load as load_config
 from services.alerting.consumer import AlertHandler
+from services.alerting.pages import build as build_pages
+from services.alerting.pages import routes as page_routes
 from services.migrations import MIGRATIONS_DIR
 from shared.apikeys import KeyStore
 from shared.events import ResponseSubmitted, TouchpointEvent
@@ -29,6 +31,8 @@ from shared.settings import (
     load,
 )
 from shared.topics import Topic
+from shared.web.pages import install as install_pages
+from shared.web.pages import sign_in_router
 
 DESCRIPTION = """\
 Every detractor, dissatisfied or high-effort answer becomes one alert that a person
@@ -103,15 +107,18 @@ def create_app(
                 stop.set()
                 await asyncio.gather(*background)
 
+    pages = build_pages(alerting, keystore)
     app = build_app(
         service="alerting",
         description=DESCRIPTION,
         lifespan=lifespan,
         readiness=runtime.readiness,
-        routers=[api.router],
+        routers=[api.router, page_routes.router(pages), sign_in_router(pages)],
         keystore=keystore,
         http=alerting,
+        body_policy=pages.body_policy(alerting.max_body_bytes),
     )
+    install_pages(app, pages)
     app.state.routing = routing
     app.state.hasher = hasher
     return app

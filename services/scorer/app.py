@@ -11,6 +11,8 @@ from fastapi import FastAPI
 from services.migrations import MIGRATIONS_DIR
 from services.scorer import api, gauges
 from services.scorer.consumer import BatchHandler
+from services.scorer.pages import build as build_pages
+from services.scorer.pages import routes as page_routes
 from shared.apikeys import KeyStore
 from shared.events import ResponseSubmitted, TouchpointEvent
 from shared.http import build_app
@@ -26,6 +28,8 @@ from shared.settings import (
     load,
 )
 from shared.topics import Topic
+from shared.web.pages import install as install_pages
+from shared.web.pages import sign_in_router
 
 DESCRIPTION = """\
 Live NPS, CSAT and CES computed from every accepted response, exactly once under
@@ -72,15 +76,18 @@ def create_app(
                 stop.set()
                 await refresher
 
+    pages = build_pages(scorer, keystore)
     app = build_app(
         service="scorer",
         description=DESCRIPTION,
         lifespan=lifespan,
         readiness=runtime.readiness,
-        routers=[api.router],
+        routers=[api.router, page_routes.router(pages), sign_in_router(pages)],
         keystore=keystore,
         http=scorer,
+        body_policy=pages.body_policy(scorer.max_body_bytes),
     )
+    install_pages(app, pages)
     app.state.scorer_settings = scorer
     app.state.hasher = hasher
     app.state.sla = sla or load(SlaSettings)

@@ -10,7 +10,7 @@ The names below are re-exported so ``from shared.http import X`` keeps working.
 """
 
 from shared.http.app import build_app
-from shared.http.auth import get_principal, public, require, signed_by
+from shared.http.auth import get_principal, public, require, signed_by, signed_in
 from shared.http.errors import (
     ErrorBody,
     FieldError,
@@ -55,4 +55,5 @@ __all__ = [
     "require",
     "send_error",
     "signed_by",
+    "signed_in",
 ]

@@ -12,16 +12,20 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.responses import HTMLResponse, RedirectResponse
 from starlette.routing import Match
 
 from shared.apikeys import KeyStore, Principal, Scope
+from shared.db import is_transient
 from shared.http.errors import send_error
 from shared.signatures import single_header
+from shared.web.sessions import SESSION_SCOPE, Session, check_csrf, same_origin
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
 
@@ -174,6 +178,65 @@ def public(reason: str) -> Any:
     return Depends(dependency)
 
 
+@dataclass(frozen=True)
+class SignedIn:
+    """A page route: it needs a browser session (:mod:`shared.web.sessions`) whose key may
+    use every scope in ``scopes``; a state-changing request also needs the form's CSRF
+    token."""
+
+    scopes: tuple[Scope, ...]
+
+    def refusal(self, principal: Principal) -> str | None:
+        """Return why ``principal`` is refused (the 403 detail), or None if it is admitted."""
+        for scope in self.scopes:
+            if not principal.may(scope):
+                return f"this key may not use {scope.value}"
+        return None
+
+
+_SAFE_METHODS = frozenset({"GET", "HEAD"})
+# Before a session is known there is no language either: both, plainly.
+_DATABASE_DOWN = (
+    '<!doctype html><html lang="en"><meta charset="utf-8"><title>cxloop</title>'
+    "<p>The database is unavailable; this page will work again when it is back. "
+    'Reload in a minute.</p><p lang="ja">データベースに接続できません。復旧すると再び表示されます。'
+    "1分ほどしてから再読み込みしてください。</p></html>"
+)
+CSRF_REFUSED = "the form's CSRF token is missing or wrong: reload the page and send it again"
+
+
+def signed_in(*scopes: Scope) -> Any:
+    """Return a dependency for a page that needs a signed-in browser allowed ``scopes``.
+
+    :class:`AuthGateMiddleware` resolves the session before the body is read: without one
+    it redirects (303) to ``/signin?next=…``; with a key lacking a scope it answers 403; a
+    POST from another site (``Sec-Fetch-Site``/``Origin``) gets 403. This dependency then
+    checks a POST's ``csrf_token`` form field and hands the route the
+    :class:`~shared.web.sessions.Session` (whose ``principal`` is the actor).
+    """
+    marker = SignedIn(tuple(scopes))
+
+    async def dependency(request: Request) -> Session:
+        session = request.scope.get(SESSION_SCOPE)
+        if not isinstance(session, Session):
+            raise HTTPException(401, "sign in first")
+        if request.method not in _SAFE_METHODS:
+            form = await request.form()
+            token = form.get("csrf_token")
+            if not check_csrf(session.csrf_token, token if isinstance(token, str) else None):
+                raise HTTPException(403, CSRF_REFUSED)
+        return session
+
+    dependency.signed_in = marker  # type: ignore[attr-defined]
+    return Depends(dependency)
+
+
+def signed_in_of(route: APIRoute) -> tuple[SignedIn, ...]:
+    """Return every :class:`SignedIn` marker a route declares through :func:`signed_in`."""
+    found = (getattr(call, "signed_in", None) for call in _walk(route.dependant))
+    return tuple(dict.fromkeys(p for p in found if isinstance(p, SignedIn)))
+
+
 def _walk(dependant: Dependant) -> Iterator[Any]:
     yield dependant.call
     for sub in dependant.dependencies:
@@ -206,10 +269,17 @@ def check_declared(routers: Sequence[APIRouter]) -> None:
         for route in router.routes:
             if not isinstance(route, APIRoute):
                 raise TypeError(f"{route!r}: the auth gate knows only APIRoutes")
-            if not (requirements_of(route) or signatures_of(route) or publics_of(route)):
+            declared = (
+                requirements_of(route)
+                or signatures_of(route)
+                or publics_of(route)
+                or signed_in_of(route)
+            )
+            if not declared:
                 methods = ",".join(sorted(route.methods or ()))
                 raise TypeError(
-                    f"{methods} {route.path}: declare require(), signed_by() or public()"
+                    f"{methods} {route.path}: declare require(), signed_by(), signed_in() "
+                    "or public()"
                 )
 
 
@@ -219,6 +289,7 @@ class _Gate:
     needs: tuple[Requirement, ...]
     signed: tuple[SignedBy, ...]
     keyed: bool  # a bearer key is needed (with no scope, when only the path matched)
+    pages: tuple[SignedIn, ...] = ()
 
 
 class AuthGateMiddleware:
@@ -240,7 +311,9 @@ class AuthGateMiddleware:
             for route in router.routes:
                 assert isinstance(route, APIRoute)
                 needs = requirements_of(route)
-                self._table.append(_Gate(route, needs, signatures_of(route), bool(needs)))
+                self._table.append(
+                    _Gate(route, needs, signatures_of(route), bool(needs), signed_in_of(route))
+                )
 
     def _gate(self, scope: Any) -> _Gate | None:
         """Return what the route ``scope`` reaches requires, or None if nothing.
@@ -253,7 +326,7 @@ class AuthGateMiddleware:
             match, _ = gate.route.matches(scope)
             if match is Match.FULL:
                 scope["route"] = gate.route  # for the metrics and logs of a refusal
-                return gate if gate.needs or gate.signed else None
+                return gate if gate.needs or gate.signed or gate.pages else None
             if match is Match.PARTIAL and gate.needs and partial is None:
                 partial = _Gate(gate.route, (), (), keyed=True)
         return partial
@@ -263,6 +336,9 @@ class AuthGateMiddleware:
             await self.app(scope, receive, send)
             return
         gate = self._gate(scope)
+        if gate is not None and gate.pages:
+            await self._page(gate, scope, receive, send)
+            return
         try:
             if gate is not None and gate.keyed:
                 authorization = _header(scope, b"authorization")
@@ -279,6 +355,33 @@ class AuthGateMiddleware:
         except AuthError as exc:
             await send_error(send, exc.status, exc.detail, headers=exc.headers)
             return
+        await self.app(scope, receive, send)
+
+    async def _page(self, gate: _Gate, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            session = await scope["app"].state.sessions.resolve(scope)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            await HTMLResponse(_DATABASE_DOWN, status_code=503)(scope, receive, send)
+            return
+        if session is None:
+            target = scope.get("root_path", "") + scope["path"]
+            if scope.get("query_string"):
+                target += "?" + scope["query_string"].decode("latin-1")
+            where = "/signin?next=" + quote(target, safe="")
+            await RedirectResponse(where, status_code=303)(scope, receive, send)
+            return
+        for need in gate.pages:
+            refusal = need.refusal(session.principal)
+            if refusal is not None:
+                await send_error(send, 403, refusal)
+                return
+        if scope["method"] not in _SAFE_METHODS and not same_origin(scope):
+            await send_error(send, 403, "a form from another site is refused")
+            return
+        scope[SESSION_SCOPE] = session
+        scope[_PRINCIPAL] = session.principal
         await self.app(scope, receive, send)
 
 

@@ -98,6 +98,25 @@ class TestCxloopUp:
             await self._run_once(env, client, ports, post=False, simulate=True)
             assert not await asyncio.to_thread(_stray_processes, markers)
 
+    async def _sign_in_by_link(self, lines: list[str], ports: dict[str, int]) -> None:
+        """The printed one-time links sign a browser in to the dashboard and the console."""
+        for service, page in (("scorer", "/dashboard"), ("alerting", "/console")):
+            base = f"http://127.0.0.1:{ports[service]}"
+            link = next(
+                word
+                for line in lines
+                for word in line.split()
+                if word.startswith(f"{base}/signin/link?token=")
+            )
+            assert any(line.split()[-1] == base + page for line in lines if line.split())
+            async with httpx.AsyncClient(timeout=10) as browser:
+                assert (await browser.get(base + page)).status_code == 303
+                signed = await browser.get(link)
+                assert signed.status_code == 303, signed.text
+                assert (await browser.get(base + page)).status_code == 200
+            async with httpx.AsyncClient(timeout=10) as other:
+                assert (await other.get(link)).status_code == 400, "a link works once"
+
     async def _run_once(
         self,
         env: dict[str, str],
@@ -120,6 +139,7 @@ class TestCxloopUp:
             # The key it was given is not echoed: the console may be kept as a log.
             assert any("API key    from CXLOOP_API_KEY" in line for line in lines)
             assert not any("up-test-key-0123456789" in line for line in lines)
+            await self._sign_in_by_link(lines, ports)
             scorer = f"http://127.0.0.1:{ports['scorer']}/v1/scores"
             if post:
                 for score in (10, 9, 0):

@@ -1,0 +1,1 @@
+"""What the pages of every service share: sessions, templates, languages, static files."""
