@@ -114,4 +114,5 @@ def create_app(
     )
     app.state.routing = routing
     app.state.hasher = hasher
+    app.state.alerting_settings = alerting
     return app
