@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.alerting import lifecycle, repository
 from services.alerting.config import AlertingConfig
+from services.alerting.rules import Severity
 from services.alerting.schemas import (
     AckIn,
     Alert,
@@ -105,6 +106,8 @@ def decode_cursor(sort: QueueSort, cursor: str) -> list[Any]:
         values: list[Any] = [int(r) for r in rank]
         if len(values) != (1 if sort is QueueSort.SEVERITY else 0):
             raise ValueError("wrong number of keys")
+        if any(not 0 <= v <= len(Severity) for v in values):
+            raise ValueError("no such severity rank")
         opened = datetime.fromisoformat(opened_at)
         if opened.tzinfo is None:
             raise ValueError("naive time")

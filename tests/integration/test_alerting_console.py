@@ -135,7 +135,8 @@ class TestQueueOrder:
         with pytest.raises(PermanentError) as exc:
             await service.queue(engine, sort=QueueSort.NEWEST, cursor=cursor)
         assert exc.value.field == "cursor"
-        for forged in ("nonsense", "e30", cursor[:-3]):
+        huge = service.encode_cursor(QueueSort.SEVERITY, [10**20, NOW, uuid.uuid4()])
+        for forged in ("nonsense", "e30", "WzFd", cursor[:-3], huge):
             with pytest.raises(PermanentError):
                 await service.queue(engine, cursor=forged)
 
