@@ -6,7 +6,7 @@ An answer keeps its metric, score, comment, reasons, channel and touchpoint; a t
 its ticket id, source, event type, status and priority. Erasure pseudonymises the rows as
 it does the customer's alerts (their id becomes the pseudonym; comment and reasons go).
 
-Revision ID: 0015
+Revision ID: 0016
 Revises: 0013 (re-chained onto 0014 when that lands)
 Create Date: 2026-12-09
 """
@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql as pg
 
-revision = "0015"
-down_revision = "0013"
+revision = "0016"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 
