@@ -401,9 +401,6 @@ class ScorerSettings(ConsumerSettings, PageSettings):
 
     port: int = Field(default=8001, ge=0, le=65535, description="Port to bind.")
     group_id: str = Field(default="cxloop-scorer", description="Kafka consumer group.")
-    console_url: str | None = Field(
-        default=None, description="The on-call console's URL, linked from the dashboard."
-    )
     min_n: int = Field(
         default=30, ge=1, description="Below this sample size a score is flagged insufficient."
     )
@@ -431,9 +428,6 @@ class AlertingSettings(ConsumerSettings, PageSettings):
 
     port: int = Field(default=8002, ge=0, le=65535, description="Port to bind.")
     group_id: str = Field(default="cxloop-alerting", description="Kafka consumer group.")
-    dashboard_url: str | None = Field(
-        default=None, description="The scorer's dashboard URL, linked from the console."
-    )
     timer_interval_seconds: float = Field(
         default=1.0, gt=0, description="How often overdue SLA deadlines are looked for."
     )

@@ -7,7 +7,7 @@ its ticket id, source, event type, status and priority. Erasure pseudonymises th
 it does the customer's alerts (their id becomes the pseudonym; comment and reasons go).
 
 Revision ID: 0016
-Revises: 0013 (re-chained onto 0014 when that lands)
+Revises: 0015
 Create Date: 2026-12-09
 """
 
