@@ -1,0 +1,1 @@
+"""Server-rendered pages: static assets, message catalogues and the helpers pages share."""
