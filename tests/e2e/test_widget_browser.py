@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,9 +18,9 @@ from shared.apikeys import KeyKind, Scope, create_key
 from shared.events import ResponseSubmitted
 from shared.settings import AuthSettings, CollectorSettings, DatabaseSettings, KafkaSettings
 from shared.topics import Topic
+from tests.browser import CHROMIUM, launch_chromium
 from tests.helpers import eventually, http_server, read_topic
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None and os.environ.get("CI") != "true",
     reason="needs Debian's chromium (apt-get install chromium); CI installs it",
@@ -77,23 +76,8 @@ async def site(
 
 @pytest.fixture
 async def browser() -> AsyncIterator[object]:
-    from playwright.async_api import async_playwright
-
-    assert CHROMIUM is not None, "CI must install Debian's chromium"
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
+    async with launch_chromium() as browser:
         yield browser
-        await browser.close()
 
 
 class TestWidgetInChromium:
