@@ -9,6 +9,7 @@ import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from shared import logs
 from shared.errors import ConfigError, SchemaOutdatedError
@@ -95,7 +96,12 @@ def _alerting(args: argparse.Namespace) -> int:
     if path is None:
         raise ConfigError("name the file, or set CXLOOP_ALERTING_CONFIG_PATH")
     config = load_config(path)
-    print(f"{path}: ok ({len(config.receivers)} receiver(s), {len(config.routes)} route(s))")
+    rules: list[Any] = [getattr(config.rules, name) for name in type(config.rules).model_fields]
+    runbooks = sum(1 for rule in [*rules, *config.score_drops] if rule.runbook_url)
+    print(
+        f"{path}: ok ({len(config.receivers)} receiver(s), {len(config.routes)} route(s), "
+        f"{len(config.ticket_urls)} ticket link template(s), {runbooks} rule runbook(s))"
+    )
     return 0
 
 

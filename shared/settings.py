@@ -15,8 +15,17 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.errors import ConfigError
@@ -30,6 +39,26 @@ _RENAMED = {
     "CXLOOP_SOAK_SECONDS": "CXLOOP_TEST_SOAK_SECONDS",
     "CXLOOP_FUZZ_EXAMPLES": "CXLOOP_TEST_FUZZ_EXAMPLES",
 }
+
+
+def http_url(url: str) -> str:
+    """Return ``url`` if it is an absolute http or https URL naming a host; else raise
+    ``ValueError`` saying why (for links shown to people: runbooks, consoles, tickets)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsed lazily: an invalid port raises here
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("not an http or https URL")
+    if not parts.hostname:
+        raise ValueError("not a valid URL: it names no host")
+    if any(c.isspace() for c in url):
+        raise ValueError("not a valid URL: it holds whitespace")
+    return url
+
+
+HttpUrlText = Annotated[str, AfterValidator(http_url)]
 
 
 class KafkaSettings(BaseSettings):
@@ -372,9 +401,6 @@ class ScorerSettings(ConsumerSettings, PageSettings):
 
     port: int = Field(default=8001, ge=0, le=65535, description="Port to bind.")
     group_id: str = Field(default="cxloop-scorer", description="Kafka consumer group.")
-    console_url: str | None = Field(
-        default=None, description="The on-call console's URL, linked from the dashboard."
-    )
     min_n: int = Field(
         default=30, ge=1, description="Below this sample size a score is flagged insufficient."
     )
@@ -388,6 +414,11 @@ class ScorerSettings(ConsumerSettings, PageSettings):
         description="Batches applied at once, each in its own transaction (offsets still "
         "commit in order).",
     )
+    console_url: HttpUrlText | None = Field(
+        default=None,
+        description="The alerting service's on-call console (http or https), linked from the "
+        "scores pages.",
+    )
 
 
 class AlertingSettings(ConsumerSettings, PageSettings):
@@ -397,9 +428,6 @@ class AlertingSettings(ConsumerSettings, PageSettings):
 
     port: int = Field(default=8002, ge=0, le=65535, description="Port to bind.")
     group_id: str = Field(default="cxloop-alerting", description="Kafka consumer group.")
-    dashboard_url: str | None = Field(
-        default=None, description="The scorer's dashboard URL, linked from the console."
-    )
     timer_interval_seconds: float = Field(
         default=1.0, gt=0, description="How often overdue SLA deadlines are looked for."
     )
@@ -415,6 +443,11 @@ class AlertingSettings(ConsumerSettings, PageSettings):
     )
     notification_timeout_seconds: float = Field(
         default=10, gt=0, description="How long one receiver may take to answer one request."
+    )
+    dashboard_url: HttpUrlText | None = Field(
+        default=None,
+        description="The scorer's scores dashboard (http or https), linked from the on-call "
+        "console.",
     )
 
 

@@ -1,37 +1,37 @@
-"""The alerting service's API."""
+"""The alerting service's API: each route parses, calls ``service``, and answers."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from collections.abc import Awaitable
 from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
-from fastapi import APIRouter, HTTPException, Query, Request
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from pydantic import ValidationError
 
-from services.alerting import lifecycle, repository
+from services.alerting import service
+from services.alerting.config import AlertingConfig
 from services.alerting.rules import Severity
 from services.alerting.schemas import (
     AckIn,
     Alert,
     AlertErasure,
     AlertList,
-    AlertStatus,
     AssignIn,
     CommentIn,
     History,
-    HistoryEntry,
-    NotificationOut,
     Notifications,
+    QueueCounts,
+    QueueFilters,
+    QueueSort,
+    QueueStatus,
     ResolveIn,
     Silence,
     SilenceIn,
     SilenceList,
 )
-from shared import erasure
 from shared.apikeys import Principal, Scope
-from shared.events import utcnow
+from shared.errors import PermanentError
 from shared.http import EngineDep, require
 from shared.privacy import Hasher
 
@@ -39,14 +39,42 @@ T = TypeVar("T")
 
 router = APIRouter(prefix="/v1", tags=["alerts"])
 READ = [require(Scope.ALERTS_READ)]
+_WRITE = require(Scope.ALERTS_WRITE)
+# The key that calls a writing route: the actor recorded, whatever `by` the body names.
+Writer = Annotated[Principal, _WRITE]
+TRANSITION_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No alert has this id"},
+    409: {"description": "The alert is resolved already"},
+}
 
 
-@router.get(
-    "/alerts", response_model=AlertList, summary="List alerts, newest first", dependencies=READ
-)
-async def list_alerts(
-    engine: EngineDep,
-    status: AlertStatus | None = None,
+async def _answer(work: Awaitable[T]) -> T:
+    """Await the service; its NotFound is 404 and its Conflict 409."""
+    try:
+        return await work
+    except service.SilenceNotFound as exc:
+        raise HTTPException(404, f"no silence {exc}") from None
+    except service.NotFound as exc:
+        raise HTTPException(404, f"no alert {exc}") from None
+    except service.Conflict as exc:
+        raise HTTPException(409, str(exc)) from None
+
+
+def _routing(request: Request) -> AlertingConfig:
+    config: AlertingConfig = request.app.state.routing
+    return config
+
+
+RoutingDep = Annotated[AlertingConfig, Depends(_routing)]
+
+
+def _filters(
+    status: Annotated[
+        QueueStatus | None,
+        Query(
+            description="One status, `unresolved` (open or acknowledged), or `all` (the default)."
+        ),
+    ] = None,
     rule: str | None = None,
     severity: Severity | None = None,
     customer_id: str | None = None,
@@ -54,25 +82,69 @@ async def list_alerts(
     ticket_id: str | None = None,
     location: str | None = None,
     assignee: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    unassigned: Annotated[
+        bool, Query(description="Only alerts nobody is assigned (not with `assignee`).")
+    ] = False,
+) -> QueueFilters:
+    try:
+        return QueueFilters(
+            status=status or QueueStatus.ALL,
+            rule=rule,
+            severity=None if severity is None else severity.value,
+            customer_id=customer_id,
+            channel=channel,
+            ticket_id=ticket_id,
+            location=location,
+            assignee=assignee,
+            unassigned=unassigned,
+        )
+    except ValidationError:
+        raise PermanentError(
+            "give either assignee or unassigned, not both", field="unassigned"
+        ) from None
+
+
+FiltersDep = Annotated[QueueFilters, Depends(_filters)]
+
+
+@router.get(
+    "/alerts",
+    response_model=AlertList,
+    summary="List alerts, newest first or as the on-call queue",
+    dependencies=READ,
+)
+async def list_alerts(
+    engine: EngineDep,
+    filters: FiltersDep,
+    sort: Annotated[
+        QueueSort,
+        Query(
+            description="`newest` (the default), `oldest`, or `severity`: critical, then "
+            "warning, then info, each oldest first."
+        ),
+    ] = QueueSort.NEWEST,
+    limit: Annotated[int, Query(ge=1, le=service.QUEUE_LIMIT)] = 100,
+    cursor: Annotated[
+        str | None, Query(max_length=1000, description="`next_cursor` of the previous page.")
+    ] = None,
 ) -> AlertList:
-    """List alerts, newest first, filtered by any of the fields given."""
-    given = {
-        "status": status,
-        "rule": rule,
-        "severity": severity,
-        "customer_id": customer_id,
-        "channel": channel,
-        "ticket_id": ticket_id,
-        "location": location,
-        "assignee": assignee,
-    }
-    filters = {
-        k: str(v.value if hasattr(v, "value") else v) for k, v in given.items() if v is not None
-    }
-    async with engine.connect() as conn:
-        rows = await repository.list_alerts(conn, filters=filters, limit=limit)
-    return AlertList(items=[Alert.model_validate(r) for r in rows])
+    """List alerts whose fields equal every filter given (every status unless `status`
+    says), in `sort` order; `next_cursor` fetches the next page."""
+    return await service.queue(engine, filters, sort, limit, cursor)
+
+
+@router.get(
+    "/alerts/counts",
+    response_model=QueueCounts,
+    summary="Count alerts per rule, channel, location, assignee and status",
+    dependencies=READ,
+)
+async def count_alerts(engine: EngineDep, filters: FiltersDep) -> QueueCounts:
+    """For each of rule, channel, location, assignee and status, how many alerts have each
+    value under the other filters given (every status unless `status` says): what choosing
+    that value would list. A null value counts the alerts without one (e.g. unassigned).
+    Each lists its 50 most frequent values; `more` says whether there are others."""
+    return await service.queue_counts(engine, filters)
 
 
 @router.get(
@@ -84,30 +156,7 @@ async def list_alerts(
 )
 async def get_alert(engine: EngineDep, alert_id: UUID) -> Alert:
     """Return one alert by id."""
-    async with engine.connect() as conn:
-        row = await repository.get_alert(conn, alert_id)
-    if row is None:
-        raise HTTPException(404, f"no alert {alert_id}")
-    return Alert.model_validate(row)
-
-
-_WRITE = require(Scope.ALERTS_WRITE)
-# The key that calls a writing route: the actor recorded, whatever `by` the body names.
-Writer = Annotated[Principal, _WRITE]
-TRANSITION_ERRORS: dict[int | str, dict[str, Any]] = {
-    404: {"description": "No alert has this id"},
-    409: {"description": "The alert is resolved already"},
-}
-
-
-async def _transition(engine: AsyncEngine, step: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-    try:
-        async with engine.begin() as conn:
-            return await step(conn)
-    except lifecycle.NotFound as exc:
-        raise HTTPException(404, f"no alert {exc}") from None
-    except lifecycle.Conflict as exc:
-        raise HTTPException(409, str(exc)) from None
+    return await _answer(service.get_alert(engine, alert_id))
 
 
 @router.post(
@@ -117,23 +166,12 @@ async def _transition(engine: AsyncEngine, step: Callable[[AsyncConnection], Awa
     responses=TRANSITION_ERRORS,
 )
 async def acknowledge(
-    request: Request, engine: EngineDep, principal: Writer, alert_id: UUID, body: AckIn
+    engine: EngineDep, routing: RoutingDep, principal: Writer, alert_id: UUID, body: AckIn
 ) -> Alert:
     """Take the alert: it stops escalating. Acknowledging twice changes nothing. The history
     records the key's name as the actor, and `by`, if given, as its display name."""
-    row = await _transition(
-        engine,
-        lambda c: lifecycle.acknowledge(
-            c,
-            alert_id,
-            principal.name,
-            body.note,
-            request.app.state.routing,
-            display_name=body.by,
-            actor_id=principal.caller,
-        ),
-    )
-    return Alert.model_validate(row)
+    actor = service.Actor.of(principal)
+    return await _answer(service.acknowledge(engine, routing, alert_id, actor, body))
 
 
 @router.post(
@@ -143,23 +181,12 @@ async def acknowledge(
     responses=TRANSITION_ERRORS,
 )
 async def resolve(
-    request: Request, engine: EngineDep, principal: Writer, alert_id: UUID, body: ResolveIn
+    engine: EngineDep, routing: RoutingDep, principal: Writer, alert_id: UUID, body: ResolveIn
 ) -> Alert:
     """Close the loop, saying what was done. Resolving twice changes nothing. The history
     records the key's name as the actor, and `by`, if given, as its display name."""
-    row = await _transition(
-        engine,
-        lambda c: lifecycle.resolve(
-            c,
-            alert_id,
-            principal.name,
-            body.note,
-            config=request.app.state.routing,
-            display_name=body.by,
-            actor_id=principal.caller,
-        ),
-    )
-    return Alert.model_validate(row)
+    actor = service.Actor.of(principal)
+    return await _answer(service.resolve(engine, routing, alert_id, actor, body))
 
 
 @router.post(
@@ -171,13 +198,7 @@ async def resolve(
 async def assign(engine: EngineDep, principal: Writer, alert_id: UUID, body: AssignIn) -> Alert:
     """Give an unresolved alert to someone. The history records the key's name as the
     actor, and `by`, if given, as its display name."""
-    row = await _transition(
-        engine,
-        lambda c: lifecycle.assign(
-            c, alert_id, body.to, principal.name, display_name=body.by, actor_id=principal.caller
-        ),
-    )
-    return Alert.model_validate(row)
+    return await _answer(service.assign(engine, alert_id, service.Actor.of(principal), body))
 
 
 @router.post(
@@ -192,19 +213,7 @@ async def add_comment(
 ) -> History:
     """Add a comment, by the key's name and `by` as its display name if given; answers with
     the alert's whole history."""
-
-    async def step(conn: AsyncConnection) -> list[dict[str, Any]]:
-        await lifecycle.comment(
-            conn,
-            alert_id,
-            principal.name,
-            body.text,
-            display_name=body.by,
-            actor_id=principal.caller,
-        )
-        return await lifecycle.entries(conn, alert_id)
-
-    return History(items=[HistoryEntry.model_validate(e) for e in await _transition(engine, step)])
+    return await _answer(service.comment(engine, alert_id, service.Actor.of(principal), body))
 
 
 @router.get(
@@ -212,13 +221,12 @@ async def add_comment(
     response_model=History,
     summary="An alert's history",
     responses=TRANSITION_ERRORS,
-    dependencies=[require(Scope.ALERTS_READ)],
+    dependencies=READ,
 )
 async def alert_history(engine: EngineDep, alert_id: UUID) -> History:
     """Everything that happened to the alert, oldest first: who (the key that acted, and
     the display name it gave), when, and their notes."""
-    rows = await _transition(engine, lambda c: lifecycle.entries(c, alert_id))
-    return History(items=[HistoryEntry.model_validate(e) for e in rows])
+    return await _answer(service.history(engine, alert_id))
 
 
 @router.get(
@@ -231,8 +239,7 @@ async def alert_history(engine: EngineDep, alert_id: UUID) -> History:
 async def alert_notifications(engine: EngineDep, alert_id: UUID) -> Notifications:
     """Each notification of the alert: receiver, action, status (pending, delivered or
     failed), attempts and the last error. A failed one is not retried: fix the receiver."""
-    rows = await _transition(engine, lambda c: repository.notifications_of(c, alert_id))
-    return Notifications(items=[NotificationOut.model_validate(r) for r in rows])
+    return await _answer(service.notifications(engine, alert_id))
 
 
 @router.post(
@@ -246,18 +253,7 @@ async def create_silence(engine: EngineDep, principal: Writer, body: SilenceIn) 
     """Alerts whose fields all equal `matchers` are still opened and listed, but announced
     to no receiver until the silence ends. The silence records the key's name as its actor,
     and `created_by` (the key's name if not given) as its display name."""
-    ends_at = body.ends_at or utcnow() + timedelta(minutes=body.duration_minutes or 0)
-    async with engine.begin() as conn:
-        row = await repository.create_silence(
-            conn,
-            body.matchers,
-            ends_at,
-            principal.name,
-            body.created_by or principal.name,
-            body.comment,
-            actor_id=principal.caller,
-        )
-    return Silence.model_validate(row)
+    return await service.create_silence(engine, service.Actor.of(principal), body)
 
 
 @router.get(
@@ -269,9 +265,7 @@ async def create_silence(engine: EngineDep, principal: Writer, body: SilenceIn) 
 )
 async def list_silences(engine: EngineDep, active: bool = True) -> SilenceList:
     """Active silences (or, with `active=false`, every silence), newest first."""
-    async with engine.connect() as conn:
-        rows = await repository.list_silences(conn, active_only=active)
-    return SilenceList(items=[Silence.model_validate(r) for r in rows])
+    return await service.list_silences(engine, active=active)
 
 
 @router.delete(
@@ -284,13 +278,7 @@ async def list_silences(engine: EngineDep, active: bool = True) -> SilenceList:
 async def expire_silence(engine: EngineDep, principal: Writer, silence_id: UUID) -> Silence:
     """End the silence; it stays listed with its end, the key that ended it and when. Ending
     an ended silence changes nothing."""
-    async with engine.begin() as conn:
-        row = await repository.expire_silence(
-            conn, silence_id, principal.name, actor_id=principal.caller
-        )
-    if row is None:
-        raise HTTPException(404, f"no silence {silence_id}")
-    return Silence.model_validate(row)
+    return await _answer(service.expire_silence(engine, silence_id, service.Actor.of(principal)))
 
 
 @router.delete(
@@ -307,8 +295,4 @@ async def erase_customer(request: Request, engine: EngineDep, customer_id: str) 
     the alerting service alone: the collector's `DELETE /v1/customers/{id}` erases the
     customer from every service."""
     hasher: Hasher = request.app.state.hasher
-    async with engine.begin() as conn:
-        await erasure.lock(conn, "alerting", exclusive=True)
-        pseudonym = await erasure.pseudonym_for(conn, hasher, "alerting", customer_id)
-        erased = await repository.erase_customer(conn, customer_id, pseudonym)
-    return AlertErasure(alerts_pseudonymised=erased)
+    return await service.erase_customer(engine, hasher, customer_id)

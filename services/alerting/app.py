@@ -121,4 +121,5 @@ def create_app(
     install_pages(app, pages)
     app.state.routing = routing
     app.state.hasher = hasher
+    app.state.alerting_settings = alerting
     return app

@@ -18,7 +18,9 @@
     escalation:                  # nobody acknowledged within 15 minutes: tell the pager
       after_minutes: 15
       receiver: pager
-    runbook_url: https://wiki.example.com/cx-alerts
+    runbook_url: https://wiki.example.com/cx-alerts   # or per rule: rules.detractor.runbook_url
+    ticket_urls:                 # per ticket source (`default` for any other): the ticket's page
+      zendesk: https://acme.zendesk.com/agent/tickets/{ticket_id}
 
 Secrets are named by environment variable, never written in the file. Errors name the line.
 """
@@ -47,6 +49,7 @@ from pydantic import (
 
 from services.alerting.rules import DropRule, Rules
 from shared.errors import ConfigError
+from shared.settings import HttpUrlText, http_url
 
 
 def webhook_key(secret: str) -> bytes:
@@ -86,6 +89,9 @@ def _ticket_template(template: str) -> str:
     unknown = sorted(fields - {"ticket_id"})
     if unknown:
         raise ValueError(f"a link template may use only {{ticket_id}}, not {{{unknown[0]}}}")
+    if "ticket_id" not in fields:
+        raise ValueError("a link template must hold {ticket_id}")
+    http_url(template.format(ticket_id="T-1"))
     return template
 
 
@@ -185,7 +191,9 @@ class AlertingConfig(BaseModel):
     rules: Rules = Field(default_factory=Rules)
     score_drops: list[DropRule] = Field(default_factory=list)
     score_drop_every_minutes: float = Field(default=15, gt=0)
-    runbook_url: str | None = None
+    runbook_url: HttpUrlText | None = Field(
+        default=None, description="The runbook of every alert whose rule names none."
+    )
     ticket_urls: dict[str, TicketTemplate] = Field(
         default_factory=dict,
         description="Per ticket source, a link template, e.g. "
@@ -193,17 +201,42 @@ class AlertingConfig(BaseModel):
     )
 
     def links(self, alert: dict[str, Any]) -> list[dict[str, str]]:
-        """Return the links an alert's notifications carry: its ticket and the runbook."""
+        """Return the links an alert's notifications carry: its ticket and its runbook."""
         links = []
-        template = self.ticket_urls.get(alert.get("ticket_source") or "") or self.ticket_urls.get(
-            "default"
-        )
-        if template and alert.get("ticket_id"):
-            ticket_id = quote(str(alert["ticket_id"]), safe="")
-            links.append({"href": template.format(ticket_id=ticket_id), "text": "Ticket"})
-        if self.runbook_url:
-            links.append({"href": self.runbook_url, "text": "Runbook"})
+        ticket = self.ticket_url(alert.get("ticket_source"), alert.get("ticket_id"))
+        if ticket:
+            links.append({"href": ticket, "text": "Ticket"})
+        runbook = self.runbook_for(alert)
+        if runbook:
+            links.append({"href": runbook, "text": "Runbook"})
         return links
+
+    def ticket_url(self, source: str | None, ticket_id: str | None) -> str | None:
+        """Return the page of ticket ``ticket_id`` in system ``source`` (its template, else
+        the ``default`` one), or None when no template applies."""
+        template = self.ticket_urls.get(source or "") or self.ticket_urls.get("default")
+        if not template or not ticket_id:
+            return None
+        return template.format(ticket_id=quote(ticket_id, safe=""))
+
+    def runbook_for(self, alert: dict[str, Any]) -> str | None:
+        """Return the runbook of an alert: its rule's, else the config's."""
+        rule = alert.get("rule")
+        own: str | None = None
+        if rule in Rules.model_fields:
+            own = getattr(self.rules, str(rule)).runbook_url
+        elif rule == "score_drop":
+            key = str(alert.get("dedupe_key") or "")
+            own = next(
+                (
+                    d.runbook_url
+                    for d in self.score_drops
+                    if d.runbook_url
+                    and (key == d.key_prefix() if d.by is None else key.startswith(d.key_prefix()))
+                ),
+                None,
+            )
+        return own or self.runbook_url
 
     @model_validator(mode="after")
     def _routes_name_receivers(self) -> AlertingConfig:

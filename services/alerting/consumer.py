@@ -63,6 +63,7 @@ class AlertHandler:
         self, conn: AsyncConnection, events: list[ResponseSubmitted | TouchpointEvent]
     ) -> list[tuple[rules.AlertDraft, bool]]:
         fresh = await repository.first_seen(conn, events)
+        await repository.record_touches(conn, fresh)
         flagged = []
         for event in fresh:
             if isinstance(event, ResponseSubmitted):

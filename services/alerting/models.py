@@ -124,3 +124,26 @@ notifications = sa.Table(
 # would stop Postgres matching ON CONFLICT to the index once a statement's plan is generic
 # (asyncpg prepares statements; the sixth run on a connection failed before this).
 UNRESOLVED = sa.text("status <> 'resolved'")
+
+# A customer's last answers and ticket events (at most TOUCHES_KEPT each), for alert pages.
+TOUCHES_KEPT = 20
+touches = sa.Table(
+    "customer_touches",
+    metadata,
+    sa.Column("event_id", pg.UUID(as_uuid=True), primary_key=True),
+    sa.Column("customer_id", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("touchpoint", sa.Text),
+    sa.Column("metric", sa.Text),
+    sa.Column("score", sa.SmallInteger),
+    sa.Column("comment", sa.Text),
+    sa.Column("reasons", pg.ARRAY(sa.Text), nullable=False),
+    sa.Column("ticket_id", sa.Text),
+    sa.Column("event_type", sa.Text),
+    sa.Column("status", sa.Text),
+    sa.Column("priority", sa.Text),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+)

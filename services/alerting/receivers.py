@@ -239,7 +239,10 @@ def build(
         payload = [
             {
                 "labels": labels,
-                "annotations": {"summary": summary(alert), "runbook_url": config.runbook_url or ""},
+                "annotations": {
+                    "summary": summary(alert),
+                    "runbook_url": config.runbook_for(alert) or "",
+                },
                 "startsAt": str(alert["opened_at"]).replace(" ", "T"),
                 "endsAt": ends.isoformat(),
             }

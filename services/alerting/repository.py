@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.alerting import lifecycle, outbox
 from services.alerting.config import AlertingConfig
 from services.alerting.models import (
+    TOUCHES_KEPT,
     UNRESOLVED,
     alerts,
     applied_events,
@@ -21,8 +22,10 @@ from services.alerting.models import (
     history,
     notifications,
     silences,
+    touches,
 )
-from services.alerting.rules import AlertDraft
+from services.alerting.rules import AlertDraft, Severity
+from services.alerting.schemas import QueueFilters, QueueSort, QueueStatus
 from shared.db import record_new_event_ids
 from shared.events import ResponseSubmitted, TouchpointEvent
 
@@ -144,6 +147,205 @@ async def list_alerts(
     return [dict(row._mapping) for row in await conn.execute(query)]
 
 
+_RANK = sa.case(
+    (alerts.c.severity == Severity.CRITICAL.value, 0),
+    (alerts.c.severity == Severity.WARNING.value, 1),
+    (alerts.c.severity == Severity.INFO.value, 2),
+    else_=3,
+)
+# Each order's keys, ending on the id; every key of one order runs the same way.
+SORT_KEYS: dict[QueueSort, tuple[list[sa.ColumnElement[Any]], bool]] = {
+    QueueSort.SEVERITY: ([_RANK, alerts.c.opened_at, alerts.c.id], False),
+    QueueSort.OLDEST: ([alerts.c.opened_at, alerts.c.id], False),
+    QueueSort.NEWEST: ([alerts.c.opened_at, alerts.c.id], True),
+}
+_FILTERED = ("rule", "severity", "channel", "location", "assignee", "customer_id", "ticket_id")
+
+
+def _conditions(filters: QueueFilters, *, without: str | None = None) -> list[Any]:
+    """The WHERE conditions of ``filters``, leaving out the field ``without`` (a facet)."""
+    where: list[Any] = []
+    if without != "status":
+        if filters.status is QueueStatus.UNRESOLVED:
+            where.append(alerts.c.status != "resolved")
+        elif filters.status is not QueueStatus.ALL:
+            where.append(alerts.c.status == filters.status.value)
+    for name in _FILTERED:
+        value = getattr(filters, name)
+        if value is not None and name != without:
+            where.append(alerts.c[name] == value)
+    if filters.unassigned and without != "assignee":
+        where.append(alerts.c.assignee.is_(None))
+    return where
+
+
+async def queue(
+    conn: AsyncConnection,
+    filters: QueueFilters,
+    sort: QueueSort,
+    limit: int,
+    after: Sequence[Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Return up to ``limit`` alerts matching ``filters`` in ``sort`` order, starting after
+    the alert whose sort keys are ``after`` (see :func:`sort_values`)."""
+    keys, descending = SORT_KEYS[sort]
+    query = sa.select(alerts).where(*_conditions(filters))
+    if after is not None:
+        row = sa.tuple_(*keys)
+        last = sa.tuple_(*(sa.literal(v, k.type) for k, v in zip(keys, after, strict=True)))
+        query = query.where(row < last if descending else row > last)
+    order = [k.desc() if descending else k.asc() for k in keys]
+    return [dict(r._mapping) for r in await conn.execute(query.order_by(*order).limit(limit))]
+
+
+def sort_values(sort: QueueSort, alert: dict[str, Any]) -> list[Any]:
+    """Return an alert's sort keys under ``sort`` (what a cursor records)."""
+    values: list[Any] = [alert["opened_at"], alert["id"]]
+    if sort is QueueSort.SEVERITY:
+        rank = {s.value: n for n, s in enumerate(Severity)}.get(alert["severity"], len(Severity))
+        values.insert(0, rank)
+    return values
+
+
+FACETS = ("rule", "channel", "location", "assignee", "status")
+
+
+async def facet_counts(
+    conn: AsyncConnection, filters: QueueFilters, facet: str, most: int
+) -> list[tuple[str | None, int]]:
+    """Count alerts per value of ``facet`` under every filter but the facet's own, most
+    frequent first; at most ``most`` values (ask for one more to learn if there are more)."""
+    column = alerts.c[facet]
+    n = sa.func.count().label("n")
+    query = (
+        sa.select(column, n)
+        .where(*_conditions(filters, without=facet))
+        .group_by(column)
+        .order_by(n.desc(), column.asc().nulls_first())
+        .limit(most)
+    )
+    return [(r[0], int(r.n)) for r in await conn.execute(query)]
+
+
+async def alerts_of_customer(
+    conn: AsyncConnection, customer_id: str, limit: int
+) -> list[dict[str, Any]]:
+    """Return a customer's alerts, newest first."""
+    query = (
+        sa.select(alerts)
+        .where(alerts.c.customer_id == customer_id)
+        .order_by(alerts.c.opened_at.desc(), alerts.c.id.desc())
+        .limit(limit)
+    )
+    return [dict(r._mapping) for r in await conn.execute(query)]
+
+
+_TOUCH = sa.text("""
+INSERT INTO customer_touches (event_id, customer_id, kind, occurred_at, channel, source,
+    touchpoint, metric, score, comment, reasons, ticket_id, event_type, status, priority)
+SELECT event_id, customer_id, kind, occurred_at, channel, source, touchpoint, metric, score,
+    comment, coalesce(string_to_array(reasons, ','), '{}'), ticket_id, event_type, status,
+    priority
+FROM unnest(
+    CAST(:event_id AS uuid[]), CAST(:customer_id AS text[]), CAST(:kind AS text[]),
+    CAST(:occurred_at AS timestamptz[]), CAST(:channel AS text[]), CAST(:source AS text[]),
+    CAST(:touchpoint AS text[]), CAST(:metric AS text[]), CAST(:score AS smallint[]),
+    CAST(:comment AS text[]), CAST(:reasons AS text[]), CAST(:ticket_id AS text[]),
+    CAST(:event_type AS text[]), CAST(:status AS text[]), CAST(:priority AS text[])
+) AS t(event_id, customer_id, kind, occurred_at, channel, source, touchpoint, metric, score,
+    comment, reasons, ticket_id, event_type, status, priority)
+ORDER BY event_id
+ON CONFLICT (event_id) DO NOTHING
+""")
+
+_TRIM = sa.text(f"""
+DELETE FROM customer_touches AS t USING (
+    SELECT event_id FROM (
+        SELECT event_id, row_number() OVER (
+            PARTITION BY customer_id ORDER BY occurred_at DESC, event_id DESC) AS n
+        FROM customer_touches WHERE customer_id = ANY(CAST(:customers AS text[]))
+    ) AS ranked WHERE n > {TOUCHES_KEPT}
+) AS old
+WHERE t.event_id = old.event_id
+""")
+
+
+async def record_touches(
+    conn: AsyncConnection, events: Sequence[ResponseSubmitted | TouchpointEvent]
+) -> None:
+    """Keep each answer and ticket event among its customer's last touches, and only the
+    last ``TOUCHES_KEPT`` of each customer. Give only events the ledger just found new."""
+    columns: dict[str, list[Any]] = {name: [] for name in _TOUCH_COLUMNS}
+    for event in events:
+        row = _touch_row(event)
+        if row is not None:
+            for name in _TOUCH_COLUMNS:
+                columns[name].append(row.get(name))
+    if not columns["event_id"]:
+        return
+    await conn.execute(_TOUCH, columns)
+    await conn.execute(_TRIM, {"customers": sorted(set(columns["customer_id"]))})
+
+
+_TOUCH_COLUMNS = (
+    "event_id",
+    "customer_id",
+    "kind",
+    "occurred_at",
+    "channel",
+    "source",
+    "touchpoint",
+    "metric",
+    "score",
+    "comment",
+    "reasons",
+    "ticket_id",
+    "event_type",
+    "status",
+    "priority",
+)
+
+
+def _touch_row(event: ResponseSubmitted | TouchpointEvent) -> dict[str, Any] | None:
+    common = {
+        "event_id": event.event_id,
+        "customer_id": event.customer_id,
+        "occurred_at": event.occurred_at,
+        "channel": event.channel.value,
+        "source": event.source,
+        "ticket_id": event.ticket_id,
+    }
+    if isinstance(event, ResponseSubmitted):
+        return common | {
+            "kind": "answer",
+            "touchpoint": event.touchpoint,
+            "metric": event.metric.value,
+            "score": event.score,
+            "comment": event.comment,
+            # Reason codes cannot hold a comma (see shared.events.ReasonCode).
+            "reasons": ",".join(event.reasons),
+        }
+    if event.ticket_id is None:
+        return None  # a purchase or other journey step: not a ticket
+    return common | {
+        "kind": "ticket",
+        "event_type": event.type,
+        "status": event.status,
+        "priority": None if event.priority is None else event.priority.value,
+    }
+
+
+async def touches_of(conn: AsyncConnection, customer_id: str) -> list[dict[str, Any]]:
+    """Return a customer's kept touches, newest first."""
+    query = (
+        sa.select(touches)
+        .where(touches.c.customer_id == customer_id)
+        .order_by(touches.c.occurred_at.desc(), touches.c.event_id.desc())
+        .limit(TOUCHES_KEPT)
+    )
+    return [dict(r._mapping) for r in await conn.execute(query)]
+
+
 async def get_alert(conn: AsyncConnection, alert_id: uuid.UUID) -> dict[str, Any] | None:
     """Return one alert, or None."""
     row = (await conn.execute(sa.select(alerts).where(alerts.c.id == alert_id))).first()
@@ -242,7 +444,8 @@ async def expire_silence(
 async def erase_customer(conn: AsyncConnection, customer_id: str, pseudonym: str) -> int:
     """Erase a customer from alerting; return how many of their alerts were pseudonymised.
 
-    Their id becomes ``pseudonym`` in SLA deadlines and alerts; their alerts lose the
+    Their id becomes ``pseudonym`` in SLA deadlines, alerts and their recent touches (which
+    lose their comments and reasons, as alerts do); their alerts lose the
     comment, the reasons, the resolution note and every note in their history, and their id
     becomes the pseudonym in dedupe keys and notification group keys too. Deadlines
     go first: a deadline firing meanwhile holds its row, so its alert exists by the time
@@ -252,6 +455,11 @@ async def erase_customer(conn: AsyncConnection, customer_id: str, pseudonym: str
         deadlines.update()
         .where(deadlines.c.customer_id == customer_id)
         .values(customer_id=pseudonym)
+    )
+    await conn.execute(
+        touches.update()
+        .where(touches.c.customer_id == customer_id)
+        .values(customer_id=pseudonym, comment=None, reasons=[])
     )
     rows = await conn.execute(
         alerts.update()

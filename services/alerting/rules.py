@@ -21,6 +21,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.events import Metric, ResponseSubmitted
+from shared.settings import HttpUrlText
 
 
 class Severity(StrEnum):
@@ -60,6 +61,9 @@ class ResponseRule(BaseModel):
     alert_at_or_below: int = Field(ge=0, le=10)
     critical_at_or_below: int | None = Field(default=None, ge=0, le=10)
     overrides: list[Override] = Field(default_factory=list)
+    runbook_url: HttpUrlText | None = Field(
+        default=None, description="What to do about this rule's alerts (else the config's)."
+    )
 
     def severity(self, event: ResponseSubmitted) -> Severity | None:
         """Return the severity ``event`` calls for under this rule, or None."""
@@ -141,3 +145,10 @@ class DropRule(BaseModel):
     drop_points: float | None = Field(default=None, gt=0, description="…or falls this much.")
     min_n: int = Field(default=30, ge=1)
     severity: Literal["critical", "warning", "info"] = "warning"
+    runbook_url: HttpUrlText | None = Field(
+        default=None, description="What to do about this drop's alerts (else the config's)."
+    )
+
+    def key_prefix(self) -> str:
+        """The start of the dedupe key of this rule's alerts."""
+        return f"score_drop:{self.metric}:{self.window}:{self.by + '=' if self.by else 'all'}"

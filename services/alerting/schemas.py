@@ -81,9 +81,80 @@ class Alert(BaseModel):
 
 
 class AlertList(BaseModel):
-    """A page of alerts, newest first."""
+    """A page of alerts, in the order asked for (newest first by default)."""
 
     items: list[Alert]
+    next_cursor: str | None = Field(
+        default=None,
+        description="Pass as `cursor` for the next page; none when this page is the last.",
+    )
+
+
+class QueueStatus(StrEnum):
+    """Which alerts a queue shows: one status, every unresolved one, or all."""
+
+    OPEN = "open"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+    UNRESOLVED = "unresolved"
+    ALL = "all"
+
+
+class QueueSort(StrEnum):
+    """The order of a queue; each ends on the alert's id, so pages never overlap."""
+
+    SEVERITY = "severity"
+    """Critical, then warning, then info (then any other), each oldest first."""
+    OLDEST = "oldest"
+    NEWEST = "newest"
+
+
+class QueueFilters(BaseModel):
+    """Which alerts a queue holds: every field given must match (status: open by default)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    status: QueueStatus = QueueStatus.OPEN
+    rule: str | None = None
+    severity: str | None = None
+    channel: str | None = None
+    location: str | None = None
+    assignee: str | None = None
+    unassigned: bool = Field(default=False, description="Only alerts nobody is assigned.")
+    customer_id: str | None = None
+    ticket_id: str | None = None
+
+    @model_validator(mode="after")
+    def _one_assignee(self) -> QueueFilters:
+        if self.unassigned and self.assignee is not None:
+            raise ValueError("give either assignee or unassigned, not both")
+        return self
+
+
+class FacetValue(BaseModel):
+    """How many alerts have one value of a field."""
+
+    value: str | None = Field(
+        description="The field's value; null for alerts without one (e.g. unassigned)."
+    )
+    count: int
+
+
+class Facet(BaseModel):
+    """The most frequent values of one field, most frequent first."""
+
+    values: list[FacetValue]
+    more: bool = Field(description="More values exist than are listed.")
+
+
+class QueueCounts(BaseModel):
+    """Per filter field, how many alerts each value has under the other filters given."""
+
+    rule: Facet
+    channel: Facet
+    location: Facet
+    assignee: Facet
+    status: Facet
 
 
 Person = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
@@ -245,3 +316,41 @@ class AlertErasure(BaseModel):
     """How many alerts lost the customer's comments and id."""
 
     alerts_pseudonymised: int
+
+
+class Link(BaseModel):
+    """A link an alert's page shows: its ticket, its runbook."""
+
+    href: str
+    text: str
+
+
+class CustomerTouch(BaseModel):
+    """One of a customer's recent answers (``kind`` answer) or ticket events (``ticket``)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    kind: str = Field(description="answer or ticket")
+    event_id: UUID
+    occurred_at: datetime
+    channel: str
+    source: str = Field(description="The adapter that accepted it: the ticket system for tickets.")
+    touchpoint: str | None = None
+    metric: str | None = None
+    score: int | None = None
+    comment: str | None = None
+    reasons: list[str] = Field(default_factory=list)
+    ticket_id: str | None = None
+    event_type: str | None = Field(default=None, description="e.g. ticket.created")
+    status: str | None = None
+    priority: str | None = None
+    ticket_url: str | None = Field(
+        default=None, description="The ticket in its system, from the configured link template."
+    )
+
+
+class CustomerTouches(BaseModel):
+    """A customer's last answers and ticket events, newest first (at most 20 are kept)."""
+
+    customer_id: str
+    items: list[CustomerTouch]

@@ -1,1 +1,1 @@
-"""What the pages of every service share: sessions, templates, languages, static files."""
+"""Server-rendered pages: static assets, message catalogues and the helpers pages share."""

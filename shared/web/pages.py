@@ -75,9 +75,9 @@ class Pages:
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        self.catalogues = i18n.load_catalogues([WEB_DIR / "messages", self.messages])
+        self.texts = i18n.load_messages(self.messages)
 
-    def language(self, request: Request) -> str:
+    def language(self, request: Request) -> i18n.Lang:
         """The page's language: ``?lang=``, then the language cookie, then Accept-Language."""
         chosen = request.query_params.get("lang") or request.cookies.get(LANG_COOKIE)
         return i18n.negotiate(request.headers.get("accept-language"), chosen)
@@ -102,7 +102,7 @@ class Pages:
         """Render ``template`` in the viewer's language for the request's session."""
         lang = self.language(request)
         session = request.scope.get(SESSION_SCOPE)
-        translator = self.catalogues[lang]
+        translator = self.texts.translator(lang)
 
         def here(**changes: Any) -> str:
             """This page's URL with query parameters changed (None removes one)."""
@@ -120,7 +120,7 @@ class Pages:
             lang=lang,
             languages=i18n.LANGUAGES,
             t=translator.t,
-            fmt=i18n.Formatter(lang),
+            fmt=translator,
             session=session if isinstance(session, Session) else None,
             actor=session.principal.name if isinstance(session, Session) else None,
             csrf_token=session.csrf_token if isinstance(session, Session) else "",

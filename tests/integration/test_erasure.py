@@ -55,6 +55,7 @@ CUSTOMER_COLUMNS = {
     "customer_activity": "customer_key",
     "alerts": "customer_id",
     "sla_deadlines": "customer_id",
+    "customer_touches": "customer_id",
     "invitations": "customer_id",
 }
 
@@ -182,7 +183,10 @@ class TestOneCallErasesEverywhere:
             assert r.status_code == 201, r.text
             await eventually(
                 lambda: rows_of(engine, customer),
-                lambda n: all(n[t] for t in ("responses", "tickets", "alerts", "sla_deadlines")),
+                lambda n: all(
+                    n[t]
+                    for t in ("responses", "tickets", "alerts", "sla_deadlines", "customer_touches")
+                ),
             )
 
             erasure_id = await erase(collector, customer)
@@ -199,6 +203,12 @@ class TestOneCallErasesEverywhere:
             assert await rows_of(engine, customer) == dict.fromkeys(CUSTOMER_COLUMNS, 0)
             comments = await scalar(engine, "SELECT count(comment) FROM alerts")
             assert comments == 0
+            touches = await scalar(
+                engine,
+                "SELECT count(*) FROM customer_touches "
+                "WHERE comment IS NOT NULL OR reasons <> '{}'",
+            )
+            assert touches == 0
             in_keys = await scalar(
                 engine, "SELECT count(*) FROM alerts WHERE strpos(dedupe_key, :c) > 0", c=customer
             )
@@ -291,7 +301,8 @@ class TestNothingComesBack:
         assert alerting.startswith("erased:")
         for table, column in CUSTOMER_COLUMNS.items():
             if table != "invitations":
-                pseudonym = alerting if table in ("alerts", "sla_deadlines") else later
+                alerting_tables = ("alerts", "sla_deadlines", "customer_touches")
+                pseudonym = alerting if table in alerting_tables else later
                 found = await scalar(
                     engine,
                     f"SELECT count(*) FROM {table} WHERE {column} <> :p",  # noqa: S608
@@ -696,6 +707,15 @@ async def test_alerting_erases_history_notes_dedupe_keys_and_group_keys(
         )
         await conn.execute(
             sa.text(
+                "INSERT INTO customer_touches (event_id, customer_id, kind, occurred_at, "
+                "channel, source, touchpoint, metric, score, comment, reasons) VALUES "
+                "(gen_random_uuid(), :c, 'answer', now(), 'email', 'api', 'checkout', 'nps', "
+                "2, 'call me, Jane', ARRAY['price'])"
+            ),
+            {"c": customer},
+        )
+        await conn.execute(
+            sa.text(
                 "INSERT INTO notifications (id, alert_id, receiver, action, group_key) VALUES "
                 "(gen_random_uuid(), :a, 'oncall', 'trigger', "
                 "'0:oncall:customer_id=' || :c || ',rule=detractor#1')"
@@ -719,6 +739,13 @@ async def test_alerting_erases_history_notes_dedupe_keys_and_group_keys(
         group_key = await conn.scalar(
             sa.text("SELECT group_key FROM notifications WHERE alert_id = :a"), {"a": alert_id}
         )
+        touches = (
+            await conn.execute(
+                sa.text("SELECT customer_id, comment, reasons, score FROM customer_touches")
+            )
+        ).all()
     assert tuple(alert) == (f"detractor:{pseudonym}:-", None, None, [])
+    # The customer's recent answers are pseudonymised as their alerts are.
+    assert [tuple(t) for t in touches] == [(pseudonym, None, [], 2)]
     assert notes == [None]
     assert group_key == f"0:oncall:customer_id={pseudonym},rule=detractor#1"

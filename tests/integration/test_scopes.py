@@ -92,6 +92,9 @@ ROUTES: dict[str, dict[tuple[str, str], Call]] = {
     "alerting": {
         **_OPERATIONS,
         ("GET", "/v1/alerts"): call(Scope.ALERTS_READ, 200, "/v1/alerts"),
+        ("GET", "/v1/alerts/counts"): call(
+            Scope.ALERTS_READ, 200, "/v1/alerts/counts", params={"status": "open"}
+        ),
         ("GET", "/v1/alerts/{alert_id}"): call(Scope.ALERTS_READ, 404, f"/v1/alerts/{UNKNOWN}"),
         ("GET", "/v1/alerts/{alert_id}/history"): call(
             Scope.ALERTS_READ, 404, f"/v1/alerts/{UNKNOWN}/history"

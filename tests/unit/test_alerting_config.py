@@ -33,6 +33,15 @@ routes:
 runbook_url: https://wiki.example.com/cx
 """
 
+LINKS = """\
+ticket_urls:
+  zendesk: https://acme.zendesk.com/agent/tickets/{ticket_id}
+rules:
+  detractor: {alert_at_or_below: 6, runbook_url: https://wiki.example.com/detractors}
+score_drops:
+  - {metric: nps, by: channel, drop_points: 10, runbook_url: https://wiki.example.com/drops}
+"""
+
 ALERT: dict[str, Any] = {
     "id": uuid.UUID("6f1c1d5e-7b7a-4c39-9f3a-0d2b8b7d1a10"),
     "rule": "detractor",
@@ -93,6 +102,37 @@ class TestConfig:
         assert "2 receiver(s), 2 route(s)" in capsys.readouterr().out
         assert main(["alerting", "check-config", str(write(tmp_path, "routes: 3\n"))]) == 2
         assert "alerting.yml:1: routes" in capsys.readouterr().err
+        linked = GOOD + LINKS
+        assert main(["alerting", "check-config", str(write(tmp_path, linked))]) == 0
+        assert "1 ticket link template(s), 2 rule runbook(s)" in capsys.readouterr().out
+        bad = linked.replace("https://wiki.example.com/detractors", "wiki/detractors")
+        assert main(["alerting", "check-config", str(write(tmp_path, bad))]) == 2
+        assert "alerting.yml:18: rules.detractor.runbook_url" in capsys.readouterr().err
+        bad = linked.replace("agent/tickets/{ticket_id}", "agent/tickets")
+        assert main(["alerting", "check-config", str(write(tmp_path, bad))]) == 2
+        assert "must hold {ticket_id}" in capsys.readouterr().err
+
+    @pytest.mark.parametrize(
+        "url", ["wiki.example.com/cx", "ftp://wiki.example.com/cx", "https://", "https://a b/"]
+    )
+    def test_a_runbook_must_be_an_http_url(self, tmp_path: Path, url: str) -> None:
+        with pytest.raises(ConfigError, match=r"alerting\.yml:14: runbook_url"):
+            load(write(tmp_path, GOOD.replace("https://wiki.example.com/cx", url)))
+
+    def test_a_rules_runbook_wins_over_the_configs(self, tmp_path: Path) -> None:
+        config = load(write(tmp_path, GOOD + LINKS))
+        detractor = {**ALERT, "ticket_source": "zendesk"}
+        assert config.links(detractor) == [
+            {"href": "https://acme.zendesk.com/agent/tickets/T-5", "text": "Ticket"},
+            {"href": "https://wiki.example.com/detractors", "text": "Runbook"},
+        ]
+        assert config.runbook_for({**ALERT, "rule": "low_csat"}) == "https://wiki.example.com/cx"
+        by_channel = {"rule": "score_drop", "dedupe_key": "score_drop:nps:7d:channel=sms"}
+        assert config.runbook_for(by_channel) == "https://wiki.example.com/drops"
+        overall = {"rule": "score_drop", "dedupe_key": "score_drop:nps:7d:all"}
+        assert config.runbook_for(overall) == "https://wiki.example.com/cx"
+        assert config.ticket_url("freshdesk", "T-5") is None
+        assert config.ticket_url("zendesk", "T/5") == "https://acme.zendesk.com/agent/tickets/T%2F5"
 
 
 class TestPayloads:

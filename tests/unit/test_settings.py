@@ -6,12 +6,15 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic_settings import BaseSettings
 
 from shared.errors import ConfigError
 from shared.settings import (
+    AlertingSettings,
     AuthSettings,
     CollectorSettings,
     DatabaseSettings,
+    ScorerSettings,
     check_environment,
     load,
 )
@@ -87,6 +90,24 @@ class TestValues:
     def test_the_database_password_never_shows_in_repr(self) -> None:
         settings = DatabaseSettings(url="postgresql://u:hunter2@db/cx")
         assert "hunter2" not in repr(settings)
+
+    @pytest.mark.parametrize(
+        ("variable", "cls", "field"),
+        [
+            ("CXLOOP_ALERTING_DASHBOARD_URL", AlertingSettings, "dashboard_url"),
+            ("CXLOOP_SCORER_CONSOLE_URL", ScorerSettings, "console_url"),
+        ],
+    )
+    def test_the_cross_links_are_http_urls(
+        self, monkeypatch: pytest.MonkeyPatch, variable: str, cls: type[BaseSettings], field: str
+    ) -> None:
+        assert getattr(load(cls), field) is None
+        monkeypatch.setenv(variable, "https://cx.example.com/scores")
+        assert getattr(load(cls), field) == "https://cx.example.com/scores"
+        for bad in ("javascript:alert(1)", "cx.example.com/scores", "https://", "http://h:99999/"):
+            monkeypatch.setenv(variable, bad)
+            with pytest.raises(ConfigError, match=variable):
+                load(cls)
 
 
 class TestApiKeys:

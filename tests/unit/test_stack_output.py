@@ -25,6 +25,10 @@ def bare_stack(api_key: str, generated: bool) -> Stack:
     stack.ports = {"collector": 1, "scorer": 2, "alerting": 3}
     stack.broker = SimpleNamespace(bootstrap_servers="127.0.0.1:4", name="Tansu")  # type: ignore[assignment]
     stack.postgres = SimpleNamespace(url=lambda db: f"postgresql+asyncpg://h/{db}")  # type: ignore[assignment]
+    stack.sign_in_links = {
+        "scorer": "http://127.0.0.1:2/signin/link?token=t1",
+        "alerting": "http://127.0.0.1:3/signin/link?token=t2",
+    }
     return stack
 
 
@@ -36,6 +40,11 @@ def test_the_banner_prints_the_api_key_only_when_it_generated_it(
     out = capsys.readouterr().out
     assert (SECRET in out) is generated
     assert "API key" in out
+    # The pages, and a one-click way in to each.
+    assert "http://127.0.0.1:2/dashboard" in out
+    assert "http://127.0.0.1:3/console" in out
+    assert "signin/link?token=t1" in out
+    assert "signin/link?token=t2" in out
 
 
 async def test_a_failed_start_up_is_described_without_row_values(
