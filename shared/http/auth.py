@@ -375,7 +375,7 @@ class AuthGateMiddleware:
         for need in gate.pages:
             refusal = need.refusal(session.principal)
             if refusal is not None:
-                await send_error(send, 403, refusal)
+                await _page_refusal(scope, receive, send, session, refusal)
                 return
         if scope["method"] not in _SAFE_METHODS and not same_origin(scope):
             await send_error(send, 403, "a form from another site is refused")
@@ -383,6 +383,20 @@ class AuthGateMiddleware:
         scope[SESSION_SCOPE] = session
         scope[_PRINCIPAL] = session.principal
         await self.app(scope, receive, send)
+
+
+async def _page_refusal(
+    scope: Any, receive: Any, send: Any, session: Session, refusal: str
+) -> None:
+    """A signed-in browser whose key lacks a page's scope gets the pages' own 403 page
+    (naming the scope), in its language; an app without pages, the JSON error."""
+    pages = getattr(scope["app"].state, "pages", None)
+    if pages is None:
+        await send_error(send, 403, refusal)
+        return
+    scope[SESSION_SCOPE] = session
+    response = pages.error(Request(scope, receive), 403, "error.forbidden", refusal)
+    await response(scope, receive, send)
 
 
 def _header(scope: Any, name: bytes) -> str | None:

@@ -120,7 +120,9 @@ def router(pages: Pages) -> APIRouter:
         results: Sequence[Any] = await asyncio.gather(*calls)
         nps: ScoreOut = results[0]
         at = 1
-        breakdowns = dict(zip(query.BREAKDOWNS, results[at : at + len(query.BREAKDOWNS)], strict=True))
+        breakdowns = dict(
+            zip(query.BREAKDOWNS, results[at : at + len(query.BREAKDOWNS)], strict=True)
+        )
         at += len(query.BREAKDOWNS)
         trends = list(zip(trend_metrics, results[at : at + len(trend_metrics)], strict=True))
         at += len(trend_metrics)
@@ -136,7 +138,11 @@ def router(pages: Pages) -> APIRouter:
             nps=nps,
             metric=metric,
             scale=scale,
-            metric_options=[Metric.NPS, Metric.CSAT, *([Metric.CES] if _ces_scale(headline) else [])],
+            metric_options=[
+                Metric.NPS,
+                Metric.CSAT,
+                *([Metric.CES] if _ces_scale(headline) else []),
+            ],
             breakdowns=breakdowns,
             trends=trends,
             drivers=drivers,
@@ -211,7 +217,7 @@ def router(pages: Pages) -> APIRouter:
 
 def _translator(request: Request, pages: Pages) -> view.Translate:
     """The viewer's catalogue, for text made outside a template (the live JSON, cards)."""
-    return pages.catalogues[pages.language(request)].t
+    return pages.texts.translator(pages.language(request)).t
 
 
 def _helpers(request: Request, pages: Pages) -> dict[str, Any]:

@@ -23,7 +23,6 @@ from services.scorer.schemas import (
     StoredResponse,
     TimeseriesOut,
 )
-from shared.events import Metric
 from shared.scoring import EASY_FROM, SATISFIED_FROM
 from shared.settings import DEFAULT_REASON_CODES
 from shared.web.i18n import Lang, format_number
@@ -67,10 +66,14 @@ class Formats:
         self.lang = lang
         self.t = t
 
-    def number(self, value: float | int | None, decimals: int = 0, *, signed: bool = False) -> Number:
+    def number(
+        self, value: float | int | None, decimals: int = 0, *, signed: bool = False
+    ) -> Number:
         if value is None:
             return Number(None, "—", decimals, signed)
-        return Number(value, format_number(value, self.lang, decimals, signed=signed), decimals, signed)
+        return Number(
+            value, format_number(value, self.lang, decimals, signed=signed), decimals, signed
+        )
 
     def count(self, value: int | None) -> Number:
         return self.number(value, 0)
@@ -106,7 +109,9 @@ class Formats:
             )
         days, hours = divmod(hours, 24)
         return self.t(
-            "dash.duration.days", d=format_number(days, self.lang), h=format_number(hours, self.lang)
+            "dash.duration.days",
+            d=format_number(days, self.lang),
+            h=format_number(hours, self.lang),
         )
 
 
@@ -298,12 +303,27 @@ def _starts(since: datetime, until: datetime, interval: Interval) -> Iterable[da
         start += step
 
 
+def bounds(metric: str, scale: int | None) -> tuple[float, float]:
+    """The lowest and highest score ``metric`` can take."""
+    if metric == "nps":
+        return -100.0, 100.0
+    if metric == "csat":
+        return 0.0, 100.0
+    return 1.0, float(scale or 7)
+
+
 def chart(
-    series: TimeseriesOut, since: datetime, until: datetime, labels: Mapping[str, str]
+    series: TimeseriesOut,
+    since: datetime,
+    until: datetime,
+    scale: int | None,
+    labels: Mapping[str, str],
 ) -> dict[str, Any]:
     """A trend as uPlot's columns: every interval of the range (empty ones null), the score,
-    the margin band's edges and the answers per interval. Times are UTC seconds."""
+    the margin band's edges (within the score's bounds) and the answers per interval, with
+    the points on too few answers repeated in ``few``. Times are UTC seconds."""
     interval = series.interval
+    low, high = bounds(series.metric, scale)
     by_start = {_floor(p.start, interval): p for p in series.points}
     columns: dict[str, list[Any]] = {"t": [], "score": [], "lo": [], "hi": [], "n": [], "few": []}
     for start in _starts(since, until, interval):
@@ -312,14 +332,20 @@ def chart(
         score = point.score if point else None
         margin = point.margin if point else None
         columns["score"].append(score)
-        columns["lo"].append(score - margin if score is not None and margin is not None else None)
-        columns["hi"].append(score + margin if score is not None and margin is not None else None)
+        if score is not None and margin is not None:
+            columns["lo"].append(max(low, score - margin))
+            columns["hi"].append(min(high, score + margin))
+        else:
+            columns["lo"].append(None)
+            columns["hi"].append(None)
         columns["n"].append(point.n if point else 0)
         columns["few"].append(bool(point and point.insufficient))
     return {
         "metric": series.metric,
         "interval": interval.value,
         "decimals": SCORE_DECIMALS[series.metric],
+        "min": low,
+        "max": high,
         "labels": dict(labels),
         **columns,
     }
