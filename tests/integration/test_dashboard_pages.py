@@ -301,7 +301,7 @@ class TestTiles:
         assert {"tile-nps", "tile-csat", "tile-ces7"} <= page.by_id.keys()
         await self.assert_tiles_match_the_api(site, page, window="7d")
         # CES has no margin: the tile says so rather than show a number.
-        assert "margin not available" in page.id("tile-ces7").text
+        assert "margin of error not available" in page.id("tile-ces7").text
         # 30 days (the default) holds both periods' answers.
         await self.assert_tiles_match_the_api(site, await site.page("/dashboard"), window="30d")
 
@@ -371,6 +371,35 @@ class TestTiles:
         assert "value" not in page.id("tile-nps-score").attrs  # no number, a dash
         filtered = await site.page("/dashboard", channel="sms")
         assert "No answers match these filters" in filtered.id("empty-state").text
+
+
+class TestDrivers:
+    async def test_reasons_by_category_as_the_api_counts_them(
+        self, site: Site, engine: AsyncEngine
+    ) -> None:
+        at = NOW - timedelta(hours=3)
+        await apply(
+            engine,
+            [
+                *nps([1, 2, 3], at, reasons=("delivery_speed", "price")),
+                *nps([0], at, reasons=("delivery_speed",)),
+                *nps([10, 9], at, reasons=("agent_attitude",)),
+                *nps([8], at),
+            ],
+        )
+        page = await site.page("/dashboard")
+        api = await site.json("/v1/drivers")
+        detractors = page.id("drivers-detractor")
+        names = [li.all("span")[0].text for li in detractors.all("li")]
+        assert names == ["Delivery speed", "Price"]
+        shares = [float(d.attrs["value"]) for li in detractors.all("li") for d in li.all("data")][
+            ::2
+        ]
+        assert shares == [r["share"] for r in api["top_detractor_reasons"]]
+        assert "Agent attitude" in page.id("drivers-promoter").text
+        # Two promoters: fewer than MIN_N, so the group's shares are marked unreliable.
+        assert "Insufficient sample" in page.id("drivers-promoter").text
+        assert "Insufficient sample" not in detractors.text
 
 
 class TestTrends:

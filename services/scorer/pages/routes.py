@@ -116,7 +116,9 @@ def router(pages: Pages) -> APIRouter:
             service.retention(engine, v.period, None, None),
         ]
         if can_read:
-            calls.append(service.latest_responses(engine, None, filters, limit=LATEST_ON_PAGE))
+            # The page shows the newest few; dashboard.js knows every id the first live call
+            # can repeat (it looks back a few seconds), so only new answers arrive as new.
+            calls.append(service.latest_responses(engine, None, filters))
         results: Sequence[Any] = await asyncio.gather(*calls)
         nps: ScoreOut = results[0]
         at = 1
@@ -151,6 +153,7 @@ def router(pages: Pages) -> APIRouter:
             times_channel=times_channel,
             retention=retention,
             latest=latest,
+            latest_shown=LATEST_ON_PAGE,
             answered=any(s.n or s.previous.n for s in headline.scores),
             **_helpers(request, pages),
         )

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
+
+from babel.dates import format_skeleton
 
 from services.scorer.pages.query import customer_url
 from services.scorer.schemas import (
@@ -31,6 +33,7 @@ Translate = Callable[..., str]
 
 # Decimals shown for a score, its margin and its change, per metric.
 SCORE_DECIMALS: Final[Mapping[str, int]] = {"nps": 0, "csat": 1, "ces": 2}
+AXIS_DECIMALS: Final[Mapping[str, int]] = {"nps": 0, "csat": 0, "ces": 1}
 DELTA_DECIMALS: Final[Mapping[str, int]] = {"nps": 1, "csat": 1, "ces": 2}
 MARGIN_DECIMALS: Final = 1
 KNOWN_REASONS: Final = frozenset(DEFAULT_REASON_CODES)
@@ -90,6 +93,10 @@ class Formats:
     def share(self, value: float | None, decimals: int = 0) -> Number:
         """A percentage given 0–100 (the API's shares and rates)."""
         return self.number(value, decimals)
+
+    def month(self, day: date) -> str:
+        """A calendar month: "Dec 2026", "2026年12月"."""
+        return str(format_skeleton("yMMM", day, locale=self.lang))
 
     def duration(self, seconds: float | None) -> str:
         if seconds is None:
@@ -344,6 +351,7 @@ def chart(
         "metric": series.metric,
         "interval": interval.value,
         "decimals": SCORE_DECIMALS[series.metric],
+        "axis_decimals": AXIS_DECIMALS[series.metric],
         "min": low,
         "max": high,
         "labels": dict(labels),

@@ -50,10 +50,13 @@
   // ---- Charts ------------------------------------------------------------------------------
 
   function numberFormat(decimals) {
-    return new Intl.NumberFormat(lang, {
+    var format = new Intl.NumberFormat(lang, {
       minimumFractionDigits: decimals,
       maximumFractionDigits: decimals,
     });
+    var scale = Math.pow(10, decimals);
+    // A value that rounds to zero is written 0, never -0.
+    return { format: function (v) { return format.format(Math.round(v * scale) === 0 ? 0 : v); } };
   }
 
   function dateFormat(interval) {
@@ -70,10 +73,21 @@
     var border = css("--border", "#d0d7de");
     var font = "12px " + getComputedStyle(document.body).fontFamily;
     var scoreFormat = numberFormat(data.decimals);
+    var axisFormat = numberFormat(data.axis_decimals);
     var countFormat = numberFormat(0);
     var days = dateFormat(data.interval);
     var sync = window.uPlot.sync("dash-" + container.getAttribute("data-chart"));
     var few = data.t.map(function (_, i) { return data.few[i] ? data.score[i] : null; });
+    var drawnN = data.n.map(function (n) { return n ? n : null; });
+    // Half an interval of room at each end, so the first and last day are drawn whole.
+    var step = data.t.length > 1 ? data.t[1] - data.t[0] : 86400;
+    var xRange = [data.t[0] - step / 2, data.t[data.t.length - 1] + step / 2];
+    // Without a pointer over it, the legend shows the latest interval with answers.
+    var latest = data.t.length - 1;
+    while (latest > 0 && data.score[latest] == null) latest--;
+    function showLatest(u) {
+      if (u.cursor.idx == null) u.setLegend({ idx: latest });
+    }
 
     function show(format) {
       return function (u, value) { return value == null ? "—" : format.format(value); };
@@ -94,18 +108,31 @@
       return Math.max(200, Math.floor(container.clientWidth));
     }
 
+    function bandText(u, v, si, i) {
+      if (i == null || data.lo[i] == null) return "—";
+      return scoreFormat.format(data.lo[i]) + " – " + scoreFormat.format(data.hi[i]);
+    }
+    var bandStroke = "rgba(10, 88, 168, 0.35)";
+
     var main = new window.uPlot(
       {
         width: width(),
         height: 200,
         cursor: { sync: { key: sync.key }, points: { size: 7 } },
-        scales: { x: { time: true }, y: { range: function (u, lo, hi) {
-          var pad = Math.max(1, (hi - lo) * 0.1);
-          return [Math.max(data.min, lo - pad), Math.min(data.max, hi + pad)];
-        } } },
+        hooks: { ready: [showLatest], setCursor: [showLatest] },
+        scales: {
+          x: { time: true, range: function () { return xRange; } },
+          y: {
+            range: function (u, lo, hi) {
+              var pad = Math.max(1, (hi - lo) * 0.1);
+              return [Math.max(data.min, lo - pad), Math.min(data.max, hi + pad)];
+            },
+          },
+          n: { range: function (u, lo, hi) { return [0, Math.max(1, hi)]; } },
+        },
         legend: { live: true },
         series: [
-          { value: function (u, v) { return v == null ? "—" : days.format(new Date(v * 1000)); } },
+          { label: data.labels.x, value: function (u, v) { return v == null ? "—" : days.format(new Date(v * 1000)); } },
           {
             label: data.labels.score,
             stroke: accent,
@@ -114,8 +141,9 @@
             points: { show: true, size: 5, fill: accent },
             value: show(scoreFormat),
           },
-          { label: data.labels.band_low, stroke: "rgba(10, 88, 168, 0.35)", width: 1, dash: [4, 4], points: { show: false }, value: show(scoreFormat) },
-          { label: data.labels.band_high, stroke: "rgba(10, 88, 168, 0.35)", width: 1, dash: [4, 4], points: { show: false }, value: show(scoreFormat) },
+          // The band's edges: the legend shows both in the first (the second's row is hidden).
+          { label: data.labels.band, stroke: bandStroke, width: 1, dash: [4, 4], points: { show: false }, value: bandText },
+          { label: data.labels.band, stroke: bandStroke, width: 1, dash: [4, 4], points: { show: false }, value: bandText },
           {
             label: data.labels.few,
             stroke: css("--warning", "#7a4a00"),
@@ -123,6 +151,16 @@
             paths: function () { return null; },
             points: { show: true, size: 8, width: 2, fill: "#ffffff" },
             value: show(scoreFormat),
+          },
+          // Answers per interval: drawn in the chart below, shown in this legend.
+          {
+            label: data.labels.n,
+            scale: "n",
+            stroke: muted,
+            width: 0,
+            paths: function () { return null; },
+            points: { show: false },
+            value: show(countFormat),
           },
         ],
         bands: [{ series: [3, 2], fill: "rgba(10, 88, 168, 0.14)" }],
@@ -135,12 +173,12 @@
             grid: { stroke: border, width: 1 },
             ticks: { stroke: border, width: 1 },
             values: function (u, splits) {
-              return splits.map(function (v) { return scoreFormat.format(v); });
+              return splits.map(function (v) { return axisFormat.format(v); });
             },
           },
         ],
       },
-      [data.t, data.score, data.lo, data.hi, few],
+      [data.t, data.score, data.lo, data.hi, few, data.n],
       container
     );
 
@@ -151,12 +189,15 @@
     var volume = new window.uPlot(
       {
         width: width(),
-        height: 90,
+        height: 80,
         cursor: { sync: { key: sync.key }, points: { show: false } },
-        scales: { x: { time: true }, y: { range: function (u, lo, hi) { return [0, Math.max(1, hi)]; } } },
-        legend: { live: true },
+        scales: {
+          x: { time: true, range: function () { return xRange; } },
+          y: { range: function (u, lo, hi) { return [0, Math.max(1, hi)]; } },
+        },
+        legend: { show: false },
         series: [
-          { value: function (u, v) { return v == null ? "—" : days.format(new Date(v * 1000)); } },
+          {},
           {
             label: data.labels.n,
             stroke: muted,
@@ -164,7 +205,6 @@
             width: 1,
             paths: bars || undefined,
             points: { show: false },
-            value: show(countFormat),
           },
         ],
         axes: [
@@ -182,7 +222,7 @@
           },
         ],
       },
-      [data.t, data.n],
+      [data.t, drawnN],
       volumeBox
     );
 
@@ -193,7 +233,7 @@
         if (now === last) return;
         last = now;
         main.setSize({ width: now, height: 200 });
-        volume.setSize({ width: now, height: 90 });
+        volume.setSize({ width: now, height: 80 });
       }).observe(container);
     }
   }
@@ -242,6 +282,10 @@
     tile.classList.toggle("is-insufficient", !!score.insufficient);
     var insufficient = tile.querySelector('[data-flag="insufficient"]');
     if (insufficient) insufficient.hidden = !score.insufficient;
+    var compared = tile.querySelector('[data-flag="compared"]');
+    if (compared) compared.hidden = score.delta == null;
+    var uncompared = tile.querySelector('[data-flag="uncompared"]');
+    if (uncompared) uncompared.hidden = score.delta != null;
     var significant = tile.querySelector('[data-flag="significant"]');
     if (significant) significant.hidden = !score.significant;
     var change = tile.querySelector(".tile-change");
@@ -305,7 +349,9 @@
     var list = document.getElementById("latest-list");
     var empty = document.getElementById("latest-empty");
     var status = document.getElementById("latest-status");
-    var seen = new Set();
+    // Every answer stored before the page was made (more than it shows): a later poll that
+    // repeats one of them does not bring it back as new.
+    var seen = new Set(config.seen || []);
     if (list) {
       list.querySelectorAll("li[data-event-id]").forEach(function (li) {
         seen.add(li.getAttribute("data-event-id"));
