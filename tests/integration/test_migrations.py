@@ -274,7 +274,7 @@ class TestScoreSquares:
             row[0] += n
             row[1] += total
 
-        await asyncio.to_thread(upgrade, empty_database_url, "0015")
+        await asyncio.to_thread(upgrade, empty_database_url, "0016")
         engine = create_async_engine(empty_database_url)
         columns = "bucket_start, metric, scale, channel, location, n, score_sum"
         try:

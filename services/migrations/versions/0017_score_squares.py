@@ -34,7 +34,7 @@ scorer (as any migration needs) and let autovacuum reclaim a table's worth of de
 afterwards. Adding the column itself (a constant default) rewrites nothing.
 
 Revision ID: 0017
-Revises: 0015
+Revises: 0016
 Create Date: 2026-12-03
 """
 
@@ -44,7 +44,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0017"
-down_revision = "0015"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 
