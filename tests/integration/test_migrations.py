@@ -194,7 +194,7 @@ class TestMigratingADatabaseWithData:
 
 
 def _answers_of_every_metric(now: datetime) -> list[dict[str, Any]]:
-    """Answers a 0015 database already held, with segments both given and absent."""
+    """Answers a 0016 database already held, with segments both given and absent."""
     rng = random.Random(17)
     answers = []
     for i in range(150):
