@@ -35,7 +35,7 @@ Translate = Callable[..., str]
 SCORE_DECIMALS: Final[Mapping[str, int]] = {"nps": 0, "csat": 1, "ces": 2}
 AXIS_DECIMALS: Final[Mapping[str, int]] = {"nps": 0, "csat": 0, "ces": 1}
 DELTA_DECIMALS: Final[Mapping[str, int]] = {"nps": 1, "csat": 1, "ces": 2}
-MARGIN_DECIMALS: Final = 1
+MARGIN_DECIMALS: Final[Mapping[str, int]] = {"nps": 1, "csat": 1, "ces": 2}
 KNOWN_REASONS: Final = frozenset(DEFAULT_REASON_CODES)
 KNOWN_CHANNELS: Final = frozenset(
     ("web", "sms", "call_center", "email", "in_app", "chat", "social", "in_person", "other")
@@ -84,8 +84,8 @@ class Formats:
     def score(self, metric: str, value: float | None) -> Number:
         return self.number(value, SCORE_DECIMALS[metric], signed=metric == "nps")
 
-    def margin(self, value: float | None) -> Number:
-        return self.number(value, MARGIN_DECIMALS)
+    def margin(self, metric: str, value: float | None) -> Number:
+        return self.number(value, MARGIN_DECIMALS[metric])
 
     def delta(self, metric: str, value: float | None) -> Number:
         return self.number(value, DELTA_DECIMALS[metric], signed=True)

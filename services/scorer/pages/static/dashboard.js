@@ -282,6 +282,10 @@
     tile.classList.toggle("is-insufficient", !!score.insufficient);
     var insufficient = tile.querySelector('[data-flag="insufficient"]');
     if (insufficient) insufficient.hidden = !score.insufficient;
+    var margin = tile.querySelector('[data-flag="margin"]');
+    if (margin) margin.hidden = score.margin == null;
+    var noMargin = tile.querySelector('[data-flag="no-margin"]');
+    if (noMargin) noMargin.hidden = score.margin != null;
     var compared = tile.querySelector('[data-flag="compared"]');
     if (compared) compared.hidden = score.delta == null;
     var uncompared = tile.querySelector('[data-flag="uncompared"]');
