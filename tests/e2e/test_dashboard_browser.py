@@ -5,7 +5,8 @@ Signing in by the one-time link, the NPS tile against /v1/scores, the drill-down
 from a channel to its answers to a customer, a new answer arriving without a reload, no
 console error or CSP violation, axe-core on every page, and a screenshot of every page in
 ja and en at 1280×800 and 390×844 (in ``tests.browser.screenshot_dir()``) for a person to
-look at.
+look at,
+full pages and their first screens (README's pictures come from those).
 """
 
 from __future__ import annotations
@@ -279,18 +280,24 @@ class TestLookAndAccessibility:
             await assert_accessible(page)
             await assert_no_page_scroll(page)
             await screenshot(page, f"dashboard-{lang}-{size}")
+            await page.evaluate("() => window.scrollTo(0, 0)")
+            await screenshot(page, f"dashboard-{lang}-{size}-first-screen", full_page=False)
 
             await page.goto(fed.scorer.url + "/dashboard/responses")
             await expect(page.locator("li.answer").first).to_be_visible()
             await assert_accessible(page)
             await assert_no_page_scroll(page)
             await screenshot(page, f"responses-{lang}-{size}")
+            await page.evaluate("() => window.scrollTo(0, 0)")
+            await screenshot(page, f"responses-{lang}-{size}-first-screen", full_page=False)
 
             await page.goto(fed.scorer.url + "/dashboard/customers/" + REGULAR)
             await expect(page.locator("#customer-tickets tbody tr")).to_have_count(2)
             await assert_accessible(page)
             await assert_no_page_scroll(page)
             await screenshot(page, f"customer-{lang}-{size}")
+            await page.evaluate("() => window.scrollTo(0, 0)")
+            await screenshot(page, f"customer-{lang}-{size}-first-screen", full_page=False)
 
     async def test_keyboard_reaches_the_filters_and_the_skip_link(
         self, browser: Browser, fed: PagesStack

@@ -11,7 +11,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -305,6 +305,24 @@ class TestTiles:
         assert "hidden" in no_margin.attrs
         # 30 days (the default) holds both periods' answers.
         await self.assert_tiles_match_the_api(site, await site.page("/dashboard"), window="30d")
+
+    async def test_custom_dates_are_whole_days_in_the_viewers_time_zone(
+        self, site: Site, engine: AsyncEngine
+    ) -> None:
+        await seed_mix(engine)
+        tokyo = timezone(timedelta(hours=9))
+        last = (NOW - timedelta(days=1)).astimezone(tokyo).date()
+        first = last - timedelta(days=6)
+        page = await site.page(
+            "/dashboard", **{"from": first.isoformat(), "to": last.isoformat(), "tz": "Asia/Tokyo"}
+        )
+        assert page.status == 200
+        since = datetime.combine(first, datetime.min.time(), tokyo)
+        until = datetime.combine(last + timedelta(days=1), datetime.min.time(), tokyo)
+        await self.assert_tiles_match_the_api(
+            site, page, **{"from": since.isoformat(), "to": until.isoformat()}
+        )
+        assert "vs the period of equal length before" in page.id("tile-nps").text
 
     async def test_a_channel_link_filters_the_whole_page(
         self, site: Site, engine: AsyncEngine

@@ -228,6 +228,7 @@ def _helpers(request: Request, pages: Pages) -> dict[str, Any]:
     t = _translator(request, pages)
     return {
         "F": view.Formats(lang, t),
+        "num": view.number_html,
         "segment_label": lambda d, value: view.segment_label(t, d, value),
         "reason_label": lambda r: view.reason_label(t, r),
         "metric_label": lambda m, scale=None: view.metric_label(t, m, scale),
