@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, HTTPException, Request
@@ -99,37 +99,38 @@ def router(pages: Pages) -> APIRouter:
                 sla_resolution=sla.resolution_minutes,
             )
 
-        calls: list[Awaitable[Any]] = [
-            service.scores(engine, span, filters, Metric.NPS, None, min_n),
-            *(
-                service.breakdown(engine, span, filters, metric, scale, d, min_n)
+        calls: dict[str, Awaitable[Any]] = {
+            **{
+                f"breakdown:{d}": service.breakdown(engine, span, filters, metric, scale, d, min_n)
                 for d in query.BREAKDOWNS
-            ),
-            *(
-                service.trend(engine, span, filters, m, s, min_n, interval=v.interval)
-                for m, s in trend_metrics
-            ),
-            service.drivers(engine, span, filters),
-            times(None),
-            times("priority"),
-            times("channel"),
-            service.retention(engine, v.period, None, None),
-        ]
+            },
+            **{
+                f"trend:{i}": service.trend(engine, span, filters, m, s, min_n, interval=v.interval)
+                for i, (m, s) in enumerate(trend_metrics)
+            },
+            "drivers": service.drivers(engine, span, filters),
+            "times": times(None),
+            "times:priority": times("priority"),
+            "times:channel": times("channel"),
+            "retention": service.retention(engine, v.period, None, None),
+        }
+        if metric is not Metric.NPS:  # else the breakdowns' total has the NPS split
+            calls["nps"] = service.scores(engine, span, filters, Metric.NPS, None, min_n)
         if can_read:
             # The page shows the newest few; dashboard.js knows every id the first live call
             # can repeat (it looks back a few seconds), so only new answers arrive as new.
-            calls.append(service.latest_responses(engine, None, filters))
-        results: Sequence[Any] = await asyncio.gather(*calls)
-        nps: ScoreOut = results[0]
-        at = 1
-        breakdowns = dict(
-            zip(query.BREAKDOWNS, results[at : at + len(query.BREAKDOWNS)], strict=True)
+            calls["latest"] = service.latest_responses(engine, None, filters)
+        got = dict(zip(calls, await asyncio.gather(*calls.values()), strict=True))
+        breakdowns = {d: got[f"breakdown:{d}"] for d in query.BREAKDOWNS}
+        nps: ScoreOut = got.get("nps") or breakdowns[query.BREAKDOWNS[0]]
+        trends = [(ms, got[f"trend:{i}"]) for i, ms in enumerate(trend_metrics)]
+        drivers, retention = got["drivers"], got["retention"]
+        times_all, times_priority, times_channel = (
+            got["times"],
+            got["times:priority"],
+            got["times:channel"],
         )
-        at += len(query.BREAKDOWNS)
-        trends = list(zip(trend_metrics, results[at : at + len(trend_metrics)], strict=True))
-        at += len(trend_metrics)
-        drivers, times_all, times_priority, times_channel, retention = results[at : at + 5]
-        latest = results[at + 5] if can_read else None
+        latest = got.get("latest")
         return pages.render(
             request,
             "dashboard.html",
