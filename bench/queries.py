@@ -40,18 +40,18 @@ FROM (SELECT i, now() - random() * interval '100 days' AS at
 _SEED_BUCKETS = """
 INSERT INTO score_buckets (bucket_start, metric, scale, channel, survey_type, touchpoint,
     location, product, business_unit, n, score_sum, promoters, passives, detractors,
-    satisfied, easy)
+    satisfied, easy, score_sq_sum)
 SELECT date_trunc('hour', occurred_at, 'UTC'), metric, scale, channel, survey_type,
     touchpoint, coalesce(location, ''), '', '', count(*), sum(score),
     count(*) FILTER (WHERE score >= 9), count(*) FILTER (WHERE score BETWEEN 7 AND 8),
-    count(*) FILTER (WHERE score <= 6), 0, 0
+    count(*) FILTER (WHERE score <= 6), 0, 0, sum(score * score)
 FROM responses GROUP BY 1, 2, 3, 4, 5, 6, 7
 """
 
 _SEED_DAYS = """
 INSERT INTO score_days SELECT date_trunc('day', bucket_start, 'UTC'), metric, scale, channel,
     survey_type, touchpoint, location, product, business_unit, sum(n), sum(score_sum),
-    sum(promoters), sum(passives), sum(detractors), sum(satisfied), sum(easy)
+    sum(promoters), sum(passives), sum(detractors), sum(satisfied), sum(easy), sum(score_sq_sum)
 FROM score_buckets GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
 """
 

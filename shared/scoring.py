@@ -13,9 +13,8 @@ Margins are 95% half-widths (``Z_95`` standard errors), in the score's own point
   It is zero when every answer is satisfied (or none is); Wilson would not be, but Wald is
   what score-drop alerts have always used, and a zero margin at p = 0 or 1 only makes a
   change look significant when the other period's margin is also tiny.
-* CES (mean): ±1.96·sd/sqrt(n) needs the sum of squared scores, which the buckets do not
-  keep, so a CES estimate has no margin (None) and its changes are never called
-  significant. ``mean_margin_of_error`` is the formula, ready for such a column.
+* CES (mean): ±1.96·sd/sqrt(n), sd the sample standard deviation (n − 1), from the sum
+  and the sum of squared scores the buckets keep (``score_sq_sum``); None below two answers.
 """
 
 from __future__ import annotations
@@ -68,6 +67,7 @@ class Counts:
 
     n: int = 0
     score_sum: int = 0
+    score_sq_sum: int = 0
     promoters: int = 0
     passives: int = 0
     detractors: int = 0
@@ -79,6 +79,7 @@ class Counts:
         # Spelt out rather than looped over fields(): this runs once per event folded.
         self.n += other.n
         self.score_sum += other.score_sum
+        self.score_sq_sum += other.score_sq_sum
         self.promoters += other.promoters
         self.passives += other.passives
         self.detractors += other.detractors
@@ -145,14 +146,20 @@ def score(metric: Metric | str, c: Counts) -> float | None:
     return mean(c)
 
 
+def ces_margin_of_error(c: Counts) -> float | None:
+    """Return the 95% margin of error of the mean CES, in its scale's points; None below two
+    answers."""
+    return mean_margin_of_error(c.n, c.score_sum, c.score_sq_sum)
+
+
 def margin_of_error(metric: Metric | str, c: Counts) -> float | None:
-    """Return the 95% margin of ``score(metric, c)`` in its points; None for CES (the counts
-    keep no spread) and when there are no answers."""
+    """Return the 95% margin of ``score(metric, c)`` in its points; None when there are no
+    answers (for CES, fewer than two)."""
     if metric == Metric.NPS:
         return nps_margin_of_error(c)
     if metric == Metric.CSAT:
         return csat_margin_of_error(c)
-    return None
+    return ces_margin_of_error(c)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ def _count_into(c: Counts, event: ResponseSubmitted) -> Counts:
     score = event.score
     c.n += 1
     c.score_sum += score
+    c.score_sq_sum += score * score
     if event.metric is Metric.NPS:
         category = nps_category(score)
         if category is NpsCategory.PROMOTER:

@@ -47,7 +47,10 @@ DIMENSIONS = (
     "product",
     "business_unit",
 )
-COUNTS = ("n", "score_sum", "promoters", "passives", "detractors", "satisfied", "easy")
+# In the order of shared.scoring.Counts' fields: the write path COPYs them by position.
+COUNTS = (
+    "n", "score_sum", "score_sq_sum", "promoters", "passives", "detractors", "satisfied", "easy",
+)  # fmt: skip
 
 
 def _score_table(name: str) -> sa.Table:

@@ -57,8 +57,8 @@ class ScoreSummary(BaseModel):
     margin_of_error: float | None = Field(default=None, description="NPS ± points at 95%.")
     margin: float | None = Field(
         default=None,
-        description="± points of `score` at 95% (NPS; CSAT by the Wald interval); null for "
-        "CES, whose counts keep no spread, and when n = 0.",
+        description="± points of `score` at 95% (NPS; CSAT by the Wald interval; CES "
+        "1.96·sd/√n, sd with n − 1); null when n = 0, and for CES when n < 2.",
     )
     satisfied: int | None = None
     mean: float | None = None

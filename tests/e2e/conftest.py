@@ -8,6 +8,10 @@ import pytest
 
 from shared.kafka import ensure_topics
 from shared.settings import KafkaSettings
+from tests.browser import (  # noqa: F401 (registers the fixtures `browser` and `page`)
+    browser_fixture,
+    page_fixture,
+)
 from tests.conftest import unique
 from tests.e2e import pages_stack
 from tests.harness import backends

@@ -6,14 +6,11 @@ Pictures of each state go to ``CXLOOP_TEST_SCREENSHOTS`` (default
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -26,14 +23,11 @@ from shared.apikeys import KeyKind, Scope, create_key
 from shared.events import ResponseSubmitted
 from shared.settings import AuthSettings, CollectorSettings, DatabaseSettings, KafkaSettings
 from shared.topics import Topic
+from tests.browser import assert_accessible, needs_chromium, screenshot_dir
 from tests.helpers import eventually, http_server, read_topic
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None and os.environ.get("CI") != "true",
-    reason="needs Debian's chromium (apt-get install chromium); CI installs it",
-)
-SCREENSHOTS = Path(os.environ.get("CXLOOP_TEST_SCREENSHOTS", "/tmp/cxloop-screenshots"))
+pytestmark = needs_chromium
+SCREENSHOTS = screenshot_dir()
 
 # What shops' stylesheets do to every button and box; none of it may reach the widget.
 HOSTILE_CSS = """
@@ -59,7 +53,7 @@ def page(collector_url: str, key: str, locale: str, request: Request | None = No
             "style-src 'self'"
         )
     return HTMLResponse(
-        f"""<!doctype html><html><head><meta charset="utf-8">
+        f"""<!doctype html><html lang="{locale[:2]}"><head><meta charset="utf-8">
         <meta name="viewport" content="width=device-width, initial-scale=1">
         <title>Order complete</title>{sheet}</head>
         <body><h1>Thanks for your order</h1><div id="feedback"></div>
@@ -105,25 +99,6 @@ async def site(
     )
     async with http_server(collector, collector_port), http_server(shop_app, page_port):
         yield shop, collector_url
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    assert CHROMIUM is not None, "CI must install Debian's chromium"
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
-        yield browser
-        await browser.close()
 
 
 # Boxes in CSS pixels; an end label's box is its text's (a Range), not its element's.
@@ -282,6 +257,7 @@ class TestWidgetLayout:
             await page.goto(f"{shop}/{lang}{'?hostile' if hostile else ''}")
             await page.wait_for_selector(".cxloop-score[data-score='10']")
             assert_one_row_of_thumb_sized_buttons(await layout(page), where)
+            await assert_accessible(page)
             await page.screenshot(path=str(SCREENSHOTS / f"{name}-scale.png"), full_page=True)
 
             await page.click(".cxloop-score[data-score='7']")
@@ -291,10 +267,12 @@ class TestWidgetLayout:
             assert_one_row_of_thumb_sized_buttons(box, where)
             assert_inside_the_card(box, where)
             assert box["submit"][0]["height"] >= 44, where
+            await assert_accessible(page)
             await page.screenshot(path=str(SCREENSHOTS / f"{name}-form.png"), full_page=True)
 
             await page.click(".cxloop-submit")
             await page.wait_for_selector(".cxloop-thanks")
+            await assert_accessible(page)
             await page.screenshot(path=str(SCREENSHOTS / f"{name}-thanks.png"), full_page=True)
             await page.close()
 

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from services.migrations import MIGRATIONS_DIR, downgrade, upgrade
 from services.scorer.app import create_app as create_scorer
+from shared import scoring
 from shared.db import assert_schema_current
 from shared.errors import SchemaOutdatedError
 from shared.settings import AuthSettings, DatabaseSettings, KafkaSettings, ScorerSettings
@@ -190,3 +191,155 @@ class TestMigratingADatabaseWithData:
         detractors = sum(a["score"] <= 6 for a in inside)
         assert body["n"] == len(inside) == len(answers) - 1
         assert (body["promoters"], body["detractors"]) == (promoters, detractors)
+
+
+def _answers_of_every_metric(now: datetime) -> list[dict[str, Any]]:
+    """Answers a 0016 database already held, with segments both given and absent."""
+    rng = random.Random(17)
+    answers = []
+    for i in range(150):
+        metric = rng.choice(["nps", "csat", "ces"])
+        scale = {"nps": 10, "csat": 5}.get(metric) or rng.choice([5, 7])
+        at = now - timedelta(hours=rng.randint(6, 24 * 20), minutes=rng.randint(0, 59))
+        answers.append(
+            _answer(
+                metric=metric,
+                scale=scale,
+                score=rng.randint(0 if metric == "nps" else 1, scale),
+                channel=rng.choice(["web", "sms"]),
+                location=rng.choice([None, "tokyo"]),
+                customer_id=f"c{i % 9}",
+                occurred_at=at,
+            )
+        )
+    return answers
+
+
+def _answer(**fields: Any) -> dict[str, Any]:
+    return {
+        "event_id": uuid.uuid4(),
+        "survey_type": "transactional",
+        "touchpoint": "checkout",
+        "source": "api",
+        "received_at": fields["occurred_at"],
+        **fields,
+    }
+
+
+_INSERT_COUNTS = """
+INSERT INTO {table} (bucket_start, metric, scale, channel, location, n, score_sum, survey_type,
+    touchpoint, product, business_unit, promoters, passives, detractors, satisfied, easy)
+VALUES (:k0, :k1, :k2, :k3, :k4, :n, :s, 'transactional', 'checkout', '', '', 0, 0, 0, 0, 0)
+"""
+
+
+def _key(a: dict[str, Any]) -> tuple[Any, ...]:
+    hour = a["occurred_at"].astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    return (hour, a["metric"], a["scale"], a["channel"], a["location"] or "")
+
+
+class TestScoreSquares:
+    async def test_0017_fills_squares_from_the_raw_rows(
+        self,
+        empty_database_url: str,
+        kafka_settings: KafkaSettings,
+        auth: AuthSettings,
+        api_key: str,
+        scorer_settings: ScorerSettings,
+    ) -> None:
+        now = datetime.now(UTC)
+        answers = _answers_of_every_metric(now)
+        # Erased before the migration: their raw rows are gone, their counts are not.
+        three, four = now - timedelta(hours=3), now - timedelta(hours=4)
+        erased = [
+            *(_answer(metric="ces", scale=5, score=s, channel="email", location=None,
+                      customer_id="erased", occurred_at=three) for s in (4, 5)),
+            *(_answer(metric="ces", scale=5, score=s, channel="email", location=None,
+                      customer_id="erased", occurred_at=four) for s in (1, 5, 3)),
+        ]  # fmt: skip
+        kept = _answer(
+            metric="ces", scale=5, score=2, channel="email", location=None,
+            customer_id="kept", occurred_at=three,
+        )  # fmt: skip
+        answers.append(kept)
+
+        hourly: dict[tuple[Any, ...], list[int]] = {}
+        for a in [*answers, *erased]:
+            row = hourly.setdefault(_key(a), [0, 0])
+            row[0] += 1
+            row[1] += a["score"]
+        daily: dict[tuple[Any, ...], list[int]] = {}
+        for (hour, *rest), (n, total) in hourly.items():
+            row = daily.setdefault((hour.replace(hour=0), *rest), [0, 0])
+            row[0] += n
+            row[1] += total
+
+        await asyncio.to_thread(upgrade, empty_database_url, "0016")
+        engine = create_async_engine(empty_database_url)
+        columns = "bucket_start, metric, scale, channel, location, n, score_sum"
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(
+                    sa.text(
+                        "INSERT INTO responses (event_id, metric, scale, score, survey_type, "
+                        "channel, touchpoint, location, customer_id, source, occurred_at, "
+                        "received_at) VALUES (:event_id, :metric, :scale, :score, :survey_type, "
+                        ":channel, :touchpoint, :location, :customer_id, :source, :occurred_at, "
+                        ":received_at)"
+                    ),
+                    [*answers, *erased],
+                )
+                for table, rows in (("score_buckets", hourly), ("score_days", daily)):
+                    await conn.execute(
+                        sa.text(_INSERT_COUNTS.format(table=table)),
+                        [
+                            {f"k{i}": k for i, k in enumerate(key)} | {"n": n, "s": total}
+                            for key, (n, total) in rows.items()
+                        ],
+                    )
+                await conn.execute(sa.text("DELETE FROM responses WHERE customer_id = 'erased'"))
+
+            await asyncio.to_thread(upgrade, empty_database_url, "0017")
+
+            squares: Counter[tuple[Any, ...]] = Counter()
+            for a in answers:
+                squares[_key(a)] += a["score"] ** 2
+            # 4 and 5 erased beside a kept 2: 2² + the least squares of two integer scores
+            # summing to 9, 4² + 5² = 41: exact. 1, 5 and 3 all erased: three scores summing to
+            # 9 are at least 3 × 3² = 27 (not the 35 they were: the spread is understated).
+            squares[_key(kept)] += 41
+            squares[_key(erased[-1])] = 27
+            by_day: Counter[tuple[Any, ...]] = Counter()
+            for (hour, *rest), sq in squares.items():
+                by_day[(hour.replace(hour=0), *rest)] += sq
+            async with engine.connect() as conn:
+                got = {
+                    table: {
+                        tuple(row)[:5]: row.score_sq_sum
+                        for row in await conn.execute(
+                            sa.text(f"SELECT {columns}, score_sq_sum FROM {table}")  # noqa: S608
+                        )
+                    }
+                    for table in ("score_buckets", "score_days")
+                }
+            assert got["score_buckets"] == dict(squares)
+            assert got["score_days"] == dict(by_day)
+
+            await asyncio.to_thread(upgrade, empty_database_url, "head")
+        finally:
+            await engine.dispose()
+
+        ces7 = [a["score"] for a in answers if (a["metric"], a["scale"]) == ("ces", 7)]
+        app = create_scorer(
+            kafka_settings, DatabaseSettings(url=empty_database_url), auth, scorer_settings
+        )
+        async with serving(app, api_key, "scorer") as scorer:
+            r = await scorer.get(
+                "/v1/scores", params={"metric": "ces", "scale": 7, "window": "90d"}
+            )
+            assert r.status_code == 200, r.text
+            body = r.json()
+        assert body["n"] == len(ces7) > 1
+        assert body["margin"] == pytest.approx(
+            scoring.mean_margin_of_error(len(ces7), sum(ces7), sum(s * s for s in ces7))
+        )

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from services.scorer.app import create_app
 from services.scorer.consumer import BatchHandler
+from services.scorer.rebuild import rebuild
 from shared.events import TouchpointEvent
 from shared.kafka import Decoded
 from shared.settings import AuthSettings, DatabaseSettings, KafkaSettings, ScorerSettings
@@ -164,9 +165,11 @@ class TestHeadline:
         assert csat_["change"]["margin"] == pytest.approx(64.82, abs=1e-2)
         assert csat_["change"]["significant"] is False
 
-        # CES: scales apart, the most answered first; no margin, so never significant.
+        # CES: scales apart, the most answered first. 7, 6, 2: squares 89, variance
+        # (89 − 15²/3) / 2 = 7; 1.96 × sqrt(7 / 3) = 2.993949. No earlier score, no change.
         ces7, ces5 = scores[("ces", 7)], scores[("ces", 5)]
-        assert (ces7["n"], ces7["score"], ces7["margin"]) == (3, 5.0, None)
+        assert (ces7["n"], ces7["score"]) == (3, 5.0)
+        assert ces7["margin"] == pytest.approx(2.993949, abs=1e-5)
         assert ces7["change"] == {"delta": None, "margin": None, "significant": False}
         assert (ces5["n"], ces5["insufficient"], ces5["previous"]["n"]) == (0, True, 1)
 
@@ -195,6 +198,71 @@ class TestHeadline:
         csat_ = body["scores"][1]
         assert (csat_["n"], csat_["score"], csat_["insufficient"]) == (0, None, True)
         assert csat_["change"] == {"delta": None, "margin": None, "significant": False}
+
+
+def ces5(scores: Sequence[int], at: datetime, **fields: Any) -> list[Any]:
+    return [
+        response_event(metric="ces", scale=5, score=s, occurred_at=at, **fields) for s in scores
+    ]
+
+
+class TestCesMargin:
+    # 1, 2, 3, 4, 5: mean 3, sample sd sqrt(10 / 4) = 1.581139, margin 1.96 × 1.581139 / √5
+    # = 1.385929. Web's 1, 2, 3: sd 1, 1.96 / √3 = 1.131607. Sms's 4, 5: sd √0.5,
+    # 1.96 × √0.5 / √2 = 0.98.
+    async def test_margin_survives_redelivery_rebuild_and_erasure(
+        self, scorer: httpx.AsyncClient, engine: AsyncEngine
+    ) -> None:
+        # Two days ago is a whole day (read from score_days); this hour is read by the hour.
+        events = [
+            *ces5([1, 2, 3], NOW - timedelta(days=2), channel="web", customer_id="erase-me"),
+            *ces5([4, 5], NOW, channel="sms"),
+        ]
+        await apply(engine, events)
+        params = {"metric": "ces", "scale": 5, "window": "7d"}
+        body = await get(scorer, "/v1/scores", **params)
+        assert (body["n"], body["score"]) == (5, 3.0)
+        assert body["margin"] == pytest.approx(1.385929, abs=1e-5)
+        by_channel = await get(scorer, "/v1/scores", **params, group_by="channel")
+        margins = {g["group"]: g["margin"] for g in by_channel["groups"]}
+        assert margins == {
+            "web": pytest.approx(1.131607, abs=1e-5),
+            "sms": pytest.approx(0.98, abs=1e-5),
+        }
+        series = await get(scorer, "/v1/scores/timeseries", **params, interval="day")
+        assert [p["margin"] for p in series["points"]] == [
+            pytest.approx(1.131607, abs=1e-5),
+            pytest.approx(0.98, abs=1e-5),
+        ]
+
+        await apply(engine, events)  # redelivered: the ledger drops them, squares too
+        assert (await get(scorer, "/v1/scores", **params))["margin"] == body["margin"]
+        assert await rebuild(engine) == 5
+        assert (await get(scorer, "/v1/scores", **params))["margin"] == body["margin"]
+        r = await scorer.delete("/v1/customers/erase-me")
+        assert (r.status_code, r.json()["responses_deleted"]) == (200, 3)
+        assert (await get(scorer, "/v1/scores", **params))["margin"] == body["margin"]
+
+    async def test_headline_calls_a_ces_change_significant(
+        self, scorer: httpx.AsyncClient, engine: AsyncEngine
+    ) -> None:
+        # Before: 5, 5, 5, 5, 4: mean 4.8, variance (116 − 24²/5) / 4 = 0.2, margin
+        # 1.96 × sqrt(0.2 / 5) = 0.392. Now 3 (±1.385929): a fall of 1.8 against
+        # sqrt(1.385929² + 0.392²) = 1.440300.
+        await apply(
+            engine,
+            [
+                *ces5([1, 2, 3, 4, 5], NOW - timedelta(days=2)),
+                *ces5([5, 5, 5, 5, 4], NOW - timedelta(days=9)),
+            ],
+        )
+        body = await get(scorer, "/v1/headline", window="7d")
+        (ces,) = [s for s in body["scores"] if s["metric"] == "ces"]
+        assert ces["margin"] == pytest.approx(1.385929, abs=1e-5)
+        assert ces["previous"]["margin"] == pytest.approx(0.392, abs=1e-5)
+        assert ces["change"]["delta"] == pytest.approx(-1.8)
+        assert ces["change"]["margin"] == pytest.approx(1.440300, abs=1e-5)
+        assert ces["change"]["significant"] is True
 
 
 class TestCustomer:

@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from services.scorer.app import create_app as create_scorer
 from shared.events import ResponseSubmitted, TouchpointEvent
@@ -83,23 +83,42 @@ def ticket_event(draw: st.DrawFn) -> TouchpointEvent:
     )
 
 
-def expected_scores(events: list[Any]) -> dict[tuple[str, int, str], tuple[int, int, int, int]]:
-    """(metric, scale, channel) → (n, score sum, top count, bottom count), computed directly."""
+def expected_scores(events: list[Any]) -> dict[tuple[str, int, str], tuple[int, ...]]:
+    """(metric, scale, channel) → (n, score sum, sum of squared scores, top count, bottom
+    count), computed directly."""
     out: dict[tuple[str, int, str], list[int]] = {}
     for e in events:
         if not isinstance(e, ResponseSubmitted):
             continue
-        row = out.setdefault((e.metric.value, e.scale, e.channel.value), [0, 0, 0, 0])
+        row = out.setdefault((e.metric.value, e.scale, e.channel.value), [0, 0, 0, 0, 0])
         row[0] += 1
         row[1] += e.score
+        row[2] += e.score * e.score
         if e.metric == "nps":
-            row[2] += e.score >= 9
-            row[3] += e.score <= 6
+            row[3] += e.score >= 9
+            row[4] += e.score <= 6
         elif e.metric == "csat":
-            row[2] += e.score >= 4
+            row[3] += e.score >= 4
         else:
-            row[2] += e.score >= (4 if e.scale == 5 else 5)
-    return {k: (v[0], v[1], v[2], v[3]) for k, v in out.items()}
+            row[3] += e.score >= (4 if e.scale == 5 else 5)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+_SCORES = """
+SELECT metric, scale, channel, sum(n) n, sum(score_sum) s, sum(score_sq_sum) sq,
+    sum(promoters + satisfied + easy) top, sum(detractors) bottom
+FROM {table} GROUP BY 1, 2, 3
+"""
+
+
+async def scores_in(
+    conn: AsyncConnection, table: str
+) -> dict[tuple[str, int, str], tuple[int, ...]]:
+    """What ``table`` holds, in the shape of :func:`expected_scores`."""
+    return {
+        (r.metric, r.scale, r.channel): (int(r.n), int(r.s), int(r.sq), int(r.top), int(r.bottom))
+        for r in await conn.execute(sa.text(_SCORES.format(table=table)))
+    }
 
 
 def expected_tickets(events: list[Any]) -> dict[str, tuple[Any, ...]]:
@@ -243,16 +262,9 @@ class TestScorerIsExact:
         engine = create_async_engine(url)
         try:
             async with engine.connect() as conn:
-                got = {
-                    (r.metric, r.scale, r.channel): (int(r.n), int(r.s), int(r.top), int(r.bottom))
-                    for r in await conn.execute(
-                        sa.text(
-                            "SELECT metric, scale, channel, sum(n) n, sum(score_sum) s, "
-                            "sum(promoters + satisfied + easy) top, sum(detractors) bottom "
-                            "FROM score_buckets GROUP BY 1, 2, 3"
-                        )
-                    )
-                }
+                # The hours, and the same counts rolled up by day.
+                got = await scores_in(conn, "score_buckets")
+                got_days = await scores_in(conn, "score_days")
                 tickets = {
                     r.ticket_id: (r.created_at, r.first_response_at, r.resolved_at, r.reopens)
                     for r in await conn.execute(
@@ -271,7 +283,7 @@ class TestScorerIsExact:
                         )
                     }
                 )
-            assert got == expected_scores(stream)
+            assert got == got_days == expected_scores(stream)
             assert tickets == expected_tickets(stream)
             assert raw == sum(isinstance(e, ResponseSubmitted) for e in stream)
             assert reasons == Counter(

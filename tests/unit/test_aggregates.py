@@ -62,6 +62,13 @@ class TestCsatAndCes:
         (c,) = fold(events).values()
         assert c.easy == len(easy_scores)
 
+    def test_ces_keeps_the_squares_its_margin_needs(self) -> None:
+        # 1..5: sum 15, squares 1 + 4 + 9 + 16 + 25 = 55; margin 1.96 × sqrt(2.5 / 5).
+        events = [response_event(metric="ces", scale=5, score=s) for s in range(1, 6)]
+        (c,) = fold(events).values()
+        assert (c.n, c.score_sum, c.score_sq_sum) == (5, 15, 55)
+        assert scoring.margin_of_error("ces", c) == pytest.approx(1.385929, abs=1e-5)
+
     def test_ces_scales_never_share_a_bucket(self) -> None:
         events = [response_event(metric="ces", scale=5, score=3),
                   response_event(metric="ces", scale=7, score=3)]  # fmt: skip

@@ -56,10 +56,47 @@ class TestMean:
     def test_one_answer_has_no_spread_to_speak_of(self) -> None:
         assert scoring.mean_margin_of_error(1, 4, 16) is None
 
-    def test_ces_estimate_has_no_margin(self) -> None:
-        # The buckets keep no sum of squares: the CES margin is unknown, not zero.
-        est = scoring.estimate(Metric.CES, Counts(n=4, score_sum=22, easy=3))
-        assert est == Estimate(value=5.5, margin=None, n=4)
+
+# CES answers 1, 2, 3, 4, 5: n 5, sum 15, sum of squares 1 + 4 + 9 + 16 + 25 = 55; mean 3.
+# Sample sd: sqrt(((1−3)² + (2−3)² + 0 + (4−3)² + (5−3)²) / 4) = sqrt(10 / 4) = 1.581139;
+# margin 1.96 × 1.581139 / sqrt(5) = 1.96 × 0.707107 = 1.385929.
+CES_1_TO_5 = Counts(n=5, score_sum=15, score_sq_sum=55, easy=2)
+
+
+class TestCes:
+    def test_estimate_carries_the_margin_of_the_mean(self) -> None:
+        est = scoring.estimate(Metric.CES, CES_1_TO_5)
+        assert est.value == pytest.approx(3.0)
+        assert est.margin == pytest.approx(1.385929, abs=1e-5)
+        assert est.n == 5
+
+    def test_equal_answers_have_no_spread(self) -> None:
+        # 4, 4, 4: sum 12, squares 48; variance (48 − 144/3) / 2 = 0.
+        est = scoring.estimate(Metric.CES, Counts(n=3, score_sum=12, score_sq_sum=48))
+        assert (est.value, est.margin) == (4.0, 0.0)
+
+    def test_below_two_answers_the_margin_is_unknown(self) -> None:
+        assert scoring.estimate(Metric.CES, Counts(n=1, score_sum=4, score_sq_sum=16)) == (
+            Estimate(value=4.0, margin=None, n=1)
+        )
+        assert scoring.estimate(Metric.CES, Counts()) == Estimate(None, None, 0)
+
+    def test_squares_add_up_with_the_counts(self) -> None:
+        # {1, 2} and {3, 4, 5}: squares 5 and 50 make the 55 of 1..5.
+        c = Counts(n=2, score_sum=3, score_sq_sum=5)
+        c.add(Counts(n=3, score_sum=12, score_sq_sum=50))
+        assert c == Counts(n=5, score_sum=15, score_sq_sum=55)
+
+    def test_a_change_beyond_both_margins_is_significant(self) -> None:
+        # Before: 5, 5, 5, 5, 4: sum 24, squares 116, mean 4.8; variance (116 − 24²/5) / 4 =
+        # (116 − 115.2) / 4 = 0.2; margin 1.96 × sqrt(0.2 / 5) = 1.96 × 0.2 = 0.392.
+        # 3 − 4.8 = −1.8 against sqrt(1.385929² + 0.392²) = sqrt(2.074463) = 1.440300.
+        before = scoring.estimate(Metric.CES, Counts(n=5, score_sum=24, score_sq_sum=116))
+        assert before.margin == pytest.approx(0.392, abs=1e-6)
+        got = change(scoring.estimate(Metric.CES, CES_1_TO_5), before, min_n=5)
+        assert got.delta == pytest.approx(-1.8)
+        assert got.margin == pytest.approx(1.440300, abs=1e-5)
+        assert got.significant
 
 
 class TestShare:
@@ -105,8 +142,8 @@ class TestChange:
         assert change(Estimate(None, None, 0), Estimate(10.0, 1.0, 5)) == scoring.Change(
             None, None, False
         )
-        ces = change(Estimate(5.5, None, 40), Estimate(4.0, None, 40))
-        assert (ces.delta, ces.margin, ces.significant) == (1.5, None, False)
+        unknown = change(Estimate(5.5, None, 40), Estimate(4.0, None, 40))
+        assert (unknown.delta, unknown.margin, unknown.significant) == (1.5, None, False)
 
 
 class TestWindows:
@@ -138,10 +175,12 @@ class TestSummarise:
         assert body["insufficient"] is True
 
     def test_ces_fields(self) -> None:
-        body = scoring.summarise(Metric.CES, Counts(n=4, score_sum=22, easy=3), 7, 1)
-        assert (body["score"], body["scale"], body["easy_share"], body["margin"]) == (
-            5.5,
-            7,
-            75.0,
-            None,
+        body = scoring.summarise(Metric.CES, CES_1_TO_5, 5, 1)
+        assert (body["score"], body["scale"], body["easy"], body["easy_share"]) == (
+            3.0,
+            5,
+            2,
+            40.0,
         )
+        assert body["margin"] == pytest.approx(1.385929, abs=1e-5)
+        assert "margin_of_error" not in body
