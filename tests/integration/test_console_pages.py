@@ -464,6 +464,27 @@ class TestActions:
         history = (await console.api.get(f"/v1/alerts/{alert_id}/history")).json()["items"]
         assert [e["action"] for e in history] == ["opened"]
 
+    async def test_forms_post_with_their_origin_and_another_sites_are_refused(
+        self, console: Console
+    ) -> None:
+        alert_id = await console.detractor("c-origin", 0)
+        page = await console.hanako.get(f"/console/alerts/{alert_id}")
+        # Under "no-referrer" a browser would post every form with Origin: null.
+        assert page.headers["referrer-policy"] == "same-origin"
+        token = hidden(page.text, "csrf_token")
+        url = f"/console/alerts/{alert_id}/comment"
+        for origin in ("null", "http://evil.example"):
+            refused = await console.hanako.post(
+                url, data={"csrf_token": token, "text": "x"}, headers={"Origin": origin}
+            )
+            assert refused.status_code == 403, origin
+        same = await console.hanako.post(
+            url,
+            data={"csrf_token": token, "text": "x"},
+            headers={"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"},
+        )
+        assert same.status_code == 303
+
     async def test_a_key_without_alerts_write_sees_no_forms_and_is_refused(
         self, console: Console
     ) -> None:
