@@ -8,8 +8,8 @@ from __future__ import annotations
 import html
 import re
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,13 +21,18 @@ import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
 
 from services.alerting import service
 from services.alerting.app import create_app
+from services.alerting.config import AlertingConfig
 from services.alerting.consumer import AlertHandler
 from services.alerting.models import silences as silences_table
 from services.alerting.pages import routes
 from services.alerting.schemas import QueueFilters, QueueSort, QueueStatus
+from services.servers import free_port
 from shared import apikeys
 from shared.apikeys import KeyKind, Scope
 from shared.db import create_engine
@@ -43,6 +48,7 @@ from shared.settings import (
 )
 from shared.web.i18n import assert_catalogues_match, load_messages
 from tests.builders import response_event
+from tests.helpers import eventually, http_server
 from tests.processes import TEST_HASH_KEY
 
 MESSAGES = Path(routes.__file__).parent / "messages"
@@ -122,27 +128,44 @@ async def browsers(app: FastAPI, api_key: str) -> AsyncIterator[list[httpx.Async
         yield [hanako, reader, api]
 
 
+ConsoleFactory = Callable[..., AbstractAsyncContextManager[Console]]
+
+
 @pytest.fixture
-async def console(
+def open_console(
     kafka_settings: KafkaSettings,
     database_url: str,
     auth: AuthSettings,
     api_key: str,
     alerting_settings: AlertingSettings,
-) -> AsyncIterator[Console]:
-    engine = create_engine(DatabaseSettings(url=database_url))
-    settings = alerting_settings.model_copy(update={"dashboard_url": DASHBOARD})
-    app = create_app(kafka_settings, DatabaseSettings(url=database_url), auth, settings)
-    writer_key = await stored_key(engine, "hanako", Scope.ALERTS_READ, Scope.ALERTS_WRITE)
-    reader_key = await stored_key(engine, "yomu", Scope.ALERTS_READ)
-    handler = AlertHandler(engine, SlaSettings(), hasher=Hasher(TEST_HASH_KEY.encode()))
-    try:
-        async with browsers(app, api_key) as (hanako, reader, api):
-            await sign_in(hanako, writer_key)
-            await sign_in(reader, reader_key)
-            yield Console(app, engine, handler, hanako, reader, api)
-    finally:
-        await engine.dispose()
+) -> ConsoleFactory:
+    """Start the app (with a routing config, if given) and sign its browsers in."""
+
+    @asynccontextmanager
+    async def make(config: AlertingConfig | None = None) -> AsyncIterator[Console]:
+        engine = create_engine(DatabaseSettings(url=database_url))
+        settings = alerting_settings.model_copy(update={"dashboard_url": DASHBOARD})
+        database = DatabaseSettings(url=database_url)
+        app = create_app(kafka_settings, database, auth, settings, None, config)
+        writer_key = await stored_key(engine, "hanako", Scope.ALERTS_READ, Scope.ALERTS_WRITE)
+        reader_key = await stored_key(engine, "yomu", Scope.ALERTS_READ)
+        hasher = Hasher(TEST_HASH_KEY.encode())
+        handler = AlertHandler(engine, SlaSettings(), config, hasher=hasher)
+        try:
+            async with browsers(app, api_key) as (hanako, reader, api):
+                await sign_in(hanako, writer_key)
+                await sign_in(reader, reader_key)
+                yield Console(app, engine, handler, hanako, reader, api)
+        finally:
+            await engine.dispose()
+
+    return make
+
+
+@pytest.fixture
+async def console(open_console: ConsoleFactory) -> AsyncIterator[Console]:
+    async with open_console() as opened:
+        yield opened
 
 
 async def seed(console: Console) -> dict[str, uuid.UUID]:
@@ -356,6 +379,44 @@ class TestAlertPage:
         # The queue shows the first line only; the alert's page all of it.
         assert "second line" not in queue
         assert "second line" in page
+
+
+class TestNotifications:
+    async def test_each_delivery_and_its_outcome(self, open_console: ConsoleFactory) -> None:
+        receiver = Starlette(
+            routes=[
+                Route("/ok", lambda r: Response(status_code=204), methods=["POST"]),
+                Route("/gone", lambda r: Response(status_code=410), methods=["POST"]),
+            ]
+        )
+        port = free_port()
+        config = AlertingConfig.model_validate(
+            {
+                "receivers": [
+                    {"name": "oncall-chat", "type": "slack", "url": f"http://127.0.0.1:{port}/ok"},
+                    {"name": "old-pager", "type": "slack", "url": f"http://127.0.0.1:{port}/gone"},
+                ],
+                "routes": [
+                    {"receiver": "oncall-chat", "continue": True},
+                    {"receiver": "old-pager"},
+                ],
+            }
+        )
+        async with http_server(receiver, port), open_console(config) as console:
+            alert_id = await console.detractor("c-notified", 0)
+
+            async def outcomes() -> dict[str, str]:
+                found = await service.notifications(console.engine, alert_id)
+                return {n.receiver: n.status for n in found.items}
+
+            await eventually(
+                outcomes, lambda o: o == {"oncall-chat": "delivered", "old-pager": "failed"}
+            )
+            page = (await console.hanako.get(f"/console/alerts/{alert_id}")).text
+            assert "oncall-chat" in page
+            assert "Delivered" in page
+            assert "old-pager" in page
+            assert "HTTP 410: refused by the receiver" in page
 
 
 class TestActions:
