@@ -133,7 +133,7 @@ class TestOnCall:
             before = (await api(fed, f"/v1/alerts/{alert_id}/history"))["items"]
             await page.fill("textarea#text", "this comment must not be recorded")
             await page.evaluate(
-                "() => document.querySelector('form[action$=\"/comment\"] "
+                '() => document.querySelector(\'form[action$="/comment"] '
                 "input[name=csrf_token]').remove()"
             )
             async with page.expect_response(lambda r: r.request.method == "POST") as posted:
