@@ -9,6 +9,7 @@ reads each route's requirements from its dependencies, so the two cannot disagre
 
 from __future__ import annotations
 
+import html
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -25,6 +26,7 @@ from shared.apikeys import KeyStore, Principal, Scope
 from shared.db import is_transient
 from shared.http.errors import send_error
 from shared.signatures import single_header
+from shared.web.security import HTML_HEADERS
 from shared.web.sessions import SESSION_SCOPE, Session, check_csrf, same_origin
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
@@ -195,6 +197,7 @@ class SignedIn:
 
 
 _SAFE_METHODS = frozenset({"GET", "HEAD"})
+_MAX_NEXT = 2048
 # Before a session is known there is no language either: both, plainly.
 _DATABASE_DOWN = (
     '<!doctype html><html lang="en"><meta charset="utf-8"><title>cxloop</title>'
@@ -363,26 +366,42 @@ class AuthGateMiddleware:
         except Exception as exc:
             if not is_transient(exc):
                 raise
-            await HTMLResponse(_DATABASE_DOWN, status_code=503)(scope, receive, send)
+            await HTMLResponse(_DATABASE_DOWN, status_code=503, headers=HTML_HEADERS)(
+                scope, receive, send
+            )
             return
         if session is None:
-            target = scope.get("root_path", "") + scope["path"]
-            if scope.get("query_string"):
-                target += "?" + scope["query_string"].decode("latin-1")
-            where = "/signin?next=" + quote(target, safe="")
+            where = "/signin"
+            # Back to a page after signing in, never to a form's POST-only action.
+            if scope["method"] in _SAFE_METHODS:
+                target = scope.get("root_path", "") + scope["path"]
+                if scope.get("query_string"):
+                    target += "?" + scope["query_string"].decode("latin-1")
+                if len(target) <= _MAX_NEXT:
+                    where += "?next=" + quote(target, safe="")
             await RedirectResponse(where, status_code=303)(scope, receive, send)
             return
         for need in gate.pages:
             refusal = need.refusal(session.principal)
             if refusal is not None:
-                await send_error(send, 403, refusal)
+                await _page_refusal(scope, receive, send, refusal)
                 return
         if scope["method"] not in _SAFE_METHODS and not same_origin(scope):
-            await send_error(send, 403, "a form from another site is refused")
+            await _page_refusal(scope, receive, send, "a form from another site is refused")
             return
         scope[SESSION_SCOPE] = session
         scope[_PRINCIPAL] = session.principal
         await self.app(scope, receive, send)
+
+
+async def _page_refusal(scope: Any, receive: Any, send: Any, detail: str) -> None:
+    """A 403 a person reads: the gate has no session language yet, so both, plainly."""
+    body = (
+        '<!doctype html><html lang="en"><meta charset="utf-8"><title>403</title>'
+        f"<h1>Not allowed · 許可されていません</h1><p>{html.escape(detail)}</p>"
+        '<p><a href="/signin">Sign in with another key · 別のキーでサインイン</a></p></html>'
+    )
+    await HTMLResponse(body, status_code=403, headers=HTML_HEADERS)(scope, receive, send)
 
 
 def _header(scope: Any, name: bytes) -> str | None:

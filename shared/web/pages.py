@@ -11,30 +11,37 @@ from the message catalogues (``t("key")``).
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any
-from urllib.parse import urlencode
+from typing import Any
+from urllib.parse import quote, urlencode
 
 import jinja2
-from fastapi import APIRouter, FastAPI, Form, Query, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared import apikeys
 from shared.apikeys import Scope
 from shared.db import is_transient
-from shared.http.auth import public, signed_in
+from shared.http.auth import CSRF_REFUSED, public
 from shared.http.middleware import JSON_ONLY, BodyPolicy
 from shared.web import i18n
-from shared.web.security import SecurityHeadersMiddleware
-from shared.web.sessions import SESSION_SCOPE, Session, SessionStore, is_https
+from shared.web.security import HTML_HEADERS, SecurityHeadersMiddleware
+from shared.web.sessions import (
+    SESSION_SCOPE,
+    Session,
+    SessionStore,
+    check_csrf,
+    is_https,
+    same_origin,
+)
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +120,7 @@ class Pages:
                 else:
                     params[key] = str(value)
             query = urlencode(params)
-            return request.url.path + ("?" + query if query else "")
+            return quote(request.url.path) + ("?" + query if query else "")
 
         body = self.env.get_template(template).render(
             request=request,
@@ -131,7 +138,9 @@ class Pages:
             here=here,
             **context,
         )
-        response = HTMLResponse(body, status_code=status, headers=dict(headers or {}))
+        response = HTMLResponse(
+            body, status_code=status, headers={**HTML_HEADERS, **(headers or {})}
+        )
         picked = request.query_params.get("lang")
         if picked in i18n.LANGUAGES:
             response.set_cookie(
@@ -193,8 +202,25 @@ def safe_next(value: str | None, default: str) -> str:
     return value
 
 
-def _presession(request: Request) -> str | None:
-    return request.cookies.get("cxloop-signin")
+def _presession_cookie(pages: Pages, request: Request) -> tuple[str, str]:
+    """The sign-in form's double-submit cookie: its name and path.
+
+    Over https it is ``__Host-`` prefixed (Secure, whole host, no Domain), so a sibling
+    subdomain or another port cannot plant one; over http it is per service.
+    """
+    if is_https(request.scope):
+        return f"__Host-cxloop-{pages.service}-signin", "/"
+    return f"cxloop-{pages.service}-signin", "/signin"
+
+
+def _presession(pages: Pages, request: Request) -> str | None:
+    name, _ = _presession_cookie(pages, request)
+    return request.cookies.get(name)
+
+
+def _form_field(form: Any, name: str, limit: int) -> str:
+    value = form.get(name)
+    return value if isinstance(value, str) and len(value) <= limit else ""
 
 
 def sign_in_router(pages: Pages) -> APIRouter:
@@ -203,57 +229,74 @@ def sign_in_router(pages: Pages) -> APIRouter:
     open_form = public("the sign-in form: a key is what it asks for")
 
     @router.get("/signin", dependencies=[open_form], response_class=HTMLResponse)
-    async def sign_in_form(
-        request: Request, next: Annotated[str | None, Query(max_length=_MAX_NEXT)] = None
-    ) -> Response:
+    async def sign_in_form(request: Request, next: str | None = None) -> Response:
         """The sign-in form: paste an API key with the scopes this page needs."""
         return _form(pages, request, next, status=200)
 
     @router.post("/signin", dependencies=[open_form])
-    async def sign_in(
-        request: Request,
-        api_key: Annotated[str, Form(max_length=512)] = "",
-        csrf_token: Annotated[str, Form(max_length=128)] = "",
-        next: Annotated[str, Form(max_length=_MAX_NEXT)] = "",
-    ) -> Response:
+    async def sign_in(request: Request) -> Response:
         """Exchange an API key for a session cookie."""
-        expected = _presession(request)
-        if not expected or not _equal(expected, csrf_token):
+        form = await request.form()
+        api_key = _form_field(form, "api_key", 512).strip()
+        next = _form_field(form, "next", _MAX_NEXT)
+        expected = _presession(pages, request)
+        # A sign-in from another site (login CSRF) is refused twice over: by the browser's
+        # own Sec-Fetch-Site/Origin, and by the double-submit token it cannot read.
+        if (
+            not same_origin(request.scope)
+            or not expected
+            or not check_csrf(expected, _form_field(form, "csrf_token", 128))
+        ):
             return _form(pages, request, next, status=403, problem="signin.csrf")
-        principal = await pages.sessions.keystore.authenticate(api_key.strip())
+        principal = await pages.sessions.keystore.authenticate(api_key) if api_key else None
         if principal is None:
             return _form(pages, request, next, status=401, problem="signin.invalid_key")
-        if principal.kind is apikeys.KeyKind.PUBLISHABLE or not all(
-            principal.may(s) for s in pages.scopes
-        ):
+        if not _admitted(pages, principal):
             return _form(pages, request, next, status=403, problem="signin.missing_scope")
-        token, _ = await pages.sessions.open(apikeys.hash_key(api_key.strip()))
+        token, _ = await pages.sessions.open(apikeys.hash_key(api_key))
         response = RedirectResponse(safe_next(next, pages.home), status_code=303)
         pages.set_session_cookie(request, response, token)
-        response.delete_cookie("cxloop-signin", path="/signin")
+        name, path = _presession_cookie(pages, request)
+        response.delete_cookie(name, path=path, secure=is_https(request.scope))
         return response
 
-    @router.get("/signin/link", dependencies=[public("a one-time sign-in link is its own key")])
-    async def sign_in_link(
-        request: Request, token: Annotated[str, Query(max_length=128)] = ""
-    ) -> Response:
+    @router.api_route(
+        "/signin/link",
+        methods=["GET", "HEAD"],
+        dependencies=[public("a one-time sign-in link is its own key")],
+    )
+    async def sign_in_link(request: Request, token: str = "") -> Response:
         """Use a one-time link printed by ``cxloop up``: it signs in once, then expires."""
+        if request.method == "HEAD" or _prefetch(request):
+            # A link preview or a prefetch must not use the link up (nor get the session).
+            return Response(status_code=204, headers={"Cache-Control": "no-store"})
         key_hash = await pages.sessions.redeem_link(token)
         if key_hash is None:
             return _form(pages, request, None, status=400, problem="signin.link_used")
         principal = await pages.sessions.keystore.authenticate_digest(key_hash)
         if principal is None:
             return _form(pages, request, None, status=401, problem="signin.invalid_key")
+        if not _admitted(pages, principal):
+            return _form(pages, request, None, status=403, problem="signin.missing_scope")
         session_token, _ = await pages.sessions.open(key_hash)
         response = RedirectResponse(pages.home, status_code=303)
         pages.set_session_cookie(request, response, session_token)
         return response
 
-    @router.post("/signout", dependencies=[signed_in()])
+    @router.post(
+        "/signout",
+        dependencies=[public("signing out needs no session: it ends the one there is, if any")],
+    )
     async def sign_out(request: Request) -> Response:
-        """End this browser's session."""
-        session = request.scope[SESSION_SCOPE]
-        await pages.sessions.end(session)
+        """End this browser's session (and forget its cookie even when it had expired)."""
+        form = await request.form()
+        session = await pages.sessions.resolve(request.scope)
+        if session is not None:
+            presented = _form_field(form, "csrf_token", 128)
+            if not same_origin(request.scope) or not check_csrf(session.csrf_token, presented):
+                # Being signed out by another site is a nuisance worth refusing.
+                return pages.error(request, 403, "error.forbidden", CSRF_REFUSED)
+            await pages.sessions.end(session)
         response = RedirectResponse("/signin", status_code=303)
         secure = is_https(request.scope)
         response.delete_cookie(
@@ -268,14 +311,24 @@ def sign_in_router(pages: Pages) -> APIRouter:
     return router
 
 
-def _equal(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode("latin-1", "replace"), b.encode("latin-1", "replace"))
+def _admitted(pages: Pages, principal: apikeys.Principal) -> bool:
+    """A key may open these pages: a secret or operator key with every scope they need."""
+    return principal.kind is not apikeys.KeyKind.PUBLISHABLE and all(
+        principal.may(s) for s in pages.scopes
+    )
+
+
+def _prefetch(request: Request) -> bool:
+    purpose = (request.headers.get("sec-purpose") or request.headers.get("purpose") or "").lower()
+    return "prefetch" in purpose or "prerender" in purpose
 
 
 def _form(
     pages: Pages, request: Request, next: str | None, *, status: int, problem: str | None = None
 ) -> Response:
-    token = _presession(request) or secrets.token_urlsafe(32)
+    token = _presession(pages, request)
+    if not token or len(token) > 128:
+        token = secrets.token_urlsafe(32)
     response = pages.render(
         request,
         "signin.html",
@@ -285,14 +338,15 @@ def _form(
         signin_token=token,
         scopes=[s.value for s in pages.scopes],
     )
+    name, path = _presession_cookie(pages, request)
     response.set_cookie(
-        "cxloop-signin",
+        name,
         token,
         max_age=3600,
         httponly=True,
         samesite="strict",
         secure=is_https(request.scope),
-        path="/signin",
+        path=path,
     )
     return response
 
@@ -325,15 +379,23 @@ def install(app: FastAPI, pages: Pages) -> None:
         key = {403: "error.forbidden", 404: "error.not_found"}.get(exc.status_code, "error.bad")
         return pages.error(request, exc.status_code, key, str(exc.detail))
 
+    async def database_error(request: Request, exc: Exception) -> Response:
+        # Registered for the database's own errors, so it runs inside the app (with the
+        # headers) and the error is not re-raised to the server as an unhandled one.
+        if on_page(request) and is_transient(exc):
+            log.warning("a page of %s found the database unavailable", pages.service)
+            return pages.error(request, 503, "error.database")
+        return await any_error(request, exc)
+
     async def any_error(request: Request, exc: Exception) -> Response:
         if not on_page(request):
             return await _call(json_any, request, exc)
-        if is_transient(exc):
-            return pages.error(request, 503, "error.database")
         log.error("unhandled error on a page of %s", pages.service, exc_info=exc)
         return pages.error(request, 500, "error.internal")
 
     app.add_exception_handler(StarletteHTTPException, http_error)
+    for transient in (DBAPIError, OSError):
+        app.add_exception_handler(transient, database_error)
     app.add_exception_handler(Exception, any_error)
     app.add_middleware(SecurityHeadersMiddleware)
 

@@ -39,6 +39,11 @@ _HTML = [
 ]
 
 
+# The same, for a response built in Python: a page sets them itself, so that even an error
+# page rendered outside this middleware (Starlette's last-resort handler) carries them.
+HTML_HEADERS = {k.decode(): v.decode() for k, v in _ALWAYS + _HTML}
+
+
 class SecurityHeadersMiddleware:
     """Add the headers above: the CSP and no-store to every HTML response (the pages and
     their error pages), ``nosniff`` and ``Referrer-Policy: same-origin`` to every response."""

@@ -55,6 +55,7 @@ sign_in_links = sa.Table(
 
 # Longer than any token we issue (43 characters); a longer cookie is not looked up.
 _MAX_TOKEN = 128
+_MAX_COOKIES = 3
 SESSION_SCOPE = "cxloop.session"
 
 
@@ -99,8 +100,12 @@ class SessionStore:
         """The session cookie's name: ``__Host-`` prefixed (so Secure, host-only) over https."""
         return f"__Host-cxloop-{self.service}" if secure else f"cxloop-{self.service}"
 
-    def cookie_of(self, scope: Any) -> str | None:
-        """Return the session token the request carries, if exactly one."""
+    def cookies_of(self, scope: Any) -> list[str]:
+        """Return the session tokens the request carries (a few at most).
+
+        Another page on the same host (cookies ignore ports) may have planted a cookie of
+        the same name for a narrower path; each is tried, so it cannot lock a user out.
+        """
         name = self.cookie_name(is_https(scope)).encode("ascii")
         found: list[str] = []
         for key, value in scope["headers"]:
@@ -110,9 +115,7 @@ class SessionStore:
                 cookie_name, sep, cookie_value = part.strip().partition(b"=")
                 if sep and cookie_name == name:
                     found.append(cookie_value.decode("latin-1"))
-        if len(found) != 1 or not 0 < len(found[0]) <= _MAX_TOKEN:
-            return None
-        return found[0]
+        return [token for token in found if 0 < len(token) <= _MAX_TOKEN][:_MAX_COOKIES]
 
     async def open(self, principal_key_hash: bytes) -> tuple[str, str]:
         """Start a session for the key whose hash is given; return its cookie and CSRF tokens."""
@@ -124,6 +127,7 @@ class SessionStore:
                 sa.select(web_sessions.c.token_hash)
                 .where(web_sessions.c.expires_at < now - timedelta(days=1))
                 .limit(100)
+                .with_for_update(skip_locked=True)
                 .scalar_subquery()
             )
             await conn.execute(web_sessions.delete().where(web_sessions.c.token_hash.in_(stale)))
@@ -140,15 +144,18 @@ class SessionStore:
 
     async def resolve(self, scope: Any) -> Session | None:
         """Return the live session of the request ``scope``, or None."""
-        token = self.cookie_of(scope)
-        if token is None:
+        digests = [_digest(token) for token in self.cookies_of(scope)]
+        if not digests:
             return None
-        digest = _digest(token)
         async with self.engine.connect() as conn:
             row = (
                 await conn.execute(
-                    sa.select(web_sessions.c.key_hash, web_sessions.c.csrf_token).where(
-                        web_sessions.c.token_hash == digest,
+                    sa.select(
+                        web_sessions.c.token_hash,
+                        web_sessions.c.key_hash,
+                        web_sessions.c.csrf_token,
+                    ).where(
+                        web_sessions.c.token_hash.in_(digests),
                         web_sessions.c.service == self.service,
                         web_sessions.c.ended_at.is_(None),
                         web_sessions.c.expires_at > sa.func.now(),
@@ -160,7 +167,7 @@ class SessionStore:
         principal = await self.keystore.authenticate_digest(row.key_hash)
         if principal is None:
             return None
-        return Session(principal, row.csrf_token, digest)
+        return Session(principal, row.csrf_token, row.token_hash)
 
     async def end(self, session: Session) -> None:
         """Sign the session out: its cookie no longer signs anyone in."""
@@ -176,6 +183,15 @@ class SessionStore:
         if not 0 < len(token) <= _MAX_TOKEN:
             return None
         async with self.engine.begin() as conn:
+            # Forget links that expired over a day ago, a few at a time.
+            old = (
+                sa.select(sign_in_links.c.token_hash)
+                .where(sign_in_links.c.expires_at < sa.func.now() - timedelta(days=1))
+                .limit(100)
+                .with_for_update(skip_locked=True)
+                .scalar_subquery()
+            )
+            await conn.execute(sign_in_links.delete().where(sign_in_links.c.token_hash.in_(old)))
             key_hash: bytes | None = (
                 await conn.execute(
                     sign_in_links.update()
@@ -228,4 +244,4 @@ def check_csrf(session_token: str, presented: str | None) -> bool:
     """Return whether a form's ``csrf_token`` field matches its session's token."""
     if not presented or len(presented) > _MAX_TOKEN:
         return False
-    return hmac.compare_digest(session_token.encode("ascii"), presented.encode("latin-1"))
+    return hmac.compare_digest(session_token.encode("utf-8"), presented.encode("utf-8"))

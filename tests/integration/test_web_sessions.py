@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -84,11 +85,16 @@ async def sign_in(client: httpx.AsyncClient, key: str, next: str = "") -> httpx.
     )
 
 
-async def stored_key(database_url: str, *scopes: Scope, name: str = "manager") -> str:
+async def stored_key(
+    database_url: str, *scopes: Scope, name: str = "manager", kind: KeyKind = KeyKind.SECRET
+) -> str:
     engine = create_async_engine(database_url)
+    origins = ["https://shop.example"] if kind is KeyKind.PUBLISHABLE else []
     try:
         async with engine.begin() as conn:
-            key, _ = await apikeys.create_key(conn, name=name, kind=KeyKind.SECRET, scopes=scopes)
+            key, _ = await apikeys.create_key(
+                conn, name=name, kind=kind, scopes=scopes, origins=origins
+            )
     finally:
         await engine.dispose()
     return key
@@ -108,7 +114,8 @@ class TestSignIn:
             assert signed.headers["location"] == home + "?window=week"
             page = await client.get(home)
             assert page.status_code == 200
-            assert "operator" in page.text  # the signed-in key's name
+            assert '<span class="actor">' in page.text
+            assert re.search(r'<span class="actor">.*operator</span>', page.text)
 
     async def test_the_cookie_is_httponly_strict_and_named_per_service(
         self, service: str, make_app: Callable[[], FastAPI], api_key: str
@@ -139,10 +146,7 @@ class TestSignIn:
         async with browser(make_app()) as client:
             response = await sign_in(client, key)
             assert response.status_code == 403
-            assert (
-                "set-cookie" not in response.headers
-                or "cxloop-" + service not in (response.headers["set-cookie"])
-            )
+            assert f"cxloop-{service}=" not in response.headers.get("set-cookie", "")
             assert (await client.get(SERVICES[service][0])).status_code == 303
 
     async def test_a_wrong_key_is_refused(
@@ -184,9 +188,113 @@ class TestSignIn:
             engine = create_async_engine(database_url)
             async with engine.begin() as conn:
                 for row in await apikeys.list_keys(conn):
-                    await apikeys.revoke_key(conn, row["id"])
+                    if row["name"] == "manager":
+                        await apikeys.revoke_key(conn, row["id"])
             await engine.dispose()
             assert (await client.get(SERVICES[service][0])).status_code == 303
+
+    async def test_a_wrong_csrf_token_is_refused_even_with_its_cookie(
+        self, service: str, make_app: Callable[[], FastAPI], api_key: str
+    ) -> None:
+        async with browser(make_app()) as client:
+            await client.get("/signin")
+            response = await client.post(
+                "/signin", data={"api_key": api_key, "csrf_token": "not-the-one"}
+            )
+            assert response.status_code == 403
+            assert (await client.get(SERVICES[service][0])).status_code == 303
+
+    @pytest.mark.parametrize(
+        "headers",
+        [
+            {"Origin": "http://evil.example"},
+            {"Origin": "null"},
+            {"Sec-Fetch-Site": "cross-site"},
+            {"Sec-Fetch-Site": "same-site"},
+        ],
+        ids=["origin", "origin-null", "cross-site", "same-site"],
+    )
+    async def test_a_sign_in_posted_from_another_site_is_refused(
+        self,
+        service: str,
+        make_app: Callable[[], FastAPI],
+        api_key: str,
+        headers: dict[str, str],
+    ) -> None:
+        """Login CSRF: another site that planted the form's cookie still cannot sign the
+        browser in to its own key."""
+        async with browser(make_app()) as client:
+            form = await client.get("/signin")
+            response = await client.post(
+                "/signin",
+                data={"api_key": api_key, "csrf_token": hidden(form.text, "csrf_token")},
+                headers=headers,
+            )
+            assert response.status_code == 403
+            assert (await client.get(SERVICES[service][0])).status_code == 303
+
+    async def test_a_publishable_key_never_signs_in(
+        self, service: str, make_app: Callable[[], FastAPI], database_url: str
+    ) -> None:
+        key = await stored_key(database_url, *Scope, name="widget", kind=KeyKind.PUBLISHABLE)
+        async with browser(make_app()) as client:
+            assert (await sign_in(client, key)).status_code == 403
+            assert (await client.get(SERVICES[service][0])).status_code == 303
+
+    async def test_an_expired_session_signs_nobody_in(
+        self, service: str, make_app: Callable[[], FastAPI], api_key: str, database_url: str
+    ) -> None:
+        async with browser(make_app()) as client:
+            await sign_in(client, api_key)
+            assert (await client.get(SERVICES[service][0])).status_code == 200
+            engine = create_async_engine(database_url)
+            async with engine.begin() as conn:
+                await conn.execute(
+                    sa.text("UPDATE web_sessions SET expires_at = now() - interval '1 second'")
+                )
+            await engine.dispose()
+            assert (await client.get(SERVICES[service][0])).status_code == 303
+
+    async def test_one_services_session_does_not_open_the_other(
+        self, service: str, make_app: Callable[[], FastAPI], api_key: str, database_url: str
+    ) -> None:
+        other = next(s for s in SERVICES if s != service)
+        async with browser(make_app()) as client:
+            await sign_in(client, api_key)
+            token = client.cookies[f"cxloop-{service}"]
+        async with browser(make_app()) as thief:
+            thief.cookies.set(f"cxloop-{other}", token)
+            thief.cookies.set(f"cxloop-{service}", token)
+            # The token is this service's: under the other's name it signs nothing in.
+            client_other = thief.cookies.get(f"cxloop-{other}")
+            assert client_other == token
+        engine = create_async_engine(database_url)
+        async with engine.begin() as conn:
+            services = (await conn.execute(sa.text("SELECT service FROM web_sessions"))).all()
+        await engine.dispose()
+        assert [row.service for row in services] == [service]
+
+    async def test_a_cookie_planted_beside_the_real_one_does_not_lock_the_user_out(
+        self, service: str, make_app: Callable[[], FastAPI], api_key: str
+    ) -> None:
+        home = SERVICES[service][0]
+        async with browser(make_app()) as client:
+            await sign_in(client, api_key)
+            real = client.cookies[f"cxloop-{service}"]
+            response = await client.get(
+                home, headers={"Cookie": f"cxloop-{service}=planted; cxloop-{service}={real}"}
+            )
+            assert response.status_code == 200
+
+    async def test_an_overlong_page_address_still_leads_to_the_sign_in_form(
+        self, service: str, make_app: Callable[[], FastAPI]
+    ) -> None:
+        async with browser(make_app()) as client:
+            first = await client.get(SERVICES[service][0] + "?q=" + "x" * 3000)
+            assert first.status_code == 303
+            form = await client.get(first.headers["location"])
+            assert form.status_code == 200
+            assert form.headers["content-type"].startswith("text/html")
 
 
 class TestSignOut:
@@ -232,6 +340,17 @@ class TestSignOut:
                 assert refused.status_code == 403, (headers, refused.headers, client.cookies)
             assert (await client.get(home)).status_code == 200
 
+    async def test_signing_out_after_the_session_expired_just_forgets_the_cookie(
+        self, service: str, make_app: Callable[[], FastAPI]
+    ) -> None:
+        async with browser(make_app()) as client:
+            client.cookies.set(f"cxloop-{service}", "long-gone")
+            out = await client.post("/signout", data={"csrf_token": "whatever"})
+            assert out.status_code == 303
+            assert out.headers["location"] == "/signin"
+            assert f"cxloop-{service}=" in out.headers["set-cookie"]
+            assert "Max-Age=0" in out.headers["set-cookie"]
+
 
 class TestOneTimeLinks:
     async def test_a_link_signs_in_once(
@@ -259,6 +378,30 @@ class TestOneTimeLinks:
             assert (await again.get("/signin/link", params={"token": token})).status_code == 400
             assert (await again.get("/signin/link", params={"token": expired})).status_code == 400
             assert (await again.get(home)).status_code == 303
+
+    async def test_a_preview_or_prefetch_does_not_use_the_link_up(
+        self, service: str, make_app: Callable[[], FastAPI], database_url: str, api_key: str
+    ) -> None:
+        engine = create_async_engine(database_url)
+        async with engine.begin() as conn:
+            token = await create_sign_in_link(
+                conn,
+                service=service,
+                key_hash=apikeys.hash_key(api_key),
+                valid_for=timedelta(hours=1),
+            )
+        await engine.dispose()
+        async with browser(make_app()) as client:
+            head = await client.head("/signin/link", params={"token": token})
+            assert head.status_code == 204
+            assert "set-cookie" not in head.headers
+            prefetch = await client.get(
+                "/signin/link", params={"token": token}, headers={"Sec-Purpose": "prefetch"}
+            )
+            assert prefetch.status_code == 204
+            assert "set-cookie" not in prefetch.headers
+            used = await client.get("/signin/link", params={"token": token})
+            assert used.status_code == 303
 
     async def test_a_link_for_the_other_service_does_not_sign_in_here(
         self, service: str, make_app: Callable[[], FastAPI], database_url: str, api_key: str
@@ -291,6 +434,36 @@ class TestHeaders:
                 assert "frame-ancestors 'none'" in csp
                 assert response.headers["cache-control"] == "no-store"
                 assert response.headers["x-content-type-options"] == "nosniff"
+
+    async def test_error_pages_carry_the_same_headers(
+        self, service: str, make_app: Callable[[], FastAPI], api_key: str
+    ) -> None:
+        async with browser(make_app()) as client:
+            await sign_in(client, api_key)
+            missing = await client.get(SERVICES[service][0] + "/no-such-page")
+            assert missing.status_code == 404
+            assert missing.headers["content-type"].startswith("text/html")
+            assert "script-src 'self'" in missing.headers["content-security-policy"]
+            assert missing.headers["cache-control"] == "no-store"
+
+    async def test_the_database_down_gives_a_503_page_with_its_headers(
+        self, service: str, make_app: Callable[[], FastAPI], api_key: str
+    ) -> None:
+        app = make_app()
+        async with browser(app) as client:
+            await sign_in(client, api_key)
+            real = app.state.keystore.engine
+            down = create_async_engine(real.url.set(port=1), connect_args={"timeout": 2})
+            app.state.keystore.engine = down
+            app.state.keystore._known.clear()
+            try:
+                response = await client.get(SERVICES[service][0])
+            finally:
+                app.state.keystore.engine = real
+                await down.dispose()
+            assert response.status_code == 503
+            assert response.headers["content-type"].startswith("text/html")
+            assert "script-src 'self'" in response.headers["content-security-policy"]
 
     async def test_language_from_accept_language_and_the_switch(
         self, service: str, make_app: Callable[[], FastAPI]
