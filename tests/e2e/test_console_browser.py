@@ -79,6 +79,11 @@ async def tab_to(page: Page, selector: str, most: int = 80) -> None:
     raise AssertionError(f"{selector} never took the focus by Tab")
 
 
+async def assert_no_inner_scroll(page: Page, selector: str) -> None:
+    widths = await page.locator(selector).evaluate("(e) => [e.scrollWidth, e.clientWidth]")
+    assert widths[0] <= widths[1], f"{selector} scrolls sideways: {widths[0]}px in {widths[1]}px"
+
+
 class TestOnCall:
     async def test_a_new_detractor_arrives_live_and_is_handled_by_keyboard(
         self, browser: Browser, fed: PagesStack
@@ -159,6 +164,8 @@ class TestEveryPage:
             await expect(page.locator(".live")).to_have_attribute("data-state", "live")
             await assert_accessible(page)
             await assert_no_page_scroll(page)
+            if size == "desktop":  # at 1280 px the whole queue fits, nothing scrolls sideways
+                await assert_no_inner_scroll(page, ".queue-panel .table-scroll")
             await screenshot(page, f"console-{lang}-{size}")
 
             # An open alert's page, with its forms; then a silence made from it.

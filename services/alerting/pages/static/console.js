@@ -8,6 +8,7 @@
  *     fragment, DOMParser parses it inert (no script runs), and the nodes are adopted.
  *   - ages (<time data-format="age">) read "5 minutes ago" in the page's language.
  *   - the filters fold away on a narrow screen.
+ *   - a session that ended (the poll is redirected to /signin) reloads the page.
  * CSP-safe: no inline script or style, no eval.
  */
 (function () {
@@ -106,6 +107,18 @@
     announce(arrived);
   }
 
+  // A session that ended answers the poll with a redirect to /signin: reload, so the
+  // viewer sees the sign-in page (and comes back here) rather than "offline" for ever.
+  function signedOut(url) {
+    fetch(url, { credentials: "same-origin", redirect: "manual", cache: "no-store" })
+      .then(function (response) {
+        if (response.type === "opaqueredirect") window.location.reload();
+      })
+      .catch(function () {
+        /* really offline */
+      });
+  }
+
   function startLive(region) {
     var fetching = false;
     var offline = document.getElementById("offline-note");
@@ -150,6 +163,7 @@
         maxIntervalMs: 15000,
         onError: function () {
           if (offline) offline.hidden = false;
+          signedOut(region.getAttribute("data-live-url"));
         },
       }
     );
