@@ -7,6 +7,7 @@ Pictures of every page, in ja and en, at 1280×800 and 390×844, go to
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any, Literal
 
@@ -146,6 +147,33 @@ class TestOnCall:
             assert (await posted.value).status == 403
             await expect(page.get_by_role("heading", name="Not allowed")).to_be_visible()
             assert (await api(fed, f"/v1/alerts/{alert_id}/history"))["items"] == before
+
+    async def test_offline_is_said_and_recovers_by_itself(
+        self, browser: Browser, fed: PagesStack
+    ) -> None:
+        async with watched_page(browser, "ja", PHONE) as page:
+            problems_of(page).allow(r"ERR_INTERNET_DISCONNECTED")  # the polls this cuts off
+            await signed_in(page, fed)
+            live = page.locator(".live")
+            await expect(live).to_have_attribute("data-state", "live")
+            await page.context.set_offline(True)
+            await expect(live).to_have_attribute("data-state", "offline")
+            await expect(live).to_have_text("オフライン")
+            await expect(page.locator("#offline-note")).to_be_visible()
+            await screenshot(page, "console-ja-phone-offline", full_page=False)
+            await page.context.set_offline(False)
+            await expect(live).to_have_attribute("data-state", "live")
+            await expect(page.locator("#offline-note")).to_be_hidden()
+
+    async def test_a_session_that_ends_goes_to_sign_in_by_itself(
+        self, browser: Browser, fed: PagesStack
+    ) -> None:
+        async with watched_page(browser, "en", PHONE) as page:
+            await signed_in(page, fed)
+            await expect(page.locator(".live")).to_have_attribute("data-state", "live")
+            await page.context.clear_cookies()  # as an expired or revoked session would
+            await expect(page).to_have_url(re.compile(r"/signin\?next=%2Fconsole$"))
+            await expect(page.locator("#api_key")).to_be_visible()
 
 
 Viewport = Literal["desktop", "phone"]
