@@ -26,7 +26,9 @@ CSP = "; ".join(
 
 _ALWAYS = [
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    # No URL (they name customers) leaves the site in a Referer. Not "no-referrer": under it
+    # a browser sends every form POST with `Origin: null`, which the gate must refuse.
+    (b"referrer-policy", b"same-origin"),
 ]
 _HTML = [
     (b"content-security-policy", CSP.encode("ascii")),
@@ -44,7 +46,7 @@ HTML_HEADERS = {k.decode(): v.decode() for k, v in _ALWAYS + _HTML}
 
 class SecurityHeadersMiddleware:
     """Add the headers above: the CSP and no-store to every HTML response (the pages and
-    their error pages), ``nosniff`` and ``no-referrer`` to every response."""
+    their error pages), ``nosniff`` and ``Referrer-Policy: same-origin`` to every response."""
 
     def __init__(self, app: Any) -> None:
         self.app = app

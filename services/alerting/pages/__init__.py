@@ -28,6 +28,10 @@ def build(settings: AlertingSettings, keystore: KeyStore) -> Pages:
         templates=HERE / "templates",
         messages=HERE / "messages",
         static=HERE / "static",
-        links={"console": "/console", "dashboard": settings.dashboard_url},
+        links={
+            "console": "/console",
+            "silences": "/console/silences",
+            "dashboard": settings.dashboard_url,
+        },
         prefixes=("/console",),
     )
