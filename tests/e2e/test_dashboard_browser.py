@@ -30,6 +30,7 @@ from tests.browser import (
     browser_fixture,
     needs_chromium,
     screenshot,
+    screenshot_dir,
     watched_page,
 )
 from tests.e2e.pages_stack import PagesStack
@@ -282,6 +283,15 @@ class TestLookAndAccessibility:
             await screenshot(page, f"dashboard-{lang}-{size}")
             await page.evaluate("() => window.scrollTo(0, 0)")
             await screenshot(page, f"dashboard-{lang}-{size}-first-screen", full_page=False)
+            # The head of the page down to the trends: what README shows.
+            bottom = await page.evaluate(
+                "() => document.querySelector('#trends').getBoundingClientRect().bottom + 16"
+            )
+            await page.screenshot(
+                path=str(screenshot_dir() / f"dashboard-{lang}-{size}-overview.png"),
+                full_page=True,
+                clip={"x": 0, "y": 0, "width": SIZES[size]["width"], "height": bottom},
+            )
 
             await page.goto(fed.scorer.url + "/dashboard/responses")
             await expect(page.locator("li.answer").first).to_be_visible()
