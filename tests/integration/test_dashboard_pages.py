@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from html.parser import HTMLParser
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -443,6 +444,27 @@ class TestTrends:
         table_rows = page.id("trend-nps").all("tbody")[0].all("tr")
         assert len(table_rows) == len(series["points"])
         assert page.id("trend-nps").all("div")[0].attrs["role"] == "img"
+
+    async def test_a_day_is_drawn_by_the_hour_so_a_new_answer_shows(
+        self, site: Site, engine: AsyncEngine
+    ) -> None:
+        await seed_mix(engine)
+        page = await site.page("/dashboard", window="24h")
+        data = json.loads(page.id("trend-data-nps").text)
+        assert data["interval"] == "hour"
+        assert {b - a for a, b in pairwise(data["t"])} == {3600}
+        series = await site.json(
+            "/v1/scores/timeseries", metric="nps", window="24h", interval="hour"
+        )
+        assert sum(data["n"]) == sum(p["n"] for p in series["points"])
+
+    async def test_hours_are_not_offered_over_more_than_a_week(
+        self, site: Site, engine: AsyncEngine
+    ) -> None:
+        await seed_mix(engine)
+        page = await site.page("/dashboard", window="90d", interval="hour")
+        assert json.loads(page.id("trend-data-nps").text)["interval"] == "day"
+        assert ">Hour</a>" not in page.html  # no hourly toggle either
 
 
 class TestResponses:

@@ -22,7 +22,9 @@ from services.scorer.service import Range, resolve_range
 from shared.events import Channel, Metric, SurveyType, utcnow
 
 WINDOWS: Final = (Window.DAY, Window.WEEK, Window.MONTH, Window.QUARTER)
-INTERVALS: Final = (Interval.DAY, Interval.WEEK)
+INTERVALS: Final = (Interval.HOUR, Interval.DAY, Interval.WEEK)
+# Hours are offered up to a week: past that a chart of hours is a smear.
+HOURS_UP_TO: Final = timedelta(days=7)
 PERIODS: Final = ("month", "week")
 # The segment filters, in the order the filter bar shows them.
 FILTERS: Final = (
@@ -78,6 +80,13 @@ class View:
     @property
     def custom(self) -> bool:
         return self.window is None
+
+    @property
+    def intervals(self) -> tuple[Interval, ...]:
+        """The trend resolutions offered for this range (hours only up to a week)."""
+        if self.span.until - self.span.since > HOURS_UP_TO:
+            return tuple(i for i in INTERVALS if i is not Interval.HOUR)
+        return INTERVALS
 
     def range_params(self) -> dict[str, str]:
         """The range as query parameters: ``window``, or ``from``/``to`` (and ``tz``)."""
@@ -167,6 +176,16 @@ def _choice(query: Mapping[str, str], name: str, options: tuple[T, ...], default
     raise bad(name, f"must be one of {allowed}")
 
 
+def _interval(query: Mapping[str, str], span: Range) -> Interval:
+    """The trend's resolution: as asked, hours for a day or less (so a new answer shows at
+    once), days otherwise; hours never over more than a week."""
+    short = span.until - span.since <= timedelta(days=1, hours=1)
+    chosen = _choice(query, "interval", INTERVALS, Interval.HOUR if short else Interval.DAY)
+    if chosen is Interval.HOUR and span.until - span.since > HOURS_UP_TO:
+        return Interval.DAY
+    return chosen
+
+
 def parse(query: Mapping[str, str], now: datetime | None = None) -> View:
     """Read a dashboard URL's query. Unknown parameters (``lang``) are left alone."""
     now = now or utcnow()
@@ -206,7 +225,7 @@ def parse(query: Mapping[str, str], now: datetime | None = None) -> View:
         until_date=until_text,
         tz=tz,
         filters=filters,
-        interval=_choice(query, "interval", INTERVALS, Interval.DAY),
+        interval=_interval(query, span),
         metric=metric,
         period=_choice(query, "period", PERIODS, "month"),
         customer_id=_one(query, "customer_id", CUSTOMER_ID_MAX),

@@ -317,6 +317,8 @@ def answer(
 
 
 def _floor(moment: datetime, interval: Interval) -> datetime:
+    if interval is Interval.HOUR:
+        return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     day = moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     if interval is Interval.WEEK:
         return day - timedelta(days=day.weekday())
@@ -324,7 +326,9 @@ def _floor(moment: datetime, interval: Interval) -> datetime:
 
 
 def _starts(since: datetime, until: datetime, interval: Interval) -> Iterable[datetime]:
-    step = timedelta(weeks=1) if interval is Interval.WEEK else timedelta(days=1)
+    step = {Interval.HOUR: timedelta(hours=1), Interval.WEEK: timedelta(weeks=1)}.get(
+        interval, timedelta(days=1)
+    )
     start = _floor(since, interval)
     while start < until:
         yield start

@@ -60,7 +60,10 @@
   }
 
   function dateFormat(interval) {
-    // Buckets are UTC days and weeks: label them as such, whatever the viewer's zone.
+    // Hours are labelled in the viewer's zone; days and weeks are UTC buckets, labelled so.
+    if (interval === "hour") {
+      return new Intl.DateTimeFormat(lang, { hour: "numeric", minute: "2-digit" });
+    }
     return new Intl.DateTimeFormat(lang, { month: "short", day: "numeric", timeZone: "UTC" });
   }
 
@@ -97,6 +100,8 @@
         stroke: muted,
         font: font,
         size: size,
+        // Room for a label such as "11月11日" or "Nov 11" between ticks.
+        space: 72,
         grid: { stroke: border, width: 1 },
         ticks: { stroke: border, width: 1 },
         values: function (u, splits) {
