@@ -290,7 +290,8 @@ async def expire_silence(engine: EngineDep, principal: Writer, silence_id: UUID)
 )
 async def erase_customer(request: Request, engine: EngineDep, customer_id: str) -> AlertErasure:
     """Remove the customer's comments, reasons and notes from their alerts and history, and
-    replace their id in alerts and SLA deadlines with one pseudonym. The alerts and their
+    replace their id in alerts, SLA deadlines and the matchers of silences with one
+    pseudonym (such a silence's comment becomes `(erased)`). The alerts and their
     counts stay; a later event for the customer is stored under the pseudonym. This erases
     the alerting service alone: the collector's `DELETE /v1/customers/{id}` erases the
     customer from every service."""

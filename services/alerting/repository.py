@@ -441,15 +441,21 @@ async def expire_silence(
     return None if row is None else dict(row._mapping)
 
 
+# What an erased customer's silence says instead of its comment.
+ERASED_COMMENT = "(erased)"
+
+
 async def erase_customer(conn: AsyncConnection, customer_id: str, pseudonym: str) -> int:
     """Erase a customer from alerting; return how many of their alerts were pseudonymised.
 
     Their id becomes ``pseudonym`` in SLA deadlines, alerts and their recent touches (which
     lose their comments and reasons, as alerts do); their alerts lose the
     comment, the reasons, the resolution note and every note in their history, and their id
-    becomes the pseudonym in dedupe keys and notification group keys too. Deadlines
-    go first: a deadline firing meanwhile holds its row, so its alert exists by the time
-    the alerts are updated.
+    becomes the pseudonym in dedupe keys and notification group keys too. A silence that
+    matches their id (the console ticks ``customer_id`` by default) matches the pseudonym
+    instead, so it still holds back their alerts, and its comment, which may name them,
+    becomes ``ERASED_COMMENT``. Deadlines go first: a deadline firing meanwhile holds its
+    row, so its alert exists by the time the alerts are updated.
     """
     await conn.execute(
         deadlines.update()
@@ -460,6 +466,16 @@ async def erase_customer(conn: AsyncConnection, customer_id: str, pseudonym: str
         touches.update()
         .where(touches.c.customer_id == customer_id)
         .values(customer_id=pseudonym, comment=None, reasons=[])
+    )
+    await conn.execute(
+        silences.update()
+        .where(silences.c.matchers["customer_id"].astext == customer_id)
+        .values(
+            matchers=silences.c.matchers.op("||")(
+                sa.func.jsonb_build_object("customer_id", pseudonym)
+            ),
+            comment=ERASED_COMMENT,
+        )
     )
     rows = await conn.execute(
         alerts.update()
