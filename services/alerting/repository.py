@@ -419,9 +419,9 @@ async def list_silences(conn: AsyncConnection, *, active_only: bool) -> list[dic
 
 async def expire_silence(
     conn: AsyncConnection, silence_id: uuid.UUID, actor: str, *, actor_id: str | None = None
-) -> dict[str, Any] | None:
-    """End a silence now, recording the key that ended it and when (an ended one stays as
-    it was)."""
+) -> tuple[dict[str, Any] | None, bool]:
+    """End a silence now, recording the key that ended it and when; return it (None if
+    unknown) and whether this call ended it (an ended one stays as it was)."""
     row = (
         await conn.execute(
             silences.update()
@@ -435,10 +435,11 @@ async def expire_silence(
             .returning(*_SILENCE_COLUMNS)
         )
     ).first()
-    if row is None:
-        query = sa.select(*_SILENCE_COLUMNS).where(silences.c.id == silence_id)
-        row = (await conn.execute(query)).first()
-    return None if row is None else dict(row._mapping)
+    if row is not None:
+        return dict(row._mapping), True
+    query = sa.select(*_SILENCE_COLUMNS).where(silences.c.id == silence_id)
+    row = (await conn.execute(query)).first()
+    return (None if row is None else dict(row._mapping)), False
 
 
 # What an erased customer's silence says instead of its comment.

@@ -172,17 +172,47 @@ def alert_links(config: AlertingConfig, alert: Alert) -> list[Link]:
     return [Link.model_validate(link) for link in config.links(alert.model_dump())]
 
 
+@dataclass(frozen=True)
+class Transition:
+    """An alert after an acknowledge or resolve, and whether that call changed it.
+
+    ``changed`` is False when the alert was in that state already (someone else got there
+    first, or this is a retry); the caller's note was then added to the history as a comment
+    rather than lost, unless it is the resolution note already there (a retry).
+    """
+
+    alert: Alert
+    changed: bool
+
+
+async def _keep_note(
+    conn: AsyncConnection,
+    outcome: lifecycle.Outcome,
+    alert_id: uuid.UUID,
+    actor: Actor,
+    note: str | None,
+    by: str | None,
+) -> Transition:
+    if not outcome.changed and note and note != outcome.alert.get("note"):
+        await lifecycle.comment(
+            conn, alert_id, actor.name, note, display_name=by, actor_id=actor.id
+        )
+    return Transition(Alert.model_validate(outcome.alert), outcome.changed)
+
+
 async def acknowledge(
     engine: AsyncEngine, config: AlertingConfig, alert_id: uuid.UUID, actor: Actor, body: AckIn
-) -> Alert:
-    """Take the alert: it stops escalating; twice changes nothing. ``Conflict`` if resolved."""
-    row = await _in_transaction(
-        engine,
-        lambda c: lifecycle.acknowledge(
-            c, alert_id, actor.name, body.note, config, display_name=body.by, actor_id=actor.id
-        ),
-    )
-    return Alert.model_validate(row)
+) -> Transition:
+    """Take the alert: it stops escalating; twice changes nothing (the second note, if any,
+    is added as a comment). ``Conflict`` if resolved."""
+
+    async def step(conn: AsyncConnection) -> Transition:
+        outcome = await lifecycle.acknowledge(
+            conn, alert_id, actor.name, body.note, config, display_name=body.by, actor_id=actor.id
+        )
+        return await _keep_note(conn, outcome, alert_id, actor, body.note, body.by)
+
+    return await _in_transaction(engine, step)
 
 
 async def resolve(
@@ -191,21 +221,23 @@ async def resolve(
     alert_id: uuid.UUID,
     actor: Actor,
     body: ResolveIn,
-) -> Alert:
-    """Close the loop with the required follow-up note; resolving twice changes nothing."""
-    row = await _in_transaction(
-        engine,
-        lambda c: lifecycle.resolve(
-            c,
+) -> Transition:
+    """Close the loop with the required follow-up note. Resolving a resolved alert changes
+    nothing, and its note is added as a comment (unless it is the resolution note)."""
+
+    async def step(conn: AsyncConnection) -> Transition:
+        outcome = await lifecycle.resolve(
+            conn,
             alert_id,
             actor.name,
             body.note,
             config=config,
             display_name=body.by,
             actor_id=actor.id,
-        ),
-    )
-    return Alert.model_validate(row)
+        )
+        return await _keep_note(conn, outcome, alert_id, actor, body.note, body.by)
+
+    return await _in_transaction(engine, step)
 
 
 async def assign(engine: AsyncEngine, alert_id: uuid.UUID, actor: Actor, body: AssignIn) -> Alert:
@@ -273,13 +305,24 @@ async def list_silences(engine: AsyncEngine, *, active: bool = True) -> SilenceL
     return SilenceList(items=[Silence.model_validate(r) for r in rows])
 
 
-async def expire_silence(engine: AsyncEngine, silence_id: uuid.UUID, actor: Actor) -> Silence:
+@dataclass(frozen=True)
+class Expiry:
+    """A silence after expire_silence, and whether that call ended it (False: it had
+    ended already, by its time or by someone)."""
+
+    silence: Silence
+    changed: bool
+
+
+async def expire_silence(engine: AsyncEngine, silence_id: uuid.UUID, actor: Actor) -> Expiry:
     """End a silence now (an ended one stays as it was); ``SilenceNotFound`` if unknown."""
     async with engine.begin() as conn:
-        row = await repository.expire_silence(conn, silence_id, actor.name, actor_id=actor.id)
+        row, changed = await repository.expire_silence(
+            conn, silence_id, actor.name, actor_id=actor.id
+        )
     if row is None:
         raise SilenceNotFound(str(silence_id))
-    return Silence.model_validate(row)
+    return Expiry(Silence.model_validate(row), changed)
 
 
 # The customer behind an alert.

@@ -463,8 +463,46 @@ class TestActions:
         twice = await console.hanako.post(
             f"/console/alerts/{alert_id}/resolve", data={"csrf_token": token, "note": "other"}
         )
-        assert twice.headers["location"].endswith("?done=noop")
+        assert twice.headers["location"].endswith("?done=already_resolved")
         assert (await console.api.get(f"/v1/alerts/{alert_id}")).json() == body
+
+    async def test_resolving_what_someone_just_resolved_says_so_and_keeps_the_note(
+        self, console: Console
+    ) -> None:
+        alert_id = await console.detractor("c-race", 0)
+        url = f"/console/alerts/{alert_id}"
+        token = hidden((await console.hanako.get(url)).text, "csrf_token")
+        # Hanako has the page open; meanwhile the operator resolves it.
+        first = await console.api.post(f"/v1/alerts/{alert_id}/resolve", json={"note": "done"})
+        assert first.status_code == 200
+        late = await console.hanako.post(
+            url + "/resolve", data={"csrf_token": token, "note": "Called back; 返金済み"}
+        )
+        assert late.status_code == 303
+        assert late.headers["location"] == f"{url}?done=already_resolved"
+        shown = (await console.hanako.get(late.headers["location"])).text
+        assert "Already resolved by operator at " in shown
+        assert "your note was added to the history as a comment" in shown
+        ja = await console.hanako.get(late.headers["location"], headers={"Accept-Language": "ja"})
+        assert "operator が " in ja.text
+        assert (await console.api.get(f"/v1/alerts/{alert_id}")).json() == first.json()
+        history = (await console.api.get(f"/v1/alerts/{alert_id}/history")).json()["items"]
+        assert [(e["action"], e["actor"], e["note"]) for e in history][1:] == [
+            ("resolved", "operator", "done"),
+            ("commented", "hanako", "Called back; 返金済み"),
+        ]
+
+    async def test_acknowledging_what_someone_just_took_says_who(self, console: Console) -> None:
+        alert_id = await console.detractor("c-race-ack", 0)
+        url = f"/console/alerts/{alert_id}"
+        token = hidden((await console.hanako.get(url)).text, "csrf_token")
+        taken = await console.api.post(f"/v1/alerts/{alert_id}/ack", json={"by": "sato"})
+        assert taken.status_code == 200
+        late = await console.hanako.post(url + "/ack", data={"csrf_token": token})
+        assert late.headers["location"] == f"{url}?done=already_acknowledged"
+        shown = (await console.hanako.get(late.headers["location"])).text
+        assert "Already acknowledged by sato at " in shown
+        assert (await console.api.get(f"/v1/alerts/{alert_id}")).json() == taken.json()
 
     async def test_resolve_without_a_note_is_refused_and_changes_nothing(
         self, console: Console
@@ -618,6 +656,25 @@ class TestSilences:
         async with console.engine.connect() as conn:
             expired_by = await conn.scalar(sa.select(silences_table.c.expired_by))
         assert expired_by == "hanako"
+
+    async def test_ending_what_someone_just_ended_says_so(self, console: Console) -> None:
+        alert_id = await console.detractor("c-quiet-race", 0)
+        page = await console.hanako.get(f"/console/alerts/{alert_id}")
+        token = hidden(page.text, "csrf_token")
+        await console.hanako.post(
+            f"/console/alerts/{alert_id}/silence",
+            data={"csrf_token": token, "field": "rule", "minutes": "60", "comment": "storm"},
+        )
+        (silence,) = (await service.list_silences(console.engine)).items
+        # The operator ends it while hanako's list is open.
+        assert (await console.api.delete(f"/v1/silences/{silence.id}")).status_code == 200
+        late = await console.hanako.post(
+            f"/console/silences/{silence.id}/expire", data={"csrf_token": token}
+        )
+        assert late.headers["location"] == "/console/silences?done=already_expired"
+        shown = (await console.hanako.get(late.headers["location"])).text
+        assert "This silence had already ended: nothing changed." in shown
+        assert "ended by operator" in shown
 
 
 class TestCatalogues:

@@ -67,7 +67,17 @@ SILENCE_MINUTES = (60, 240, 1440, 10080)
 RECENTLY_ENDED = timedelta(days=7)
 # What a ?done= may say; anything else is ignored.
 DONE = frozenset(
-    {"acknowledged", "assigned", "commented", "resolved", "silenced", "expired", "noop"}
+    {
+        "acknowledged",
+        "assigned",
+        "commented",
+        "resolved",
+        "silenced",
+        "expired",
+        "already_acknowledged",
+        "already_resolved",
+        "already_expired",
+    }
 )
 
 Reader = Annotated[Session, signed_in(Scope.ALERTS_READ)]
@@ -378,9 +388,10 @@ def router(pages: Pages) -> APIRouter:
         values: Mapping[str, str],
         work: Any,
     ) -> Response:
-        """Run one action; 303 back to the alert, or its page again with what went wrong."""
+        """Run one action; 303 back to the alert, or its page again with what went wrong.
+        ``work`` may return another ``done`` (the action had been done already)."""
         try:
-            await work()
+            done = await work() or done
         except ValidationError as exc:
             errors = _field_error(exc, values)
             return await alert_page(
@@ -402,8 +413,9 @@ def router(pages: Pages) -> APIRouter:
         found = _alert_id(alert_id)
         actor = service.Actor.of(session.principal)
 
-        async def work() -> None:
-            await service.acknowledge(engine, _routing(request), found, actor, AckIn())
+        async def work() -> str | None:
+            taken = await service.acknowledge(engine, _routing(request), found, actor, AckIn())
+            return None if taken.changed else "already_acknowledged"
 
         return await act(request, engine, session, found, "acknowledged", {}, work)
 
@@ -451,25 +463,18 @@ def router(pages: Pages) -> APIRouter:
         alert_id: str,
         note: Annotated[str, Form()] = "",
     ) -> Response:
-        """Close the loop with the follow-up note (required); resolving a resolved alert
-        changes nothing and says so."""
+        """Close the loop with the follow-up note (required). Resolving a resolved alert
+        (someone else was quicker) changes nothing and says who resolved it; the note is
+        then added as a comment, so it is not lost."""
         found = _alert_id(alert_id)
         actor = service.Actor.of(session.principal)
-        outcome = "resolved"
 
-        async def work() -> None:
-            nonlocal outcome
+        async def work() -> str | None:
             body = ResolveIn(note=_blank_is_empty(note))
-            before = await service.get_alert(engine, found)
-            if before.status == "resolved":
-                outcome = "noop"
-                return
-            await service.resolve(engine, _routing(request), found, actor, body)
+            closed = await service.resolve(engine, _routing(request), found, actor, body)
+            return None if closed.changed else "already_resolved"
 
-        response = await act(request, engine, session, found, "resolved", {"note": note}, work)
-        if outcome == "noop" and isinstance(response, RedirectResponse):
-            return _see_other(f"/console/alerts/{found}?done=noop")
-        return response
+        return await act(request, engine, session, found, "resolved", {"note": note}, work)
 
     @routes.post("/console/alerts/{alert_id}/silence")
     async def silence(
@@ -540,10 +545,12 @@ def router(pages: Pages) -> APIRouter:
         except ValueError:
             raise _bad("silence", "not a silence id") from None
         try:
-            await service.expire_silence(engine, found, service.Actor.of(session.principal))
+            ended = await service.expire_silence(engine, found, service.Actor.of(session.principal))
         except service.SilenceNotFound:
             raise HTTPException(404, "no such silence") from None
-        return _see_other("/console/silences?done=expired")
+        return _see_other(
+            f"/console/silences?done={'expired' if ended.changed else 'already_expired'}"
+        )
 
     return routes
 
