@@ -14,7 +14,7 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -96,13 +96,22 @@ def encode_cursor(sort: QueueSort, values: Sequence[Any]) -> str:
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
+# The times a cursor may name: every alert was opened by the database's now().
+_CURSOR_TIMES = (datetime(1970, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC))
+
+
 def decode_cursor(sort: QueueSort, cursor: str) -> list[Any]:
-    """The sort keys a cursor of ``sort`` continues after; ``PermanentError`` if it is not one."""
+    """The sort keys a cursor of ``sort`` continues after; ``PermanentError`` (naming
+    ``cursor``) if it is not one: every key must be the string :func:`encode_cursor`
+    writes, and the time one the database can hold."""
     try:
         data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if data["sort"] != sort.value:
+        if not isinstance(data, dict) or data.get("sort") != sort.value:
             raise PermanentError("the cursor belongs to another sort order", field="cursor")
-        *rank, opened_at, alert_id = data["after"]
+        after = data["after"]
+        if not isinstance(after, list) or not all(isinstance(k, str) for k in after):
+            raise ValueError("keys are strings")
+        *rank, opened_at, alert_id = after
         values: list[Any] = [int(r) for r in rank]
         if len(values) != (1 if sort is QueueSort.SEVERITY else 0):
             raise ValueError("wrong number of keys")
@@ -111,8 +120,11 @@ def decode_cursor(sort: QueueSort, cursor: str) -> list[Any]:
         opened = datetime.fromisoformat(opened_at)
         if opened.tzinfo is None:
             raise ValueError("naive time")
+        opened = opened.astimezone(UTC)
+        if not _CURSOR_TIMES[0] <= opened < _CURSOR_TIMES[1]:
+            raise ValueError("no alert was opened then")
         return [*values, opened, uuid.UUID(alert_id)]
-    except (binascii.Error, UnicodeDecodeError, ValueError, KeyError, TypeError):
+    except (binascii.Error, UnicodeDecodeError, ValueError, KeyError, TypeError, OverflowError):
         raise PermanentError("not a cursor this API returned", field="cursor") from None
 
 

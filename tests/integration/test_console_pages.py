@@ -5,7 +5,9 @@ alerts:write), silences, hostile and Japanese comments, and the catalogues."""
 
 from __future__ import annotations
 
+import base64
 import html
+import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -275,6 +277,20 @@ class TestQueue:
             page = await console.hanako.get("/console?" + query)
             assert page.status_code == 422, query
             assert page.headers["content-type"].startswith("text/html")
+
+    async def test_a_forged_cursor_is_a_422_naming_it_never_a_500(self, console: Console) -> None:
+        for after in (
+            ["0", "2026-05-01T00:00:00+00:00", 5],  # uuid.UUID(5) raised AttributeError
+            ["0", "0001-01-01T00:00:00+14:00", str(uuid.uuid4())],  # overflowed in asyncpg
+        ):
+            text = json.dumps({"sort": "severity", "after": after}).encode()
+            cursor = base64.urlsafe_b64encode(text).decode().rstrip("=")
+            api = await console.api.get("/v1/alerts", params={"sort": "severity", "cursor": cursor})
+            assert (api.status_code, api.json()["field"]) == (422, "cursor"), api.text
+            page = await console.hanako.get("/console", params={"cursor": cursor})
+            assert page.status_code == 422
+            assert page.headers["content-type"].startswith("text/html")
+            assert "cursor" in page.text
 
     async def test_the_fragment_and_live_answer_for_the_same_filters(
         self, console: Console
