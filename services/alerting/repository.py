@@ -17,6 +17,7 @@ from services.alerting.models import (
     TOUCHES_KEPT,
     UNRESOLVED,
     alerts,
+    alerts_version,
     applied_events,
     deadlines,
     history,
@@ -147,12 +148,8 @@ async def list_alerts(
     return [dict(row._mapping) for row in await conn.execute(query)]
 
 
-_RANK = sa.case(
-    (alerts.c.severity == Severity.CRITICAL.value, 0),
-    (alerts.c.severity == Severity.WARNING.value, 1),
-    (alerts.c.severity == Severity.INFO.value, 2),
-    else_=3,
-)
+# Stored by the database (0018), so the queue's orders are indexes rather than sorts.
+_RANK = alerts.c.severity_rank
 # Each order's keys, ending on the id; every key of one order runs the same way.
 SORT_KEYS: dict[QueueSort, tuple[list[sa.ColumnElement[Any]], bool]] = {
     QueueSort.SEVERITY: ([_RANK, alerts.c.opened_at, alerts.c.id], False),
@@ -196,6 +193,12 @@ async def queue(
         query = query.where(row < last if descending else row > last)
     order = [k.desc() if descending else k.asc() for k in keys]
     return [dict(r._mapping) for r in await conn.execute(query.order_by(*order).limit(limit))]
+
+
+async def version(conn: AsyncConnection) -> int:
+    """A number that grows at the commit of every transaction that changed alerts."""
+    found: int = await conn.scalar(sa.select(alerts_version.c.version)) or 0
+    return found
 
 
 def sort_values(sort: QueueSort, alert: dict[str, Any]) -> list[Any]:

@@ -166,6 +166,12 @@ async def queue_counts(engine: AsyncEngine, filters: QueueFilters | None = None)
     return QueueCounts(**facets)
 
 
+async def alerts_version(engine: AsyncEngine) -> int:
+    """A number that grows whenever a change to alerts commits (one row read)."""
+    async with engine.connect() as conn:
+        return await repository.version(conn)
+
+
 # One alert.
 
 

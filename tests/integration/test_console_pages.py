@@ -311,6 +311,49 @@ class TestQueue:
         assert len(after["ids"]) == 3
 
 
+class TestLive:
+    async def test_unchanged_alerts_cost_one_small_query_and_any_change_is_seen(
+        self, console: Console
+    ) -> None:
+        await seed(console)
+        queries: list[str] = []
+
+        def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            queries.append(statement)
+
+        engine: AsyncEngine = console.app.state.engine
+        sa.event.listen(engine.sync_engine, "before_cursor_execute", seen)
+        try:
+            first = (await console.hanako.get("/console/live")).json()
+            queries.clear()
+            again = (await console.hanako.get("/console/live")).json()
+            assert again == first
+            on_alerts = [q for q in queries if re.search(r"\bFROM alerts\b", q)]
+            assert on_alerts == []  # only the version, no queue and no facet
+            assert len([q for q in queries if "alerts_version" in q]) == 1
+
+            await console.detractor("newcomer", 0)
+            moved = (await console.hanako.get("/console/live")).json()
+            assert moved["signature"] != first["signature"]
+            assert len(moved["ids"]) == len(first["ids"]) + 1
+        finally:
+            sa.event.remove(engine.sync_engine, "before_cursor_execute", seen)
+
+    async def test_an_erased_customer_leaves_an_open_wallboard(self, console: Console) -> None:
+        await console.detractor("wallboard-jane", 0, comment="Jane here, call me")
+        before = (await console.hanako.get("/console/live")).json()
+        hasher = Hasher(TEST_HASH_KEY.encode())
+        await service.erase_customer(console.engine, hasher, "wallboard-jane")
+        after = (await console.hanako.get("/console/live")).json()
+        # Same ids, statuses and counts: only the customer's id and comment changed.
+        assert after["ids"] == before["ids"]
+        assert after["signature"] != before["signature"]
+        fragment = (await console.hanako.get("/console/queue")).text
+        assert after["signature"] in fragment
+        assert "wallboard-jane" not in fragment
+        assert "Jane here" not in fragment
+
+
 def _chosen(filters: QueueFilters, facet: str, value: str | None) -> bool:
     if value is None:
         return filters.unassigned
