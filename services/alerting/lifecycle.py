@@ -203,6 +203,11 @@ async def comment(
 async def entries(conn: AsyncConnection, alert_id: uuid.UUID) -> list[dict[str, Any]]:
     """Return an alert's history, oldest first (a plain read: it locks nothing)."""
     await _current(conn, alert_id, lock=False)
+    return await history_of(conn, alert_id)
+
+
+async def history_of(conn: AsyncConnection, alert_id: uuid.UUID) -> list[dict[str, Any]]:
+    """Return the history entries of an alert known to exist, oldest first."""
     rows = await conn.execute(
         sa.select(
             history.c.at,

@@ -355,6 +355,9 @@ async def get_alert(conn: AsyncConnection, alert_id: uuid.UUID) -> dict[str, Any
     return None if row is None else dict(row._mapping)
 
 
+history_of = lifecycle.history_of
+
+
 async def notifications_of(conn: AsyncConnection, alert_id: uuid.UUID) -> list[dict[str, Any]]:
     """Return an alert's notifications, oldest first (404 when there is no such alert)."""
     if await get_alert(conn, alert_id) is None:

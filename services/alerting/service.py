@@ -285,15 +285,17 @@ async def comment(
 
 
 async def history(engine: AsyncEngine, alert_id: uuid.UUID) -> History:
-    """Everything that happened to the alert, oldest first."""
-    rows = await _in_transaction(engine, lambda c: lifecycle.entries(c, alert_id))
+    """Everything that happened to the alert, oldest first (a plain read)."""
+    async with engine.connect() as conn:
+        rows = await lifecycle.entries(conn, alert_id)
     return History(items=[HistoryEntry.model_validate(e) for e in rows])
 
 
 async def notifications(engine: AsyncEngine, alert_id: uuid.UUID) -> Notifications:
     """Each notification of the alert, oldest first, with how its delivery went: status
     (pending, delivered or failed), attempts, the last error and when it was delivered."""
-    rows = await _in_transaction(engine, lambda c: repository.notifications_of(c, alert_id))
+    async with engine.connect() as conn:
+        rows = await repository.notifications_of(conn, alert_id)
     return Notifications(items=[NotificationOut.model_validate(r) for r in rows])
 
 
@@ -361,7 +363,13 @@ async def customer_touches(
     """The customer's last answers and ticket events, newest first (the service keeps 20),
     each ticket with its page when ``config`` has a link template for its source."""
     async with engine.connect() as conn:
-        rows = await repository.touches_of(conn, customer_id)
+        return await _touches(conn, customer_id, config)
+
+
+async def _touches(
+    conn: AsyncConnection, customer_id: str, config: AlertingConfig | None
+) -> CustomerTouches:
+    rows = await repository.touches_of(conn, customer_id)
     items = []
     for row in rows:
         touch = CustomerTouch.model_validate(row)
@@ -371,6 +379,42 @@ async def customer_touches(
             touch.ticket_url = config.ticket_url(source, touch.ticket_id)
         items.append(touch)
     return CustomerTouches(customer_id=customer_id, items=items)
+
+
+@dataclass(frozen=True)
+class AlertView:
+    """Everything an alert's page shows, read at one moment."""
+
+    alert: Alert
+    others: list[Alert]  # the customer's other alerts, newest first
+    touches: CustomerTouches
+    history: History
+    notifications: Notifications
+
+
+async def alert_view(
+    engine: AsyncEngine, alert_id: uuid.UUID, config: AlertingConfig, *, others: int = 20
+) -> AlertView:
+    """An alert with its customer's other alerts and touches, its history and notifications:
+    plain reads (no row locked) on one connection, in one snapshot. ``NotFound`` if none."""
+    async with engine.connect() as conn:
+        conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+        async with conn.begin():
+            row = await repository.get_alert(conn, alert_id)
+            if row is None:
+                raise NotFound(str(alert_id))
+            alert = Alert.model_validate(row)
+            theirs = await repository.alerts_of_customer(conn, alert.customer_id, others)
+            touches = await _touches(conn, alert.customer_id, config)
+            entries = await repository.history_of(conn, alert_id)
+            sent = await repository.notifications_of(conn, alert_id)
+    return AlertView(
+        alert=alert,
+        others=[a for a in (Alert.model_validate(r) for r in theirs) if a.id != alert.id],
+        touches=touches,
+        history=History(items=[HistoryEntry.model_validate(e) for e in entries]),
+        notifications=Notifications(items=[NotificationOut.model_validate(n) for n in sent]),
+    )
 
 
 async def erase_customer(engine: AsyncEngine, hasher: Hasher, customer_id: str) -> AlertErasure:

@@ -416,6 +416,34 @@ class TestAlertPage:
         page = await service.alerts_for_customer(console.engine, "kim/0")
         return next(a.id for a in page.items if a.status == "open")
 
+    async def test_viewing_locks_nothing_and_reads_on_one_connection(
+        self, console: Console
+    ) -> None:
+        alert_id = await console.detractor("c-viewed", 0)
+        engine: AsyncEngine = console.app.state.engine
+        statements: list[str] = []
+        checkouts: list[object] = []
+
+        def executed(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            statements.append(statement)
+
+        def checked_out(*args: Any) -> None:
+            checkouts.append(args[0])
+
+        await console.hanako.get(f"/console/alerts/{alert_id}")  # the session is cached
+        sa.event.listen(engine.sync_engine, "before_cursor_execute", executed)
+        sa.event.listen(engine.sync_engine.pool, "checkout", checked_out)
+        try:
+            page = await console.hanako.get(f"/console/alerts/{alert_id}")
+        finally:
+            sa.event.remove(engine.sync_engine, "before_cursor_execute", executed)
+            sa.event.remove(engine.sync_engine.pool, "checkout", checked_out)
+        assert page.status_code == 200
+        assert [s for s in statements if "FOR UPDATE" in s.upper()] == []
+        page_reads = [s for s in statements if re.search(r"\bFROM (alerts|alert_history)\b", s)]
+        assert page_reads  # it did read them
+        assert len(checkouts) <= 2, len(checkouts)  # the session's look-up, and the page
+
     async def test_unknown_and_malformed_ids(self, console: Console) -> None:
         unknown = await console.hanako.get(f"/console/alerts/{uuid.uuid4()}")
         assert unknown.status_code == 404

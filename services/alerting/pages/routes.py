@@ -357,21 +357,21 @@ def router(pages: Pages) -> APIRouter:
     ) -> HTMLResponse:
         routing = _routing(request)
         try:
-            alert = await service.get_alert(engine, alert_id)
+            view = await service.alert_view(engine, alert_id, routing)
         except service.NotFound:
             raise HTTPException(404, "no such alert") from None
+        alert = view.alert
         dashboard = pages.links.get("dashboard")
-        others = await service.alerts_for_customer(engine, alert.customer_id, limit=20)
         return render(
             request,
             "alert.html",
             status=status,
             alert=alert,
             links_out=service.alert_links(routing, alert),
-            touches=(await service.customer_touches(engine, alert.customer_id, routing)).items,
-            other_alerts=[a for a in others.items if a.id != alert.id],
-            history=(await service.history(engine, alert_id)).items,
-            notifications=(await service.notifications(engine, alert_id)).items,
+            touches=view.touches.items,
+            other_alerts=view.others,
+            history=view.history.items,
+            notifications=view.notifications.items,
             customer_url=customer_page(dashboard, alert.customer_id),
             can_write=session.principal.may(Scope.ALERTS_WRITE),
             done=_done(request),
