@@ -158,7 +158,8 @@ class QueueCounts(BaseModel):
 
 
 Person = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
-Note = Annotated[str, StringConstraints(min_length=1, max_length=10_000)]
+NOTE_MAX_LENGTH = 10_000  # characters of a note, comment or silence's reason
+Note = Annotated[str, StringConstraints(min_length=1, max_length=NOTE_MAX_LENGTH)]
 DISPLAY_NAME = (
     "Optional: the name to show for who acted (e.g. a person sharing a team's key). It is "
     "shown as given; the API key that acted is recorded apart, as `actor`."

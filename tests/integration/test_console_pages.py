@@ -33,7 +33,7 @@ from services.alerting.config import AlertingConfig
 from services.alerting.consumer import AlertHandler
 from services.alerting.models import silences as silences_table
 from services.alerting.pages import routes
-from services.alerting.schemas import QueueFilters, QueueSort, QueueStatus
+from services.alerting.schemas import NOTE_MAX_LENGTH, QueueFilters, QueueSort, QueueStatus
 from services.servers import free_port
 from shared import apikeys
 from shared.apikeys import KeyKind, Scope
@@ -605,6 +605,38 @@ class TestActions:
             assert 'id="note-error"' in refused.text
             assert 'aria-invalid="true" aria-describedby="note-error note-hint"' in refused.text
         assert (await console.api.get(f"/v1/alerts/{alert_id}")).json() == before
+
+    async def test_a_long_japanese_note_is_kept_and_too_large_a_form_is_a_page(
+        self, console: Console
+    ) -> None:
+        alert_id = await console.detractor("c-long", 0)
+        url = f"/console/alerts/{alert_id}"
+        page = await console.hanako.get(url)
+        token = hidden(page.text, "csrf_token")
+        assert f'maxlength="{NOTE_MAX_LENGTH}"' in page.text
+        note = ("返金済み。" * 400)[:2000]  # about 18 KB urlencoded: over the old 16 KiB
+        resolved = await console.hanako.post(
+            url + "/resolve", data={"csrf_token": token, "note": note}
+        )
+        assert resolved.status_code == 303, resolved.text
+        assert (await console.api.get(f"/v1/alerts/{alert_id}")).json()["note"] == note
+
+        other = await console.detractor("c-longer", 0)
+        huge = "😀" * NOTE_MAX_LENGTH + "x" * 20_000  # past the console's 128 KiB
+        refused = await console.hanako.post(
+            f"/console/alerts/{other}/comment", data={"csrf_token": token, "text": huge}
+        )
+        assert refused.status_code == 413
+        assert refused.headers["content-type"].startswith("text/html")
+        assert "nothing was saved" in refused.text
+        as_json = await console.hanako.post(f"/console/alerts/{other}/comment", json={"text": "x"})
+        assert as_json.status_code == 415
+        assert as_json.headers["content-type"].startswith("text/html")
+        # The JSON API keeps its JSON refusals.
+        api = await console.api.post(
+            f"/v1/alerts/{other}/comments", content=b"x", headers={"Content-Type": "text/plain"}
+        )
+        assert (api.status_code, api.headers["content-type"]) == (415, "application/json")
 
     async def test_assign_and_comment(self, console: Console) -> None:
         alert_id = await console.detractor("c-assign", 0)

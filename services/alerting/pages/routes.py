@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from services.alerting import service
 from services.alerting.config import AlertingConfig
 from services.alerting.schemas import (
+    NOTE_MAX_LENGTH,
     AckIn,
     AlertList,
     AssignIn,
@@ -385,6 +386,7 @@ def router(pages: Pages) -> APIRouter:
             ],
             silence_default=SILENCE_DEFAULT,
             silence_minutes=SILENCE_MINUTES,
+            note_limit=NOTE_MAX_LENGTH,
         )
 
     @routes.get("/console/alerts/{alert_id}")
