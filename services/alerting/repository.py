@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -243,12 +243,15 @@ async def alerts_of_customer(
     return [dict(r._mapping) for r in await conn.execute(query)]
 
 
-_TOUCH = sa.text("""
+# A touch dated later than this after it was applied is kept as dated then: a clock far
+# ahead (an event of 2999) would otherwise stay on top of its customer's twenty for good.
+TOUCH_SKEW = "5 minutes"
+_TOUCH = sa.text(f"""
 INSERT INTO customer_touches (event_id, customer_id, kind, occurred_at, channel, source,
     touchpoint, metric, score, comment, reasons, ticket_id, event_type, status, priority)
-SELECT event_id, customer_id, kind, occurred_at, channel, source, touchpoint, metric, score,
-    comment, coalesce(string_to_array(reasons, ','), '{}'), ticket_id, event_type, status,
-    priority
+SELECT event_id, customer_id, kind, least(occurred_at, now() + interval '{TOUCH_SKEW}'),
+    channel, source, touchpoint, metric, score, comment,
+    coalesce(string_to_array(reasons, ','), '{{}}'), ticket_id, event_type, status, priority
 FROM unnest(
     CAST(:event_id AS uuid[]), CAST(:customer_id AS text[]), CAST(:kind AS text[]),
     CAST(:occurred_at AS timestamptz[]), CAST(:channel AS text[]), CAST(:source AS text[]),
@@ -336,6 +339,14 @@ def _touch_row(event: ResponseSubmitted | TouchpointEvent) -> dict[str, Any] | N
         "status": event.status,
         "priority": None if event.priority is None else event.priority.value,
     }
+
+
+async def purge_touches(conn: AsyncConnection, older_than: timedelta) -> int:
+    """Delete the touches that occurred more than ``older_than`` ago; return how many."""
+    deleted = await conn.execute(
+        touches.delete().where(touches.c.occurred_at < sa.func.now() - older_than)
+    )
+    return int(deleted.rowcount)
 
 
 async def touches_of(conn: AsyncConnection, customer_id: str) -> list[dict[str, Any]]:
