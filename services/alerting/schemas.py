@@ -158,6 +158,8 @@ class QueueCounts(BaseModel):
 
 
 Person = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+# A matcher's value may be any alert field's, a customer id among them (256 on the wire).
+MATCHER_MAX_LENGTH = 256
 NOTE_MAX_LENGTH = 10_000  # characters of a note, comment or silence's reason
 Note = Annotated[str, StringConstraints(min_length=1, max_length=NOTE_MAX_LENGTH)]
 DISPLAY_NAME = (
@@ -269,7 +271,7 @@ class SilenceIn(BaseModel):
 
     matchers: dict[
         Annotated[str, StringConstraints(pattern=r"^[a-z_]+$")],
-        Annotated[str, StringConstraints(min_length=1, max_length=200)],
+        Annotated[str, StringConstraints(min_length=1, max_length=MATCHER_MAX_LENGTH)],
     ] = Field(min_length=1, description="Alert fields and the values they must equal.")
     duration_minutes: float | None = Field(default=None, gt=0, le=60 * 24 * 90)
     ends_at: AwareDatetime | None = None

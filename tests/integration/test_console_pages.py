@@ -795,6 +795,42 @@ class TestSilences:
         assert "This silence had already ended: nothing changed." in shown
         assert "ended by operator" in shown
 
+    async def test_a_silence_can_match_the_longest_customer_id(self, console: Console) -> None:
+        longest = "c" * 256  # what the events accept
+        alert_id = await console.detractor(longest, 0)
+        page = await console.hanako.get(f"/console/alerts/{alert_id}")
+        token = hidden(page.text, "csrf_token")
+        created = await console.hanako.post(
+            f"/console/alerts/{alert_id}/silence",
+            data={
+                "csrf_token": token,
+                "field": ["rule", "customer_id"],
+                "minutes": "60",
+                "comment": "x",
+            },
+        )
+        assert created.status_code == 303, created.text
+        (silence,) = (await service.list_silences(console.engine)).items
+        assert silence.matchers["customer_id"] == longest
+
+    async def test_a_matcher_the_schema_refuses_is_shown_beside_the_fields(
+        self, console: Console
+    ) -> None:
+        alert_id = await console.detractor("c-long-location", 0)
+        async with console.engine.begin() as conn:
+            await conn.execute(
+                sa.text("UPDATE alerts SET location = repeat('x', 300) WHERE id = :a"),
+                {"a": alert_id},
+            )
+        token = hidden((await console.hanako.get("/console")).text, "csrf_token")
+        refused = await console.hanako.post(
+            f"/console/alerts/{alert_id}/silence",
+            data={"csrf_token": token, "field": "location", "minutes": "60", "comment": "x"},
+        )
+        assert refused.status_code == 422
+        assert 'id="field-error"' in refused.text
+        assert (await service.list_silences(console.engine, active=False)).items == []
+
 
 class TestCatalogues:
     def test_both_languages_have_every_key(self) -> None:

@@ -67,6 +67,8 @@ SILENCE_FIELDS = (
 )
 SILENCE_DEFAULT = ("rule", "customer_id")
 SILENCE_MINUTES = (60, 240, 1440, 10080)
+# A body's field that a form names otherwise.
+FORM_FIELDS = {"matchers": "field"}
 RECENTLY_ENDED = timedelta(days=7)
 # What a ?done= may say; anything else is ignored.
 DONE = frozenset(
@@ -257,6 +259,8 @@ def _field_error(exc: ValidationError, values: Mapping[str, str]) -> dict[str, s
     errors: dict[str, str] = {}
     for error in exc.errors():
         field = str(error["loc"][0]) if error["loc"] else "form"
+        # A silence's matchers are the form's ticked fields.
+        field = FORM_FIELDS.get(field, field)
         empty = not (values.get(field) or "").strip()
         errors[field] = "form.required" if empty else "console.error.too_long"
     return errors
