@@ -383,7 +383,9 @@ class TestCustomerTouches:
             customer_id="jane", score=1, comment="call me, Jane", reasons=["rude_staff"]
         )
         erased = CustomerErased(event_id=uuid.uuid4(), requested_at=NOW, customer_id="jane")
-        again = response_event(customer_id="jane", score=2, comment="it's Jane again")
+        again = response_event(
+            customer_id="jane", score=2, comment="it's Jane again", reasons=["delivery_speed"]
+        )
         await handler(batch(words, ticket("jane", NOW), erased, again))
 
         assert (await service.customer_touches(engine, "jane")).items == []
