@@ -275,7 +275,8 @@ async def create_silence(engine: EngineDep, principal: Writer, body: SilenceIn) 
     dependencies=READ,
 )
 async def list_silences(engine: EngineDep, active: bool = True) -> SilenceList:
-    """Active silences (or, with `active=false`, every silence), newest first."""
+    """Active silences (or, with `active=false`, every silence), newest first: the newest
+    500, `more` saying whether there are older ones."""
     return await service.list_silences(engine, active=active)
 
 

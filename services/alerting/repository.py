@@ -393,7 +393,7 @@ _SILENCE_COLUMNS = (
     silences.c.expired_at,
     silences.c.expired_by,
     silences.c.expired_by_id,
-    (silences.c.ends_at > sa.func.now()).label("active"),
+    (silences.c.ends_at > sa.func.clock_timestamp()).label("active"),
 )
 
 
@@ -426,29 +426,36 @@ async def create_silence(
     return dict(row._mapping)
 
 
-async def list_silences(conn: AsyncConnection, *, active_only: bool) -> list[dict[str, Any]]:
-    """Return silences, newest first."""
-    query = sa.select(*_SILENCE_COLUMNS).order_by(silences.c.created_at.desc()).limit(500)
+async def list_silences(
+    conn: AsyncConnection, *, active_only: bool, ended_since: datetime | None = None, limit: int
+) -> list[dict[str, Any]]:
+    """Return up to ``limit`` silences, newest first: those in force (with ``active_only``),
+    those in force or ended since ``ended_since``, or all."""
+    query = sa.select(*_SILENCE_COLUMNS).order_by(silences.c.created_at.desc(), silences.c.id)
+    in_force = silences.c.ends_at > sa.func.clock_timestamp()
     if active_only:
-        query = query.where(silences.c.ends_at > sa.func.now())
-    return [dict(r._mapping) for r in await conn.execute(query)]
+        query = query.where(in_force)
+    elif ended_since is not None:
+        query = query.where(sa.or_(in_force, silences.c.ends_at >= ended_since))
+    return [dict(r._mapping) for r in await conn.execute(query.limit(limit))]
 
 
 async def expire_silence(
     conn: AsyncConnection, silence_id: uuid.UUID, actor: str, *, actor_id: str | None = None
 ) -> tuple[dict[str, Any] | None, bool]:
     """End a silence now, recording the key that ended it and when; return it (None if
-    unknown) and whether this call ended it (an ended one stays as it was)."""
+    unknown) and whether this call ended it (an ended one, by its time or by someone, stays
+    as it was). "Now" is the clock's, not the transaction's start."""
+    now = sa.select(sa.func.clock_timestamp().label("at")).subquery()
     row = (
         await conn.execute(
             silences.update()
-            .where(silences.c.id == silence_id, silences.c.ends_at > sa.func.now())
-            .values(
-                ends_at=sa.func.now(),
-                expired_at=sa.func.now(),
-                expired_by=actor,
-                expired_by_id=actor_id,
+            .where(
+                silences.c.id == silence_id,
+                silences.c.expired_at.is_(None),
+                silences.c.ends_at > now.c.at,
             )
+            .values(ends_at=now.c.at, expired_at=now.c.at, expired_by=actor, expired_by_id=actor_id)
             .returning(*_SILENCE_COLUMNS)
         )
     ).first()

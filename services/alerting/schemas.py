@@ -313,6 +313,9 @@ class SilenceList(BaseModel):
     """Silences, newest first."""
 
     items: list[Silence]
+    more: bool = Field(
+        default=False, description="Whether older silences exist than the ones listed."
+    )
 
 
 class AlertErasure(BaseModel):

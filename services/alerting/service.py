@@ -60,6 +60,7 @@ Conflict = lifecycle.Conflict
 QUEUE_LIMIT = 500  # the most alerts one page holds
 FACET_VALUES = 50  # the most values one facet of queue_counts lists
 CUSTOMER_ALERTS = 100  # the most alerts alerts_for_customer returns
+SILENCE_LIMIT = 500  # the most silences one list holds
 
 
 class SilenceNotFound(NotFound):
@@ -318,11 +319,23 @@ async def create_silence(engine: AsyncEngine, actor: Actor, body: SilenceIn) -> 
     return Silence.model_validate(row)
 
 
-async def list_silences(engine: AsyncEngine, *, active: bool = True) -> SilenceList:
-    """Active silences (or every silence), newest first."""
+async def list_silences(
+    engine: AsyncEngine,
+    *,
+    active: bool = True,
+    ended_since: datetime | None = None,
+    limit: int = SILENCE_LIMIT,
+) -> SilenceList:
+    """Active silences (or, with ``active=False``, those and the ones that ended since
+    ``ended_since``, or every one), newest first; at most ``limit``, ``more`` saying
+    whether there were others."""
     async with engine.connect() as conn:
-        rows = await repository.list_silences(conn, active_only=active)
-    return SilenceList(items=[Silence.model_validate(r) for r in rows])
+        rows = await repository.list_silences(
+            conn, active_only=active, ended_since=ended_since, limit=limit + 1
+        )
+    return SilenceList(
+        items=[Silence.model_validate(r) for r in rows[:limit]], more=len(rows) > limit
+    )
 
 
 @dataclass(frozen=True)

@@ -831,6 +831,37 @@ class TestSilences:
         assert 'id="field-error"' in refused.text
         assert (await service.list_silences(console.engine, active=False)).items == []
 
+    async def test_an_ended_silence_is_never_ended_again(self, console: Console) -> None:
+        async with console.engine.begin() as conn:
+            silence_id = await conn.scalar(
+                sa.text(
+                    "INSERT INTO silences (id, matchers, ends_at, created_by, comment, actor, "
+                    'expired_at, expired_by) VALUES (gen_random_uuid(), \'{"rule": "x"}\', '
+                    "now() + interval '1 hour', 'sato', 'x', 'sato', now(), 'sato') RETURNING id"
+                )
+            )
+        ended = await service.expire_silence(console.engine, silence_id, service.Actor("hanako"))
+        assert not ended.changed
+        assert ended.silence.expired_by == "sato"
+
+    async def test_past_the_newest_500_the_list_says_there_are_more(self, console: Console) -> None:
+        async with console.engine.begin() as conn:
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO silences (id, matchers, ends_at, created_by, comment, actor, "
+                    'created_at) SELECT gen_random_uuid(), \'{"rule": "x"}\', '
+                    "now() + interval '1 hour', 'sato', 'storm ' || n, 'sato', "
+                    "now() - n * interval '1 second' FROM generate_series(1, 501) AS n"
+                )
+            )
+        listed = await service.list_silences(console.engine)
+        assert (len(listed.items), listed.more) == (500, True)
+        page = (await console.hanako.get("/console/silences")).text
+        assert "Only the newest 500 silences are listed" in page
+        assert "storm 500<" in page
+        api = (await console.api.get("/v1/silences")).json()
+        assert (len(api["items"]), api["more"]) == (500, True)
+
 
 class TestCatalogues:
     def test_both_languages_have_every_key(self) -> None:

@@ -546,13 +546,15 @@ def router(pages: Pages) -> APIRouter:
     @routes.get("/console/silences")
     async def silences(request: Request, engine: EngineDep, session: Reader) -> HTMLResponse:
         """Silences in force, and those that ended in the last week."""
-        every = (await service.list_silences(engine, active=False)).items
         since = utcnow() - RECENTLY_ENDED
+        listed = await service.list_silences(engine, active=False, ended_since=since)
         return render(
             request,
             "silences.html",
-            active=[s for s in every if s.active],
-            ended=[s for s in every if not s.active and s.ends_at >= since],
+            active=[s for s in listed.items if s.active],
+            ended=[s for s in listed.items if not s.active],
+            more=listed.more,
+            listed_most=service.SILENCE_LIMIT,
             can_write=session.principal.may(Scope.ALERTS_WRITE),
             done=_done(request),
         )
