@@ -33,7 +33,13 @@ from services.alerting.config import AlertingConfig
 from services.alerting.consumer import AlertHandler
 from services.alerting.models import silences as silences_table
 from services.alerting.pages import routes
-from services.alerting.schemas import NOTE_MAX_LENGTH, QueueFilters, QueueSort, QueueStatus
+from services.alerting.schemas import (
+    NOTE_MAX_LENGTH,
+    QueueFilters,
+    QueueSort,
+    QueueStatus,
+    SilenceIn,
+)
 from services.servers import free_port
 from shared import apikeys
 from shared.apikeys import KeyKind, Scope
@@ -861,6 +867,80 @@ class TestSilences:
         assert "storm 500<" in page
         api = (await console.api.get("/v1/silences")).json()
         assert (len(api["items"]), api["more"]) == (500, True)
+
+
+# Every form the console posts: the route (under an alert or a silence) and a valid body.
+POSTS = [
+    ("alert", "ack", {}),
+    ("alert", "assign", {"to": "x"}),
+    ("alert", "comment", {"text": "x"}),
+    ("alert", "resolve", {"note": "x"}),
+    ("alert", "silence", {"field": "rule", "minutes": "60", "comment": "x"}),
+    ("silence", "expire", {}),
+]
+
+
+class TestEveryForm:
+    async def _targets(self, console: Console) -> tuple[uuid.UUID, uuid.UUID]:
+        alert_id = await console.detractor(f"c-{uuid.uuid4().hex[:8]}", 0)
+        silence = await service.create_silence(
+            console.engine,
+            service.Actor("sato"),
+            SilenceIn(matchers={"rule": "other"}, duration_minutes=60, comment="quiet"),
+        )
+        return alert_id, silence.id
+
+    async def _unchanged(self, console: Console, alert_id: uuid.UUID) -> None:
+        history = (await console.api.get(f"/v1/alerts/{alert_id}/history")).json()["items"]
+        assert [e["action"] for e in history] == ["opened"]
+        (silence,) = (await service.list_silences(console.engine, active=False)).items
+        assert (silence.active, silence.matchers) == (True, {"rule": "other"})
+
+    def _url(self, kind: str, action: str, alert_id: uuid.UUID, silence_id: uuid.UUID) -> str:
+        if kind == "alert":
+            return f"/console/alerts/{alert_id}/{action}"
+        return f"/console/silences/{silence_id}/{action}"
+
+    @pytest.mark.parametrize(("kind", "action", "data"), POSTS)
+    async def test_without_the_csrf_token_it_is_refused(
+        self, console: Console, kind: str, action: str, data: dict[str, str]
+    ) -> None:
+        alert_id, silence_id = await self._targets(console)
+        url = self._url(kind, action, alert_id, silence_id)
+        form = {"Content-Type": "application/x-www-form-urlencoded"}  # even with no fields
+        for token in ({}, {"csrf_token": "guessed"}):
+            refused = await console.hanako.post(url, data=data | token, headers=form)
+            assert refused.status_code == 403, token
+        await self._unchanged(console, alert_id)
+
+    @pytest.mark.parametrize(("kind", "action", "data"), POSTS)
+    async def test_from_another_origin_it_is_refused(
+        self, console: Console, kind: str, action: str, data: dict[str, str]
+    ) -> None:
+        alert_id, silence_id = await self._targets(console)
+        token = hidden((await console.hanako.get("/console")).text, "csrf_token")
+        url = self._url(kind, action, alert_id, silence_id)
+        for headers in (
+            {"Origin": "null"},
+            {"Origin": "http://evil.example"},
+            {"Sec-Fetch-Site": "cross-site"},
+        ):
+            refused = await console.hanako.post(
+                url, data=data | {"csrf_token": token}, headers=headers
+            )
+            assert refused.status_code == 403, headers
+        await self._unchanged(console, alert_id)
+
+    @pytest.mark.parametrize(("kind", "action", "data"), POSTS)
+    async def test_a_key_without_alerts_write_is_refused(
+        self, console: Console, kind: str, action: str, data: dict[str, str]
+    ) -> None:
+        alert_id, silence_id = await self._targets(console)
+        token = hidden((await console.reader.get("/console")).text, "csrf_token")
+        url = self._url(kind, action, alert_id, silence_id)
+        refused = await console.reader.post(url, data=data | {"csrf_token": token})
+        assert refused.status_code == 403
+        await self._unchanged(console, alert_id)
 
 
 class TestCatalogues:
