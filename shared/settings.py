@@ -449,6 +449,12 @@ class AlertingSettings(ConsumerSettings, PageSettings):
         description="The scorer's scores dashboard (http or https), linked from the on-call "
         "console.",
     )
+    touch_retention_days: int = Field(
+        default=90,
+        gt=0,
+        description="A customer's answers and ticket events shown on alert pages are deleted "
+        "this many days after they occurred (checked hourly).",
+    )
 
 
 class StackSettings(BaseSettings):

@@ -168,10 +168,15 @@ async def get_alert(engine: EngineDep, alert_id: UUID) -> Alert:
 async def acknowledge(
     engine: EngineDep, routing: RoutingDep, principal: Writer, alert_id: UUID, body: AckIn
 ) -> Alert:
-    """Take the alert: it stops escalating. Acknowledging twice changes nothing. The history
-    records the key's name as the actor, and `by`, if given, as its display name."""
+    """Take the alert: it stops escalating. The history records the key's name as the actor,
+    and `by`, if given, as its display name.
+
+    Acknowledging an acknowledged alert (someone else got there first, or a retry) changes
+    nothing and answers 200 with the alert as it is, `acknowledged_by` naming who took it;
+    a `note` given is then added to the history as a comment, so it is not lost."""
     actor = service.Actor.of(principal)
-    return await _answer(service.acknowledge(engine, routing, alert_id, actor, body))
+    done = await _answer(service.acknowledge(engine, routing, alert_id, actor, body))
+    return done.alert
 
 
 @router.post(
@@ -183,10 +188,16 @@ async def acknowledge(
 async def resolve(
     engine: EngineDep, routing: RoutingDep, principal: Writer, alert_id: UUID, body: ResolveIn
 ) -> Alert:
-    """Close the loop, saying what was done. Resolving twice changes nothing. The history
-    records the key's name as the actor, and `by`, if given, as its display name."""
+    """Close the loop, saying what was done. The history records the key's name as the
+    actor, and `by`, if given, as its display name.
+
+    Resolving a resolved alert (someone else got there first, or a retry) changes nothing
+    and answers 200 with the alert as it is: its `note`, `resolved_by` and `resolved_at` are
+    the first resolution's. The `note` given is then added to the history as a comment, so
+    it is not lost (unless it is the resolution note already there: a retry)."""
     actor = service.Actor.of(principal)
-    return await _answer(service.resolve(engine, routing, alert_id, actor, body))
+    done = await _answer(service.resolve(engine, routing, alert_id, actor, body))
+    return done.alert
 
 
 @router.post(
@@ -264,7 +275,8 @@ async def create_silence(engine: EngineDep, principal: Writer, body: SilenceIn) 
     dependencies=READ,
 )
 async def list_silences(engine: EngineDep, active: bool = True) -> SilenceList:
-    """Active silences (or, with `active=false`, every silence), newest first."""
+    """Active silences (or, with `active=false`, every silence), newest first: the newest
+    500, `more` saying whether there are older ones."""
     return await service.list_silences(engine, active=active)
 
 
@@ -277,8 +289,10 @@ async def list_silences(engine: EngineDep, active: bool = True) -> SilenceList:
 )
 async def expire_silence(engine: EngineDep, principal: Writer, silence_id: UUID) -> Silence:
     """End the silence; it stays listed with its end, the key that ended it and when. Ending
-    an ended silence changes nothing."""
-    return await _answer(service.expire_silence(engine, silence_id, service.Actor.of(principal)))
+    an ended silence changes nothing and answers 200 with it as it is (`expired_by` names
+    who ended it, if someone did)."""
+    actor = service.Actor.of(principal)
+    return (await _answer(service.expire_silence(engine, silence_id, actor))).silence
 
 
 @router.delete(
@@ -290,7 +304,8 @@ async def expire_silence(engine: EngineDep, principal: Writer, silence_id: UUID)
 )
 async def erase_customer(request: Request, engine: EngineDep, customer_id: str) -> AlertErasure:
     """Remove the customer's comments, reasons and notes from their alerts and history, and
-    replace their id in alerts and SLA deadlines with one pseudonym. The alerts and their
+    replace their id in alerts, SLA deadlines and the matchers of silences with one
+    pseudonym (such a silence's comment becomes `(erased)`). The alerts and their
     counts stay; a later event for the customer is stored under the pseudonym. This erases
     the alerting service alone: the collector's `DELETE /v1/customers/{id}` erases the
     customer from every service."""

@@ -99,7 +99,13 @@ def create_app(
                         routing.score_drop_every_minutes * 60,
                     )
                 ),
-                asyncio.create_task(gauges.keep_fresh(runtime.engine, stop)),
+                asyncio.create_task(
+                    gauges.keep_fresh(
+                        runtime.engine,
+                        stop,
+                        touch_retention=timedelta(days=alerting.touch_retention_days),
+                    )
+                ),
             ]
             try:
                 yield

@@ -20,7 +20,9 @@ class AlertHandler:
     """Opens or folds an alert for every new response a rule flags, and tracks SLA deadlines.
 
     A ``customer.erased`` in the batch erases the customer between the events before it and
-    those after it, and an erased customer's later events are applied pseudonymised.
+    those after it, and an erased customer's later events are applied pseudonymised, and
+    without their reasons (the scorer keeps those in its aggregates; alerting's alerts and
+    touches would show them beside the customer).
     """
 
     def __init__(
@@ -39,10 +41,24 @@ class AlertHandler:
 
     async def __call__(self, batch: Sequence[Decoded]) -> None:
         outcomes: list[tuple[rules.AlertDraft, bool]] = []
+        customers = {
+            e.event_id: e.customer_id
+            for e in (d.event for d in batch)
+            if isinstance(e, ResponseSubmitted | TouchpointEvent)
+        }
         async with self._engine.begin() as conn:
 
             async def apply(events: list[ResponseSubmitted | TouchpointEvent]) -> None:
-                outcomes.extend(await self._apply(conn, events))
+                # An erased customer's later answer (its id replaced by the pseudonym) loses
+                # its reasons too, as erasing their alerts and touches cleared them.
+                kept = [
+                    e.model_copy(update={"reasons": []})
+                    if isinstance(e, ResponseSubmitted)
+                    and customers.get(e.event_id) != e.customer_id
+                    else e
+                    for e in events
+                ]
+                outcomes.extend(await self._apply(conn, kept))
 
             async def erase(customer_id: str, pseudonym: str) -> None:
                 await repository.erase_customer(conn, customer_id, pseudonym)

@@ -1,14 +1,18 @@
-"""The open-alert gauge, recomputed in the background (the count lives in Postgres)."""
+"""The open-alert gauge, recomputed in the background (the count lives in Postgres), and
+the hourly purge of customer touches past their retention."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
+from datetime import timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.alerting import metrics
+from services.alerting import metrics, repository
 from services.alerting.models import alerts, notifications
 from shared.kafka import sleep_unless_stopped
 
@@ -38,9 +42,35 @@ async def refresh(engine: AsyncEngine) -> None:
         metrics.OUTBOX_DEPTH.labels(status=status).set(count)
 
 
-async def keep_fresh(engine: AsyncEngine, stop: asyncio.Event, every: float = 15.0) -> None:
-    """Refresh the gauge every ``every`` seconds until ``stop`` is set."""
+log = logging.getLogger(__name__)
+PURGE_EVERY = 3600.0  # seconds between purges of old touches
+
+
+async def purge(engine: AsyncEngine, retention: timedelta) -> int:
+    """Delete customer touches that occurred longer than ``retention`` ago."""
+    async with engine.begin() as conn:
+        return await repository.purge_touches(conn, retention)
+
+
+async def keep_fresh(
+    engine: AsyncEngine,
+    stop: asyncio.Event,
+    every: float = 15.0,
+    *,
+    touch_retention: timedelta | None = None,
+) -> None:
+    """Refresh the gauge every ``every`` seconds, and purge old touches every hour (the first
+    time at once), until ``stop`` is set."""
+    purged_at: float | None = None
     while not stop.is_set():
         with contextlib.suppress(Exception):
             await refresh(engine)
+        if touch_retention is not None and (
+            purged_at is None or time.monotonic() - purged_at >= PURGE_EVERY
+        ):
+            purged_at = time.monotonic()
+            try:
+                await purge(engine, touch_retention)
+            except Exception as exc:
+                log.warning("purging old customer touches failed: %s", exc)
         await sleep_unless_stopped(stop, every)

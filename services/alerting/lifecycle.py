@@ -10,12 +10,15 @@ apart as ``acknowledged_actor``/``_id`` and ``resolved_actor``/``_id``.
 
 Transitions are idempotent where a person would expect it (acknowledging an acknowledged
 alert changes nothing) and refused where it would lose information (acknowledging a
-resolved alert).
+resolved alert). :func:`acknowledge` and :func:`resolve` say whether they changed the alert
+(:class:`Outcome`): two people acting at once both see the alert's state, and the one who
+came second is told, their note kept by the caller (see ``service``).
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,6 +35,15 @@ class NotFound(Exception):
 
 class Conflict(Exception):
     """The transition does not apply to the alert's current state."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The alert after a transition, and whether this call made the change (False: it was
+    in that state already, acknowledged or resolved by someone else or earlier)."""
+
+    alert: dict[str, Any]
+    changed: bool
 
 
 async def record(
@@ -57,10 +69,10 @@ async def record(
     )
 
 
-async def _current(conn: AsyncConnection, alert_id: uuid.UUID) -> dict[str, Any]:
-    row = (
-        await conn.execute(sa.select(alerts).where(alerts.c.id == alert_id).with_for_update())
-    ).first()
+async def _current(conn: AsyncConnection, alert_id: uuid.UUID, *, lock: bool) -> dict[str, Any]:
+    """The alert as it is; ``lock`` holds its row until the transaction ends (to change it)."""
+    query = sa.select(alerts).where(alerts.c.id == alert_id)
+    row = (await conn.execute(query.with_for_update() if lock else query)).first()
     if row is None:
         raise NotFound(str(alert_id))
     return dict(row._mapping)
@@ -75,11 +87,11 @@ async def acknowledge(
     *,
     display_name: str | None = None,
     actor_id: str | None = None,
-) -> dict[str, Any]:
+) -> Outcome:
     """Mark an open alert as being handled by ``actor`` (shown as ``display_name``)."""
-    alert = await _current(conn, alert_id)
+    alert = await _current(conn, alert_id, lock=True)
     if alert["status"] == "acknowledged":
-        return alert
+        return Outcome(alert, changed=False)
     if alert["status"] == "resolved":
         raise Conflict("the alert is already resolved")
     row = (
@@ -104,7 +116,7 @@ async def acknowledge(
     metrics.TIME_TO_ACK.labels(rule=alert["rule"]).observe(
         (row.acknowledged_at - row.opened_at).total_seconds()
     )
-    return dict(row._mapping)
+    return Outcome(dict(row._mapping), changed=True)
 
 
 async def resolve(
@@ -117,11 +129,11 @@ async def resolve(
     config: AlertingConfig | None = None,
     display_name: str | None = None,
     actor_id: str | None = None,
-) -> dict[str, Any]:
+) -> Outcome:
     """Close an alert with the follow-up note; resolving twice changes nothing."""
-    alert = await _current(conn, alert_id)
+    alert = await _current(conn, alert_id, lock=True)
     if alert["status"] == "resolved":
-        return alert
+        return Outcome(alert, changed=False)
     row = (
         await conn.execute(
             alerts.update()
@@ -144,7 +156,7 @@ async def resolve(
     metrics.TIME_TO_RESOLVE.labels(rule=alert["rule"]).observe(
         (row.resolved_at - row.opened_at).total_seconds()
     )
-    return dict(row._mapping)
+    return Outcome(dict(row._mapping), changed=True)
 
 
 async def assign(
@@ -157,7 +169,7 @@ async def assign(
     actor_id: str | None = None,
 ) -> dict[str, Any]:
     """Give an unresolved alert to ``to``."""
-    alert = await _current(conn, alert_id)
+    alert = await _current(conn, alert_id, lock=True)
     if alert["status"] == "resolved":
         raise Conflict("the alert is already resolved")
     row = (
@@ -181,15 +193,21 @@ async def comment(
     actor_id: str | None = None,
 ) -> None:
     """Add a comment to an alert's history."""
-    await _current(conn, alert_id)
+    # Locked: an erasure updating the alert waits for the comment, then clears its note.
+    await _current(conn, alert_id, lock=True)
     await record(
         conn, alert_id, actor, "commented", text, display_name=display_name, actor_id=actor_id
     )
 
 
 async def entries(conn: AsyncConnection, alert_id: uuid.UUID) -> list[dict[str, Any]]:
-    """Return an alert's history, oldest first."""
-    await _current(conn, alert_id)
+    """Return an alert's history, oldest first (a plain read: it locks nothing)."""
+    await _current(conn, alert_id, lock=False)
+    return await history_of(conn, alert_id)
+
+
+async def history_of(conn: AsyncConnection, alert_id: uuid.UUID) -> list[dict[str, Any]]:
+    """Return the history entries of an alert known to exist, oldest first."""
     rows = await conn.execute(
         sa.select(
             history.c.at,

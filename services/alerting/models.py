@@ -50,6 +50,25 @@ alerts = sa.Table(
     sa.Column("product", sa.Text),
     sa.Column("business_unit", sa.Text),
     sa.Column("survey_type", sa.Text),
+    # The queue's severity order (critical 0, warning 1, info 2, else 3), for its index.
+    sa.Column(
+        "severity_rank",
+        sa.SmallInteger,
+        sa.Computed(
+            "CASE severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 WHEN 'info' THEN 2 "
+            "ELSE 3 END",
+            persisted=True,
+        ),
+        nullable=False,
+    ),
+)
+
+# One number that grows at the commit of every transaction that changed alerts (0018).
+alerts_version = sa.Table(
+    "alerts_version",
+    metadata,
+    sa.Column("one", sa.Boolean, primary_key=True),
+    sa.Column("version", sa.BigInteger, nullable=False),
 )
 
 silences = sa.Table(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,6 +17,7 @@ from services.alerting.models import (
     TOUCHES_KEPT,
     UNRESOLVED,
     alerts,
+    alerts_version,
     applied_events,
     deadlines,
     history,
@@ -147,12 +148,8 @@ async def list_alerts(
     return [dict(row._mapping) for row in await conn.execute(query)]
 
 
-_RANK = sa.case(
-    (alerts.c.severity == Severity.CRITICAL.value, 0),
-    (alerts.c.severity == Severity.WARNING.value, 1),
-    (alerts.c.severity == Severity.INFO.value, 2),
-    else_=3,
-)
+# Stored by the database (0018), so the queue's orders are indexes rather than sorts.
+_RANK = alerts.c.severity_rank
 # Each order's keys, ending on the id; every key of one order runs the same way.
 SORT_KEYS: dict[QueueSort, tuple[list[sa.ColumnElement[Any]], bool]] = {
     QueueSort.SEVERITY: ([_RANK, alerts.c.opened_at, alerts.c.id], False),
@@ -198,6 +195,12 @@ async def queue(
     return [dict(r._mapping) for r in await conn.execute(query.order_by(*order).limit(limit))]
 
 
+async def version(conn: AsyncConnection) -> int:
+    """A number that grows at the commit of every transaction that changed alerts."""
+    found: int = await conn.scalar(sa.select(alerts_version.c.version)) or 0
+    return found
+
+
 def sort_values(sort: QueueSort, alert: dict[str, Any]) -> list[Any]:
     """Return an alert's sort keys under ``sort`` (what a cursor records)."""
     values: list[Any] = [alert["opened_at"], alert["id"]]
@@ -240,12 +243,15 @@ async def alerts_of_customer(
     return [dict(r._mapping) for r in await conn.execute(query)]
 
 
-_TOUCH = sa.text("""
+# A touch dated later than this after it was applied is kept as dated then: a clock far
+# ahead (an event of 2999) would otherwise stay on top of its customer's twenty for good.
+TOUCH_SKEW = "5 minutes"
+_TOUCH = sa.text(f"""
 INSERT INTO customer_touches (event_id, customer_id, kind, occurred_at, channel, source,
     touchpoint, metric, score, comment, reasons, ticket_id, event_type, status, priority)
-SELECT event_id, customer_id, kind, occurred_at, channel, source, touchpoint, metric, score,
-    comment, coalesce(string_to_array(reasons, ','), '{}'), ticket_id, event_type, status,
-    priority
+SELECT event_id, customer_id, kind, least(occurred_at, now() + interval '{TOUCH_SKEW}'),
+    channel, source, touchpoint, metric, score, comment,
+    coalesce(string_to_array(reasons, ','), '{{}}'), ticket_id, event_type, status, priority
 FROM unnest(
     CAST(:event_id AS uuid[]), CAST(:customer_id AS text[]), CAST(:kind AS text[]),
     CAST(:occurred_at AS timestamptz[]), CAST(:channel AS text[]), CAST(:source AS text[]),
@@ -335,6 +341,14 @@ def _touch_row(event: ResponseSubmitted | TouchpointEvent) -> dict[str, Any] | N
     }
 
 
+async def purge_touches(conn: AsyncConnection, older_than: timedelta) -> int:
+    """Delete the touches that occurred more than ``older_than`` ago; return how many."""
+    deleted = await conn.execute(
+        touches.delete().where(touches.c.occurred_at < sa.func.now() - older_than)
+    )
+    return int(deleted.rowcount)
+
+
 async def touches_of(conn: AsyncConnection, customer_id: str) -> list[dict[str, Any]]:
     """Return a customer's kept touches, newest first."""
     query = (
@@ -350,6 +364,9 @@ async def get_alert(conn: AsyncConnection, alert_id: uuid.UUID) -> dict[str, Any
     """Return one alert, or None."""
     row = (await conn.execute(sa.select(alerts).where(alerts.c.id == alert_id))).first()
     return None if row is None else dict(row._mapping)
+
+
+history_of = lifecycle.history_of
 
 
 async def notifications_of(conn: AsyncConnection, alert_id: uuid.UUID) -> list[dict[str, Any]]:
@@ -376,7 +393,7 @@ _SILENCE_COLUMNS = (
     silences.c.expired_at,
     silences.c.expired_by,
     silences.c.expired_by_id,
-    (silences.c.ends_at > sa.func.now()).label("active"),
+    (silences.c.ends_at > sa.func.clock_timestamp()).label("active"),
 )
 
 
@@ -409,36 +426,48 @@ async def create_silence(
     return dict(row._mapping)
 
 
-async def list_silences(conn: AsyncConnection, *, active_only: bool) -> list[dict[str, Any]]:
-    """Return silences, newest first."""
-    query = sa.select(*_SILENCE_COLUMNS).order_by(silences.c.created_at.desc()).limit(500)
+async def list_silences(
+    conn: AsyncConnection, *, active_only: bool, ended_since: datetime | None = None, limit: int
+) -> list[dict[str, Any]]:
+    """Return up to ``limit`` silences, newest first: those in force (with ``active_only``),
+    those in force or ended since ``ended_since``, or all."""
+    query = sa.select(*_SILENCE_COLUMNS).order_by(silences.c.created_at.desc(), silences.c.id)
+    in_force = silences.c.ends_at > sa.func.clock_timestamp()
     if active_only:
-        query = query.where(silences.c.ends_at > sa.func.now())
-    return [dict(r._mapping) for r in await conn.execute(query)]
+        query = query.where(in_force)
+    elif ended_since is not None:
+        query = query.where(sa.or_(in_force, silences.c.ends_at >= ended_since))
+    return [dict(r._mapping) for r in await conn.execute(query.limit(limit))]
 
 
 async def expire_silence(
     conn: AsyncConnection, silence_id: uuid.UUID, actor: str, *, actor_id: str | None = None
-) -> dict[str, Any] | None:
-    """End a silence now, recording the key that ended it and when (an ended one stays as
-    it was)."""
+) -> tuple[dict[str, Any] | None, bool]:
+    """End a silence now, recording the key that ended it and when; return it (None if
+    unknown) and whether this call ended it (an ended one, by its time or by someone, stays
+    as it was). "Now" is the clock's, not the transaction's start."""
+    now = sa.select(sa.func.clock_timestamp().label("at")).subquery()
     row = (
         await conn.execute(
             silences.update()
-            .where(silences.c.id == silence_id, silences.c.ends_at > sa.func.now())
-            .values(
-                ends_at=sa.func.now(),
-                expired_at=sa.func.now(),
-                expired_by=actor,
-                expired_by_id=actor_id,
+            .where(
+                silences.c.id == silence_id,
+                silences.c.expired_at.is_(None),
+                silences.c.ends_at > now.c.at,
             )
+            .values(ends_at=now.c.at, expired_at=now.c.at, expired_by=actor, expired_by_id=actor_id)
             .returning(*_SILENCE_COLUMNS)
         )
     ).first()
-    if row is None:
-        query = sa.select(*_SILENCE_COLUMNS).where(silences.c.id == silence_id)
-        row = (await conn.execute(query)).first()
-    return None if row is None else dict(row._mapping)
+    if row is not None:
+        return dict(row._mapping), True
+    query = sa.select(*_SILENCE_COLUMNS).where(silences.c.id == silence_id)
+    row = (await conn.execute(query)).first()
+    return (None if row is None else dict(row._mapping)), False
+
+
+# What an erased customer's silence says instead of its comment.
+ERASED_COMMENT = "(erased)"
 
 
 async def erase_customer(conn: AsyncConnection, customer_id: str, pseudonym: str) -> int:
@@ -447,9 +476,11 @@ async def erase_customer(conn: AsyncConnection, customer_id: str, pseudonym: str
     Their id becomes ``pseudonym`` in SLA deadlines, alerts and their recent touches (which
     lose their comments and reasons, as alerts do); their alerts lose the
     comment, the reasons, the resolution note and every note in their history, and their id
-    becomes the pseudonym in dedupe keys and notification group keys too. Deadlines
-    go first: a deadline firing meanwhile holds its row, so its alert exists by the time
-    the alerts are updated.
+    becomes the pseudonym in dedupe keys and notification group keys too. A silence that
+    matches their id (the console ticks ``customer_id`` by default) matches the pseudonym
+    instead, so it still holds back their alerts, and its comment, which may name them,
+    becomes ``ERASED_COMMENT``. Deadlines go first: a deadline firing meanwhile holds its
+    row, so its alert exists by the time the alerts are updated.
     """
     await conn.execute(
         deadlines.update()
@@ -460,6 +491,16 @@ async def erase_customer(conn: AsyncConnection, customer_id: str, pseudonym: str
         touches.update()
         .where(touches.c.customer_id == customer_id)
         .values(customer_id=pseudonym, comment=None, reasons=[])
+    )
+    await conn.execute(
+        silences.update()
+        .where(silences.c.matchers["customer_id"].astext == customer_id)
+        .values(
+            matchers=silences.c.matchers.op("||")(
+                sa.func.jsonb_build_object("customer_id", pseudonym)
+            ),
+            comment=ERASED_COMMENT,
+        )
     )
     rows = await conn.execute(
         alerts.update()

@@ -158,7 +158,10 @@ class QueueCounts(BaseModel):
 
 
 Person = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
-Note = Annotated[str, StringConstraints(min_length=1, max_length=10_000)]
+# A matcher's value may be any alert field's, a customer id among them (256 on the wire).
+MATCHER_MAX_LENGTH = 256
+NOTE_MAX_LENGTH = 10_000  # characters of a note, comment or silence's reason
+Note = Annotated[str, StringConstraints(min_length=1, max_length=NOTE_MAX_LENGTH)]
 DISPLAY_NAME = (
     "Optional: the name to show for who acted (e.g. a person sharing a team's key). It is "
     "shown as given; the API key that acted is recorded apart, as `actor`."
@@ -268,7 +271,7 @@ class SilenceIn(BaseModel):
 
     matchers: dict[
         Annotated[str, StringConstraints(pattern=r"^[a-z_]+$")],
-        Annotated[str, StringConstraints(min_length=1, max_length=200)],
+        Annotated[str, StringConstraints(min_length=1, max_length=MATCHER_MAX_LENGTH)],
     ] = Field(min_length=1, description="Alert fields and the values they must equal.")
     duration_minutes: float | None = Field(default=None, gt=0, le=60 * 24 * 90)
     ends_at: AwareDatetime | None = None
@@ -310,6 +313,9 @@ class SilenceList(BaseModel):
     """Silences, newest first."""
 
     items: list[Silence]
+    more: bool = Field(
+        default=False, description="Whether older silences exist than the ones listed."
+    )
 
 
 class AlertErasure(BaseModel):

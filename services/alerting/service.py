@@ -14,7 +14,7 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -60,6 +60,7 @@ Conflict = lifecycle.Conflict
 QUEUE_LIMIT = 500  # the most alerts one page holds
 FACET_VALUES = 50  # the most values one facet of queue_counts lists
 CUSTOMER_ALERTS = 100  # the most alerts alerts_for_customer returns
+SILENCE_LIMIT = 500  # the most silences one list holds
 
 
 class SilenceNotFound(NotFound):
@@ -96,13 +97,22 @@ def encode_cursor(sort: QueueSort, values: Sequence[Any]) -> str:
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
+# The times a cursor may name: every alert was opened by the database's now().
+_CURSOR_TIMES = (datetime(1970, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC))
+
+
 def decode_cursor(sort: QueueSort, cursor: str) -> list[Any]:
-    """The sort keys a cursor of ``sort`` continues after; ``PermanentError`` if it is not one."""
+    """The sort keys a cursor of ``sort`` continues after; ``PermanentError`` (naming
+    ``cursor``) if it is not one: every key must be the string :func:`encode_cursor`
+    writes, and the time one the database can hold."""
     try:
         data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if data["sort"] != sort.value:
+        if not isinstance(data, dict) or data.get("sort") != sort.value:
             raise PermanentError("the cursor belongs to another sort order", field="cursor")
-        *rank, opened_at, alert_id = data["after"]
+        after = data["after"]
+        if not isinstance(after, list) or not all(isinstance(k, str) for k in after):
+            raise ValueError("keys are strings")
+        *rank, opened_at, alert_id = after
         values: list[Any] = [int(r) for r in rank]
         if len(values) != (1 if sort is QueueSort.SEVERITY else 0):
             raise ValueError("wrong number of keys")
@@ -111,8 +121,11 @@ def decode_cursor(sort: QueueSort, cursor: str) -> list[Any]:
         opened = datetime.fromisoformat(opened_at)
         if opened.tzinfo is None:
             raise ValueError("naive time")
+        opened = opened.astimezone(UTC)
+        if not _CURSOR_TIMES[0] <= opened < _CURSOR_TIMES[1]:
+            raise ValueError("no alert was opened then")
         return [*values, opened, uuid.UUID(alert_id)]
-    except (binascii.Error, UnicodeDecodeError, ValueError, KeyError, TypeError):
+    except (binascii.Error, UnicodeDecodeError, ValueError, KeyError, TypeError, OverflowError):
         raise PermanentError("not a cursor this API returned", field="cursor") from None
 
 
@@ -154,6 +167,12 @@ async def queue_counts(engine: AsyncEngine, filters: QueueFilters | None = None)
     return QueueCounts(**facets)
 
 
+async def alerts_version(engine: AsyncEngine) -> int:
+    """A number that grows whenever a change to alerts commits (one row read)."""
+    async with engine.connect() as conn:
+        return await repository.version(conn)
+
+
 # One alert.
 
 
@@ -172,17 +191,47 @@ def alert_links(config: AlertingConfig, alert: Alert) -> list[Link]:
     return [Link.model_validate(link) for link in config.links(alert.model_dump())]
 
 
+@dataclass(frozen=True)
+class Transition:
+    """An alert after an acknowledge or resolve, and whether that call changed it.
+
+    ``changed`` is False when the alert was in that state already (someone else got there
+    first, or this is a retry); the caller's note was then added to the history as a comment
+    rather than lost, unless it is the resolution note already there (a retry).
+    """
+
+    alert: Alert
+    changed: bool
+
+
+async def _keep_note(
+    conn: AsyncConnection,
+    outcome: lifecycle.Outcome,
+    alert_id: uuid.UUID,
+    actor: Actor,
+    note: str | None,
+    by: str | None,
+) -> Transition:
+    if not outcome.changed and note and note != outcome.alert.get("note"):
+        await lifecycle.comment(
+            conn, alert_id, actor.name, note, display_name=by, actor_id=actor.id
+        )
+    return Transition(Alert.model_validate(outcome.alert), outcome.changed)
+
+
 async def acknowledge(
     engine: AsyncEngine, config: AlertingConfig, alert_id: uuid.UUID, actor: Actor, body: AckIn
-) -> Alert:
-    """Take the alert: it stops escalating; twice changes nothing. ``Conflict`` if resolved."""
-    row = await _in_transaction(
-        engine,
-        lambda c: lifecycle.acknowledge(
-            c, alert_id, actor.name, body.note, config, display_name=body.by, actor_id=actor.id
-        ),
-    )
-    return Alert.model_validate(row)
+) -> Transition:
+    """Take the alert: it stops escalating; twice changes nothing (the second note, if any,
+    is added as a comment). ``Conflict`` if resolved."""
+
+    async def step(conn: AsyncConnection) -> Transition:
+        outcome = await lifecycle.acknowledge(
+            conn, alert_id, actor.name, body.note, config, display_name=body.by, actor_id=actor.id
+        )
+        return await _keep_note(conn, outcome, alert_id, actor, body.note, body.by)
+
+    return await _in_transaction(engine, step)
 
 
 async def resolve(
@@ -191,21 +240,23 @@ async def resolve(
     alert_id: uuid.UUID,
     actor: Actor,
     body: ResolveIn,
-) -> Alert:
-    """Close the loop with the required follow-up note; resolving twice changes nothing."""
-    row = await _in_transaction(
-        engine,
-        lambda c: lifecycle.resolve(
-            c,
+) -> Transition:
+    """Close the loop with the required follow-up note. Resolving a resolved alert changes
+    nothing, and its note is added as a comment (unless it is the resolution note)."""
+
+    async def step(conn: AsyncConnection) -> Transition:
+        outcome = await lifecycle.resolve(
+            conn,
             alert_id,
             actor.name,
             body.note,
             config=config,
             display_name=body.by,
             actor_id=actor.id,
-        ),
-    )
-    return Alert.model_validate(row)
+        )
+        return await _keep_note(conn, outcome, alert_id, actor, body.note, body.by)
+
+    return await _in_transaction(engine, step)
 
 
 async def assign(engine: AsyncEngine, alert_id: uuid.UUID, actor: Actor, body: AssignIn) -> Alert:
@@ -235,15 +286,17 @@ async def comment(
 
 
 async def history(engine: AsyncEngine, alert_id: uuid.UUID) -> History:
-    """Everything that happened to the alert, oldest first."""
-    rows = await _in_transaction(engine, lambda c: lifecycle.entries(c, alert_id))
+    """Everything that happened to the alert, oldest first (a plain read)."""
+    async with engine.connect() as conn:
+        rows = await lifecycle.entries(conn, alert_id)
     return History(items=[HistoryEntry.model_validate(e) for e in rows])
 
 
 async def notifications(engine: AsyncEngine, alert_id: uuid.UUID) -> Notifications:
     """Each notification of the alert, oldest first, with how its delivery went: status
     (pending, delivered or failed), attempts, the last error and when it was delivered."""
-    rows = await _in_transaction(engine, lambda c: repository.notifications_of(c, alert_id))
+    async with engine.connect() as conn:
+        rows = await repository.notifications_of(conn, alert_id)
     return Notifications(items=[NotificationOut.model_validate(r) for r in rows])
 
 
@@ -266,20 +319,43 @@ async def create_silence(engine: AsyncEngine, actor: Actor, body: SilenceIn) -> 
     return Silence.model_validate(row)
 
 
-async def list_silences(engine: AsyncEngine, *, active: bool = True) -> SilenceList:
-    """Active silences (or every silence), newest first."""
+async def list_silences(
+    engine: AsyncEngine,
+    *,
+    active: bool = True,
+    ended_since: datetime | None = None,
+    limit: int = SILENCE_LIMIT,
+) -> SilenceList:
+    """Active silences (or, with ``active=False``, those and the ones that ended since
+    ``ended_since``, or every one), newest first; at most ``limit``, ``more`` saying
+    whether there were others."""
     async with engine.connect() as conn:
-        rows = await repository.list_silences(conn, active_only=active)
-    return SilenceList(items=[Silence.model_validate(r) for r in rows])
+        rows = await repository.list_silences(
+            conn, active_only=active, ended_since=ended_since, limit=limit + 1
+        )
+    return SilenceList(
+        items=[Silence.model_validate(r) for r in rows[:limit]], more=len(rows) > limit
+    )
 
 
-async def expire_silence(engine: AsyncEngine, silence_id: uuid.UUID, actor: Actor) -> Silence:
+@dataclass(frozen=True)
+class Expiry:
+    """A silence after expire_silence, and whether that call ended it (False: it had
+    ended already, by its time or by someone)."""
+
+    silence: Silence
+    changed: bool
+
+
+async def expire_silence(engine: AsyncEngine, silence_id: uuid.UUID, actor: Actor) -> Expiry:
     """End a silence now (an ended one stays as it was); ``SilenceNotFound`` if unknown."""
     async with engine.begin() as conn:
-        row = await repository.expire_silence(conn, silence_id, actor.name, actor_id=actor.id)
+        row, changed = await repository.expire_silence(
+            conn, silence_id, actor.name, actor_id=actor.id
+        )
     if row is None:
         raise SilenceNotFound(str(silence_id))
-    return Silence.model_validate(row)
+    return Expiry(Silence.model_validate(row), changed)
 
 
 # The customer behind an alert.
@@ -300,7 +376,13 @@ async def customer_touches(
     """The customer's last answers and ticket events, newest first (the service keeps 20),
     each ticket with its page when ``config`` has a link template for its source."""
     async with engine.connect() as conn:
-        rows = await repository.touches_of(conn, customer_id)
+        return await _touches(conn, customer_id, config)
+
+
+async def _touches(
+    conn: AsyncConnection, customer_id: str, config: AlertingConfig | None
+) -> CustomerTouches:
+    rows = await repository.touches_of(conn, customer_id)
     items = []
     for row in rows:
         touch = CustomerTouch.model_validate(row)
@@ -310,6 +392,42 @@ async def customer_touches(
             touch.ticket_url = config.ticket_url(source, touch.ticket_id)
         items.append(touch)
     return CustomerTouches(customer_id=customer_id, items=items)
+
+
+@dataclass(frozen=True)
+class AlertView:
+    """Everything an alert's page shows, read at one moment."""
+
+    alert: Alert
+    others: list[Alert]  # the customer's other alerts, newest first
+    touches: CustomerTouches
+    history: History
+    notifications: Notifications
+
+
+async def alert_view(
+    engine: AsyncEngine, alert_id: uuid.UUID, config: AlertingConfig, *, others: int = 20
+) -> AlertView:
+    """An alert with its customer's other alerts and touches, its history and notifications:
+    plain reads (no row locked) on one connection, in one snapshot. ``NotFound`` if none."""
+    async with engine.connect() as conn:
+        conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+        async with conn.begin():
+            row = await repository.get_alert(conn, alert_id)
+            if row is None:
+                raise NotFound(str(alert_id))
+            alert = Alert.model_validate(row)
+            theirs = await repository.alerts_of_customer(conn, alert.customer_id, others)
+            touches = await _touches(conn, alert.customer_id, config)
+            entries = await repository.history_of(conn, alert_id)
+            sent = await repository.notifications_of(conn, alert_id)
+    return AlertView(
+        alert=alert,
+        others=[a for a in (Alert.model_validate(r) for r in theirs) if a.id != alert.id],
+        touches=touches,
+        history=History(items=[HistoryEntry.model_validate(e) for e in entries]),
+        notifications=Notifications(items=[NotificationOut.model_validate(n) for n in sent]),
+    )
 
 
 async def erase_customer(engine: AsyncEngine, hasher: Hasher, customer_id: str) -> AlertErasure:

@@ -48,8 +48,10 @@ log = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).parent
 STATIC_DIR = WEB_DIR / "static"
 FORM = frozenset({"application/x-www-form-urlencoded"})
-# A page's form is a few fields; nothing a person types comes near this.
+# A page's form is a few fields; a service whose forms take long notes gives its own limit.
 FORM_LIMIT = 16 * 1024
+# The body limit's refusals, which it answers as JSON before the app runs.
+_REFUSED_BODIES = {413: "the form is too large to send; nothing was saved", 415: "not a form"}
 LANG_COOKIE = "cxloop-lang"
 _MAX_NEXT = 2048
 
@@ -67,6 +69,7 @@ class Pages:
     static: Path | None = None
     links: Mapping[str, str | None] = field(default_factory=dict)  # nav: key -> URL
     prefixes: tuple[str, ...] = ()  # the paths its pages live under
+    form_limit: int = FORM_LIMIT  # the largest urlencoded form its pages take, in bytes
     env: jinja2.Environment = field(init=False)
 
     def __post_init__(self) -> None:
@@ -177,7 +180,7 @@ class Pages:
 
         def policy(path: str) -> tuple[int, frozenset[str]]:
             if path.startswith(prefixes):
-                return FORM_LIMIT, FORM
+                return self.form_limit, FORM
             return json_limit, JSON_ONLY
 
         return policy
@@ -397,7 +400,41 @@ def install(app: FastAPI, pages: Pages) -> None:
     for transient in (DBAPIError, OSError):
         app.add_exception_handler(transient, database_error)
     app.add_exception_handler(Exception, any_error)
+    app.add_middleware(_PageBodyRefusals, pages=pages, on_page=on_page)
     app.add_middleware(SecurityHeadersMiddleware)
+
+
+class _PageBodyRefusals:
+    """On a page path, the body limit's 413 or 415 (JSON, sent before the app ran) becomes
+    the error page, so a browser that posted too long a note is told so in its language."""
+
+    def __init__(self, app: Any, *, pages: Pages, on_page: Callable[[Request], bool]) -> None:
+        self.app = app
+        self.pages = pages
+        self.on_page = on_page
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not self.on_page(Request(scope)):
+            await self.app(scope, receive, send)
+            return
+        refused: int | None = None
+
+        async def page_send(message: Any) -> None:
+            nonlocal refused
+            if message["type"] == "http.response.start" and message["status"] in _REFUSED_BODIES:
+                headers = dict(message.get("headers", []))
+                if headers.get(b"content-type", b"").startswith(b"application/json"):
+                    refused = message["status"]
+                    return
+            if refused is None:
+                await send(message)
+            elif not message.get("more_body", False):
+                page = self.pages.error(
+                    Request(scope), refused, "error.bad", _REFUSED_BODIES[refused]
+                )
+                await page(scope, receive, send)
+
+        await self.app(scope, receive, page_send)
 
 
 async def _call(handler: Callable[..., Any], request: Request, exc: Exception) -> Response:

@@ -115,6 +115,39 @@ class TestAlertActions:
             ("resolved", TEAM, "the-ceo"),
         ]
 
+    async def test_the_second_of_two_resolving_keeps_their_note_as_a_comment(
+        self, alerting: httpx.AsyncClient, database_url: str
+    ) -> None:
+        # Two people resolve at once: the second call finds the first's resolution.
+        alert_id = await open_alert(database_url)
+        url = f"/v1/alerts/{alert_id}"
+        first = await alerting.post(f"{url}/resolve", json={"by": "sato", "note": "refunded"})
+        second = await alerting.post(f"{url}/resolve", json={"by": "kato", "note": "called her"})
+        assert second.status_code == 200, second.text
+        assert second.json() == first.json()  # the first resolution stands, as it was
+        retry = await alerting.post(f"{url}/resolve", json={"by": "sato", "note": "refunded"})
+        assert retry.json() == first.json()
+        entries = await history(alerting, alert_id)
+        assert [(h["action"], h["display_name"], h["note"]) for h in entries[1:]] == [
+            ("resolved", "sato", "refunded"),
+            ("commented", "kato", "called her"),  # not lost; the retry added nothing
+        ]
+
+    async def test_the_second_of_two_acknowledging_keeps_their_note_as_a_comment(
+        self, alerting: httpx.AsyncClient, database_url: str
+    ) -> None:
+        alert_id = await open_alert(database_url)
+        url = f"/v1/alerts/{alert_id}"
+        first = await alerting.post(f"{url}/ack", json={"by": "sato"})
+        second = await alerting.post(f"{url}/ack", json={"by": "kato", "note": "on it too"})
+        assert second.status_code == 200, second.text
+        assert second.json() == first.json()
+        entries = await history(alerting, alert_id)
+        assert [(h["action"], h["display_name"], h["note"]) for h in entries[1:]] == [
+            ("acknowledged", "sato", None),
+            ("commented", "kato", "on it too"),
+        ]
+
     async def test_without_a_display_name_the_key_name_is_shown(
         self, alerting: httpx.AsyncClient, database_url: str
     ) -> None:

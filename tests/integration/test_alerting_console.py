@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.alerting import service
+from services.alerting import gauges, service
 from services.alerting.app import create_app
 from services.alerting.config import AlertingConfig
 from services.alerting.consumer import AlertHandler
@@ -383,7 +383,9 @@ class TestCustomerTouches:
             customer_id="jane", score=1, comment="call me, Jane", reasons=["rude_staff"]
         )
         erased = CustomerErased(event_id=uuid.uuid4(), requested_at=NOW, customer_id="jane")
-        again = response_event(customer_id="jane", score=2, comment="it's Jane again")
+        again = response_event(
+            customer_id="jane", score=2, comment="it's Jane again", reasons=["delivery_speed"]
+        )
         await handler(batch(words, ticket("jane", NOW), erased, again))
 
         assert (await service.customer_touches(engine, "jane")).items == []
@@ -400,3 +402,31 @@ class TestCustomerTouches:
         ]
         (alert_,) = (await service.alerts_for_customer(engine, pseudonym)).items
         assert (alert_.comment, alert_.reasons, alert_.occurrences) == (None, [], 2)
+
+    async def test_an_answer_dated_far_ahead_cannot_stay_on_top(
+        self, engine: AsyncEngine, handler: AlertHandler
+    ) -> None:
+        ahead = response_event(customer_id="ahead", occurred_at=datetime(2999, 1, 1, tzinfo=UTC))
+        await handler(batch(ahead))
+        (touch,) = (await service.customer_touches(engine, "ahead")).items
+        # Kept as dated when it was applied (give or take the allowed skew), so newer
+        # touches come above it and it is trimmed in its turn.
+        assert touch.occurred_at < datetime.now(UTC) + timedelta(days=1)
+        newer = [
+            response_event(customer_id="ahead", occurred_at=datetime.now(UTC) + timedelta(hours=n))
+            for n in range(1, 21)
+        ]
+        await handler(batch(*newer))
+        kept = (await service.customer_touches(engine, "ahead")).items
+        assert ahead.event_id not in {t.event_id for t in kept}
+
+    async def test_touches_past_their_retention_are_purged(
+        self, engine: AsyncEngine, handler: AlertHandler
+    ) -> None:
+        old = response_event(customer_id="kept", occurred_at=NOW - timedelta(days=100))
+        recent = response_event(customer_id="kept", occurred_at=NOW - timedelta(days=10))
+        await handler(batch(old, recent))
+        assert await gauges.purge(engine, timedelta(days=90)) == 1
+        kept = (await service.customer_touches(engine, "kept")).items
+        assert [t.event_id for t in kept] == [recent.event_id]
+        assert AlertingSettings().touch_retention_days == 90

@@ -5,7 +5,9 @@ alerts:write), silences, hostile and Japanese comments, and the catalogues."""
 
 from __future__ import annotations
 
+import base64
 import html
+import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -31,7 +33,13 @@ from services.alerting.config import AlertingConfig
 from services.alerting.consumer import AlertHandler
 from services.alerting.models import silences as silences_table
 from services.alerting.pages import routes
-from services.alerting.schemas import QueueFilters, QueueSort, QueueStatus
+from services.alerting.schemas import (
+    NOTE_MAX_LENGTH,
+    QueueFilters,
+    QueueSort,
+    QueueStatus,
+    SilenceIn,
+)
 from services.servers import free_port
 from shared import apikeys
 from shared.apikeys import KeyKind, Scope
@@ -276,6 +284,20 @@ class TestQueue:
             assert page.status_code == 422, query
             assert page.headers["content-type"].startswith("text/html")
 
+    async def test_a_forged_cursor_is_a_422_naming_it_never_a_500(self, console: Console) -> None:
+        for after in (
+            ["0", "2026-05-01T00:00:00+00:00", 5],  # uuid.UUID(5) raised AttributeError
+            ["0", "0001-01-01T00:00:00+14:00", str(uuid.uuid4())],  # overflowed in asyncpg
+        ):
+            text = json.dumps({"sort": "severity", "after": after}).encode()
+            cursor = base64.urlsafe_b64encode(text).decode().rstrip("=")
+            api = await console.api.get("/v1/alerts", params={"sort": "severity", "cursor": cursor})
+            assert (api.status_code, api.json()["field"]) == (422, "cursor"), api.text
+            page = await console.hanako.get("/console", params={"cursor": cursor})
+            assert page.status_code == 422
+            assert page.headers["content-type"].startswith("text/html")
+            assert "cursor" in page.text
+
     async def test_the_fragment_and_live_answer_for_the_same_filters(
         self, console: Console
     ) -> None:
@@ -293,6 +315,49 @@ class TestQueue:
         after = (await console.hanako.get("/console/live?channel=sms")).json()
         assert after["signature"] != before
         assert len(after["ids"]) == 3
+
+
+class TestLive:
+    async def test_unchanged_alerts_cost_one_small_query_and_any_change_is_seen(
+        self, console: Console
+    ) -> None:
+        await seed(console)
+        queries: list[str] = []
+
+        def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            queries.append(statement)
+
+        engine: AsyncEngine = console.app.state.engine
+        sa.event.listen(engine.sync_engine, "before_cursor_execute", seen)
+        try:
+            first = (await console.hanako.get("/console/live")).json()
+            queries.clear()
+            again = (await console.hanako.get("/console/live")).json()
+            assert again == first
+            on_alerts = [q for q in queries if re.search(r"\bFROM alerts\b", q)]
+            assert on_alerts == []  # only the version, no queue and no facet
+            assert len([q for q in queries if "alerts_version" in q]) == 1
+
+            await console.detractor("newcomer", 0)
+            moved = (await console.hanako.get("/console/live")).json()
+            assert moved["signature"] != first["signature"]
+            assert len(moved["ids"]) == len(first["ids"]) + 1
+        finally:
+            sa.event.remove(engine.sync_engine, "before_cursor_execute", seen)
+
+    async def test_an_erased_customer_leaves_an_open_wallboard(self, console: Console) -> None:
+        await console.detractor("wallboard-jane", 0, comment="Jane here, call me")
+        before = (await console.hanako.get("/console/live")).json()
+        hasher = Hasher(TEST_HASH_KEY.encode())
+        await service.erase_customer(console.engine, hasher, "wallboard-jane")
+        after = (await console.hanako.get("/console/live")).json()
+        # Same ids, statuses and counts: only the customer's id and comment changed.
+        assert after["ids"] == before["ids"]
+        assert after["signature"] != before["signature"]
+        fragment = (await console.hanako.get("/console/queue")).text
+        assert after["signature"] in fragment
+        assert "wallboard-jane" not in fragment
+        assert "Jane here" not in fragment
 
 
 def _chosen(filters: QueueFilters, facet: str, value: str | None) -> bool:
@@ -356,6 +421,34 @@ class TestAlertPage:
         )
         page = await service.alerts_for_customer(console.engine, "kim/0")
         return next(a.id for a in page.items if a.status == "open")
+
+    async def test_viewing_locks_nothing_and_reads_on_one_connection(
+        self, console: Console
+    ) -> None:
+        alert_id = await console.detractor("c-viewed", 0)
+        engine: AsyncEngine = console.app.state.engine
+        statements: list[str] = []
+        checkouts: list[object] = []
+
+        def executed(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            statements.append(statement)
+
+        def checked_out(*args: Any) -> None:
+            checkouts.append(args[0])
+
+        await console.hanako.get(f"/console/alerts/{alert_id}")  # the session is cached
+        sa.event.listen(engine.sync_engine, "before_cursor_execute", executed)
+        sa.event.listen(engine.sync_engine.pool, "checkout", checked_out)
+        try:
+            page = await console.hanako.get(f"/console/alerts/{alert_id}")
+        finally:
+            sa.event.remove(engine.sync_engine, "before_cursor_execute", executed)
+            sa.event.remove(engine.sync_engine.pool, "checkout", checked_out)
+        assert page.status_code == 200
+        assert [s for s in statements if "FOR UPDATE" in s.upper()] == []
+        page_reads = [s for s in statements if re.search(r"\bFROM (alerts|alert_history)\b", s)]
+        assert page_reads  # it did read them
+        assert len(checkouts) <= 2, len(checkouts)  # the session's look-up, and the page
 
     async def test_unknown_and_malformed_ids(self, console: Console) -> None:
         unknown = await console.hanako.get(f"/console/alerts/{uuid.uuid4()}")
@@ -463,8 +556,46 @@ class TestActions:
         twice = await console.hanako.post(
             f"/console/alerts/{alert_id}/resolve", data={"csrf_token": token, "note": "other"}
         )
-        assert twice.headers["location"].endswith("?done=noop")
+        assert twice.headers["location"].endswith("?done=already_resolved")
         assert (await console.api.get(f"/v1/alerts/{alert_id}")).json() == body
+
+    async def test_resolving_what_someone_just_resolved_says_so_and_keeps_the_note(
+        self, console: Console
+    ) -> None:
+        alert_id = await console.detractor("c-race", 0)
+        url = f"/console/alerts/{alert_id}"
+        token = hidden((await console.hanako.get(url)).text, "csrf_token")
+        # Hanako has the page open; meanwhile the operator resolves it.
+        first = await console.api.post(f"/v1/alerts/{alert_id}/resolve", json={"note": "done"})
+        assert first.status_code == 200
+        late = await console.hanako.post(
+            url + "/resolve", data={"csrf_token": token, "note": "Called back; 返金済み"}
+        )
+        assert late.status_code == 303
+        assert late.headers["location"] == f"{url}?done=already_resolved"
+        shown = (await console.hanako.get(late.headers["location"])).text
+        assert "Already resolved by operator at " in shown
+        assert "your note was added to the history as a comment" in shown
+        ja = await console.hanako.get(late.headers["location"], headers={"Accept-Language": "ja"})
+        assert "operator が " in ja.text
+        assert (await console.api.get(f"/v1/alerts/{alert_id}")).json() == first.json()
+        history = (await console.api.get(f"/v1/alerts/{alert_id}/history")).json()["items"]
+        assert [(e["action"], e["actor"], e["note"]) for e in history][1:] == [
+            ("resolved", "operator", "done"),
+            ("commented", "hanako", "Called back; 返金済み"),
+        ]
+
+    async def test_acknowledging_what_someone_just_took_says_who(self, console: Console) -> None:
+        alert_id = await console.detractor("c-race-ack", 0)
+        url = f"/console/alerts/{alert_id}"
+        token = hidden((await console.hanako.get(url)).text, "csrf_token")
+        taken = await console.api.post(f"/v1/alerts/{alert_id}/ack", json={"by": "sato"})
+        assert taken.status_code == 200
+        late = await console.hanako.post(url + "/ack", data={"csrf_token": token})
+        assert late.headers["location"] == f"{url}?done=already_acknowledged"
+        shown = (await console.hanako.get(late.headers["location"])).text
+        assert "Already acknowledged by sato at " in shown
+        assert (await console.api.get(f"/v1/alerts/{alert_id}")).json() == taken.json()
 
     async def test_resolve_without_a_note_is_refused_and_changes_nothing(
         self, console: Console
@@ -480,6 +611,38 @@ class TestActions:
             assert 'id="note-error"' in refused.text
             assert 'aria-invalid="true" aria-describedby="note-error note-hint"' in refused.text
         assert (await console.api.get(f"/v1/alerts/{alert_id}")).json() == before
+
+    async def test_a_long_japanese_note_is_kept_and_too_large_a_form_is_a_page(
+        self, console: Console
+    ) -> None:
+        alert_id = await console.detractor("c-long", 0)
+        url = f"/console/alerts/{alert_id}"
+        page = await console.hanako.get(url)
+        token = hidden(page.text, "csrf_token")
+        assert f'maxlength="{NOTE_MAX_LENGTH}"' in page.text
+        note = ("返金済み。" * 400)[:2000]  # about 18 KB urlencoded: over the old 16 KiB
+        resolved = await console.hanako.post(
+            url + "/resolve", data={"csrf_token": token, "note": note}
+        )
+        assert resolved.status_code == 303, resolved.text
+        assert (await console.api.get(f"/v1/alerts/{alert_id}")).json()["note"] == note
+
+        other = await console.detractor("c-longer", 0)
+        huge = "😀" * NOTE_MAX_LENGTH + "x" * 20_000  # past the console's 128 KiB
+        refused = await console.hanako.post(
+            f"/console/alerts/{other}/comment", data={"csrf_token": token, "text": huge}
+        )
+        assert refused.status_code == 413
+        assert refused.headers["content-type"].startswith("text/html")
+        assert "nothing was saved" in refused.text
+        as_json = await console.hanako.post(f"/console/alerts/{other}/comment", json={"text": "x"})
+        assert as_json.status_code == 415
+        assert as_json.headers["content-type"].startswith("text/html")
+        # The JSON API keeps its JSON refusals.
+        api = await console.api.post(
+            f"/v1/alerts/{other}/comments", content=b"x", headers={"Content-Type": "text/plain"}
+        )
+        assert (api.status_code, api.headers["content-type"]) == (415, "application/json")
 
     async def test_assign_and_comment(self, console: Console) -> None:
         alert_id = await console.detractor("c-assign", 0)
@@ -618,6 +781,166 @@ class TestSilences:
         async with console.engine.connect() as conn:
             expired_by = await conn.scalar(sa.select(silences_table.c.expired_by))
         assert expired_by == "hanako"
+
+    async def test_ending_what_someone_just_ended_says_so(self, console: Console) -> None:
+        alert_id = await console.detractor("c-quiet-race", 0)
+        page = await console.hanako.get(f"/console/alerts/{alert_id}")
+        token = hidden(page.text, "csrf_token")
+        await console.hanako.post(
+            f"/console/alerts/{alert_id}/silence",
+            data={"csrf_token": token, "field": "rule", "minutes": "60", "comment": "storm"},
+        )
+        (silence,) = (await service.list_silences(console.engine)).items
+        # The operator ends it while hanako's list is open.
+        assert (await console.api.delete(f"/v1/silences/{silence.id}")).status_code == 200
+        late = await console.hanako.post(
+            f"/console/silences/{silence.id}/expire", data={"csrf_token": token}
+        )
+        assert late.headers["location"] == "/console/silences?done=already_expired"
+        shown = (await console.hanako.get(late.headers["location"])).text
+        assert "This silence had already ended: nothing changed." in shown
+        assert "ended by operator" in shown
+
+    async def test_a_silence_can_match_the_longest_customer_id(self, console: Console) -> None:
+        longest = "c" * 256  # what the events accept
+        alert_id = await console.detractor(longest, 0)
+        page = await console.hanako.get(f"/console/alerts/{alert_id}")
+        token = hidden(page.text, "csrf_token")
+        created = await console.hanako.post(
+            f"/console/alerts/{alert_id}/silence",
+            data={
+                "csrf_token": token,
+                "field": ["rule", "customer_id"],
+                "minutes": "60",
+                "comment": "x",
+            },
+        )
+        assert created.status_code == 303, created.text
+        (silence,) = (await service.list_silences(console.engine)).items
+        assert silence.matchers["customer_id"] == longest
+
+    async def test_a_matcher_the_schema_refuses_is_shown_beside_the_fields(
+        self, console: Console
+    ) -> None:
+        alert_id = await console.detractor("c-long-location", 0)
+        async with console.engine.begin() as conn:
+            await conn.execute(
+                sa.text("UPDATE alerts SET location = repeat('x', 300) WHERE id = :a"),
+                {"a": alert_id},
+            )
+        token = hidden((await console.hanako.get("/console")).text, "csrf_token")
+        refused = await console.hanako.post(
+            f"/console/alerts/{alert_id}/silence",
+            data={"csrf_token": token, "field": "location", "minutes": "60", "comment": "x"},
+        )
+        assert refused.status_code == 422
+        assert 'id="field-error"' in refused.text
+        assert (await service.list_silences(console.engine, active=False)).items == []
+
+    async def test_an_ended_silence_is_never_ended_again(self, console: Console) -> None:
+        async with console.engine.begin() as conn:
+            silence_id = await conn.scalar(
+                sa.text(
+                    "INSERT INTO silences (id, matchers, ends_at, created_by, comment, actor, "
+                    'expired_at, expired_by) VALUES (gen_random_uuid(), \'{"rule": "x"}\', '
+                    "now() + interval '1 hour', 'sato', 'x', 'sato', now(), 'sato') RETURNING id"
+                )
+            )
+        ended = await service.expire_silence(console.engine, silence_id, service.Actor("hanako"))
+        assert not ended.changed
+        assert ended.silence.expired_by == "sato"
+
+    async def test_past_the_newest_500_the_list_says_there_are_more(self, console: Console) -> None:
+        async with console.engine.begin() as conn:
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO silences (id, matchers, ends_at, created_by, comment, actor, "
+                    'created_at) SELECT gen_random_uuid(), \'{"rule": "x"}\', '
+                    "now() + interval '1 hour', 'sato', 'storm ' || n, 'sato', "
+                    "now() - n * interval '1 second' FROM generate_series(1, 501) AS n"
+                )
+            )
+        listed = await service.list_silences(console.engine)
+        assert (len(listed.items), listed.more) == (500, True)
+        page = (await console.hanako.get("/console/silences")).text
+        assert "Only the newest 500 silences are listed" in page
+        assert "storm 500<" in page
+        api = (await console.api.get("/v1/silences")).json()
+        assert (len(api["items"]), api["more"]) == (500, True)
+
+
+# Every form the console posts: the route (under an alert or a silence) and a valid body.
+POSTS = [
+    ("alert", "ack", {}),
+    ("alert", "assign", {"to": "x"}),
+    ("alert", "comment", {"text": "x"}),
+    ("alert", "resolve", {"note": "x"}),
+    ("alert", "silence", {"field": "rule", "minutes": "60", "comment": "x"}),
+    ("silence", "expire", {}),
+]
+
+
+class TestEveryForm:
+    async def _targets(self, console: Console) -> tuple[uuid.UUID, uuid.UUID]:
+        alert_id = await console.detractor(f"c-{uuid.uuid4().hex[:8]}", 0)
+        silence = await service.create_silence(
+            console.engine,
+            service.Actor("sato"),
+            SilenceIn(matchers={"rule": "other"}, duration_minutes=60, comment="quiet"),
+        )
+        return alert_id, silence.id
+
+    async def _unchanged(self, console: Console, alert_id: uuid.UUID) -> None:
+        history = (await console.api.get(f"/v1/alerts/{alert_id}/history")).json()["items"]
+        assert [e["action"] for e in history] == ["opened"]
+        (silence,) = (await service.list_silences(console.engine, active=False)).items
+        assert (silence.active, silence.matchers) == (True, {"rule": "other"})
+
+    def _url(self, kind: str, action: str, alert_id: uuid.UUID, silence_id: uuid.UUID) -> str:
+        if kind == "alert":
+            return f"/console/alerts/{alert_id}/{action}"
+        return f"/console/silences/{silence_id}/{action}"
+
+    @pytest.mark.parametrize(("kind", "action", "data"), POSTS)
+    async def test_without_the_csrf_token_it_is_refused(
+        self, console: Console, kind: str, action: str, data: dict[str, str]
+    ) -> None:
+        alert_id, silence_id = await self._targets(console)
+        url = self._url(kind, action, alert_id, silence_id)
+        form = {"Content-Type": "application/x-www-form-urlencoded"}  # even with no fields
+        for token in ({}, {"csrf_token": "guessed"}):
+            refused = await console.hanako.post(url, data=data | token, headers=form)
+            assert refused.status_code == 403, token
+        await self._unchanged(console, alert_id)
+
+    @pytest.mark.parametrize(("kind", "action", "data"), POSTS)
+    async def test_from_another_origin_it_is_refused(
+        self, console: Console, kind: str, action: str, data: dict[str, str]
+    ) -> None:
+        alert_id, silence_id = await self._targets(console)
+        token = hidden((await console.hanako.get("/console")).text, "csrf_token")
+        url = self._url(kind, action, alert_id, silence_id)
+        for headers in (
+            {"Origin": "null"},
+            {"Origin": "http://evil.example"},
+            {"Sec-Fetch-Site": "cross-site"},
+        ):
+            refused = await console.hanako.post(
+                url, data=data | {"csrf_token": token}, headers=headers
+            )
+            assert refused.status_code == 403, headers
+        await self._unchanged(console, alert_id)
+
+    @pytest.mark.parametrize(("kind", "action", "data"), POSTS)
+    async def test_a_key_without_alerts_write_is_refused(
+        self, console: Console, kind: str, action: str, data: dict[str, str]
+    ) -> None:
+        alert_id, silence_id = await self._targets(console)
+        token = hidden((await console.reader.get("/console")).text, "csrf_token")
+        url = self._url(kind, action, alert_id, silence_id)
+        refused = await console.reader.post(url, data=data | {"csrf_token": token})
+        assert refused.status_code == 403
+        await self._unchanged(console, alert_id)
 
 
 class TestCatalogues:

@@ -722,6 +722,18 @@ async def test_alerting_erases_history_notes_dedupe_keys_and_group_keys(
             ),
             {"a": alert_id, "c": customer},
         )
+        # A silence made from the alert (the console ticks customer_id by default), and one
+        # of someone else's that must stay as it was.
+        await conn.execute(
+            sa.text(
+                "INSERT INTO silences (id, matchers, ends_at, created_by, comment, actor) VALUES "
+                "(gen_random_uuid(), jsonb_build_object('rule', 'detractor', 'customer_id', "
+                "CAST(:c AS text)), now() + interval '1 hour', 'hanako', 'Jane is on holiday', "
+                "'hanako'), (gen_random_uuid(), jsonb_build_object('customer_id', 'someone'), "
+                "now() + interval '1 hour', 'hanako', 'someone else', 'hanako')"
+            ),
+            {"c": customer},
+        )
     pseudonym = f"erased:{uuid.uuid4()}"
     async with engine.begin() as conn:
         assert await alerting_repository.erase_customer(conn, customer, pseudonym) == 1
@@ -744,8 +756,16 @@ async def test_alerting_erases_history_notes_dedupe_keys_and_group_keys(
                 sa.text("SELECT customer_id, comment, reasons, score FROM customer_touches")
             )
         ).all()
+        silenced = (
+            await conn.execute(sa.text("SELECT matchers, comment FROM silences ORDER BY comment"))
+        ).all()
     assert tuple(alert) == (f"detractor:{pseudonym}:-", None, None, [])
     # The customer's recent answers are pseudonymised as their alerts are.
     assert [tuple(t) for t in touches] == [(pseudonym, None, [], 2)]
     assert notes == [None]
     assert group_key == f"0:oncall:customer_id={pseudonym},rule=detractor#1"
+    # The silence still matches their (pseudonymised) alerts, and no longer names them.
+    assert [tuple(s) for s in silenced] == [
+        ({"rule": "detractor", "customer_id": pseudonym}, "(erased)"),
+        ({"customer_id": "someone"}, "someone else"),
+    ]

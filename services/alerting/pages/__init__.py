@@ -15,6 +15,7 @@ from shared.web.pages import Pages
 from shared.web.sessions import SessionStore
 
 HERE = Path(__file__).parent
+FORM_LIMIT = 128 * 1024
 
 
 def build(settings: AlertingSettings, keystore: KeyStore) -> Pages:
@@ -34,4 +35,7 @@ def build(settings: AlertingSettings, keystore: KeyStore) -> Pages:
             "dashboard": settings.dashboard_url,
         },
         prefixes=("/console",),
+        # Notes of up to NOTE_MAX_LENGTH characters, urlencoded: 9 bytes a CJK character,
+        # 12 an emoji, with room for the form's other fields.
+        form_limit=FORM_LIMIT,
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -25,6 +26,7 @@ from pydantic import ValidationError
 from services.alerting import service
 from services.alerting.config import AlertingConfig
 from services.alerting.schemas import (
+    NOTE_MAX_LENGTH,
     AckIn,
     AlertList,
     AssignIn,
@@ -45,6 +47,7 @@ from shared.web.sessions import Session
 
 PAGE_SIZE = 50
 LIVE_INTERVAL_MS = 1000
+LIVE_ANSWERS_KEPT = 256  # /console/live answers kept per process, one per queue URL
 # The query parameters of the queue, in the order its URLs write them.
 FILTERS = ("status", "rule", "channel", "location", "assignee", "unassigned", "sort")
 _MAX_PARAM = 200
@@ -64,10 +67,22 @@ SILENCE_FIELDS = (
 )
 SILENCE_DEFAULT = ("rule", "customer_id")
 SILENCE_MINUTES = (60, 240, 1440, 10080)
+# A body's field that a form names otherwise.
+FORM_FIELDS = {"matchers": "field"}
 RECENTLY_ENDED = timedelta(days=7)
 # What a ?done= may say; anything else is ignored.
 DONE = frozenset(
-    {"acknowledged", "assigned", "commented", "resolved", "silenced", "expired", "noop"}
+    {
+        "acknowledged",
+        "assigned",
+        "commented",
+        "resolved",
+        "silenced",
+        "expired",
+        "already_acknowledged",
+        "already_resolved",
+        "already_expired",
+    }
 )
 
 Reader = Annotated[Session, signed_in(Scope.ALERTS_READ)]
@@ -166,11 +181,9 @@ class QueueLinks:
 
 
 def _signature(page: AlertList, counts: QueueCounts) -> str:
-    """Changes whenever what the queue shows changes: its rows and its counts."""
-    rows = [
-        [str(a.id), a.status.value, a.assignee, a.occurrences, a.last_seen_at.isoformat()]
-        for a in page.items
-    ]
+    """Changes whenever what the queue shows changes: every field of its rows (an erased
+    customer's id and comment among them) and its counts."""
+    rows = [a.model_dump(mode="json") for a in page.items]
     text = json.dumps([rows, counts.model_dump(), page.next_cursor], default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -246,6 +259,8 @@ def _field_error(exc: ValidationError, values: Mapping[str, str]) -> dict[str, s
     errors: dict[str, str] = {}
     for error in exc.errors():
         field = str(error["loc"][0]) if error["loc"] else "form"
+        # A silence's matchers are the form's ticked fields.
+        field = FORM_FIELDS.get(field, field)
         empty = not (values.get(field) or "").strip()
         errors[field] = "form.required" if empty else "console.error.too_long"
     return errors
@@ -303,20 +318,36 @@ def router(pages: Pages) -> APIRouter:
         """The queue's region alone, for console.js to swap in when /console/live changed."""
         return render(request, "_queue.html", **await queue_view(request, engine))
 
+    # /console/live's answers by URL, each with the alerts version it was computed at.
+    live_answers: OrderedDict[str, tuple[int, dict[str, Any]]] = OrderedDict()
+
     @routes.get("/console/live", dependencies=[signed_in(Scope.ALERTS_READ)])
     async def live(request: Request, engine: EngineDep) -> JSONResponse:
         """The queue's first page of ids and its counts, and a signature that changes with
-        them: console.js polls it and fetches /console/queue when it changed."""
-        view = await queue_view(request, engine)
-        return JSONResponse(
-            {
+        them: console.js polls it and fetches /console/queue when it changed. One small
+        query while alerts stay as they were (their version, bumped at the commit of any
+        change); the page and its counts are computed again only when it moved."""
+        filters, sort, cursor = _queue_query(request)
+        key = QueueLinks(filters, sort, cursor).url("/console/live", keep_cursor=True)
+        version = await service.alerts_version(engine)
+        known = live_answers.get(key)
+        if known is not None and known[0] == version:
+            live_answers.move_to_end(key)
+            answer = known[1]
+        else:
+            view = await queue_view(request, engine)
+            answer = {
                 "signature": view["signature"],
                 "ids": [str(a.id) for a in view["page"].items],
                 "total": view["total"],
                 "counts": view["counts"].model_dump(),
-            },
-            headers={"Cache-Control": "no-store"},
-        )
+            }
+            # Computed after reading the version: never older than the version it is kept for.
+            live_answers[key] = (version, answer)
+            live_answers.move_to_end(key)
+            while len(live_answers) > LIVE_ANSWERS_KEPT:
+                live_answers.popitem(last=False)
+        return JSONResponse(answer, headers={"Cache-Control": "no-store"})
 
     async def alert_page(
         request: Request,
@@ -331,21 +362,21 @@ def router(pages: Pages) -> APIRouter:
     ) -> HTMLResponse:
         routing = _routing(request)
         try:
-            alert = await service.get_alert(engine, alert_id)
+            view = await service.alert_view(engine, alert_id, routing)
         except service.NotFound:
             raise HTTPException(404, "no such alert") from None
+        alert = view.alert
         dashboard = pages.links.get("dashboard")
-        others = await service.alerts_for_customer(engine, alert.customer_id, limit=20)
         return render(
             request,
             "alert.html",
             status=status,
             alert=alert,
             links_out=service.alert_links(routing, alert),
-            touches=(await service.customer_touches(engine, alert.customer_id, routing)).items,
-            other_alerts=[a for a in others.items if a.id != alert.id],
-            history=(await service.history(engine, alert_id)).items,
-            notifications=(await service.notifications(engine, alert_id)).items,
+            touches=view.touches.items,
+            other_alerts=view.others,
+            history=view.history.items,
+            notifications=view.notifications.items,
             customer_url=customer_page(dashboard, alert.customer_id),
             can_write=session.principal.may(Scope.ALERTS_WRITE),
             done=_done(request),
@@ -359,6 +390,7 @@ def router(pages: Pages) -> APIRouter:
             ],
             silence_default=SILENCE_DEFAULT,
             silence_minutes=SILENCE_MINUTES,
+            note_limit=NOTE_MAX_LENGTH,
         )
 
     @routes.get("/console/alerts/{alert_id}")
@@ -378,9 +410,10 @@ def router(pages: Pages) -> APIRouter:
         values: Mapping[str, str],
         work: Any,
     ) -> Response:
-        """Run one action; 303 back to the alert, or its page again with what went wrong."""
+        """Run one action; 303 back to the alert, or its page again with what went wrong.
+        ``work`` may return another ``done`` (the action had been done already)."""
         try:
-            await work()
+            done = await work() or done
         except ValidationError as exc:
             errors = _field_error(exc, values)
             return await alert_page(
@@ -402,8 +435,9 @@ def router(pages: Pages) -> APIRouter:
         found = _alert_id(alert_id)
         actor = service.Actor.of(session.principal)
 
-        async def work() -> None:
-            await service.acknowledge(engine, _routing(request), found, actor, AckIn())
+        async def work() -> str | None:
+            taken = await service.acknowledge(engine, _routing(request), found, actor, AckIn())
+            return None if taken.changed else "already_acknowledged"
 
         return await act(request, engine, session, found, "acknowledged", {}, work)
 
@@ -451,25 +485,18 @@ def router(pages: Pages) -> APIRouter:
         alert_id: str,
         note: Annotated[str, Form()] = "",
     ) -> Response:
-        """Close the loop with the follow-up note (required); resolving a resolved alert
-        changes nothing and says so."""
+        """Close the loop with the follow-up note (required). Resolving a resolved alert
+        (someone else was quicker) changes nothing and says who resolved it; the note is
+        then added as a comment, so it is not lost."""
         found = _alert_id(alert_id)
         actor = service.Actor.of(session.principal)
-        outcome = "resolved"
 
-        async def work() -> None:
-            nonlocal outcome
+        async def work() -> str | None:
             body = ResolveIn(note=_blank_is_empty(note))
-            before = await service.get_alert(engine, found)
-            if before.status == "resolved":
-                outcome = "noop"
-                return
-            await service.resolve(engine, _routing(request), found, actor, body)
+            closed = await service.resolve(engine, _routing(request), found, actor, body)
+            return None if closed.changed else "already_resolved"
 
-        response = await act(request, engine, session, found, "resolved", {"note": note}, work)
-        if outcome == "noop" and isinstance(response, RedirectResponse):
-            return _see_other(f"/console/alerts/{found}?done=noop")
-        return response
+        return await act(request, engine, session, found, "resolved", {"note": note}, work)
 
     @routes.post("/console/alerts/{alert_id}/silence")
     async def silence(
@@ -519,13 +546,15 @@ def router(pages: Pages) -> APIRouter:
     @routes.get("/console/silences")
     async def silences(request: Request, engine: EngineDep, session: Reader) -> HTMLResponse:
         """Silences in force, and those that ended in the last week."""
-        every = (await service.list_silences(engine, active=False)).items
         since = utcnow() - RECENTLY_ENDED
+        listed = await service.list_silences(engine, active=False, ended_since=since)
         return render(
             request,
             "silences.html",
-            active=[s for s in every if s.active],
-            ended=[s for s in every if not s.active and s.ends_at >= since],
+            active=[s for s in listed.items if s.active],
+            ended=[s for s in listed.items if not s.active],
+            more=listed.more,
+            listed_most=service.SILENCE_LIMIT,
             can_write=session.principal.may(Scope.ALERTS_WRITE),
             done=_done(request),
         )
@@ -540,10 +569,12 @@ def router(pages: Pages) -> APIRouter:
         except ValueError:
             raise _bad("silence", "not a silence id") from None
         try:
-            await service.expire_silence(engine, found, service.Actor.of(session.principal))
+            ended = await service.expire_silence(engine, found, service.Actor.of(session.principal))
         except service.SilenceNotFound:
             raise HTTPException(404, "no such silence") from None
-        return _see_other("/console/silences?done=expired")
+        return _see_other(
+            f"/console/silences?done={'expired' if ended.changed else 'already_expired'}"
+        )
 
     return routes
 
