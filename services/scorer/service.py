@@ -535,12 +535,14 @@ async def latest_responses(
 
 
 async def customer(
-    engine: AsyncEngine, customer_id: str, limit: int = CUSTOMER_LIMIT
+    engine: AsyncEngine, customer_id: str, limit: int = CUSTOMER_LIMIT, cursor: str | None = None
 ) -> CustomerOut:
-    """A customer's answers and tickets, newest first, at most ``limit`` of each. An unknown
-    (or erased) customer has none."""
+    """A customer's answers and tickets, newest first, at most ``limit`` of each; answers
+    after ``cursor`` (:func:`customer_cursor`) if given. An unknown (or erased) customer has
+    none."""
+    after = _after(cursor)
     async with engine.connect() as conn:
-        answers = await queries.customer_responses(conn, customer_id, limit=limit + 1)
+        answers = await queries.customer_responses(conn, customer_id, limit=limit + 1, after=after)
         tickets = await queries.customer_tickets(conn, customer_id, limit=limit + 1)
     return CustomerOut(
         customer_id=customer_id,
@@ -549,6 +551,14 @@ async def customer(
         tickets=[CustomerTicket.model_validate(t) for t in tickets[:limit]],
         more_tickets=len(tickets) > limit,
     )
+
+
+def customer_cursor(found: CustomerOut) -> str | None:
+    """The cursor of the customer's answers after those in ``found``, if there are more."""
+    if not found.more_responses or not found.responses:
+        return None
+    last = found.responses[-1]
+    return _page_cursor({"occurred_at": last.occurred_at, "event_id": last.event_id})
 
 
 async def erase_customer(engine: AsyncEngine, hasher: Hasher, customer_id: str) -> Erasure:
