@@ -143,7 +143,8 @@ async def get_timeseries(
     interval: Interval = Interval.DAY,
     scale: ScaleParam = None,
 ) -> TimeseriesOut:
-    """Return one score per interval (UTC) with its `n`; empty intervals are left out."""
+    """Return one score per interval (UTC) with its `n`; empty intervals are left out.
+    `interval=hour` covers at most 31 days; a custom range, 400 days from 2000-01-01 on."""
     min_n = _settings(request).min_n
     return await service.trend(
         engine, span.range, segments.values, metric, scale, min_n, interval=interval
@@ -282,10 +283,11 @@ async def latest_responses(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = service.LIVE_LIMIT,
 ) -> LatestResponses:
-    """Responses stored since `cursor` (without one, the latest), newest first, at most
-    `limit`. Each call looks a few seconds back before its cursor, so that no response is
-    missed when batches commit out of order: an item may repeat, recognise it by
-    `event_id`. They carry personal data, so this needs the `responses:read` scope."""
+    """Responses stored since `cursor` (without one, the latest stored in the last day),
+    newest first, at most `limit`. Each call looks a few seconds back before its cursor, so
+    that no response is missed when batches commit out of order: an item may repeat,
+    recognise it by `event_id`. They carry personal data, so this needs the
+    `responses:read` scope."""
     return await service.latest_responses(engine, cursor, segments.values, limit)
 
 

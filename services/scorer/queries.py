@@ -276,29 +276,37 @@ async def latest_responses(
     conn: AsyncConnection,
     *,
     stored_since: datetime | None,
+    look_back: timedelta,
     filters: Mapping[str, str],
     limit: int,
-) -> list[dict[str, Any]]:
-    """Return responses stored after ``stored_since`` (all if None), newest stored first."""
+) -> tuple[list[dict[str, Any]], datetime]:
+    """Return responses stored after ``stored_since`` (if None, those stored in the
+    ``look_back`` before now), newest stored first, and the database's now(): the time the
+    read's transaction began."""
     query = sa.select(responses).order_by(responses.c.stored_at.desc(), responses.c.event_id.desc())
     if stored_since is not None:
         query = query.where(responses.c.stored_at > stored_since)
+    else:
+        query = query.where(responses.c.stored_at > sa.func.now() - look_back)
     for column, value in filters.items():
         query = query.where(responses.c[column] == value)
-    return [dict(row._mapping) for row in await conn.execute(query.limit(limit))]
+    rows = [dict(row._mapping) for row in await conn.execute(query.limit(limit))]
+    read_at = await conn.scalar(sa.select(sa.func.now()))
+    assert isinstance(read_at, datetime)
+    return rows, read_at
 
 
 async def customer_responses(
-    conn: AsyncConnection, customer_id: str, *, limit: int
+    conn: AsyncConnection,
+    customer_id: str,
+    *,
+    limit: int,
+    after: tuple[datetime, uuid.UUID] | None = None,
 ) -> list[dict[str, Any]]:
-    """Return a customer's responses, newest first."""
-    query = (
-        sa.select(responses)
-        .where(responses.c.customer_id == customer_id)
-        .order_by(responses.c.occurred_at.desc(), responses.c.event_id.desc())
-        .limit(limit)
+    """Return a customer's responses, newest first, after the cursor ``after``."""
+    return await list_responses(
+        conn, filters={"customer_id": customer_id}, since=None, until=None, after=after, limit=limit
     )
-    return [dict(row._mapping) for row in await conn.execute(query)]
 
 
 # Status and durations as /v1/service-times counts them: resolved only if not reopened since.

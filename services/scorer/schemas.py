@@ -320,5 +320,8 @@ class LatestResponses(BaseModel):
     """
 
     items: list[StoredResponse]
-    cursor: str | None = Field(description="Pass as `cursor` next time; null until any response.")
+    cursor: str | None = Field(
+        description="Pass as `cursor` next time: the newest item's storage time, or the time "
+        "of this read when there is none."
+    )
     truncated: bool = Field(description="More responses arrived than `limit`: older ones left out.")

@@ -12,7 +12,7 @@ import base64
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -62,6 +62,28 @@ LIVE_LIMIT: Final = 50
 # otherwise fall behind a cursor already past it.
 LIVE_SETTLE: Final = timedelta(seconds=10)
 DEFAULT_WINDOW: Final = Window.MONTH
+# A custom range covers at most this, and lies between EARLIEST and a day past now: the
+# calendar ends at year 9999 and begins at year 1, so a bound near either end would make a
+# range's arithmetic (its previous period, its UTC days) overflow.
+LONGEST_RANGE: Final = timedelta(days=400)
+EARLIEST: Final = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST_AHEAD: Final = timedelta(days=1)
+# Hours are offered up to a month: past that a timeseries of hours is thousands of points.
+HOURLY_UP_TO: Final = timedelta(days=31)
+# Without a cursor, the live answers are looked for among those stored this long before.
+LIVE_FIRST_LOOKBACK: Final = timedelta(days=1)
+_BOUNDS: Final = "must lie between 2000-01-01 and a day from now (UTC)"
+
+
+def check_moment(field: str, moment: datetime, now: datetime | None = None) -> datetime:
+    """Return ``moment`` if it has a UTC offset and lies in [EARLIEST, now + a day], else
+    raise a 422 naming ``field``."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise FieldErrors([{"field": field, "detail": "needs a UTC offset"}])
+    # Comparing aware datetimes never overflows; converting them (astimezone) can.
+    if not EARLIEST <= moment <= (now or utcnow()) + LATEST_AHEAD:
+        raise FieldErrors([{"field": field, "detail": _BOUNDS}])
+    return moment
 
 
 @dataclass(frozen=True)
@@ -81,12 +103,24 @@ def resolve_range(
     window: Window | None, from_: datetime | None, to: datetime | None, now: datetime | None = None
 ) -> Range:
     """Return the range a caller asked for: `from`/`to` if given, else the rolling `window`
-    (default 30d) back to the top of its hour. Bad combinations are a 422 naming the field."""
+    (default 30d) back to the top of its hour. Bad combinations, a bound before 2000 or
+    more than a day ahead, and a range longer than ``LONGEST_RANGE`` are a 422 naming the
+    field."""
     now = now or utcnow()
     if from_ is not None:
-        until = to or now
+        check_moment("from", from_, now)
+        until = check_moment("to", to, now) if to is not None else now
         if from_ >= until:
             raise FieldErrors([{"field": "from", "detail": "must be before `to`"}])
+        if until - from_ > LONGEST_RANGE:
+            raise FieldErrors(
+                [
+                    {
+                        "field": "from",
+                        "detail": f"the range may cover {LONGEST_RANGE.days} days at most",
+                    }
+                ]
+            )
         return Range(from_, until)
     if to is not None:
         raise FieldErrors([{"field": "to", "detail": "needs `from` as well"}])
@@ -189,7 +223,17 @@ async def trend(
     interval: Interval = Interval.DAY,
 ) -> TimeseriesOut:
     """One score of ``metric`` per interval (UTC), each with its ``n`` and margin; intervals
-    without answers are left out."""
+    without answers are left out. Hours only over ``HOURLY_UP_TO`` at most."""
+    if interval is Interval.HOUR and span.until - span.since > HOURLY_UP_TO:
+        raise FieldErrors(
+            [
+                {
+                    "field": "interval",
+                    "detail": f"hour covers at most {HOURLY_UP_TO.days} days: use day or a "
+                    "shorter range",
+                }
+            ]
+        )
     rows = await _score_rows(engine, span, filters, metric, scale, interval=interval.value)
     points = [Point(start=r.start, **summarise(metric, r.counts, scale, min_n)) for r in rows]
     return TimeseriesOut.model_validate(
@@ -405,12 +449,23 @@ def _page_cursor(row: Mapping[str, Any]) -> str:
     return _encode(row["occurred_at"].isoformat(), str(row["event_id"]))
 
 
+def _cursor_moment(text: str) -> datetime:
+    """A cursor's time: with its UTC offset and within the years a range may cover."""
+    try:
+        moment = datetime.fromisoformat(text)
+        return check_moment("cursor", moment)
+    except (ValueError, FieldErrors):
+        raise FieldErrors(
+            [{"field": "cursor", "detail": "is not a cursor this API gave"}]
+        ) from None
+
+
 def _after(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
     if cursor is None:
         return None
     moment, event_id = _decode(cursor, 2)
     try:
-        return datetime.fromisoformat(moment), uuid.UUID(event_id)
+        return _cursor_moment(moment), uuid.UUID(event_id)
     except ValueError:
         raise FieldErrors(
             [{"field": "cursor", "detail": "is not a cursor this API gave"}]
@@ -427,6 +482,10 @@ async def responses_page(
 ) -> ResponsesPage:
     """Raw responses, newest first, ``limit`` at a time after ``cursor``."""
     after = _after(cursor)
+    if since is not None:
+        check_moment("from", since)
+    if until is not None:
+        check_moment("to", until)
     async with engine.connect() as conn:
         rows = await queries.list_responses(
             conn, filters=filters, since=since, until=until, after=after, limit=limit + 1
@@ -444,27 +503,30 @@ async def latest_responses(
     filters: Filters,
     limit: int = LIVE_LIMIT,
 ) -> LatestResponses:
-    """Responses stored since ``since_cursor`` (the newest ``limit`` if None), newest stored
-    first, for live updates. The call looks ``LIVE_SETTLE`` back before the cursor, so an
-    item may repeat one returned before: recognise it by ``event_id``."""
-    stored_since = None
-    if since_cursor is not None:
+    """Responses stored since ``since_cursor`` (without one, the newest ``limit`` stored in
+    the last ``LIVE_FIRST_LOOKBACK``), newest stored first, for live updates. The call looks
+    ``LIVE_SETTLE`` back before the cursor, so an item may repeat one returned before:
+    recognise it by ``event_id``.
+
+    The cursor returned is the newest item's ``stored_at`` or, with none, the database's
+    time of the read: the next call then looks only ``LIVE_SETTLE`` back from there, as it
+    would after an answer stored at that moment, so a filter that matches nothing never
+    scans the whole table."""
+    if since_cursor is None:
+        stored_since = None
+    else:
         (moment,) = _decode(since_cursor, 1)
-        try:
-            stored_since = datetime.fromisoformat(moment) - LIVE_SETTLE
-        except ValueError:
-            raise FieldErrors(
-                [{"field": "cursor", "detail": "is not a cursor this API gave"}]
-            ) from None
+        stored_since = _cursor_moment(moment) - LIVE_SETTLE
     async with engine.connect() as conn:
-        rows = await queries.latest_responses(
-            conn, stored_since=stored_since, filters=filters, limit=limit + 1
+        rows, read_at = await queries.latest_responses(
+            conn,
+            stored_since=stored_since,
+            look_back=LIVE_FIRST_LOOKBACK,
+            filters=filters,
+            limit=limit + 1,
         )
     page = rows[:limit]
-    if page:
-        cursor: str | None = _encode(page[0]["stored_at"].isoformat())
-    else:
-        cursor = since_cursor
+    cursor = _encode((page[0]["stored_at"] if page else read_at).isoformat())
     return LatestResponses(
         items=[StoredResponse.model_validate(r) for r in page],
         cursor=cursor,
@@ -473,12 +535,14 @@ async def latest_responses(
 
 
 async def customer(
-    engine: AsyncEngine, customer_id: str, limit: int = CUSTOMER_LIMIT
+    engine: AsyncEngine, customer_id: str, limit: int = CUSTOMER_LIMIT, cursor: str | None = None
 ) -> CustomerOut:
-    """A customer's answers and tickets, newest first, at most ``limit`` of each. An unknown
-    (or erased) customer has none."""
+    """A customer's answers and tickets, newest first, at most ``limit`` of each; answers
+    after ``cursor`` (:func:`customer_cursor`) if given. An unknown (or erased) customer has
+    none."""
+    after = _after(cursor)
     async with engine.connect() as conn:
-        answers = await queries.customer_responses(conn, customer_id, limit=limit + 1)
+        answers = await queries.customer_responses(conn, customer_id, limit=limit + 1, after=after)
         tickets = await queries.customer_tickets(conn, customer_id, limit=limit + 1)
     return CustomerOut(
         customer_id=customer_id,
@@ -487,6 +551,14 @@ async def customer(
         tickets=[CustomerTicket.model_validate(t) for t in tickets[:limit]],
         more_tickets=len(tickets) > limit,
     )
+
+
+def customer_cursor(found: CustomerOut) -> str | None:
+    """The cursor of the customer's answers after those in ``found``, if there are more."""
+    if not found.more_responses or not found.responses:
+        return None
+    last = found.responses[-1]
+    return _page_cursor({"occurred_at": last.occurred_at, "event_id": last.event_id})
 
 
 async def erase_customer(engine: AsyncEngine, hasher: Hasher, customer_id: str) -> Erasure:

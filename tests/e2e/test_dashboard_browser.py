@@ -233,7 +233,9 @@ class TestDashboard:
         async with watched_page(browser, "ja", DESKTOP) as page:
             await signed_in(page, fed)
             await drawn(page)
-            marker = await page.evaluate("() => (window.__notReloaded = true)")
+            await page.evaluate("() => { window.__notReloaded = true; }")
+            n_before = await page.locator("#tile-nps-n").get_attribute("value")
+            assert n_before is not None
             async with httpx.AsyncClient(
                 base_url=fed.collector.url, headers={"Authorization": f"Bearer {fed.api_key}"}
             ) as client:
@@ -256,7 +258,13 @@ class TestDashboard:
             arrived = page.locator("#latest-list li.answer").filter(has_text=distinctive)
             await expect(arrived).to_have_count(1, timeout=WAIT_MS)
             await expect(arrived.locator("p.comment")).to_have_text(distinctive)
-            assert marker
+            # The tiles are asked for again after new answers: the NPS tile counts this one.
+            await page.wait_for_function(
+                "(before) => Number(document.getElementById('tile-nps-n').getAttribute('value'))"
+                " > before",
+                arg=float(n_before),
+                timeout=WAIT_MS,
+            )
             assert await page.evaluate("() => window.__notReloaded === true")
             # Later polls send it again (they look back a few seconds): it is shown once.
             for _ in range(2):

@@ -6,6 +6,7 @@ page has their answers and tickets, empty and insufficient states say so, and sc
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import uuid
@@ -325,6 +326,47 @@ class TestTiles:
         )
         assert "vs the period of equal length before" in page.id("tile-nps").text
 
+    async def test_a_half_hour_zone_counts_whole_utc_hours_as_its_answers_list_does(
+        self, site: Site, engine: AsyncEngine
+    ) -> None:
+        kolkata = timezone(timedelta(hours=5, minutes=30))
+        day = (NOW - timedelta(days=2)).astimezone(kolkata).date()
+        asked_since = datetime.combine(day, datetime.min.time(), kolkata)  # hh:30 UTC
+        hour = asked_since.astimezone(UTC).replace(minute=0)  # the hour it is moved back to
+        # 23:40 in Kolkata the day before: in the hour the range starts with, so counted.
+        before = response_event(score=10, occurred_at=hour + timedelta(minutes=10))
+        # 23:40 on the day itself: after the last whole hour, so neither counted nor listed.
+        after = response_event(score=0, occurred_at=hour + timedelta(days=1, minutes=10))
+        inside = response_event(score=9, occurred_at=hour + timedelta(hours=5))
+        await apply(engine, [before, after, inside])
+        params = {"from": day.isoformat(), "to": day.isoformat(), "tz": "Asia/Kolkata"}
+        page = await site.page("/dashboard", **params)
+        assert page.status == 200
+        assert "whole UTC hours" in page.id("range-shifted").text
+        shown = [t.attrs["datetime"] for t in page.id("range-effective").all("time")]
+        since, until = hour, hour + timedelta(days=1)
+        assert [datetime.fromisoformat(t) for t in shown] == [since, until]
+        assert page.value("tile-nps-n") == 2
+        scores = await site.json(
+            "/v1/scores", metric="nps", **{"from": since.isoformat(), "to": until.isoformat()}
+        )
+        assert scores["n"] == 2
+        answers = await site.page("/dashboard/responses", **params)
+        ids = {li.attrs["data-event-id"] for li in answers.root.all("li") if li.has_class("answer")}
+        assert ids == {str(before.event_id), str(inside.event_id)}
+        assert "range-shifted" in answers.by_id
+        # A day in a whole-hour zone is not moved, and says nothing about it.
+        tokyo = await site.page("/dashboard", **{**params, "tz": "Asia/Tokyo"})
+        assert "range-shifted" not in tokyo.by_id
+
+    async def test_range_times_written_by_the_server_are_in_utc(self, site: Site) -> None:
+        page = await site.page(
+            "/dashboard", **{"from": "2026-01-10", "to": "2026-01-11", "tz": "Asia/Tokyo"}
+        )
+        first = page.id("range-effective").all("time")[0]
+        assert first.attrs["datetime"] == "2026-01-09T15:00:00+00:00"
+        assert first.text == "2026-01-09 15:00 UTC"
+
     async def test_a_channel_link_filters_the_whole_page(
         self, site: Site, engine: AsyncEngine
     ) -> None:
@@ -527,18 +569,49 @@ class TestResponses:
         assert all("SMS" in c.all("span")[1].text for c in cards)
 
     async def test_a_bad_cursor_or_filter_is_a_page_not_a_crash(self, site: Site) -> None:
+        def cursor(*parts: str) -> str:
+            return base64.urlsafe_b64encode("|".join(parts).encode()).decode()
+
+        forged = str(uuid.uuid4())
         for url, params in [
             ("/dashboard/responses", {"cursor": "not-a-cursor"}),
+            ("/dashboard/responses", {"cursor": cursor("9999-12-31T23:59:59-10:00", forged)}),
+            ("/dashboard/responses", {"cursor": cursor("0001-01-01T00:00:00+14:00", forged)}),
+            ("/dashboard/responses", {"cursor": cursor("2026-01-01T00:00:00", forged)}),
+            ("/dashboard/customers/c1", {"cursor": cursor("9999-12-31T23:59:59-10:00", forged)}),
             ("/dashboard", {"window": "5y"}),
             ("/dashboard", {"channel": "fax"}),
             ("/dashboard", {"from": "2026-02-30"}),
             ("/dashboard", {"from": "2026-03-02", "to": "2026-03-01"}),
+            ("/dashboard", {"from": "9999-12-30", "to": "9999-12-31"}),
+            ("/dashboard", {"from": "0001-01-01"}),
+            ("/dashboard", {"from": "0001-01-01", "tz": "Asia/Tokyo"}),
+            ("/dashboard", {"from": "0001-01-01T00:00+01:00"}),
+            ("/dashboard/responses", {"from": "9999-12-31T23:59:59-10:00"}),
+            ("/dashboard", {"from": "2020-01-01", "to": "2021-03-01"}),
             ("/dashboard", {"tz": "Mars/Olympus"}),
+            ("/dashboard", {"tz": "posixrules"}),
+            ("/dashboard", {"tz": "right/UTC"}),
+            ("/dashboard", {"tz": "Factory"}),
         ]:
             response = await site.browser.get(url, params=params)
             assert response.status_code == 422, (url, params, response.status_code)
             assert response.headers["content-type"].startswith("text/html")
             assert "That request could not be used" in response.text
+        # The poller reads JSON: its refusals are JSON naming the parameter.
+        for params, name in [
+            ({"cursor": cursor("0001-01-01T00:00:00")}, "cursor"),
+            ({"cursor": cursor("0001-01-01T00:00:05+00:00")}, "cursor"),
+            ({"cursor": cursor("9999-12-31T23:59:59-10:00")}, "cursor"),
+            ({"cursor": "not-a-cursor"}, "cursor"),
+            ({"from": "9999-12-30", "to": "9999-12-31"}, "to"),
+            ({"tz": "posixrules"}, "tz"),
+            ({"channel": "fax"}, "channel"),
+        ]:
+            response = await site.browser.get("/dashboard/live", params=params)
+            assert response.status_code == 422, (params, response.status_code)
+            assert response.headers["content-type"].startswith("application/json")
+            assert response.json()["field"] == name
 
 
 class TestCustomer:
@@ -574,6 +647,29 @@ class TestCustomer:
         assert "High" in tickets[0].text
         assert "1 h 0 min" in tickets[0].text  # first response after an hour
 
+    async def test_older_answers_are_the_customers_own_pages_whatever_their_age(
+        self, site: Site, engine: AsyncEngine
+    ) -> None:
+        # Fifty-two answers, the oldest two more than 90 days ago.
+        await apply(
+            engine,
+            [
+                response_event(customer_id="busy", occurred_at=NOW - timedelta(days=2 * i + 1))
+                for i in range(52)
+            ],
+        )
+        first = await site.page("/dashboard/customers/busy")
+        assert (
+            len([li for li in first.id("customer-answers").all("li") if li.has_class("answer")])
+            == 50
+        )
+        older = first.id("customer-older").attrs["href"]
+        assert older.startswith("/dashboard/customers/busy?cursor=")
+        second = await site.page(older)
+        cards = [li for li in second.id("customer-answers").all("li") if li.has_class("answer")]
+        assert len(cards) == 2
+        assert "customer-older" not in second.by_id
+
     async def test_unknown_and_silly_customer_ids(self, site: Site) -> None:
         unknown = await site.page("/dashboard/customers/nobody")
         assert unknown.status == 200
@@ -607,6 +703,22 @@ class TestLive:
         assert "live one" in comments  # earlier ones may repeat: the page drops them by id
         assert later["items"][0]["customer_url"].startswith("/dashboard/customers/")
         assert next(s for s in later["scores"] if s["key"] == "nps")["n"] == 4
+
+    async def test_tiles_only_when_asked_and_a_cursor_when_nothing_matches(
+        self, site: Site, engine: AsyncEngine
+    ) -> None:
+        await apply(engine, nps([10], NOW - timedelta(hours=1), channel="web"))
+        quiet = (await site.browser.get("/dashboard/live", params={"tiles": "0"})).json()
+        assert "scores" not in quiet
+        assert len(quiet["items"]) == 1
+        nothing = (await site.browser.get("/dashboard/live", params={"channel": "sms"})).json()
+        assert nothing["items"] == []
+        assert nothing["cursor"]  # the next poll is bounded in time
+        await apply(engine, nps([3], NOW, channel="sms"))
+        later = await site.browser.get(
+            "/dashboard/live", params={"channel": "sms", "cursor": nothing["cursor"], "tiles": "0"}
+        )
+        assert [i["score_text"] for i in later.json()["items"]] == ["NPS 3/10"]
 
 
 class TestScopes:

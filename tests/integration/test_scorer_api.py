@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -399,9 +400,113 @@ class TestLatestResponses:
         body = await get(scorer, "/v1/responses/latest", channel="sms")
         assert [r["event_id"] for r in body["items"]] == [str(sms.event_id)]
         empty = await get(scorer, "/v1/responses/latest", channel="email")
-        assert (empty["items"], empty["cursor"]) == ([], None)
+        assert empty["items"] == []
+        assert empty["cursor"] is not None  # the read's time: the next call is bounded by it
         bad = await scorer.get("/v1/responses/latest", params={"cursor": "not-a-cursor"})
         assert (bad.status_code, bad.json()["field"]) == (422, "cursor")
+
+    async def test_an_empty_first_poll_gives_a_cursor_the_next_finds_a_new_answer_by(
+        self, scorer: httpx.AsyncClient, engine: AsyncEngine
+    ) -> None:
+        await apply(engine, [response_event(channel="web")])
+        first = await get(scorer, "/v1/responses/latest", channel="sms")
+        assert first["items"] == []
+        assert first["cursor"] is not None
+        again = await get(scorer, "/v1/responses/latest", channel="sms", cursor=first["cursor"])
+        assert again["items"] == []
+        new = response_event(channel="sms")
+        await apply(engine, [new])
+        then = await get(scorer, "/v1/responses/latest", channel="sms", cursor=again["cursor"])
+        assert [r["event_id"] for r in then["items"]] == [str(new.event_id)]
+
+    async def test_the_first_call_looks_back_a_day_only(
+        self, scorer: httpx.AsyncClient, engine: AsyncEngine
+    ) -> None:
+        old, recent = response_event(), response_event()
+        await apply(engine, [old, recent])
+        async with engine.begin() as conn:
+            await conn.execute(
+                sa.text(
+                    "UPDATE responses SET stored_at = now() - interval '2 days'"
+                    " WHERE event_id = :id"
+                ),
+                {"id": old.event_id},
+            )
+        body = await get(scorer, "/v1/responses/latest")
+        assert [r["event_id"] for r in body["items"]] == [str(recent.event_id)]
+
+    @pytest.mark.parametrize(
+        "moment",
+        [
+            "0001-01-01T00:00:00",  # naive, and minus the look-back: before the calendar
+            "0001-01-01T00:00:05+00:00",
+            "9999-12-31T23:59:59-10:00",
+            "2026-01-01T00:00:00",  # naive
+        ],
+    )
+    async def test_a_forged_cursor_is_a_422(self, scorer: httpx.AsyncClient, moment: str) -> None:
+        cursor = base64.urlsafe_b64encode(moment.encode()).decode()
+        bad = await scorer.get("/v1/responses/latest", params={"cursor": cursor})
+        assert (bad.status_code, bad.json()["field"]) == (422, "cursor")
+
+
+def page_cursor(moment: str) -> str:
+    return base64.urlsafe_b64encode(f"{moment}|{uuid.uuid4()}".encode()).decode()
+
+
+class TestOutOfRange:
+    """Times past what a range may cover are a 422 naming the field, never an overflow."""
+
+    @pytest.mark.parametrize(
+        ("params", "field"),
+        [
+            ({"from": "0001-01-01T00:00+01:00"}, "from"),
+            ({"from": "1999-12-31T23:00+00:00"}, "from"),
+            ({"from": "2026-01-01T00:00+00:00", "to": "9999-12-31T23:59:59-10:00"}, "to"),
+            ({"from": "2020-01-01T00:00+00:00", "to": "2021-02-05T00:00+00:00"}, "from"),
+        ],
+    )
+    @pytest.mark.parametrize(
+        "path", ["/v1/scores?metric=nps", "/v1/scores/timeseries?metric=nps", "/v1/headline"]
+    )
+    async def test_ranges_are_clamped_and_capped(
+        self, scorer: httpx.AsyncClient, path: str, params: dict[str, str], field: str
+    ) -> None:
+        response = await scorer.get(path, params=params)
+        assert response.status_code == 422, response.text
+        assert response.json()["field"] == field
+        if "2020" in params["from"]:
+            assert "400 days" in response.json()["detail"]
+        else:
+            assert "2000-01-01" in response.json()["detail"]
+
+    async def test_a_long_range_of_400_days_is_fine(self, scorer: httpx.AsyncClient) -> None:
+        since = NOW - timedelta(days=400)
+        await get(scorer, "/v1/scores", metric="nps", **{"from": since, "to": NOW})
+
+    async def test_hours_over_more_than_31_days_are_refused(
+        self, scorer: httpx.AsyncClient
+    ) -> None:
+        response = await scorer.get(
+            "/v1/scores/timeseries", params={"metric": "nps", "interval": "hour", "window": "90d"}
+        )
+        assert (response.status_code, response.json()["field"]) == (422, "interval")
+        assert "31 days" in response.json()["detail"]
+        month = await get(scorer, "/v1/scores/timeseries", metric="nps", interval="hour")
+        assert month["interval"] == "hour"  # 30 days (the default window) by the hour
+
+    @pytest.mark.parametrize(
+        "moment", ["9999-12-31T23:59:59-10:00", "0001-01-01T00:00:00+14:00", "2026-01-01T00:00:00"]
+    )
+    async def test_a_forged_page_cursor_is_a_422(
+        self, scorer: httpx.AsyncClient, moment: str
+    ) -> None:
+        response = await scorer.get("/v1/responses", params={"cursor": page_cursor(moment)})
+        assert (response.status_code, response.json()["field"]) == (422, "cursor")
+
+    async def test_the_answers_list_range_is_clamped(self, scorer: httpx.AsyncClient) -> None:
+        response = await scorer.get("/v1/responses", params={"from": "0001-01-01T00:00+01:00"})
+        assert (response.status_code, response.json()["field"]) == (422, "from")
 
 
 class TestServiceTimes:

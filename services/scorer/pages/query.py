@@ -8,18 +8,21 @@ parameter (the pages answer it with their error page). Links are built from the 
 
 from __future__ import annotations
 
+import functools
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Final, TypeVar
 from urllib.parse import quote, urlencode
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from fastapi import HTTPException
 
 from services.scorer.schemas import Dimension, Interval, Window
 from services.scorer.service import Range, resolve_range
 from shared.events import Channel, Metric, SurveyType, utcnow
+from shared.http import FieldErrors
 
 WINDOWS: Final = (Window.DAY, Window.WEEK, Window.MONTH, Window.QUARTER)
 INTERVALS: Final = (Interval.HOUR, Interval.DAY, Interval.WEEK)
@@ -50,15 +53,25 @@ _CHOICES: Final[Mapping[Dimension, frozenset[str]]] = {
 VALUE_MAX: Final = 200  # a segment value longer than this is no segment anyone has
 CUSTOMER_ID_MAX: Final = 256  # as the events' customer_id
 CURSOR_MAX: Final = 200
-LONGEST_RANGE: Final = timedelta(days=400)
 _TZ_MAX: Final = 64
+# In the system's zone list but no place's zone: a build default and the machine's own.
+_NOT_ZONES: Final = frozenset({"Factory", "localtime"})
 
 T = TypeVar("T")
 
 
-def bad(field_name: str, detail: str) -> HTTPException:
+class BadParameter(HTTPException):
+    """A query parameter a page cannot use: its 422, naming the parameter."""
+
+    def __init__(self, field_name: str, reason: str) -> None:
+        super().__init__(422, f"{field_name}: {reason}")
+        self.field = field_name
+        self.reason = reason
+
+
+def bad(field_name: str, detail: str) -> BadParameter:
     """The 422 a page answers for a query parameter it cannot use."""
-    return HTTPException(422, f"{field_name}: {detail}")
+    return BadParameter(field_name, detail)
 
 
 @dataclass(frozen=True)
@@ -76,6 +89,8 @@ class View:
     period: str = "month"
     customer_id: str | None = None
     cursor: str | None = None
+    # A custom bound off the whole UTC hour was moved back to it (scores are hourly).
+    shifted: bool = False
 
     @property
     def custom(self) -> bool:
@@ -135,14 +150,19 @@ def _one(query: Mapping[str, str], name: str, limit: int = VALUE_MAX) -> str | N
     return value
 
 
+@functools.cache
+def time_zones() -> frozenset[str]:
+    """The IANA zone names the system knows (``posixrules``, ``right/…`` are not among them)."""
+    return frozenset(zoneinfo.available_timezones() - _NOT_ZONES)
+
+
 def _zone(query: Mapping[str, str]) -> tuple[str | None, ZoneInfo | None]:
     name = _one(query, "tz", _TZ_MAX)
     if name is None:
         return None, None
-    try:
-        return name, ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise bad("tz", "is not a time zone (say Asia/Tokyo)") from None
+    if name not in time_zones():
+        raise bad("tz", "is not a time zone (say Asia/Tokyo)")
+    return name, ZoneInfo(name)
 
 
 def _moment(name: str, value: str, zone: ZoneInfo | None, *, end: bool) -> datetime:
@@ -152,8 +172,11 @@ def _moment(name: str, value: str, zone: ZoneInfo | None, *, end: bool) -> datet
     except ValueError:
         pass
     else:
-        start = datetime.combine(day, time(), tzinfo=zone or ZoneInfo("UTC"))
-        return start + timedelta(days=1) if end else start
+        start = datetime.combine(day, time(), tzinfo=zone or UTC)
+        try:
+            return start + timedelta(days=1) if end else start
+        except OverflowError:  # the last day of year 9999
+            raise bad(name, "must lie between 2000-01-01 and a day from now (UTC)") from None
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
@@ -186,12 +209,39 @@ def _interval(query: Mapping[str, str], span: Range) -> Interval:
     return chosen
 
 
+def _on_the_hour(moment: datetime) -> datetime:
+    """``moment`` moved back to the start of its UTC hour, the scores' resolution."""
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def _custom_range(since: datetime, until: datetime | None, now: datetime) -> tuple[Range, bool]:
+    """The range from the bounds given (``until`` None: now), each bound given moved back to
+    its whole UTC hour: scores are counted by the hour, so a bound inside one (a day in
+    Asia/Kolkata starts at :30 UTC) would count another range than the answers listed."""
+    try:
+        asked = resolve_range(None, since, until, now)
+    except FieldErrors as exc:
+        error = exc.errors[0]
+        raise bad(error["field"], error["detail"]) from None
+    start = _on_the_hour(asked.since)
+    end = asked.until if until is None else _on_the_hour(asked.until)
+    if end <= start:
+        end = start + timedelta(hours=1)
+    return Range(start, end), (start, end) != (asked.since, asked.until)
+
+
+def parse_cursor(query: Mapping[str, str]) -> str | None:
+    """The ``cursor`` parameter alone (a page with no range: a customer's)."""
+    return _one(query, "cursor", CURSOR_MAX)
+
+
 def parse(query: Mapping[str, str], now: datetime | None = None) -> View:
     """Read a dashboard URL's query. Unknown parameters (``lang``) are left alone."""
     now = now or utcnow()
     tz, zone = _zone(query)
     since_text, until_text = _one(query, "from", 40), _one(query, "to", 40)
     window: Window | None = None
+    shifted = False
     if since_text is None and until_text is None:
         window = _choice(query, "window", WINDOWS, Window.MONTH)
         span = resolve_range(window, None, None, now)
@@ -199,12 +249,8 @@ def parse(query: Mapping[str, str], now: datetime | None = None) -> View:
         if since_text is None:
             raise bad("to", "needs from as well")
         since = _moment("from", since_text, zone, end=False)
-        until = _moment("to", until_text, zone, end=True) if until_text else now
-        if since >= until:
-            raise bad("from", "must be before to")
-        if until - since > LONGEST_RANGE:
-            raise bad("from", f"the range may cover at most {LONGEST_RANGE.days} days")
-        span = Range(since, until)
+        until = _moment("to", until_text, zone, end=True) if until_text else None
+        span, shifted = _custom_range(since, until, now)
     filters: dict[str, str] = {}
     for dimension in FILTERS:
         value = _one(query, dimension.value)
@@ -230,4 +276,5 @@ def parse(query: Mapping[str, str], now: datetime | None = None) -> View:
         period=_choice(query, "period", PERIODS, "month"),
         customer_id=_one(query, "customer_id", CUSTOMER_ID_MAX),
         cursor=_one(query, "cursor", CURSOR_MAX),
+        shifted=shifted,
     )

@@ -24,7 +24,7 @@ from services.scorer.pages import query, view
 from services.scorer.schemas import HeadlineOut, ScoreOut
 from shared.apikeys import Scope
 from shared.events import Metric
-from shared.http import EngineDep, FieldErrors, signed_in
+from shared.http import EngineDep, FieldErrors, error_body, signed_in
 from shared.settings import ScorerSettings, SlaSettings
 from shared.web.pages import Pages
 from shared.web.sessions import SESSION_SCOPE, Session
@@ -161,20 +161,30 @@ def router(pages: Pages) -> APIRouter:
 
     @routes.get("/dashboard/live", dependencies=_READ)
     async def live(request: Request, engine: EngineDep) -> JSONResponse:
-        """The tiles' numbers now, and (with responses:read) the answers stored since
-        ``cursor``: an answer may repeat one sent before (dashboard.js drops it by id)."""
-        v = _view(request)
-        min_n = _settings(request).min_n
-        headline, nps = await asyncio.gather(
-            service.headline(engine, v.span, v.filters, min_n),
-            service.scores(engine, v.span, v.filters, Metric.NPS, None, min_n),
-        )
-        body: dict[str, Any] = {"scores": view.live_scores(headline, nps)}
+        """(With responses:read) the answers stored since ``cursor``: an answer may repeat
+        one sent before (dashboard.js drops it by id); and the tiles' numbers now, unless
+        ``tiles=0``. A parameter it cannot use is a JSON 422 naming it (the caller is a
+        script)."""
+        try:
+            v = _view(request)
+        except query.BadParameter as exc:
+            return _refused(exc.field, exc.reason)
+        body: dict[str, Any] = {}
         if _may_read_responses(request):
-            latest = await _checked(service.latest_responses(engine, v.cursor, v.filters))
+            try:
+                latest = await service.latest_responses(engine, v.cursor, v.filters)
+            except FieldErrors as exc:
+                return _refused(exc.errors[0]["field"], exc.errors[0]["detail"])
             t = _translator(request, pages)
             body["cursor"] = latest.cursor
             body["items"] = [view.answer(t, item) for item in latest.items]
+        if request.query_params.get("tiles") != "0":
+            min_n = _settings(request).min_n
+            headline, nps = await asyncio.gather(
+                service.headline(engine, v.span, v.filters, min_n),
+                service.scores(engine, v.span, v.filters, Metric.NPS, None, min_n),
+            )
+            body["scores"] = view.live_scores(headline, nps)
         return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
     @routes.get("/dashboard/responses", dependencies=_READ_RESPONSES)
@@ -203,20 +213,31 @@ def router(pages: Pages) -> APIRouter:
 
     @routes.get("/dashboard/customers/{customer_id:path}", dependencies=_READ_RESPONSES)
     async def customer(request: Request, engine: EngineDep, customer_id: str) -> HTMLResponse:
-        """One customer's latest answers and tickets."""
+        """One customer's latest answers and tickets; ``cursor`` pages to older answers."""
         if not customer_id.strip() or len(customer_id) > query.CUSTOMER_ID_MAX:
             raise HTTPException(404, "no such customer id")
-        found = await service.customer(engine, customer_id)
+        cursor = query.parse_cursor(request.query_params)
+        found = await _checked(service.customer(engine, customer_id, cursor=cursor))
         t = _translator(request, pages)
         return pages.render(
             request,
             "customer.html",
             customer=found,
+            older=service.customer_cursor(found),
             answers=[view.answer(t, item, with_customer=False) for item in found.responses],
             **_helpers(request, pages),
         )
 
     return routes
+
+
+def _refused(field: str, detail: str) -> JSONResponse:
+    """The JSON 422 of the live route, in the API's error shape."""
+    return JSONResponse(
+        error_body(422, f"{field}: {detail}", field),
+        status_code=422,
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 def _translator(request: Request, pages: Pages) -> view.Translate:
@@ -241,4 +262,5 @@ def _helpers(request: Request, pages: Pages) -> dict[str, Any]:
         "chart": view.chart,
         "summary": lambda m, series: view.summary(t, view.Formats(lang, t), m, series),
         "can_read": _may_read_responses(request),
+        "utc": view.in_utc,
     }

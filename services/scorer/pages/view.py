@@ -143,6 +143,11 @@ class Formats:
         )
 
 
+def in_utc(moment: datetime) -> datetime:
+    """``moment`` in UTC (a range's bound keeps the zone it was given in)."""
+    return moment.astimezone(UTC)
+
+
 def segment_label(t: Translate, dimension: str, value: str | None) -> str:
     """A segment's name: channels and survey types translated, free text (touchpoints,
     locations, products) as given; an absent value says so."""

@@ -14,7 +14,8 @@
  * cxloop.poll(url, intervalMs, onData, options?) fetches JSON every intervalMs, drives every
  * [data-live] indicator (data-state live|connecting|offline; text from data-label-<state>),
  * backs off while the server is unreachable (doubling up to options.maxIntervalMs, 60 s by
- * default) and recovers by itself. Returns {stop(), now()}.
+ * default) and recovers by itself. options.onError(error, failures) sees each failure; an
+ * HTTP refusal carries error.status and error.redirected. Returns {stop(), now()}.
  *
  * The language is <html lang>.
  */
@@ -124,7 +125,13 @@
         signal: controller.signal,
       })
         .then(function (response) {
-          if (!response.ok) throw new Error("HTTP " + response.status);
+          if (!response.ok || response.redirected) {
+            // A redirect is the sign-in page answering for an ended session.
+            var refused = new Error("HTTP " + response.status);
+            refused.status = response.status;
+            refused.redirected = response.redirected;
+            throw refused;
+          }
           return response.json();
         })
         .then(function (data) {

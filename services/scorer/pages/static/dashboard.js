@@ -7,7 +7,10 @@
  *    the answers per interval as bars beneath; both resize with their container.
  *  - #dash-live (JSON: url, cursor, can_read, every_ms, keep, texts): polls /dashboard/live
  *    with cxloop.poll (the live/offline indicator; it backs off and recovers by itself),
- *    updates the tiles and prepends new answers to #latest-list, dropping repeats by event id.
+ *    prepends new answers to #latest-list, dropping repeats by event id, and asks for the
+ *    tiles (tiles=1, else tiles=0) only on the poll after new answers arrived, or when they
+ *    are TILES_EVERY_MS old. A refusal (4xx) stops polling, showing offline; 401, 403 or a
+ *    redirect (the session ended) reloads the page, which the sign-in gate answers.
  *  - input[data-fill-timezone]: set to the viewer's time zone, so custom dates mean their days.
  *
  * Data only ever reaches the DOM through textContent and attributes: never innerHTML.
@@ -16,6 +19,8 @@
   "use strict";
 
   var lang = document.documentElement.lang || "en";
+  // Without new answers the tiles are refreshed this often at most (each is 3 queries).
+  var TILES_EVERY_MS = 30000;
 
   function readJson(id) {
     var node = document.getElementById(id);
@@ -366,17 +371,26 @@
         seen.add(li.getAttribute("data-event-id"));
       });
     }
+    // The tiles were drawn with the page; they are asked for again after new answers.
+    var tilesAt = Date.now();
+    var tilesDue = false;
     // cxloop.poll fetches String(source) each time: the cursor moves on with every answer.
     var source = {
       toString: function () {
         var url = new URL(config.url, window.location.href);
         if (cursor) url.searchParams.set("cursor", cursor);
+        var due = tilesDue || Date.now() - tilesAt >= TILES_EVERY_MS;
+        url.searchParams.set("tiles", due ? "1" : "0");
         return url.pathname + url.search;
       },
     };
 
     function onData(data) {
-      (data.scores || []).forEach(updateTile);
+      if (data.scores) {
+        data.scores.forEach(updateTile);
+        tilesAt = Date.now();
+        tilesDue = false;
+      }
       if (data.cursor) cursor = data.cursor;
       if (!list || !data.items) return;
       var added = 0;
@@ -391,6 +405,7 @@
       }
       while (list.children.length > config.keep) list.removeChild(list.lastChild);
       if (added) {
+        tilesDue = true;
         if (empty) empty.hidden = true;
         if (status) {
           status.textContent = added === 1 ? config.new_one : config.new_many.replace("{count}", String(added));
@@ -398,7 +413,19 @@
       }
     }
 
-    window.cxloop.poll(source, config.every_ms || 1000, onData);
+    var polling = window.cxloop.poll(source, config.every_ms || 1000, onData, {
+      onError: function (error) {
+        var status = error && error.status;
+        if (error && (error.redirected || status === 401 || status === 403)) {
+          polling.stop();
+          window.location.reload();
+        } else if (status >= 400 && status < 500) {
+          // The server refuses this URL (a parameter it cannot use): asking again cannot help.
+          polling.stop();
+          window.cxloop.setLive("offline");
+        }
+      },
+    });
   }
 
   function start() {
