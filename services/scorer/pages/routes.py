@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -26,6 +27,7 @@ from shared.apikeys import Scope
 from shared.events import Metric
 from shared.http import EngineDep, FieldErrors, signed_in
 from shared.settings import ScorerSettings, SlaSettings
+from shared.timing import Timings
 from shared.web.pages import Pages
 from shared.web.sessions import SESSION_SCOPE, Session
 
@@ -75,12 +77,14 @@ def router(pages: Pages) -> APIRouter:
     @routes.get("/dashboard", dependencies=_READ)
     async def dashboard(request: Request, engine: EngineDep) -> HTMLResponse:
         """Scores over a range and segment, where they go, why, and the latest answers."""
+        timings = Timings()
+        started = time.perf_counter()
         v = _view(request)
         settings = _settings(request)
         sla: SlaSettings = request.app.state.sla
         min_n = settings.min_n
         span, filters = v.span, v.filters
-        headline = await service.headline(engine, span, filters, min_n)
+        headline = await timings.run("headline", service.headline(engine, span, filters, min_n))
         metric = v.metric or Metric.NPS
         scale = _ces_scale(headline) if metric is Metric.CES else None
         if metric is Metric.CES and scale is None:
@@ -101,17 +105,19 @@ def router(pages: Pages) -> APIRouter:
 
         calls: dict[str, Awaitable[Any]] = {
             **{
-                f"breakdown:{d}": service.breakdown(engine, span, filters, metric, scale, d, min_n)
+                f"breakdown-{d.value}": service.breakdown(
+                    engine, span, filters, metric, scale, d, min_n
+                )
                 for d in query.BREAKDOWNS
             },
             **{
-                f"trend:{i}": service.trend(engine, span, filters, m, s, min_n, interval=v.interval)
+                f"trend-{i}": service.trend(engine, span, filters, m, s, min_n, interval=v.interval)
                 for i, (m, s) in enumerate(trend_metrics)
             },
             "drivers": service.drivers(engine, span, filters),
             "times": times(None),
-            "times:priority": times("priority"),
-            "times:channel": times("channel"),
+            "times-priority": times("priority"),
+            "times-channel": times("channel"),
             "retention": service.retention(engine, v.period, None, None),
         }
         if metric is not Metric.NPS:  # else the breakdowns' total has the NPS split
@@ -120,44 +126,54 @@ def router(pages: Pages) -> APIRouter:
             # The page shows the newest few; dashboard.js knows every id the first live call
             # can repeat (it looks back a few seconds), so only new answers arrive as new.
             calls["latest"] = service.latest_responses(engine, None, filters)
-        got = dict(zip(calls, await asyncio.gather(*calls.values()), strict=True))
-        breakdowns = {d: got[f"breakdown:{d}"] for d in query.BREAKDOWNS}
+        got = dict(
+            zip(
+                calls,
+                await asyncio.gather(*(timings.run(k, c) for k, c in calls.items())),
+                strict=True,
+            )
+        )
+        breakdowns = {d: got[f"breakdown-{d.value}"] for d in query.BREAKDOWNS}
         nps: ScoreOut = got.get("nps") or breakdowns[query.BREAKDOWNS[0]]
-        trends = [(ms, got[f"trend:{i}"]) for i, ms in enumerate(trend_metrics)]
+        trends = [(ms, got[f"trend-{i}"]) for i, ms in enumerate(trend_metrics)]
         drivers, retention = got["drivers"], got["retention"]
         times_all, times_priority, times_channel = (
             got["times"],
-            got["times:priority"],
-            got["times:channel"],
+            got["times-priority"],
+            got["times-channel"],
         )
         latest = got.get("latest")
-        return pages.render(
-            request,
-            "dashboard.html",
-            v=v,
-            min_n=min_n,
-            headline=headline,
-            tiles=view.tiles(headline, nps),
-            nps=nps,
-            metric=metric,
-            scale=scale,
-            metric_options=[
-                Metric.NPS,
-                Metric.CSAT,
-                *([Metric.CES] if _ces_scale(headline) else []),
-            ],
-            breakdowns=breakdowns,
-            trends=trends,
-            drivers=drivers,
-            times_all=times_all,
-            times_priority=times_priority,
-            times_channel=times_channel,
-            retention=retention,
-            latest=latest,
-            latest_shown=LATEST_ON_PAGE,
-            answered=any(s.n or s.previous.n for s in headline.scores),
-            **_helpers(request, pages),
-        )
+        with timings.part("render"):
+            response = pages.render(
+                request,
+                "dashboard.html",
+                v=v,
+                min_n=min_n,
+                headline=headline,
+                tiles=view.tiles(headline, nps),
+                nps=nps,
+                metric=metric,
+                scale=scale,
+                metric_options=[
+                    Metric.NPS,
+                    Metric.CSAT,
+                    *([Metric.CES] if _ces_scale(headline) else []),
+                ],
+                breakdowns=breakdowns,
+                trends=trends,
+                drivers=drivers,
+                times_all=times_all,
+                times_priority=times_priority,
+                times_channel=times_channel,
+                retention=retention,
+                latest=latest,
+                latest_shown=LATEST_ON_PAGE,
+                answered=any(s.n or s.previous.n for s in headline.scores),
+                **_helpers(request, pages),
+            )
+        timings.add("total", time.perf_counter() - started)
+        response.headers["Server-Timing"] = timings.header()
+        return response
 
     @routes.get("/dashboard/live", dependencies=_READ)
     async def live(request: Request, engine: EngineDep) -> JSONResponse:
