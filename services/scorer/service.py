@@ -219,20 +219,6 @@ async def breakdowns(
     }
 
 
-async def breakdown(
-    engine: AsyncEngine,
-    span: Range,
-    filters: Filters,
-    metric: Metric,
-    scale: int | None,
-    dimension: Dimension,
-    min_n: int,
-) -> ScoreOut:
-    """The score of ``metric`` per value of ``dimension`` (in ``groups``), each with its
-    ``n``, margin and ``insufficient`` flag, and the total."""
-    return await scores(engine, span, filters, metric, scale, min_n, group_by=dimension)
-
-
 async def trends(
     engine: AsyncEngine,
     span: Range,
