@@ -12,6 +12,8 @@ and the dashboard's own requests, with the session cookie of a one-time sign-in 
   dashboard 90d web  GET /dashboard?window=90d&channel=web
   answers page       GET /dashboard/responses
   live poll          GET /dashboard/live?cursor=... (what dashboard.js asks every second)
+Each page's own Server-Timing header (a panel's service call, `render`, `total`) is read
+back and printed as p50/p99 per part under the page's line.
 
     python bench/queries.py --responses 10000000 --requests 200
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -31,6 +34,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from shared import apikeys
 from shared.settings import DatabaseSettings
+from shared.timing import parse_header
 from shared.web.sessions import create_sign_in_link
 
 # Bench-only seeding SQL. It builds the rows the scorer would have stored; the scorer's own
@@ -123,19 +127,56 @@ async def sign_in(client: httpx.AsyncClient, url: str, api_key: str) -> None:
         raise RuntimeError(f"signing in failed: {answer.status_code}")
 
 
+@dataclass
+class Timed:
+    """One request's latencies as the client saw them, and the server's parts of each
+    (its ``Server-Timing`` header: a panel's service call, ``render``, ``total``)."""
+
+    times: list[float] = field(default_factory=list)
+    parts: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def p50(self) -> float:
+        return percentile(self.times, 50) * 1000
+
+    @property
+    def p99(self) -> float:
+        return percentile(self.times, 99) * 1000
+
+    def table(self) -> list[str]:
+        """One line per server part: p50 and p99 in ms, slowest p99 first."""
+        rows = sorted(self.parts.items(), key=lambda kv: -percentile(kv[1], 99))
+        return [
+            f"    {name:<22} p50 {percentile(ms, 50):7.1f} ms  p99 {percentile(ms, 99):7.1f} ms"
+            for name, ms in rows
+        ]
+
+    def summary(self) -> str:
+        """The server's total and render, as a BENCHMARKS.md note."""
+        said = [
+            f"server {name} p50 {percentile(self.parts[name], 50):.1f} ms, "
+            f"p99 {percentile(self.parts[name], 99):.1f} ms"
+            for name in ("total", "render")
+            if name in self.parts
+        ]
+        return "; ".join(said)
+
+
 async def timed(
     client: httpx.AsyncClient, path: str, params: dict[str, Any], requests: int
-) -> tuple[float, float]:
-    """p50 and p99 in ms of ``requests`` GETs, one at a time, after a warm-up."""
+) -> Timed:
+    """``requests`` GETs, one at a time, after a warm-up."""
     for _ in range(10):
         (await client.get(path, params=params)).raise_for_status()
-    times = []
+    out = Timed()
     for _ in range(requests):
         started = time.perf_counter()
         r = await client.get(path, params=params)
-        times.append(time.perf_counter() - started)
+        out.times.append(time.perf_counter() - started)
         r.raise_for_status()
-    return percentile(times, 50) * 1000, percentile(times, 99) * 1000
+        for name, ms in parse_header(r.headers.get("server-timing", "")).items():
+            out.parts.setdefault(name, []).append(ms)
+    return out
 
 
 def result(
@@ -161,8 +202,8 @@ async def measure(srv: Servers, responses: int, requests: int) -> list[Result]:
     async with stack(srv, services=("scorer",), CXLOOP_DATABASE_URL=url) as s:
         async with s.client("scorer") as client:
             for name, (path, params) in QUERIES.items():
-                p50, p99 = await timed(client, path, params, requests)
-                results.append(result(name, p50, p99, requests, responses, buckets))
+                got = await timed(client, path, params, requests)
+                results.append(result(name, got.p50, got.p99, requests, responses, buckets))
         async with httpx.AsyncClient(base_url=s.urls["scorer"], timeout=30) as browser:
             await sign_in(browser, url, s.api_key)
             for name, (path, params) in PAGES.items():
@@ -171,8 +212,11 @@ async def measure(srv: Servers, responses: int, requests: int) -> list[Result]:
                     first = await browser.get(path)
                     first.raise_for_status()
                     params = {"cursor": first.json()["cursor"]}
-                p50, p99 = await timed(browser, path, params, requests)
-                results.append(result(name, p50, p99, requests, responses, buckets))
+                got = await timed(browser, path, params, requests)
+                results.append(result(name, got.p50, got.p99, requests, responses, buckets))
+                print("\n".join(got.table()), flush=True)
+                if got.parts:
+                    results[-1].note += f"; {got.summary()}"
         rss = s.peak_rss_mib()["scorer"]
     results[-1].note += f"; scorer peak RSS {rss:.0f} MiB"
     return results

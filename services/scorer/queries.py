@@ -4,7 +4,7 @@ retention, drill-down, a customer's history, the latest responses and erasure.""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -49,28 +49,39 @@ def _spans(
     return spans
 
 
-def _score_source(
+def _score_parts(
     since: datetime,
     until: datetime,
     interval: str | None,
     filters: Mapping[str, str],
     *,
-    metric: str | None,
+    metrics: Sequence[str] | None,
     scale: int | None = None,
-) -> sa.Subquery:
-    """The score rows of [since, until), whole days from ``score_days``, edges by the hour."""
+    period: int | None = None,
+) -> list[sa.Select[Any]]:
+    """The score rows of [since, until), whole days from ``score_days``, edges by the hour;
+    each row labelled with ``period`` if given."""
     parts = []
     for table, start, end in _spans(since, until, interval):
-        part = sa.select(*(table.c[c] for c in _SCORE_COLUMNS)).where(
-            table.c.bucket_start >= start, table.c.bucket_start < end
-        )
-        if metric is not None:
-            part = part.where(table.c.metric == metric)
+        columns: list[Any] = [table.c[c] for c in _SCORE_COLUMNS]
+        if period is not None:
+            columns.append(sa.literal(period).label("period"))
+        part = sa.select(*columns).where(table.c.bucket_start >= start, table.c.bucket_start < end)
+        # The tables' keys lead with the metric: naming it lets Postgres read the range
+        # through the key instead of scanning every hour.
+        if metrics is not None and len(metrics) == 1:
+            part = part.where(table.c.metric == metrics[0])
+        elif metrics is not None:
+            part = part.where(table.c.metric.in_(metrics))
         if scale is not None:
             part = part.where(table.c.scale == scale)
         for dimension, value in filters.items():
             part = part.where(table.c[dimension] == value)
         parts.append(part)
+    return parts
+
+
+def _union(parts: Sequence[sa.Select[Any]]) -> sa.Subquery:
     return (parts[0] if len(parts) == 1 else sa.union_all(*parts)).subquery()
 
 
@@ -79,17 +90,102 @@ def _counts(row: Any) -> Counts:
 
 
 async def counts_by_metric(
-    conn: AsyncConnection, *, since: datetime, until: datetime, filters: Mapping[str, str]
-) -> dict[tuple[str, int], Counts]:
-    """Sum score buckets in [since, until) per (metric, scale), for every metric at once."""
-    source = _score_source(since, until, None, filters, metric=None)
-    keys = (source.c.metric, source.c.scale)
+    conn: AsyncConnection,
+    *,
+    ranges: Sequence[tuple[datetime, datetime]],
+    metrics: Sequence[str],
+    filters: Mapping[str, str],
+) -> list[dict[tuple[str, int], Counts]]:
+    """Sum score buckets per (metric, scale) in each of ``ranges``, in one statement."""
+    source = _union(
+        [
+            part
+            for i, (since, until) in enumerate(ranges)
+            for part in _score_parts(since, until, None, filters, metrics=metrics, period=i)
+        ]
+    )
+    keys = (source.c.period, source.c.metric, source.c.scale)
     query = sa.select(*keys, *(sa.func.sum(source.c[c]).label(c) for c in COUNTS)).group_by(*keys)
-    return {(row.metric, int(row.scale)): _counts(row) for row in await conn.execute(query)}
+    found: list[dict[tuple[str, int], Counts]] = [{} for _ in ranges]
+    for row in await conn.execute(query):
+        found[row.period][(row.metric, int(row.scale))] = _counts(row)
+    return found
 
 
 def _day_start(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+# What score rows can be grouped by: ``start`` is the interval's start (UTC).
+SCORE_KEYS = ("metric", "scale", *DIMENSIONS, "start")
+
+
+@dataclass(frozen=True)
+class Grouped:
+    """Counts for one combination of a grouping set's keys."""
+
+    keys: dict[str, Any]
+    counts: Counts
+
+
+async def grouped_counts(
+    conn: AsyncConnection,
+    *,
+    metrics: Sequence[str] | None,
+    since: datetime,
+    until: datetime,
+    scale: int | None,
+    filters: Mapping[str, str],
+    sets: Sequence[tuple[str, ...]],
+    interval: str | None = None,
+) -> list[list[Grouped]]:
+    """Sum score buckets in [since, until) by each grouping set of ``SCORE_KEYS`` (``()``
+    is the total), reading the rows once for all of them; each set's rows come ordered by
+    its keys, as ``GROUP BY keys ORDER BY keys`` gives them."""
+    assert sets
+    assert len(set(sets)) == len(sets)
+    assert all(k in SCORE_KEYS for s in sets for k in s)
+    assert interval in (None, *INTERVALS)
+    assert interval is not None or not any("start" in s for s in sets)
+    source = _union(_score_parts(since, until, interval, filters, metrics=metrics, scale=scale))
+    used = [k for k in SCORE_KEYS if any(k in s for s in sets)]
+    exprs: dict[str, Any] = {
+        k: (
+            sa.func.date_trunc(interval, source.c.bucket_start, "UTC")
+            if k == "start"
+            else source.c[k]
+        )
+        for k in used
+    }
+    sums = [sa.func.coalesce(sa.func.sum(source.c[c]), 0).label(c) for c in COUNTS]
+    if len(sets) == 1:
+        keys = [exprs[k] for k in sets[0]]
+        query = sa.select(*(exprs[k].label(k) for k in sets[0]), *sums)
+        if keys:
+            query = query.group_by(*keys).order_by(*keys)
+        return [
+            [
+                Grouped({k: row._mapping[k] for k in sets[0]}, _counts(row))
+                for row in await conn.execute(query)
+            ]
+        ]
+    # GROUPING(...) has a bit per key, the first key the highest, set when a row's set
+    # leaves that key out: it names the row's set even where a key's value is NULL.
+    bits = sa.func.grouping(*(exprs[k] for k in used)).label("grouping_bits")
+    query = (
+        sa.select(*(exprs[k].label(k) for k in used), bits, *sums)
+        .group_by(sa.func.grouping_sets(*(sa.tuple_(*(exprs[k] for k in s)) for s in sets)))
+        .order_by(bits, *(exprs[k] for k in used))
+    )
+    index = {
+        sum(1 << (len(used) - 1 - i) for i, k in enumerate(used) if k not in s): n
+        for n, s in enumerate(sets)
+    }
+    found: list[list[Grouped]] = [[] for _ in sets]
+    for row in await conn.execute(query):
+        n = index[row.grouping_bits]
+        found[n].append(Grouped({k: row._mapping[k] for k in sets[n]}, _counts(row)))
+    return found
 
 
 async def score_counts(
@@ -104,26 +200,24 @@ async def score_counts(
     interval: str | None = None,
 ) -> list[Group]:
     """Sum score buckets in [since, until), optionally by a dimension and/or an interval."""
-    source = _score_source(since, until, interval, filters, metric=metric, scale=scale)
-    keys: list[Any] = []
-    if group_by is not None:
-        keys.append(source.c[group_by].label("grp"))
-    if interval is not None:
-        assert interval in INTERVALS
-        keys.append(sa.func.date_trunc(interval, source.c.bucket_start, "UTC").label("start"))
-    query = sa.select(
-        *keys, *(sa.func.coalesce(sa.func.sum(source.c[c]), 0).label(c) for c in COUNTS)
+    keys = (*((group_by,) if group_by else ()), *(("start",) if interval else ()))
+    (rows,) = await grouped_counts(
+        conn,
+        metrics=[metric],
+        since=since,
+        until=until,
+        scale=scale,
+        filters=filters,
+        sets=[keys],
+        interval=interval,
     )
-    if keys:
-        query = query.group_by(*keys).order_by(*keys)
-    rows = (await conn.execute(query)).all()
     return [
         Group(
-            group=getattr(row, "grp", None),
-            start=getattr(row, "start", None),
-            counts=_counts(row),
+            group=r.keys[group_by] if group_by else None,
+            start=r.keys.get("start"),
+            counts=r.counts,
         )
-        for row in rows
+        for r in rows
     ]
 
 
@@ -131,7 +225,9 @@ _SERVICE_TIMES = """
 WITH sla(key, first_response, resolution) AS (
     SELECT * FROM unnest(CAST(:keys AS text[]), CAST(:fr AS float8[]), CAST(:res AS float8[]))
 ), t AS (
-    SELECT {group_expr} AS grp,
+    SELECT CAST(NULL AS text) AS whole,
+           coalesce(tickets.priority, 'normal') AS priority,
+           tickets.channel AS channel,
            extract(epoch FROM first_response_at - created_at) AS fr,
            CASE WHEN resolved_at IS NOT NULL
                  AND (reopened_at IS NULL OR resolved_at > reopened_at)
@@ -145,7 +241,7 @@ WITH sla(key, first_response, resolution) AS (
     LEFT JOIN sla by_priority ON by_priority.key = coalesce(tickets.priority, 'normal')
     WHERE created_at >= :since AND created_at < :until {where}
 )
-SELECT grp, count(*) AS tickets,
+SELECT GROUPING({keys}) AS grouping_bits, coalesce({keys}) AS grp, count(*) AS tickets,
        count(fr) AS fr_n, avg(fr) AS fr_mean,
        percentile_cont(0.5) WITHIN GROUP (ORDER BY fr) AS fr_median,
        percentile_cont(0.9) WITHIN GROUP (ORDER BY fr) AS fr_p90,
@@ -157,8 +253,11 @@ SELECT grp, count(*) AS tickets,
        count(*) FILTER (WHERE res > res_sla OR (res IS NULL AND age > res_sla)) AS res_breaches,
        count(*) FILTER (WHERE res_sla IS NOT NULL AND (res IS NOT NULL OR age > res_sla))
            AS res_due
-FROM t GROUP BY grp ORDER BY grp NULLS FIRST
+FROM t GROUP BY GROUPING SETS ({sets}) ORDER BY grouping_bits, {order}
 """
+# The key of each grouping: ``whole`` is NULL on every row, so its group is every ticket,
+# and like the others it has no row when no ticket matches.
+_TIME_KEYS = {None: "whole", "priority": "priority", "channel": "channel"}
 
 
 async def service_times(
@@ -168,16 +267,19 @@ async def service_times(
     until: datetime,
     now: datetime,
     filters: Mapping[str, str],
-    group_by: str | None,
+    group_bys: Sequence[str | None],
     sla_first_response: Mapping[str, float],
     sla_resolution: Mapping[str, float],
-) -> list[dict[str, Any]]:
-    """First-response and resolution times of tickets created in [since, until).
+) -> list[list[dict[str, Any]]]:
+    """First-response and resolution times of tickets created in [since, until), grouped
+    by each of ``group_bys`` (None: all of them together) in one statement.
 
     A ticket past its SLA with no response (or resolution) yet counts as a breach; one
     still within its SLA is not yet due and stays out of the breach rate.
     """
-    assert group_by in (None, "channel", "priority")
+    assert group_bys
+    assert all(g in _TIME_KEYS for g in group_bys)
+    assert len(set(group_bys)) == len(group_bys)
     keys = sorted(set(sla_first_response) | set(sla_resolution))
     where = "".join(
         f" AND coalesce(tickets.{d}, 'normal') = :f_{d}"
@@ -185,12 +287,13 @@ async def service_times(
         else f" AND tickets.{d} = :f_{d}"
         for d in filters
     )
-    group_expr = (
-        f"coalesce(tickets.{group_by}, 'normal')"
-        if group_by == "priority"
-        else (f"tickets.{group_by}" if group_by else "NULL")
+    used = [_TIME_KEYS[g] for g in group_bys]
+    sql = _SERVICE_TIMES.format(
+        keys=", ".join(used),
+        sets=", ".join(f"({k})" for k in used),
+        order=", ".join(f"{k} NULLS FIRST" for k in used),
+        where=where,
     )
-    sql = _SERVICE_TIMES.format(group_expr=group_expr, where=where)
     params: dict[str, Any] = {
         "keys": keys,
         "fr": [sla_first_response.get(k) for k in keys],
@@ -200,7 +303,13 @@ async def service_times(
         "now": now,
         **{f"f_{d}": v for d, v in filters.items()},
     }
-    return [dict(row._mapping) for row in await conn.execute(sa.text(sql), params)]
+    # GROUPING(keys) sets a bit (the first key the highest) for each key a row's set leaves out.
+    full = (1 << len(used)) - 1
+    index = {full ^ (1 << (len(used) - 1 - n)): n for n in range(len(used))}
+    found: list[list[dict[str, Any]]] = [[] for _ in group_bys]
+    for row in await conn.execute(sa.text(sql), params):
+        found[index[row.grouping_bits]].append(dict(row._mapping))
+    return found
 
 
 _DRIVERS = """

@@ -8,9 +8,10 @@ is ``queries``'.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
@@ -51,6 +52,7 @@ from shared.events import SCALES, Metric, utcnow
 from shared.http import FieldErrors
 from shared.privacy import Hasher
 from shared.scoring import Counts, summarise
+from shared.timing import Timings
 
 Filters = Mapping[str, str]
 """Segment filters: a dimension (``queries.DIMENSIONS``) and the one value it must have."""
@@ -162,19 +164,15 @@ async def _score_rows(
         )
 
 
-async def scores(
-    engine: AsyncEngine,
+def _score_out(
     span: Range,
     filters: Filters,
     metric: Metric,
     scale: int | None,
     min_n: int,
-    group_by: Dimension | None = None,
+    group_by: Dimension | None,
+    rows: Sequence[queries.Group],
 ) -> ScoreOut:
-    """The score of ``metric`` over ``span``, and one per value of ``group_by`` if given."""
-    rows = await _score_rows(
-        engine, span, filters, metric, scale, group_by=group_by.value if group_by else None
-    )
     # Counts add up, so the groups' sum is the total: one query, not two.
     total = Counts()
     for row in rows:
@@ -199,18 +197,112 @@ async def scores(
     )
 
 
-async def breakdown(
+async def scores(
     engine: AsyncEngine,
     span: Range,
     filters: Filters,
     metric: Metric,
     scale: int | None,
-    dimension: Dimension,
     min_n: int,
+    group_by: Dimension | None = None,
 ) -> ScoreOut:
-    """The score of ``metric`` per value of ``dimension`` (in ``groups``), each with its
-    ``n``, margin and ``insufficient`` flag, and the total."""
-    return await scores(engine, span, filters, metric, scale, min_n, group_by=dimension)
+    """The score of ``metric`` over ``span``, and one per value of ``group_by`` if given."""
+    if group_by is not None:
+        (out,) = (
+            await breakdowns(engine, span, filters, metric, scale, [group_by], min_n)
+        ).values()
+        return out
+    rows = await _score_rows(engine, span, filters, metric, scale)
+    return _score_out(span, filters, metric, scale, min_n, None, rows)
+
+
+async def breakdowns(
+    engine: AsyncEngine,
+    span: Range,
+    filters: Filters,
+    metric: Metric,
+    scale: int | None,
+    dimensions: Sequence[Dimension],
+    min_n: int,
+) -> dict[Dimension, ScoreOut]:
+    """The score of ``metric`` per value of each of ``dimensions`` (in ``groups``), each
+    with its ``n``, margin and ``insufficient`` flag, and the total: one read of the range
+    for every dimension (GROUPING SETS)."""
+    check_scale(metric, scale)
+    async with engine.connect() as conn:
+        found = await queries.grouped_counts(
+            conn,
+            metrics=[metric.value],
+            since=span.since,
+            until=span.until,
+            scale=scale,
+            filters=filters,
+            sets=[(d.value,) for d in dimensions],
+        )
+    return {
+        d: _score_out(
+            span,
+            filters,
+            metric,
+            scale,
+            min_n,
+            d,
+            [queries.Group(r.keys[d.value], None, r.counts) for r in rows],
+        )
+        for d, rows in zip(dimensions, found, strict=True)
+    }
+
+
+async def trends(
+    engine: AsyncEngine,
+    span: Range,
+    filters: Filters,
+    series: Sequence[tuple[Metric, int | None]],
+    min_n: int,
+    interval: Interval = Interval.DAY,
+) -> list[TimeseriesOut]:
+    """:func:`trend` of each (metric, scale) of ``series``, from one statement: the counts
+    by metric, scale and interval, summed over scales where a series has none (counts add
+    up, so the sum is exact)."""
+    for metric, scale in series:
+        check_scale(metric, scale)
+    check_hourly(span, interval)
+    if not series:
+        return []
+    async with engine.connect() as conn:
+        (rows,) = await queries.grouped_counts(
+            conn,
+            metrics=sorted({m.value for m, _ in series}),
+            since=span.since,
+            until=span.until,
+            scale=None,
+            filters=filters,
+            sets=[("metric", "scale", "start")],
+            interval=interval.value,
+        )
+    out = []
+    for metric, scale in series:
+        by_start: dict[datetime, Counts] = {}
+        for row in rows:
+            if row.keys["metric"] == metric.value and scale in (None, row.keys["scale"]):
+                by_start.setdefault(row.keys["start"], Counts()).add(row.counts)
+        points = [
+            Point(start=start, **summarise(metric, counts, scale, min_n))
+            for start, counts in sorted(by_start.items())
+        ]
+        out.append(
+            TimeseriesOut.model_validate(
+                {
+                    "metric": metric.value,
+                    "interval": interval,
+                    "from": span.since,
+                    "to": span.until,
+                    "filters": dict(filters),
+                    "points": points,
+                }
+            )
+        )
+    return out
 
 
 async def trend(
@@ -224,6 +316,12 @@ async def trend(
 ) -> TimeseriesOut:
     """One score of ``metric`` per interval (UTC), each with its ``n`` and margin; intervals
     without answers are left out. Hours only over ``HOURLY_UP_TO`` at most."""
+    (out,) = await trends(engine, span, filters, [(metric, scale)], min_n, interval)
+    return out
+
+
+def check_hourly(span: Range, interval: Interval) -> None:
+    """Refuse (422 naming ``interval``) hours over more than ``HOURLY_UP_TO``."""
     if interval is Interval.HOUR and span.until - span.since > HOURLY_UP_TO:
         raise FieldErrors(
             [
@@ -234,18 +332,6 @@ async def trend(
                 }
             ]
         )
-    rows = await _score_rows(engine, span, filters, metric, scale, interval=interval.value)
-    points = [Point(start=r.start, **summarise(metric, r.counts, scale, min_n)) for r in rows]
-    return TimeseriesOut.model_validate(
-        {
-            "metric": metric.value,
-            "interval": interval,
-            "from": span.since,
-            "to": span.until,
-            "filters": dict(filters),
-            "points": points,
-        }
-    )
 
 
 def _headline_score(
@@ -280,11 +366,11 @@ async def headline(engine: AsyncEngine, span: Range, filters: Filters, min_n: in
     """
     before = span.previous()
     async with engine.connect() as conn:
-        now_counts = await queries.counts_by_metric(
-            conn, since=span.since, until=span.until, filters=filters
-        )
-        before_counts = await queries.counts_by_metric(
-            conn, since=before.since, until=before.until, filters=filters
+        now_counts, before_counts = await queries.counts_by_metric(
+            conn,
+            ranges=[(span.since, span.until), (before.since, before.until)],
+            metrics=[m.value for m in Metric],
+            filters=filters,
         )
 
     def total(counts: dict[tuple[str, int], Counts], metric: Metric, scale: int | None) -> Counts:
@@ -347,51 +433,91 @@ async def service_times(
 ) -> ServiceTimesOut:
     """First-response and resolution times of tickets created in ``span``, and SLA breaches;
     ``filters`` and ``group_by`` are over channel and priority."""
+    (out,) = (
+        await service_times_by(
+            engine, span, filters, [group_by], sla_first_response, sla_resolution
+        )
+    ).values()
+    return out
+
+
+async def service_times_by(
+    engine: AsyncEngine,
+    span: Range,
+    filters: Filters,
+    group_bys: Sequence[str | None],
+    sla_first_response: Mapping[str, float],
+    sla_resolution: Mapping[str, float],
+) -> dict[str | None, ServiceTimesOut]:
+    """:func:`service_times` by each of ``group_bys``, from one statement."""
     async with engine.connect() as conn:
-        rows = await queries.service_times(
+        found = await queries.service_times(
             conn,
             since=span.since,
             until=span.until,
             now=utcnow(),
             filters=filters,
-            group_by=group_by,
+            group_bys=group_bys,
             sla_first_response=sla_first_response,
             sla_resolution=sla_resolution,
         )
-    groups = [
-        ServiceTimesGroup(
-            group=row["grp"],
-            tickets=int(row["tickets"]),
-            first_response=_time_stats(row, "fr"),
-            resolution=_time_stats(row, "res"),
+    return {
+        group_by: ServiceTimesOut.model_validate(
+            {
+                "from": span.since,
+                "to": span.until,
+                "filters": dict(filters),
+                "group_by": group_by,
+                "groups": [
+                    ServiceTimesGroup(
+                        group=row["grp"],
+                        tickets=int(row["tickets"]),
+                        first_response=_time_stats(row, "fr"),
+                        resolution=_time_stats(row, "res"),
+                    )
+                    for row in rows
+                ],
+            }
         )
-        for row in rows
-    ]
-    return ServiceTimesOut.model_validate(
-        {
-            "from": span.since,
-            "to": span.until,
-            "filters": dict(filters),
-            "group_by": group_by,
-            "groups": groups,
-        }
-    )
+        for group_by, rows in zip(group_bys, found, strict=True)
+    }
 
 
-async def drivers(engine: AsyncEngine, span: Range, filters: Filters) -> DriversOut:
-    """The reasons given with NPS answers in ``span``, by category, with their shares."""
+async def drivers(
+    engine: AsyncEngine,
+    span: Range,
+    filters: Filters,
+    nps: Awaitable[ScoreOut] | None = None,
+) -> DriversOut:
+    """The reasons given with NPS answers in ``span``, by category, with their shares.
+
+    ``nps``: the NPS over the same span and filters (:func:`scores`), when the caller is
+    computing it anyway; its counts size the categories. Read here otherwise."""
     async with engine.connect() as conn:
-        (total,) = await queries.score_counts(
-            conn, metric="nps", since=span.since, until=span.until, scale=None, filters=filters
-        )
         rows = await queries.reason_counts(
             conn, since=span.since, until=span.until, filters=filters
         )
-    sizes = {
-        "promoter": total.counts.promoters,
-        "passive": total.counts.passives,
-        "detractor": total.counts.detractors,
-    }
+        if nps is None:
+            (total,) = await queries.score_counts(
+                conn,
+                metric="nps",
+                since=span.since,
+                until=span.until,
+                scale=None,
+                filters=filters,
+            )
+            sizes = {
+                "promoter": total.counts.promoters,
+                "passive": total.counts.passives,
+                "detractor": total.counts.detractors,
+            }
+    if nps is not None:
+        given = await nps
+        sizes = {
+            "promoter": given.promoters or 0,
+            "passive": given.passives or 0,
+            "detractor": given.detractors or 0,
+        }
     categories = {
         name: CategoryDrivers(
             responses=size,
@@ -428,6 +554,131 @@ async def retention(
             RetentionPoint(period_start=p, active=a, retained=r, rate=scoring.share(r, a))
             for p, a, r in rows
         ],
+    )
+
+
+TIME_GROUPS: Final[tuple[str | None, ...]] = (None, "priority", "channel")
+"""The service-time groupings the dashboard shows: all tickets, by priority, by channel."""
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    """What the dashboard shows, each part from the function its ``/v1`` route calls."""
+
+    headline: HeadlineOut
+    metric: Metric
+    """What ``breakdowns`` are of: the metric asked for, NPS when CES was never answered."""
+    scale: int | None
+    nps: ScoreOut
+    breakdowns: dict[Dimension, ScoreOut]
+    trends: list[tuple[tuple[Metric, int | None], TimeseriesOut]]
+    drivers: DriversOut
+    times: dict[str | None, ServiceTimesOut]
+    retention: RetentionOut
+    latest: LatestResponses | None
+
+
+def ces_scale(headline: HeadlineOut) -> int | None:
+    """The CES scale answered most (the headline lists it first), if any."""
+    return next((s.scale for s in headline.scores if s.metric == "ces"), None)
+
+
+async def dashboard(
+    engine: AsyncEngine,
+    span: Range,
+    filters: Filters,
+    *,
+    metric: Metric | None,
+    breakdown_by: Sequence[Dimension],
+    interval: Interval,
+    retention_period: str,
+    with_latest: bool,
+    min_n: int,
+    sla_first_response: Mapping[str, float],
+    sla_resolution: Mapping[str, float],
+    timings: Timings | None = None,
+) -> Dashboard:
+    """Every panel of the dashboard at once, each panel one statement on its own
+    connection: the tiles (``headline``, both periods), then the trends of the metrics
+    they list; breakdowns of ``metric`` by every one of ``breakdown_by``; drivers; service
+    times by ``TIME_GROUPS`` (tickets filtered by channel only); retention; the latest
+    answers if ``with_latest``. ``timings`` gets each panel's wall time, by name."""
+    timings = timings or Timings()
+    ticket_filters = {k: filters[k] for k in ("channel",) if k in filters}
+
+    async def every_trend() -> dict[tuple[Metric, int | None], TimeseriesOut]:
+        # Every series the tiles can list, read alongside them (one statement either way).
+        series: list[tuple[Metric, int | None]] = [(Metric.NPS, None), (Metric.CSAT, None)]
+        series += [(Metric.CES, s) for s in SCALES[Metric.CES]]
+        got = await timings.run(
+            "trends", trends(engine, span, filters, series, min_n, interval=interval)
+        )
+        return dict(zip(series, got, strict=True))
+
+    async def broken_down() -> tuple[Metric, int | None, dict[Dimension, ScoreOut]]:
+        chosen, scale = metric or Metric.NPS, None
+        if chosen is Metric.CES:
+            # Broken down on the CES scale answered most: the tiles know which.
+            scale = ces_scale(await head)
+            if scale is None:  # nobody answered CES in either period
+                chosen = Metric.NPS
+        got = await timings.run(
+            "breakdowns",
+            breakdowns(engine, span, filters, chosen, scale, breakdown_by, min_n),
+        )
+        return chosen, scale, got
+
+    async def nps_split() -> ScoreOut | None:
+        if metric in (None, Metric.NPS):
+            return None  # the breakdowns' total is NPS's
+        return await timings.run("nps", scores(engine, span, filters, Metric.NPS, None, min_n))
+
+    async def nps() -> ScoreOut:
+        _, _, by_dimension = await by
+        return await split or by_dimension[breakdown_by[0]]
+
+    async def newest() -> LatestResponses | None:
+        if not with_latest:
+            return None
+        return await timings.run("latest", latest_responses(engine, None, filters))
+
+    async with asyncio.TaskGroup() as group:
+        head = group.create_task(timings.run("tiles", headline(engine, span, filters, min_n)))
+        every = group.create_task(every_trend())
+        by = group.create_task(broken_down())
+        split = group.create_task(nps_split())
+        total = group.create_task(nps())
+        why = group.create_task(timings.run("drivers", drivers(engine, span, filters, total)))
+        times = group.create_task(
+            timings.run(
+                "service-times",
+                service_times_by(
+                    engine,
+                    span,
+                    ticket_filters,
+                    TIME_GROUPS,
+                    sla_first_response,
+                    sla_resolution,
+                ),
+            )
+        )
+        kept = group.create_task(
+            timings.run("retention", retention(engine, retention_period, None, None))
+        )
+        latest = group.create_task(newest())
+    chosen, scale, by_dimension = by.result()
+    series = [(Metric(s.metric), s.scale) for s in head.result().scores]
+    return Dashboard(
+        headline=head.result(),
+        metric=chosen,
+        scale=scale,
+        nps=total.result(),
+        breakdowns=by_dimension,
+        trends=[(key, every.result()[key]) for key in series],
+        drivers=why.result(),
+        times=times.result(),
+        retention=kept.result(),
+        latest=latest.result(),
     )
 
 

@@ -23,16 +23,26 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from services.scorer import service
 from services.scorer.app import create_app
 from services.scorer.consumer import BatchHandler
+from services.scorer.schemas import Dimension, Interval
 from shared import apikeys
 from shared.apikeys import KeyKind, Scope
-from shared.events import ResponseSubmitted, TouchpointEvent
+from shared.events import Metric, ResponseSubmitted, TouchpointEvent
 from shared.http.auth import signed_in_of
 from shared.kafka import Decoded
-from shared.settings import AuthSettings, DatabaseSettings, KafkaSettings, ScorerSettings
+from shared.settings import (
+    AuthSettings,
+    DatabaseSettings,
+    KafkaSettings,
+    ScorerSettings,
+    SlaSettings,
+)
+from shared.timing import parse_header
 from shared.web.i18n import assert_catalogues_match, load_catalogue
 from shared.web.sessions import create_sign_in_link
 from tests.builders import response_event
@@ -264,6 +274,11 @@ async def seed_mix(engine: AsyncEngine) -> None:
             ],
         ],
     )
+
+
+def as_json(answer: BaseModel) -> Any:
+    """A service answer as its /v1 route writes it."""
+    return json.loads(answer.model_dump_json(by_alias=True))
 
 
 def tile_key(entry: dict[str, Any]) -> str:
@@ -719,6 +734,119 @@ class TestLive:
             "/dashboard/live", params={"channel": "sms", "cursor": nothing["cursor"], "tiles": "0"}
         )
         assert [i["score_text"] for i in later.json()["items"]] == ["NPS 3/10"]
+
+
+class TestServerTiming:
+    """Operators read how long each panel's query and the rendering took in the browser's
+    developer tools (Server-Timing); bench/queries.py reports the same per panel."""
+
+    PANELS = frozenset(
+        {"tiles", "trends", "breakdowns", "drivers", "service-times", "retention", "latest"}
+    )
+
+    async def test_the_dashboard_names_each_panel_and_its_rendering(
+        self, site: Site, engine: AsyncEngine
+    ) -> None:
+        await seed_mix(engine)
+        response = await site.browser.get("/dashboard")
+        assert response.status_code == 200
+        parts = parse_header(response.headers["server-timing"])
+        assert parts.keys() == self.PANELS | {"render", "total"}
+        assert all(ms >= 0 for ms in parts.values())
+        # The breakdowns of CSAT leave the NPS split its own call.
+        csat = await site.browser.get("/dashboard", params={"metric": "csat"})
+        assert parse_header(csat.headers["server-timing"]).keys() == self.PANELS | {
+            "nps",
+            "render",
+            "total",
+        }
+
+    async def test_the_live_poll_and_the_answers_page(self, site: Site) -> None:
+        live = await site.browser.get("/dashboard/live")
+        assert parse_header(live.headers["server-timing"]).keys() == {
+            "tiles",
+            "nps",
+            "latest",
+            "total",
+        }
+        answers = await site.browser.get("/dashboard/responses")
+        assert parse_header(answers.headers["server-timing"]).keys() == {
+            "answers",
+            "render",
+            "total",
+        }
+
+
+class TestOneStatementPerPanel:
+    """Each panel reads all its groupings in one statement (GROUPING SETS, every metric's
+    trend at once); what it gives is exactly what /v1 gives for each grouping alone."""
+
+    async def test_the_dashboards_answers_are_v1s(self, site: Site, engine: AsyncEngine) -> None:
+        await seed_mix(engine)
+        t0 = NOW - timedelta(days=2)
+        await apply(
+            engine,
+            [
+                ticket("ticket.created", "A", t0, "c1", priority="urgent"),
+                ticket("ticket.agent_replied", "A", t0 + timedelta(minutes=30), "c1"),
+                ticket("ticket.resolved", "A", t0 + timedelta(hours=5), "c1"),
+                ticket("ticket.created", "B", t0, "c2", channel="chat"),
+                ticket("ticket.agent_replied", "B", t0 + timedelta(hours=3), "c2"),
+                ticket("ticket.created", "C", t0 - timedelta(days=1), "c3", priority="low"),
+            ],
+        )
+        # A custom range, so that /v1 answers for the very same one.
+        since, until = NOW - timedelta(days=8, hours=5), NOW + timedelta(hours=1)
+        span = service.Range(since, until)
+        params = {"from": since.isoformat(), "to": until.isoformat()}
+        for metric in (Metric.NPS, Metric.CES):
+            got = await service.dashboard(
+                engine,
+                span,
+                {},
+                metric=metric,
+                breakdown_by=list(Dimension),
+                interval=Interval.DAY,
+                retention_period="month",
+                with_latest=False,
+                min_n=MIN_N,
+                sla_first_response=SlaSettings().first_response_minutes,
+                sla_resolution=SlaSettings().resolution_minutes,
+            )
+            assert got.metric is metric
+            assert as_json(got.headline) == await site.json("/v1/headline", **params)
+            scale = {"scale": str(got.scale)} if got.scale else {}
+            for dimension, out in got.breakdowns.items():
+                assert as_json(out) == await site.json(
+                    "/v1/scores", metric=metric.value, group_by=dimension.value, **params, **scale
+                ), dimension
+            # The NPS split: the breakdowns' total when they are of NPS.
+            nps = {k: v for k, v in as_json(got.nps).items() if k not in ("group_by", "groups")}
+            v1_nps = await site.json("/v1/scores", metric="nps", **params)
+            assert nps == {k: v for k, v in v1_nps.items() if k not in ("group_by", "groups")}
+            assert [key for key, _ in got.trends] == [
+                (Metric.NPS, None),
+                (Metric.CSAT, None),
+                (Metric.CES, 7),
+            ]
+            for (m, s), series in got.trends:
+                assert as_json(series) == await site.json(
+                    "/v1/scores/timeseries",
+                    metric=m.value,
+                    interval="day",
+                    **params,
+                    **({"scale": str(s)} if s else {}),
+                ), m
+            assert as_json(got.drivers) == await site.json("/v1/drivers", **params)
+        for group_by, times in got.times.items():
+            by = {"group_by": group_by} if group_by else {}
+            v1 = await site.json("/v1/service-times", **params, **by)
+            assert as_json(times) == v1, group_by
+        assert [g["group"] for g in as_json(got.times["priority"])["groups"]] == [
+            "low",
+            "normal",
+            "urgent",
+        ]
 
 
 class TestScopes:

@@ -13,23 +13,25 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from services.scorer import service
 from services.scorer.pages import query, view
-from services.scorer.schemas import HeadlineOut, ScoreOut
 from shared.apikeys import Scope
 from shared.events import Metric
 from shared.http import EngineDep, FieldErrors, error_body, signed_in
 from shared.settings import ScorerSettings, SlaSettings
+from shared.timing import Timings
 from shared.web.pages import Pages
 from shared.web.sessions import SESSION_SCOPE, Session
 
 T = TypeVar("T")
+R = TypeVar("R", bound=Response)
 
 LATEST_ON_PAGE = 10
 RESPONSES_PER_PAGE = 25
@@ -47,6 +49,12 @@ def _may_read_responses(request: Request) -> bool:
     return isinstance(session, Session) and session.principal.may(Scope.RESPONSES_READ)
 
 
+def _timed(response: R, timings: Timings, started: float) -> R:
+    timings.add("total", time.perf_counter() - started)
+    response.headers["Server-Timing"] = timings.header()
+    return response
+
+
 def _view(request: Request) -> query.View:
     return query.parse(request.query_params)
 
@@ -59,105 +67,46 @@ async def _checked(call: Awaitable[T]) -> T:
         raise HTTPException(422, str(exc)) from None
 
 
-def _ces_scale(headline: HeadlineOut) -> int | None:
-    """The CES scale answered most (the headline lists it first), if any."""
-    return next((s.scale for s in headline.scores if s.metric == "ces"), None)
-
-
-def _trend_metrics(headline: HeadlineOut) -> list[tuple[Metric, int | None]]:
-    return [(Metric(s.metric), s.scale) for s in headline.scores]
-
-
 def router(pages: Pages) -> APIRouter:
     """The dashboard's pages."""
     routes = APIRouter(include_in_schema=False)
 
     @routes.get("/dashboard", dependencies=_READ)
     async def dashboard(request: Request, engine: EngineDep) -> HTMLResponse:
-        """Scores over a range and segment, where they go, why, and the latest answers."""
+        """Scores over a range and segment, where they go, why, and the latest answers.
+        ``Server-Timing`` says how long each panel's query and the rendering took."""
+        timings, started = Timings(), time.perf_counter()
         v = _view(request)
-        settings = _settings(request)
+        min_n = _settings(request).min_n
         sla: SlaSettings = request.app.state.sla
-        min_n = settings.min_n
-        span, filters = v.span, v.filters
-        headline = await service.headline(engine, span, filters, min_n)
-        metric = v.metric or Metric.NPS
-        scale = _ces_scale(headline) if metric is Metric.CES else None
-        if metric is Metric.CES and scale is None:
-            metric = Metric.NPS  # nobody answered CES in either period: nothing to break down
-        trend_metrics = _trend_metrics(headline)
-        ticket_filters = {k: filters[k] for k in ("channel",) if k in filters}
         can_read = _may_read_responses(request)
-
-        def times(group_by: str | None) -> Awaitable[Any]:
-            return service.service_times(
-                engine,
-                span,
-                ticket_filters,
-                group_by,
-                sla_first_response=sla.first_response_minutes,
-                sla_resolution=sla.resolution_minutes,
-            )
-
-        calls: dict[str, Awaitable[Any]] = {
-            **{
-                f"breakdown:{d}": service.breakdown(engine, span, filters, metric, scale, d, min_n)
-                for d in query.BREAKDOWNS
-            },
-            **{
-                f"trend:{i}": service.trend(engine, span, filters, m, s, min_n, interval=v.interval)
-                for i, (m, s) in enumerate(trend_metrics)
-            },
-            "drivers": service.drivers(engine, span, filters),
-            "times": times(None),
-            "times:priority": times("priority"),
-            "times:channel": times("channel"),
-            "retention": service.retention(engine, v.period, None, None),
-        }
-        if metric is not Metric.NPS:  # else the breakdowns' total has the NPS split
-            calls["nps"] = service.scores(engine, span, filters, Metric.NPS, None, min_n)
-        if can_read:
+        got = await service.dashboard(
+            engine,
+            v.span,
+            v.filters,
+            metric=v.metric,
+            breakdown_by=query.BREAKDOWNS,
+            interval=v.interval,
+            retention_period=v.period,
             # The page shows the newest few; dashboard.js knows every id the first live call
             # can repeat (it looks back a few seconds), so only new answers arrive as new.
-            calls["latest"] = service.latest_responses(engine, None, filters)
-        got = dict(zip(calls, await asyncio.gather(*calls.values()), strict=True))
-        breakdowns = {d: got[f"breakdown:{d}"] for d in query.BREAKDOWNS}
-        nps: ScoreOut = got.get("nps") or breakdowns[query.BREAKDOWNS[0]]
-        trends = [(ms, got[f"trend:{i}"]) for i, ms in enumerate(trend_metrics)]
-        drivers, retention = got["drivers"], got["retention"]
-        times_all, times_priority, times_channel = (
-            got["times"],
-            got["times:priority"],
-            got["times:channel"],
-        )
-        latest = got.get("latest")
-        return pages.render(
-            request,
-            "dashboard.html",
-            v=v,
+            with_latest=can_read,
             min_n=min_n,
-            headline=headline,
-            tiles=view.tiles(headline, nps),
-            nps=nps,
-            metric=metric,
-            scale=scale,
-            metric_options=[
-                Metric.NPS,
-                Metric.CSAT,
-                *([Metric.CES] if _ces_scale(headline) else []),
-            ],
-            breakdowns=breakdowns,
-            trends=trends,
-            drivers=drivers,
-            times_all=times_all,
-            times_priority=times_priority,
-            times_channel=times_channel,
-            retention=retention,
-            latest=latest,
-            latest_shown=LATEST_ON_PAGE,
-            answered=any(s.n or s.previous.n for s in headline.scores),
-            **_helpers(request, pages),
+            sla_first_response=sla.first_response_minutes,
+            sla_resolution=sla.resolution_minutes,
+            timings=timings,
         )
+        with timings.part("render"):
+            response = pages.render(
+                request,
+                "dashboard.html",
+                v=v,
+                min_n=min_n,
+                latest_shown=LATEST_ON_PAGE,
+                **view.dashboard(got),
+                **_helpers(request, pages),
+            )
+        return _timed(response, timings, started)
 
     @routes.get("/dashboard/live", dependencies=_READ)
     async def live(request: Request, engine: EngineDep) -> JSONResponse:
@@ -165,6 +114,7 @@ def router(pages: Pages) -> APIRouter:
         one sent before (dashboard.js drops it by id); and the tiles' numbers now, unless
         ``tiles=0``. A parameter it cannot use is a JSON 422 naming it (the caller is a
         script)."""
+        timings, started = Timings(), time.perf_counter()
         try:
             v = _view(request)
         except query.BadParameter as exc:
@@ -172,7 +122,9 @@ def router(pages: Pages) -> APIRouter:
         body: dict[str, Any] = {}
         if _may_read_responses(request):
             try:
-                latest = await service.latest_responses(engine, v.cursor, v.filters)
+                latest = await timings.run(
+                    "latest", service.latest_responses(engine, v.cursor, v.filters)
+                )
             except FieldErrors as exc:
                 return _refused(exc.errors[0]["field"], exc.errors[0]["detail"])
             t = _translator(request, pages)
@@ -181,35 +133,43 @@ def router(pages: Pages) -> APIRouter:
         if request.query_params.get("tiles") != "0":
             min_n = _settings(request).min_n
             headline, nps = await asyncio.gather(
-                service.headline(engine, v.span, v.filters, min_n),
-                service.scores(engine, v.span, v.filters, Metric.NPS, None, min_n),
+                timings.run("tiles", service.headline(engine, v.span, v.filters, min_n)),
+                timings.run(
+                    "nps", service.scores(engine, v.span, v.filters, Metric.NPS, None, min_n)
+                ),
             )
             body["scores"] = view.live_scores(headline, nps)
-        return JSONResponse(body, headers={"Cache-Control": "no-store"})
+        return _timed(JSONResponse(body, headers={"Cache-Control": "no-store"}), timings, started)
 
     @routes.get("/dashboard/responses", dependencies=_READ_RESPONSES)
     async def responses(request: Request, engine: EngineDep) -> HTMLResponse:
         """The answers behind the dashboard's view, newest first, a page at a time."""
+        timings, started = Timings(), time.perf_counter()
         v = _view(request)
         filters: dict[str, Any] = dict(v.filters)
         if v.metric is not None:
             filters["metric"] = v.metric.value
         if v.customer_id is not None:
             filters["customer_id"] = v.customer_id
-        page = await _checked(
-            service.responses_page(
-                engine, filters, v.span.since, v.span.until, v.cursor, RESPONSES_PER_PAGE
-            )
+        page = await timings.run(
+            "answers",
+            _checked(
+                service.responses_page(
+                    engine, filters, v.span.since, v.span.until, v.cursor, RESPONSES_PER_PAGE
+                )
+            ),
         )
         t = _translator(request, pages)
-        return pages.render(
-            request,
-            "responses.html",
-            v=v,
-            page=page,
-            answers=[view.answer(t, item) for item in page.items],
-            **_helpers(request, pages),
-        )
+        with timings.part("render"):
+            response = pages.render(
+                request,
+                "responses.html",
+                v=v,
+                page=page,
+                answers=[view.answer(t, item) for item in page.items],
+                **_helpers(request, pages),
+            )
+        return _timed(response, timings, started)
 
     @routes.get("/dashboard/customers/{customer_id:path}", dependencies=_READ_RESPONSES)
     async def customer(request: Request, engine: EngineDep, customer_id: str) -> HTMLResponse:

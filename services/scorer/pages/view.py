@@ -26,6 +26,8 @@ from services.scorer.schemas import (
     StoredResponse,
     TimeseriesOut,
 )
+from services.scorer.service import Dashboard, ces_scale
+from shared.events import Metric
 from shared.scoring import EASY_FROM, SATISFIED_FROM
 from shared.settings import DEFAULT_REASON_CODES
 from shared.web.i18n import Lang, format_number
@@ -262,6 +264,31 @@ def live_scores(headline: HeadlineOut, nps: ScoreOut) -> list[dict[str, Any]]:
             }
         out.append(item)
     return out
+
+
+def dashboard(got: Dashboard) -> dict[str, Any]:
+    """The dashboard template's context from the service's answers."""
+    return {
+        "headline": got.headline,
+        "tiles": tiles(got.headline, got.nps),
+        "nps": got.nps,
+        "metric": got.metric,
+        "scale": got.scale,
+        "metric_options": [
+            Metric.NPS,
+            Metric.CSAT,
+            *([Metric.CES] if ces_scale(got.headline) else []),
+        ],
+        "breakdowns": got.breakdowns,
+        "trends": got.trends,
+        "drivers": got.drivers,
+        "times_all": got.times[None],
+        "times_priority": got.times["priority"],
+        "times_channel": got.times["channel"],
+        "retention": got.retention,
+        "latest": got.latest,
+        "answered": any(s.n or s.previous.n for s in got.headline.scores),
+    }
 
 
 # ---- Answers ---------------------------------------------------------------------------------
