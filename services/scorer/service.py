@@ -102,7 +102,12 @@ class Range:
 
 
 def resolve_range(
-    window: Window | None, from_: datetime | None, to: datetime | None, now: datetime | None = None
+    window: Window | None,
+    from_: datetime | None,
+    to: datetime | None,
+    now: datetime | None = None,
+    *,
+    growing: bool = False,
 ) -> Range:
     """Return the range a caller asked for: `from`/`to` if given, else the rolling `window`
     (default 30d) back to the top of its hour. Bad combinations, a bound before 2000 or
@@ -114,7 +119,9 @@ def resolve_range(
         until = check_moment("to", to, now) if to is not None else now
         if from_ >= until:
             raise FieldErrors([{"field": "from", "detail": "must be before `to`"}])
-        if until - from_ > LONGEST_RANGE:
+        # A page's open-ended range (no `to`) grows while it stays open: its live polls
+        # (``growing``) are not refused for what was allowed when the page was drawn.
+        if until - from_ > LONGEST_RANGE and not (growing and to is None):
             raise FieldErrors(
                 [
                     {
@@ -642,30 +649,35 @@ async def dashboard(
             return None
         return await timings.run("latest", latest_responses(engine, None, filters))
 
-    async with asyncio.TaskGroup() as group:
-        head = group.create_task(timings.run("tiles", headline(engine, span, filters, min_n)))
-        every = group.create_task(every_trend())
-        by = group.create_task(broken_down())
-        split = group.create_task(nps_split())
-        total = group.create_task(nps())
-        why = group.create_task(timings.run("drivers", drivers(engine, span, filters, total)))
-        times = group.create_task(
-            timings.run(
-                "service-times",
-                service_times_by(
-                    engine,
-                    span,
-                    ticket_filters,
-                    TIME_GROUPS,
-                    sla_first_response,
-                    sla_resolution,
-                ),
+    try:
+        async with asyncio.TaskGroup() as group:
+            head = group.create_task(timings.run("tiles", headline(engine, span, filters, min_n)))
+            every = group.create_task(every_trend())
+            by = group.create_task(broken_down())
+            split = group.create_task(nps_split())
+            total = group.create_task(nps())
+            why = group.create_task(timings.run("drivers", drivers(engine, span, filters, total)))
+            times = group.create_task(
+                timings.run(
+                    "service-times",
+                    service_times_by(
+                        engine,
+                        span,
+                        ticket_filters,
+                        TIME_GROUPS,
+                        sla_first_response,
+                        sla_resolution,
+                    ),
+                )
             )
-        )
-        kept = group.create_task(
-            timings.run("retention", retention(engine, retention_period, None, None))
-        )
-        latest = group.create_task(newest())
+            kept = group.create_task(
+                timings.run("retention", retention(engine, retention_period, None, None))
+            )
+            latest = group.create_task(newest())
+    except BaseExceptionGroup as failed:
+        # The first panel's own error, unwrapped: a refused parameter stays a 422 and the
+        # database down stays the 503 page (the handlers know these, not a group).
+        raise failed.exceptions[0] from None
     chosen, scale, by_dimension = by.result()
     series = [(Metric(s.metric), s.scale) for s in head.result().scores]
     return Dashboard(
@@ -700,12 +712,22 @@ def _page_cursor(row: Mapping[str, Any]) -> str:
     return _encode(row["occurred_at"].isoformat(), str(row["event_id"]))
 
 
+# A cursor's time is an answer's own (which may be far in the past or the future, as its
+# sender's clock said): only what Postgres and the look-back can hold is refused.
+_CURSOR_EARLIEST: Final = datetime(1, 1, 2, tzinfo=UTC)
+_CURSOR_LATEST: Final = datetime(9999, 12, 30, tzinfo=UTC)
+
+
 def _cursor_moment(text: str) -> datetime:
-    """A cursor's time: with its UTC offset and within the years a range may cover."""
+    """A cursor's time: with its UTC offset, and one Postgres can hold."""
     try:
         moment = datetime.fromisoformat(text)
-        return check_moment("cursor", moment)
-    except (ValueError, FieldErrors):
+        if moment.tzinfo is None or moment.utcoffset() is None:
+            raise ValueError("naive")
+        if not _CURSOR_EARLIEST <= moment <= _CURSOR_LATEST:
+            raise ValueError("out of range")
+        return moment
+    except (ValueError, OverflowError):
         raise FieldErrors(
             [{"field": "cursor", "detail": "is not a cursor this API gave"}]
         ) from None

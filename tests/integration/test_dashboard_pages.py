@@ -696,6 +696,48 @@ class TestCustomer:
         assert blank.status_code == 404
 
 
+class TestReviewedEdges:
+    async def test_answers_dated_far_back_or_ahead_do_not_end_the_paging(
+        self, site: Site, engine: AsyncEngine
+    ) -> None:
+        """A sender's wrong clock gives an answer an odd date; its cursor still pages on."""
+        odd = [datetime(1999, 6, 1, tzinfo=UTC), NOW + timedelta(days=3)]
+        await apply(engine, [response_event(score=5, occurred_at=at) for at in odd])
+        await apply(engine, nps([10, 9], NOW - timedelta(hours=1)))
+        seen, cursor = 0, None
+        for _ in range(6):
+            params: dict[str, Any] = {"limit": 1, **({"cursor": cursor} if cursor else {})}
+            body = await site.json("/v1/responses", **params)
+            seen += len(body["items"])
+            cursor = body.get("next_cursor")
+            if not cursor:
+                break
+        assert seen == 4
+
+    async def test_an_open_ended_range_grown_past_the_cap_still_polls(self, site: Site) -> None:
+        """A page drawn with a 400-day range keeps polling after midnight makes it longer."""
+        since = (NOW - timedelta(days=401)).date().isoformat()
+        page = await site.browser.get("/dashboard", params={"from": since})
+        assert page.status_code == 422
+        live = await site.browser.get("/dashboard/live", params={"from": since})
+        assert live.status_code == 200
+
+    async def test_the_database_down_under_the_panels_is_the_503_page(
+        self, site: Site, engine: AsyncEngine
+    ) -> None:
+        await apply(engine, nps([10, 3], NOW - timedelta(hours=1)))
+        real = site.app.state.engine
+        down = create_async_engine(real.url.set(port=1), connect_args={"timeout": 2})
+        site.app.state.engine = down
+        try:
+            response = await site.browser.get("/dashboard")
+        finally:
+            site.app.state.engine = real
+            await down.dispose()
+        assert response.status_code == 503
+        assert response.headers["content-type"].startswith("text/html")
+
+
 class TestLive:
     async def test_new_answers_since_the_cursor_and_the_tiles(
         self, site: Site, engine: AsyncEngine

@@ -214,12 +214,14 @@ def _on_the_hour(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
-def _custom_range(since: datetime, until: datetime | None, now: datetime) -> tuple[Range, bool]:
+def _custom_range(
+    since: datetime, until: datetime | None, now: datetime, *, growing: bool = False
+) -> tuple[Range, bool]:
     """The range from the bounds given (``until`` None: now), each bound given moved back to
     its whole UTC hour: scores are counted by the hour, so a bound inside one (a day in
     Asia/Kolkata starts at :30 UTC) would count another range than the answers listed."""
     try:
-        asked = resolve_range(None, since, until, now)
+        asked = resolve_range(None, since, until, now, growing=growing)
     except FieldErrors as exc:
         error = exc.errors[0]
         raise bad(error["field"], error["detail"]) from None
@@ -235,7 +237,7 @@ def parse_cursor(query: Mapping[str, str]) -> str | None:
     return _one(query, "cursor", CURSOR_MAX)
 
 
-def parse(query: Mapping[str, str], now: datetime | None = None) -> View:
+def parse(query: Mapping[str, str], now: datetime | None = None, *, growing: bool = False) -> View:
     """Read a dashboard URL's query. Unknown parameters (``lang``) are left alone."""
     now = now or utcnow()
     tz, zone = _zone(query)
@@ -250,7 +252,7 @@ def parse(query: Mapping[str, str], now: datetime | None = None) -> View:
             raise bad("to", "needs from as well")
         since = _moment("from", since_text, zone, end=False)
         until = _moment("to", until_text, zone, end=True) if until_text else None
-        span, shifted = _custom_range(since, until, now)
+        span, shifted = _custom_range(since, until, now, growing=growing)
     filters: dict[str, str] = {}
     for dimension in FILTERS:
         value = _one(query, dimension.value)

@@ -419,8 +419,9 @@
         if (error && (error.redirected || status === 401 || status === 403)) {
           polling.stop();
           window.location.reload();
-        } else if (status >= 400 && status < 500) {
+        } else if (status === 422) {
           // The server refuses this URL (a parameter it cannot use): asking again cannot help.
+          // Any other status (429, a proxy's 404 during a deploy) is retried with backoff.
           polling.stop();
           window.cxloop.setLive("offline");
         }
