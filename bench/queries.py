@@ -32,10 +32,9 @@ import sqlalchemy as sa
 from common import Result, Servers, percentile, servers, stack
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from shared import apikeys
 from shared.settings import DatabaseSettings
 from shared.timing import parse_header
-from shared.web.sessions import create_sign_in_link
+from shared.web.sessions import sign_in_link_for
 
 # Bench-only seeding SQL. It builds the rows the scorer would have stored; the scorer's own
 # code is what the benchmark then times.
@@ -111,17 +110,12 @@ PAGES = {
 
 async def sign_in(client: httpx.AsyncClient, url: str, api_key: str) -> None:
     """Give ``client`` the scorer's session cookie, as a browser gets it from a one-time link."""
-    engine = create_async_engine(DatabaseSettings(url=url).sqlalchemy_url())
-    try:
-        async with engine.begin() as conn:
-            token = await create_sign_in_link(
-                conn,
-                service="scorer",
-                key_hash=apikeys.hash_key(api_key),
-                valid_for=timedelta(minutes=10),
-            )
-    finally:
-        await engine.dispose()
+    token = await sign_in_link_for(
+        DatabaseSettings(url=url).sqlalchemy_url(),
+        service="scorer",
+        api_key=api_key,
+        valid_for=timedelta(minutes=10),
+    )
     answer = await client.get("/signin/link", params={"token": token})
     if answer.status_code != 303 or not client.cookies:
         raise RuntimeError(f"signing in failed: {answer.status_code}")

@@ -254,26 +254,17 @@ class Stack:
 
     async def _sign_in_links(self, database_url: str) -> dict[str, str]:
         """One-time links that sign the dev key in to the dashboard and the console."""
-        from sqlalchemy.ext.asyncio import create_async_engine
+        from shared.web.sessions import sign_in_link_for
 
-        from shared.apikeys import hash_key
-        from shared.web.sessions import create_sign_in_link
-
-        engine = create_async_engine(database_url, hide_parameters=True)
         links = {}
-        try:
-            async with engine.begin() as conn:
-                for service in PAGES:
-                    token = await create_sign_in_link(
-                        conn,
-                        service=service,
-                        key_hash=hash_key(self.api_key),
-                        valid_for=SIGN_IN_LINK_LIFETIME,
-                    )
-                    port = self.ports[service]
-                    links[service] = f"http://127.0.0.1:{port}/signin/link?token={token}"
-        finally:
-            await engine.dispose()
+        for service in PAGES:
+            token = await sign_in_link_for(
+                database_url,
+                service=service,
+                api_key=self.api_key,
+                valid_for=SIGN_IN_LINK_LIFETIME,
+            )
+            links[service] = f"http://127.0.0.1:{self.ports[service]}/signin/link?token={token}"
         return links
 
     async def _demo_widget_key(self, database_url: str) -> str:

@@ -25,9 +25,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from shared.apikeys import KeyStore, Principal
+from shared.apikeys import KeyStore, Principal, hash_key
 from shared.events import utcnow
 
 metadata = sa.MetaData()
@@ -220,6 +220,22 @@ async def create_sign_in_link(
         )
     )
     return token
+
+
+async def sign_in_link_for(
+    database_url: str, *, service: str, api_key: str, valid_for: timedelta
+) -> str:
+    """Store a one-time link that signs ``api_key`` in to ``service``'s pages; return its
+    token. For callers outside a service (``cxloop up``, tests, the bench): one short-lived
+    engine per call."""
+    engine = create_async_engine(database_url, hide_parameters=True)
+    try:
+        async with engine.begin() as conn:
+            return await create_sign_in_link(
+                conn, service=service, key_hash=hash_key(api_key), valid_for=valid_for
+            )
+    finally:
+        await engine.dispose()
 
 
 def same_origin(scope: Any) -> bool:

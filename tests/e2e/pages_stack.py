@@ -13,11 +13,8 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy.ext.asyncio import create_async_engine
-
 from services.simulate import Target, simulate
-from shared import apikeys
-from shared.web.sessions import create_sign_in_link
+from shared.web.sessions import sign_in_link_for
 from tests.processes import Service, service_env
 
 TWILIO_TOKEN = "pages-twilio-token-" + "0" * 12
@@ -42,17 +39,12 @@ class PagesStack:
 
     async def sign_in_link(self, service: str) -> str:
         """A fresh one-time link that signs the stack's key in to ``service``'s pages."""
-        engine = create_async_engine(self.database_url)
-        try:
-            async with engine.begin() as conn:
-                token = await create_sign_in_link(
-                    conn,
-                    service=service,
-                    key_hash=apikeys.hash_key(self.api_key),
-                    valid_for=timedelta(minutes=10),
-                )
-        finally:
-            await engine.dispose()
+        token = await sign_in_link_for(
+            self.database_url,
+            service=service,
+            api_key=self.api_key,
+            valid_for=timedelta(minutes=10),
+        )
         base = self.scorer.url if service == "scorer" else self.alerting.url
         return f"{base}/signin/link?token={token}"
 

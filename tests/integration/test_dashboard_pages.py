@@ -44,7 +44,7 @@ from shared.settings import (
 )
 from shared.timing import parse_header
 from shared.web.i18n import assert_catalogues_match, load_catalogue
-from shared.web.sessions import create_sign_in_link
+from shared.web.sessions import sign_in_link_for
 from tests.builders import response_event
 
 MESSAGES = Path(__file__).parents[2] / "services/scorer/pages/messages"
@@ -183,17 +183,9 @@ class Site:
         return response.json()
 
     async def sign_in(self, client: httpx.AsyncClient, key: str) -> None:
-        engine = create_async_engine(self.database_url)
-        try:
-            async with engine.begin() as conn:
-                token = await create_sign_in_link(
-                    conn,
-                    service="scorer",
-                    key_hash=apikeys.hash_key(key),
-                    valid_for=timedelta(minutes=5),
-                )
-        finally:
-            await engine.dispose()
+        token = await sign_in_link_for(
+            self.database_url, service="scorer", api_key=key, valid_for=timedelta(minutes=5)
+        )
         response = await client.get("/signin/link", params={"token": token})
         assert response.status_code == 303, response.text
 

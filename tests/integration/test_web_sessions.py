@@ -25,7 +25,7 @@ from shared.settings import (
     KafkaSettings,
     ScorerSettings,
 )
-from shared.web.sessions import create_sign_in_link
+from shared.web.sessions import sign_in_link_for
 
 SERVICES = {
     "scorer": ("/dashboard", Scope.SCORES_READ, Scope.ALERTS_READ),
@@ -357,18 +357,12 @@ class TestOneTimeLinks:
         self, service: str, make_app: Callable[[], FastAPI], database_url: str, api_key: str
     ) -> None:
         home = SERVICES[service][0]
-        engine = create_async_engine(database_url)
-        async with engine.begin() as conn:
-            token = await create_sign_in_link(
-                conn,
-                service=service,
-                key_hash=apikeys.hash_key(api_key),
-                valid_for=timedelta(hours=1),
+        token, expired = [
+            await sign_in_link_for(
+                database_url, service=service, api_key=api_key, valid_for=valid_for
             )
-            expired = await create_sign_in_link(
-                conn, service=service, key_hash=apikeys.hash_key(api_key), valid_for=timedelta(0)
-            )
-        await engine.dispose()
+            for valid_for in (timedelta(hours=1), timedelta(0))
+        ]
         async with browser(make_app()) as client:
             used = await client.get("/signin/link", params={"token": token})
             assert used.status_code == 303
@@ -382,15 +376,9 @@ class TestOneTimeLinks:
     async def test_a_preview_or_prefetch_does_not_use_the_link_up(
         self, service: str, make_app: Callable[[], FastAPI], database_url: str, api_key: str
     ) -> None:
-        engine = create_async_engine(database_url)
-        async with engine.begin() as conn:
-            token = await create_sign_in_link(
-                conn,
-                service=service,
-                key_hash=apikeys.hash_key(api_key),
-                valid_for=timedelta(hours=1),
-            )
-        await engine.dispose()
+        token = await sign_in_link_for(
+            database_url, service=service, api_key=api_key, valid_for=timedelta(hours=1)
+        )
         async with browser(make_app()) as client:
             head = await client.head("/signin/link", params={"token": token})
             assert head.status_code == 204
@@ -407,15 +395,9 @@ class TestOneTimeLinks:
         self, service: str, make_app: Callable[[], FastAPI], database_url: str, api_key: str
     ) -> None:
         other = next(s for s in SERVICES if s != service)
-        engine = create_async_engine(database_url)
-        async with engine.begin() as conn:
-            token = await create_sign_in_link(
-                conn,
-                service=other,
-                key_hash=apikeys.hash_key(api_key),
-                valid_for=timedelta(hours=1),
-            )
-        await engine.dispose()
+        token = await sign_in_link_for(
+            database_url, service=other, api_key=api_key, valid_for=timedelta(hours=1)
+        )
         async with browser(make_app()) as client:
             assert (await client.get("/signin/link", params={"token": token})).status_code == 400
 
