@@ -16,6 +16,7 @@ Compatibility rules:
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 from uuid import UUID
@@ -28,7 +29,11 @@ from pydantic import (
     StringConstraints,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
+from pydantic_core import PydanticCustomError
+
+from shared.money import Amount, CurrencyCode, to_minor
 
 SCHEMA_VERSION: Final = 1
 
@@ -210,12 +215,30 @@ KNOWN_TOUCHPOINT_TYPES: Final = (
     "ticket.status_changed",
     "ticket.resolved",
     "ticket.reopened",
+    "order.completed",
+    "order.refunded",
     "purchase",
 )
 
+ORDER_COMPLETED: Final = "order.completed"
+ORDER_REFUNDED: Final = "order.refunded"
+ORDER_TYPES: Final = (ORDER_COMPLETED, ORDER_REFUNDED)
+# ``purchase`` (no amount) is deprecated: it still counts as customer activity, nothing
+# more; send ``order.completed`` instead. It is retired with schema_version 2.
+DEPRECATED_PURCHASE: Final = "purchase"
+
 
 class TouchpointEvent(_Event):
-    """Something happened in the customer's journey: a ticket changed, a purchase was made."""
+    """Something happened in the customer's journey: a ticket changed, an order was paid.
+
+    ``order.completed`` and ``order.refunded`` (added to schema_version 1 as optional fields,
+    so earlier readers still read them, as custom types) carry ``order_id``, ``amount`` (a
+    decimal string, never a float) and ``currency`` (ISO 4217, with no more decimals than
+    the currency has: none for JPY). An ``order_id`` is one order: a second
+    ``order.completed`` for it changes nothing. A refund also carries ``refund_id``: one
+    refund, counted once, whatever event ids it is resent under. Both are keyed by the
+    customer, so a customer's orders stay in order with their tickets and erasure.
+    """
 
     model_config = ConfigDict(title="TouchpointEvent", json_schema_extra={"x-topic": "touchpoints"})
 
@@ -229,6 +252,45 @@ class TouchpointEvent(_Event):
     attributes: dict[Label, Annotated[str, StringConstraints(max_length=1024, pattern=NO_NUL)]] = (
         Field(default_factory=dict, max_length=64)
     )
+    order_id: Identifier | None = Field(
+        default=None, description="The order (order.* types): one id is one order."
+    )
+    refund_id: Identifier | None = Field(
+        default=None, description="The refund (order.refunded): one id is one refund."
+    )
+    currency: CurrencyCode | None = Field(default=None, description="ISO 4217 code.")
+    amount: Amount | None = Field(
+        default=None,
+        description="order.completed: the order's value; order.refunded: this refund's value.",
+    )
+
+    @field_validator("amount")
+    @classmethod
+    def _amount_fits_currency(cls, value: Decimal | None, info: ValidationInfo) -> Decimal | None:
+        currency = info.data.get("currency")
+        if value is not None and currency is not None:
+            to_minor(value, currency)
+        return value
+
+    @model_validator(mode="after")
+    def _orders_are_whole(self) -> TouchpointEvent:
+        if self.type not in ORDER_TYPES:
+            return self
+        required = ["order_id", "amount", "currency"]
+        if self.type == ORDER_REFUNDED:
+            required.append("refund_id")
+        for name in required:
+            if getattr(self, name) is None:
+                raise PydanticCustomError(
+                    "missing", "{field} is required for {type}", {"field": name, "type": self.type}
+                )
+        return self
+
+    def amount_minor(self) -> int:
+        """Return this order event's amount in the currency's minor units."""
+        if self.amount is None or self.currency is None:
+            raise ValueError(f"{self.type} carries no amount")
+        return to_minor(self.amount, self.currency)
 
 
 class CustomerErased(BaseModel):
