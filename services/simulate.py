@@ -9,10 +9,15 @@ local vendor secrets from the state file ``cxloop up`` leaves. It sends, mixed:
 * SMS replies: an invitation, then the reply as Twilio posts it, signed;
 * post-call IVR surveys as generic IVR JSON;
 * Zendesk ticket lifecycles, signed, some created hours ago with no reply so that they
-  breach their SLA at once.
+  breach their SLA at once;
+* orders (``order.completed``, in JPY and some in USD) and now and then a refund, dated
+  over the past months.
 
 Scores differ by channel and location, and detractors carry realistic comments in Japanese
-and English.
+and English. Each customer has a loyalty of their own that leans their answers, so the
+same customers keep being promoters or detractors; loyal customers buy more often and
+spend more, and detractors ask for more refunds, so that ``/v1/value``'s split by NPS
+category shows what loyalty is worth.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import itertools
 import json
+import math
 import random
 import sys
 import time
@@ -29,6 +36,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -96,9 +104,55 @@ def load_target(path: Path | None = None) -> Target:
     )
 
 
-def _nps(rng: random.Random, channel: str, location: str) -> int:
-    mood = CHANNEL_MOOD[channel] + LOCATIONS[location] + rng.gauss(0, 2.2)
+CUSTOMERS = 400
+ORDER_DAYS = 180  # orders are dated over the past half year
+
+
+@cache
+def loyalty(customer: int) -> float:
+    """Return the customer's own lean, the same in every run: about −3 (a detractor) to +2."""
+    return random.Random(f"loyalty-{customer}").gauss(-0.3, 1.6)  # noqa: S311 - demo data
+
+
+def _customer(rng: random.Random) -> int:
+    return rng.randint(1, CUSTOMERS)
+
+
+def _nps(rng: random.Random, channel: str, location: str, customer: int | None = None) -> int:
+    lean = 0.0 if customer is None else loyalty(customer)
+    mood = CHANNEL_MOOD[channel] + LOCATIONS[location] + lean + rng.gauss(0, 1.6)
     return max(0, min(10, round(7.5 + mood)))
+
+
+@cache
+def _buying_weights() -> list[float]:
+    return list(itertools.accumulate(math.exp(loyalty(c)) for c in range(1, CUSTOMERS + 1)))
+
+
+def order_for(rng: random.Random, now: datetime) -> dict[str, Any]:
+    """Return an ``order.completed`` body from a customer drawn by how often they buy.
+
+    A customer buys in proportion to e^loyalty (a loyal one several times as often as a
+    detractor) and spends a log-normal amount that grows with loyalty; one order in ten is
+    in USD (cents), the rest in JPY (no decimals).
+    """
+    customer = rng.choices(range(1, CUSTOMERS + 1), cum_weights=_buying_weights())[0]
+    lean = loyalty(customer)
+    size = rng.lognormvariate(0, 0.5) * (1 + 0.15 * max(-2.0, lean))
+    usd = rng.random() < 0.1
+    amount = f"{max(1.0, 40 * size):.2f}" if usd else str(max(100, round(4800 * size, -1)))
+    when = now - timedelta(days=rng.uniform(0, ORDER_DAYS))
+    return {
+        "type": "order.completed",
+        "event_id": str(uuid.uuid4()),
+        "order_id": f"sim-{uuid.uuid4().hex[:16]}",
+        "customer_id": f"cust-{customer}",
+        "channel": rng.choice(["web", "web", "in_app", "in_person"]),
+        "currency": "USD" if usd else "JPY",
+        "amount": amount,
+        "occurred_at": when.isoformat(),
+        "segments": {"location": rng.choice(list(LOCATIONS)), "product": "store"},
+    }
 
 
 def _comment(rng: random.Random, score: int, high: int) -> tuple[str | None, list[str]]:
@@ -134,13 +188,14 @@ class Simulator:
         location = rng.choice(list(LOCATIONS))
         channel = rng.choice(["web", "web", "email", "call_center"])
         metric = rng.choice(["nps", "nps", "csat", "ces"])
-        score = _nps(rng, channel, location)
+        customer = _customer(rng)
+        score = _nps(rng, channel, location, customer)
         body: dict[str, Any] = {
             "metric": metric,
             "channel": channel,
             "survey_type": rng.choice(["transactional", "in_the_moment"]),
             "touchpoint": rng.choice(["checkout", "delivery", "support_call"]),
-            "customer_id": f"cust-{rng.randint(1, 400)}",
+            "customer_id": f"cust-{customer}",
             "segments": {"location": location, "product": rng.choice(["app", "store"])},
             "event_id": str(uuid.uuid4()),
         }
@@ -181,8 +236,9 @@ class Simulator:
         rng = self.rng
         phone = f"+8190{rng.randint(10_000_000, 99_999_999)}"
         location = rng.choice(list(LOCATIONS))
+        customer = _customer(rng)
         invite = {
-            "customer_id": f"cust-{rng.randint(1, 400)}",
+            "customer_id": f"cust-{customer}",
             "phone": phone,
             "metric": "nps",
             "touchpoint": "support_call",
@@ -195,7 +251,7 @@ class Simulator:
         self._note("invitation", r)
         if r.status_code != 201 or r.json()["status"] != "open":
             return
-        score = _nps(rng, "sms", location)
+        score = _nps(rng, "sms", location, customer)
         comment, _ = _comment(rng, score, 10)
         text = rng.choice(
             [
@@ -228,10 +284,11 @@ class Simulator:
 
     async def ivr_survey(self) -> None:
         rng = self.rng
-        score = _nps(rng, "call_center", rng.choice(list(LOCATIONS)))
+        customer = _customer(rng)
+        score = _nps(rng, "call_center", rng.choice(list(LOCATIONS)), customer)
         body = {
             "call_id": str(uuid.uuid4()),
-            "customer_id": f"cust-{rng.randint(1, 400)}",
+            "customer_id": f"cust-{customer}",
             "queue": rng.choice(["billing", "support", "sales"]),
             "answers": {
                 "survey_result_1": str(score),
@@ -278,7 +335,7 @@ class Simulator:
                 "subject": f"zen:ticket:{ticket}",
                 "detail": {
                     "id": str(ticket),
-                    "requester_id": str(rng.randint(1, 400)),
+                    "requester_id": str(_customer(rng)),
                     "priority": priority,
                     "status": "OPEN",
                     "via": {"channel": rng.choice(["email", "web_form", "chat"])},
@@ -298,6 +355,23 @@ class Simulator:
                 },
             )
             self._note("zendesk", r)
+
+    async def purchase(self) -> None:
+        order = order_for(self.rng, datetime.now(UTC))
+        url = f"{self.target.collector}/v1/events"
+        response = await self.client.post(url, json=order, headers=self.auth)
+        self._note("order", response)
+        # Detractors ask for their money back more often than promoters.
+        customer = int(order["customer_id"].removeprefix("cust-"))
+        if response.status_code == 202 and self.rng.random() < 0.06 - 0.02 * loyalty(customer):
+            refund = {
+                **order,
+                "type": "order.refunded",
+                "event_id": str(uuid.uuid4()),
+                "refund_id": f"{order['order_id']}-r1",
+                "occurred_at": datetime.now(UTC).isoformat(),
+            }
+            self._note("refund", await self.client.post(url, json=refund, headers=self.auth))
 
 
 def _progress(done: int, total: int, started: float, outcomes: Counter[str]) -> None:
@@ -320,7 +394,11 @@ async def simulate(
     async with httpx.AsyncClient(timeout=15) as client:
         sim = Simulator(client, target, rng)
         kinds = (
-            [sim.web_answer] * 6 + [sim.sms_reply] * 2 + [sim.ivr_survey] + [sim.ticket_lifecycle]
+            [sim.web_answer] * 6
+            + [sim.sms_reply] * 2
+            + [sim.ivr_survey]
+            + [sim.ticket_lifecycle]
+            + [sim.purchase] * 3
         )
         started = time.monotonic()
         pending: set[asyncio.Task[None]] = set()
