@@ -455,6 +455,13 @@ class AlertingSettings(ConsumerSettings, PageSettings):
         description="A customer's answers and ticket events shown on alert pages are deleted "
         "this many days after they occurred (checked hourly).",
     )
+    order_retention_days: int = Field(
+        default=400,
+        ge=366,
+        description="A customer's orders (for the 12-month value alerts carry) are deleted this "
+        "many days after they were completed (checked hourly): a year, and room for answers "
+        "that arrive late.",
+    )
 
 
 class StackSettings(BaseSettings):

@@ -104,6 +104,7 @@ def create_app(
                         runtime.engine,
                         stop,
                         touch_retention=timedelta(days=alerting.touch_retention_days),
+                        order_retention=timedelta(days=alerting.order_retention_days),
                     )
                 ),
             ]

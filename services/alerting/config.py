@@ -21,6 +21,9 @@
     runbook_url: https://wiki.example.com/cx-alerts   # or per rule: rules.detractor.runbook_url
     ticket_urls:                 # per ticket source (`default` for any other): the ticket's page
       zendesk: https://acme.zendesk.com/agent/tickets/{ticket_id}
+    high_value:                  # 12-month revenue per currency that makes an answer's alert
+      JPY: 100000                # critical (label high_value: "true", for routes and silences)
+      USD: 1000
 
 Secrets are named by environment variable, never written in the file. Errors name the line.
 """
@@ -31,6 +34,7 @@ import base64
 import binascii
 import os
 import string
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
@@ -40,6 +44,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -49,7 +54,43 @@ from pydantic import (
 
 from services.alerting.rules import DropRule, Rules
 from shared.errors import ConfigError
+from shared.money import check_currency, parse_amount, to_minor
 from shared.settings import HttpUrlText, http_url
+
+
+def label(value: Any) -> str:
+    """An alert's field as routes and silences compare it: a boolean is ``true``/``false``
+    (as YAML and JSON write it), anything else its ``str``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _thresholds(raw: object) -> dict[str, Decimal]:
+    """``high_value`` as {currency: amount}: ISO 4217 codes (any case), positive amounts
+    with no more decimals than the currency has. Errors name the key."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ValueError("must map currency codes to amounts, e.g. {JPY: 100000, USD: 1000}")
+    thresholds: dict[str, Decimal] = {}
+    for key, amount in raw.items():
+        try:
+            code = check_currency(key)
+        except ValueError as exc:
+            raise ValueError(f"{key}: {exc}") from None
+        if code in thresholds:
+            raise ValueError(f"{key}: {code} is given twice")
+        try:
+            # YAML reads 1000.50 as a float: its shortest repr is the digits written.
+            value = parse_amount(repr(amount) if isinstance(amount, float) else amount)
+            to_minor(value, code)
+        except ValueError as exc:
+            raise ValueError(f"{key}: {exc}") from None
+        if value <= 0:
+            raise ValueError(f"{key}: the threshold must be above zero")
+        thresholds[code] = value
+    return thresholds
 
 
 def webhook_key(secret: str) -> bytes:
@@ -161,7 +202,9 @@ class Route(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     receiver: str
-    match: dict[str, str] = Field(default_factory=dict)
+    match: dict[str, str] = Field(
+        default_factory=dict, description="Labels (alert fields) and the values they must equal."
+    )
     continue_: bool = Field(default=False, alias="continue")
     group_by: list[str] = Field(
         default_factory=list, description="Alerts equal in these fields are announced together."
@@ -169,6 +212,14 @@ class Route(BaseModel):
     group_wait_seconds: float = Field(
         default=0, ge=0, le=3600, description="How long a new group waits for more alerts."
     )
+
+    @field_validator("match", mode="before")
+    @classmethod
+    def _booleans_as_labels(cls, match: object) -> object:
+        # `high_value: true` in YAML is a boolean; the label is the text "true".
+        if isinstance(match, dict):
+            return {k: label(v) if isinstance(v, bool) else v for k, v in match.items()}
+        return match
 
 
 class Escalation(BaseModel):
@@ -199,6 +250,15 @@ class AlertingConfig(BaseModel):
         description="Per ticket source, a link template, e.g. "
         "{zendesk: 'https://acme.zendesk.com/agent/tickets/{ticket_id}'}.",
     )
+    high_value: Annotated[dict[str, Decimal], BeforeValidator(_thresholds)] = Field(
+        default_factory=dict,
+        description="Per currency, the trailing-12-month revenue at which a detractor, "
+        "low-CSAT or high-effort alert becomes critical, e.g. {JPY: 100000, USD: 1000}.",
+    )
+
+    def thresholds(self) -> dict[str, int]:
+        """``high_value`` in each currency's minor units."""
+        return {code: to_minor(amount, code) for code, amount in self.high_value.items()}
 
     def links(self, alert: dict[str, Any]) -> list[dict[str, str]]:
         """Return the links an alert's notifications carry: its ticket and its runbook."""
@@ -264,10 +324,10 @@ class AlertingConfig(BaseModel):
         """Return the routes an alert takes, each with its group key (None: ungrouped)."""
         chosen: list[tuple[Route, str | None]] = []
         for index, route in enumerate(self.routes):
-            if all(str(labels.get(k)) == v for k, v in route.match.items()):
+            if all(label(labels.get(k)) == v for k, v in route.match.items()):
                 if route.receiver not in [r.receiver for r, _ in chosen]:
                     grouped = route.group_wait_seconds > 0 and self._groupable(route.receiver)
-                    values = ",".join(f"{k}={labels.get(k)}" for k in route.group_by)
+                    values = ",".join(f"{k}={label(labels.get(k))}" for k in route.group_by)
                     chosen.append(
                         (route, f"{index}:{route.receiver}:{values}" if grouped else None)
                     )

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.alerting import metrics, repository, rules, timers
+from services.alerting import metrics, repository, rules, timers, value
 from services.alerting.config import AlertingConfig
 from shared import erasure
 from shared.events import ResponseSubmitted, TouchpointEvent
@@ -80,14 +80,31 @@ class AlertHandler:
     ) -> list[tuple[rules.AlertDraft, bool]]:
         fresh = await repository.first_seen(conn, events)
         await repository.record_touches(conn, fresh)
+        # Before the answers: a batch's orders are in the value of its answers' alerts.
+        await repository.record_orders(conn, fresh)
         flagged = []
         for event in fresh:
             if isinstance(event, ResponseSubmitted):
                 draft = rules.evaluate(event, self._config.rules if self._config else None)
                 if draft is not None:
                     flagged.append((draft, event))
+        flagged = await self._valued(conn, flagged)
         new_alert = await repository.open_or_fold(conn, flagged, self._config)
         await timers.track(
             conn, [e for e in fresh if isinstance(e, TouchpointEvent)], self._sla, self._config
         )
         return [(draft, new) for (draft, _), new in zip(flagged, new_alert, strict=True)]
+
+    async def _valued(
+        self, conn: AsyncConnection, flagged: list[tuple[rules.AlertDraft, ResponseSubmitted]]
+    ) -> list[tuple[rules.AlertDraft, ResponseSubmitted]]:
+        """Each draft with its customer's value over the year before the answer (critical
+        when a currency reaches its ``high_value`` threshold)."""
+        totals = await repository.customer_values(
+            conn, [(event.customer_id, event.occurred_at) for _, event in flagged]
+        )
+        thresholds = self._config.thresholds() if self._config else {}
+        return [
+            (rules.with_value(draft, value.assess(found, thresholds)), event)
+            for (draft, event), found in zip(flagged, totals, strict=True)
+        ]

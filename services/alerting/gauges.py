@@ -1,5 +1,5 @@
 """The open-alert gauge, recomputed in the background (the count lives in Postgres), and
-the hourly purge of customer touches past their retention."""
+the hourly purge of customer touches and orders past their retention."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ async def refresh(engine: AsyncEngine) -> None:
 
 
 log = logging.getLogger(__name__)
-PURGE_EVERY = 3600.0  # seconds between purges of old touches
+PURGE_EVERY = 3600.0  # seconds between purges of old touches and orders
 
 
 async def purge(engine: AsyncEngine, retention: timedelta) -> int:
@@ -52,25 +52,36 @@ async def purge(engine: AsyncEngine, retention: timedelta) -> int:
         return await repository.purge_touches(conn, retention)
 
 
+async def purge_orders(engine: AsyncEngine, retention: timedelta) -> int:
+    """Delete orders completed longer than ``retention`` ago (and their old refunds)."""
+    async with engine.begin() as conn:
+        return await repository.purge_orders(conn, retention)
+
+
 async def keep_fresh(
     engine: AsyncEngine,
     stop: asyncio.Event,
     every: float = 15.0,
     *,
     touch_retention: timedelta | None = None,
+    order_retention: timedelta | None = None,
 ) -> None:
-    """Refresh the gauge every ``every`` seconds, and purge old touches every hour (the first
-    time at once), until ``stop`` is set."""
+    """Refresh the gauge every ``every`` seconds, and purge old touches and orders every
+    hour (the first time at once), until ``stop`` is set."""
     purged_at: float | None = None
     while not stop.is_set():
         with contextlib.suppress(Exception):
             await refresh(engine)
-        if touch_retention is not None and (
-            purged_at is None or time.monotonic() - purged_at >= PURGE_EVERY
-        ):
+        if purged_at is None or time.monotonic() - purged_at >= PURGE_EVERY:
             purged_at = time.monotonic()
-            try:
-                await purge(engine, touch_retention)
-            except Exception as exc:
-                log.warning("purging old customer touches failed: %s", exc)
+            if touch_retention is not None:
+                try:
+                    await purge(engine, touch_retention)
+                except Exception as exc:
+                    log.warning("purging old customer touches failed: %s", exc)
+            if order_retention is not None:
+                try:
+                    await purge_orders(engine, order_retention)
+                except Exception as exc:
+                    log.warning("purging old customer orders failed: %s", exc)
         await sleep_unless_stopped(stop, every)

@@ -61,6 +61,11 @@ alerts = sa.Table(
         ),
         nullable=False,
     ),
+    # The customer's trailing-12-month value when the alert opened (0021), as stored by
+    # repository.open_or_fold: per currency, revenue_minor, orders, threshold_minor.
+    sa.Column("value", pg.JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+    sa.Column("high_value", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("value_reason", sa.Text),
 )
 
 # One number that grows at the commit of every transaction that changed alerts (0018).
@@ -164,5 +169,27 @@ touches = sa.Table(
     sa.Column("event_type", sa.Text),
     sa.Column("status", sa.Text),
     sa.Column("priority", sa.Text),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+)
+
+# Each completed order (its first completion) and each refund, from the touchpoints topic.
+orders = sa.Table(
+    "alerting_orders",
+    metadata,
+    sa.Column("order_id", sa.Text, primary_key=True),
+    sa.Column("customer_id", sa.Text, nullable=False),
+    sa.Column("currency", sa.Text, nullable=False),
+    sa.Column("amount_minor", sa.BigInteger, nullable=False),
+    sa.Column("completed_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+)
+refunds = sa.Table(
+    "alerting_refunds",
+    metadata,
+    sa.Column("order_id", sa.Text, primary_key=True),
+    sa.Column("refund_id", sa.Text, primary_key=True),
+    sa.Column("customer_id", sa.Text, nullable=False),
+    sa.Column("currency", sa.Text, nullable=False),
+    sa.Column("amount_minor", sa.BigInteger, nullable=False),
     sa.Column("recorded_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
 )

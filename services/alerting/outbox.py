@@ -35,7 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.alerting import metrics, receivers
-from services.alerting.config import AlertingConfig
+from services.alerting.config import AlertingConfig, label
 from services.alerting.models import alerts, notifications, silences
 from shared.kafka import backoff_delay
 
@@ -62,7 +62,7 @@ async def active_silences(conn: AsyncConnection) -> list[dict[str, Any]]:
 
 def silenced(alert: dict[str, Any], active: Sequence[dict[str, Any]]) -> bool:
     """Return whether one of the ``active`` silences matches every one of its matchers."""
-    return any(all(str(alert.get(k)) == str(v) for k, v in m.items()) for m in active)
+    return any(all(label(alert.get(k)) == label(v) for k, v in m.items()) for m in active)
 
 
 async def enqueue(

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from services.alerting.config import AlertingConfig, Receiver, webhook_key
+from services.alerting import value
+from services.alerting.config import AlertingConfig, Receiver, label, webhook_key
 from shared.events import utcnow
+from shared.money import json_amount
 
 ACTIONS = {
     "trigger": "alert.triggered",
@@ -125,11 +127,13 @@ def summary(alert: dict[str, Any]) -> str:
     what = _short(alert["rule"]).replace("_", " ")
     score = f", score {alert['score']}" if alert.get("score") is not None else ""
     ticket = f", ticket {_short(alert['ticket_id'])}" if alert.get("ticket_id") else ""
+    worth = value.describe(value.of_alert(alert))
+    worth = f"; {worth}" if worth else ""
     comment = f" — “{clip(alert['comment'], SUMMARY_COMMENT)}”" if alert.get("comment") else ""
     line = (
         f"[{_short(alert['severity'])}] {what}: customer {_short(alert['customer_id'])} on "
         f"{_short(alert['channel'])}/{_short(alert.get('touchpoint') or '-')}"
-        f"{score}{ticket}{comment}"
+        f"{score}{ticket}{worth}{comment}"
     )
     return clip(line, PAGERDUTY_SUMMARY)
 
@@ -158,14 +162,29 @@ def _public(alert: dict[str, Any]) -> dict[str, Any]:
         "resolved_actor_id",
         "note",
         "assignee",
+        "value_reason",
     )
     public = {k: alert.get(k) for k in keys}
-    for key, value in public.items():
-        if isinstance(value, str):
-            public[key] = clip(value, LONG if key in ("comment", "note") else SHORT)
+    for key, text in public.items():
+        if isinstance(text, str):
+            public[key] = clip(text, LONG if key in ("comment", "note") else SHORT)
     if public["reasons"]:
         public["reasons"] = [_short(r) for r in public["reasons"][:32]]
+    public["high_value"] = bool(alert.get("high_value"))
+    public["value"] = [_value(v) for v in value.of_alert(alert)]
     return public
+
+
+def _value(worth: value.CurrencyValue) -> dict[str, Any]:
+    """One currency of an alert's value as the API shows it (decimal strings)."""
+    threshold = worth.threshold_minor
+    return {
+        "currency": worth.currency,
+        "revenue": json_amount(worth.revenue_minor, worth.currency),
+        "orders": worth.orders,
+        "threshold": None if threshold is None else json_amount(threshold, worth.currency),
+        "high_value": worth.high_value,
+    }
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
@@ -206,6 +225,8 @@ def build(
             action
         ]
         text = f"{state} {summary(alert)}"
+        if action == "trigger" and alert.get("value_reason"):
+            text += f"\nWhy critical: {clip(alert['value_reason'], LONG)}"
         if action == "resolve" and alert.get("note"):
             text += f"\nFollow-up: {clip(alert['note'], LONG)}"
         payload = slack_payload(slack_text(text))
@@ -234,15 +255,19 @@ def build(
             "channel": _short(alert["channel"]),
             "alert_id": str(alert["id"]),
             "source": "cxloop",
+            "high_value": label(bool(alert.get("high_value"))),
         }
+        annotations = {
+            "summary": summary(alert),
+            "runbook_url": config.runbook_for(alert) or "",
+        }
+        if alert.get("value_reason"):
+            annotations["value_reason"] = clip(alert["value_reason"], LONG)
         ends = now if action == "resolve" else now + timedelta(hours=24)
         payload = [
             {
                 "labels": labels,
-                "annotations": {
-                    "summary": summary(alert),
-                    "runbook_url": config.runbook_for(alert) or "",
-                },
+                "annotations": annotations,
                 "startsAt": str(alert["opened_at"]).replace(" ", "T"),
                 "endsAt": ends.isoformat(),
             }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -22,13 +23,17 @@ from services.alerting.models import (
     deadlines,
     history,
     notifications,
+    orders,
+    refunds,
     silences,
     touches,
 )
 from services.alerting.rules import AlertDraft, Severity
 from services.alerting.schemas import QueueFilters, QueueSort, QueueStatus
+from services.alerting.value import WINDOW_DAYS
 from shared.db import record_new_event_ids
-from shared.events import ResponseSubmitted, TouchpointEvent
+from shared.errors import PermanentError
+from shared.events import ORDER_COMPLETED, ORDER_REFUNDED, ResponseSubmitted, TouchpointEvent
 
 
 async def first_seen(
@@ -43,19 +48,23 @@ async def first_seen(
 _OPEN_OR_FOLD = sa.text(f"""
 INSERT INTO alerts AS a (id, dedupe_key, rule, severity, status, customer_id, channel,
     touchpoint, ticket_id, location, product, business_unit, survey_type, metric, score,
-    comment, reasons, event_id, occurrences, opened_at, last_seen_at)
+    comment, reasons, event_id, occurrences, opened_at, last_seen_at, value, high_value,
+    value_reason)
 SELECT id, dedupe_key, rule, severity, 'open', customer_id, channel, touchpoint, ticket_id,
     location, product, business_unit, survey_type, metric, score, comment,
-    string_to_array(reasons, ','), event_id, occurrences, now(), now()
+    string_to_array(reasons, ','), event_id, occurrences, now(), now(), CAST(value AS jsonb),
+    high_value, value_reason
 FROM unnest(
     CAST(:id AS uuid[]), CAST(:dedupe_key AS text[]), CAST(:rule AS text[]),
     CAST(:severity AS text[]), CAST(:customer_id AS text[]), CAST(:channel AS text[]),
     CAST(:touchpoint AS text[]), CAST(:ticket_id AS text[]), CAST(:location AS text[]),
     CAST(:product AS text[]), CAST(:business_unit AS text[]), CAST(:survey_type AS text[]),
     CAST(:metric AS text[]), CAST(:score AS smallint[]), CAST(:comment AS text[]),
-    CAST(:reasons AS text[]), CAST(:event_id AS uuid[]), CAST(:occurrences AS integer[])
+    CAST(:reasons AS text[]), CAST(:event_id AS uuid[]), CAST(:occurrences AS integer[]),
+    CAST(:value AS text[]), CAST(:high_value AS boolean[]), CAST(:value_reason AS text[])
 ) AS d(id, dedupe_key, rule, severity, customer_id, channel, touchpoint, ticket_id, location,
-    product, business_unit, survey_type, metric, score, comment, reasons, event_id, occurrences)
+    product, business_unit, survey_type, metric, score, comment, reasons, event_id, occurrences,
+    value, high_value, value_reason)
 ORDER BY dedupe_key
 ON CONFLICT (dedupe_key) WHERE {UNRESOLVED.text} DO UPDATE SET
     occurrences = a.occurrences + EXCLUDED.occurrences,
@@ -135,6 +144,9 @@ def _alert_row(draft: AlertDraft, event: ResponseSubmitted, occurrences: int) ->
         "reasons": ",".join(event.reasons),
         "event_id": event.event_id,
         "occurrences": occurrences,
+        "value": json.dumps([v.stored() for v in draft.value]),
+        "high_value": draft.high_value,
+        "value_reason": draft.value_reason,
     }
 
 
@@ -349,6 +361,126 @@ async def purge_touches(conn: AsyncConnection, older_than: timedelta) -> int:
     return int(deleted.rowcount)
 
 
+_ORDERS = sa.text(f"""
+INSERT INTO alerting_orders (order_id, customer_id, currency, amount_minor, completed_at)
+SELECT order_id, customer_id, currency, amount_minor,
+    least(completed_at, now() + interval '{TOUCH_SKEW}')
+FROM unnest(
+    CAST(:order_id AS text[]), CAST(:customer_id AS text[]), CAST(:currency AS text[]),
+    CAST(:amount_minor AS bigint[]), CAST(:completed_at AS timestamptz[])
+) AS o(order_id, customer_id, currency, amount_minor, completed_at)
+ORDER BY order_id
+ON CONFLICT (order_id) DO NOTHING
+""")
+
+_REFUNDS = sa.text("""
+INSERT INTO alerting_refunds (order_id, refund_id, customer_id, currency, amount_minor)
+SELECT * FROM unnest(
+    CAST(:order_id AS text[]), CAST(:refund_id AS text[]), CAST(:customer_id AS text[]),
+    CAST(:currency AS text[]), CAST(:amount_minor AS bigint[])
+) AS r(order_id, refund_id, customer_id, currency, amount_minor)
+ORDER BY order_id, refund_id
+ON CONFLICT (order_id, refund_id) DO NOTHING
+""")
+
+
+async def record_orders(
+    conn: AsyncConnection, events: Sequence[ResponseSubmitted | TouchpointEvent]
+) -> None:
+    """Keep each order's first completion and each refund once, in the order given (the
+    first completion of an order in ``events`` is the one kept). Give only events the
+    ledger just found new; a repeat under another event id changes nothing either."""
+    completed: dict[str, TouchpointEvent] = {}
+    refunded: dict[tuple[str, str], TouchpointEvent] = {}
+    for event in events:
+        if not isinstance(event, TouchpointEvent) or event.order_id is None:
+            continue
+        if event.type == ORDER_COMPLETED:
+            completed.setdefault(event.order_id, event)
+        elif event.type == ORDER_REFUNDED and event.refund_id is not None:
+            refunded.setdefault((event.order_id, event.refund_id), event)
+    if completed:
+        await conn.execute(
+            _ORDERS,
+            {
+                "order_id": list(completed),
+                "customer_id": [e.customer_id for e in completed.values()],
+                "currency": [e.currency for e in completed.values()],
+                "amount_minor": [_minor(e) for e in completed.values()],
+                "completed_at": [e.occurred_at for e in completed.values()],
+            },
+        )
+    if refunded:
+        await conn.execute(
+            _REFUNDS,
+            {
+                "order_id": [order for order, _ in refunded],
+                "refund_id": [refund for _, refund in refunded],
+                "customer_id": [e.customer_id for e in refunded.values()],
+                "currency": [e.currency for e in refunded.values()],
+                "amount_minor": [_minor(e) for e in refunded.values()],
+            },
+        )
+
+
+def _minor(event: TouchpointEvent) -> int:
+    try:
+        return event.amount_minor()
+    except ValueError:
+        # Validated on arrival; a currency table that changed since is the event's fault.
+        raise PermanentError("the amount does not fit its currency", field="amount") from None
+
+
+# Per (customer, answer time) asked: per currency, the net revenue and count of the orders
+# completed from WINDOW_DAYS before the answer up to now. A refund counts only in its
+# order's currency, and never takes an order below zero.
+_VALUES = sa.text(f"""
+SELECT q.n, o.currency,
+    CAST(sum(o.amount_minor - least(coalesce(r.refunded, 0), o.amount_minor)) AS bigint)
+        AS revenue_minor,
+    count(*) AS orders
+FROM unnest(CAST(:customer_id AS text[]), CAST(:occurred_at AS timestamptz[]))
+    WITH ORDINALITY AS q(customer_id, occurred_at, n)
+JOIN alerting_orders AS o ON o.customer_id = q.customer_id
+    AND o.completed_at >= q.occurred_at - interval '{WINDOW_DAYS} days'
+    AND o.completed_at <= now()
+LEFT JOIN LATERAL (
+    SELECT sum(f.amount_minor) AS refunded FROM alerting_refunds AS f
+    WHERE f.order_id = o.order_id AND f.currency = o.currency
+) AS r ON true
+GROUP BY q.n, o.currency
+""")
+
+
+async def customer_values(
+    conn: AsyncConnection, asked: Sequence[tuple[str, datetime]]
+) -> list[list[tuple[str, int, int]]]:
+    """For each ``(customer_id, answer time)``, the ``(currency, revenue_minor, orders)`` of
+    the customer's orders in the window before that answer (see ``services.alerting.value``)."""
+    found: list[list[tuple[str, int, int]]] = [[] for _ in asked]
+    if not asked:
+        return found
+    rows = await conn.execute(
+        _VALUES,
+        {"customer_id": [c for c, _ in asked], "occurred_at": [at for _, at in asked]},
+    )
+    for row in rows:
+        found[int(row.n) - 1].append((row.currency, int(row.revenue_minor), int(row.orders)))
+    return found
+
+
+async def purge_orders(conn: AsyncConnection, older_than: timedelta) -> int:
+    """Delete the orders completed more than ``older_than`` ago and the refunds recorded
+    that long ago of orders not kept; return how many orders went."""
+    cutoff = sa.func.now() - older_than
+    deleted = await conn.execute(orders.delete().where(orders.c.completed_at < cutoff))
+    kept = sa.select(orders.c.order_id).where(
+        orders.c.order_id == refunds.c.order_id, orders.c.completed_at >= cutoff
+    )
+    await conn.execute(refunds.delete().where(refunds.c.recorded_at < cutoff, ~kept.exists()))
+    return int(deleted.rowcount)
+
+
 async def touches_of(conn: AsyncConnection, customer_id: str) -> list[dict[str, Any]]:
     """Return a customer's kept touches, newest first."""
     query = (
@@ -473,8 +605,9 @@ ERASED_COMMENT = "(erased)"
 async def erase_customer(conn: AsyncConnection, customer_id: str, pseudonym: str) -> int:
     """Erase a customer from alerting; return how many of their alerts were pseudonymised.
 
-    Their id becomes ``pseudonym`` in SLA deadlines, alerts and their recent touches (which
-    lose their comments and reasons, as alerts do); their alerts lose the
+    Their id becomes ``pseudonym`` in SLA deadlines, alerts, their orders and refunds (kept,
+    so that a repeat of an order under its pseudonym still counts once) and their recent
+    touches (which lose their comments and reasons, as alerts do); their alerts lose the
     comment, the reasons, the resolution note and every note in their history, and their id
     becomes the pseudonym in dedupe keys and notification group keys too. A silence that
     matches their id (the console ticks ``customer_id`` by default) matches the pseudonym
@@ -492,6 +625,10 @@ async def erase_customer(conn: AsyncConnection, customer_id: str, pseudonym: str
         .where(touches.c.customer_id == customer_id)
         .values(customer_id=pseudonym, comment=None, reasons=[])
     )
+    for table in (orders, refunds):
+        await conn.execute(
+            table.update().where(table.c.customer_id == customer_id).values(customer_id=pseudonym)
+        )
     await conn.execute(
         silences.update()
         .where(silences.c.matchers["customer_id"].astext == customer_id)

@@ -14,12 +14,13 @@ segment (channel, survey type, touchpoint, location, product, business unit):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.alerting.value import CurrencyValue, reason
 from shared.events import Metric, ResponseSubmitted
 from shared.settings import HttpUrlText
 
@@ -39,6 +40,21 @@ class AlertDraft:
     rule: str
     severity: Severity
     dedupe_key: str
+    value: tuple[CurrencyValue, ...] = ()
+    value_reason: str | None = None
+
+    @property
+    def high_value(self) -> bool:
+        """Whether the customer's value made the alert critical."""
+        return self.value_reason is not None
+
+
+def with_value(draft: AlertDraft, value: tuple[CurrencyValue, ...]) -> AlertDraft:
+    """Return ``draft`` carrying the customer's value: critical, and saying why, when a
+    currency's revenue reaches its ``high_value`` threshold; its own severity otherwise."""
+    why = reason(value)
+    severity = Severity.CRITICAL if why is not None else draft.severity
+    return replace(draft, severity=severity, value=value, value_reason=why)
 
 
 class Override(BaseModel):

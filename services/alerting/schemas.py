@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from pydantic import (
@@ -15,6 +15,8 @@ from pydantic import (
     StringConstraints,
     model_validator,
 )
+
+from shared.money import json_amount
 
 
 class AlertStatus(StrEnum):
@@ -33,6 +35,38 @@ ACTOR_ID = (
     "The id of the API key used (`operator` for the environment's keys; none for the "
     "service itself or before keys were recorded): key names need not be unique."
 )
+
+
+class CustomerValue(BaseModel):
+    """The customer's orders in one currency over the 365 days before the answer that
+    opened the alert, as they stood when it opened."""
+
+    currency: str = Field(description="ISO 4217 code.")
+    revenue: str = Field(
+        description="Net revenue (orders less their refunds), a decimal string such as "
+        '"120000" (JPY) or "1250.00" (USD).'
+    )
+    orders: int = Field(description="Orders completed in the window, refunded ones included.")
+    threshold: str | None = Field(
+        default=None, description="The configured `high_value` threshold of the currency."
+    )
+    high_value: bool = Field(description="Whether the revenue reaches the threshold.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_stored(cls, data: Any) -> Any:
+        # alerts.value keeps minor units; the API answers with decimal strings.
+        if isinstance(data, dict) and "revenue_minor" in data:
+            currency = data["currency"]
+            threshold = data.get("threshold_minor")
+            return {
+                "currency": currency,
+                "revenue": json_amount(data["revenue_minor"], currency),
+                "orders": data["orders"],
+                "threshold": None if threshold is None else json_amount(threshold, currency),
+                "high_value": data["high_value"],
+            }
+        return data
 
 
 class Alert(BaseModel):
@@ -78,6 +112,19 @@ class Alert(BaseModel):
     product: str | None = None
     business_unit: str | None = None
     survey_type: str | None = None
+    value: list[CustomerValue] = Field(
+        default_factory=list,
+        description="Detractor, low-CSAT and high-effort alerts: the customer's value per "
+        "currency when the alert opened (none without orders in the window).",
+    )
+    high_value: bool = Field(
+        default=False,
+        description="A currency's revenue reached its `high_value` threshold: the alert was "
+        'made critical (a routing label, `high_value: "true"`).',
+    )
+    value_reason: str | None = Field(
+        default=None, description="Why the alert is critical for the customer's value."
+    )
 
 
 class AlertList(BaseModel):

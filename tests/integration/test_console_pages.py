@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -21,6 +22,7 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 import pytest
 import sqlalchemy as sa
+from babel.numbers import format_currency
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
@@ -421,6 +423,64 @@ class TestAlertPage:
         )
         page = await service.alerts_for_customer(console.engine, "kim/0")
         return next(a.id for a in page.items if a.status == "open")
+
+    @pytest.mark.parametrize(
+        ("lang", "heading", "orders", "why"),
+        [
+            ("en", "Last 12 months", "2 orders", "High-value customer: {} in the last 12 months"),
+            ("ja", "過去12か月の購入", "注文2件", "高額顧客: 過去12か月で{}"),
+        ],
+    )
+    async def test_the_customers_value_in_the_viewers_language(
+        self, open_console: ConsoleFactory, lang: str, heading: str, orders: str, why: str
+    ) -> None:
+        config = AlertingConfig.model_validate({"high_value": {"JPY": 100000}})
+        async with open_console(config) as console:
+            bought = [("o-1", "80000"), ("o-2", "40000"), ("o-3", "5.00")]
+            await console.handler(
+                [
+                    Decoded(
+                        None,
+                        TouchpointEvent.model_validate(
+                            {
+                                "event_id": uuid.uuid4(),
+                                "occurred_at": datetime.now(UTC) - timedelta(days=9),
+                                "received_at": datetime.now(UTC),
+                                "source": "shop",
+                                "channel": "web",
+                                "customer_id": "pia",
+                                "type": "order.completed",
+                                "order_id": order_id,
+                                "amount": amount,
+                                "currency": "USD" if "." in amount else "JPY",
+                            }
+                        ),
+                    )
+                    for order_id, amount in bought
+                ]
+            )
+            alert_id = await console.detractor("pia", 5)
+            page = await console.hanako.get(f"/console/alerts/{alert_id}", params={"lang": lang})
+            assert page.status_code == 200, page.text
+            text = page.text
+            yen = format_currency(Decimal("120000"), "JPY", locale=lang)
+            threshold = format_currency(Decimal("100000"), "JPY", locale=lang)
+            dollars = format_currency(Decimal("5.00"), "USD", locale=lang)
+            assert heading in text
+            assert f'<data value="120000" data-currency="JPY">{yen}</data>' in text
+            assert f'<data value="5.00" data-currency="USD">{dollars}</data>' in text
+            assert orders in text
+            assert why.format(yen) in text
+            assert threshold in text
+            # Critical for its value, though an NPS 5 is a warning by the rules.
+            assert 'class="badge badge-critical"' in text
+            if lang == "ja":
+                assert yen == "￥120,000"  # Babel's Japanese format, not the English one
+
+            plain = await console.detractor("quinn", 5)
+            page = await console.hanako.get(f"/console/alerts/{plain}", params={"lang": lang})
+            assert heading in page.text
+            assert "badge badge-critical" not in page.text
 
     async def test_viewing_locks_nothing_and_reads_on_one_connection(
         self, console: Console

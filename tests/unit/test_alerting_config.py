@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from standardwebhooks import Webhook
 
-from services.alerting import receivers
+from services.alerting import outbox, receivers
 from services.alerting.config import AlertingConfig, load
 from services.cli import main
 from shared.errors import ConfigError
@@ -203,3 +203,96 @@ class TestPayloads:
         (alert,) = json.loads(am.body)
         assert alert["labels"]["alertname"] == "detractor"
         assert alert["endsAt"]
+
+
+VALUED: dict[str, Any] = {
+    **ALERT,
+    "high_value": True,
+    "value": [
+        {
+            "currency": "JPY",
+            "revenue_minor": 120000,
+            "orders": 8,
+            "threshold_minor": 100000,
+            "high_value": True,
+        }
+    ],
+    "value_reason": "high-value customer: ¥120,000 in the last 12 months (threshold ¥100,000)",
+}
+
+
+class TestHighValue:
+    def test_thresholds_per_currency_in_minor_units(self, tmp_path: Path) -> None:
+        config = load(write(tmp_path, GOOD + "high_value: {JPY: 100000, usd: 1000.50}\n"))
+        assert config.thresholds() == {"JPY": 100000, "USD": 100050}
+        assert AlertingConfig().thresholds() == {}
+
+    @pytest.mark.parametrize(
+        ("yaml", "says"),
+        [
+            ("{JPX: 100}", "high_value: JPX: 'JPX' is not an ISO 4217 currency"),
+            ("{dollars: 100}", "high_value: dollars: currency must be a three-letter"),
+            ("{JPY: 100.5}", "high_value: JPY: amount has more decimals than JPY allows"),
+            ("{USD: -5}", "high_value: USD: amount must not be negative"),
+            ("{USD: 0}", "high_value: USD: the threshold must be above zero"),
+            ("{USD: 1e3}", "high_value: USD: amount must be written in plain decimal"),
+            ("{USD: 10, usd: 20}", "high_value: usd: USD is given twice"),
+            ("[JPY]", "high_value: must map currency codes to amounts"),
+        ],
+    )
+    def test_a_bad_threshold_names_its_key_and_line(
+        self, tmp_path: Path, yaml: str, says: str
+    ) -> None:
+        with pytest.raises(ConfigError) as exc:
+            load(write(tmp_path, GOOD + f"high_value: {yaml}\n"))
+        assert says in str(exc.value)
+        assert "alerting.yml:15: " in str(exc.value)
+
+    def test_routes_and_silences_match_high_value_as_true_or_false(self, tmp_path: Path) -> None:
+        text = GOOD.replace("match: {severity: critical}", "match: {high_value: true}")
+        config = load(write(tmp_path, text))
+        assert config.routes[0].match == {"high_value": "true"}
+        assert config.route({"high_value": True, "severity": "warning"}) == ["pager", "oncall"]
+        assert config.route({"high_value": False, "severity": "critical"}) == ["oncall"]
+        quoted = load(write(tmp_path, text.replace("high_value: true", 'high_value: "true"')))
+        assert quoted.route({"high_value": True}) == ["pager", "oncall"]
+        assert outbox.silenced({"high_value": True}, [{"high_value": "true"}])
+        assert not outbox.silenced({"high_value": False}, [{"high_value": "true"}])
+
+    def test_each_receiver_hears_the_value(self, tmp_path: Path) -> None:
+        config = AlertingConfig.model_validate(
+            {
+                "receivers": [
+                    {"name": "hook", "type": "webhook", "url": "https://hooks.example.com/cx"},
+                    {"name": "s", "type": "slack", "url": "https://hooks.slack.com/services/X"},
+                    {"name": "am", "type": "alertmanager", "url": "http://127.0.0.1:9093"},
+                    {"name": "pd", "type": "pagerduty", "routing_key_env": "TEST_PD_KEY"},
+                ]
+            }
+        )
+        hook, slack, am, pd = (
+            json.loads(receivers.build(r, config, "n", "trigger", VALUED).body)
+            for r in config.receivers
+        )
+        line = "¥120,000 in 12 months, 8 orders"
+        assert line in hook["data"]["summary"]
+        assert hook["data"]["alert"]["value"] == [
+            {
+                "currency": "JPY",
+                "revenue": "120000",
+                "orders": 8,
+                "threshold": "100000",
+                "high_value": True,
+            }
+        ]
+        assert hook["data"]["alert"]["value_reason"] == VALUED["value_reason"]
+        assert line in slack["text"]
+        assert "Why critical: high-value customer: ¥120,000" in slack["text"]
+        assert am[0]["labels"]["high_value"] == "true"
+        assert am[0]["annotations"]["value_reason"] == VALUED["value_reason"]
+        assert line in pd["payload"]["summary"]
+        assert pd["payload"]["custom_details"]["high_value"] is True
+        # An alert without orders says nothing of them.
+        plain = json.loads(receivers.build(config.receivers[2], config, "n", "trigger", ALERT).body)
+        assert plain[0]["labels"]["high_value"] == "false"
+        assert "in 12 months" not in plain[0]["annotations"]["summary"]

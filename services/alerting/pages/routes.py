@@ -15,10 +15,12 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from babel.dates import format_datetime, format_timedelta
+from babel.numbers import format_currency
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import ValidationError
@@ -218,8 +220,8 @@ def _first_line(text: str | None) -> str:
 
 
 def _formats(pages: Pages, request: Request) -> dict[str, Any]:
-    """Helpers the templates use for times: the server's text until the browser's Intl
-    rewrites it in the viewer's zone."""
+    """Helpers the templates use for times (the server's text until the browser's Intl
+    rewrites it in the viewer's zone), labels and money."""
     lang = pages.language(request)
     now = utcnow()
 
@@ -235,7 +237,11 @@ def _formats(pages: Pages, request: Request) -> dict[str, Any]:
         key = f"value.{prefix}.{value}"
         return translator.t(key) if value is not None and translator.has(key) else value or ""
 
-    return {"when": when, "age": age, "label": label, "first_line": _first_line}
+    def money(amount: str, currency: str) -> str:
+        """A decimal amount of ``currency`` in the viewer's language (¥120,000, ￥120,000)."""
+        return format_currency(Decimal(amount), currency, locale=lang)
+
+    return {"when": when, "age": age, "label": label, "first_line": _first_line, "money": money}
 
 
 def _see_other(url: str) -> RedirectResponse:

@@ -1,0 +1,394 @@
+"""An answer's alert carries what the customer bought in the year before it, and a customer
+worth more than the configured threshold makes it critical (issue 13)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from services.alerting import gauges, service
+from services.alerting.config import AlertingConfig
+from services.alerting.consumer import AlertHandler
+from services.alerting.models import orders as orders_table
+from services.alerting.models import refunds as refunds_table
+from services.alerting.schemas import Alert, ResolveIn
+from services.servers import free_port
+from shared.db import create_engine
+from shared.events import CustomerErased, TouchpointEvent
+from shared.kafka import Decoded
+from shared.privacy import Hasher
+from shared.settings import DatabaseSettings, KafkaSettings, SlaSettings
+from shared.topics import Topic
+from tests.builders import response_event
+from tests.conftest import AlertingFactory
+from tests.helpers import eventually, http_server, produce, stays
+from tests.processes import TEST_HASH_KEY
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+CONFIG = AlertingConfig.model_validate({"high_value": {"JPY": 100000, "usd": "1000"}})
+
+
+def order(customer: str, order_id: str, amount: str, currency: str = "JPY", **fields: Any) -> Any:
+    """An ``order.completed`` (or, with ``refund_id``, an ``order.refunded``)."""
+    at = fields.pop("at", NOW - timedelta(days=3))
+    refund = "refund_id" in fields
+    return TouchpointEvent.model_validate(
+        {
+            "event_id": uuid.uuid4(),
+            "occurred_at": at,
+            "received_at": at,
+            "source": "shop",
+            "channel": "web",
+            "customer_id": customer,
+            "type": "order.refunded" if refund else "order.completed",
+            "order_id": order_id,
+            "amount": amount,
+            "currency": currency,
+            **fields,
+        }
+    )
+
+
+def batch(*events: Any) -> list[Decoded]:
+    return [Decoded(None, e) for e in events]
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(DatabaseSettings(url=database_url))
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def handler(engine: AsyncEngine) -> AlertHandler:
+    return AlertHandler(engine, SlaSettings(), CONFIG, hasher=Hasher(TEST_HASH_KEY.encode()))
+
+
+async def answer(
+    engine: AsyncEngine, handler: AlertHandler, customer: str, score: int = 5, **fields: Any
+) -> Alert:
+    """Apply one answer that opens an alert (NPS 5: a warning by the default rules)."""
+    await handler(batch(response_event(customer_id=customer, score=score, **fields)))
+    (alert,) = (await service.alerts_for_customer(engine, customer)).items
+    return alert
+
+
+def value_of(alert: Alert) -> list[tuple[str, str, int, bool]]:
+    return [(v.currency, v.revenue, v.orders, v.high_value) for v in alert.value]
+
+
+class TestValueOnTheAlert:
+    async def test_orders_then_an_answer(self, engine: AsyncEngine, handler: AlertHandler) -> None:
+        await handler(
+            batch(
+                order("aoi", "o-1", "30000"),
+                order("aoi", "o-2", "12000", at=NOW - timedelta(days=200)),
+                order("aoi", "o-3", "99999", at=NOW - timedelta(days=400)),  # a year before
+                order("ben", "o-4", "50000"),  # someone else's
+            )
+        )
+        alert = await answer(engine, handler, "aoi")
+        assert value_of(alert) == [("JPY", "42000", 2, False)]
+        assert alert.value[0].threshold == "100000"
+        assert (alert.severity, alert.high_value, alert.value_reason) == ("warning", False, None)
+
+    async def test_an_order_in_the_same_batch_counts_and_none_says_so(
+        self, engine: AsyncEngine, handler: AlertHandler
+    ) -> None:
+        nobody = await answer(engine, handler, "carl")
+        assert nobody.value == []
+        await handler(
+            batch(response_event(customer_id="dora", score=4), order("dora", "o-9", "500"))
+        )
+        (alert,) = (await service.alerts_for_customer(engine, "dora")).items
+        assert value_of(alert) == [("JPY", "500", 1, False)]
+
+    async def test_the_window_is_the_year_before_the_answer(
+        self, engine: AsyncEngine, handler: AlertHandler
+    ) -> None:
+        await handler(
+            batch(
+                order("eri", "o-old", "7000", at=NOW - timedelta(days=390)),
+                order("eri", "o-new", "3000", at=NOW - timedelta(days=20)),
+            )
+        )
+        # An answer given a month ago looks back to 395 days ago: both orders count.
+        alert = await answer(engine, handler, "eri", occurred_at=NOW - timedelta(days=30))
+        assert value_of(alert) == [("JPY", "10000", 2, False)]
+
+    async def test_refunds_reduce_it_whatever_their_order(
+        self, engine: AsyncEngine, handler: AlertHandler
+    ) -> None:
+        early_refund = order("fumi", "o-1", "2000", refund_id="r-1")
+        await handler(batch(early_refund))  # before its order
+        await handler(
+            batch(
+                order("fumi", "o-1", "10000"),
+                order("fumi", "o-1", "1000", refund_id="r-2"),
+                order("fumi", "o-2", "5000"),
+                order("fumi", "o-2", "4000", refund_id="r-3"),
+                order("fumi", "o-2", "4000", refund_id="r-4"),  # more than the order: 0, not -3000
+                order("fumi", "o-1", "1", "USD", refund_id="r-5"),  # not the order's currency
+            )
+        )
+        alert = await answer(engine, handler, "fumi")
+        assert value_of(alert) == [("JPY", "7000", 2, False)]
+
+    async def test_redelivered_and_repeated_orders_count_once(
+        self, engine: AsyncEngine, handler: AlertHandler
+    ) -> None:
+        first = order("gen", "o-1", "60000")
+        refund = order("gen", "o-1", "10000", refund_id="r-1")
+        await handler(batch(first, refund))
+        await handler(batch(first, refund))  # redelivered: the ledger knows both
+        # The same order and refund again under new event ids (a webhook retried): the
+        # order's first completion stands, and the refund counts once.
+        await handler(
+            batch(
+                order("gen", "o-1", "90000"),
+                order("gen", "o-1", "10000", refund_id="r-1"),
+                order("gen", "o-2", "30000"),
+                order("gen", "o-2", "99000"),  # in one batch too: the first one counts
+            )
+        )
+        alert = await answer(engine, handler, "gen")
+        assert value_of(alert) == [("JPY", "80000", 2, False)]
+        async with engine.connect() as conn:
+            rows = (await conn.execute(sa.select(sa.func.count()).select_from(orders_table))).one()
+        assert rows[0] == 2
+
+    async def test_each_currency_is_listed_apart(
+        self, engine: AsyncEngine, handler: AlertHandler
+    ) -> None:
+        await handler(
+            batch(
+                order("hana", "o-1", "1500"),
+                order("hana", "o-2", "12.50", "USD"),
+                order("hana", "o-3", "7.25", "usd"),
+                order("hana", "o-4", "3.125", "KWD"),
+            )
+        )
+        alert = await answer(engine, handler, "hana")
+        assert value_of(alert) == [
+            ("JPY", "1500", 1, False),
+            ("KWD", "3.125", 1, False),
+            ("USD", "19.75", 2, False),
+        ]
+        assert alert.value[1].threshold is None  # no threshold for KWD
+
+    async def test_a_fold_keeps_the_value_the_alert_opened_with(
+        self, engine: AsyncEngine, handler: AlertHandler
+    ) -> None:
+        await handler(batch(order("ivo", "o-1", "100")))
+        opened = await answer(engine, handler, "ivo")
+        await handler(batch(order("ivo", "o-2", "200000")))
+        await handler(batch(response_event(customer_id="ivo", score=5)))
+        (folded,) = (await service.alerts_for_customer(engine, "ivo")).items
+        assert folded.occurrences == 2
+        assert folded.value == opened.value
+        assert folded.severity == "warning"
+
+
+class TestHighValue:
+    async def test_at_the_threshold_the_alert_is_critical_and_says_why(
+        self, engine: AsyncEngine, handler: AlertHandler
+    ) -> None:
+        await handler(
+            batch(
+                order("jun", "o-1", "70000"),
+                order("jun", "o-2", "50000"),
+                order("jun", "o-3", "400.00", "USD"),
+            )
+        )
+        alert = await answer(engine, handler, "jun", score=6)
+        assert alert.severity == "critical"
+        assert alert.high_value is True
+        assert value_of(alert) == [("JPY", "120000", 2, True), ("USD", "400.00", 1, False)]
+        assert alert.value_reason == (
+            "high-value customer: ¥120,000 in the last 12 months (threshold ¥100,000)"
+        )
+        by_api = await service.queue(engine)
+        assert [a.high_value for a in by_api.items] == [True]
+
+        await handler(batch(order("kai", "o-9", "1000"), order("kai", "o-9", "1", refund_id="r")))
+        under = await answer(engine, handler, "kai", score=6)
+        # 999.00 of 1,000.00 is not enough, whatever the rule asked for.
+        assert (under.severity, under.high_value, under.value_reason) == ("warning", False, None)
+        exactly = [order("lea", "o-10", "1000.00", "USD")]
+        await handler(batch(*exactly))
+        assert (await answer(engine, handler, "lea", score=6)).severity == "critical"
+
+    async def test_without_thresholds_severity_is_the_rules(self, engine: AsyncEngine) -> None:
+        plain = AlertHandler(engine, SlaSettings(), hasher=Hasher(TEST_HASH_KEY.encode()))
+        await plain(batch(order("max", "o-1", "9999999")))
+        alert = await answer(engine, plain, "max")
+        assert (alert.severity, alert.high_value) == ("warning", False)
+        assert value_of(alert) == [("JPY", "9999999", 1, False)]
+
+
+class TestErasureAndRetention:
+    async def test_erasure_pseudonymises_orders_and_repeats_still_count_once(
+        self, engine: AsyncEngine, handler: AlertHandler
+    ) -> None:
+        erased = CustomerErased(event_id=uuid.uuid4(), requested_at=NOW, customer_id="nao")
+        completed = order("nao", "o-1", "150000")
+        await handler(batch(completed, order("nao", "o-1", "50000", refund_id="r-1")))
+        before = await answer(engine, handler, "nao")
+        await handler(batch(erased))
+        async with engine.connect() as conn:
+            owners = {
+                table.name: set((await conn.execute(sa.select(table.c.customer_id))).scalars())
+                for table in (orders_table, refunds_table)
+            }
+        assert owners["alerting_orders"] == owners["alerting_refunds"]
+        (pseudonym,) = owners["alerting_orders"]
+        assert pseudonym.startswith("erased:")
+        (kept,) = (await service.alerts_for_customer(engine, pseudonym)).items
+        assert kept.id == before.id
+        assert kept.value == before.value
+        # A later copy of the same order (applied pseudonymised) and a new answer.
+        await handler(batch(order("nao", "o-1", "150000"), order("nao", "o-2", "1000")))
+        await service.resolve(
+            engine, CONFIG, kept.id, service.Actor("test"), ResolveIn(note="called")
+        )
+        await handler(batch(response_event(customer_id="nao", score=5)))
+        fresh = next(
+            a
+            for a in (await service.alerts_for_customer(engine, pseudonym)).items
+            if a.id != kept.id
+        )
+        assert value_of(fresh) == [("JPY", "101000", 2, True)]
+        assert (await service.alerts_for_customer(engine, "nao")).items == []
+
+    async def test_orders_past_retention_are_deleted(
+        self, engine: AsyncEngine, handler: AlertHandler
+    ) -> None:
+        await handler(
+            batch(
+                order("olu", "o-old", "100", at=NOW - timedelta(days=500)),
+                order("olu", "o-old", "10", refund_id="r-1"),
+                order("olu", "o-new", "100"),
+                order("olu", "o-new", "10", refund_id="r-2"),
+            )
+        )
+        await gauges.purge_orders(engine, timedelta(days=400))
+        async with engine.connect() as conn:
+            kept = set((await conn.execute(sa.select(orders_table.c.order_id))).scalars())
+            refunds = set((await conn.execute(sa.select(refunds_table.c.refund_id))).scalars())
+        assert kept == {"o-new"}
+        # The refund of the deleted order is recorded today: it goes once it is as old.
+        assert refunds == {"r-1", "r-2"}
+        async with engine.begin() as conn:
+            await conn.execute(
+                refunds_table.update().values(recorded_at=sa.func.now() - timedelta(days=401))
+            )
+        await gauges.purge_orders(engine, timedelta(days=400))
+        async with engine.connect() as conn:
+            refunds = set((await conn.execute(sa.select(refunds_table.c.refund_id))).scalars())
+        assert refunds == {"r-2"}  # its order is kept
+
+
+class Hook:
+    """A webhook receiver recording each notification id it was sent, and the bodies."""
+
+    def __init__(self) -> None:
+        self.bodies: dict[str, dict[str, Any]] = {}
+
+    async def handle(self, request: Request) -> Response:
+        self.bodies[request.headers["webhook-id"]] = await request.json()
+        return JSONResponse({"ok": True})
+
+
+async def _count(hook: Hook) -> int:
+    return len(hook.bodies)
+
+
+class TestRoutingOnHighValue:
+    async def test_a_route_matching_high_value_reaches_its_receiver(
+        self, kafka_settings: KafkaSettings, alerting_with: AlertingFactory, engine: AsyncEngine
+    ) -> None:
+        vip, everyone = Hook(), Hook()
+        app = Starlette(
+            routes=[
+                Route("/vip", vip.handle, methods=["POST"]),
+                Route("/all", everyone.handle, methods=["POST"]),
+            ]
+        )
+        async with http_server(app, free_port()) as url:
+            config = AlertingConfig.model_validate(
+                {
+                    "receivers": [
+                        {"name": "vip", "type": "webhook", "url": f"{url}/vip"},
+                        {"name": "all", "type": "webhook", "url": f"{url}/all"},
+                    ],
+                    "routes": [
+                        {"match": {"high_value": True}, "receiver": "vip"},
+                        {"receiver": "all"},
+                    ],
+                    "high_value": {"JPY": 100000},
+                }
+            )
+            async with alerting_with(config) as client:
+                await produce(
+                    kafka_settings,
+                    Topic.TOUCHPOINTS,
+                    [order("rich", f"o-{n}", "40000") for n in range(3)]
+                    + [order("poor", "o-9", "40000")],
+                )
+                # Orders and answers travel on different topics: wait until the orders are in.
+                await eventually(lambda: _order_count(engine), lambda n: n == 4, timeout=30)
+                await produce(
+                    kafka_settings,
+                    Topic.RESPONSES,
+                    [
+                        response_event(customer_id="rich", score=5),
+                        response_event(customer_id="poor", score=5),
+                    ],
+                )
+                await eventually(lambda: _count(vip), lambda n: n == 1, timeout=30)
+                await eventually(lambda: _count(everyone), lambda n: n == 1, timeout=30)
+                await stays(lambda: _count(vip), lambda n: n == 1, seconds=1)
+                (rich,) = vip.bodies.values()
+                (poor,) = everyone.bodies.values()
+                alert = rich["data"]["alert"]
+                assert (alert["customer_id"], alert["severity"], alert["high_value"]) == (
+                    "rich",
+                    "critical",
+                    True,
+                )
+                assert alert["value"] == [
+                    {
+                        "currency": "JPY",
+                        "revenue": "120000",
+                        "orders": 3,
+                        "threshold": "100000",
+                        "high_value": True,
+                    }
+                ]
+                assert alert["value_reason"] == (
+                    "high-value customer: ¥120,000 in the last 12 months (threshold ¥100,000)"
+                )
+                assert "¥120,000 in 12 months, 3 orders" in rich["data"]["summary"]
+                assert poor["data"]["alert"]["customer_id"] == "poor"
+                assert poor["data"]["alert"]["severity"] == "warning"
+                assert "¥40,000 in 12 months, 1 order" in poor["data"]["summary"]
+
+                listed = (await client.get("/v1/alerts", params={"severity": "critical"})).json()
+                assert [a["customer_id"] for a in listed["items"]] == ["rich"]
+                assert listed["items"][0]["value"] == alert["value"]
+
+
+async def _order_count(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int(await conn.scalar(sa.select(sa.func.count()).select_from(orders_table)) or 0)
