@@ -302,7 +302,10 @@ class ItemResult(BaseModel):
     question: str | None = Field(default=None, description="The IVR question, for calls.")
     status: Literal["accepted", "duplicate", "rejected", "unavailable", "conflict"] = Field(
         description="`conflict`: the batch's Idempotency-Key (or the item's event_id) was "
-        "first used for a different request that did not hold this item; nothing was produced."
+        "first used for a different request that did not hold this item, or its order_id or "
+        "refund_id already names another order or refund (errors name the field); nothing "
+        "was produced. `rejected` also covers a refund the order ledger refuses (more than "
+        "remains of its order, another currency or customer)."
     )
     event_id: UUID | None = None
     errors: list[dict[str, str]] | None = None
