@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.errors import ConfigError
+from shared.events import Channel
 from shared.topics import Topic, topic_name
 
 ENV_PREFIX = "CXLOOP_"
@@ -345,10 +346,39 @@ class SourceSettings(BaseSettings):
     zendesk_signing_secret: SecretStr | None = Field(
         default=None, description="Zendesk webhook signing secret: checks its signature."
     )
+    stripe_webhook_secrets: SecretStr | None = Field(
+        default=None,
+        description="Stripe webhook signing secrets (whsec_…), comma-separated (several while "
+        "rotating): check Stripe-Signature on /v1/sources/stripe.",
+    )
+    stripe_tolerance_seconds: float = Field(
+        default=300,
+        gt=0,
+        description="A Stripe-Signature timestamp further than this from now is refused as a "
+        "replay.",
+    )
+    stripe_customer_prefix: str = Field(
+        default="",
+        max_length=64,
+        pattern=r"^[^\x00]*$",
+        description="Put before a Stripe customer id (cus_…) used as the cxloop customer id, "
+        "e.g. `stripe:`; not before metadata.cxloop_customer_id.",
+    )
+    stripe_default_channel: Channel = Field(
+        default=Channel.WEB,
+        description="Channel of a Stripe payment whose metadata.cxloop_channel is absent.",
+    )
     ivr_surveys: dict[str, dict[str, IvrQuestion]] = Field(
         default=DEFAULT_IVR_SURVEYS,
         description="JSON: survey id → question → {metric, scale}; `default` when none is named.",
     )
+
+    def stripe_secrets(self) -> tuple[str, ...]:
+        """Return the Stripe signing secrets; never log them."""
+        if self.stripe_webhook_secrets is None:
+            return ()
+        raw = self.stripe_webhook_secrets.get_secret_value().split(",")
+        return tuple(secret.strip() for secret in raw if secret.strip())
 
 
 class SlaSettings(BaseSettings):

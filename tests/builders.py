@@ -41,3 +41,32 @@ def response_event(**overrides: Any) -> ResponseSubmitted:
     }
     fields.update(overrides)
     return ResponseSubmitted.model_validate(fields)
+
+
+def order_payload(**overrides: Any) -> dict[str, Any]:
+    """An HTTP body for ``POST /v1/events``: a paid order of 12,800 yen."""
+    body: dict[str, Any] = {
+        "type": "order.completed",
+        "order_id": f"ORD-{uuid.uuid4().hex[:8]}",
+        "customer_id": f"cust-{uuid.uuid4().hex[:8]}",
+        "channel": "web",
+        "currency": "JPY",
+        "amount": "12800",
+    }
+    body.update(overrides)
+    return body
+
+
+def refund_payload(order: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    """An HTTP body for ``POST /v1/events``: a refund of part of ``order``."""
+    body: dict[str, Any] = {
+        "type": "order.refunded",
+        "order_id": order["order_id"],
+        "refund_id": f"RF-{uuid.uuid4().hex[:8]}",
+        "customer_id": order["customer_id"],
+        "channel": order["channel"],
+        "currency": order["currency"],
+        "amount": "1000",
+    }
+    body.update(overrides)
+    return body

@@ -83,3 +83,72 @@ def freshdesk_ticket(**overrides: Any) -> dict[str, Any]:
     event = overrides.pop("event", "created")
     ticket.update(overrides)
     return {"event": event, "ticket": ticket}
+
+
+def stripe_id(prefix: str) -> str:
+    """A Stripe object id such as ``ch_3Nf…``."""
+    return f"{prefix}_{uuid.uuid4().hex[:24]}"
+
+
+def stripe_charge(**overrides: Any) -> dict[str, Any]:
+    """A Stripe Charge object (the fields cxloop reads, and a few it does not)."""
+    charge: dict[str, Any] = {
+        "id": stripe_id("ch"),
+        "object": "charge",
+        "amount": 1999,
+        "amount_captured": 1999,
+        "amount_refunded": 0,
+        "captured": True,
+        "currency": "usd",
+        "customer": stripe_id("cus"),
+        "livemode": False,
+        "metadata": {},
+        "paid": True,
+        "payment_intent": stripe_id("pi"),
+        "refunded": False,
+        "status": "succeeded",
+    }
+    charge.update(overrides)
+    return charge
+
+
+def stripe_payment_intent(charge: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    """The PaymentIntent that made ``charge``."""
+    intent: dict[str, Any] = {
+        "id": charge["payment_intent"],
+        "object": "payment_intent",
+        "amount": charge["amount"],
+        "amount_received": charge["amount"],
+        "currency": charge["currency"],
+        "customer": charge["customer"],
+        "latest_charge": charge["id"],
+        "livemode": False,
+        "metadata": charge["metadata"],
+        "status": "succeeded",
+    }
+    intent.update(overrides)
+    return intent
+
+
+def stripe_event(
+    kind: str,
+    obj: dict[str, Any],
+    *,
+    previous_attributes: dict[str, Any] | None = None,
+    created: int = 1795000000,
+) -> dict[str, Any]:
+    """A Stripe Event, as its webhook delivers it."""
+    data: dict[str, Any] = {"object": obj}
+    if previous_attributes is not None:
+        data["previous_attributes"] = previous_attributes
+    return {
+        "id": stripe_id("evt"),
+        "object": "event",
+        "api_version": "2024-06-20",
+        "created": created,
+        "data": data,
+        "livemode": False,
+        "pending_webhooks": 1,
+        "request": {"id": None, "idempotency_key": None},
+        "type": kind,
+    }

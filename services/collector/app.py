@@ -16,12 +16,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.collector import invitations as invitations_store
 from services.collector import metrics
 from services.collector.idempotency import EventIds, IdempotencyStore
+from services.collector.orders import OrderLedger
 from services.collector.ratelimit import RateLimiter
 from services.collector.routes import (
     customers,
     generic,
     invitations,
     ivr,
+    stripe,
     support,
     twilio,
     widget,
@@ -130,7 +132,7 @@ def create_app(
         store = IdempotencyStore(engine, timedelta(days=collector.idempotency_window_days))
         app.state.engine = engine
         app.state.producer = handle
-        app.state.ingest = Ingest(handle, store, collector, event_ids)
+        app.state.ingest = Ingest(handle, store, collector, event_ids, OrderLedger(engine, hasher))
         stop = asyncio.Event()
         retention = timedelta(days=collector.invitation_retention_days)
         purge = asyncio.create_task(_purge(store, engine, retention, stop), name="purge")
@@ -169,6 +171,7 @@ def create_app(
             customers.router,
             twilio.router,
             support.router,
+            stripe.router,
             ivr.router,
             widget.router,
         ],

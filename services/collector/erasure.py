@@ -3,7 +3,9 @@
 The collector consumes no topic, so it applies an erasure to its own state in the DELETE
 call itself, in the transaction that records the erasure: the customer's invitations go
 (their opt-outs stay, as keyed hashes, so that a STOP is honoured for good), and a later
-invitation for them is kept under a pseudonym (``shared/erasure.py``). The
+invitation for them is kept under a pseudonym (``shared/erasure.py``). Their orders in the
+order ledger stay, under the collector's pseudonym for them, so that a refund is still
+capped by its order and a resent order still counts once. The
 transaction commits only once the broker has acknowledged ``customer.erased`` on every
 customer topic, so a 202 means every service will erase, and a 503 means nothing happened.
 """
@@ -18,7 +20,7 @@ from typing import Any
 from aiokafka.errors import KafkaError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.collector import invitations
+from services.collector import invitations, orders
 from shared import erasure
 from shared.events import CustomerErased, utcnow
 from shared.kafka import HEADER_SCHEMA, HEADER_TYPE, encode
@@ -48,9 +50,13 @@ async def erase_customer(
     """Erase the collector's state of a customer and tell every service to erase theirs."""
     event = CustomerErased(event_id=uuid.uuid4(), requested_at=utcnow(), customer_id=customer_id)
     async with engine.begin() as conn:
+        # Exclusive: an order ledger transaction in flight (shared) commits first, and one
+        # that starts after this sees the customer erased.
+        await erasure.lock(conn, "collector", exclusive=True)
         await erasure.record(conn, event.event_id, event.requested_at)
-        await erasure.pseudonym_for(conn, hasher, "collector", customer_id)
+        pseudonym = await erasure.pseudonym_for(conn, hasher, "collector", customer_id)
         deleted = await invitations.erase_customer(conn, customer_id)
+        await orders.erase_customer(conn, customer_id, pseudonym)
         # Raising here rolls all of it back.
         await _produce(producer, event)
     return Erasure(event, deleted)

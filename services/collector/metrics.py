@@ -27,3 +27,22 @@ PURGE_FAILURES = Counter(
     "Failed purges of expired idempotency keys or old invitations (retried next pass), by what.",
     ["what"],
 )
+ORDERS = Counter(
+    name("collector", "orders", "total"),
+    "Order events the order ledger judged, by type (order.completed, order.refunded) and "
+    "outcome (new, unknown_order, duplicate, order_conflict, refund_conflict, over_refund, "
+    "currency_mismatch, customer_mismatch, unavailable).",
+    ["type", "outcome"],
+)
+ORDER_LEDGER_MISSED = Counter(
+    name("collector", "order_ledger_missed", "total"),
+    "Order events the broker acknowledged but the order ledger could not record (Postgres "
+    "failed at commit); their refunds are capped less.",
+)
+STRIPE_EVENTS = Counter(
+    name("collector", "stripe_events", "total"),
+    "Signed Stripe events received, by type (charge.succeeded, charge.refunded, "
+    "payment_intent.succeeded, other) and outcome (accepted, duplicate, ignored reasons, "
+    "unavailable).",
+    ["type", "outcome"],
+)

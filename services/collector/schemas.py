@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from decimal import Decimal
+from typing import Annotated, Final, Literal
 from uuid import UUID
 
 from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     Strict,
     StringConstraints,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
-    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from shared.events import (
+    ORDER_REFUNDED,
+    ORDER_TYPES,
     Channel,
     Comment,
     Identifier,
@@ -34,6 +38,7 @@ from shared.events import (
     check_score,
     resolve_scale,
 )
+from shared.money import Amount, CurrencyCode, to_minor
 
 StrictInt = Annotated[int, Strict()]
 
@@ -127,10 +132,46 @@ class ResponseIn(BaseModel):
         return value
 
 
+def _unpadded(value: object) -> object:
+    # The published patterns allow no spaces; money's parsers would strip them.
+    if isinstance(value, str) and value != value.strip():
+        raise ValueError("must not start or end with spaces")
+    return value
+
+
+AmountIn = Annotated[
+    Amount,
+    BeforeValidator(_unpadded),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^(0|[1-9][0-9]*)(\.[0-9]+)?$"},
+                {"type": "integer", "minimum": 0},
+            ],
+            "description": 'A decimal string in plain notation, e.g. "1500" (JPY) or "12.50" '
+            "(USD), with no more decimals than the currency has; or a JSON integer. A JSON "
+            "number with a fraction or exponent (a float) is refused.",
+            "examples": ["1500", "12.50"],
+        }
+    ),
+]
+CurrencyIn = Annotated[CurrencyCode, BeforeValidator(_unpadded)]
+
+_ORDER_FIELDS: Final = {
+    "order_id": ORDER_TYPES,
+    "currency": ORDER_TYPES,
+    "amount": ORDER_TYPES,
+    "refund_id": (ORDER_REFUNDED,),
+}
+
+
 class EventIn(BaseModel):
-    """One touchpoint event: a ticket changed, a purchase was made, or a custom type.
+    """One touchpoint event: a ticket changed, an order was paid or refunded, or a custom type.
 
     Unknown fields are refused with 422, as for responses; put extra data in ``attributes``.
+    ``order.completed`` needs ``order_id``, ``currency`` and ``amount``; ``order.refunded``
+    also ``refund_id``. ``purchase`` (no amount) is deprecated: it counts as activity only
+    and is retired with schema_version 2; send ``order.completed``.
     """
 
     model_config = ConfigDict(
@@ -144,7 +185,26 @@ class EventIn(BaseModel):
                     "channel": "email",
                     "priority": "high",
                     "occurred_at": "2026-11-22T09:00:00+09:00",
-                }
+                },
+                {
+                    "type": "order.completed",
+                    "order_id": "ORD-7731",
+                    "customer_id": "cust-42",
+                    "channel": "web",
+                    "currency": "JPY",
+                    "amount": "12800",
+                    "segments": {"location": "tokyo-shibuya", "product": "app"},
+                    "occurred_at": "2026-11-22T09:30:00+09:00",
+                },
+                {
+                    "type": "order.refunded",
+                    "order_id": "ORD-7731",
+                    "refund_id": "RF-1",
+                    "customer_id": "cust-42",
+                    "channel": "web",
+                    "currency": "JPY",
+                    "amount": "3200",
+                },
             ]
         },
     )
@@ -154,9 +214,13 @@ class EventIn(BaseModel):
     )
     type: TouchpointType = Field(
         description="ticket.created, ticket.first_response, ticket.status_changed, "
-        "ticket.resolved, ticket.reopened, purchase, or a custom dotted lower-case type."
+        "ticket.resolved, ticket.reopened, order.completed, order.refunded, or a custom "
+        "dotted lower-case type. `purchase` is deprecated (activity only; retired with "
+        "schema_version 2): send order.completed."
     )
-    ticket_id: Identifier | None = None
+    ticket_id: Identifier | None = Field(
+        default=None, validate_default=True, description="Required for ticket.* types."
+    )
     customer_id: Identifier
     channel: Channel
     priority: TicketPriority | None = None
@@ -168,14 +232,60 @@ class EventIn(BaseModel):
     occurred_at: AwareDatetime | None = Field(
         default=None, description="When it happened, with a UTC offset. Defaults to now."
     )
+    order_id: Identifier | None = Field(
+        default=None,
+        validate_default=True,
+        description="order.* types: the order. One order id is one order: resent, it is a "
+        "duplicate; with another customer, currency or amount, a conflict (409).",
+    )
+    refund_id: Identifier | None = Field(
+        default=None,
+        validate_default=True,
+        description="order.refunded: the refund, one of its order (resent, a duplicate).",
+    )
+    currency: CurrencyIn | None = Field(
+        default=None,
+        validate_default=True,
+        description="order.* types: ISO 4217 code, e.g. JPY or USD (upper-cased on arrival).",
+    )
+    amount: AmountIn | None = Field(
+        default=None,
+        validate_default=True,
+        description="order.completed: the order's value; order.refunded: this refund's, at "
+        "most what remains of the order. No more decimals than the currency has (none for JPY).",
+    )
 
-    @model_validator(mode="after")
-    def _tickets_have_ids(self) -> EventIn:
-        if self.type.startswith("ticket.") and self.ticket_id is None:
+    @field_validator("ticket_id")
+    @classmethod
+    def _tickets_have_ids(cls, value: str | None, info: ValidationInfo) -> str | None:
+        kind = info.data.get("type")
+        if value is None and kind is not None and kind.startswith("ticket."):
+            raise PydanticCustomError("missing", "ticket_id is required for {type}", {"type": kind})
+        return value
+
+    @field_validator("order_id", "refund_id", "currency", "amount")
+    @classmethod
+    def _orders_are_whole(cls, value: object, info: ValidationInfo) -> object:
+        kind, name = info.data.get("type"), info.field_name
+        assert name is not None
+        if kind is None:
+            return value
+        wanted_by = _ORDER_FIELDS[name]
+        if value is None and kind in wanted_by:
             raise PydanticCustomError(
-                "missing", "ticket_id is required for {type}", {"type": self.type}
+                "missing", "{field} is required for {type}", {"field": name, "type": kind}
             )
-        return self
+        if value is not None and kind not in wanted_by:
+            raise PydanticCustomError(
+                "extra_forbidden",
+                "{field} is only for {types}",
+                {"field": name, "type": kind, "types": " and ".join(wanted_by)},
+            )
+        if name == "amount" and isinstance(value, Decimal):
+            currency = info.data.get("currency")
+            if currency is not None:
+                to_minor(value, currency)
+        return value
 
 
 class Submitted(BaseModel):
@@ -192,7 +302,10 @@ class ItemResult(BaseModel):
     question: str | None = Field(default=None, description="The IVR question, for calls.")
     status: Literal["accepted", "duplicate", "rejected", "unavailable", "conflict"] = Field(
         description="`conflict`: the batch's Idempotency-Key (or the item's event_id) was "
-        "first used for a different request that did not hold this item; nothing was produced."
+        "first used for a different request that did not hold this item, or its order_id or "
+        "refund_id already names another order or refund (errors name the field); nothing "
+        "was produced. `rejected` also covers a refund the order ledger refuses (more than "
+        "remains of its order, another currency or customer)."
     )
     event_id: UUID | None = None
     errors: list[dict[str, str]] | None = None

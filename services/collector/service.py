@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeGuard
 
 from aiokafka.errors import KafkaError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
 
 from services.collector import metrics
 from services.collector.idempotency import (
@@ -26,13 +29,26 @@ from services.collector.idempotency import (
     caller_key,
     item_key,
 )
+from services.collector.orders import LedgerSession, OrderFact, OrderLedger
+from services.collector.orders import Verdict as OrderVerdict
 from services.collector.schemas import BatchResult, EventIn, ItemResult, ResponseIn, Submitted
-from shared.events import ResponseSubmitted, Segments, TouchpointEvent, resolve_scale, utcnow
+from shared.db import is_transient
+from shared.events import (
+    ORDER_TYPES,
+    ResponseSubmitted,
+    Segments,
+    TouchpointEvent,
+    resolve_scale,
+    utcnow,
+)
 from shared.http import FieldErrors, error_body
 from shared.kafka import HEADER_SCHEMA, HEADER_TYPE, encode
+from shared.money import from_minor, to_minor
 from shared.runtime import ProducerHandle
 from shared.settings import CollectorSettings
 from shared.topics import Topic, partition_key
+
+log = logging.getLogger(__name__)
 
 Event = ResponseSubmitted | TouchpointEvent
 
@@ -49,10 +65,12 @@ class Status(StrEnum):
 
 @dataclass(frozen=True)
 class Outcome:
-    """The result for one item: its event id and status."""
+    """The result for one item: its event id and status, and what refused it (``field``,
+    ``detail``) when the order ledger did (a conflict, or a rejection)."""
 
     event_id: uuid.UUID
     status: Status
+    error: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +80,7 @@ class Item:
     ``fingerprint`` is the request content the key was used with (None for a vendor id,
     which names its event alone); ``batch`` is the claim key of the batch the item was
     keyed under; ``named_by`` is the request field that carried the key, for a conflict.
+    ``order_amount_minor`` is the whole order's amount a refund's source states (Stripe).
     """
 
     event: Event
@@ -69,6 +88,7 @@ class Item:
     fingerprint: bytes | None = None
     batch: str | None = None
     named_by: str = "Idempotency-Key"
+    order_amount_minor: int | None = None
 
 
 def response_event(
@@ -113,7 +133,18 @@ def touchpoint_event(
         status=payload.status,
         segments=Segments.model_validate(payload.segments.model_dump()),
         attributes=payload.attributes,
+        order_id=payload.order_id,
+        refund_id=payload.refund_id,
+        currency=payload.currency,
+        amount=in_currency(payload.amount, payload.currency),
     )
+
+
+def in_currency(amount: Decimal | None, currency: str | None) -> Decimal | None:
+    """Return ``amount`` written with exactly its currency's decimals ("12.5" → "12.50")."""
+    if amount is None or currency is None:
+        return amount
+    return from_minor(to_minor(amount, currency), currency)
 
 
 def configured_set_errors(payload: ResponseIn, settings: CollectorSettings) -> list[dict[str, str]]:
@@ -148,6 +179,10 @@ def _topic(event: Event) -> Topic:
     return Topic.RESPONSES if isinstance(event, ResponseSubmitted) else Topic.TOUCHPOINTS
 
 
+def _is_order(event: Event) -> TypeGuard[TouchpointEvent]:
+    return isinstance(event, TouchpointEvent) and event.type in ORDER_TYPES
+
+
 class Ingest:
     """Produces events once each: duplicates inside the window are answered, not produced."""
 
@@ -157,11 +192,13 @@ class Ingest:
         store: IdempotencyStore,
         settings: CollectorSettings,
         ids: EventIds,
+        orders: OrderLedger | None = None,
     ) -> None:
         self._producer = producer
         self.store = store
         self.settings = settings
         self.ids = ids
+        self.orders = orders
 
     def resolve_event_id(
         self,
@@ -208,11 +245,27 @@ class Ingest:
         statuses: list[Status | None] = []
         for i, item in enumerate(items):
             statuses.append(None if item.key is None else _status(items, first_of_key, i, verdicts))
-        to_send = [i for i, status in enumerate(statuses) if status is None]
-        sent = await self._produce([items[i].event for i in to_send])
-        for i, ok in zip(to_send, sent, strict=True):
-            statuses[i] = Status.ACCEPTED if ok else Status.UNAVAILABLE
-        acked = [i for i, ok in zip(to_send, sent, strict=True) if ok]
+        event_ids = [item.event.event_id for item in items]
+        errors: list[dict[str, str] | None] = [None] * len(items)
+        facts = {
+            i: OrderFact.of(item.event, item.order_amount_minor)
+            for i, item in enumerate(items)
+            if statuses[i] is None and _is_order(item.event)
+        }
+        ledger = await self._open_ledger(facts, statuses)
+        try:
+            if ledger is not None:
+                self._decide(ledger, facts, statuses, event_ids, errors)
+            to_send = [i for i, status in enumerate(statuses) if status is None]
+            sent = await self._produce([items[i].event for i in to_send])
+            for i, ok in zip(to_send, sent, strict=True):
+                statuses[i] = Status.ACCEPTED if ok else Status.UNAVAILABLE
+            acked = [i for i, ok in zip(to_send, sent, strict=True) if ok]
+            if ledger is not None:
+                await _commit(ledger, [facts[i] for i in acked if i in facts])
+        finally:
+            if ledger is not None:
+                await ledger.close()
         produced = [k for i in acked if (k := items[i].key)]
         missed: list[str] = []
         if batch is not None and any(items[i].batch == batch.key for i in acked):
@@ -225,7 +278,7 @@ class Ingest:
             ]
         await self.store.mark_produced(produced, missed)
         outcomes = []
-        for item, status in zip(items, statuses, strict=True):
+        for item, status, event_id, error in zip(items, statuses, event_ids, errors, strict=True):
             assert status is not None
             metrics.EVENTS.labels(
                 source=source,
@@ -233,8 +286,51 @@ class Ingest:
                 channel=item.event.channel.value,
                 outcome=status.value,
             ).inc()
-            outcomes.append(Outcome(item.event.event_id, status))
+            outcomes.append(Outcome(event_id, status, error))
         return outcomes
+
+    async def _open_ledger(
+        self, facts: dict[int, OrderFact], statuses: list[Status | None]
+    ) -> LedgerSession | None:
+        """Open the order ledger for ``facts``; when Postgres is down they are unavailable.
+
+        Unlike an idempotency claim, an order cannot be produced unchecked: a refund's cap
+        holds only if the ledger saw it, so the caller is told to retry.
+        """
+        if not facts or self.orders is None:
+            return None
+        try:
+            return await self.orders.begin(list(facts.values()))
+        except (DBAPIError, OSError) as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("order ledger unreachable; %d order event(s) answered 503", len(facts))
+            for i, fact in facts.items():
+                statuses[i] = Status.UNAVAILABLE
+                metrics.ORDERS.labels(type=fact.type, outcome="unavailable").inc()
+            return None
+
+    @staticmethod
+    def _decide(
+        ledger: LedgerSession,
+        facts: dict[int, OrderFact],
+        statuses: list[Status | None],
+        event_ids: list[uuid.UUID],
+        errors: list[dict[str, str] | None],
+    ) -> None:
+        decisions = ledger.decide(list(facts.values()))
+        for (i, fact), decision in zip(facts.items(), decisions, strict=True):
+            metrics.ORDERS.labels(type=fact.type, outcome=decision.reason).inc()
+            if decision.verdict is OrderVerdict.DUPLICATE:
+                assert decision.event_id is not None
+                statuses[i] = Status.DUPLICATE
+                event_ids[i] = decision.event_id
+            elif decision.verdict is not OrderVerdict.NEW:
+                assert decision.field is not None
+                assert decision.detail is not None
+                conflict = decision.verdict is OrderVerdict.CONFLICT
+                statuses[i] = Status.CONFLICT if conflict else Status.REJECTED
+                errors[i] = {"field": decision.field, "detail": decision.detail}
 
     async def _produce(self, events: Sequence[Event]) -> list[bool]:
         if not events:
@@ -284,6 +380,19 @@ def _status(
     if verdict is Verdict.DUPLICATE or first != i:
         return Status.DUPLICATE
     return None
+
+
+async def _commit(ledger: LedgerSession, acked: list[OrderFact]) -> None:
+    """Record the acknowledged order events; the broker has them whatever happens here."""
+    try:
+        await ledger.commit(acked)
+    except (DBAPIError, OSError) as exc:
+        if not is_transient(exc):
+            raise
+        # The events are in Kafka and answered 2xx; consumers count each order once by its
+        # id, but this ledger missed them, so a later refund of them is capped less.
+        log.warning("order ledger could not record %d acknowledged order event(s)", len(acked))
+        metrics.ORDER_LEDGER_MISSED.inc(len(acked))
 
 
 def _retrieve(future: asyncio.Future[object]) -> None:
@@ -355,7 +464,15 @@ async def submit_one(
     named_by = "event_id" if payload.event_id is not None else "Idempotency-Key"
     (outcome,) = await ingest.submit([Item(event, key, content, named_by=named_by)], source=source)
     if outcome.status is Status.CONFLICT:
+        if outcome.error is not None:
+            return JSONResponse(
+                error_body(409, outcome.error["detail"], outcome.error["field"]), status_code=409
+            )
         return conflict(named_by, str(payload.event_id or idempotency_key))
+    if outcome.status is Status.REJECTED:
+        assert outcome.error is not None
+        metrics.REJECTED.labels(source=source, reason="order").inc()
+        raise FieldErrors([outcome.error])
     return answer_one(outcome)
 
 
@@ -448,7 +565,12 @@ async def submit_batch(
         results.append(None)
     outcomes = await ingest.submit(items, source=source, batch=batch)
     for index, item, outcome in zip(positions, items, outcomes, strict=True):
-        if outcome.status is Status.CONFLICT:
+        if outcome.error is not None:
+            status = "conflict" if outcome.status is Status.CONFLICT else "rejected"
+            if status == "rejected":
+                metrics.REJECTED.labels(source=source, reason="order").inc()
+            results[index] = ItemResult(index=index, status=status, errors=[outcome.error])
+        elif outcome.status is Status.CONFLICT:
             key_text = str(item.event.event_id) if item.batch is None else str(idempotency_key)
             errors = [{"field": item.named_by, "detail": conflict_detail(item.named_by, key_text)}]
             results[index] = ItemResult(index=index, status="conflict", errors=errors)

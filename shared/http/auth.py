@@ -131,28 +131,30 @@ class SignedBy:
     """A route authenticated by a vendor's signature, carried in ``headers``."""
 
     headers: tuple[str, ...]
+    status: int = 403
 
     def refusal(self, raw_headers: Sequence[tuple[bytes, bytes]]) -> str | None:
-        """Return why the request is refused unread (the 403 detail), or None."""
+        """Return why the request is refused unread (the ``status`` detail), or None."""
         for name in self.headers:
             if single_header(raw_headers, name) is None:
                 return f"{name} is missing, repeated or malformed"
         return None
 
 
-def signed_by(*headers: str) -> Any:
+def signed_by(*headers: str, status: int = 403) -> Any:
     """Return a dependency for a route signed by its caller (Twilio, Zendesk) in ``headers``.
 
-    :class:`AuthGateMiddleware` refuses (403) a request whose signature header is absent,
-    repeated, empty, not ASCII or oversized before its body is read; the route itself then
-    verifies the signature, which needs the body.
+    :class:`AuthGateMiddleware` refuses (``status``: 403, or what the vendor documents, 400
+    for Stripe) a request whose signature header is absent, repeated, empty, not ASCII or
+    oversized before its body is read; the route itself then verifies the signature, which
+    needs the body.
     """
-    signed = SignedBy(headers)
+    signed = SignedBy(headers, status)
 
     async def dependency(request: Request) -> None:
         refusal = signed.refusal(request.scope["headers"])
         if refusal is not None:
-            raise HTTPException(403, refusal)
+            raise HTTPException(signed.status, refusal)
 
     dependency.signed_by = signed  # type: ignore[attr-defined]
     return Depends(dependency)
@@ -354,7 +356,7 @@ class AuthGateMiddleware:
             for signed in gate.signed if gate is not None else ():
                 refusal = signed.refusal(scope["headers"])
                 if refusal is not None:
-                    raise AuthError(403, refusal)
+                    raise AuthError(signed.status, refusal)
         except AuthError as exc:
             await send_error(send, exc.status, exc.detail, headers=exc.headers)
             return

@@ -67,6 +67,7 @@ async def test_no_5xx_and_every_answer_matches_the_schema(
         "CXLOOP_SOURCES_TWILIO_AUTH_TOKEN": "fuzz-twilio-token-0123456789",
         "CXLOOP_COLLECTOR_PUBLIC_URL": "https://cx.example.com",
         "CXLOOP_SOURCES_ZENDESK_SIGNING_SECRET": "fuzz-zendesk-secret-0123456789",
+        "CXLOOP_SOURCES_STRIPE_WEBHOOK_SECRETS": "whsec_fuzz_stripe_secret_0123456789",
     }
     service = Service(name, env, api_key)
     await service.start()

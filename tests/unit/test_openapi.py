@@ -53,6 +53,7 @@ def test_the_whole_surface_is_there() -> None:
         "/v1/sources/twilio/sms",
         "/v1/sources/zendesk",
         "/v1/sources/freshdesk",
+        "/v1/sources/stripe",
         "/v1/sources/amazon-connect",
         "/v1/sources/ivr",
         "/v1/widget/responses",
@@ -61,3 +62,13 @@ def test_the_whole_surface_is_there() -> None:
         "/readyz",
         "/metrics",
     } <= paths
+
+
+def test_the_order_example_is_a_valid_order() -> None:
+    from services.collector.schemas import EventIn
+
+    examples = spec("collector")["components"]["schemas"]["EventIn"]["examples"]
+    orders = [e for e in examples if e["type"].startswith("order.")]
+    assert {e["type"] for e in orders} == {"order.completed", "order.refunded"}
+    for example in orders:
+        EventIn.model_validate(example)

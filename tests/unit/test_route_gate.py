@@ -33,6 +33,7 @@ COLLECTOR: dict[tuple[str, str], object] = {
     ("GET", "/v1/erasures/{erasure_id}"): ("require", "customers:erase", None),
     ("POST", "/v1/sources/twilio/sms"): ("signed", ("X-Twilio-Signature",)),
     ("POST", "/v1/sources/zendesk"): ("signed", ZENDESK),
+    ("POST", "/v1/sources/stripe"): ("signed", ("Stripe-Signature",)),
     ("POST", "/v1/sources/freshdesk"): ("require", "events:write", "freshdesk"),
     ("POST", "/v1/sources/amazon-connect"): ("require", "responses:write", "amazon_connect"),
     ("POST", "/v1/sources/ivr"): ("require", "responses:write", "ivr"),

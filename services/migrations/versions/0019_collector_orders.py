@@ -1,4 +1,14 @@
-"""Collector: the order ledger (placeholder, filled by the collector work).
+"""Collector: the order ledger, so that an order counts once and its refunds never exceed it.
+
+``collector_orders`` holds one row per order id: whose it is (the customer id, or the
+collector's pseudonym once they are erased), its currency, its amount in the currency's
+minor units (NULL while only refunds of it were seen), how much of it was refunded so far,
+and the event id of the ``order.completed`` produced for it (NULL: none yet).
+``collector_order_refunds`` holds one row per refund of an order, keyed by the order and
+the refund id, with the event id produced for it, so a resent refund is a duplicate.
+
+Both are written only in the transaction that commits after the broker acknowledged the
+events, under a transaction advisory lock per order id (``services/collector/orders.py``).
 
 Revision ID: 0019
 Revises: 0018
@@ -7,6 +17,8 @@ Create Date: 2026-12-02
 
 from __future__ import annotations
 
+from alembic import op
+
 revision = "0019"
 down_revision = "0018"
 branch_labels = None
@@ -14,8 +26,34 @@ depends_on = None
 
 
 def upgrade() -> None:
-    pass
+    op.execute(
+        """
+        CREATE TABLE collector_orders (
+            order_id text PRIMARY KEY,
+            customer_id text NOT NULL,
+            currency text NOT NULL CHECK (currency ~ '^[A-Z]{3}$'),
+            amount_minor bigint CHECK (amount_minor >= 0),
+            refunded_minor bigint NOT NULL DEFAULT 0 CHECK (refunded_minor >= 0),
+            completed_event_id uuid,
+            created_at timestamptz NOT NULL DEFAULT now()
+        )
+        """
+    )
+    op.execute("CREATE INDEX collector_orders_customer ON collector_orders (customer_id)")
+    op.execute(
+        """
+        CREATE TABLE collector_order_refunds (
+            order_id text NOT NULL REFERENCES collector_orders (order_id) ON DELETE CASCADE,
+            refund_id text NOT NULL,
+            amount_minor bigint NOT NULL CHECK (amount_minor >= 0),
+            event_id uuid NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (order_id, refund_id)
+        )
+        """
+    )
 
 
 def downgrade() -> None:
-    pass
+    op.execute("DROP TABLE collector_order_refunds")
+    op.execute("DROP TABLE collector_orders")

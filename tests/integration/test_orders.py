@@ -1,0 +1,268 @@
+"""Orders through the generic API: validation naming each field, and the order ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from services.collector.app import create_app as create_collector
+from shared.events import TouchpointEvent
+from shared.settings import AuthSettings, CollectorSettings, DatabaseSettings, KafkaSettings
+from shared.topics import Topic
+from tests.builders import order_payload, refund_payload
+from tests.conftest import CollectorFactory
+from tests.helpers import read_topic, serving
+
+
+@pytest.fixture
+async def collector(collector_app: CollectorFactory) -> AsyncIterator[httpx.AsyncClient]:
+    async with collector_app() as client:
+        yield client
+
+
+async def orders_on_topic(settings: KafkaSettings, count: int) -> list[TouchpointEvent]:
+    records = await read_topic(settings, Topic.TOUCHPOINTS, count + 1, timeout=3)
+    return [TouchpointEvent.model_validate_json(r.value) for r in records]
+
+
+def without(body: dict[str, Any], name: str) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k != name}
+
+
+BAD_ORDERS = [
+    pytest.param({"amount": 12.5, "currency": "USD"}, "amount", "floats", id="json-float"),
+    pytest.param({"amount": "1e3"}, "amount", "plain decimal", id="exponent"),
+    pytest.param({"amount": "-5"}, "amount", "negative", id="negative"),
+    pytest.param({"amount": "100.5"}, "amount", "JPY allows (no decimals)", id="yen-decimals"),
+    pytest.param(
+        {"amount": "1.234", "currency": "USD"}, "amount", "at most 2 decimals", id="cents"
+    ),
+    pytest.param({"currency": "XAU"}, "currency", "ISO 4217", id="gold"),
+    pytest.param({"currency": "ABC"}, "currency", "ISO 4217", id="unknown"),
+    pytest.param({"currency": None}, "currency", "required for order.completed", id="missing"),
+    pytest.param({"order_id": None}, "order_id", "required for order.completed", id="no-order"),
+    pytest.param({"amount": None}, "amount", "required for order.completed", id="no-amount"),
+    pytest.param({"refund_id": "R1"}, "refund_id", "only for order.refunded", id="refund-id"),
+]
+
+
+class TestValidation:
+    @pytest.mark.parametrize(("change", "field", "words"), BAD_ORDERS)
+    async def test_a_bad_order_is_422_naming_the_field(
+        self, collector: httpx.AsyncClient, change: dict[str, Any], field: str, words: str
+    ) -> None:
+        body = order_payload(**change)
+        body = {k: v for k, v in body.items() if v is not None}
+        r = await collector.post("/v1/events", json=body)
+        assert r.status_code == 422, r.text
+        assert r.json()["field"] == field
+        assert words in r.json()["detail"]
+        r = await collector.post("/v1/events/batch", json={"items": [order_payload(), body]})
+        assert r.status_code == 200, r.text
+        first, second = r.json()["results"]
+        assert first["status"] == "accepted"
+        assert second["status"] == "rejected"
+        assert [e["field"] for e in second["errors"]] == [field]
+
+    async def test_a_refund_needs_its_refund_id_and_orders_need_no_ticket(
+        self, collector: httpx.AsyncClient
+    ) -> None:
+        refund = without(refund_payload(order_payload()), "refund_id")
+        r = await collector.post("/v1/events", json=refund)
+        assert (r.status_code, r.json()["field"]) == (422, "refund_id")
+
+    async def test_a_ticket_event_without_ticket_id_names_it(
+        self, collector: httpx.AsyncClient
+    ) -> None:
+        body = {"type": "ticket.created", "customer_id": "c1", "channel": "email"}
+        r = await collector.post("/v1/events", json=body)
+        assert (r.status_code, r.json()["field"]) == (422, "ticket_id")
+        r = await collector.post("/v1/events/batch", json={"items": [body]})
+        assert r.json()["results"][0]["errors"][0]["field"] == "ticket_id"
+
+    @pytest.mark.parametrize("name", ["order_id", "currency", "amount"])
+    async def test_order_fields_on_other_types_are_refused(
+        self, collector: httpx.AsyncClient, name: str
+    ) -> None:
+        body = {"type": "purchase", "customer_id": "c1", "channel": "web"}
+        body[name] = order_payload()[name]
+        r = await collector.post("/v1/events", json=body)
+        assert (r.status_code, r.json()["field"]) == (422, name)
+
+    async def test_the_deprecated_purchase_still_works(self, collector: httpx.AsyncClient) -> None:
+        body = {"type": "purchase", "customer_id": "c1", "channel": "web"}
+        assert (await collector.post("/v1/events", json=body)).status_code == 202
+
+
+class TestLedger:
+    async def test_an_order_reaches_kafka_with_its_money(
+        self, collector: httpx.AsyncClient, kafka_settings: KafkaSettings
+    ) -> None:
+        body = order_payload(currency="usd", amount="19.9", segments={"location": "osaka"})
+        r = await collector.post("/v1/events", json=body)
+        assert r.status_code == 202, r.text
+        (event,) = await orders_on_topic(kafka_settings, 1)
+        assert (event.type, event.order_id, event.currency) == (
+            "order.completed",
+            body["order_id"],
+            "USD",
+        )
+        assert event.model_dump(mode="json")["amount"] == "19.90"
+        assert event.segments.location == "osaka"
+
+    async def test_a_resent_order_is_a_duplicate_under_any_event_id(
+        self, collector: httpx.AsyncClient, kafka_settings: KafkaSettings
+    ) -> None:
+        body = order_payload()
+        first = await collector.post("/v1/events", json=body)
+        again = await collector.post("/v1/events", json={**body, "event_id": str(uuid.uuid4())})
+        keyed = await collector.post(
+            "/v1/events", json={**body, "amount": "12800.00"}, headers={"Idempotency-Key": "k1"}
+        )
+        assert first.json()["status"] == "accepted"
+        for r in (again, keyed):
+            assert r.status_code == 202, r.text
+            assert r.json() == {"event_id": first.json()["event_id"], "status": "duplicate"}
+        assert len(await orders_on_topic(kafka_settings, 1)) == 1
+
+    @pytest.mark.parametrize(
+        "change", [{"amount": "12801"}, {"currency": "USD"}, {"customer_id": "someone-else"}]
+    )
+    async def test_the_same_order_id_for_another_order_is_409(
+        self, collector: httpx.AsyncClient, change: dict[str, str]
+    ) -> None:
+        body = order_payload()
+        assert (await collector.post("/v1/events", json=body)).status_code == 202
+        r = await collector.post("/v1/events", json={**body, **change})
+        assert r.status_code == 409, r.text
+        assert r.json()["field"] == "order_id"
+
+    async def test_refunds_are_capped_by_what_remains(
+        self, collector: httpx.AsyncClient, kafka_settings: KafkaSettings
+    ) -> None:
+        order = order_payload(currency="USD", amount="50.00")
+        assert (await collector.post("/v1/events", json=order)).status_code == 202
+        first = refund_payload(order, amount="30")
+        assert (await collector.post("/v1/events", json=first)).status_code == 202
+        r = await collector.post("/v1/events", json=refund_payload(order, amount="20.01"))
+        assert r.status_code == 422, r.text
+        assert r.json()["field"] == "amount"
+        assert "20.00 USD" in r.json()["detail"]
+        assert "50.00 USD" in r.json()["detail"]
+        r = await collector.post("/v1/events", json={**first, "event_id": str(uuid.uuid4())})
+        assert r.json()["status"] == "duplicate"
+        r = await collector.post("/v1/events", json={**first, "amount": "31"})
+        assert (r.status_code, r.json()["field"]) == (409, "refund_id")
+        assert (
+            await collector.post("/v1/events", json=refund_payload(order, amount="20"))
+        ).status_code == 202
+        events = await orders_on_topic(kafka_settings, 3)
+        assert [e.type for e in events].count("order.refunded") == 2
+
+    async def test_a_refund_in_another_currency_or_for_another_customer_is_422(
+        self, collector: httpx.AsyncClient
+    ) -> None:
+        order = order_payload()
+        await collector.post("/v1/events", json=order)
+        r = await collector.post("/v1/events", json=refund_payload(order, currency="USD"))
+        assert (r.status_code, r.json()["field"]) == (422, "currency")
+        r = await collector.post("/v1/events", json=refund_payload(order, customer_id="x"))
+        assert (r.status_code, r.json()["field"]) == (422, "customer_id")
+
+    async def test_a_refund_of_an_unknown_order_is_accepted_and_caps_the_order_later(
+        self, collector: httpx.AsyncClient
+    ) -> None:
+        order = order_payload(amount="5000")
+        r = await collector.post("/v1/events", json=refund_payload(order, amount="3000"))
+        assert r.status_code == 202, r.text
+        assert (await collector.post("/v1/events", json=order)).status_code == 202
+        r = await collector.post("/v1/events", json=refund_payload(order, amount="2001"))
+        assert (r.status_code, r.json()["field"]) == (422, "amount")
+        assert "2000 JPY" in r.json()["detail"]
+
+    async def test_a_batch_holds_an_order_and_its_refunds_in_order(
+        self, collector: httpx.AsyncClient, kafka_settings: KafkaSettings
+    ) -> None:
+        order = order_payload(amount="1000")
+        items = [
+            order,
+            refund_payload(order, amount="600"),
+            refund_payload(order, amount="500"),
+            refund_payload(order, amount="400"),
+            order_payload(customer_id=order["customer_id"], order_id=order["order_id"]),
+        ]
+        r = await collector.post("/v1/events/batch", json={"items": items})
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert [x["status"] for x in results] == [
+            "accepted",
+            "accepted",
+            "rejected",
+            "accepted",
+            "conflict",
+        ]
+        assert results[2]["errors"][0]["field"] == "amount"
+        assert results[4]["errors"][0]["field"] == "order_id"
+        r = await collector.post("/v1/events/batch", json={"items": items[:2]})
+        assert [x["status"] for x in r.json()["results"]] == ["duplicate", "duplicate"]
+        events = await orders_on_topic(kafka_settings, 3)
+        assert [e.type for e in events] == ["order.completed", "order.refunded", "order.refunded"]
+
+
+class TestConcurrency:
+    async def test_two_concurrent_refunds_never_exceed_the_order(
+        self, collector: httpx.AsyncClient, kafka_settings: KafkaSettings
+    ) -> None:
+        order = order_payload(amount="1000")
+        assert (await collector.post("/v1/events", json=order)).status_code == 202
+        for _ in range(5):
+            rounds = [refund_payload(order, amount="150") for _ in range(8)]
+            answers = await asyncio.gather(*(collector.post("/v1/events", json=r) for r in rounds))
+            assert {a.status_code for a in answers} <= {202, 422}
+        events = await orders_on_topic(kafka_settings, 7)
+        refunded = sum(int(e.amount or 0) for e in events if e.type == "order.refunded")
+        assert refunded == 900  # six of 150; a seventh would pass 1000
+
+
+class TestBrokerDown:
+    async def test_a_failed_produce_reserves_nothing(
+        self,
+        collector: httpx.AsyncClient,
+        database_url: str,
+        kafka_settings: KafkaSettings,
+        auth: AuthSettings,
+        api_key: str,
+    ) -> None:
+        order = order_payload(amount="1000")
+        assert (await collector.post("/v1/events", json=order)).status_code == 202
+        # A collector on the same database whose broker never answers.
+        nowhere = kafka_settings.model_copy(update={"bootstrap_servers": "127.0.0.1:9"})
+        app = create_collector(
+            kafka=nowhere,
+            database=DatabaseSettings(url=database_url),
+            auth=auth,
+            settings=CollectorSettings(broker_wait_seconds=0),
+        )
+        async with serving(app, api_key, "collector") as down:
+            r = await down.post("/v1/events", json=refund_payload(order, amount="1000"))
+            assert r.status_code == 503, r.text
+        engine = create_async_engine(database_url)
+        try:
+            async with engine.connect() as conn:
+                refunded = await conn.scalar(
+                    sa.text("SELECT refunded_minor FROM collector_orders WHERE order_id = :o"),
+                    {"o": order["order_id"]},
+                )
+                refunds = await conn.scalar(sa.text("SELECT count(*) FROM collector_order_refunds"))
+        finally:
+            await engine.dispose()
+        assert (refunded, refunds) == (0, 0)
+        r = await collector.post("/v1/events", json=refund_payload(order, amount="1000"))
+        assert r.status_code == 202, r.text

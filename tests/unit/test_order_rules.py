@@ -1,0 +1,95 @@
+"""The order ledger's rules, without a database: services/collector/orders.py's decide()."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from typing import Any
+
+from services.collector.orders import Order, OrderFact, Verdict, decide
+
+
+def completed(amount: int = 1000, **changes: Any) -> OrderFact:
+    fact = OrderFact("order.completed", "O1", "c1", "JPY", amount, uuid.uuid4())
+    return replace(fact, **changes)
+
+
+def refunded(amount: int, refund_id: str = "R1", **changes: Any) -> OrderFact:
+    return completed(amount, type="order.refunded", refund_id=refund_id, **changes)
+
+
+def verdicts(orders: dict[str, Order | None], *facts: OrderFact) -> list[Verdict]:
+    return [d.verdict for d in decide(orders, facts)]
+
+
+class TestOrders:
+    def test_an_order_id_is_one_order(self) -> None:
+        first = completed()
+        orders: dict[str, Order | None] = {}
+        decisions = decide(orders, [first, completed(), completed(amount=999)])
+        assert [d.verdict for d in decisions] == [Verdict.NEW, Verdict.DUPLICATE, Verdict.CONFLICT]
+        assert decisions[1].event_id == first.event_id
+        assert decisions[2].field == "order_id"
+
+
+class TestRefunds:
+    def test_refunds_add_up_to_the_order_at_most(self) -> None:
+        orders: dict[str, Order | None] = {}
+        got = decide(
+            orders,
+            [
+                completed(),
+                refunded(600),
+                refunded(401, "R2"),
+                refunded(400, "R3"),
+                refunded(1, "R4"),
+            ],
+        )
+        assert [d.verdict for d in got] == [
+            Verdict.NEW,
+            Verdict.NEW,
+            Verdict.REFUSED,
+            Verdict.NEW,
+            Verdict.REFUSED,
+        ]
+        assert got[2].field == "amount"
+        assert "400 JPY" in str(got[2].detail)
+        assert "0 JPY" in str(got[4].detail)
+
+    def test_a_refund_id_is_one_refund(self) -> None:
+        orders: dict[str, Order | None] = {}
+        got = decide(orders, [completed(), refunded(100), refunded(100), refunded(200)])
+        assert [d.verdict for d in got][1:] == [Verdict.NEW, Verdict.DUPLICATE, Verdict.CONFLICT]
+        assert got[3].field == "refund_id"
+
+    def test_currency_and_customer_must_be_the_orders(self) -> None:
+        orders: dict[str, Order | None] = {}
+        got = decide(
+            orders, [completed(), refunded(1, currency="USD"), refunded(1, customer_id="c2")]
+        )
+        assert [(d.verdict, d.field) for d in got][1:] == [
+            (Verdict.REFUSED, "currency"),
+            (Verdict.REFUSED, "customer_id"),
+        ]
+
+    def test_a_refund_first_is_accepted_and_the_order_then_caps_the_rest(self) -> None:
+        orders: dict[str, Order | None] = {}
+        assert verdicts(orders, refunded(700), completed(), refunded(301, "R2")) == [
+            Verdict.NEW,
+            Verdict.NEW,
+            Verdict.REFUSED,
+        ]
+
+    def test_a_refund_that_states_its_order_is_capped_by_it_alone(self) -> None:
+        orders: dict[str, Order | None] = {}
+        assert verdicts(
+            orders,
+            refunded(600, order_amount_minor=1000),
+            refunded(500, "R2", order_amount_minor=1000),
+            completed(amount=999),
+        ) == [Verdict.NEW, Verdict.REFUSED, Verdict.CONFLICT]
+
+    def test_a_refused_refund_of_an_unknown_order_leaves_no_order(self) -> None:
+        orders: dict[str, Order | None] = {}
+        assert verdicts(orders, refunded(1001, order_amount_minor=1000)) == [Verdict.REFUSED]
+        assert orders == {}
