@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.scorer import repository
 from services.scorer.models import COUNTS, DIMENSIONS, responses, score_buckets, score_days
 from shared.scoring import Counts
 
@@ -445,7 +446,8 @@ async def customer_tickets(
 
 
 async def erase_customer(conn: AsyncConnection, customer_id: str, pseudonym: str) -> dict[str, int]:
-    """Delete a customer's raw responses; replace their id in tickets and activity.
+    """Delete a customer's raw responses; replace their id in tickets, activity, orders and
+    NPS answers.
 
     Aggregates keep their counts, and retention still links the customer's periods to each
     other, through the customer's random pseudonym (``shared.erasure.pseudonym_for``),
@@ -460,8 +462,20 @@ async def erase_customer(conn: AsyncConnection, customer_id: str, pseudonym: str
         sa.text("UPDATE customer_activity SET customer_key = :p WHERE customer_key = :c"),
         {"p": pseudonym, "c": customer_id},
     )
+    # Orders keep counting, and NPS answers keep their customer's category, under the
+    # pseudonym; the revenue facts move with them.
+    orders = await conn.execute(
+        sa.text("UPDATE orders SET customer_id = :p WHERE customer_id = :c"),
+        {"p": pseudonym, "c": customer_id},
+    )
+    await conn.execute(
+        sa.text("UPDATE customer_nps SET customer_key = :p WHERE customer_key = :c"),
+        {"p": pseudonym, "c": customer_id},
+    )
+    await repository.refresh_customers(conn, {customer_id, pseudonym})
     return {
         "responses_deleted": int(deleted.rowcount),
         "tickets_pseudonymised": int(tickets.rowcount),
         "activity_pseudonymised": int(activity.rowcount),
+        "orders_pseudonymised": int(orders.rowcount),
     }

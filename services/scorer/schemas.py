@@ -219,6 +219,9 @@ class Erasure(BaseModel):
     responses_deleted: int
     tickets_pseudonymised: int
     activity_pseudonymised: int
+    orders_pseudonymised: int = Field(
+        description="Orders kept under the pseudonym: they still count in revenue and CLV."
+    )
 
 
 class Previous(BaseModel):
