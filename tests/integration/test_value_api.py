@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -168,3 +168,28 @@ class TestRefused:
         body = await value(scorer)
         assert body["currencies"] == []
         assert body["lifetime"]["expected_lifetime_years"] is None
+
+
+class TestGauges:
+    async def test_revenue_at_risk_and_clv_by_category_for_the_configured_currencies(
+        self, scorer: httpx.AsyncClient, engine: AsyncEngine
+    ) -> None:
+        from services.scorer import gauges
+
+        now = datetime.now(UTC)
+        await apply(
+            engine,
+            [
+                order_event("G1", "3000", customer_id="g", occurred_at=now - timedelta(days=40)),
+                response_event(customer_id="g", score=2, occurred_at=now - timedelta(days=39)),
+                order_event("G2", "9.99", "EUR", customer_id="h", occurred_at=now),
+                order_event("G3", "70", "GBP", customer_id="h", occurred_at=now),
+            ],
+        )
+        await gauges.refresh_value(engine, ["JPY", "EUR", "USD"])
+        text = (await scorer.get("/metrics")).text
+        assert 'cxloop_scorer_revenue_at_risk{currency="JPY"} 3000.0' in text
+        assert 'cxloop_scorer_revenue_at_risk{currency="USD"} 0.0' in text
+        assert 'cxloop_scorer_clv{currency="JPY",nps_category="detractor"}' in text
+        assert 'cxloop_scorer_clv{currency="EUR",nps_category="unrated"}' in text
+        assert 'currency="GBP"' not in text  # not configured: no series
