@@ -539,6 +539,14 @@ ORDER BY p.currency, p.whole DESC, p.grp, r.category
 """
 
 
+async def _for_aggregation(conn: AsyncConnection) -> None:
+    """Settings for this transaction's per-customer aggregation: JIT compiling cost 0.4 s of
+    a 3 s statement at 1M orders and saved nothing, and the per-customer hash aggregate
+    spilled to disk at the default work_mem."""
+    await conn.execute(sa.text("SET LOCAL jit = off"))
+    await conn.execute(sa.text("SET LOCAL work_mem = '64MB'"))
+
+
 def _order_filters(filters: Mapping[str, str]) -> tuple[str, dict[str, str]]:
     assert all(d in ORDER_DIMENSIONS for d in filters)
     where = "".join(f" AND {d} = :f_{d}" for d in filters)
@@ -576,6 +584,7 @@ async def customer_totals(
         latest=_LATEST_CATEGORY.format(customer="c.customer_id"),
         **shape,
     )
+    await _for_aggregation(conn)
     rows = await conn.execute(sa.text(sql), {"since": since, "until": until, **params})
     return [
         CustomerTotals(
@@ -614,5 +623,6 @@ async def revenue_at_risk(
     [since, until) whose latest NPS answer before ``until`` is a detractor's."""
     where, params = _order_filters(filters)
     sql = _AT_RISK.format(where=where, latest=_LATEST_CATEGORY.format(customer="c.customer_id"))
+    await _for_aggregation(conn)
     rows = await conn.execute(sa.text(sql), {"since": since, "until": until, **params})
     return {row.currency: (int(row.customers), int(row.revenue)) for row in rows}

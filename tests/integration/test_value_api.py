@@ -119,7 +119,7 @@ class TestWorkedExample:
     async def test_margins_groups_and_filters(
         self, scorer: httpx.AsyncClient, engine: AsyncEngine
     ) -> None:
-        events = [
+        events: list[Any] = [
             order_event(f"o{i}", amount, customer_id=f"p{i}", occurred_at=day(3, 1 + i))
             for i, amount in enumerate(["100", "200", "300", "600"])
         ]

@@ -169,11 +169,11 @@ def expected(stream: list[Any]) -> dict[str, Any]:
         months[e.occurred_at.date().replace(day=1)].add(e.customer_id)
     active = retained = 0
     start, end = SINCE.date().replace(day=1), UNTIL.date().replace(day=1)
-    for month, who in months.items():
+    for month, members in months.items():
         if start <= month < end:
             following = (month + timedelta(days=32)).replace(day=1)
-            active += len(who)
-            retained += len(who & months.get(following, set()))
+            active += len(members)
+            retained += len(members & months.get(following, set()))
     lifetime = None
     if active:
         lifetime = min(Fraction(1, 12) / (1 - Fraction(retained, active)), Fraction(10))
