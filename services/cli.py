@@ -71,10 +71,10 @@ async def _check_schema() -> None:
 def _scorer(args: argparse.Namespace) -> int:
     if args.action != "rebuild":
         return _run_service("scorer")
-    from services.scorer.rebuild import rebuild
+    from services.scorer.rebuild import Rebuilt, rebuild
     from shared.db import create_engine
 
-    async def run() -> int:
+    async def run() -> Rebuilt:
         await _check_schema()
         engine = create_engine(load(DatabaseSettings))
         try:
@@ -83,7 +83,11 @@ def _scorer(args: argparse.Namespace) -> int:
             await engine.dispose()
 
     logs.configure(load(LogSettings), "rebuild")
-    print(f"cxloop scorer rebuild: recomputed the buckets from {asyncio.run(run())} responses")
+    done = asyncio.run(run())
+    print(
+        f"cxloop scorer rebuild: recomputed the buckets from {done.responses} responses "
+        f"and the revenue facts from {done.orders} orders"
+    )
     return 0
 
 
@@ -257,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "action",
                 nargs="?",
                 choices=["rebuild"],
-                help="rebuild: recompute the score buckets from the raw responses, then exit",
+                help="rebuild: recompute the score buckets from the raw responses and the revenue "
+                "facts from the raw orders, then exit",
             )
             service.set_defaults(run=_scorer)
         if name == "alerting":

@@ -28,6 +28,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared import money
 from shared.errors import ConfigError
 from shared.events import Channel
 from shared.topics import Topic, topic_name
@@ -449,6 +450,20 @@ class ScorerSettings(ConsumerSettings, PageSettings):
         description="The alerting service's on-call console (http or https), linked from the "
         "scores pages.",
     )
+    value_currencies: CommaList = Field(
+        default=("JPY", "USD"),
+        max_length=20,
+        description="ISO 4217 currencies of the revenue-at-risk and CLV gauges on /metrics, "
+        "comma-separated (at most 20: each is a label value).",
+    )
+
+    @field_validator("value_currencies", mode="before")
+    @classmethod
+    def _currencies(cls, value: Any) -> Any:
+        codes = _split(value)
+        if isinstance(codes, tuple | list):
+            codes = tuple(dict.fromkeys(money.check_currency(c) for c in codes))
+        return codes
 
 
 class AlertingSettings(ConsumerSettings, PageSettings):

@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.events import ResponseSubmitted
+from shared.events import ResponseSubmitted, TouchpointEvent
 
 
 def response_payload(**overrides: Any) -> dict[str, Any]:
@@ -70,3 +70,38 @@ def refund_payload(order: dict[str, Any], **overrides: Any) -> dict[str, Any]:
     }
     body.update(overrides)
     return body
+
+
+def order_event(
+    order_id: str, amount: str, currency: str = "JPY", **overrides: Any
+) -> TouchpointEvent:
+    """An ``order.completed`` as the collector would produce it (customer ``c1``, now)."""
+    now = datetime.now(UTC)
+    fields: dict[str, Any] = {
+        "event_id": uuid.uuid4(),
+        "occurred_at": now,
+        "received_at": now,
+        "source": "api",
+        "channel": "web",
+        "customer_id": "c1",
+        "type": "order.completed",
+        "order_id": order_id,
+        "amount": amount,
+        "currency": currency,
+    }
+    fields.update(overrides)
+    if "received_at" not in overrides:
+        fields["received_at"] = fields["occurred_at"]
+    return TouchpointEvent.model_validate(fields)
+
+
+def refund_event(
+    order_id: str, refund_id: str, amount: str, currency: str = "JPY", **overrides: Any
+) -> TouchpointEvent:
+    """An ``order.refunded`` of ``order_id``."""
+    return order_event(
+        order_id,
+        amount,
+        currency,
+        **{"type": "order.refunded", "refund_id": refund_id, **overrides},
+    )

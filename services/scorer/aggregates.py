@@ -3,11 +3,20 @@ counts give are in ``shared.scoring``)."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Final, NamedTuple
 
-from shared.events import Metric, NpsCategory, ResponseSubmitted, TouchpointEvent, nps_category
+from shared.events import (
+    ORDER_COMPLETED,
+    ORDER_REFUNDED,
+    Metric,
+    NpsCategory,
+    ResponseSubmitted,
+    TouchpointEvent,
+    nps_category,
+)
 from shared.scoring import EASY_FROM, SATISFIED_FROM, Counts, bucket_start, in_utc
 
 
@@ -188,3 +197,92 @@ def activity(events: list[ResponseSubmitted | TouchpointEvent]) -> set[tuple[str
         seen.add(("week", week, event.customer_id))
         seen.add(("month", month, event.customer_id))
     return seen
+
+
+class Completion(NamedTuple):
+    """An order as its ``order.completed`` says (a row of ``orders`` less its refunds)."""
+
+    order_id: str
+    customer_id: str
+    currency: str
+    amount_minor: int
+    completed_at: datetime
+    completed_event: uuid.UUID
+    channel: str
+    location: str
+    product: str
+    business_unit: str
+
+
+class Refund(NamedTuple):
+    """One refund of an order (a row of ``order_refunds``)."""
+
+    order_id: str
+    refund_id: str
+    currency: str
+    amount_minor: int
+    occurred_at: datetime
+    event_id: uuid.UUID
+
+
+def fold_orders(
+    events: list[TouchpointEvent],
+) -> tuple[dict[str, Completion], dict[tuple[str, str], Refund]]:
+    """Return each order's completion and each (order, refund)'s refund among ``events``.
+
+    Of several events for one order (or one refund) the earliest by (occurred_at, event
+    id) wins, here as in the database, so any arrival order gives the same facts.
+    """
+    completions: dict[str, Completion] = {}
+    refunds: dict[tuple[str, str], Refund] = {}
+    for event in events:
+        if event.type == ORDER_COMPLETED and event.order_id is not None:
+            s = event.segments
+            completion = Completion(
+                order_id=event.order_id,
+                customer_id=event.customer_id,
+                currency=event.currency or "",
+                amount_minor=event.amount_minor(),
+                completed_at=in_utc(event.occurred_at),
+                completed_event=event.event_id,
+                channel=event.channel.value,
+                location=s.location or "",
+                product=s.product or "",
+                business_unit=s.business_unit or "",
+            )
+            known = completions.get(completion.order_id)
+            if known is None or (completion.completed_at, completion.completed_event) < (
+                known.completed_at,
+                known.completed_event,
+            ):
+                completions[completion.order_id] = completion
+        elif (
+            event.type == ORDER_REFUNDED
+            and event.order_id is not None
+            and event.refund_id is not None
+        ):
+            refund = Refund(
+                order_id=event.order_id,
+                refund_id=event.refund_id,
+                currency=event.currency or "",
+                amount_minor=event.amount_minor(),
+                occurred_at=in_utc(event.occurred_at),
+                event_id=event.event_id,
+            )
+            key = (refund.order_id, refund.refund_id)
+            seen = refunds.get(key)
+            if seen is None or (refund.occurred_at, refund.event_id) < (
+                seen.occurred_at,
+                seen.event_id,
+            ):
+                refunds[key] = refund
+    return completions, refunds
+
+
+def nps_answers(events: list[ResponseSubmitted]) -> list[tuple[str, datetime, uuid.UUID, int]]:
+    """Return the (customer, time, event id, score) of each NPS answer, for ``customer_nps``."""
+    return [
+        (e.customer_id, in_utc(e.occurred_at), e.event_id, e.score)
+        for e in events
+        if e.metric is Metric.NPS
+    ]

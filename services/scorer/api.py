@@ -24,11 +24,13 @@ from services.scorer.schemas import (
     ScoreOut,
     ServiceTimesOut,
     TimeseriesOut,
+    ValueDimension,
+    ValueOut,
     Window,
 )
 from shared.apikeys import Scope
 from shared.events import Channel, Metric, SurveyType, TicketPriority
-from shared.http import EngineDep, require
+from shared.http import EngineDep, FieldErrors, require
 from shared.privacy import Hasher
 from shared.settings import ScorerSettings
 
@@ -97,6 +99,37 @@ class SegmentFilters:
 
 
 SegmentsDep = Annotated[SegmentFilters, Depends()]
+
+
+class OrderFilters:
+    """The filters of order figures: an order's channel and segments. Orders have no
+    touchpoint or survey type, so filtering by one is a 422 naming it, never ignored."""
+
+    def __init__(
+        self,
+        channel: Channel | None = None,
+        location: str | None = None,
+        product: str | None = None,
+        business_unit: str | None = None,
+        touchpoint: Annotated[
+            str | None, Query(description="Refused: an order has no touchpoint.")
+        ] = None,
+        survey_type: Annotated[
+            str | None, Query(description="Refused: an order has no survey type.")
+        ] = None,
+    ) -> None:
+        for name, given in (("touchpoint", touchpoint), ("survey_type", survey_type)):
+            if given is not None:
+                raise FieldErrors(
+                    [{"field": name, "detail": f"orders have no {name}: filter by channel, "
+                      "location, product or business_unit"}]
+                )  # fmt: skip
+        self.values = _filters(
+            channel=channel, location=location, product=product, business_unit=business_unit
+        )
+
+
+OrderFiltersDep = Annotated[OrderFilters, Depends()]
 
 
 @router.get(
@@ -225,6 +258,35 @@ async def get_retention(
     """The share of customers active in each period (any response or touchpoint event) who
     were active again in the next. Weeks start on Monday, UTC. Default: the last 12 periods."""
     return await service.retention(engine, period, from_, to)
+
+
+@router.get(
+    "/value",
+    response_model=ValueOut,
+    response_model_by_alias=True,
+    summary="Customer value per currency: AOV, frequency, lifetime, CLV, by NPS category",
+    dependencies=READ,
+)
+async def get_value(
+    request: Request,
+    engine: EngineDep,
+    span: RangeDep,
+    orders: OrderFiltersDep,
+    group_by: ValueDimension | None = None,
+) -> ValueOut:
+    """Per currency (amounts in different currencies are never added), over the orders
+    completed in the range: orders, net revenue (refunds deducted from their order, never
+    below zero), customers, average order value, purchase frequency per customer per year,
+    the expected lifetime from the measured monthly retention (capped at 10 years) and
+    CLV = AOV × frequency × lifetime, with its formula and inputs; each split by the
+    customers' NPS category (their latest NPS answer before `to`: promoter, passive,
+    detractor, unrated) with revenue per customer, repurchase rate and CLV, each with its
+    95% margin, `n` and `insufficient` below the minimum; and revenue at risk: detractors'
+    net revenue of the 365 days before `to`. Filters and `group_by` are the orders'
+    channel, location, product and business unit. Amounts are decimal strings in the
+    currency's notation (none for JPY), with `_minor` integers where exact."""
+    min_n = _settings(request).min_n
+    return await service.value(engine, span.range, orders.values, min_n, group_by)
 
 
 @router.get(

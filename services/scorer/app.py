@@ -68,7 +68,9 @@ def create_app(
         async with runtime.lifespan(app):
             stop = asyncio.Event()
             refresher = asyncio.create_task(
-                gauges.keep_fresh(runtime.engine, stop, scorer.gauge_interval_seconds)
+                gauges.keep_fresh(
+                    runtime.engine, stop, scorer.gauge_interval_seconds, scorer.value_currencies
+                )
             )
             try:
                 yield

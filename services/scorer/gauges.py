@@ -1,7 +1,8 @@
 """Score gauges for Prometheus, refreshed in the background over a bounded label set.
 
 Labels: metric (nps, csat, ces), scale, window (24h, 7d, 30d) and channel (every channel
-and ``all``) — a few hundred series at most, never a customer or free text.
+and ``all``) — a few hundred series at most, never a customer or free text. Customer value:
+currency (only those of ``CXLOOP_SCORER_VALUE_CURRENCIES``) and NPS category.
 """
 
 from __future__ import annotations
@@ -9,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from datetime import timedelta
+from decimal import Decimal
 from typing import Final
 
 import sqlalchemy as sa
 from prometheus_client import Gauge
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.scorer import service
 from services.scorer.models import COUNTS
 from shared import scoring
 from shared.events import utcnow
@@ -41,6 +45,19 @@ SERVICE_TIME = Gauge(
     name("scorer", "service_time_seconds"),
     "First-response and resolution time quantiles of tickets created in the last 7 days.",
     ["kind", "quantile", "priority"],
+)
+
+REVENUE_AT_RISK = Gauge(
+    name("scorer", "revenue_at_risk"),
+    "Net revenue of the last 365 days from customers whose latest NPS answer is a "
+    "detractor's, in the currency's major unit (as GET /v1/value).",
+    ["currency"],
+)
+CLV = Gauge(
+    name("scorer", "clv"),
+    "Customer lifetime value over the last 365 days, in the currency's major unit, by the "
+    "customers' NPS category (all: every customer), as GET /v1/value.",
+    ["currency", "nps_category"],
 )
 
 _COUNTS_SQL = f"""
@@ -101,9 +118,34 @@ async def refresh(engine: AsyncEngine) -> None:
                 SERVICE_TIME.labels(kind, q, row.priority).set(value)
 
 
-async def keep_fresh(engine: AsyncEngine, stop: asyncio.Event, every: float) -> None:
+async def refresh_value(engine: AsyncEngine, currencies: Sequence[str]) -> None:
+    """Recompute revenue at risk and CLV by NPS category over the last 365 days, for
+    ``currencies`` only (a bounded label set)."""
+    now = utcnow()
+    found = await service.value(engine, service.Range(now - timedelta(days=365), now), {}, 1)
+    by_currency = {c.currency: c for c in found.currencies}
+    REVENUE_AT_RISK.clear()
+    CLV.clear()
+    for currency in currencies:
+        figures = by_currency.get(currency)
+        if figures is None:
+            REVENUE_AT_RISK.labels(currency).set(0)
+            continue
+        REVENUE_AT_RISK.labels(currency).set(float(Decimal(figures.revenue_at_risk.revenue)))
+        if figures.clv is not None:
+            CLV.labels(currency, "all").set(float(Decimal(figures.clv)))
+        for category in figures.by_nps:
+            if category.clv is not None:
+                CLV.labels(currency, category.category).set(float(Decimal(category.clv)))
+
+
+async def keep_fresh(
+    engine: AsyncEngine, stop: asyncio.Event, every: float, currencies: Sequence[str] = ()
+) -> None:
     """Refresh the gauges every ``every`` seconds until ``stop`` is set."""
     while not stop.is_set():
         with contextlib.suppress(Exception):
             await refresh(engine)
+        with contextlib.suppress(Exception):
+            await refresh_value(engine, currencies)
         await sleep_unless_stopped(stop, every)

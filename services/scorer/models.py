@@ -68,3 +68,54 @@ def _score_table(name: str) -> sa.Table:
 # Hourly buckets, and the same counts rolled up by UTC day (for whole days of long windows).
 score_buckets = _score_table("score_buckets")
 score_days = _score_table("score_days")
+
+ORDER_DIMENSIONS = ("channel", "location", "product", "business_unit")
+"""What orders can be filtered and grouped by ('' when the order did not say)."""
+
+# One row per order id seen; completed_at (and amount, customer, currency) NULL until its
+# order.completed arrives. refunded_minor: its refunds in its currency, derived.
+orders = sa.Table(
+    "orders",
+    metadata,
+    sa.Column("order_id", sa.Text, primary_key=True),
+    sa.Column("customer_id", sa.Text),
+    sa.Column("currency", sa.Text),
+    sa.Column("amount_minor", sa.BigInteger),
+    sa.Column("completed_at", sa.DateTime(timezone=True)),
+    sa.Column("completed_event", pg.UUID(as_uuid=True)),
+    *(sa.Column(d, sa.Text, nullable=False) for d in ORDER_DIMENSIONS),
+    sa.Column("refunded_minor", sa.BigInteger, nullable=False),
+)
+
+order_refunds = sa.Table(
+    "order_refunds",
+    metadata,
+    sa.Column("order_id", sa.Text, primary_key=True),
+    sa.Column("refund_id", sa.Text, primary_key=True),
+    sa.Column("currency", sa.Text, nullable=False),
+    sa.Column("amount_minor", sa.BigInteger, nullable=False),
+    sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("event_id", pg.UUID(as_uuid=True), nullable=False),
+)
+
+# The exact per-customer facts, derived from orders (per currency: never added across).
+customer_revenue = sa.Table(
+    "customer_revenue",
+    metadata,
+    sa.Column("customer_id", sa.Text, primary_key=True),
+    sa.Column("currency", sa.Text, primary_key=True),
+    sa.Column("orders", sa.BigInteger, nullable=False),
+    sa.Column("revenue_minor", sa.BigInteger, nullable=False),
+    sa.Column("first_purchase_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_purchase_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Every NPS answer's customer, time and score (no text): survives erasure, pseudonymised.
+customer_nps = sa.Table(
+    "customer_nps",
+    metadata,
+    sa.Column("customer_key", sa.Text, primary_key=True),
+    sa.Column("occurred_at", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("event_id", pg.UUID(as_uuid=True), primary_key=True),
+    sa.Column("score", sa.SmallInteger, nullable=False),
+)

@@ -13,7 +13,15 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.scorer.models import COUNTS, DIMENSIONS, responses, score_buckets, score_days
+from services.scorer import repository
+from services.scorer.models import (
+    COUNTS,
+    DIMENSIONS,
+    ORDER_DIMENSIONS,
+    responses,
+    score_buckets,
+    score_days,
+)
 from shared.scoring import Counts
 
 INTERVALS = ("hour", "day", "week", "month")
@@ -445,7 +453,8 @@ async def customer_tickets(
 
 
 async def erase_customer(conn: AsyncConnection, customer_id: str, pseudonym: str) -> dict[str, int]:
-    """Delete a customer's raw responses; replace their id in tickets and activity.
+    """Delete a customer's raw responses; replace their id in tickets, activity, orders and
+    NPS answers.
 
     Aggregates keep their counts, and retention still links the customer's periods to each
     other, through the customer's random pseudonym (``shared.erasure.pseudonym_for``),
@@ -460,8 +469,160 @@ async def erase_customer(conn: AsyncConnection, customer_id: str, pseudonym: str
         sa.text("UPDATE customer_activity SET customer_key = :p WHERE customer_key = :c"),
         {"p": pseudonym, "c": customer_id},
     )
+    # Orders keep counting, and NPS answers keep their customer's category, under the
+    # pseudonym; the revenue facts move with them.
+    orders = await conn.execute(
+        sa.text("UPDATE orders SET customer_id = :p WHERE customer_id = :c"),
+        {"p": pseudonym, "c": customer_id},
+    )
+    await conn.execute(
+        sa.text("UPDATE customer_nps SET customer_key = :p WHERE customer_key = :c"),
+        {"p": pseudonym, "c": customer_id},
+    )
+    await repository.refresh_customers(conn, {customer_id, pseudonym})
     return {
         "responses_deleted": int(deleted.rowcount),
         "tickets_pseudonymised": int(tickets.rowcount),
         "activity_pseudonymised": int(activity.rowcount),
+        "orders_pseudonymised": int(orders.rowcount),
     }
+
+
+@dataclass(frozen=True)
+class CustomerTotals:
+    """Per-customer sums of one currency, group and NPS category: how many customers, their
+    orders and net revenue, the sum of each customer's revenue squared (for the spread of
+    revenue per customer) and how many ordered twice or more."""
+
+    currency: str
+    group: str | None
+    whole: bool
+    category: str
+    customers: int
+    orders: int
+    revenue: int
+    revenue_sq: int
+    repeaters: int
+
+
+# A customer's NPS category at ``until``: their latest NPS answer before it (ties by event
+# id), 'unrated' without one. One index probe per customer (customer_nps' key).
+_LATEST_CATEGORY = """
+LEFT JOIN LATERAL (
+    SELECT n.score FROM customer_nps n
+    WHERE n.customer_key = {customer} AND n.occurred_at < :until
+    ORDER BY n.occurred_at DESC, n.event_id DESC LIMIT 1
+) latest ON true
+"""
+_CATEGORY = """CASE WHEN latest.score >= 9 THEN 'promoter' WHEN latest.score >= 7 THEN 'passive'
+     WHEN latest.score IS NOT NULL THEN 'detractor' ELSE 'unrated' END"""
+
+_VALUE = """
+WITH o AS MATERIALIZED (
+    SELECT currency, customer_id, {group} AS grp, amount_minor - refunded_minor AS net
+    FROM orders
+    WHERE completed_at >= :since AND completed_at < :until {where}
+), per_customer AS (
+    SELECT currency, customer_id, grp, {whole} AS whole, count(*) AS orders, sum(net) AS net
+    FROM o GROUP BY {sets}
+), rated AS (
+    SELECT c.customer_id, {category} AS category
+    FROM (SELECT DISTINCT customer_id FROM o) c
+    {latest}
+)
+SELECT p.currency, p.grp, p.whole, r.category, count(*) AS customers, sum(p.orders) AS orders,
+       sum(p.net) AS revenue, sum(CAST(p.net AS numeric) * p.net) AS revenue_sq,
+       count(*) FILTER (WHERE p.orders >= 2) AS repeaters
+FROM per_customer p JOIN rated r ON r.customer_id = p.customer_id
+GROUP BY p.currency, p.whole, p.grp, r.category
+ORDER BY p.currency, p.whole DESC, p.grp, r.category
+"""
+
+
+async def _for_aggregation(conn: AsyncConnection) -> None:
+    """Settings for this transaction's per-customer aggregation: JIT compiling cost 0.4 s of
+    a 3 s statement at 1M orders and saved nothing, and the per-customer hash aggregate
+    spilled to disk at the default work_mem."""
+    await conn.execute(sa.text("SET LOCAL jit = off"))
+    await conn.execute(sa.text("SET LOCAL work_mem = '64MB'"))
+
+
+def _order_filters(filters: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+    assert all(d in ORDER_DIMENSIONS for d in filters)
+    where = "".join(f" AND {d} = :f_{d}" for d in filters)
+    return where, {f"f_{d}": v for d, v in filters.items()}
+
+
+async def customer_totals(
+    conn: AsyncConnection,
+    *,
+    since: datetime,
+    until: datetime,
+    filters: Mapping[str, str],
+    group_by: str | None,
+) -> list[CustomerTotals]:
+    """Sum the net revenue of the orders completed in [since, until) per customer, then per
+    currency, NPS category at ``until`` and (with ``group_by``, an order dimension) group;
+    ``whole`` rows are every group together."""
+    assert group_by is None or group_by in ORDER_DIMENSIONS
+    where, params = _order_filters(filters)
+    if group_by is None:
+        shape = {
+            "group": "CAST(NULL AS text)",
+            "whole": "true",
+            "sets": "currency, customer_id, grp",
+        }
+    else:
+        shape = {
+            "group": group_by,
+            "whole": "GROUPING(grp) = 1",
+            "sets": "GROUPING SETS ((currency, customer_id), (currency, customer_id, grp))",
+        }
+    sql = _VALUE.format(
+        where=where,
+        category=_CATEGORY,
+        latest=_LATEST_CATEGORY.format(customer="c.customer_id"),
+        **shape,
+    )
+    await _for_aggregation(conn)
+    rows = await conn.execute(sa.text(sql), {"since": since, "until": until, **params})
+    return [
+        CustomerTotals(
+            currency=row.currency,
+            group=row.grp,
+            whole=bool(row.whole),
+            category=row.category,
+            customers=int(row.customers),
+            orders=int(row.orders),
+            revenue=int(row.revenue),
+            revenue_sq=int(row.revenue_sq),
+            repeaters=int(row.repeaters),
+        )
+        for row in rows
+    ]
+
+
+_AT_RISK = """
+WITH c AS (
+    SELECT currency, customer_id, sum(amount_minor - refunded_minor) AS net
+    FROM orders
+    WHERE completed_at >= :since AND completed_at < :until {where}
+    GROUP BY currency, customer_id
+)
+SELECT c.currency, count(*) AS customers, sum(c.net) AS revenue
+FROM c {latest}
+WHERE latest.score <= 6
+GROUP BY c.currency ORDER BY c.currency
+"""
+
+
+async def revenue_at_risk(
+    conn: AsyncConnection, *, since: datetime, until: datetime, filters: Mapping[str, str]
+) -> dict[str, tuple[int, int]]:
+    """Per currency: (customers, net revenue) of the customers with an order completed in
+    [since, until) whose latest NPS answer before ``until`` is a detractor's."""
+    where, params = _order_filters(filters)
+    sql = _AT_RISK.format(where=where, latest=_LATEST_CATEGORY.format(customer="c.customer_id"))
+    await _for_aggregation(conn)
+    rows = await conn.execute(sa.text(sql), {"since": since, "until": until, **params})
+    return {row.currency: (int(row.customers), int(row.revenue)) for row in rows}

@@ -1,4 +1,6 @@
-"""Recompute the score and reason buckets from the raw responses (``cxloop scorer rebuild``).
+"""Recompute the score and reason buckets from the raw responses, and the customer value
+facts (each order's refunded amount, ``customer_revenue``) from the raw order and refund
+rows (``cxloop scorer rebuild``).
 
 The raw rows go through the same folding code as the live consumer, so a changed definition
 (say of "easy" on a CES scale) applies to history exactly as it will to new answers. It runs
@@ -8,6 +10,8 @@ as raw rows, so a rebuild no longer counts them.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -50,8 +54,17 @@ def _event(row: sa.Row[tuple[object, ...]]) -> ResponseSubmitted:
     )
 
 
-async def rebuild(engine: AsyncEngine) -> int:
-    """Recompute every bucket from the raw responses; return how many responses were read."""
+@dataclass(frozen=True)
+class Rebuilt:
+    """What a rebuild read: raw responses, and completed orders."""
+
+    responses: int
+    orders: int
+
+
+async def rebuild(engine: AsyncEngine) -> Rebuilt:
+    """Recompute every bucket from the raw responses and every revenue fact from the raw
+    orders, in one transaction."""
     read = 0
     async with engine.begin() as conn:
         await conn.execute(sa.text("TRUNCATE score_buckets, score_days, reason_buckets"))
@@ -60,4 +73,5 @@ async def rebuild(engine: AsyncEngine) -> int:
             events = [_event(row) for row in chunk]
             read += len(events)
             await repository.add_to_buckets(conn, fold(events), fold_reasons(events))
-    return read
+        orders = await repository.rebuild_orders(conn)
+    return Rebuilt(read, orders)

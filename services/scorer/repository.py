@@ -17,11 +17,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.scorer.aggregates import (
     BucketKey,
+    Completion,
     ReasonKey,
+    Refund,
     activity,
     fold,
+    fold_orders,
     fold_reasons,
     fold_tickets,
+    nps_answers,
 )
 from services.scorer.models import COUNTS
 from shared.events import ResponseSubmitted, TouchpointEvent
@@ -154,6 +158,8 @@ async def apply_batch(
     # occurred_at, not an OverflowError of the driver's COPY.
     buckets, reasons, active = fold(responses), fold_reasons(responses), activity(fresh)
     tickets = _sorted(_as_dict(facts) for facts in fold_tickets(touchpoints).values())
+    completions, refunds = fold_orders(touchpoints)
+    answers = nps_answers(responses)
     driver = await _driver(conn)
     # Plain COPY, without ON CONFLICT, is safe: a raw row is only ever written in the
     # transaction that adds its id to the ledger, and the ledger just said these ids are new.
@@ -161,9 +167,157 @@ async def apply_batch(
         await driver.copy_records_to_table(
             "responses", records=[response_record(e) for e in responses], columns=RESPONSE_COLUMNS
         )
+    if answers:
+        await driver.copy_records_to_table("customer_nps", records=answers, columns=NPS_COLUMNS)
     await _stage_and_merge(driver, buckets, reasons, active)
     await _execute(conn, _TICKETS, tickets)
+    await apply_orders(conn, completions, refunds)
     return Applied(responses, touchpoints)
+
+
+NPS_COLUMNS = ("customer_key", "occurred_at", "event_id", "score")
+
+# Of two events for one refund, or for one order's completion, the earliest by
+# (occurred_at, event id) wins: any arrival order leaves the same row.
+_REFUNDS = """
+INSERT INTO order_refunds AS r (order_id, refund_id, currency, amount_minor, occurred_at, event_id)
+SELECT * FROM unnest(
+    CAST(:order_id AS text[]), CAST(:refund_id AS text[]), CAST(:currency AS text[]),
+    CAST(:amount_minor AS bigint[]), CAST(:occurred_at AS timestamptz[]),
+    CAST(:event_id AS uuid[])
+) ORDER BY 1, 2
+ON CONFLICT ON CONSTRAINT order_refunds_pkey DO UPDATE SET
+    currency = EXCLUDED.currency, amount_minor = EXCLUDED.amount_minor,
+    occurred_at = EXCLUDED.occurred_at, event_id = EXCLUDED.event_id
+WHERE (EXCLUDED.occurred_at, EXCLUDED.event_id) < (r.occurred_at, r.event_id)
+"""
+
+# Locks the batch's orders in key order before they change, and reads whose they were.
+_LOCK_ORDERS = """
+SELECT order_id, customer_id FROM orders WHERE order_id = ANY(CAST(:order_id AS text[]))
+ORDER BY order_id FOR UPDATE
+"""
+
+# A refund seen before its order leaves a row with completed_at (and the rest) NULL.
+_ORDERS = """
+INSERT INTO orders AS o (order_id, customer_id, currency, amount_minor, completed_at,
+    completed_event, channel, location, product, business_unit)
+SELECT * FROM unnest(
+    CAST(:order_id AS text[]), CAST(:customer_id AS text[]), CAST(:currency AS text[]),
+    CAST(:amount_minor AS bigint[]), CAST(:completed_at AS timestamptz[]),
+    CAST(:completed_event AS uuid[]), CAST(:channel AS text[]), CAST(:location AS text[]),
+    CAST(:product AS text[]), CAST(:business_unit AS text[])
+) ORDER BY 1
+ON CONFLICT ON CONSTRAINT orders_pkey DO UPDATE SET
+    customer_id = EXCLUDED.customer_id, currency = EXCLUDED.currency,
+    amount_minor = EXCLUDED.amount_minor, completed_at = EXCLUDED.completed_at,
+    completed_event = EXCLUDED.completed_event, channel = EXCLUDED.channel,
+    location = EXCLUDED.location, product = EXCLUDED.product,
+    business_unit = EXCLUDED.business_unit
+WHERE EXCLUDED.completed_at IS NOT NULL
+  AND (o.completed_at IS NULL
+       OR (EXCLUDED.completed_at, EXCLUDED.completed_event) < (o.completed_at, o.completed_event))
+"""
+
+# An order's refunds in its own currency, capped at its amount (a refund in another
+# currency, or before the order, counts for nothing until it matches one).
+_REFUNDED = """
+UPDATE orders o SET refunded_minor = x.refunded
+FROM (
+    SELECT o2.order_id,
+           least(coalesce(sum(r.amount_minor) FILTER (WHERE r.currency = o2.currency), 0),
+                 coalesce(o2.amount_minor, 0)) AS refunded
+    FROM orders o2 LEFT JOIN order_refunds r ON r.order_id = o2.order_id
+    {where}
+    GROUP BY o2.order_id, o2.amount_minor
+) x
+WHERE o.order_id = x.order_id AND o.refunded_minor <> x.refunded
+"""
+
+_CUSTOMER_FACTS = """
+SELECT customer_id, currency, count(*) AS orders, sum(amount_minor - refunded_minor) AS revenue,
+       min(completed_at) AS first_purchase_at, max(completed_at) AS last_purchase_at
+FROM orders WHERE customer_id IS NOT NULL {where}
+GROUP BY customer_id, currency
+"""
+
+_MERGE_CUSTOMERS = f"""
+INSERT INTO customer_revenue AS c (customer_id, currency, orders, revenue_minor,
+    first_purchase_at, last_purchase_at)
+SELECT * FROM ({_CUSTOMER_FACTS.format(where="AND customer_id = ANY(CAST(:c AS text[]))")}) f
+ORDER BY customer_id, currency
+ON CONFLICT ON CONSTRAINT customer_revenue_pkey DO UPDATE SET
+    orders = EXCLUDED.orders, revenue_minor = EXCLUDED.revenue_minor,
+    first_purchase_at = EXCLUDED.first_purchase_at, last_purchase_at = EXCLUDED.last_purchase_at
+"""
+
+_DROP_CUSTOMERS = """
+DELETE FROM customer_revenue c WHERE c.customer_id = ANY(CAST(:c AS text[]))
+  AND NOT EXISTS (SELECT 1 FROM orders o
+                  WHERE o.customer_id = c.customer_id AND o.currency = c.currency)
+"""
+
+
+async def apply_orders(
+    conn: AsyncConnection,
+    completions: Mapping[str, Completion],
+    refunds: Mapping[tuple[str, str], Refund],
+) -> None:
+    """Store new order completions and refunds, then derive what they change: the orders'
+    refunded amounts and the customer revenue facts of every customer concerned."""
+    if not (completions or refunds):
+        return
+    if refunds:
+        await _execute(conn, _REFUNDS, [r._asdict() for _, r in sorted(refunds.items())])
+    order_ids = sorted(set(completions) | {order_id for order_id, _ in refunds})
+    locked = await conn.execute(sa.text(_LOCK_ORDERS), {"order_id": order_ids})
+    customers = {row.customer_id for row in locked if row.customer_id is not None}
+    rows = []
+    for order_id in order_ids:
+        completion = completions.get(order_id)
+        if completion is None:
+            rows.append(_pending(order_id))
+        else:
+            rows.append(completion._asdict())
+            customers.add(completion.customer_id)
+    await _execute(conn, _ORDERS, rows)
+    where = "WHERE o2.order_id = ANY(CAST(:ids AS text[]))"
+    await conn.execute(sa.text(_REFUNDED.format(where=where)), {"ids": order_ids})
+    await refresh_customers(conn, customers)
+
+
+def _pending(order_id: str) -> dict[str, Any]:
+    return {
+        "order_id": order_id, "customer_id": None, "currency": None, "amount_minor": None,
+        "completed_at": None, "completed_event": None, "channel": "", "location": "",
+        "product": "", "business_unit": "",
+    }  # fmt: skip
+
+
+async def refresh_customers(conn: AsyncConnection, customers: set[str]) -> None:
+    """Recompute the ``customer_revenue`` rows of ``customers`` from their orders."""
+    if not customers:
+        return
+    params = {"c": sorted(customers)}
+    await conn.execute(sa.text(_MERGE_CUSTOMERS), params)
+    await conn.execute(sa.text(_DROP_CUSTOMERS), params)
+
+
+async def rebuild_orders(conn: AsyncConnection) -> int:
+    """Derive every order's refunded amount and every customer's revenue facts again from
+    the raw order and refund rows; return the number of completed orders."""
+    await conn.execute(sa.text(_REFUNDED.format(where="")))
+    await conn.execute(sa.text("TRUNCATE customer_revenue"))
+    await conn.execute(
+        sa.text(
+            "INSERT INTO customer_revenue (customer_id, currency, orders, revenue_minor, "
+            f"first_purchase_at, last_purchase_at) {_CUSTOMER_FACTS.format(where='')}"
+        )
+    )
+    completed = await conn.scalar(
+        sa.text("SELECT count(*) FROM orders WHERE completed_at IS NOT NULL")
+    )
+    return int(completed or 0)
 
 
 async def add_to_buckets(

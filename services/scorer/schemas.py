@@ -219,6 +219,9 @@ class Erasure(BaseModel):
     responses_deleted: int
     tickets_pseudonymised: int
     activity_pseudonymised: int
+    orders_pseudonymised: int = Field(
+        description="Orders kept under the pseudonym: they still count in revenue and CLV."
+    )
 
 
 class Previous(BaseModel):
@@ -325,3 +328,174 @@ class LatestResponses(BaseModel):
         "of this read when there is none."
     )
     truncated: bool = Field(description="More responses arrived than `limit`: older ones left out.")
+
+
+class ValueDimension(StrEnum):
+    """What orders can be filtered and grouped by (an order has no touchpoint or survey)."""
+
+    CHANNEL = "channel"
+    LOCATION = "location"
+    PRODUCT = "product"
+    BUSINESS_UNIT = "business_unit"
+
+
+class NpsCategoryValue(BaseModel):
+    """The customers of one NPS category (their latest NPS answer before `to`; `unrated`:
+    none) who completed an order in the range, in one currency."""
+
+    category: str = Field(description="promoter, passive, detractor or unrated.")
+    n: int = Field(description="Customers: every figure here carries its sample size.")
+    insufficient: bool = Field(description="n is below CXLOOP_SCORER_MIN_N: do not act on it.")
+    orders: int
+    revenue: str = Field(description="Net revenue of their orders in the range.")
+    revenue_minor: int
+    revenue_per_customer: str | None = Field(description="revenue / n; null when n = 0.")
+    revenue_per_customer_margin: str | None = Field(
+        description="± at 95%: 1.96·s/√n, s the sample standard deviation of the customers' "
+        "revenue (n − 1); null below two customers."
+    )
+    repeat_customers: int = Field(description="Customers with two orders or more in the range.")
+    repurchase_rate: float | None = Field(description="repeat_customers / n, as a percentage.")
+    repurchase_rate_margin: float | None = Field(description="± points at 95% (Wald).")
+    clv: str | None = Field(
+        description="revenue_per_customer / years × expected_lifetime_years; null when the "
+        "lifetime is unknown."
+    )
+    clv_margin: str | None = Field(description="revenue_per_customer_margin scaled alike.")
+
+
+class ValueFigures(BaseModel):
+    """Orders, revenue and customer value in one currency (amounts in its notation)."""
+
+    orders: int = Field(description="Orders completed in the range.")
+    revenue: str = Field(description="Their net revenue: amounts less refunds (never < 0).")
+    revenue_minor: int = Field(description="The same in minor units (cents, yen).")
+    customers: int = Field(description="Customers with at least one of these orders.")
+    insufficient: bool = Field(description="customers is below CXLOOP_SCORER_MIN_N.")
+    average_order_value: str | None = Field(description="revenue / orders.")
+    purchase_frequency: float | None = Field(
+        description="Orders per customer per year: orders / customers / years."
+    )
+    clv: str | None = Field(
+        description="average_order_value × purchase_frequency × expected_lifetime_years."
+    )
+    clv_formula: str | None = Field(description="The CLV with its inputs written out.")
+    by_nps: list[NpsCategoryValue] = Field(
+        description="Promoters, passives, detractors and unrated customers, in that order."
+    )
+
+
+class GroupValue(ValueFigures):
+    """The figures of one value of `group_by` ('' when orders did not say)."""
+
+    group: str
+
+
+class RevenueAtRisk(BaseModel):
+    """Net revenue of the last 365 days before `to` from customers whose latest NPS answer
+    before `to` is a detractor's (0–6), and how many such customers ordered in it."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: datetime = Field(alias="from")
+    to: datetime
+    customers: int = Field(description="Detractors with at least one order in these 365 days.")
+    revenue: str
+    revenue_minor: int
+
+
+class CurrencyValue(ValueFigures):
+    """Everything in one currency: amounts in different currencies are never added."""
+
+    currency: str
+    revenue_at_risk: RevenueAtRisk
+    groups: list[GroupValue] | None = None
+
+
+class Lifetime(BaseModel):
+    """Expected customer lifetime from the measured monthly retention (every customer's
+    activity: answers, tickets, orders; as `GET /v1/retention?period=month` counts it)."""
+
+    period: str = Field(description="month: the retention period.")
+    months: list[date] = Field(
+        description="The months m pooled: from the month of `from` to the month before the "
+        "month of `to` (each m's customers active again in m + 1; the last one provisional "
+        "while m + 1 is not over)."
+    )
+    active: int
+    retained: int
+    retention_rate: float | None = Field(description="retained / active, as a percentage.")
+    expected_lifetime_years: float | None = Field(
+        description="1 / (1 − r) months, at most cap_years; null when no month was measured."
+    )
+    cap_years: float
+    capped: bool
+
+
+class ValueOut(BaseModel):
+    """Customer value over a range, per currency, with its NPS split and revenue at risk."""
+
+    model_config = ConfigDict(
+        populate_by_name=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "from": "2026-11-01T00:00:00Z",
+                    "to": "2026-12-01T00:00:00Z",
+                    "window": None,
+                    "filters": {},
+                    "group_by": None,
+                    "years": 0.08213552361396304,
+                    "min_n": 30,
+                    "formulas": {"clv": "average_order_value × purchase_frequency × lifetime"},
+                    "lifetime": {
+                        "period": "month",
+                        "months": ["2026-11-01"],
+                        "active": 4,
+                        "retained": 3,
+                        "retention_rate": 75.0,
+                        "expected_lifetime_years": 0.3333333333333333,
+                        "cap_years": 10.0,
+                        "capped": False,
+                    },
+                    "currencies": [
+                        {
+                            "currency": "JPY",
+                            "orders": 3,
+                            "revenue": "9000",
+                            "revenue_minor": 9000,
+                            "customers": 2,
+                            "insufficient": True,
+                            "average_order_value": "3000",
+                            "purchase_frequency": 18.2625,
+                            "clv": "18262",
+                            "clv_formula": "3000 JPY × 18.2625 orders/year × 0.3333 years "
+                            "= 18262 JPY",
+                            "by_nps": [],
+                            "revenue_at_risk": {
+                                "from": "2025-12-01T00:00:00Z",
+                                "to": "2026-12-01T00:00:00Z",
+                                "customers": 1,
+                                "revenue": "2000",
+                                "revenue_minor": 2000,
+                            },
+                            "groups": None,
+                        }
+                    ],
+                }
+            ]
+        },
+    )
+
+    from_: datetime = Field(alias="from")
+    to: datetime
+    window: Window | None
+    filters: dict[str, str]
+    group_by: ValueDimension | None
+    years: float = Field(description="The range's length in years of 365.25 days.")
+    min_n: int = Field(description="CXLOOP_SCORER_MIN_N: fewer customers are insufficient.")
+    formulas: dict[str, str] = Field(description="How each figure is computed.")
+    lifetime: Lifetime
+    currencies: list[CurrencyValue] = Field(
+        description="One entry per currency with orders in the range or revenue at risk."
+    )

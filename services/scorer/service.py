@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import math
 import uuid
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from fractions import Fraction
 from typing import Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -21,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.scorer import queries
 from services.scorer.schemas import (
     CategoryDrivers,
+    CurrencyValue,
     CustomerOut,
     CustomerResponse,
     CustomerTicket,
@@ -28,16 +31,20 @@ from services.scorer.schemas import (
     DriversOut,
     Erasure,
     GroupScore,
+    GroupValue,
     HeadlineOut,
     HeadlineScore,
     Interval,
     LatestResponses,
+    Lifetime,
+    NpsCategoryValue,
     Point,
     Previous,
     ReasonShare,
     ResponsesPage,
     RetentionOut,
     RetentionPoint,
+    RevenueAtRisk,
     ScoreChange,
     ScoreOut,
     ServiceTimesGroup,
@@ -45,9 +52,11 @@ from services.scorer.schemas import (
     StoredResponse,
     TimeseriesOut,
     TimeStats,
+    ValueDimension,
+    ValueOut,
     Window,
 )
-from shared import erasure, scoring
+from shared import erasure, money, scoring
 from shared.events import SCALES, Metric, utcnow
 from shared.http import FieldErrors
 from shared.privacy import Hasher
@@ -841,3 +850,232 @@ async def erase_customer(engine: AsyncEngine, hasher: Hasher, customer_id: str) 
         pseudonym = await erasure.pseudonym_for(conn, hasher, "scorer", customer_id)
         result = await queries.erase_customer(conn, customer_id, pseudonym)
     return Erasure(**result)
+
+
+LIFETIME_CAP_YEARS: Final = 10
+"""Expected lifetime is capped here: at a retention near 100% 1 / (1 − r) has no bound."""
+RISK_WINDOW: Final = timedelta(days=365)
+YEAR: Final = timedelta(days=365.25)
+NPS_CATEGORIES: Final = ("promoter", "passive", "detractor", "unrated")
+_MONTH_YEARS: Final = Fraction(1, 12)
+_MICROSECOND: Final = timedelta(microseconds=1)
+VALUE_FORMULAS: Final = {
+    "revenue": "Σ over the orders completed in [from, to) (the first order.completed of each "
+    "order_id, by occurred_at) of amount − min(its refunds in its currency, amount)",
+    "average_order_value": "revenue / orders",
+    "purchase_frequency": "orders / customers / years, years = (to − from) / 365.25 days",
+    "retention_rate": "r = Σ retained / Σ active over lifetime.months",
+    "expected_lifetime_years": f"min(1 / (1 − r) × 1/12, {LIFETIME_CAP_YEARS})",
+    "clv": "average_order_value × purchase_frequency × expected_lifetime_years "
+    "(= revenue / customers / years × expected_lifetime_years)",
+    "nps_category": "the customer's latest NPS answer with occurred_at < to (ties by event "
+    "id): 9–10 promoter, 7–8 passive, 0–6 detractor; none: unrated",
+    "revenue_per_customer_margin": "1.96 · s / √n, s the standard deviation of the "
+    "customers' revenue (n − 1)",
+    "repurchase_rate": "customers with ≥ 2 orders in the range / customers, ± 1.96 · "
+    "100 · √(p(1 − p) / n)",
+    "category_clv": "revenue_per_customer / years × expected_lifetime_years (margin alike)",
+    "revenue_at_risk": "Σ net revenue of the orders completed in [to − 365 days, to) of "
+    "customers whose NPS category is detractor; customers: those with ≥ 1 such order",
+}
+
+
+def _amount(minor: Fraction | int, currency: str) -> str:
+    """An amount in ``currency``'s notation, rounded half to even to its minor unit."""
+    return money.json_amount(round(minor), currency)
+
+
+def _lifetime(rows: Sequence[tuple[date, int, int]]) -> tuple[Lifetime, Fraction | None]:
+    active = sum(a for _, a, _ in rows)
+    retained = sum(r for _, _, r in rows)
+    years: Fraction | None = None
+    capped = False
+    if active:
+        rate = Fraction(retained, active)
+        if rate >= 1 or _MONTH_YEARS / (1 - rate) >= LIFETIME_CAP_YEARS:
+            years, capped = Fraction(LIFETIME_CAP_YEARS), True
+        else:
+            years = _MONTH_YEARS / (1 - rate)
+    lifetime = Lifetime(
+        period="month",
+        months=[m for m, _, _ in rows],
+        active=active,
+        retained=retained,
+        retention_rate=scoring.share(retained, active),
+        expected_lifetime_years=None if years is None else float(years),
+        cap_years=float(LIFETIME_CAP_YEARS),
+        capped=capped,
+    )
+    return lifetime, years
+
+
+def _category(
+    name: str,
+    rows: Sequence[queries.CustomerTotals],
+    currency: str,
+    years: Fraction,
+    lifetime: Fraction | None,
+    min_n: int,
+) -> NpsCategoryValue:
+    n = sum(r.customers for r in rows)
+    total = sum(r.revenue for r in rows)
+    squares = sum(r.revenue_sq for r in rows)
+    repeaters = sum(r.repeaters for r in rows)
+    per_customer = Fraction(total, n) if n else None
+    margin: float | None = None
+    if n >= 2:
+        variance = max(Fraction(0), (squares - Fraction(total * total, n)) / (n - 1))
+        margin = scoring.Z_95 * math.sqrt(variance / n)
+    per_year = None if lifetime is None else lifetime / years
+    return NpsCategoryValue(
+        category=name,
+        n=n,
+        insufficient=n < min_n,
+        orders=sum(r.orders for r in rows),
+        revenue=_amount(total, currency),
+        revenue_minor=total,
+        revenue_per_customer=None if per_customer is None else _amount(per_customer, currency),
+        revenue_per_customer_margin=None if margin is None else _amount(Fraction(margin), currency),
+        repeat_customers=repeaters,
+        repurchase_rate=scoring.share(repeaters, n),
+        repurchase_rate_margin=scoring.proportion_margin_of_error(repeaters, n),
+        clv=None
+        if per_customer is None or per_year is None
+        else _amount(per_customer * per_year, currency),
+        clv_margin=None
+        if margin is None or per_year is None
+        else _amount(Fraction(margin) * per_year, currency),
+    )
+
+
+def _figures(
+    rows: Sequence[queries.CustomerTotals],
+    currency: str,
+    years: Fraction,
+    lifetime: Fraction | None,
+    min_n: int,
+) -> dict[str, Any]:
+    orders = sum(r.orders for r in rows)
+    revenue = sum(r.revenue for r in rows)
+    customers = sum(r.customers for r in rows)
+    aov = Fraction(revenue, orders) if orders else None
+    frequency = Fraction(orders, customers) / years if customers else None
+    clv = formula = None
+    if aov is not None and frequency is not None and lifetime is not None:
+        clv = aov * frequency * lifetime
+        formula = (
+            f"{_amount(aov, currency)} {currency} × {float(frequency):.4g} orders/year × "
+            f"{float(lifetime):.4g} years = {_amount(clv, currency)} {currency}"
+        )
+    return {
+        "orders": orders,
+        "revenue": _amount(revenue, currency),
+        "revenue_minor": revenue,
+        "customers": customers,
+        "insufficient": customers < min_n,
+        "average_order_value": None if aov is None else _amount(aov, currency),
+        "purchase_frequency": None if frequency is None else float(frequency),
+        "clv": None if clv is None else _amount(clv, currency),
+        "clv_formula": formula,
+        "by_nps": [
+            _category(
+                name, [r for r in rows if r.category == name], currency, years, lifetime, min_n
+            )
+            for name in NPS_CATEGORIES
+        ],
+    }
+
+
+def _month_start(moment: datetime) -> date:
+    return moment.astimezone(UTC).date().replace(day=1)
+
+
+async def value(
+    engine: AsyncEngine,
+    span: Range,
+    filters: Filters,
+    min_n: int,
+    group_by: ValueDimension | None = None,
+) -> ValueOut:
+    """Customer value over ``span`` per currency: orders, net revenue, customers, average
+    order value, purchase frequency, expected lifetime (from the monthly retention) and
+    CLV, each split by NPS category at the end of the range, and one set per value of
+    ``group_by``; and revenue at risk (detractors' last 365 days). ``filters`` are over
+    order dimensions (``models.ORDER_DIMENSIONS``). Three statements, run concurrently."""
+    risk_since = span.until - RISK_WINDOW
+
+    async def totals() -> list[queries.CustomerTotals]:
+        async with engine.connect() as conn:
+            return await queries.customer_totals(
+                conn,
+                since=span.since,
+                until=span.until,
+                filters=filters,
+                group_by=None if group_by is None else group_by.value,
+            )
+
+    async def at_risk() -> dict[str, tuple[int, int]]:
+        async with engine.connect() as conn:
+            return await queries.revenue_at_risk(
+                conn, since=risk_since, until=span.until, filters=filters
+            )
+
+    async def kept() -> list[tuple[date, int, int]]:
+        async with engine.connect() as conn:
+            return await queries.retention(
+                conn,
+                period="month",
+                since=_month_start(span.since),
+                until=_month_start(span.until),
+            )
+
+    rows, risk, months = await asyncio.gather(totals(), at_risk(), kept())
+    lifetime, lifetime_years = _lifetime(months)
+    years = Fraction((span.until - span.since) // _MICROSECOND, YEAR // _MICROSECOND)
+    currencies = []
+    for currency in sorted({r.currency for r in rows} | set(risk)):
+        mine = [r for r in rows if r.currency == currency]
+        whole = [r for r in mine if r.whole]
+        groups = None
+        if group_by is not None:
+            names = sorted({r.group or "" for r in mine if not r.whole})
+            groups = [
+                GroupValue(
+                    group=name,
+                    **_figures(
+                        [r for r in mine if not r.whole and (r.group or "") == name],
+                        currency,
+                        years,
+                        lifetime_years,
+                        min_n,
+                    ),
+                )
+                for name in names
+            ]
+        customers, revenue = risk.get(currency, (0, 0))
+        currencies.append(
+            CurrencyValue(
+                currency=currency,
+                revenue_at_risk=RevenueAtRisk(
+                    from_=risk_since,
+                    to=span.until,
+                    customers=customers,
+                    revenue=_amount(revenue, currency),
+                    revenue_minor=revenue,
+                ),
+                groups=groups,
+                **_figures(whole, currency, years, lifetime_years, min_n),
+            )
+        )
+    return ValueOut(
+        from_=span.since,
+        to=span.until,
+        window=span.window,
+        filters=dict(filters),
+        group_by=group_by,
+        years=float(years),
+        min_n=min_n,
+        formulas=VALUE_FORMULAS,
+        lifetime=lifetime,
+        currencies=currencies,
+    )

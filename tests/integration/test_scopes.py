@@ -80,6 +80,7 @@ ROUTES: dict[str, dict[tuple[str, str], Call]] = {
         ("GET", "/v1/drivers"): call(Scope.SCORES_READ, 200, "/v1/drivers"),
         ("GET", "/v1/retention"): call(Scope.SCORES_READ, 200, "/v1/retention"),
         ("GET", "/v1/headline"): call(Scope.SCORES_READ, 200, "/v1/headline"),
+        ("GET", "/v1/value"): call(Scope.SCORES_READ, 200, "/v1/value"),
         ("GET", "/v1/responses"): call(Scope.RESPONSES_READ, 200, "/v1/responses"),
         ("GET", "/v1/responses/latest"): call(Scope.RESPONSES_READ, 200, "/v1/responses/latest"),
         ("GET", "/v1/customers/{customer_id}"): call(

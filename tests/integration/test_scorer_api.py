@@ -238,7 +238,7 @@ class TestCesMargin:
 
         await apply(engine, events)  # redelivered: the ledger drops them, squares too
         assert (await get(scorer, "/v1/scores", **params))["margin"] == body["margin"]
-        assert await rebuild(engine) == 5
+        assert (await rebuild(engine)).responses == 5
         assert (await get(scorer, "/v1/scores", **params))["margin"] == body["margin"]
         r = await scorer.delete("/v1/customers/erase-me")
         assert (r.status_code, r.json()["responses_deleted"]) == (200, 3)

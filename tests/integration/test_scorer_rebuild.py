@@ -70,7 +70,7 @@ class TestRebuild:
             assert await snapshot(engine) == live
             # Again in chunks far smaller than the history: each chunk merges on its own.
             monkeypatch.setattr(rebuild, "CHUNK", 29)
-            assert await rebuild.rebuild(engine) == 400
+            assert (await rebuild.rebuild(engine)).responses == 400
             assert await snapshot(engine) == live
         finally:
             await engine.dispose()

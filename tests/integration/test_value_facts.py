@@ -1,0 +1,193 @@
+"""The scorer's revenue facts: exact under redelivery, reordering, refunds before their
+order, duplicate completions, over-refunds, erasure and rebuild."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from services.scorer import rebuild
+from services.scorer.consumer import BatchHandler
+from shared.kafka import Decoded
+from tests.builders import order_event, refund_event, response_event
+
+T0 = datetime(2026, 10, 1, 12, tzinfo=UTC)
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+async def apply(engine: AsyncEngine, events: Sequence[Any]) -> None:
+    await BatchHandler(engine)([Decoded(None, e) for e in events])
+
+
+async def facts(engine: AsyncEngine) -> dict[tuple[str, str], tuple[Any, ...]]:
+    """customer_revenue: (customer, currency) → (orders, net minor, first, last)."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(sa.text("SELECT * FROM customer_revenue"))
+        return {
+            (r.customer_id, r.currency): (
+                r.orders,
+                r.revenue_minor,
+                r.first_purchase_at,
+                r.last_purchase_at,
+            )
+            for r in rows
+        }
+
+
+async def orders(engine: AsyncEngine) -> dict[str, tuple[Any, ...]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            sa.text(
+                "SELECT order_id, customer_id, currency, amount_minor, refunded_minor, "
+                "completed_at, channel FROM orders"
+            )
+        )
+        return {r.order_id: tuple(r)[1:] for r in rows}
+
+
+def at(hours: float) -> datetime:
+    return T0 + timedelta(hours=hours)
+
+
+class TestFacts:
+    async def test_refund_before_its_order_duplicates_and_a_capped_refund(
+        self, engine: AsyncEngine
+    ) -> None:
+        stream = [
+            refund_event("A", "r1", "300", occurred_at=at(5)),
+            order_event("A", "1000", occurred_at=at(1)),
+            order_event("B", "12.50", "USD", occurred_at=at(2)),
+            refund_event("B", "r1", "20.00", "USD", occurred_at=at(3)),  # more than the order
+            order_event("C", "500", occurred_at=at(4)),
+            # A second completion of C, later and bigger: changes nothing.
+            order_event("C", "9999", occurred_at=at(6), channel="sms"),
+        ]
+        for event in stream:
+            await apply(engine, [event])
+        await apply(engine, stream)  # redelivered whole: the ledger drops it
+        # The same refund resent under a new event id counts once.
+        await apply(engine, [refund_event("A", "r1", "300", occurred_at=at(5))])
+        assert await facts(engine) == {
+            ("c1", "JPY"): (2, 1000 - 300 + 500, at(1), at(4)),
+            ("c1", "USD"): (1, 0, at(2), at(2)),
+        }
+        got = await orders(engine)
+        assert got["B"][2:4] == (1250, 1250)  # refunded capped at the amount
+        assert (got["C"][2], got["C"][5]) == (500, "web")
+
+    async def test_any_arrival_order_gives_the_same_facts(self, engine: AsyncEngine) -> None:
+        rng = random.Random(3)
+        stream = [
+            order_event("A", "1000", occurred_at=at(1), customer_id="x"),
+            order_event("A", "700", occurred_at=at(0), customer_id="y"),  # earlier: it wins
+            refund_event("A", "r1", "100", occurred_at=at(3), customer_id="x"),
+            refund_event("A", "r2", "50", "USD", occurred_at=at(3)),  # another currency
+            order_event("B", "40", occurred_at=at(2), customer_id="x"),
+            refund_event("B", "r1", "10", occurred_at=at(4), customer_id="x"),
+            refund_event("B", "r1", "30", occurred_at=at(3.5), customer_id="x"),  # earlier
+        ]
+        expected = {
+            ("y", "JPY"): (1, 600, at(0), at(0)),
+            ("x", "JPY"): (1, 10, at(2), at(2)),
+        }
+        for _ in range(4):
+            rng.shuffle(stream)
+            await engine.dispose()
+            async with engine.begin() as conn:
+                await conn.execute(
+                    sa.text(
+                        "TRUNCATE scorer_applied_events, orders, order_refunds, customer_revenue"
+                    )
+                )
+            cut = rng.randint(0, len(stream))
+            await apply(engine, stream[:cut])
+            await apply(engine, stream[cut:])
+            assert await facts(engine) == expected
+
+    async def test_rebuild_derives_the_same_facts_from_the_raw_rows(
+        self, engine: AsyncEngine
+    ) -> None:
+        rng = random.Random(5)
+        stream: list[Any] = []
+        for i in range(60):
+            order, customer = f"o{i % 40}", f"c{rng.randint(0, 7)}"
+            currency = rng.choice(["JPY", "USD"])
+            amount = str(rng.randint(1, 5000)) if currency == "JPY" else f"{rng.randint(1, 99)}.25"
+            stream.append(
+                order_event(
+                    order,
+                    amount,
+                    currency,
+                    customer_id=customer,
+                    occurred_at=at(rng.randint(0, 99)),
+                )
+            )
+            stream.append(
+                refund_event(
+                    order, f"r{rng.randint(0, 2)}", "1" if currency == "JPY" else "0.75", currency
+                )
+            )
+        for i in range(0, len(stream), 9):
+            await apply(engine, stream[i : i + 9])
+        live, live_orders = await facts(engine), await orders(engine)
+        assert len(live) > 5
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("UPDATE orders SET refunded_minor = 0"))
+            await conn.execute(sa.text("UPDATE customer_revenue SET revenue_minor = 1"))
+        done = await rebuild.rebuild(engine)
+        assert done.orders == 40
+        assert await facts(engine) == live
+        assert await orders(engine) == live_orders
+
+
+class TestErasure:
+    async def test_orders_and_the_nps_category_stay_under_the_pseudonym(
+        self, engine: AsyncEngine
+    ) -> None:
+        from services.scorer import queries
+        from shared import erasure
+        from shared.privacy import Hasher
+        from shared.settings import PrivacySettings, load
+
+        await apply(
+            engine,
+            [
+                order_event("A", "1000", customer_id="gone", occurred_at=at(1)),
+                response_event(customer_id="gone", score=3, occurred_at=at(2)),
+            ],
+        )
+        hasher = Hasher(load(PrivacySettings).key())
+        async with engine.begin() as conn:
+            pseudonym = await erasure.pseudonym_for(conn, hasher, "scorer", "gone")
+            result = await queries.erase_customer(conn, "gone", pseudonym)
+        assert result["orders_pseudonymised"] == 1
+        assert await facts(engine) == {(pseudonym, "JPY"): (1, 1000, at(1), at(1))}
+        # A later order and refund of the erased customer land under the pseudonym.
+        await apply(
+            engine,
+            [
+                order_event("B", "500", customer_id="gone", occurred_at=at(3)),
+                refund_event("A", "r", "100", customer_id="gone"),
+            ],
+        )
+        assert await facts(engine) == {(pseudonym, "JPY"): (2, 1400, at(1), at(3))}
+        async with engine.connect() as conn:
+            keys = {
+                r.customer_key: r.score
+                for r in await conn.execute(sa.text("SELECT * FROM customer_nps"))
+            }
+            ids = {r[0] for r in await conn.execute(sa.text("SELECT customer_id FROM orders"))}
+        assert keys == {pseudonym: 3}
+        assert ids == {pseudonym}
