@@ -15,7 +15,16 @@ and the dashboard's own requests, with the session cookie of a one-time sign-in 
 Each page's own Server-Timing header (a panel's service call, `render`, `total`) is read
 back and printed as p50/p99 per part under the page's line.
 
-    python bench/queries.py --responses 10000000 --requests 200
+Customer value (issue 13) over --orders orders (default 5M, 95% JPY and 5% USD, dated over
+the same 100 days, from the same 200,000 customers, 5% of them partly refunded), with
+every customer's NPS answers and monthly activity derived from the seeded rows and the
+revenue facts derived by the scorer's own rebuild code:
+  value 30d          GET /v1/value?window=30d                (the default view)
+  value 90d          GET /v1/value?window=90d
+  value range        GET /v1/value?from=…&to=…               (a custom 30-day range)
+  value by channel   GET /v1/value?window=30d&group_by=channel
+
+    python bench/queries.py --responses 10000000 --orders 5000000 --requests 200
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ import argparse
 import asyncio
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -67,6 +76,75 @@ INSERT INTO score_days SELECT date_trunc('day', bucket_start, 'UTC'), metric, sc
     sum(promoters), sum(passives), sum(detractors), sum(satisfied), sum(easy), sum(score_sq_sum)
 FROM score_buckets GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
 """
+
+_SEED_ORDERS = """
+INSERT INTO orders (order_id, customer_id, currency, amount_minor, completed_at,
+    completed_event, channel, location, product, business_unit, refunded_minor)
+SELECT 'o' || i, 'c' || (i * 7919 % 200000),
+    CASE WHEN i % 20 = 0 THEN 'USD' ELSE 'JPY' END,
+    CASE WHEN i % 20 = 0 THEN 500 + (random() * 20000)::bigint
+         ELSE 10 * (50 + (random() * 2000)::bigint) END,
+    at, gen_random_uuid(),
+    (ARRAY['web', 'in_app', 'in_person', 'email'])[1 + (i % 4)],
+    'loc' || (i / 4 % 8), '', '', 0
+FROM (SELECT i, now() - random() * interval '100 days' AS at
+      FROM generate_series(CAST(:start AS integer), CAST(:stop AS integer)) AS i) AS s
+"""
+
+_SEED_REFUNDS = """
+INSERT INTO order_refunds (order_id, refund_id, currency, amount_minor, occurred_at, event_id)
+SELECT order_id, 'r1', currency, amount_minor / 2, completed_at + interval '1 day',
+    gen_random_uuid()
+FROM orders WHERE hashtext(order_id) % 20 = 0
+"""
+
+_SEED_NPS = """
+INSERT INTO customer_nps (customer_key, occurred_at, event_id, score)
+SELECT customer_id, occurred_at, event_id, score FROM responses WHERE metric = 'nps'
+ON CONFLICT DO NOTHING
+"""
+
+_SEED_ACTIVITY = """
+INSERT INTO customer_activity (period, period_start, customer_key)
+SELECT DISTINCT 'month', date_trunc('month', completed_at, 'UTC')::date, customer_id
+FROM orders WHERE completed_at IS NOT NULL
+ON CONFLICT DO NOTHING
+"""
+
+VALUE_QUERIES = {
+    "value 30d": ("/v1/value", {"window": "30d"}),
+    "value 90d": ("/v1/value", {"window": "90d"}),
+    "value range": ("/v1/value", {}),  # from/to filled in at run time
+    "value by channel": ("/v1/value", {"window": "30d", "group_by": "channel"}),
+}
+
+
+async def seed_orders(url: str, orders: int) -> float:
+    """Seed ``orders`` raw orders and refunds, the NPS history and monthly activity; then
+    derive the revenue facts with the scorer's own rebuild code. Return the seconds taken."""
+    from services.scorer import repository
+
+    engine = create_async_engine(DatabaseSettings(url=url).sqlalchemy_url())
+    started = time.perf_counter()
+    try:
+        async with engine.begin() as conn:
+            step = 1_000_000
+            for start in range(1, orders + 1, step):
+                stop = min(orders, start + step - 1)
+                await conn.execute(sa.text(_SEED_ORDERS), {"start": start, "stop": stop})
+            await conn.execute(sa.text(_SEED_REFUNDS))
+            await conn.execute(sa.text(_SEED_NPS))
+            await conn.execute(sa.text(_SEED_ACTIVITY))
+            await repository.rebuild_orders(conn)
+        async with engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            for table in ("orders", "order_refunds", "customer_revenue", "customer_nps"):
+                await conn.execute(sa.text(f"VACUUM ANALYZE {table}"))
+            await conn.execute(sa.text("VACUUM ANALYZE customer_activity"))
+    finally:
+        await engine.dispose()
+    return time.perf_counter() - started
+
 
 QUERIES = {
     "30d by channel": ("/v1/scores", {"metric": "nps", "window": "30d", "group_by": "channel"}),
@@ -188,16 +266,27 @@ def result(
     )
 
 
-async def measure(srv: Servers, responses: int, requests: int) -> list[Result]:
+async def measure(srv: Servers, responses: int, requests: int, orders: int) -> list[Result]:
     url = await srv.database()
     seeded, buckets = await seed(url, responses)
     print(f"  seeded {responses:,} responses, {buckets:,} buckets in {seeded:.0f}s", flush=True)
+    if orders:
+        took = await seed_orders(url, orders)
+        print(f"  seeded {orders:,} orders in {took:.0f}s", flush=True)
     results = []
     async with stack(srv, services=("scorer",), CXLOOP_DATABASE_URL=url) as s:
         async with s.client("scorer") as client:
             for name, (path, params) in QUERIES.items():
                 got = await timed(client, path, params, requests)
                 results.append(result(name, got.p50, got.p99, requests, responses, buckets))
+            if orders:
+                now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+                span = {"from": (now - timedelta(days=45)).isoformat(),
+                        "to": (now - timedelta(days=15)).isoformat()}  # fmt: skip
+                for name, (path, params) in VALUE_QUERIES.items():
+                    got = await timed(client, path, params or span, requests)
+                    results.append(result(name, got.p50, got.p99, requests, responses, buckets))
+                    results[-1].note += f"; {orders:,} orders"
         async with httpx.AsyncClient(base_url=s.urls["scorer"], timeout=30) as browser:
             await sign_in(browser, url, s.api_key)
             for name, (path, params) in PAGES.items():
@@ -222,9 +311,10 @@ async def main() -> None:
     )
     parser.add_argument("--responses", type=int, default=10_000_000)
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--orders", type=int, default=5_000_000)
     args = parser.parse_args()
     async with servers() as srv:
-        for r in await measure(srv, args.responses, args.requests):
+        for r in await measure(srv, args.responses, args.requests, args.orders):
             print(f"{r.name}: {r.value:.1f} {r.unit} ({r.note})")
 
 

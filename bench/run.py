@@ -81,6 +81,7 @@ async def main() -> None:
         "ingest seconds": 3 if q else 15,
         "latency seconds": 10 if q else 60,
         "responses": 100_000 if q else 10_000_000,
+        "orders": 50_000 if q else 5_000_000,
         "requests": 20 if q else 200,
     }
     started = time.monotonic()
@@ -96,7 +97,9 @@ async def main() -> None:
         print("end-to-end latency", flush=True)
         results += await latency.measure(srv, rate=500, seconds=sizes["latency seconds"])
         print("query latency", flush=True)
-        results += await queries.measure(srv, sizes["responses"], sizes["requests"])
+        results += await queries.measure(
+            srv, sizes["responses"], sizes["requests"], sizes["orders"]
+        )
         described = srv.describe()
     took = time.monotonic() - started
     text = f"""# Benchmarks
