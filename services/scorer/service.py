@@ -21,6 +21,7 @@ from typing import Any, Final
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.scorer import queries
+from services.scorer.models import ORDER_DIMENSIONS
 from services.scorer.schemas import (
     CategoryDrivers,
     CurrencyValue,
@@ -592,6 +593,8 @@ class Dashboard:
     times: dict[str | None, ServiceTimesOut]
     retention: RetentionOut
     latest: LatestResponses | None
+    value: ValueOut
+    """Customer value over the range, with the order dimensions among ``filters`` only."""
 
 
 def ces_scale(headline: HeadlineOut) -> int | None:
@@ -618,9 +621,11 @@ async def dashboard(
     connection: the tiles (``headline``, both periods), then the trends of the metrics
     they list; breakdowns of ``metric`` by every one of ``breakdown_by``; drivers; service
     times by ``TIME_GROUPS`` (tickets filtered by channel only); retention; the latest
-    answers if ``with_latest``. ``timings`` gets each panel's wall time, by name."""
+    answers if ``with_latest``; customer value (orders filtered by the order dimensions
+    only). ``timings`` gets each panel's wall time, by name."""
     timings = timings or Timings()
     ticket_filters = {k: filters[k] for k in ("channel",) if k in filters}
+    order_filters = {k: filters[k] for k in ORDER_DIMENSIONS if k in filters}
 
     async def every_trend() -> dict[tuple[Metric, int | None], TimeseriesOut]:
         # Every series the tiles can list, read alongside them (one statement either way).
@@ -683,6 +688,9 @@ async def dashboard(
                 timings.run("retention", retention(engine, retention_period, None, None))
             )
             latest = group.create_task(newest())
+            worth = group.create_task(
+                timings.run("value", value(engine, span, order_filters, min_n))
+            )
     except BaseExceptionGroup as failed:
         # The first panel's own error, unwrapped: a refused parameter stays a 422 and the
         # database down stays the 503 page (the handlers know these, not a group).
@@ -700,6 +708,7 @@ async def dashboard(
         times=times.result(),
         retention=kept.result(),
         latest=latest.result(),
+        value=worth.result(),
     )
 
 

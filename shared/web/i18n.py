@@ -24,6 +24,7 @@ same keys with the same placeholders.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import string
@@ -38,6 +39,8 @@ from babel.core import Locale
 from babel.numbers import NumberPattern, parse_pattern
 from babel.numbers import format_percent as babel_format_percent
 
+from shared.money import exponent
+
 __all__ = [
     "DEFAULT_LANGUAGE",
     "LANGUAGES",
@@ -47,6 +50,7 @@ __all__ = [
     "Messages",
     "Translator",
     "assert_catalogues_match",
+    "format_money",
     "format_number",
     "format_percent",
     "load_catalogue",
@@ -217,6 +221,20 @@ def format_number(
 
 def _zero(decimals: int) -> str:
     return "0" + ("." + "0" * decimals if decimals else "")
+
+
+def format_money(amount: Decimal | str, currency: str, lang: str) -> str:
+    """An amount in the language's CLDR currency format with ISO 4217's number of decimals
+    (Babel's own CLDR digits differ for some currencies: IQD has 3 in ISO, 0 in CLDR):
+    "¥120,000", "$19.90", "IQD999.600"; "￥120,000" in ja."""
+    digits = exponent(currency)
+    pattern = copy.copy(_locale(lang).currency_formats["standard"])
+    pattern.frac_prec = (digits, digits)
+    with localcontext() as context:
+        context.rounding = ROUND_HALF_UP
+        return str(
+            pattern.apply(Decimal(amount), _locale(lang), currency=currency, currency_digits=False)
+        )
 
 
 def format_percent(value: int | float | Decimal, lang: Lang, decimals: int = 0) -> str:

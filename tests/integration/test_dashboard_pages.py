@@ -43,9 +43,9 @@ from shared.settings import (
     SlaSettings,
 )
 from shared.timing import parse_header
-from shared.web.i18n import assert_catalogues_match, load_catalogue
+from shared.web.i18n import assert_catalogues_match, format_money, load_catalogue
 from shared.web.sessions import sign_in_link_for
-from tests.builders import response_event
+from tests.builders import order_event, response_event
 
 MESSAGES = Path(__file__).parents[2] / "services/scorer/pages/messages"
 MIN_N = 3
@@ -777,7 +777,16 @@ class TestServerTiming:
     developer tools (Server-Timing); bench/queries.py reports the same per panel."""
 
     PANELS = frozenset(
-        {"tiles", "trends", "breakdowns", "drivers", "service-times", "retention", "latest"}
+        {
+            "tiles",
+            "trends",
+            "breakdowns",
+            "drivers",
+            "service-times",
+            "retention",
+            "latest",
+            "value",
+        }
     )
 
     async def test_the_dashboard_names_each_panel_and_its_rendering(
@@ -960,3 +969,86 @@ class TestLanguages:
             assert '<html lang="ja">' in page.html
             assert "顧客体験ダッシュボード" in page.html
             assert "推奨者" in page.id("tile-nps").text
+
+
+class TestValuePanel:
+    """The "NPS and revenue" panel shows /v1/value's figures, per currency, in the viewer's
+    language and money format."""
+
+    async def _seed(self, engine: AsyncEngine) -> None:
+        at = NOW - timedelta(days=3)
+        promoters = [f"p{i}" for i in range(4)]
+        detractors = [f"d{i}" for i in range(3)]
+        await apply(
+            engine,
+            [
+                *(
+                    response_event(score=10, customer_id=c, occurred_at=at - timedelta(hours=1))
+                    for c in promoters
+                ),
+                *(
+                    response_event(score=2, customer_id=c, occurred_at=at - timedelta(hours=1))
+                    for c in detractors
+                ),
+                *(
+                    order_event(f"o-{c}-{k}", "12800", customer_id=c, occurred_at=at)
+                    for c in promoters
+                    for k in range(2)
+                ),
+                *(order_event(f"o-{c}", "4800", customer_id=c, occurred_at=at) for c in detractors),
+                order_event("o-usd", "19.90", "USD", customer_id="p0", occurred_at=at),
+            ],
+        )
+
+    async def test_each_currency_and_category_as_the_api_says(
+        self, site: Site, engine: AsyncEngine
+    ) -> None:
+        await self._seed(engine)
+        page = await site.page("/dashboard")
+        api = await site.json("/v1/value", window="30d")
+        by_currency = {c["currency"]: c for c in api["currencies"]}
+        assert set(by_currency) == {"JPY", "USD"}
+        jpy = page.id("value-JPY")
+        assert "In JPY" in jpy.text
+        assert format_money(by_currency["JPY"]["revenue"], "JPY", "en") in jpy.text
+        assert "¥116,800" in jpy.text  # 8 × 12,800 + 3 × 4,800, no decimals
+        at_risk = by_currency["JPY"]["revenue_at_risk"]
+        assert at_risk["revenue"] == "14400"
+        assert at_risk["customers"] == 3
+        assert "¥14,400" in jpy.text
+        rows = {
+            tr.attrs["class"].removeprefix("value-"): tr
+            for tr in jpy.all("tr")
+            if tr.attrs.get("class", "").startswith("value-")
+        }
+        for group in by_currency["JPY"]["by_nps"]:
+            row = rows[group["category"]]
+            assert row.all("td")[0].text.strip() == str(group["n"])
+            assert format_money(group["revenue_per_customer"], "JPY", "en") in row.text
+        assert "¥25,600" in rows["promoter"].text  # two orders of 12,800 each
+        assert "$19.90" in page.id("value-USD").text
+        # Never added together: the JPY section says nothing of dollars.
+        assert "$" not in jpy.text
+
+    async def test_japanese_money_and_labels(self, site: Site, engine: AsyncEngine) -> None:
+        await self._seed(engine)
+        async with site.client(**{"Accept-Language": "ja"}) as browser:
+            await site.sign_in(browser, site.api.headers["Authorization"].split()[1])
+            page = parse(await browser.get("/dashboard"))
+        panel = page.id("value")
+        assert "NPSと売上" in panel.text
+        assert "￥116,800" in page.id("value-JPY").text
+        assert "推奨者" in page.id("value-JPY").text
+
+    async def test_touchpoint_filters_are_said_not_to_apply(
+        self, site: Site, engine: AsyncEngine
+    ) -> None:
+        await self._seed(engine)
+        page = await site.page("/dashboard", touchpoint="checkout")
+        assert page.status == 200
+        assert "do not apply here" in page.id("value").text
+        assert "¥116,800" in page.id("value-JPY").text
+
+    async def test_no_orders_says_how_to_get_some(self, site: Site) -> None:
+        page = await site.page("/dashboard")
+        assert "No orders in this range yet" in page.id("value").text

@@ -30,7 +30,7 @@ from services.scorer.service import Dashboard, ces_scale
 from shared.events import Metric
 from shared.scoring import EASY_FROM, SATISFIED_FROM
 from shared.settings import DEFAULT_REASON_CODES
-from shared.web.i18n import Lang, format_number
+from shared.web.i18n import Lang, format_money, format_number
 
 Translate = Callable[..., str]
 
@@ -116,6 +116,11 @@ class Formats:
     def share(self, value: float | None, decimals: int = 0) -> Number:
         """A percentage given 0–100 (the API's shares and rates)."""
         return self.number(value, decimals)
+
+    def money(self, amount: str | None, currency: str) -> str:
+        """An amount from the API (a decimal string) in the currency's format: "¥120,000".
+        Plain text, not a ``<data>`` number: cxloop.js would drop the currency sign."""
+        return "—" if amount is None else format_money(amount, currency, self.lang)
 
     def month(self, day: date) -> str:
         """A calendar month: "Dec 2026", "2026年12月"."""
@@ -287,6 +292,7 @@ def dashboard(got: Dashboard) -> dict[str, Any]:
         "times_channel": got.times["channel"],
         "retention": got.retention,
         "latest": got.latest,
+        "value": got.value,
         "answered": any(s.n or s.previous.n for s in got.headline.scores),
     }
 
