@@ -5,7 +5,8 @@ of the currency's minor unit (cents for USD, yen for JPY, fils for KWD), so no f
 rounds a price. The number of minor-unit digits of each currency is ISO 4217's, from the
 ``iso4217`` package (it ships ISO's own table): 0 for JPY and KRW, 2 for USD and EUR, 3 for
 KWD and BHD. Funds, precious metals and test codes (XAU, XTS, ...) have no minor unit in
-ISO 4217 and are not currencies a customer pays in, so they are refused.
+ISO 4217 and are not currencies a customer pays in, so they are refused; fund codes that ISO
+gives a minor unit (BOV, CLF, USN, ...) are accepted as ISO lists them.
 
 Amounts in different currencies are never added together anywhere in cxloop.
 """
@@ -13,7 +14,7 @@ Amounts in different currencies are never added together anywhere in cxloop.
 from __future__ import annotations
 
 import re
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from functools import cache
 from typing import Annotated, Final
 
@@ -23,6 +24,9 @@ from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 # The largest amount cxloop accepts, in minor units: far above any single order, and its
 # sums over millions of orders stay well inside a Postgres bigint.
 MAX_MINOR: Final = 10**15
+
+# More than any amount parse_amount lets through (40 characters) and any exponent (4).
+_EXACT_DIGITS: Final = 64
 
 _PLAIN_DECIMAL = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]+)?")
 
@@ -101,11 +105,15 @@ def to_minor(amount: Decimal, currency: str) -> int:
     refused, never rounded; trailing zeros beyond them ("1500.00" JPY) are fine.
     """
     digits = exponent(currency)
-    minor = amount.scaleb(digits)
-    if minor != minor.to_integral_value():
+    # Exact whatever the length: the default context (28 digits) would round a long
+    # amount ("1.000000000000000000000000000001" USD) to one that fits instead of refusing.
+    with localcontext(prec=_EXACT_DIGITS):
+        minor = amount.scaleb(digits)
+        whole = minor.to_integral_value()
+    if minor != whole:
         unit = "no decimals" if digits == 0 else f"at most {digits} decimals"
         raise ValueError(f"amount has more decimals than {currency} allows ({unit})")
-    result = int(minor)
+    result = int(whole)
     if result > MAX_MINOR:
         largest = from_minor(MAX_MINOR, currency)
         raise ValueError(f"amount is larger than cxloop accepts ({largest})")

@@ -92,7 +92,16 @@ class TestMinorUnits:
         assert from_minor(minor, currency) == Decimal(amount)
 
     @pytest.mark.parametrize(
-        ("amount", "currency"), [("100.5", "JPY"), ("1.234", "USD"), ("0.0001", "KWD")]
+        ("amount", "currency"),
+        [
+            ("100.5", "JPY"),
+            ("1.234", "USD"),
+            ("0.0001", "KWD"),
+            # Past the default 28-digit context, which once rounded these to 1.00 and 12.50.
+            ("1.000000000000000000000000000001", "USD"),
+            ("12.500000000000000000000000000001", "USD"),
+            ("123456789012345678901234567.5", "JPY"),
+        ],
     )
     def test_more_decimals_than_the_currency_has_are_refused_not_rounded(
         self, amount: str, currency: str
