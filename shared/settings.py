@@ -503,7 +503,8 @@ class AlertingSettings(ConsumerSettings, PageSettings):
     order_retention_days: int = Field(
         default=400,
         ge=366,
-        description="A customer's orders (for the 12-month value alerts carry) are deleted this "
+        description="A customer's orders (for the value over the 365 days up to an answer "
+        "that alerts carry) are deleted this "
         "many days after they were completed (checked hourly): a year, and room for answers "
         "that arrive late.",
     )

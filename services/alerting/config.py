@@ -21,9 +21,9 @@
     runbook_url: https://wiki.example.com/cx-alerts   # or per rule: rules.detractor.runbook_url
     ticket_urls:                 # per ticket source (`default` for any other): the ticket's page
       zendesk: https://acme.zendesk.com/agent/tickets/{ticket_id}
-    high_value:                  # 12-month revenue per currency that makes an answer's alert
-      JPY: 100000                # critical (label high_value: "true", for routes and silences)
-      USD: 1000
+    high_value:                  # revenue per currency in the 12 months (365 days) up to an
+      JPY: 100000                # answer that makes its alert critical (label high_value:
+      USD: "1000.50"             # "true", for routes and silences); decimals in quotes
 
 Secrets are named by environment variable, never written in the file. Errors name the line.
 """
@@ -66,9 +66,33 @@ def label(value: Any) -> str:
     return str(value)
 
 
+# The alert fields that are booleans: a route or silence matches them as "true"/"false".
+BOOLEAN_LABELS = frozenset({"high_value"})
+
+
+class AtKey(ValueError):
+    """A mistake in one key of a mapping: ``load`` names that key and its line."""
+
+    def __init__(self, key: object, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+def boolean_label(key: str, value: object) -> str:
+    """The value a route or silence matches boolean label ``key`` with: ``true``/``false``
+    from a boolean or from that text in any case; anything else raises ``AtKey``."""
+    if isinstance(value, bool):
+        return label(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower()
+    raise AtKey(key, "must be true or false")
+
+
 def _thresholds(raw: object) -> dict[str, Decimal]:
     """``high_value`` as {currency: amount}: ISO 4217 codes (any case), positive amounts
-    with no more decimals than the currency has. Errors name the key."""
+    with no more decimals than the currency has, each a YAML integer or a string (a float
+    is refused: YAML has rounded it already). Errors name the key (``AtKey``)."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -78,17 +102,23 @@ def _thresholds(raw: object) -> dict[str, Decimal]:
         try:
             code = check_currency(key)
         except ValueError as exc:
-            raise ValueError(f"{key}: {exc}") from None
+            raise AtKey(key, str(exc)) from None
         if code in thresholds:
-            raise ValueError(f"{key}: {code} is given twice")
+            raise AtKey(key, f"{code} is given twice")
+        if isinstance(amount, float):
+            # 1000.0000000000000001 would be read as 1000: the digits written are gone.
+            raise AtKey(
+                key,
+                f'write the amount in quotes, e.g. {code}: "1000.50" (unquoted, YAML reads '
+                "a number with a decimal point as a float, which may round it)",
+            )
         try:
-            # YAML reads 1000.50 as a float: its shortest repr is the digits written.
-            value = parse_amount(repr(amount) if isinstance(amount, float) else amount)
+            value = parse_amount(amount)
             to_minor(value, code)
         except ValueError as exc:
-            raise ValueError(f"{key}: {exc}") from None
+            raise AtKey(key, str(exc)) from None
         if value <= 0:
-            raise ValueError(f"{key}: the threshold must be above zero")
+            raise AtKey(key, "the threshold must be above zero")
         thresholds[code] = value
     return thresholds
 
@@ -216,9 +246,10 @@ class Route(BaseModel):
     @field_validator("match", mode="before")
     @classmethod
     def _booleans_as_labels(cls, match: object) -> object:
-        # `high_value: true` in YAML is a boolean; the label is the text "true".
+        # `high_value: true` in YAML is a boolean; the label is the text "true". Any other
+        # label is text: `location: ON` (a YAML boolean) is refused by the type, naming it.
         if isinstance(match, dict):
-            return {k: label(v) if isinstance(v, bool) else v for k, v in match.items()}
+            return {k: boolean_label(k, v) if k in BOOLEAN_LABELS else v for k, v in match.items()}
         return match
 
 
@@ -252,8 +283,9 @@ class AlertingConfig(BaseModel):
     )
     high_value: Annotated[dict[str, Decimal], BeforeValidator(_thresholds)] = Field(
         default_factory=dict,
-        description="Per currency, the trailing-12-month revenue at which a detractor, "
-        "low-CSAT or high-effort alert becomes critical, e.g. {JPY: 100000, USD: 1000}.",
+        description="Per currency, the revenue in the 12 months (365 days) up to the answer "
+        "at which a detractor, low-CSAT or high-effort alert becomes critical, e.g. "
+        '{JPY: 100000, USD: "1000.50"} (an integer or a decimal string).',
     )
 
     def thresholds(self) -> dict[str, int]:
@@ -342,15 +374,18 @@ class AlertingConfig(BaseModel):
 
 
 def _line(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
+    """The line of the node at ``loc``, or of the deepest one found on the way."""
     for part in loc:
+        found: yaml.Node | None = None
         if isinstance(node, yaml.MappingNode):
-            node = next((v for k, v in node.value if k.value == part), None)
+            found = next((v for k, v in node.value if k.value == part), None)
         elif (
             isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
         ):
-            node = node.value[part]
-        else:
+            found = node.value[part]
+        if found is None:
             break
+        node = found
     return None if node is None else node.start_mark.line + 1
 
 
@@ -374,8 +409,11 @@ def load(path: Path) -> AlertingConfig:
         problems = []
         for err in exc.errors():
             loc = tuple(err["loc"])
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            cause = (err.get("ctx") or {}).get("error")
+            if isinstance(cause, AtKey):
+                loc, msg = (*loc, str(cause.key)), cause.message
             line = _line(tree, loc)
             field = ".".join(str(p) for p in loc) or "(top level)"
-            msg = str(err["msg"]).removeprefix("Value error, ")
             problems.append(f"{path}:{line or 1}: {field}: {msg}")
         raise ConfigError("\n".join(problems)) from None

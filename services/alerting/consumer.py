@@ -80,8 +80,11 @@ class AlertHandler:
     ) -> list[tuple[rules.AlertDraft, bool]]:
         fresh = await repository.first_seen(conn, events)
         await repository.record_touches(conn, fresh)
-        # Before the answers: a batch's orders are in the value of its answers' alerts.
-        await repository.record_orders(conn, fresh)
+        # Before the answers: a batch's orders are in the value of its answers' alerts. Every
+        # order event of the batch (pseudonymised already where the customer is erased), not
+        # only the ledger's new ones: orders and refunds dedupe on their own keys, so a replay
+        # loads the orders applied before alerting kept them.
+        await repository.record_orders(conn, events, {e.event_id for e in fresh})
         flagged = []
         for event in fresh:
             if isinstance(event, ResponseSubmitted):
@@ -98,7 +101,7 @@ class AlertHandler:
     async def _valued(
         self, conn: AsyncConnection, flagged: list[tuple[rules.AlertDraft, ResponseSubmitted]]
     ) -> list[tuple[rules.AlertDraft, ResponseSubmitted]]:
-        """Each draft with its customer's value over the year before the answer (critical
+        """Each draft with its customer's value over the 365 days up to the answer (critical
         when a currency reaches its ``high_value`` threshold)."""
         totals = await repository.customer_values(
             conn, [(event.customer_id, event.occurred_at) for _, event in flagged]

@@ -52,10 +52,19 @@ async def purge(engine: AsyncEngine, retention: timedelta) -> int:
         return await repository.purge_touches(conn, retention)
 
 
-async def purge_orders(engine: AsyncEngine, retention: timedelta) -> int:
-    """Delete orders completed longer than ``retention`` ago (and their old refunds)."""
-    async with engine.begin() as conn:
-        return await repository.purge_orders(conn, retention)
+async def purge_orders(
+    engine: AsyncEngine, retention: timedelta, chunk: int = repository.PURGE_CHUNK
+) -> int:
+    """Delete orders completed longer than ``retention`` ago (and their old refunds), a
+    chunk per transaction; return how many orders went. Rows locked meanwhile (an erasure)
+    are skipped until the next purge."""
+    gone = 0
+    while True:
+        async with engine.begin() as conn:
+            orders, refunds = await repository.purge_orders(conn, retention, chunk)
+        gone += orders
+        if orders < chunk and refunds < chunk:
+            return gone
 
 
 async def keep_fresh(

@@ -55,3 +55,9 @@ OUTBOX_DEPTH = Gauge(
     "failed for good.",
     ["status"],
 )
+ORDER_CONFLICTS = Counter(
+    name("alerting", "order_conflicts", "total"),
+    "Completions of an order already kept for another customer, currency or amount (the "
+    "first one stands), by what differs: customer, currency or amount.",
+    ["kind"],
+)

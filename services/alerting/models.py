@@ -61,9 +61,10 @@ alerts = sa.Table(
         ),
         nullable=False,
     ),
-    # The customer's trailing-12-month value when the alert opened (0021), as stored by
-    # repository.open_or_fold: per currency, revenue_minor, orders, threshold_minor.
-    sa.Column("value", pg.JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+    # The customer's value over the 12 months up to the answer, when the alert opened (0021),
+    # as stored by repository.open_or_fold: per currency, exponent, revenue_minor, orders,
+    # threshold_minor. NULL: not computed (opened before 0021, or a score drop).
+    sa.Column("value", pg.JSONB),
     sa.Column("high_value", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("value_reason", sa.Text),
 )

@@ -14,7 +14,6 @@ from typing import Any
 from services.alerting import value
 from services.alerting.config import AlertingConfig, Receiver, label, webhook_key
 from shared.events import utcnow
-from shared.money import json_amount
 
 ACTIONS = {
     "trigger": "alert.triggered",
@@ -127,7 +126,7 @@ def summary(alert: dict[str, Any]) -> str:
     what = _short(alert["rule"]).replace("_", " ")
     score = f", score {alert['score']}" if alert.get("score") is not None else ""
     ticket = f", ticket {_short(alert['ticket_id'])}" if alert.get("ticket_id") else ""
-    worth = value.describe(value.of_alert(alert))
+    worth = value.describe(value.of_alert(alert) or [])
     worth = f"; {worth}" if worth else ""
     comment = f" — “{clip(alert['comment'], SUMMARY_COMMENT)}”" if alert.get("comment") else ""
     line = (
@@ -162,7 +161,6 @@ def _public(alert: dict[str, Any]) -> dict[str, Any]:
         "resolved_actor_id",
         "note",
         "assignee",
-        "value_reason",
     )
     public = {k: alert.get(k) for k in keys}
     for key, text in public.items():
@@ -170,21 +168,17 @@ def _public(alert: dict[str, Any]) -> dict[str, Any]:
             public[key] = clip(text, LONG if key in ("comment", "note") else SHORT)
     if public["reasons"]:
         public["reasons"] = [_short(r) for r in public["reasons"][:32]]
+    worth = value.of_alert(alert)
+    public["value"] = None if worth is None else [v.public() for v in worth]
     public["high_value"] = bool(alert.get("high_value"))
-    public["value"] = [_value(v) for v in value.of_alert(alert)]
+    public["value_reason"] = _reason(alert)
     return public
 
 
-def _value(worth: value.CurrencyValue) -> dict[str, Any]:
-    """One currency of an alert's value as the API shows it (decimal strings)."""
-    threshold = worth.threshold_minor
-    return {
-        "currency": worth.currency,
-        "revenue": json_amount(worth.revenue_minor, worth.currency),
-        "orders": worth.orders,
-        "threshold": None if threshold is None else json_amount(threshold, worth.currency),
-        "high_value": worth.high_value,
-    }
+def _reason(alert: dict[str, Any]) -> str | None:
+    """An alert's value_reason, clipped as it is stored (the same in every receiver)."""
+    why = alert.get("value_reason")
+    return None if not why else clip(str(why), value.REASON_CHARS)
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
@@ -225,8 +219,8 @@ def build(
             action
         ]
         text = f"{state} {summary(alert)}"
-        if action == "trigger" and alert.get("value_reason"):
-            text += f"\nWhy critical: {clip(alert['value_reason'], LONG)}"
+        if action == "trigger" and _reason(alert):
+            text += f"\nWhy critical: {_reason(alert)}"
         if action == "resolve" and alert.get("note"):
             text += f"\nFollow-up: {clip(alert['note'], LONG)}"
         payload = slack_payload(slack_text(text))
@@ -255,14 +249,16 @@ def build(
             "channel": _short(alert["channel"]),
             "alert_id": str(alert["id"]),
             "source": "cxloop",
-            "high_value": label(bool(alert.get("high_value"))),
         }
+        if alert.get("high_value"):
+            # Only when true: a label on every alert would change every alert's fingerprint.
+            labels["high_value"] = label(True)
         annotations = {
             "summary": summary(alert),
             "runbook_url": config.runbook_for(alert) or "",
         }
-        if alert.get("value_reason"):
-            annotations["value_reason"] = clip(alert["value_reason"], LONG)
+        if _reason(alert):
+            annotations["value_reason"] = str(_reason(alert))
         ends = now if action == "resolve" else now + timedelta(hours=24)
         payload = [
             {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.alerting import lifecycle, outbox
+from services.alerting import lifecycle, metrics, outbox
 from services.alerting.config import AlertingConfig
 from services.alerting.models import (
     TOUCHES_KEPT,
@@ -384,12 +384,28 @@ ON CONFLICT (order_id, refund_id) DO NOTHING
 """)
 
 
+_STORED_ORDERS = sa.text("""
+SELECT order_id, customer_id, currency, amount_minor FROM alerting_orders
+WHERE order_id = ANY(CAST(:order_id AS text[]))
+""")
+
+
 async def record_orders(
-    conn: AsyncConnection, events: Sequence[ResponseSubmitted | TouchpointEvent]
+    conn: AsyncConnection,
+    events: Sequence[ResponseSubmitted | TouchpointEvent],
+    fresh: Collection[uuid.UUID] = (),
 ) -> None:
     """Keep each order's first completion and each refund once, in the order given (the
-    first completion of an order in ``events`` is the one kept). Give only events the
-    ledger just found new; a repeat under another event id changes nothing either."""
+    first completion of an order in ``events`` is the one kept). Give every event of the
+    batch, new to the ledger or not: orders and refunds dedupe on their own keys, so a
+    replay loads the orders of events applied before this table existed, and a repeat
+    under another event id changes nothing.
+
+    A completion among ``fresh`` (the event ids the ledger just found new, so that a
+    redelivery is not counted twice) whose order is kept for another customer, currency or
+    amount is counted in ``cxloop_alerting_order_conflicts_total``: the first one stands.
+    """
+    completions: list[TouchpointEvent] = []
     completed: dict[str, TouchpointEvent] = {}
     refunded: dict[tuple[str, str], TouchpointEvent] = {}
     for event in events:
@@ -397,6 +413,8 @@ async def record_orders(
             continue
         if event.type == ORDER_COMPLETED:
             completed.setdefault(event.order_id, event)
+            if event.event_id in fresh:
+                completions.append(event)
         elif event.type == ORDER_REFUNDED and event.refund_id is not None:
             refunded.setdefault((event.order_id, event.refund_id), event)
     if completed:
@@ -421,6 +439,29 @@ async def record_orders(
                 "amount_minor": [_minor(e) for e in refunded.values()],
             },
         )
+    if completions:
+        await _count_conflicts(conn, completions)
+
+
+async def _count_conflicts(conn: AsyncConnection, completions: list[TouchpointEvent]) -> None:
+    """Count each completion that differs from its order as kept (read after the insert,
+    so an order another transaction committed meanwhile is seen): by customer first, then
+    currency, then amount. Never an id in a label or a log."""
+    ids = sorted({e.order_id for e in completions if e.order_id is not None})
+    kept = {r.order_id: r for r in await conn.execute(_STORED_ORDERS, {"order_id": ids})}
+    for event in completions:
+        row = kept.get(event.order_id)
+        if row is None:
+            continue
+        if row.customer_id != event.customer_id:
+            kind = "customer"
+        elif row.currency != event.currency:
+            kind = "currency"
+        elif row.amount_minor != _minor(event):
+            kind = "amount"
+        else:
+            continue
+        metrics.ORDER_CONFLICTS.labels(kind=kind).inc()
 
 
 def _minor(event: TouchpointEvent) -> int:
@@ -432,21 +473,24 @@ def _minor(event: TouchpointEvent) -> int:
 
 
 # Per (customer, answer time) asked: per currency, the net revenue and count of the orders
-# completed from WINDOW_DAYS before the answer up to now. A refund counts only in its
-# order's currency, and never takes an order below zero.
+# completed in the WINDOW_DAYS up to the answer (an answer dated ahead of now counts as
+# given now). A refund counts only in its order's currency and customer, and never takes
+# an order below zero. Sums are numeric: a bigint would overflow (22003) for a customer of
+# ten thousand orders near shared.money.MAX_MINOR, and dead-letter their answer.
 _VALUES = sa.text(f"""
 SELECT q.n, o.currency,
-    CAST(sum(o.amount_minor - least(coalesce(r.refunded, 0), o.amount_minor)) AS bigint)
-        AS revenue_minor,
+    sum(o.amount_minor - least(coalesce(r.refunded, 0), o.amount_minor)) AS revenue_minor,
     count(*) AS orders
 FROM unnest(CAST(:customer_id AS text[]), CAST(:occurred_at AS timestamptz[]))
     WITH ORDINALITY AS q(customer_id, occurred_at, n)
+CROSS JOIN LATERAL (SELECT least(q.occurred_at, now()) AS answered) AS a
 JOIN alerting_orders AS o ON o.customer_id = q.customer_id
-    AND o.completed_at >= q.occurred_at - interval '{WINDOW_DAYS} days'
-    AND o.completed_at <= now()
+    AND o.completed_at >= a.answered - interval '{WINDOW_DAYS} days'
+    AND o.completed_at <= a.answered
 LEFT JOIN LATERAL (
     SELECT sum(f.amount_minor) AS refunded FROM alerting_refunds AS f
     WHERE f.order_id = o.order_id AND f.currency = o.currency
+        AND f.customer_id = o.customer_id
 ) AS r ON true
 GROUP BY q.n, o.currency
 """)
@@ -456,7 +500,7 @@ async def customer_values(
     conn: AsyncConnection, asked: Sequence[tuple[str, datetime]]
 ) -> list[list[tuple[str, int, int]]]:
     """For each ``(customer_id, answer time)``, the ``(currency, revenue_minor, orders)`` of
-    the customer's orders in the window before that answer (see ``services.alerting.value``)."""
+    the customer's orders in the 365 days up to that answer (see ``services.alerting.value``)."""
     found: list[list[tuple[str, int, int]]] = [[] for _ in asked]
     if not asked:
         return found
@@ -469,16 +513,38 @@ async def customer_values(
     return found
 
 
-async def purge_orders(conn: AsyncConnection, older_than: timedelta) -> int:
-    """Delete the orders completed more than ``older_than`` ago and the refunds recorded
-    that long ago of orders not kept; return how many orders went."""
-    cutoff = sa.func.now() - older_than
-    deleted = await conn.execute(orders.delete().where(orders.c.completed_at < cutoff))
-    kept = sa.select(orders.c.order_id).where(
-        orders.c.order_id == refunds.c.order_id, orders.c.completed_at >= cutoff
-    )
-    await conn.execute(refunds.delete().where(refunds.c.recorded_at < cutoff, ~kept.exists()))
-    return int(deleted.rowcount)
+# Rows per purge statement: each chunk is its own short transaction.
+PURGE_CHUNK = 5000
+# Old orders, a chunk at a time in key order, skipping rows a transaction holds (an erasure
+# pseudonymising them, a consumer inserting): the purge never waits on a row lock, so it
+# cannot deadlock with an erasure, and what it skipped goes at the next purge.
+_PURGE_ORDERS = sa.text("""
+DELETE FROM alerting_orders WHERE order_id IN (
+    SELECT order_id FROM alerting_orders WHERE completed_at < now() - CAST(:older_than AS interval)
+    ORDER BY order_id LIMIT :chunk FOR UPDATE SKIP LOCKED
+)
+""")
+_PURGE_REFUNDS = sa.text("""
+DELETE FROM alerting_refunds AS d USING (
+    SELECT f.order_id, f.refund_id FROM alerting_refunds AS f
+    WHERE f.recorded_at < now() - CAST(:older_than AS interval)
+        AND NOT EXISTS (SELECT FROM alerting_orders AS o WHERE o.order_id = f.order_id)
+    ORDER BY f.order_id, f.refund_id LIMIT :chunk FOR UPDATE OF f SKIP LOCKED
+) AS old
+WHERE d.order_id = old.order_id AND d.refund_id = old.refund_id
+""")
+
+
+async def purge_orders(
+    conn: AsyncConnection, older_than: timedelta, chunk: int = PURGE_CHUNK
+) -> tuple[int, int]:
+    """Delete up to ``chunk`` orders completed more than ``older_than`` ago, then up to
+    ``chunk`` refunds recorded that long ago whose order is not kept; return how many of
+    each went (a full chunk: call again, in a new transaction)."""
+    params = {"older_than": older_than, "chunk": chunk}
+    orders_gone = await conn.execute(_PURGE_ORDERS, params)
+    refunds_gone = await conn.execute(_PURGE_REFUNDS, params)
+    return int(orders_gone.rowcount), int(refunds_gone.rowcount)
 
 
 async def touches_of(conn: AsyncConnection, customer_id: str) -> list[dict[str, Any]]:

@@ -13,10 +13,12 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    field_validator,
     model_validator,
 )
 
-from shared.money import json_amount
+from services.alerting.config import BOOLEAN_LABELS, boolean_label
+from services.alerting.value import CurrencyValue
 
 
 class AlertStatus(StrEnum):
@@ -38,8 +40,8 @@ ACTOR_ID = (
 
 
 class CustomerValue(BaseModel):
-    """The customer's orders in one currency over the 365 days before the answer that
-    opened the alert, as they stood when it opened."""
+    """The customer's orders in one currency over the 12 months (365 days) up to the answer
+    that opened the alert, as they stood when it opened."""
 
     currency: str = Field(description="ISO 4217 code.")
     revenue: str = Field(
@@ -55,17 +57,9 @@ class CustomerValue(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _from_stored(cls, data: Any) -> Any:
-        # alerts.value keeps minor units; the API answers with decimal strings.
+        # alerts.value keeps minor units and exponents; the API answers with decimal strings.
         if isinstance(data, dict) and "revenue_minor" in data:
-            currency = data["currency"]
-            threshold = data.get("threshold_minor")
-            return {
-                "currency": currency,
-                "revenue": json_amount(data["revenue_minor"], currency),
-                "orders": data["orders"],
-                "threshold": None if threshold is None else json_amount(threshold, currency),
-                "high_value": data["high_value"],
-            }
+            return CurrencyValue.from_stored(data).public()
         return data
 
 
@@ -112,10 +106,12 @@ class Alert(BaseModel):
     product: str | None = None
     business_unit: str | None = None
     survey_type: str | None = None
-    value: list[CustomerValue] = Field(
-        default_factory=list,
+    value: list[CustomerValue] | None = Field(
+        default=None,
         description="Detractor, low-CSAT and high-effort alerts: the customer's value per "
-        "currency when the alert opened (none without orders in the window).",
+        "currency in the 12 months (365 days) up to the answer, as it stood when the alert "
+        "opened (empty without orders in the window); null when it was not computed (an "
+        "alert opened before alerts carried a value, or not about one answer).",
     )
     high_value: bool = Field(
         default=False,
@@ -324,6 +320,16 @@ class SilenceIn(BaseModel):
     ends_at: AwareDatetime | None = None
     created_by: Person | None = Field(default=None, description=DISPLAY_NAME)
     comment: Note
+
+    @field_validator("matchers", mode="before")
+    @classmethod
+    def _booleans_as_labels(cls, matchers: Any) -> Any:
+        # high_value is a boolean field: "true"/"false" in any case, or a JSON boolean.
+        if isinstance(matchers, dict):
+            return {
+                k: boolean_label(k, v) if k in BOOLEAN_LABELS else v for k, v in matchers.items()
+            }
+        return matchers
 
     @model_validator(mode="after")
     def _one_end(self) -> SilenceIn:

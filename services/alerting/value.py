@@ -1,28 +1,67 @@
 """What a customer is worth when an alert about them opens: pure functions, no I/O.
 
-The window is the 365 days before the answer that opened the alert, up to the moment the
-alert opens: anchored on the answer's ``occurred_at`` (not on the time it was applied), so
-that a late answer or a replay looks back over the same year. Orders and answers travel on
-different topics, so an order that arrives after the alert opened is not in its value: the
-value is what alerting knew then, and it is not recomputed when later answers fold in.
+"12 months" means the 365 days up to the answer that opened the alert: orders completed
+from 365 days before the answer's ``occurred_at`` to that instant (an answer dated in the
+future counts as given now), so that a late answer or a replay looks back over the same
+year, and an order completed after the answer is never in it. Orders and answers travel on
+different topics, so an order that arrives after the alert opened is not in its value
+either: the value is what alerting knew then, and it is not recomputed when later answers
+fold in.
 
 Per currency (amounts in different currencies are never added): the net revenue (each
 order's amount less its refunds, never below zero) and the number of orders completed in
 the window, refunded ones included. A currency whose revenue reaches its configured
 ``high_value`` threshold makes the customer high-value.
+
+Each currency is stored with its ISO 4217 exponent (its number of minor-unit digits), so
+an alert shows and sends its amounts without the currency table: a currency the
+``iso4217`` package drops later cannot break an old alert. Amounts are written with ISO's
+digits, not CLDR's (Babel would write IQD 999.600 as IQD1,000).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
-from babel.numbers import format_currency
+from babel import Locale
 
-from shared.money import from_minor
+from shared import money as iso
 
 WINDOW_DAYS = 365
+# The longest value_reason, stored and sent alike: whole currencies only, then "; …".
+REASON_CHARS = 1000
+
+
+def amount(minor: int, exponent: int) -> Decimal:
+    """``minor`` units as a ``Decimal`` with exactly ``exponent`` decimals."""
+    return Decimal(minor).scaleb(-exponent).quantize(Decimal(1).scaleb(-exponent))
+
+
+def decimal_string(minor: int, exponent: int) -> str:
+    """``minor`` units as the APIs write an amount: "120000" (JPY), "1250.00" (USD)."""
+    return format(amount(minor, exponent), "f")
+
+
+def format_money(value: Decimal, currency: str, locale: str = "en") -> str:
+    """``value`` of ``currency`` as a person reads it in ``locale`` (¥120,000, IQD999.600),
+    with as many decimals as ``value`` has (ISO's digits, when it comes from
+    :func:`amount`), whatever CLDR says of the currency."""
+    place = value.as_tuple().exponent
+    digits = -place if isinstance(place, int) and place < 0 else 0
+    where = Locale.parse(locale)
+    pattern = copy.copy(where.currency_formats["standard"])
+    pattern.frac_prec = (digits, digits)
+    text: str = pattern.apply(value, where, currency=currency, currency_digits=False)
+    return text
+
+
+def money(minor: int, currency: str, exponent: int, locale: str = "en") -> str:
+    """``minor`` units of ``currency`` as a person reads them in ``locale`` (¥120,000)."""
+    return format_money(amount(minor, exponent), currency, locale)
 
 
 @dataclass(frozen=True)
@@ -32,6 +71,7 @@ class CurrencyValue:
     currency: str
     revenue_minor: int
     orders: int
+    exponent: int
     threshold_minor: int | None = None
 
     @property
@@ -39,13 +79,33 @@ class CurrencyValue:
         """Whether the revenue reaches the currency's threshold (none: never)."""
         return self.threshold_minor is not None and self.revenue_minor >= self.threshold_minor
 
+    def revenue(self) -> str:
+        """The revenue as a decimal string."""
+        return decimal_string(self.revenue_minor, self.exponent)
+
+    def threshold(self) -> str | None:
+        """The threshold as a decimal string (None: no threshold)."""
+        minor = self.threshold_minor
+        return None if minor is None else decimal_string(minor, self.exponent)
+
     def stored(self) -> dict[str, Any]:
         """The JSON object kept in ``alerts.value``."""
         return {
             "currency": self.currency,
+            "exponent": self.exponent,
             "revenue_minor": self.revenue_minor,
             "orders": self.orders,
             "threshold_minor": self.threshold_minor,
+            "high_value": self.high_value,
+        }
+
+    def public(self) -> dict[str, Any]:
+        """The JSON object the API and notifications show (decimal strings)."""
+        return {
+            "currency": self.currency,
+            "revenue": self.revenue(),
+            "orders": self.orders,
+            "threshold": self.threshold(),
             "high_value": self.high_value,
         }
 
@@ -53,10 +113,12 @@ class CurrencyValue:
     def from_stored(cls, data: Mapping[str, Any]) -> CurrencyValue:
         """The value of one currency as ``alerts.value`` keeps it."""
         threshold = data.get("threshold_minor")
+        currency = str(data["currency"])
         return cls(
-            currency=str(data["currency"]),
+            currency=currency,
             revenue_minor=int(data["revenue_minor"]),
             orders=int(data["orders"]),
+            exponent=int(data["exponent"]),
             threshold_minor=None if threshold is None else int(threshold),
         )
 
@@ -65,38 +127,47 @@ def assess(
     totals: Iterable[tuple[str, int, int]], thresholds: Mapping[str, int]
 ) -> tuple[CurrencyValue, ...]:
     """Return the value of each ``(currency, revenue_minor, orders)``, by currency code,
-    each with its threshold (in minor units) if one is configured."""
+    each with its exponent and its threshold (in minor units) if one is configured. A
+    currency the table no longer has (its orders were validated when it had it) is left out:
+    its minor units cannot be read."""
+    known = iso.currencies()
     return tuple(
-        CurrencyValue(currency, revenue, orders, thresholds.get(currency))
+        CurrencyValue(currency, revenue, orders, iso.exponent(currency), thresholds.get(currency))
         for currency, revenue, orders in sorted(totals)
+        if currency in known
     )
 
 
-def money(minor: int, currency: str, locale: str = "en") -> str:
-    """``minor`` units of ``currency`` as a person reads them in ``locale`` (¥120,000)."""
-    return format_currency(from_minor(minor, currency), currency, locale=locale)
-
-
 def reason(values: Sequence[CurrencyValue]) -> str | None:
-    """Why the alert is critical for the customer's value (None when it is not)."""
+    """Why the alert is critical for the customer's value (None when it is not): one part
+    per currency at its threshold, at most ``REASON_CHARS`` long (whole parts, then "…")."""
     parts = [
-        f"{money(v.revenue_minor, v.currency)} in the last 12 months "
-        f"(threshold {money(v.threshold_minor, v.currency)})"
+        f"{money(v.revenue_minor, v.currency, v.exponent)} in the 12 months up to the answer "
+        f"(threshold {money(v.threshold_minor, v.currency, v.exponent)})"
         for v in values
         if v.high_value and v.threshold_minor is not None
     ]
-    return "high-value customer: " + "; ".join(parts) if parts else None
+    if not parts:
+        return None
+    text = "high-value customer: " + parts[0]
+    for part in parts[1:]:
+        if len(text) + len(part) + 5 > REASON_CHARS:
+            return text + "; …"
+        text += "; " + part
+    return text[: REASON_CHARS - 1] + "…" if len(text) > REASON_CHARS else text
 
 
 def describe(values: Sequence[CurrencyValue]) -> str:
     """One line for on-call: "¥120,000 in 12 months, 8 orders" per currency."""
     return "; ".join(
-        f"{money(v.revenue_minor, v.currency)} in 12 months, "
+        f"{money(v.revenue_minor, v.currency, v.exponent)} in 12 months, "
         f"{v.orders} order{'' if v.orders == 1 else 's'}"
         for v in values
     )
 
 
-def of_alert(alert: Mapping[str, Any]) -> list[CurrencyValue]:
-    """The value an alert's row (or notification's copy of it) carries."""
-    return [CurrencyValue.from_stored(v) for v in alert.get("value") or []]
+def of_alert(alert: Mapping[str, Any]) -> list[CurrencyValue] | None:
+    """The value an alert's row (or notification's copy of it) carries; None for an alert
+    whose value was never computed (opened before alerts had one, or not about an answer)."""
+    stored = alert.get("value")
+    return None if stored is None else [CurrencyValue.from_stored(v) for v in stored]

@@ -3,6 +3,7 @@ worth more than the configured threshold makes it critical (issue 13)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -19,6 +21,7 @@ from starlette.routing import Route
 from services.alerting import gauges, service
 from services.alerting.config import AlertingConfig
 from services.alerting.consumer import AlertHandler
+from services.alerting.models import alerts as alerts_table
 from services.alerting.models import orders as orders_table
 from services.alerting.models import refunds as refunds_table
 from services.alerting.schemas import Alert, ResolveIn
@@ -26,6 +29,7 @@ from services.servers import free_port
 from shared.db import create_engine
 from shared.events import CustomerErased, TouchpointEvent
 from shared.kafka import Decoded
+from shared.money import MAX_MINOR
 from shared.privacy import Hasher
 from shared.settings import DatabaseSettings, KafkaSettings, SlaSettings
 from shared.topics import Topic
@@ -85,6 +89,7 @@ async def answer(
 
 
 def value_of(alert: Alert) -> list[tuple[str, str, int, bool]]:
+    assert alert.value is not None, "an answer's alert always has its value computed"
     return [(v.currency, v.revenue, v.orders, v.high_value) for v in alert.value]
 
 
@@ -100,6 +105,7 @@ class TestValueOnTheAlert:
         )
         alert = await answer(engine, handler, "aoi")
         assert value_of(alert) == [("JPY", "42000", 2, False)]
+        assert alert.value is not None
         assert alert.value[0].threshold == "100000"
         assert (alert.severity, alert.high_value, alert.value_reason) == ("warning", False, None)
 
@@ -119,13 +125,24 @@ class TestValueOnTheAlert:
     ) -> None:
         await handler(
             batch(
+                order("eri", "o-older", "50000", at=NOW - timedelta(days=396)),
                 order("eri", "o-old", "7000", at=NOW - timedelta(days=390)),
-                order("eri", "o-new", "3000", at=NOW - timedelta(days=20)),
+                order("eri", "o-then", "2000", at=NOW - timedelta(days=30)),
+                order("eri", "o-after", "3000", at=NOW - timedelta(days=20)),
             )
         )
-        # An answer given a month ago looks back to 395 days ago: both orders count.
+        # An answer given a month ago looks back to 395 days ago, and no later than itself:
+        # the order completed ten days after it is not in its 12 months.
         alert = await answer(engine, handler, "eri", occurred_at=NOW - timedelta(days=30))
-        assert value_of(alert) == [("JPY", "10000", 2, False)]
+        assert value_of(alert) == [("JPY", "9000", 2, False)]
+
+    async def test_an_answer_dated_ahead_counts_as_given_now(
+        self, engine: AsyncEngine, handler: AlertHandler
+    ) -> None:
+        await handler(batch(order("eve", "o-1", "4000", at=NOW - timedelta(days=350))))
+        # Dated a month ahead (a wrong clock): its year is the one up to now, not up to then.
+        alert = await answer(engine, handler, "eve", occurred_at=NOW + timedelta(days=30))
+        assert value_of(alert) == [("JPY", "4000", 1, False)]
 
     async def test_refunds_reduce_it_whatever_their_order(
         self, engine: AsyncEngine, handler: AlertHandler
@@ -140,10 +157,28 @@ class TestValueOnTheAlert:
                 order("fumi", "o-2", "4000", refund_id="r-3"),
                 order("fumi", "o-2", "4000", refund_id="r-4"),  # more than the order: 0, not -3000
                 order("fumi", "o-1", "1", "USD", refund_id="r-5"),  # not the order's currency
+                order("gus", "o-1", "3000", refund_id="r-6"),  # not the order's customer
             )
         )
         alert = await answer(engine, handler, "fumi")
         assert value_of(alert) == [("JPY", "7000", 2, False)]
+
+    async def test_a_sum_past_bigint_still_opens_the_alert(
+        self, engine: AsyncEngine, handler: AlertHandler
+    ) -> None:
+        # Ten thousand orders at the largest amount accepted: 10**19 yen, past a bigint.
+        async with engine.begin() as conn:
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO alerting_orders (order_id, customer_id, currency, amount_minor,"
+                    " completed_at) SELECT 'o-' || n, 'whale', 'JPY', :amount, now() - interval"
+                    " '1 day' FROM generate_series(1, 10000) AS n"
+                ),
+                {"amount": MAX_MINOR},
+            )
+        alert = await answer(engine, handler, "whale")
+        assert value_of(alert) == [("JPY", str(MAX_MINOR * 10_000), 10_000, True)]
+        assert alert.severity == "critical"
 
     async def test_redelivered_and_repeated_orders_count_once(
         self, engine: AsyncEngine, handler: AlertHandler
@@ -168,6 +203,51 @@ class TestValueOnTheAlert:
             rows = (await conn.execute(sa.select(sa.func.count()).select_from(orders_table))).one()
         assert rows[0] == 2
 
+    async def test_a_conflicting_completion_is_counted_and_the_first_stands(
+        self, engine: AsyncEngine, handler: AlertHandler
+    ) -> None:
+        before = {kind: _conflicts(kind) for kind in ("customer", "currency", "amount")}
+        first = order("hal", "o-1", "5000")
+        await handler(batch(first, order("hal", "o-2", "100")))
+        other_customer = order("ida", "o-1", "5000")
+        repeats = [
+            order("hal", "o-1", "5000"),  # the same order again: no conflict
+            other_customer,
+            order("hal", "o-1", "50.00", "USD"),
+            order("hal", "o-1", "6000"),
+            order("hal", "o-2", "200"),
+        ]
+        await handler(batch(*repeats))
+        await handler(batch(other_customer))  # redelivered: counted once
+        after = {kind: _conflicts(kind) - n for kind, n in before.items()}
+        assert after == {"customer": 1, "currency": 1, "amount": 2}
+        alert = await answer(engine, handler, "hal")
+        assert value_of(alert) == [("JPY", "5100", 2, False)]
+
+    async def test_a_replay_loads_orders_the_ledger_already_applied(
+        self, engine: AsyncEngine, handler: AlertHandler
+    ) -> None:
+        completed = order("jo", "o-1", "8000")
+        refund = order("jo", "o-1", "1000", refund_id="r-1")
+        await handler(batch(completed, refund))
+        # As when the events were applied before alerting kept orders (the ledger has them).
+        async with engine.begin() as conn:
+            await conn.execute(orders_table.delete())
+            await conn.execute(refunds_table.delete())
+        await handler(batch(completed, refund))  # the topic replayed
+        alert = await answer(engine, handler, "jo")
+        assert value_of(alert) == [("JPY", "7000", 1, False)]
+
+    async def test_an_alert_opened_before_values_has_none(
+        self, engine: AsyncEngine, handler: AlertHandler
+    ) -> None:
+        alert = await answer(engine, handler, "kit")
+        assert alert.value == []  # computed: no orders
+        async with engine.begin() as conn:
+            await conn.execute(sa.update(alerts_table).values(value=None))  # as before 0021
+        (old,) = (await service.alerts_for_customer(engine, "kit")).items
+        assert old.value is None
+
     async def test_each_currency_is_listed_apart(
         self, engine: AsyncEngine, handler: AlertHandler
     ) -> None:
@@ -185,6 +265,7 @@ class TestValueOnTheAlert:
             ("KWD", "3.125", 1, False),
             ("USD", "19.75", 2, False),
         ]
+        assert alert.value is not None
         assert alert.value[1].threshold is None  # no threshold for KWD
 
     async def test_a_fold_keeps_the_value_the_alert_opened_with(
@@ -216,7 +297,7 @@ class TestHighValue:
         assert alert.high_value is True
         assert value_of(alert) == [("JPY", "120000", 2, True), ("USD", "400.00", 1, False)]
         assert alert.value_reason == (
-            "high-value customer: ¥120,000 in the last 12 months (threshold ¥100,000)"
+            "high-value customer: ¥120,000 in the 12 months up to the answer (threshold ¥100,000)"
         )
         by_api = await service.queue(engine)
         assert [a.high_value for a in by_api.items] == [True]
@@ -270,6 +351,43 @@ class TestErasureAndRetention:
         )
         assert value_of(fresh) == [("JPY", "101000", 2, True)]
         assert (await service.alerts_for_customer(engine, "nao")).items == []
+
+    async def test_the_purge_reads_by_age_and_skips_rows_an_erasure_holds(
+        self, engine: AsyncEngine, handler: AlertHandler
+    ) -> None:
+        async with engine.connect() as conn:
+            indexes = set(
+                (
+                    await conn.execute(
+                        sa.text(
+                            "SELECT indexdef FROM pg_indexes WHERE tablename IN"
+                            " ('alerting_orders', 'alerting_refunds')"
+                        )
+                    )
+                ).scalars()
+            )
+        assert any(i.endswith("(completed_at)") for i in indexes), indexes
+        assert any(i.endswith("(recorded_at)") for i in indexes), indexes
+        old = NOW - timedelta(days=500)
+        await handler(
+            batch(
+                *(order("pam", f"o-{n}", "100", at=old) for n in range(5)),
+                order("rex", "o-rex", "100", at=old),
+            )
+        )
+        # An erasure of rex in flight holds his row: the purge goes on without it.
+        async with engine.connect() as erasing:
+            await erasing.begin()
+            held = orders_table.c.customer_id == "rex"
+            await erasing.execute(orders_table.update().where(held).values(customer_id="erased:x"))
+            gone = await asyncio.wait_for(
+                gauges.purge_orders(engine, timedelta(days=400), chunk=2), timeout=60
+            )
+            assert gone == 5
+            await erasing.commit()
+        assert await _order_count(engine) == 1
+        assert await gauges.purge_orders(engine, timedelta(days=400), chunk=2) == 1
+        assert await _order_count(engine) == 0
 
     async def test_orders_past_retention_are_deleted(
         self, engine: AsyncEngine, handler: AlertHandler
@@ -377,7 +495,8 @@ class TestRoutingOnHighValue:
                     }
                 ]
                 assert alert["value_reason"] == (
-                    "high-value customer: ¥120,000 in the last 12 months (threshold ¥100,000)"
+                    "high-value customer: ¥120,000 in the 12 months up to the answer "
+                    "(threshold ¥100,000)"
                 )
                 assert "¥120,000 in 12 months, 3 orders" in rich["data"]["summary"]
                 assert poor["data"]["alert"]["customer_id"] == "poor"
@@ -387,6 +506,11 @@ class TestRoutingOnHighValue:
                 listed = (await client.get("/v1/alerts", params={"severity": "critical"})).json()
                 assert [a["customer_id"] for a in listed["items"]] == ["rich"]
                 assert listed["items"][0]["value"] == alert["value"]
+
+
+def _conflicts(kind: str) -> float:
+    name = "cxloop_alerting_order_conflicts_total"
+    return REGISTRY.get_sample_value(name, {"kind": kind}) or 0.0
 
 
 async def _order_count(engine: AsyncEngine) -> int:

@@ -29,12 +29,14 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
-from services.alerting import service
+from services.alerting import drops, service
 from services.alerting.app import create_app
 from services.alerting.config import AlertingConfig
 from services.alerting.consumer import AlertHandler
+from services.alerting.models import alerts as alerts_table
 from services.alerting.models import silences as silences_table
 from services.alerting.pages import routes
+from services.alerting.rules import DropRule
 from services.alerting.schemas import (
     NOTE_MAX_LENGTH,
     QueueFilters,
@@ -425,14 +427,32 @@ class TestAlertPage:
         return next(a.id for a in page.items if a.status == "open")
 
     @pytest.mark.parametrize(
-        ("lang", "heading", "orders", "why"),
+        ("lang", "heading", "orders", "badge", "why"),
         [
-            ("en", "Last 12 months", "2 orders", "High-value customer: {} in the last 12 months"),
-            ("ja", "過去12か月の購入", "注文2件", "高額顧客: 過去12か月で{}"),
+            (
+                "en",
+                "12 months up to the answer",
+                "2 orders",
+                "High value",
+                "High-value customer: {} in the 12 months up to the answer (threshold {}).",
+            ),
+            (
+                "ja",
+                "回答までの12か月の購入",
+                "注文2件",
+                "高額顧客",
+                "高額顧客: 回答までの12か月で{}(基準 {})。",
+            ),
         ],
     )
     async def test_the_customers_value_in_the_viewers_language(
-        self, open_console: ConsoleFactory, lang: str, heading: str, orders: str, why: str
+        self,
+        open_console: ConsoleFactory,
+        lang: str,
+        heading: str,
+        orders: str,
+        badge: str,
+        why: str,
     ) -> None:
         config = AlertingConfig.model_validate({"high_value": {"JPY": 100000}})
         async with open_console(config) as console:
@@ -470,17 +490,40 @@ class TestAlertPage:
             assert f'<data value="120000" data-currency="JPY">{yen}</data>' in text
             assert f'<data value="5.00" data-currency="USD">{dollars}</data>' in text
             assert orders in text
-            assert why.format(yen) in text
-            assert threshold in text
-            # Critical for its value, though an NPS 5 is a warning by the rules.
-            assert 'class="badge badge-critical"' in text
+            assert f"<p>{why.format(yen, threshold)}</p>" in text
+            # Critical for its value, though an NPS 5 is a warning by the rules: the yen line
+            # carries the High value badge (the severity badge says "critical" apart).
+            high = f'<span class="badge badge-critical">{badge}</span>'
+            assert re.search(rf"{re.escape(yen)}</data>\s*·[^<]*{re.escape(high)}", text), text
             if lang == "ja":
                 assert yen == "￥120,000"  # Babel's Japanese format, not the English one
 
             plain = await console.detractor("quinn", 5)
             page = await console.hanako.get(f"/console/alerts/{plain}", params={"lang": lang})
             assert heading in page.text
-            assert "badge badge-critical" not in page.text
+            assert high not in page.text
+            assert why.split("{}")[0] not in page.text
+
+    async def test_only_an_answers_alert_shows_a_value(self, console: Console) -> None:
+        heading = "12 months up to the answer"
+        async with console.engine.begin() as conn:
+            rule = DropRule(metric="nps", window="7d", below=30)
+            assert await drops._open(conn, rule, "all", "NPS is 12, below 30", None) == 1
+        (drop,) = (await service.queue(console.engine)).items
+        page = await console.hanako.get(f"/console/alerts/{drop.id}")
+        assert page.status_code == 200, page.text
+        assert drop.metric == "nps"
+        assert heading not in page.text
+        assert 'class="value"' not in page.text
+        # An answer's alert opened before alerts carried a value: nothing, rather than
+        # "no orders".
+        opened = await console.detractor("ria", 5)
+        async with console.engine.begin() as conn:
+            await conn.execute(sa.update(alerts_table).values(value=None))
+        page = await console.hanako.get(f"/console/alerts/{opened}")
+        assert page.status_code == 200, page.text
+        assert heading not in page.text
+        assert "No orders" not in page.text
 
     async def test_viewing_locks_nothing_and_reads_on_one_connection(
         self, console: Console

@@ -5,15 +5,19 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from standardwebhooks import Webhook
 
-from services.alerting import outbox, receivers
+from services.alerting import outbox, receivers, value
 from services.alerting.config import AlertingConfig, load
+from services.alerting.schemas import CustomerValue, SilenceIn
 from services.cli import main
+from shared import money
 from shared.errors import ConfigError
 
 GOOD = """\
@@ -211,33 +215,38 @@ VALUED: dict[str, Any] = {
     "value": [
         {
             "currency": "JPY",
+            "exponent": 0,
             "revenue_minor": 120000,
             "orders": 8,
             "threshold_minor": 100000,
             "high_value": True,
         }
     ],
-    "value_reason": "high-value customer: ¥120,000 in the last 12 months (threshold ¥100,000)",
+    "value_reason": "high-value customer: ¥120,000 in the 12 months up to the answer "
+    "(threshold ¥100,000)",
 }
 
 
 class TestHighValue:
     def test_thresholds_per_currency_in_minor_units(self, tmp_path: Path) -> None:
-        config = load(write(tmp_path, GOOD + "high_value: {JPY: 100000, usd: 1000.50}\n"))
+        config = load(write(tmp_path, GOOD + 'high_value: {JPY: 100000, usd: "1000.50"}\n'))
         assert config.thresholds() == {"JPY": 100000, "USD": 100050}
         assert AlertingConfig().thresholds() == {}
 
     @pytest.mark.parametrize(
         ("yaml", "says"),
         [
-            ("{JPX: 100}", "high_value: JPX: 'JPX' is not an ISO 4217 currency"),
-            ("{dollars: 100}", "high_value: dollars: currency must be a three-letter"),
-            ("{JPY: 100.5}", "high_value: JPY: amount has more decimals than JPY allows"),
-            ("{USD: -5}", "high_value: USD: amount must not be negative"),
-            ("{USD: 0}", "high_value: USD: the threshold must be above zero"),
-            ("{USD: 1e3}", "high_value: USD: amount must be written in plain decimal"),
-            ("{USD: 10, usd: 20}", "high_value: usd: USD is given twice"),
+            ("{JPX: 100}", "high_value.JPX: 'JPX' is not an ISO 4217 currency"),
+            ("{dollars: 100}", "high_value.dollars: currency must be a three-letter"),
+            ('{JPY: "100.5"}', "high_value.JPY: amount has more decimals than JPY allows"),
+            ("{USD: -5}", "high_value.USD: amount must not be negative"),
+            ("{USD: 0}", "high_value.USD: the threshold must be above zero"),
+            ("{USD: 1e3}", "high_value.USD: amount must be written in plain decimal"),
+            ("{USD: 10, usd: 20}", "high_value.usd: USD is given twice"),
             ("[JPY]", "high_value: must map currency codes to amounts"),
+            # YAML reads these as floats: the digits written are gone (the second as 1000).
+            ("{USD: 1000.50}", 'high_value.USD: write the amount in quotes, e.g. USD: "1000.50"'),
+            ("{JPY: 1000.0000000000000001}", "high_value.JPY: write the amount in quotes"),
         ],
     )
     def test_a_bad_threshold_names_its_key_and_line(
@@ -248,16 +257,63 @@ class TestHighValue:
         assert says in str(exc.value)
         assert "alerting.yml:15: " in str(exc.value)
 
+    def test_the_line_is_the_bad_keys_not_high_values(self, tmp_path: Path) -> None:
+        block = "high_value:\n  JPY: 100000\n  USD: 12.5\n  EUR: 1000\n"
+        with pytest.raises(ConfigError) as exc:
+            load(write(tmp_path, GOOD + block))
+        assert str(exc.value).endswith(
+            "alerting.yml:17: high_value.USD: "
+            + (
+                'write the amount in quotes, e.g. USD: "1000.50" (unquoted, YAML reads a number '
+                "with a decimal point as a float, which may round it)"
+            )
+        )
+        with pytest.raises(ConfigError, match=r"alerting\.yml:18: high_value\.eur: EUR is given"):
+            load(write(tmp_path, GOOD + block.replace("USD: 12.5", "EUR: 5\n  eur: 6")))
+
     def test_routes_and_silences_match_high_value_as_true_or_false(self, tmp_path: Path) -> None:
         text = GOOD.replace("match: {severity: critical}", "match: {high_value: true}")
         config = load(write(tmp_path, text))
         assert config.routes[0].match == {"high_value": "true"}
         assert config.route({"high_value": True, "severity": "warning"}) == ["pager", "oncall"]
         assert config.route({"high_value": False, "severity": "critical"}) == ["oncall"]
-        quoted = load(write(tmp_path, text.replace("high_value: true", 'high_value: "true"')))
-        assert quoted.route({"high_value": True}) == ["pager", "oncall"]
+        for written in ('"true"', '"True"', "TRUE"):
+            quoted = load(
+                write(tmp_path, text.replace("high_value: true", f"high_value: {written}"))
+            )
+            assert quoted.routes[0].match == {"high_value": "true"}
+            assert quoted.route({"high_value": True}) == ["pager", "oncall"]
         assert outbox.silenced({"high_value": True}, [{"high_value": "true"}])
         assert not outbox.silenced({"high_value": False}, [{"high_value": "true"}])
+
+    def test_other_labels_refuse_a_yaml_boolean_and_high_value_anything_else(
+        self, tmp_path: Path
+    ) -> None:
+        # `ON` is a YAML boolean: it must not quietly become the label "true".
+        location = GOOD.replace("match: {severity: critical}", "match:\n      location: ON")
+        with pytest.raises(ConfigError) as exc:
+            load(write(tmp_path, location))
+        assert "alerting.yml:11: routes.0.match.location: Input should be a valid string" in str(
+            exc.value
+        )
+        quoted = load(write(tmp_path, location.replace("location: ON", 'location: "ON"')))
+        assert quoted.route({"location": "ON"}) == ["pager", "oncall"]
+        maybe = GOOD.replace("match: {severity: critical}", "match:\n      high_value: maybe")
+        with pytest.raises(ConfigError) as exc:
+            load(write(tmp_path, maybe))
+        assert "alerting.yml:11: routes.0.match.high_value: must be true or false" in str(exc.value)
+
+    def test_a_silence_matches_high_value_in_any_case_and_nothing_else(self) -> None:
+        def silence(value: object) -> SilenceIn:
+            return SilenceIn.model_validate(
+                {"matchers": {"high_value": value}, "duration_minutes": 60, "comment": "vip"}
+            )
+
+        assert silence("True").matchers == {"high_value": "true"}
+        assert silence(" FALSE ").matchers == {"high_value": "false"}
+        assert silence(True).matchers == {"high_value": "true"}
+        with pytest.raises(ValidationError, match="high_value: must be true or false"):
+            silence("yes")
 
     def test_each_receiver_hears_the_value(self, tmp_path: Path) -> None:
         config = AlertingConfig.model_validate(
@@ -292,7 +348,81 @@ class TestHighValue:
         assert am[0]["annotations"]["value_reason"] == VALUED["value_reason"]
         assert line in pd["payload"]["summary"]
         assert pd["payload"]["custom_details"]["high_value"] is True
-        # An alert without orders says nothing of them.
+        # An alert without orders says nothing of them, and has no high_value label at all:
+        # a label on every alert would change the fingerprint of alerts sent before it.
         plain = json.loads(receivers.build(config.receivers[2], config, "n", "trigger", ALERT).body)
-        assert plain[0]["labels"]["high_value"] == "false"
+        assert "high_value" not in plain[0]["labels"]
+        assert "value_reason" not in plain[0]["annotations"]
         assert "in 12 months" not in plain[0]["annotations"]["summary"]
+        # One without a computed value (opened before alerts had one) says null, not [].
+        hook = json.loads(receivers.build(config.receivers[0], config, "n", "trigger", ALERT).body)
+        assert hook["data"]["alert"]["value"] is None
+
+    def test_a_long_reason_is_clipped_the_same_for_every_receiver(self) -> None:
+        config = AlertingConfig.model_validate(
+            {
+                "receivers": [
+                    {"name": "hook", "type": "webhook", "url": "https://hooks.example.com/cx"},
+                    {"name": "s", "type": "slack", "url": "https://hooks.slack.com/services/X"},
+                    {"name": "am", "type": "alertmanager", "url": "http://127.0.0.1:9093"},
+                    {"name": "pd", "type": "pagerduty", "routing_key_env": "TEST_PD_KEY"},
+                ]
+            }
+        )
+        many = tuple(
+            value.CurrencyValue(code, 10**12, 1, money.exponent(code), 1)
+            for code in sorted(money.currencies())
+        )
+        why = value.reason(many)
+        assert why is not None
+        assert len(why) <= value.REASON_CHARS
+        assert why.endswith("; …")
+        assert why.count("(threshold") < len(many)  # whole currencies, then the ellipsis
+        alert = {**VALUED, "value": [v.stored() for v in many], "value_reason": why}
+        hook, slack, am, pd = (
+            json.loads(receivers.build(r, config, "n", "trigger", alert).body)
+            for r in config.receivers
+        )
+        assert hook["data"]["alert"]["value_reason"] == why
+        assert pd["payload"]["custom_details"]["value_reason"] == why
+        assert am[0]["annotations"]["value_reason"] == why
+        assert f"Why critical: {why}" in slack["text"]
+
+
+class TestMoney:
+    @pytest.mark.parametrize(
+        ("minor", "currency", "locale", "shown"),
+        [
+            # ISO 4217 gives IQD 3 decimals, CLDR none: Babel alone writes IQD1,000.
+            (999600, "IQD", "en", "IQD999.600"),
+            (120000, "JPY", "en", "¥120,000"),
+            (120000, "JPY", "ja", "￥120,000"),
+            (500, "USD", "en", "$5.00"),
+            (123456789, "USD", "de", "1.234.567,89\xa0$"),
+        ],
+    )
+    def test_amounts_have_the_iso_digits(
+        self, minor: int, currency: str, locale: str, shown: str
+    ) -> None:
+        exponent = money.exponent(currency)
+        assert value.money(minor, currency, exponent, locale) == shown
+        # As the console writes the API's decimal string.
+        text = value.decimal_string(minor, exponent)
+        assert value.format_money(Decimal(text), currency, locale) == shown
+
+    def test_a_stored_value_needs_no_currency_table(self) -> None:
+        # A currency the iso4217 package might drop later: the alert keeps its exponent.
+        stored = {
+            "currency": "XQQ",
+            "exponent": 3,
+            "revenue_minor": 1500,
+            "orders": 2,
+            "threshold_minor": None,
+            "high_value": False,
+        }
+        (worth,) = value.of_alert({"value": [stored]}) or []
+        assert worth.public()["revenue"] == "1.500"
+        assert value.describe([worth]) == "XQQ1.500 in 12 months, 2 orders"
+        assert worth.stored() == stored
+        assert CustomerValue.model_validate(stored).revenue == "1.500"
+        assert value.of_alert({"value": None}) is None

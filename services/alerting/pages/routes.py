@@ -20,7 +20,6 @@ from typing import Annotated, Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from babel.dates import format_datetime, format_timedelta
-from babel.numbers import format_currency
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import ValidationError
@@ -40,6 +39,7 @@ from services.alerting.schemas import (
     ResolveIn,
     SilenceIn,
 )
+from services.alerting.value import format_money
 from shared.apikeys import Scope
 from shared.errors import PermanentError
 from shared.events import utcnow
@@ -238,8 +238,9 @@ def _formats(pages: Pages, request: Request) -> dict[str, Any]:
         return translator.t(key) if value is not None and translator.has(key) else value or ""
 
     def money(amount: str, currency: str) -> str:
-        """A decimal amount of ``currency`` in the viewer's language (¥120,000, ￥120,000)."""
-        return format_currency(Decimal(amount), currency, locale=lang)
+        """A decimal amount of ``currency`` in the viewer's language (¥120,000, ￥120,000),
+        with the amount's own (ISO's) decimals."""
+        return format_money(Decimal(amount), currency, locale=lang)
 
     return {"when": when, "age": age, "label": label, "first_line": _first_line, "money": money}
 

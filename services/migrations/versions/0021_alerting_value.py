@@ -9,10 +9,12 @@ in its currency, never below zero. Both keep the customer's id, so that erasure
 pseudonymises them as it does alerts and touches; the gauges loop deletes the rows older
 than ``CXLOOP_ALERTING_ORDER_RETENTION_DAYS``.
 
-An alert opened by a response rule records the customer's trailing-12-month value
-(``value``: per currency, the net revenue in minor units, the order count and the
-configured threshold) when it opened, whether it passed a threshold (``high_value``, a
-routing label) and, if so, why it became critical (``value_reason``).
+An alert opened by a response rule records the customer's value over the 12 months (365
+days) up to the answer (``value``: per currency, its ISO exponent, the net revenue in minor
+units, the order count and the configured threshold) when it opened, whether it passed a
+threshold (``high_value``, a routing label) and, if so, why it became critical
+(``value_reason``). ``value`` is NULL where it was not computed: alerts opened before this
+revision, and score drops.
 
 Revision ID: 0021
 Revises: 0020
@@ -45,6 +47,8 @@ def upgrade() -> None:
         sa.CheckConstraint("amount_minor >= 0", name="alerting_orders_amount"),
     )
     op.create_index("alerting_orders_customer", "alerting_orders", ["customer_id", "completed_at"])
+    # The hourly purge (repository.purge_orders) reads by age.
+    op.create_index("alerting_orders_completed", "alerting_orders", ["completed_at"])
     op.create_table(
         "alerting_refunds",
         sa.Column("order_id", sa.Text, primary_key=True),
@@ -58,10 +62,10 @@ def upgrade() -> None:
         sa.CheckConstraint("amount_minor >= 0", name="alerting_refunds_amount"),
     )
     op.create_index("alerting_refunds_customer", "alerting_refunds", ["customer_id"])
-    op.add_column(
-        "alerts",
-        sa.Column("value", pg.JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
-    )
+    op.create_index("alerting_refunds_recorded", "alerting_refunds", ["recorded_at"])
+    # NULL: not computed (the alerts opened before this, and score drops); a response
+    # rule's alert always stores a list, empty without orders in the window.
+    op.add_column("alerts", sa.Column("value", pg.JSONB))
     op.add_column(
         "alerts",
         sa.Column("high_value", sa.Boolean, nullable=False, server_default=sa.false()),
@@ -73,7 +77,9 @@ def downgrade() -> None:
     op.drop_column("alerts", "value_reason")
     op.drop_column("alerts", "high_value")
     op.drop_column("alerts", "value")
+    op.drop_index("alerting_refunds_recorded", "alerting_refunds")
     op.drop_index("alerting_refunds_customer", "alerting_refunds")
     op.drop_table("alerting_refunds")
+    op.drop_index("alerting_orders_completed", "alerting_orders")
     op.drop_index("alerting_orders_customer", "alerting_orders")
     op.drop_table("alerting_orders")
