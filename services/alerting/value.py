@@ -21,15 +21,13 @@ digits, not CLDR's (Babel would write IQD 999.600 as IQD1,000).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from babel import Locale
-
 from shared import money as iso
+from shared.web import i18n
 
 WINDOW_DAYS = 365
 # The longest value_reason, stored and sent alike: whole currencies only, then "; …".
@@ -52,11 +50,7 @@ def format_money(value: Decimal, currency: str, locale: str = "en") -> str:
     :func:`amount`), whatever CLDR says of the currency."""
     place = value.as_tuple().exponent
     digits = -place if isinstance(place, int) and place < 0 else 0
-    where = Locale.parse(locale)
-    pattern = copy.copy(where.currency_formats["standard"])
-    pattern.frac_prec = (digits, digits)
-    text: str = pattern.apply(value, where, currency=currency, currency_digits=False)
-    return text
+    return i18n.format_money(value, currency, locale, digits)
 
 
 def money(minor: int, currency: str, exponent: int, locale: str = "en") -> str:

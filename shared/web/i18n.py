@@ -223,11 +223,12 @@ def _zero(decimals: int) -> str:
     return "0" + ("." + "0" * decimals if decimals else "")
 
 
-def format_money(amount: Decimal | str, currency: str, lang: str) -> str:
+def format_money(amount: Decimal | str, currency: str, lang: str, digits: int | None = None) -> str:
     """An amount in the language's CLDR currency format with ISO 4217's number of decimals
     (Babel's own CLDR digits differ for some currencies: IQD has 3 in ISO, 0 in CLDR):
-    "¥120,000", "$19.90", "IQD999.600"; "￥120,000" in ja."""
-    digits = exponent(currency)
+    "¥120,000", "$19.90", "IQD999.600"; "￥120,000" in ja. ``digits`` overrides ISO's, for
+    an amount stored with its own (a currency the table may no longer have)."""
+    digits = exponent(currency) if digits is None else digits
     pattern = copy.copy(_locale(lang).currency_formats["standard"])
     pattern.frac_prec = (digits, digits)
     with localcontext() as context:
