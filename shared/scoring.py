@@ -38,6 +38,7 @@ WINDOWS: Final[Mapping[str, timedelta]] = {
     "7d": timedelta(days=7),
     "30d": timedelta(days=30),
     "90d": timedelta(days=90),
+    "365d": timedelta(days=365),
 }
 
 

@@ -438,6 +438,13 @@ class ScorerSettings(ConsumerSettings, PageSettings):
     gauge_interval_seconds: float = Field(
         default=30, gt=0, description="How often the score gauges on /metrics are recomputed."
     )
+    value_refresh_seconds: float = Field(
+        default=300,
+        gt=0,
+        description="How often each scorer process recomputes its snapshot of GET /v1/value "
+        "over the 30d, 90d and 365d windows (no filters, no group_by), which those requests "
+        "and the value gauges read.",
+    )
     batches_in_flight: int = Field(
         default=2,
         ge=1,

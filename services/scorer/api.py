@@ -26,8 +26,10 @@ from services.scorer.schemas import (
     TimeseriesOut,
     ValueDimension,
     ValueOut,
+    ValueWindow,
     Window,
 )
+from services.scorer.snapshots import ValueSnapshots
 from shared.apikeys import Scope
 from shared.events import Channel, Metric, SurveyType, TicketPriority
 from shared.http import EngineDep, FieldErrors, require
@@ -74,6 +76,18 @@ class TimeRange:
 
 
 RangeDep = Annotated[TimeRange, Depends()]
+
+
+class ValueRange:
+    """The time range of customer value: a rolling `window` (a year too), or `from`/`to`."""
+
+    def __init__(
+        self, window: ValueWindow | None = None, from_: FromParam = None, to: ToParam = None
+    ) -> None:
+        self.range = service.resolve_range(window, from_, to)
+
+
+ValueRangeDep = Annotated[ValueRange, Depends()]
 
 
 class SegmentFilters:
@@ -270,7 +284,7 @@ async def get_retention(
 async def get_value(
     request: Request,
     engine: EngineDep,
-    span: RangeDep,
+    span: ValueRangeDep,
     orders: OrderFiltersDep,
     group_by: ValueDimension | None = None,
 ) -> ValueOut:
@@ -284,7 +298,15 @@ async def get_value(
     95% margin, `n` and `insufficient` below the minimum; and revenue at risk: detractors'
     net revenue of the 365 days before `to`. Filters and `group_by` are the orders'
     channel, location, product and business unit. Amounts are decimal strings in the
-    currency's notation (none for JPY), with `_minor` integers where exact."""
+    currency's notation (none for JPY), with `_minor` integers where exact.
+
+    `window` 30d, 90d or 365d without filters or `group_by` answers from the scorer's
+    snapshot (`snapshot: true`, computed at `as_of`, every
+    CXLOOP_SCORER_VALUE_REFRESH_SECONDS); anything else is computed for the request."""
+    snapshots: ValueSnapshots = request.app.state.value_snapshots
+    window = span.range.window  # None: from/to
+    if window is not None and group_by is None and not orders.values and snapshots.covers(window):
+        return await snapshots.value(engine, ValueWindow(window))
     min_n = _settings(request).min_n
     return await service.value(engine, span.range, orders.values, min_n, group_by)
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from services.migrations import MIGRATIONS_DIR
-from services.scorer import api, gauges
+from services.scorer import api, gauges, snapshots
 from services.scorer.consumer import BatchHandler
 from services.scorer.pages import build as build_pages
 from services.scorer.pages import routes as page_routes
@@ -67,15 +68,28 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with runtime.lifespan(app):
             stop = asyncio.Event()
+            values = asyncio.create_task(
+                snapshots.keep_fresh(
+                    runtime.engine, app.state.value_snapshots, stop, scorer.value_refresh_seconds
+                )
+            )
             refresher = asyncio.create_task(
                 gauges.keep_fresh(
-                    runtime.engine, stop, scorer.gauge_interval_seconds, scorer.value_currencies
+                    runtime.engine,
+                    stop,
+                    scorer.gauge_interval_seconds,
+                    scorer.value_currencies,
+                    app.state.value_snapshots,
                 )
             )
             try:
                 yield
             finally:
                 stop.set()
+                # A refresh in flight is seconds of queries: not waited for.
+                values.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await values
                 await refresher
 
     pages = build_pages(scorer, keystore)
@@ -91,6 +105,7 @@ def create_app(
     )
     install_pages(app, pages)
     app.state.scorer_settings = scorer
+    app.state.value_snapshots = snapshots.ValueSnapshots(scorer.min_n)
     app.state.hasher = hasher
     app.state.sla = sla or load(SlaSettings)
     return app

@@ -2,7 +2,8 @@
 
 Labels: metric (nps, csat, ces), scale, window (24h, 7d, 30d) and channel (every channel
 and ``all``) — a few hundred series at most, never a customer or free text. Customer value:
-currency (only those of ``CXLOOP_SCORER_VALUE_CURRENCIES``) and NPS category.
+currency (only those of ``CXLOOP_SCORER_VALUE_CURRENCIES``) and NPS category, read from the
+365-day value snapshot (``services/scorer/snapshots.py``).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import sqlalchemy as sa
 from prometheus_client import Gauge
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.scorer import service
 from services.scorer.models import COUNTS
+from services.scorer.schemas import ValueWindow
+from services.scorer.snapshots import ValueSnapshots
 from shared import scoring
 from shared.events import utcnow
 from shared.kafka import sleep_unless_stopped
@@ -118,11 +120,12 @@ async def refresh(engine: AsyncEngine) -> None:
                 SERVICE_TIME.labels(kind, q, row.priority).set(value)
 
 
-async def refresh_value(engine: AsyncEngine, currencies: Sequence[str]) -> None:
-    """Recompute revenue at risk and CLV by NPS category over the last 365 days, for
-    ``currencies`` only (a bounded label set)."""
-    now = utcnow()
-    found = await service.value(engine, service.Range(now - timedelta(days=365), now), {}, 1)
+async def refresh_value(
+    engine: AsyncEngine, currencies: Sequence[str], values: ValueSnapshots
+) -> None:
+    """Set revenue at risk and CLV by NPS category over the last 365 days, for
+    ``currencies`` only (a bounded label set), from the 365-day value snapshot."""
+    found = await values.value(engine, ValueWindow.YEAR)
     by_currency = {c.currency: c for c in found.currencies}
     REVENUE_AT_RISK.clear()
     CLV.clear()
@@ -140,12 +143,16 @@ async def refresh_value(engine: AsyncEngine, currencies: Sequence[str]) -> None:
 
 
 async def keep_fresh(
-    engine: AsyncEngine, stop: asyncio.Event, every: float, currencies: Sequence[str] = ()
+    engine: AsyncEngine,
+    stop: asyncio.Event,
+    every: float,
+    currencies: Sequence[str],
+    values: ValueSnapshots,
 ) -> None:
     """Refresh the gauges every ``every`` seconds until ``stop`` is set."""
     while not stop.is_set():
         with contextlib.suppress(Exception):
             await refresh(engine)
         with contextlib.suppress(Exception):
-            await refresh_value(engine, currencies)
+            await refresh_value(engine, currencies, values)
         await sleep_unless_stopped(stop, every)

@@ -119,3 +119,13 @@ customer_nps = sa.Table(
     sa.Column("event_id", pg.UUID(as_uuid=True), primary_key=True),
     sa.Column("score", sa.SmallInteger, nullable=False),
 )
+
+# Each customer's latest NPS answer in customer_nps (the greatest (occurred_at, event_id)).
+customer_latest_nps = sa.Table(
+    "customer_latest_nps",
+    metadata,
+    sa.Column("customer_key", sa.Text, primary_key=True),
+    sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("event_id", pg.UUID(as_uuid=True), nullable=False),
+    sa.Column("score", sa.SmallInteger, nullable=False),
+)

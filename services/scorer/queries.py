@@ -479,6 +479,7 @@ async def erase_customer(conn: AsyncConnection, customer_id: str, pseudonym: str
         sa.text("UPDATE customer_nps SET customer_key = :p WHERE customer_key = :c"),
         {"p": pseudonym, "c": customer_id},
     )
+    await repository.derive_latest_nps(conn, {customer_id, pseudonym})
     await repository.refresh_customers(conn, {customer_id, pseudonym})
     return {
         "responses_deleted": int(deleted.rowcount),
@@ -505,37 +506,39 @@ class CustomerTotals:
     repeaters: int
 
 
-# A customer's NPS category at ``until``: their latest NPS answer before it (ties by event
-# id), 'unrated' without one. One index probe per customer (customer_nps' key).
-_LATEST_CATEGORY = """
+# A customer's NPS score at ``until``: their latest NPS answer before it (ties by event id).
+# customer_latest_nps holds every customer's latest answer; only where that is at or after
+# ``until`` does the history (customer_nps) have to be probed, once, by its key: the
+# lateral's condition on ``l`` alone is a one-time filter, so the other customers cost one
+# hash join and no probe.
+_LATEST_SCORE = """
+LEFT JOIN customer_latest_nps l ON l.customer_key = {customer}
 LEFT JOIN LATERAL (
     SELECT n.score FROM customer_nps n
-    WHERE n.customer_key = {customer} AND n.occurred_at < :until
+    WHERE l.occurred_at >= :until AND n.customer_key = l.customer_key AND n.occurred_at < :until
     ORDER BY n.occurred_at DESC, n.event_id DESC LIMIT 1
-) latest ON true
+) earlier ON true
 """
-_CATEGORY = """CASE WHEN latest.score >= 9 THEN 'promoter' WHEN latest.score >= 7 THEN 'passive'
-     WHEN latest.score IS NOT NULL THEN 'detractor' ELSE 'unrated' END"""
+_SCORE = "CASE WHEN l.occurred_at < :until THEN l.score ELSE earlier.score END"
+_CATEGORY = """CASE WHEN score >= 9 THEN 'promoter' WHEN score >= 7 THEN 'passive'
+     WHEN score IS NOT NULL THEN 'detractor' ELSE 'unrated' END"""
 
 _VALUE = """
-WITH o AS MATERIALIZED (
-    SELECT currency, customer_id, {group} AS grp, amount_minor - refunded_minor AS net
+WITH per_customer AS (
+    SELECT currency, customer_id, {group} AS grp, {whole} AS whole, count(*) AS orders,
+           sum(amount_minor - refunded_minor) AS net
     FROM orders
     WHERE completed_at >= :since AND completed_at < :until {where}
-), per_customer AS (
-    SELECT currency, customer_id, grp, {whole} AS whole, count(*) AS orders, sum(net) AS net
-    FROM o GROUP BY {sets}
+    GROUP BY {sets}
 ), rated AS (
-    SELECT c.customer_id, {category} AS category
-    FROM (SELECT DISTINCT customer_id FROM o) c
-    {latest}
+    SELECT p.*, {score} AS score FROM per_customer p {latest}
 )
-SELECT p.currency, p.grp, p.whole, r.category, count(*) AS customers, sum(p.orders) AS orders,
-       sum(p.net) AS revenue, sum(CAST(p.net AS numeric) * p.net) AS revenue_sq,
-       count(*) FILTER (WHERE p.orders >= 2) AS repeaters
-FROM per_customer p JOIN rated r ON r.customer_id = p.customer_id
-GROUP BY p.currency, p.whole, p.grp, r.category
-ORDER BY p.currency, p.whole DESC, p.grp, r.category
+SELECT currency, grp, whole, {category} AS category, count(*) AS customers, sum(orders) AS orders,
+       sum(net) AS revenue, sum(CAST(net AS numeric) * net) AS revenue_sq,
+       count(*) FILTER (WHERE orders >= 2) AS repeaters
+FROM rated
+GROUP BY currency, whole, grp, category
+ORDER BY currency, whole DESC, grp, category
 """
 
 
@@ -547,9 +550,9 @@ async def _for_aggregation(conn: AsyncConnection) -> None:
     await conn.execute(sa.text("SET LOCAL work_mem = '64MB'"))
 
 
-def _order_filters(filters: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+def _order_filters(filters: Mapping[str, str], table: str = "") -> tuple[str, dict[str, str]]:
     assert all(d in ORDER_DIMENSIONS for d in filters)
-    where = "".join(f" AND {d} = :f_{d}" for d in filters)
+    where = "".join(f" AND {table}{d} = :f_{d}" for d in filters)
     return where, {f"f_{d}": v for d, v in filters.items()}
 
 
@@ -570,18 +573,19 @@ async def customer_totals(
         shape = {
             "group": "CAST(NULL AS text)",
             "whole": "true",
-            "sets": "currency, customer_id, grp",
+            "sets": "currency, customer_id",
         }
     else:
         shape = {
             "group": group_by,
-            "whole": "GROUPING(grp) = 1",
-            "sets": "GROUPING SETS ((currency, customer_id), (currency, customer_id, grp))",
+            "whole": f"GROUPING({group_by}) = 1",
+            "sets": f"GROUPING SETS ((currency, customer_id), (currency, customer_id, {group_by}))",
         }
     sql = _VALUE.format(
         where=where,
+        score=_SCORE,
         category=_CATEGORY,
-        latest=_LATEST_CATEGORY.format(customer="c.customer_id"),
+        latest=_LATEST_SCORE.format(customer="p.customer_id"),
         **shape,
     )
     await _for_aggregation(conn)
@@ -602,17 +606,29 @@ async def customer_totals(
     ]
 
 
+# The detractors at ``until``: those whose latest answer, before it, is one (the hash join
+# and the one-time filter of _LATEST_SCORE), and those whose latest is at or after it and
+# whose latest before it was one (found by customer_latest_nps_occurred, then one probe each).
 _AT_RISK = """
-WITH c AS (
-    SELECT currency, customer_id, sum(amount_minor - refunded_minor) AS net
-    FROM orders
-    WHERE completed_at >= :since AND completed_at < :until {where}
-    GROUP BY currency, customer_id
+WITH detractors AS (
+    SELECT l.customer_key FROM customer_latest_nps l
+    WHERE l.occurred_at < :until AND l.score <= 6
+    UNION ALL
+    SELECT l.customer_key FROM customer_latest_nps l
+    CROSS JOIN LATERAL (
+        SELECT n.score FROM customer_nps n
+        WHERE n.customer_key = l.customer_key AND n.occurred_at < :until
+        ORDER BY n.occurred_at DESC, n.event_id DESC LIMIT 1
+    ) earlier
+    WHERE l.occurred_at >= :until AND earlier.score <= 6
+), c AS (
+    SELECT o.currency, o.customer_id, sum(o.amount_minor - o.refunded_minor) AS net
+    FROM detractors d JOIN orders o ON o.customer_id = d.customer_key
+    WHERE o.completed_at >= :since AND o.completed_at < :until {where}
+    GROUP BY o.currency, o.customer_id
 )
-SELECT c.currency, count(*) AS customers, sum(c.net) AS revenue
-FROM c {latest}
-WHERE latest.score <= 6
-GROUP BY c.currency ORDER BY c.currency
+SELECT currency, count(*) AS customers, sum(net) AS revenue
+FROM c GROUP BY currency ORDER BY currency
 """
 
 
@@ -621,8 +637,8 @@ async def revenue_at_risk(
 ) -> dict[str, tuple[int, int]]:
     """Per currency: (customers, net revenue) of the customers with an order completed in
     [since, until) whose latest NPS answer before ``until`` is a detractor's."""
-    where, params = _order_filters(filters)
-    sql = _AT_RISK.format(where=where, latest=_LATEST_CATEGORY.format(customer="c.customer_id"))
+    where, params = _order_filters(filters, "o.")
+    sql = _AT_RISK.format(where=where)
     await _for_aggregation(conn)
     rows = await conn.execute(sa.text(sql), {"since": since, "until": until, **params})
     return {row.currency: (int(row.customers), int(row.revenue)) for row in rows}

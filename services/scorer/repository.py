@@ -169,6 +169,7 @@ async def apply_batch(
         )
     if answers:
         await driver.copy_records_to_table("customer_nps", records=answers, columns=NPS_COLUMNS)
+        await _execute(conn, _LATEST_NPS, latest_answers(answers))
     await _stage_and_merge(driver, buckets, reasons, active)
     await _execute(conn, _TICKETS, tickets)
     await apply_orders(conn, completions, refunds)
@@ -176,6 +177,54 @@ async def apply_batch(
 
 
 NPS_COLUMNS = ("customer_key", "occurred_at", "event_id", "score")
+
+# A customer's latest answer is the greatest (occurred_at, event id): any arrival order
+# leaves the same row.
+_LATEST_NPS = """
+INSERT INTO customer_latest_nps AS l (customer_key, occurred_at, event_id, score)
+SELECT * FROM unnest(
+    CAST(:customer_key AS text[]), CAST(:occurred_at AS timestamptz[]),
+    CAST(:event_id AS uuid[]), CAST(:score AS smallint[])
+) ORDER BY 1
+ON CONFLICT ON CONSTRAINT customer_latest_nps_pkey DO UPDATE SET
+    occurred_at = EXCLUDED.occurred_at, event_id = EXCLUDED.event_id, score = EXCLUDED.score
+WHERE (EXCLUDED.occurred_at, EXCLUDED.event_id) > (l.occurred_at, l.event_id)
+"""
+
+_DERIVE_LATEST_NPS = """
+INSERT INTO customer_latest_nps (customer_key, occurred_at, event_id, score)
+SELECT DISTINCT ON (customer_key) customer_key, occurred_at, event_id, score
+FROM customer_nps {where}
+ORDER BY customer_key, occurred_at DESC, event_id DESC
+"""
+
+
+def latest_answers(answers: Sequence[tuple[str, Any, Any, int]]) -> list[dict[str, Any]]:
+    """Return each customer's latest of ``answers`` (rows of NPS_COLUMNS), sorted by
+    customer: one row per key, so one upsert statement never meets a key twice."""
+    latest: dict[str, tuple[str, Any, Any, int]] = {}
+    for answer in answers:
+        seen = latest.get(answer[0])
+        if seen is None or answer[1:3] > seen[1:3]:
+            latest[answer[0]] = answer
+    return [dict(zip(NPS_COLUMNS, latest[key], strict=True)) for key in sorted(latest)]
+
+
+async def derive_latest_nps(conn: AsyncConnection, keys: set[str] | None = None) -> None:
+    """Derive ``customer_latest_nps`` again from ``customer_nps``: for ``keys`` only, or
+    (None) for every customer."""
+    if keys is None:
+        await conn.execute(sa.text("TRUNCATE customer_latest_nps"))
+        await conn.execute(sa.text(_DERIVE_LATEST_NPS.format(where="")))
+        return
+    params = {"k": sorted(keys)}
+    await conn.execute(
+        sa.text("DELETE FROM customer_latest_nps WHERE customer_key = ANY(CAST(:k AS text[]))"),
+        params,
+    )
+    where = "WHERE customer_key = ANY(CAST(:k AS text[]))"
+    await conn.execute(sa.text(_DERIVE_LATEST_NPS.format(where=where)), params)
+
 
 # Of two events for one refund, or for one order's completion, the earliest by
 # (occurred_at, event id) wins: any arrival order leaves the same row.

@@ -19,6 +19,17 @@ class Window(StrEnum):
     QUARTER = "90d"
 
 
+class ValueWindow(StrEnum):
+    """The rolling windows of customer value: the score routes' and a year."""
+
+    HOUR = "1h"
+    DAY = "24h"
+    WEEK = "7d"
+    MONTH = "30d"
+    QUARTER = "90d"
+    YEAR = "365d"
+
+
 class Interval(StrEnum):
     """Time-series resolution (UTC)."""
 
@@ -443,6 +454,8 @@ class ValueOut(BaseModel):
                     "from": "2026-11-01T00:00:00Z",
                     "to": "2026-12-01T00:00:00Z",
                     "window": None,
+                    "as_of": "2026-12-01T09:30:00Z",
+                    "snapshot": False,
                     "filters": {},
                     "group_by": None,
                     "years": 0.08213552361396304,
@@ -489,7 +502,15 @@ class ValueOut(BaseModel):
 
     from_: datetime = Field(alias="from")
     to: datetime
-    window: Window | None
+    window: ValueWindow | None
+    as_of: datetime = Field(
+        description="When these figures were computed: a snapshot's time, else the request's."
+    )
+    snapshot: bool = Field(
+        description="True when served from the scorer's snapshot of a rolling window (no "
+        "filters, no group_by), refreshed every CXLOOP_SCORER_VALUE_REFRESH_SECONDS; its "
+        "`from` and `to` are the snapshot's own."
+    )
     filters: dict[str, str]
     group_by: ValueDimension | None
     years: float = Field(description="The range's length in years of 365.25 days.")

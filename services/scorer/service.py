@@ -55,6 +55,7 @@ from services.scorer.schemas import (
     TimeStats,
     ValueDimension,
     ValueOut,
+    ValueWindow,
     Window,
 )
 from shared import erasure, money, scoring
@@ -104,7 +105,7 @@ class Range:
 
     since: datetime
     until: datetime
-    window: Window | None = None
+    window: Window | ValueWindow | None = None
 
     def previous(self) -> Range:
         """The range of equal length that ends where this one starts."""
@@ -112,7 +113,7 @@ class Range:
 
 
 def resolve_range(
-    window: Window | None,
+    window: Window | ValueWindow | None,
     from_: datetime | None,
     to: datetime | None,
     now: datetime | None = None,
@@ -1005,12 +1006,17 @@ async def value(
     filters: Filters,
     min_n: int,
     group_by: ValueDimension | None = None,
+    *,
+    as_of: datetime | None = None,
+    snapshot: bool = False,
 ) -> ValueOut:
     """Customer value over ``span`` per currency: orders, net revenue, customers, average
     order value, purchase frequency, expected lifetime (from the monthly retention) and
     CLV, each split by NPS category at the end of the range, and one set per value of
     ``group_by``; and revenue at risk (detractors' last 365 days). ``filters`` are over
-    order dimensions (``models.ORDER_DIMENSIONS``). Three statements, run concurrently."""
+    order dimensions (``models.ORDER_DIMENSIONS``). Three statements, run concurrently.
+    ``as_of`` (default now) and ``snapshot`` only label the answer."""
+    as_of = as_of or utcnow()
     risk_since = span.until - RISK_WINDOW
 
     async def totals() -> list[queries.CustomerTotals]:
@@ -1079,7 +1085,9 @@ async def value(
     return ValueOut(
         from_=span.since,
         to=span.until,
-        window=span.window,
+        window=None if span.window is None else ValueWindow(span.window),
+        as_of=as_of,
+        snapshot=snapshot,
         filters=dict(filters),
         group_by=group_by,
         years=float(years),

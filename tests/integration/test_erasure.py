@@ -54,6 +54,7 @@ CUSTOMER_COLUMNS = {
     "tickets": "customer_id",
     "customer_activity": "customer_key",
     "customer_nps": "customer_key",
+    "customer_latest_nps": "customer_key",
     "orders": "customer_id",
     "customer_revenue": "customer_id",
     "alerts": "customer_id",

@@ -21,6 +21,7 @@ SNAPSHOT = {
     "score_buckets": "SELECT * FROM score_buckets ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9",
     "reason_buckets": "SELECT * FROM reason_buckets ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9",
     "score_days": "SELECT * FROM score_days ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9",
+    "customer_latest_nps": "SELECT * FROM customer_latest_nps ORDER BY 1",
 }
 
 
@@ -48,6 +49,7 @@ class TestRebuild:
                         channel=rng.choice(["web", "sms", "email"]),
                         reasons=rng.sample(["price", "app", "wait_time"], rng.randint(0, 2)),
                         segments={"location": rng.choice(["tokyo", "osaka", None])},
+                        customer_id=f"c{rng.randint(0, 9)}",
                     )
                 )
             handler = BatchHandler(engine)
@@ -55,6 +57,7 @@ class TestRebuild:
                 await handler([Decoded(None, e) for e in events[i : i + 37]])
             live = await snapshot(engine)
             assert live["score_buckets"]
+            assert live["customer_latest_nps"]
             env = {k: v for k, v in os.environ.items() if not k.startswith("CXLOOP_")}
             env["CXLOOP_DATABASE_URL"] = database_url
             result = await asyncio.to_thread(
@@ -68,7 +71,10 @@ class TestRebuild:
             assert result.returncode == 0, result.stderr
             assert "from 400 responses" in result.stdout
             assert await snapshot(engine) == live
-            # Again in chunks far smaller than the history: each chunk merges on its own.
+            # Again in chunks far smaller than the history: each chunk merges on its own;
+            # the customers' latest NPS answers are derived again from their history.
+            async with engine.begin() as conn:
+                await conn.execute(sa.text("TRUNCATE customer_latest_nps"))
             monkeypatch.setattr(rebuild, "CHUNK", 29)
             assert (await rebuild.rebuild(engine)).responses == 400
             assert await snapshot(engine) == live

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from services.scorer import gauges
 from services.scorer.app import create_app
 from services.scorer.consumer import BatchHandler
+from services.scorer.schemas import ValueWindow
+from services.scorer.snapshots import ValueSnapshots
 from shared.kafka import Decoded
 from shared.settings import AuthSettings, DatabaseSettings, KafkaSettings, ScorerSettings
 from tests.builders import order_event, refund_event, response_event
-from tests.helpers import serving
+from tests.helpers import eventually, serving
 
 # 365.25 days: one year exactly.
 RANGE = {"from": "2025-01-01T00:00:00Z", "to": "2026-01-01T06:00:00Z"}
@@ -57,6 +62,29 @@ async def scorer(
     app = create_app(kafka_settings, DatabaseSettings(url=database_url), auth, settings)
     async with serving(app, api_key, "scorer") as client:
         yield client
+
+
+Scorers = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
+
+
+@pytest.fixture
+def scorers(
+    kafka_settings: KafkaSettings,
+    database_url: str,
+    auth: AuthSettings,
+    api_key: str,
+    scorer_settings: ScorerSettings,
+) -> Scorers:
+    """Start a scorer when the test says, with its settings changed by ``overrides``."""
+
+    @asynccontextmanager
+    async def start(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+        settings = scorer_settings.model_copy(update={"min_n": 3, **overrides})
+        app = create_app(kafka_settings, DatabaseSettings(url=database_url), auth, settings)
+        async with serving(app, api_key, "scorer") as client:
+            yield client
+
+    return start
 
 
 async def apply(engine: AsyncEngine, events: Sequence[Any]) -> None:
@@ -170,12 +198,100 @@ class TestRefused:
         assert body["lifetime"]["expected_lifetime_years"] is None
 
 
+def recent(events_ago: Sequence[tuple[Any, timedelta]], now: datetime) -> list[Any]:
+    """The events, each moved to ``now`` less its age."""
+    return [e.model_copy(update={"occurred_at": now - ago}) for e, ago in events_ago]
+
+
+# The worked example's customers, within the last 30 days (b's order 60 days ago: in 90d
+# and 365d only; c's 200 days ago: in 365d only).
+RECENT = [
+    (EXAMPLE[0], timedelta(days=20)),
+    (EXAMPLE[1], timedelta(days=10)),
+    (EXAMPLE[2], timedelta(days=5)),
+    (EXAMPLE[3], timedelta(days=8)),
+    (EXAMPLE[4], timedelta(days=60)),
+    (EXAMPLE[5], timedelta(days=50)),
+    (EXAMPLE[6], timedelta(days=200)),
+    (EXAMPLE[7], timedelta(days=3)),
+]
+LABELS = ("window", "snapshot", "as_of")
+
+
+def figures(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k not in LABELS}
+
+
+class TestSnapshots:
+    async def test_a_snapshot_is_what_its_range_computed_live_gives(
+        self, scorers: Scorers, engine: AsyncEngine
+    ) -> None:
+        await apply(engine, recent(RECENT, datetime.now(UTC)))
+        async with scorers() as client:
+            for window in ("30d", "90d", "365d"):
+                r = await client.get("/v1/value", params={"window": window})
+                assert r.status_code == 200, r.text
+                snap = r.json()
+                assert (snap["window"], snap["snapshot"]) == (window, True)
+                assert snap["as_of"] == snap["to"]
+                live = await value(client, **{"from": snap["from"], "to": snap["to"]})
+                assert (live["window"], live["snapshot"]) == (None, False)
+                assert figures(live) == figures(snap)
+                assert snap["currencies"]
+            # The first 365-day snapshot holds every order.
+            assert [c["orders"] for c in snap["currencies"]] == [4, 1]
+            # Filters, group_by, other windows and explicit ranges are computed live.
+            for params in (
+                {"window": "30d", "channel": "sms"},
+                {"window": "30d", "group_by": "channel"},
+                {"window": "7d"},
+                {"from": snap["from"]},
+            ):
+                r = await client.get("/v1/value", params=params)
+                assert r.status_code == 200, r.text
+                assert r.json()["snapshot"] is False
+
+    async def test_the_first_request_computes_a_window_and_keeps_it(
+        self, engine: AsyncEngine
+    ) -> None:
+        await apply(engine, recent(RECENT, datetime.now(UTC)))
+        snapshots = ValueSnapshots(min_n=3)
+        first = await snapshots.value(engine, ValueWindow.QUARTER)
+        assert first.snapshot
+        assert first.window == ValueWindow.QUARTER
+        assert [c.orders for c in first.currencies] == [3, 1]
+        await apply(engine, [order_event("E1", "100", customer_id="e")])
+        assert await snapshots.value(engine, ValueWindow.QUARTER) is first
+        await snapshots.refresh(engine)
+        again = await snapshots.value(engine, ValueWindow.QUARTER)
+        assert again.as_of > first.as_of
+        assert [c.orders for c in again.currencies] == [4, 1]
+
+    async def test_the_scorer_refreshes_its_snapshots(
+        self, scorers: Scorers, engine: AsyncEngine
+    ) -> None:
+        async with scorers(value_refresh_seconds=0.05) as client:
+            before = await value_of(client, "30d")
+            await apply(engine, [order_event("N1", "700", customer_id="n")])
+            after = await eventually(
+                lambda: value_of(client, "30d"),
+                lambda body: body["as_of"] > before["as_of"] and body["currencies"] != [],
+            )
+        assert before["currencies"] == []
+        assert after["snapshot"] is True
+        assert after["currencies"][0]["revenue"] == "700"
+
+
+async def value_of(client: httpx.AsyncClient, window: str) -> Any:
+    r = await client.get("/v1/value", params={"window": window})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
 class TestGauges:
     async def test_revenue_at_risk_and_clv_by_category_for_the_configured_currencies(
         self, scorer: httpx.AsyncClient, engine: AsyncEngine
     ) -> None:
-        from services.scorer import gauges
-
         now = datetime.now(UTC)
         await apply(
             engine,
@@ -186,10 +302,21 @@ class TestGauges:
                 order_event("G3", "70", "GBP", customer_id="h", occurred_at=now),
             ],
         )
-        await gauges.refresh_value(engine, ["JPY", "EUR", "USD"])
+        snapshots = ValueSnapshots(min_n=1)
+        await gauges.refresh_value(engine, ["JPY", "EUR", "USD"], snapshots)
         text = (await scorer.get("/metrics")).text
         assert 'cxloop_scorer_revenue_at_risk{currency="JPY"} 3000.0' in text
         assert 'cxloop_scorer_revenue_at_risk{currency="USD"} 0.0' in text
         assert 'cxloop_scorer_clv{currency="JPY",nps_category="detractor"}' in text
         assert 'cxloop_scorer_clv{currency="EUR",nps_category="unrated"}' in text
         assert 'currency="GBP"' not in text  # not configured: no series
+        # The gauges are the year's snapshot, not a computation of their own.
+        year = await snapshots.value(engine, ValueWindow.YEAR)
+        jpy = next(c for c in year.currencies if c.currency == "JPY")
+        risk = float(Decimal(jpy.revenue_at_risk.revenue))
+        assert f'cxloop_scorer_revenue_at_risk{{currency="JPY"}} {risk}' in text
+        assert jpy.clv is not None
+        assert (
+            f'cxloop_scorer_clv{{currency="JPY",nps_category="all"}} {float(Decimal(jpy.clv))}'
+            in text
+        )

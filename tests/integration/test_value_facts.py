@@ -189,5 +189,10 @@ class TestErasure:
                 for r in await conn.execute(sa.text("SELECT * FROM customer_nps"))
             }
             ids = {r[0] for r in await conn.execute(sa.text("SELECT customer_id FROM orders"))}
+            latest = {
+                r.customer_key: r.score
+                for r in await conn.execute(sa.text("SELECT * FROM customer_latest_nps"))
+            }
         assert keys == {pseudonym: 3}
+        assert latest == {pseudonym: 3}
         assert ids == {pseudonym}

@@ -20,8 +20,10 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from services.scorer.app import create_app as create_scorer
 from shared.events import ResponseSubmitted, TouchpointEvent
@@ -209,6 +211,27 @@ def expected(stream: list[Any]) -> dict[str, Any]:
     return out
 
 
+def expected_latest(stream: list[Any]) -> dict[str, tuple[datetime, uuid.UUID, int]]:
+    """Each customer's latest NPS answer: the greatest (occurred_at, event id)."""
+    latest: dict[str, tuple[datetime, uuid.UUID, int]] = {}
+    for e in stream:
+        if isinstance(e, ResponseSubmitted):
+            answer = (e.occurred_at, e.event_id, e.score)
+            if e.customer_id not in latest or answer[:2] > latest[e.customer_id][:2]:
+                latest[e.customer_id] = answer
+    return latest
+
+
+async def latest_nps(url: str) -> dict[str, tuple[datetime, uuid.UUID, int]]:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(sa.text("SELECT * FROM customer_latest_nps"))
+            return {r.customer_key: (r.occurred_at, r.event_id, r.score) for r in rows}
+    finally:
+        await engine.dispose()
+
+
 def got(body: dict[str, Any]) -> dict[str, Any]:
     """The same facts, read from the answer."""
     life = body["lifetime"]
@@ -306,3 +329,4 @@ class TestValueIsExact:
             )
         assert r.status_code == 200, r.text
         assert got(r.json()) == expected(stream)
+        assert await latest_nps(url) == expected_latest(stream)

@@ -6,7 +6,8 @@
   its refunds in the order's currency, kept by the write path and ``cxloop scorer
   rebuild``; net revenue is ``amount_minor - least(refunded_minor, amount_minor)``.
   ``orders_completed`` covers the range reads of ``GET /v1/value`` (an index-only scan of
-  the completions in a range); ``orders_customer`` finds a customer's orders.
+  the completions in a range); ``orders_customer`` finds a customer's orders, and covers
+  the columns of revenue at risk (an index-only scan per customer).
 * ``order_refunds``: one row per (order_id, refund_id), kept even before its order.
 * ``customer_revenue``: per customer and currency, the exact facts of their completed
   orders: how many, net revenue, first and last purchase. Recomputed from ``orders`` for
@@ -14,6 +15,11 @@
 * ``customer_nps``: every NPS answer's customer, time and score, without its text, so a
   customer's latest category survives erasure under the pseudonym (raw responses do not).
   Filled here from the raw responses: answers erased before this migration are gone.
+* ``customer_latest_nps``: each customer's latest NPS answer (the greatest (occurred_at,
+  event_id) of ``customer_nps``), kept by the write path, erasure and ``cxloop scorer
+  rebuild``. ``GET /v1/value`` takes a customer's category at ``to`` from it, and reads
+  ``customer_nps`` only for the customers whose latest answer is at or after ``to``
+  (``customer_latest_nps_occurred`` finds them).
 
 Revision ID: 0020
 Revises: 0019
@@ -65,7 +71,8 @@ def upgrade() -> None:
     op.create_index(
         "orders_customer",
         "orders",
-        ["customer_id"],
+        ["customer_id", "completed_at"],
+        postgresql_include=["currency", "amount_minor", "refunded_minor"],
         postgresql_where=sa.text("customer_id IS NOT NULL"),
     )
     op.create_table(
@@ -98,9 +105,23 @@ def upgrade() -> None:
         "INSERT INTO customer_nps (customer_key, occurred_at, event_id, score) "
         "SELECT customer_id, occurred_at, event_id, score FROM responses WHERE metric = 'nps'"
     )
+    op.create_table(
+        "customer_latest_nps",
+        sa.Column("customer_key", sa.Text, primary_key=True),
+        sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("event_id", pg.UUID(as_uuid=True), nullable=False),
+        sa.Column("score", sa.SmallInteger, nullable=False),
+    )
+    op.create_index("customer_latest_nps_occurred", "customer_latest_nps", ["occurred_at"])
+    op.execute(
+        "INSERT INTO customer_latest_nps (customer_key, occurred_at, event_id, score) "
+        "SELECT DISTINCT ON (customer_key) customer_key, occurred_at, event_id, score "
+        "FROM customer_nps ORDER BY customer_key, occurred_at DESC, event_id DESC"
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("customer_latest_nps")
     op.drop_table("customer_nps")
     op.drop_table("customer_revenue")
     op.drop_table("order_refunds")
