@@ -19,10 +19,12 @@ Customer value (issue 13) over --orders orders (default 5M, 95% JPY and 5% USD, 
 the same 100 days, from the same 200,000 customers, 5% of them partly refunded), with
 every customer's NPS answers and monthly activity derived from the seeded rows and the
 revenue facts derived by the scorer's own rebuild code:
-  value 30d          GET /v1/value?window=30d                (the default view)
-  value 90d          GET /v1/value?window=90d
-  value range        GET /v1/value?from=…&to=…               (a custom 30-day range)
-  value by channel   GET /v1/value?window=30d&group_by=channel
+  value 30d          GET /v1/value?window=30d       (the default view: the scorer's snapshot)
+  value 365d         GET /v1/value?window=365d      (snapshot; what the gauges read)
+  value range        GET /v1/value?from=…&to=…      (a custom 30-day range: computed live)
+  value by channel   GET /v1/value?window=30d&group_by=channel   (computed live)
+The snapshot rows time a dictionary lookup the scorer refreshes every
+CXLOOP_SCORER_VALUE_REFRESH_SECONDS; the live rows time the exact per-customer statements.
 
     python bench/queries.py --responses 10000000 --orders 5000000 --requests 200
 """
@@ -113,7 +115,7 @@ ON CONFLICT DO NOTHING
 
 VALUE_QUERIES = {
     "value 30d": ("/v1/value", {"window": "30d"}),
-    "value 90d": ("/v1/value", {"window": "90d"}),
+    "value 365d": ("/v1/value", {"window": "365d"}),
     "value range": ("/v1/value", {}),  # from/to filled in at run time
     "value by channel": ("/v1/value", {"window": "30d", "group_by": "channel"}),
 }
@@ -136,9 +138,16 @@ async def seed_orders(url: str, orders: int) -> float:
             await conn.execute(sa.text(_SEED_NPS))
             await conn.execute(sa.text(_SEED_ACTIVITY))
             await repository.rebuild_orders(conn)
+            await repository.derive_latest_nps(conn)
         async with engine.connect() as conn:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
-            for table in ("orders", "order_refunds", "customer_revenue", "customer_nps"):
+            for table in (
+                "orders",
+                "order_refunds",
+                "customer_revenue",
+                "customer_nps",
+                "customer_latest_nps",
+            ):
                 await conn.execute(sa.text(f"VACUUM ANALYZE {table}"))
             await conn.execute(sa.text("VACUUM ANALYZE customer_activity"))
     finally:
