@@ -82,7 +82,7 @@ FROM score_buckets GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
 _SEED_ORDERS = """
 INSERT INTO orders (order_id, customer_id, currency, amount_minor, completed_at,
     completed_event, channel, location, product, business_unit, refunded_minor)
-SELECT 'o' || i, 'c' || (i * 7919 % 200000),
+SELECT 'o' || i, 'c' || (CAST(i AS bigint) * 7919 % 200000),
     CASE WHEN i % 20 = 0 THEN 'USD' ELSE 'JPY' END,
     CASE WHEN i % 20 = 0 THEN 500 + (random() * 20000)::bigint
          ELSE 10 * (50 + (random() * 2000)::bigint) END,
