@@ -31,7 +31,7 @@ ORDERS = Counter(
     name("collector", "orders", "total"),
     "Order events the order ledger judged, by type (order.completed, order.refunded) and "
     "outcome (new, unknown_order, duplicate, order_conflict, refund_conflict, over_refund, "
-    "currency_mismatch, customer_mismatch, unavailable).",
+    "under_refunds, zero_refund, currency_mismatch, customer_mismatch, unavailable, busy).",
     ["type", "outcome"],
 )
 ORDER_LEDGER_MISSED = Counter(

@@ -12,7 +12,10 @@ The collector keeps in Postgres, per order id, whose order it is, its currency a
   duplicate; resent with another amount, a conflict (409 naming ``refund_id``). In another
   currency than its order it is refused (422 naming ``currency``), for another customer too
   (422 naming ``customer_id``), and so is a refund larger than what remains of the order
-  (its amount less the refunds so far: 422 naming ``amount``).
+  (its amount less the refunds so far: 422 naming ``amount``), and so is a refund of 0. A
+  resent refund is compared by customer and currency before it can be a duplicate.
+* ``order.completed`` of an order known only by its refunds is refused (422 naming
+  ``amount``) when its amount is less than those refunds.
 * A refund of an order the collector has not seen is accepted: orders may reach cxloop
   from several systems, and a payment processor may deliver the refund first. The order is
   then known by its currency and customer, and by its amount when the source says it (a
@@ -153,6 +156,15 @@ def _complete(orders: dict[str, Order | None], order: Order | None, fact: OrderF
         )
     if order.completed_event_id is not None:
         return Decision(Verdict.DUPLICATE, event_id=order.completed_event_id, reason="duplicate")
+    if fact.amount_minor < order.refunded_minor:
+        cur = order.currency
+        return Decision(
+            Verdict.REFUSED,
+            field="amount",
+            detail=f"order {fact.order_id!r} of {json_amount(fact.amount_minor, cur)} {cur} is "
+            f"less than its refunds so far: {json_amount(order.refunded_minor, cur)} {cur}",
+            reason="under_refunds",
+        )
     order.amount_minor = fact.amount_minor
     order.completed_event_id = fact.event_id
     return _new()
@@ -167,17 +179,17 @@ def _refund(
         known = False
     else:
         known = True
-    seen = order.refunds.get(refund_id)
-    if seen is not None:
-        if seen[0] == fact.amount_minor:
-            return Decision(Verdict.DUPLICATE, event_id=seen[1], reason="duplicate")
+    if fact.amount_minor == 0:
+        if not known:
+            del orders[fact.order_id]
         return Decision(
-            Verdict.CONFLICT,
-            field="refund_id",
-            detail=f"refund_id {refund_id!r} of order {fact.order_id!r} was already recorded "
-            "with another amount; a refund id names one refund",
-            reason="refund_conflict",
+            Verdict.REFUSED,
+            field="amount",
+            detail="a refund of 0 refunds nothing; send refunds of more than 0",
+            reason="zero_refund",
         )
+    # Customer and currency first: a resend naming another customer or currency is no
+    # duplicate of the refund recorded, whatever its amount.
     if known and order.customer_id != fact.customer_id:
         return Decision(
             Verdict.REFUSED,
@@ -192,6 +204,17 @@ def _refund(
             detail=f"order {fact.order_id!r} is in {order.currency}; a refund is in the "
             "currency of its order",
             reason="currency_mismatch",
+        )
+    seen = order.refunds.get(refund_id)
+    if seen is not None:
+        if seen[0] == fact.amount_minor:
+            return Decision(Verdict.DUPLICATE, event_id=seen[1], reason="duplicate")
+        return Decision(
+            Verdict.CONFLICT,
+            field="refund_id",
+            detail=f"refund_id {refund_id!r} of order {fact.order_id!r} was already recorded "
+            "with another amount; a refund id names one refund",
+            reason="refund_conflict",
         )
     total = order.amount_minor if order.amount_minor is not None else fact.order_amount_minor
     if total is not None:
