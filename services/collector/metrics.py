@@ -36,8 +36,8 @@ ORDERS = Counter(
 )
 ORDER_LEDGER_MISSED = Counter(
     name("collector", "order_ledger_missed", "total"),
-    "Order events the broker acknowledged but the order ledger could not record (Postgres "
-    "failed at commit); their refunds are capped less.",
+    "Order events the broker acknowledged (answered 2xx) but the order ledger could not "
+    "record (its commit failed); their refunds are capped less.",
 )
 STRIPE_EVENTS = Counter(
     name("collector", "stripe_events", "total"),

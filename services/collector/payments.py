@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from services.collector import metrics
 from services.collector.schemas import Submitted
-from services.collector.service import Ingest, Item, Status, unavailable
+from services.collector.service import BROKER_MISSED, Ingest, Item, Status, unavailable
 from services.collector.sources import stripe
 from shared.events import TouchpointEvent, utcnow
 from shared.http import JsonBodyError, load_json
@@ -27,15 +27,6 @@ SOURCE: Final = "stripe"
 NOT_CONFIGURED: Final = (
     "the Stripe source is not configured: set CXLOOP_SOURCES_STRIPE_WEBHOOK_SECRETS"
 )
-
-# The ledger's refusals, by the field it names, as metric reasons.
-_LEDGER_REASONS: Final = {
-    "order_id": "order_conflict",
-    "refund_id": "refund_conflict",
-    "amount": "over_refund",
-    "currency": "currency_mismatch",
-    "customer_id": "customer_mismatch",
-}
 
 
 def verify(sources: SourceSettings, header: str | None, raw: bytes) -> None:
@@ -108,10 +99,9 @@ async def receive(ingest: Ingest, sources: SourceSettings, raw: bytes) -> Submit
     (outcome,) = await ingest.submit([item], source=SOURCE)
     if outcome.status is Status.UNAVAILABLE:
         metrics.STRIPE_EVENTS.labels(type=kind, outcome="unavailable").inc()
-        return unavailable("the broker or the order ledger did not answer", outcome.event_id)
+        return unavailable(outcome.cause or BROKER_MISSED, outcome.event_id)
     if outcome.error is not None:
-        reason = _LEDGER_REASONS.get(outcome.error["field"], "refused")
-        return ignored(kind, reason, outcome.error["detail"])
+        return ignored(kind, outcome.reason or "refused", outcome.error["detail"])
     assert outcome.status in (Status.ACCEPTED, Status.DUPLICATE)
     metrics.STRIPE_EVENTS.labels(type=kind, outcome=outcome.status.value).inc()
     return Submitted(event_id=outcome.event_id, status=outcome.status.value)

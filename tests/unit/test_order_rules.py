@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
-from services.collector.orders import Order, OrderFact, Verdict, decide
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.collector.orders import LedgerBusy, Order, OrderFact, OrderLedger, Verdict, decide
+from shared.privacy import Hasher
 
 
 def completed(amount: int = 1000, **changes: Any) -> OrderFact:
@@ -125,3 +130,14 @@ class TestRefunds:
         orders: dict[str, Order | None] = {}
         assert verdicts(orders, refunded(1001, order_amount_minor=1000)) == [Verdict.REFUSED]
         assert orders == {}
+
+
+class TestBusy:
+    async def test_no_pooled_connection_in_time_is_busy_not_a_crash(self) -> None:
+        class ExhaustedPool:
+            async def connect(self) -> None:
+                raise sa.exc.TimeoutError("QueuePool limit of size 10 overflow 10 reached")
+
+        ledger = OrderLedger(cast(AsyncEngine, ExhaustedPool()), Hasher(b"k" * 16))
+        with pytest.raises(LedgerBusy):
+            await ledger.begin([completed()])
