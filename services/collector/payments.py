@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from services.collector import metrics
-from services.collector.schemas import Submitted
+from services.collector.schemas import Ignored, Submitted
 from services.collector.service import BROKER_MISSED, Ingest, Item, Status, unavailable
 from services.collector.sources import stripe
 from shared.events import TouchpointEvent, utcnow
@@ -27,6 +27,11 @@ SOURCE: Final = "stripe"
 NOT_CONFIGURED: Final = (
     "the Stripe source is not configured: set CXLOOP_SOURCES_STRIPE_WEBHOOK_SECRETS"
 )
+
+
+# Stripe events can be far larger than an API call's body (a charge with its refunds, long
+# metadata): the route takes up to this, whatever CXLOOP_COLLECTOR_MAX_BODY_BYTES says.
+MAX_BODY_BYTES: Final = 512 * 1024
 
 
 def verify(sources: SourceSettings, header: str | None, raw: bytes) -> None:
@@ -52,7 +57,7 @@ def verify(sources: SourceSettings, header: str | None, raw: bytes) -> None:
 def ignored(kind: str, reason: str, detail: str) -> JSONResponse:
     """Acknowledge a well-signed event that produced nothing, saying why."""
     metrics.STRIPE_EVENTS.labels(type=kind, outcome=reason).inc()
-    return JSONResponse({"status": "ignored", "reason": reason, "detail": detail})
+    return JSONResponse(Ignored(reason=reason, detail=detail).model_dump())
 
 
 def _type_label(body: object) -> str:
@@ -72,6 +77,8 @@ async def receive(ingest: Ingest, sources: SourceSettings, raw: bytes) -> Submit
             body,
             customer_prefix=sources.stripe_customer_prefix,
             default_channel=sources.stripe_default_channel,
+            livemode=sources.stripe_livemode,
+            accounts=sources.stripe_connect_accounts,
         )
     except stripe.Ignored as exc:
         return ignored(kind, exc.reason, exc.detail)
