@@ -355,15 +355,27 @@ class SourceSettings(BaseSettings):
     stripe_tolerance_seconds: float = Field(
         default=300,
         gt=0,
+        le=3600,
         description="A Stripe-Signature timestamp further than this from now is refused as a "
-        "replay.",
+        "replay (at most 3600).",
+    )
+    stripe_livemode: Literal["live", "test"] = Field(
+        default="live",
+        description="Which Stripe mode's events become orders (live or test); the other "
+        "mode's are acknowledged and ignored.",
+    )
+    stripe_connect_accounts: CommaList = Field(
+        default=(),
+        description="Connected accounts (acct_…) whose events (carrying `account`) become "
+        "orders, comma-separated; other Connect events are ignored.",
     )
     stripe_customer_prefix: str = Field(
-        default="",
+        default="stripe:",
         max_length=64,
         pattern=r"^[^\x00]*$",
-        description="Put before a Stripe customer id (cus_…) used as the cxloop customer id, "
-        "e.g. `stripe:`; not before metadata.cxloop_customer_id.",
+        description="Put before a Stripe customer id (cus_…) used as the cxloop customer id "
+        "(erase such a customer as `stripe:cus_…`); not before metadata.cxloop_customer_id. "
+        "Empty: none.",
     )
     stripe_default_channel: Channel = Field(
         default=Channel.WEB,
@@ -373,6 +385,22 @@ class SourceSettings(BaseSettings):
         default=DEFAULT_IVR_SURVEYS,
         description="JSON: survey id → question → {metric, scale}; `default` when none is named.",
     )
+
+    _split_accounts = field_validator("stripe_connect_accounts", mode="before")(_split)
+
+    @field_validator("stripe_webhook_secrets")
+    @classmethod
+    def _stripe_signing_secrets(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return value
+        raw = value.get_secret_value().split(",")
+        # The message never quotes a secret.
+        if any(not s.strip().startswith("whsec_") for s in raw if s.strip()):
+            raise ValueError(
+                "every secret must be an endpoint's signing secret, starting with whsec_ "
+                "(Stripe dashboard → Webhooks → the endpoint → Signing secret), not an API key"
+            )
+        return value
 
     def stripe_secrets(self) -> tuple[str, ...]:
         """Return the Stripe signing secrets; never log them."""

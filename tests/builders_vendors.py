@@ -109,6 +109,8 @@ def stripe_charge(**overrides: Any) -> dict[str, Any]:
         "status": "succeeded",
     }
     charge.update(overrides)
+    if "amount" in overrides and "amount_captured" not in overrides:
+        charge["amount_captured"] = charge["amount"]  # captured whole, as by default
     return charge
 
 
@@ -118,7 +120,7 @@ def stripe_payment_intent(charge: dict[str, Any], **overrides: Any) -> dict[str,
         "id": charge["payment_intent"],
         "object": "payment_intent",
         "amount": charge["amount"],
-        "amount_received": charge["amount"],
+        "amount_received": charge["amount_captured"],
         "currency": charge["currency"],
         "customer": charge["customer"],
         "latest_charge": charge["id"],
@@ -136,18 +138,23 @@ def stripe_event(
     *,
     previous_attributes: dict[str, Any] | None = None,
     created: int = 1795000000,
+    livemode: bool = False,
+    account: str | None = None,
 ) -> dict[str, Any]:
-    """A Stripe Event, as its webhook delivers it."""
+    """A Stripe Event, as its webhook delivers it (test mode by default; ``account``: an
+    event of a connected account, Stripe Connect)."""
     data: dict[str, Any] = {"object": obj}
     if previous_attributes is not None:
         data["previous_attributes"] = previous_attributes
+    extra = {} if account is None else {"account": account}
     return {
+        **extra,
         "id": stripe_id("evt"),
         "object": "event",
         "api_version": "2024-06-20",
         "created": created,
         "data": data,
-        "livemode": False,
+        "livemode": livemode,
         "pending_webhooks": 1,
         "request": {"id": None, "idempotency_key": None},
         "type": kind,

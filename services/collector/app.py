@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.collector import invitations as invitations_store
-from services.collector import metrics
+from services.collector import metrics, payments
 from services.collector.idempotency import EventIds, IdempotencyStore
 from services.collector.orders import OrderLedger
 from services.collector.ratelimit import RateLimiter
@@ -158,6 +158,8 @@ def create_app(
             return collector.max_body_bytes, JSON_OR_TEXT
         if path.endswith("/batch"):
             return collector.max_batch_bytes, JSON_ONLY
+        if path == stripe.PATH:
+            return max(collector.max_body_bytes, payments.MAX_BODY_BYTES), JSON_ONLY
         return collector.max_body_bytes, JSON_ONLY
 
     app = build_app(

@@ -25,7 +25,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"description": "Body larger than the configured limit"},
     415: {"description": "Body of a media type the route does not take"},
     422: {"description": "A field is invalid; every bad field is named"},
-    503: {"description": "The broker did not acknowledge; retry with the same event_id"},
+    503: {
+        "description": "Nothing was stored: the broker did not acknowledge, or the order "
+        "ledger (Postgres) was unreachable or busy, as the detail says; retry with the same "
+        "event_id (Retry-After)"
+    },
 }
 
 IdempotencyKey = Annotated[

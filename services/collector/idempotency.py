@@ -324,6 +324,20 @@ class IdempotencyStore:
                 raise
             return False
 
+    async def unclaim(self, keys: Sequence[str]) -> None:
+        """Release ``keys``, claimed by a request that was refused after its claim (the order
+        ledger's 422 or 409), so that a corrected resend under them is a new request."""
+        if not keys:
+            return
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(_UNCLAIM, {"keys": sorted(set(keys))})
+        except (DBAPIError, OSError) as exc:
+            # The resend of a corrected body then conflicts until the window passes.
+            if not is_transient(exc):
+                raise
+            log.warning("could not release %d refused key(s)", len(keys))
+
     async def mark_produced(self, keys: Sequence[str], missed: Sequence[str] = ()) -> None:
         """Record that ``keys`` were acknowledged by the broker, starting their window.
 

@@ -31,13 +31,13 @@ ORDERS = Counter(
     name("collector", "orders", "total"),
     "Order events the order ledger judged, by type (order.completed, order.refunded) and "
     "outcome (new, unknown_order, duplicate, order_conflict, refund_conflict, over_refund, "
-    "currency_mismatch, customer_mismatch, unavailable).",
+    "under_refunds, zero_refund, currency_mismatch, customer_mismatch, unavailable, busy).",
     ["type", "outcome"],
 )
 ORDER_LEDGER_MISSED = Counter(
     name("collector", "order_ledger_missed", "total"),
-    "Order events the broker acknowledged but the order ledger could not record (Postgres "
-    "failed at commit); their refunds are capped less.",
+    "Order events the broker acknowledged (answered 2xx) but the order ledger could not "
+    "record (its commit failed); their refunds are capped less.",
 )
 STRIPE_EVENTS = Counter(
     name("collector", "stripe_events", "total"),

@@ -12,27 +12,39 @@ The collector keeps in Postgres, per order id, whose order it is, its currency a
   duplicate; resent with another amount, a conflict (409 naming ``refund_id``). In another
   currency than its order it is refused (422 naming ``currency``), for another customer too
   (422 naming ``customer_id``), and so is a refund larger than what remains of the order
-  (its amount less the refunds so far: 422 naming ``amount``).
+  (its amount less the refunds so far: 422 naming ``amount``), and so is a refund of 0. A
+  resent refund is compared by customer and currency before it can be a duplicate.
+* ``order.completed`` of an order known only by its refunds is refused (422 naming
+  ``amount``) when its amount is less than those refunds.
 * A refund of an order the collector has not seen is accepted: orders may reach cxloop
   from several systems, and a payment processor may deliver the refund first. The order is
   then known by its currency and customer, and by its amount when the source says it (a
   Stripe charge does); once its amount is known, later refunds are capped by it.
 
 How it stays true under concurrency and failures (:class:`OrderLedger`): one transaction
-per request takes the collector's erasure lock shared and a transaction advisory lock per
-order id (in one global order), reads the orders, decides, lets the caller produce, and
-writes only what the broker acknowledged before it commits. Two concurrent refunds of one
-order are serialised by the lock, and a failed produce leaves nothing behind. An erased
-customer's orders carry the collector's pseudonym for them (the erasure rewrites them under
-the same lock taken exclusively), and a later event for them is compared and stored under
-that pseudonym, so their id is never stored again.
+per request sets a lock timeout (2 s: past it, or with no pooled connection free, the
+request is answered 503 as busy), takes the collector's erasure lock shared, locks the rows
+of its orders (a placeholder row for an unknown one, so it can be locked too, all in
+order_id order), decides, lets the caller produce, and writes only what the broker
+acknowledged before it commits. Two concurrent refunds of one order are serialised by the
+row lock, and a failed produce leaves nothing behind. An erased customer's orders carry the
+collector's pseudonym for them (the erasure rewrites them under the erasure lock taken
+exclusively, and its update waits for the row locks anyway), and a later event for them is
+compared and stored under that pseudonym, so their id is never stored again.
+
+What it is for: the synchronous answers only, a refund past its order or a reused order id
+refused to the caller while they can still act. Counting does not depend on it: downstream,
+the scorer and alerting count an order once by its order_id and a refund once by
+(order_id, refund_id), whatever the event id, so an order event produced twice (a late
+broker ack after a 503, a Stripe charge and its PaymentIntent, a commit that failed after
+the ack) is not counted twice.
 """
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Final
@@ -41,6 +53,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared import erasure
+from shared.db import postgres_error
 from shared.events import ORDER_COMPLETED, ORDER_REFUNDED, TouchpointEvent
 from shared.money import json_amount
 from shared.privacy import Hasher
@@ -153,6 +166,15 @@ def _complete(orders: dict[str, Order | None], order: Order | None, fact: OrderF
         )
     if order.completed_event_id is not None:
         return Decision(Verdict.DUPLICATE, event_id=order.completed_event_id, reason="duplicate")
+    if fact.amount_minor < order.refunded_minor:
+        cur = order.currency
+        return Decision(
+            Verdict.REFUSED,
+            field="amount",
+            detail=f"order {fact.order_id!r} of {json_amount(fact.amount_minor, cur)} {cur} is "
+            f"less than its refunds so far: {json_amount(order.refunded_minor, cur)} {cur}",
+            reason="under_refunds",
+        )
     order.amount_minor = fact.amount_minor
     order.completed_event_id = fact.event_id
     return _new()
@@ -167,17 +189,17 @@ def _refund(
         known = False
     else:
         known = True
-    seen = order.refunds.get(refund_id)
-    if seen is not None:
-        if seen[0] == fact.amount_minor:
-            return Decision(Verdict.DUPLICATE, event_id=seen[1], reason="duplicate")
+    if fact.amount_minor == 0:
+        if not known:
+            del orders[fact.order_id]
         return Decision(
-            Verdict.CONFLICT,
-            field="refund_id",
-            detail=f"refund_id {refund_id!r} of order {fact.order_id!r} was already recorded "
-            "with another amount; a refund id names one refund",
-            reason="refund_conflict",
+            Verdict.REFUSED,
+            field="amount",
+            detail="a refund of 0 refunds nothing; send refunds of more than 0",
+            reason="zero_refund",
         )
+    # Customer and currency first: a resend naming another customer or currency is no
+    # duplicate of the refund recorded, whatever its amount.
     if known and order.customer_id != fact.customer_id:
         return Decision(
             Verdict.REFUSED,
@@ -192,6 +214,17 @@ def _refund(
             detail=f"order {fact.order_id!r} is in {order.currency}; a refund is in the "
             "currency of its order",
             reason="currency_mismatch",
+        )
+    seen = order.refunds.get(refund_id)
+    if seen is not None:
+        if seen[0] == fact.amount_minor:
+            return Decision(Verdict.DUPLICATE, event_id=seen[1], reason="duplicate")
+        return Decision(
+            Verdict.CONFLICT,
+            field="refund_id",
+            detail=f"refund_id {refund_id!r} of order {fact.order_id!r} was already recorded "
+            "with another amount; a refund id names one refund",
+            reason="refund_conflict",
         )
     total = order.amount_minor if order.amount_minor is not None else fact.order_amount_minor
     if total is not None:
@@ -219,21 +252,28 @@ def decide(orders: dict[str, Order | None], facts: Sequence[OrderFact]) -> list[
     return [apply(orders, fact) for fact in facts]
 
 
-# One lock per order id, in one global order (sorted keys) so that two requests never wait
-# for each other in a cycle. The bigint keys come from SHA-256, in a space of their own.
-def lock_key(order_id: str) -> int:
-    """Return the advisory lock key of an order id."""
-    digest = hashlib.sha256(b"cxloop-order:" + order_id.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
-
-
-_LOCK = sa.text(
-    "SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:keys AS bigint[])) AS u(k)"
-)
+# Row locks, not advisory locks: a row lock lives in the row itself, so a batch of 500
+# orders takes no slot of the shared lock table (which an advisory lock per order did, and
+# held across the produce). An order not yet in the ledger gets a placeholder row first
+# (``INSERT … ON CONFLICT DO NOTHING``: a concurrent request inserting the same order id
+# waits for this transaction, then finds it), so that it can be locked too; every request
+# inserts, then locks, in order_id order, so two never wait for each other in a cycle. A
+# placeholder is the order unknown (:func:`read` gives None) and is deleted at commit
+# unless an acknowledged event made it an order.
+_PLACE = sa.text("""
+INSERT INTO collector_orders (order_id, customer_id, currency)
+SELECT * FROM unnest(
+    CAST(:order_ids AS text[]), CAST(:customer_ids AS text[]), CAST(:currencies AS text[])
+) ORDER BY 1
+ON CONFLICT (order_id) DO NOTHING
+RETURNING order_id
+""")
 
 _READ_ORDERS = sa.text("""
 SELECT order_id, customer_id, currency, amount_minor, refunded_minor, completed_event_id
 FROM collector_orders WHERE order_id = ANY(CAST(:order_ids AS text[]))
+ORDER BY order_id
+FOR UPDATE
 """)
 
 _READ_REFUNDS = sa.text("""
@@ -243,20 +283,26 @@ JOIN unnest(CAST(:order_ids AS text[]), CAST(:refund_ids AS text[])) AS w(order_
   USING (order_id, refund_id)
 """)
 
-# The rows are locked (advisory) for the whole transaction, so writing the values computed
-# from them is safe. customer_id is never updated: the erasure owns it.
+# The rows are locked for the whole transaction, so writing the values computed from them
+# is safe. customer_id and currency change only on a placeholder becoming an order: on a
+# known order they are written as read (the erasure, which owns customer_id, waits for us).
 _WRITE_ORDERS = sa.text("""
-INSERT INTO collector_orders AS o
-    (order_id, customer_id, currency, amount_minor, refunded_minor, completed_event_id)
-SELECT * FROM unnest(
+UPDATE collector_orders AS o SET
+    customer_id = w.customer_id,
+    currency = w.currency,
+    amount_minor = w.amount_minor,
+    refunded_minor = w.refunded_minor,
+    completed_event_id = w.completed_event_id
+FROM unnest(
     CAST(:order_ids AS text[]), CAST(:customer_ids AS text[]), CAST(:currencies AS text[]),
     CAST(:amounts AS bigint[]), CAST(:refunded AS bigint[]), CAST(:completed AS uuid[])
-)
-ON CONFLICT (order_id) DO UPDATE SET
-    amount_minor = EXCLUDED.amount_minor,
-    refunded_minor = EXCLUDED.refunded_minor,
-    completed_event_id = EXCLUDED.completed_event_id
+) AS w(order_id, customer_id, currency, amount_minor, refunded_minor, completed_event_id)
+WHERE o.order_id = w.order_id
 """)
+
+_DROP_PLACEHOLDERS = sa.text(
+    "DELETE FROM collector_orders WHERE order_id = ANY(CAST(:order_ids AS text[]))"
+)
 
 _WRITE_REFUNDS = sa.text("""
 INSERT INTO collector_order_refunds (order_id, refund_id, amount_minor, event_id)
@@ -271,11 +317,30 @@ _ERASE = sa.text(
 )
 
 
-async def read(conn: AsyncConnection, facts: Sequence[OrderFact]) -> dict[str, Order | None]:
-    """Return the ledger's orders of ``facts`` (None for an unknown one), with their refunds."""
+async def place(conn: AsyncConnection, facts: Sequence[OrderFact]) -> set[str]:
+    """Insert a placeholder row for each order of ``facts`` the ledger lacks; return their ids."""
+    first: dict[str, OrderFact] = {}
+    for fact in facts:
+        first.setdefault(fact.order_id, fact)
+    order_ids = sorted(first)
+    params = {
+        "order_ids": order_ids,
+        "customer_ids": [first[k].customer_id for k in order_ids],
+        "currencies": [first[k].currency for k in order_ids],
+    }
+    return {row.order_id for row in await conn.execute(_PLACE, params)}
+
+
+async def read(
+    conn: AsyncConnection, facts: Sequence[OrderFact], placeholders: AbstractSet[str] = frozenset()
+) -> dict[str, Order | None]:
+    """Lock and return the ledger's orders of ``facts`` (None for an unknown one, and for
+    a ``placeholders`` row), with their refunds."""
     order_ids = sorted({f.order_id for f in facts})
     orders: dict[str, Order | None] = dict.fromkeys(order_ids)
     for row in await conn.execute(_READ_ORDERS, {"order_ids": order_ids}):
+        if row.order_id in placeholders:
+            continue
         orders[row.order_id] = Order(
             row.customer_id,
             row.currency,
@@ -296,7 +361,14 @@ async def read(conn: AsyncConnection, facts: Sequence[OrderFact]) -> dict[str, O
 async def write(
     conn: AsyncConnection, before: dict[str, Order | None], after: dict[str, Order | None]
 ) -> None:
-    """Write the orders that changed from ``before`` to ``after``, and their new refunds."""
+    """Write the orders that changed from ``before`` to ``after``, and their new refunds.
+
+    Every order of ``before`` has a row (a placeholder for the unknown ones); the
+    placeholders that stayed unknown are deleted.
+    """
+    unknown = sorted(k for k, order in before.items() if order is None and after.get(k) is None)
+    if unknown:
+        await conn.execute(_DROP_PLACEHOLDERS, {"order_ids": unknown})
     changed = sorted(
         k for k, order in after.items() if order is not None and order != before.get(k)
     )
@@ -350,8 +422,7 @@ class LedgerSession:
         self._pseudonyms = pseudonyms
 
     def _as_stored(self, fact: OrderFact) -> OrderFact:
-        pseudonym = self._pseudonyms.get(fact.customer_id)
-        return fact if pseudonym is None else replace(fact, customer_id=pseudonym)
+        return _stored(fact, self._pseudonyms)
 
     def decide(self, facts: Sequence[OrderFact]) -> list[Decision]:
         """Decide ``facts`` in order; nothing is written yet."""
@@ -360,10 +431,9 @@ class LedgerSession:
 
     async def commit(self, facts: Sequence[OrderFact]) -> None:
         """Write ``facts`` (the new ones the broker acknowledged), in order, and commit."""
-        if facts:
-            after = {k: v.copy() if v else None for k, v in self._before.items()}
-            decide(after, [self._as_stored(f) for f in facts])
-            await write(self._conn, self._before, after)
+        after = {k: v.copy() if v else None for k, v in self._before.items()}
+        decide(after, [self._as_stored(f) for f in facts])
+        await write(self._conn, self._before, after)
         await self._conn.commit()
 
     async def close(self) -> None:
@@ -371,31 +441,63 @@ class LedgerSession:
         await self._conn.close()
 
 
+class LedgerBusy(Exception):
+    """The orders stayed locked by other requests past the lock timeout, or no database
+    connection was free in time: the caller should retry shortly."""
+
+
+# Longest wait for an order's lock (another request holds it across its produce) or for the
+# erasure lock: past it the request is answered 503, rather than queueing without bound.
+LOCK_TIMEOUT_SECONDS: Final = 2.0
+
+
 class OrderLedger:
     """Opens one transaction per request over the orders its events name."""
 
-    def __init__(self, engine: AsyncEngine, hasher: Hasher) -> None:
+    def __init__(
+        self, engine: AsyncEngine, hasher: Hasher, lock_timeout: float = LOCK_TIMEOUT_SECONDS
+    ) -> None:
         self._engine = engine
         self._hasher = hasher
+        self._lock_timeout_ms = max(1, round(lock_timeout * 1000))
 
     async def begin(self, facts: Sequence[OrderFact]) -> LedgerSession:
         """Lock and read the orders of ``facts`` in a new transaction.
 
         The session commits only what :meth:`LedgerSession.commit` is given; closing it
         otherwise rolls back, so nothing is reserved for an event the broker did not
-        acknowledge.
+        acknowledge. Raises :class:`LedgerBusy` when a lock or a pooled connection is not
+        had in time.
         """
-        conn = await self._engine.connect()
+        try:
+            conn = await self._engine.connect()
+        except sa.exc.TimeoutError:
+            raise LedgerBusy("no database connection was free in time") from None
         try:
             await conn.begin()
+            await conn.execute(sa.text(f"SET LOCAL lock_timeout = {self._lock_timeout_ms}"))
+            # Shared: an erasure (exclusive) waits for this transaction, and one that
+            # committed first has its pseudonyms read here.
             await erasure.lock(conn, SERVICE, exclusive=False)
-            keys = sorted({lock_key(f.order_id) for f in facts})
-            await conn.execute(_LOCK, {"keys": keys})
-            orders = await read(conn, facts)
             pseudonyms = await erasure.pseudonyms_of(
                 conn, self._hasher, SERVICE, {f.customer_id for f in facts}
             )
-        except BaseException:
+            stored = [_stored(f, pseudonyms) for f in facts]
+            placeholders = await place(conn, stored)
+            orders = await read(conn, stored, placeholders)
+        except BaseException as exc:
             await conn.close()
+            if _lock_timed_out(exc):
+                raise LedgerBusy("the orders are locked by another request") from None
             raise
         return LedgerSession(conn, orders, pseudonyms)
+
+
+def _stored(fact: OrderFact, pseudonyms: dict[str, str]) -> OrderFact:
+    pseudonym = pseudonyms.get(fact.customer_id)
+    return fact if pseudonym is None else replace(fact, customer_id=pseudonym)
+
+
+def _lock_timed_out(exc: BaseException) -> bool:
+    error = postgres_error(exc)
+    return error is not None and error.sqlstate == "55P03"  # lock_not_available

@@ -16,8 +16,8 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from services.collector import metrics
-from services.collector.schemas import Submitted
-from services.collector.service import Ingest, Item, Status, unavailable
+from services.collector.schemas import Ignored, Submitted
+from services.collector.service import BROKER_MISSED, Ingest, Item, Status, unavailable
 from services.collector.sources import stripe
 from shared.events import TouchpointEvent, utcnow
 from shared.http import JsonBodyError, load_json
@@ -28,14 +28,10 @@ NOT_CONFIGURED: Final = (
     "the Stripe source is not configured: set CXLOOP_SOURCES_STRIPE_WEBHOOK_SECRETS"
 )
 
-# The ledger's refusals, by the field it names, as metric reasons.
-_LEDGER_REASONS: Final = {
-    "order_id": "order_conflict",
-    "refund_id": "refund_conflict",
-    "amount": "over_refund",
-    "currency": "currency_mismatch",
-    "customer_id": "customer_mismatch",
-}
+
+# Stripe events can be far larger than an API call's body (a charge with its refunds, long
+# metadata): the route takes up to this, whatever CXLOOP_COLLECTOR_MAX_BODY_BYTES says.
+MAX_BODY_BYTES: Final = 512 * 1024
 
 
 def verify(sources: SourceSettings, header: str | None, raw: bytes) -> None:
@@ -61,7 +57,7 @@ def verify(sources: SourceSettings, header: str | None, raw: bytes) -> None:
 def ignored(kind: str, reason: str, detail: str) -> JSONResponse:
     """Acknowledge a well-signed event that produced nothing, saying why."""
     metrics.STRIPE_EVENTS.labels(type=kind, outcome=reason).inc()
-    return JSONResponse({"status": "ignored", "reason": reason, "detail": detail})
+    return JSONResponse(Ignored(reason=reason, detail=detail).model_dump())
 
 
 def _type_label(body: object) -> str:
@@ -81,6 +77,8 @@ async def receive(ingest: Ingest, sources: SourceSettings, raw: bytes) -> Submit
             body,
             customer_prefix=sources.stripe_customer_prefix,
             default_channel=sources.stripe_default_channel,
+            livemode=sources.stripe_livemode,
+            accounts=sources.stripe_connect_accounts,
         )
     except stripe.Ignored as exc:
         return ignored(kind, exc.reason, exc.detail)
@@ -108,10 +106,9 @@ async def receive(ingest: Ingest, sources: SourceSettings, raw: bytes) -> Submit
     (outcome,) = await ingest.submit([item], source=SOURCE)
     if outcome.status is Status.UNAVAILABLE:
         metrics.STRIPE_EVENTS.labels(type=kind, outcome="unavailable").inc()
-        return unavailable("the broker or the order ledger did not answer", outcome.event_id)
+        return unavailable(outcome.cause or BROKER_MISSED, outcome.event_id)
     if outcome.error is not None:
-        reason = _LEDGER_REASONS.get(outcome.error["field"], "refused")
-        return ignored(kind, reason, outcome.error["detail"])
+        return ignored(kind, outcome.reason or "refused", outcome.error["detail"])
     assert outcome.status in (Status.ACCEPTED, Status.DUPLICATE)
     metrics.STRIPE_EVENTS.labels(type=kind, outcome=outcome.status.value).inc()
     return Submitted(event_id=outcome.event_id, status=outcome.status.value)

@@ -149,8 +149,10 @@ AmountIn = Annotated[
                 {"type": "integer", "minimum": 0},
             ],
             "description": 'A decimal string in plain notation, e.g. "1500" (JPY) or "12.50" '
-            "(USD), with no more decimals than the currency has; or a JSON integer. A JSON "
-            "number with a fraction or exponent (a float) is refused.",
+            "(USD), with no more decimals than the currency has; or a JSON integer, which is "
+            "in MAJOR units like the string: 12 in USD is twelve dollars, not twelve cents "
+            "(unlike Stripe's integers). A JSON number with a fraction or exponent (a float) "
+            "is refused.",
             "examples": ["1500", "12.50"],
         }
     ),
@@ -251,8 +253,10 @@ class EventIn(BaseModel):
     amount: AmountIn | None = Field(
         default=None,
         validate_default=True,
-        description="order.completed: the order's value; order.refunded: this refund's, at "
-        "most what remains of the order. No more decimals than the currency has (none for JPY).",
+        description="order.completed: the order's value; order.refunded: this refund's, more "
+        "than 0 and at most what remains of the order. In MAJOR units, a JSON integer too "
+        '(12 USD is twelve dollars; cents are "0.12"). No more decimals than the currency '
+        "has (none for JPY).",
     )
 
     @field_validator("ticket_id")
@@ -293,6 +297,21 @@ class Submitted(BaseModel):
 
     event_id: UUID
     status: Literal["accepted", "duplicate"]
+
+
+class Ignored(BaseModel):
+    """A well-signed vendor event acknowledged (200) without producing anything, and why:
+    the vendor would retry any other answer, and a retry would be ignored the same way."""
+
+    status: Literal["ignored"] = "ignored"
+    reason: str = Field(
+        description="A short label, also on cxloop_collector_stripe_events_total: "
+        "unsupported, malformed, livemode, connect_account, not_captured, not_succeeded, "
+        "no_customer, currency, amount, no_refund, refund_amount_unknown, or the order "
+        "ledger's (order_conflict, refund_conflict, over_refund, under_refunds, zero_refund, "
+        "currency_mismatch, customer_mismatch)."
+    )
+    detail: str
 
 
 class ItemResult(BaseModel):

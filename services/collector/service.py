@@ -8,7 +8,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -29,7 +29,7 @@ from services.collector.idempotency import (
     caller_key,
     item_key,
 )
-from services.collector.orders import LedgerSession, OrderFact, OrderLedger
+from services.collector.orders import LedgerBusy, LedgerSession, OrderFact, OrderLedger
 from services.collector.orders import Verdict as OrderVerdict
 from services.collector.schemas import BatchResult, EventIn, ItemResult, ResponseIn, Submitted
 from shared.db import is_transient
@@ -63,14 +63,27 @@ class Status(StrEnum):
     CONFLICT = "conflict"
 
 
+# Why an item was not stored, as a 503 says it.
+BROKER_MISSED = "the broker did not acknowledge in time"
+LEDGER_DOWN = "the order ledger (Postgres) could not be reached"
+LEDGER_BUSY = (
+    "the order ledger is busy: another request holds these orders, or no database "
+    "connection was free"
+)
+FIRST_MISSED = "the order event it repeats, earlier in this batch, was not acknowledged"
+
+
 @dataclass(frozen=True)
 class Outcome:
     """The result for one item: its event id and status, and what refused it (``field``,
-    ``detail``) when the order ledger did (a conflict, or a rejection)."""
+    ``detail``) when the order ledger did (a conflict, or a rejection), with the ledger's
+    ``reason`` (a metric label); ``cause`` says why an unavailable item was not stored."""
 
     event_id: uuid.UUID
     status: Status
     error: dict[str, str] | None = None
+    reason: str = ""
+    cause: str | None = None
 
 
 @dataclass(frozen=True)
@@ -145,6 +158,22 @@ def in_currency(amount: Decimal | None, currency: str | None) -> Decimal | None:
     if amount is None or currency is None:
         return amount
     return from_minor(to_minor(amount, currency), currency)
+
+
+# Fields EventIn gained with orders. Left out of a fingerprint while unset, so that every
+# body sent before them keeps its fingerprint: a key stored before the upgrade still matches
+# its resend instead of conflicting (tests/unit/test_event_ids.py pins one).
+_ORDER_FIELDS = ("order_id", "refund_id", "currency", "amount")
+
+
+def request_content(payload: ResponseIn | EventIn) -> dict[str, Any]:
+    """Return what an idempotency fingerprint covers of a validated payload."""
+    content = payload.model_dump()
+    if isinstance(payload, EventIn):
+        for name in _ORDER_FIELDS:
+            if content[name] is None:
+                del content[name]
+    return content
 
 
 def configured_set_errors(payload: ResponseIn, settings: CollectorSettings) -> list[dict[str, str]]:
@@ -245,40 +274,40 @@ class Ingest:
         statuses: list[Status | None] = []
         for i, item in enumerate(items):
             statuses.append(None if item.key is None else _status(items, first_of_key, i, verdicts))
-        event_ids = [item.event.event_id for item in items]
-        errors: list[dict[str, str] | None] = [None] * len(items)
+        judged = _Judged(
+            event_ids=[item.event.event_id for item in items],
+            errors=[None] * len(items),
+            reasons=[""] * len(items),
+            causes=[None] * len(items),
+        )
         facts = {
             i: OrderFact.of(item.event, item.order_amount_minor)
             for i, item in enumerate(items)
             if statuses[i] is None and _is_order(item.event)
         }
-        ledger = await self._open_ledger(facts, statuses)
+        ledger = await self._open_ledger(facts, statuses, judged)
         try:
             if ledger is not None:
-                self._decide(ledger, facts, statuses, event_ids, errors)
+                self._decide(ledger, facts, statuses, judged)
             to_send = [i for i, status in enumerate(statuses) if status is None]
             sent = await self._produce([items[i].event for i in to_send])
             for i, ok in zip(to_send, sent, strict=True):
                 statuses[i] = Status.ACCEPTED if ok else Status.UNAVAILABLE
+                judged.causes[i] = None if ok else BROKER_MISSED
             acked = [i for i, ok in zip(to_send, sent, strict=True) if ok]
+            # A duplicate of an event this request itself sent stands only if that was acked.
+            for i, first in judged.repeats.items():
+                if statuses[first] is not Status.ACCEPTED:
+                    statuses[i] = Status.UNAVAILABLE
+                    judged.causes[i] = FIRST_MISSED
             if ledger is not None:
                 await _commit(ledger, [facts[i] for i in acked if i in facts])
         finally:
             if ledger is not None:
-                await ledger.close()
-        produced = [k for i in acked if (k := items[i].key)]
-        missed: list[str] = []
-        if batch is not None and any(items[i].batch == batch.key for i in acked):
-            produced.append(batch.key)
-            # The items the broker missed keep their claims as long as the batch's.
-            missed = [
-                k
-                for i, ok in zip(to_send, sent, strict=True)
-                if not ok and items[i].batch == batch.key and (k := items[i].key)
-            ]
-        await self.store.mark_produced(produced, missed)
+                await _close(ledger)
+        await self._settle_keys(items, batch, statuses, acked, judged)
         outcomes = []
-        for item, status, event_id, error in zip(items, statuses, event_ids, errors, strict=True):
+        for i, (item, status) in enumerate(zip(items, statuses, strict=True)):
             assert status is not None
             metrics.EVENTS.labels(
                 source=source,
@@ -286,13 +315,64 @@ class Ingest:
                 channel=item.event.channel.value,
                 outcome=status.value,
             ).inc()
-            outcomes.append(Outcome(event_id, status, error))
+            outcomes.append(
+                Outcome(
+                    judged.event_ids[i],
+                    status,
+                    judged.errors[i],
+                    judged.reasons[i],
+                    judged.causes[i],
+                )
+            )
         return outcomes
 
+    async def _settle_keys(
+        self,
+        items: Sequence[Item],
+        batch: Claim | None,
+        statuses: list[Status | None],
+        acked: list[int],
+        judged: _Judged,
+    ) -> None:
+        """Mark the acknowledged keys produced, and release or keep the ledger's refusals.
+
+        A key whose request the order ledger refused (422, 409) is released, as a request
+        refused by validation never claimed one, so a corrected resend under it is new. A
+        batch item stays claimed whatever became of it: released, it would look foreign to
+        its batch key on a resend and conflict. The items the broker missed, and those the
+        ledger refused or answered duplicate, keep their claims as long as the batch's, so
+        that a resend finds each of them again.
+        """
+        produced = [k for i in acked if (k := items[i].key)]
+        missed: list[str] = []
+        refused = [
+            k
+            for i, item in enumerate(items)
+            if i in judged.ledger_refused and item.batch is None and (k := item.key)
+        ]
+        if batch is not None and any(items[i].batch == batch.key for i in acked):
+            produced.append(batch.key)
+            acked_set = set(acked)
+            missed = [
+                k
+                for i, item in enumerate(items)
+                if item.batch == batch.key
+                and i not in acked_set
+                and (
+                    statuses[i] is Status.UNAVAILABLE
+                    or i in judged.ledger_refused
+                    or i in judged.ledger_duplicates
+                )
+                and (k := item.key)
+            ]
+        await self.store.unclaim(refused)
+        await self.store.mark_produced(produced, missed)
+
     async def _open_ledger(
-        self, facts: dict[int, OrderFact], statuses: list[Status | None]
+        self, facts: dict[int, OrderFact], statuses: list[Status | None], judged: _Judged
     ) -> LedgerSession | None:
-        """Open the order ledger for ``facts``; when Postgres is down they are unavailable.
+        """Open the order ledger for ``facts``; when Postgres is down or the orders stay
+        locked, they are unavailable.
 
         Unlike an idempotency claim, an order cannot be produced unchecked: a refund's cap
         holds only if the ledger saw it, so the caller is told to retry.
@@ -301,36 +381,48 @@ class Ingest:
             return None
         try:
             return await self.orders.begin(list(facts.values()))
+        except LedgerBusy:
+            cause, outcome = LEDGER_BUSY, "busy"
+            log.warning("order ledger busy; %d order event(s) answered 503", len(facts))
         except (DBAPIError, OSError) as exc:
             if not is_transient(exc):
                 raise
+            cause, outcome = LEDGER_DOWN, "unavailable"
             log.warning("order ledger unreachable; %d order event(s) answered 503", len(facts))
-            for i, fact in facts.items():
-                statuses[i] = Status.UNAVAILABLE
-                metrics.ORDERS.labels(type=fact.type, outcome="unavailable").inc()
-            return None
+        for i, fact in facts.items():
+            statuses[i] = Status.UNAVAILABLE
+            judged.causes[i] = cause
+            metrics.ORDERS.labels(type=fact.type, outcome=outcome).inc()
+        return None
 
     @staticmethod
     def _decide(
         ledger: LedgerSession,
         facts: dict[int, OrderFact],
         statuses: list[Status | None],
-        event_ids: list[uuid.UUID],
-        errors: list[dict[str, str] | None],
+        judged: _Judged,
     ) -> None:
         decisions = ledger.decide(list(facts.values()))
+        sent_here: dict[uuid.UUID, int] = {}  # the new events of this request, by event id
         for (i, fact), decision in zip(facts.items(), decisions, strict=True):
             metrics.ORDERS.labels(type=fact.type, outcome=decision.reason).inc()
-            if decision.verdict is OrderVerdict.DUPLICATE:
+            judged.reasons[i] = decision.reason
+            if decision.verdict is OrderVerdict.NEW:
+                sent_here[fact.event_id] = i
+            elif decision.verdict is OrderVerdict.DUPLICATE:
                 assert decision.event_id is not None
                 statuses[i] = Status.DUPLICATE
-                event_ids[i] = decision.event_id
-            elif decision.verdict is not OrderVerdict.NEW:
+                judged.event_ids[i] = decision.event_id
+                judged.ledger_duplicates.add(i)
+                if decision.event_id in sent_here:
+                    judged.repeats[i] = sent_here[decision.event_id]
+            else:
                 assert decision.field is not None
                 assert decision.detail is not None
                 conflict = decision.verdict is OrderVerdict.CONFLICT
                 statuses[i] = Status.CONFLICT if conflict else Status.REJECTED
-                errors[i] = {"field": decision.field, "detail": decision.detail}
+                judged.errors[i] = {"field": decision.field, "detail": decision.detail}
+                judged.ledger_refused.add(i)
 
     async def _produce(self, events: Sequence[Event]) -> list[bool]:
         if not events:
@@ -382,17 +474,48 @@ def _status(
     return None
 
 
+@dataclass
+class _Judged:
+    """What one request's items became before and after the order ledger: answered event
+    ids, the ledger's errors and reasons, why an item is unavailable, the items the ledger
+    refused or answered duplicate, and each duplicate of an event this request sent
+    (item → the item that sent it)."""
+
+    event_ids: list[uuid.UUID]
+    errors: list[dict[str, str] | None]
+    reasons: list[str]
+    causes: list[str | None]
+    ledger_refused: set[int] = field(default_factory=set)
+    ledger_duplicates: set[int] = field(default_factory=set)
+    repeats: dict[int, int] = field(default_factory=dict)
+
+
 async def _commit(ledger: LedgerSession, acked: list[OrderFact]) -> None:
-    """Record the acknowledged order events; the broker has them whatever happens here."""
+    """Record the acknowledged order events; the broker has them whatever happens here.
+
+    Any failure (Postgres gone, a constraint, a bug) is logged by its kind alone, never its
+    message (it may quote an order's values), and counted: the events stand and are answered
+    2xx. Counting does not suffer: the scorer and alerting count an order once by its
+    order_id and a refund once by (order_id, refund_id). What is lost is the ledger's
+    memory of them, so a later resend is produced again (and dropped downstream by the
+    same keys), and a refund of them is capped less.
+    """
     try:
         await ledger.commit(acked)
-    except (DBAPIError, OSError) as exc:
-        if not is_transient(exc):
-            raise
-        # The events are in Kafka and answered 2xx; consumers count each order once by its
-        # id, but this ledger missed them, so a later refund of them is capped less.
-        log.warning("order ledger could not record %d acknowledged order event(s)", len(acked))
+    except Exception as exc:
+        log.error(
+            "order ledger could not record %d acknowledged order event(s): %s",
+            len(acked),
+            type(exc).__name__,
+        )
         metrics.ORDER_LEDGER_MISSED.inc(len(acked))
+
+
+async def _close(ledger: LedgerSession) -> None:
+    try:
+        await ledger.close()
+    except Exception as exc:
+        log.warning("order ledger connection did not close cleanly: %s", type(exc).__name__)
 
 
 def _retrieve(future: asyncio.Future[object]) -> None:
@@ -456,7 +579,7 @@ async def submit_one(
     if errors:
         metrics.REJECTED.labels(source=source, reason="validation").inc()
         raise FieldErrors(errors)
-    content = ingest.ids.fingerprint(submission.model.__name__, payload.model_dump())
+    content = ingest.ids.fingerprint(submission.model.__name__, request_content(payload))
     event_id, key = ingest.resolve_event_id(
         source, payload.event_id, idempotency_key, caller, content
     )
@@ -487,7 +610,7 @@ async def produce_one(
 def answer_one(outcome: Outcome) -> Submitted | JSONResponse:
     """Answer one item's outcome, or 503 when the broker did not acknowledge it."""
     if outcome.status is Status.UNAVAILABLE:
-        return unavailable("the broker did not acknowledge in time", outcome.event_id)
+        return unavailable(outcome.cause or BROKER_MISSED, outcome.event_id)
     assert outcome.status in (Status.ACCEPTED, Status.DUPLICATE)
     return Submitted(event_id=outcome.event_id, status=outcome.status.value)
 
@@ -541,7 +664,7 @@ async def submit_batch(
             metrics.REJECTED.labels(source=source, reason="validation").inc()
             results.append(ItemResult(index=index, status="rejected", errors=errors))
             continue
-        content = ingest.ids.fingerprint(kind, payload.model_dump())
+        content = ingest.ids.fingerprint(kind, request_content(payload))
         if payload.event_id is None and batch is not None and idempotency_key is not None:
             occurrence = seen[content]
             seen[content] += 1
@@ -565,7 +688,11 @@ async def submit_batch(
         results.append(None)
     outcomes = await ingest.submit(items, source=source, batch=batch)
     for index, item, outcome in zip(positions, items, outcomes, strict=True):
-        if outcome.error is not None:
+        if outcome.status is Status.UNAVAILABLE and outcome.cause not in (None, BROKER_MISSED):
+            assert outcome.cause is not None
+            errors = [{"field": "order_id", "detail": outcome.cause}]
+            results[index] = ItemResult(index=index, status="unavailable", errors=errors)
+        elif outcome.error is not None:
             status = "conflict" if outcome.status is Status.CONFLICT else "rejected"
             if status == "rejected":
                 metrics.REJECTED.labels(source=source, reason="order").inc()
@@ -602,9 +729,15 @@ def batch_response(result: BatchResult) -> BatchResult | JSONResponse:
     """
     if not result.unavailable:
         return result
+    causes = Counter(
+        r.errors[0]["detail"] if r.errors else BROKER_MISSED
+        for r in result.results
+        if r.status == "unavailable"
+    )
+    said = "; ".join(f"{n} item(s): {cause}" for cause, n in causes.items())
     body = error_body(
         503,
-        f"the broker did not acknowledge {result.unavailable} item(s); resend them",
+        f"{result.unavailable} item(s) were not stored ({said}); resend them",
         **result.model_dump(mode="json"),
     )
     return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})

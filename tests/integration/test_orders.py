@@ -10,9 +10,12 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from services.collector.app import create_app as create_collector
+from services.collector.orders import LedgerSession, OrderLedger
+from services.collector.service import Ingest
 from shared.events import TouchpointEvent
 from shared.settings import AuthSettings, CollectorSettings, DatabaseSettings, KafkaSettings
 from shared.topics import Topic
@@ -266,3 +269,198 @@ class TestBrokerDown:
         assert (refunded, refunds) == (0, 0)
         r = await collector.post("/v1/events", json=refund_payload(order, amount="1000"))
         assert r.status_code == 202, r.text
+
+
+def missed_total() -> float:
+    return REGISTRY.get_sample_value("cxloop_collector_order_ledger_missed_total") or 0.0
+
+
+async def scalar(database_url: str, sql: str, **params: Any) -> Any:
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            return await conn.scalar(sa.text(sql), params)
+    finally:
+        await engine.dispose()
+
+
+class TestLedgerHoles:
+    async def test_an_order_for_less_than_its_refunds_so_far_is_422(
+        self, collector: httpx.AsyncClient
+    ) -> None:
+        order = order_payload(amount="5000")
+        for amount in ("2000", "1000"):
+            r = await collector.post("/v1/events", json=refund_payload(order, amount=amount))
+            assert r.status_code == 202, r.text
+        r = await collector.post("/v1/events", json={**order, "amount": "2999"})
+        assert (r.status_code, r.json()["field"]) == (422, "amount")
+        assert "3000 JPY" in r.json()["detail"]
+        assert (await collector.post("/v1/events", json=order)).status_code == 202
+
+    async def test_a_refund_of_zero_is_422(self, collector: httpx.AsyncClient) -> None:
+        order = order_payload()
+        r = await collector.post("/v1/events", json=refund_payload(order, amount="0"))
+        assert (r.status_code, r.json()["field"]) == (422, "amount")
+
+    async def test_a_resent_refund_naming_another_currency_or_customer_is_no_duplicate(
+        self, collector: httpx.AsyncClient
+    ) -> None:
+        order = order_payload(currency="USD", amount="50")
+        assert (await collector.post("/v1/events", json=order)).status_code == 202
+        refund = refund_payload(order, amount="10")
+        assert (await collector.post("/v1/events", json=refund)).status_code == 202
+        r = await collector.post("/v1/events", json={**refund, "currency": "EUR"})
+        assert (r.status_code, r.json()["field"]) == (422, "currency")
+        r = await collector.post("/v1/events", json={**refund, "customer_id": "someone-else"})
+        assert (r.status_code, r.json()["field"]) == (422, "customer_id")
+
+
+class TestKeysOfRefusedOrders:
+    async def test_a_corrected_resend_under_the_same_key_is_new(
+        self, collector: httpx.AsyncClient
+    ) -> None:
+        order = order_payload(amount="1000")
+        assert (await collector.post("/v1/events", json=order)).status_code == 202
+        key = {"Idempotency-Key": "refund-1"}
+        too_much = refund_payload(order, amount="1001")
+        r = await collector.post("/v1/events", json=too_much, headers=key)
+        assert r.status_code == 422, r.text
+        r = await collector.post("/v1/events", json={**too_much, "amount": "1000"}, headers=key)
+        assert r.status_code == 202, r.text
+        assert r.json()["status"] == "accepted"
+
+    async def test_a_keyed_batch_keeps_its_refused_and_duplicate_items_as_long_as_itself(
+        self, collector: httpx.AsyncClient, database_url: str
+    ) -> None:
+        known = order_payload(amount="1000")
+        assert (await collector.post("/v1/events", json=known)).status_code == 202
+        order = order_payload(amount="1000")
+        items = [order, refund_payload(order, amount="1001"), known]
+        key = {"Idempotency-Key": "batch-1"}
+        r = await collector.post("/v1/events/batch", json={"items": items}, headers=key)
+        assert [x["status"] for x in r.json()["results"]] == ["accepted", "rejected", "duplicate"]
+        # A purge just before the batch's window ends leaves every item the batch held.
+        purged = await scalar(
+            database_url,
+            "WITH b AS (SELECT expires_at FROM collector_idempotency WHERE key LIKE 'api:key:%'),"
+            " d AS (DELETE FROM collector_idempotency"
+            " WHERE expires_at < (SELECT expires_at FROM b) RETURNING 1)"
+            " SELECT count(*) FROM d",
+        )
+        assert purged == 0
+        r = await collector.post("/v1/events/batch", json={"items": items}, headers=key)
+        assert [x["status"] for x in r.json()["results"]] == ["duplicate", "rejected", "duplicate"]
+
+    async def test_a_repeat_of_an_order_the_broker_missed_is_unavailable(
+        self,
+        database_url: str,
+        kafka_settings: KafkaSettings,
+        auth: AuthSettings,
+        api_key: str,
+    ) -> None:
+        order = order_payload()
+        nowhere = kafka_settings.model_copy(update={"bootstrap_servers": "127.0.0.1:9"})
+        app = create_collector(
+            kafka=nowhere,
+            database=DatabaseSettings(url=database_url),
+            auth=auth,
+            settings=CollectorSettings(broker_wait_seconds=0),
+        )
+        async with serving(app, api_key, "collector") as down:
+            r = await down.post("/v1/events/batch", json={"items": [order, dict(order)]})
+        assert r.status_code == 503, r.text
+        assert [x["status"] for x in r.json()["results"]] == ["unavailable", "unavailable"]
+        assert "broker" in r.json()["detail"]
+
+
+class TestAfterTheAck:
+    async def test_a_ledger_that_fails_to_record_still_answers_2xx(
+        self,
+        collector: httpx.AsyncClient,
+        kafka_settings: KafkaSettings,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        async def broken(self: LedgerSession, facts: Any) -> None:
+            raise sa.exc.IntegrityError("INSERT …", {}, Exception("order_id=ORD-secret"))
+
+        monkeypatch.setattr(LedgerSession, "commit", broken)
+        before = missed_total()
+        order = order_payload(order_id="ORD-secret")
+        r = await collector.post("/v1/events", json=order)
+        assert r.status_code == 202, r.text
+        assert missed_total() == before + 1
+        assert "ORD-secret" not in caplog.text
+        assert len(await orders_on_topic(kafka_settings, 1)) == 1
+
+
+class TestBusyOrDown:
+    async def test_an_order_locked_past_the_timeout_is_503_naming_the_ledger(
+        self, collector: httpx.AsyncClient, database_url: str
+    ) -> None:
+        order = order_payload(amount="1000")
+        assert (await collector.post("/v1/events", json=order)).status_code == 202
+        engine = create_async_engine(database_url)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(
+                    sa.text("SELECT 1 FROM collector_orders WHERE order_id = :o FOR UPDATE"),
+                    {"o": order["order_id"]},
+                )
+                async with asyncio.timeout(15):
+                    r = await collector.post("/v1/events", json=refund_payload(order))
+        finally:
+            await engine.dispose()
+        assert r.status_code == 503, r.text
+        assert r.headers["Retry-After"]
+        assert "order ledger is busy" in r.json()["detail"]
+        assert (await collector.post("/v1/events", json=refund_payload(order))).status_code == 202
+
+    async def test_an_unreachable_ledger_is_named_in_the_503(
+        self, collector: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        async def down(self: OrderLedger, facts: Any) -> None:
+            raise sa.exc.OperationalError("SELECT 1", {}, ConnectionRefusedError())
+
+        monkeypatch.setattr(OrderLedger, "begin", down)
+        r = await collector.post("/v1/events", json=order_payload())
+        assert r.status_code == 503, r.text
+        assert "order ledger (Postgres) could not be reached" in r.json()["detail"]
+        assert "broker" not in r.json()["detail"]
+        r = await collector.post("/v1/events/batch", json={"items": [order_payload()]})
+        assert r.status_code == 503, r.text
+        assert "order ledger (Postgres)" in r.json()["detail"]
+        assert r.json()["results"][0]["errors"][0]["field"] == "order_id"
+
+    async def test_a_batch_of_500_orders_holds_no_lock_per_order(
+        self, collector: httpx.AsyncClient, database_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        produce = Ingest._produce
+        held: list[int] = []
+
+        async def counting(self: Ingest, events: Any) -> list[bool]:
+            held.append(
+                await scalar(
+                    database_url,
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                    " AND database = (SELECT oid FROM pg_database"
+                    " WHERE datname = current_database())",
+                )
+            )
+            return await produce(self, events)
+
+        monkeypatch.setattr(Ingest, "_produce", counting)
+        items = [order_payload() for _ in range(500)]
+        r = await collector.post("/v1/events/batch", json={"items": items})
+        assert r.status_code == 200, r.text
+        assert r.json()["accepted"] == 500
+        assert held
+        assert max(held) <= 1  # the erasure lock alone
+
+    async def test_concurrent_first_orders_of_one_id_are_one_order(
+        self, collector: httpx.AsyncClient
+    ) -> None:
+        order = order_payload()
+        bodies = [{**order, "amount": str(1000 + n)} for n in range(6)]
+        answers = await asyncio.gather(*(collector.post("/v1/events", json=b) for b in bodies))
+        assert sorted(a.status_code for a in answers) == [202] + [409] * 5

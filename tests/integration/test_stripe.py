@@ -27,7 +27,10 @@ PATH = "/v1/sources/stripe"
 
 @pytest.fixture
 async def collector(collector_app: CollectorFactory) -> AsyncIterator[httpx.AsyncClient]:
-    sources = SourceSettings(stripe_webhook_secrets=f"{SECRET}, {OLD_SECRET}")
+    # The builders make test-mode events, as Stripe's test mode does.
+    sources = SourceSettings(
+        stripe_webhook_secrets=f"{SECRET}, {OLD_SECRET}", stripe_livemode="test"
+    )
     async with collector_app(sources=sources) as client:
         yield client
 
@@ -132,14 +135,16 @@ class TestOrders:
         assert dollars.model_dump(mode="json")["amount"] == "19.99"
         assert (dollars.currency, dollars.segments.location) == ("USD", "nyc")
         assert yens.model_dump(mode="json")["amount"] == "1500"
-        assert (yens.currency, yens.customer_id) == ("JPY", yen["customer"])
+        assert (yens.currency, yens.customer_id) == ("JPY", f"stripe:{yen['customer']}")
 
     async def test_refunds_are_counted_once_and_capped_by_the_charge(
         self, collector: httpx.AsyncClient, kafka_settings: KafkaSettings
     ) -> None:
         charge = stripe_charge(amount=5000, amount_refunded=2000)
         # The refund arrives before the charge.succeeded it follows.
-        partial = stripe_event("charge.refunded", charge, previous_attributes={"refunded": False})
+        partial = stripe_event(
+            "charge.refunded", charge, previous_attributes={"amount_refunded": 0, "refunded": False}
+        )
         rest = stripe_event(
             "charge.refunded",
             {**charge, "amount_refunded": 5000, "refunded": True},
@@ -189,6 +194,65 @@ class TestOrders:
         assert await touchpoints(kafka_settings, 0) == []
 
 
+class TestScope:
+    async def test_a_refund_whose_amount_the_event_does_not_say_is_ignored(
+        self, collector: httpx.AsyncClient, kafka_settings: KafkaSettings
+    ) -> None:
+        charge = stripe_charge(amount=5000, amount_refunded=2000)
+        body = stripe_event("charge.refunded", charge, previous_attributes={"refunded": False})
+        r = await send(collector, body)
+        assert (r.status_code, r.json()["reason"]) == (200, "refund_amount_unknown")
+        assert await touchpoints(kafka_settings, 0) == []
+
+    async def test_an_uncaptured_charge_is_ignored_and_its_intent_counts_at_capture(
+        self, collector: httpx.AsyncClient, kafka_settings: KafkaSettings
+    ) -> None:
+        charge = stripe_charge(amount=5000, amount_captured=0, captured=False)
+        r = await send(collector, stripe_event("charge.succeeded", charge))
+        assert (r.status_code, r.json()["reason"]) == (200, "not_captured")
+        intent = stripe_payment_intent(charge, amount_received=4000)
+        r = await send(collector, stripe_event("payment_intent.succeeded", intent))
+        assert r.status_code == 202, r.text
+        (event,) = await touchpoints(kafka_settings, 1)
+        assert event.model_dump(mode="json")["amount"] == "40.00"
+
+    async def test_live_mode_by_default_ignores_test_events_and_connect_accounts(
+        self, collector_app: CollectorFactory, kafka_settings: KafkaSettings
+    ) -> None:
+        sources = SourceSettings(
+            stripe_webhook_secrets=SECRET, stripe_connect_accounts="acct_allowed"
+        )
+        async with collector_app(sources=sources) as client:
+            r = await send(client, stripe_event("charge.succeeded", stripe_charge()))
+            assert (r.status_code, r.json()["reason"]) == (200, "livemode")
+            other = stripe_event("charge.succeeded", stripe_charge(), livemode=True, account="x")
+            r = await send(client, other)
+            assert (r.status_code, r.json()["reason"]) == (200, "connect_account")
+            for body in (
+                stripe_event("charge.succeeded", stripe_charge(), livemode=True),
+                stripe_event(
+                    "charge.succeeded", stripe_charge(), livemode=True, account="acct_allowed"
+                ),
+            ):
+                r = await send(client, body)
+                assert r.status_code == 202, r.text
+        assert len(await touchpoints(kafka_settings, 2)) == 2
+
+    async def test_an_event_larger_than_an_api_body_is_taken(
+        self, collector: httpx.AsyncClient
+    ) -> None:
+        # Stripe's events may exceed CXLOOP_COLLECTOR_MAX_BODY_BYTES (64 KiB): long metadata,
+        # a charge's refunds, expanded objects.
+        padding = {f"note_{n}": "x" * 490 for n in range(50)}
+        charge = stripe_charge(metadata=padding, description="y" * 120_000)
+        body = stripe_event("charge.succeeded", charge)
+        assert len(json.dumps(body)) > 128 * 1024
+        r = await send(collector, body)
+        assert r.status_code == 202, r.text
+        huge = stripe_event("charge.succeeded", stripe_charge(description="z" * 600_000))
+        assert (await send(collector, huge)).status_code == 413
+
+
 class TestErasure:
     async def test_erasure_pseudonymises_the_ledger_and_later_orders_stay_capped(
         self, collector: httpx.AsyncClient, database_url: str
@@ -209,10 +273,19 @@ class TestErasure:
             collector, stripe_event("payment_intent.succeeded", stripe_payment_intent(charge))
         )
         assert r.json()["status"] == "duplicate"
-        over = stripe_event("charge.refunded", {**charge, "amount_refunded": 1001})
+        first_refund = {"amount_refunded": 0}
+        over = stripe_event(
+            "charge.refunded",
+            {**charge, "amount_refunded": 1001},
+            previous_attributes=first_refund,
+        )
         r = await send(collector, over)
         assert r.json()["reason"] == "over_refund"
-        refund = stripe_event("charge.refunded", {**charge, "amount_refunded": 1000})
+        refund = stripe_event(
+            "charge.refunded",
+            {**charge, "amount_refunded": 1000},
+            previous_attributes=first_refund,
+        )
         assert (await send(collector, refund)).status_code == 202
         async with engine.connect() as conn:
             rows = (await conn.execute(sa.text("SELECT customer_id FROM collector_orders"))).all()

@@ -6,7 +6,8 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 from services.collector.idempotency import EventIds, fingerprint
-from services.collector.schemas import ResponseIn
+from services.collector.schemas import EventIn, ResponseIn
+from services.collector.service import request_content
 from tests.builders import response_payload
 
 SECRET = b"one-secret-of-16-chars"
@@ -60,6 +61,63 @@ class TestFingerprint:
         ]
         a, b = (fingerprint("ResponseIn", body.model_dump(), SECRET) for body in bodies)
         assert a != b
+
+
+class TestFingerprintsAcrossReleases:
+    """Fingerprints stored by an older release must still match: a key sent before an upgrade
+    and resent after it is a duplicate, not a 409. The expected values were computed by the
+    code before orders (commit 2d65178: sorted-key JSON of EventIn's and ResponseIn's fields
+    of then)."""
+
+    GOLDEN_SECRET = b"golden-secret-for-fingerprints"
+
+    def test_a_ticket_event_keeps_the_fingerprint_it_had_before_orders(self) -> None:
+        payload = EventIn.model_validate(
+            {
+                "type": "ticket.created",
+                "ticket_id": "T-1042",
+                "customer_id": "cust-42",
+                "channel": "email",
+                "priority": "high",
+                "occurred_at": "2026-11-22T09:00:00+09:00",
+                "segments": {"location": "tokyo-shibuya"},
+                "attributes": {"agent": "a1"},
+            }
+        )
+        got = EventIds(self.GOLDEN_SECRET).fingerprint("EventIn", request_content(payload))
+        assert got.hex() == "be01619bf083c49764d80122c47852252b3e275d57e9b9891dcda661897f2619"
+
+    def test_a_response_keeps_its_fingerprint(self) -> None:
+        payload = ResponseIn.model_validate(
+            {
+                "customer_id": "cust-42",
+                "channel": "web",
+                "metric": "nps",
+                "score": 9,
+                "touchpoint": "checkout",
+                "survey_type": "relationship",
+                "occurred_at": "2026-11-22T09:00:00+09:00",
+            }
+        )
+        got = EventIds(self.GOLDEN_SECRET).fingerprint("ResponseIn", request_content(payload))
+        assert got.hex() == "a0988e36982f28581e3e882da2b538ae28b3782cbdb13ffdd4c1e4bb5a6edf80"
+
+    def test_order_fields_count_when_set(self) -> None:
+        order = EventIn.model_validate(
+            {
+                "type": "order.completed",
+                "order_id": "O1",
+                "customer_id": "c1",
+                "channel": "web",
+                "currency": "JPY",
+                "amount": "100",
+            }
+        )
+        other = order.model_copy(update={"order_id": "O2"})
+        ids = EventIds(self.GOLDEN_SECRET)
+        assert ids.fingerprint("EventIn", request_content(order)) != ids.fingerprint(
+            "EventIn", request_content(other)
+        )
 
 
 class TestClientEventIds:

@@ -72,3 +72,20 @@ def test_the_order_example_is_a_valid_order() -> None:
     assert {e["type"] for e in orders} == {"order.completed", "order.refunded"}
     for example in orders:
         EventIn.model_validate(example)
+
+
+def test_the_stripe_webhook_documents_its_signature_and_its_ignored_answer() -> None:
+    document = spec("collector")
+    operation = document["paths"]["/v1/sources/stripe"]["post"]
+    (header,) = [p for p in operation["parameters"] if p["name"] == "Stripe-Signature"]
+    assert header["in"] == "header"
+    assert header["required"] is True
+    ignored = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ignored == {"$ref": "#/components/schemas/Ignored"}
+    fields = document["components"]["schemas"]["Ignored"]["properties"]
+    assert set(fields) == {"status", "reason", "detail"}
+
+
+def test_json_integer_amounts_are_said_to_be_major_units() -> None:
+    amount = spec("collector")["components"]["schemas"]["EventIn"]["properties"]["amount"]
+    assert "MAJOR units" in str(amount)

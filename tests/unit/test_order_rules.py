@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
-from services.collector.orders import Order, OrderFact, Verdict, decide
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.collector.orders import LedgerBusy, Order, OrderFact, OrderLedger, Verdict, decide
+from shared.privacy import Hasher
 
 
 def completed(amount: int = 1000, **changes: Any) -> OrderFact:
@@ -89,7 +94,50 @@ class TestRefunds:
             completed(amount=999),
         ) == [Verdict.NEW, Verdict.REFUSED, Verdict.CONFLICT]
 
+    def test_an_order_less_than_its_refunds_so_far_is_refused(self) -> None:
+        orders: dict[str, Order | None] = {}
+        got = decide(orders, [refunded(700), refunded(200, "R2"), completed(amount=899)])
+        assert [d.verdict for d in got] == [Verdict.NEW, Verdict.NEW, Verdict.REFUSED]
+        assert got[2].field == "amount"
+        assert "900 JPY" in str(got[2].detail)
+        assert verdicts(orders, completed(amount=900)) == [Verdict.NEW]
+
+    def test_a_resent_refund_for_another_customer_or_currency_is_no_duplicate(self) -> None:
+        orders: dict[str, Order | None] = {}
+        got = decide(
+            orders,
+            [
+                completed(),
+                refunded(100),
+                refunded(100, currency="USD"),
+                refunded(100, customer_id="c2"),
+                refunded(100),
+            ],
+        )
+        assert [(d.verdict, d.field) for d in got][2:] == [
+            (Verdict.REFUSED, "currency"),
+            (Verdict.REFUSED, "customer_id"),
+            (Verdict.DUPLICATE, None),
+        ]
+
+    def test_a_refund_of_nothing_is_refused(self) -> None:
+        orders: dict[str, Order | None] = {}
+        got = decide(orders, [refunded(0)])
+        assert [(d.verdict, d.field) for d in got] == [(Verdict.REFUSED, "amount")]
+        assert orders == {}
+
     def test_a_refused_refund_of_an_unknown_order_leaves_no_order(self) -> None:
         orders: dict[str, Order | None] = {}
         assert verdicts(orders, refunded(1001, order_amount_minor=1000)) == [Verdict.REFUSED]
         assert orders == {}
+
+
+class TestBusy:
+    async def test_no_pooled_connection_in_time_is_busy_not_a_crash(self) -> None:
+        class ExhaustedPool:
+            async def connect(self) -> None:
+                raise sa.exc.TimeoutError("QueuePool limit of size 10 overflow 10 reached")
+
+        ledger = OrderLedger(cast(AsyncEngine, ExhaustedPool()), Hasher(b"k" * 16))
+        with pytest.raises(LedgerBusy):
+            await ledger.begin([completed()])

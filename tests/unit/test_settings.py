@@ -15,6 +15,7 @@ from shared.settings import (
     CollectorSettings,
     DatabaseSettings,
     ScorerSettings,
+    SourceSettings,
     check_environment,
     load,
 )
@@ -82,6 +83,29 @@ class TestValues:
         monkeypatch.setenv("CXLOOP_COLLECTOR_PORT", "eighty")
         with pytest.raises(ConfigError, match="CXLOOP_COLLECTOR_PORT"):
             load(CollectorSettings)
+
+    def test_stripe_secrets_must_be_signing_secrets(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        variable = "CXLOOP_SOURCES_STRIPE_WEBHOOK_SECRETS"
+        monkeypatch.setenv(variable, "whsec_new_0123456789, sk_live_oops_0123456789")
+        with pytest.raises(ConfigError, match=f"{variable}: .*whsec_") as caught:
+            load(SourceSettings)
+        assert "sk_live_oops" not in str(caught.value)
+        monkeypatch.setenv(variable, "whsec_new_0123456789, whsec_old_0123456789")
+        assert len(load(SourceSettings).stripe_secrets()) == 2
+
+    @pytest.mark.parametrize(
+        ("variable", "value"),
+        [
+            ("CXLOOP_SOURCES_STRIPE_TOLERANCE_SECONDS", "86400"),
+            ("CXLOOP_SOURCES_STRIPE_LIVEMODE", "sandbox"),
+        ],
+    )
+    def test_stripe_bounds(
+        self, monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+    ) -> None:
+        monkeypatch.setenv(variable, value)
+        with pytest.raises(ConfigError, match=variable):
+            load(SourceSettings)
 
     def test_plain_postgres_urls_get_the_async_driver(self) -> None:
         settings = DatabaseSettings(url="postgresql://u:p@db:5432/cx")

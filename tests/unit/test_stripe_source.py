@@ -57,9 +57,46 @@ class TestSignature:
     def test_a_malformed_header_is_refused(self, header: str) -> None:
         assert check(header, self.BODY) is stripe.Check.MALFORMED
 
+    def test_only_the_first_signatures_are_considered(self) -> None:
+        good = sign(self.BODY).split(",")
+        padding = ",".join(f"v1={n:064x}" for n in range(stripe.MAX_SIGNATURES))
+        assert check(f"{good[0]},{padding},{good[1]}", self.BODY) is stripe.Check.FORGED
+        assert check(f"{good[0]},{good[1]},{padding}", self.BODY) is stripe.Check.VALID
 
-def order(body: dict[str, object], prefix: str = "") -> stripe.StripeOrder:
-    return stripe.order_of(body, customer_prefix=prefix, default_channel=Channel.WEB)
+    def test_the_hmac_is_computed_once_per_secret(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        calls = []
+        real = stripe.expected_signature
+
+        def counting(secret: str, timestamp: int, body: bytes) -> str:
+            calls.append(secret)
+            return real(secret, timestamp, body)
+
+        monkeypatch.setattr(stripe, "expected_signature", counting)
+        t = sign(self.BODY).split(",")[0]
+        header = ",".join([t] + [f"v1={n:064x}" for n in range(stripe.MAX_SIGNATURES)])
+        assert check(header, self.BODY, (SECRET, "whsec_other")) is stripe.Check.FORGED
+        assert sorted(calls) == sorted([SECRET, "whsec_other"])
+
+
+def order(
+    body: dict[str, object],
+    prefix: str = "",
+    livemode: str = "test",
+    accounts: tuple[str, ...] = (),
+) -> stripe.StripeOrder:
+    return stripe.order_of(
+        body,
+        customer_prefix=prefix,
+        default_channel=Channel.WEB,
+        livemode=livemode,
+        accounts=accounts,
+    )
+
+
+def ignored(body: dict[str, object], **kwargs: object) -> str:
+    with pytest.raises(stripe.Ignored) as caught:
+        order(body, **kwargs)  # type: ignore[arg-type]
+    return caught.value.reason
 
 
 class TestAmounts:
@@ -153,7 +190,9 @@ class TestMapping:
 
     def test_each_refund_is_the_growth_of_amount_refunded(self) -> None:
         charge = stripe_charge(amount=5000, amount_refunded=1500, refunded=False)
-        first = stripe_event("charge.refunded", charge, previous_attributes={"refunded": False})
+        first = stripe_event(
+            "charge.refunded", charge, previous_attributes={"amount_refunded": 0, "refunded": False}
+        )
         got = order(first)
         assert (got.type, got.amount, got.refund_id) == (
             "order.refunded",
@@ -174,6 +213,84 @@ class TestMapping:
         with pytest.raises(stripe.Ignored) as caught:
             order(body)
         assert caught.value.reason == "no_refund"
+
+    def test_without_previous_amount_the_refunds_list_says_this_refund(self) -> None:
+        refunds = {
+            "object": "list",
+            "has_more": False,
+            "data": [
+                {"id": "re_2", "amount": 700, "created": 1795000200},
+                {"id": "re_1", "amount": 800, "created": 1795000100},
+            ],
+        }
+        charge = stripe_charge(amount=5000, amount_refunded=1500, refunds=refunds)
+        body = stripe_event("charge.refunded", charge, previous_attributes={"refunded": False})
+        assert order(body).amount == Decimal("7.00")
+
+    @pytest.mark.parametrize(
+        "refunds",
+        [
+            None,
+            {"object": "list", "has_more": True, "data": [{"amount": 700, "created": 1}]},
+            {"object": "list", "has_more": False, "data": [{"amount": 700, "created": 1}]},
+            {
+                "object": "list",
+                "has_more": False,
+                "data": [{"amount": 700, "created": 1}, {"amount": 800, "created": 1}],
+            },
+        ],
+        ids=["no-list", "partial-list", "not-adding-up", "two-newest"],
+    )
+    def test_a_refund_whose_amount_the_event_does_not_say_is_ignored(self, refunds: object) -> None:
+        charge = stripe_charge(amount=5000, amount_refunded=1500)
+        if refunds is not None:
+            charge["refunds"] = refunds
+        body = stripe_event("charge.refunded", charge, previous_attributes={"refunded": False})
+        assert ignored(body) == "refund_amount_unknown"
+
+    def test_a_charge_counts_what_was_captured_and_an_intent_what_was_received(self) -> None:
+        charge = stripe_charge(amount=5000, amount_captured=3000)
+        assert order(stripe_event("charge.succeeded", charge)).amount == Decimal("30.00")
+        intent = stripe_payment_intent(charge, amount_received=3000)
+        assert order(stripe_event("payment_intent.succeeded", intent)).amount == Decimal("30.00")
+        refund = stripe_event(
+            "charge.refunded",
+            {**charge, "amount_refunded": 1000},
+            previous_attributes={"amount_refunded": 0},
+        )
+        assert order(refund).order_amount_minor == 3000
+
+    @pytest.mark.parametrize(
+        ("changes", "reason"),
+        [
+            ({"captured": False}, "not_captured"),
+            ({"status": "pending"}, "not_succeeded"),
+            ({"status": "failed"}, "not_succeeded"),
+        ],
+    )
+    def test_a_charge_not_captured_or_not_succeeded_is_ignored(
+        self, changes: dict[str, object], reason: str
+    ) -> None:
+        for kind in ("charge.succeeded", "charge.refunded"):
+            charge = stripe_charge(amount_refunded=100, **changes)
+            body = stripe_event(kind, charge, previous_attributes={"amount_refunded": 0})
+            assert ignored(body) == reason
+        intent = stripe_payment_intent(stripe_charge(), status="processing")
+        assert ignored(stripe_event("payment_intent.succeeded", intent)) == "not_succeeded"
+
+    def test_events_of_the_other_mode_are_ignored(self) -> None:
+        live = stripe_event("charge.succeeded", stripe_charge(), livemode=True)
+        test = stripe_event("charge.succeeded", stripe_charge())
+        assert order(live, livemode="live").type == "order.completed"
+        assert order(test, livemode="test").type == "order.completed"
+        assert ignored(live, livemode="test") == "livemode"
+        assert ignored(test, livemode="live") == "livemode"
+
+    def test_connect_events_need_their_account_allowed(self) -> None:
+        body = stripe_event("charge.succeeded", stripe_charge(), account="acct_1")
+        assert ignored(body) == "connect_account"
+        assert ignored(body, accounts=("acct_2",)) == "connect_account"
+        assert order(body, accounts=("acct_1",)).type == "order.completed"
 
     def test_the_event_time_is_when_it_happened(self) -> None:
         got = order(stripe_event("charge.succeeded", stripe_charge(), created=1795000000))

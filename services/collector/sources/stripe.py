@@ -3,22 +3,33 @@
 Signature (Stripe's "verify webhook signatures"): the header is ``t=<unix seconds>`` and
 one or more ``v1=<hex>`` (several while a secret is rotated on Stripe's side), each an
 HMAC-SHA256 under the endpoint's signing secret (``whsec_…``, used whole as the key) of
-``"<t>." + raw body``. Any ``v1`` matching any configured secret is enough; ``v0`` and
-unknown schemes are ignored. A timestamp further than the tolerance from now is a replay.
+``"<t>." + raw body``. Any ``v1`` (of the first 8) matching any configured secret is
+enough, the HMAC computed once per secret; ``v0`` and unknown schemes are ignored. A
+timestamp further than the tolerance from now is a replay.
+
+Scope: only events of the configured mode (``livemode``, live by default) count, and an
+event of a connected account (a top-level ``account``, Stripe Connect) only when that
+account is allowed; a charge only once captured with status ``succeeded``, a PaymentIntent
+only with status ``succeeded``.
 
 Mapping (:func:`order_of`):
 
 * ``charge.succeeded`` and ``payment_intent.succeeded`` become ``order.completed``; the
   order id is the PaymentIntent id (``pi_…``) when the charge has one, else the charge id
   (``ch_…``), so both events of one payment are one order.
+  The amount is what was paid: a charge's ``amount_captured``, a PaymentIntent's
+  ``amount_received``.
 * ``charge.refunded`` becomes ``order.refunded`` of that order: this refund's amount is the
-  charge's ``amount_refunded`` less ``data.previous_attributes.amount_refunded`` (0 when
-  absent, the first refund), its refund id the Stripe event id (``evt_…``, the same on
-  every retry), and the charge's ``amount`` tells the ledger the whole order's amount.
+  charge's ``amount_refunded`` less ``data.previous_attributes.amount_refunded``; without
+  that, the newest refund of the charge's ``refunds`` list when the list holds them all;
+  else the event is ignored (``refund_amount_unknown``), never guessed. Its refund id is the
+  Stripe event id (``evt_…``, the same on every retry), and the charge's
+  ``amount_captured`` tells the ledger the whole order's amount.
 * The customer is ``metadata.cxloop_customer_id`` when present, else the Stripe customer
-  (``cus_…``), behind ``CXLOOP_SOURCES_STRIPE_CUSTOMER_PREFIX``. Segments come from the
-  metadata keys ``cxloop_location``, ``cxloop_product`` and ``cxloop_business_unit``, the
-  channel from ``cxloop_channel`` (else ``CXLOOP_SOURCES_STRIPE_DEFAULT_CHANNEL``).
+  (``cus_…``), behind ``CXLOOP_SOURCES_STRIPE_CUSTOMER_PREFIX`` (``stripe:``). Segments
+  come from the metadata keys ``cxloop_location``, ``cxloop_product`` and
+  ``cxloop_business_unit``, the channel from ``cxloop_channel`` (else
+  ``CXLOOP_SOURCES_STRIPE_DEFAULT_CHANNEL``).
 * Amounts: Stripe sends an integer in its own smallest unit. It is whole units for its
   zero-decimal currencies, thousandths for its three-decimal ones, and hundredths for
   every other currency, ISK, HUF and TWD included (Stripe keeps a two-decimal form for
@@ -34,7 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -68,8 +79,16 @@ class Check(StrEnum):
     STALE = "stale"  # signed, but too far from now
 
 
+# Stripe sends one v1 per secret of the endpoint (two while one is rolled); more than this
+# is no real header, and each costs a comparison per secret.
+MAX_SIGNATURES: Final = 8
+
+
 def parse_header(header: str) -> tuple[int, list[str]] | None:
-    """Return the timestamp and the v1 signatures of a Stripe-Signature header, or None."""
+    """Return the timestamp and the v1 signatures of a Stripe-Signature header, or None.
+
+    Only the first :data:`MAX_SIGNATURES` v1 entries are considered.
+    """
     timestamp: int | None = None
     v1: list[str] = []
     for item in header.split(","):
@@ -80,7 +99,7 @@ def parse_header(header: str) -> tuple[int, list[str]] | None:
             if not value.isdigit() or len(value) > 12 or timestamp is not None:
                 return None
             timestamp = int(value)
-        elif key == "v1" and value:
+        elif key == "v1" and value and len(v1) < MAX_SIGNATURES:
             v1.append(value)
     if timestamp is None or not v1:
         return None
@@ -101,11 +120,9 @@ def check_signature(
     if parsed is None:
         return Check.MALFORMED
     timestamp, presented = parsed
-    if not any(
-        signatures.matches(expected_signature(secret, timestamp, body), v1)
-        for secret in secrets
-        for v1 in presented
-    ):
+    # One HMAC per secret, however many v1 entries the header holds.
+    expected = [expected_signature(secret, timestamp, body) for secret in secrets]
+    if not any(signatures.matches(e, v1) for e in expected for v1 in presented):
         return Check.FORGED
     if abs(now.timestamp() - timestamp) > tolerance:
         return Check.STALE
@@ -192,8 +209,98 @@ def _channel(metadata: dict[str, Any], default: Channel) -> Channel:
         return default
 
 
-def order_of(body: Any, *, customer_prefix: str = "", default_channel: Channel) -> StripeOrder:
-    """Map a Stripe event (the parsed webhook body) to an order event, or raise Ignored."""
+def _integer(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _scope(body: dict[str, Any], livemode: str, accounts: Collection[str]) -> None:
+    """Raise :class:`Ignored` for an event of the other mode, or of a connected account
+    that is not allowed."""
+    live = body.get("livemode")
+    if not isinstance(live, bool):
+        raise Ignored("malformed", "the event has no livemode")
+    if live != (livemode == "live"):
+        mode = "live" if live else "test"
+        raise Ignored(
+            "livemode",
+            f"a {mode}-mode event; this collector takes {livemode}-mode events "
+            "(CXLOOP_SOURCES_STRIPE_LIVEMODE)",
+        )
+    account = body.get("account")
+    if account is not None and account not in accounts:
+        raise Ignored(
+            "connect_account",
+            "an event of a connected account not listed in CXLOOP_SOURCES_STRIPE_CONNECT_ACCOUNTS",
+        )
+
+
+def _settled(kind: str, obj: dict[str, Any]) -> None:
+    """Raise :class:`Ignored` for a charge not captured, or a payment that did not succeed."""
+    if obj.get("status") != "succeeded":
+        raise Ignored("not_succeeded", f"{kind}: its status is not succeeded")
+    if kind.startswith("charge.") and obj.get("captured") is not True:
+        raise Ignored(
+            "not_captured",
+            f"{kind}: the charge is not captured (manual capture: its payment_intent.succeeded "
+            "comes at capture)",
+        )
+
+
+def _refunds(items: object) -> list[tuple[int, int]]:
+    """Return (created, amount) of each refund of a charge's ``refunds.data``, or [] when
+    any of them lacks one."""
+    if not isinstance(items, list):
+        return []
+    refunds = []
+    for item in items:
+        created = _integer(item.get("created")) if isinstance(item, dict) else None
+        amount = _integer(item.get("amount")) if isinstance(item, dict) else None
+        if created is None or amount is None:
+            return []
+        refunds.append((created, amount))
+    return refunds
+
+
+def _this_refund(data: dict[str, Any], obj: dict[str, Any], refunded: int) -> int:
+    """Return how much the refund this ``charge.refunded`` reports refunded (Stripe units).
+
+    By ``data.previous_attributes.amount_refunded``, else by the charge's ``refunds`` list
+    when it holds every refund (they add up to ``amount_refunded``): the newest one, as the
+    charge is sent as that refund left it. Else :class:`Ignored`: never a guess.
+    """
+    previous = data.get("previous_attributes")
+    if isinstance(previous, dict) and "amount_refunded" in previous:
+        before = _integer(previous["amount_refunded"])
+        if before is None:
+            raise Ignored("malformed", "previous_attributes.amount_refunded is not an integer")
+        return refunded - before
+    listed = obj.get("refunds")
+    if isinstance(listed, dict) and listed.get("has_more") is False:
+        refunds = _refunds(listed.get("data"))
+        newest = max(refunds, default=None)
+        if newest is not None and sum(amount for _, amount in refunds) == refunded:
+            tied = {amount for created, amount in refunds if created == newest[0]}
+            if len(tied) == 1:
+                return newest[1]
+    raise Ignored(
+        "refund_amount_unknown",
+        "the event says neither amount_refunded before it nor every refund of the charge",
+    )
+
+
+def order_of(
+    body: Any,
+    *,
+    customer_prefix: str = "",
+    default_channel: Channel,
+    livemode: str = "live",
+    accounts: Collection[str] = (),
+) -> StripeOrder:
+    """Map a Stripe event (the parsed webhook body) to an order event, or raise Ignored.
+
+    ``livemode`` is the mode whose events count (live or test); ``accounts`` are the
+    connected accounts whose events count (an event without ``account`` is the platform's).
+    """
     if not isinstance(body, dict):
         raise Ignored("malformed", "the body is not a JSON object")
     kind = body.get("type")
@@ -202,10 +309,12 @@ def order_of(body: Any, *, customer_prefix: str = "", default_channel: Channel) 
         raise Ignored("malformed", "the event has no type or id")
     if kind not in TYPES:
         raise Ignored("unsupported", f"{kind} is not used")
+    _scope(body, livemode, accounts)
     data = body.get("data")
     obj = data.get("object") if isinstance(data, dict) else None
-    if not isinstance(obj, dict):
+    if not isinstance(obj, dict) or not isinstance(data, dict):
         raise Ignored("malformed", "data.object is missing")
+    _settled(kind, obj)
     metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
     assert isinstance(metadata, dict)
     customer = _text(metadata.get("cxloop_customer_id"))
@@ -246,19 +355,19 @@ def order_of(body: Any, *, customer_prefix: str = "", default_channel: Channel) 
         occurred_at=occurred_at,
         segments=_segments(metadata),
     )
-    order_amount, order_minor = iso_amount(obj.get("amount"), currency, "data.object.amount")
+    # What was paid: a charge's captured amount (less than its amount after a partial
+    # capture), a PaymentIntent's received amount.
+    paid = "amount_received" if kind == "payment_intent.succeeded" else "amount_captured"
+    order_amount, order_minor = iso_amount(obj.get(paid), currency, f"data.object.{paid}")
     if kind in COMPLETED_TYPES:
         return replace(base, amount=order_amount)
-    refunded = obj.get("amount_refunded")
-    previous = data.get("previous_attributes") if isinstance(data, dict) else None
-    before = previous.get("amount_refunded", 0) if isinstance(previous, dict) else 0
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (refunded, before)):
+    refunded = _integer(obj.get("amount_refunded"))
+    if refunded is None:
         raise Ignored("malformed", "amount_refunded is not an integer")
-    assert isinstance(refunded, int)
-    assert isinstance(before, int)
-    if refunded - before <= 0:
+    this = _this_refund(data, obj, refunded)
+    if this <= 0:
         raise Ignored("no_refund", "amount_refunded did not grow")
-    amount, _ = iso_amount(refunded - before, currency, "data.object.amount_refunded")
+    amount, _ = iso_amount(this, currency, "data.object.amount_refunded")
     return replace(
         base,
         type=ORDER_REFUNDED,

@@ -1,4 +1,5 @@
-"""Collector: the order ledger, so that an order counts once and its refunds never exceed it.
+"""Collector: the order ledger, so that an order id names one order and its refunds never
+exceed it (the answers to the caller; counting is by order id downstream).
 
 ``collector_orders`` holds one row per order id: whose it is (the customer id, or the
 collector's pseudonym once they are erased), its currency, its amount in the currency's
@@ -8,7 +9,8 @@ and the event id of the ``order.completed`` produced for it (NULL: none yet).
 the refund id, with the event id produced for it, so a resent refund is a duplicate.
 
 Both are written only in the transaction that commits after the broker acknowledged the
-events, under a transaction advisory lock per order id (``services/collector/orders.py``).
+events, under row locks on the orders (``services/collector/orders.py``): an order not yet
+known gets a placeholder row for the transaction, deleted unless an event made it one.
 
 Revision ID: 0019
 Revises: 0018
