@@ -4,9 +4,10 @@ An amount travels as a decimal string ("1234.50", "1500") and is stored as an in
 of the currency's minor unit (cents for USD, yen for JPY, fils for KWD), so no float ever
 rounds a price. The number of minor-unit digits of each currency is ISO 4217's, from the
 ``iso4217`` package (it ships ISO's own table): 0 for JPY and KRW, 2 for USD and EUR, 3 for
-KWD and BHD. Funds, precious metals and test codes (XAU, XTS, ...) have no minor unit in
-ISO 4217 and are not currencies a customer pays in, so they are refused; fund codes that ISO
-gives a minor unit (BOV, CLF, USN, ...) are accepted as ISO lists them.
+KWD and BHD. Precious metals, special drawing rights and test codes (XAU, XDR, XTS, ...)
+have no minor unit in ISO 4217 and are not currencies a customer pays in, so they are
+refused; fund codes that ISO gives a minor unit (BOV, CLF, USN, ...) are accepted as ISO
+lists them.
 
 Amounts in different currencies are never added together anywhere in cxloop.
 """
