@@ -12,7 +12,7 @@ import asyncio
 import base64
 import math
 import uuid
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
@@ -617,13 +617,15 @@ async def dashboard(
     sla_first_response: Mapping[str, float],
     sla_resolution: Mapping[str, float],
     timings: Timings | None = None,
+    value_of: Callable[[], Awaitable[ValueOut]] | None = None,
 ) -> Dashboard:
     """Every panel of the dashboard at once, each panel one statement on its own
     connection: the tiles (``headline``, both periods), then the trends of the metrics
     they list; breakdowns of ``metric`` by every one of ``breakdown_by``; drivers; service
     times by ``TIME_GROUPS`` (tickets filtered by channel only); retention; the latest
     answers if ``with_latest``; customer value (orders filtered by the order dimensions
-    only). ``timings`` gets each panel's wall time, by name."""
+    only), from ``value_of`` when given (the scorer's snapshot of a rolling window).
+    ``timings`` gets each panel's wall time, by name."""
     timings = timings or Timings()
     ticket_filters = {k: filters[k] for k in ("channel",) if k in filters}
     order_filters = {k: filters[k] for k in ORDER_DIMENSIONS if k in filters}
@@ -690,7 +692,10 @@ async def dashboard(
             )
             latest = group.create_task(newest())
             worth = group.create_task(
-                timings.run("value", value(engine, span, order_filters, min_n))
+                timings.run(
+                    "value",
+                    value_of() if value_of else value(engine, span, order_filters, min_n),
+                )
             )
     except BaseExceptionGroup as failed:
         # The first panel's own error, unwrapped: a refused parameter stays a 422 and the

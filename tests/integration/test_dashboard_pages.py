@@ -1053,3 +1053,20 @@ class TestValuePanel:
     async def test_no_orders_says_how_to_get_some(self, site: Site) -> None:
         page = await site.page("/dashboard")
         assert "No orders in this range yet" in page.id("value").text
+
+
+class TestValuePanelSource:
+    async def test_a_rolling_window_shows_the_snapshot_and_says_when_it_was_taken(
+        self, site: Site
+    ) -> None:
+        page = await site.page("/dashboard", window="30d")
+        api = await site.json("/v1/value", window="30d")
+        assert api["snapshot"] is True
+        times = page.id("value-as-of").all("time")
+        assert [t.attrs["datetime"] for t in times] == [
+            datetime.fromisoformat(api["as_of"]).isoformat()
+        ]
+
+    async def test_an_order_filter_is_computed_for_the_request(self, site: Site) -> None:
+        page = await site.page("/dashboard", window="30d", channel="web")
+        assert "value-as-of" not in page.by_id

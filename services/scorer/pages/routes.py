@@ -13,15 +13,20 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.scorer import service
+from services.scorer.models import ORDER_DIMENSIONS
 from services.scorer.pages import query, view
+from services.scorer.schemas import ValueOut, ValueWindow
+from services.scorer.snapshots import ValueSnapshots
 from shared.apikeys import Scope
 from shared.events import Metric
 from shared.http import EngineDep, FieldErrors, error_body, signed_in
@@ -67,6 +72,22 @@ async def _checked(call: Awaitable[T]) -> T:
         raise HTTPException(422, str(exc)) from None
 
 
+def _value_snapshot(
+    request: Request, engine: AsyncEngine, v: query.View
+) -> Callable[[], Awaitable[ValueOut]] | None:
+    """The scorer's snapshot of the view's rolling window, as ``GET /v1/value`` answers it,
+    when no order filter applies (None: the panel is computed for the request)."""
+    snapshots: ValueSnapshots = request.app.state.value_snapshots
+    window = v.window
+    if (
+        window is None
+        or not snapshots.covers(window)
+        or any(d in v.filters for d in ORDER_DIMENSIONS)
+    ):
+        return None
+    return functools.partial(snapshots.value, engine, ValueWindow(window))
+
+
 def router(pages: Pages) -> APIRouter:
     """The dashboard's pages."""
     routes = APIRouter(include_in_schema=False)
@@ -95,6 +116,7 @@ def router(pages: Pages) -> APIRouter:
             sla_first_response=sla.first_response_minutes,
             sla_resolution=sla.resolution_minutes,
             timings=timings,
+            value_of=_value_snapshot(request, engine, v),
         )
         with timings.part("render"):
             response = pages.render(
