@@ -523,6 +523,8 @@ _SCORE = "CASE WHEN l.occurred_at < :until THEN l.score ELSE earlier.score END"
 _CATEGORY = """CASE WHEN score >= 9 THEN 'promoter' WHEN score >= 7 THEN 'passive'
      WHEN score IS NOT NULL THEN 'detractor' ELSE 'unrated' END"""
 
+# sum() of bigint is numeric in Postgres: a customer's or a category's sums never overflow
+# (they become Python ints).
 _VALUE = """
 WITH per_customer AS (
     SELECT currency, customer_id, {group} AS grp, {whole} AS whole, count(*) AS orders,

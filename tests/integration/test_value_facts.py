@@ -13,8 +13,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from services.scorer import rebuild, repository
+from services.scorer import rebuild, repository, service
 from services.scorer.consumer import BatchHandler
+from shared import money
 from shared.kafka import Decoded
 from tests.builders import order_event, refund_event, response_event
 
@@ -315,3 +316,30 @@ class TestBatchesInFlight:
                 rng.shuffle(batch)
             await asyncio.gather(*(apply(engine, b) for b in batches))
             assert await facts(engine) == await recomputed(engine)
+
+
+class TestHugeSums:
+    async def test_a_customer_s_revenue_past_bigint_still_applies(
+        self, engine: AsyncEngine
+    ) -> None:
+        # 10,000 orders of the largest amount an event may carry: 10^19 minor units, past
+        # bigint's 9.2 × 10^18.
+        async with engine.begin() as conn:
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO orders (order_id, customer_id, currency, amount_minor, "
+                    "completed_at, completed_event) "
+                    "SELECT 'big' || i, 'whale', 'JPY', :amount, :at, gen_random_uuid() "
+                    "FROM generate_series(1, 10000) AS i"
+                ),
+                {"amount": money.MAX_MINOR, "at": at(0)},
+            )
+        await apply(engine, [order_event("small", "1000", customer_id="whale", occurred_at=at(1))])
+        assert await facts(engine) == {
+            ("whale", "JPY"): (10_001, 10_000 * money.MAX_MINOR + 1000, at(0), at(1))
+        }
+        span = service.Range(at(-1), at(2), None)
+        found = await service.value(engine, span, {}, 1)
+        (jpy,) = found.currencies
+        assert jpy.revenue_minor == 10_000 * money.MAX_MINOR + 1000
+        assert jpy.by_nps[3].revenue_minor == jpy.revenue_minor
