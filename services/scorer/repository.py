@@ -210,6 +210,20 @@ def latest_answers(answers: Sequence[tuple[str, Any, Any, int]]) -> list[dict[st
     return [dict(zip(NPS_COLUMNS, latest[key], strict=True)) for key in sorted(latest)]
 
 
+# The NPS answers of raw responses that customer_nps lacks: those an older scorer stored
+# during a rolling deploy. Erased customers' answers have no raw response: they stay.
+_RESTORE_NPS = """
+INSERT INTO customer_nps (customer_key, occurred_at, event_id, score)
+SELECT customer_id, occurred_at, event_id, score FROM responses WHERE metric = 'nps'
+ON CONFLICT DO NOTHING
+"""
+
+
+async def restore_nps(conn: AsyncConnection) -> None:
+    """Add to ``customer_nps`` every raw NPS response it does not hold."""
+    await conn.execute(sa.text(_RESTORE_NPS))
+
+
 async def derive_latest_nps(conn: AsyncConnection, keys: set[str] | None = None) -> None:
     """Derive ``customer_latest_nps`` again from ``customer_nps``: for ``keys`` only, or
     (None) for every customer."""
