@@ -6,8 +6,9 @@
   its refunds in the order's currency, kept by the write path and ``cxloop scorer
   rebuild``; net revenue is ``amount_minor - least(refunded_minor, amount_minor)``.
   ``orders_completed`` covers the range reads of ``GET /v1/value`` (an index-only scan of
-  the completions in a range); ``orders_customer`` finds a customer's orders, and covers
-  the columns of revenue at risk (an index-only scan per customer).
+  the completions in a range, and of the CLV year's); ``orders_customer`` finds a
+  customer's orders, and covers the columns of their ``customer_revenue`` row (an
+  index-only scan per customer).
 * ``order_refunds``: one row per (order_id, refund_id), kept even before its order.
 * ``customer_revenue``: per customer and currency, the exact facts of their completed
   orders: how many, net revenue (``numeric``: 10,000 orders of ``shared.money.MAX_MINOR``
