@@ -13,6 +13,8 @@ Margins are 95% half-widths (``Z_95`` standard errors), in the score's own point
   It is zero when every answer is satisfied (or none is); Wilson would not be, but Wald is
   what score-drop alerts have always used, and a zero margin at p = 0 or 1 only makes a
   change look significant when the other period's margin is also tiny.
+* A repurchase rate (``GET /v1/value``): the Wilson score interval, whose bounds stay apart
+  at p = 0 or 1 and at n = 1, where Wald's would say "100% ± 0".
 * CES (mean): ±1.96·sd/sqrt(n), sd the sample standard deviation (n − 1), from the sum
   and the sum of squared scores the buckets keep (``score_sq_sum``); None below two answers.
 """
@@ -117,6 +119,19 @@ def proportion_margin_of_error(part: int, n: int) -> float | None:
         return None
     p = part / n
     return Z_95 * 100.0 * math.sqrt(max(0.0, p * (1 - p)) / n)
+
+
+def wilson_interval(part: int, n: int) -> tuple[float, float] | None:
+    """Return the 95% Wilson score interval of the proportion ``part / n``, as percentages
+    (low, high): (p + z²/2n ± z·√(p(1 − p)/n + z²/4n²)) / (1 + z²/n), z = 1.96. Unlike
+    Wald's, it is never zero wide, even at p = 0 or 1 or n = 1. None when n = 0."""
+    if not n:
+        return None
+    p, z2 = part / n, Z_95 * Z_95
+    scale = 1 + z2 / n
+    centre = (p + z2 / (2 * n)) / scale
+    half = Z_95 * math.sqrt(max(0.0, p * (1 - p)) / n + z2 / (4 * n * n)) / scale
+    return 100.0 * max(0.0, centre - half), 100.0 * min(1.0, centre + half)
 
 
 def csat_margin_of_error(c: Counts) -> float | None:

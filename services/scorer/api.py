@@ -115,6 +115,10 @@ class SegmentFilters:
 SegmentsDep = Annotated[SegmentFilters, Depends()]
 
 
+# An order dimension's value: what orders carry is at most 128 characters (shared.events).
+OrderValueParam = Annotated[str | None, Query(max_length=128)]
+
+
 class OrderFilters:
     """The filters of order figures: an order's channel and segments. Orders have no
     touchpoint or survey type, so filtering by one is a 422 naming it, never ignored."""
@@ -122,9 +126,9 @@ class OrderFilters:
     def __init__(
         self,
         channel: Channel | None = None,
-        location: str | None = None,
-        product: str | None = None,
-        business_unit: str | None = None,
+        location: OrderValueParam = None,
+        product: OrderValueParam = None,
+        business_unit: OrderValueParam = None,
         touchpoint: Annotated[
             str | None, Query(description="Refused: an order has no touchpoint.")
         ] = None,
@@ -290,15 +294,17 @@ async def get_value(
 ) -> ValueOut:
     """Per currency (amounts in different currencies are never added), over the orders
     completed in the range: orders, net revenue (refunds deducted from their order, never
-    below zero), customers, average order value, purchase frequency per customer per year,
-    the expected lifetime from the measured monthly retention (capped at 10 years) and
-    CLV = AOV × frequency × lifetime, with its formula and inputs; each split by the
-    customers' NPS category (their latest NPS answer before `to`: promoter, passive,
-    detractor, unrated) with revenue per customer, repurchase rate and CLV, each with its
-    95% margin, `n` and `insufficient` below the minimum; and revenue at risk: detractors'
-    net revenue of the 365 days before `to`. Filters and `group_by` are the orders'
-    channel, location, product and business unit. Amounts are decimal strings in the
-    currency's notation (none for JPY), with `_minor` integers where exact.
+    below zero), customers and average order value; CLV = AOV × orders per customer ×
+    expected lifetime, with AOV and orders per customer measured over the CLV year (the
+    365 days before `to`, `clv_year`) whatever the range's length, and the lifetime from
+    the monthly retention of the 12 complete month pairs before `to` (capped at 10 years),
+    with its formula and inputs; each split by the customers' NPS category (their latest
+    NPS answer before `to`: promoter, passive, detractor, unrated) with revenue per
+    customer (± its 95% margin), repurchase rate (its 95% Wilson interval) and CLV, `n` and
+    `insufficient` below the minimum; and revenue at risk: detractors' net revenue of the
+    CLV year. Filters and `group_by` are the orders' channel, location, product and
+    business unit. Amounts are decimal strings in the currency's notation (none for JPY),
+    with `_minor` integers where exact.
 
     `window` 30d, 90d or 365d without filters or `group_by` answers from the scorer's
     snapshot (`snapshot: true`, computed at `as_of`, every

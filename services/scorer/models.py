@@ -105,7 +105,7 @@ customer_revenue = sa.Table(
     sa.Column("customer_id", sa.Text, primary_key=True),
     sa.Column("currency", sa.Text, primary_key=True),
     sa.Column("orders", sa.BigInteger, nullable=False),
-    sa.Column("revenue_minor", sa.BigInteger, nullable=False),
+    sa.Column("revenue_minor", sa.Numeric, nullable=False),  # sums can pass bigint
     sa.Column("first_purchase_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("last_purchase_at", sa.DateTime(timezone=True), nullable=False),
 )

@@ -523,6 +523,8 @@ _SCORE = "CASE WHEN l.occurred_at < :until THEN l.score ELSE earlier.score END"
 _CATEGORY = """CASE WHEN score >= 9 THEN 'promoter' WHEN score >= 7 THEN 'passive'
      WHEN score IS NOT NULL THEN 'detractor' ELSE 'unrated' END"""
 
+# sum() of bigint is numeric in Postgres: a customer's or a category's sums never overflow
+# (they become Python ints).
 _VALUE = """
 WITH per_customer AS (
     SELECT currency, customer_id, {group} AS grp, {whole} AS whole, count(*) AS orders,
@@ -604,41 +606,3 @@ async def customer_totals(
         )
         for row in rows
     ]
-
-
-# The detractors at ``until``: those whose latest answer, before it, is one (the hash join
-# and the one-time filter of _LATEST_SCORE), and those whose latest is at or after it and
-# whose latest before it was one (found by customer_latest_nps_occurred, then one probe each).
-_AT_RISK = """
-WITH detractors AS (
-    SELECT l.customer_key FROM customer_latest_nps l
-    WHERE l.occurred_at < :until AND l.score <= 6
-    UNION ALL
-    SELECT l.customer_key FROM customer_latest_nps l
-    CROSS JOIN LATERAL (
-        SELECT n.score FROM customer_nps n
-        WHERE n.customer_key = l.customer_key AND n.occurred_at < :until
-        ORDER BY n.occurred_at DESC, n.event_id DESC LIMIT 1
-    ) earlier
-    WHERE l.occurred_at >= :until AND earlier.score <= 6
-), c AS (
-    SELECT o.currency, o.customer_id, sum(o.amount_minor - o.refunded_minor) AS net
-    FROM detractors d JOIN orders o ON o.customer_id = d.customer_key
-    WHERE o.completed_at >= :since AND o.completed_at < :until {where}
-    GROUP BY o.currency, o.customer_id
-)
-SELECT currency, count(*) AS customers, sum(net) AS revenue
-FROM c GROUP BY currency ORDER BY currency
-"""
-
-
-async def revenue_at_risk(
-    conn: AsyncConnection, *, since: datetime, until: datetime, filters: Mapping[str, str]
-) -> dict[str, tuple[int, int]]:
-    """Per currency: (customers, net revenue) of the customers with an order completed in
-    [since, until) whose latest NPS answer before ``until`` is a detractor's."""
-    where, params = _order_filters(filters, "o.")
-    sql = _AT_RISK.format(where=where)
-    await _for_aggregation(conn)
-    rows = await conn.execute(sa.text(sql), {"since": since, "until": until, **params})
-    return {row.currency: (int(row.customers), int(row.revenue)) for row in rows}

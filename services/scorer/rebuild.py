@@ -1,7 +1,8 @@
 """Recompute the score and reason buckets from the raw responses, the customer value
 facts (each order's refunded amount, ``customer_revenue``) from the raw order and refund
 rows, and each customer's latest NPS answer (``customer_latest_nps``) from
-``customer_nps`` (``cxloop scorer rebuild``).
+``customer_nps``, after adding to it the raw NPS responses it lacks (those an older scorer
+stored during a rolling deploy) (``cxloop scorer rebuild``).
 
 The raw rows go through the same folding code as the live consumer, so a changed definition
 (say of "easy" on a CES scale) applies to history exactly as it will to new answers. It runs
@@ -75,5 +76,6 @@ async def rebuild(engine: AsyncEngine) -> Rebuilt:
             read += len(events)
             await repository.add_to_buckets(conn, fold(events), fold_reasons(events))
         orders = await repository.rebuild_orders(conn)
+        await repository.restore_nps(conn)
         await repository.derive_latest_nps(conn)
     return Rebuilt(read, orders)

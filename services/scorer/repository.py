@@ -7,10 +7,10 @@ or not at all. Rows are sorted by key so that concurrent instances lock them in 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import date
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -210,6 +210,20 @@ def latest_answers(answers: Sequence[tuple[str, Any, Any, int]]) -> list[dict[st
     return [dict(zip(NPS_COLUMNS, latest[key], strict=True)) for key in sorted(latest)]
 
 
+# The NPS answers of raw responses that customer_nps lacks: those an older scorer stored
+# during a rolling deploy. Erased customers' answers have no raw response: they stay.
+_RESTORE_NPS = """
+INSERT INTO customer_nps (customer_key, occurred_at, event_id, score)
+SELECT customer_id, occurred_at, event_id, score FROM responses WHERE metric = 'nps'
+ON CONFLICT DO NOTHING
+"""
+
+
+async def restore_nps(conn: AsyncConnection) -> None:
+    """Add to ``customer_nps`` every raw NPS response it does not hold."""
+    await conn.execute(sa.text(_RESTORE_NPS))
+
+
 async def derive_latest_nps(conn: AsyncConnection, keys: set[str] | None = None) -> None:
     """Derive ``customer_latest_nps`` again from ``customer_nps``: for ``keys`` only, or
     (None) for every customer."""
@@ -241,10 +255,31 @@ ON CONFLICT ON CONSTRAINT order_refunds_pkey DO UPDATE SET
 WHERE (EXCLUDED.occurred_at, EXCLUDED.event_id) < (r.occurred_at, r.event_id)
 """
 
-# Locks the batch's orders in key order before they change, and reads whose they were.
-_LOCK_ORDERS = """
+# Transaction advisory locks of the two-int4 form, per order id and per customer id, each
+# in a key space of its own (shared.erasure's erasure locks use 0x6378). Two batches in
+# flight at once must see each other's writes to an order or a customer: a row lock reaches
+# only rows the statement's snapshot sees, never one another transaction has inserted and
+# not committed, whereas an advisory lock is taken on a key, and once it is held every
+# statement after it (READ COMMITTED) sees what its previous holder committed. Every
+# transaction takes all its order locks, then all its customer locks, each set sorted by
+# key in one statement: two phases in one global order, so no two wait in a cycle.
+ORDER_LOCKS: Final = 0x634F
+CUSTOMER_LOCKS: Final = 0x6343
+_LOCK_KEYS = """
+SELECT count(pg_advisory_xact_lock(:space, k))
+FROM (SELECT DISTINCT hashtext(x) AS k FROM unnest(CAST(:keys AS text[])) AS u(x) ORDER BY k) s
+"""
+
+
+async def lock_keys(conn: AsyncConnection, space: int, keys: Iterable[str]) -> None:
+    """Take this transaction's advisory lock of each of ``keys`` in ``space``
+    (``ORDER_LOCKS``, ``CUSTOMER_LOCKS``), in the order of their hashes."""
+    await conn.execute(sa.text(_LOCK_KEYS), {"space": space, "keys": sorted(set(keys))})
+
+
+# Whose the batch's orders were, read under their locks: every owner committed so far.
+_OWNERS = """
 SELECT order_id, customer_id FROM orders WHERE order_id = ANY(CAST(:order_id AS text[]))
-ORDER BY order_id FOR UPDATE
 """
 
 # A refund seen before its order leaves a row with completed_at (and the rest) NULL.
@@ -316,11 +351,13 @@ async def apply_orders(
     refunded amounts and the customer revenue facts of every customer concerned."""
     if not (completions or refunds):
         return
+    order_ids = sorted(set(completions) | {order_id for order_id, _ in refunds})
+    # First every order's lock, before anything reads or writes an order or its refunds.
+    await lock_keys(conn, ORDER_LOCKS, order_ids)
     if refunds:
         await _execute(conn, _REFUNDS, [r._asdict() for _, r in sorted(refunds.items())])
-    order_ids = sorted(set(completions) | {order_id for order_id, _ in refunds})
-    locked = await conn.execute(sa.text(_LOCK_ORDERS), {"order_id": order_ids})
-    customers = {row.customer_id for row in locked if row.customer_id is not None}
+    owners = await conn.execute(sa.text(_OWNERS), {"order_id": order_ids})
+    customers = {row.customer_id for row in owners if row.customer_id is not None}
     rows = []
     for order_id in order_ids:
         completion = completions.get(order_id)
@@ -344,9 +381,11 @@ def _pending(order_id: str) -> dict[str, Any]:
 
 
 async def refresh_customers(conn: AsyncConnection, customers: set[str]) -> None:
-    """Recompute the ``customer_revenue`` rows of ``customers`` from their orders."""
+    """Recompute the ``customer_revenue`` rows of ``customers`` from their orders, under
+    each customer's lock: after the orders' locks, never before them."""
     if not customers:
         return
+    await lock_keys(conn, CUSTOMER_LOCKS, customers)
     params = {"c": sorted(customers)}
     await conn.execute(sa.text(_MERGE_CUSTOMERS), params)
     await conn.execute(sa.text(_DROP_CUSTOMERS), params)

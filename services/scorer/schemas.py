@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import date, datetime
 from enum import StrEnum
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -350,12 +351,58 @@ class ValueDimension(StrEnum):
     BUSINESS_UNIT = "business_unit"
 
 
+NpsCategory = Literal["promoter", "passive", "detractor", "unrated"]
+
+LIFETIME_CAP_YEARS: Final = 10
+"""Expected lifetime is capped here: at a retention near 100% 1 / (1 − r) has no bound."""
+
+VALUE_FORMULAS: Final = {
+    "revenue": "Σ over the orders completed in [from, to) (the first order.completed of each "
+    "order_id, by occurred_at) of amount − min(its refunds in its currency, amount)",
+    "orders": "orders completed in [from, to)",
+    "customers": "customers with ≥ 1 order completed in [from, to)",
+    "average_order_value": "revenue / orders (the range's)",
+    "clv_year": "[the top of the hour 365 days before to, to): CLV's inputs are measured "
+    "over it, with the same filters, whatever the range's length",
+    "clv_inputs": "orders, revenue and customers as above, over clv_year; average_order_value "
+    "= revenue / orders; purchase_frequency = orders / customers (orders per customer per "
+    "year)",
+    "retention_rate": "r = Σ retained / Σ active over lifetime.months: the 12 months m with "
+    "m + 1 a complete month before the month of to; every customer's activity, whatever the "
+    "filters or NPS category",
+    "expected_lifetime_years": f"min(1 / (1 − r) × 1/12, {LIFETIME_CAP_YEARS})",
+    "clv": "clv_inputs.average_order_value × clv_inputs.purchase_frequency × "
+    "expected_lifetime_years (= clv_inputs.revenue / clv_inputs.customers × "
+    "expected_lifetime_years)",
+    "clv_formula": "the CLV with its inputs rounded for reading: ≈, not =",
+    "nps_category": "the customer's latest NPS answer with occurred_at < to (ties by event "
+    "id): 9–10 promoter, 7–8 passive, 0–6 detractor; none: unrated",
+    "revenue_per_customer": "the category's revenue in the range / n",
+    "revenue_per_customer_margin": "1.96 · s / √n, s the standard deviation of the "
+    "customers' revenue in the range (n − 1)",
+    "repurchase_rate": "customers with ≥ 2 orders in the range / n, as a percentage",
+    "repurchase_rate_low, repurchase_rate_high": "the 95% Wilson score interval: (p + z²/2n ± "
+    "z · √(p(1 − p)/n + z²/4n²)) / (1 + z²/n), z = 1.96",
+    "repurchase_rate_margin": "(repurchase_rate_high − repurchase_rate_low) / 2, the Wilson "
+    "half-width: the interval is not centred on repurchase_rate",
+    "category_clv": "clv_revenue_per_customer × expected_lifetime_years, "
+    "clv_revenue_per_customer = the category's revenue over clv_year / clv_customers (its "
+    "customers with an order there)",
+    "category_clv_margin": "1.96 · s / √clv_customers × expected_lifetime_years, s the "
+    "standard deviation of those customers' revenue over clv_year (n − 1)",
+    "revenue_at_risk": "Σ net revenue of the orders completed in clv_year of customers whose "
+    "NPS category is detractor; customers: those with ≥ 1 such order",
+}
+"""How each figure of ``ValueOut`` is computed: every answer carries them (``formulas``)."""
+
+
 class NpsCategoryValue(BaseModel):
     """The customers of one NPS category (their latest NPS answer before `to`; `unrated`:
-    none) who completed an order in the range, in one currency."""
+    none) who completed an order in the range, in one currency; their CLV from the orders
+    of the CLV year."""
 
-    category: str = Field(description="promoter, passive, detractor or unrated.")
-    n: int = Field(description="Customers: every figure here carries its sample size.")
+    category: NpsCategory
+    n: int = Field(description="Customers with an order in the range.")
     insufficient: bool = Field(description="n is below CXLOOP_SCORER_MIN_N: do not act on it.")
     orders: int
     revenue: str = Field(description="Net revenue of their orders in the range.")
@@ -367,12 +414,44 @@ class NpsCategoryValue(BaseModel):
     )
     repeat_customers: int = Field(description="Customers with two orders or more in the range.")
     repurchase_rate: float | None = Field(description="repeat_customers / n, as a percentage.")
-    repurchase_rate_margin: float | None = Field(description="± points at 95% (Wald).")
-    clv: str | None = Field(
-        description="revenue_per_customer / years × expected_lifetime_years; null when the "
-        "lifetime is unknown."
+    repurchase_rate_low: float | None = Field(
+        description="The 95% Wilson score interval's lower bound, as a percentage."
     )
-    clv_margin: str | None = Field(description="revenue_per_customer_margin scaled alike.")
+    repurchase_rate_high: float | None = Field(
+        description="The 95% Wilson score interval's upper bound, as a percentage."
+    )
+    repurchase_rate_margin: float | None = Field(
+        description="Half the Wilson interval's width, in points: (high − low) / 2. The "
+        "interval is not centred on the rate (at 0% or 100% it lies on one side): prefer "
+        "repurchase_rate_low and repurchase_rate_high."
+    )
+    clv_customers: int = Field(
+        description="Customers of this category (at `to`) with an order in the CLV year."
+    )
+    clv_revenue_per_customer: str | None = Field(
+        description="Their net revenue over the CLV year / clv_customers; null when none."
+    )
+    clv: str | None = Field(
+        description="clv_revenue_per_customer × expected_lifetime_years; null when either is."
+    )
+    clv_margin: str | None = Field(
+        description="± at 95%: 1.96·s/√clv_customers of the CLV year's revenue per customer, "
+        "× expected_lifetime_years; null below two customers."
+    )
+
+
+class ClvInputs(BaseModel):
+    """What the CLV is measured from: the orders of the CLV year (`clv_year`), with the same
+    filters (and group), whatever the range's length."""
+
+    orders: int = Field(description="Orders completed in the CLV year.")
+    revenue: str = Field(description="Their net revenue.")
+    revenue_minor: int
+    customers: int = Field(description="Customers with at least one of these orders.")
+    average_order_value: str | None = Field(description="revenue / orders.")
+    purchase_frequency: float | None = Field(
+        description="Orders per customer per year: orders / customers (the CLV year is one)."
+    )
 
 
 class ValueFigures(BaseModel):
@@ -383,14 +462,15 @@ class ValueFigures(BaseModel):
     revenue_minor: int = Field(description="The same in minor units (cents, yen).")
     customers: int = Field(description="Customers with at least one of these orders.")
     insufficient: bool = Field(description="customers is below CXLOOP_SCORER_MIN_N.")
-    average_order_value: str | None = Field(description="revenue / orders.")
-    purchase_frequency: float | None = Field(
-        description="Orders per customer per year: orders / customers / years."
-    )
+    average_order_value: str | None = Field(description="revenue / orders, in the range.")
+    clv_inputs: ClvInputs
     clv: str | None = Field(
-        description="average_order_value × purchase_frequency × expected_lifetime_years."
+        description="clv_inputs.average_order_value × clv_inputs.purchase_frequency × "
+        "expected_lifetime_years; null when the lifetime or the CLV year's orders are unknown."
     )
-    clv_formula: str | None = Field(description="The CLV with its inputs written out.")
+    clv_formula: str | None = Field(
+        description="The CLV with its inputs written out, rounded for reading (≈)."
+    )
     by_nps: list[NpsCategoryValue] = Field(
         description="Promoters, passives, detractors and unrated customers, in that order."
     )
@@ -403,8 +483,8 @@ class GroupValue(ValueFigures):
 
 
 class RevenueAtRisk(BaseModel):
-    """Net revenue of the last 365 days before `to` from customers whose latest NPS answer
-    before `to` is a detractor's (0–6), and how many such customers ordered in it."""
+    """Net revenue of the CLV year (the 365 days before `to`) from customers whose latest
+    NPS answer before `to` is a detractor's (0–6), and how many such customers ordered in it."""
 
     model_config = ConfigDict(populate_by_name=True)
 
@@ -423,24 +503,183 @@ class CurrencyValue(ValueFigures):
     groups: list[GroupValue] | None = None
 
 
+class ClvYear(BaseModel):
+    """The year CLV's inputs are measured over: the 365 days before `to`, from the top of
+    that hour (as the 365d window)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: datetime = Field(alias="from")
+    to: datetime
+
+
 class Lifetime(BaseModel):
     """Expected customer lifetime from the measured monthly retention (every customer's
-    activity: answers, tickets, orders; as `GET /v1/retention?period=month` counts it)."""
+    activity: answers, tickets, orders; as `GET /v1/retention?period=month` counts it).
+    Filters, `group_by` and NPS categories do not change it: one r for every figure (a
+    known limitation)."""
 
     period: str = Field(description="month: the retention period.")
     months: list[date] = Field(
-        description="The months m pooled: from the month of `from` to the month before the "
-        "month of `to` (each m's customers active again in m + 1; the last one provisional "
-        "while m + 1 is not over)."
+        description="The 12 months m pooled, from 13 months before the month of `to` to 2 "
+        "months before it: m + 1 is then a complete month before `to`, so activity after "
+        "`to` never counts and the same `to` always gives the same lifetime."
     )
-    active: int
-    retained: int
+    active: int = Field(description="Σ over the months of the customers active in m.")
+    retained: int = Field(description="Σ of those active again in m + 1.")
     retention_rate: float | None = Field(description="retained / active, as a percentage.")
     expected_lifetime_years: float | None = Field(
-        description="1 / (1 − r) months, at most cap_years; null when no month was measured."
+        description="1 / (1 − r) months, at most cap_years; null when no customer was active "
+        "in those months."
     )
     cap_years: float
     capped: bool
+
+
+# The worked example of the README ("Customer value"), in yen: test_value_api checks that
+# GET /v1/value answers exactly this.
+VALUE_EXAMPLE: Final[dict[str, Any]] = {
+    "from": "2025-01-01T00:00:00Z",
+    "to": "2025-03-01T00:00:00Z",
+    "window": None,
+    "as_of": "2025-03-01T09:30:00Z",
+    "snapshot": False,
+    "filters": {},
+    "group_by": None,
+    "clv_year": {"from": "2024-03-01T00:00:00Z", "to": "2025-03-01T00:00:00Z"},
+    "min_n": 3,
+    "formulas": dict(VALUE_FORMULAS),
+    "lifetime": {
+        "period": "month",
+        "months": [
+            "2024-02-01",
+            "2024-03-01",
+            "2024-04-01",
+            "2024-05-01",
+            "2024-06-01",
+            "2024-07-01",
+            "2024-08-01",
+            "2024-09-01",
+            "2024-10-01",
+            "2024-11-01",
+            "2024-12-01",
+            "2025-01-01",
+        ],
+        "active": 5,
+        "retained": 3,
+        "retention_rate": 60.0,
+        "expected_lifetime_years": 0.20833333333333334,
+        "cap_years": 10.0,
+        "capped": False,
+    },
+    "currencies": [
+        {
+            "orders": 4,
+            "revenue": "7100",
+            "revenue_minor": 7100,
+            "customers": 3,
+            "insufficient": False,
+            "average_order_value": "1775",
+            "clv_inputs": {
+                "orders": 5,
+                "revenue": "7940",
+                "revenue_minor": 7940,
+                "customers": 3,
+                "average_order_value": "1588",
+                "purchase_frequency": 1.6666666666666667,
+            },
+            "clv": "551",
+            "clv_formula": "1588 JPY × 1.667 orders/year × 0.2083 years ≈ 551 JPY",
+            "by_nps": [
+                {
+                    "category": "promoter",
+                    "n": 1,
+                    "insufficient": True,
+                    "orders": 2,
+                    "revenue": "2600",
+                    "revenue_minor": 2600,
+                    "revenue_per_customer": "2600",
+                    "revenue_per_customer_margin": None,
+                    "repeat_customers": 1,
+                    "repurchase_rate": 100.0,
+                    "repurchase_rate_low": 20.654329147389294,
+                    "repurchase_rate_high": 100.0,
+                    "repurchase_rate_margin": 39.672835426305355,
+                    "clv_customers": 1,
+                    "clv_revenue_per_customer": "2600",
+                    "clv": "542",
+                    "clv_margin": None,
+                },
+                {
+                    "category": "passive",
+                    "n": 0,
+                    "insufficient": True,
+                    "orders": 0,
+                    "revenue": "0",
+                    "revenue_minor": 0,
+                    "revenue_per_customer": None,
+                    "revenue_per_customer_margin": None,
+                    "repeat_customers": 0,
+                    "repurchase_rate": None,
+                    "repurchase_rate_low": None,
+                    "repurchase_rate_high": None,
+                    "repurchase_rate_margin": None,
+                    "clv_customers": 0,
+                    "clv_revenue_per_customer": None,
+                    "clv": None,
+                    "clv_margin": None,
+                },
+                {
+                    "category": "detractor",
+                    "n": 1,
+                    "insufficient": True,
+                    "orders": 1,
+                    "revenue": "3000",
+                    "revenue_minor": 3000,
+                    "revenue_per_customer": "3000",
+                    "revenue_per_customer_margin": None,
+                    "repeat_customers": 0,
+                    "repurchase_rate": 0.0,
+                    "repurchase_rate_low": 0.0,
+                    "repurchase_rate_high": 79.34567085261071,
+                    "repurchase_rate_margin": 39.672835426305355,
+                    "clv_customers": 1,
+                    "clv_revenue_per_customer": "3000",
+                    "clv": "625",
+                    "clv_margin": None,
+                },
+                {
+                    "category": "unrated",
+                    "n": 1,
+                    "insufficient": True,
+                    "orders": 1,
+                    "revenue": "1500",
+                    "revenue_minor": 1500,
+                    "revenue_per_customer": "1500",
+                    "revenue_per_customer_margin": None,
+                    "repeat_customers": 0,
+                    "repurchase_rate": 0.0,
+                    "repurchase_rate_low": 0.0,
+                    "repurchase_rate_high": 79.34567085261071,
+                    "repurchase_rate_margin": 39.672835426305355,
+                    "clv_customers": 1,
+                    "clv_revenue_per_customer": "2340",
+                    "clv": "488",
+                    "clv_margin": None,
+                },
+            ],
+            "currency": "JPY",
+            "revenue_at_risk": {
+                "from": "2024-03-01T00:00:00Z",
+                "to": "2025-03-01T00:00:00Z",
+                "customers": 1,
+                "revenue": "3000",
+                "revenue_minor": 3000,
+            },
+            "groups": None,
+        }
+    ],
+}
 
 
 class ValueOut(BaseModel):
@@ -448,56 +687,7 @@ class ValueOut(BaseModel):
 
     model_config = ConfigDict(
         populate_by_name=True,
-        json_schema_extra={
-            "examples": [
-                {
-                    "from": "2026-11-01T00:00:00Z",
-                    "to": "2026-12-01T00:00:00Z",
-                    "window": None,
-                    "as_of": "2026-12-01T09:30:00Z",
-                    "snapshot": False,
-                    "filters": {},
-                    "group_by": None,
-                    "years": 0.08213552361396304,
-                    "min_n": 30,
-                    "formulas": {"clv": "average_order_value × purchase_frequency × lifetime"},
-                    "lifetime": {
-                        "period": "month",
-                        "months": ["2026-11-01"],
-                        "active": 4,
-                        "retained": 3,
-                        "retention_rate": 75.0,
-                        "expected_lifetime_years": 0.3333333333333333,
-                        "cap_years": 10.0,
-                        "capped": False,
-                    },
-                    "currencies": [
-                        {
-                            "currency": "JPY",
-                            "orders": 3,
-                            "revenue": "9000",
-                            "revenue_minor": 9000,
-                            "customers": 2,
-                            "insufficient": True,
-                            "average_order_value": "3000",
-                            "purchase_frequency": 18.2625,
-                            "clv": "18262",
-                            "clv_formula": "3000 JPY × 18.2625 orders/year × 0.3333 years "
-                            "= 18262 JPY",
-                            "by_nps": [],
-                            "revenue_at_risk": {
-                                "from": "2025-12-01T00:00:00Z",
-                                "to": "2026-12-01T00:00:00Z",
-                                "customers": 1,
-                                "revenue": "2000",
-                                "revenue_minor": 2000,
-                            },
-                            "groups": None,
-                        }
-                    ],
-                }
-            ]
-        },
+        json_schema_extra={"examples": [VALUE_EXAMPLE]},
     )
 
     from_: datetime = Field(alias="from")
@@ -513,10 +703,10 @@ class ValueOut(BaseModel):
     )
     filters: dict[str, str]
     group_by: ValueDimension | None
-    years: float = Field(description="The range's length in years of 365.25 days.")
+    clv_year: ClvYear = Field(description="The year CLV's inputs and revenue at risk cover.")
     min_n: int = Field(description="CXLOOP_SCORER_MIN_N: fewer customers are insufficient.")
     formulas: dict[str, str] = Field(description="How each figure is computed.")
     lifetime: Lifetime
     currencies: list[CurrencyValue] = Field(
-        description="One entry per currency with orders in the range or revenue at risk."
+        description="One entry per currency with orders in the range or in the CLV year."
     )

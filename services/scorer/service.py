@@ -23,7 +23,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.scorer import queries
 from services.scorer.models import ORDER_DIMENSIONS
 from services.scorer.schemas import (
+    LIFETIME_CAP_YEARS,
+    VALUE_FORMULAS,
     CategoryDrivers,
+    ClvInputs,
+    ClvYear,
     CurrencyValue,
     CustomerOut,
     CustomerResponse,
@@ -38,6 +42,7 @@ from services.scorer.schemas import (
     Interval,
     LatestResponses,
     Lifetime,
+    NpsCategory,
     NpsCategoryValue,
     Point,
     Previous,
@@ -867,32 +872,16 @@ async def erase_customer(engine: AsyncEngine, hasher: Hasher, customer_id: str) 
     return Erasure(**result)
 
 
-LIFETIME_CAP_YEARS: Final = 10
-"""Expected lifetime is capped here: at a retention near 100% 1 / (1 − r) has no bound."""
-RISK_WINDOW: Final = timedelta(days=365)
-YEAR: Final = timedelta(days=365.25)
-NPS_CATEGORIES: Final = ("promoter", "passive", "detractor", "unrated")
+NPS_CATEGORIES: Final[tuple[NpsCategory, ...]] = ("promoter", "passive", "detractor", "unrated")
 _MONTH_YEARS: Final = Fraction(1, 12)
-_MICROSECOND: Final = timedelta(microseconds=1)
-VALUE_FORMULAS: Final = {
-    "revenue": "Σ over the orders completed in [from, to) (the first order.completed of each "
-    "order_id, by occurred_at) of amount − min(its refunds in its currency, amount)",
-    "average_order_value": "revenue / orders",
-    "purchase_frequency": "orders / customers / years, years = (to − from) / 365.25 days",
-    "retention_rate": "r = Σ retained / Σ active over lifetime.months",
-    "expected_lifetime_years": f"min(1 / (1 − r) × 1/12, {LIFETIME_CAP_YEARS})",
-    "clv": "average_order_value × purchase_frequency × expected_lifetime_years "
-    "(= revenue / customers / years × expected_lifetime_years)",
-    "nps_category": "the customer's latest NPS answer with occurred_at < to (ties by event "
-    "id): 9–10 promoter, 7–8 passive, 0–6 detractor; none: unrated",
-    "revenue_per_customer_margin": "1.96 · s / √n, s the standard deviation of the "
-    "customers' revenue (n − 1)",
-    "repurchase_rate": "customers with ≥ 2 orders in the range / customers, ± 1.96 · "
-    "100 · √(p(1 − p) / n)",
-    "category_clv": "revenue_per_customer / years × expected_lifetime_years (margin alike)",
-    "revenue_at_risk": "Σ net revenue of the orders completed in [to − 365 days, to) of "
-    "customers whose NPS category is detractor; customers: those with ≥ 1 such order",
-}
+LIFETIME_MONTHS: Final = 12
+"""Month pairs (m, m + 1) the lifetime pools: the last 12 complete ones before ``to``."""
+
+
+def clv_year(until: datetime) -> Range:
+    """The year CLV's inputs and revenue at risk are measured over: the 365 days before
+    ``until``, from the top of that hour, as the 365d window ending at ``until``."""
+    return Range(scoring.window_start(ValueWindow.YEAR, until), until)
 
 
 def _amount(minor: Fraction | int, currency: str) -> str:
@@ -900,7 +889,21 @@ def _amount(minor: Fraction | int, currency: str) -> str:
     return money.json_amount(round(minor), currency)
 
 
-def _lifetime(rows: Sequence[tuple[date, int, int]]) -> tuple[Lifetime, Fraction | None]:
+def _months(until: datetime) -> list[date]:
+    """The months m whose pair (m, m + 1) the lifetime pools: m + 1 at latest the last
+    complete month before the month of ``until``."""
+    last = _month_start(until)
+    return [_add_months(last, k) for k in range(-LIFETIME_MONTHS - 1, -1)]
+
+
+def _add_months(month: date, k: int) -> date:
+    index = month.year * 12 + month.month - 1 + k
+    return date(index // 12, index % 12 + 1, 1)
+
+
+def _lifetime(
+    months: Sequence[date], rows: Sequence[tuple[date, int, int]]
+) -> tuple[Lifetime, Fraction | None]:
     active = sum(a for _, a, _ in rows)
     retained = sum(r for _, _, r in rows)
     years: Fraction | None = None
@@ -913,7 +916,7 @@ def _lifetime(rows: Sequence[tuple[date, int, int]]) -> tuple[Lifetime, Fraction
             years = _MONTH_YEARS / (1 - rate)
     lifetime = Lifetime(
         period="month",
-        months=[m for m, _, _ in rows],
+        months=list(months),
         active=active,
         retained=retained,
         retention_rate=scoring.share(retained, active),
@@ -924,49 +927,74 @@ def _lifetime(rows: Sequence[tuple[date, int, int]]) -> tuple[Lifetime, Fraction
     return lifetime, years
 
 
-def _category(
-    name: str,
-    rows: Sequence[queries.CustomerTotals],
-    currency: str,
-    years: Fraction,
-    lifetime: Fraction | None,
-    min_n: int,
-) -> NpsCategoryValue:
+@dataclass(frozen=True)
+class _Spread:
+    """Customers' revenue: how many, its sum, and the 95% margin of its mean (None below
+    two customers)."""
+
+    n: int
+    total: int
+    margin: Fraction | None
+
+    @property
+    def mean(self) -> Fraction | None:
+        return Fraction(self.total, self.n) if self.n else None
+
+
+def _spread(rows: Sequence[queries.CustomerTotals]) -> _Spread:
     n = sum(r.customers for r in rows)
     total = sum(r.revenue for r in rows)
     squares = sum(r.revenue_sq for r in rows)
-    repeaters = sum(r.repeaters for r in rows)
-    per_customer = Fraction(total, n) if n else None
-    margin: float | None = None
+    margin = None
     if n >= 2:
         variance = max(Fraction(0), (squares - Fraction(total * total, n)) / (n - 1))
-        margin = scoring.Z_95 * math.sqrt(variance / n)
-    per_year = None if lifetime is None else lifetime / years
+        margin = Fraction(scoring.Z_95 * math.sqrt(variance / n))
+    return _Spread(n, total, margin)
+
+
+def _category(
+    name: NpsCategory,
+    rows: Sequence[queries.CustomerTotals],
+    year_rows: Sequence[queries.CustomerTotals],
+    currency: str,
+    lifetime: Fraction | None,
+    min_n: int,
+) -> NpsCategoryValue:
+    mine, year = _spread(rows), _spread(year_rows)
+    repeaters = sum(r.repeaters for r in rows)
+    interval = scoring.wilson_interval(repeaters, mine.n)
+    per_customer, year_per_customer = mine.mean, year.mean
     return NpsCategoryValue(
         category=name,
-        n=n,
-        insufficient=n < min_n,
+        n=mine.n,
+        insufficient=mine.n < min_n,
         orders=sum(r.orders for r in rows),
-        revenue=_amount(total, currency),
-        revenue_minor=total,
+        revenue=_amount(mine.total, currency),
+        revenue_minor=mine.total,
         revenue_per_customer=None if per_customer is None else _amount(per_customer, currency),
-        revenue_per_customer_margin=None if margin is None else _amount(Fraction(margin), currency),
+        revenue_per_customer_margin=None if mine.margin is None else _amount(mine.margin, currency),
         repeat_customers=repeaters,
-        repurchase_rate=scoring.share(repeaters, n),
-        repurchase_rate_margin=scoring.proportion_margin_of_error(repeaters, n),
+        repurchase_rate=scoring.share(repeaters, mine.n),
+        repurchase_rate_low=None if interval is None else interval[0],
+        repurchase_rate_high=None if interval is None else interval[1],
+        repurchase_rate_margin=None if interval is None else (interval[1] - interval[0]) / 2,
+        clv_customers=year.n,
+        clv_revenue_per_customer=None
+        if year_per_customer is None
+        else _amount(year_per_customer, currency),
         clv=None
-        if per_customer is None or per_year is None
-        else _amount(per_customer * per_year, currency),
+        if year_per_customer is None or lifetime is None
+        else _amount(year_per_customer * lifetime, currency),
         clv_margin=None
-        if margin is None or per_year is None
-        else _amount(Fraction(margin) * per_year, currency),
+        if year.margin is None or lifetime is None
+        else _amount(year.margin * lifetime, currency),
     )
 
 
 def _figures(
     rows: Sequence[queries.CustomerTotals],
+    year_rows: Sequence[queries.CustomerTotals],
     currency: str,
-    years: Fraction,
     lifetime: Fraction | None,
     min_n: int,
 ) -> dict[str, Any]:
@@ -974,13 +1002,18 @@ def _figures(
     revenue = sum(r.revenue for r in rows)
     customers = sum(r.customers for r in rows)
     aov = Fraction(revenue, orders) if orders else None
-    frequency = Fraction(orders, customers) / years if customers else None
+    year_orders = sum(r.orders for r in year_rows)
+    year_revenue = sum(r.revenue for r in year_rows)
+    year_customers = sum(r.customers for r in year_rows)
+    year_aov = Fraction(year_revenue, year_orders) if year_orders else None
+    # Per year: the CLV year is one year long, whatever the range's length.
+    frequency = Fraction(year_orders, year_customers) if year_customers else None
     clv = formula = None
-    if aov is not None and frequency is not None and lifetime is not None:
-        clv = aov * frequency * lifetime
+    if year_aov is not None and frequency is not None and lifetime is not None:
+        clv = year_aov * frequency * lifetime
         formula = (
-            f"{_amount(aov, currency)} {currency} × {float(frequency):.4g} orders/year × "
-            f"{float(lifetime):.4g} years = {_amount(clv, currency)} {currency}"
+            f"{_amount(year_aov, currency)} {currency} × {float(frequency):.4g} orders/year × "
+            f"{float(lifetime):.4g} years ≈ {_amount(clv, currency)} {currency}"
         )
     return {
         "orders": orders,
@@ -989,12 +1022,24 @@ def _figures(
         "customers": customers,
         "insufficient": customers < min_n,
         "average_order_value": None if aov is None else _amount(aov, currency),
-        "purchase_frequency": None if frequency is None else float(frequency),
+        "clv_inputs": ClvInputs(
+            orders=year_orders,
+            revenue=_amount(year_revenue, currency),
+            revenue_minor=year_revenue,
+            customers=year_customers,
+            average_order_value=None if year_aov is None else _amount(year_aov, currency),
+            purchase_frequency=None if frequency is None else float(frequency),
+        ),
         "clv": None if clv is None else _amount(clv, currency),
         "clv_formula": formula,
         "by_nps": [
             _category(
-                name, [r for r in rows if r.category == name], currency, years, lifetime, min_n
+                name,
+                [r for r in rows if r.category == name],
+                [r for r in year_rows if r.category == name],
+                currency,
+                lifetime,
+                min_n,
             )
             for name in NPS_CATEGORIES
         ],
@@ -1003,6 +1048,18 @@ def _figures(
 
 def _month_start(moment: datetime) -> date:
     return moment.astimezone(UTC).date().replace(day=1)
+
+
+@dataclass(frozen=True)
+class YearTotals:
+    """The per-customer totals of a CLV year (``clv_year(until)``), with the filters and
+    ``group_by`` they were read with: every answer ending at ``until`` with those can reuse
+    them (the snapshots of one instant do)."""
+
+    until: datetime
+    filters: Mapping[str, str]
+    group_by: ValueDimension | None
+    rows: list[queries.CustomerTotals]
 
 
 async def value(
@@ -1015,47 +1072,75 @@ async def value(
     as_of: datetime | None = None,
     snapshot: bool = False,
 ) -> ValueOut:
-    """Customer value over ``span`` per currency: orders, net revenue, customers, average
-    order value, purchase frequency, expected lifetime (from the monthly retention) and
-    CLV, each split by NPS category at the end of the range, and one set per value of
-    ``group_by``; and revenue at risk (detractors' last 365 days). ``filters`` are over
-    order dimensions (``models.ORDER_DIMENSIONS``). Three statements, run concurrently.
-    ``as_of`` (default now) and ``snapshot`` only label the answer."""
-    as_of = as_of or utcnow()
-    risk_since = span.until - RISK_WINDOW
+    """Customer value over ``span`` per currency: orders, net revenue, customers and
+    average order value in the range; CLV from the CLV year (``clv_year``): its average
+    order value and orders per customer, times the expected lifetime (from the monthly
+    retention of the 12 complete month pairs before ``span.until``); each split by NPS
+    category at the end of the range, and one set per value of ``group_by``; and revenue at
+    risk (detractors' CLV year). ``filters`` are over order dimensions
+    (``models.ORDER_DIMENSIONS``). ``as_of`` (default now) and ``snapshot`` only label the
+    answer."""
+    found, _ = await value_and_year(
+        engine, span, filters, min_n, group_by, as_of=as_of, snapshot=snapshot
+    )
+    return found
 
-    async def totals() -> list[queries.CustomerTotals]:
+
+async def value_and_year(
+    engine: AsyncEngine,
+    span: Range,
+    filters: Filters,
+    min_n: int,
+    group_by: ValueDimension | None = None,
+    *,
+    as_of: datetime | None = None,
+    snapshot: bool = False,
+    year: YearTotals | None = None,
+) -> tuple[ValueOut, YearTotals]:
+    """:func:`value`, and the CLV year's totals it used: ``year`` if given (they must end at
+    ``span.until`` with these filters and ``group_by``), else read, or the range's own when
+    the range is the CLV year. Three statements at most, run concurrently."""
+    as_of = as_of or utcnow()
+    year_span = clv_year(span.until)
+    assert year is None or (year.until, year.filters, year.group_by) == (
+        span.until,
+        filters,
+        group_by,
+    )
+    months = _months(span.until)
+
+    async def totals(since: datetime) -> list[queries.CustomerTotals]:
         async with engine.connect() as conn:
             return await queries.customer_totals(
                 conn,
-                since=span.since,
+                since=since,
                 until=span.until,
                 filters=filters,
                 group_by=None if group_by is None else group_by.value,
             )
 
-    async def at_risk() -> dict[str, tuple[int, int]]:
-        async with engine.connect() as conn:
-            return await queries.revenue_at_risk(
-                conn, since=risk_since, until=span.until, filters=filters
-            )
+    async def in_year() -> list[queries.CustomerTotals]:
+        if year is not None:
+            return year.rows
+        if span.since == year_span.since:
+            return await in_range
+        return await totals(year_span.since)
 
     async def kept() -> list[tuple[date, int, int]]:
         async with engine.connect() as conn:
             return await queries.retention(
-                conn,
-                period="month",
-                since=_month_start(span.since),
-                until=_month_start(span.until),
+                conn, period="month", since=months[0], until=_add_months(months[-1], 1)
             )
 
-    rows, risk, months = await asyncio.gather(totals(), at_risk(), kept())
-    lifetime, lifetime_years = _lifetime(months)
-    years = Fraction((span.until - span.since) // _MICROSECOND, YEAR // _MICROSECOND)
+    in_range = asyncio.ensure_future(totals(span.since))
+    rows, year_rows, retained = await asyncio.gather(in_range, in_year(), kept())
+    lifetime, lifetime_years = _lifetime(months, retained)
     currencies = []
-    for currency in sorted({r.currency for r in rows} | set(risk)):
+    for currency in sorted({r.currency for r in rows} | {r.currency for r in year_rows}):
         mine = [r for r in rows if r.currency == currency]
+        mine_year = [r for r in year_rows if r.currency == currency]
         whole = [r for r in mine if r.whole]
+        whole_year = [r for r in mine_year if r.whole]
         groups = None
         if group_by is not None:
             names = sorted({r.group or "" for r in mine if not r.whole})
@@ -1064,30 +1149,31 @@ async def value(
                     group=name,
                     **_figures(
                         [r for r in mine if not r.whole and (r.group or "") == name],
+                        [r for r in mine_year if not r.whole and (r.group or "") == name],
                         currency,
-                        years,
                         lifetime_years,
                         min_n,
                     ),
                 )
                 for name in names
             ]
-        customers, revenue = risk.get(currency, (0, 0))
+        detractors = [r for r in whole_year if r.category == "detractor"]
+        risk = sum(r.revenue for r in detractors)
         currencies.append(
             CurrencyValue(
                 currency=currency,
                 revenue_at_risk=RevenueAtRisk(
-                    from_=risk_since,
+                    from_=year_span.since,
                     to=span.until,
-                    customers=customers,
-                    revenue=_amount(revenue, currency),
-                    revenue_minor=revenue,
+                    customers=sum(r.customers for r in detractors),
+                    revenue=_amount(risk, currency),
+                    revenue_minor=risk,
                 ),
                 groups=groups,
-                **_figures(whole, currency, years, lifetime_years, min_n),
+                **_figures(whole, whole_year, currency, lifetime_years, min_n),
             )
         )
-    return ValueOut(
+    found = ValueOut(
         from_=span.since,
         to=span.until,
         window=None if span.window is None else ValueWindow(span.window),
@@ -1095,9 +1181,10 @@ async def value(
         snapshot=snapshot,
         filters=dict(filters),
         group_by=group_by,
-        years=float(years),
+        clv_year=ClvYear(from_=year_span.since, to=span.until),
         min_n=min_n,
         formulas=VALUE_FORMULAS,
         lifetime=lifetime,
         currencies=currencies,
     )
+    return found, YearTotals(span.until, dict(filters), group_by, year_rows)

@@ -7,7 +7,9 @@ again and again: the scorer computes them in the background every
 ``CXLOOP_SCORER_VALUE_REFRESH_SECONDS``, all at one instant, and answers them from memory
 (``as_of`` is that instant, ``snapshot: true``). The first request for a window before its
 first snapshot computes it live and keeps it. Each scorer process keeps its own: two
-instances may answer from snapshots a refresh interval apart.
+instances may answer from snapshots a refresh interval apart. A refresh computes the 365d
+window first: it is the CLV year of every window ending at that instant, so the others
+reuse its totals instead of reading the year again.
 """
 
 from __future__ import annotations
@@ -50,21 +52,30 @@ class ValueSnapshots:
             async with self._locks[window]:
                 found = self._values.get(window)
                 if found is None:
-                    found = await self._compute(engine, window, utcnow())
+                    found, _ = await self._compute(engine, window, utcnow())
         return found
 
     async def refresh(self, engine: AsyncEngine, now: datetime | None = None) -> None:
         """Compute every window again, all as of ``now`` (default: the current time)."""
         now = now or utcnow()
-        for window in WINDOWS:
+        year = None
+        for window in sorted(WINDOWS, key=lambda w: w != ValueWindow.YEAR):
             async with self._locks[window]:
-                await self._compute(engine, window, now)
+                _, year = await self._compute(engine, window, now, year)
 
-    async def _compute(self, engine: AsyncEngine, window: ValueWindow, now: datetime) -> ValueOut:
+    async def _compute(
+        self,
+        engine: AsyncEngine,
+        window: ValueWindow,
+        now: datetime,
+        year: service.YearTotals | None = None,
+    ) -> tuple[ValueOut, service.YearTotals]:
         span = service.resolve_range(window, None, None, now)
-        found = await service.value(engine, span, {}, self.min_n, as_of=now, snapshot=True)
+        found, year = await service.value_and_year(
+            engine, span, {}, self.min_n, as_of=now, snapshot=True, year=year
+        )
         self._values[window] = found
-        return found
+        return found, year
 
 
 async def keep_fresh(

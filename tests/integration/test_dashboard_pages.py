@@ -1004,6 +1004,8 @@ class TestValuePanel:
         self, site: Site, engine: AsyncEngine
     ) -> None:
         await self._seed(engine)
+        # The scorer's 30d snapshot was taken as it started, before the seed: take it again.
+        await site.app.state.value_snapshots.refresh(engine)
         page = await site.page("/dashboard")
         api = await site.json("/v1/value", window="30d")
         by_currency = {c["currency"]: c for c in api["currencies"]}

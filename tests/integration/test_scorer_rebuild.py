@@ -80,3 +80,42 @@ class TestRebuild:
             assert await snapshot(engine) == live
         finally:
             await engine.dispose()
+
+    async def test_rebuild_restores_the_nps_answers_an_older_scorer_left_out(
+        self, database_url: str
+    ) -> None:
+        # During a rolling deploy, a scorer without customer_nps stores the raw answer
+        # only: the rebuild adds it, and keeps answers that only customer_nps holds (an
+        # erased customer's, under the pseudonym).
+        engine = create_async_engine(database_url)
+        try:
+            old = response_event(customer_id="rolled", score=2)
+            kept = response_event(customer_id="kept", score=10)
+            await BatchHandler(engine)([Decoded(None, e) for e in (old, kept)])
+            async with engine.begin() as conn:
+                await conn.execute(
+                    sa.text("DELETE FROM customer_nps WHERE customer_key = 'rolled'")
+                )
+                await conn.execute(
+                    sa.text("DELETE FROM customer_latest_nps WHERE customer_key = 'rolled'")
+                )
+                await conn.execute(
+                    sa.text(
+                        "INSERT INTO customer_nps VALUES ('pseudonym', now(), gen_random_uuid(), 4)"
+                    )
+                )
+            await rebuild.rebuild(engine)
+            async with engine.connect() as conn:
+                answers = {
+                    (r.customer_key, r.score)
+                    for r in await conn.execute(sa.text("SELECT * FROM customer_nps"))
+                }
+                latest = {
+                    r.customer_key: r.event_id
+                    for r in await conn.execute(sa.text("SELECT * FROM customer_latest_nps"))
+                }
+            assert answers == {("rolled", 2), ("kept", 10), ("pseudonym", 4)}
+            assert latest.keys() == {"rolled", "kept", "pseudonym"}
+            assert (latest["rolled"], latest["kept"]) == (old.event_id, kept.event_id)
+        finally:
+            await engine.dispose()

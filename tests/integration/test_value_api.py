@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from services.scorer import gauges
 from services.scorer.app import create_app
 from services.scorer.consumer import BatchHandler
-from services.scorer.schemas import ValueWindow
+from services.scorer.schemas import VALUE_EXAMPLE, ValueOut, ValueWindow
 from services.scorer.snapshots import ValueSnapshots
 from shared.kafka import Decoded
 from shared.settings import AuthSettings, DatabaseSettings, KafkaSettings, ScorerSettings
@@ -24,10 +24,12 @@ from tests.helpers import eventually, serving
 
 # 365.25 days: one year exactly.
 RANGE = {"from": "2025-01-01T00:00:00Z", "to": "2026-01-01T06:00:00Z"}
+# The worked example's: January and February 2025.
+EXAMPLE_RANGE = {"from": "2025-01-01T00:00:00Z", "to": "2025-03-01T00:00:00Z"}
 
 
-def day(month: int, d: int) -> datetime:
-    return datetime(2025, month, d, 12, tzinfo=UTC)
+def day(month: int, d: int, year: int = 2025) -> datetime:
+    return datetime(year, month, d, 12, tzinfo=UTC)
 
 
 # The README's worked example ("Customer value").
@@ -40,6 +42,8 @@ EXAMPLE = [
     response_event(customer_id="b", score=3, occurred_at=day(2, 1)),
     order_event("C1", "1500", customer_id="c", occurred_at=day(1, 5)),
     order_event("D1", "12.50", "USD", customer_id="d", occurred_at=day(1, 7)),
+    # Before the range, in the CLV year.
+    order_event("C0", "840", customer_id="c", occurred_at=day(12, 20, 2024)),
 ]
 
 
@@ -100,12 +104,15 @@ async def value(client: httpx.AsyncClient, **params: Any) -> Any:
 class TestWorkedExample:
     async def test_the_readme_numbers(self, scorer: httpx.AsyncClient, engine: AsyncEngine) -> None:
         await apply(engine, EXAMPLE)
-        body = await value(scorer)
-        assert body["years"] == 1.0
+        body = await value(scorer, **EXAMPLE_RANGE)
+        assert body["clv_year"] == {"from": "2024-03-01T00:00:00Z", "to": "2025-03-01T00:00:00Z"}
         life = body["lifetime"]
-        assert life["months"] == ["2025-01-01", "2025-02-01"]
-        assert (life["active"], life["retained"]) == (6, 2)
-        assert life["expected_lifetime_years"] == pytest.approx(0.125)
+        assert life["months"][0] == "2024-02-01"
+        assert life["months"][-1] == "2025-01-01"
+        assert len(life["months"]) == 12
+        # December: c, again in January; January: a, b, c, d, of them a and b in February.
+        assert (life["active"], life["retained"]) == (5, 3)
+        assert life["expected_lifetime_years"] == pytest.approx(2.5 / 12)
         jpy, usd = body["currencies"]
         assert (jpy["currency"], usd["currency"]) == ("JPY", "USD")
         assert (jpy["orders"], jpy["revenue"], jpy["revenue_minor"], jpy["customers"]) == (
@@ -115,9 +122,12 @@ class TestWorkedExample:
             3,
         )
         assert jpy["average_order_value"] == "1775"
-        assert jpy["purchase_frequency"] == pytest.approx(4 / 3)
-        assert jpy["clv"] == "296"  # 7100 / 3 / 1 year × 0.125 years = 295.83
-        assert jpy["clv_formula"] == "1775 JPY × 1.333 orders/year × 0.125 years = 296 JPY"
+        inputs = jpy["clv_inputs"]
+        assert (inputs["orders"], inputs["revenue"], inputs["customers"]) == (5, "7940", 3)
+        assert inputs["average_order_value"] == "1588"
+        assert inputs["purchase_frequency"] == pytest.approx(5 / 3)
+        assert jpy["clv"] == "551"  # 7940 / 3 × 2.5 / 12 = 551.39
+        assert jpy["clv_formula"] == "1588 JPY × 1.667 orders/year × 0.2083 years ≈ 551 JPY"
         assert jpy["insufficient"] is False
         cats = {c["category"]: c for c in jpy["by_nps"]}
         assert list(cats) == ["promoter", "passive", "detractor", "unrated"]
@@ -126,23 +136,80 @@ class TestWorkedExample:
             1,
             "2600",
             1,
-            "325",
+            "542",
         )
         assert (a["repurchase_rate"], a["insufficient"]) == (100.0, True)
+        # One customer: the Wilson interval, not "100% ± 0".
+        assert a["repurchase_rate_low"] == pytest.approx(20.6543, abs=1e-3)
+        assert a["repurchase_rate_high"] == 100.0
+        assert a["repurchase_rate_margin"] == pytest.approx(39.6728, abs=1e-3)
         assert a["revenue_per_customer_margin"] is None  # one customer: no spread
-        assert (b["revenue_per_customer"], b["clv"], b["repurchase_rate"]) == ("3000", "375", 0.0)
-        assert c["clv"] == "188"  # 187.5, half to even
+        assert (b["revenue_per_customer"], b["clv"], b["repurchase_rate"]) == ("3000", "625", 0.0)
+        assert b["repurchase_rate_high"] == pytest.approx(79.3457, abs=1e-3)
+        # c's revenue over the CLV year, 840 + 1500, not only the range's 1500.
+        assert (c["revenue_per_customer"], c["clv_revenue_per_customer"]) == ("1500", "2340")
+        assert c["clv"] == "488"  # 487.5, half to even
         assert cats["passive"]["n"] == 0
         assert cats["passive"]["revenue_per_customer"] is None
+        assert cats["passive"]["repurchase_rate_low"] is None
         assert jpy["revenue_at_risk"]["customers"] == 1
         assert jpy["revenue_at_risk"]["revenue"] == "3000"
+        assert jpy["revenue_at_risk"]["from"] == body["clv_year"]["from"]
         # Dollars stay apart, in their own notation.
         assert (usd["revenue"], usd["average_order_value"], usd["clv"]) == (
             "12.50",
             "12.50",
-            "1.56",
+            "2.60",
         )
         assert usd["revenue_at_risk"]["revenue"] == "0.00"
+        # The OpenAPI example is this answer in yen.
+        example = VALUE_EXAMPLE
+        assert ValueOut.model_json_schema()["examples"] == [example]
+        assert {**body, "as_of": example["as_of"], "currencies": [jpy]} == example
+
+    async def test_clv_does_not_depend_on_the_range_s_length(
+        self, scorer: httpx.AsyncClient, engine: AsyncEngine
+    ) -> None:
+        await apply(engine, EXAMPLE)
+        to = EXAMPLE_RANGE["to"]
+        whole = await value(scorer, **EXAMPLE_RANGE)
+        clvs = {
+            ago: await value(scorer, **{"from": f"{start}", "to": to})
+            for ago, start in (
+                ("a year", "2024-03-01T00:00:00Z"),
+                ("a month", "2025-02-01T00:00:00Z"),
+                ("an hour", "2025-02-28T23:00:00Z"),
+                ("a microsecond", "2025-02-28T23:59:59.999999Z"),
+            )
+        }
+        for body in clvs.values():
+            assert body["clv_year"] == whole["clv_year"]
+            assert body["lifetime"] == whole["lifetime"]
+            got = {c["currency"]: c for c in body["currencies"]}
+            for c in whole["currencies"]:
+                mine = got[c["currency"]]
+                assert (mine["clv"], mine["clv_inputs"]) == (c["clv"], c["clv_inputs"])
+                assert [k["clv"] for k in mine["by_nps"]] == [k["clv"] for k in c["by_nps"]]
+        # An hour with no order still has the CLV of the year before it.
+        assert [c["orders"] for c in clvs["an hour"]["currencies"]] == [0, 0]
+
+    async def test_the_lifetime_never_reads_past_to(
+        self, scorer: httpx.AsyncClient, engine: AsyncEngine
+    ) -> None:
+        await apply(engine, EXAMPLE)
+        before = await value(scorer, **EXAMPLE_RANGE)
+        # March's activity (after `to`) and a new customer in February (whose pair with
+        # March is not over) change nothing: only pairs ending by February count.
+        await apply(
+            engine,
+            [
+                order_event("L1", "100", customer_id="e", occurred_at=day(2, 27)),
+                order_event("L2", "100", customer_id="d", occurred_at=day(3, 2)),
+                response_event(customer_id="a", score=9, occurred_at=day(3, 3)),
+            ],
+        )
+        after = await value(scorer, **EXAMPLE_RANGE)
+        assert after["lifetime"] == before["lifetime"]
 
     async def test_margins_groups_and_filters(
         self, scorer: httpx.AsyncClient, engine: AsyncEngine
@@ -183,6 +250,8 @@ class TestRefused:
             ({"group_by": "touchpoint"}, "group_by"),
             ({"from": "2020-01-01T00:00:00Z", "to": "2021-02-05T00:00:00Z"}, "from"),
             ({"from": "1999-12-31T23:00:00Z"}, "from"),
+            ({"location": "x" * 129}, "location"),
+            ({"business_unit": "x" * 129}, "business_unit"),
         ],
     )
     async def test_bad_parameters_are_a_422_naming_the_field(

@@ -3,6 +3,7 @@ order, duplicate completions, over-refunds, erasure and rebuild."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -12,8 +13,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from services.scorer import rebuild
+from services.scorer import rebuild, repository, service
 from services.scorer.consumer import BatchHandler
+from shared import money
 from shared.kafka import Decoded
 from tests.builders import order_event, refund_event, response_event
 
@@ -196,3 +198,148 @@ class TestErasure:
         assert keys == {pseudonym: 3}
         assert latest == {pseudonym: 3}
         assert ids == {pseudonym}
+
+
+# customer_revenue as a plain recomputation from the order and refund rows.
+_RECOMPUTED = """
+SELECT customer_id, currency, count(*) AS orders,
+       sum(amount_minor - least(amount_minor, coalesce(
+           (SELECT sum(r.amount_minor) FROM order_refunds r
+            WHERE r.order_id = o.order_id AND r.currency = o.currency), 0))) AS net,
+       min(completed_at) AS first, max(completed_at) AS last
+FROM orders o WHERE completed_at IS NOT NULL GROUP BY customer_id, currency
+"""
+
+
+async def recomputed(engine: AsyncEngine) -> dict[tuple[str, str], tuple[Any, ...]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(sa.text(_RECOMPUTED))
+        return {(r.customer_id, r.currency): (r.orders, r.net, r.first, r.last) for r in rows}
+
+
+async def _waiting(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        found = await conn.scalar(sa.text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+        return int(found or 0)
+
+
+async def held_open(
+    engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+    first: Sequence[Any],
+    second: Sequence[Any],
+) -> None:
+    """Apply ``first`` in a batch held open after its orders and customers are written, apply
+    ``second`` meanwhile in another (as two batches in flight), and let the first commit
+    once the second waits on a lock (or has finished)."""
+    original = repository.refresh_customers
+    holding, release = asyncio.Event(), asyncio.Event()
+    holder: list[asyncio.Task[None] | None] = [None]
+
+    async def refresh(conn: Any, customers: set[str]) -> None:
+        await original(conn, customers)
+        if asyncio.current_task() is holder[0]:
+            holding.set()
+            await release.wait()
+
+    monkeypatch.setattr(repository, "refresh_customers", refresh)
+    one = asyncio.create_task(apply(engine, first))
+    holder[0] = one
+    await asyncio.wait_for(holding.wait(), 10)
+    two = asyncio.create_task(apply(engine, second))
+    for _ in range(100):
+        if two.done() or await _waiting(engine):
+            break
+        await asyncio.sleep(0.05)
+    release.set()
+    await asyncio.wait_for(asyncio.gather(one, two), 20)
+
+
+class TestBatchesInFlight:
+    """Two batches applied at once (CXLOOP_SCORER_BATCHES_IN_FLIGHT) lose nothing."""
+
+    async def test_a_customer_s_row_counts_the_orders_of_both(
+        self, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        await apply(engine, [order_event("O1", "100", customer_id="a", occurred_at=at(0))])
+        await held_open(
+            engine,
+            monkeypatch,
+            [order_event("X", "1000", customer_id="a", occurred_at=at(1))],
+            [order_event("Y", "20", customer_id="a", occurred_at=at(2))],
+        )
+        assert await facts(engine) == {("a", "JPY"): (3, 1120, at(0), at(2))}
+        assert await facts(engine) == await recomputed(engine)
+
+    async def test_a_replaced_completion_leaves_its_owner_in_flight(
+        self, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # The first batch completes Z for b; the second, meanwhile, completes Z earlier for
+        # c: c's completion wins, and b's row must lose the order.
+        await held_open(
+            engine,
+            monkeypatch,
+            [
+                order_event("Z", "1000", customer_id="b", occurred_at=at(5)),
+                order_event("B1", "7", customer_id="b", occurred_at=at(6)),
+            ],
+            [order_event("Z", "300", customer_id="c", occurred_at=at(1))],
+        )
+        assert await facts(engine) == {
+            ("b", "JPY"): (1, 7, at(6), at(6)),
+            ("c", "JPY"): (1, 300, at(1), at(1)),
+        }
+        assert await facts(engine) == await recomputed(engine)
+
+    async def test_overlapping_batches_agree_with_the_orders_and_never_deadlock(
+        self, engine: AsyncEngine
+    ) -> None:
+        rng = random.Random(11)
+        for round_ in range(6):
+            batches: list[list[Any]] = [[], []]
+            for i in range(40):
+                order = f"r{round_}o{rng.randint(0, 14)}"
+                customer = f"k{rng.randint(0, 5)}"
+                event = (
+                    order_event(
+                        order,
+                        str(rng.randint(1, 900)),
+                        customer_id=customer,
+                        occurred_at=at(rng.randint(0, 50)),
+                    )
+                    if i % 3
+                    else refund_event(order, f"f{rng.randint(0, 1)}", "5", customer_id=customer)
+                )
+                batches[rng.randint(0, 1)].append(event)
+            # Each batch in its own order: the locks must not depend on it.
+            for batch in batches:
+                rng.shuffle(batch)
+            await asyncio.gather(*(apply(engine, b) for b in batches))
+            assert await facts(engine) == await recomputed(engine)
+
+
+class TestHugeSums:
+    async def test_a_customer_s_revenue_past_bigint_still_applies(
+        self, engine: AsyncEngine
+    ) -> None:
+        # 10,000 orders of the largest amount an event may carry: 10^19 minor units, past
+        # bigint's 9.2 × 10^18.
+        async with engine.begin() as conn:
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO orders (order_id, customer_id, currency, amount_minor, "
+                    "completed_at, completed_event) "
+                    "SELECT 'big' || i, 'whale', 'JPY', :amount, :at, gen_random_uuid() "
+                    "FROM generate_series(1, 10000) AS i"
+                ),
+                {"amount": money.MAX_MINOR, "at": at(0)},
+            )
+        await apply(engine, [order_event("small", "1000", customer_id="whale", occurred_at=at(1))])
+        assert await facts(engine) == {
+            ("whale", "JPY"): (10_001, 10_000 * money.MAX_MINOR + 1000, at(0), at(1))
+        }
+        span = service.Range(at(-1), at(2), None)
+        found = await service.value(engine, span, {}, 1)
+        (jpy,) = found.currencies
+        assert jpy.revenue_minor == 10_000 * money.MAX_MINOR + 1000
+        assert jpy.by_nps[3].revenue_minor == jpy.revenue_minor

@@ -6,8 +6,13 @@ than the order) and NPS answers, duplicates and reorders them, and produces them
 real touchpoints and responses topics. The scorer consumes them with its own consume loop
 (two batches in flight), then the group's offsets are rewound and it reads them again, as
 after a crash between the database commit and the offset commit (``test_scorer_properties``
-does the same for scores). ``/v1/value`` must then say what the events say, recomputed
-here from the events alone.
+does the same for scores). ``/v1/value`` and ``customer_revenue`` must then say what the
+events say, recomputed here from the events alone, without the scorer's code.
+
+Events fall on a few instants only, so that two completions of one order, two versions of
+a refund or two NPS answers of a customer often share their time and the event id decides;
+the instants straddle the range's start, the CLV year's start (the top of the hour 365 days
+before ``to``), month starts, ``to`` itself, and fall before the year and after ``to``.
 """
 
 from __future__ import annotations
@@ -33,13 +38,30 @@ from tests.harness.backends import PostgresServer
 from tests.helpers import produce, serving
 from tests.integration.test_scorer_properties import _commit, _consume_all, _offsets
 
-BASE = datetime(2026, 8, 20, tzinfo=UTC)
-SINCE, UNTIL = BASE + timedelta(days=5), BASE + timedelta(days=50, hours=7)
+UNTIL = datetime(2026, 10, 5, 7, 30, tzinfo=UTC)
+SINCE = UNTIL - timedelta(days=40)
+# The top of the hour 365 days before UNTIL, written out rather than computed by the scorer.
+YEAR_START = datetime(2025, 10, 5, 7, tzinfo=UTC)
+# The months m whose pair (m, m + 1) the lifetime pools: September 2025 to August 2026.
+MONTHS = [date(2025, m, 1) for m in range(9, 13)] + [date(2026, m, 1) for m in range(1, 9)]
+TIMES = [
+    datetime(2025, 8, 30, 12, tzinfo=UTC),  # before the CLV year, and before its months
+    YEAR_START - timedelta(minutes=1),
+    YEAR_START,
+    datetime(2026, 1, 31, 23, 59, tzinfo=UTC),
+    datetime(2026, 2, 1, tzinfo=UTC),
+    SINCE - timedelta(minutes=1),
+    SINCE,
+    datetime(2026, 9, 15, 12, tzinfo=UTC),  # the month before to's: its pair is not over
+    UNTIL - timedelta(minutes=1),
+    UNTIL,
+    datetime(2026, 10, 20, tzinfo=UTC),  # after to
+]
 DIGITS = {"JPY": 0, "USD": 2}
 
 
 def _at(draw: st.DrawFn) -> datetime:
-    return BASE + timedelta(minutes=draw(st.integers(0, 60 * 24 * 60)))
+    return draw(st.sampled_from(TIMES))
 
 
 def _amount(draw: st.DrawFn, currency: str) -> str:
@@ -118,29 +140,53 @@ def text(value: Fraction | int, currency: str) -> str:
     return f"{units // 100}.{units % 100:02d}"
 
 
-def expected(stream: list[Any]) -> dict[str, Any]:
-    """What /v1/value over [SINCE, UNTIL) must say, from the distinct events alone."""
-    first: dict[str, TouchpointEvent] = {}
-    refunds: dict[tuple[str, str], TouchpointEvent] = {}
+def _earliest(events: list[TouchpointEvent]) -> TouchpointEvent:
+    return min(events, key=lambda e: (e.occurred_at, e.event_id))
+
+
+def facts(stream: list[Any]) -> tuple[dict[str, TouchpointEvent], dict[str, int]]:
+    """Each order's counted completion (the earliest by time, then event id) and its net."""
+    completions: dict[str, list[TouchpointEvent]] = defaultdict(list)
+    versions: dict[tuple[str, str], list[TouchpointEvent]] = defaultdict(list)
     for e in stream:
         if isinstance(e, TouchpointEvent) and e.type == "order.completed":
-            known = first.get(e.order_id or "")
-            if known is None or (e.occurred_at, e.event_id) < (known.occurred_at, known.event_id):
-                first[e.order_id or ""] = e
+            completions[e.order_id or ""].append(e)
         elif isinstance(e, TouchpointEvent):
-            key = (e.order_id or "", e.refund_id or "")
-            seen = refunds.get(key)
-            if seen is None or (e.occurred_at, e.event_id) < (seen.occurred_at, seen.event_id):
-                refunds[key] = e
+            versions[(e.order_id or "", e.refund_id or "")].append(e)
+    first = {order_id: _earliest(events) for order_id, events in completions.items()}
+    refunds = {key: _earliest(events) for key, events in versions.items()}
     net: dict[str, int] = {}
     for order_id, order in first.items():
         cur = order.currency or ""
+        amount = minor(order.amount, cur)
         back = sum(
             minor(r.amount, cur)
             for (o, _), r in refunds.items()
             if o == order_id and r.currency == cur
         )
-        net[order_id] = minor(order.amount, cur) - min(back, minor(order.amount, cur))
+        net[order_id] = amount - min(back, amount)
+    return first, net
+
+
+def expected_revenue(stream: list[Any]) -> dict[tuple[str, str], tuple[Any, ...]]:
+    """customer_revenue: (customer, currency) → (orders, net, first and last purchase)."""
+    first, net = facts(stream)
+    rows: dict[tuple[str, str], tuple[Any, ...]] = {}
+    for order_id, order in first.items():
+        key = (order.customer_id, order.currency or "")
+        count, total, earliest, latest = rows.get(key, (0, 0, order.occurred_at, order.occurred_at))
+        rows[key] = (
+            count + 1,
+            total + net[order_id],
+            min(earliest, order.occurred_at),
+            max(latest, order.occurred_at),
+        )
+    return rows
+
+
+def expected(stream: list[Any]) -> dict[str, Any]:
+    """What /v1/value over [SINCE, UNTIL) must say, from the distinct events alone."""
+    first, net = facts(stream)
 
     def category(customer: str) -> str:
         answers = [
@@ -155,58 +201,78 @@ def expected(stream: list[Any]) -> dict[str, Any]:
         score = max(answers, key=lambda a: (a.occurred_at, a.event_id)).score
         return "promoter" if score >= 9 else "passive" if score >= 7 else "detractor"
 
-    per: dict[str, dict[str, list[int]]] = defaultdict(dict)  # currency → customer → nets
-    risk: dict[str, dict[str, int]] = defaultdict(dict)
+    # currency → customer → nets, in the range and in the CLV year
+    per: dict[str, dict[str, list[int]]] = defaultdict(dict)
+    year: dict[str, dict[str, list[int]]] = defaultdict(dict)
     for order_id, order in first.items():
         cur, who = order.currency or "", order.customer_id
         if SINCE <= order.occurred_at < UNTIL:
             per[cur].setdefault(who, []).append(net[order_id])
-        if UNTIL - timedelta(days=365) <= order.occurred_at < UNTIL and category(who) == (
-            "detractor"
-        ):
-            risk[cur][who] = risk[cur].get(who, 0) + net[order_id]
+        if YEAR_START <= order.occurred_at < UNTIL:
+            year[cur].setdefault(who, []).append(net[order_id])
 
     months: dict[date, set[str]] = defaultdict(set)
     for e in stream:
         months[e.occurred_at.date().replace(day=1)].add(e.customer_id)
     active = retained = 0
-    start, end = SINCE.date().replace(day=1), UNTIL.date().replace(day=1)
-    for month, members in months.items():
-        if start <= month < end:
-            following = (month + timedelta(days=32)).replace(day=1)
-            active += len(members)
-            retained += len(members & months.get(following, set()))
+    for month in MONTHS:
+        following = (month + timedelta(days=32)).replace(day=1)
+        active += len(months.get(month, set()))
+        retained += len(months.get(month, set()) & months.get(following, set()))
     lifetime = None
-    if active:
+    if active == retained > 0:
+        lifetime = Fraction(10)  # everyone stayed: the cap
+    elif active:
         lifetime = min(Fraction(1, 12) / (1 - Fraction(retained, active)), Fraction(10))
-    years = Fraction((UNTIL - SINCE) // timedelta(microseconds=1)) / Fraction(
-        timedelta(days=365.25) // timedelta(microseconds=1)
-    )
 
-    out: dict[str, Any] = {"lifetime": (active, retained), "currencies": {}}
-    for cur in sorted(set(per) | set(risk)):
-        customers = per.get(cur, {})
-        revenue = sum(sum(v) for v in customers.values())
-        orders = sum(len(v) for v in customers.values())
+    def spend(customers: dict[str, list[int]]) -> tuple[int, int, int]:
+        """(customers, orders, revenue)."""
+        return (
+            len(customers),
+            sum(len(v) for v in customers.values()),
+            sum(sum(v) for v in customers.values()),
+        )
+
+    out: dict[str, Any] = {"lifetime": (MONTHS, active, retained), "currencies": {}}
+    for cur in sorted(set(per) | set(year)):
+        customers, orders, revenue = spend(per.get(cur, {}))
+        y_customers, y_orders, y_revenue = spend(year.get(cur, {}))
+        y_aov = Fraction(y_revenue, y_orders) if y_orders else None
+        frequency = Fraction(y_orders, y_customers) if y_customers else None
         clv = None
-        if customers and lifetime is not None:
-            clv = text(Fraction(revenue, len(customers)) / years * lifetime, cur)
+        if y_aov is not None and frequency is not None and lifetime is not None:
+            clv = text(y_aov * frequency * lifetime, cur)
         by_nps = {}
         for name in ("promoter", "passive", "detractor", "unrated"):
-            mine = {c: v for c, v in customers.items() if category(c) == name}
-            total = sum(sum(v) for v in mine.values())
+            mine = {c: v for c, v in per.get(cur, {}).items() if category(c) == name}
+            theirs = {c: v for c, v in year.get(cur, {}).items() if category(c) == name}
+            n, n_orders, total = spend(mine)
+            y_n, _, y_total = spend(theirs)
+            y_mean = Fraction(y_total, y_n) if y_n else None
             by_nps[name] = (
-                len(mine),
-                sum(len(v) for v in mine.values()),
+                n,
+                n_orders,
                 total,
                 sum(len(v) >= 2 for v in mine.values()),
-                text(Fraction(total, len(mine)), cur) if mine else None,
+                text(Fraction(total, n), cur) if n else None,
+                y_n,
+                None if y_mean is None else text(y_mean, cur),
+                None if y_mean is None or lifetime is None else text(y_mean * lifetime, cur),
             )
+        at_risk = {c: v for c, v in year.get(cur, {}).items() if category(c) == "detractor"}
         out["currencies"][cur] = {
-            "figures": (orders, revenue, len(customers)),
+            "figures": (orders, revenue, customers),
+            "aov": text(Fraction(revenue, orders), cur) if orders else None,
+            "clv_inputs": (
+                y_orders,
+                y_revenue,
+                y_customers,
+                None if y_aov is None else text(y_aov, cur),
+                None if frequency is None else float(frequency),
+            ),
             "clv": clv,
             "by_nps": by_nps,
-            "risk": (len(risk.get(cur, {})), sum(risk.get(cur, {}).values())),
+            "risk": (len(at_risk), sum(sum(v) for v in at_risk.values())),
         }
     return out
 
@@ -235,11 +301,24 @@ async def latest_nps(url: str) -> dict[str, tuple[datetime, uuid.UUID, int]]:
 def got(body: dict[str, Any]) -> dict[str, Any]:
     """The same facts, read from the answer."""
     life = body["lifetime"]
+    assert body["clv_year"] == {"from": iso(YEAR_START), "to": iso(UNTIL)}
     return {
-        "lifetime": (life["active"], life["retained"]),
+        "lifetime": (
+            [date.fromisoformat(m) for m in life["months"]],
+            life["active"],
+            life["retained"],
+        ),
         "currencies": {
             c["currency"]: {
                 "figures": (c["orders"], c["revenue_minor"], c["customers"]),
+                "aov": c["average_order_value"],
+                "clv_inputs": (
+                    c["clv_inputs"]["orders"],
+                    c["clv_inputs"]["revenue_minor"],
+                    c["clv_inputs"]["customers"],
+                    c["clv_inputs"]["average_order_value"],
+                    c["clv_inputs"]["purchase_frequency"],
+                ),
                 "clv": c["clv"],
                 "by_nps": {
                     k["category"]: (
@@ -248,6 +327,9 @@ def got(body: dict[str, Any]) -> dict[str, Any]:
                         k["revenue_minor"],
                         k["repeat_customers"],
                         k["revenue_per_customer"],
+                        k["clv_customers"],
+                        k["clv_revenue_per_customer"],
+                        k["clv"],
                     )
                     for k in c["by_nps"]
                 },
@@ -258,10 +340,32 @@ def got(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+async def customer_revenue(url: str) -> dict[tuple[str, str], tuple[Any, ...]]:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(sa.text("SELECT * FROM customer_revenue"))
+            return {
+                (r.customer_id, r.currency): (
+                    r.orders,
+                    int(r.revenue_minor),
+                    r.first_purchase_at,
+                    r.last_purchase_at,
+                )
+                for r in rows
+            }
+    finally:
+        await engine.dispose()
+
+
 @pytest.mark.apache_kafka
 class TestValueIsExact:
     @settings(
-        max_examples=12,
+        max_examples=16,
         deadline=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     )
@@ -330,3 +434,4 @@ class TestValueIsExact:
         assert r.status_code == 200, r.text
         assert got(r.json()) == expected(stream)
         assert await latest_nps(url) == expected_latest(stream)
+        assert await customer_revenue(url) == expected_revenue(stream)

@@ -89,3 +89,33 @@ def test_the_stripe_webhook_documents_its_signature_and_its_ignored_answer() -> 
 def test_json_integer_amounts_are_said_to_be_major_units() -> None:
     amount = spec("collector")["components"]["schemas"]["EventIn"]["properties"]["amount"]
     assert "MAJOR units" in str(amount)
+
+
+def test_the_value_example_has_the_answer_s_shape() -> None:
+    from services.scorer.schemas import VALUE_FORMULAS, ValueOut
+
+    scorer = spec("scorer")
+    schemas = scorer["components"]["schemas"]
+    (example,) = schemas["ValueOut"]["examples"]
+    # The example is an answer (its figures: test_value_api); FastAPI's spec leaves out its
+    # nulls, the model's schema keeps them.
+    (whole,) = ValueOut.model_json_schema()["examples"]
+    ValueOut.model_validate(whole)
+    (currency,) = example["currencies"]
+    assert [c["category"] for c in currency["by_nps"]] == [
+        "promoter",
+        "passive",
+        "detractor",
+        "unrated",
+    ]
+    assert example["formulas"] == VALUE_FORMULAS
+    assert schemas["NpsCategoryValue"]["properties"]["category"]["enum"] == [
+        "promoter",
+        "passive",
+        "detractor",
+        "unrated",
+    ]
+    assert "≈" in currency["clv_formula"]
+    params = {p["name"]: p for p in scorer["paths"]["/v1/value"]["get"]["parameters"]}
+    for name in ("location", "product", "business_unit"):
+        assert params[name]["schema"]["anyOf"][0]["maxLength"] == 128

@@ -45,6 +45,36 @@ class TestCsat:
         assert scoring.proportion_margin_of_error(0, 0) is None
 
 
+class TestWilson:
+    def test_an_interval_off_centre_inside_0_to_100(self) -> None:
+        # 3 of 4: (0.75 + 0.4802 ± 1.96·√(0.046875 + 0.060025)) / 1.9604 = 30.06% to 95.44%.
+        low, high = scoring.wilson_interval(3, 4) or (0.0, 0.0)
+        assert low == pytest.approx(30.0636, abs=1e-3)
+        assert high == pytest.approx(95.4414, abs=1e-3)
+
+    @pytest.mark.parametrize(
+        ("part", "n", "low", "high"),
+        [
+            # None of 5 repeat: 0% to z²/(n + z²) = 3.8416 / 8.8416, not "0% ± 0".
+            (0, 5, 0.0, 43.4496),
+            (5, 5, 56.5504, 100.0),
+            # One customer: 20.65% to 100%, never certain.
+            (1, 1, 20.6543, 100.0),
+            (0, 1, 0.0, 79.3457),
+        ],
+    )
+    def test_the_bounds_are_never_zero_wide(
+        self, part: int, n: int, low: float, high: float
+    ) -> None:
+        found = scoring.wilson_interval(part, n)
+        assert found is not None
+        assert found[0] == pytest.approx(low, abs=1e-3)
+        assert found[1] == pytest.approx(high, abs=1e-3)
+
+    def test_nothing_to_measure(self) -> None:
+        assert scoring.wilson_interval(0, 0) is None
+
+
 class TestMean:
     def test_mean_and_its_margin(self) -> None:
         # Scores 1..5: sum 15, sum of squares 55, mean 3.

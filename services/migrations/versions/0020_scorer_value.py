@@ -6,12 +6,14 @@
   its refunds in the order's currency, kept by the write path and ``cxloop scorer
   rebuild``; net revenue is ``amount_minor - least(refunded_minor, amount_minor)``.
   ``orders_completed`` covers the range reads of ``GET /v1/value`` (an index-only scan of
-  the completions in a range); ``orders_customer`` finds a customer's orders, and covers
-  the columns of revenue at risk (an index-only scan per customer).
+  the completions in a range, and of the CLV year's); ``orders_customer`` finds a
+  customer's orders, and covers the columns of their ``customer_revenue`` row (an
+  index-only scan per customer).
 * ``order_refunds``: one row per (order_id, refund_id), kept even before its order.
 * ``customer_revenue``: per customer and currency, the exact facts of their completed
-  orders: how many, net revenue, first and last purchase. Recomputed from ``orders`` for
-  every customer a batch touches, and by a rebuild.
+  orders: how many, net revenue (``numeric``: 10,000 orders of ``shared.money.MAX_MINOR``
+  pass bigint), first and last purchase. Recomputed from ``orders`` for every customer a
+  batch touches, under the customer's advisory lock, and by a rebuild.
 * ``customer_nps``: every NPS answer's customer, time and score, without its text, so a
   customer's latest category survives erasure under the pseudonym (raw responses do not).
   Filled here from the raw responses: answers erased before this migration are gone.
@@ -90,7 +92,8 @@ def upgrade() -> None:
         sa.Column("customer_id", sa.Text, primary_key=True),
         sa.Column("currency", sa.Text, primary_key=True),
         sa.Column("orders", sa.BigInteger, nullable=False),
-        sa.Column("revenue_minor", sa.BigInteger, nullable=False),
+        # numeric: a customer's many large orders can sum past bigint.
+        sa.Column("revenue_minor", sa.Numeric, nullable=False),
         sa.Column("first_purchase_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_purchase_at", sa.DateTime(timezone=True), nullable=False),
     )
