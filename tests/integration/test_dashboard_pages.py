@@ -975,7 +975,7 @@ class TestValuePanel:
     """The "NPS and revenue" panel shows /v1/value's figures, per currency, in the viewer's
     language and money format."""
 
-    async def _seed(self, engine: AsyncEngine) -> None:
+    async def _seed(self, engine: AsyncEngine, site: Site) -> None:
         at = NOW - timedelta(days=3)
         promoters = [f"p{i}" for i in range(4)]
         detractors = [f"d{i}" for i in range(3)]
@@ -999,13 +999,14 @@ class TestValuePanel:
                 order_event("o-usd", "19.90", "USD", customer_id="p0", occurred_at=at),
             ],
         )
+        # The page of a rolling window shows the scorer's snapshot, taken at start-up.
+        await site.app.state.value_snapshots.refresh(engine)
 
     async def test_each_currency_and_category_as_the_api_says(
         self, site: Site, engine: AsyncEngine
     ) -> None:
-        await self._seed(engine)
+        await self._seed(engine, site)
         # The scorer's 30d snapshot was taken as it started, before the seed: take it again.
-        await site.app.state.value_snapshots.refresh(engine)
         page = await site.page("/dashboard")
         api = await site.json("/v1/value", window="30d")
         by_currency = {c["currency"]: c for c in api["currencies"]}
@@ -1034,7 +1035,7 @@ class TestValuePanel:
         assert "$" not in jpy.text
 
     async def test_japanese_money_and_labels(self, site: Site, engine: AsyncEngine) -> None:
-        await self._seed(engine)
+        await self._seed(engine, site)
         async with site.client(**{"Accept-Language": "ja"}) as browser:
             await site.sign_in(browser, site.api.headers["Authorization"].split()[1])
             page = parse(await browser.get("/dashboard"))
@@ -1046,7 +1047,7 @@ class TestValuePanel:
     async def test_touchpoint_filters_are_said_not_to_apply(
         self, site: Site, engine: AsyncEngine
     ) -> None:
-        await self._seed(engine)
+        await self._seed(engine, site)
         page = await site.page("/dashboard", touchpoint="checkout")
         assert page.status == 200
         assert "do not apply here" in page.id("value").text
