@@ -252,6 +252,24 @@ def decide(orders: dict[str, Order | None], facts: Sequence[OrderFact]) -> list[
     return [apply(orders, fact) for fact in facts]
 
 
+def decide_stored(
+    orders: dict[str, Order | None], facts: Sequence[OrderFact], stored: Sequence[bool]
+) -> list[Decision]:
+    """Decide each of ``facts`` as if only the earlier ones ``stored`` had been recorded.
+
+    A fact not stored is judged on a copy of its order and leaves ``orders`` as they were.
+    """
+    decisions = []
+    for fact, keep in zip(facts, stored, strict=True):
+        if keep:
+            decisions.append(apply(orders, fact))
+            continue
+        order = orders.get(fact.order_id)
+        trial = {fact.order_id: order.copy() if order is not None else None}
+        decisions.append(apply(trial, fact))
+    return decisions
+
+
 # Row locks, not advisory locks: a row lock lives in the row itself, so a batch of 500
 # orders takes no slot of the shared lock table (which an advisory lock per order did, and
 # held across the produce). An order not yet in the ledger gets a placeholder row first
@@ -428,6 +446,11 @@ class LedgerSession:
         """Decide ``facts`` in order; nothing is written yet."""
         orders = {k: v.copy() if v else None for k, v in self._before.items()}
         return decide(orders, [self._as_stored(f) for f in facts])
+
+    def decide_stored(self, facts: Sequence[OrderFact], stored: Sequence[bool]) -> list[Decision]:
+        """Decide ``facts`` again, as if only the ``stored`` ones among them were recorded."""
+        orders = {k: v.copy() if v else None for k, v in self._before.items()}
+        return decide_stored(orders, [self._as_stored(f) for f in facts], stored)
 
     async def commit(self, facts: Sequence[OrderFact]) -> None:
         """Write ``facts`` (the new ones the broker acknowledged), in order, and commit."""

@@ -71,6 +71,10 @@ LEDGER_BUSY = (
     "connection was free"
 )
 FIRST_MISSED = "the order event it repeats, earlier in this batch, was not acknowledged"
+EARLIER_MISSED = (
+    "an order event earlier in this batch, which this one was judged after, was not acknowledged"
+)
+SAME_KEY_MISSED = "the item with the same key earlier in this batch was not acknowledged"
 
 
 @dataclass(frozen=True)
@@ -271,15 +275,20 @@ class Ingest:
         if batch is not None and any(item.batch == batch.key for item in items):
             claims.insert(0, batch)  # before its items, as IdempotencyStore.claim requires
         verdicts = dict(zip([c.key for c in claims], await self.store.claim(claims), strict=True))
-        statuses: list[Status | None] = []
-        for i, item in enumerate(items):
-            statuses.append(None if item.key is None else _status(items, first_of_key, i, verdicts))
         judged = _Judged(
             event_ids=[item.event.event_id for item in items],
             errors=[None] * len(items),
             reasons=[""] * len(items),
             causes=[None] * len(items),
         )
+        statuses: list[Status | None] = []
+        for i, item in enumerate(items):
+            status = None if item.key is None else _status(items, first_of_key, i, verdicts)
+            statuses.append(status)
+            if status is Status.DUPLICATE and item.key is not None:
+                first = first_of_key[item.key]
+                if first != i and verdicts[item.key] is Verdict.NEW:
+                    judged.same_key[i] = first  # its answer is the first's, known later
         facts = {
             i: OrderFact.of(item.event, item.order_amount_minor)
             for i, item in enumerate(items)
@@ -295,11 +304,14 @@ class Ingest:
                 statuses[i] = Status.ACCEPTED if ok else Status.UNAVAILABLE
                 judged.causes[i] = None if ok else BROKER_MISSED
             acked = [i for i, ok in zip(to_send, sent, strict=True) if ok]
+            if ledger is not None:
+                _judge_again(ledger, facts, statuses, judged, set(acked))
             # A duplicate of an event this request itself sent stands only if that was acked.
             for i, first in judged.repeats.items():
                 if statuses[first] is not Status.ACCEPTED:
                     statuses[i] = Status.UNAVAILABLE
                     judged.causes[i] = FIRST_MISSED
+            _follow_first_of_key(statuses, judged)
             if ledger is not None:
                 await _commit(ledger, [facts[i] for i in acked if i in facts])
         finally:
@@ -488,6 +500,58 @@ class _Judged:
     ledger_refused: set[int] = field(default_factory=set)
     ledger_duplicates: set[int] = field(default_factory=set)
     repeats: dict[int, int] = field(default_factory=dict)
+    same_key: dict[int, int] = field(default_factory=dict)
+
+
+def _judge_again(
+    ledger: LedgerSession,
+    facts: dict[int, OrderFact],
+    statuses: list[Status | None],
+    judged: _Judged,
+    acked: set[int],
+) -> None:
+    """Judge the ledger's refusals again against only the order events the broker acked.
+
+    Each order event was judged as if the new ones before it in this request would be
+    stored. When one of those was missed, a refusal that rested on it is no answer (a 422
+    is final for a client): the event is unavailable instead, so that it is resent.
+    """
+    missed = [
+        i
+        for i in facts
+        if i not in acked and i not in judged.ledger_refused and i not in judged.ledger_duplicates
+    ]
+    if not missed or not judged.ledger_refused:
+        return
+    decisions = ledger.decide_stored(list(facts.values()), [i in acked for i in facts])
+    for i, decision in zip(facts, decisions, strict=True):
+        if i in judged.ledger_refused and decision.verdict in (
+            OrderVerdict.NEW,
+            OrderVerdict.DUPLICATE,
+        ):
+            judged.ledger_refused.discard(i)
+            statuses[i] = Status.UNAVAILABLE
+            judged.errors[i] = None
+            judged.causes[i] = EARLIER_MISSED
+
+
+def _follow_first_of_key(statuses: list[Status | None], judged: _Judged) -> None:
+    """Answer each later item of a key used twice in one request as its first was answered:
+    a duplicate of it if it was stored, unavailable if the broker missed it, and refused as
+    it was if the ledger refused it."""
+    for i, first in judged.same_key.items():
+        status = statuses[first]
+        judged.event_ids[i] = judged.event_ids[first]
+        judged.errors[i] = judged.errors[first]
+        judged.reasons[i] = judged.reasons[first]
+        if status is Status.ACCEPTED:
+            statuses[i] = Status.DUPLICATE
+        elif status is Status.UNAVAILABLE and judged.causes[first] == BROKER_MISSED:
+            statuses[i] = Status.UNAVAILABLE
+            judged.causes[i] = SAME_KEY_MISSED
+        else:
+            statuses[i] = status
+            judged.causes[i] = judged.causes[first]
 
 
 async def _commit(ledger: LedgerSession, acked: list[OrderFact]) -> None:
@@ -690,7 +754,8 @@ async def submit_batch(
     for index, item, outcome in zip(positions, items, outcomes, strict=True):
         if outcome.status is Status.UNAVAILABLE and outcome.cause not in (None, BROKER_MISSED):
             assert outcome.cause is not None
-            errors = [{"field": "order_id", "detail": outcome.cause}]
+            named = item.named_by if outcome.cause == SAME_KEY_MISSED else "order_id"
+            errors = [{"field": named, "detail": outcome.cause}]
             results[index] = ItemResult(index=index, status="unavailable", errors=errors)
         elif outcome.error is not None:
             status = "conflict" if outcome.status is Status.CONFLICT else "rejected"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -464,3 +464,76 @@ class TestBusyOrDown:
         bodies = [{**order, "amount": str(1000 + n)} for n in range(6)]
         answers = await asyncio.gather(*(collector.post("/v1/events", json=b) for b in bodies))
         assert sorted(a.status_code for a in answers) == [202] + [409] * 5
+
+
+def broker_misses(monkeypatch: pytest.MonkeyPatch, missed: Callable[[Any], bool]) -> None:
+    """Make the broker miss the events ``missed`` picks and acknowledge the others."""
+    produce = Ingest._produce
+
+    async def partly(self: Ingest, events: Any) -> list[bool]:
+        acks = iter(await produce(self, [e for e in events if not missed(e)]))
+        return [False if missed(e) else next(acks) for e in events]
+
+    monkeypatch.setattr(Ingest, "_produce", partly)
+
+
+class TestRefusalsThatRestedOnAMiss:
+    async def test_a_refund_refused_after_one_the_broker_missed_is_unavailable(
+        self, collector: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        order = order_payload(amount="1000")
+        assert (await collector.post("/v1/events", json=order)).status_code == 202
+        first = refund_payload(order, amount="700")
+        second = refund_payload(order, amount="400")
+        broker_misses(monkeypatch, lambda e: e.refund_id == first["refund_id"])
+        r = await collector.post("/v1/events/batch", json={"items": [first, second]})
+        assert r.status_code == 503, r.text
+        assert [x["status"] for x in r.json()["results"]] == ["unavailable", "unavailable"]
+        monkeypatch.undo()
+        r = await collector.post("/v1/events", json=second)
+        assert r.status_code == 202, r.text
+        assert r.json()["status"] == "accepted"
+
+    async def test_a_refusal_that_stands_without_the_miss_stays_422(
+        self, collector: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        order = order_payload(amount="1000")
+        assert (await collector.post("/v1/events", json=order)).status_code == 202
+        first = refund_payload(order, amount="700")
+        second = refund_payload(order, amount="1001")
+        broker_misses(monkeypatch, lambda e: e.refund_id == first["refund_id"])
+        r = await collector.post("/v1/events/batch", json={"items": [first, second]})
+        assert [x["status"] for x in r.json()["results"]] == ["unavailable", "rejected"]
+
+
+class TestTheSameKeyTwiceInABatch:
+    async def test_a_repeat_of_an_item_the_broker_missed_is_unavailable(
+        self, collector: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        body = {
+            "type": "ticket.created",
+            "ticket_id": "T-1",
+            "customer_id": "c1",
+            "channel": "email",
+            "event_id": str(uuid.uuid4()),
+        }
+        broker_misses(monkeypatch, lambda e: True)
+        r = await collector.post("/v1/events/batch", json={"items": [body, dict(body)]})
+        assert r.status_code == 503, r.text
+        results = r.json()["results"]
+        assert [x["status"] for x in results] == ["unavailable", "unavailable"]
+        assert results[1]["errors"][0]["field"] == "event_id"
+
+    async def test_a_repeat_of_an_item_the_ledger_refused_is_refused_alike(
+        self, collector: httpx.AsyncClient
+    ) -> None:
+        order = order_payload(amount="1000")
+        assert (await collector.post("/v1/events", json=order)).status_code == 202
+        too_much = refund_payload(order, amount="1001", event_id=str(uuid.uuid4()))
+        r = await collector.post("/v1/events/batch", json={"items": [too_much, dict(too_much)]})
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert [x["status"] for x in results] == ["rejected", "rejected"]
+        assert [x["errors"][0]["field"] for x in results] == ["amount", "amount"]
+        r = await collector.post("/v1/events", json={**too_much, "amount": "1000"})
+        assert r.status_code == 202, r.text
