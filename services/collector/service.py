@@ -377,8 +377,16 @@ class Ingest:
                 )
                 and (k := item.key)
             ]
-        await self.store.unclaim(refused)
-        await self.store.mark_produced(produced, missed)
+        # After the broker's answer nothing here may fail the request: the events stand.
+        for what, settle in (
+            ("release", lambda: self.store.unclaim(refused)),
+            ("mark", lambda: self.store.mark_produced(produced, missed)),
+        ):
+            try:
+                await settle()
+            except Exception as exc:
+                log.error("could not %s idempotency keys: %s", what, type(exc).__name__)
+                metrics.KEYS_UNSETTLED.labels(what=what).inc()
 
     async def _open_ledger(
         self, facts: dict[int, OrderFact], statuses: list[Status | None], judged: _Judged

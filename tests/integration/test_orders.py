@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 import httpx
@@ -537,3 +538,26 @@ class TestTheSameKeyTwiceInABatch:
         assert [x["errors"][0]["field"] for x in results] == ["amount", "amount"]
         r = await collector.post("/v1/events", json={**too_much, "amount": "1000"})
         assert r.status_code == 202, r.text
+
+
+class TestAFullPool:
+    async def test_no_free_connection_is_503_busy_within_the_lock_timeout(
+        self,
+        database_url: str,
+        kafka_settings: KafkaSettings,
+        auth: AuthSettings,
+        api_key: str,
+    ) -> None:
+        app = create_collector(
+            kafka=kafka_settings,
+            database=DatabaseSettings(url=database_url, pool_size=1),
+            auth=auth,
+        )
+        async with serving(app, api_key, "collector") as client, AsyncExitStack() as held:
+            engine = app.state.engine
+            for _ in range(engine.pool.size() + engine.pool._max_overflow):
+                await held.enter_async_context(engine.connect())
+            async with asyncio.timeout(10):
+                r = await client.post("/v1/events", json=order_payload())
+        assert r.status_code == 503, r.text
+        assert "order ledger is busy" in r.json()["detail"]
