@@ -313,7 +313,7 @@ class Ingest:
                     judged.causes[i] = FIRST_MISSED
             _follow_first_of_key(statuses, judged)
             if ledger is not None:
-                await _commit(ledger, [facts[i] for i in acked if i in facts])
+                await self._record(ledger, [facts[i] for i in acked if i in facts])
         finally:
             if ledger is not None:
                 await _close(ledger)
@@ -444,6 +444,47 @@ class Ingest:
                 judged.errors[i] = {"field": decision.field, "detail": decision.detail}
                 judged.ledger_refused.add(i)
 
+    async def _record(self, ledger: LedgerSession, acked: list[OrderFact]) -> None:
+        """Record the acknowledged order events; the broker has them whatever happens here.
+
+        A failed commit is retried once in a fresh transaction (its own connection, the
+        first one closed so that its locks are gone): the orders are read and judged again,
+        and an event recorded meanwhile comes back a duplicate and is not written twice.
+        When that fails too, it is logged by its kind alone, never its message (it may quote
+        an order's values), and counted: the events stand and are answered 2xx. Counting
+        does not suffer: the scorer and alerting count an order once by its order_id and a
+        refund once by (order_id, refund_id). What is lost is the ledger's memory of them,
+        so a later resend is produced again (and dropped downstream by the same keys), and a
+        refund of them is capped less. With nothing acked there is nothing to lose: the
+        placeholders roll back with the transaction.
+        """
+        try:
+            await ledger.commit(acked)
+            return
+        except Exception as exc:
+            if not acked:
+                return
+            log.warning(
+                "order ledger could not record %d acknowledged order event(s), retrying: %s",
+                len(acked),
+                type(exc).__name__,
+            )
+        await _close(ledger)
+        assert self.orders is not None
+        try:
+            again = await self.orders.begin(acked)
+            try:
+                await again.commit(acked)
+            finally:
+                await _close(again)
+        except Exception as exc:
+            log.error(
+                "order ledger could not record %d acknowledged order event(s): %s",
+                len(acked),
+                type(exc).__name__,
+            )
+            metrics.ORDER_LEDGER_MISSED.inc(len(acked))
+
     async def _produce(self, events: Sequence[Event]) -> list[bool]:
         if not events:
             return []
@@ -560,27 +601,6 @@ def _follow_first_of_key(statuses: list[Status | None], judged: _Judged) -> None
         else:
             statuses[i] = status
             judged.causes[i] = judged.causes[first]
-
-
-async def _commit(ledger: LedgerSession, acked: list[OrderFact]) -> None:
-    """Record the acknowledged order events; the broker has them whatever happens here.
-
-    Any failure (Postgres gone, a constraint, a bug) is logged by its kind alone, never its
-    message (it may quote an order's values), and counted: the events stand and are answered
-    2xx. Counting does not suffer: the scorer and alerting count an order once by its
-    order_id and a refund once by (order_id, refund_id). What is lost is the ledger's
-    memory of them, so a later resend is produced again (and dropped downstream by the
-    same keys), and a refund of them is capped less.
-    """
-    try:
-        await ledger.commit(acked)
-    except Exception as exc:
-        log.error(
-            "order ledger could not record %d acknowledged order event(s): %s",
-            len(acked),
-            type(exc).__name__,
-        )
-        metrics.ORDER_LEDGER_MISSED.inc(len(acked))
 
 
 async def _close(ledger: LedgerSession) -> None:

@@ -394,6 +394,42 @@ class TestAfterTheAck:
         assert "ORD-secret" not in caplog.text
         assert len(await orders_on_topic(kafka_settings, 1)) == 1
 
+    async def test_a_commit_that_fails_once_is_retried_in_a_fresh_transaction(
+        self, collector: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        commit = LedgerSession.commit
+        calls: list[int] = []
+
+        async def once_broken(self: LedgerSession, facts: Any) -> None:
+            calls.append(len(facts))
+            if len(calls) == 1:
+                raise sa.exc.OperationalError("COMMIT", {}, ConnectionResetError())
+            await commit(self, facts)
+
+        monkeypatch.setattr(LedgerSession, "commit", once_broken)
+        before = missed_total()
+        order = order_payload()
+        first = await collector.post("/v1/events", json=order)
+        assert first.status_code == 202, first.text
+        assert (calls, missed_total()) == ([1, 1], before)
+        monkeypatch.undo()
+        again = await collector.post("/v1/events", json=order)
+        assert again.json() == {"event_id": first.json()["event_id"], "status": "duplicate"}
+
+    async def test_a_failed_commit_of_nothing_acked_is_not_logged(
+        self,
+        collector: httpx.AsyncClient,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        async def broken(self: LedgerSession, facts: Any) -> None:
+            raise sa.exc.OperationalError("COMMIT", {}, ConnectionResetError())
+
+        monkeypatch.setattr(LedgerSession, "commit", broken)
+        r = await collector.post("/v1/events", json=refund_payload(order_payload(), amount="0"))
+        assert r.status_code == 422, r.text
+        assert "order ledger" not in caplog.text
+
 
 class TestBusyOrDown:
     async def test_an_order_locked_past_the_timeout_is_503_naming_the_ledger(
