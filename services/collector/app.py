@@ -133,7 +133,13 @@ def create_app(
         store = IdempotencyStore(engine, timedelta(days=collector.idempotency_window_days))
         app.state.engine = engine
         app.state.producer = handle
-        app.state.ingest = Ingest(handle, store, collector, event_ids, OrderLedger(engine, hasher))
+        app.state.ingest = Ingest(
+            handle,
+            store,
+            collector,
+            event_ids,
+            OrderLedger(engine, hasher, produce_timeout=kafka.produce_timeout_seconds),
+        )
         stop = asyncio.Event()
         retention = timedelta(days=collector.invitation_retention_days)
         purge = asyncio.create_task(_purge(store, engine, retention, stop), name="purge")

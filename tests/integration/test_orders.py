@@ -15,9 +15,10 @@ from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from services.collector.app import create_app as create_collector
-from services.collector.orders import LedgerSession, OrderLedger
+from services.collector.orders import LedgerSession, OrderFact, OrderLedger
 from services.collector.service import Ingest
 from shared.events import TouchpointEvent
+from shared.privacy import Hasher
 from shared.settings import AuthSettings, CollectorSettings, DatabaseSettings, KafkaSettings
 from shared.topics import Topic
 from tests.builders import order_payload, refund_payload
@@ -597,3 +598,29 @@ class TestAFullPool:
                 r = await client.post("/v1/events", json=order_payload())
         assert r.status_code == 503, r.text
         assert "order ledger is busy" in r.json()["detail"]
+
+
+class TestBoundedTransactions:
+    async def test_a_ledger_transaction_bounds_its_locks_statements_and_idle_time(
+        self, database_url: str
+    ) -> None:
+        engine = create_async_engine(database_url)
+        try:
+            ledger = OrderLedger(engine, Hasher(b"k" * 16), produce_timeout=3)
+            fact = OrderFact("order.completed", "ORD-bounded", "c1", "JPY", 100, uuid.uuid4())
+            session = await ledger.begin([fact])
+            try:
+                row = (
+                    await session._conn.execute(
+                        sa.text(
+                            "SELECT current_setting('lock_timeout'),"
+                            " current_setting('statement_timeout'),"
+                            " current_setting('idle_in_transaction_session_timeout')"
+                        )
+                    )
+                ).one()
+            finally:
+                await session.close()
+        finally:
+            await engine.dispose()
+        assert tuple(row) == ("2s", "5s", "13s")  # idle: the produce's timeout and 10 s
