@@ -317,7 +317,8 @@ class Ingest:
         finally:
             if ledger is not None:
                 await _close(ledger)
-        await self._settle_keys(items, batch, statuses, acked, judged)
+        batch_new = batch is not None and verdicts.get(batch.key) is Verdict.NEW
+        await self._settle_keys(items, batch if batch_new else None, statuses, acked, judged)
         outcomes = []
         for i, (item, status) in enumerate(zip(items, statuses, strict=True)):
             assert status is not None
@@ -353,16 +354,23 @@ class Ingest:
         batch item stays claimed whatever became of it: released, it would look foreign to
         its batch key on a resend and conflict. The items the broker missed, and those the
         ledger refused or answered duplicate, keep their claims as long as the batch's, so
-        that a resend finds each of them again.
+        that a resend finds each of them again. A batch that stored nothing is released with
+        all its items, as a refused request is, so that a corrected resend under its key is
+        new. ``batch`` is None unless this request claimed it afresh: a key produced before,
+        or used for something else, is not this request's to release.
         """
         produced = [k for i in acked if (k := items[i].key)]
         missed: list[str] = []
-        refused = [
+        released = [
             k
             for i, item in enumerate(items)
             if i in judged.ledger_refused and item.batch is None and (k := item.key)
         ]
-        if batch is not None and any(items[i].batch == batch.key for i in acked):
+        if batch is not None and not any(items[i].batch == batch.key for i in acked):
+            released += [batch.key] + [
+                k for item in items if item.batch == batch.key and (k := item.key)
+            ]
+        elif batch is not None:
             produced.append(batch.key)
             acked_set = set(acked)
             missed = [
@@ -379,7 +387,7 @@ class Ingest:
             ]
         # After the broker's answer nothing here may fail the request: the events stand.
         for what, settle in (
-            ("release", lambda: self.store.unclaim(refused)),
+            ("release", lambda: self.store.unclaim(released)),
             ("mark", lambda: self.store.mark_produced(produced, missed)),
         ):
             try:

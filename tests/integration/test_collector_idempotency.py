@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from services.collector.app import create_app
 from services.collector.idempotency import Claim, IdempotencyStore, Verdict
+from services.collector.service import Ingest
 from services.migrations import downgrade, upgrade
 from services.servers import free_port
 from shared.apikeys import KeyKind, Scope, create_key
@@ -529,6 +530,31 @@ class TestUnacknowledgedBatches:
             assert statuses(again.json()) == [expected, expected]
             ids = [r["event_id"] for r in again.json()["results"]]
             assert ids == [r["event_id"] for r in first.json()["results"]]
+
+    async def test_a_keyed_batch_that_stored_nothing_takes_a_corrected_resend(
+        self, collector: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        produce = Ingest._produce
+
+        async def nothing_acked(self: Ingest, events: Any) -> list[bool]:
+            return [False] * len(events)
+
+        monkeypatch.setattr(Ingest, "_produce", nothing_acked)
+        items = [response_payload(customer_id=f"c-{i}") for i in range(2)]
+        headers = keyed("upload-2026-12-05")
+        missed = await collector.post("/v1/responses/batch", json={"items": items}, headers=headers)
+        assert missed.status_code == 503
+        monkeypatch.setattr(Ingest, "_produce", produce)
+        corrected = [items[0], {**items[1], "score": 3}]
+        resent = await collector.post(
+            "/v1/responses/batch", json={"items": corrected}, headers=headers
+        )
+        assert resent.status_code == 200, resent.text
+        assert statuses(resent.json()) == ["accepted", "accepted"]
+        again = await collector.post(
+            "/v1/responses/batch", json={"items": corrected}, headers=headers
+        )
+        assert statuses(again.json()) == ["duplicate", "duplicate"]
 
 
 class TestMigration:
