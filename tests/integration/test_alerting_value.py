@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.alerting import gauges, service
+from services.alerting import gauges, service, timers
 from services.alerting.config import AlertingConfig
 from services.alerting.consumer import AlertHandler
 from services.alerting.models import alerts as alerts_table
@@ -223,6 +223,28 @@ class TestValueOnTheAlert:
         assert after == {"customer": 1, "currency": 1, "amount": 2}
         alert = await answer(engine, handler, "hal")
         assert value_of(alert) == [("JPY", "5100", 2, False)]
+
+    async def test_a_conflict_in_a_batch_that_is_retried_is_counted_once(
+        self, engine: AsyncEngine, handler: AlertHandler, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        await handler(batch(order("kim", "o-1", "5000")))
+        before = _conflicts("amount")
+        track = timers.track
+        calls: list[int] = []
+
+        async def fails_once(*args: Any, **kwargs: Any) -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                raise sa.exc.OperationalError("INSERT", {}, ConnectionResetError())
+            await track(*args, **kwargs)
+
+        monkeypatch.setattr(timers, "track", fails_once)
+        retried = batch(order("kim", "o-1", "6000"))
+        with pytest.raises(sa.exc.OperationalError):
+            await handler(retried)  # rolled back: the consumer retries the batch
+        assert _conflicts("amount") == before
+        await handler(retried)
+        assert _conflicts("amount") == before + 1
 
     async def test_a_replay_loads_orders_the_ledger_already_applied(
         self, engine: AsyncEngine, handler: AlertHandler
