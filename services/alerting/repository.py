@@ -518,13 +518,14 @@ async def customer_values(
 
 # Rows per purge statement: each chunk is its own short transaction.
 PURGE_CHUNK = 5000
-# Old orders, a chunk at a time in key order, skipping rows a transaction holds (an erasure
-# pseudonymising them, a consumer inserting): the purge never waits on a row lock, so it
-# cannot deadlock with an erasure, and what it skipped goes at the next purge.
+# Old orders, a chunk at a time in no order (read from the completed_at index, never
+# sorted: any old rows will do, the next chunk takes the rest), skipping rows a transaction
+# holds (an erasure pseudonymising them, a consumer inserting): the purge never waits on a
+# row lock, so it cannot deadlock with an erasure, and what it skipped goes at the next purge.
 _PURGE_ORDERS = sa.text("""
 DELETE FROM alerting_orders WHERE order_id IN (
     SELECT order_id FROM alerting_orders WHERE completed_at < now() - CAST(:older_than AS interval)
-    ORDER BY order_id LIMIT :chunk FOR UPDATE SKIP LOCKED
+    LIMIT :chunk FOR UPDATE SKIP LOCKED
 )
 """)
 _PURGE_REFUNDS = sa.text("""

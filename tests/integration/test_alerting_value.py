@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.alerting import gauges, service, timers
+from services.alerting import gauges, repository, service, timers
 from services.alerting.config import AlertingConfig
 from services.alerting.consumer import AlertHandler
 from services.alerting.models import alerts as alerts_table
@@ -341,6 +341,19 @@ class TestHighValue:
 
 
 class TestErasureAndRetention:
+    async def test_the_purge_reads_old_orders_from_the_completed_at_index_unsorted(
+        self, engine: AsyncEngine
+    ) -> None:
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
+            rows = await conn.execute(
+                sa.text(f"EXPLAIN {repository._PURGE_ORDERS.text}"),
+                {"older_than": timedelta(days=400), "chunk": 5000},
+            )
+            plan = "\n".join(row[0] for row in rows)
+        assert "alerting_orders_completed" in plan, plan
+        assert "Sort" not in plan, plan
+
     async def test_erasure_pseudonymises_orders_and_repeats_still_count_once(
         self, engine: AsyncEngine, handler: AlertHandler
     ) -> None:
