@@ -624,3 +624,35 @@ class TestBoundedTransactions:
         finally:
             await engine.dispose()
         assert tuple(row) == ("2s", "5s", "13s")  # idle: the produce's timeout and 10 s
+
+
+async def rows_of(database_url: str, order_id: str) -> int:
+    sql = "SELECT count(*) FROM collector_orders WHERE order_id = :o"
+    return int(await scalar(database_url, sql, o=order_id))
+
+
+class TestNoPlaceholderLeft:
+    async def test_after_a_refused_refund_of_an_unknown_order(
+        self, collector: httpx.AsyncClient, database_url: str
+    ) -> None:
+        order = order_payload()
+        r = await collector.post("/v1/events", json=refund_payload(order, amount="0"))
+        assert r.status_code == 422, r.text
+        assert await rows_of(database_url, order["order_id"]) == 0
+        other = {**order, "customer_id": "someone-else"}
+        assert (await collector.post("/v1/events", json=other)).status_code == 202
+
+    async def test_after_a_broker_miss(
+        self,
+        collector: httpx.AsyncClient,
+        database_url: str,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        order = order_payload()
+        broker_misses(monkeypatch, lambda e: True)
+        r = await collector.post("/v1/events", json=refund_payload(order))
+        assert r.status_code == 503, r.text
+        monkeypatch.undo()
+        assert await rows_of(database_url, order["order_id"]) == 0
+        other = {**order, "customer_id": "someone-else"}
+        assert (await collector.post("/v1/events", json=other)).status_code == 202
