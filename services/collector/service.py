@@ -386,15 +386,14 @@ class Ingest:
                 and (k := item.key)
             ]
         # After the broker's answer nothing here may fail the request: the events stand.
-        for what, settle in (
-            ("release", lambda: self.store.unclaim(released)),
-            ("mark", lambda: self.store.mark_produced(produced, missed)),
-        ):
-            try:
-                await settle()
-            except Exception as exc:
-                log.error("could not %s idempotency keys: %s", what, type(exc).__name__)
-                metrics.KEYS_UNSETTLED.labels(what=what).inc()
+        try:
+            await self.store.unclaim(released)
+        except Exception as exc:
+            _unsettled("release", exc)
+        try:
+            await self.store.mark_produced(produced, missed)
+        except Exception as exc:
+            _unsettled("mark", exc)
 
     async def _open_ledger(
         self, facts: dict[int, OrderFact], statuses: list[Status | None], judged: _Judged
@@ -616,6 +615,11 @@ async def _close(ledger: LedgerSession) -> None:
         await ledger.close()
     except Exception as exc:
         log.warning("order ledger connection did not close cleanly: %s", type(exc).__name__)
+
+
+def _unsettled(what: str, exc: Exception) -> None:
+    log.error("could not %s idempotency keys: %s", what, type(exc).__name__)
+    metrics.KEYS_UNSETTLED.labels(what=what).inc()
 
 
 def _retrieve(future: asyncio.Future[object]) -> None:
