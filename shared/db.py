@@ -13,6 +13,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Table, bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -23,16 +24,19 @@ from shared.errors import PermanentError, SchemaOutdatedError
 from shared.settings import DatabaseSettings
 
 
-def create_engine(settings: DatabaseSettings) -> AsyncEngine:
+def create_engine(settings: DatabaseSettings, pool_timeout: float = 30.0) -> AsyncEngine:
     """Return an asyncpg engine that checks connections before use (Postgres may restart).
 
     Its errors never quote the statement's parameters (comments, phone numbers, customer
-    ids): an error's text reaches logs.
+    ids): an error's text reaches logs. ``pool_timeout`` is the longest wait, in seconds,
+    for a pooled connection before ``sqlalchemy.exc.TimeoutError`` (transient, see
+    :func:`is_transient`).
     """
     return create_async_engine(
         settings.sqlalchemy_url(),
         hide_parameters=True,
         pool_size=settings.pool_size,
+        pool_timeout=pool_timeout,
         pool_pre_ping=True,
         connect_args={
             "timeout": settings.connect_timeout_seconds,
@@ -45,8 +49,11 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Return whether ``exc`` means the database is unreachable rather than the query wrong."""
-    if isinstance(exc, OperationalError | InterfaceError | OSError | ConnectionError):
+    """Return whether ``exc`` means the database is unreachable (or every pooled connection
+    is busy) rather than the query wrong."""
+    if isinstance(
+        exc, OperationalError | InterfaceError | OSError | ConnectionError | PoolTimeoutError
+    ):
         return True
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 

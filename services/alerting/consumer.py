@@ -41,6 +41,7 @@ class AlertHandler:
 
     async def __call__(self, batch: Sequence[Decoded]) -> None:
         outcomes: list[tuple[rules.AlertDraft, bool]] = []
+        conflicts: list[str] = []  # counted once committed, as the alerts are
         customers = {
             e.event_id: e.customer_id
             for e in (d.event for d in batch)
@@ -58,7 +59,7 @@ class AlertHandler:
                     else e
                     for e in events
                 ]
-                outcomes.extend(await self._apply(conn, kept))
+                outcomes.extend(await self._apply(conn, kept, conflicts))
 
             async def erase(customer_id: str, pseudonym: str) -> None:
                 await repository.erase_customer(conn, customer_id, pseudonym)
@@ -74,9 +75,14 @@ class AlertHandler:
                 metrics.OPENED.labels(rule=draft.rule, severity=draft.severity.value).inc()
             else:
                 metrics.FOLDED.labels(rule=draft.rule).inc()
+        for kind in conflicts:
+            metrics.ORDER_CONFLICTS.labels(kind=kind).inc()
 
     async def _apply(
-        self, conn: AsyncConnection, events: list[ResponseSubmitted | TouchpointEvent]
+        self,
+        conn: AsyncConnection,
+        events: list[ResponseSubmitted | TouchpointEvent],
+        conflicts: list[str],
     ) -> list[tuple[rules.AlertDraft, bool]]:
         fresh = await repository.first_seen(conn, events)
         await repository.record_touches(conn, fresh)
@@ -84,7 +90,7 @@ class AlertHandler:
         # order event of the batch (pseudonymised already where the customer is erased), not
         # only the ledger's new ones: orders and refunds dedupe on their own keys, so a replay
         # loads the orders applied before alerting kept them.
-        await repository.record_orders(conn, events, {e.event_id for e in fresh})
+        conflicts += await repository.record_orders(conn, events, {e.event_id for e in fresh})
         flagged = []
         for event in fresh:
             if isinstance(event, ResponseSubmitted):

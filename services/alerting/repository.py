@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.alerting import lifecycle, metrics, outbox
+from services.alerting import lifecycle, outbox
 from services.alerting.config import AlertingConfig
 from services.alerting.models import (
     TOUCHES_KEPT,
@@ -394,7 +394,7 @@ async def record_orders(
     conn: AsyncConnection,
     events: Sequence[ResponseSubmitted | TouchpointEvent],
     fresh: Collection[uuid.UUID] = (),
-) -> None:
+) -> list[str]:
     """Keep each order's first completion and each refund once, in the order given (the
     first completion of an order in ``events`` is the one kept). Give every event of the
     batch, new to the ledger or not: orders and refunds dedupe on their own keys, so a
@@ -403,7 +403,9 @@ async def record_orders(
 
     A completion among ``fresh`` (the event ids the ledger just found new, so that a
     redelivery is not counted twice) whose order is kept for another customer, currency or
-    amount is counted in ``cxloop_alerting_order_conflicts_total``: the first one stands.
+    amount is returned by kind (customer, currency, amount), for the caller to count in
+    ``cxloop_alerting_order_conflicts_total`` once its transaction committed (a batch
+    retried or split is applied again): the first one stands.
     """
     completions: list[TouchpointEvent] = []
     completed: dict[str, TouchpointEvent] = {}
@@ -439,16 +441,16 @@ async def record_orders(
                 "amount_minor": [_minor(e) for e in refunded.values()],
             },
         )
-    if completions:
-        await _count_conflicts(conn, completions)
+    return await _conflicts(conn, completions) if completions else []
 
 
-async def _count_conflicts(conn: AsyncConnection, completions: list[TouchpointEvent]) -> None:
-    """Count each completion that differs from its order as kept (read after the insert,
-    so an order another transaction committed meanwhile is seen): by customer first, then
-    currency, then amount. Never an id in a label or a log."""
+async def _conflicts(conn: AsyncConnection, completions: list[TouchpointEvent]) -> list[str]:
+    """Return the kind of each completion that differs from its order as kept (read after
+    the insert, so an order another transaction committed meanwhile is seen): by customer
+    first, then currency, then amount. Never an id in a label or a log."""
     ids = sorted({e.order_id for e in completions if e.order_id is not None})
     kept = {r.order_id: r for r in await conn.execute(_STORED_ORDERS, {"order_id": ids})}
+    kinds: list[str] = []
     for event in completions:
         row = kept.get(event.order_id)
         if row is None:
@@ -461,7 +463,8 @@ async def _count_conflicts(conn: AsyncConnection, completions: list[TouchpointEv
             kind = "amount"
         else:
             continue
-        metrics.ORDER_CONFLICTS.labels(kind=kind).inc()
+        kinds.append(kind)
+    return kinds
 
 
 def _minor(event: TouchpointEvent) -> int:
@@ -515,13 +518,14 @@ async def customer_values(
 
 # Rows per purge statement: each chunk is its own short transaction.
 PURGE_CHUNK = 5000
-# Old orders, a chunk at a time in key order, skipping rows a transaction holds (an erasure
-# pseudonymising them, a consumer inserting): the purge never waits on a row lock, so it
-# cannot deadlock with an erasure, and what it skipped goes at the next purge.
+# Old orders, a chunk at a time in no order (read from the completed_at index, never
+# sorted: any old rows will do, the next chunk takes the rest), skipping rows a transaction
+# holds (an erasure pseudonymising them, a consumer inserting): the purge never waits on a
+# row lock, so it cannot deadlock with an erasure, and what it skipped goes at the next purge.
 _PURGE_ORDERS = sa.text("""
 DELETE FROM alerting_orders WHERE order_id IN (
     SELECT order_id FROM alerting_orders WHERE completed_at < now() - CAST(:older_than AS interval)
-    ORDER BY order_id LIMIT :chunk FOR UPDATE SKIP LOCKED
+    LIMIT :chunk FOR UPDATE SKIP LOCKED
 )
 """)
 _PURGE_REFUNDS = sa.text("""

@@ -105,14 +105,16 @@ class CurrencyValue:
 
     @classmethod
     def from_stored(cls, data: Mapping[str, Any]) -> CurrencyValue:
-        """The value of one currency as ``alerts.value`` keeps it."""
+        """The value of one currency as ``alerts.value`` keeps it (one stored without its
+        ``exponent`` gets the currency's)."""
         threshold = data.get("threshold_minor")
         currency = str(data["currency"])
+        stored_exponent = data.get("exponent")
         return cls(
             currency=currency,
             revenue_minor=int(data["revenue_minor"]),
             orders=int(data["orders"]),
-            exponent=int(data["exponent"]),
+            exponent=iso.exponent(currency) if stored_exponent is None else int(stored_exponent),
             threshold_minor=None if threshold is None else int(threshold),
         )
 

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.collector import invitations as invitations_store
 from services.collector import metrics, payments
 from services.collector.idempotency import EventIds, IdempotencyStore
-from services.collector.orders import OrderLedger
+from services.collector.orders import LOCK_TIMEOUT_SECONDS, OrderLedger
 from services.collector.ratelimit import RateLimiter
 from services.collector.routes import (
     customers,
@@ -115,7 +115,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(database)
+        # A request waits for a pooled connection no longer than for an order's lock.
+        engine = create_engine(database, pool_timeout=LOCK_TIMEOUT_SECONDS)
         await assert_schema_current(engine, MIGRATIONS_DIR)
         try:
             await verify_key(engine, hasher)
@@ -132,7 +133,13 @@ def create_app(
         store = IdempotencyStore(engine, timedelta(days=collector.idempotency_window_days))
         app.state.engine = engine
         app.state.producer = handle
-        app.state.ingest = Ingest(handle, store, collector, event_ids, OrderLedger(engine, hasher))
+        app.state.ingest = Ingest(
+            handle,
+            store,
+            collector,
+            event_ids,
+            OrderLedger(engine, hasher, produce_timeout=kafka.produce_timeout_seconds),
+        )
         stop = asyncio.Event()
         retention = timedelta(days=collector.invitation_retention_days)
         purge = asyncio.create_task(_purge(store, engine, retention, stop), name="purge")

@@ -40,6 +40,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.coalesce import Coalescer
@@ -255,7 +256,7 @@ class IdempotencyStore:
             return []
         try:
             return await self._claim(claims)
-        except (DBAPIError, OSError) as exc:
+        except (DBAPIError, OSError, PoolTimeoutError) as exc:
             if not is_transient(exc):
                 raise
             log.warning("idempotency store unreachable; producing without the duplicate check")
@@ -319,7 +320,7 @@ class IdempotencyStore:
         try:
             async with self._engine.connect() as conn:
                 return bool(await conn.scalar(query))
-        except (DBAPIError, OSError) as exc:
+        except (DBAPIError, OSError, PoolTimeoutError) as exc:
             if not is_transient(exc):
                 raise
             return False
@@ -332,7 +333,7 @@ class IdempotencyStore:
         try:
             async with self._engine.begin() as conn:
                 await conn.execute(_UNCLAIM, {"keys": sorted(set(keys))})
-        except (DBAPIError, OSError) as exc:
+        except (DBAPIError, OSError, PoolTimeoutError) as exc:
             # The resend of a corrected body then conflicts until the window passes.
             if not is_transient(exc):
                 raise
@@ -350,7 +351,7 @@ class IdempotencyStore:
             return
         try:
             await self._mark(marks)
-        except (DBAPIError, OSError) as exc:
+        except (DBAPIError, OSError, PoolTimeoutError) as exc:
             # Only the duplicate answer is lost: a repeat is produced and dropped downstream.
             if not is_transient(exc):
                 raise

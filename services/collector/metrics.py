@@ -39,6 +39,12 @@ ORDER_LEDGER_MISSED = Counter(
     "Order events the broker acknowledged (answered 2xx) but the order ledger could not "
     "record (its commit failed); their refunds are capped less.",
 )
+KEYS_UNSETTLED = Counter(
+    name("collector", "keys_unsettled", "total"),
+    "Requests whose idempotency keys could not be marked produced or released after the "
+    "broker answered (answered as produced all the same), by what (mark, release).",
+    ["what"],
+)
 STRIPE_EVENTS = Counter(
     name("collector", "stripe_events", "total"),
     "Signed Stripe events received, by type (charge.succeeded, charge.refunded, "

@@ -252,6 +252,24 @@ def decide(orders: dict[str, Order | None], facts: Sequence[OrderFact]) -> list[
     return [apply(orders, fact) for fact in facts]
 
 
+def decide_stored(
+    orders: dict[str, Order | None], facts: Sequence[OrderFact], stored: Sequence[bool]
+) -> list[Decision]:
+    """Decide each of ``facts`` as if only the earlier ones ``stored`` had been recorded.
+
+    A fact not stored is judged on a copy of its order and leaves ``orders`` as they were.
+    """
+    decisions = []
+    for fact, keep in zip(facts, stored, strict=True):
+        if keep:
+            decisions.append(apply(orders, fact))
+            continue
+        order = orders.get(fact.order_id)
+        trial = {fact.order_id: order.copy() if order is not None else None}
+        decisions.append(apply(trial, fact))
+    return decisions
+
+
 # Row locks, not advisory locks: a row lock lives in the row itself, so a batch of 500
 # orders takes no slot of the shared lock table (which an advisory lock per order did, and
 # held across the produce). An order not yet in the ledger gets a placeholder row first
@@ -429,6 +447,11 @@ class LedgerSession:
         orders = {k: v.copy() if v else None for k, v in self._before.items()}
         return decide(orders, [self._as_stored(f) for f in facts])
 
+    def decide_stored(self, facts: Sequence[OrderFact], stored: Sequence[bool]) -> list[Decision]:
+        """Decide ``facts`` again, as if only the ``stored`` ones among them were recorded."""
+        orders = {k: v.copy() if v else None for k, v in self._before.items()}
+        return decide_stored(orders, [self._as_stored(f) for f in facts], stored)
+
     async def commit(self, facts: Sequence[OrderFact]) -> None:
         """Write ``facts`` (the new ones the broker acknowledged), in order, and commit."""
         after = {k: v.copy() if v else None for k, v in self._before.items()}
@@ -449,17 +472,36 @@ class LedgerBusy(Exception):
 # Longest wait for an order's lock (another request holds it across its produce) or for the
 # erasure lock: past it the request is answered 503, rather than queueing without bound.
 LOCK_TIMEOUT_SECONDS: Final = 2.0
+# Longest run of one ledger statement (a batch's reads and writes take milliseconds).
+STATEMENT_TIMEOUT_SECONDS: Final = 5.0
+# What a ledger transaction may sit idle (across the produce) beyond the produce's own
+# timeout before Postgres ends it: a hung request then holds no order's lock for good.
+IDLE_MARGIN_SECONDS: Final = 10.0
+
+_TIMEOUTS = sa.text("""
+SELECT set_config('lock_timeout', :lock, true),
+       set_config('statement_timeout', :statement, true),
+       set_config('idle_in_transaction_session_timeout', :idle, true)
+""")
 
 
 class OrderLedger:
     """Opens one transaction per request over the orders its events name."""
 
     def __init__(
-        self, engine: AsyncEngine, hasher: Hasher, lock_timeout: float = LOCK_TIMEOUT_SECONDS
+        self,
+        engine: AsyncEngine,
+        hasher: Hasher,
+        lock_timeout: float = LOCK_TIMEOUT_SECONDS,
+        produce_timeout: float = 10.0,
     ) -> None:
         self._engine = engine
         self._hasher = hasher
-        self._lock_timeout_ms = max(1, round(lock_timeout * 1000))
+        self._timeouts = {
+            "lock": _ms(lock_timeout),
+            "statement": _ms(STATEMENT_TIMEOUT_SECONDS),
+            "idle": _ms(produce_timeout + IDLE_MARGIN_SECONDS),
+        }
 
     async def begin(self, facts: Sequence[OrderFact]) -> LedgerSession:
         """Lock and read the orders of ``facts`` in a new transaction.
@@ -475,7 +517,9 @@ class OrderLedger:
             raise LedgerBusy("no database connection was free in time") from None
         try:
             await conn.begin()
-            await conn.execute(sa.text(f"SET LOCAL lock_timeout = {self._lock_timeout_ms}"))
+            # For this transaction only: a lock not had in time is busy (503); a statement
+            # or an idle spell past its bound (a hung request) ends it and frees its rows.
+            await conn.execute(_TIMEOUTS, self._timeouts)
             # Shared: an erasure (exclusive) waits for this transaction, and one that
             # committed first has its pseudonyms read here.
             await erasure.lock(conn, SERVICE, exclusive=False)
@@ -491,6 +535,10 @@ class OrderLedger:
                 raise LedgerBusy("the orders are locked by another request") from None
             raise
         return LedgerSession(conn, orders, pseudonyms)
+
+
+def _ms(seconds: float) -> str:
+    return f"{max(1, round(seconds * 1000))}ms"
 
 
 def _stored(fact: OrderFact, pseudonyms: dict[str, str]) -> OrderFact:

@@ -71,6 +71,10 @@ LEDGER_BUSY = (
     "connection was free"
 )
 FIRST_MISSED = "the order event it repeats, earlier in this batch, was not acknowledged"
+EARLIER_MISSED = (
+    "an order event earlier in this batch, which this one was judged after, was not acknowledged"
+)
+SAME_KEY_MISSED = "the item with the same key earlier in this batch was not acknowledged"
 
 
 @dataclass(frozen=True)
@@ -271,15 +275,20 @@ class Ingest:
         if batch is not None and any(item.batch == batch.key for item in items):
             claims.insert(0, batch)  # before its items, as IdempotencyStore.claim requires
         verdicts = dict(zip([c.key for c in claims], await self.store.claim(claims), strict=True))
-        statuses: list[Status | None] = []
-        for i, item in enumerate(items):
-            statuses.append(None if item.key is None else _status(items, first_of_key, i, verdicts))
         judged = _Judged(
             event_ids=[item.event.event_id for item in items],
             errors=[None] * len(items),
             reasons=[""] * len(items),
             causes=[None] * len(items),
         )
+        statuses: list[Status | None] = []
+        for i, item in enumerate(items):
+            status = None if item.key is None else _status(items, first_of_key, i, verdicts)
+            statuses.append(status)
+            if status is Status.DUPLICATE and item.key is not None:
+                first = first_of_key[item.key]
+                if first != i and verdicts[item.key] is Verdict.NEW:
+                    judged.same_key[i] = first  # its answer is the first's, known later
         facts = {
             i: OrderFact.of(item.event, item.order_amount_minor)
             for i, item in enumerate(items)
@@ -295,17 +304,21 @@ class Ingest:
                 statuses[i] = Status.ACCEPTED if ok else Status.UNAVAILABLE
                 judged.causes[i] = None if ok else BROKER_MISSED
             acked = [i for i, ok in zip(to_send, sent, strict=True) if ok]
+            if ledger is not None:
+                _judge_again(ledger, facts, statuses, judged, set(acked))
             # A duplicate of an event this request itself sent stands only if that was acked.
             for i, first in judged.repeats.items():
                 if statuses[first] is not Status.ACCEPTED:
                     statuses[i] = Status.UNAVAILABLE
                     judged.causes[i] = FIRST_MISSED
+            _follow_first_of_key(statuses, judged)
             if ledger is not None:
-                await _commit(ledger, [facts[i] for i in acked if i in facts])
+                await self._record(ledger, [facts[i] for i in acked if i in facts])
         finally:
             if ledger is not None:
                 await _close(ledger)
-        await self._settle_keys(items, batch, statuses, acked, judged)
+        batch_new = batch is not None and verdicts.get(batch.key) is Verdict.NEW
+        await self._settle_keys(items, batch if batch_new else None, statuses, acked, judged)
         outcomes = []
         for i, (item, status) in enumerate(zip(items, statuses, strict=True)):
             assert status is not None
@@ -341,16 +354,23 @@ class Ingest:
         batch item stays claimed whatever became of it: released, it would look foreign to
         its batch key on a resend and conflict. The items the broker missed, and those the
         ledger refused or answered duplicate, keep their claims as long as the batch's, so
-        that a resend finds each of them again.
+        that a resend finds each of them again. A batch that stored nothing is released with
+        all its items, as a refused request is, so that a corrected resend under its key is
+        new. ``batch`` is None unless this request claimed it afresh: a key produced before,
+        or used for something else, is not this request's to release.
         """
         produced = [k for i in acked if (k := items[i].key)]
         missed: list[str] = []
-        refused = [
+        released = [
             k
             for i, item in enumerate(items)
             if i in judged.ledger_refused and item.batch is None and (k := item.key)
         ]
-        if batch is not None and any(items[i].batch == batch.key for i in acked):
+        if batch is not None and not any(items[i].batch == batch.key for i in acked):
+            released += [batch.key] + [
+                k for item in items if item.batch == batch.key and (k := item.key)
+            ]
+        elif batch is not None:
             produced.append(batch.key)
             acked_set = set(acked)
             missed = [
@@ -365,8 +385,15 @@ class Ingest:
                 )
                 and (k := item.key)
             ]
-        await self.store.unclaim(refused)
-        await self.store.mark_produced(produced, missed)
+        # After the broker's answer nothing here may fail the request: the events stand.
+        try:
+            await self.store.unclaim(released)
+        except Exception as exc:
+            _unsettled("release", exc)
+        try:
+            await self.store.mark_produced(produced, missed)
+        except Exception as exc:
+            _unsettled("mark", exc)
 
     async def _open_ledger(
         self, facts: dict[int, OrderFact], statuses: list[Status | None], judged: _Judged
@@ -423,6 +450,47 @@ class Ingest:
                 statuses[i] = Status.CONFLICT if conflict else Status.REJECTED
                 judged.errors[i] = {"field": decision.field, "detail": decision.detail}
                 judged.ledger_refused.add(i)
+
+    async def _record(self, ledger: LedgerSession, acked: list[OrderFact]) -> None:
+        """Record the acknowledged order events; the broker has them whatever happens here.
+
+        A failed commit is retried once in a fresh transaction (its own connection, the
+        first one closed so that its locks are gone): the orders are read and judged again,
+        and an event recorded meanwhile comes back a duplicate and is not written twice.
+        When that fails too, it is logged by its kind alone, never its message (it may quote
+        an order's values), and counted: the events stand and are answered 2xx. Counting
+        does not suffer: the scorer and alerting count an order once by its order_id and a
+        refund once by (order_id, refund_id). What is lost is the ledger's memory of them,
+        so a later resend is produced again (and dropped downstream by the same keys), and a
+        refund of them is capped less. With nothing acked there is nothing to lose: the
+        placeholders roll back with the transaction.
+        """
+        try:
+            await ledger.commit(acked)
+            return
+        except Exception as exc:
+            if not acked:
+                return
+            log.warning(
+                "order ledger could not record %d acknowledged order event(s), retrying: %s",
+                len(acked),
+                type(exc).__name__,
+            )
+        await _close(ledger)
+        assert self.orders is not None
+        try:
+            again = await self.orders.begin(acked)
+            try:
+                await again.commit(acked)
+            finally:
+                await _close(again)
+        except Exception as exc:
+            log.error(
+                "order ledger could not record %d acknowledged order event(s): %s",
+                len(acked),
+                type(exc).__name__,
+            )
+            metrics.ORDER_LEDGER_MISSED.inc(len(acked))
 
     async def _produce(self, events: Sequence[Event]) -> list[bool]:
         if not events:
@@ -488,27 +556,58 @@ class _Judged:
     ledger_refused: set[int] = field(default_factory=set)
     ledger_duplicates: set[int] = field(default_factory=set)
     repeats: dict[int, int] = field(default_factory=dict)
+    same_key: dict[int, int] = field(default_factory=dict)
 
 
-async def _commit(ledger: LedgerSession, acked: list[OrderFact]) -> None:
-    """Record the acknowledged order events; the broker has them whatever happens here.
+def _judge_again(
+    ledger: LedgerSession,
+    facts: dict[int, OrderFact],
+    statuses: list[Status | None],
+    judged: _Judged,
+    acked: set[int],
+) -> None:
+    """Judge the ledger's refusals again against only the order events the broker acked.
 
-    Any failure (Postgres gone, a constraint, a bug) is logged by its kind alone, never its
-    message (it may quote an order's values), and counted: the events stand and are answered
-    2xx. Counting does not suffer: the scorer and alerting count an order once by its
-    order_id and a refund once by (order_id, refund_id). What is lost is the ledger's
-    memory of them, so a later resend is produced again (and dropped downstream by the
-    same keys), and a refund of them is capped less.
+    Each order event was judged as if the new ones before it in this request would be
+    stored. When one of those was missed, a refusal that rested on it is no answer (a 422
+    is final for a client): the event is unavailable instead, so that it is resent.
     """
-    try:
-        await ledger.commit(acked)
-    except Exception as exc:
-        log.error(
-            "order ledger could not record %d acknowledged order event(s): %s",
-            len(acked),
-            type(exc).__name__,
-        )
-        metrics.ORDER_LEDGER_MISSED.inc(len(acked))
+    missed = [
+        i
+        for i in facts
+        if i not in acked and i not in judged.ledger_refused and i not in judged.ledger_duplicates
+    ]
+    if not missed or not judged.ledger_refused:
+        return
+    decisions = ledger.decide_stored(list(facts.values()), [i in acked for i in facts])
+    for i, decision in zip(facts, decisions, strict=True):
+        if i in judged.ledger_refused and decision.verdict in (
+            OrderVerdict.NEW,
+            OrderVerdict.DUPLICATE,
+        ):
+            judged.ledger_refused.discard(i)
+            statuses[i] = Status.UNAVAILABLE
+            judged.errors[i] = None
+            judged.causes[i] = EARLIER_MISSED
+
+
+def _follow_first_of_key(statuses: list[Status | None], judged: _Judged) -> None:
+    """Answer each later item of a key used twice in one request as its first was answered:
+    a duplicate of it if it was stored, unavailable if the broker missed it, and refused as
+    it was if the ledger refused it."""
+    for i, first in judged.same_key.items():
+        status = statuses[first]
+        judged.event_ids[i] = judged.event_ids[first]
+        judged.errors[i] = judged.errors[first]
+        judged.reasons[i] = judged.reasons[first]
+        if status is Status.ACCEPTED:
+            statuses[i] = Status.DUPLICATE
+        elif status is Status.UNAVAILABLE and judged.causes[first] == BROKER_MISSED:
+            statuses[i] = Status.UNAVAILABLE
+            judged.causes[i] = SAME_KEY_MISSED
+        else:
+            statuses[i] = status
+            judged.causes[i] = judged.causes[first]
 
 
 async def _close(ledger: LedgerSession) -> None:
@@ -516,6 +615,11 @@ async def _close(ledger: LedgerSession) -> None:
         await ledger.close()
     except Exception as exc:
         log.warning("order ledger connection did not close cleanly: %s", type(exc).__name__)
+
+
+def _unsettled(what: str, exc: Exception) -> None:
+    log.error("could not %s idempotency keys: %s", what, type(exc).__name__)
+    metrics.KEYS_UNSETTLED.labels(what=what).inc()
 
 
 def _retrieve(future: asyncio.Future[object]) -> None:
@@ -690,7 +794,8 @@ async def submit_batch(
     for index, item, outcome in zip(positions, items, outcomes, strict=True):
         if outcome.status is Status.UNAVAILABLE and outcome.cause not in (None, BROKER_MISSED):
             assert outcome.cause is not None
-            errors = [{"field": "order_id", "detail": outcome.cause}]
+            named = item.named_by if outcome.cause == SAME_KEY_MISSED else "order_id"
+            errors = [{"field": named, "detail": outcome.cause}]
             results[index] = ItemResult(index=index, status="unavailable", errors=errors)
         elif outcome.error is not None:
             status = "conflict" if outcome.status is Status.CONFLICT else "rejected"

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.alerting import gauges, service
+from services.alerting import gauges, repository, service, timers
 from services.alerting.config import AlertingConfig
 from services.alerting.consumer import AlertHandler
 from services.alerting.models import alerts as alerts_table
@@ -224,6 +224,28 @@ class TestValueOnTheAlert:
         alert = await answer(engine, handler, "hal")
         assert value_of(alert) == [("JPY", "5100", 2, False)]
 
+    async def test_a_conflict_in_a_batch_that_is_retried_is_counted_once(
+        self, engine: AsyncEngine, handler: AlertHandler, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        await handler(batch(order("kim", "o-1", "5000")))
+        before = _conflicts("amount")
+        track = timers.track
+        calls: list[int] = []
+
+        async def fails_once(*args: Any, **kwargs: Any) -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                raise sa.exc.OperationalError("INSERT", {}, ConnectionResetError())
+            await track(*args, **kwargs)
+
+        monkeypatch.setattr(timers, "track", fails_once)
+        retried = batch(order("kim", "o-1", "6000"))
+        with pytest.raises(sa.exc.OperationalError):
+            await handler(retried)  # rolled back: the consumer retries the batch
+        assert _conflicts("amount") == before
+        await handler(retried)
+        assert _conflicts("amount") == before + 1
+
     async def test_a_replay_loads_orders_the_ledger_already_applied(
         self, engine: AsyncEngine, handler: AlertHandler
     ) -> None:
@@ -319,6 +341,19 @@ class TestHighValue:
 
 
 class TestErasureAndRetention:
+    async def test_the_purge_reads_old_orders_from_the_completed_at_index_unsorted(
+        self, engine: AsyncEngine
+    ) -> None:
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
+            rows = await conn.execute(
+                sa.text(f"EXPLAIN {repository._PURGE_ORDERS.text}"),
+                {"older_than": timedelta(days=400), "chunk": 5000},
+            )
+            plan = "\n".join(row[0] for row in rows)
+        assert "alerting_orders_completed" in plan, plan
+        assert "Sort" not in plan, plan
+
     async def test_erasure_pseudonymises_orders_and_repeats_still_count_once(
         self, engine: AsyncEngine, handler: AlertHandler
     ) -> None:

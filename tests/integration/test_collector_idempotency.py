@@ -17,10 +17,12 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from services.collector.app import create_app
 from services.collector.idempotency import Claim, IdempotencyStore, Verdict
+from services.collector.service import Ingest
 from services.migrations import downgrade, upgrade
 from services.servers import free_port
 from shared.apikeys import KeyKind, Scope, create_key
@@ -529,6 +531,31 @@ class TestUnacknowledgedBatches:
             ids = [r["event_id"] for r in again.json()["results"]]
             assert ids == [r["event_id"] for r in first.json()["results"]]
 
+    async def test_a_keyed_batch_that_stored_nothing_takes_a_corrected_resend(
+        self, collector: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        produce = Ingest._produce
+
+        async def nothing_acked(self: Ingest, events: Any) -> list[bool]:
+            return [False] * len(events)
+
+        monkeypatch.setattr(Ingest, "_produce", nothing_acked)
+        items = [response_payload(customer_id=f"c-{i}") for i in range(2)]
+        headers = keyed("upload-2026-12-05")
+        missed = await collector.post("/v1/responses/batch", json={"items": items}, headers=headers)
+        assert missed.status_code == 503
+        monkeypatch.setattr(Ingest, "_produce", produce)
+        corrected = [items[0], {**items[1], "score": 3}]
+        resent = await collector.post(
+            "/v1/responses/batch", json={"items": corrected}, headers=headers
+        )
+        assert resent.status_code == 200, resent.text
+        assert statuses(resent.json()) == ["accepted", "accepted"]
+        again = await collector.post(
+            "/v1/responses/batch", json={"items": corrected}, headers=headers
+        )
+        assert statuses(again.json()) == ["duplicate", "duplicate"]
+
 
 class TestMigration:
     async def test_0010_keeps_event_id_and_vendor_claims_and_drops_unscoped_api_keys(
@@ -555,3 +582,45 @@ class TestMigration:
                 assert list(await conn.scalars(keys)) == sorted(kept)
         finally:
             await engine.dispose()
+
+
+class TestAFullPool:
+    async def test_claims_marks_and_releases_treat_a_full_pool_as_postgres_down(
+        self, database_url: str
+    ) -> None:
+        engine = create_async_engine(database_url, pool_size=1, max_overflow=0, pool_timeout=0.2)
+        store = IdempotencyStore(engine, timedelta(days=1))
+        try:
+            async with engine.connect():  # the pool's only connection
+                claim = Claim(f"api:key:t:{uuid.uuid4()}", uuid.uuid4(), b"f")
+                async with asyncio.timeout(5):
+                    assert await store.claim([claim]) == [Verdict.NEW]
+                    await store.mark_produced([claim.key])
+                    await store.unclaim([claim.key])
+                    assert not await store.was_produced(claim.key)
+        finally:
+            await engine.dispose()
+
+    async def test_keys_that_cannot_be_settled_after_the_ack_still_answer_2xx(
+        self,
+        collector: httpx.AsyncClient,
+        kafka_settings: KafkaSettings,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        async def broken(self: IdempotencyStore, *args: Any) -> None:
+            raise RuntimeError("key=upload-secret")
+
+        monkeypatch.setattr(IdempotencyStore, "mark_produced", broken)
+        before = (
+            REGISTRY.get_sample_value("cxloop_collector_keys_unsettled_total", {"what": "mark"})
+            or 0.0
+        )
+        r = await collector.post(
+            "/v1/responses", json=response_payload(), headers=keyed("upload-secret")
+        )
+        assert r.status_code == 202, r.text
+        after = REGISTRY.get_sample_value("cxloop_collector_keys_unsettled_total", {"what": "mark"})
+        assert after == before + 1
+        assert "upload-secret" not in caplog.text
+        assert len(await produced(kafka_settings, 1)) == 1

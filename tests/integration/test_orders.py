@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 import httpx
@@ -14,9 +15,10 @@ from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from services.collector.app import create_app as create_collector
-from services.collector.orders import LedgerSession, OrderLedger
+from services.collector.orders import LedgerSession, OrderFact, OrderLedger
 from services.collector.service import Ingest
 from shared.events import TouchpointEvent
+from shared.privacy import Hasher
 from shared.settings import AuthSettings, CollectorSettings, DatabaseSettings, KafkaSettings
 from shared.topics import Topic
 from tests.builders import order_payload, refund_payload
@@ -393,6 +395,42 @@ class TestAfterTheAck:
         assert "ORD-secret" not in caplog.text
         assert len(await orders_on_topic(kafka_settings, 1)) == 1
 
+    async def test_a_commit_that_fails_once_is_retried_in_a_fresh_transaction(
+        self, collector: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        commit = LedgerSession.commit
+        calls: list[int] = []
+
+        async def once_broken(self: LedgerSession, facts: Any) -> None:
+            calls.append(len(facts))
+            if len(calls) == 1:
+                raise sa.exc.OperationalError("COMMIT", {}, ConnectionResetError())
+            await commit(self, facts)
+
+        monkeypatch.setattr(LedgerSession, "commit", once_broken)
+        before = missed_total()
+        order = order_payload()
+        first = await collector.post("/v1/events", json=order)
+        assert first.status_code == 202, first.text
+        assert (calls, missed_total()) == ([1, 1], before)
+        monkeypatch.undo()
+        again = await collector.post("/v1/events", json=order)
+        assert again.json() == {"event_id": first.json()["event_id"], "status": "duplicate"}
+
+    async def test_a_failed_commit_of_nothing_acked_is_not_logged(
+        self,
+        collector: httpx.AsyncClient,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        async def broken(self: LedgerSession, facts: Any) -> None:
+            raise sa.exc.OperationalError("COMMIT", {}, ConnectionResetError())
+
+        monkeypatch.setattr(LedgerSession, "commit", broken)
+        r = await collector.post("/v1/events", json=refund_payload(order_payload(), amount="0"))
+        assert r.status_code == 422, r.text
+        assert "order ledger" not in caplog.text
+
 
 class TestBusyOrDown:
     async def test_an_order_locked_past_the_timeout_is_503_naming_the_ledger(
@@ -464,3 +502,157 @@ class TestBusyOrDown:
         bodies = [{**order, "amount": str(1000 + n)} for n in range(6)]
         answers = await asyncio.gather(*(collector.post("/v1/events", json=b) for b in bodies))
         assert sorted(a.status_code for a in answers) == [202] + [409] * 5
+
+
+def broker_misses(monkeypatch: pytest.MonkeyPatch, missed: Callable[[Any], bool]) -> None:
+    """Make the broker miss the events ``missed`` picks and acknowledge the others."""
+    produce = Ingest._produce
+
+    async def partly(self: Ingest, events: Any) -> list[bool]:
+        acks = iter(await produce(self, [e for e in events if not missed(e)]))
+        return [False if missed(e) else next(acks) for e in events]
+
+    monkeypatch.setattr(Ingest, "_produce", partly)
+
+
+class TestRefusalsThatRestedOnAMiss:
+    async def test_a_refund_refused_after_one_the_broker_missed_is_unavailable(
+        self, collector: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        order = order_payload(amount="1000")
+        assert (await collector.post("/v1/events", json=order)).status_code == 202
+        first = refund_payload(order, amount="700")
+        second = refund_payload(order, amount="400")
+        broker_misses(monkeypatch, lambda e: e.refund_id == first["refund_id"])
+        r = await collector.post("/v1/events/batch", json={"items": [first, second]})
+        assert r.status_code == 503, r.text
+        assert [x["status"] for x in r.json()["results"]] == ["unavailable", "unavailable"]
+        monkeypatch.undo()
+        r = await collector.post("/v1/events", json=second)
+        assert r.status_code == 202, r.text
+        assert r.json()["status"] == "accepted"
+
+    async def test_a_refusal_that_stands_without_the_miss_stays_422(
+        self, collector: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        order = order_payload(amount="1000")
+        assert (await collector.post("/v1/events", json=order)).status_code == 202
+        first = refund_payload(order, amount="700")
+        second = refund_payload(order, amount="1001")
+        broker_misses(monkeypatch, lambda e: e.refund_id == first["refund_id"])
+        r = await collector.post("/v1/events/batch", json={"items": [first, second]})
+        assert [x["status"] for x in r.json()["results"]] == ["unavailable", "rejected"]
+
+
+class TestTheSameKeyTwiceInABatch:
+    async def test_a_repeat_of_an_item_the_broker_missed_is_unavailable(
+        self, collector: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        body = {
+            "type": "ticket.created",
+            "ticket_id": "T-1",
+            "customer_id": "c1",
+            "channel": "email",
+            "event_id": str(uuid.uuid4()),
+        }
+        broker_misses(monkeypatch, lambda e: True)
+        r = await collector.post("/v1/events/batch", json={"items": [body, dict(body)]})
+        assert r.status_code == 503, r.text
+        results = r.json()["results"]
+        assert [x["status"] for x in results] == ["unavailable", "unavailable"]
+        assert results[1]["errors"][0]["field"] == "event_id"
+
+    async def test_a_repeat_of_an_item_the_ledger_refused_is_refused_alike(
+        self, collector: httpx.AsyncClient
+    ) -> None:
+        order = order_payload(amount="1000")
+        assert (await collector.post("/v1/events", json=order)).status_code == 202
+        too_much = refund_payload(order, amount="1001", event_id=str(uuid.uuid4()))
+        r = await collector.post("/v1/events/batch", json={"items": [too_much, dict(too_much)]})
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert [x["status"] for x in results] == ["rejected", "rejected"]
+        assert [x["errors"][0]["field"] for x in results] == ["amount", "amount"]
+        r = await collector.post("/v1/events", json={**too_much, "amount": "1000"})
+        assert r.status_code == 202, r.text
+
+
+class TestAFullPool:
+    async def test_no_free_connection_is_503_busy_within_the_lock_timeout(
+        self,
+        database_url: str,
+        kafka_settings: KafkaSettings,
+        auth: AuthSettings,
+        api_key: str,
+    ) -> None:
+        app = create_collector(
+            kafka=kafka_settings,
+            database=DatabaseSettings(url=database_url, pool_size=1),
+            auth=auth,
+        )
+        async with serving(app, api_key, "collector") as client, AsyncExitStack() as held:
+            engine = app.state.engine
+            for _ in range(engine.pool.size() + engine.pool._max_overflow):
+                await held.enter_async_context(engine.connect())
+            async with asyncio.timeout(10):
+                r = await client.post("/v1/events", json=order_payload())
+        assert r.status_code == 503, r.text
+        assert "order ledger is busy" in r.json()["detail"]
+
+
+class TestBoundedTransactions:
+    async def test_a_ledger_transaction_bounds_its_locks_statements_and_idle_time(
+        self, database_url: str
+    ) -> None:
+        engine = create_async_engine(database_url)
+        try:
+            ledger = OrderLedger(engine, Hasher(b"k" * 16), produce_timeout=3)
+            fact = OrderFact("order.completed", "ORD-bounded", "c1", "JPY", 100, uuid.uuid4())
+            session = await ledger.begin([fact])
+            try:
+                row = (
+                    await session._conn.execute(
+                        sa.text(
+                            "SELECT current_setting('lock_timeout'),"
+                            " current_setting('statement_timeout'),"
+                            " current_setting('idle_in_transaction_session_timeout')"
+                        )
+                    )
+                ).one()
+            finally:
+                await session.close()
+        finally:
+            await engine.dispose()
+        assert tuple(row) == ("2s", "5s", "13s")  # idle: the produce's timeout and 10 s
+
+
+async def rows_of(database_url: str, order_id: str) -> int:
+    sql = "SELECT count(*) FROM collector_orders WHERE order_id = :o"
+    return int(await scalar(database_url, sql, o=order_id))
+
+
+class TestNoPlaceholderLeft:
+    async def test_after_a_refused_refund_of_an_unknown_order(
+        self, collector: httpx.AsyncClient, database_url: str
+    ) -> None:
+        order = order_payload()
+        r = await collector.post("/v1/events", json=refund_payload(order, amount="0"))
+        assert r.status_code == 422, r.text
+        assert await rows_of(database_url, order["order_id"]) == 0
+        other = {**order, "customer_id": "someone-else"}
+        assert (await collector.post("/v1/events", json=other)).status_code == 202
+
+    async def test_after_a_broker_miss(
+        self,
+        collector: httpx.AsyncClient,
+        database_url: str,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        order = order_payload()
+        broker_misses(monkeypatch, lambda e: True)
+        r = await collector.post("/v1/events", json=refund_payload(order))
+        assert r.status_code == 503, r.text
+        monkeypatch.undo()
+        assert await rows_of(database_url, order["order_id"]) == 0
+        other = {**order, "customer_id": "someone-else"}
+        assert (await collector.post("/v1/events", json=other)).status_code == 202

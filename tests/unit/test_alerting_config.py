@@ -388,6 +388,14 @@ class TestHighValue:
         assert am[0]["annotations"]["value_reason"] == why
         assert f"Why critical: {why}" in slack["text"]
 
+    def test_a_value_stored_without_its_exponent_gets_its_currencys(self) -> None:
+        stored = {"currency": "JPY", "revenue_minor": 1200, "orders": 2, "threshold_minor": None}
+        assert value.CurrencyValue.from_stored(stored).exponent == 0
+        usd = value.CurrencyValue.from_stored({**stored, "currency": "USD"})
+        assert usd == value.CurrencyValue("USD", 1200, 2, 2, None)
+        kept = value.CurrencyValue.from_stored({**stored, "currency": "USD", "exponent": 2})
+        assert kept == usd
+
 
 class TestMoney:
     @pytest.mark.parametrize(

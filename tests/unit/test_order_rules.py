@@ -10,7 +10,15 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.collector.orders import LedgerBusy, Order, OrderFact, OrderLedger, Verdict, decide
+from services.collector.orders import (
+    LedgerBusy,
+    Order,
+    OrderFact,
+    OrderLedger,
+    Verdict,
+    decide,
+    decide_stored,
+)
 from shared.privacy import Hasher
 
 
@@ -141,3 +149,16 @@ class TestBusy:
         ledger = OrderLedger(cast(AsyncEngine, ExhaustedPool()), Hasher(b"k" * 16))
         with pytest.raises(LedgerBusy):
             await ledger.begin([completed()])
+
+
+class TestDecidedAgainstWhatWasStored:
+    def test_a_refund_is_judged_without_the_earlier_ones_not_stored(self) -> None:
+        orders: dict[str, Order | None] = {"O1": Order("c1", "JPY", 1000)}
+        facts = [refunded(700, "R1"), refunded(400, "R2"), refunded(400, "R3")]
+        decisions = decide_stored(orders, facts, [False, False, True])
+        assert [d.verdict for d in decisions] == [Verdict.NEW, Verdict.NEW, Verdict.NEW]
+        order = orders["O1"]
+        assert order is not None
+        assert (order.refunded_minor, sorted(order.refunds)) == (400, ["R3"])
+        decisions = decide_stored(orders, [refunded(700, "R4")], [False])
+        assert decisions[0].reason == "over_refund"

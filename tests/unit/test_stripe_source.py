@@ -232,6 +232,11 @@ class TestMapping:
         [
             None,
             {"object": "list", "has_more": True, "data": [{"amount": 700, "created": 1}]},
+            {
+                "object": "list",
+                "has_more": True,
+                "data": [{"amount": 700, "created": 2}, {"amount": 800, "created": 1}],
+            },
             {"object": "list", "has_more": False, "data": [{"amount": 700, "created": 1}]},
             {
                 "object": "list",
@@ -239,7 +244,7 @@ class TestMapping:
                 "data": [{"amount": 700, "created": 1}, {"amount": 800, "created": 1}],
             },
         ],
-        ids=["no-list", "partial-list", "not-adding-up", "two-newest"],
+        ids=["no-list", "partial-list", "partial-list-adding-up", "not-adding-up", "two-newest"],
     )
     def test_a_refund_whose_amount_the_event_does_not_say_is_ignored(self, refunds: object) -> None:
         charge = stripe_charge(amount=5000, amount_refunded=1500)
