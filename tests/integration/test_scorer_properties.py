@@ -20,18 +20,14 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
-from services.scorer.app import create_app as create_scorer
 from shared.events import ResponseSubmitted, TouchpointEvent
-from shared.settings import AuthSettings, DatabaseSettings, KafkaSettings, ScorerSettings
-from shared.topics import TOPIC_SPECS, Topic
+from shared.settings import AuthSettings, KafkaSettings
 from tests.harness.backends import PostgresServer
-from tests.helpers import eventually, produce
+from tests.integration.redelivery import deliver_twice, fresh_scorer
 
 BASE = datetime(2026, 11, 20, tzinfo=UTC)
 CHANNELS = ("web", "sms", "call_center")
@@ -137,60 +133,6 @@ def expected_tickets(events: list[Any]) -> dict[str, tuple[Any, ...]]:
     }
 
 
-TOPICS = (Topic.RESPONSES, Topic.TOUCHPOINTS)
-
-
-async def _offsets(kafka: KafkaSettings, group: str) -> tuple[dict[Any, int], dict[Any, int]]:
-    """Return the group's committed offsets and the end offsets of the scorer's topics."""
-    admin = AIOKafkaAdminClient(**kafka.to_aiokafka_params())
-    consumer = AIOKafkaConsumer(**kafka.to_aiokafka_params())
-    await admin.start()
-    await consumer.start()
-    try:
-        committed = {
-            tp: meta.offset
-            for tp, meta in (await admin.list_consumer_group_offsets(group)).items()
-            if meta.offset >= 0
-        }
-        parts = [
-            TopicPartition(kafka.topic(spec.topic), p)
-            for spec in TOPIC_SPECS
-            if spec.topic in TOPICS
-            for p in range(spec.partitions)
-        ]
-        return committed, await consumer.end_offsets(parts)
-    finally:
-        await consumer.stop()
-        await admin.close()
-
-
-async def _commit(kafka: KafkaSettings, group: str, to: dict[Any, int]) -> None:
-    """Commit ``to`` for the (stopped) group."""
-    consumer = AIOKafkaConsumer(
-        **kafka.to_aiokafka_params(), group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        consumer.assign(list(to))
-        await consumer.commit(to)
-    finally:
-        await consumer.stop()
-
-
-async def _consume_all(
-    kafka: KafkaSettings, database_url: str, settings: ScorerSettings, auth: AuthSettings
-) -> None:
-    """Run the scorer until its group has committed every record of its topics."""
-    app = create_scorer(kafka, DatabaseSettings(url=database_url), auth, settings)
-    async with app.router.lifespan_context(app):
-        await eventually(
-            lambda: _offsets(kafka, settings.group_id),
-            lambda offsets: offsets[0] == offsets[1],
-            timeout=60,
-            interval=0.2,
-        )
-
-
 @pytest.mark.apache_kafka
 class TestScorerIsExact:
     @settings(
@@ -221,43 +163,10 @@ class TestScorerIsExact:
         url = await postgres.create_database(
             f"p_{uuid.uuid4().hex[:12]}", template=migrated_template
         )
-        # One set of topics for every example (each one costs the broker its partitions): an
-        # example's group starts where the topics end, and reads only what it produces.
-        group = f"scorer_{uuid.uuid4().hex[:10]}"
-        _, start = await _offsets(kafka_settings, group)
-        await _commit(kafka_settings, group, start)
-        scorer = ScorerSettings(
-            group_id=group,
-            batch_max_records=batch_size,
-            batch_timeout_ms=50,
-            session_timeout_ms=6000,
-            heartbeat_interval_ms=500,
-            commit_timeout_seconds=5,
-        )
-        # The production setting is what this property is about.
-        assert scorer.batches_in_flight >= 2
+        scorer, start = await fresh_scorer(kafka_settings, batch_size)
         auth = AuthSettings(api_key="test-" + uuid.uuid4().hex)
 
-        delivered = stream + rng.sample(stream, k=rng.randint(0, len(stream)))
-        rng.shuffle(delivered)
-        for topic, kind in (
-            (Topic.RESPONSES, ResponseSubmitted),
-            (Topic.TOUCHPOINTS, TouchpointEvent),
-        ):
-            events = [e for e in delivered if isinstance(e, kind)]
-            if events:
-                await produce(kafka_settings, topic, events)
-
-        await _consume_all(kafka_settings, url, scorer, auth)
-        # A crash after the database commit, before the offsets: Kafka redelivers from an
-        # earlier offset, on any partition.
-        committed, _ = await _offsets(kafka_settings, group)
-        await _commit(
-            kafka_settings,
-            group,
-            {tp: rng.randint(start[tp], end) for tp, end in committed.items()},
-        )
-        await _consume_all(kafka_settings, url, scorer, auth)
+        await deliver_twice(kafka_settings, url, scorer, auth, start, stream, rng)
 
         engine = create_async_engine(url)
         try:

@@ -32,11 +32,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from services.scorer.app import create_app as create_scorer
 from shared.events import ResponseSubmitted, TouchpointEvent
-from shared.settings import AuthSettings, DatabaseSettings, KafkaSettings, ScorerSettings
-from shared.topics import Topic
+from shared.settings import AuthSettings, DatabaseSettings, KafkaSettings
 from tests.harness.backends import PostgresServer
-from tests.helpers import produce, serving
-from tests.integration.test_scorer_properties import _commit, _consume_all, _offsets
+from tests.helpers import serving
+from tests.integration.redelivery import deliver_twice, fresh_scorer
 
 UNTIL = datetime(2026, 10, 5, 7, 30, tzinfo=UTC)
 SINCE = UNTIL - timedelta(days=40)
@@ -392,39 +391,11 @@ class TestValueIsExact:
         url = await postgres.create_database(
             f"v_{uuid.uuid4().hex[:12]}", template=migrated_template
         )
-        group = f"scorer_{uuid.uuid4().hex[:10]}"
-        _, start = await _offsets(kafka_settings, group)
-        await _commit(kafka_settings, group, start)
-        scorer = ScorerSettings(
-            group_id=group,
-            batch_max_records=batch_size,
-            batch_timeout_ms=50,
-            session_timeout_ms=6000,
-            heartbeat_interval_ms=500,
-            commit_timeout_seconds=5,
-        )
-        assert scorer.batches_in_flight >= 2
+        scorer, start = await fresh_scorer(kafka_settings, batch_size)
         api_key = "test-" + uuid.uuid4().hex
         auth = AuthSettings(api_key=api_key)
 
-        delivered = stream + rng.sample(stream, k=rng.randint(0, len(stream)))
-        rng.shuffle(delivered)
-        for topic, kind in (
-            (Topic.RESPONSES, ResponseSubmitted),
-            (Topic.TOUCHPOINTS, TouchpointEvent),
-        ):
-            events = [e for e in delivered if isinstance(e, kind)]
-            if events:
-                await produce(kafka_settings, topic, events)
-
-        await _consume_all(kafka_settings, url, scorer, auth)
-        committed, _ = await _offsets(kafka_settings, group)
-        await _commit(
-            kafka_settings,
-            group,
-            {tp: rng.randint(start[tp], end) for tp, end in committed.items()},
-        )
-        await _consume_all(kafka_settings, url, scorer, auth)
+        await deliver_twice(kafka_settings, url, scorer, auth, start, stream, rng)
 
         app = create_scorer(kafka_settings, DatabaseSettings(url=url), auth, scorer)
         async with serving(app, api_key, "scorer") as client:
