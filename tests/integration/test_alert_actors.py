@@ -76,6 +76,39 @@ async def open_alert(database_url: str) -> str:
     return str(alert_id)
 
 
+async def open_alert_at_0011(database_url: str) -> str:
+    """An open alert and its "opened" history row as the service wrote them at schema 0011
+    (the repository of today writes columns later migrations added)."""
+    alert_id = uuid.uuid4()
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO alerts (id, dedupe_key, rule, severity, status, customer_id, "
+                    "channel, metric, score, event_id, opened_at, last_seen_at) VALUES "
+                    "(:id, :key, 'detractor', 'warning', 'open', :customer, 'web', 'nps', 1, "
+                    ":event, now(), now())"
+                ),
+                {
+                    "id": alert_id,
+                    "key": f"detractor:{alert_id}",
+                    "customer": f"c-{alert_id.hex[:8]}",
+                    "event": uuid.uuid4(),
+                },
+            )
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO alert_history (alert_id, actor, action) "
+                    "VALUES (:a, 'cxloop', 'opened')"
+                ),
+                {"a": alert_id},
+            )
+    finally:
+        await engine.dispose()
+    return str(alert_id)
+
+
 async def history(client: httpx.AsyncClient, alert_id: str) -> list[dict[str, Any]]:
     r = await client.get(f"/v1/alerts/{alert_id}/history")
     assert r.status_code == 200, r.text
@@ -243,7 +276,7 @@ class TestMigration:
         url = empty_database_url
         await asyncio.to_thread(upgrade, url, "0011")
         engine = create_async_engine(url)
-        alert_id = await open_alert(url)
+        alert_id = await open_alert_at_0011(url)
         try:
             async with engine.begin() as conn:
                 await conn.execute(
@@ -285,7 +318,7 @@ class TestMigration:
         url = empty_database_url
         await asyncio.to_thread(upgrade, url, "0011")
         engine = create_async_engine(url)
-        spoofed, auto = await open_alert(url), await open_alert(url)
+        spoofed, auto = await open_alert_at_0011(url), await open_alert_at_0011(url)
         try:
             async with engine.begin() as conn:
                 rows = [
