@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.scorer import repository
 from services.scorer.aggregates import fold, fold_reasons
 from services.scorer.models import responses
+from shared import erasure
 from shared.events import ResponseSubmitted
 
 CHUNK = 5_000
@@ -69,6 +70,9 @@ async def rebuild(engine: AsyncEngine) -> Rebuilt:
     orders, in one transaction."""
     read = 0
     async with engine.begin() as conn:
+        # Shared with the consumer's batches, exclusive to an erasure: an erasure cannot
+        # commit between what this reads and writes, so no erased id comes back.
+        await erasure.lock(conn, "scorer", exclusive=False)
         await conn.execute(sa.text("TRUNCATE score_buckets, score_days, reason_buckets"))
         result = await conn.stream(sa.select(responses).execution_options(yield_per=CHUNK))
         async for chunk in result.partitions(CHUNK):

@@ -262,12 +262,21 @@ WHERE (EXCLUDED.occurred_at, EXCLUDED.event_id) < (r.occurred_at, r.event_id)
 # not committed, whereas an advisory lock is taken on a key, and once it is held every
 # statement after it (READ COMMITTED) sees what its previous holder committed. Every
 # transaction takes all its order locks, then all its customer locks, each set sorted by
-# key in one statement: two phases in one global order, so no two wait in a cycle.
+# key in one statement: two phases in one global order, so no two wait in a cycle. A key is
+# one of LOCK_STRIPES stripes of the id's hash, not the id itself: every lock takes a slot
+# of Postgres's shared lock table (64 per connection by default), and a backlog's batch of
+# thousands of orders from thousands of customers, two such batches in flight, would run
+# it out ("out of shared memory", retried for ever). Two ids in one stripe only wait for
+# each other.
 ORDER_LOCKS: Final = 0x634F
 CUSTOMER_LOCKS: Final = 0x6343
-_LOCK_KEYS = """
+LOCK_STRIPES: Final = 1024
+_LOCK_KEYS = f"""
 SELECT count(pg_advisory_xact_lock(:space, k))
-FROM (SELECT DISTINCT hashtext(x) AS k FROM unnest(CAST(:keys AS text[])) AS u(x) ORDER BY k) s
+FROM (
+    SELECT DISTINCT hashtext(x) & {LOCK_STRIPES - 1} AS k
+    FROM unnest(CAST(:keys AS text[])) AS u(x) ORDER BY k
+) s
 """
 
 

@@ -219,7 +219,12 @@ async def recomputed(engine: AsyncEngine) -> dict[tuple[str, str], tuple[Any, ..
 
 async def _waiting(engine: AsyncEngine) -> int:
     async with engine.connect() as conn:
-        found = await conn.scalar(sa.text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+        found = await conn.scalar(
+            sa.text(
+                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                "WHERE NOT l.granted AND d.datname = current_database()"
+            )
+        )
         return int(found or 0)
 
 
@@ -316,6 +321,42 @@ class TestBatchesInFlight:
                 rng.shuffle(batch)
             await asyncio.gather(*(apply(engine, b) for b in batches))
             assert await facts(engine) == await recomputed(engine)
+
+
+class TestLockTable:
+    async def test_a_backlog_batch_takes_a_bounded_number_of_locks(
+        self, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Thousands of orders from thousands of customers in one batch: each advisory lock
+        takes a slot of Postgres's shared lock table (64 a connection by default), so one
+        lock per id would run two such batches in flight out of it."""
+        original = repository.refresh_customers
+        held: list[int] = []
+
+        async def refresh(conn: Any, customers: set[str]) -> None:
+            await original(conn, customers)
+            found = await conn.scalar(
+                sa.text(
+                    "SELECT count(*) FROM pg_locks "
+                    "WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+                )
+            )
+            held.append(int(found or 0))
+
+        monkeypatch.setattr(repository, "refresh_customers", refresh)
+        n = 3 * repository.LOCK_STRIPES
+        await apply(
+            engine,
+            [
+                order_event(f"big-{i}", "100", customer_id=f"big-c{i}", occurred_at=at(1))
+                for i in range(n)
+            ],
+        )
+        # The order and the customer stripes, and the erasure lock.
+        assert held
+        assert max(held) <= 2 * repository.LOCK_STRIPES + 1
+        assert len(await recomputed(engine)) == n
+        assert await facts(engine) == await recomputed(engine)
 
 
 class TestHugeSums:
