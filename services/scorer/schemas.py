@@ -428,6 +428,10 @@ class NpsCategoryValue(BaseModel):
     clv_customers: int = Field(
         description="Customers of this category (at `to`) with an order in the CLV year."
     )
+    clv_insufficient: bool = Field(
+        description="clv_customers is below CXLOOP_SCORER_MIN_N: do not act on the CLV "
+        "(`insufficient` is about the range's customers, `n`)."
+    )
     clv_revenue_per_customer: str | None = Field(
         description="Their net revenue over the CLV year / clv_customers; null when none."
     )
@@ -606,6 +610,7 @@ VALUE_EXAMPLE: Final[dict[str, Any]] = {
                     "repurchase_rate_high": 100.0,
                     "repurchase_rate_margin": 39.672835426305355,
                     "clv_customers": 1,
+                    "clv_insufficient": True,
                     "clv_revenue_per_customer": "2600",
                     "clv": "542",
                     "clv_margin": None,
@@ -625,6 +630,7 @@ VALUE_EXAMPLE: Final[dict[str, Any]] = {
                     "repurchase_rate_high": None,
                     "repurchase_rate_margin": None,
                     "clv_customers": 0,
+                    "clv_insufficient": True,
                     "clv_revenue_per_customer": None,
                     "clv": None,
                     "clv_margin": None,
@@ -644,6 +650,7 @@ VALUE_EXAMPLE: Final[dict[str, Any]] = {
                     "repurchase_rate_high": 79.34567085261071,
                     "repurchase_rate_margin": 39.672835426305355,
                     "clv_customers": 1,
+                    "clv_insufficient": True,
                     "clv_revenue_per_customer": "3000",
                     "clv": "625",
                     "clv_margin": None,
@@ -663,6 +670,7 @@ VALUE_EXAMPLE: Final[dict[str, Any]] = {
                     "repurchase_rate_high": 79.34567085261071,
                     "repurchase_rate_margin": 39.672835426305355,
                     "clv_customers": 1,
+                    "clv_insufficient": True,
                     "clv_revenue_per_customer": "2340",
                     "clv": "488",
                     "clv_margin": None,

@@ -979,6 +979,7 @@ def _category(
         repurchase_rate_high=None if interval is None else interval[1],
         repurchase_rate_margin=None if interval is None else (interval[1] - interval[0]) / 2,
         clv_customers=year.n,
+        clv_insufficient=year.n < min_n,
         clv_revenue_per_customer=None
         if year_per_customer is None
         else _amount(year_per_customer, currency),
