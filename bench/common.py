@@ -15,7 +15,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,20 +106,89 @@ class Stack:
             **kwargs,  # type: ignore[arg-type]
         )
 
+    def pids(self, name: str) -> list[int]:
+        """Return the process ids of service ``name``: its process and every descendant (the
+        worker processes of a multi-worker collector)."""
+        process = self.processes[name]
+        assert process.proc is not None
+        return process_tree(process.proc.pid)
+
     def peak_rss_mib(self) -> dict[str, float]:
-        """Return each service's peak resident set (VmHWM) so far, in MiB."""
-        peaks = {}
-        for name, process in self.processes.items():
-            assert process.proc is not None
-            peaks[name] = vm_hwm_kib(process.proc.pid) / 1024
-        return peaks
+        """Return each service's peak resident set (VmHWM) so far, in MiB: for a service of
+        several processes, the largest of them (each worker's own peak, not their sum)."""
+        return {
+            name: max(vm_hwm_kib(pid) for pid in self.pids(name)) / 1024 for name in self.processes
+        }
+
+    def cpu_seconds(self, name: str) -> float:
+        """Return the CPU seconds service ``name`` has used so far, over all its processes."""
+        return process_cpu_seconds(self.pids(name))
 
 
 def vm_hwm_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    """Return a process's peak resident set (VmHWM), or 0 once it has gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+    for line in text.splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
-    raise RuntimeError(f"no VmHWM for pid {pid}")
+    return 0  # a zombie has no memory left
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (which may hold spaces), so that
+    index 0 is the state (field 3 of proc(5)); None once the process has gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return text[text.rindex(")") + 2 :].split()
+
+
+def process_tree(pid: int) -> list[int]:
+    """Return ``pid`` and all its live descendants, parents first."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat_fields(int(entry.name))) is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    tree, queue = [], [pid]
+    while queue:
+        tree.append(current := queue.pop(0))
+        queue += sorted(children.get(current, []))
+    return tree
+
+
+def process_cpu_seconds(pids: Iterable[int]) -> float:
+    """Return the CPU seconds (user + system) the processes ``pids`` have used so far.
+
+    Each process's own time already covers all its threads; the time of its children that
+    have exited and been waited for (cutime + cstime) is added too. Live children are not:
+    pass them in ``pids`` (see :func:`process_tree`), as for a multi-process collector.
+    A process that has gone counts 0, so take differences over processes alive throughout.
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = _stat_fields(pid)
+        if fields is not None:
+            # utime, stime, cutime, cstime are fields 14-17 of proc(5), 11-14 here.
+            total += sum(int(value) for value in fields[11:15])
+    return total / ticks
+
+
+def idle_cpu_fraction(before: Sequence[int], after: Sequence[int]) -> float:
+    """Return the machine's idle share (idle + iowait) between two :func:`cpu_times`."""
+    # user nice system idle iowait irq softirq steal; guest time is already in user.
+    spent = [b - a for a, b in zip(before[:8], after[:8], strict=True)]
+    return (spent[3] + spent[4]) / max(1, sum(spent))
+
+
+def cpu_times() -> list[int]:
+    """Return the machine's CPU time counters (the ``cpu`` line of /proc/stat), in ticks."""
+    line = Path("/proc/stat").read_text().splitlines()[0]
+    return [int(value) for value in line.split()[1:]]
 
 
 @asynccontextmanager
