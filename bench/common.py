@@ -245,13 +245,19 @@ async def stack(
             await process.spawn(sys.executable, "-m", "services.cli", name, env=environ)
         for name in services:
             async with result.client(name) as client:
-                await until(functools.partial(_ready, client), timeout=90)
+                await until(functools.partial(_ready, client, result.processes[name]), timeout=90)
         yield result
     finally:
         await asyncio.gather(*(p.stop() for p in result.processes.values()))
 
 
-async def _ready(client: httpx.AsyncClient) -> bool:
+class ServiceExited(RuntimeError):
+    """A service exited before it was ready (e.g. it rejected its configuration)."""
+
+
+async def _ready(client: httpx.AsyncClient, process: ServerProcess) -> bool:
+    if not process.alive:
+        raise ServiceExited(f"{process.name} exited: " + " / ".join(process.tail[-3:]))
     try:
         return (await client.get("/readyz")).status_code == 200
     except httpx.TransportError:
