@@ -151,6 +151,11 @@ class Stack:
         return process_cpu_seconds(self.pids(name))
 
 
+def asyncpg_dsn(url: str) -> str:
+    """Return a database URL of the harness (``postgresql+asyncpg://``) as asyncpg takes it."""
+    return "postgresql://" + url.split("://", 1)[1]
+
+
 def vm_hwm_kib(pid: int) -> int:
     """Return a process's peak resident set (VmHWM), or 0 once it has gone."""
     try:
