@@ -18,8 +18,12 @@ schemas:
 	./cxloop schemas --out schemas
 
 # Writes BENCHMARKS.md. The single-event ingest line needs wrk (Debian's), installed here
-# when run as root; without it that line is skipped and says so.
+# when run as root; without it that line is skipped and says so. The Strimzi Kafka Bridge
+# row uses $CXLOOP_BENCH_BRIDGE, else ../shared/peers/strimzi-kafka-bridge-1.0.0 when it
+# exists; with neither, that row is skipped and says so.
+BRIDGE_DIR := $(abspath ../shared/peers/strimzi-kafka-bridge-1.0.0)
 bench:
 	@command -v wrk >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
-	./cxloop bench
+	@if [ -z "$$CXLOOP_BENCH_BRIDGE" ] && [ -d $(BRIDGE_DIR) ]; then \
+		export CXLOOP_BENCH_BRIDGE=$(BRIDGE_DIR); fi; ./cxloop bench

@@ -2,12 +2,15 @@
 
 python bench/run.py                  # the sizes the targets are stated for
 python bench/run.py --quick          # small sizes, to check the scripts work
+python bench/run.py --bridge DIR     # also the Strimzi Kafka Bridge installed in DIR
+                                     # (default: $CXLOOP_BENCH_BRIDGE; none: that row skipped)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import platform
 import subprocess
@@ -20,7 +23,7 @@ import ingest
 import latency
 import queries
 import scorer_throughput
-from common import ROOT, Result, servers
+from common import ROOT, Result, Servers, servers
 
 
 def machine() -> str:
@@ -67,12 +70,39 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+async def measure_peers(srv: Servers, sizes: dict[str, int], bridge: Path | None) -> list[Result]:
+    """The peers a user might pick instead (bench/peers.py), when that script is present."""
+    try:
+        peers = importlib.import_module("peers")
+    except ModuleNotFoundError as exc:
+        if exc.name != "peers":
+            raise
+        print("peers: skipped, bench/peers.py is not in this checkout", flush=True)
+        return []
+    print("peers", flush=True)
+    results: list[Result] = await peers.measure(
+        srv,
+        ingest_seconds=sizes["ingest seconds"],
+        scorer_events=sizes["peer scorer events"],
+        bridge=bridge,
+    )
+    return results
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    bridge = os.environ.get("CXLOOP_BENCH_BRIDGE")
+    parser.add_argument(
+        "--bridge",
+        type=Path,
+        default=Path(bridge) if bridge else None,
+        metavar="DIR",
+        help="the Strimzi Kafka Bridge's installation (default: $CXLOOP_BENCH_BRIDGE)",
+    )
     args = parser.parse_args()
     q = args.quick
     sizes = {
@@ -81,8 +111,9 @@ async def main() -> None:
         "ingest seconds": 3 if q else 15,
         "latency seconds": 10 if q else 60,
         "responses": 100_000 if q else 10_000_000,
-        "orders": 50_000 if q else 5_000_000,
+        "orders": 50_000 if q else 1_000_000,
         "requests": 20 if q else 200,
+        "peer scorer events": 20_000 if q else 300_000,
     }
     started = time.monotonic()
     results: list[Result] = []
@@ -100,6 +131,7 @@ async def main() -> None:
         results += await queries.measure(
             srv, sizes["responses"], sizes["requests"], sizes["orders"]
         )
+        results += await measure_peers(srv, sizes, args.bridge)
         described = srv.describe()
     took = time.monotonic() - started
     text = f"""# Benchmarks
