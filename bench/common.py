@@ -122,6 +122,7 @@ class Stack:
 
     urls: dict[str, str]
     api_key: str
+    kafka: KafkaSettings
     processes: dict[str, ServerProcess] = field(default_factory=dict)
 
     def client(self, name: str, **kwargs: object) -> httpx.AsyncClient:
@@ -242,7 +243,7 @@ async def stack(
         **{f"CXLOOP_{name.upper()}_PORT": str(port) for name, port in ports.items()},
         **env,
     }
-    result = Stack({n: f"http://127.0.0.1:{p}" for n, p in ports.items()}, api_key)
+    result = Stack({n: f"http://127.0.0.1:{p}" for n, p in ports.items()}, api_key, kafka)
     try:
         for name in services:
             process = ServerProcess(name, sink=None)

@@ -15,7 +15,7 @@ and the dashboard's own requests, with the session cookie of a one-time sign-in 
 Each page's own Server-Timing header (a panel's service call, `render`, `total`) is read
 back and printed as p50/p99 per part under the page's line.
 
-Customer value (issue 13) over --orders orders (default 5M, 95% JPY and 5% USD, dated over
+Customer value (issue 13) over --orders orders (default 1M, 95% JPY and 5% USD, dated over
 the same 100 days, from the same 200,000 customers, 5% of them partly refunded), with
 every customer's NPS answers and monthly activity derived from the seeded rows and the
 revenue facts derived by the scorer's own rebuild code:
@@ -26,25 +26,33 @@ revenue facts derived by the scorer's own rebuild code:
 The snapshot rows time a dictionary lookup the scorer refreshes every
 CXLOOP_SCORER_VALUE_REFRESH_SECONDS; the live rows time the exact per-customer statements.
 
-    python bench/queries.py --responses 10000000 --orders 5000000 --requests 200
+    python bench/queries.py --responses 10000000 --orders 1000000 --requests 200
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
+import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import httpx
 import sqlalchemy as sa
-from common import Result, Servers, percentile, servers, stack
+from common import Result, Servers, asyncpg_dsn, percentile, servers, stack
+from scorer_throughput import answer
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from shared.settings import DatabaseSettings
+from shared.kafka import encode, make_producer
+from shared.settings import DatabaseSettings, KafkaSettings, ScorerSettings
 from shared.timing import parse_header
+from shared.topics import Topic
 from shared.web.sessions import sign_in_link_for
 
 # Bench-only seeding SQL. It builds the rows the scorer would have stored; the scorer's own
@@ -244,13 +252,22 @@ class Timed:
 
 
 async def timed(
-    client: httpx.AsyncClient, path: str, params: dict[str, Any], requests: int
+    client: httpx.AsyncClient,
+    path: str,
+    params: dict[str, Any],
+    requests: int,
+    bare: Callable[[], Awaitable[None]] | None = None,
 ) -> Timed:
-    """``requests`` GETs, one at a time, after a warm-up."""
+    """``requests`` GETs, one at a time, after a warm-up; each followed by ``bare`` (the same
+    SQL run bare), if given, so that the two are measured interleaved."""
     for _ in range(10):
         (await client.get(path, params=params)).raise_for_status()
+        if bare is not None:
+            await bare()
     out = Timed()
     for _ in range(requests):
+        if bare is not None:
+            await bare()
         started = time.perf_counter()
         r = await client.get(path, params=params)
         out.times.append(time.perf_counter() - started)
@@ -275,7 +292,101 @@ def result(
     )
 
 
-async def measure(srv: Servers, responses: int, requests: int, orders: int) -> list[Result]:
+Statement = tuple[str, tuple[Any, ...]]
+
+
+async def scorer_statements(url: str) -> dict[str, list[Statement]]:
+    """Return, for each of QUERIES, the exact statements and parameters the scorer runs for
+    it: its own service code called here with the same arguments as its API passes, on an
+    engine that records what reaches the driver (asyncpg's ``$n`` form)."""
+    from services.scorer import service
+    from services.scorer.schemas import Dimension, Interval, Window
+    from shared.events import Metric
+
+    engine = create_async_engine(DatabaseSettings(url=url).sqlalchemy_url())
+    seen: list[Statement] = []
+
+    def record(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
+        seen.append((statement, tuple(parameters or ())))
+
+    sa.event.listen(engine.sync_engine, "before_cursor_execute", record)
+    min_n = ScorerSettings().min_n
+    calls: dict[str, Callable[[], Awaitable[object]]] = {
+        "30d by channel": lambda: service.scores(
+            engine, service.resolve_range(Window("30d"), None, None), {}, Metric.NPS, None,
+            min_n, group_by=Dimension.CHANNEL,
+        ),
+        "90d by channel": lambda: service.scores(
+            engine, service.resolve_range(Window("90d"), None, None), {}, Metric.NPS, None,
+            min_n, group_by=Dimension.CHANNEL,
+        ),
+        "90d daily series": lambda: service.trend(
+            engine, service.resolve_range(Window("90d"), None, None), {}, Metric.NPS, None,
+            min_n, interval=Interval.DAY,
+        ),
+    }  # fmt: skip
+    out: dict[str, list[Statement]] = {}
+    try:
+        for name, call in calls.items():
+            seen.clear()
+            await call()
+            out[name] = list(seen)
+    finally:
+        await engine.dispose()
+    return out
+
+
+async def timed_bare(
+    conn: asyncpg.Connection, statements: list[Statement], into: list[float]
+) -> None:
+    """Run ``statements`` as the scorer does for one request, over a bare asyncpg connection."""
+    started = time.perf_counter()
+    for statement, parameters in statements:
+        await conn.fetch(statement, *parameters)
+    into.append(time.perf_counter() - started)
+
+
+@dataclass
+class Steady:
+    """Answers sent to the scorer's topic at a steady rate while the queries are timed."""
+
+    sent: int = 0
+    started: float = 0.0
+
+
+async def send_steadily(kafka: KafkaSettings, rate: int, into: Steady, stop: asyncio.Event) -> None:
+    """Produce ``rate`` answers a second (acks=all) until ``stop``, in tenths of a second."""
+    rng, producer = random.Random(4), make_producer(kafka)
+    await producer.start()
+    try:
+        topic = kafka.topic(Topic.RESPONSES)
+        into.started = time.monotonic()
+        while not stop.is_set():
+            now = datetime.now(UTC)
+            futures = []
+            for _ in range(max(1, rate // 10)):
+                e = answer(rng, into.sent, now, timedelta(minutes=5))
+                futures.append(await producer.send(topic, encode(e), key=e.customer_id.encode()))
+                into.sent += 1
+            await asyncio.gather(*futures)
+            due = into.started + into.sent / rate - time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.0, due))
+    finally:
+        await producer.stop()
+
+
+async def applied(url: str) -> int:
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM scorer_applied_events"))
+    finally:
+        await conn.close()
+
+
+async def measure(
+    srv: Servers, responses: int, requests: int, orders: int, rate: int = 200
+) -> list[Result]:
     url = await srv.database()
     seeded, buckets = await seed(url, responses)
     print(f"  seeded {responses:,} responses, {buckets:,} buckets in {seeded:.0f}s", flush=True)
@@ -284,10 +395,31 @@ async def measure(srv: Servers, responses: int, requests: int, orders: int) -> l
         print(f"  seeded {orders:,} orders in {took:.0f}s", flush=True)
     results = []
     async with stack(srv, services=("scorer",), CXLOOP_DATABASE_URL=url) as s:
+        steady, stop = Steady(), asyncio.Event()
+        sender = asyncio.create_task(send_steadily(s.kafka, rate, steady, stop))
+        before, since = await applied(url), time.monotonic()
+        statements = await scorer_statements(url)
+        bare_conn = await asyncpg.connect(asyncpg_dsn(url))
         async with s.client("scorer") as client:
             for name, (path, params) in QUERIES.items():
-                got = await timed(client, path, params, requests)
+                bare: list[float] = []
+                got = await timed(
+                    client, path, params, requests,
+                    functools.partial(timed_bare, bare_conn, statements[name], bare),
+                )  # fmt: skip
+                bare = bare[10:]  # the warm-up's
                 results.append(result(name, got.p50, got.p99, requests, responses, buckets))
+                bare_p99 = percentile(bare, 99) * 1000
+                r = results[-1]
+                r.reference, r.reference_value = "the same SQL bare through asyncpg", bare_p99
+                r.target = "≤ 1.3× bare and p99 ≤ 50 ms"
+                r.met = r.value <= 1.3 * bare_p99 and r.value <= 50
+                r.note += (
+                    f"; bare p50 {percentile(bare, 50) * 1000:.1f} ms, "
+                    f"{len(statements[name])} statement(s) per request, interleaved"
+                )
+                print(f"    bare SQL p99 {bare_p99:.1f} ms", flush=True)
+            await bare_conn.close()
             if orders:
                 now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
                 span = {"from": (now - timedelta(days=45)).isoformat(),
@@ -309,7 +441,13 @@ async def measure(srv: Servers, responses: int, requests: int, orders: int) -> l
                 print("\n".join(got.table()), flush=True)
                 if got.parts:
                     results[-1].note += f"; {got.summary()}"
+        consumed = (await applied(url) - before) / (time.monotonic() - since)
+        stop.set()
+        await sender
         rss = s.peak_rss_mib()["scorer"]
+    print(f"  the scorer consumed {consumed:,.0f} answers/s meanwhile", flush=True)
+    for r in results:
+        r.note += f"; measured while the scorer consumed {consumed:,.0f} answers/s ({rate}/s sent)"
     results[-1].note += f"; scorer peak RSS {rss:.0f} MiB"
     return results
 
@@ -320,7 +458,7 @@ async def main() -> None:
     )
     parser.add_argument("--responses", type=int, default=10_000_000)
     parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--orders", type=int, default=5_000_000)
+    parser.add_argument("--orders", type=int, default=1_000_000)
     args = parser.parse_args()
     async with servers() as srv:
         for r in await measure(srv, args.responses, args.requests, args.orders):
