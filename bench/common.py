@@ -227,7 +227,8 @@ def cpu_times() -> list[int]:
 async def stack(
     srv: Servers, *, services: Sequence[str] = ("collector", "scorer", "alerting"), **env: str
 ) -> AsyncIterator[Stack]:
-    """Run the services against ``srv`` with their own topics and database."""
+    """Run the services against ``srv`` with their own topics and database (``env`` may
+    name others). A second instance of a service is named with a suffix: ``scorer#2``."""
     kafka = await srv.topics()
     api_key = "bench-" + secrets.token_urlsafe(18)
     ports = {name: free_port() for name in services}
@@ -240,21 +241,30 @@ async def stack(
         "CXLOOP_API_KEY": api_key,
         "CXLOOP_PRIVACY_HASH_KEY": secrets.token_urlsafe(32),
         "CXLOOP_LOG_LEVEL": "WARNING",
-        **{f"CXLOOP_{name.upper()}_PORT": str(port) for name, port in ports.items()},
+        **{f"CXLOOP_{_command(name).upper()}_PORT": str(port) for name, port in ports.items()},
         **env,
     }
+    kafka = kafka.model_copy(update={"topic_prefix": environ["CXLOOP_KAFKA_TOPIC_PREFIX"]})
     result = Stack({n: f"http://127.0.0.1:{p}" for n, p in ports.items()}, api_key, kafka)
     try:
         for name in services:
             process = ServerProcess(name, sink=None)
             result.processes[name] = process
-            await process.spawn(sys.executable, "-m", "services.cli", name, env=environ)
+            own = {f"CXLOOP_{_command(name).upper()}_PORT": str(ports[name])}
+            await process.spawn(
+                sys.executable, "-m", "services.cli", _command(name), env=environ | own
+            )
         for name in services:
             async with result.client(name) as client:
                 await until(functools.partial(_ready, client, result.processes[name]), timeout=90)
         yield result
     finally:
         await asyncio.gather(*(p.stop() for p in result.processes.values()))
+
+
+def _command(name: str) -> str:
+    """The service a process name runs: ``scorer`` for ``scorer#2``."""
+    return name.partition("#")[0]
 
 
 class ServiceExited(RuntimeError):

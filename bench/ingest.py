@@ -346,6 +346,7 @@ async def batches(srv: Servers, seconds: int, clients: int) -> list[Result]:
             "MiB",
             target="≤ 150 MiB per process",
             met=rss <= 150,
+            note=f"one collector worker, {clients} clients × batches of 500",
         ),
     ]
 
