@@ -119,15 +119,15 @@ async def main() -> None:
     results: list[Result] = []
     async with servers() as srv:
         print(f"servers: {srv.describe()}", flush=True)
-        print("ingest", flush=True)
+        print(f"ingest (at {(time.monotonic() - started) / 60:.1f} min)", flush=True)
         results += await ingest.measure(srv, sizes["ingest seconds"])
-        print("scorer throughput", flush=True)
+        print(f"scorer throughput (at {(time.monotonic() - started) / 60:.1f} min)", flush=True)
         results += await scorer_throughput.measure(
             srv, sizes["scorer events"], sizes["naive events"], spread_hours=24
         )
-        print("end-to-end latency", flush=True)
+        print(f"end-to-end latency (at {(time.monotonic() - started) / 60:.1f} min)", flush=True)
         results += await latency.measure(srv, rate=500, seconds=sizes["latency seconds"])
-        print("query latency", flush=True)
+        print(f"query latency (at {(time.monotonic() - started) / 60:.1f} min)", flush=True)
         results += await queries.measure(
             srv, sizes["responses"], sizes["requests"], sizes["orders"]
         )

@@ -165,8 +165,9 @@ async def run_scorer(kafka: KafkaSettings, url: str, n: int) -> float:
 async def run_scorer_processes(
     srv: Servers, kafka: KafkaSettings, n: int, instances: int
 ) -> tuple[float, LockWaits]:
-    """Events/s of ``instances`` scorer processes (``cxloop scorer``) in one consumer group,
-    from when all are ready (the backlog they find then, over the time to store it)."""
+    """Events/s of ``instances`` scorer processes (``cxloop scorer``) in one consumer group
+    on the first ``n`` answers of the backlog, from when all are ready (what they store from
+    then, over the time it takes)."""
     url = await srv.database()
     env = {
         "CXLOOP_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
@@ -385,8 +386,10 @@ async def measure(srv: Servers, n: int, naive_n: int, spread_hours: float) -> li
     print(f"  scorer {scorer:,.0f}/s", flush=True)
     limit = n / await run_limit(kafka, await srv.database(), n)
     print(f"  limit  {limit:,.0f}/s", flush=True)
-    one_process, one_waits = await run_scorer_processes(srv, kafka, n, 1)
-    two, two_waits = await run_scorer_processes(srv, kafka, n, 2)
+    # Enough for the rebalance and start-up to count little, few enough to keep the run short.
+    scale_n = min(n, 300_000)
+    one_process, one_waits = await run_scorer_processes(srv, kafka, scale_n, 1)
+    two, two_waits = await run_scorer_processes(srv, kafka, scale_n, 2)
     print(f"  two scorers {two:,.0f}/s; {two_waits.describe()}", flush=True)
     naive = naive_n / await run_naive(kafka, await srv.database(), naive_n)
     print(f"  naive  {naive:,.0f}/s", flush=True)
@@ -413,7 +416,8 @@ async def measure(srv: Servers, n: int, naive_n: int, spread_hours: float) -> li
             one_process,
             "report the factor",
             None,
-            f"{setup}, each side from when its processes were all ready; bounded by the "
+            f"the first {scale_n:,} of the {n:,} answers, each side timed from when its "
+            "processes were all ready; bounded by the "
             f"topic's {partitions} partitions ({partitions // 2} each), the machine's "
             f"{os.cpu_count()} cores (shared with Kafka and Postgres) and row locks on shared "
             f"buckets: with two, {two_waits.describe()}; with one, {one_waits.describe()}",
