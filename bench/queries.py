@@ -49,6 +49,7 @@ from common import Result, Servers, asyncpg_dsn, percentile, servers, stack
 from scorer_throughput import answer
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from shared.db import create_engine
 from shared.kafka import encode, make_producer
 from shared.settings import DatabaseSettings, KafkaSettings, ScorerSettings
 from shared.timing import parse_header
@@ -303,7 +304,7 @@ async def scorer_statements(url: str) -> dict[str, list[Statement]]:
     from services.scorer.schemas import Dimension, Interval, Window
     from shared.events import Metric
 
-    engine = create_async_engine(DatabaseSettings(url=url).sqlalchemy_url())
+    engine = create_engine(DatabaseSettings(url=url))  # the scorer's own engine factory
     seen: list[Statement] = []
 
     def record(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
@@ -339,11 +340,20 @@ async def scorer_statements(url: str) -> dict[str, list[Statement]]:
 async def timed_bare(
     conn: asyncpg.Connection, statements: list[Statement], into: list[float]
 ) -> None:
-    """Run ``statements`` as the scorer does for one request, over a bare asyncpg connection."""
+    """Run ``statements`` as the scorer does for one request (in one transaction), over a
+    bare asyncpg connection."""
     started = time.perf_counter()
-    for statement, parameters in statements:
-        await conn.fetch(statement, *parameters)
+    async with conn.transaction():
+        for statement, parameters in statements:
+            await conn.fetch(statement, *parameters)
     into.append(time.perf_counter() - started)
+
+
+async def bare_connection(url: str) -> asyncpg.Connection:
+    """A plain asyncpg connection with the session settings the scorer's engine sets."""
+    return await asyncpg.connect(
+        asyncpg_dsn(url), server_settings={"plan_cache_mode": "force_custom_plan"}
+    )
 
 
 @dataclass
@@ -399,7 +409,7 @@ async def measure(
         sender = asyncio.create_task(send_steadily(s.kafka, rate, steady, stop))
         before, since = await applied(url), time.monotonic()
         statements = await scorer_statements(url)
-        bare_conn = await asyncpg.connect(asyncpg_dsn(url))
+        bare_conn = await bare_connection(url)
         async with s.client("scorer") as client:
             for name, (path, params) in QUERIES.items():
                 bare: list[float] = []
