@@ -370,7 +370,13 @@ async def bridge_running(folder: Path, java: Path, bootstrap: str) -> AsyncItera
                     except httpx.TransportError:
                         return False
 
-                await until(ready, timeout=90, every=0.3)
+                try:
+                    await until(ready, timeout=90, every=0.3)
+                except TimeoutError:
+                    tail = " | ".join(process.tail[-3:])
+                    raise PeerUnavailable(
+                        f"failed: the bridge was not ready in 90 s ({tail})"
+                    ) from None
             yield Bridge(f"http://127.0.0.1:{port}", process)
         finally:
             await process.stop()
@@ -677,7 +683,7 @@ async def run_quix(python: Path, kafka: KafkaSettings, url: str, n: int) -> Run:
             async def counted() -> bool:
                 nonlocal cpu
                 if not process.alive:
-                    raise RuntimeError("Quix app exited: " + " | ".join(process.tail[-5:]))
+                    raise PeerUnavailable("failed: Quix exited: " + " | ".join(process.tail[-5:]))
                 try:
                     total = await conn.fetchval(
                         "SELECT coalesce(sum(promoters + passives + detractors), 0) "
@@ -690,7 +696,10 @@ async def run_quix(python: Path, kafka: KafkaSettings, url: str, n: int) -> Run:
                     return True
                 return False
 
-            await until(counted, timeout=max(300, n / 200), every=0.2)
+            try:
+                await until(counted, timeout=max(300, n / 200), every=0.2)
+            except TimeoutError:
+                raise PeerUnavailable(f"failed: Quix had not counted {n:,} in time") from None
             return Run(n / (time.perf_counter() - started), cpu)
         finally:
             await process.stop()
@@ -707,11 +716,13 @@ async def run_bare(python: Path, kafka: KafkaSettings, n: int) -> Run:
     )  # fmt: skip
     try:
         code = await asyncio.wait_for(process.wait(), timeout=max(300, n / 200))
+    except TimeoutError:
+        raise PeerUnavailable(f"failed: the bare loop had not read {n:,} in time") from None
     finally:
         await process.stop()
     elapsed = time.perf_counter() - started
     if code != 0 or not process.tail:
-        raise RuntimeError("bare loop failed: " + " | ".join(process.tail[-5:]))
+        raise PeerUnavailable("failed: the bare loop: " + " | ".join(process.tail[-5:]))
     return Run(n / elapsed, float(json.loads(process.tail[-1])["cpu_seconds"]))
 
 
@@ -737,46 +748,59 @@ async def measure_quix(srv: Servers, n: int) -> list[Result]:
     print(f"  scorer {scorer.rate:,.0f}/s", flush=True)
 
     quix_db = await srv.database()
-    quix = await run_quix(python, kafka, quix_db, n)
-    print(f"  quix   {quix.rate:,.0f}/s", flush=True)
-    bare = await run_bare(python, kafka, n)
-    print(f"  bare   {bare.rate:,.0f}/s", flush=True)
-
-    theirs, ours = await hourly(quix_db, HOURLY_QUIX), await hourly(scorer_db, HOURLY_CXLOOP)
-    differ = sum(ours.get(k) != theirs.get(k) for k in ours.keys() | theirs.keys())
-    if differ:
-        check = f"MISMATCH: hourly counts differ in {differ} of {len(ours)} (channel, hour) buckets"
-    else:
-        check = f"hourly counts equal in all {len(ours)} (channel, hour) buckets"
     setup = f"{n:,} NPS answers over {SPREAD_HOURS:g} h, from one pre-filled topic"
     per_cpu = (
         f"events per CPU-second scorer {n / scorer.cpu_seconds:,.0f} "
         f"({scorer.cpu_seconds:.1f} CPU-s, the bench process it runs in)"
     )
-    return [
-        Result(
-            names[0],
-            scorer.rate,
-            names[1],
-            QUIX_DOES,
-            quix.rate,
-            names[2],
-            scorer.rate / quix.rate >= 2.0 and not differ,
-            f"{setup}; {check}; {per_cpu}, Quix {n / quix.cpu_seconds:,.0f} "
-            f"({quix.cpu_seconds:.1f} CPU-s); each timed from its start",
-        ),
-        Result(
-            bare_names[0],
-            scorer.rate,
-            bare_names[1],
-            bare_does,
-            bare.rate,
-            bare_names[2],
-            None,
-            f"{setup}; {per_cpu}, bare loop {n / bare.cpu_seconds:,.0f} "
-            f"({bare.cpu_seconds:.1f} CPU-s)",
-        ),
-    ]
+    results = []
+    try:
+        quix = await run_quix(python, kafka, quix_db, n)
+    except PeerUnavailable as failed:
+        print(f"  quix: {failed}", flush=True)
+        results.append(_skipped(*names, QUIX_DOES, str(failed)))
+    else:
+        print(f"  quix   {quix.rate:,.0f}/s", flush=True)
+        theirs, ours = await hourly(quix_db, HOURLY_QUIX), await hourly(scorer_db, HOURLY_CXLOOP)
+        differ = sum(ours.get(k) != theirs.get(k) for k in ours.keys() | theirs.keys())
+        if differ:
+            check = f"MISMATCH: hourly counts differ in {differ} of {len(ours)} buckets"
+        else:
+            check = f"hourly counts equal in all {len(ours)} (channel, hour) buckets"
+        results.append(
+            Result(
+                names[0],
+                scorer.rate,
+                names[1],
+                QUIX_DOES,
+                quix.rate,
+                names[2],
+                scorer.rate / quix.rate >= 2.0 and not differ,
+                f"{setup}; {check}; {per_cpu}, Quix {n / quix.cpu_seconds:,.0f} "
+                f"({quix.cpu_seconds:.1f} CPU-s); each timed from its start",
+            )
+        )
+    try:
+        bare = await run_bare(python, kafka, n)
+    except PeerUnavailable as failed:
+        print(f"  bare: {failed}", flush=True)
+        results.append(_skipped(*bare_names, bare_does, str(failed)))
+    else:
+        print(f"  bare   {bare.rate:,.0f}/s", flush=True)
+        results.append(
+            Result(
+                bare_names[0],
+                scorer.rate,
+                bare_names[1],
+                bare_does,
+                bare.rate,
+                bare_names[2],
+                None,
+                f"{setup}; {per_cpu}, bare loop {n / bare.cpu_seconds:,.0f} "
+                f"({bare.cpu_seconds:.1f} CPU-s)",
+            )
+        )
+    return results
 
 
 async def measure(
