@@ -237,9 +237,11 @@ async def batch_load(
     wrap: Callable[[list[dict[str, object]]], bytes],
     acked_in: Callable[[bytes], int],
     seconds: int,
+    seed: int,
 ) -> BatchRun:
-    """Four clients POST batches of 500 answers (bench/ingest.py's batch_body) for ``seconds``."""
-    rng = random.Random(2)
+    """Four clients POST batches of 500 answers (bench/ingest.py's batch_body) for ``seconds``;
+    each side gets the same answers for the same ``seed``."""
+    rng = random.Random(seed)
     acked = failed = 0
     deadline = time.monotonic() + seconds
 
@@ -415,8 +417,9 @@ class Side:
 
 
 def warm_up_seconds(seconds: int) -> int:
-    """A third of the measure, at least 2 s: the JVM compiles its hot paths in the first few."""
-    return max(2, seconds // 3)
+    """A third of the measure, at least 5 s: the JVM compiles its hot paths in the first few
+    seconds (after 2 s the bridge ran at a fifth of its warm rate)."""
+    return max(5, seconds // 3)
 
 
 async def _measured_wrk(
@@ -443,15 +446,22 @@ async def _measured_batches(
     path: str,
     wrap: Callable[[list[dict[str, object]]], bytes],
     acked_in: Callable[[bytes], int],
-    pids: list[int],
+    process: ServerProcess,
+    kafka: KafkaSettings,
     seconds: int,
-) -> tuple[BatchRun, float]:
-    before = process_cpu_seconds(pids)
+) -> Side:
+    """Warm up, then measure; the topic is counted from after the warm-up."""
     try:
-        run = await batch_load(client, path, wrap, acked_in, seconds)
+        await batch_load(client, path, wrap, acked_in, warm_up_seconds(seconds), seed=1)
+        pids = family(pid_of(process))
+        base = await topic_size(kafka)
+        before = process_cpu_seconds(pids)
+        run = await batch_load(client, path, wrap, acked_in, seconds, seed=2)
+        cpu = process_cpu_seconds(pids) - before
     finally:
         await client.close()
-    return run, process_cpu_seconds(pids) - before
+    landed = await topic_size(kafka) - base
+    return Side(run.rate, run.acked, run.failed, cpu, _rss(process), landed)
 
 
 async def bridge_sides(
@@ -464,7 +474,6 @@ async def bridge_sides(
     single_topic, batch_topic = singles.topic(Topic.RESPONSES), batches.topic(Topic.RESPONSES)
     single: list[Side] = []
     async with bridge_running(folder, java, srv.kafka.bootstrap_servers) as bridge:
-        pids = family(pid_of(bridge.process))
         if wrk_available():
             env = {"BENCH_TOPIC": single_topic}
             side = await _measured_wrk(
@@ -474,13 +483,11 @@ async def bridge_sides(
             print(f"  bridge single: {side.rate:,.0f} req/s, p99 {side.p99_ms:.0f} ms", flush=True)
         headers = {"Content-Type": "application/vnd.kafka.json.v2+json"}
         client = PeerClient(bridge.url, headers, CLIENTS)
-        path = f"/topics/{batch_topic}"
-        brun, bcpu = await _measured_batches(
-            client, path, _bridge_batch, _bridge_acked, pids, seconds
-        )
-        blanded = await topic_size(batches)
-        bridge_batch = Side(brun.rate, brun.acked, brun.failed, bcpu, _rss(bridge.process), blanded)
-        print(f"  bridge batches: {brun.rate:,.0f} events/s", flush=True)
+        bridge_batch = await _measured_batches(
+            client, f"/topics/{batch_topic}", _bridge_batch, _bridge_acked, bridge.process,
+            batches, seconds,
+        )  # fmt: skip
+        print(f"  bridge batches: {bridge_batch.rate:,.0f} events/s", flush=True)
 
     collector_single = await _collector_single(srv, seconds) if single else None
     collector_batch = await _collector_batches(srv, seconds)
@@ -509,20 +516,14 @@ async def _collector_batches(srv: Servers, seconds: int) -> Side:
     async with stack(
         srv, services=("collector",), CXLOOP_KAFKA_TOPIC_PREFIX=kafka.topic_prefix
     ) as s:
-        process = s.processes["collector"]
         headers = {"Authorization": f"Bearer {s.api_key}", "Content-Type": "application/json"}
         client = PeerClient(s.urls["collector"], headers, CLIENTS)
-        run, cpu = await _measured_batches(
-            client,
-            "/v1/responses/batch",
-            _collector_batch,
-            _collector_acked,
-            family(pid_of(process)),
-            seconds,
-        )
-        landed = await topic_size(kafka)
-        print(f"  collector batches: {run.rate:,.0f} events/s", flush=True)
-        return Side(run.rate, run.acked, run.failed, cpu, _rss(process), landed)
+        side = await _measured_batches(
+            client, "/v1/responses/batch", _collector_batch, _collector_acked,
+            s.processes["collector"], kafka, seconds,
+        )  # fmt: skip
+        print(f"  collector batches: {side.rate:,.0f} events/s", flush=True)
+        return side
 
 
 def _figures(cx: Side, peer: Side, unit: str) -> str:
@@ -589,7 +590,8 @@ async def measure_bridge(srv: Servers, bridge: Path | None, seconds: int) -> lis
             peer.rate,
             batch_names[2],
             cx.rate / peer.rate >= 1.2 and exact and cx.failed == peer.failed == 0,
-            f"{CLIENTS} clients × batches of {BATCH}, {seconds}s each; failed requests cxloop "
+            f"{CLIENTS} clients × batches of {BATCH}, {seconds}s each after a "
+            f"{warm_up_seconds(seconds)} s warm-up; failed requests cxloop "
             f"{cx.failed}, bridge {peer.failed}; {_figures(cx, peer, 'events')}; "
             f"cxloop: {cx.check(0)}; bridge: {peer.check(0)}",
         )
