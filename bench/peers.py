@@ -2,7 +2,8 @@
 
   bridge   the Strimzi Kafka Bridge 1.0.0 (HTTP -> Kafka, Java) against the collector: single
            events (wrk, 64 connections, one record per request) and batches of 500 (four
-           clients), each side's topic checked to hold exactly what was acknowledged
+           clients); each side's topic is counted against what was acknowledged (exactly for
+           batches; for wrk, up to its 64 requests abandoned in flight at its deadline more)
   quix     Quix Streams 3.28.1 against the scorer: a pre-filled topic of NPS answers to hourly
            promoter/passive/detractor counts per channel in Postgres, the counts checked equal
   bare     a confluent-kafka loop that only counts the same topic's records, for context
