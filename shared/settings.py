@@ -34,8 +34,9 @@ from shared.events import Channel
 from shared.topics import Topic, topic_name
 
 ENV_PREFIX = "CXLOOP_"
-# Variables under these prefixes belong to tools around the services (the test harness).
-_FOREIGN_PREFIXES = ("CXLOOP_TEST_",)
+# Variables under these prefixes belong to tools around the services (the test harness, the
+# benchmarks), so one set in a shell never stops a service.
+_FOREIGN_PREFIXES = ("CXLOOP_TEST_", "CXLOOP_BENCH_")
 # Test knobs that were named outside that prefix once, and are refused with their new name.
 _RENAMED = {
     "CXLOOP_SOAK_SECONDS": "CXLOOP_TEST_SOAK_SECONDS",

@@ -56,6 +56,7 @@ class TestUnknownVariables:
             {
                 "CXLOOP_KAFKA_BOOTSTRAP_SERVERS": "x:9092",
                 "CXLOOP_TEST_KAFKA_BACKEND": "tansu",
+                "CXLOOP_BENCH_BRIDGE": "/opt/strimzi-kafka-bridge",
                 "PATH": "/bin",
             }
         )

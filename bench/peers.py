@@ -1,0 +1,846 @@
+"""cxloop against what a user would pick instead, side by side on the same Kafka and Postgres.
+
+  bridge   the Strimzi Kafka Bridge 1.0.0 (HTTP -> Kafka, Java) against the collector: single
+           events (wrk, 64 connections, one record per request) and batches of 500 (four
+           clients); each side's topic is counted against what was acknowledged (exactly for
+           batches; for wrk, up to its 64 requests abandoned in flight at its deadline more)
+  quix     Quix Streams 3.28.1 against the scorer: a pre-filled topic of NPS answers to hourly
+           promoter/passive/detractor counts per channel in Postgres, the counts checked equal
+  bare     a confluent-kafka loop that only counts the same topic's records, for context
+
+The bridge comes from a folder holding its jar and install.sh (--bridge DIR, or
+CXLOOP_BENCH_BRIDGE); it needs Java 21 or newer, and its dependencies are fetched once by mvn
+into ~/.cache/cxloop/peers/. Quix runs in its own venv there (pip), never in cxloop's. A peer
+that cannot run is reported as a skipped row with the reason.
+
+    python bench/peers.py --bridge ../shared/peers/strimzi-kafka-bridge-1.0.0 [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import asyncpg
+import httpx
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from common import Result, Servers, servers, stack, until, vm_hwm_kib
+from ingest import _WRK_SCRIPT, batch_body, wrk_available
+from scorer_throughput import fill, run_scorer
+from sqlalchemy.engine import make_url
+
+from services.servers import ServerProcess, free_port
+from shared.settings import KafkaSettings
+from shared.topics import TOPIC_SPECS, Topic
+
+HERE = Path(__file__).resolve().parent
+CACHE = Path.home() / ".cache" / "cxloop" / "peers"
+QUIX = "quixstreams[postgresql]==3.28.1"
+BRIDGE_ENV = "CXLOOP_BENCH_BRIDGE"
+CONNECTIONS = 64
+CLIENTS = 4
+BATCH = 500
+SPREAD_HOURS = 24.0
+
+BRIDGE_DOES = (
+    "Strimzi Kafka Bridge 1.0.0, POST /topics/{topic}, acks=all; "
+    "no authentication, deduplication or enrichment"
+)
+QUIX_DOES = (
+    "Quix Streams 3.28.1: group_by channel, 1 h tumbling window, PostgreSQLSink upsert; "
+    "stores only the counts (the scorer also keeps the ledger, raw rows, roll-ups, reasons "
+    "and activity)"
+)
+
+# The collector's single-event body from bench/ingest.py, as one record of the bridge's API,
+# keyed by the customer as the collector keys it.
+_BRIDGE_WRK_SCRIPT = r"""
+local topic = os.getenv("BENCH_TOPIC")
+local body = '{"records":[{"key":"c%d","value":{"event_id":"%s","metric":"nps","score":%d,'
+  .. '"channel":"web","survey_type":"transactional","touchpoint":"checkout","customer_id":"c%d",'
+  .. '"comment":"配送が遅い","reasons":["wait_time"],"segments":{"location":"tokyo"}}}]}'
+local headers = {["Content-Type"] = "application/vnd.kafka.json.v2+json"}
+setup = function(thread) thread:set("seed", math.random(1, 1000000)) end
+init = function() math.randomseed(os.time() + seed) end
+local function uuid4()
+  return string.format("%06x%02x-%04x-4%03x-%04x-%06x%06x",
+    math.random(0, 0xffffff), math.random(0, 0xff), math.random(0, 0xffff),
+    math.random(0, 0xfff), 0x8000 + math.random(0, 0x3fff),
+    math.random(0, 0xffffff), math.random(0, 0xffffff))
+end
+request = function()
+  local customer = math.random(1, 100000)
+  local b = string.format(body, customer, uuid4(), math.random(0, 10), customer)
+  return wrk.format("POST", "/topics/" .. topic, headers, b)
+end
+"""
+
+
+class PeerUnavailable(Exception):
+    """A peer cannot run here; the message says why, for the skipped row's note."""
+
+
+# --- processes ----------------------------------------------------------------------------
+
+
+def process_cpu_seconds(pids: Iterable[int]) -> float:
+    """Return the user + system CPU seconds of ``pids`` so far (from /proc/PID/stat)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        fields = stat.rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+def family(pid: int) -> list[int]:
+    """Return ``pid`` and its descendants (a collector with workers is several processes)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo += parents.get(current, [])
+    return found
+
+
+def pid_of(process: ServerProcess) -> int:
+    assert process.proc is not None
+    return process.proc.pid
+
+
+def peers_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("CXLOOP_")}
+
+
+# --- load -----------------------------------------------------------------------------------
+
+
+@dataclass
+class WrkRun:
+    rate: float
+    acked: int
+    non_2xx: int
+    errors: int
+    p99_ms: float
+
+
+def run_wrk_latency(url: str, script: str, env: dict[str, str], seconds: int) -> WrkRun:
+    """bench/ingest.py's run_wrk with --latency: the rate, p99 and socket errors as well."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as file:
+        file.write(script)
+    try:
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", file.name, url],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**env, "PATH": "/usr/bin:/bin"},
+        ).stdout
+    finally:
+        Path(file.name).unlink()
+    rate = float(_match(r"Requests/sec:\s+([\d.]+)", out))
+    total = int(_match(r"(\d+) requests in", out))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    non_2xx = int(bad.group(1)) if bad else 0
+    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = sum(int(g) for g in socket.groups()) if socket else 0
+    value, unit = re.search(r"\s99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+    p99_ms = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    return WrkRun(rate, total - non_2xx, non_2xx, errors, p99_ms)
+
+
+def _match(pattern: str, text: str) -> str:
+    found = re.search(pattern, text)
+    if found is None:
+        raise RuntimeError(f"wrk printed no {pattern!r}:\n{text}")
+    return found.group(1)
+
+
+class PeerClient:
+    """bench/common.py's LoadClient with headers of the caller's choosing: the bridge wants
+    its own content type and no key. Both sides of a batch measure use this one client."""
+
+    def __init__(self, url: str, headers: dict[str, str], connections: int) -> None:
+        parsed = httpx.URL(url)
+        self._host, self._port = parsed.host, parsed.port or 80
+        self._headers = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self._idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
+            asyncio.Queue()
+        )
+        self._connections = connections
+        self._opened = 0
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        """POST ``body``; return the status and the response body."""
+        if self._idle.empty() and self._opened < self._connections:
+            self._opened += 1
+            self._idle.put_nowait(await asyncio.open_connection(self._host, self._port))
+        reader, writer = await self._idle.get()
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self._host}\r\n{self._headers}"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        writer.write(head.encode() + body)
+        status_line = await reader.readline()
+        length = 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+        payload = await reader.readexactly(length)
+        self._idle.put_nowait((reader, writer))
+        return int(status_line.split()[1]), payload
+
+    async def close(self) -> None:
+        while not self._idle.empty():
+            _, writer = self._idle.get_nowait()
+            writer.close()
+
+
+@dataclass
+class BatchRun:
+    rate: float
+    acked: int
+    failed: int
+
+
+async def batch_load(
+    client: PeerClient,
+    path: str,
+    wrap: Callable[[list[dict[str, object]]], bytes],
+    acked_in: Callable[[bytes], int],
+    seconds: int,
+    seed: int,
+) -> BatchRun:
+    """Four clients POST batches of 500 answers (bench/ingest.py's batch_body) for ``seconds``;
+    each side gets the same answers for the same ``seed``."""
+    rng = random.Random(seed)
+    acked = failed = 0
+    deadline = time.monotonic() + seconds
+
+    async def one() -> None:
+        nonlocal acked, failed
+        while time.monotonic() < deadline:
+            items = json.loads(batch_body(rng, BATCH))["items"]
+            status, payload = await client.post(path, wrap(items))
+            if status == 200:
+                acked += acked_in(payload)
+            else:
+                failed += 1
+
+    started = time.monotonic()
+    await asyncio.gather(*(one() for _ in range(CLIENTS)))
+    return BatchRun(acked / (time.monotonic() - started), acked, failed)
+
+
+def _collector_batch(items: list[dict[str, object]]) -> bytes:
+    return json.dumps({"items": items}, ensure_ascii=False).encode()
+
+
+def _bridge_batch(items: list[dict[str, object]]) -> bytes:
+    records = [{"key": item["customer_id"], "value": item} for item in items]
+    return json.dumps({"records": records}, ensure_ascii=False).encode()
+
+
+def _collector_acked(payload: bytes) -> int:
+    return int(json.loads(payload)["accepted"])
+
+
+def _bridge_acked(payload: bytes) -> int:
+    return sum("error_code" not in o for o in json.loads(payload)["offsets"])
+
+
+async def topic_size(kafka: KafkaSettings) -> int:
+    """Return the records the responses topic holds: the sum of its partitions' end offsets."""
+    (spec,) = [s for s in TOPIC_SPECS if s.topic is Topic.RESPONSES]
+    topic = kafka.topic(Topic.RESPONSES)
+    consumer = AIOKafkaConsumer(**kafka.to_aiokafka_params())
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(spec.partitions)]
+        return sum((await consumer.end_offsets(partitions)).values())
+    finally:
+        await consumer.stop()
+
+
+# --- the bridge -----------------------------------------------------------------------------
+
+
+def java_major(java: Path) -> int | None:
+    try:
+        out = subprocess.run(
+            [str(java), "-version"], capture_output=True, text=True, timeout=60
+        ).stderr
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+    if found is None:
+        return None
+    major = int(found.group(1))
+    return int(found.group(2) or 0) if major == 1 else major
+
+
+def find_java(minimum: int = 21) -> Path | None:
+    """JAVA_HOME's java if it is new enough, else the newest enough one on PATH or in
+    /usr/lib/jvm (Debian's JVM directory, where a JDK beside the default is not on PATH)."""
+    candidates = []
+    if home := os.environ.get("JAVA_HOME"):
+        candidates.append(Path(home) / "bin" / "java")
+    if on_path := shutil.which("java"):
+        candidates.append(Path(on_path))
+    candidates += sorted(Path("/usr/lib/jvm").glob("*/bin/java"), reverse=True)
+    for java in candidates:
+        if java.is_file() and (java_major(java) or 0) >= minimum:
+            return java
+    return None
+
+
+def install_bridge(folder: Path) -> Path:
+    """Run the folder's install.sh once into the cache; return the libs directory."""
+    if not (folder / "install.sh").is_file():
+        raise PeerUnavailable(f"skipped: {folder} holds no install.sh of the bridge")
+    dest = CACHE / folder.name
+    done = subprocess.run(
+        ["bash", str(folder / "install.sh"), str(dest)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise PeerUnavailable(f"skipped: the bridge's install.sh failed ({last[0]})")
+    return dest / "libs"
+
+
+@dataclass
+class Bridge:
+    url: str
+    process: ServerProcess
+
+
+@asynccontextmanager
+async def bridge_running(folder: Path, java: Path, bootstrap: str) -> AsyncIterator[Bridge]:
+    libs = await asyncio.to_thread(install_bridge, folder)
+    port, management = free_port(), free_port()
+    with tempfile.TemporaryDirectory(prefix="cxloop-bridge-") as tmp:
+        config = Path(tmp) / "application.properties"
+        config.write_text(
+            "bridge.id=cxloop-bench\n"
+            f"http.host=127.0.0.1\nhttp.port={port}\nhttp.management.port={management}\n"
+            f"kafka.bootstrap.servers={bootstrap}\nkafka.producer.acks=all\n"
+        )
+        argv = [str(java), "-Xmx1g"]
+        if (folder / "log4j2.properties").is_file():
+            argv.append(f"-Dlog4j2.configurationFile={folder / 'log4j2.properties'}")
+        argv += ["-cp", f"{libs}/*", "io.strimzi.kafka.bridge.Application"]
+        argv.append(f"--config-file={config}")
+        process = ServerProcess("bridge", sink=None)
+        await process.spawn(*argv, env=peers_environment(), cwd=Path(tmp))
+        try:
+            async with httpx.AsyncClient() as client:
+
+                async def ready() -> bool:
+                    if not process.alive:
+                        raise PeerUnavailable("bridge exited: " + " | ".join(process.tail[-3:]))
+                    try:
+                        url = f"http://127.0.0.1:{management}/ready"
+                        return (await client.get(url)).status_code == 200
+                    except httpx.TransportError:
+                        return False
+
+                try:
+                    await until(ready, timeout=90, every=0.3)
+                except TimeoutError:
+                    tail = " | ".join(process.tail[-3:])
+                    raise PeerUnavailable(
+                        f"failed: the bridge was not ready in 90 s ({tail})"
+                    ) from None
+            yield Bridge(f"http://127.0.0.1:{port}", process)
+        finally:
+            await process.stop()
+
+
+@dataclass
+class Side:
+    """One server's figures under one load."""
+
+    rate: float
+    acked: int
+    failed: int
+    cpu_seconds: float
+    rss_mib: float
+    landed: int
+    errors: int = 0
+    p99_ms: float = 0.0
+
+    @property
+    def per_cpu_second(self) -> float:
+        return self.acked / self.cpu_seconds if self.cpu_seconds else 0.0
+
+    def landed_ok(self, slack: int) -> bool:
+        """Whether the topic holds the acknowledged records, and at most ``slack`` more: the
+        requests wrk abandoned in flight at its deadline were never counted, but may land."""
+        return self.acked <= self.landed <= self.acked + slack
+
+    def check(self, slack: int) -> str:
+        if self.landed == self.acked:
+            return f"topic holds exactly the {self.acked:,} acknowledged records"
+        verdict = "within" if self.landed_ok(slack) else "MISMATCH: outside"
+        return (
+            f"topic holds {self.landed:,} records for {self.acked:,} acknowledged ({verdict} "
+            f"the {slack} requests wrk left in flight or timed out)"
+        )
+
+
+def warm_up_seconds(seconds: int) -> int:
+    """A third of the measure, at least 5 s: the JVM compiles its hot paths in the first few
+    seconds (after 2 s the bridge ran at a fifth of its warm rate)."""
+    return max(5, seconds // 3)
+
+
+async def _measured_wrk(
+    url: str, script: str, env: dict[str, str], process: ServerProcess, kafka: KafkaSettings,
+    seconds: int,
+) -> Side:  # fmt: skip
+    """Warm up, then measure; the topic is counted from after the warm-up settled."""
+    await asyncio.to_thread(run_wrk_latency, url, script, env, warm_up_seconds(seconds))
+    await asyncio.sleep(1)
+    pids = family(pid_of(process))
+    base = await topic_size(kafka)
+    before = process_cpu_seconds(pids)
+    run = await asyncio.to_thread(run_wrk_latency, url, script, env, seconds)
+    cpu = process_cpu_seconds(pids) - before
+    await asyncio.sleep(1)
+    landed = await topic_size(kafka) - base
+    return Side(
+        run.rate, run.acked, run.non_2xx, cpu, _rss(process), landed, run.errors, run.p99_ms
+    )
+
+
+async def _measured_batches(
+    client: PeerClient,
+    path: str,
+    wrap: Callable[[list[dict[str, object]]], bytes],
+    acked_in: Callable[[bytes], int],
+    process: ServerProcess,
+    kafka: KafkaSettings,
+    seconds: int,
+) -> Side:
+    """Warm up, then measure; the topic is counted from after the warm-up."""
+    try:
+        await batch_load(client, path, wrap, acked_in, warm_up_seconds(seconds), seed=1)
+        pids = family(pid_of(process))
+        base = await topic_size(kafka)
+        before = process_cpu_seconds(pids)
+        run = await batch_load(client, path, wrap, acked_in, seconds, seed=2)
+        cpu = process_cpu_seconds(pids) - before
+    finally:
+        await client.close()
+    landed = await topic_size(kafka) - base
+    return Side(run.rate, run.acked, run.failed, cpu, _rss(process), landed)
+
+
+async def bridge_sides(
+    srv: Servers, folder: Path, java: Path, seconds: int
+) -> tuple[tuple[Side, Side] | None, tuple[Side, Side]]:
+    """Return ((bridge, collector) single events or None without wrk, (bridge, collector)
+    batches), each measured on its own fresh topic."""
+    singles = await srv.topics()
+    batches = await srv.topics()
+    single_topic, batch_topic = singles.topic(Topic.RESPONSES), batches.topic(Topic.RESPONSES)
+    single: list[Side] = []
+    async with bridge_running(folder, java, srv.kafka.bootstrap_servers) as bridge:
+        if wrk_available():
+            env = {"BENCH_TOPIC": single_topic}
+            side = await _measured_wrk(
+                bridge.url, _BRIDGE_WRK_SCRIPT, env, bridge.process, singles, seconds
+            )
+            single.append(side)
+            print(f"  bridge single: {side.rate:,.0f} req/s, p99 {side.p99_ms:.0f} ms", flush=True)
+        headers = {"Content-Type": "application/vnd.kafka.json.v2+json"}
+        client = PeerClient(bridge.url, headers, CLIENTS)
+        bridge_batch = await _measured_batches(
+            client, f"/topics/{batch_topic}", _bridge_batch, _bridge_acked, bridge.process,
+            batches, seconds,
+        )  # fmt: skip
+        print(f"  bridge batches: {bridge_batch.rate:,.0f} events/s", flush=True)
+
+    collector_single = await _collector_single(srv, seconds) if single else None
+    collector_batch = await _collector_batches(srv, seconds)
+    pair = (single[0], collector_single) if single and collector_single else None
+    return pair, (bridge_batch, collector_batch)
+
+
+def _rss(process: ServerProcess) -> float:
+    return sum(vm_hwm_kib(pid) for pid in family(pid_of(process))) / 1024
+
+
+async def _collector_single(srv: Servers, seconds: int) -> Side:
+    kafka = await srv.topics()
+    async with stack(
+        srv, services=("collector",), CXLOOP_KAFKA_TOPIC_PREFIX=kafka.topic_prefix
+    ) as s:
+        env = {"BENCH_KEY": s.api_key}
+        process, url = s.processes["collector"], s.urls["collector"]
+        side = await _measured_wrk(url, _WRK_SCRIPT, env, process, kafka, seconds)
+        print(f"  collector single: {side.rate:,.0f} req/s, p99 {side.p99_ms:.0f} ms", flush=True)
+        return side
+
+
+async def _collector_batches(srv: Servers, seconds: int) -> Side:
+    kafka = await srv.topics()
+    async with stack(
+        srv, services=("collector",), CXLOOP_KAFKA_TOPIC_PREFIX=kafka.topic_prefix
+    ) as s:
+        headers = {"Authorization": f"Bearer {s.api_key}", "Content-Type": "application/json"}
+        client = PeerClient(s.urls["collector"], headers, CLIENTS)
+        side = await _measured_batches(
+            client, "/v1/responses/batch", _collector_batch, _collector_acked,
+            s.processes["collector"], kafka, seconds,
+        )  # fmt: skip
+        print(f"  collector batches: {side.rate:,.0f} events/s", flush=True)
+        return side
+
+
+def _figures(cx: Side, peer: Side, unit: str) -> str:
+    cx_rate, peer_rate = cx.per_cpu_second, peer.per_cpu_second
+    ratio = f"{cx_rate / peer_rate:.2f}" if peer_rate else "—"
+    return (
+        f"server CPU-seconds cxloop {cx.cpu_seconds:.1f}, bridge {peer.cpu_seconds:.1f}; "
+        f"{unit} per server CPU-second cxloop {cx_rate:,.0f}, bridge {peer_rate:,.0f} "
+        f"(ratio {ratio}); peak RSS cxloop {cx.rss_mib:.0f} MiB, bridge {peer.rss_mib:.0f} MiB"
+    )
+
+
+async def measure_bridge(srv: Servers, bridge: Path | None, seconds: int) -> list[Result]:
+    names = ("Single-event ingest vs the Strimzi Kafka Bridge", "requests/s", "≥ 1.3")
+    batch_names = ("Batch ingest vs the Strimzi Kafka Bridge", "events/s", "≥ 1.2")
+    try:
+        if bridge is None:
+            raise PeerUnavailable(f"skipped: no bridge given (--bridge DIR or {BRIDGE_ENV})")
+        java = await asyncio.to_thread(find_java)
+        if java is None:
+            raise PeerUnavailable(
+                "skipped: the bridge needs Java 21 or newer; none in JAVA_HOME, on PATH "
+                "or in /usr/lib/jvm"
+            )
+        single, batch = await bridge_sides(srv, bridge, java, seconds)
+    except PeerUnavailable as skipped:
+        print(f"  bridge: {skipped}", flush=True)
+        return [_skipped(*n, BRIDGE_DOES, str(skipped)) for n in (names, batch_names)]
+
+    results = []
+    if single is None:
+        note = "skipped: wrk is not installed (apt-get install wrk)"
+        results.append(_skipped(*names, BRIDGE_DOES, note))
+    else:
+        peer, cx = single
+        slack = CONNECTIONS + peer.errors
+        cx_slack = CONNECTIONS + cx.errors
+        checked = peer.landed_ok(slack) and cx.landed_ok(cx_slack)
+        results.append(
+            Result(
+                names[0],
+                cx.rate,
+                names[1],
+                BRIDGE_DOES,
+                peer.rate,
+                names[2],
+                cx.rate / peer.rate >= 1.3 and checked and cx.failed == peer.failed == 0,
+                f"wrk, {CONNECTIONS} connections, one record per request, {seconds}s each after "
+                f"a {warm_up_seconds(seconds)} s warm-up; p99 cxloop {cx.p99_ms:.0f} ms, "
+                f"bridge {peer.p99_ms:.0f} ms; "
+                f"non-2xx cxloop {cx.failed}, bridge {peer.failed}; socket errors cxloop "
+                f"{cx.errors}, bridge {peer.errors}; {_figures(cx, peer, 'requests')}; "
+                f"cxloop: {cx.check(cx_slack)}; bridge: {peer.check(slack)}",
+            )
+        )
+    peer, cx = batch
+    exact = peer.landed == peer.acked and cx.landed == cx.acked
+    results.append(
+        Result(
+            batch_names[0],
+            cx.rate,
+            batch_names[1],
+            BRIDGE_DOES,
+            peer.rate,
+            batch_names[2],
+            cx.rate / peer.rate >= 1.2 and exact and cx.failed == peer.failed == 0,
+            f"{CLIENTS} clients × batches of {BATCH}, {seconds}s each after a "
+            f"{warm_up_seconds(seconds)} s warm-up; failed requests cxloop "
+            f"{cx.failed}, bridge {peer.failed}; {_figures(cx, peer, 'events')}; "
+            f"cxloop: {cx.check(0)}; bridge: {peer.check(0)}",
+        )
+    )
+    return results
+
+
+def _skipped(name: str, unit: str, target: str, reference: str, note: str) -> Result:
+    return Result(name, 0.0, unit, reference, None, target, None, note)
+
+
+# --- Quix Streams and the bare loop ---------------------------------------------------------
+
+
+def quix_python() -> Path:
+    """Quix's own venv under the cache, made and filled by pip once."""
+    venv = CACHE / "quix-venv"
+    python = venv / "bin" / "python"
+    stamp = venv / ".cxloop-installed"
+    if stamp.is_file() and stamp.read_text() == QUIX:
+        return python
+    steps = [
+        [sys.executable, "-m", "venv", "--clear", str(venv)],
+        [str(python), "-m", "pip", "install", "-q", QUIX],
+    ]
+    for step in steps:
+        done = subprocess.run(step, capture_output=True, text=True)
+        if done.returncode != 0:
+            last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise PeerUnavailable(f"skipped: could not install {QUIX} ({last[0]})")
+    stamp.write_text(QUIX)
+    return python
+
+
+HOURLY_CXLOOP = """
+SELECT channel, (extract(epoch FROM bucket_start) * 1000)::bigint AS hour_ms,
+       sum(promoters)::bigint, sum(passives)::bigint, sum(detractors)::bigint
+FROM score_buckets WHERE metric = 'nps' GROUP BY 1, 2
+"""
+HOURLY_QUIX = "SELECT channel, hour_ms, promoters, passives, detractors FROM quix_hourly"
+Hourly = dict[tuple[str, int], tuple[int, int, int]]
+
+
+async def hourly(url: str, query: str) -> Hourly:
+    conn = await asyncpg.connect(_dsn(url))
+    try:
+        return {
+            (r[0], int(r[1])): (int(r[2]), int(r[3]), int(r[4])) for r in await conn.fetch(query)
+        }
+    finally:
+        await conn.close()
+
+
+def _dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@dataclass
+class Run:
+    rate: float
+    cpu_seconds: float
+
+
+async def run_quix(python: Path, kafka: KafkaSettings, url: str, n: int) -> Run:
+    """Start the Quix app; time it from its start until Postgres counts all ``n`` answers."""
+    db = make_url(url)
+    with tempfile.TemporaryDirectory(prefix="cxloop-quix-") as state:
+        config = {
+            "bootstrap": kafka.bootstrap_servers,
+            "topic": kafka.topic(Topic.RESPONSES),
+            "group": f"quix-{uuid.uuid4().hex[:6]}",
+            "state_dir": state,
+            "host": db.host,
+            "port": db.port,
+            "dbname": db.database,
+            "user": db.username,
+            "password": db.password or "",
+            "table": "quix_hourly",
+            "spread_hours": SPREAD_HOURS,
+        }
+        process = ServerProcess("quix", sink=None)
+        conn = await asyncpg.connect(_dsn(url))
+        started = time.perf_counter()
+        await process.spawn(
+            str(python), str(HERE / "peers_quix_app.py"), json.dumps(config),
+            env=peers_environment(),
+        )  # fmt: skip
+        try:
+            cpu = 0.0
+
+            async def counted() -> bool:
+                nonlocal cpu
+                if not process.alive:
+                    raise PeerUnavailable("failed: Quix exited: " + " | ".join(process.tail[-5:]))
+                try:
+                    total = await conn.fetchval(
+                        "SELECT coalesce(sum(promoters + passives + detractors), 0) "
+                        "FROM quix_hourly"
+                    )
+                except asyncpg.UndefinedTableError:
+                    return False
+                if int(total) >= n:
+                    cpu = process_cpu_seconds(family(pid_of(process)))
+                    return True
+                return False
+
+            try:
+                await until(counted, timeout=max(300, n / 200), every=0.2)
+            except TimeoutError:
+                raise PeerUnavailable(f"failed: Quix had not counted {n:,} in time") from None
+            return Run(n / (time.perf_counter() - started), cpu)
+        finally:
+            await process.stop()
+            await conn.close()
+
+
+async def run_bare(python: Path, kafka: KafkaSettings, n: int) -> Run:
+    process = ServerProcess("bare", sink=None)
+    started = time.perf_counter()
+    await process.spawn(
+        str(python), str(HERE / "peers_bare_loop.py"), kafka.bootstrap_servers,
+        kafka.topic(Topic.RESPONSES), f"bare-{uuid.uuid4().hex[:6]}", str(n),
+        env=peers_environment(),
+    )  # fmt: skip
+    try:
+        code = await asyncio.wait_for(process.wait(), timeout=max(300, n / 200))
+    except TimeoutError:
+        raise PeerUnavailable(f"failed: the bare loop had not read {n:,} in time") from None
+    finally:
+        await process.stop()
+    elapsed = time.perf_counter() - started
+    if code != 0 or not process.tail:
+        raise PeerUnavailable("failed: the bare loop: " + " | ".join(process.tail[-5:]))
+    return Run(n / elapsed, float(json.loads(process.tail[-1])["cpu_seconds"]))
+
+
+async def measure_quix(srv: Servers, n: int) -> list[Result]:
+    names = ("Scorer vs Quix Streams (topic → hourly NPS counts)", "events/s", "≥ 2.0")
+    bare_names = ("Scorer vs a bare confluent-kafka loop", "events/s", "none (context)")
+    bare_does = "confluent-kafka consume loop that only counts the records"
+    try:
+        python = await asyncio.to_thread(quix_python)
+    except PeerUnavailable as skipped:
+        print(f"  quix: {skipped}", flush=True)
+        return [_skipped(*names, QUIX_DOES, str(skipped)), _skipped(*bare_names, bare_does, "")]
+
+    kafka = await srv.topics()
+    filled = await fill(kafka, n, timedelta(hours=SPREAD_HOURS))
+    print(f"  filled {n:,} answers over {SPREAD_HOURS:g} h in {filled:.1f}s", flush=True)
+
+    scorer_db = await srv.database()
+    before = os.times()
+    scorer_seconds = await run_scorer(kafka, scorer_db, n)
+    after = os.times()
+    scorer = Run(n / scorer_seconds, after.user + after.system - before.user - before.system)
+    print(f"  scorer {scorer.rate:,.0f}/s", flush=True)
+
+    quix_db = await srv.database()
+    setup = f"{n:,} NPS answers over {SPREAD_HOURS:g} h, from one pre-filled topic"
+    per_cpu = (
+        f"events per CPU-second scorer {n / scorer.cpu_seconds:,.0f} "
+        f"({scorer.cpu_seconds:.1f} CPU-s, the bench process it runs in)"
+    )
+    results = []
+    try:
+        quix = await run_quix(python, kafka, quix_db, n)
+    except PeerUnavailable as failed:
+        print(f"  quix: {failed}", flush=True)
+        results.append(_skipped(*names, QUIX_DOES, str(failed)))
+    else:
+        print(f"  quix   {quix.rate:,.0f}/s", flush=True)
+        theirs, ours = await hourly(quix_db, HOURLY_QUIX), await hourly(scorer_db, HOURLY_CXLOOP)
+        differ = sum(ours.get(k) != theirs.get(k) for k in ours.keys() | theirs.keys())
+        if differ:
+            check = f"MISMATCH: hourly counts differ in {differ} of {len(ours)} buckets"
+        else:
+            check = f"hourly counts equal in all {len(ours)} (channel, hour) buckets"
+        results.append(
+            Result(
+                names[0],
+                scorer.rate,
+                names[1],
+                QUIX_DOES,
+                quix.rate,
+                names[2],
+                scorer.rate / quix.rate >= 2.0 and not differ,
+                f"{setup}; {check}; {per_cpu}, Quix {n / quix.cpu_seconds:,.0f} "
+                f"({quix.cpu_seconds:.1f} CPU-s); each timed from its start until Postgres "
+                f"counts every answer (Quix writes at its default 5 s checkpoints)",
+            )
+        )
+    try:
+        bare = await run_bare(python, kafka, n)
+    except PeerUnavailable as failed:
+        print(f"  bare: {failed}", flush=True)
+        results.append(_skipped(*bare_names, bare_does, str(failed)))
+    else:
+        print(f"  bare   {bare.rate:,.0f}/s", flush=True)
+        results.append(
+            Result(
+                bare_names[0],
+                scorer.rate,
+                bare_names[1],
+                bare_does,
+                bare.rate,
+                bare_names[2],
+                None,
+                f"{setup}; {per_cpu}, bare loop {n / bare.cpu_seconds:,.0f} "
+                f"({bare.cpu_seconds:.1f} CPU-s)",
+            )
+        )
+    return results
+
+
+async def measure(
+    srv: Servers, *, ingest_seconds: int, scorer_events: int, bridge: Path | None
+) -> list[Result]:
+    """Every peer row: the bridge's two, then Quix's and the bare loop's."""
+    return [
+        *await measure_bridge(srv, bridge, ingest_seconds),
+        *await measure_quix(srv, scorer_events),
+    ]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--bridge",
+        type=Path,
+        default=os.environ.get(BRIDGE_ENV) or None,
+        help=f"folder of the Strimzi Kafka Bridge (its jar and install.sh); default ${BRIDGE_ENV}",
+    )
+    parser.add_argument("--seconds", type=int, default=15, help="per ingest measure")
+    parser.add_argument("--events", type=int, default=300_000, help="answers for the scorer")
+    parser.add_argument("--quick", action="store_true", help="3 s per measure, 20,000 answers")
+    args = parser.parse_args()
+    seconds, events = (3, 20_000) if args.quick else (args.seconds, args.events)
+    async with servers() as srv:
+        results = await measure(
+            srv, ingest_seconds=seconds, scorer_events=events, bridge=args.bridge
+        )
+    for r in results:
+        ratio = f"{r.ratio:.2f}" if r.ratio is not None else "—"
+        print(f"{r.name}: {r.value:,.0f} / {r.reference_value or 0:,.0f} {r.unit} = {ratio} "
+              f"(target {r.target}, met {r.met})\n    {r.note}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
