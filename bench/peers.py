@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -39,7 +39,16 @@ from pathlib import Path
 import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from common import Result, Servers, servers, stack, until, vm_hwm_kib
+from common import (
+    Result,
+    Servers,
+    process_cpu_seconds,
+    process_tree,
+    servers,
+    stack,
+    until,
+    vm_hwm_kib,
+)
 from ingest import _WRK_SCRIPT, batch_body, wrk_available
 from scorer_throughput import fill, run_scorer
 from sqlalchemy.engine import make_url
@@ -96,39 +105,6 @@ class PeerUnavailable(Exception):
 
 
 # --- processes ----------------------------------------------------------------------------
-
-
-def process_cpu_seconds(pids: Iterable[int]) -> float:
-    """Return the user + system CPU seconds of ``pids`` so far (from /proc/PID/stat)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        fields = stat.rpartition(")")[2].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / ticks
-
-
-def family(pid: int) -> list[int]:
-    """Return ``pid`` and its descendants (a collector with workers is several processes)."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
-        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
-            continue
-        parents.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo += parents.get(current, [])
-    return found
 
 
 def pid_of(process: ServerProcess) -> int:
@@ -430,7 +406,7 @@ async def _measured_wrk(
     """Warm up, then measure; the topic is counted from after the warm-up settled."""
     await asyncio.to_thread(run_wrk_latency, url, script, env, warm_up_seconds(seconds))
     await asyncio.sleep(1)
-    pids = family(pid_of(process))
+    pids = process_tree(pid_of(process))
     base = await topic_size(kafka)
     before = process_cpu_seconds(pids)
     run = await asyncio.to_thread(run_wrk_latency, url, script, env, seconds)
@@ -454,7 +430,7 @@ async def _measured_batches(
     """Warm up, then measure; the topic is counted from after the warm-up."""
     try:
         await batch_load(client, path, wrap, acked_in, warm_up_seconds(seconds), seed=1)
-        pids = family(pid_of(process))
+        pids = process_tree(pid_of(process))
         base = await topic_size(kafka)
         before = process_cpu_seconds(pids)
         run = await batch_load(client, path, wrap, acked_in, seconds, seed=2)
@@ -497,7 +473,7 @@ async def bridge_sides(
 
 
 def _rss(process: ServerProcess) -> float:
-    return sum(vm_hwm_kib(pid) for pid in family(pid_of(process))) / 1024
+    return sum(vm_hwm_kib(pid) for pid in process_tree(pid_of(process))) / 1024
 
 
 async def _collector_single(srv: Servers, seconds: int) -> Side:
@@ -695,7 +671,7 @@ async def run_quix(python: Path, kafka: KafkaSettings, url: str, n: int) -> Run:
                 except asyncpg.UndefinedTableError:
                     return False
                 if int(total) >= n:
-                    cpu = process_cpu_seconds(family(pid_of(process)))
+                    cpu = process_cpu_seconds(process_tree(pid_of(process)))
                     return True
                 return False
 
