@@ -323,14 +323,10 @@ class Ingest:
         batch_new = batch is not None and verdicts.get(batch.key) is Verdict.NEW
         await self._settle_keys(items, batch if batch_new else None, statuses, acked, judged)
         outcomes = []
+        counted: Counter[tuple[str, str, str]] = Counter()
         for i, (item, status) in enumerate(zip(items, statuses, strict=True)):
             assert status is not None
-            metrics.EVENTS.labels(
-                source=source,
-                kind=item.event.type.split(".")[0],
-                channel=item.event.channel.value,
-                outcome=status.value,
-            ).inc()
+            counted[item.event.type.split(".")[0], item.event.channel.value, status.value] += 1
             outcomes.append(
                 Outcome(
                     judged.event_ids[i],
@@ -340,6 +336,9 @@ class Ingest:
                     judged.causes[i],
                 )
             )
+        # Once per label set, not per item: a batch of 500 otherwise looks its labels up 500 times.
+        for (kind, channel, outcome), n in counted.items():
+            metrics.EVENTS.labels(source=source, kind=kind, channel=channel, outcome=outcome).inc(n)
         return outcomes
 
     async def _settle_keys(
