@@ -32,7 +32,7 @@ def _fail(command: str, message: str) -> int:
     return 2
 
 
-def _run_service(name: str) -> int:
+def _run_service(name: str, **overrides: Any) -> int:
     from fastapi import FastAPI
 
     from shared.runtime import serve
@@ -52,8 +52,14 @@ def _run_service(name: str) -> int:
 
         factories[name] = (alerting_app, AlertingSettings)
     factory, settings_cls = factories[name]
+    settings = load(settings_cls, **overrides)
     asyncio.run(_check_schema())
-    serve(factory(), load(settings_cls))
+    app = factory()  # built here even for workers: a bad setting fails before any starts
+    if isinstance(settings, CollectorSettings) and settings.workers > 1:
+        from shared.runtime import serve_workers
+
+        return serve_workers("services.collector.app:worker_app", settings, settings.workers)
+    serve(app, settings)
     return 0
 
 
@@ -66,6 +72,11 @@ async def _check_schema() -> None:
         await assert_schema_current(engine, MIGRATIONS_DIR)
     finally:
         await engine.dispose()
+
+
+def _collector(args: argparse.Namespace) -> int:
+    overrides = {} if args.workers is None else {"workers": args.workers}
+    return _run_service("collector", **overrides)
 
 
 def _scorer(args: argparse.Namespace) -> int:
@@ -256,6 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         service = sub.add_parser(name, help=text)
         service.set_defaults(run=lambda _args, n=name: _run_service(n))
+        if name == "collector":
+            service.add_argument(
+                "--workers",
+                type=int,
+                help="processes serving the port (overrides CXLOOP_COLLECTOR_WORKERS)",
+            )
+            service.set_defaults(run=_collector)
         if name == "scorer":
             service.add_argument(
                 "action",

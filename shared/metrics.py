@@ -6,8 +6,23 @@ durations. Labels stay low-cardinality: never a customer id, never free text.
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram
+import os
+from pathlib import Path
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+)
 from prometheus_client import generate_latest as _generate_latest
+
+# prometheus_client's own variable: set (by shared.runtime.serve_workers, before the workers
+# start) when several processes serve one service, each writing its metrics to files there.
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def name(subsystem: str, what: str, unit: str = "") -> str:
@@ -16,8 +31,39 @@ def name(subsystem: str, what: str, unit: str = "") -> str:
 
 
 def exposition() -> tuple[bytes, str]:
-    """Return the default registry in the Prometheus text format, and its content type."""
+    """Return every metric in the Prometheus text format, and its content type.
+
+    One process: its default registry. Several workers of one service: the sum over all of
+    them (gauges as each declares its ``multiprocess_mode``), whichever worker is scraped.
+    """
+    if os.environ.get(MULTIPROCESS_DIR):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return _generate_latest(registry), CONTENT_TYPE_LATEST
     return _generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def forget_dead_workers() -> None:
+    """Drop the live gauges of worker processes that are gone (killed, then replaced), so a
+    scrape sums only the workers serving now. Counters and histograms of the dead stay in
+    the sums: what they counted happened."""
+    directory = os.environ.get(MULTIPROCESS_DIR)
+    if not directory:
+        return
+    for path in Path(directory).glob("gauge_live*_*.db"):
+        pid = int(path.stem.rpartition("_")[2])
+        if not _alive(pid):
+            multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 CONSUMED = Counter(
@@ -64,11 +110,14 @@ LAG = Gauge(
     name("consumer", "lag", "records"),
     "Records on the broker not yet consumed, by consumer group and topic.",
     ["group", "topic"],
+    multiprocess_mode="livemostrecent",
 )
 READY = Gauge(
     name("service", "ready"),
-    "1 when the service's broker and database answer, else 0.",
+    "1 when the service's broker and database answer, else 0 (with several workers, 1 only "
+    "when every live worker's last check answered).",
     ["service"],
+    multiprocess_mode="livemin",
 )
 HTTP_REQUESTS = Counter(
     name("http", "requests", "total"),

@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,6 +22,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shared import logs, metrics
 from shared.db import assert_schema_current, create_engine, database_answers
 from shared.errors import BrokerUnavailableError, ConfigError
 from shared.kafka import (
@@ -33,7 +37,14 @@ from shared.kafka import (
 )
 from shared.logs import AccessLogMiddleware
 from shared.privacy import Hasher, verify_key
-from shared.settings import ConsumerSettings, DatabaseSettings, HttpSettings, KafkaSettings
+from shared.settings import (
+    ConsumerSettings,
+    DatabaseSettings,
+    HttpSettings,
+    KafkaSettings,
+    LogSettings,
+    load,
+)
 from shared.topics import Topic
 
 log = logging.getLogger(__name__)
@@ -301,3 +312,53 @@ def serve(app: FastAPI, http: HttpSettings) -> None:
         # The app reads X-Forwarded-For itself, trusting http.forwarded_allow_ips only.
         proxy_headers=False,
     )
+
+
+# uvicorn's exit code of a worker whose start-up failed (uvicorn.server.STARTUP_FAILURE).
+_STARTUP_FAILURE = 3
+
+
+def serve_workers(factory: str, http: HttpSettings, workers: int) -> int:
+    """Run ``workers`` processes of the app built by ``factory`` (``module:function``, called
+    in each worker, see :func:`worker_app`) on one port; return the exit code.
+
+    The port is bound once, here, and every worker accepts on it. Metrics go to a private
+    directory made empty for this run, so ``/metrics`` on any worker sums them all. uvicorn
+    supervises: a worker that dies is replaced; one that fails to start (its lifespan
+    raised) stops the whole service, which exits 3, rather than serve at part capacity.
+    SIGTERM or SIGINT stops every worker gracefully (each drains its requests and stops its
+    producer) before this returns.
+    """
+    from uvicorn.supervisors.multiprocess import Multiprocess
+
+    directory = tempfile.mkdtemp(prefix="cxloop-metrics-")
+    # Read by prometheus_client when each (spawned) worker imports it.
+    os.environ[metrics.MULTIPROCESS_DIR] = directory
+    try:
+        config = uvicorn.Config(
+            factory,
+            factory=True,
+            workers=workers,
+            host=http.host,
+            port=http.port,
+            log_config=None,
+            access_log=False,
+            proxy_headers=False,
+        )
+        supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+        supervisor.run()
+    finally:
+        os.environ.pop(metrics.MULTIPROCESS_DIR, None)
+        shutil.rmtree(directory, ignore_errors=True)
+    if any(process.exitcode == _STARTUP_FAILURE for process in supervisor.processes):
+        log.error("a worker failed to start; every worker was stopped")
+        return _STARTUP_FAILURE
+    return 0
+
+
+def worker_app(factory: Callable[[], FastAPI], service: str) -> AccessLogMiddleware:
+    """Return what one worker of :func:`serve_workers` serves: ``factory()``'s app with
+    cxloop's logging (set up again in the worker process) and its access log."""
+    logs.configure(load(LogSettings), service)
+    metrics.forget_dead_workers()
+    return AccessLogMiddleware(factory())

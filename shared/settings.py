@@ -263,6 +263,11 @@ def _split(value: Any) -> Any:
     return value
 
 
+def max_workers() -> int:
+    """Return the most collector workers this machine may run: 4 per CPU."""
+    return 4 * (os.cpu_count() or 1)
+
+
 class CollectorSettings(HttpSettings):
     """The collector (``CXLOOP_COLLECTOR_*``)."""
 
@@ -314,6 +319,19 @@ class CollectorSettings(HttpSettings):
         default=None,
         description="The collector's public base URL (behind a proxy), for webhook signatures.",
     )
+    workers: int = Field(
+        default=1,
+        description="Collector processes serving the one port (at most 4 per CPU); settings, "
+        "key cache and producer are per process, /metrics sums them all.",
+    )
+
+    @field_validator("workers")
+    @classmethod
+    def _workers_in_range(cls, value: int) -> int:
+        most = max_workers()
+        if not 1 <= value <= most:
+            raise ValueError(f"must be between 1 and {most} (4 per CPU), got {value}")
+        return value
 
     _split_lists = field_validator(
         "reason_codes", "locations", "products", "business_units", mode="before"

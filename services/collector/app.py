@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -30,6 +31,7 @@ from services.collector.routes import (
 )
 from services.collector.service import Ingest
 from services.migrations import MIGRATIONS_DIR
+from shared import runtime
 from shared.apikeys import KeyStore
 from shared.db import assert_schema_current, create_engine, database_answers
 from shared.errors import ConfigError
@@ -196,6 +198,11 @@ def create_app(
         preflight=RateLimiter(collector.widget_rate_per_minute),
     )
     return app
+
+
+def worker_app() -> Any:
+    """One worker of ``cxloop collector --workers N``: uvicorn calls this in each process."""
+    return runtime.worker_app(create_app, "collector")
 
 
 async def _purge(

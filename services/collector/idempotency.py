@@ -37,6 +37,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.exc import DBAPIError
@@ -194,14 +195,35 @@ def fingerprint(kind: str, content: Any, secret: bytes) -> bytes:
     An HMAC under ``secret`` (``CXLOOP_PRIVACY_HASH_KEY``), never a plain SHA-256: the
     content holds customer ids and comments, and fingerprints are only compared for equality.
     """
-    canonical = json.dumps(
-        [kind, content],
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        default=_json_default,
-    )
-    return hmac.new(secret, _FINGERPRINT + canonical.encode("utf-8"), hashlib.sha256).digest()
+    return hmac.new(secret, _FINGERPRINT + canonical(kind, content), hashlib.sha256).digest()
+
+
+def canonical(kind: str, content: Any) -> bytes:
+    """Return the canonical JSON a fingerprint hashes: sorted keys, no spaces, UTF-8.
+
+    The text is a contract (stored keys must keep matching their resends): it is what
+    ``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` writes. orjson
+    writes the same for what request content holds (strings, ints, bools, None, UUIDs,
+    lists, tuples and dicts with string keys, and through ``_json_default`` datetimes,
+    Decimals and sets) about ten times faster; it is a fingerprint per batch item.
+    Content it refuses (a lone surrogate, an int past 64 bits, a key that is not a string)
+    goes through json, as before. A float would be written differently (``1e+16`` against
+    ``1e16``): the request models hold none, as tests/unit/test_event_ids.py checks.
+    """
+    try:
+        return orjson.dumps(
+            [kind, content],
+            default=_json_default,
+            option=orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME,
+        )
+    except TypeError:  # orjson.JSONEncodeError is one
+        return json.dumps(
+            [kind, content],
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+            default=_json_default,
+        ).encode("utf-8")
 
 
 def batch_fingerprint(kind: str) -> bytes:

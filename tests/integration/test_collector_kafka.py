@@ -71,6 +71,30 @@ class TestProduce:
             range(6)
         )
 
+    async def test_a_batch_puts_each_customer_where_single_events_go(
+        self, collector: httpx.AsyncClient, kafka_settings: KafkaSettings
+    ) -> None:
+        customers = [f"顧客-{n}" for n in range(8)]
+        for customer in customers:
+            r = await collector.post("/v1/responses", json=response_payload(customer_id=customer))
+            assert r.status_code == 202
+        items = [response_payload(customer_id=c, score=s) for s in (1, 2) for c in customers]
+        r = await collector.post("/v1/responses/batch", json={"items": items})
+        assert r.json()["accepted"] == len(items)
+        records = await read_topic(kafka_settings, Topic.RESPONSES, 24)
+        partitions: dict[bytes | None, set[int]] = {}
+        for record in records:
+            partitions.setdefault(record.key, set()).add(record.partition)
+            assert dict(record.headers)[HEADER_TYPE] == b"response.submitted"
+        assert {k: len(p) for k, p in partitions.items()} == {c.encode(): 1 for c in customers}
+        # In its order within a customer's partition.
+        scores = [
+            ResponseSubmitted.model_validate_json(r.value).score
+            for r in records
+            if r.key == customers[0].encode()
+        ]
+        assert scores[1:] == [1, 2]
+
     async def test_client_event_id_is_kept(
         self, collector: httpx.AsyncClient, kafka_settings: KafkaSettings
     ) -> None:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
-from services.collector.idempotency import EventIds, fingerprint
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.collector.idempotency import EventIds, _json_default, canonical, fingerprint
 from services.collector.schemas import EventIn, ResponseIn
 from services.collector.service import request_content
 from tests.builders import response_payload
@@ -134,3 +139,72 @@ class TestClientEventIds:
         event_id = uuid.uuid4()
         payload = ResponseIn.model_validate(response_payload(event_id=str(event_id)))
         assert payload.event_id == event_id
+
+
+def _json_canonical(kind: str, content: object) -> bytes:
+    """What fingerprints hashed before orjson: the text stored keys were made from."""
+    return json.dumps(
+        [kind, content],
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        default=_json_default,
+    ).encode("utf-8")
+
+
+_texts = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)
+_leaves = (
+    _texts
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.booleans()
+    | st.none()
+    | st.uuids()
+    | st.datetimes(timezones=st.timezones() | st.none())
+    | st.decimals(allow_nan=False, allow_infinity=False, places=3)
+)
+_content = st.recursive(
+    _leaves,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(_texts, inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+class TestCanonicalText:
+    @settings(max_examples=300, deadline=None)
+    @given(content=st.dictionaries(_texts, _content, max_size=6))
+    def test_it_is_what_json_wrote(self, content: dict[str, object]) -> None:
+        assert canonical("ResponseIn", content) == _json_canonical("ResponseIn", content)
+
+    def test_what_orjson_refuses_goes_through_json(self) -> None:
+        for content in ({"big": 2**70}, {1: "int key"}, {"s": "\ud800"}):
+            try:
+                expected: bytes | type[Exception] = _json_canonical("EventIn", content)
+            except UnicodeEncodeError:
+                expected = UnicodeEncodeError
+            if isinstance(expected, bytes):
+                assert canonical("EventIn", content) == expected
+            else:
+                with pytest.raises(expected):
+                    canonical("EventIn", content)
+
+    def test_request_content_holds_no_float(self) -> None:
+        # orjson writes floats unlike json: a float in content would change stored
+        # fingerprints. Amounts are Decimals, scores ints.
+        def floats(value: object) -> bool:
+            if isinstance(value, dict):
+                return any(floats(v) for v in value.values())
+            if isinstance(value, list | tuple):
+                return any(floats(v) for v in value)
+            return isinstance(value, float)
+
+        order = EventIn.model_validate(
+            {"type": "order.completed", "customer_id": "c", "channel": "web",
+             "order_id": "o1", "currency": "USD", "amount": 12, "attributes": {"a": "1.5"}}
+        )  # fmt: skip
+        response = ResponseIn.model_validate(response_payload(score=9))
+        assert not floats(request_content(order))
+        assert not floats(request_content(response))

@@ -1,0 +1,161 @@
+"""CXLOOP_COLLECTOR_WORKERS: several collector processes on one port, seen as one service."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from prometheus_client.mmap_dict import MmapedDict
+
+from tests.builders import response_payload
+from tests.helpers import eventually
+from tests.processes import Service
+
+ROUTE = "/v1/responses"
+
+
+def workers_of(parent: int) -> list[int]:
+    """The worker processes uvicorn spawned under ``parent``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[1]) == parent and b"multiprocessing.spawn" in cmdline:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def metrics_dir(worker: int) -> Path:
+    environ = Path(f"/proc/{worker}/environ").read_bytes().split(b"\0")
+    (value,) = [v for v in environ if v.startswith(b"PROMETHEUS_MULTIPROC_DIR=")]
+    return Path(value.partition(b"=")[2].decode())
+
+
+def accepted_by(directory: Path, worker: int) -> float:
+    """The 202s to ROUTE that one worker counted, from its own metrics file."""
+    path = directory / f"counter_{worker}.db"
+    if not path.exists():
+        return 0
+    total = 0.0
+    for key, value, _, _ in MmapedDict.read_all_values_from_file(str(path)):  # type: ignore[no-untyped-call]
+        _name, sample, labels, _ = json.loads(key)
+        if sample == "cxloop_http_requests_total" and labels.get("route") == ROUTE:
+            total += value if labels.get("status") == "202" else 0
+    return total
+
+
+def scraped_total(text: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        counted = line.startswith("cxloop_http_requests_total{") and f'route="{ROUTE}"' in line
+        if counted and 'status="202"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+class TestTwoWorkers:
+    async def test_one_port_summed_metrics_and_sigterm_stops_all(
+        self, stack_env: dict[str, str], api_key: str
+    ) -> None:
+        collector = Service("collector", stack_env | {"CXLOOP_COLLECTOR_WORKERS": "2"}, api_key)
+        await collector.start()
+        try:
+            assert collector.process is not None
+            assert collector.process.proc is not None
+            parent = collector.process.proc.pid
+            workers = await eventually(lambda: _workers(parent), lambda w: len(w) == 2)
+            directory = metrics_dir(workers[0])
+            sent = 0
+
+            async def one() -> None:
+                # A fresh connection each, so either worker may accept it.
+                async with collector.client() as client:
+                    r = await client.post(ROUTE, json=response_payload())
+                    assert r.status_code == 202, r.text
+
+            async def round_of_requests() -> list[float]:
+                nonlocal sent
+                await asyncio.gather(*(one() for _ in range(16)))
+                sent += 16
+                return [accepted_by(directory, w) for w in workers]
+
+            # Until both workers have served some (each accepts as it is free to).
+            per_worker = await eventually(
+                round_of_requests, lambda counts: all(counts), timeout=60, interval=0
+            )
+            assert sum(per_worker) == sent
+            # Whichever worker answers the scrape, it reports the sum over both.
+            async with collector.client() as client:
+                for _ in range(6):
+                    scraped = (await client.get("/metrics")).text
+                    assert scraped_total(scraped) == sent
+                    assert "cxloop_service_ready" not in scraped or (
+                        'cxloop_service_ready{service="collector"} 1.0' in scraped
+                    )
+        finally:
+            await collector.stop()
+        assert collector.process is not None
+        assert collector.process.proc is not None
+        assert collector.process.proc.returncode == 0
+        assert [w for w in workers if _alive(w)] == []
+        assert not directory.exists()
+
+    async def test_a_killed_worker_is_replaced(
+        self, stack_env: dict[str, str], api_key: str
+    ) -> None:
+        collector = Service("collector", stack_env | {"CXLOOP_COLLECTOR_WORKERS": "2"}, api_key)
+        await collector.start()
+        try:
+            assert collector.process is not None
+            assert collector.process.proc is not None
+            parent = collector.process.proc.pid
+            workers = await eventually(lambda: _workers(parent), lambda w: len(w) == 2)
+            os.kill(workers[0], signal.SIGKILL)
+            replaced = await eventually(
+                lambda: _workers(parent),
+                lambda w: len(w) == 2 and workers[0] not in w,
+                timeout=60,
+            )
+            assert workers[1] in replaced
+
+            async def served() -> int:
+                async with collector.client() as client:
+                    return (await client.post(ROUTE, json=response_payload())).status_code
+
+            await eventually(served, lambda status: status == 202, timeout=60)
+        finally:
+            await collector.stop()
+
+
+class TestWorkersSetting:
+    async def test_out_of_range_is_refused_naming_the_variable(
+        self, stack_env: dict[str, str], api_key: str
+    ) -> None:
+        env = stack_env | {"CXLOOP_COLLECTOR_WORKERS": "0"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.cli", "collector", env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await proc.communicate()
+        assert proc.returncode == 2
+        assert "CXLOOP_COLLECTOR_WORKERS" in err.decode()
+
+
+async def _workers(parent: int) -> list[int]:
+    return workers_of(parent)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+    return state != "Z"
