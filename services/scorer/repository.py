@@ -152,8 +152,14 @@ async def apply_batch(
     # the order of UUIDs and of Postgres's uuid, without a Python __lt__ per comparison.
     new_ids = {row[0] for row in await driver.fetch(_LEDGER_IDS, sorted(unique, key=_uuid_order))}
     fresh = [e for event_id, e in unique.items() if event_id in new_ids]
-    responses = [e for e in fresh if isinstance(e, ResponseSubmitted)]
-    touchpoints = [e for e in fresh if isinstance(e, TouchpointEvent)]
+    # The exact type first: isinstance on a pydantic model goes through ABCMeta (Python).
+    responses: list[ResponseSubmitted] = []
+    touchpoints: list[TouchpointEvent] = []
+    for e in fresh:
+        if type(e) is ResponseSubmitted or isinstance(e, ResponseSubmitted):
+            responses.append(e)
+        elif isinstance(e, TouchpointEvent):
+            touchpoints.append(e)
     # Folded first: an event's time past the calendar in UTC is a PermanentError naming
     # occurred_at, not an OverflowError of the driver's COPY.
     folded = fold_responses(responses)
