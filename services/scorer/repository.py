@@ -7,6 +7,7 @@ or not at all. Rows are sorted by key so that concurrent instances lock them in 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import date
@@ -21,11 +22,9 @@ from services.scorer.aggregates import (
     ReasonKey,
     Refund,
     activity,
-    fold,
     fold_orders,
-    fold_reasons,
+    fold_responses,
     fold_tickets,
-    nps_answers,
 )
 from services.scorer.models import COUNTS
 from shared.events import ResponseSubmitted, TouchpointEvent
@@ -147,33 +146,53 @@ async def apply_batch(
     unique = {e.event_id: e for e in events}
     if not unique:
         return Applied([], [])
+    driver = await _driver(conn)
     # Sorted, like every other write here: batches in flight at once then wait on each
-    # other's redelivered ids in one order instead of deadlocking.
-    result = await conn.execute(sa.text(_LEDGER), {"event_id": sorted(unique)})
-    new_ids = {row.event_id for row in result}
+    # other's redelivered ids in one order instead of deadlocking. By the ids' integers:
+    # the order of UUIDs and of Postgres's uuid, without a Python __lt__ per comparison.
+    new_ids = {row[0] for row in await driver.fetch(_LEDGER_IDS, sorted(unique, key=_uuid_order))}
     fresh = [e for event_id, e in unique.items() if event_id in new_ids]
-    responses = [e for e in fresh if isinstance(e, ResponseSubmitted)]
-    touchpoints = [e for e in fresh if isinstance(e, TouchpointEvent)]
+    # The exact type first: isinstance on a pydantic model goes through ABCMeta (Python).
+    responses: list[ResponseSubmitted] = []
+    touchpoints: list[TouchpointEvent] = []
+    for e in fresh:
+        if type(e) is ResponseSubmitted or isinstance(e, ResponseSubmitted):
+            responses.append(e)
+        elif isinstance(e, TouchpointEvent):
+            touchpoints.append(e)
     # Folded first: an event's time past the calendar in UTC is a PermanentError naming
     # occurred_at, not an OverflowError of the driver's COPY.
-    buckets, reasons, active = fold(responses), fold_reasons(responses), activity(fresh)
+    folded = fold_responses(responses)
+    active = folded.activity | activity(list(touchpoints)) if touchpoints else folded.activity
     tickets = _sorted(_as_dict(facts) for facts in fold_tickets(touchpoints).values())
     completions, refunds = fold_orders(touchpoints)
-    answers = nps_answers(responses)
-    driver = await _driver(conn)
     # Plain COPY, without ON CONFLICT, is safe: a raw row is only ever written in the
     # transaction that adds its id to the ledger, and the ledger just said these ids are new.
     if responses:
         await driver.copy_records_to_table(
             "responses", records=[response_record(e) for e in responses], columns=RESPONSE_COLUMNS
         )
-    if answers:
-        await driver.copy_records_to_table("customer_nps", records=answers, columns=NPS_COLUMNS)
-        await _execute(conn, _LATEST_NPS, latest_answers(answers))
-    await _stage_and_merge(driver, buckets, reasons, active)
+    if folded.nps:
+        await driver.copy_records_to_table("customer_nps", records=folded.nps, columns=NPS_COLUMNS)
+        await driver.execute(_LATEST_NPS, *latest_answers(folded.nps))
+    await _stage_and_merge(driver, folded.scores, folded.reasons, active)
     await _execute(conn, _TICKETS, tickets)
     await apply_orders(conn, completions, refunds)
     return Applied(responses, touchpoints)
+
+
+def _uuid_order(event_id: uuid.UUID) -> int:
+    return event_id.int
+
+
+# The ledger statement for the driver itself (positional parameters): the hot path's
+# statements skip SQLAlchemy's text() compilation and result rows.
+_LEDGER_IDS = """
+INSERT INTO scorer_applied_events (event_id)
+SELECT * FROM unnest($1::uuid[])
+ON CONFLICT DO NOTHING
+RETURNING event_id
+"""
 
 
 NPS_COLUMNS = ("customer_key", "occurred_at", "event_id", "score")
@@ -182,10 +201,7 @@ NPS_COLUMNS = ("customer_key", "occurred_at", "event_id", "score")
 # leaves the same row.
 _LATEST_NPS = """
 INSERT INTO customer_latest_nps AS l (customer_key, occurred_at, event_id, score)
-SELECT * FROM unnest(
-    CAST(:customer_key AS text[]), CAST(:occurred_at AS timestamptz[]),
-    CAST(:event_id AS uuid[]), CAST(:score AS smallint[])
-) ORDER BY 1
+SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::uuid[], $4::smallint[]) ORDER BY 1
 ON CONFLICT ON CONSTRAINT customer_latest_nps_pkey DO UPDATE SET
     occurred_at = EXCLUDED.occurred_at, event_id = EXCLUDED.event_id, score = EXCLUDED.score
 WHERE (EXCLUDED.occurred_at, EXCLUDED.event_id) > (l.occurred_at, l.event_id)
@@ -199,15 +215,31 @@ ORDER BY customer_key, occurred_at DESC, event_id DESC
 """
 
 
-def latest_answers(answers: Sequence[tuple[str, Any, Any, int]]) -> list[dict[str, Any]]:
-    """Return each customer's latest of ``answers`` (rows of NPS_COLUMNS), sorted by
-    customer: one row per key, so one upsert statement never meets a key twice."""
+def latest_answers(
+    answers: Sequence[tuple[str, Any, Any, int]],
+) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+    """Return each customer's latest of ``answers`` (rows of NPS_COLUMNS) as four columns
+    (customer, time, event id, score), sorted by customer: one row per key, so one upsert
+    statement never meets a key twice."""
+    latest = _latest_by_customer(answers)
+    rows = [latest[key] for key in sorted(latest)]
+    return (
+        [r[0] for r in rows],
+        [r[1] for r in rows],
+        [r[2] for r in rows],
+        [r[3] for r in rows],
+    )
+
+
+def _latest_by_customer(
+    answers: Sequence[tuple[str, Any, Any, int]],
+) -> dict[str, tuple[str, Any, Any, int]]:
     latest: dict[str, tuple[str, Any, Any, int]] = {}
     for answer in answers:
         seen = latest.get(answer[0])
         if seen is None or answer[1:3] > seen[1:3]:
             latest[answer[0]] = answer
-    return [dict(zip(NPS_COLUMNS, latest[key], strict=True)) for key in sorted(latest)]
+    return latest
 
 
 # The NPS answers of raw responses that customer_nps lacks: those an older scorer stored

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import math
+import random
 from datetime import UTC, datetime
 
 import pytest
 
-from services.scorer.aggregates import fold
+from services.scorer.aggregates import (
+    activity,
+    fold,
+    fold_reasons,
+    fold_responses,
+    nps_answers,
+)
 from shared import scoring
+from shared.events import ResponseSubmitted
 from shared.scoring import Counts, bucket_start
 from tests.builders import response_event
 
@@ -94,3 +102,35 @@ class TestBuckets:
             for half in halves:
                 summed.add(half.get(key, Counts()))
             assert summed == counts
+
+
+def mixed_answers() -> list[ResponseSubmitted]:
+    rng = random.Random(7)
+    metrics = [("nps", 10, 0), ("csat", 5, 1), ("ces", 5, 1), ("ces", 7, 1)]
+    events = []
+    for i in range(300):
+        metric, scale, low = rng.choice(metrics)
+        events.append(
+            response_event(
+                metric=metric,
+                scale=scale,
+                score=rng.randint(low, scale),
+                customer_id=f"c{i % 17}",
+                channel=rng.choice(["web", "sms"]),
+                occurred_at=f"2026-11-{rng.randint(1, 30):02d}T{rng.randint(0, 23):02d}:"
+                f"{rng.randint(0, 59):02d}:00{rng.choice(['+00:00', '+05:30', '-08:00'])}",
+                reasons=rng.sample(["price", "wait_time", "app"], rng.randint(0, 3)),
+                segments={"location": rng.choice(["tokyo", "osaka", None])},
+            )
+        )
+    return events
+
+
+class TestOnePassFold:
+    def test_gives_what_the_four_folds_give(self) -> None:
+        events = mixed_answers()
+        folded = fold_responses(events)
+        assert folded.scores == fold(events)
+        assert folded.reasons == fold_reasons(events)
+        assert folded.activity == activity(list(events))
+        assert folded.nps == nps_answers(events)
