@@ -55,6 +55,12 @@ REVENUE_AT_RISK = Gauge(
     "detractor's, in the currency's major unit (as GET /v1/value).",
     ["currency"],
 )
+REFRESHED = Gauge(
+    name("scorer", "gauges_refreshed_timestamp_seconds"),
+    "When this instance last refreshed its score gauges (Unix time): with several scorers, "
+    "read the score gauges of an instance that refreshed recently, since one that cannot "
+    "reach the database keeps exporting its last values.",
+)
 CLV = Gauge(
     name("scorer", "clv"),
     "Customer lifetime value over the last 365 days, in the currency's major unit, by the "
@@ -151,8 +157,12 @@ async def keep_fresh(
 ) -> None:
     """Refresh the gauges every ``every`` seconds until ``stop`` is set."""
     while not stop.is_set():
-        with contextlib.suppress(Exception):
+        try:
             await refresh(engine)
+            REFRESHED.set_to_current_time()
+        except Exception as exc:
+            # The type only: a driver's message may quote a row.
+            log.warning("refreshing the score gauges failed (%s)", type(exc).__name__)
         with contextlib.suppress(Exception):
             await refresh_value(engine, currencies, values)
         await sleep_unless_stopped(stop, every)

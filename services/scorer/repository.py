@@ -152,11 +152,17 @@ async def apply_batch(
     # the order of UUIDs and of Postgres's uuid, without a Python __lt__ per comparison.
     new_ids = {row[0] for row in await driver.fetch(_LEDGER_IDS, sorted(unique, key=_uuid_order))}
     fresh = [e for event_id, e in unique.items() if event_id in new_ids]
-    # The exact type first: isinstance on a pydantic model goes through ABCMeta (Python).
+    # By exact type first: a failing isinstance on a pydantic model goes through ABCMeta's
+    # Python __instancecheck__ (a match returns early in C); subclasses still fall through.
     responses: list[ResponseSubmitted] = []
     touchpoints: list[TouchpointEvent] = []
     for e in fresh:
-        if type(e) is ResponseSubmitted or isinstance(e, ResponseSubmitted):
+        kind = type(e)
+        if kind is ResponseSubmitted:
+            responses.append(e)
+        elif kind is TouchpointEvent:
+            touchpoints.append(e)
+        elif isinstance(e, ResponseSubmitted):
             responses.append(e)
         elif isinstance(e, TouchpointEvent):
             touchpoints.append(e)
@@ -457,9 +463,21 @@ async def add_to_buckets(
 
 
 async def _driver(conn: AsyncConnection) -> Any:
-    """Return the asyncpg connection under ``conn``, inside the transaction ``conn`` began."""
+    """Return the asyncpg connection under ``conn``, inside the transaction ``conn`` began.
+
+    SQLAlchemy's asyncpg adapter sends BEGIN only with the first statement it runs itself,
+    so a statement sent straight to asyncpg before any other would run, and commit, on its
+    own: the ledger would say an event was applied while its counts were never written.
+    """
+    if not conn.in_transaction():
+        raise RuntimeError("apply_batch needs a connection inside a transaction")
     raw = await conn.get_raw_connection()
-    return raw.driver_connection
+    driver = raw.driver_connection
+    if not driver.is_in_transaction():
+        # Makes the adapter send its BEGIN now (once per transaction; the consumer's
+        # erasure lock has usually done so already).
+        await conn.exec_driver_sql("SELECT 1")
+    return driver
 
 
 async def _stage_and_merge(

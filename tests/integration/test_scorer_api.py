@@ -641,6 +641,35 @@ class TestGauges:
         ) in text
 
 
+    async def test_the_refresh_time_moves_only_when_the_gauges_were_refreshed(
+        self, engine: AsyncEngine
+    ) -> None:
+        """With several scorers, the gauges to read are those of an instance that refreshed
+        recently: one that cannot reach the database must not look fresh."""
+        import asyncio
+
+        from services.scorer import gauges
+        from services.scorer.snapshots import ValueSnapshots
+
+        async def one_round(eng: AsyncEngine) -> float:
+            before = gauges.REFRESHED._value.get()
+            stop = asyncio.Event()
+            task = asyncio.create_task(gauges.keep_fresh(eng, stop, 0.05, [], ValueSnapshots(1)))
+            await asyncio.sleep(0.5)
+            stop.set()
+            await task
+            return gauges.REFRESHED._value.get() - before
+
+        unreachable = create_async_engine(
+            "postgresql+asyncpg://nobody@127.0.0.1:9/none", connect_args={"timeout": 0.2}
+        )
+        try:
+            assert await one_round(unreachable) == 0
+        finally:
+            await unreachable.dispose()
+        assert await one_round(engine) > 0
+
+
 class TestChannelSla:
     async def test_a_channel_specific_sla_changes_the_breach_rate(
         self,
