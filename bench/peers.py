@@ -40,17 +40,27 @@ import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from common import (
+    Cpu,
+    CpuMeter,
+    GroupProgress,
     Result,
     Servers,
+    cache_dir,
+    checkpoint,
+    child_environment,
+    failure,
     process_cpu_seconds,
     process_tree,
+    ratio,
     servers,
+    skipped,
     stack,
     until,
     vm_hwm_kib,
+    wait_done,
 )
 from ingest import _WRK_SCRIPT, batch_body, wrk_available
-from scorer_throughput import fill, run_scorer
+from scorer_throughput import consume_timeout, fill, run_scorer
 from sqlalchemy.engine import make_url
 
 from services.servers import ServerProcess, free_port
@@ -58,7 +68,8 @@ from shared.settings import KafkaSettings
 from shared.topics import TOPIC_SPECS, Topic
 
 HERE = Path(__file__).resolve().parent
-CACHE = Path.home() / ".cache" / "cxloop" / "peers"
+CACHE = cache_dir() / "peers"
+QUIX_COMMIT_INTERVAL = 1.0
 QUIX = "quixstreams[postgresql]==3.28.1"
 BRIDGE_ENV = "CXLOOP_BENCH_BRIDGE"
 CONNECTIONS = 64
@@ -629,18 +640,42 @@ def _dsn(url: str) -> str:
 @dataclass
 class Run:
     rate: float
-    cpu_seconds: float
+    cpu: Cpu
 
 
-async def run_quix(python: Path, kafka: KafkaSettings, url: str, n: int) -> Run:
-    """Start the Quix app; time it from its start until Postgres counts all ``n`` answers."""
+async def _first_at(path: Path, process: ServerProcess, timeout: float) -> float:
+    """Wait for a peer to write when it consumed its first record (``time.time()``)."""
+    deadline = time.monotonic() + timeout
+    while not _text(path):
+        if not process.alive:
+            raise PeerUnavailable(
+                f"failed: {process.name} exited: " + " | ".join(process.tail[-5:])
+            )
+        if time.monotonic() > deadline:
+            raise PeerUnavailable(f"failed: {process.name} consumed nothing in {timeout:.0f} s")
+        await asyncio.sleep(0.05)
+    return float(_text(path))
+
+
+def _text(path: Path) -> str:
+    return path.read_text().strip() if path.is_file() else ""
+
+
+async def run_quix(python: Path, srv: Servers, kafka: KafkaSettings, url: str, n: int) -> Run:
+    """Start the Quix app; time it from its first record consumed until its group has
+    committed all ``n`` answers (and its repartition topic), which it does only after its
+    sink's flush to Postgres: the scorer's rule."""
     db = make_url(url)
+    group = f"quix-{uuid.uuid4().hex[:6]}"
     with tempfile.TemporaryDirectory(prefix="cxloop-quix-") as state:
+        first_file = Path(state) / "first"
         config = {
             "bootstrap": kafka.bootstrap_servers,
             "topic": kafka.topic(Topic.RESPONSES),
-            "group": f"quix-{uuid.uuid4().hex[:6]}",
+            "group": group,
             "state_dir": state,
+            "first_file": str(first_file),
+            "commit_interval": QUIX_COMMIT_INTERVAL,
             "host": db.host,
             "port": db.port,
             "dbname": db.database,
@@ -649,60 +684,57 @@ async def run_quix(python: Path, kafka: KafkaSettings, url: str, n: int) -> Run:
             "table": "quix_hourly",
             "spread_hours": SPREAD_HOURS,
         }
+        # The configuration (with the database password) goes through a file only we can
+        # read, never the command line.
+        config_file = Path(state) / "config.json"
+        config_file.touch(mode=0o600)
+        config_file.write_text(json.dumps(config))
         process = ServerProcess("quix", sink=None)
-        conn = await asyncpg.connect(_dsn(url))
-        started = time.perf_counter()
-        await process.spawn(
-            str(python), str(HERE / "peers_quix_app.py"), json.dumps(config),
-            env=peers_environment(),
-        )  # fmt: skip
-        try:
-            cpu = 0.0
-
-            async def counted() -> bool:
-                nonlocal cpu
-                if not process.alive:
-                    raise PeerUnavailable("failed: Quix exited: " + " | ".join(process.tail[-5:]))
-                try:
-                    total = await conn.fetchval(
-                        "SELECT coalesce(sum(promoters + passives + detractors), 0) "
-                        "FROM quix_hourly"
-                    )
-                except asyncpg.UndefinedTableError:
-                    return False
-                if int(total) >= n:
-                    cpu = process_cpu_seconds(process_tree(pid_of(process)))
-                    return True
-                return False
-
+        async with GroupProgress(kafka, group, kafka.topic(Topic.RESPONSES)) as progress:
             try:
-                await until(counted, timeout=max(300, n / 200), every=0.2)
-            except TimeoutError:
-                raise PeerUnavailable(f"failed: Quix had not counted {n:,} in time") from None
-            return Run(n / (time.perf_counter() - started), cpu)
-        finally:
-            await process.stop()
-            await conn.close()
+                await process.spawn(
+                    str(python), str(HERE / "peers_quix_app.py"), str(config_file),
+                    env=child_environment(),
+                )  # fmt: skip
+                first = await _first_at(first_file, process, 120)
+                meter = CpuMeter(srv.postgres, url, lambda: process_tree(pid_of(process)))
+                await meter.start()
+
+                def alive() -> None:
+                    if not process.alive:
+                        raise PeerUnavailable(
+                            "failed: Quix exited: " + " | ".join(process.tail[-5:])
+                        )
+
+                try:
+                    ended = await wait_done(progress, n, timeout=consume_timeout(n), alive=alive)
+                except TimeoutError as exc:
+                    raise PeerUnavailable(f"failed: Quix: {exc}") from None
+                cpu = await meter.stop()
+            finally:
+                await process.stop()
+    return Run(n / max(1e-9, ended - first), cpu)
 
 
 async def run_bare(python: Path, kafka: KafkaSettings, n: int) -> Run:
+    """The bare loop, timed from its first record to its n-th, as it reports them."""
     process = ServerProcess("bare", sink=None)
-    started = time.perf_counter()
     await process.spawn(
         str(python), str(HERE / "peers_bare_loop.py"), kafka.bootstrap_servers,
         kafka.topic(Topic.RESPONSES), f"bare-{uuid.uuid4().hex[:6]}", str(n),
-        env=peers_environment(),
+        env=child_environment(),
     )  # fmt: skip
     try:
-        code = await asyncio.wait_for(process.wait(), timeout=max(300, n / 200))
+        code = await asyncio.wait_for(process.wait(), timeout=consume_timeout(n))
     except TimeoutError:
         raise PeerUnavailable(f"failed: the bare loop had not read {n:,} in time") from None
     finally:
         await process.stop()
-    elapsed = time.perf_counter() - started
     if code != 0 or not process.tail:
         raise PeerUnavailable("failed: the bare loop: " + " | ".join(process.tail[-5:]))
-    return Run(n / elapsed, float(json.loads(process.tail[-1])["cpu_seconds"]))
+    said = json.loads(process.tail[-1])
+    took = max(1e-9, float(said["done"]) - float(said["first"]))
+    return Run(n / took, Cpu(float(said["cpu_seconds"]), 0.0, 0.0))
 
 
 async def measure_quix(srv: Servers, n: int) -> list[Result]:
@@ -711,41 +743,54 @@ async def measure_quix(srv: Servers, n: int) -> list[Result]:
     bare_does = "confluent-kafka consume loop that only counts the records"
     try:
         python = await asyncio.to_thread(quix_python)
-    except PeerUnavailable as skipped:
-        print(f"  quix: {skipped}", flush=True)
-        return [_skipped(*names, QUIX_DOES, str(skipped)), _skipped(*bare_names, bare_does, "")]
+    except Exception as exc:  # a peer that cannot run is a row saying why
+        note = str(exc) if isinstance(exc, PeerUnavailable) else failure(exc)
+        print(f"  quix: {note}", flush=True)
+        return [
+            skipped(*names[:2], names[2], QUIX_DOES, note=note),
+            skipped(*bare_names[:2], bare_names[2], bare_does, note=note),
+        ]
 
     kafka = await srv.topics()
     filled = await fill(kafka, n, timedelta(hours=SPREAD_HOURS))
     print(f"  filled {n:,} answers over {SPREAD_HOURS:g} h in {filled:.1f}s", flush=True)
 
     scorer_db = await srv.database()
-    before = os.times()
-    scorer_seconds = await run_scorer(kafka, scorer_db, n)
-    after = os.times()
-    scorer = Run(n / scorer_seconds, after.user + after.system - before.user - before.system)
+    await checkpoint(srv.postgres)
+    consumed = await run_scorer(kafka, scorer_db, n, srv.postgres)
+    assert consumed.cpu is not None
+    scorer = Run(n / consumed.seconds, consumed.cpu)
     print(f"  scorer {scorer.rate:,.0f}/s", flush=True)
 
     quix_db = await srv.database()
-    setup = f"{n:,} NPS answers over {SPREAD_HOURS:g} h, from one pre-filled topic"
+    setup = (
+        f"{n:,} NPS answers over {SPREAD_HOURS:g} h, from one pre-filled topic; each side "
+        "timed from its first record consumed until its group's commit of every record "
+        "(the same broker-side check for both, polled every 0.2 s; a group commits only what "
+        f"it has stored), after a CHECKPOINT; Quix commits every {QUIX_COMMIT_INTERVAL:g} s "
+        "(its default is 5 s)"
+    )
     per_cpu = (
-        f"events per CPU-second scorer {n / scorer.cpu_seconds:,.0f} "
-        f"({scorer.cpu_seconds:.1f} CPU-s, the bench process it runs in)"
+        f"events per server CPU-second scorer {_per(n, scorer.cpu.server)} "
+        f"({scorer.cpu.describe()}; own = the bench process it runs in)"
     )
     results = []
     try:
-        quix = await run_quix(python, kafka, quix_db, n)
-    except PeerUnavailable as failed:
-        print(f"  quix: {failed}", flush=True)
-        results.append(_skipped(*names, QUIX_DOES, str(failed)))
-    else:
+        await checkpoint(srv.postgres)
+        quix = await run_quix(python, srv, kafka, quix_db, n)
         print(f"  quix   {quix.rate:,.0f}/s", flush=True)
         theirs, ours = await hourly(quix_db, HOURLY_QUIX), await hourly(scorer_db, HOURLY_CXLOOP)
+    except Exception as exc:
+        note = str(exc) if isinstance(exc, PeerUnavailable) else failure(exc)
+        print(f"  quix: {note}", flush=True)
+        results.append(skipped(*names[:2], names[2], QUIX_DOES, note=note))
+    else:
         differ = sum(ours.get(k) != theirs.get(k) for k in ours.keys() | theirs.keys())
         if differ:
             check = f"MISMATCH: hourly counts differ in {differ} of {len(ours)} buckets"
         else:
             check = f"hourly counts equal in all {len(ours)} (channel, hour) buckets"
+        quotient = ratio(scorer.rate, quix.rate)
         results.append(
             Result(
                 names[0],
@@ -754,17 +799,18 @@ async def measure_quix(srv: Servers, n: int) -> list[Result]:
                 QUIX_DOES,
                 quix.rate,
                 names[2],
-                scorer.rate / quix.rate >= 2.0 and not differ,
-                f"{setup}; {check}; {per_cpu}, Quix {n / quix.cpu_seconds:,.0f} "
-                f"({quix.cpu_seconds:.1f} CPU-s); each timed from its start until Postgres "
-                f"counts every answer (Quix writes at its default 5 s checkpoints)",
+                quotient is not None and quotient >= 2.0 and not differ,
+                f"{setup}; {check}; {per_cpu}, Quix {_per(n, quix.cpu.server)} "
+                f"({quix.cpu.describe()})",
             )
         )
     try:
+        await checkpoint(srv.postgres)
         bare = await run_bare(python, kafka, n)
-    except PeerUnavailable as failed:
-        print(f"  bare: {failed}", flush=True)
-        results.append(_skipped(*bare_names, bare_does, str(failed)))
+    except Exception as exc:
+        note = str(exc) if isinstance(exc, PeerUnavailable) else failure(exc)
+        print(f"  bare: {note}", flush=True)
+        results.append(skipped(*bare_names[:2], bare_names[2], bare_does, note=note))
     else:
         print(f"  bare   {bare.rate:,.0f}/s", flush=True)
         results.append(
@@ -776,11 +822,16 @@ async def measure_quix(srv: Servers, n: int) -> list[Result]:
                 bare.rate,
                 bare_names[2],
                 None,
-                f"{setup}; {per_cpu}, bare loop {n / bare.cpu_seconds:,.0f} "
-                f"({bare.cpu_seconds:.1f} CPU-s)",
+                f"{setup}; the bare loop stores nothing, so it times itself from its first "
+                f"record to its {n:,}th; {per_cpu}, bare loop {_per(n, bare.cpu.own)} "
+                f"({bare.cpu.own:.1f} CPU-s over the same span)",
             )
         )
     return results
+
+
+def _per(n: float, seconds: float) -> str:
+    return f"{n / seconds:,.0f}" if seconds > 0 else "—"
 
 
 async def measure(
