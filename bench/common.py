@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -588,9 +589,17 @@ class GroupProgress:
         await self._consumer.stop()
         await self._admin.close()
 
+    async def _offsets(self) -> dict[Any, Any]:
+        from aiokafka.errors import KafkaError
+
+        try:
+            return dict(await self._admin.list_consumer_group_offsets(self._group))
+        except KafkaError:  # e.g. no coordinator yet for a group that has not joined
+            return {}
+
     async def committed(self) -> int:
         """The records of the topic the group has committed."""
-        offsets = await self._admin.list_consumer_group_offsets(self._group)
+        offsets = await self._offsets()
         return sum(o.offset for tp, o in offsets.items() if tp.topic == self._topic)
 
     async def done(self, n: int) -> bool:
@@ -598,7 +607,7 @@ class GroupProgress:
         topics to their end."""
         from aiokafka import TopicPartition
 
-        offsets = await self._admin.list_consumer_group_offsets(self._group)
+        offsets = await self._offsets()
         if sum(o.offset for tp, o in offsets.items() if tp.topic == self._topic) < n:
             return False
         internal = [
