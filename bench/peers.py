@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import random
@@ -59,7 +60,7 @@ from common import (
     vm_hwm_kib,
     wait_done,
 )
-from ingest import _WRK_SCRIPT, batch_body, wrk_available
+from ingest import _WRK_SCRIPT, batch_body, wrk_available, wrk_output, wrk_totals
 from scorer_throughput import consume_timeout, fill, run_scorer
 from sqlalchemy.engine import make_url
 
@@ -123,10 +124,6 @@ def pid_of(process: ServerProcess) -> int:
     return process.proc.pid
 
 
-def peers_environment() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("CXLOOP_")}
-
-
 # --- load -----------------------------------------------------------------------------------
 
 
@@ -140,28 +137,26 @@ class WrkRun:
 
 
 def run_wrk_latency(url: str, script: str, env: dict[str, str], seconds: int) -> WrkRun:
-    """bench/ingest.py's run_wrk with --latency: the rate, p99 and socket errors as well."""
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as file:
-        file.write(script)
-    try:
-        out = subprocess.run(
-            ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", file.name, url],
-            capture_output=True,
-            text=True,
-            check=True,
-            env={**env, "PATH": "/usr/bin:/bin"},
-        ).stdout
-    finally:
-        Path(file.name).unlink()
-    rate = float(_match(r"Requests/sec:\s+([\d.]+)", out))
-    total = int(_match(r"(\d+) requests in", out))
+    """bench/ingest.py's run_wrk with --latency: the 2xx rate, p99 and socket errors."""
+    out = wrk_output(["-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency"], script, url, env)
+    total, took = wrk_totals(out)
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     non_2xx = int(bad.group(1)) if bad else 0
     socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors = sum(int(g) for g in socket.groups()) if socket else 0
-    value, unit = re.search(r"\s99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+    value, unit = re.search(
+        r"\s99%\s+([\d.]+)(us|ms|s)", _need(r"\s99%\s+[\d.]+(?:us|ms|s)", out)
+    ).groups()  # type: ignore[union-attr]
     p99_ms = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-    return WrkRun(rate, total - non_2xx, non_2xx, errors, p99_ms)
+    acked = total - non_2xx
+    return WrkRun(acked / took if took else 0.0, acked, non_2xx, errors, p99_ms)
+
+
+def _need(pattern: str, text: str) -> str:
+    found = re.search(pattern, text)
+    if found is None:
+        raise RuntimeError(f"wrk printed no {pattern!r}:\n{text}")
+    return found.group(0)
 
 
 def _match(pattern: str, text: str) -> str:
@@ -314,9 +309,15 @@ def install_bridge(folder: Path) -> Path:
     """Run the folder's install.sh once into the cache; return the libs directory."""
     if not (folder / "install.sh").is_file():
         raise PeerUnavailable(f"skipped: {folder} holds no install.sh of the bridge")
-    dest = CACHE / folder.name
+    digest = hashlib.sha256()
+    for jar in sorted(folder.glob("*.jar")):
+        digest.update(jar.read_bytes())
+    dest = CACHE / f"{folder.name}-{digest.hexdigest()[:16]}"
     done = subprocess.run(
-        ["bash", str(folder / "install.sh"), str(dest)], capture_output=True, text=True
+        ["bash", str(folder / "install.sh"), str(dest)],
+        capture_output=True,
+        text=True,
+        env=child_environment(),
     )
     if done.returncode != 0:
         last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -347,7 +348,7 @@ async def bridge_running(folder: Path, java: Path, bootstrap: str) -> AsyncItera
         argv += ["-cp", f"{libs}/*", "io.strimzi.kafka.bridge.Application"]
         argv.append(f"--config-file={config}")
         process = ServerProcess("bridge", sink=None)
-        await process.spawn(*argv, env=peers_environment(), cwd=Path(tmp))
+        await process.spawn(*argv, env=child_environment(), cwd=Path(tmp))
         try:
             async with httpx.AsyncClient() as client:
 
@@ -537,9 +538,10 @@ async def measure_bridge(srv: Servers, bridge: Path | None, seconds: int) -> lis
                 "or in /usr/lib/jvm"
             )
         single, batch = await bridge_sides(srv, bridge, java, seconds)
-    except PeerUnavailable as skipped:
-        print(f"  bridge: {skipped}", flush=True)
-        return [_skipped(*n, BRIDGE_DOES, str(skipped)) for n in (names, batch_names)]
+    except Exception as exc:  # a peer that cannot run is a row saying why
+        note = str(exc) if isinstance(exc, PeerUnavailable) else failure(exc)
+        print(f"  bridge: {note}", flush=True)
+        return [_skipped(*n, BRIDGE_DOES, note) for n in (names, batch_names)]
 
     results = []
     if single is None:
@@ -558,7 +560,9 @@ async def measure_bridge(srv: Servers, bridge: Path | None, seconds: int) -> lis
                 BRIDGE_DOES,
                 peer.rate,
                 names[2],
-                cx.rate / peer.rate >= 1.3 and checked and cx.failed == peer.failed == 0,
+                (ratio(cx.rate, peer.rate) or 0) >= 1.3
+                and checked
+                and cx.failed == peer.failed == 0,
                 f"wrk, {CONNECTIONS} connections, one record per request, {seconds}s each after "
                 f"a {warm_up_seconds(seconds)} s warm-up; p99 cxloop {cx.p99_ms:.0f} ms, "
                 f"bridge {peer.p99_ms:.0f} ms; "
@@ -577,7 +581,7 @@ async def measure_bridge(srv: Servers, bridge: Path | None, seconds: int) -> lis
             BRIDGE_DOES,
             peer.rate,
             batch_names[2],
-            cx.rate / peer.rate >= 1.2 and exact and cx.failed == peer.failed == 0,
+            (ratio(cx.rate, peer.rate) or 0) >= 1.2 and exact and cx.failed == peer.failed == 0,
             f"{CLIENTS} clients × batches of {BATCH}, {seconds}s each after a "
             f"{warm_up_seconds(seconds)} s warm-up; failed requests cxloop "
             f"{cx.failed}, bridge {peer.failed}; {_figures(cx, peer, 'events')}; "
@@ -588,7 +592,7 @@ async def measure_bridge(srv: Servers, bridge: Path | None, seconds: int) -> lis
 
 
 def _skipped(name: str, unit: str, target: str, reference: str, note: str) -> Result:
-    return Result(name, 0.0, unit, reference, None, target, None, note)
+    return skipped(name, unit, target, reference, note=note)
 
 
 # --- Quix Streams and the bare loop ---------------------------------------------------------
@@ -606,7 +610,7 @@ def quix_python() -> Path:
         [str(python), "-m", "pip", "install", "-q", QUIX],
     ]
     for step in steps:
-        done = subprocess.run(step, capture_output=True, text=True)
+        done = subprocess.run(step, capture_output=True, text=True, env=child_environment())
         if done.returncode != 0:
             last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
             raise PeerUnavailable(f"skipped: could not install {QUIX} ({last[0]})")
@@ -864,8 +868,10 @@ async def main() -> None:
             srv, ingest_seconds=seconds, scorer_events=events, bridge=args.bridge
         )
     for r in results:
-        ratio = f"{r.ratio:.2f}" if r.ratio is not None else "—"
-        print(f"{r.name}: {r.value:,.0f} / {r.reference_value or 0:,.0f} {r.unit} = {ratio} "
+        quotient = f"{r.ratio:.2f}" if r.ratio is not None else "—"
+        value = "—" if r.value is None else f"{r.value:,.0f}"
+        reference = "—" if r.reference_value is None else f"{r.reference_value:,.0f}"
+        print(f"{r.name}: {value} / {reference} {r.unit} = {quotient} "
               f"(target {r.target}, met {r.met})\n    {r.note}")  # fmt: skip
 
 

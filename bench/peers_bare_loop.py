@@ -26,7 +26,7 @@ def main() -> None:
     first, cpu_at_first = 0.0, 0.0
     try:
         while seen < n:
-            for message in consumer.consume(num_messages=10_000, timeout=1.0):
+            for message in consumer.consume(num_messages=500, timeout=1.0):
                 if message.error() is None:
                     if not seen:
                         first, cpu_at_first = time.time(), _cpu()
