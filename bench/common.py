@@ -344,6 +344,7 @@ class Stack:
     urls: dict[str, str]
     api_key: str
     kafka: KafkaSettings
+    database: str = ""  # the services' database URL
     processes: dict[str, ServerProcess] = field(default_factory=dict)
 
     def client(self, name: str, **kwargs: object) -> httpx.AsyncClient:
@@ -466,7 +467,12 @@ async def stack(
         **env,
     }
     kafka = kafka.model_copy(update={"topic_prefix": environ["CXLOOP_KAFKA_TOPIC_PREFIX"]})
-    result = Stack({n: f"http://127.0.0.1:{p}" for n, p in ports.items()}, api_key, kafka)
+    result = Stack(
+        {n: f"http://127.0.0.1:{p}" for n, p in ports.items()},
+        api_key,
+        kafka,
+        environ["CXLOOP_DATABASE_URL"],
+    )
     try:
         for name in services:
             process = ServerProcess(name, sink=None)

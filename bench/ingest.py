@@ -32,12 +32,12 @@ from pathlib import Path
 
 import httpx
 from common import (
+    CpuMeter,
     Result,
     Servers,
     ServiceExited,
     cpu_times,
     idle_cpu_fraction,
-    process_cpu_seconds,
     ratio,
     servers,
     skipped,
@@ -126,7 +126,7 @@ class Run:
     rate: float
     total: int
     bad: int
-    cpu_seconds: float  # the collector's, over all its processes
+    cpu_seconds: float  # the collector's over all its processes, and its Postgres backends
     idle: float  # the machine's idle share during the run
     processes: int
     rss_mib: float  # the largest peak resident set of one of its processes
@@ -171,15 +171,18 @@ async def collector_run(srv: Servers, seconds: int, connections: int, workers: i
         url = s.urls["collector"]
         await asyncio.to_thread(run_wrk, url, s.api_key, 2, connections)
         pids = s.pids("collector")
-        cpu, machine = process_cpu_seconds(pids), cpu_times()
+        meter = CpuMeter(srv.postgres, s.database, lambda: pids)
+        await meter.start()
+        machine = cpu_times()
         started = time.monotonic()
         rate, total, bad = await asyncio.to_thread(run_wrk, url, s.api_key, seconds, connections)
         took = time.monotonic() - started
+        cost = await meter.stop()
         run = Run(
             rate,
             total,
             bad,
-            process_cpu_seconds(pids) - cpu,
+            cost.server,
             idle_cpu_fraction(machine, cpu_times()),
             len(pids),
             s.peak_rss_mib()["collector"],
@@ -215,7 +218,8 @@ async def single(srv: Servers, seconds: int, connections: int) -> list[Result]:
             "≥ 0.4",
             (ratio(one.rate, bare) or 0) >= 0.4 and one.bad == 0 and bare_bad == 0,
             f"{wrk}; one collector worker; {one.bad} non-2xx; "
-            f"{one.per_cpu_second:,.0f} requests per collector CPU-second",
+            f"{one.per_cpu_second:,.0f} requests per server CPU-second (the collector's "
+            "processes and its database's Postgres backends)",
         ),
     ]
     if two is None:
@@ -258,7 +262,7 @@ def scale_out(one: Run, two: Run, wrk: str) -> Result:
         f"(1 would mean the build ignores it); machine idle {two.idle:.0%} with 2 "
         f"workers, {one.idle:.0%} with 1; {two.bad} non-2xx; "
         f"{two.per_cpu_second:,.0f} against {one.per_cpu_second:,.0f} requests "
-        "per collector CPU-second",
+        "per server CPU-second (collector and its Postgres backends)",
     )
 
 
@@ -339,11 +343,13 @@ async def batches(srv: Servers, seconds: int, clients: int) -> list[Result]:
                         failed += 1
 
         pids = s.pids("collector")
-        cpu = process_cpu_seconds(pids)
+        meter = CpuMeter(srv.postgres, s.database, lambda: pids)
+        await meter.start()
         started = time.monotonic()
         await asyncio.gather(*(client() for _ in range(clients)))
         rate = accepted / (time.monotonic() - started)
-        per_cpu = accepted / max(1e-9, process_cpu_seconds(pids) - cpu)
+        cost = await meter.stop()
+        per_cpu = accepted / max(1e-9, cost.server)
         rss = s.peak_rss_mib()["collector"]
 
     # The same number of records as the collector took, at least 20,000, made ahead.
@@ -351,7 +357,7 @@ async def batches(srv: Servers, seconds: int, clients: int) -> list[Result]:
     raw = await raw_producer(srv, records, clients)
     print(
         f"  batch: collector {rate:,.0f} events/s ({failed} failed requests), "
-        f"{per_cpu:,.0f} per CPU-second; raw producer, {clients} senders, {raw:,.0f}/s",
+        f"{per_cpu:,.0f} per server CPU-second; raw producer, {clients} senders, {raw:,.0f}/s",
         flush=True,
     )
     return [
@@ -364,7 +370,7 @@ async def batches(srv: Servers, seconds: int, clients: int) -> list[Result]:
             "≥ 0.5",
             rate / raw >= 0.5 and failed == 0,
             f"{clients} clients × batches of 500, {seconds}s; {failed} failed requests; "
-            f"{per_cpu:,.0f} events per collector CPU-second",
+            f"{per_cpu:,.0f} events per server CPU-second ({cost.describe()})",
         ),
         Result(
             "Peak RSS of the collector under the batch load",

@@ -50,7 +50,6 @@ from common import (
     checkpoint,
     child_environment,
     failure,
-    process_cpu_seconds,
     process_tree,
     ratio,
     servers,
@@ -380,7 +379,7 @@ class Side:
     rate: float
     acked: int
     failed: int
-    cpu_seconds: float
+    cpu: Cpu
     rss_mib: float
     landed: int
     errors: int = 0
@@ -388,7 +387,9 @@ class Side:
 
     @property
     def per_cpu_second(self) -> float:
-        return self.acked / self.cpu_seconds if self.cpu_seconds else 0.0
+        """Acknowledged per server CPU-second: the server's processes and the Postgres
+        backends of its database (the collector claims an idempotency key per request)."""
+        return self.acked / self.cpu.server if self.cpu.server else 0.0
 
     def landed_ok(self, slack: int) -> bool:
         """Whether the topic holds the acknowledged records, and at most ``slack`` more: the
@@ -413,16 +414,15 @@ def warm_up_seconds(seconds: int) -> int:
 
 async def _measured_wrk(
     url: str, script: str, env: dict[str, str], process: ServerProcess, kafka: KafkaSettings,
-    seconds: int,
+    seconds: int, meter: CpuMeter,
 ) -> Side:  # fmt: skip
     """Warm up, then measure; the topic is counted from after the warm-up settled."""
     await asyncio.to_thread(run_wrk_latency, url, script, env, warm_up_seconds(seconds))
     await asyncio.sleep(1)
-    pids = process_tree(pid_of(process))
     base = await topic_size(kafka)
-    before = process_cpu_seconds(pids)
+    await meter.start()
     run = await asyncio.to_thread(run_wrk_latency, url, script, env, seconds)
-    cpu = process_cpu_seconds(pids) - before
+    cpu = await meter.stop()
     await asyncio.sleep(1)
     landed = await topic_size(kafka) - base
     return Side(
@@ -438,15 +438,15 @@ async def _measured_batches(
     process: ServerProcess,
     kafka: KafkaSettings,
     seconds: int,
+    meter: CpuMeter,
 ) -> Side:
     """Warm up, then measure; the topic is counted from after the warm-up."""
     try:
         await batch_load(client, path, wrap, acked_in, warm_up_seconds(seconds), seed=1)
-        pids = process_tree(pid_of(process))
         base = await topic_size(kafka)
-        before = process_cpu_seconds(pids)
+        await meter.start()
         run = await batch_load(client, path, wrap, acked_in, seconds, seed=2)
-        cpu = process_cpu_seconds(pids) - before
+        cpu = await meter.stop()
     finally:
         await client.close()
     landed = await topic_size(kafka) - base
@@ -466,15 +466,16 @@ async def bridge_sides(
         if wrk_available():
             env = {"BENCH_TOPIC": single_topic}
             side = await _measured_wrk(
-                bridge.url, _BRIDGE_WRK_SCRIPT, env, bridge.process, singles, seconds
-            )
+                bridge.url, _BRIDGE_WRK_SCRIPT, env, bridge.process, singles, seconds,
+                _meter(srv, None, bridge.process),
+            )  # fmt: skip
             single.append(side)
             print(f"  bridge single: {side.rate:,.0f} req/s, p99 {side.p99_ms:.0f} ms", flush=True)
         headers = {"Content-Type": "application/vnd.kafka.json.v2+json"}
         client = PeerClient(bridge.url, headers, CLIENTS)
         bridge_batch = await _measured_batches(
             client, f"/topics/{batch_topic}", _bridge_batch, _bridge_acked, bridge.process,
-            batches, seconds,
+            batches, seconds, _meter(srv, None, bridge.process),
         )  # fmt: skip
         print(f"  bridge batches: {bridge_batch.rate:,.0f} events/s", flush=True)
 
@@ -482,6 +483,10 @@ async def bridge_sides(
     collector_batch = await _collector_batches(srv, seconds)
     pair = (single[0], collector_single) if single and collector_single else None
     return pair, (bridge_batch, collector_batch)
+
+
+def _meter(srv: Servers, database: str | None, process: ServerProcess) -> CpuMeter:
+    return CpuMeter(srv.postgres, database, lambda: process_tree(pid_of(process)))
 
 
 def _rss(process: ServerProcess) -> float:
@@ -495,7 +500,8 @@ async def _collector_single(srv: Servers, seconds: int) -> Side:
     ) as s:
         env = {"BENCH_KEY": s.api_key}
         process, url = s.processes["collector"], s.urls["collector"]
-        side = await _measured_wrk(url, _WRK_SCRIPT, env, process, kafka, seconds)
+        meter = _meter(srv, s.database, process)
+        side = await _measured_wrk(url, _WRK_SCRIPT, env, process, kafka, seconds, meter)
         print(f"  collector single: {side.rate:,.0f} req/s, p99 {side.p99_ms:.0f} ms", flush=True)
         return side
 
@@ -510,6 +516,7 @@ async def _collector_batches(srv: Servers, seconds: int) -> Side:
         side = await _measured_batches(
             client, "/v1/responses/batch", _collector_batch, _collector_acked,
             s.processes["collector"], kafka, seconds,
+            _meter(srv, s.database, s.processes["collector"]),
         )  # fmt: skip
         print(f"  collector batches: {side.rate:,.0f} events/s", flush=True)
         return side
@@ -519,7 +526,7 @@ def _figures(cx: Side, peer: Side, unit: str) -> str:
     cx_rate, peer_rate = cx.per_cpu_second, peer.per_cpu_second
     ratio = f"{cx_rate / peer_rate:.2f}" if peer_rate else "—"
     return (
-        f"server CPU-seconds cxloop {cx.cpu_seconds:.1f}, bridge {peer.cpu_seconds:.1f}; "
+        f"cxloop {cx.cpu.describe()}, bridge {peer.cpu.describe()}; "
         f"{unit} per server CPU-second cxloop {cx_rate:,.0f}, bridge {peer_rate:,.0f} "
         f"(ratio {ratio}); peak RSS cxloop {cx.rss_mib:.0f} MiB, bridge {peer.rss_mib:.0f} MiB"
     )
