@@ -33,7 +33,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -49,6 +49,7 @@ from common import (
     cache_dir,
     checkpoint,
     child_environment,
+    content_check,
     failure,
     process_tree,
     ratio,
@@ -211,6 +212,7 @@ class BatchRun:
     rate: float
     acked: int
     failed: int
+    sent: list[str] = field(default_factory=list)  # event ids of the acknowledged bodies
 
 
 async def batch_load(
@@ -225,6 +227,7 @@ async def batch_load(
     each side gets the same answers for the same ``seed``."""
     rng = random.Random(seed)
     acked = failed = 0
+    sent: list[str] = []
     deadline = time.monotonic() + seconds
 
     async def one() -> None:
@@ -234,12 +237,13 @@ async def batch_load(
             status, payload = await client.post(path, wrap(items))
             if status == 200:
                 acked += acked_in(payload)
+                sent.extend(str(item["event_id"]) for item in items)
             else:
                 failed += 1
 
     started = time.monotonic()
     await asyncio.gather(*(one() for _ in range(CLIENTS)))
-    return BatchRun(acked / (time.monotonic() - started), acked, failed)
+    return BatchRun(acked / (time.monotonic() - started), acked, failed, sent)
 
 
 def _collector_batch(items: list[dict[str, object]]) -> bytes:
@@ -384,6 +388,8 @@ class Side:
     landed: int
     errors: int = 0
     p99_ms: float = 0.0
+    content_ok: bool = True
+    content: str = ""
 
     @property
     def per_cpu_second(self) -> float:
@@ -397,6 +403,9 @@ class Side:
         return self.acked <= self.landed <= self.acked + slack
 
     def check(self, slack: int) -> str:
+        return f"{self._count(slack)}; {self.content}"
+
+    def _count(self, slack: int) -> str:
         if self.landed == self.acked:
             return f"topic holds exactly the {self.acked:,} acknowledged records"
         verdict = "within" if self.landed_ok(slack) else "MISMATCH: outside"
@@ -425,9 +434,12 @@ async def _measured_wrk(
     cpu = await meter.stop()
     await asyncio.sleep(1)
     landed = await topic_size(kafka) - base
+    # wrk's Lua makes the event ids, so only repeats can be checked here.
+    ok, content = await content_check(kafka, kafka.topic(Topic.RESPONSES))
     return Side(
-        run.rate, run.acked, run.non_2xx, cpu, _rss(process), landed, run.errors, run.p99_ms
-    )
+        run.rate, run.acked, run.non_2xx, cpu, _rss(process), landed, run.errors, run.p99_ms,
+        ok, content,
+    )  # fmt: skip
 
 
 async def _measured_batches(
@@ -450,7 +462,11 @@ async def _measured_batches(
     finally:
         await client.close()
     landed = await topic_size(kafka) - base
-    return Side(run.rate, run.acked, run.failed, cpu, _rss(process), landed)
+    ok, content = await content_check(kafka, kafka.topic(Topic.RESPONSES), run.sent)
+    return Side(
+        run.rate, run.acked, run.failed, cpu, _rss(process), landed,
+        content_ok=ok, content=content,
+    )  # fmt: skip
 
 
 async def bridge_sides(
@@ -558,7 +574,9 @@ async def measure_bridge(srv: Servers, bridge: Path | None, seconds: int) -> lis
         peer, cx = single
         slack = CONNECTIONS + peer.errors
         cx_slack = CONNECTIONS + cx.errors
-        checked = peer.landed_ok(slack) and cx.landed_ok(cx_slack)
+        checked = (
+            peer.landed_ok(slack) and cx.landed_ok(cx_slack) and peer.content_ok and cx.content_ok
+        )
         results.append(
             Result(
                 names[0],
@@ -579,7 +597,9 @@ async def measure_bridge(srv: Servers, bridge: Path | None, seconds: int) -> lis
             )
         )
     peer, cx = batch
-    exact = peer.landed == peer.acked and cx.landed == cx.acked
+    exact = (
+        peer.landed == peer.acked and cx.landed == cx.acked and peer.content_ok and cx.content_ok
+    )
     results.append(
         Result(
             batch_names[0],
