@@ -20,7 +20,8 @@ schemas:
 # Writes BENCHMARKS.md. The single-event ingest line needs wrk (Debian's), installed here
 # when run as root; without it that line is skipped and says so. The Strimzi Kafka Bridge
 # row uses $CXLOOP_BENCH_BRIDGE, else ../shared/peers/strimzi-kafka-bridge-1.0.0 when it
-# exists; with neither, that row is skipped and says so.
+# exists; with neither, that row is skipped and says so. Postgres keeps its data under
+# $CXLOOP_BENCH_DATA_DIR (default .cxloop/bench; keep it off tmpfs, the header says which).
 BRIDGE_DIR := $(abspath ../shared/peers/strimzi-kafka-bridge-1.0.0)
 bench:
 	@command -v wrk >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import os
+import re
 import secrets
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -19,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -39,7 +43,7 @@ class Result:
     """One measured line of BENCHMARKS.md: a value, what it is compared with, and the target."""
 
     name: str
-    value: float
+    value: float | None
     unit: str
     reference: str = ""
     reference_value: float | None = None
@@ -49,9 +53,26 @@ class Result:
 
     @property
     def ratio(self) -> float | None:
-        if self.reference_value in (None, 0):
+        if self.value is None or self.reference_value in (None, 0):
             return None
         return self.value / self.reference_value
+
+
+def skipped(
+    name: str, unit: str = "", target: str = "", reference: str = "", *, note: str
+) -> Result:
+    """A row that was not measured: no value (printed "—"), met unknown, and why."""
+    return Result(name, None, unit, reference, None, target, None, note)
+
+
+def failure(exc: BaseException) -> str:
+    """The note of a row whose measure raised ``exc``."""
+    return f"failed: {type(exc).__name__}: {exc}".strip()
+
+
+def ratio(a: float, b: float) -> float | None:
+    """``a / b``, or None when ``b`` is 0 (a side that acknowledged nothing)."""
+    return a / b if b else None
 
 
 @dataclass
@@ -80,17 +101,70 @@ class Servers:
 DURABILITY_SETTINGS = ("fsync", "synchronous_commit", "full_page_writes")
 
 
-async def durability(pg: backends.PostgresServer) -> str:
-    """Return the server's durability settings as they are, e.g. ``fsync on, ...``."""
+def cache_dir() -> Path:
+    """cxloop's cache: ``$XDG_CACHE_HOME/cxloop``, else ``~/.cache/cxloop``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cxloop"
+
+
+def bench_data_dir() -> Path:
+    """Where the benchmark's Postgres keeps its data: ``$CXLOOP_BENCH_DATA_DIR``, else the
+    repository's ignored ``.cxloop/bench`` (a disk, unlike /tmp on distributions that mount
+    tmpfs there, where fsync does nothing)."""
+    return Path(os.environ.get("CXLOOP_BENCH_DATA_DIR") or ROOT / ".cxloop" / "bench")
+
+
+def filesystem(path: Path) -> str:
+    """The type of the filesystem holding ``path`` (``stat -f``), e.g. ext2/ext3 or tmpfs."""
+    while not path.exists():
+        path = path.parent
+    done = subprocess.run(["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
+
+
+async def admin_connection(pg: backends.PostgresServer) -> asyncpg.Connection:
     url = make_url(pg.admin_url)
-    conn = await asyncpg.connect(
+    return await asyncpg.connect(
         host=url.host, port=url.port, user=url.username, password=url.password,
         database=url.database or "postgres",
     )  # fmt: skip
+
+
+async def durability(pg: backends.PostgresServer) -> str:
+    """Return the server's durability as it is: its settings as the server reports them, the
+    filesystem of its data directory, and what that means for a commit."""
+    conn = await admin_connection(pg)
     try:
-        return ", ".join(
-            [f"{name} {await conn.fetchval(f'SHOW {name}')}" for name in DURABILITY_SETTINGS]
-        )
+        values = {name: str(await conn.fetchval(f"SHOW {name}")) for name in DURABILITY_SETTINGS}
+        data = Path(str(await conn.fetchval("SHOW data_directory")))
+    finally:
+        await conn.close()
+    fs = filesystem(data) if pg.backend in ("debian", "embedded") else "not seen from here"
+    said = ", ".join(f"{name} {value}" for name, value in values.items())
+    waits = values["fsync"] == "on" and values["synchronous_commit"] != "off"
+    if waits and fs not in ("tmpfs", "ramfs"):
+        meaning = "every commit waits for its WAL flush"
+    elif waits:
+        meaning = "fsync is on but the data is in memory, so a commit's flush costs nothing"
+    else:
+        meaning = "commits do NOT wait for a durable WAL flush"
+    return f"{said}; data directory on {fs} ({data}): {meaning}"
+
+
+async def checkpoint(pg: backends.PostgresServer) -> None:
+    """CHECKPOINT, so that the dirty pages of what ran before are written before a side is
+    measured instead of during it."""
+    conn = await admin_connection(pg)
+    try:
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
+
+
+async def drop_database(pg: backends.PostgresServer, url: str) -> None:
+    """Drop the database of ``url`` (WITH (FORCE): its sessions are ended)."""
+    conn = await admin_connection(pg)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
     finally:
         await conn.close()
 
@@ -100,12 +174,15 @@ async def servers() -> AsyncIterator[Servers]:
     """Start a real Kafka broker and a real Postgres with a migrated template database.
 
     The Postgres runs on its durable defaults (fsync, synchronous commit and full-page
-    writes on), unlike the tests' throwaway one; an external server
-    (``CXLOOP_TEST_DATABASE_URL``) keeps its own, and :meth:`Servers.describe` says which.
+    writes on) with its data under :func:`bench_data_dir`, unlike the tests' throwaway one;
+    an external server (``CXLOOP_TEST_DATABASE_URL``) keeps its own, and
+    :meth:`Servers.describe` says what the server reports.
     """
     kafka = await backends.start_kafka(backends.choose_kafka(docker=False))
     try:
-        pg = await backends.start_postgres(backends.choose_postgres(docker=False), durable=True)
+        pg = await backends.start_postgres(
+            backends.choose_postgres(docker=False), durable=True, data_root=bench_data_dir()
+        )
         try:
             template = f"bench_{uuid.uuid4().hex[:6]}"
             await asyncio.to_thread(upgrade, await pg.create_database(template))
@@ -116,6 +193,150 @@ async def servers() -> AsyncIterator[Servers]:
         await backends.stop(kafka)
 
 
+# --- what a side costs --------------------------------------------------------------------
+
+
+@dataclass
+class Cpu:
+    """What one side cost over its measured window, in CPU-seconds."""
+
+    own: float  # the side's own processes (service, JVM, Quix, ...)
+    postgres: float  # the Postgres backends serving the side's database
+    machine: float  # the whole machine's busy time (load generator and broker included)
+
+    @property
+    def server(self) -> float:
+        return self.own + self.postgres
+
+    def describe(self) -> str:
+        return (
+            f"{self.server:.1f} server CPU-s ({self.own:.1f} own + {self.postgres:.1f} "
+            f"Postgres), machine busy {self.machine:.1f} CPU-s"
+        )
+
+
+def _cpu_by_pid(pids: Iterable[int]) -> dict[int, float]:
+    return {pid: process_cpu_seconds([pid]) for pid in pids}
+
+
+def machine_busy_seconds(before: Sequence[int], after: Sequence[int]) -> float:
+    """The machine's busy CPU-seconds (all but idle and iowait) between two :func:`cpu_times`."""
+    spent = [b - a for a, b in zip(before[:8], after[:8], strict=True)]
+    return (sum(spent) - spent[3] - spent[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """Counts a side's CPU over a window: its own processes, the Postgres backends of its
+    database (``pg_stat_activity`` by datname, each backend's /proc/PID/stat before and
+    after; one that starts within the window counts from 0, one that ends within it is
+    lost, hence also the machine-wide figure), and the machine's busy time."""
+
+    def __init__(
+        self, pg: backends.PostgresServer, database_url: str | None, pids: Callable[[], list[int]]
+    ) -> None:
+        self._pg, self._pids = pg, pids
+        self._database = make_url(database_url).database if database_url else None
+        self._own = 0.0
+        self._backends: dict[int, float] = {}
+        self._machine: list[int] = []
+
+    async def _backend_pids(self) -> list[int]:
+        if self._database is None:
+            return []
+        conn = await admin_connection(self._pg)
+        try:
+            rows = await conn.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                self._database,
+            )
+        finally:
+            await conn.close()
+        return [int(r["pid"]) for r in rows]
+
+    async def start(self) -> None:
+        self._backends = _cpu_by_pid(await self._backend_pids())
+        self._own, self._machine = process_cpu_seconds(self._pids()), cpu_times()
+
+    async def stop(self) -> Cpu:
+        own, machine = process_cpu_seconds(self._pids()), cpu_times()
+        after = _cpu_by_pid(await self._backend_pids())
+        postgres = sum(max(0.0, cpu - self._backends.get(pid, 0.0)) for pid, cpu in after.items())
+        return Cpu(own - self._own, postgres, machine_busy_seconds(self._machine, machine))
+
+
+# --- subprocesses ---------------------------------------------------------------------------
+
+_ENV_NAMES = {
+    "PATH", "HOME", "LANG", "JAVA_HOME", "TMPDIR", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
+    "http_proxy", "https_proxy", "no_proxy", "XDG_CACHE_HOME",
+}  # fmt: skip
+_ENV_PREFIXES = ("LC_", "PIP_", "MAVEN_")
+
+
+def child_environment(**extra: str) -> dict[str, str]:
+    """An allowlisted environment for a tool or peer (install.sh, mvn, pip, the bridge, Quix,
+    the bare loop): locale, paths, proxies and PIP_*/MAVEN_* settings, never the caller's
+    secrets (CXLOOP_API_KEY, database passwords, ...)."""
+    env = {k: v for k, v in os.environ.items() if k in _ENV_NAMES or k.startswith(_ENV_PREFIXES)}
+    return env | extra
+
+
+# --- what landed ----------------------------------------------------------------------------
+
+_EVENT_ID = re.compile(rb'"event_id"\s*:\s*"([0-9a-fA-F-]{36})"')
+
+
+async def topic_event_ids(kafka: KafkaSettings, topic: str) -> tuple[int, set[str]]:
+    """Read the whole of ``topic``; return its record count and the distinct event ids in it."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(**kafka.to_aiokafka_params(), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in await _partitions(consumer, topic)]
+        ends = await consumer.end_offsets(partitions)
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        records, ids = 0, set()
+
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < ends[tp] for tp in partitions])
+
+        while await behind():
+            for batch in (await consumer.getmany(timeout_ms=1000, max_records=10_000)).values():
+                for record in batch:
+                    records += 1
+                    if record.value and (found := _EVENT_ID.search(record.value)):
+                        ids.add(found.group(1).decode().lower())
+        return records, ids
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(consumer: object, topic: str) -> list[int]:
+    for _ in range(50):
+        found = consumer.partitions_for_topic(topic)  # type: ignore[attr-defined]
+        if found:
+            return sorted(found)
+        await consumer._client.force_metadata_update()  # type: ignore[attr-defined]
+    raise RuntimeError(f"topic {topic} has no partitions")
+
+
+async def content_check(
+    kafka: KafkaSettings, topic: str, sent: Sequence[str] = (), sample: int = 200
+) -> tuple[bool, str]:
+    """Compare what ``topic`` holds with what was sent: no event id twice, and (when the
+    sent ids are known) a sample of ``sample`` of them all present. Return (ok, a note)."""
+    records, ids = await topic_event_ids(kafka, topic)
+    duplicated = records - len(ids)
+    picked = secrets.SystemRandom().sample(list(sent), min(sample, len(sent))) if sent else []
+    missing = sum(i.lower() not in ids for i in picked)
+    said = f"{duplicated} of {records:,} records repeat an event id"
+    if picked:
+        said += f"; {len(picked) - missing} of {len(picked)} sampled sent ids found"
+    return duplicated == 0 and missing == 0, said
+
+
 @dataclass
 class Stack:
     """The three services, each its own process, as ``cxloop up`` runs them."""
@@ -123,6 +344,7 @@ class Stack:
     urls: dict[str, str]
     api_key: str
     kafka: KafkaSettings
+    database: str = ""  # the services' database URL
     processes: dict[str, ServerProcess] = field(default_factory=dict)
 
     def client(self, name: str, **kwargs: object) -> httpx.AsyncClient:
@@ -245,7 +467,12 @@ async def stack(
         **env,
     }
     kafka = kafka.model_copy(update={"topic_prefix": environ["CXLOOP_KAFKA_TOPIC_PREFIX"]})
-    result = Stack({n: f"http://127.0.0.1:{p}" for n, p in ports.items()}, api_key, kafka)
+    result = Stack(
+        {n: f"http://127.0.0.1:{p}" for n, p in ports.items()},
+        api_key,
+        kafka,
+        environ["CXLOOP_DATABASE_URL"],
+    )
     try:
         for name in services:
             process = ServerProcess(name, sink=None)
@@ -291,7 +518,9 @@ async def until(
 
 
 def percentile(values: Sequence[float], p: float) -> float:
-    """Return the ``p``-th percentile (0-100) by the inclusive method."""
+    """Return the ``p``-th percentile (0-100) by the inclusive method; NaN of no values."""
+    if not values:
+        return math.nan
     if len(values) == 1:
         return values[0]
     return statistics.quantiles(values, n=100, method="inclusive")[int(p) - 1]
@@ -336,3 +565,84 @@ class LoadClient:
         while not self._idle.empty():
             _, writer = self._idle.get_nowait()
             writer.close()
+
+
+# --- when a consumer is done ------------------------------------------------------------------
+
+
+class GroupProgress:
+    """How far a consumer group has committed: the one completion check of every consuming
+    side (scorer, limit, scorer processes, Quix), asked of the broker, so that no side pays
+    for it in Postgres. A group commits only what it has stored (the scorer after its
+    transaction, Quix after its sink's flush). Quix's ``group_by`` goes through repartition
+    topics of its own (``repartition__GROUP--...``): it is done when those are committed to
+    their end as well."""
+
+    def __init__(self, kafka: KafkaSettings, group: str, topic: str) -> None:
+        from aiokafka import AIOKafkaConsumer
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        self._group, self._topic = group, topic
+        self._admin = AIOKafkaAdminClient(**kafka.to_aiokafka_params())
+        self._consumer = AIOKafkaConsumer(**kafka.to_aiokafka_params(), enable_auto_commit=False)
+
+    async def __aenter__(self) -> GroupProgress:
+        await self._admin.start()
+        await self._consumer.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self._consumer.stop()
+        await self._admin.close()
+
+    async def _offsets(self) -> dict[Any, Any]:
+        from aiokafka.errors import KafkaError
+
+        try:
+            return dict(await self._admin.list_consumer_group_offsets(self._group))
+        except KafkaError:  # e.g. no coordinator yet for a group that has not joined
+            return {}
+
+    async def committed(self) -> int:
+        """The records of the topic the group has committed."""
+        offsets = await self._offsets()
+        return sum(o.offset for tp, o in offsets.items() if tp.topic == self._topic)
+
+    async def done(self, n: int) -> bool:
+        """Whether the group has committed ``n`` records of the topic, and its repartition
+        topics to their end."""
+        from aiokafka import TopicPartition
+
+        offsets = await self._offsets()
+        if sum(o.offset for tp, o in offsets.items() if tp.topic == self._topic) < n:
+            return False
+        internal = [
+            t
+            for t in await self._admin.list_topics()
+            if t.startswith(f"repartition__{self._group}")
+        ]
+        partitions = [
+            TopicPartition(t, p) for t in internal for p in await _partitions(self._consumer, t)
+        ]
+        ends = await self._consumer.end_offsets(partitions) if partitions else {}
+        return all((offsets[tp].offset if tp in offsets else 0) >= end for tp, end in ends.items())
+
+
+async def wait_done(
+    progress: GroupProgress, n: int, *, timeout: float, alive: Callable[[], None] | None = None
+) -> float:
+    """Poll ``progress`` every 0.2 s until ``n`` records are committed; return the
+    ``time.time()`` it was seen. Raise TimeoutError after ``timeout`` s (a record that was
+    dead-lettered or never stored must fail the row, not hang the run)."""
+
+    async def check() -> bool:
+        if alive is not None:
+            alive()
+        return await progress.done(n)
+
+    try:
+        await until(check, timeout=timeout, every=0.2)
+    except TimeoutError:
+        got = await progress.committed()
+        raise TimeoutError(f"{got:,} of {n:,} records committed after {timeout:.0f} s") from None
+    return time.time()

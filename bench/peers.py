@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import random
@@ -32,7 +33,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -40,17 +41,27 @@ import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from common import (
+    Cpu,
+    CpuMeter,
+    GroupProgress,
     Result,
     Servers,
-    process_cpu_seconds,
+    cache_dir,
+    checkpoint,
+    child_environment,
+    content_check,
+    failure,
     process_tree,
+    ratio,
     servers,
+    skipped,
     stack,
     until,
     vm_hwm_kib,
+    wait_done,
 )
-from ingest import _WRK_SCRIPT, batch_body, wrk_available
-from scorer_throughput import fill, run_scorer
+from ingest import _WRK_SCRIPT, batch_body, wrk_available, wrk_output, wrk_totals
+from scorer_throughput import consume_timeout, fill, run_scorer
 from sqlalchemy.engine import make_url
 
 from services.servers import ServerProcess, free_port
@@ -58,7 +69,8 @@ from shared.settings import KafkaSettings
 from shared.topics import TOPIC_SPECS, Topic
 
 HERE = Path(__file__).resolve().parent
-CACHE = Path.home() / ".cache" / "cxloop" / "peers"
+CACHE = cache_dir() / "peers"
+QUIX_COMMIT_INTERVAL = 1.0
 QUIX = "quixstreams[postgresql]==3.28.1"
 BRIDGE_ENV = "CXLOOP_BENCH_BRIDGE"
 CONNECTIONS = 64
@@ -112,10 +124,6 @@ def pid_of(process: ServerProcess) -> int:
     return process.proc.pid
 
 
-def peers_environment() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("CXLOOP_")}
-
-
 # --- load -----------------------------------------------------------------------------------
 
 
@@ -129,28 +137,26 @@ class WrkRun:
 
 
 def run_wrk_latency(url: str, script: str, env: dict[str, str], seconds: int) -> WrkRun:
-    """bench/ingest.py's run_wrk with --latency: the rate, p99 and socket errors as well."""
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as file:
-        file.write(script)
-    try:
-        out = subprocess.run(
-            ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", file.name, url],
-            capture_output=True,
-            text=True,
-            check=True,
-            env={**env, "PATH": "/usr/bin:/bin"},
-        ).stdout
-    finally:
-        Path(file.name).unlink()
-    rate = float(_match(r"Requests/sec:\s+([\d.]+)", out))
-    total = int(_match(r"(\d+) requests in", out))
+    """bench/ingest.py's run_wrk with --latency: the 2xx rate, p99 and socket errors."""
+    out = wrk_output(["-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency"], script, url, env)
+    total, took = wrk_totals(out)
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     non_2xx = int(bad.group(1)) if bad else 0
     socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors = sum(int(g) for g in socket.groups()) if socket else 0
-    value, unit = re.search(r"\s99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+    value, unit = re.search(
+        r"\s99%\s+([\d.]+)(us|ms|s)", _need(r"\s99%\s+[\d.]+(?:us|ms|s)", out)
+    ).groups()  # type: ignore[union-attr]
     p99_ms = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-    return WrkRun(rate, total - non_2xx, non_2xx, errors, p99_ms)
+    acked = total - non_2xx
+    return WrkRun(acked / took if took else 0.0, acked, non_2xx, errors, p99_ms)
+
+
+def _need(pattern: str, text: str) -> str:
+    found = re.search(pattern, text)
+    if found is None:
+        raise RuntimeError(f"wrk printed no {pattern!r}:\n{text}")
+    return found.group(0)
 
 
 def _match(pattern: str, text: str) -> str:
@@ -206,6 +212,7 @@ class BatchRun:
     rate: float
     acked: int
     failed: int
+    sent: list[str] = field(default_factory=list)  # event ids of the acknowledged bodies
 
 
 async def batch_load(
@@ -220,6 +227,7 @@ async def batch_load(
     each side gets the same answers for the same ``seed``."""
     rng = random.Random(seed)
     acked = failed = 0
+    sent: list[str] = []
     deadline = time.monotonic() + seconds
 
     async def one() -> None:
@@ -229,12 +237,13 @@ async def batch_load(
             status, payload = await client.post(path, wrap(items))
             if status == 200:
                 acked += acked_in(payload)
+                sent.extend(str(item["event_id"]) for item in items)
             else:
                 failed += 1
 
     started = time.monotonic()
     await asyncio.gather(*(one() for _ in range(CLIENTS)))
-    return BatchRun(acked / (time.monotonic() - started), acked, failed)
+    return BatchRun(acked / (time.monotonic() - started), acked, failed, sent)
 
 
 def _collector_batch(items: list[dict[str, object]]) -> bytes:
@@ -303,9 +312,15 @@ def install_bridge(folder: Path) -> Path:
     """Run the folder's install.sh once into the cache; return the libs directory."""
     if not (folder / "install.sh").is_file():
         raise PeerUnavailable(f"skipped: {folder} holds no install.sh of the bridge")
-    dest = CACHE / folder.name
+    digest = hashlib.sha256()
+    for jar in sorted(folder.glob("*.jar")):
+        digest.update(jar.read_bytes())
+    dest = CACHE / f"{folder.name}-{digest.hexdigest()[:16]}"
     done = subprocess.run(
-        ["bash", str(folder / "install.sh"), str(dest)], capture_output=True, text=True
+        ["bash", str(folder / "install.sh"), str(dest)],
+        capture_output=True,
+        text=True,
+        env=child_environment(),
     )
     if done.returncode != 0:
         last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -336,7 +351,7 @@ async def bridge_running(folder: Path, java: Path, bootstrap: str) -> AsyncItera
         argv += ["-cp", f"{libs}/*", "io.strimzi.kafka.bridge.Application"]
         argv.append(f"--config-file={config}")
         process = ServerProcess("bridge", sink=None)
-        await process.spawn(*argv, env=peers_environment(), cwd=Path(tmp))
+        await process.spawn(*argv, env=child_environment(), cwd=Path(tmp))
         try:
             async with httpx.AsyncClient() as client:
 
@@ -368,15 +383,19 @@ class Side:
     rate: float
     acked: int
     failed: int
-    cpu_seconds: float
+    cpu: Cpu
     rss_mib: float
     landed: int
     errors: int = 0
     p99_ms: float = 0.0
+    content_ok: bool = True
+    content: str = ""
 
     @property
     def per_cpu_second(self) -> float:
-        return self.acked / self.cpu_seconds if self.cpu_seconds else 0.0
+        """Acknowledged per server CPU-second: the server's processes and the Postgres
+        backends of its database (the collector claims an idempotency key per request)."""
+        return self.acked / self.cpu.server if self.cpu.server else 0.0
 
     def landed_ok(self, slack: int) -> bool:
         """Whether the topic holds the acknowledged records, and at most ``slack`` more: the
@@ -384,6 +403,9 @@ class Side:
         return self.acked <= self.landed <= self.acked + slack
 
     def check(self, slack: int) -> str:
+        return f"{self._count(slack)}; {self.content}"
+
+    def _count(self, slack: int) -> str:
         if self.landed == self.acked:
             return f"topic holds exactly the {self.acked:,} acknowledged records"
         verdict = "within" if self.landed_ok(slack) else "MISMATCH: outside"
@@ -401,21 +423,23 @@ def warm_up_seconds(seconds: int) -> int:
 
 async def _measured_wrk(
     url: str, script: str, env: dict[str, str], process: ServerProcess, kafka: KafkaSettings,
-    seconds: int,
+    seconds: int, meter: CpuMeter,
 ) -> Side:  # fmt: skip
     """Warm up, then measure; the topic is counted from after the warm-up settled."""
     await asyncio.to_thread(run_wrk_latency, url, script, env, warm_up_seconds(seconds))
     await asyncio.sleep(1)
-    pids = process_tree(pid_of(process))
     base = await topic_size(kafka)
-    before = process_cpu_seconds(pids)
+    await meter.start()
     run = await asyncio.to_thread(run_wrk_latency, url, script, env, seconds)
-    cpu = process_cpu_seconds(pids) - before
+    cpu = await meter.stop()
     await asyncio.sleep(1)
     landed = await topic_size(kafka) - base
+    # wrk's Lua makes the event ids, so only repeats can be checked here.
+    ok, content = await content_check(kafka, kafka.topic(Topic.RESPONSES))
     return Side(
-        run.rate, run.acked, run.non_2xx, cpu, _rss(process), landed, run.errors, run.p99_ms
-    )
+        run.rate, run.acked, run.non_2xx, cpu, _rss(process), landed, run.errors, run.p99_ms,
+        ok, content,
+    )  # fmt: skip
 
 
 async def _measured_batches(
@@ -426,19 +450,23 @@ async def _measured_batches(
     process: ServerProcess,
     kafka: KafkaSettings,
     seconds: int,
+    meter: CpuMeter,
 ) -> Side:
     """Warm up, then measure; the topic is counted from after the warm-up."""
     try:
         await batch_load(client, path, wrap, acked_in, warm_up_seconds(seconds), seed=1)
-        pids = process_tree(pid_of(process))
         base = await topic_size(kafka)
-        before = process_cpu_seconds(pids)
+        await meter.start()
         run = await batch_load(client, path, wrap, acked_in, seconds, seed=2)
-        cpu = process_cpu_seconds(pids) - before
+        cpu = await meter.stop()
     finally:
         await client.close()
     landed = await topic_size(kafka) - base
-    return Side(run.rate, run.acked, run.failed, cpu, _rss(process), landed)
+    ok, content = await content_check(kafka, kafka.topic(Topic.RESPONSES), run.sent)
+    return Side(
+        run.rate, run.acked, run.failed, cpu, _rss(process), landed,
+        content_ok=ok, content=content,
+    )  # fmt: skip
 
 
 async def bridge_sides(
@@ -454,15 +482,16 @@ async def bridge_sides(
         if wrk_available():
             env = {"BENCH_TOPIC": single_topic}
             side = await _measured_wrk(
-                bridge.url, _BRIDGE_WRK_SCRIPT, env, bridge.process, singles, seconds
-            )
+                bridge.url, _BRIDGE_WRK_SCRIPT, env, bridge.process, singles, seconds,
+                _meter(srv, None, bridge.process),
+            )  # fmt: skip
             single.append(side)
             print(f"  bridge single: {side.rate:,.0f} req/s, p99 {side.p99_ms:.0f} ms", flush=True)
         headers = {"Content-Type": "application/vnd.kafka.json.v2+json"}
         client = PeerClient(bridge.url, headers, CLIENTS)
         bridge_batch = await _measured_batches(
             client, f"/topics/{batch_topic}", _bridge_batch, _bridge_acked, bridge.process,
-            batches, seconds,
+            batches, seconds, _meter(srv, None, bridge.process),
         )  # fmt: skip
         print(f"  bridge batches: {bridge_batch.rate:,.0f} events/s", flush=True)
 
@@ -470,6 +499,10 @@ async def bridge_sides(
     collector_batch = await _collector_batches(srv, seconds)
     pair = (single[0], collector_single) if single and collector_single else None
     return pair, (bridge_batch, collector_batch)
+
+
+def _meter(srv: Servers, database: str | None, process: ServerProcess) -> CpuMeter:
+    return CpuMeter(srv.postgres, database, lambda: process_tree(pid_of(process)))
 
 
 def _rss(process: ServerProcess) -> float:
@@ -483,7 +516,8 @@ async def _collector_single(srv: Servers, seconds: int) -> Side:
     ) as s:
         env = {"BENCH_KEY": s.api_key}
         process, url = s.processes["collector"], s.urls["collector"]
-        side = await _measured_wrk(url, _WRK_SCRIPT, env, process, kafka, seconds)
+        meter = _meter(srv, s.database, process)
+        side = await _measured_wrk(url, _WRK_SCRIPT, env, process, kafka, seconds, meter)
         print(f"  collector single: {side.rate:,.0f} req/s, p99 {side.p99_ms:.0f} ms", flush=True)
         return side
 
@@ -498,6 +532,7 @@ async def _collector_batches(srv: Servers, seconds: int) -> Side:
         side = await _measured_batches(
             client, "/v1/responses/batch", _collector_batch, _collector_acked,
             s.processes["collector"], kafka, seconds,
+            _meter(srv, s.database, s.processes["collector"]),
         )  # fmt: skip
         print(f"  collector batches: {side.rate:,.0f} events/s", flush=True)
         return side
@@ -507,7 +542,7 @@ def _figures(cx: Side, peer: Side, unit: str) -> str:
     cx_rate, peer_rate = cx.per_cpu_second, peer.per_cpu_second
     ratio = f"{cx_rate / peer_rate:.2f}" if peer_rate else "—"
     return (
-        f"server CPU-seconds cxloop {cx.cpu_seconds:.1f}, bridge {peer.cpu_seconds:.1f}; "
+        f"cxloop {cx.cpu.describe()}, bridge {peer.cpu.describe()}; "
         f"{unit} per server CPU-second cxloop {cx_rate:,.0f}, bridge {peer_rate:,.0f} "
         f"(ratio {ratio}); peak RSS cxloop {cx.rss_mib:.0f} MiB, bridge {peer.rss_mib:.0f} MiB"
     )
@@ -526,9 +561,10 @@ async def measure_bridge(srv: Servers, bridge: Path | None, seconds: int) -> lis
                 "or in /usr/lib/jvm"
             )
         single, batch = await bridge_sides(srv, bridge, java, seconds)
-    except PeerUnavailable as skipped:
-        print(f"  bridge: {skipped}", flush=True)
-        return [_skipped(*n, BRIDGE_DOES, str(skipped)) for n in (names, batch_names)]
+    except Exception as exc:  # a peer that cannot run is a row saying why
+        note = str(exc) if isinstance(exc, PeerUnavailable) else failure(exc)
+        print(f"  bridge: {note}", flush=True)
+        return [_skipped(*n, BRIDGE_DOES, note) for n in (names, batch_names)]
 
     results = []
     if single is None:
@@ -538,7 +574,9 @@ async def measure_bridge(srv: Servers, bridge: Path | None, seconds: int) -> lis
         peer, cx = single
         slack = CONNECTIONS + peer.errors
         cx_slack = CONNECTIONS + cx.errors
-        checked = peer.landed_ok(slack) and cx.landed_ok(cx_slack)
+        checked = (
+            peer.landed_ok(slack) and cx.landed_ok(cx_slack) and peer.content_ok and cx.content_ok
+        )
         results.append(
             Result(
                 names[0],
@@ -547,7 +585,9 @@ async def measure_bridge(srv: Servers, bridge: Path | None, seconds: int) -> lis
                 BRIDGE_DOES,
                 peer.rate,
                 names[2],
-                cx.rate / peer.rate >= 1.3 and checked and cx.failed == peer.failed == 0,
+                (ratio(cx.rate, peer.rate) or 0) >= 1.3
+                and checked
+                and cx.failed == peer.failed == 0,
                 f"wrk, {CONNECTIONS} connections, one record per request, {seconds}s each after "
                 f"a {warm_up_seconds(seconds)} s warm-up; p99 cxloop {cx.p99_ms:.0f} ms, "
                 f"bridge {peer.p99_ms:.0f} ms; "
@@ -557,7 +597,9 @@ async def measure_bridge(srv: Servers, bridge: Path | None, seconds: int) -> lis
             )
         )
     peer, cx = batch
-    exact = peer.landed == peer.acked and cx.landed == cx.acked
+    exact = (
+        peer.landed == peer.acked and cx.landed == cx.acked and peer.content_ok and cx.content_ok
+    )
     results.append(
         Result(
             batch_names[0],
@@ -566,7 +608,7 @@ async def measure_bridge(srv: Servers, bridge: Path | None, seconds: int) -> lis
             BRIDGE_DOES,
             peer.rate,
             batch_names[2],
-            cx.rate / peer.rate >= 1.2 and exact and cx.failed == peer.failed == 0,
+            (ratio(cx.rate, peer.rate) or 0) >= 1.2 and exact and cx.failed == peer.failed == 0,
             f"{CLIENTS} clients × batches of {BATCH}, {seconds}s each after a "
             f"{warm_up_seconds(seconds)} s warm-up; failed requests cxloop "
             f"{cx.failed}, bridge {peer.failed}; {_figures(cx, peer, 'events')}; "
@@ -577,7 +619,7 @@ async def measure_bridge(srv: Servers, bridge: Path | None, seconds: int) -> lis
 
 
 def _skipped(name: str, unit: str, target: str, reference: str, note: str) -> Result:
-    return Result(name, 0.0, unit, reference, None, target, None, note)
+    return skipped(name, unit, target, reference, note=note)
 
 
 # --- Quix Streams and the bare loop ---------------------------------------------------------
@@ -595,7 +637,7 @@ def quix_python() -> Path:
         [str(python), "-m", "pip", "install", "-q", QUIX],
     ]
     for step in steps:
-        done = subprocess.run(step, capture_output=True, text=True)
+        done = subprocess.run(step, capture_output=True, text=True, env=child_environment())
         if done.returncode != 0:
             last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
             raise PeerUnavailable(f"skipped: could not install {QUIX} ({last[0]})")
@@ -629,18 +671,42 @@ def _dsn(url: str) -> str:
 @dataclass
 class Run:
     rate: float
-    cpu_seconds: float
+    cpu: Cpu
 
 
-async def run_quix(python: Path, kafka: KafkaSettings, url: str, n: int) -> Run:
-    """Start the Quix app; time it from its start until Postgres counts all ``n`` answers."""
+async def _first_at(path: Path, process: ServerProcess, timeout: float) -> float:
+    """Wait for a peer to write when it consumed its first record (``time.time()``)."""
+    deadline = time.monotonic() + timeout
+    while not _text(path):
+        if not process.alive:
+            raise PeerUnavailable(
+                f"failed: {process.name} exited: " + " | ".join(process.tail[-5:])
+            )
+        if time.monotonic() > deadline:
+            raise PeerUnavailable(f"failed: {process.name} consumed nothing in {timeout:.0f} s")
+        await asyncio.sleep(0.05)
+    return float(_text(path))
+
+
+def _text(path: Path) -> str:
+    return path.read_text().strip() if path.is_file() else ""
+
+
+async def run_quix(python: Path, srv: Servers, kafka: KafkaSettings, url: str, n: int) -> Run:
+    """Start the Quix app; time it from its first record consumed until its group has
+    committed all ``n`` answers (and its repartition topic), which it does only after its
+    sink's flush to Postgres: the scorer's rule."""
     db = make_url(url)
+    group = f"quix-{uuid.uuid4().hex[:6]}"
     with tempfile.TemporaryDirectory(prefix="cxloop-quix-") as state:
+        first_file = Path(state) / "first"
         config = {
             "bootstrap": kafka.bootstrap_servers,
             "topic": kafka.topic(Topic.RESPONSES),
-            "group": f"quix-{uuid.uuid4().hex[:6]}",
+            "group": group,
             "state_dir": state,
+            "first_file": str(first_file),
+            "commit_interval": QUIX_COMMIT_INTERVAL,
             "host": db.host,
             "port": db.port,
             "dbname": db.database,
@@ -649,60 +715,57 @@ async def run_quix(python: Path, kafka: KafkaSettings, url: str, n: int) -> Run:
             "table": "quix_hourly",
             "spread_hours": SPREAD_HOURS,
         }
+        # The configuration (with the database password) goes through a file only we can
+        # read, never the command line.
+        config_file = Path(state) / "config.json"
+        config_file.touch(mode=0o600)
+        config_file.write_text(json.dumps(config))
         process = ServerProcess("quix", sink=None)
-        conn = await asyncpg.connect(_dsn(url))
-        started = time.perf_counter()
-        await process.spawn(
-            str(python), str(HERE / "peers_quix_app.py"), json.dumps(config),
-            env=peers_environment(),
-        )  # fmt: skip
-        try:
-            cpu = 0.0
-
-            async def counted() -> bool:
-                nonlocal cpu
-                if not process.alive:
-                    raise PeerUnavailable("failed: Quix exited: " + " | ".join(process.tail[-5:]))
-                try:
-                    total = await conn.fetchval(
-                        "SELECT coalesce(sum(promoters + passives + detractors), 0) "
-                        "FROM quix_hourly"
-                    )
-                except asyncpg.UndefinedTableError:
-                    return False
-                if int(total) >= n:
-                    cpu = process_cpu_seconds(process_tree(pid_of(process)))
-                    return True
-                return False
-
+        async with GroupProgress(kafka, group, kafka.topic(Topic.RESPONSES)) as progress:
             try:
-                await until(counted, timeout=max(300, n / 200), every=0.2)
-            except TimeoutError:
-                raise PeerUnavailable(f"failed: Quix had not counted {n:,} in time") from None
-            return Run(n / (time.perf_counter() - started), cpu)
-        finally:
-            await process.stop()
-            await conn.close()
+                await process.spawn(
+                    str(python), str(HERE / "peers_quix_app.py"), str(config_file),
+                    env=child_environment(),
+                )  # fmt: skip
+                first = await _first_at(first_file, process, 120)
+                meter = CpuMeter(srv.postgres, url, lambda: process_tree(pid_of(process)))
+                await meter.start()
+
+                def alive() -> None:
+                    if not process.alive:
+                        raise PeerUnavailable(
+                            "failed: Quix exited: " + " | ".join(process.tail[-5:])
+                        )
+
+                try:
+                    ended = await wait_done(progress, n, timeout=consume_timeout(n), alive=alive)
+                except TimeoutError as exc:
+                    raise PeerUnavailable(f"failed: Quix: {exc}") from None
+                cpu = await meter.stop()
+            finally:
+                await process.stop()
+    return Run(n / max(1e-9, ended - first), cpu)
 
 
 async def run_bare(python: Path, kafka: KafkaSettings, n: int) -> Run:
+    """The bare loop, timed from its first record to its n-th, as it reports them."""
     process = ServerProcess("bare", sink=None)
-    started = time.perf_counter()
     await process.spawn(
         str(python), str(HERE / "peers_bare_loop.py"), kafka.bootstrap_servers,
         kafka.topic(Topic.RESPONSES), f"bare-{uuid.uuid4().hex[:6]}", str(n),
-        env=peers_environment(),
+        env=child_environment(),
     )  # fmt: skip
     try:
-        code = await asyncio.wait_for(process.wait(), timeout=max(300, n / 200))
+        code = await asyncio.wait_for(process.wait(), timeout=consume_timeout(n))
     except TimeoutError:
         raise PeerUnavailable(f"failed: the bare loop had not read {n:,} in time") from None
     finally:
         await process.stop()
-    elapsed = time.perf_counter() - started
     if code != 0 or not process.tail:
         raise PeerUnavailable("failed: the bare loop: " + " | ".join(process.tail[-5:]))
-    return Run(n / elapsed, float(json.loads(process.tail[-1])["cpu_seconds"]))
+    said = json.loads(process.tail[-1])
+    took = max(1e-9, float(said["done"]) - float(said["first"]))
+    return Run(n / took, Cpu(float(said["cpu_seconds"]), 0.0, 0.0))
 
 
 async def measure_quix(srv: Servers, n: int) -> list[Result]:
@@ -711,41 +774,54 @@ async def measure_quix(srv: Servers, n: int) -> list[Result]:
     bare_does = "confluent-kafka consume loop that only counts the records"
     try:
         python = await asyncio.to_thread(quix_python)
-    except PeerUnavailable as skipped:
-        print(f"  quix: {skipped}", flush=True)
-        return [_skipped(*names, QUIX_DOES, str(skipped)), _skipped(*bare_names, bare_does, "")]
+    except Exception as exc:  # a peer that cannot run is a row saying why
+        note = str(exc) if isinstance(exc, PeerUnavailable) else failure(exc)
+        print(f"  quix: {note}", flush=True)
+        return [
+            skipped(*names[:2], names[2], QUIX_DOES, note=note),
+            skipped(*bare_names[:2], bare_names[2], bare_does, note=note),
+        ]
 
     kafka = await srv.topics()
     filled = await fill(kafka, n, timedelta(hours=SPREAD_HOURS))
     print(f"  filled {n:,} answers over {SPREAD_HOURS:g} h in {filled:.1f}s", flush=True)
 
     scorer_db = await srv.database()
-    before = os.times()
-    scorer_seconds = await run_scorer(kafka, scorer_db, n)
-    after = os.times()
-    scorer = Run(n / scorer_seconds, after.user + after.system - before.user - before.system)
+    await checkpoint(srv.postgres)
+    consumed = await run_scorer(kafka, scorer_db, n, srv.postgres)
+    assert consumed.cpu is not None
+    scorer = Run(n / consumed.seconds, consumed.cpu)
     print(f"  scorer {scorer.rate:,.0f}/s", flush=True)
 
     quix_db = await srv.database()
-    setup = f"{n:,} NPS answers over {SPREAD_HOURS:g} h, from one pre-filled topic"
+    setup = (
+        f"{n:,} NPS answers over {SPREAD_HOURS:g} h, from one pre-filled topic; each side "
+        "timed from its first record consumed until its group's commit of every record "
+        "(the same broker-side check for both, polled every 0.2 s; a group commits only what "
+        f"it has stored), after a CHECKPOINT; Quix commits every {QUIX_COMMIT_INTERVAL:g} s "
+        "(its default is 5 s)"
+    )
     per_cpu = (
-        f"events per CPU-second scorer {n / scorer.cpu_seconds:,.0f} "
-        f"({scorer.cpu_seconds:.1f} CPU-s, the bench process it runs in)"
+        f"events per server CPU-second scorer {_per(n, scorer.cpu.server)} "
+        f"({scorer.cpu.describe()}; own = the bench process it runs in)"
     )
     results = []
     try:
-        quix = await run_quix(python, kafka, quix_db, n)
-    except PeerUnavailable as failed:
-        print(f"  quix: {failed}", flush=True)
-        results.append(_skipped(*names, QUIX_DOES, str(failed)))
-    else:
+        await checkpoint(srv.postgres)
+        quix = await run_quix(python, srv, kafka, quix_db, n)
         print(f"  quix   {quix.rate:,.0f}/s", flush=True)
         theirs, ours = await hourly(quix_db, HOURLY_QUIX), await hourly(scorer_db, HOURLY_CXLOOP)
+    except Exception as exc:
+        note = str(exc) if isinstance(exc, PeerUnavailable) else failure(exc)
+        print(f"  quix: {note}", flush=True)
+        results.append(skipped(*names[:2], names[2], QUIX_DOES, note=note))
+    else:
         differ = sum(ours.get(k) != theirs.get(k) for k in ours.keys() | theirs.keys())
         if differ:
             check = f"MISMATCH: hourly counts differ in {differ} of {len(ours)} buckets"
         else:
             check = f"hourly counts equal in all {len(ours)} (channel, hour) buckets"
+        quotient = ratio(scorer.rate, quix.rate)
         results.append(
             Result(
                 names[0],
@@ -754,17 +830,18 @@ async def measure_quix(srv: Servers, n: int) -> list[Result]:
                 QUIX_DOES,
                 quix.rate,
                 names[2],
-                scorer.rate / quix.rate >= 2.0 and not differ,
-                f"{setup}; {check}; {per_cpu}, Quix {n / quix.cpu_seconds:,.0f} "
-                f"({quix.cpu_seconds:.1f} CPU-s); each timed from its start until Postgres "
-                f"counts every answer (Quix writes at its default 5 s checkpoints)",
+                quotient is not None and quotient >= 2.0 and not differ,
+                f"{setup}; {check}; {per_cpu}, Quix {_per(n, quix.cpu.server)} "
+                f"({quix.cpu.describe()})",
             )
         )
     try:
+        await checkpoint(srv.postgres)
         bare = await run_bare(python, kafka, n)
-    except PeerUnavailable as failed:
-        print(f"  bare: {failed}", flush=True)
-        results.append(_skipped(*bare_names, bare_does, str(failed)))
+    except Exception as exc:
+        note = str(exc) if isinstance(exc, PeerUnavailable) else failure(exc)
+        print(f"  bare: {note}", flush=True)
+        results.append(skipped(*bare_names[:2], bare_names[2], bare_does, note=note))
     else:
         print(f"  bare   {bare.rate:,.0f}/s", flush=True)
         results.append(
@@ -776,11 +853,16 @@ async def measure_quix(srv: Servers, n: int) -> list[Result]:
                 bare.rate,
                 bare_names[2],
                 None,
-                f"{setup}; {per_cpu}, bare loop {n / bare.cpu_seconds:,.0f} "
-                f"({bare.cpu_seconds:.1f} CPU-s)",
+                f"{setup}; the bare loop stores nothing, so it times itself from its first "
+                f"record to its {n:,}th; {per_cpu}, bare loop {_per(n, bare.cpu.own)} "
+                f"({bare.cpu.own:.1f} CPU-s over the same span)",
             )
         )
     return results
+
+
+def _per(n: float, seconds: float) -> str:
+    return f"{n / seconds:,.0f}" if seconds > 0 else "—"
 
 
 async def measure(
@@ -813,8 +895,10 @@ async def main() -> None:
             srv, ingest_seconds=seconds, scorer_events=events, bridge=args.bridge
         )
     for r in results:
-        ratio = f"{r.ratio:.2f}" if r.ratio is not None else "—"
-        print(f"{r.name}: {r.value:,.0f} / {r.reference_value or 0:,.0f} {r.unit} = {ratio} "
+        quotient = f"{r.ratio:.2f}" if r.ratio is not None else "—"
+        value = "—" if r.value is None else f"{r.value:,.0f}"
+        reference = "—" if r.reference_value is None else f"{r.reference_value:,.0f}"
+        print(f"{r.name}: {value} / {reference} {r.unit} = {quotient} "
               f"(target {r.target}, met {r.met})\n    {r.note}")  # fmt: skip
 
 

@@ -45,7 +45,16 @@ from typing import Any
 import asyncpg
 import httpx
 import sqlalchemy as sa
-from common import Result, Servers, asyncpg_dsn, percentile, servers, stack
+from common import (
+    Result,
+    Servers,
+    asyncpg_dsn,
+    checkpoint,
+    drop_database,
+    percentile,
+    servers,
+    stack,
+)
 from scorer_throughput import answer
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -259,19 +268,24 @@ async def timed(
     requests: int,
     bare: Callable[[], Awaitable[None]] | None = None,
 ) -> Timed:
-    """``requests`` GETs, one at a time, after a warm-up; each followed by ``bare`` (the same
-    SQL run bare), if given, so that the two are measured interleaved."""
+    """``requests`` GETs, one at a time, after a warm-up; each paired with ``bare`` (the same
+    SQL run bare), if given, so that the two are measured interleaved, in an order drawn at
+    random per pair (whichever runs second finds the buffers the first one warmed)."""
     for _ in range(10):
         (await client.get(path, params=params)).raise_for_status()
         if bare is not None:
             await bare()
     out = Timed()
+    order = random.Random(5)
     for _ in range(requests):
-        if bare is not None:
+        bare_first = bare is not None and order.random() < 0.5
+        if bare is not None and bare_first:
             await bare()
         started = time.perf_counter()
         r = await client.get(path, params=params)
         out.times.append(time.perf_counter() - started)
+        if bare is not None and not bare_first:
+            await bare()
         r.raise_for_status()
         for name, ms in parse_header(r.headers.get("server-timing", "")).items():
             out.parts.setdefault(name, []).append(ms)
@@ -395,9 +409,34 @@ async def applied(url: str) -> int:
 
 
 async def measure(
-    srv: Servers, responses: int, requests: int, orders: int, rate: int = 200
+    srv: Servers,
+    responses: int,
+    requests: int,
+    orders: int,
+    rate: int = 200,
+    *,
+    ratio_requests: int | None = None,
 ) -> list[Result]:
+    """Every query row. The database (tens of millions of rows in the full run) is dropped
+    at the end, so that its checkpoints and autovacuum do not land on what runs next."""
     url = await srv.database()
+    try:
+        return await _measure(srv, url, responses, requests, orders, rate, ratio_requests)
+    finally:
+        await drop_database(srv.postgres, url)
+        await checkpoint(srv.postgres)
+
+
+async def _measure(
+    srv: Servers,
+    url: str,
+    responses: int,
+    requests: int,
+    orders: int,
+    rate: int,
+    ratio_requests: int | None,
+) -> list[Result]:
+    ratio_requests = ratio_requests or requests
     seeded, buckets = await seed(url, responses)
     print(f"  seeded {responses:,} responses, {buckets:,} buckets in {seeded:.0f}s", flush=True)
     if orders:
@@ -414,19 +453,20 @@ async def measure(
             for name, (path, params) in QUERIES.items():
                 bare: list[float] = []
                 got = await timed(
-                    client, path, params, requests,
+                    client, path, params, ratio_requests,
                     functools.partial(timed_bare, bare_conn, statements[name], bare),
                 )  # fmt: skip
                 bare = bare[10:]  # the warm-up's
-                results.append(result(name, got.p50, got.p99, requests, responses, buckets))
+                results.append(result(name, got.p50, got.p99, ratio_requests, responses, buckets))
                 bare_p99 = percentile(bare, 99) * 1000
                 r = results[-1]
                 r.reference, r.reference_value = "the same SQL bare through asyncpg", bare_p99
                 r.target = "≤ 1.3× bare and p99 ≤ 50 ms"
-                r.met = r.value <= 1.3 * bare_p99 and r.value <= 50
+                r.met = got.p99 <= 1.3 * bare_p99 and got.p99 <= 50
                 r.note += (
                     f"; bare p50 {percentile(bare, 50) * 1000:.1f} ms, "
-                    f"{len(statements[name])} statement(s) per request, interleaved"
+                    f"{len(statements[name])} statement(s) per request, interleaved in an "
+                    "order drawn at random per pair"
                 )
                 print(f"    bare SQL p99 {bare_p99:.1f} ms", flush=True)
             await bare_conn.close()

@@ -16,6 +16,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import ingest
 import latency
 import queries
 import scorer_throughput
-from common import ROOT, Result, Servers, servers
+from common import ROOT, Result, Servers, failure, servers, skipped
 
 
 def machine() -> str:
@@ -50,6 +51,18 @@ def _fmt(value: float | None, unit: str = "") -> str:
         return "—"
     text = f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
     return f"{text} {unit}".strip()
+
+
+async def section(
+    name: str, started: float, measure: Callable[[], Awaitable[list[Result]]]
+) -> list[Result]:
+    """Run one section; any exception becomes a row saying so, and the run goes on."""
+    print(f"{name} (at {(time.monotonic() - started) / 60:.1f} min)", flush=True)
+    try:
+        return await measure()
+    except Exception as exc:  # one section must not lose the others
+        print(f"  {name}: {failure(exc)}", flush=True)
+        return [skipped(name[0].upper() + name[1:], note=failure(exc))]
 
 
 def table(results: list[Result]) -> str:
@@ -113,48 +126,76 @@ async def main() -> None:
         "responses": 100_000 if q else 10_000_000,
         "orders": 50_000 if q else 1_000_000,
         "requests": 20 if q else 200,
+        # A ratio row's p99 from 1,000 requests rests on its 10 slowest, not on 2 of 200.
+        "ratio requests": 100 if q else 1_000,
         "peer scorer events": 20_000 if q else 300_000,
     }
     started = time.monotonic()
     results: list[Result] = []
+    out = Path(args.out)
     async with servers() as srv:
         print(f"servers: {srv.describe()}", flush=True)
-        print(f"ingest (at {(time.monotonic() - started) / 60:.1f} min)", flush=True)
-        results += await ingest.measure(srv, sizes["ingest seconds"])
-        print(f"scorer throughput (at {(time.monotonic() - started) / 60:.1f} min)", flush=True)
-        results += await scorer_throughput.measure(
-            srv, sizes["scorer events"], sizes["naive events"], spread_hours=24
-        )
-        print(f"end-to-end latency (at {(time.monotonic() - started) / 60:.1f} min)", flush=True)
-        results += await latency.measure(srv, rate=500, seconds=sizes["latency seconds"])
-        print(f"query latency (at {(time.monotonic() - started) / 60:.1f} min)", flush=True)
-        results += await queries.measure(
-            srv, sizes["responses"], sizes["requests"], sizes["orders"]
-        )
-        results += await measure_peers(srv, sizes, args.bridge)
-        described = srv.describe()
+        steps: list[tuple[str, Callable[[], Awaitable[list[Result]]]]] = [
+            ("ingest", lambda: ingest.measure(srv, sizes["ingest seconds"])),
+            (
+                "scorer throughput",
+                lambda: scorer_throughput.measure(
+                    srv, sizes["scorer events"], sizes["naive events"], spread_hours=24
+                ),
+            ),
+            ("end-to-end latency", lambda: latency.measure(srv, 500, sizes["latency seconds"])),
+            (
+                "query latency",
+                lambda: queries.measure(
+                    srv,
+                    sizes["responses"],
+                    sizes["requests"],
+                    sizes["orders"],
+                    ratio_requests=sizes["ratio requests"],
+                ),
+            ),
+            ("peers", lambda: measure_peers(srv, sizes, args.bridge)),
+        ]
+        for name, step in steps:
+            results += await section(name, started, step)
+            # Written after every section, so that a run cut short keeps what it measured.
+            await write(out, report(srv, results, sizes, q, started, done=False))
+        text = report(srv, results, sizes, q, started, done=True)
+    await write(out, text)
+    print(text)
+
+
+async def write(out: Path, text: str) -> None:
+    await asyncio.to_thread(out.write_text, text, encoding="utf-8")
+
+
+def report(
+    srv: Servers, results: list[Result], sizes: dict[str, int], q: bool, started: float,
+    *, done: bool,
+) -> str:  # fmt: skip
     took = time.monotonic() - started
+    state = "" if done else "\n**Incomplete: the run was still going (or was cut short).**\n"
     text = f"""# Benchmarks
 
 Written by `make bench` (`python bench/run.py{" --quick" if q else ""}`) on
 {datetime.now(UTC):%Y-%m-%d %H:%M} UTC at commit `{commit()}`, in {took / 60:.0f} minutes.
 Each line compares cxloop with its reference measured in the same run on the same
 machine, so that machine noise mostly cancels out in the ratio.
-
+{state}
 - **Machine:** {machine()}
-- **Servers:** {described}, started by the benchmark itself (as the tests start
-  them, but Postgres on its durable defaults: every commit waits for its WAL flush)
+- **Servers:** {srv.kafka.backend} Kafka, {srv.postgres.backend} Postgres, started by the
+  benchmark itself (as the tests start them, but Postgres on its durable defaults); as the
+  server reports it: {srv.durability}
 - **Sizes:** {", ".join(f"{k} {v:,}" for k, v in sizes.items())}
 - **Single scripts:** `python bench/ingest.py`, `bench/scorer_throughput.py`,
-  `bench/latency.py`, `bench/queries.py` (each takes `--help`)
+  `bench/latency.py`, `bench/queries.py`, `bench/peers.py` (each takes `--help`)
 
 {table(results)}
 """
     notes = Path(__file__).with_name("notes.md")
     if notes.exists():
         text += "\n" + notes.read_text(encoding="utf-8")
-    await asyncio.to_thread(Path(args.out).write_text, text, encoding="utf-8")
-    print(text)
+    return text
 
 
 if __name__ == "__main__":

