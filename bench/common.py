@@ -34,8 +34,13 @@ sys.path.insert(0, str(ROOT))
 from services.migrations import upgrade  # noqa: E402
 from services.servers import ServerProcess, free_port  # noqa: E402
 from shared.kafka import ensure_topics  # noqa: E402
+from shared.runtime import own_gc  # noqa: E402
 from shared.settings import KafkaSettings  # noqa: E402
 from tests.harness import backends  # noqa: E402
+
+# The scorer runs in this process in some benchmarks: with the garbage collector its own
+# process has (shared.runtime.tune_gc), so that it is measured as it runs.
+own_gc()
 
 
 @dataclass

@@ -35,8 +35,9 @@ def _fail(command: str, message: str) -> int:
 def _run_service(name: str, **overrides: Any) -> int:
     from fastapi import FastAPI
 
-    from shared.runtime import serve
+    from shared.runtime import own_gc, serve
 
+    own_gc()
     logs.configure(load(LogSettings), name)
     factories: dict[str, tuple[Callable[[], FastAPI], type[HttpSettings]]] = {}
     if name == "collector":

@@ -640,7 +640,6 @@ class TestGauges:
             'quantile="0.5"} 3600.0'
         ) in text
 
-
     async def test_the_refresh_time_moves_only_when_the_gauges_were_refreshed(
         self, engine: AsyncEngine
     ) -> None:
