@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import date
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -159,9 +159,9 @@ async def apply_batch(
     for e in fresh:
         kind = type(e)
         if kind is ResponseSubmitted:
-            responses.append(e)
+            responses.append(cast(ResponseSubmitted, e))
         elif kind is TouchpointEvent:
-            touchpoints.append(e)
+            touchpoints.append(cast(TouchpointEvent, e))
         elif isinstance(e, ResponseSubmitted):
             responses.append(e)
         elif isinstance(e, TouchpointEvent):
@@ -472,7 +472,7 @@ async def _driver(conn: AsyncConnection) -> Any:
     if not conn.in_transaction():
         raise RuntimeError("apply_batch needs a connection inside a transaction")
     raw = await conn.get_raw_connection()
-    driver = raw.driver_connection
+    driver: Any = raw.driver_connection
     if not driver.is_in_transaction():
         # Makes the adapter send its BEGIN now (once per transaction; the consumer's
         # erasure lock has usually done so already).

@@ -657,7 +657,7 @@ class TestGauges:
             await asyncio.sleep(0.5)
             stop.set()
             await task
-            return gauges.REFRESHED._value.get() - before
+            return float(gauges.REFRESHED._value.get() - before)
 
         unreachable = create_async_engine(
             "postgresql+asyncpg://nobody@127.0.0.1:9/none", connect_args={"timeout": 0.2}
