@@ -119,8 +119,16 @@ def mixed_answers() -> list[ResponseSubmitted]:
                 channel=rng.choice(["web", "sms"]),
                 occurred_at=f"2026-11-{rng.randint(1, 30):02d}T{rng.randint(0, 23):02d}:"
                 f"{rng.randint(0, 59):02d}:00{rng.choice(['+00:00', '+05:30', '-08:00'])}",
-                reasons=rng.sample(["price", "wait_time", "app"], rng.randint(0, 3)),
-                segments={"location": rng.choice(["tokyo", "osaka", None])},
+                # Repeats too: a reason named twice in one answer counts once.
+                reasons=rng.choices(["price", "wait_time", "app"], k=rng.randint(0, 4)),
+                survey_type=rng.choice(["relationship", "transactional", "in_the_moment"]),
+                touchpoint=rng.choice(["checkout", "support", "delivery"]),
+                # Each dimension with values of its own, so a swap of two cannot pass.
+                segments={
+                    "location": rng.choice(["tokyo", "osaka", None]),
+                    "product": rng.choice(["p-basic", "p-pro", None]),
+                    "business_unit": rng.choice(["bu-retail", "bu-online", None]),
+                },
             )
         )
     return events
@@ -134,3 +142,6 @@ class TestOnePassFold:
         assert folded.reasons == fold_reasons(events)
         assert folded.activity == activity(list(events))
         assert folded.nps == nps_answers(events)
+        # What the test's events must hold for these equalities to mean something.
+        assert any(len(set(e.reasons)) < len(e.reasons) for e in events)
+        assert {k[3:] for k in folded.scores} and len({k[3:] for k in folded.scores}) > 20
