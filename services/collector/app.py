@@ -13,10 +13,12 @@ from typing import Any
 
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.middleware import Middleware
 
 from services.collector import invitations as invitations_store
 from services.collector import metrics, payments
 from services.collector.idempotency import EventIds, IdempotencyStore
+from services.collector.lean import LeanSubmitMiddleware
 from services.collector.orders import LOCK_TIMEOUT_SECONDS, OrderLedger
 from services.collector.ratelimit import RateLimiter
 from services.collector.routes import (
@@ -145,6 +147,7 @@ def create_app(
         stop = asyncio.Event()
         retention = timedelta(days=collector.invitation_retention_days)
         purge = asyncio.create_task(_purge(store, engine, retention, stop), name="purge")
+        runtime.settle_gc_after_startup()
         try:
             yield
         finally:
@@ -189,6 +192,7 @@ def create_app(
         keystore=keystore,
         http=collector,
         body_policy=body_policy,
+        innermost=[Middleware(LeanSubmitMiddleware, routes=generic.LEAN)],
     )
     app.state.sources = source_settings
     app.state.hasher = hasher

@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
+from starlette.middleware import Middleware
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from shared.apikeys import KeyStore
@@ -50,6 +51,7 @@ def build_app(
     keystore: KeyStore,
     http: HttpSettings,
     body_policy: BodyPolicy | None = None,
+    innermost: Sequence[Middleware] = (),
 ) -> FastAPI:
     """Return a service's FastAPI app: JSON errors, the open operations endpoints, and the
     one middleware stack every request goes through, outermost first:
@@ -63,7 +65,8 @@ def build_app(
     4. body limits: 413 from ``Content-Length`` before reading, or as a chunked body passes
        the limit; 415 for a media type not taken. ``body_policy(path)`` gives both per route
        (default: ``http.max_body_bytes`` of JSON);
-    5. the NUL guard, which buffers a body, so it comes after the limit.
+    5. the NUL guard, which buffers a body, so it comes after the limit;
+    6. ``innermost``, a service's own layers, which see only what passed all of the above.
     """
     app = FastAPI(
         title=f"cxloop {service}", version="1", description=description, lifespan=lifespan
@@ -86,6 +89,8 @@ def build_app(
     app.openapi = openapi  # type: ignore[method-assign]
     policy = body_policy or (lambda path: (http.max_body_bytes, JSON_ONLY))
     # add_middleware wraps what is already there: innermost first.
+    for layer in reversed(innermost):
+        app.add_middleware(layer.cls, *layer.args, **layer.kwargs)
     app.add_middleware(NulGuardMiddleware)
     app.add_middleware(BodyLimitMiddleware, policy=policy)
     operations = operations_router(service, readiness)

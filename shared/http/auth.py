@@ -81,6 +81,13 @@ async def authenticate(store: KeyStore, authorization: str | None) -> Principal:
     return principal
 
 
+def admitted_principal(scope: Any) -> Principal | None:
+    """Return the principal :class:`AuthGateMiddleware` admitted for this request, if any:
+    for an ASGI handler that answers a :func:`require`-d route without FastAPI."""
+    admitted = scope.get(_PRINCIPAL)
+    return admitted if isinstance(admitted, Principal) else None
+
+
 def _as_http(error: AuthError) -> HTTPException:
     return HTTPException(error.status, error.detail, headers=error.headers)
 

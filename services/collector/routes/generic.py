@@ -9,11 +9,14 @@ from fastapi.responses import JSONResponse
 
 from services.collector import service
 from services.collector.deps import ERRORS, BatchIn, IdempotencyKey, IngestDep, check_batch_size
+from services.collector.lean import LeanRoute
 from services.collector.schemas import BatchResult, EventIn, ResponseIn, Submitted
 from shared.apikeys import Principal, Scope
 from shared.http import require
 
 router = APIRouter(prefix="/v1")
+# The single-event routes, also answered by services.collector.lean without FastAPI.
+LEAN: dict[str, LeanRoute] = {}
 
 CONFLICT = {"description": "The Idempotency-Key or event_id was used for a different body"}
 
@@ -79,6 +82,7 @@ def _register(
         return service.batch_response(result)
 
     submit_one.__annotations__["payload"] = model
+    LEAN[f"{router.prefix}{path}"] = LeanRoute(submission)
     router.add_api_route(
         path,
         submit_one,
