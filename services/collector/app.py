@@ -147,7 +147,7 @@ def create_app(
         stop = asyncio.Event()
         retention = timedelta(days=collector.invitation_retention_days)
         purge = asyncio.create_task(_purge(store, engine, retention, stop), name="purge")
-        runtime.settle_gc_after_startup()
+        runtime.tune_gc()
         try:
             yield
         finally:
