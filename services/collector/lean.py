@@ -18,12 +18,14 @@ from typing import Any
 
 from fastapi import Request
 from pydantic import ValidationError
+from starlette._utils import is_async_callable
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from services.collector import service
 from services.collector.schemas import EventIn, ResponseIn, Submitted
-from shared.http.auth import admitted_principal
+from shared.http.auth import Requirement, admitted_principal
 
 _IDEMPOTENCY_KEY = b"idempotency-key"
 _MAX_KEY_CHARS = 255  # as the routes' Header(max_length=255)
@@ -31,9 +33,11 @@ _MAX_KEY_CHARS = 255  # as the routes' Header(max_length=255)
 
 @dataclass(frozen=True)
 class LeanRoute:
-    """A ``POST`` route answered here: what its FastAPI twin's ``submit_one`` calls."""
+    """A ``POST`` route answered here: what its FastAPI twin's ``submit_one`` calls, and the
+    twin's own :class:`Requirement`, checked again here against the gate's principal."""
 
     submission: service.Submission
+    requirement: Requirement
     source: str = "api"
 
 
@@ -43,20 +47,28 @@ class LeanSubmitMiddleware:
     def __init__(self, app: Any, *, routes: Mapping[str, LeanRoute]) -> None:
         self.app = app
         self.routes = dict(routes)
+        # How many requests this path answered (the rest went on to FastAPI): what shows a
+        # test that it, not the route behind it, gave an answer.
+        self.answered = 0
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         route = self.routes.get(scope["path"]) if scope["type"] == "http" else None
         if route is None or scope["method"] != "POST" or scope.get("root_path"):
             await self.app(scope, receive, send)
             return
-        body = await _read_body(receive)
+        received: list[Any] = []
+        body = await _read_body(receive, received)
+        if body is None:  # a disconnect (or any other message) before the whole body
+            await self.app(scope, _replay_messages(received, receive), send)
+            return
         replay = _replay(body, receive)
-        principal = admitted_principal(scope)
+        principal = admitted_principal(scope, route.requirement)
         idempotency_key, usual = _idempotency_key(scope["headers"])
         payload = _payload(body, route, scope["headers"]) if usual and principal else None
         if payload is None or principal is None:
             await self.app(scope, replay, send)
             return
+        self.answered += 1
         try:
             answer = await service.submit_one(
                 scope["app"].state.ingest,
@@ -70,7 +82,12 @@ class LeanSubmitMiddleware:
             handler = _handler(scope["app"].exception_handlers, exc)
             if handler is None:
                 raise  # to ServerErrorMiddleware, as from a route: a 500 with the route logged
-            answer = await handler(Request(scope, replay), exc)
+            request = Request(scope, replay)
+            if is_async_callable(handler):
+                answer = await handler(request, exc)
+            else:  # as Starlette runs a plain function: off the event loop
+                answer = await run_in_threadpool(handler, request, exc)
+            exc.__traceback__ = None  # as Starlette: a reused exception keeps no traceback
         response: Response
         if isinstance(answer, Submitted):
             # What FastAPI sends for the route's response_model and status_code.
@@ -84,16 +101,31 @@ class LeanSubmitMiddleware:
         await response(scope, replay, send)
 
 
-async def _read_body(receive: Any) -> bytes:
+async def _read_body(receive: Any, received: list[Any]) -> bytes | None:
+    """Return the whole body, or None if a message other than ``http.request`` (a
+    disconnect) came first: never a partial body. Every message read is kept in
+    ``received``, to hand on unchanged."""
     chunks = []
     while True:
         message = await receive()
+        received.append(message)
         if message["type"] != "http.request":
-            break
+            return None
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
+            return b"".join(chunks)
+
+
+def _replay_messages(messages: list[Any], receive: Any) -> Any:
+    """A ``receive`` that gives ``messages`` again, in order, then reads on."""
+    pending = list(messages)
+
+    async def replay() -> Any:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay
 
 
 def _replay(body: bytes, receive: Any) -> Any:
@@ -137,13 +169,15 @@ def _payload(
 
 
 def _handler(handlers: Mapping[Any, Any], exc: Exception) -> Any:
-    """The exception handler Starlette's ExceptionMiddleware would pick for ``exc``, or None
-    (for Exception itself: that is ServerErrorMiddleware's, outside every middleware)."""
-    if isinstance(exc, HTTPException) and exc.status_code in handlers:
-        return handlers[exc.status_code]
+    """The exception handler Starlette's ExceptionMiddleware would pick for ``exc``, or None.
+
+    As Starlette's build_middleware_stack, the ``500`` and ``Exception`` keys are left out:
+    those are ServerErrorMiddleware's, outside every middleware, so the exception goes on.
+    """
+    inner = {key: value for key, value in handlers.items() if key not in (500, Exception)}
+    if isinstance(exc, HTTPException) and exc.status_code in inner:
+        return inner[exc.status_code]
     for cls in type(exc).__mro__:
-        if cls is Exception:
-            return None
-        if cls in handlers:
-            return handlers[cls]
+        if cls in inner:
+            return inner[cls]
     return None

@@ -81,11 +81,15 @@ async def authenticate(store: KeyStore, authorization: str | None) -> Principal:
     return principal
 
 
-def admitted_principal(scope: Any) -> Principal | None:
-    """Return the principal :class:`AuthGateMiddleware` admitted for this request, if any:
-    for an ASGI handler that answers a :func:`require`-d route without FastAPI."""
+def admitted_principal(scope: Any, requirement: Requirement) -> Principal | None:
+    """Return the principal :class:`AuthGateMiddleware` admitted for this request if it meets
+    ``requirement``, else None: for an ASGI handler that answers a :func:`require`-d route
+    without FastAPI. The requirement is checked here again, since the gate also leaves a
+    principal where it checked another route's needs (a partial match, a signed-in page)."""
     admitted = scope.get(_PRINCIPAL)
-    return admitted if isinstance(admitted, Principal) else None
+    if not isinstance(admitted, Principal) or requirement.refusal(admitted) is not None:
+        return None
+    return admitted
 
 
 def _as_http(error: AuthError) -> HTTPException:

@@ -82,7 +82,7 @@ def _register(
         return service.batch_response(result)
 
     submit_one.__annotations__["payload"] = model
-    LEAN[f"{router.prefix}{path}"] = LeanRoute(submission)
+    LEAN[f"{router.prefix}{path}"] = LeanRoute(submission, authenticated.dependency.requirement)
     router.add_api_route(
         path,
         submit_one,
