@@ -6,22 +6,37 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.middleware import Middleware
 
 from services.collector.app import create_app
 from services.collector.lean import LeanSubmitMiddleware
+from services.servers import free_port
+from shared.apikeys import KeyKind, Scope, create_key
 from shared.settings import AuthSettings, CollectorSettings, DatabaseSettings, KafkaSettings
 from tests.builders import response_payload
 from tests.helpers import eventually, serving
 
 UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 JSON = {"Content-Type": "application/json"}
+# A body, or what makes a fresh chunked one; headers as a list, so a name may repeat.
+Body = bytes | Callable[[], AsyncIterator[bytes]]
+Sent = tuple[str, Body, list[tuple[str, str]] | dict[str, str]]
 
 
-def requests() -> list[tuple[str, bytes, dict[str, str]]]:
+def chunked(body: bytes) -> Callable[[], AsyncIterator[bytes]]:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield body[:10]
+        yield body[10:]
+
+    return chunks
+
+
+def requests(events_only: str) -> list[Sent]:
     """What callers send, right and wrong; ids are fresh per call."""
     event_id = str(uuid.uuid4())
     one = response_payload(event_id=event_id, customer_id="c-1", reasons=["wait_time"])
@@ -30,6 +45,12 @@ def requests() -> list[tuple[str, bytes, dict[str, str]]]:
     key = str(uuid.uuid4())  # masked in answers, as every id
     keyed = response_payload()
     keyed_other = json.dumps({**keyed, "score": 3}).encode()
+    event = {
+        "type": "purchase",
+        "customer_id": "c",
+        "channel": "web",
+        "event_id": str(uuid.uuid4()),
+    }
     return [
         ("/v1/responses", body, JSON),
         ("/v1/responses", body, JSON),  # duplicate
@@ -50,45 +71,117 @@ def requests() -> list[tuple[str, bytes, dict[str, str]]]:
             JSON,
         ),
         ("/v1/events", b'{"type": "Ticket Created!", "customer_id": "c", "channel": "web"}', JSON),
+        (
+            "/v1/responses",
+            body,
+            [*JSON.items(), ("Idempotency-Key", key), ("Idempotency-Key", key)],
+        ),
+        ("/v1/responses", chunked(json.dumps(response_payload()).encode()), JSON),
+        ("/v1/events", json.dumps(event).encode(), JSON),
+        ("/v1/events", json.dumps({**event, "channel": "email"}).encode(), JSON),  # 409
+        ("/v1/responses", body, {**JSON, "Authorization": f"Bearer {events_only}"}),  # 403
     ]
 
 
-async def answers(app: FastAPI, api_key: str) -> list[tuple[int, list[Any], bytes]]:
+# The requests above that the lean path answers; FastAPI's route (or the gate) the rest.
+LEAN_TAKES = {0, 1, 2, 3, 4, 5, 11, 12, 15, 16, 17}
+
+
+Answer = tuple[int, list[Any], bytes]
+
+
+async def answers(
+    app: FastAPI, api_key: str, sent: list[Sent], *, ready: bool = True
+) -> tuple[list[Answer], set[int]]:
+    """Return the answers to ``sent``, and which of them the lean path gave."""
     async with serving(app, api_key, "collector") as client:
-        await eventually(lambda: client.get("/readyz"), lambda r: r.status_code == 200)
+        if ready:
+            await eventually(lambda: client.get("/readyz"), lambda r: r.status_code == 200)
         seen = []
-        for path, body, headers in requests():
-            r = await client.post(path, content=body, headers=headers)
+        taken = set()
+        for n, (path, body, headers) in enumerate(sent):
+            before = answered(app)
+            content = body if isinstance(body, bytes) else body()
+            r = await client.post(path, content=content, headers=headers)
             seen.append((r.status_code, sorted(r.headers.items()), UUID.sub(b"<id>", r.content)))
+            if answered(app) > before:
+                taken.add(n)
         metrics = (await client.get("/metrics")).text
-    assert 'route="/v1/responses",service="collector",status="202"' in metrics
-    return seen
+    assert 'route="/v1/responses",service="collector"' in metrics
+    return seen, taken
+
+
+def answered(app: FastAPI) -> int:
+    """How many requests the app's lean path answered (0 without one)."""
+    layer: Any = app.middleware_stack
+    while layer is not None:
+        if isinstance(layer, LeanSubmitMiddleware):
+            return layer.answered
+        layer = getattr(layer, "app", None)
+    return 0
 
 
 def is_lean(layer: Middleware) -> bool:
     return layer.cls is cast(Any, LeanSubmitMiddleware)
 
 
-def build(kafka: KafkaSettings, database_url: str, auth: AuthSettings) -> FastAPI:
+async def scoped_key(database_url: str, scope: Scope) -> str:
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            key, _ = await create_key(conn, name="helpdesk", kind=KeyKind.SECRET, scopes=[scope])
+    finally:
+        await engine.dispose()
+    return key
+
+
+def build(
+    kafka: KafkaSettings, database_url: str, auth: AuthSettings, broker_wait: float = 5
+) -> FastAPI:
     return create_app(
         kafka=kafka,
         database=DatabaseSettings(url=database_url),
         auth=auth,
-        settings=CollectorSettings(reason_codes=["wait_time"]),
+        settings=CollectorSettings(reason_codes=["wait_time"], broker_wait_seconds=broker_wait),
     )
 
 
 async def test_the_lean_path_answers_as_the_route_does(
     kafka_settings: KafkaSettings, database_url: str, auth: AuthSettings, api_key: str
 ) -> None:
+    events_only = await scoped_key(database_url, Scope.EVENTS_WRITE)
     lean = build(kafka_settings, database_url, auth)
     assert any(is_lean(m) for m in lean.user_middleware)
     plain = build(kafka_settings, database_url, auth)
     plain.user_middleware = [m for m in plain.user_middleware if not is_lean(m)]
 
-    lean_answers = await answers(lean, api_key)
-    plain_answers = await answers(plain, api_key)
+    lean_answers, lean_took = await answers(lean, api_key, requests(events_only))
+    plain_answers, plain_took = await answers(plain, api_key, requests(events_only))
 
     statuses = [status for status, _, _ in lean_answers]
-    assert statuses == [202, 202, 409, 202, 409, 422, 422, 422, 422, 422, 422, 202, 202, 422]
+    assert statuses == [
+        *(202, 202, 409, 202, 409, 422, 422, 422, 422, 422, 422, 202, 202, 422),
+        *(202, 202, 202, 409, 403),
+    ]
     assert lean_answers == plain_answers
+    assert lean_took == LEAN_TAKES
+    assert plain_took == set()
+
+
+async def test_the_lean_path_answers_a_broker_outage_as_the_route_does(
+    database_url: str, auth: AuthSettings, api_key: str
+) -> None:
+    down = KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}", produce_timeout_seconds=1)
+    sent: list[Sent] = [("/v1/responses", json.dumps(response_payload()).encode(), JSON)]
+    lean = build(down, database_url, auth, broker_wait=0)
+    plain = build(down, database_url, auth, broker_wait=0)
+    plain.user_middleware = [m for m in plain.user_middleware if not is_lean(m)]
+
+    lean_answers, lean_took = await answers(lean, api_key, sent, ready=False)
+    plain_answers, _ = await answers(plain, api_key, sent, ready=False)
+
+    ((status, headers, _),) = lean_answers
+    assert status == 503
+    assert "retry-after" in dict(headers)
+    assert lean_answers == plain_answers
+    assert lean_took == {0}
