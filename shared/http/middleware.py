@@ -210,7 +210,9 @@ class ForwardedHeaderMiddleware:
                 kept.append((b"x-forwarded-for", ", ".join(hosts).encode("latin-1")))
             if protos:
                 kept.append((b"x-forwarded-proto", protos[-1].encode("latin-1")))
-            scope = {**scope, "headers": kept}
+            # In place, not on a copy: what the layers inside write to the scope (the gate's
+            # route, for the access log and the 500 log outside) must reach the outer ones.
+            scope["headers"] = kept
         await self.app(scope, receive, send)
 
 

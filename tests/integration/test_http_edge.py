@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -22,7 +23,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from twilio.request_validator import RequestValidator
 
 from services.alerting.app import create_app as create_alerting
+from services.collector.app import create_app as create_collector
 from services.scorer.app import create_app as create_scorer
+from shared import logs
 from shared.apikeys import KeyKind, KeyStore, Principal, Scope, create_key
 from shared.settings import (
     AlertingSettings,
@@ -36,7 +39,7 @@ from shared.settings import (
 from tests.builders import response_payload
 from tests.builders_vendors import zendesk_event, zendesk_headers
 from tests.conftest import CollectorFactory
-from tests.helpers import serving
+from tests.helpers import eventually, serving
 
 LIMIT = 4096
 HUGE = 200 * 1024 * 1024
@@ -533,3 +536,34 @@ class TestKeysCli:
         assert "--publishable takes no --scope" in result.stderr
         listing = await asyncio.to_thread(self._keys, database_url, "list")
         assert "site" not in listing.stdout
+
+
+async def test_behind_a_forwarding_proxy_the_access_log_names_the_route(
+    kafka_settings: KafkaSettings,
+    database_url: str,
+    auth: AuthSettings,
+    api_key: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = create_collector(
+        kafka=kafka_settings,
+        database=DatabaseSettings(url=database_url),
+        auth=auth,
+        settings=CollectorSettings(forwarded_allow_ips="127.0.0.1"),
+    )
+    caplog.set_level(logging.DEBUG, logger="cxloop.access")
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=logs.AccessLogMiddleware(app)),
+            base_url="http://collector",
+            headers={"Authorization": f"Bearer {api_key}"},
+        ) as client,
+    ):
+        await eventually(lambda: client.get("/readyz"), lambda r: r.status_code == 200)
+        r = await client.post(
+            "/v1/responses", json=response_payload(), headers={"Forwarded": "for=198.51.100.7"}
+        )
+    assert r.status_code == 202
+    lines = [r.getMessage() for r in caplog.records if r.name == "cxloop.access"]
+    assert any(line.startswith("POST /v1/responses 202") for line in lines)
