@@ -3,6 +3,7 @@ route answers it: same status, headers and body, for every kind of answer a call
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 import uuid
@@ -185,3 +186,13 @@ async def test_the_lean_path_answers_a_broker_outage_as_the_route_does(
     assert "retry-after" in dict(headers)
     assert lean_answers == plain_answers
     assert lean_took == {0}
+
+
+async def test_an_in_process_collector_keeps_cpythons_gc_thresholds(
+    kafka_settings: KafkaSettings, database_url: str, auth: AuthSettings, api_key: str
+) -> None:
+    # Only a service's own process tunes its GC (shared.runtime.own_gc): in a test run, what
+    # a test sees must not depend on which test started a service first.
+    async with serving(build(kafka_settings, database_url, auth), api_key, "collector") as client:
+        await eventually(lambda: client.get("/readyz"), lambda r: r.status_code == 200)
+        assert gc.get_threshold() == (700, 10, 10)
