@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import sys
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +74,14 @@ def _run_workers(collector: CollectorSettings) -> int:
     from shared.workers import serve_workers
 
     check_collector(collector)
-    asyncio.run(_check_schema())
+    # In a process of its own, so this one never imports SQLAlchemy and the driver.
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as apart:
+        apart.submit(_check_schema_now).result()
     return serve_workers("services.collector.app:worker_app", collector, collector.workers)
+
+
+def _check_schema_now() -> None:
+    asyncio.run(_check_schema())
 
 
 async def _check_schema() -> None:
