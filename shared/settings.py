@@ -325,10 +325,16 @@ class CollectorSettings(HttpSettings):
         "after they were created; none is answered after that.",
     )
     widget_rate_per_minute: float = Field(
-        default=30, gt=0, description="Widget answers allowed per client address per minute."
+        default=30,
+        gt=0,
+        description="Widget answers allowed per client address per minute, per "
+        "collector process (N workers or instances allow N times this).",
     )
     widget_key_rate_per_minute: float = Field(
-        default=6000, gt=0, description="Widget answers allowed per publishable key per minute."
+        default=6000,
+        gt=0,
+        description="Widget answers allowed per publishable key per minute, per "
+        "collector process (N workers or instances allow N times this).",
     )
     broker_wait_seconds: float = Field(
         default=5.0, ge=0, description="How long start-up waits for the broker before serving 503s."
@@ -341,7 +347,8 @@ class CollectorSettings(HttpSettings):
         default=1,
         description="Collector processes serving the one port (at most 4 per usable CPU: "
         "affinity and cgroup CPU quota); settings, "
-        "key cache and producer are per process, /metrics sums them all.",
+        "key cache, producer and widget rate limits are per process; /metrics sums their "
+        "counters.",
     )
 
     @field_validator("workers")
