@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import shutil
 import tempfile
 import time
@@ -65,9 +66,7 @@ class Supervisor(Multiprocess):
                     del self._retry_at[idx]
                     self._replace(idx)
                 continue
-            started = None
-            if process.process.is_alive():
-                started = process._healthcheck(self.config.timeout_worker_healthcheck)
+            started = self._ping(process)
             if started is not None:
                 if started:
                     self._deaths.pop(idx, None)
@@ -90,6 +89,24 @@ class Supervisor(Multiprocess):
                 delay,
             )
             self._retry_at[idx] = time.monotonic() + delay
+
+    def _ping(self, process: Process) -> bool | None:
+        """Return whether ``process`` has started serving, or None if it is gone or did not
+        answer within the health-check timeout. Unlike uvicorn's ping, a worker that exits
+        while it is asked is noticed at once (the parent holds both ends of the pipe, so
+        its exit does not end the wait), and a signal to the parent ends the wait too."""
+        deadline = time.monotonic() + self.config.timeout_worker_healthcheck
+        try:
+            process.parent_conn.send(b"ping")
+            while not process.parent_conn.poll(0.1):
+                if not process.process.is_alive() or time.monotonic() > deadline:
+                    return None
+                if self.signal_queue:
+                    return False  # handled first; this worker is asked again afterwards
+            started: bool = process.parent_conn.recv()
+        except (OSError, EOFError, pickle.UnpicklingError):
+            return None
+        return started
 
     def _replace(self, idx: int) -> None:
         process = Process(self.config, self.sockets)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -136,6 +137,44 @@ class TestTwoWorkers:
             await collector.stop()
 
 
+class TestReplacement:
+    async def test_replacements_that_fail_to_start_leave_the_others_serving(
+        self, stack_env: dict[str, str], api_key: str, database_url: str
+    ) -> None:
+        collector = Service("collector", stack_env | {"CXLOOP_COLLECTOR_WORKERS": "2"}, api_key)
+        await collector.start()
+        try:
+            assert collector.process is not None
+            assert collector.process.proc is not None
+            parent = collector.process.proc.pid
+            workers = await eventually(lambda: _workers(parent), lambda w: len(w) == 2)
+            # From now on a new worker's start-up fails (as during a database outage).
+            original = await _set_key_check(database_url, b"another key's check value")
+            os.kill(workers[0], signal.SIGKILL)
+            found = await eventually(
+                lambda: _replacements(collector.log),
+                lambda found: len(found) >= 3,
+                timeout=60,
+            )
+            # The replacements wait longer and longer, and the other worker keeps serving.
+            delays = [float(d) for d in found]
+            assert delays[:3] == [0.5, 1.0, 2.0]
+            assert collector.process.alive
+            async with collector.client() as client:
+                r = await client.post(ROUTE, json=response_payload())
+                assert r.status_code == 202
+
+            await _set_key_check(database_url, original)
+            await eventually(
+                lambda: _workers(parent),
+                lambda w: len(w) == 2 and workers[0] not in w,
+                timeout=60,
+            )
+        finally:
+            await collector.stop()
+        assert collector.process.proc.returncode == 0
+
+
 class TestDraining:
     async def test_a_request_in_flight_at_sigterm_is_answered(
         self, stack_env: dict[str, str], api_key: str
@@ -217,6 +256,25 @@ class TestFirstStart:
         _, err = await asyncio.wait_for(proc.communicate(), 120)
         assert proc.returncode == 3, err.decode()[-2000:]
         assert "CXLOOP_PRIVACY_HASH_KEY" in err.decode()
+
+
+async def _set_key_check(database_url: str, value: bytes) -> bytes:
+    """Store ``value`` as the privacy key's check value; return the one it replaced."""
+    engine = create_engine(DatabaseSettings(url=database_url))
+    try:
+        async with engine.begin() as conn:
+            before = await conn.scalar(sa.text("SELECT check_value FROM privacy_key_check"))
+            await conn.execute(
+                sa.text("UPDATE privacy_key_check SET check_value = :v"), {"v": value}
+            )
+    finally:
+        await engine.dispose()
+    return bytes(before)
+
+
+async def _replacements(log: list[str]) -> list[str]:
+    """The delays the parent announced before replacing a worker, in order."""
+    return re.findall(r"replacing it in ([0-9.]+) s", "\n".join(log))
 
 
 async def _accepted(server_port: int, client_port: int) -> bool:
