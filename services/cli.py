@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
+import os
 import sys
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +25,10 @@ from shared.settings import (
     LogSettings,
     ScorerSettings,
     StackSettings,
+    check_collector,
     check_environment,
     load,
+    max_workers,
 )
 
 
@@ -33,12 +38,16 @@ def _fail(command: str, message: str) -> int:
 
 
 def _run_service(name: str, **overrides: Any) -> int:
+    logs.configure(load(LogSettings), name)
+    if name == "collector":
+        collector = load(CollectorSettings, **overrides)
+        if collector.workers > 1:
+            return _run_workers(collector)
     from fastapi import FastAPI
 
     from shared.runtime import own_gc, serve
 
     own_gc()
-    logs.configure(load(LogSettings), name)
     factories: dict[str, tuple[Callable[[], FastAPI], type[HttpSettings]]] = {}
     if name == "collector":
         from services.collector.app import create_app as collector_app
@@ -55,13 +64,25 @@ def _run_service(name: str, **overrides: Any) -> int:
     factory, settings_cls = factories[name]
     settings = load(settings_cls, **overrides)
     asyncio.run(_check_schema())
-    app = factory()  # built here even for workers: a bad setting fails before any starts
-    if isinstance(settings, CollectorSettings) and settings.workers > 1:
-        from shared.runtime import serve_workers
-
-        return serve_workers("services.collector.app:worker_app", settings, settings.workers)
+    app = factory()
     serve(app, settings)
     return 0
+
+
+def _run_workers(collector: CollectorSettings) -> int:
+    """Check the settings and the schema once, without building the app (the parent only
+    supervises, so it stays small), then run the workers; each checks them again."""
+    from shared.workers import serve_workers
+
+    check_collector(collector)
+    # In a process of its own, so this one never imports SQLAlchemy and the driver.
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as apart:
+        apart.submit(_check_schema_now).result()
+    return serve_workers("services.collector.app:worker_app", collector, collector.workers)
+
+
+def _check_schema_now() -> None:
+    asyncio.run(_check_schema())
 
 
 async def _check_schema() -> None:
@@ -76,8 +97,16 @@ async def _check_schema() -> None:
 
 
 def _collector(args: argparse.Namespace) -> int:
-    overrides = {} if args.workers is None else {"workers": args.workers}
-    return _run_service("collector", **overrides)
+    if args.workers is None:
+        return _run_service("collector")
+    most = max_workers()
+    if not 1 <= args.workers <= most:
+        raise ConfigError(
+            f"--workers: must be between 1 and {most} (4 per usable CPU), got {args.workers}"
+        )
+    # What the app (and each worker) reads, over a CXLOOP_COLLECTOR_WORKERS that may not parse.
+    os.environ["CXLOOP_COLLECTOR_WORKERS"] = str(args.workers)
+    return _run_service("collector")
 
 
 def _scorer(args: argparse.Namespace) -> int:

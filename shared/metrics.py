@@ -20,7 +20,7 @@ from prometheus_client import (
 )
 from prometheus_client import generate_latest as _generate_latest
 
-# prometheus_client's own variable: set (by shared.runtime.serve_workers, before the workers
+# prometheus_client's own variable: set (by shared.workers.serve_workers, before the workers
 # start) when several processes serve one service, each writing its metrics to files there.
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 

@@ -10,9 +10,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared import logs, metrics
 from shared.db import assert_schema_current, create_engine, database_answers
 from shared.errors import BrokerUnavailableError, ConfigError
+from shared.http.operations import ReadinessCheck, record_ready
 from shared.kafka import (
     DeadLetters,
     Handler,
@@ -360,52 +358,43 @@ def serve(app: FastAPI, http: HttpSettings) -> None:
     )
 
 
-# uvicorn's exit code of a worker whose start-up failed (uvicorn.server.STARTUP_FAILURE).
-_STARTUP_FAILURE = 3
-
-
-def serve_workers(factory: str, http: HttpSettings, workers: int) -> int:
-    """Run ``workers`` processes of the app built by ``factory`` (``module:function``, called
-    in each worker, see :func:`worker_app`) on one port; return the exit code.
-
-    The port is bound once, here, and every worker accepts on it. Metrics go to a private
-    directory made empty for this run, so ``/metrics`` on any worker sums them all. uvicorn
-    supervises: a worker that dies is replaced; one that fails to start (its lifespan
-    raised) stops the whole service, which exits 3, rather than serve at part capacity.
-    SIGTERM or SIGINT stops every worker gracefully (each drains its requests and stops its
-    producer) before this returns.
-    """
-    from uvicorn.supervisors.multiprocess import Multiprocess
-
-    directory = tempfile.mkdtemp(prefix="cxloop-metrics-")
-    # Read by prometheus_client when each (spawned) worker imports it.
-    os.environ[metrics.MULTIPROCESS_DIR] = directory
-    try:
-        config = uvicorn.Config(
-            factory,
-            factory=True,
-            workers=workers,
-            host=http.host,
-            port=http.port,
-            log_config=None,
-            access_log=False,
-            proxy_headers=False,
-        )
-        supervisor = Multiprocess(config, sockets=[config.bind_socket()])
-        supervisor.run()
-    finally:
-        os.environ.pop(metrics.MULTIPROCESS_DIR, None)
-        shutil.rmtree(directory, ignore_errors=True)
-    if any(process.exitcode == _STARTUP_FAILURE for process in supervisor.processes):
-        log.error("a worker failed to start; every worker was stopped")
-        return _STARTUP_FAILURE
-    return 0
-
-
 def worker_app(factory: Callable[[], FastAPI], service: str) -> AccessLogMiddleware:
-    """Return what one worker of :func:`serve_workers` serves: ``factory()``'s app with
-    cxloop's logging (set up again in the worker process) and its access log."""
+    """Return what one worker of :func:`shared.workers.serve_workers` serves:
+    ``factory()``'s app with cxloop's logging (set up again in the worker process) and its
+    access log, and its ready gauge refreshed every :data:`READY_EVERY` seconds while it
+    serves (``/readyz`` answers for the one worker that takes the request; the gauge, read
+    from any worker, is 1 only when every live worker's last check passed)."""
     own_gc()
     logs.configure(load(LogSettings), service)
     metrics.forget_dead_workers()
-    return AccessLogMiddleware(factory())
+    app = factory()
+    served = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with served(app):
+            refresh = asyncio.create_task(_refresh_ready(app), name="ready gauge")
+            try:
+                yield
+            finally:
+                refresh.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await refresh
+
+    app.router.lifespan_context = lifespan
+    return AccessLogMiddleware(app)
+
+
+# How often each worker of several checks its dependencies for its ready gauge.
+READY_EVERY: Final = 5.0
+
+
+async def _refresh_ready(app: FastAPI) -> None:
+    readiness: ReadinessCheck = app.state.readiness
+    while True:
+        try:
+            record_ready(app.state.service, await readiness())
+        except Exception as exc:
+            log.warning("readiness check failed: %s", type(exc).__name__)
+            metrics.READY.labels(service=app.state.service).set(0)
+        await asyncio.sleep(READY_EVERY)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -263,9 +264,26 @@ def _split(value: Any) -> Any:
     return value
 
 
+def usable_cpus() -> int:
+    """Return the CPUs this process may use: those its affinity allows, fewer when its
+    cgroup (v2) has a CPU quota (``cpu.max``, rounded up)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    try:
+        group = Path("/proc/self/cgroup").read_text().partition("0::")[2].strip()
+        quota, period = Path(f"/sys/fs/cgroup{group}/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
 def max_workers() -> int:
-    """Return the most collector workers this machine may run: 4 per CPU."""
-    return 4 * (os.cpu_count() or 1)
+    """Return the most collector workers this process may run: 4 per usable CPU."""
+    return 4 * usable_cpus()
 
 
 class CollectorSettings(HttpSettings):
@@ -307,10 +325,16 @@ class CollectorSettings(HttpSettings):
         "after they were created; none is answered after that.",
     )
     widget_rate_per_minute: float = Field(
-        default=30, gt=0, description="Widget answers allowed per client address per minute."
+        default=30,
+        gt=0,
+        description="Widget answers allowed per client address per minute, per "
+        "collector process (N workers or instances allow N times this).",
     )
     widget_key_rate_per_minute: float = Field(
-        default=6000, gt=0, description="Widget answers allowed per publishable key per minute."
+        default=6000,
+        gt=0,
+        description="Widget answers allowed per publishable key per minute, per "
+        "collector process (N workers or instances allow N times this).",
     )
     broker_wait_seconds: float = Field(
         default=5.0, ge=0, description="How long start-up waits for the broker before serving 503s."
@@ -321,8 +345,10 @@ class CollectorSettings(HttpSettings):
     )
     workers: int = Field(
         default=1,
-        description="Collector processes serving the one port (at most 4 per CPU); settings, "
-        "key cache and producer are per process, /metrics sums them all.",
+        description="Collector processes serving the one port (at most 4 per usable CPU: "
+        "affinity and cgroup CPU quota); settings, "
+        "key cache, producer and widget rate limits are per process; /metrics sums their "
+        "counters.",
     )
 
     @field_validator("workers")
@@ -330,7 +356,7 @@ class CollectorSettings(HttpSettings):
     def _workers_in_range(cls, value: int) -> int:
         most = max_workers()
         if not 1 <= value <= most:
-            raise ValueError(f"must be between 1 and {most} (4 per CPU), got {value}")
+            raise ValueError(f"must be between 1 and {most} (4 per usable CPU), got {value}")
         return value
 
     _split_lists = field_validator(
@@ -608,6 +634,32 @@ def env_names(cls: type[BaseSettings]) -> list[str]:
 def known_env_names() -> set[str]:
     """Return every ``CXLOOP_*`` variable some settings class reads."""
     return {name for cls in SETTINGS_CLASSES for name in env_names(cls)}
+
+
+def check_twilio_url(collector: CollectorSettings, sources: SourceSettings) -> None:
+    """Raise ConfigError when Twilio is configured without the URL it calls.
+
+    Twilio signs the URL it was told to call; behind a proxy or ingress that is not the URL
+    the collector sees, so guessing it would refuse every genuine webhook, or trust
+    forwarded host and scheme headers to rebuild it.
+    """
+    if sources.twilio_auth_token is not None and not collector.public_url:
+        raise ConfigError(
+            "invalid configuration: CXLOOP_COLLECTOR_PUBLIC_URL: required when "
+            "CXLOOP_SOURCES_TWILIO_AUTH_TOKEN is set (the base URL Twilio calls, which its "
+            "signature covers)"
+        )
+
+
+def check_collector(collector: CollectorSettings) -> None:
+    """Raise ``ConfigError`` for any setting that would stop a collector worker building
+    its app: what the parent of several workers checks before it starts them, without
+    importing the app."""
+    load(KafkaSettings)
+    load(DatabaseSettings)
+    load(AuthSettings).keys()
+    check_twilio_url(collector, load(SourceSettings))
+    load(PrivacySettings).key()
 
 
 def check_environment(environ: Mapping[str, str] | None = None) -> None:

@@ -48,6 +48,7 @@ from shared.settings import (
     KafkaSettings,
     PrivacySettings,
     SourceSettings,
+    check_twilio_url,
     load,
 )
 
@@ -69,21 +70,6 @@ PURGE_EVERY = 600.0
 FORM = frozenset({"application/x-www-form-urlencoded"})
 # sendBeacon posts a string as text/plain, which also spares the browser a preflight.
 JSON_OR_TEXT = frozenset({"application/json", "text/plain"})
-
-
-def check_twilio_url(collector: CollectorSettings, sources: SourceSettings) -> None:
-    """Raise ConfigError when Twilio is configured without the URL it calls.
-
-    Twilio signs the URL it was told to call; behind a proxy or ingress that is not the URL
-    the collector sees, so guessing it would refuse every genuine webhook, or trust
-    forwarded host and scheme headers to rebuild it.
-    """
-    if sources.twilio_auth_token is not None and not collector.public_url:
-        raise ConfigError(
-            "invalid configuration: CXLOOP_COLLECTOR_PUBLIC_URL: required when "
-            "CXLOOP_SOURCES_TWILIO_AUTH_TOKEN is set (the base URL Twilio calls, which its "
-            "signature covers)"
-        )
 
 
 @dataclass(frozen=True)

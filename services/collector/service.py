@@ -502,13 +502,17 @@ class Ingest:
         producer = self._producer.producer
         settings = self._producer.settings
         started = time.perf_counter()
-        futures: list[asyncio.Future[object]] = []
+        # One slot per event, filled as its record (or its batch) is handed to the producer:
+        # if a later send fails, the records already sent still count once the broker acks.
+        futures: list[asyncio.Future[object] | None] = [None] * len(events)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings.produce_timeout_seconds
         try:
-            async with asyncio.timeout(settings.produce_timeout_seconds):
+            async with asyncio.timeout_at(deadline):
                 if len(events) >= BATCHED_FROM:
                     await _send_batches(producer, settings, events, futures)
                 else:
-                    for event in events:
+                    for i, event in enumerate(events):
                         future = await producer.send(
                             settings.topic(_topic(event)),
                             value=encode(event),
@@ -518,12 +522,18 @@ class Ingest:
                         # An ack that arrives after we answered 503 is fine (the event id
                         # dedupes); its outcome is retrieved here so asyncio does not warn.
                         future.add_done_callback(_retrieve)
-                        futures.append(future)
-                await asyncio.wait(set(futures))
+                        futures[i] = future
+                await asyncio.wait({f for f in futures if f is not None})
         except (KafkaError, TimeoutError):
-            pass
-        ok = [f.done() and not f.cancelled() and f.exception() is None for f in futures]
-        ok += [False] * (len(events) - len(futures))
+            # A send failed: wait, within what is left of the timeout, for those already sent.
+            sent = {f for f in futures if f is not None and not f.done()}
+            left = deadline - loop.time()
+            if sent and left > 0:
+                await asyncio.wait(sent, timeout=left)
+        ok = [
+            f is not None and f.done() and not f.cancelled() and f.exception() is None
+            for f in futures
+        ]
         if any(ok):
             metrics.PRODUCE_SECONDS.observe(time.perf_counter() - started)
         return ok
@@ -545,11 +555,12 @@ async def _send_batches(
     producer: AIOKafkaProducer,
     settings: KafkaSettings,
     events: Sequence[Event],
-    futures: list[asyncio.Future[object]],
+    future_of: list[asyncio.Future[object] | None],
 ) -> None:
-    """Send ``events`` as record batches, one or more per partition, appending to
-    ``futures`` one future per event (its batch's, which resolves when the broker acked
-    the whole batch).
+    """Send ``events`` as record batches, one or more per partition, setting
+    ``future_of[i]`` to event ``i``'s batch's future (which resolves when the broker acked
+    the whole batch) as soon as that batch is submitted, so that a later failure leaves
+    the futures of the batches already sent.
 
     The records go to the partitions ``producer.send`` would choose (the producer's default
     partitioner: murmur2 of the key, over the topic's partitions in order), in order within
@@ -567,7 +578,6 @@ async def _send_batches(
         partition = _PARTITIONER(key, partitions[topic], partitions[topic])
         by_partition.setdefault((topic, partition), []).append(len(keyed))
         keyed.append((topic, key, encode(event)))
-    future_of: list[asyncio.Future[object] | None] = [None] * len(events)
     for (topic, partition), indexes in by_partition.items():
         batch = producer.create_batch()
         members: list[int] = []
@@ -581,9 +591,6 @@ async def _send_batches(
                 batch, members = producer.create_batch(), []
             members.append(i)
         await _submit(producer, batch, topic, partition, members, future_of)
-    # Only once every batch is submitted: a timeout or error before leaves every event
-    # unacknowledged (503, resent under the same event ids), as with ``send``.
-    futures.extend(f for f in future_of if f is not None)
 
 
 async def _submit(

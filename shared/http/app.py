@@ -72,6 +72,9 @@ def build_app(
         title=f"cxloop {service}", version="1", description=description, lifespan=lifespan
     )
     app.state.keystore = keystore
+    # For a worker of several (shared.runtime.worker_app), which refreshes its ready gauge.
+    app.state.service = service
+    app.state.readiness = readiness
     _warn_if_any_proxy(service, http)
 
     def openapi() -> dict[str, Any]:

@@ -24,6 +24,13 @@ EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
 ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
 
 
+def record_ready(service: str, checks: dict[str, bool]) -> bool:
+    """Set the service's ready gauge from ``checks``; return whether all of them pass."""
+    ready = all(checks.values())
+    metrics.READY.labels(service=service).set(1 if ready else 0)
+    return ready
+
+
 def operations_router(service: str, readiness: ReadinessCheck) -> APIRouter:
     """Return ``/healthz``, ``/readyz`` and ``/metrics``, which need no API key."""
     router = APIRouter(
@@ -43,8 +50,7 @@ def operations_router(service: str, readiness: ReadinessCheck) -> APIRouter:
     async def readyz() -> JSONResponse:
         """Answer 200 when every dependency answers, 503 naming the ones that do not."""
         checks = await readiness()
-        ready = all(checks.values())
-        metrics.READY.labels(service=service).set(1 if ready else 0)
+        ready = record_ready(service, checks)
         return JSONResponse(
             {"status": "ready" if ready else "not_ready", "checks": checks},
             status_code=200 if ready else 503,

@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 from pathlib import Path
 
+import sqlalchemy as sa
 from prometheus_client.mmap_dict import MmapedDict
 
+from shared.db import create_engine
+from shared.settings import DatabaseSettings
 from tests.builders import response_payload
 from tests.helpers import eventually
 from tests.processes import Service
@@ -96,9 +100,8 @@ class TestTwoWorkers:
                 for _ in range(6):
                     scraped = (await client.get("/metrics")).text
                     assert scraped_total(scraped) == sent
-                    assert "cxloop_service_ready" not in scraped or (
-                        'cxloop_service_ready{service="collector"} 1.0' in scraped
-                    )
+                    # Each worker refreshes its gauge on its own, whether or not it was probed.
+                    assert 'cxloop_service_ready{service="collector"} 1.0' in scraped
         finally:
             await collector.stop()
         assert collector.process is not None
@@ -134,6 +137,79 @@ class TestTwoWorkers:
             await collector.stop()
 
 
+class TestReplacement:
+    async def test_replacements_that_fail_to_start_leave_the_others_serving(
+        self, stack_env: dict[str, str], api_key: str, database_url: str
+    ) -> None:
+        collector = Service("collector", stack_env | {"CXLOOP_COLLECTOR_WORKERS": "2"}, api_key)
+        await collector.start()
+        try:
+            assert collector.process is not None
+            assert collector.process.proc is not None
+            parent = collector.process.proc.pid
+            workers = await eventually(lambda: _workers(parent), lambda w: len(w) == 2)
+            # From now on a new worker's start-up fails (as during a database outage).
+            original = await _set_key_check(database_url, b"another key's check value")
+            os.kill(workers[0], signal.SIGKILL)
+            found = await eventually(
+                lambda: _replacements(collector.log),
+                lambda found: len(found) >= 3,
+                timeout=60,
+            )
+            # The replacements wait longer and longer, and the other worker keeps serving.
+            delays = [float(d) for d in found]
+            assert delays[:3] == [0.5, 1.0, 2.0]
+            assert collector.process.alive
+            async with collector.client() as client:
+                r = await client.post(ROUTE, json=response_payload())
+                assert r.status_code == 202
+
+            await _set_key_check(database_url, original)
+            await eventually(
+                lambda: _workers(parent),
+                lambda w: len(w) == 2 and workers[0] not in w,
+                timeout=60,
+            )
+        finally:
+            await collector.stop()
+        assert collector.process.proc.returncode == 0
+
+
+class TestDraining:
+    async def test_a_request_in_flight_at_sigterm_is_answered(
+        self, stack_env: dict[str, str], api_key: str
+    ) -> None:
+        # --workers wins over a CXLOOP_COLLECTOR_WORKERS that does not parse, in every worker.
+        env = stack_env | {"CXLOOP_COLLECTOR_WORKERS": "many"}
+        argv = ("-m", "services.cli", "collector", "--workers", "2")
+        collector = Service("collector", env, api_key, argv=argv)
+        await collector.start()
+        try:
+            assert collector.process is not None
+            assert collector.process.proc is not None
+            body = json.dumps(response_payload()).encode()
+            reader, writer = await asyncio.open_connection("127.0.0.1", collector.port)
+            head = (
+                f"POST {ROUTE} HTTP/1.1\r\nHost: collector\r\n"
+                f"Authorization: Bearer {api_key}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            )
+            writer.write(head.encode() + body[:10])
+            await writer.drain()
+            port = writer.get_extra_info("sockname")[1]
+            await eventually(lambda: _accepted(collector.port, port), bool)
+            # Then the service is told to stop, with the body still arriving.
+            collector.process.proc.send_signal(signal.SIGTERM)
+            writer.write(body[10:])
+            await writer.drain()
+            answer = await reader.read()
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 202"), answer[:200]
+            assert await collector.process.proc.wait() == 0
+        finally:
+            await collector.stop()
+
+
 class TestWorkersSetting:
     async def test_out_of_range_is_refused_naming_the_variable(
         self, stack_env: dict[str, str], api_key: str
@@ -146,6 +222,77 @@ class TestWorkersSetting:
         _, err = await proc.communicate()
         assert proc.returncode == 2
         assert "CXLOOP_COLLECTOR_WORKERS" in err.decode()
+
+    async def test_out_of_range_flag_is_refused_naming_the_flag(
+        self, stack_env: dict[str, str]
+    ) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.cli", "collector", "--workers", "0", env=stack_env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await proc.communicate()
+        assert proc.returncode == 2
+        assert "--workers: must be between 1 and" in err.decode()
+        assert "CXLOOP_COLLECTOR_WORKERS" not in err.decode()
+
+
+class TestFirstStart:
+    async def test_workers_that_fail_to_start_stop_the_service_with_exit_3(
+        self, stack_env: dict[str, str], database_url: str
+    ) -> None:
+        # The database was written under another privacy key: every worker's start-up refuses.
+        engine = create_engine(DatabaseSettings(url=database_url))
+        async with engine.begin() as conn:
+            await conn.execute(
+                sa.text("UPDATE privacy_key_check SET check_value = :v"),
+                {"v": b"another key's check value"},
+            )
+        await engine.dispose()
+        env = stack_env | {"CXLOOP_COLLECTOR_WORKERS": "2"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.cli", "collector", env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode == 3, err.decode()[-2000:]
+        assert "CXLOOP_PRIVACY_HASH_KEY" in err.decode()
+
+
+async def _set_key_check(database_url: str, value: bytes) -> bytes:
+    """Store ``value`` as the privacy key's check value; return the one it replaced."""
+    engine = create_engine(DatabaseSettings(url=database_url))
+    try:
+        async with engine.begin() as conn:
+            before = await conn.scalar(sa.text("SELECT check_value FROM privacy_key_check"))
+            await conn.execute(
+                sa.text("UPDATE privacy_key_check SET check_value = :v"), {"v": value}
+            )
+    finally:
+        await engine.dispose()
+    return bytes(before)
+
+
+async def _replacements(log: list[str]) -> list[str]:
+    """The delays the parent announced before replacing a worker, in order."""
+    return re.findall(r"replacing it in ([0-9.]+) s", "\n".join(log))
+
+
+async def _accepted(server_port: int, client_port: int) -> bool:
+    return accepted(server_port, client_port)
+
+
+def accepted(server_port: int, client_port: int) -> bool:
+    """Whether a worker has accepted the connection from ``client_port`` (a socket of its
+    own, inode set, rather than one waiting in the listen queue)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, inode = fields[1], fields[2], fields[9]
+        if (
+            int(local.rpartition(":")[2], 16) == server_port
+            and int(remote.rpartition(":")[2], 16) == client_port
+        ):
+            return inode != "0"
+    return False
 
 
 async def _workers(parent: int) -> list[int]:

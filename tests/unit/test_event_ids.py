@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, get_args
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel, JsonValue
 
 from services.collector.idempotency import EventIds, _json_default, canonical, fingerprint
 from services.collector.schemas import EventIn, ResponseIn
@@ -191,20 +193,26 @@ class TestCanonicalText:
                 with pytest.raises(expected):
                     canonical("EventIn", content)
 
-    def test_request_content_holds_no_float(self) -> None:
+    @pytest.mark.parametrize("model", [ResponseIn, EventIn])
+    def test_request_models_declare_no_float(self, model: type[BaseModel]) -> None:
         # orjson writes floats unlike json: a float in content would change stored
-        # fingerprints. Amounts are Decimals, scores ints.
-        def floats(value: object) -> bool:
-            if isinstance(value, dict):
-                return any(floats(v) for v in value.values())
-            if isinstance(value, list | tuple):
-                return any(floats(v) for v in value)
-            return isinstance(value, float)
+        # fingerprints. Amounts are Decimals, scores ints; no field may hold a float, nor
+        # a type (Any, object) that lets one through.
+        assert _loose_types(model) == []
 
-        order = EventIn.model_validate(
-            {"type": "order.completed", "customer_id": "c", "channel": "web",
-             "order_id": "o1", "currency": "USD", "amount": 12, "attributes": {"a": "1.5"}}
-        )  # fmt: skip
-        response = ResponseIn.model_validate(response_payload(score=9))
-        assert not floats(request_content(order))
-        assert not floats(request_content(response))
+
+def _loose_types(model: type[BaseModel], path: str = "") -> list[str]:
+    """Return the fields of ``model`` (and its nested models) whose type admits a float."""
+    found: list[str] = []
+
+    def walk(annotation: object, where: str) -> None:
+        if annotation in (float, Any, object) or annotation is JsonValue:
+            found.append(f"{where}: {annotation}")
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            found.extend(_loose_types(annotation, f"{where}."))
+        for arg in get_args(annotation):
+            walk(arg, where)
+
+    for name, info in model.model_fields.items():
+        walk(info.annotation, f"{path}{name}")
+    return found
