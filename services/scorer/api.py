@@ -66,88 +66,80 @@ def _filters(**values: Any) -> dict[str, str]:
     return {k: str(v) for k, v in values.items() if v is not None}
 
 
-class TimeRange:
+# The parameter dependencies are coroutines: FastAPI runs a plain function or class in a
+# worker thread, a hop per dependency per request.
+async def time_range(
+    window: Window | None = None, from_: FromParam = None, to: ToParam = None
+) -> service.Range:
     """The time range every score endpoint takes: a rolling `window`, or `from`/`to`."""
-
-    def __init__(
-        self, window: Window | None = None, from_: FromParam = None, to: ToParam = None
-    ) -> None:
-        self.range = service.resolve_range(window, from_, to)
+    return service.resolve_range(window, from_, to)
 
 
-RangeDep = Annotated[TimeRange, Depends()]
+RangeDep = Annotated[service.Range, Depends(time_range)]
 
 
-class ValueRange:
+async def value_range(
+    window: ValueWindow | None = None, from_: FromParam = None, to: ToParam = None
+) -> service.Range:
     """The time range of customer value: a rolling `window` (a year too), or `from`/`to`."""
-
-    def __init__(
-        self, window: ValueWindow | None = None, from_: FromParam = None, to: ToParam = None
-    ) -> None:
-        self.range = service.resolve_range(window, from_, to)
+    return service.resolve_range(window, from_, to)
 
 
-ValueRangeDep = Annotated[ValueRange, Depends()]
+ValueRangeDep = Annotated[service.Range, Depends(value_range)]
 
 
-class SegmentFilters:
+async def segment_filters(
+    channel: Channel | None = None,
+    survey_type: SurveyType | None = None,
+    touchpoint: str | None = None,
+    location: str | None = None,
+    product: str | None = None,
+    business_unit: str | None = None,
+) -> dict[str, str]:
     """The segment filters every score endpoint takes (query parameters)."""
-
-    def __init__(
-        self,
-        channel: Channel | None = None,
-        survey_type: SurveyType | None = None,
-        touchpoint: str | None = None,
-        location: str | None = None,
-        product: str | None = None,
-        business_unit: str | None = None,
-    ) -> None:
-        self.values = _filters(
-            channel=channel,
-            survey_type=survey_type,
-            touchpoint=touchpoint,
-            location=location,
-            product=product,
-            business_unit=business_unit,
-        )
+    return _filters(
+        channel=channel,
+        survey_type=survey_type,
+        touchpoint=touchpoint,
+        location=location,
+        product=product,
+        business_unit=business_unit,
+    )
 
 
-SegmentsDep = Annotated[SegmentFilters, Depends()]
+SegmentsDep = Annotated[dict[str, str], Depends(segment_filters)]
 
 
 # An order dimension's value: what orders carry is at most 128 characters (shared.events).
 OrderValueParam = Annotated[str | None, Query(max_length=128)]
 
 
-class OrderFilters:
+async def order_filters(
+    channel: Channel | None = None,
+    location: OrderValueParam = None,
+    product: OrderValueParam = None,
+    business_unit: OrderValueParam = None,
+    touchpoint: Annotated[
+        str | None, Query(description="Refused: an order has no touchpoint.")
+    ] = None,
+    survey_type: Annotated[
+        str | None, Query(description="Refused: an order has no survey type.")
+    ] = None,
+) -> dict[str, str]:
     """The filters of order figures: an order's channel and segments. Orders have no
     touchpoint or survey type, so filtering by one is a 422 naming it, never ignored."""
-
-    def __init__(
-        self,
-        channel: Channel | None = None,
-        location: OrderValueParam = None,
-        product: OrderValueParam = None,
-        business_unit: OrderValueParam = None,
-        touchpoint: Annotated[
-            str | None, Query(description="Refused: an order has no touchpoint.")
-        ] = None,
-        survey_type: Annotated[
-            str | None, Query(description="Refused: an order has no survey type.")
-        ] = None,
-    ) -> None:
-        for name, given in (("touchpoint", touchpoint), ("survey_type", survey_type)):
-            if given is not None:
-                raise FieldErrors(
-                    [{"field": name, "detail": f"orders have no {name}: filter by channel, "
-                      "location, product or business_unit"}]
-                )  # fmt: skip
-        self.values = _filters(
-            channel=channel, location=location, product=product, business_unit=business_unit
-        )
+    for name, given in (("touchpoint", touchpoint), ("survey_type", survey_type)):
+        if given is not None:
+            raise FieldErrors(
+                [{"field": name, "detail": f"orders have no {name}: filter by channel, "
+                  "location, product or business_unit"}]
+            )  # fmt: skip
+    return _filters(
+        channel=channel, location=location, product=product, business_unit=business_unit
+    )
 
 
-OrderFiltersDep = Annotated[OrderFilters, Depends()]
+OrderFiltersDep = Annotated[dict[str, str], Depends(order_filters)]
 
 
 @router.get(
@@ -173,9 +165,7 @@ async def get_score(
     value of a dimension. Every score carries `n`, and `insufficient` below the minimum.
     """
     min_n = _settings(request).min_n
-    return await service.scores(
-        engine, span.range, segments.values, metric, scale, min_n, group_by=group_by
-    )
+    return await service.scores(engine, span, segments, metric, scale, min_n, group_by=group_by)
 
 
 @router.get(
@@ -197,9 +187,7 @@ async def get_timeseries(
     """Return one score per interval (UTC) with its `n`; empty intervals are left out.
     `interval=hour` covers at most 31 days; a custom range, 400 days from 2000-01-01 on."""
     min_n = _settings(request).min_n
-    return await service.trend(
-        engine, span.range, segments.values, metric, scale, min_n, interval=interval
-    )
+    return await service.trend(engine, span, segments, metric, scale, min_n, interval=interval)
 
 
 @router.get(
@@ -216,7 +204,7 @@ async def get_headline(
     with `n`, its margin of error and `insufficient`, against the period of equal length
     just before: `change.delta` is significant when it lies beyond both periods' combined
     margin of error (1.96·sqrt(se₁² + se₂²)) and both have at least the minimum `n`."""
-    return await service.headline(engine, span.range, segments.values, _settings(request).min_n)
+    return await service.headline(engine, span, segments, _settings(request).min_n)
 
 
 @router.get(
@@ -240,7 +228,7 @@ async def get_service_times(
     sla = request.app.state.sla
     return await service.service_times(
         engine,
-        span.range,
+        span,
         _filters(channel=channel, priority=priority),
         group_by,
         sla_first_response=sla.first_response_minutes,
@@ -258,7 +246,7 @@ async def get_service_times(
 async def get_drivers(engine: EngineDep, span: RangeDep, segments: SegmentsDep) -> DriversOut:
     """Count the reasons given with NPS answers, by category, with each reason's share of
     that category's answers; and the detractors' top reasons."""
-    return await service.drivers(engine, span.range, segments.values)
+    return await service.drivers(engine, span, segments)
 
 
 @router.get(
@@ -310,11 +298,11 @@ async def get_value(
     snapshot (`snapshot: true`, computed at `as_of`, every
     CXLOOP_SCORER_VALUE_REFRESH_SECONDS); anything else is computed for the request."""
     snapshots: ValueSnapshots = request.app.state.value_snapshots
-    window = span.range.window  # None: from/to
-    if window is not None and group_by is None and not orders.values and snapshots.covers(window):
+    window = span.window  # None: from/to
+    if window is not None and group_by is None and not orders and snapshots.covers(window):
         return await snapshots.value(engine, ValueWindow(window))
     min_n = _settings(request).min_n
-    return await service.value(engine, span.range, orders.values, min_n, group_by)
+    return await service.value(engine, span, orders, min_n, group_by)
 
 
 @router.get(
@@ -378,7 +366,7 @@ async def latest_responses(
     that no response is missed when batches commit out of order: an item may repeat,
     recognise it by `event_id`. They carry personal data, so this needs the
     `responses:read` scope."""
-    return await service.latest_responses(engine, cursor, segments.values, limit)
+    return await service.latest_responses(engine, cursor, segments, limit)
 
 
 @router.get(

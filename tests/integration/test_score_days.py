@@ -8,7 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from services.scorer import queries, repository
+from services.scorer import queries
+from services.scorer.consumer import BatchHandler
+from shared.kafka import Decoded
 from shared.scoring import bucket_start
 from tests.builders import response_event
 
@@ -26,9 +28,8 @@ async def test_any_range_counts_exactly_the_answers_inside_it(database_url: str)
     ]
     engine = create_async_engine(database_url)
     try:
-        async with engine.begin() as conn:
-            for i in range(0, len(events), 150):
-                await repository.apply_batch(conn, events[i : i + 150])
+        for i in range(0, len(events), 150):
+            await BatchHandler(engine)([Decoded(None, e) for e in events[i : i + 150]])
         for case in range(40):
             since = now - timedelta(hours=rng.randint(1, 6 * 24))
             until = since + timedelta(hours=rng.randint(1, 6 * 24))
