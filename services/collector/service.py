@@ -519,13 +519,19 @@ class Ingest:
                             key=partition_key(event.customer_id),
                             headers=_headers(event),
                         )
-                        # An ack that arrives after we answered 503 is fine (the event id
-                        # dedupes); its outcome is retrieved here so asyncio does not warn.
+                        # An ack that arrives after we answered 503 is deduped downstream
+                        # when the resend carries the same event_id or Idempotency-Key, as
+                        # the 503 asks (an item without either gets a new id: a repeat);
+                        # its outcome is retrieved here so asyncio does not warn.
                         future.add_done_callback(_retrieve)
                         futures[i] = future
                 await asyncio.wait({f for f in futures if f is not None})
-        except (KafkaError, TimeoutError):
-            # A send failed: wait, within what is left of the timeout, for those already sent.
+        except Exception as exc:
+            # A send failed (a KafkaError, the deadline, or anything else aiokafka raises
+            # while appending, such as an unknown partition): wait, within what is left of
+            # the timeout, for those already sent, so they are answered as stored.
+            if not isinstance(exc, KafkaError | TimeoutError):
+                log.warning("producing failed (%s); answering what was acked", type(exc).__name__)
             sent = {f for f in futures if f is not None and not f.done()}
             left = deadline - loop.time()
             if sent and left > 0:

@@ -4,10 +4,11 @@ retention, drill-down, a customer's history, the latest responses and erasure.""
 from __future__ import annotations
 
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
@@ -192,7 +193,8 @@ async def grouped_counts(
     assert all(k in SCORE_KEYS for s in sets for k in s)
     assert interval in (None, *INTERVALS)
     assert interval is not None or not any("start" in s for s in sets)
-    shape = (
+    shape: tuple[Any, ...] = (
+        conn.dialect.name,
         tuple(table.name for table, _, _ in _spans(since, until, interval)),
         interval,
         tuple(filters),
@@ -200,11 +202,16 @@ async def grouped_counts(
         scale is None,
         tuple(sets),
     )
+    values = _score_values(since, until, interval, filters, metrics=metrics, scale=scale)
     compiled = _GROUPED.get(shape)
     if compiled is None:
         query = _grouped_query(since, until, interval, filters, metrics, scale, sets)
-        compiled = _GROUPED[shape] = _Compiled.of(conn, query)
-    values = _score_values(since, until, interval, filters, metrics=metrics, scale=scale)
+        compiled = _Compiled.of(conn, query, values)
+        _GROUPED[shape] = compiled
+        if len(_GROUPED) > GROUPED_CACHE_SIZE:
+            _GROUPED.popitem(last=False)
+    else:
+        _GROUPED.move_to_end(shape)
     result = await conn.exec_driver_sql(compiled.sql, compiled.parameters(values))
     rows = result.all()
     at = {name: i for i, name in enumerate(result.keys())}
@@ -234,18 +241,28 @@ async def grouped_counts(
 @dataclass(frozen=True)
 class _Compiled:
     """A statement compiled once for the driver (asyncpg's ``$n`` form): its text, the
-    name of each ``$n`` in order, and the values its shape fixes (``'UTC'``, ``0``)."""
+    name of each ``$n`` in order, and the values its shape fixes (``'UTC'``, ``0``): only
+    the binds a request's ``values`` never name, so no request's value is kept for another.
+    """
 
     sql: str
     names: tuple[str, ...]
     fixed: dict[str, Any]
 
     @classmethod
-    def of(cls, conn: AsyncConnection, query: sa.Select[Any]) -> _Compiled:
+    def of(
+        cls, conn: AsyncConnection, query: sa.Select[Any], values: Mapping[str, Any]
+    ) -> _Compiled:
         compiled = query.compile(dialect=conn.dialect)
-        return cls(
-            compiled.string, tuple(compiled.positiontup or ()), dict(compiled.construct_params())
-        )
+        names = tuple(compiled.positiontup or ())
+        fixed = {k: v for k, v in compiled.construct_params().items() if k not in values}
+        # Every bind is either the request's or one of the query's own literals (the
+        # interval's time zone, a sum's 0): a request's bind missing from ``values`` would
+        # otherwise reuse the first request's value for every later one.
+        strays = [n for n in names if n in fixed and not n.startswith(_CONSTANT_BINDS)]
+        if strays:
+            raise AssertionError(f"binds {strays} are neither the request's nor constants")
+        return cls(compiled.string, names, fixed)
 
     def parameters(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
         return tuple(values[n] if n in values else self.fixed[n] for n in self.names)
@@ -255,7 +272,11 @@ class _Compiled:
 # filters, one metric or several, a scale or not, the grouping sets. Bounded: every part of
 # the key comes from a closed set. Built and compiled once each, they skip SQLAlchemy's
 # statement building, cache-key walk and result processing on every request after.
-_GROUPED: dict[tuple[Any, ...], _Compiled] = {}
+_GROUPED: OrderedDict[tuple[Any, ...], _Compiled] = OrderedDict()
+# The binds SQLAlchemy makes for the statement's own literals: date_trunc's 'UTC', coalesce's 0.
+_CONSTANT_BINDS: Final = ("date_trunc_", "coalesce_")
+# Least recently used shapes go first past this many (the closed sets multiply to thousands).
+GROUPED_CACHE_SIZE: Final = 512
 
 
 def _grouped_query(

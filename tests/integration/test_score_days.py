@@ -63,3 +63,47 @@ async def test_any_range_counts_exactly_the_answers_inside_it(database_url: str)
                     assert n == sum(1 for e in inside if e.channel.value == channel)
     finally:
         await engine.dispose()
+
+
+async def test_a_cached_statement_takes_each_request_s_own_values(database_url: str) -> None:
+    """The statement of one shape is compiled once; a later request of that shape with
+    another metric, scale or filter value must count its own answers, not the first's."""
+    now = bucket_start(datetime.now(UTC))
+    at = now - timedelta(hours=2)
+    answers = [
+        *(response_event(metric="nps", score=9, channel="web", occurred_at=at) for _ in range(3)),
+        *(response_event(metric="nps", score=2, channel="sms", occurred_at=at) for _ in range(5)),
+        *(response_event(metric="csat", scale=5, score=4, channel="sms", occurred_at=at),) * 1,
+        *(
+            response_event(metric="ces", scale=7, score=6, channel="web", occurred_at=at)
+            for _ in range(2)
+        ),
+        *(
+            response_event(metric="ces", scale=5, score=1, channel="web", occurred_at=at)
+            for _ in range(4)
+        ),
+    ]
+    engine = create_async_engine(database_url)
+    try:
+        await BatchHandler(engine)([Decoded(None, e) for e in answers])
+        cases = [
+            ("nps", None, "web", 3),
+            ("nps", None, "sms", 5),
+            ("csat", None, "sms", 1),
+            ("ces", 7, "web", 2),
+            ("ces", 5, "web", 4),
+            ("ces", 7, "sms", 0),
+        ]
+        for metric, scale, channel, expected in cases + cases[::-1]:
+            async with engine.connect() as conn:
+                groups = await queries.score_counts(
+                    conn,
+                    metric=metric,
+                    since=now - timedelta(days=1),
+                    until=now + timedelta(hours=1),
+                    scale=scale,
+                    filters={"channel": channel},
+                )
+            assert sum(g.counts.n for g in groups) == expected, (metric, scale, channel)
+    finally:
+        await engine.dispose()
