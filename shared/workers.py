@@ -6,12 +6,16 @@ never builds the app, which only its workers import and run, so it stays a small
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import pickle
 import shutil
+import stat
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from socket import socket
 from typing import Final
@@ -19,6 +23,7 @@ from typing import Final
 import uvicorn
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
+from shared.errors import ConfigError
 from shared.metrics import MULTIPROCESS_DIR
 from shared.settings import HttpSettings
 
@@ -34,6 +39,11 @@ HEALTHCHECK_SECONDS: Final = 30.0
 FIRST_RETRY_SECONDS: Final = 0.5
 MAX_RETRY_SECONDS: Final = 30.0
 _METRICS_PREFIX: Final = "cxloop-metrics-"
+# Held (flock) by the parent that owns a metrics directory for as long as it runs.
+_LOCK_NAME: Final = "owner.lock"
+# A metrics directory without its lock file is left alone this long (its parent may be
+# creating the lock), then taken for one a parent left before it locked it.
+_UNLOCKED_GRACE_SECONDS: Final = 60.0
 
 
 class Supervisor(Multiprocess):
@@ -124,50 +134,85 @@ def serve_workers(factory: str, http: HttpSettings, workers: int) -> int:
     or SIGINT stops every worker gracefully (each drains its requests and stops its
     producer) before this returns.
     """
-    remove_stale_metrics_dirs()
-    pid = os.getpid()
-    directory = tempfile.mkdtemp(prefix=f"{_METRICS_PREFIX}{pid}-{_started(pid)}-")
-    # Read by prometheus_client when each (spawned) worker imports it.
-    os.environ[MULTIPROCESS_DIR] = directory
-    try:
-        config = uvicorn.Config(
-            factory,
-            factory=True,
-            workers=workers,
-            host=http.host,
-            port=http.port,
-            log_config=None,
-            access_log=False,
-            proxy_headers=False,
-            timeout_worker_healthcheck=int(HEALTHCHECK_SECONDS),
-        )
-        supervisor = Supervisor(config, sockets=[config.bind_socket()])
-        supervisor.run()
-    finally:
-        os.environ.pop(MULTIPROCESS_DIR, None)
-        shutil.rmtree(directory, ignore_errors=True)
+    with metrics_directory() as directory:
+        remove_stale_metrics_dirs()  # ours is locked by now
+        # Read by prometheus_client when each (spawned) worker imports it.
+        os.environ[MULTIPROCESS_DIR] = str(directory)
+        try:
+            config = uvicorn.Config(
+                factory,
+                factory=True,
+                workers=workers,
+                host=http.host,
+                port=http.port,
+                log_config=None,
+                access_log=False,
+                proxy_headers=False,
+                timeout_worker_healthcheck=int(HEALTHCHECK_SECONDS),
+            )
+            supervisor = Supervisor(config, sockets=[config.bind_socket()])
+            supervisor.run()
+        finally:
+            os.environ.pop(MULTIPROCESS_DIR, None)
     return STARTUP_FAILURE if supervisor.first_start_failed else 0
 
 
-def remove_stale_metrics_dirs() -> None:
-    """Remove the metrics directories that parents of ours left when killed: owned by this
-    user, named after a parent process that is gone (or whose pid now names another)."""
-    uid = os.getuid()
-    for path in Path(tempfile.gettempdir()).glob(f"{_METRICS_PREFIX}*-*-*"):
-        pid, _, rest = path.name.removeprefix(_METRICS_PREFIX).partition("-")
-        started = rest.partition("-")[0]
+@contextlib.contextmanager
+def metrics_directory() -> Iterator[Path]:
+    """Create the workers' metrics directory, hold its lock while the block runs (so no
+    other parent, in this PID namespace or another sharing the directory, takes it for
+    stale), then remove it.
+
+    Raises ConfigError if no directory can be created there (a read-only filesystem).
+    """
+    try:
+        path = Path(tempfile.mkdtemp(prefix=f"{_METRICS_PREFIX}{os.getpid()}-"))
+    except OSError as exc:
+        where = tempfile.tempdir or "TMPDIR, /tmp, /var/tmp or the working directory"
+        raise ConfigError(
+            f"the collector's workers need a writable directory for their metrics and cannot "
+            f"create one in {where} ({exc.strerror or exc}): set TMPDIR to a writable "
+            f"directory (for example an emptyDir volume mounted there)"
+        ) from None
+    try:
+        # Locked before it takes its name, so a cleaner never finds it unlocked.
+        pending = path / f"{_LOCK_NAME}.new"
+        fd = os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
-            if path.stat().st_uid != uid or not (pid.isdigit() and started.isdigit()):
-                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            pending.rename(path / _LOCK_NAME)
+            yield path
+        finally:
+            os.close(fd)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_stale_metrics_dirs() -> None:
+    """Remove the metrics directories that parents of ours left when killed: directories
+    owned by this user whose lock no live parent holds."""
+    uid = os.getuid()
+    now = time.time()
+    for path in Path(tempfile.gettempdir()).glob(f"{_METRICS_PREFIX}*"):
+        try:
+            info = path.lstat()
         except OSError:
             continue
-        if _started(int(pid)) != started:
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid:
+            continue
+        try:
+            fd = os.open(path / _LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            if now - info.st_mtime >= _UNLOCKED_GRACE_SECONDS:
+                shutil.rmtree(path, ignore_errors=True)
+            continue
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live parent holds it
+        else:
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _started(pid: int) -> str:
-    """Return when process ``pid`` started (clock ticks after boot), or "" if it is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
+        finally:
+            os.close(fd)
