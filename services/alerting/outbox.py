@@ -24,7 +24,7 @@ import email.utils
 import logging
 import re
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 MAX_DELAY = 60.0
 # Requests in flight per receiver: a slow one uses its own, never another receiver's.
 PER_RECEIVER = 4
+# Rows a lease looks at per unit of a receiver's room: a bound on a pass, whatever the backlog.
+SCAN = 4
 # How often held notifications are compared with the silences in force, and how many at once.
 RELEASE_EVERY = 1.0
 HELD_PAGE = 1000
@@ -188,25 +190,54 @@ async def _attempt(
     return "failed", None, f"HTTP {response.status_code}: refused by the receiver"
 
 
+# Per pass, each receiver with room gets its oldest due units (a group whole, or a single
+# notification) from a bounded scan of ``notifications_receiver_due``, so that a pass costs
+# what it leases, not the backlog. The receivers are found by a skip scan of that index.
 _LEASE = sa.text("""
-WITH room AS (
-    SELECT * FROM unnest(CAST(:busy AS text[]), CAST(:room AS integer[])) AS r(receiver, room)
-), due AS (
-    SELECT n.id, n.receiver, coalesce(n.group_key, CAST(n.id AS text)) AS unit,
-           min(n.next_attempt_at)
-               OVER (PARTITION BY n.receiver, coalesce(n.group_key, CAST(n.id AS text)))
-               AS unit_due
-    FROM notifications AS n
-    WHERE n.status = 'pending' AND n.next_attempt_at <= now()
+WITH RECURSIVE receivers AS (
+    (SELECT receiver FROM notifications WHERE status = 'pending' ORDER BY receiver LIMIT 1)
+    UNION ALL
+    SELECT (SELECT n.receiver FROM notifications AS n
+            WHERE n.status = 'pending' AND n.receiver > r.receiver
+            ORDER BY n.receiver LIMIT 1)
+    FROM receivers AS r WHERE r.receiver IS NOT NULL
+), room AS (
+    SELECT * FROM unnest(CAST(:busy AS text[]), CAST(:room AS integer[])) AS x(receiver, room)
+), wants AS (
+    SELECT r.receiver, coalesce(x.room, CAST(:per_receiver AS integer)) AS room
+    FROM receivers AS r LEFT JOIN room AS x USING (receiver)
+    WHERE r.receiver IS NOT NULL
+), units AS (
+    SELECT w.receiver, u.unit, u.group_key
+    FROM wants AS w CROSS JOIN LATERAL (
+        -- A unit is due when its first row is: the first rows in due order name the units.
+        SELECT s.unit, s.group_key
+        FROM (
+            SELECT coalesce(n.group_key, CAST(n.id AS text)) AS unit, n.group_key,
+                   n.next_attempt_at
+            FROM notifications AS n
+            WHERE n.receiver = w.receiver AND n.status = 'pending'
+              AND n.next_attempt_at <= now()
+              AND (n.locked_until IS NULL OR n.locked_until <= now())
+            ORDER BY n.next_attempt_at
+            LIMIT CAST(:scan AS integer) * w.room
+        ) AS s
+        GROUP BY s.unit, s.group_key
+        ORDER BY min(s.next_attempt_at), s.unit
+        LIMIT w.room
+    ) AS u
+    WHERE w.room > 0
+), candidates AS (
+    SELECT CAST(unit AS uuid) AS id FROM units WHERE group_key IS NULL
+    UNION
+    -- A group is leased whole: every due row of it, however many the scan saw.
+    SELECT n.id FROM units AS u JOIN notifications AS n
+        ON n.group_key = u.group_key AND n.receiver = u.receiver
+    WHERE u.group_key IS NOT NULL AND n.status = 'pending' AND n.next_attempt_at <= now()
       AND (n.locked_until IS NULL OR n.locked_until <= now())
-), ranked AS (
-    -- A group is leased whole: each receiver gets its room in groups (or single notifications).
-    SELECT d.id, coalesce(r.room, CAST(:per_receiver AS integer)) AS room,
-           dense_rank() OVER (PARTITION BY d.receiver ORDER BY d.unit_due, d.unit) AS rank
-    FROM due AS d LEFT JOIN room AS r USING (receiver)
 ), picked AS (
     SELECT id FROM notifications
-    WHERE id IN (SELECT id FROM ranked WHERE rank <= room)
+    WHERE id IN (SELECT id FROM candidates)
       AND status = 'pending' AND next_attempt_at <= now()
       AND (locked_until IS NULL OR locked_until <= now())
     ORDER BY id
@@ -256,6 +287,14 @@ RETURNING n.status
 """)
 
 
+# Queued here but never sent: leased to nobody again, under the lease this instance took.
+_GIVE_BACK = sa.text("""
+UPDATE notifications SET locked_until = NULL, lease_id = NULL
+WHERE id = ANY(CAST(:ids AS uuid[])) AND status = 'pending'
+  AND lease_id = ANY(CAST(:leases AS uuid[]))
+""")
+
+
 def _budget(max_age: timedelta) -> str:
     hours = max_age.total_seconds() / 3600
     return f"{hours:g} h"
@@ -263,7 +302,13 @@ def _budget(max_age: timedelta) -> str:
 
 @dataclass
 class Outbox:
-    """One instance's delivery loop: leases, sends per receiver, records each on its own."""
+    """One instance's delivery loop: leases, sends per receiver, records each on its own.
+
+    What a lease returns waits in its receiver's local queue and is sent ``PER_RECEIVER`` at
+    a time. A receiver never holds more (queued and in flight) than ``capacity()`` units, so
+    everything leased is attempted and recorded within its lease even if every send takes
+    the whole timeout: no lease runs out while its rows wait here.
+    """
 
     engine: AsyncEngine
     client: httpx.AsyncClient
@@ -273,11 +318,28 @@ class Outbox:
     timeout: float = 10.0
     in_flight: dict[str, int] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    queues: dict[str, deque[list[Any]]] = field(default_factory=dict)
     freed: asyncio.Event = field(default_factory=asyncio.Event)
+    stopping: bool = False
+
+    def capacity(self) -> int:
+        """Units (groups or single notifications) one receiver may hold, queued or sending.
+
+        ``PER_RECEIVER`` sends of at most ``timeout`` each fit ``lease_seconds // timeout``
+        times in a lease; one round is kept as a margin for recording the outcomes.
+        """
+        rounds = int(self.lease_seconds // self.timeout) - 1
+        return max(PER_RECEIVER, PER_RECEIVER * rounds)
+
+    def held(self, receiver: str) -> int:
+        return self.in_flight.get(receiver, 0) + len(self.queues.get(receiver, ()))
+
+    def room(self, receiver: str) -> int:
+        return max(0, self.capacity() - self.held(receiver))
 
     async def lease(self) -> list[list[Any]]:
         """Lease due notifications (each receiver up to its free room); return them grouped."""
-        busy = {r: n for r, n in self.in_flight.items() if n}
+        busy = {r: self.room(r) for r in set(self.in_flight) | set(self.queues) if self.held(r)}
         async with self.engine.begin() as conn:
             expired = (
                 await conn.execute(
@@ -298,8 +360,9 @@ class Outbox:
                     _LEASE,
                     {
                         "busy": list(busy),
-                        "room": [max(0, PER_RECEIVER - n) for n in busy.values()],
-                        "per_receiver": PER_RECEIVER,
+                        "room": list(busy.values()),
+                        "per_receiver": self.capacity(),
+                        "scan": SCAN,
                         "lease": self.lease_seconds,
                         "token": uuid.uuid4(),
                     },
@@ -329,18 +392,27 @@ class Outbox:
         return [sorted(rows, key=lambda r: str(r.notification_id)) for rows in batches.values()]
 
     def start(self, group: list[Any]) -> None:
-        """Send one notification (or group) in the background, counted against its receiver."""
+        """Queue one leased notification (or group) for its receiver; sent when it has room."""
         receiver = group[0].receiver
-        self.in_flight[receiver] = self.in_flight.get(receiver, 0) + 1
-        task = asyncio.create_task(self._deliver(group))
-        self.tasks.add(task)
-        task.add_done_callback(self._done(receiver))
+        self.queues.setdefault(receiver, deque()).append(group)
+        self._pump(receiver)
+
+    def _pump(self, receiver: str) -> None:
+        queue = self.queues.get(receiver)
+        while queue and not self.stopping and self.in_flight.get(receiver, 0) < PER_RECEIVER:
+            self.in_flight[receiver] = self.in_flight.get(receiver, 0) + 1
+            task = asyncio.create_task(self._deliver(queue.popleft()))
+            self.tasks.add(task)
+            task.add_done_callback(self._done(receiver))
 
     def _done(self, receiver: str) -> Any:
         def done(task: asyncio.Task[None]) -> None:
             self.tasks.discard(task)
             self.in_flight[receiver] -= 1
-            self.freed.set()
+            self._pump(receiver)
+            # Lease again once half the room is free, not per freed slot.
+            if self.held(receiver) <= self.capacity() // 2:
+                self.freed.set()
 
         return done
 
@@ -452,7 +524,24 @@ class Outbox:
                 return released
 
     async def drain(self, grace: float) -> None:
-        """Wait up to ``grace`` seconds for the requests in flight, then cancel the rest."""
+        """Give back what is queued unsent, wait up to ``grace`` seconds for the requests in
+        flight, then cancel the rest."""
+        self.stopping = True
+        waiting = [row for queue in self.queues.values() for group in queue for row in group]
+        self.queues.clear()
+        if waiting:
+            try:
+                async with self.engine.begin() as conn:
+                    await conn.execute(
+                        _GIVE_BACK,
+                        {
+                            "ids": [row.notification_id for row in waiting],
+                            "leases": list({row.lease_id for row in waiting}),
+                        },
+                    )
+            except Exception as exc:
+                # Their leases run out and they are sent then, by whichever instance is up.
+                log.warning("giving back queued notifications failed (%s)", type(exc).__name__)
         if not self.tasks:
             return
         _, pending = await asyncio.wait(set(self.tasks), timeout=grace)
@@ -502,18 +591,16 @@ async def run(
             while not stop.is_set():
                 queued.clear()
                 outbox.freed.clear()
-                started = 0
                 try:
                     if loop.time() - released_at >= RELEASE_EVERY:
                         released_at = loop.time()
                         await outbox.release_held()
                     for group in await outbox.lease():
                         outbox.start(group)
-                        started += 1
                 except Exception as exc:
                     log.warning("delivery pass failed (%s); retrying", type(exc).__name__)
-                if not started:
-                    await _first_of(stop, queued, outbox.freed, timeout=every)
+                # The next pass: when a receiver has sent half its room (freed), or sooner.
+                await _first_of(stop, queued, outbox.freed, timeout=every)
         finally:
             await outbox.drain(grace=min(timeout, 5.0))
 

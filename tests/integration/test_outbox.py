@@ -735,3 +735,75 @@ INSERT INTO notifications (id, alert_id, receiver, action, status, created_at)
 SELECT gen_random_uuid(), CAST(:a AS uuid), 'good', 'trigger', 'held', now() - interval '1 hour'
 FROM generate_series(1, 1000)
 """
+
+
+BACKLOG = """
+INSERT INTO notifications (id, alert_id, receiver, action, next_attempt_at, due_since)
+SELECT gen_random_uuid(), CAST(:a AS uuid), :receiver, 'trigger',
+       now() - interval '1 hour' + g * interval '1 ms', now() - interval '1 hour'
+FROM generate_series(1, :n) AS g
+RETURNING id
+"""
+
+
+class TestBacklog:
+    async def test_a_backlog_drains_once_each_without_a_lease_per_delivery_nor_starving_another(
+        self, database_url: str
+    ) -> None:
+        arrived: Counter[str] = Counter()
+        order: list[str] = []
+
+        async def hook(request: Request) -> Response:
+            arrived[request.headers["webhook-id"]] += 1
+            order.append(request.path_params["name"])
+            return JSONResponse({"ok": True})
+
+        app = Starlette(routes=[Route("/{name}", hook, methods=["POST"])])
+        engine = create_engine(DatabaseSettings(url=database_url))
+        leases = 0
+
+        def count(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+            nonlocal leases
+            leases += "SET locked_until = now() +" in statement
+
+        sa.event.listen(engine.sync_engine, "before_cursor_execute", count)
+        stop = asyncio.Event()
+        try:
+            async with http_server(app, free_port()) as url:
+                config = AlertingConfig.model_validate(
+                    {
+                        "receivers": [
+                            {"name": n, "type": "webhook", "url": f"{url}/{n}"}
+                            for n in ("bulk", "other")
+                        ],
+                        "routes": [{"receiver": "bulk"}],
+                    }
+                )
+                async with engine.begin() as conn:
+                    alert_id = await conn.scalar(sa.text(NEW_ALERT))
+                    bulk = set(
+                        (
+                            await conn.execute(
+                                sa.text(BACKLOG), {"a": alert_id, "receiver": "bulk", "n": 1500}
+                            )
+                        ).scalars()
+                    )
+                    (other,) = (
+                        await conn.execute(
+                            sa.text(BACKLOG), {"a": alert_id, "receiver": "other", "n": 1}
+                        )
+                    ).scalars()
+                task = asyncio.create_task(outbox_module.run(engine, config, stop, timeout=2.0))
+                try:
+                    await eventually(lambda: total(arrived), lambda n: n == 1501, timeout=120)
+                finally:
+                    stop.set()
+                    await task
+        finally:
+            await engine.dispose()
+        # Each exactly once, under its own id; the other receiver waited behind nobody.
+        assert set(arrived) == {str(i) for i in bulk | {other}}
+        assert set(arrived.values()) == {1}
+        assert order.index("other") < 100
+        # Leased in batches the local queue sends from, not once per freed slot.
+        assert leases * 10 <= len(arrived)
