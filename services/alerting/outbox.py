@@ -287,9 +287,11 @@ RETURNING n.status
 """)
 
 
-# Queued here but never sent: leased to nobody again, under the lease this instance took.
+# Queued here but never sent: leasable again at once, under the lease this instance took.
+# ``locked_until`` becomes now(), not NULL: a group that was leased may already have reached
+# its receiver (a send whose record failed), so a new alert must never join it.
 _GIVE_BACK = sa.text("""
-UPDATE notifications SET locked_until = NULL, lease_id = NULL
+UPDATE notifications SET locked_until = now(), lease_id = NULL
 WHERE id = ANY(CAST(:ids AS uuid[])) AND status = 'pending'
   AND lease_id = ANY(CAST(:leases AS uuid[]))
 """)

@@ -9,7 +9,7 @@ are announced when it ends.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -807,3 +807,52 @@ class TestBacklog:
         assert order.index("other") < 100
         # Leased in batches the local queue sends from, not once per freed slot.
         assert leases * 10 <= len(arrived)
+
+
+class TestGiveBack:
+    async def test_a_group_given_back_on_shutdown_is_joined_by_no_new_alert(
+        self, database_url: str
+    ) -> None:
+        engine = create_engine(DatabaseSettings(url=database_url))
+        config = AlertingConfig.model_validate(
+            {
+                "receivers": [{"name": "r", "type": "webhook", "url": "http://127.0.0.1:9/x"}],
+                "routes": [{"receiver": "r", "group_by": ["rule"], "group_wait_seconds": 0.001}],
+            }
+        )
+        try:
+            async with engine.begin() as conn:
+                alert_id = await conn.scalar(sa.text(NEW_ALERT))
+                alert = dict(
+                    (
+                        await conn.execute(
+                            sa.text("SELECT * FROM alerts WHERE id = :a"), {"a": alert_id}
+                        )
+                    )
+                    .one()
+                    ._mapping
+                )
+                await outbox_module.enqueue(conn, config, alert, "trigger")
+                await conn.execute(
+                    sa.text("UPDATE notifications SET next_attempt_at = now() - interval '1 s'")
+                )
+            async with httpx.AsyncClient() as http:
+                outbox = Outbox(engine, http, config)
+                # Leased again after a send whose record failed: the receiver has its id.
+                (group,) = await outbox.lease()
+                outbox.queues["r"] = deque([group])
+                await outbox.drain(grace=0)
+            async with engine.begin() as conn:
+                await outbox_module.enqueue(conn, config, alert, "trigger")
+                keys = (
+                    (await conn.execute(sa.text("SELECT group_key FROM notifications")))
+                    .scalars()
+                    .all()
+                )
+            assert len(set(keys)) == 2
+            # Still sent: given back, it is leasable at once.
+            async with httpx.AsyncClient() as http:
+                leased = await Outbox(engine, http, config).lease()
+            assert group[0].group_key in {g[0].group_key for g in leased}
+        finally:
+            await engine.dispose()
