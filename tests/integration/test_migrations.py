@@ -343,3 +343,68 @@ class TestScoreSquares:
         assert body["margin"] == pytest.approx(
             scoring.mean_margin_of_error(len(ces7), sum(ces7), sum(s * s for s in ces7))
         )
+
+
+class TestOutboxIndexes:
+    async def test_a_run_that_failed_mid_build_is_rerun_into_valid_indexes(
+        self, empty_database_url: str
+    ) -> None:
+        """0022 builds its indexes concurrently (no write to notifications waits for it); a
+        concurrent build that fails leaves an INVALID index, which the next run replaces."""
+        await asyncio.to_thread(upgrade, empty_database_url, "0021")
+        engine = create_async_engine(empty_database_url, isolation_level="AUTOCOMMIT")
+        try:
+            async with engine.connect() as conn:
+                alert_id = await conn.scalar(
+                    sa.text(
+                        "INSERT INTO alerts (id, dedupe_key, rule, severity, status, customer_id,"
+                        " channel, reasons, event_id, occurrences, opened_at, last_seen_at)"
+                        " VALUES (gen_random_uuid(), 'k', 'detractor', 'critical', 'open', 'c1',"
+                        " 'web', ARRAY['score 1'], gen_random_uuid(), 1, now(), now())"
+                        " RETURNING id"
+                    )
+                )
+                await conn.execute(
+                    sa.text(
+                        "INSERT INTO notifications (id, alert_id, receiver, action, due_since)"
+                        " SELECT gen_random_uuid(), :a, 'r', 'trigger', '2026-01-01'"
+                        " FROM generate_series(1, 2)"
+                    ),
+                    {"a": alert_id},
+                )
+                # A build interrupted half way: the index exists, marked invalid.
+                with pytest.raises(sa.exc.IntegrityError):
+                    await conn.execute(
+                        sa.text(
+                            "CREATE UNIQUE INDEX CONCURRENTLY notifications_budget"
+                            " ON notifications (due_since)"
+                        )
+                    )
+            await asyncio.to_thread(upgrade, empty_database_url, "head")
+            async with engine.connect() as conn:
+                indexes = (
+                    await conn.execute(
+                        sa.text(
+                            "SELECT c.relname, i.indisvalid, i.indisunique FROM pg_index AS i"
+                            " JOIN pg_class AS c ON c.oid = i.indexrelid"
+                            " WHERE c.relname IN"
+                            " ('notifications_budget', 'notifications_receiver_due')"
+                            " ORDER BY c.relname"
+                        )
+                    )
+                ).all()
+            assert [tuple(row) for row in indexes] == [
+                ("notifications_budget", True, False),
+                ("notifications_receiver_due", True, False),
+            ]
+            await asyncio.to_thread(downgrade, empty_database_url, "0021")
+            async with engine.connect() as conn:
+                left = await conn.scalar(
+                    sa.text(
+                        "SELECT count(*) FROM pg_class WHERE"
+                        " relname IN ('notifications_budget', 'notifications_receiver_due')"
+                    )
+                )
+            assert left == 0
+        finally:
+            await engine.dispose()

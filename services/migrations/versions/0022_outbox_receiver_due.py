@@ -15,6 +15,7 @@ Create Date: 2026-12-12
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from alembic import op
 
 revision = "0022"
@@ -23,16 +24,34 @@ branch_labels = None
 depends_on = None
 
 
+_INDEXES = {
+    "notifications_receiver_due": "(receiver, next_attempt_at) WHERE status = 'pending'",
+    "notifications_budget": "(due_since) WHERE status = 'pending'",
+}
+
+
 def upgrade() -> None:
-    op.execute(
-        "CREATE INDEX notifications_receiver_due ON notifications (receiver, next_attempt_at)"
-        " WHERE status = 'pending'"
-    )
-    op.execute(
-        "CREATE INDEX notifications_budget ON notifications (due_since) WHERE status = 'pending'"
-    )
+    # Built CONCURRENTLY, outside the migration's transaction: a plain CREATE INDEX holds a
+    # SHARE lock on notifications (never purged, so large) through the build, and every
+    # alert change waits for it. A failed concurrent build leaves an INVALID index behind,
+    # which IF NOT EXISTS would keep: it is dropped first.
+    with op.get_context().autocommit_block():
+        for name, definition in _INDEXES.items():
+            invalid = op.get_bind().scalar(
+                sa.text(
+                    "SELECT 1 FROM pg_index WHERE indexrelid = to_regclass(:name)"
+                    " AND NOT indisvalid"
+                ),
+                {"name": name},
+            )
+            if invalid:
+                op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+            op.execute(
+                f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON notifications {definition}"
+            )
 
 
 def downgrade() -> None:
-    op.execute("DROP INDEX notifications_budget")
-    op.execute("DROP INDEX notifications_receiver_due")
+    with op.get_context().autocommit_block():
+        for name in reversed(_INDEXES):
+            op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
