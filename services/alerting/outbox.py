@@ -47,6 +47,11 @@ MAX_DELAY = 60.0
 PER_RECEIVER = 4
 # Rows a lease looks at per unit of a receiver's room: a bound on a pass, whatever the backlog.
 SCAN = 4
+# Rounds of ``PER_RECEIVER`` sends a receiver may hold leased at most, however short the
+# timeout: what one instance takes is bounded, and other instances find the rest.
+MAX_ROUNDS = 5
+# Seconds a record of an outcome may take; it is tried twice (see ``Outbox._deliver``).
+RECORD_TIMEOUT = 5.0
 # How often held notifications are compared with the silences in force, and how many at once.
 RELEASE_EVERY = 1.0
 HELD_PAGE = 1000
@@ -287,11 +292,14 @@ RETURNING n.status
 """)
 
 
-# Queued here but never sent: leasable again at once, under the lease this instance took.
+# Queued here but never sent: leasable again at once (or after ``delay``, when the receiver
+# asked us to wait), under the lease this instance took, the attempts unchanged.
 # ``locked_until`` becomes now(), not NULL: a group that was leased may already have reached
 # its receiver (a send whose record failed), so a new alert must never join it.
 _GIVE_BACK = sa.text("""
-UPDATE notifications SET locked_until = now(), lease_id = NULL
+UPDATE notifications SET locked_until = now(), lease_id = NULL,
+    next_attempt_at = CASE WHEN CAST(:delay AS float8) IS NULL THEN next_attempt_at
+                           ELSE now() + make_interval(secs => CAST(:delay AS float8)) END
 WHERE id = ANY(CAST(:ids AS uuid[])) AND status = 'pending'
   AND lease_id = ANY(CAST(:leases AS uuid[]))
 """)
@@ -307,9 +315,13 @@ class Outbox:
     """One instance's delivery loop: leases, sends per receiver, records each on its own.
 
     What a lease returns waits in its receiver's local queue and is sent ``PER_RECEIVER`` at
-    a time. A receiver never holds more (queued and in flight) than ``capacity()`` units, so
-    everything leased is attempted and recorded within its lease even if every send takes
-    the whole timeout: no lease runs out while its rows wait here.
+    a time. Each unit carries a deadline (its lease's start, plus the lease, less a send's
+    timeout and its records' time): a unit still queued past it is given back, never sent,
+    so no row is sent after its lease ran out, when another instance may have leased it.
+    A receiver holds at most ``capacity()`` units (queued and in flight), so that normally
+    all of them are sent in time. A receiver that answers with Retry-After is sent nothing
+    more, and leased nothing, until that delay is over; its queued units are given back
+    due then.
     """
 
     engine: AsyncEngine
@@ -318,30 +330,52 @@ class Outbox:
     max_age: timedelta = timedelta(hours=24)
     lease_seconds: float = 60.0
     timeout: float = 10.0
+    record_timeout: float = RECORD_TIMEOUT
     in_flight: dict[str, int] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     queues: dict[str, deque[list[Any]]] = field(default_factory=dict)
     freed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Receivers that asked us to wait (Retry-After), with the loop time they may be sent to.
+    paused: dict[str, float] = field(default_factory=dict)
     stopping: bool = False
 
     def capacity(self) -> int:
         """Units (groups or single notifications) one receiver may hold, queued or sending.
 
-        ``PER_RECEIVER`` sends of at most ``timeout`` each fit ``lease_seconds // timeout``
-        times in a lease; one round is kept as a margin for recording the outcomes.
+        ``PER_RECEIVER`` sends of at most ``timeout`` each fit ``window() // timeout`` times
+        before the units' deadline, and no more than ``MAX_ROUNDS`` times.
         """
-        rounds = int(self.lease_seconds // self.timeout) - 1
-        return max(PER_RECEIVER, PER_RECEIVER * rounds)
+        rounds = min(MAX_ROUNDS, int(self.window() // self.timeout))
+        return PER_RECEIVER * max(1, rounds)
+
+    def window(self) -> float:
+        """Seconds after a lease starts in which its units may still be sent: the send (at
+        most ``timeout``) and its two records (``record_timeout`` each) end within it."""
+        return self.lease_seconds - self.timeout - 2 * self.record_timeout
 
     def held(self, receiver: str) -> int:
         return self.in_flight.get(receiver, 0) + len(self.queues.get(receiver, ()))
 
+    def is_paused(self, receiver: str) -> bool:
+        until = self.paused.get(receiver)
+        if until is None:
+            return False
+        if asyncio.get_running_loop().time() < until:
+            return True
+        del self.paused[receiver]
+        return False
+
     def room(self, receiver: str) -> int:
+        if self.is_paused(receiver):
+            return 0
         return max(0, self.capacity() - self.held(receiver))
 
     async def lease(self) -> list[list[Any]]:
         """Lease due notifications (each receiver up to its free room); return them grouped."""
-        busy = {r: self.room(r) for r in set(self.in_flight) | set(self.queues) if self.held(r)}
+        known = set(self.in_flight) | set(self.queues) | set(self.paused)
+        busy = {r: self.room(r) for r in known if self.held(r) or self.is_paused(r)}
+        # Taken before the lease: every unit's deadline is earlier than its lease's end.
+        deadline = asyncio.get_running_loop().time() + self.window()
         async with self.engine.begin() as conn:
             expired = (
                 await conn.execute(
@@ -389,6 +423,7 @@ class Outbox:
                 group_key=row.group_key,
                 alert=alert,
                 lease_id=row.lease_id,
+                deadline=deadline,
             )
             batches.setdefault(row.group_key or row.notification_id, []).append(merged)
         return [sorted(rows, key=lambda r: str(r.notification_id)) for rows in batches.values()]
@@ -401,11 +436,54 @@ class Outbox:
 
     def _pump(self, receiver: str) -> None:
         queue = self.queues.get(receiver)
-        while queue and not self.stopping and self.in_flight.get(receiver, 0) < PER_RECEIVER:
+        if not queue or self.stopping:
+            return
+        loop = asyncio.get_running_loop()
+        if self.is_paused(receiver):
+            # It asked us to wait: what is queued goes back, due when the wait is over.
+            self._give_back(list(queue), self.paused[receiver] - loop.time())
+            queue.clear()
+            return
+        late: list[list[Any]] = []
+        while queue and self.in_flight.get(receiver, 0) < PER_RECEIVER:
+            group = queue.popleft()
+            if loop.time() > group[0].deadline:
+                late.append(group)  # its lease may run out before it is sent and recorded
+                continue
             self.in_flight[receiver] = self.in_flight.get(receiver, 0) + 1
-            task = asyncio.create_task(self._deliver(queue.popleft()))
+            task = asyncio.create_task(self._deliver(group))
             self.tasks.add(task)
             task.add_done_callback(self._done(receiver))
+        if late:
+            log.warning(
+                "%d notifications to %s were not sent within their lease; given back",
+                sum(len(g) for g in late),
+                receiver,
+            )
+            self._give_back(late, None)
+
+    def _give_back(self, groups: list[list[Any]], delay: float | None) -> None:
+        """Give back leased units unsent, in the background (``drain`` waits for it)."""
+        task = asyncio.create_task(self._give_back_now([r for g in groups for r in g], delay))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _give_back_now(self, rows: list[Any], delay: float | None) -> None:
+        if not rows:
+            return
+        try:
+            async with asyncio.timeout(self.record_timeout), self.engine.begin() as conn:
+                await conn.execute(
+                    _GIVE_BACK,
+                    {
+                        "ids": [row.notification_id for row in rows],
+                        "leases": list({row.lease_id for row in rows}),
+                        "delay": delay,
+                    },
+                )
+        except Exception as exc:
+            # Their leases run out and they are sent then, by whichever instance is up.
+            log.warning("giving back queued notifications failed (%s)", type(exc).__name__)
 
     def _done(self, receiver: str) -> Any:
         def done(task: asyncio.Task[None]) -> None:
@@ -432,6 +510,10 @@ class Outbox:
                 MAX_DELAY,
                 max(retry_after or 0, backoff_delay(first.attempts, base=1.0, cap=MAX_DELAY)),
             )
+        if delay is not None and retry_after is not None:
+            # The receiver asked us to wait: nothing more to it until then, from this instance.
+            self.paused[first.receiver] = asyncio.get_running_loop().time() + delay
+            self._pump(first.receiver)
         status = {"delivered": "delivered", "failed": "failed"}.get(outcome, "pending")
         try:
             recorded = await self._record(group, status, error, delay)
@@ -452,6 +534,10 @@ class Outbox:
                     "recording a delivery to %s failed (%s)", first.receiver, type(again).__name__
                 )
                 return
+        if not recorded:
+            # Its lease ran out and the row was leased again: that attempt is the one counted.
+            log.warning("a delivery to %s was not recorded: lease lost", first.receiver)
+            return
         expired = sum(1 for (s,) in recorded if s == "failed") if status == "pending" else 0
         if expired:
             outcome = "failed"
@@ -463,12 +549,12 @@ class Outbox:
             )
         elif outcome == "failed":
             log.error("notification to %s failed for good: %s", first.receiver, error)
-        metrics.NOTIFY_ATTEMPTS.labels(receiver=first.receiver, outcome=outcome).inc(len(group))
+        metrics.NOTIFY_ATTEMPTS.labels(receiver=first.receiver, outcome=outcome).inc(len(recorded))
 
     async def _record(
         self, group: list[Any], status: str, error: str | None, delay: float | None
     ) -> Sequence[Any]:
-        async with self.engine.begin() as conn:
+        async with asyncio.timeout(self.record_timeout), self.engine.begin() as conn:
             return (
                 await conn.execute(
                     _RECORD,
@@ -531,19 +617,7 @@ class Outbox:
         self.stopping = True
         waiting = [row for queue in self.queues.values() for group in queue for row in group]
         self.queues.clear()
-        if waiting:
-            try:
-                async with self.engine.begin() as conn:
-                    await conn.execute(
-                        _GIVE_BACK,
-                        {
-                            "ids": [row.notification_id for row in waiting],
-                            "leases": list({row.lease_id for row in waiting}),
-                        },
-                    )
-            except Exception as exc:
-                # Their leases run out and they are sent then, by whichever instance is up.
-                log.warning("giving back queued notifications failed (%s)", type(exc).__name__)
+        await self._give_back_now(waiting, None)
         if not self.tasks:
             return
         _, pending = await asyncio.wait(set(self.tasks), timeout=grace)
@@ -561,6 +635,7 @@ class _Row:
     group_key: str | None
     alert: Any
     lease_id: uuid.UUID
+    deadline: float  # loop time after which it is given back, not sent
 
 
 async def run(
