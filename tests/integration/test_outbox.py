@@ -381,6 +381,24 @@ class TestLeaseToken:
         finally:
             await engine.dispose()
 
+    async def test_an_attempt_whose_lease_was_lost_is_not_counted(
+        self, database_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        async def timed_out(*_: Any) -> tuple[str, None, str]:
+            return "retry", None, "TimeoutError"
+
+        monkeypatch.setattr(outbox_module, "_attempt", timed_out)
+        async with _one_notification(database_url) as (engine, outbox):
+            ((first,),) = await outbox.lease()
+            async with engine.begin() as conn:
+                await conn.execute(
+                    sa.text("UPDATE notifications SET locked_until = now() - interval '1 s'")
+                )
+            await outbox.lease()  # leased again: that attempt is the one to count
+            before = _attempts("r", "retry")
+            await outbox._deliver([first])
+        assert _attempts("r", "retry") == before
+
 
 class TestAlwaysRecorded:
     async def test_an_error_the_database_refuses_is_recorded_with_a_fixed_text(
@@ -581,6 +599,13 @@ class TestRetryBudget:
                 assert down["last_error"] == "HTTP 503"
         finally:
             await engine.dispose()
+
+
+def _attempts(receiver: str, outcome: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "cxloop_alerting_notification_attempts_total", {"receiver": receiver, "outcome": outcome}
+    )
+    return value or 0.0
 
 
 def _expired(receiver: str) -> float:
