@@ -143,25 +143,3 @@ class TestBackoff:
         assert len(multiprocessing.active_children()) == 1
         supervisor.handle_signals()
         assert supervisor.should_exit.is_set()
-
-
-class TestHealthPings:
-    def test_a_hung_worker_is_found_after_a_signal_cut_a_ping_short(
-        self, supervised: list[Supervisor], caplog: pytest.LogCaptureFixture
-    ) -> None:
-        supervisor = start(supervised, workers=1, healthcheck=1)
-        worker = supervisor.processes[0]
-        pid = worker.pid or 0
-        while worker.parent_conn.poll():  # answers to the pings of the wait for its start
-            worker.parent_conn.recv()
-        # A signal arrives while the worker is slow to answer: the parent stops waiting.
-        os.kill(pid, signal.SIGSTOP)
-        supervisor.signal_queue.append(signal.SIGUSR1)
-        supervisor.keep_subprocess_alive()
-        supervisor.signal_queue.clear()
-        os.kill(pid, signal.SIGCONT)
-        assert worker.parent_conn.poll(10)  # its late answer
-        # Then the worker hangs: the next ping must not read that late answer as its own.
-        os.kill(pid, signal.SIGSTOP)
-        supervisor.keep_subprocess_alive()
-        assert delays(caplog) == [FIRST_RETRY_SECONDS]
