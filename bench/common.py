@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -535,10 +535,20 @@ class LoadClient:
     """A lean keep-alive HTTP/1.1 client for load generation: a load generator written with
     httpx spends more CPU per request than the services it measures on a 2-core machine."""
 
-    def __init__(self, url: str, api_key: str, connections: int) -> None:
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None,
+        connections: int,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """``headers`` default to a JSON body under ``api_key``; a peer (the Strimzi bridge)
+        passes its own content type and no key."""
         parsed = httpx.URL(url)
         self._host, self._port = parsed.host, parsed.port or 80
-        self._auth = f"Bearer {api_key}"
+        if headers is None:
+            headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+        self._headers = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         self._idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
             asyncio.Queue()
         )
@@ -546,14 +556,14 @@ class LoadClient:
         self._opened = 0
 
     async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        """POST a JSON body; return the status and the response body."""
+        """POST ``body``; return the status and the response body."""
         if self._idle.empty() and self._opened < self._connections:
             self._opened += 1
             self._idle.put_nowait(await asyncio.open_connection(self._host, self._port))
         reader, writer = await self._idle.get()
         head = (
-            f"POST {path} HTTP/1.1\r\nHost: {self._host}\r\nAuthorization: {self._auth}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: {self._host}\r\n{self._headers}"
+            f"Content-Length: {len(body)}\r\n\r\n"
         )
         writer.write(head.encode() + body)
         status_line = await reader.readline()

@@ -50,12 +50,8 @@ from shared.events import ResponseSubmitted
 from shared.kafka import encode, make_producer
 from shared.topics import Topic
 
-_WRK_SCRIPT = r"""
-local key = os.getenv("BENCH_KEY")
-local body = '{"event_id":"%s","metric":"nps","score":%d,"channel":"web",'
-  .. '"survey_type":"transactional","touchpoint":"checkout","customer_id":"c%d",'
-  .. '"comment":"配送が遅い","reasons":["wait_time"],"segments":{"location":"tokyo"}}'
-local headers = {["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. key}
+# What every wrk script here shares: a seed per thread and a random UUID per request.
+WRK_PRELUDE = r"""
 setup = function(thread) thread:set("seed", math.random(1, 1000000)) end
 init = function() math.randomseed(os.time() + seed) end
 local function uuid4()
@@ -64,11 +60,24 @@ local function uuid4()
     math.random(0, 0xfff), 0x8000 + math.random(0, 0x3fff),
     math.random(0, 0xffffff), math.random(0, 0xffffff))
 end
+"""
+
+_WRK_SCRIPT = (
+    r"""
+local key = os.getenv("BENCH_KEY")
+local body = '{"event_id":"%s","metric":"nps","score":%d,"channel":"web",'
+  .. '"survey_type":"transactional","touchpoint":"checkout","customer_id":"c%d",'
+  .. '"comment":"配送が遅い","reasons":["wait_time"],"segments":{"location":"tokyo"}}'
+local headers = {["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. key}
+"""
+    + WRK_PRELUDE
+    + r"""
 request = function()
   local b = string.format(body, uuid4(), math.random(0, 10), math.random(1, 100000))
   return wrk.format("POST", "/v1/responses", headers, b)
 end
 """
+)
 
 
 def wrk_available() -> bool:

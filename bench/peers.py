@@ -44,6 +44,7 @@ from common import (
     Cpu,
     CpuMeter,
     GroupProgress,
+    LoadClient,
     Result,
     Servers,
     cache_dir,
@@ -60,7 +61,7 @@ from common import (
     vm_hwm_kib,
     wait_done,
 )
-from ingest import _WRK_SCRIPT, batch_body, wrk_available, wrk_output, wrk_totals
+from ingest import _WRK_SCRIPT, WRK_PRELUDE, batch_body, wrk_available, wrk_output, wrk_totals
 from scorer_throughput import consume_timeout, fill, run_scorer
 from sqlalchemy.engine import make_url
 
@@ -90,26 +91,23 @@ QUIX_DOES = (
 
 # The collector's single-event body from bench/ingest.py, as one record of the bridge's API,
 # keyed by the customer as the collector keys it.
-_BRIDGE_WRK_SCRIPT = r"""
+_BRIDGE_WRK_SCRIPT = (
+    r"""
 local topic = os.getenv("BENCH_TOPIC")
 local body = '{"records":[{"key":"c%d","value":{"event_id":"%s","metric":"nps","score":%d,'
   .. '"channel":"web","survey_type":"transactional","touchpoint":"checkout","customer_id":"c%d",'
   .. '"comment":"配送が遅い","reasons":["wait_time"],"segments":{"location":"tokyo"}}}]}'
 local headers = {["Content-Type"] = "application/vnd.kafka.json.v2+json"}
-setup = function(thread) thread:set("seed", math.random(1, 1000000)) end
-init = function() math.randomseed(os.time() + seed) end
-local function uuid4()
-  return string.format("%06x%02x-%04x-4%03x-%04x-%06x%06x",
-    math.random(0, 0xffffff), math.random(0, 0xff), math.random(0, 0xffff),
-    math.random(0, 0xfff), 0x8000 + math.random(0, 0x3fff),
-    math.random(0, 0xffffff), math.random(0, 0xffffff))
-end
+"""
+    + WRK_PRELUDE
+    + r"""
 request = function()
   local customer = math.random(1, 100000)
   local b = string.format(body, customer, uuid4(), math.random(0, 10), customer)
   return wrk.format("POST", "/topics/" .. topic, headers, b)
 end
 """
+)
 
 
 class PeerUnavailable(Exception):
@@ -166,47 +164,6 @@ def _match(pattern: str, text: str) -> str:
     return found.group(1)
 
 
-class PeerClient:
-    """bench/common.py's LoadClient with headers of the caller's choosing: the bridge wants
-    its own content type and no key. Both sides of a batch measure use this one client."""
-
-    def __init__(self, url: str, headers: dict[str, str], connections: int) -> None:
-        parsed = httpx.URL(url)
-        self._host, self._port = parsed.host, parsed.port or 80
-        self._headers = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        self._idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
-            asyncio.Queue()
-        )
-        self._connections = connections
-        self._opened = 0
-
-    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        """POST ``body``; return the status and the response body."""
-        if self._idle.empty() and self._opened < self._connections:
-            self._opened += 1
-            self._idle.put_nowait(await asyncio.open_connection(self._host, self._port))
-        reader, writer = await self._idle.get()
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: {self._host}\r\n{self._headers}"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        )
-        writer.write(head.encode() + body)
-        status_line = await reader.readline()
-        length = 0
-        while (line := await reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.decode("latin-1").partition(":")
-            if name.lower() == "content-length":
-                length = int(value)
-        payload = await reader.readexactly(length)
-        self._idle.put_nowait((reader, writer))
-        return int(status_line.split()[1]), payload
-
-    async def close(self) -> None:
-        while not self._idle.empty():
-            _, writer = self._idle.get_nowait()
-            writer.close()
-
-
 @dataclass
 class BatchRun:
     rate: float
@@ -216,7 +173,7 @@ class BatchRun:
 
 
 async def batch_load(
-    client: PeerClient,
+    client: LoadClient,
     path: str,
     wrap: Callable[[list[dict[str, object]]], bytes],
     acked_in: Callable[[bytes], int],
@@ -443,7 +400,7 @@ async def _measured_wrk(
 
 
 async def _measured_batches(
-    client: PeerClient,
+    client: LoadClient,
     path: str,
     wrap: Callable[[list[dict[str, object]]], bytes],
     acked_in: Callable[[bytes], int],
@@ -488,7 +445,7 @@ async def bridge_sides(
             single.append(side)
             print(f"  bridge single: {side.rate:,.0f} req/s, p99 {side.p99_ms:.0f} ms", flush=True)
         headers = {"Content-Type": "application/vnd.kafka.json.v2+json"}
-        client = PeerClient(bridge.url, headers, CLIENTS)
+        client = LoadClient(bridge.url, None, CLIENTS, headers)
         bridge_batch = await _measured_batches(
             client, f"/topics/{batch_topic}", _bridge_batch, _bridge_acked, bridge.process,
             batches, seconds, _meter(srv, None, bridge.process),
@@ -527,8 +484,7 @@ async def _collector_batches(srv: Servers, seconds: int) -> Side:
     async with stack(
         srv, services=("collector",), CXLOOP_KAFKA_TOPIC_PREFIX=kafka.topic_prefix
     ) as s:
-        headers = {"Authorization": f"Bearer {s.api_key}", "Content-Type": "application/json"}
-        client = PeerClient(s.urls["collector"], headers, CLIENTS)
+        client = LoadClient(s.urls["collector"], s.api_key, CLIENTS)
         side = await _measured_batches(
             client, "/v1/responses/batch", _collector_batch, _collector_acked,
             s.processes["collector"], kafka, seconds,
