@@ -64,6 +64,14 @@ def scraped_total(text: str) -> float:
     return total
 
 
+async def two_workers(collector: Service) -> tuple[int, list[int]]:
+    """The started collector's parent process and, once both are up, its two workers."""
+    assert collector.process is not None
+    assert collector.process.proc is not None
+    parent = collector.process.proc.pid
+    return parent, await eventually(lambda: _workers(parent), lambda w: len(w) == 2)
+
+
 class TestTwoWorkers:
     async def test_one_port_summed_metrics_and_sigterm_stops_all(
         self, stack_env: dict[str, str], api_key: str
@@ -71,10 +79,7 @@ class TestTwoWorkers:
         collector = Service("collector", stack_env | {"CXLOOP_COLLECTOR_WORKERS": "2"}, api_key)
         await collector.start()
         try:
-            assert collector.process is not None
-            assert collector.process.proc is not None
-            parent = collector.process.proc.pid
-            workers = await eventually(lambda: _workers(parent), lambda w: len(w) == 2)
+            _, workers = await two_workers(collector)
             directory = metrics_dir(workers[0])
             sent = 0
 
@@ -116,10 +121,7 @@ class TestTwoWorkers:
         collector = Service("collector", stack_env | {"CXLOOP_COLLECTOR_WORKERS": "2"}, api_key)
         await collector.start()
         try:
-            assert collector.process is not None
-            assert collector.process.proc is not None
-            parent = collector.process.proc.pid
-            workers = await eventually(lambda: _workers(parent), lambda w: len(w) == 2)
+            parent, workers = await two_workers(collector)
             os.kill(workers[0], signal.SIGKILL)
             replaced = await eventually(
                 lambda: _workers(parent),
