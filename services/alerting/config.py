@@ -179,6 +179,8 @@ class Receiver(BaseModel):
     url: str = Field(default="", pattern=r"^(https?://.+)?$")
     secret_env: str | None = None
     routing_key_env: str | None = None
+    # Requests in flight to this receiver at once, per instance (None: the outbox's default).
+    max_in_flight: int | None = Field(default=None, ge=1, le=64)
 
     @field_validator("url")
     @classmethod

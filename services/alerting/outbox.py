@@ -1,10 +1,11 @@
 """The durable notification outbox: written with the alert change, delivered with retries.
 
 A pass leases due rows in a short transaction (``locked_until``, taken ``FOR UPDATE SKIP
-LOCKED`` so instances share the work), commits, sends, and records each delivery on its
-own. No row lock is held while a receiver is called; a crashed instance's lease runs out
-and another sends again. Each receiver has its own few requests in flight, so one that
-hangs or is down delays nobody else's notifications.
+LOCKED`` so instances share the work), commits, sends, and records each delivery's outcome
+(those that finish while one is being recorded, together in one statement). No row lock is
+held while a receiver is called; a crashed instance's lease runs out and another sends
+again. Each receiver has its own few requests in flight, so one that hangs or is down
+delays nobody else's notifications.
 
 2xx: delivered. A timeout, a connection failure, 429 or 5xx: retried with exponential
 backoff, honouring Retry-After, until the retry budget (a maximum age) is spent; then
@@ -21,11 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import logging
 import re
 import uuid
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -43,15 +45,19 @@ log = logging.getLogger(__name__)
 
 # A receiver back from an outage hears from us within a minute: an alert is for people now.
 MAX_DELAY = 60.0
-# Requests in flight per receiver: a slow one uses its own, never another receiver's.
-PER_RECEIVER = 4
+# Requests in flight per receiver, unless its ``max_in_flight`` says otherwise: a slow one
+# uses its own, never another receiver's. A receiver on the same network answers in a few
+# milliseconds; 16 keep up with a hundred and more alerts a second on a busy 2-core machine.
+PER_RECEIVER = 16
 # Rows a lease looks at per unit of a receiver's room: a bound on a pass, whatever the backlog.
 SCAN = 4
-# Rounds of ``PER_RECEIVER`` sends a receiver may hold leased at most, however short the
+# Rounds of a receiver's requests in flight it may hold leased at most, however short the
 # timeout: what one instance takes is bounded, and other instances find the rest.
 MAX_ROUNDS = 5
 # Seconds a record of an outcome may take; it is tried twice (see ``Outbox._deliver``).
 RECORD_TIMEOUT = 5.0
+# Bytes of a receiver's answer read (and dropped) so that its connection can be reused.
+ANSWER_READ = 64 * 1024
 # How often held notifications are compared with the silences in force, and how many at once.
 RELEASE_EVERY = 1.0
 HELD_PAGE = 1000
@@ -88,56 +94,102 @@ async def enqueue(
     that joins the group meanwhile is delivered in the same request. ``silences_`` are the
     silences in force, when the caller already read them for a whole batch.
     """
-    if receivers_ is not None:
-        routes: list[tuple[str, str | None, float]] = [(r, None, 0.0) for r in receivers_]
-    else:
-        routes = [
-            (route.receiver, key, route.group_wait_seconds) for route, key in config.matches(alert)
-        ]
-    if not routes:
-        return 0
-    held = silenced(alert, silences_ if silences_ is not None else await active_silences(conn))
-    if held and action != "trigger":
-        return 0
-    for receiver, group_key, wait in routes:
-        due: Any = sa.func.now()
-        if held:
-            pass  # sent, with its group, when no silence matches it any more
-        elif group_key is not None and action == "trigger":
-            # A group is frozen once leased: a later alert starts the route's next group,
-            # so that every attempt of a group carries the same alerts under the same id.
-            joinable = (
-                await conn.execute(
-                    sa.select(notifications.c.group_key, notifications.c.next_attempt_at)
-                    .where(
-                        notifications.c.group_key.startswith(f"{group_key}#", autoescape=True),
-                        notifications.c.status == "pending",
-                        notifications.c.attempts == 0,
-                        notifications.c.locked_until.is_(None),
-                    )
-                    .order_by(notifications.c.next_attempt_at)
-                    .limit(1)
-                )
-            ).first()
-            if joinable is not None:
-                group_key, due = joinable.group_key, joinable.next_attempt_at
-            else:
-                group_key = f"{group_key}#{uuid.uuid4().hex}"
-                due = sa.func.now() + sa.literal(timedelta(seconds=wait), sa.Interval)
+    return await enqueue_many(conn, config, [alert], action, receivers_, silences_)
+
+
+async def enqueue_many(
+    conn: AsyncConnection,
+    config: AlertingConfig,
+    alerts_: Sequence[dict[str, Any]],
+    action: str,
+    receivers_: list[str] | None = None,
+    silences_: Sequence[dict[str, Any]] | None = None,
+) -> int:
+    """:func:`enqueue` for each of ``alerts_``, in one INSERT; return how many were queued.
+
+    Alerts of the call that a grouping route puts in one group join it as they would one
+    call at a time: the first finds (or starts) the group, the others join the same.
+    """
+    rows: dict[str, list[Any]] = {
+        k: [] for k in ("id", "alert_id", "receiver", "action", "group_key", "due", "wait")
+    }
+    rows["status"] = []
+    groups: dict[str, tuple[str, datetime | None, float]] = {}  # route key -> its group
+    active: Sequence[dict[str, Any]] | None = silences_
+    queued = 0
+    for alert in alerts_:
+        if receivers_ is not None:
+            routes: list[tuple[str, str | None, float]] = [(r, None, 0.0) for r in receivers_]
         else:
-            group_key = None
+            routes = [
+                (route.receiver, key, route.group_wait_seconds)
+                for route, key in config.matches(alert)
+            ]
+        if not routes:
+            continue
+        if active is None:
+            active = await active_silences(conn)
+        held = silenced(alert, active)
+        if held and action != "trigger":
+            continue
+        for receiver, route_key, wait in routes:
+            group_key: str | None = None
+            due: datetime | None = None  # None: now() + wait
+            delay = 0.0
+            if not held and route_key is not None and action == "trigger":
+                if route_key not in groups:
+                    groups[route_key] = await _group_for(conn, route_key, wait)
+                group_key, due, delay = groups[route_key]
+            # Held: sent, with its group, when no silence matches it any more.
+            rows["id"].append(uuid.uuid4())
+            rows["alert_id"].append(alert["id"])
+            rows["receiver"].append(receiver)
+            rows["action"].append(action)
+            rows["group_key"].append(group_key)
+            rows["due"].append(due)
+            rows["wait"].append(delay)
+            rows["status"].append("held" if held else "pending")
+        queued += 0 if held else len(routes)
+    if rows["id"]:
+        await conn.execute(_ENQUEUE, rows)
+    return queued
+
+
+async def _group_for(
+    conn: AsyncConnection, route_key: str, wait: float
+) -> tuple[str, datetime | None, float]:
+    """The group a trigger on a grouping route joins: (its key, its due time or None for
+    now() + the returned wait)."""
+    # A group is frozen once leased: a later alert starts the route's next group, so that
+    # every attempt of a group carries the same alerts under the same id.
+    joinable = (
         await conn.execute(
-            notifications.insert().values(
-                id=uuid.uuid4(),
-                alert_id=alert["id"],
-                receiver=receiver,
-                action=action,
-                group_key=group_key,
-                next_attempt_at=due,
-                status="held" if held else "pending",
+            sa.select(notifications.c.group_key, notifications.c.next_attempt_at)
+            .where(
+                notifications.c.group_key.startswith(f"{route_key}#", autoescape=True),
+                notifications.c.status == "pending",
+                notifications.c.attempts == 0,
+                notifications.c.locked_until.is_(None),
             )
+            .order_by(notifications.c.next_attempt_at)
+            .limit(1)
         )
-    return 0 if held else len(routes)
+    ).first()
+    if joinable is not None:
+        return joinable.group_key, joinable.next_attempt_at, 0.0
+    return f"{route_key}#{uuid.uuid4().hex}", None, wait
+
+
+_ENQUEUE = sa.text("""
+INSERT INTO notifications (id, alert_id, receiver, action, group_key, next_attempt_at, status)
+SELECT id, alert_id, receiver, action, group_key,
+       coalesce(due, now() + make_interval(secs => wait)), status
+FROM unnest(
+    CAST(:id AS uuid[]), CAST(:alert_id AS uuid[]), CAST(:receiver AS text[]),
+    CAST(:action AS text[]), CAST(:group_key AS text[]), CAST(:due AS timestamptz[]),
+    CAST(:wait AS float8[]), CAST(:status AS text[])
+) AS d(id, alert_id, receiver, action, group_key, due, wait, status)
+""")
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -160,7 +212,7 @@ async def _attempt(
     """Return (outcome, delay before a retry, error) for one notification or one group.
 
     The request has ``timeout`` seconds in all (httpx's are per phase, so a receiver that
-    drips its answer would outlive the lease); the body of the answer is never read.
+    drips its answer would outlive the lease); the answer's body is read only to be dropped.
     """
     first = rows[0]
     receiver = config.receiver(first.receiver)
@@ -181,7 +233,13 @@ async def _attempt(
                 "POST", request.url, content=request.body, headers=request.headers
             ) as response,
         ):
-            pass
+            # Read (and dropped, never kept or logged) so that the connection is kept for
+            # the next request; a longer answer than a receiver has reason to give closes it.
+            unread = ANSWER_READ
+            async for chunk in response.aiter_raw():
+                unread -= len(chunk)
+                if unread < 0:
+                    break
     except httpx.InvalidURL:
         return "failed", None, "the receiver's url is not a valid URL"
     except Exception as exc:
@@ -209,7 +267,7 @@ WITH RECURSIVE receivers AS (
 ), room AS (
     SELECT * FROM unnest(CAST(:busy AS text[]), CAST(:room AS integer[])) AS x(receiver, room)
 ), wants AS (
-    SELECT r.receiver, coalesce(x.room, CAST(:per_receiver AS integer)) AS room
+    SELECT r.receiver, coalesce(x.room, CAST(:default_room AS integer)) AS room
     FROM receivers AS r LEFT JOIN room AS x USING (receiver)
     WHERE r.receiver IS NOT NULL
 ), units AS (
@@ -267,29 +325,37 @@ WHERE status = 'pending' AND next_attempt_at <= now()
 RETURNING receiver
 """)
 
+# Outcomes are recorded many at a time (see ``Outbox._record``): each row by its own
+# status, error and delay, and only under the lease it was sent under, so that a late
+# answer never overwrites a newer lease.
 _RECORD = sa.text("""
 WITH u AS (
-    SELECT CAST(:status AS text) AS status, CAST(:error AS text) AS error,
-           CAST(:delay AS float8) AS delay, CAST(:budget AS text) AS budget,
-           now() - make_interval(secs => CAST(:max_age AS float8)) AS oldest
+    SELECT * FROM unnest(
+        CAST(:ids AS uuid[]), CAST(:leases AS uuid[]), CAST(:statuses AS text[]),
+        CAST(:errors AS text[]), CAST(:delays AS float8[])
+    ) AS u(id, lease, status, error, delay)
+), limits AS (
+    SELECT now() - make_interval(secs => CAST(:max_age AS float8)) AS oldest,
+           CAST(:budget AS text) AS budget
 )
 UPDATE notifications AS n SET
-    status = CASE WHEN u.status = 'pending' AND n.due_since <= u.oldest THEN 'failed'
+    status = CASE WHEN u.status = 'pending' AND n.due_since <= l.oldest THEN 'failed'
                   ELSE u.status END,
     attempts = n.attempts + 1,
-    last_error = CASE WHEN u.status = 'pending' AND n.due_since <= u.oldest
-                      THEN 'retry budget of ' || u.budget || ' spent; last error: ' || u.error
+    last_error = CASE WHEN u.status = 'pending' AND n.due_since <= l.oldest
+                      THEN 'retry budget of ' || l.budget || ' spent; last error: ' || u.error
                       ELSE u.error END,
     delivered_at = CASE WHEN u.status = 'delivered' THEN now() ELSE n.delivered_at END,
     next_attempt_at = CASE WHEN u.delay IS NULL THEN n.next_attempt_at
                            ELSE now() + make_interval(secs => u.delay) END,
     locked_until = NULL, lease_id = NULL
-FROM u
--- Only under the lease it was sent under: a late answer never overwrites a newer lease.
-WHERE n.id = ANY(CAST(:ids AS uuid[])) AND n.status = 'pending'
-  AND n.lease_id = CAST(:lease AS uuid)
-RETURNING n.status
+FROM u, limits AS l
+WHERE n.id = u.id AND n.status = 'pending' AND n.lease_id = u.lease
+RETURNING n.id, n.status
 """)
+
+# The most outcomes one record statement carries.
+RECORD_BATCH = 500
 
 
 # Queued here but never sent: leasable again at once (or after ``delay``, when the receiver
@@ -312,10 +378,10 @@ def _budget(max_age: timedelta) -> str:
 
 @dataclass
 class Outbox:
-    """One instance's delivery loop: leases, sends per receiver, records each on its own.
+    """One instance's delivery loop: leases, sends per receiver, records the outcomes.
 
-    What a lease returns waits in its receiver's local queue and is sent ``PER_RECEIVER`` at
-    a time. Each unit carries a deadline (its lease's start, plus the lease, less a send's
+    What a lease returns waits in its receiver's local queue and is sent ``in_flight_max()``
+    at a time. Each unit carries a deadline (its lease's start, plus the lease, less a send's
     timeout and its records' time): a unit still queued past it is given back, never sent,
     so no row is sent after its lease ran out, when another instance may have leased it.
     A receiver holds at most ``capacity()`` units (queued and in flight), so that normally
@@ -331,22 +397,36 @@ class Outbox:
     lease_seconds: float = 60.0
     timeout: float = 10.0
     record_timeout: float = RECORD_TIMEOUT
-    in_flight: dict[str, int] = field(default_factory=dict)
+    in_flight: dict[str, int] = field(default_factory=dict)  # units being sent
+    recording: dict[str, int] = field(default_factory=dict)  # sent, outcome not yet recorded
+    sent: set[asyncio.Task[None]] = field(default_factory=set)  # delivery tasks past their send
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     queues: dict[str, deque[list[Any]]] = field(default_factory=dict)
     freed: asyncio.Event = field(default_factory=asyncio.Event)
     # Receivers that asked us to wait (Retry-After), with the loop time they may be sent to.
     paused: dict[str, float] = field(default_factory=dict)
     stopping: bool = False
+    # Outcomes waiting to be recorded, and the task recording them (see ``_record``).
+    outcomes: deque[_Outcome] = field(default_factory=deque)
+    recorder: asyncio.Task[None] | None = None
 
-    def capacity(self) -> int:
+    def in_flight_max(self, receiver: str) -> int:
+        """Requests in flight to ``receiver`` at once: its ``max_in_flight``, else the default."""
+        configured = self.config.receiver(receiver)
+        if configured is not None and configured.max_in_flight is not None:
+            return configured.max_in_flight
+        return PER_RECEIVER
+
+    def capacity(self, receiver: str) -> int:
         """Units (groups or single notifications) one receiver may hold, queued or sending.
 
-        ``PER_RECEIVER`` sends of at most ``timeout`` each fit ``window() // timeout`` times
+        ``in_flight_max`` sends of at most ``timeout`` each fit ``window() // timeout`` times
         before the units' deadline, and no more than ``MAX_ROUNDS`` times.
         """
-        rounds = min(MAX_ROUNDS, int(self.window() // self.timeout))
-        return PER_RECEIVER * max(1, rounds)
+        return self.in_flight_max(receiver) * max(1, self.rounds())
+
+    def rounds(self) -> int:
+        return min(MAX_ROUNDS, int(self.window() // self.timeout))
 
     def window(self) -> float:
         """Seconds after a lease starts in which its units may still be sent: the send (at
@@ -354,7 +434,11 @@ class Outbox:
         return self.lease_seconds - self.timeout - 2 * self.record_timeout
 
     def held(self, receiver: str) -> int:
-        return self.in_flight.get(receiver, 0) + len(self.queues.get(receiver, ()))
+        return (
+            self.in_flight.get(receiver, 0)
+            + self.recording.get(receiver, 0)
+            + len(self.queues.get(receiver, ()))
+        )
 
     def is_paused(self, receiver: str) -> bool:
         until = self.paused.get(receiver)
@@ -368,12 +452,15 @@ class Outbox:
     def room(self, receiver: str) -> int:
         if self.is_paused(receiver):
             return 0
-        return max(0, self.capacity() - self.held(receiver))
+        return max(0, self.capacity(receiver) - self.held(receiver))
 
     async def lease(self) -> list[list[Any]]:
         """Lease due notifications (each receiver up to its free room); return them grouped."""
-        known = set(self.in_flight) | set(self.queues) | set(self.paused)
-        busy = {r: self.room(r) for r in known if self.held(r) or self.is_paused(r)}
+        known = set(self.in_flight) | set(self.recording) | set(self.queues) | set(self.paused)
+        # Every receiver's room: the configured ones even when idle (each has its own
+        # capacity); one no longer configured gets the default's (it fails at once).
+        room = {r.name: self.room(r.name) for r in self.config.receivers}
+        room |= {r: self.room(r) for r in known}
         # Taken before the lease: every unit's deadline is earlier than its lease's end.
         deadline = asyncio.get_running_loop().time() + self.window()
         async with self.engine.begin() as conn:
@@ -395,9 +482,9 @@ class Outbox:
                 await conn.execute(
                     _LEASE,
                     {
-                        "busy": list(busy),
-                        "room": list(busy.values()),
-                        "per_receiver": self.capacity(),
+                        "busy": list(room),
+                        "room": list(room.values()),
+                        "default_room": PER_RECEIVER * max(1, self.rounds()),
                         "scan": SCAN,
                         "lease": self.lease_seconds,
                         "token": uuid.uuid4(),
@@ -445,13 +532,16 @@ class Outbox:
             queue.clear()
             return
         late: list[list[Any]] = []
-        while queue and self.in_flight.get(receiver, 0) < PER_RECEIVER:
+        most = self.in_flight_max(receiver)
+        while queue and self.in_flight.get(receiver, 0) < most:
             group = queue.popleft()
             if loop.time() > group[0].deadline:
                 late.append(group)  # its lease may run out before it is sent and recorded
                 continue
             self.in_flight[receiver] = self.in_flight.get(receiver, 0) + 1
-            task = asyncio.create_task(self._deliver(group))
+            task = asyncio.create_task(
+                self._deliver(group, functools.partial(self._sent, receiver))
+            )
             self.tasks.add(task)
             task.add_done_callback(self._done(receiver))
         if late:
@@ -461,6 +551,15 @@ class Outbox:
                 receiver,
             )
             self._give_back(late, None)
+
+    def _sent(self, receiver: str) -> None:
+        """A unit's send is over: its receiver may be sent the next while it is recorded."""
+        self.in_flight[receiver] -= 1
+        self.recording[receiver] = self.recording.get(receiver, 0) + 1
+        task = asyncio.current_task()
+        if task is not None:
+            self.sent.add(task)
+        self._pump(receiver)
 
     def _give_back(self, groups: list[list[Any]], delay: float | None) -> None:
         """Give back leased units unsent, in the background (``drain`` waits for it)."""
@@ -488,15 +587,20 @@ class Outbox:
     def _done(self, receiver: str) -> Any:
         def done(task: asyncio.Task[None]) -> None:
             self.tasks.discard(task)
-            self.in_flight[receiver] -= 1
+            if task in self.sent:
+                self.sent.discard(task)
+                self.recording[receiver] -= 1
+            else:
+                self.in_flight[receiver] -= 1  # ended before its send did (cancelled)
             self._pump(receiver)
             # Lease again once half the room is free, not per freed slot.
-            if self.held(receiver) <= self.capacity() // 2:
+            if self.held(receiver) <= self.capacity(receiver) // 2:
                 self.freed.set()
 
         return done
 
-    async def _deliver(self, group: list[Any]) -> None:
+    async def _deliver(self, group: list[Any], sent: Callable[[], None] | None = None) -> None:
+        """Send one unit and record its outcome; ``sent`` is called between the two."""
         first = group[0]
         try:
             outcome, retry_after, error = await _attempt(
@@ -513,7 +617,8 @@ class Outbox:
         if delay is not None and retry_after is not None:
             # The receiver asked us to wait: nothing more to it until then, from this instance.
             self.paused[first.receiver] = asyncio.get_running_loop().time() + delay
-            self._pump(first.receiver)
+        if sent is not None:
+            sent()  # pumps its receiver: its next unit, or its queue given back when paused
         status = {"delivered": "delivered", "failed": "failed"}.get(outcome, "pending")
         try:
             recorded = await self._record(group, status, error, delay)
@@ -553,22 +658,72 @@ class Outbox:
 
     async def _record(
         self, group: list[Any], status: str, error: str | None, delay: float | None
-    ) -> Sequence[Any]:
+    ) -> list[tuple[str]]:
+        """Record one unit's outcome; return its rows' new status (none: lease lost).
+
+        Outcomes that arrive while a record is being written wait and are written together,
+        in one statement, so that a busy receiver costs a commit per batch of answers rather
+        than per answer. One whose write fails is written alone, so that it fails alone.
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[tuple[str]]] = loop.create_future()
+        # A waiter that gave up never reads it: mark its error read, not "never retrieved".
+        done.add_done_callback(lambda f: None if f.cancelled() else f.exception())
+        self.outcomes.append(_Outcome(group, status, error, delay, done))
+        if self.recorder is None or self.recorder.done():
+            self.recorder = asyncio.create_task(self._write_outcomes())
+            self.tasks.add(self.recorder)
+            self.recorder.add_done_callback(self.tasks.discard)
+        async with asyncio.timeout(self.record_timeout):
+            return await asyncio.shield(done)
+
+    async def _write_outcomes(self) -> None:
+        while self.outcomes:
+            batch = [self.outcomes.popleft() for _ in range(min(RECORD_BATCH, len(self.outcomes)))]
+            # One whose waiter gave up is not written: the waiter records it again itself.
+            batch = [outcome for outcome in batch if not outcome.done.done()]
+            if not batch:
+                continue
+            try:
+                await self._write(batch)
+            except Exception as exc:
+                if len(batch) == 1:
+                    _settle(batch[0], exc)
+                    continue
+                for outcome in batch:  # one bad outcome must not stop the others
+                    if outcome.done.done():
+                        continue  # its waiter gave up meanwhile
+                    try:
+                        await self._write([outcome])
+                    except Exception as alone:
+                        _settle(outcome, alone)
+
+    async def _write(self, batch: list[_Outcome]) -> None:
+        columns: dict[str, list[Any]] = {
+            k: [] for k in ("ids", "leases", "statuses", "errors", "delays")
+        }
+        for outcome in batch:
+            for row in outcome.group:
+                columns["ids"].append(row.notification_id)
+                columns["leases"].append(row.lease_id)
+                columns["statuses"].append(outcome.status)
+                columns["errors"].append(outcome.error)
+                columns["delays"].append(outcome.delay)
         async with asyncio.timeout(self.record_timeout), self.engine.begin() as conn:
-            return (
+            written = (
                 await conn.execute(
                     _RECORD,
                     {
-                        "ids": [row.notification_id for row in group],
-                        "lease": group[0].lease_id,
-                        "status": status,
-                        "error": error,
-                        "delay": delay,
+                        **columns,
                         "max_age": self.max_age.total_seconds(),
                         "budget": _budget(self.max_age),
                     },
                 )
             ).all()
+        status = {row.id: row.status for row in written}
+        for outcome in batch:
+            ids = [row.notification_id for row in outcome.group]
+            _settle(outcome, [(status[i],) for i in ids if i in status])
 
     async def release_held(self) -> int:
         """Queue held triggers no silence matches any more (drop those of closed alerts).
@@ -624,6 +779,24 @@ class Outbox:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    group: list[Any]
+    status: str
+    error: str | None
+    delay: float | None
+    done: asyncio.Future[list[tuple[str]]]
+
+
+def _settle(outcome: _Outcome, result: list[tuple[str]] | BaseException) -> None:
+    if outcome.done.done():
+        return  # its waiter gave up (timed out or cancelled)
+    if isinstance(result, BaseException):
+        outcome.done.set_exception(result)
+    else:
+        outcome.done.set_result(result)
 
 
 @dataclass(frozen=True)

@@ -115,11 +115,13 @@ async def open_or_fold(
         entries["note"].append(f"event {event.event_id}")
     await conn.execute(_HISTORY, entries)
     if config is not None:
-        active = await outbox.active_silences(conn)
-        for row in opened.values():
-            if row.inserted:
-                alert = {c.name: row._mapping[c.name] for c in alerts.columns}
-                await outbox.enqueue(conn, config, alert, "trigger", silences_=active)
+        new = [
+            {c.name: row._mapping[c.name] for c in alerts.columns}
+            for row in opened.values()
+            if row.inserted
+        ]
+        if new:
+            await outbox.enqueue_many(conn, config, new, "trigger")
     return outcomes
 
 

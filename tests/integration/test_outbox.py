@@ -1,9 +1,9 @@
 """The outbox never loops, never blocks and never forgets.
 
-Each delivery is recorded on its own, so one notification that cannot be built never
-makes another resend; no row lock is held while a receiver is called; one receiver that
-hangs delays no other; retries stop after the retry budget; alerts opened under a silence
-are announced when it ends.
+Each delivery's outcome is recorded (with others, but one the database refuses alone), so
+one notification that cannot be built never makes another resend; no row lock is held
+while a receiver is called; one receiver that hangs delays no other; retries stop after
+the retry budget; alerts opened under a silence are announced when it ends.
 """
 
 from __future__ import annotations
@@ -907,18 +907,18 @@ class TestGiveBack:
 
 @asynccontextmanager
 async def _queued(
-    database_url: str, n: int, hook: Any, **outbox: Any
+    database_url: str, n: int, hook: Any, max_in_flight: int | None = None, **outbox: Any
 ) -> AsyncIterator[tuple[Any, Outbox]]:
     """An outbox (not running) over ``n`` due notifications to receiver ``r`` at ``hook``."""
     engine = create_engine(DatabaseSettings(url=database_url))
     app = Starlette(routes=[Route("/r", hook, methods=["POST"])])
     try:
         async with http_server(app, free_port()) as url:
+            receiver: dict[str, Any] = {"name": "r", "type": "webhook", "url": f"{url}/r"}
+            if max_in_flight is not None:
+                receiver["max_in_flight"] = max_in_flight
             config = AlertingConfig.model_validate(
-                {
-                    "receivers": [{"name": "r", "type": "webhook", "url": f"{url}/r"}],
-                    "routes": [{"receiver": "r"}],
-                }
+                {"receivers": [receiver], "routes": [{"receiver": "r"}]}
             )
             async with engine.begin() as conn:
                 alert_id = await conn.scalar(sa.text(NEW_ALERT))
@@ -927,6 +927,87 @@ async def _queued(
                 yield engine, Outbox(engine, http, config, **outbox)
     finally:
         await engine.dispose()
+
+
+class TestRecords:
+    async def test_outcomes_written_together_are_each_recorded_and_a_refused_one_alone(
+        self, database_url: str
+    ) -> None:
+        async def ok(request: Request) -> Response:
+            return JSONResponse({"ok": True})
+
+        async with _queued(database_url, 3, ok) as (engine, outbox):
+            delivered, refused, retried = await outbox.lease()
+            # Recorded at the same moment: written in one statement, until one is refused.
+            results = await asyncio.gather(
+                outbox._record(delivered, "delivered", None, None),
+                outbox._record(refused, "failed", "HTTP 400: \x00", None),
+                outbox._record(retried, "pending", "HTTP 503", 5.0),
+                return_exceptions=True,
+            )
+            assert results[0] == [("delivered",)]
+            assert isinstance(results[1], sa.exc.DBAPIError)
+            assert results[2] == [("pending",)]
+            async with engine.begin() as conn:
+                rows = {
+                    r.id: r
+                    for r in await conn.execute(
+                        sa.text("SELECT id, status, attempts, lease_id FROM notifications")
+                    )
+                }
+        assert rows[delivered[0].notification_id].status == "delivered"
+        assert rows[retried[0].notification_id].attempts == 1
+        # The refused record changed nothing: its lease holds until it is recorded again.
+        left = rows[refused[0].notification_id]
+        assert (left.status, left.attempts, left.lease_id) == ("pending", 0, refused[0].lease_id)
+
+
+class TestConnections:
+    async def test_a_receiver_is_sent_one_alert_after_another_on_one_connection(
+        self, database_url: str
+    ) -> None:
+        peers: list[Any] = []
+
+        async def ok(request: Request) -> Response:
+            peers.append(request.client)
+            return JSONResponse({"ok": True, "detail": "x" * 2000})
+
+        # One request at a time: one lease takes 4 (what 4 rounds of 1 send in flight allow).
+        async with _queued(database_url, 4, ok, max_in_flight=1) as (_, outbox):
+            for group in await outbox.lease():
+                outbox.start(group)
+            await eventually(lambda: _idle(outbox), lambda idle: idle, timeout=30)
+        assert len(peers) == 4
+        assert len(set(peers)) == 1
+
+
+class TestMaxInFlight:
+    async def test_a_receiver_is_sent_no_more_requests_at_once_than_its_max_in_flight(
+        self, database_url: str
+    ) -> None:
+        arrived: Counter[str] = Counter()
+        release = asyncio.Event()
+
+        async def slow(request: Request) -> Response:
+            arrived[request.headers["webhook-id"]] += 1
+            await release.wait()
+            return JSONResponse({"ok": True})
+
+        async with _queued(database_url, 6, slow, max_in_flight=2) as (_, outbox):
+            try:
+                for group in await outbox.lease():
+                    outbox.start(group)
+                await eventually(lambda: _total(arrived), lambda n: n == 2, timeout=30)
+                await stays(lambda: _total(arrived), lambda n: n == 2, seconds=1)
+                release.set()
+                await eventually(lambda: _idle(outbox), lambda idle: idle, timeout=30)
+                assert sorted(arrived.values()) == [1] * 6
+            finally:
+                release.set()
+
+
+async def _total(counts: Counter[str]) -> int:
+    return sum(counts.values())
 
 
 class TestLeaseDeadline:
@@ -944,7 +1025,7 @@ class TestLeaseDeadline:
 
         monkeypatch.setattr(outbox_module, "PER_RECEIVER", 1)
         # A unit may be sent up to 1 s after its lease began; the first send alone takes 1 s.
-        options = {"lease_seconds": 4.0, "timeout": 1.0, "record_timeout": 1.0}
+        options: dict[str, Any] = {"lease_seconds": 4.0, "timeout": 1.0, "record_timeout": 1.0}
         async with _queued(database_url, 2, slow, **options) as (engine, outbox):
             try:
                 # Two passes, each leasing one, before either is sent: the second waits.
