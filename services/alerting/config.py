@@ -47,6 +47,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -179,8 +180,8 @@ class Receiver(BaseModel):
     url: str = Field(default="", pattern=r"^(https?://.+)?$")
     secret_env: str | None = None
     routing_key_env: str | None = None
-    # Requests in flight to this receiver at once, per instance (None: the outbox's default).
-    max_in_flight: int | None = Field(default=None, ge=1, le=64)
+    # Requests in flight to this receiver at once, per instance (None: its type's default).
+    max_in_flight: StrictInt | None = Field(default=None, ge=1, le=64)
 
     @field_validator("url")
     @classmethod

@@ -4,8 +4,8 @@ A pass leases due rows in a short transaction (``locked_until``, taken ``FOR UPD
 LOCKED`` so instances share the work), commits, sends, and records each delivery's outcome
 (those that finish while one is being recorded, together in one statement). No row lock is
 held while a receiver is called; a crashed instance's lease runs out and another sends
-again. Each receiver has its own few requests in flight, so one that hangs or is down
-delays nobody else's notifications.
+again. Each receiver has its own requests in flight (``max_in_flight``) and connections,
+so one that hangs or is down delays nobody else's notifications.
 
 2xx: delivered. A timeout, a connection failure, 429 or 5xx: retried with exponential
 backoff, honouring Retry-After, until the retry budget (a maximum age) is spent; then
@@ -21,6 +21,7 @@ is sent if its alert is still open, and dropped otherwise (as Alertmanager does)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import functools
 import logging
@@ -39,6 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from services.alerting import metrics, receivers
 from services.alerting.config import AlertingConfig, label
 from services.alerting.models import alerts, notifications, silences
+from shared.db import refused_data
 from shared.kafka import backoff_delay
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,12 @@ MAX_DELAY = 60.0
 # uses its own, never another receiver's. A receiver on the same network answers in a few
 # milliseconds; 16 keep up with a hundred and more alerts a second on a busy 2-core machine.
 PER_RECEIVER = 16
+# Where a receiver does not set ``max_in_flight``: chat and paging services limit how fast
+# they are posted to (Slack about one message a second per webhook), so fewer at once.
+FEWER_IN_FLIGHT = {"slack": 4, "pagerduty": 4}
+# Seconds an idle connection to a receiver is kept: less than servers' own keep-alive
+# (gunicorn 2 s, Node and uvicorn 5 s), so that we do not reuse one they are closing.
+KEEPALIVE = 1.0
 # Rows a lease looks at per unit of a receiver's room: a bound on a pass, whatever the backlog.
 SCAN = 4
 # Rounds of a receiver's requests in flight it may hold leased at most, however short the
@@ -56,8 +64,10 @@ SCAN = 4
 MAX_ROUNDS = 5
 # Seconds a record of an outcome may take; it is tried twice (see ``Outbox._deliver``).
 RECORD_TIMEOUT = 5.0
-# Bytes of a receiver's answer read (and dropped) so that its connection can be reused.
+# Bytes of a receiver's answer read (and dropped) so that its connection can be reused, and
+# the seconds it may take: a longer or slower answer closes the connection instead.
 ANSWER_READ = 64 * 1024
+ANSWER_WAIT = 1.0
 # How often held notifications are compared with the silences in force, and how many at once.
 RELEASE_EVERY = 1.0
 HELD_PAGE = 1000
@@ -226,31 +236,48 @@ async def _attempt(
     except Exception as exc:
         # A bad secret or link template: this notification can never be sent as it is.
         return "failed", None, f"cannot build the request: {type(exc).__name__}: {exc}"[:500]
+    loop = asyncio.get_running_loop()
+    ends = loop.time() + timeout
+    status: int | None = None
+    retry_after: float | None = None
     try:
-        async with (
-            asyncio.timeout(timeout),
-            client.stream(
-                "POST", request.url, content=request.body, headers=request.headers
-            ) as response,
-        ):
-            # Read (and dropped, never kept or logged) so that the connection is kept for
-            # the next request; a longer answer than a receiver has reason to give closes it.
-            unread = ANSWER_READ
-            async for chunk in response.aiter_raw():
-                unread -= len(chunk)
-                if unread < 0:
-                    break
+        async with contextlib.AsyncExitStack() as stack:
+            async with asyncio.timeout_at(ends):
+                response = await stack.enter_async_context(
+                    client.stream(
+                        "POST", request.url, content=request.body, headers=request.headers
+                    )
+                )
+            # The outcome is the status: the answer's body is read only so that the
+            # connection can carry the next request (see _drop_answer).
+            status, retry_after = response.status_code, _retry_after(response)
+            await _drop_answer(response, min(ends, loop.time() + ANSWER_WAIT))
     except httpx.InvalidURL:
         return "failed", None, "the receiver's url is not a valid URL"
     except Exception as exc:
-        # Whatever went wrong, it is recorded and retried within the budget, never lost.
-        return "retry", None, type(exc).__name__
+        if status is None:
+            # Whatever went wrong, it is recorded and retried within the budget, never lost.
+            return "retry", None, type(exc).__name__
     # Never the body: receivers echo the payload back, and the error is shown and logged.
-    if response.is_success:
+    if 200 <= status < 300:
         return "delivered", None, None
-    if response.status_code == 429 or response.status_code >= 500:
-        return "retry", _retry_after(response), f"HTTP {response.status_code}"
-    return "failed", None, f"HTTP {response.status_code}: refused by the receiver"
+    if status == 429 or status >= 500:
+        return "retry", retry_after, f"HTTP {status}"
+    return "failed", None, f"HTTP {status}: refused by the receiver"
+
+
+async def _drop_answer(response: httpx.Response, until: float) -> None:
+    """Read the answer's body and drop it (never kept or logged), so that the connection is
+    kept for the next request. One longer than ``ANSWER_READ``, slower than ``until`` or cut
+    off only costs the connection (closed on leaving the stream), never the outcome."""
+    unread = ANSWER_READ
+    # Whatever goes wrong here, the status decided the outcome; only the connection goes.
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout_at(until):
+            async for chunk in response.aiter_raw():
+                unread -= len(chunk)
+                if unread < 0:
+                    return
 
 
 # Per pass, each receiver with room gets its oldest due units (a group whole, or a single
@@ -334,6 +361,11 @@ WITH u AS (
         CAST(:ids AS uuid[]), CAST(:leases AS uuid[]), CAST(:statuses AS text[]),
         CAST(:errors AS text[]), CAST(:delays AS float8[])
     ) AS u(id, lease, status, error, delay)
+), locked AS (
+    -- Rows locked in one order, whatever the batch's: two writers never wait on each other
+    -- in a cycle.
+    SELECT n.id FROM notifications AS n WHERE n.id IN (SELECT id FROM u)
+    ORDER BY n.id FOR UPDATE
 ), limits AS (
     SELECT now() - make_interval(secs => CAST(:max_age AS float8)) AS oldest,
            CAST(:budget AS text) AS budget
@@ -350,8 +382,9 @@ UPDATE notifications AS n SET
                            ELSE now() + make_interval(secs => u.delay) END,
     locked_until = NULL, lease_id = NULL
 FROM u, limits AS l
-WHERE n.id = u.id AND n.status = 'pending' AND n.lease_id = u.lease
-RETURNING n.id, n.status
+WHERE n.id = u.id AND n.id IN (SELECT id FROM locked) AND n.status = 'pending'
+  AND n.lease_id = u.lease
+RETURNING n.id, u.lease, n.status
 """)
 
 # The most outcomes one record statement carries.
@@ -374,6 +407,27 @@ WHERE id = ANY(CAST(:ids AS uuid[])) AND status = 'pending'
 def _budget(max_age: timedelta) -> str:
     hours = max_age.total_seconds() / 3600
     return f"{hours:g} h"
+
+
+def in_flight_max(config: AlertingConfig, receiver: str) -> int:
+    """Requests in flight to ``receiver`` at once, per instance: its ``max_in_flight``, else
+    its type's default."""
+    configured = config.receiver(receiver)
+    if configured is None:
+        return PER_RECEIVER
+    if configured.max_in_flight is not None:
+        return configured.max_in_flight
+    return FEWER_IN_FLIGHT.get(configured.type, PER_RECEIVER)
+
+
+def client_limits(config: AlertingConfig) -> httpx.Limits:
+    """A connection for every request every receiver may have in flight at once, so that
+    receivers that hang never leave another waiting for a connection (httpx's default is
+    100 in all)."""
+    total = max(1, sum(in_flight_max(config, r.name) for r in config.receivers))
+    return httpx.Limits(
+        max_connections=total, max_keepalive_connections=total, keepalive_expiry=KEEPALIVE
+    )
 
 
 @dataclass
@@ -411,11 +465,7 @@ class Outbox:
     recorder: asyncio.Task[None] | None = None
 
     def in_flight_max(self, receiver: str) -> int:
-        """Requests in flight to ``receiver`` at once: its ``max_in_flight``, else the default."""
-        configured = self.config.receiver(receiver)
-        if configured is not None and configured.max_in_flight is not None:
-            return configured.max_in_flight
-        return PER_RECEIVER
+        return in_flight_max(self.config, receiver)
 
     def capacity(self, receiver: str) -> int:
         """Units (groups or single notifications) one receiver may hold, queued or sending.
@@ -587,6 +637,12 @@ class Outbox:
     def _done(self, receiver: str) -> Any:
         def done(task: asyncio.Task[None]) -> None:
             self.tasks.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.error(
+                    "a delivery to %s failed unexpectedly (%s)",
+                    receiver,
+                    type(task.exception()).__name__,
+                )
             if task in self.sent:
                 self.sent.discard(task)
                 self.recording[receiver] -= 1
@@ -663,7 +719,11 @@ class Outbox:
 
         Outcomes that arrive while a record is being written wait and are written together,
         in one statement, so that a busy receiver costs a commit per batch of answers rather
-        than per answer. One whose write fails is written alone, so that it fails alone.
+        than per answer. When the database refuses a batch's data (a value it cannot
+        store), each of its outcomes is written alone, so that the bad one fails alone; any
+        other failure (the database down, slow or deadlocked) fails the whole batch at once.
+        Waiting and writing take ``record_timeout`` at most; an outcome whose waiter gave up
+        is not written (the caller records it again).
         """
         loop = asyncio.get_running_loop()
         done: asyncio.Future[list[tuple[str]]] = loop.create_future()
@@ -674,23 +734,26 @@ class Outbox:
             self.recorder = asyncio.create_task(self._write_outcomes())
             self.tasks.add(self.recorder)
             self.recorder.add_done_callback(self.tasks.discard)
-        async with asyncio.timeout(self.record_timeout):
-            return await asyncio.shield(done)
+        try:
+            async with asyncio.timeout(self.record_timeout):
+                return await asyncio.shield(done)
+        finally:
+            done.cancel()  # no-op once settled; otherwise it is not written (see above)
 
     async def _write_outcomes(self) -> None:
         while self.outcomes:
             batch = [self.outcomes.popleft() for _ in range(min(RECORD_BATCH, len(self.outcomes)))]
-            # One whose waiter gave up is not written: the waiter records it again itself.
             batch = [outcome for outcome in batch if not outcome.done.done()]
             if not batch:
                 continue
             try:
                 await self._write(batch)
             except Exception as exc:
-                if len(batch) == 1:
-                    _settle(batch[0], exc)
+                if len(batch) == 1 or refused_data(exc) is None:
+                    for outcome in batch:
+                        _settle(outcome, exc)
                     continue
-                for outcome in batch:  # one bad outcome must not stop the others
+                for outcome in batch:  # one bad value must not stop the others
                     if outcome.done.done():
                         continue  # its waiter gave up meanwhile
                     try:
@@ -720,10 +783,11 @@ class Outbox:
                     },
                 )
             ).all()
-        status = {row.id: row.status for row in written}
+        # Keyed by the lease too: an outcome under a lease since lost gets nothing.
+        status = {(row.id, row.lease): row.status for row in written}
         for outcome in batch:
-            ids = [row.notification_id for row in outcome.group]
-            _settle(outcome, [(status[i],) for i in ids if i in status])
+            keys = [(row.notification_id, row.lease_id) for row in outcome.group]
+            _settle(outcome, [(status[k],) for k in keys if k in status])
 
     async def release_held(self) -> int:
         """Queue held triggers no silence matches any more (drop those of closed alerts).
@@ -773,9 +837,13 @@ class Outbox:
         waiting = [row for queue in self.queues.values() for group in queue for row in group]
         self.queues.clear()
         await self._give_back_now(waiting, None)
-        if not self.tasks:
-            return
-        _, pending = await asyncio.wait(set(self.tasks), timeout=grace)
+        # Until every send and every record is over (a send finishing meanwhile starts a
+        # recorder), or the grace is.
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + grace
+        while self.tasks and loop.time() < ends:
+            await asyncio.wait(set(self.tasks), timeout=ends - loop.time())
+        pending = set(self.tasks)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
@@ -827,7 +895,7 @@ async def run(
     """
     queued = queued or asyncio.Event()
     loop = asyncio.get_running_loop()
-    async with httpx.AsyncClient(timeout=timeout) as client:
+    async with httpx.AsyncClient(timeout=timeout, limits=client_limits(config)) as client:
         outbox = Outbox(
             engine,
             client,

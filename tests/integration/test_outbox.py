@@ -22,7 +22,7 @@ from prometheus_client import REGISTRY
 from standardwebhooks import Webhook
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from services.alerting import outbox as outbox_module
@@ -961,6 +961,49 @@ class TestRecords:
         left = rows[refused[0].notification_id]
         assert (left.status, left.attempts, left.lease_id) == ("pending", 0, refused[0].lease_id)
 
+    async def test_outcomes_arriving_together_are_written_in_one_statement(
+        self, database_url: str
+    ) -> None:
+        async def ok(request: Request) -> Response:
+            return JSONResponse({"ok": True})
+
+        async with _queued(database_url, 3, ok) as (engine, outbox):
+            statements: list[str] = []
+            sa.event.listen(
+                engine.sync_engine,
+                "before_cursor_execute",
+                lambda _c, _cur, statement, *_: statements.append(statement),
+            )
+            groups = await outbox.lease()
+            results = await asyncio.gather(
+                *(outbox._record(g, "delivered", None, None) for g in groups)
+            )
+        assert results == [[("delivered",)]] * 3
+        assert sum("u.lease" in s for s in statements) == 1
+
+    async def test_a_database_that_fails_otherwise_fails_the_batch_at_once(
+        self, database_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        writes: list[int] = []
+
+        async def down(self: Outbox, batch: list[Any]) -> None:
+            writes.append(len(batch))
+            raise ConnectionRefusedError("database down")
+
+        async def ok(request: Request) -> Response:
+            return JSONResponse({"ok": True})
+
+        monkeypatch.setattr(Outbox, "_write", down)
+        async with _queued(database_url, 3, ok) as (_, outbox):
+            groups = await outbox.lease()
+            results = await asyncio.gather(
+                *(outbox._record(g, "delivered", None, None) for g in groups),
+                return_exceptions=True,
+            )
+        # Not tried again one by one (each waiting its own timeout) while it is down.
+        assert writes == [3]
+        assert all(isinstance(r, ConnectionRefusedError) for r in results)
+
 
 class TestConnections:
     async def test_a_receiver_is_sent_one_alert_after_another_on_one_connection(
@@ -982,7 +1025,7 @@ class TestConnections:
 
 
 class TestMaxInFlight:
-    async def test_a_receiver_is_sent_no_more_requests_at_once_than_its_max_in_flight(
+    async def test_a_receiver_is_leased_and_sent_no_more_at_once_than_its_max_in_flight(
         self, database_url: str
     ) -> None:
         arrived: Counter[str] = Counter()
@@ -993,17 +1036,146 @@ class TestMaxInFlight:
             await release.wait()
             return JSONResponse({"ok": True})
 
-        async with _queued(database_url, 6, slow, max_in_flight=2) as (_, outbox):
+        async with _queued(database_url, 20, slow, max_in_flight=2) as (_, outbox):
             try:
-                for group in await outbox.lease():
+                # What 4 rounds of 2 at once can send (the default would lease all 20).
+                leased = await outbox.lease()
+                assert len(leased) == 8
+                for group in leased:
                     outbox.start(group)
                 await eventually(lambda: _total(arrived), lambda n: n == 2, timeout=30)
                 await stays(lambda: _total(arrived), lambda n: n == 2, seconds=1)
                 release.set()
                 await eventually(lambda: _idle(outbox), lambda idle: idle, timeout=30)
-                assert sorted(arrived.values()) == [1] * 6
+                assert sorted(arrived.values()) == [1] * 8
             finally:
                 release.set()
+
+    async def test_the_next_request_leaves_while_the_last_outcome_is_being_recorded(
+        self, database_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        arrived: list[str] = []
+        recording = asyncio.Event()
+        release = asyncio.Event()
+        write = Outbox._write
+
+        async def slow_write(self: Outbox, batch: list[Any]) -> None:
+            recording.set()
+            await release.wait()
+            await write(self, batch)
+
+        async def ok(request: Request) -> Response:
+            arrived.append(request.headers["webhook-id"])
+            return JSONResponse({"ok": True})
+
+        monkeypatch.setattr(Outbox, "_write", slow_write)
+        async with _queued(database_url, 2, ok, max_in_flight=1) as (_, outbox):
+            try:
+                for group in await outbox.lease():
+                    outbox.start(group)
+                await asyncio.wait_for(recording.wait(), timeout=30)
+                # The first outcome is not written yet; the second request went anyway.
+                await eventually(lambda: _len(arrived), lambda n: n == 2, timeout=30)
+                release.set()
+                await eventually(lambda: _idle(outbox), lambda idle: idle, timeout=30)
+            finally:
+                release.set()
+
+
+async def _len(items: list[str]) -> int:
+    return len(items)
+
+
+class TestReceiverAnswers:
+    async def test_a_2xx_whose_body_never_ends_is_delivered_once(self, database_url: str) -> None:
+        forever = asyncio.Event()
+        calls: list[str] = []
+
+        async def endless(request: Request) -> Response:
+            calls.append(request.headers["webhook-id"])
+
+            async def body() -> AsyncIterator[bytes]:
+                yield b"accepted"
+                await forever.wait()
+
+            return StreamingResponse(body(), status_code=200)
+
+        async with _queued(database_url, 1, endless, timeout=5.0) as (engine, outbox):
+            try:
+                for group in await outbox.lease():
+                    outbox.start(group)
+                await eventually(lambda: _idle(outbox), lambda idle: idle, timeout=30)
+                async with engine.begin() as conn:
+                    row = (
+                        await conn.execute(
+                            sa.text("SELECT status, attempts, last_error FROM notifications")
+                        )
+                    ).one()
+            finally:
+                forever.set()
+        assert tuple(row) == ("delivered", 1, None)
+        assert len(calls) == 1
+
+    async def test_receivers_that_hang_leave_another_its_connections(
+        self, database_url: str
+    ) -> None:
+        release = asyncio.Event()
+        arrived: Counter[str] = Counter()
+
+        async def hook(request: Request) -> Response:
+            name = request.path_params["name"]
+            arrived[name] += 1
+            if name != "good":
+                await release.wait()
+            return JSONResponse({"ok": True})
+
+        app = Starlette(routes=[Route("/{name}", hook, methods=["POST"])])
+        engine = create_engine(DatabaseSettings(url=database_url))
+        stop = asyncio.Event()
+        try:
+            async with http_server(app, free_port()) as url:
+                # 128 requests hang at once: more than httpx's default pool of 100.
+                config = AlertingConfig.model_validate(
+                    {
+                        "receivers": [
+                            {"name": n, "type": "webhook", "url": f"{url}/{n}", **extra}
+                            for n, extra in (
+                                ("hang1", {"max_in_flight": 64}),
+                                ("hang2", {"max_in_flight": 64}),
+                                ("good", {}),
+                            )
+                        ],
+                        "routes": [{"receiver": "good"}],
+                    }
+                )
+                async with engine.begin() as conn:
+                    alert_id = await conn.scalar(sa.text(NEW_ALERT))
+                    for name, n in (("hang1", 64), ("hang2", 64)):
+                        await conn.execute(
+                            sa.text(BACKLOG), {"a": alert_id, "receiver": name, "n": n}
+                        )
+                # Each request may hang for 120 s: no connection frees up during the test.
+                task = asyncio.create_task(outbox_module.run(engine, config, stop, timeout=120))
+                try:
+                    await eventually(
+                        lambda: _count(arrived, "hang1", "hang2"), lambda n: n == 128, timeout=30
+                    )
+                    async with engine.begin() as conn:
+                        await conn.execute(
+                            sa.text(BACKLOG), {"a": alert_id, "receiver": "good", "n": 1}
+                        )
+                    await eventually(lambda: _count(arrived, "good"), lambda n: n == 1, timeout=10)
+                finally:
+                    release.set()
+                    stop.set()
+                    await task
+        finally:
+            release.set()
+            await engine.dispose()
+
+
+async def _count(counts: Counter[str], *names: str) -> int:
+    return sum(counts[name] for name in names)
 
 
 async def _total(counts: Counter[str]) -> int:
@@ -1064,7 +1236,9 @@ class TestLeaseDeadline:
 
 
 async def _idle(outbox: Outbox) -> bool:
-    return not outbox.tasks and not any(outbox.queues.values())
+    # Nothing queued, sending or being recorded: a receiver whose count leaked would stall.
+    counts = [*outbox.in_flight.values(), *outbox.recording.values()]
+    return not outbox.tasks and not any(outbox.queues.values()) and not any(counts)
 
 
 class TestRetryAfter:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from services.alerting.config import load
-from services.alerting.outbox import _retry_after
+from services.alerting.outbox import _retry_after, client_limits, in_flight_max
 from services.cli import main
 from shared.errors import ConfigError
 
@@ -137,3 +137,36 @@ class TestRetryAfter:
         delay = _retry_after(httpx.Response(503, headers={"Retry-After": soon}))
         assert delay is not None
         assert 0 < delay <= 30
+
+
+class TestMaxInFlight:
+    @pytest.mark.parametrize("value", ["true", "'8'", "0", "65", "8.5"])
+    def test_anything_but_a_whole_number_from_1_to_64_is_refused_naming_the_line(
+        self, tmp_path: Path, value: str
+    ) -> None:
+        text = CONFIG.replace("    secret_env:", f"    max_in_flight: {value}\n    secret_env:")
+        with pytest.raises(ConfigError) as exc:
+            load(write(tmp_path, text))
+        assert "alerting.yml:5: receivers.0.max_in_flight" in str(exc.value)
+
+    def test_chat_and_paging_receivers_get_fewer_requests_at_once_unless_set(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("TEST_PD_KEY", "k" * 32)
+        config = load(
+            write(
+                tmp_path,
+                CONFIG.replace(
+                    "routes:\n",
+                    "  - {name: team, type: slack, url: https://hooks.slack.com/services/x}\n"
+                    "  - {name: busy, type: slack, url: https://hooks.slack.com/services/y,"
+                    " max_in_flight: 12}\n"
+                    "  - {name: pager, type: pagerduty, routing_key_env: TEST_PD_KEY}\n"
+                    "routes:\n",
+                ),
+            )
+        )
+        wanted = {"oncall": 16, "team": 4, "busy": 12, "pager": 4}
+        assert {name: in_flight_max(config, name) for name in wanted} == wanted
+        # A connection for each of them at once: a hung receiver never starves another.
+        assert client_limits(config).max_connections == sum(wanted.values())
