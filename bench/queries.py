@@ -267,17 +267,27 @@ async def timed(
     params: dict[str, Any],
     requests: int,
     bare: Callable[[], Awaitable[None]] | None = None,
+    budget: float | None = None,
 ) -> Timed:
     """``requests`` GETs, one at a time, after a warm-up; each paired with ``bare`` (the same
     SQL run bare), if given, so that the two are measured interleaved, in an order drawn at
-    random per pair (whichever runs second finds the buffers the first one warmed)."""
-    for _ in range(10):
+    random per pair (whichever runs second finds the buffers the first one warmed).
+
+    With a ``budget`` (seconds), fewer when that time is spent, but at least ``AT_LEAST``:
+    a row whose every request takes seconds must not hold up the run for an hour. The
+    count taken is ``len(times)``, and the row's note says it."""
+    warm_up = 10 if budget is None else 2
+    for _ in range(warm_up):
         (await client.get(path, params=params)).raise_for_status()
         if bare is not None:
             await bare()
     out = Timed()
     order = random.Random(5)
+    began = time.perf_counter()
     for _ in range(requests):
+        spent = time.perf_counter() - began
+        if budget is not None and len(out.times) >= AT_LEAST and spent > budget:
+            break
         bare_first = bare is not None and order.random() < 0.5
         if bare is not None and bare_first:
             await bare()
@@ -290,6 +300,18 @@ async def timed(
         for name, ms in parse_header(r.headers.get("server-timing", "")).items():
             out.parts.setdefault(name, []).append(ms)
     return out
+
+
+# The time one value or page row may take, and the requests it takes at least, however slow
+# (its p99 then rests on few requests, and its note says so).
+BUDGET = 90.0
+AT_LEAST = 20
+
+
+def _cut(taken: int, requests: int) -> str:
+    if taken >= requests:
+        return ""
+    return f"; cut to {taken} of {requests} requests by the row's {BUDGET:.0f} s budget"
 
 
 def result(
@@ -475,9 +497,10 @@ async def _measure(
                 span = {"from": (now - timedelta(days=45)).isoformat(),
                         "to": (now - timedelta(days=15)).isoformat()}  # fmt: skip
                 for name, (path, params) in VALUE_QUERIES.items():
-                    got = await timed(client, path, params or span, requests)
-                    results.append(result(name, got.p50, got.p99, requests, responses, buckets))
-                    results[-1].note += f"; {orders:,} orders"
+                    got = await timed(client, path, params or span, requests, budget=BUDGET)
+                    taken = len(got.times)
+                    results.append(result(name, got.p50, got.p99, taken, responses, buckets))
+                    results[-1].note += f"; {orders:,} orders" + _cut(taken, requests)
         async with httpx.AsyncClient(base_url=s.urls["scorer"], timeout=30) as browser:
             await sign_in(browser, url, s.api_key)
             for name, (path, params) in PAGES.items():
@@ -486,11 +509,13 @@ async def _measure(
                     first = await browser.get(path)
                     first.raise_for_status()
                     params = {"cursor": first.json()["cursor"]}
-                got = await timed(browser, path, params, requests)
-                results.append(result(name, got.p50, got.p99, requests, responses, buckets))
+                got = await timed(browser, path, params, requests, budget=BUDGET)
+                taken = len(got.times)
+                results.append(result(name, got.p50, got.p99, taken, responses, buckets))
                 print("\n".join(got.table()), flush=True)
                 if got.parts:
                     results[-1].note += f"; {got.summary()}"
+                results[-1].note += _cut(taken, requests)
         consumed = (await applied(url) - before) / (time.monotonic() - since)
         stop.set()
         await sender
