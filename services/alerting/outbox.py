@@ -250,7 +250,8 @@ async def _attempt(
                 )
             # The outcome is the status: the answer's body is read only so that the
             # connection can carry the next request (see _drop_answer).
-            status, retry_after = response.status_code, _retry_after(response)
+            status = response.status_code
+            retry_after = _retry_after(response)
             await _drop_answer(response, min(ends, loop.time() + ANSWER_WAIT))
     except httpx.InvalidURL:
         return "failed", None, "the receiver's url is not a valid URL"
@@ -362,10 +363,11 @@ WITH u AS (
         CAST(:errors AS text[]), CAST(:delays AS float8[])
     ) AS u(id, lease, status, error, delay)
 ), locked AS (
-    -- Rows locked in one order, whatever the batch's: two writers never wait on each other
-    -- in a cycle.
-    SELECT n.id FROM notifications AS n WHERE n.id IN (SELECT id FROM u)
-    ORDER BY n.id FOR UPDATE
+    -- The rows still ours, locked in id order whatever the batch's, so that two records
+    -- never wait on each other in a cycle.
+    SELECT n.id FROM notifications AS n JOIN u ON u.id = n.id AND n.lease_id = u.lease
+    WHERE n.status = 'pending'
+    ORDER BY n.id FOR UPDATE OF n
 ), limits AS (
     SELECT now() - make_interval(secs => CAST(:max_age AS float8)) AS oldest,
            CAST(:budget AS text) AS budget
@@ -722,14 +724,15 @@ class Outbox:
         than per answer. When the database refuses a batch's data (a value it cannot
         store), each of its outcomes is written alone, so that the bad one fails alone; any
         other failure (the database down, slow or deadlocked) fails the whole batch at once.
-        Waiting and writing take ``record_timeout`` at most; an outcome whose waiter gave up
-        is not written (the caller records it again).
+        An outcome waits ``record_timeout`` at most to be taken into a write (then it is not
+        written, and the caller records it again); a write takes ``record_timeout`` at most.
         """
         loop = asyncio.get_running_loop()
         done: asyncio.Future[list[tuple[str]]] = loop.create_future()
         # A waiter that gave up never reads it: mark its error read, not "never retrieved".
         done.add_done_callback(lambda f: None if f.cancelled() else f.exception())
-        self.outcomes.append(_Outcome(group, status, error, delay, done))
+        outcome = _Outcome(group, status, error, delay, done)
+        self.outcomes.append(outcome)
         if self.recorder is None or self.recorder.done():
             self.recorder = asyncio.create_task(self._write_outcomes())
             self.tasks.add(self.recorder)
@@ -737,6 +740,12 @@ class Outbox:
         try:
             async with asyncio.timeout(self.record_timeout):
                 return await asyncio.shield(done)
+        except TimeoutError:
+            if not outcome.taken:
+                raise
+            # Being written: its write has a timeout of its own, and its result is the one
+            # that counts (a second record would find the lease it cleared).
+            return await asyncio.shield(done)
         finally:
             done.cancel()  # no-op once settled; otherwise it is not written (see above)
 
@@ -746,6 +755,8 @@ class Outbox:
             batch = [outcome for outcome in batch if not outcome.done.done()]
             if not batch:
                 continue
+            for outcome in batch:
+                outcome.taken = True
             try:
                 await self._write(batch)
             except Exception as exc:
@@ -849,13 +860,14 @@ class Outbox:
         await asyncio.gather(*pending, return_exceptions=True)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Outcome:
     group: list[Any]
     status: str
     error: str | None
     delay: float | None
     done: asyncio.Future[list[tuple[str]]]
+    taken: bool = False  # in a write: its waiter waits for that write's result
 
 
 def _settle(outcome: _Outcome, result: list[tuple[str]] | BaseException) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from asyncpg.exceptions import DeadlockDetectedError
 from prometheus_client import REGISTRY
 from standardwebhooks import Webhook
 from starlette.applications import Starlette
@@ -981,14 +982,22 @@ class TestRecords:
         assert results == [[("delivered",)]] * 3
         assert sum("u.lease" in s for s in statements) == 1
 
+    @pytest.mark.parametrize(
+        "failure",
+        [
+            ConnectionRefusedError("database down"),
+            sa.exc.DBAPIError("UPDATE", None, DeadlockDetectedError("deadlock detected")),
+        ],
+        ids=["down", "deadlock"],
+    )
     async def test_a_database_that_fails_otherwise_fails_the_batch_at_once(
-        self, database_url: str, monkeypatch: pytest.MonkeyPatch
+        self, database_url: str, monkeypatch: pytest.MonkeyPatch, failure: Exception
     ) -> None:
         writes: list[int] = []
 
         async def down(self: Outbox, batch: list[Any]) -> None:
             writes.append(len(batch))
-            raise ConnectionRefusedError("database down")
+            raise failure
 
         async def ok(request: Request) -> Response:
             return JSONResponse({"ok": True})
@@ -1002,7 +1011,26 @@ class TestRecords:
             )
         # Not tried again one by one (each waiting its own timeout) while it is down.
         assert writes == [3]
-        assert all(isinstance(r, ConnectionRefusedError) for r in results)
+        assert all(r is failure for r in results)
+
+    async def test_a_waiter_whose_outcome_is_being_written_gets_that_write_s_result(
+        self, database_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        write = Outbox._write
+
+        async def slow_write(self: Outbox, batch: list[Any]) -> None:
+            await asyncio.sleep(1.5)  # longer than the waiter's 1 s; the write's own is fresh
+            await write(self, batch)
+
+        async def ok(request: Request) -> Response:
+            return JSONResponse({"ok": True})
+
+        monkeypatch.setattr(Outbox, "_write", slow_write)
+        async with _queued(database_url, 1, ok, record_timeout=1.0) as (_, outbox):
+            ((first,),) = await outbox.lease()
+            # Not a TimeoutError (then recorded again, finding its lease gone: "lease lost",
+            # and the attempt never counted).
+            assert await outbox._record([first], "delivered", None, None) == [("delivered",)]
 
 
 class TestConnections:
@@ -1069,13 +1097,17 @@ class TestMaxInFlight:
             return JSONResponse({"ok": True})
 
         monkeypatch.setattr(Outbox, "_write", slow_write)
-        async with _queued(database_url, 2, ok, max_in_flight=1) as (_, outbox):
+        # Records may wait far longer than the test: the second request cannot be waiting
+        # for the first delivery to give up on its record.
+        options: dict[str, Any] = {"lease_seconds": 600.0, "record_timeout": 120.0}
+        async with _queued(database_url, 2, ok, max_in_flight=1, **options) as (_, outbox):
             try:
                 for group in await outbox.lease():
                     outbox.start(group)
                 await asyncio.wait_for(recording.wait(), timeout=30)
                 # The first outcome is not written yet; the second request went anyway.
                 await eventually(lambda: _len(arrived), lambda n: n == 2, timeout=30)
+                assert outbox.recording["r"] >= 1
                 release.set()
                 await eventually(lambda: _idle(outbox), lambda idle: idle, timeout=30)
             finally:
@@ -1087,7 +1119,13 @@ async def _len(items: list[str]) -> int:
 
 
 class TestReceiverAnswers:
-    async def test_a_2xx_whose_body_never_ends_is_delivered_once(self, database_url: str) -> None:
+    @pytest.mark.parametrize(
+        ("status", "outcome"),
+        [(200, ("delivered", 1, None)), (400, ("failed", 1, "HTTP 400: refused by the receiver"))],
+    )
+    async def test_an_answer_whose_body_never_ends_is_decided_by_its_status(
+        self, database_url: str, status: int, outcome: tuple[str, int, str | None]
+    ) -> None:
         forever = asyncio.Event()
         calls: list[str] = []
 
@@ -1098,7 +1136,7 @@ class TestReceiverAnswers:
                 yield b"accepted"
                 await forever.wait()
 
-            return StreamingResponse(body(), status_code=200)
+            return StreamingResponse(body(), status_code=status)
 
         async with _queued(database_url, 1, endless, timeout=5.0) as (engine, outbox):
             try:
@@ -1113,7 +1151,7 @@ class TestReceiverAnswers:
                     ).one()
             finally:
                 forever.set()
-        assert tuple(row) == ("delivered", 1, None)
+        assert tuple(row) == outcome
         assert len(calls) == 1
 
     async def test_receivers_that_hang_leave_another_its_connections(
