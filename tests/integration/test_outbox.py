@@ -930,14 +930,15 @@ async def _queued(
         await engine.dispose()
 
 
+async def _ok(request: Request) -> Response:
+    return JSONResponse({"ok": True})
+
+
 class TestRecords:
     async def test_outcomes_written_together_are_each_recorded_and_a_refused_one_alone(
         self, database_url: str
     ) -> None:
-        async def ok(request: Request) -> Response:
-            return JSONResponse({"ok": True})
-
-        async with _queued(database_url, 3, ok) as (engine, outbox):
+        async with _queued(database_url, 3, _ok) as (engine, outbox):
             delivered, refused, retried = await outbox.lease()
             # Recorded at the same moment: written in one statement, until one is refused.
             results = await asyncio.gather(
@@ -965,10 +966,7 @@ class TestRecords:
     async def test_outcomes_arriving_together_are_written_in_one_statement(
         self, database_url: str
     ) -> None:
-        async def ok(request: Request) -> Response:
-            return JSONResponse({"ok": True})
-
-        async with _queued(database_url, 3, ok) as (engine, outbox):
+        async with _queued(database_url, 3, _ok) as (engine, outbox):
             statements: list[str] = []
             sa.event.listen(
                 engine.sync_engine,
@@ -999,11 +997,8 @@ class TestRecords:
             writes.append(len(batch))
             raise failure
 
-        async def ok(request: Request) -> Response:
-            return JSONResponse({"ok": True})
-
         monkeypatch.setattr(Outbox, "_write", down)
-        async with _queued(database_url, 3, ok) as (_, outbox):
+        async with _queued(database_url, 3, _ok) as (_, outbox):
             groups = await outbox.lease()
             results = await asyncio.gather(
                 *(outbox._record(g, "delivered", None, None) for g in groups),
@@ -1022,11 +1017,8 @@ class TestRecords:
             await asyncio.sleep(1.5)  # longer than the waiter's 1 s; the write's own is fresh
             await write(self, batch)
 
-        async def ok(request: Request) -> Response:
-            return JSONResponse({"ok": True})
-
         monkeypatch.setattr(Outbox, "_write", slow_write)
-        async with _queued(database_url, 1, ok, record_timeout=1.0) as (_, outbox):
+        async with _queued(database_url, 1, _ok, record_timeout=1.0) as (_, outbox):
             ((first,),) = await outbox.lease()
             # Not a TimeoutError (then recorded again, finding its lease gone: "lease lost",
             # and the attempt never counted).
@@ -1039,12 +1031,12 @@ class TestConnections:
     ) -> None:
         peers: list[Any] = []
 
-        async def ok(request: Request) -> Response:
+        async def noted(request: Request) -> Response:
             peers.append(request.client)
             return JSONResponse({"ok": True, "detail": "x" * 2000})
 
         # One request at a time: one lease takes 4 (what 4 rounds of 1 send in flight allow).
-        async with _queued(database_url, 4, ok, max_in_flight=1) as (_, outbox):
+        async with _queued(database_url, 4, noted, max_in_flight=1) as (_, outbox):
             for group in await outbox.lease():
                 outbox.start(group)
             await eventually(lambda: _idle(outbox), lambda idle: idle, timeout=30)
@@ -1071,8 +1063,8 @@ class TestMaxInFlight:
                 assert len(leased) == 8
                 for group in leased:
                     outbox.start(group)
-                await eventually(lambda: _total(arrived), lambda n: n == 2, timeout=30)
-                await stays(lambda: _total(arrived), lambda n: n == 2, seconds=1)
+                await eventually(lambda: total(arrived), lambda n: n == 2, timeout=30)
+                await stays(lambda: total(arrived), lambda n: n == 2, seconds=1)
                 release.set()
                 await eventually(lambda: _idle(outbox), lambda idle: idle, timeout=30)
                 assert sorted(arrived.values()) == [1] * 8
@@ -1092,7 +1084,7 @@ class TestMaxInFlight:
             await release.wait()
             await write(self, batch)
 
-        async def ok(request: Request) -> Response:
+        async def noted(request: Request) -> Response:
             arrived.append(request.headers["webhook-id"])
             return JSONResponse({"ok": True})
 
@@ -1100,7 +1092,7 @@ class TestMaxInFlight:
         # Records may wait far longer than the test: the second request cannot be waiting
         # for the first delivery to give up on its record.
         options: dict[str, Any] = {"lease_seconds": 600.0, "record_timeout": 120.0}
-        async with _queued(database_url, 2, ok, max_in_flight=1, **options) as (_, outbox):
+        async with _queued(database_url, 2, noted, max_in_flight=1, **options) as (_, outbox):
             try:
                 for group in await outbox.lease():
                     outbox.start(group)
@@ -1214,10 +1206,6 @@ class TestReceiverAnswers:
 
 async def _count(counts: Counter[str], *names: str) -> int:
     return sum(counts[name] for name in names)
-
-
-async def _total(counts: Counter[str]) -> int:
-    return sum(counts.values())
 
 
 class TestLeaseDeadline:
