@@ -64,12 +64,34 @@ def scraped_total(text: str) -> float:
     return total
 
 
+def ready_in(directory: Path, worker: int) -> bool:
+    """Whether ``worker`` has finished its start-up: its lifespan then sets its ready gauge,
+    in a metrics file of its own."""
+    path = directory / f"gauge_livemin_{worker}.db"
+    if not path.exists():
+        return False
+    for key, value, _, _ in MmapedDict.read_all_values_from_file(str(path)):  # type: ignore[no-untyped-call]
+        _name, sample, _, _ = json.loads(key)
+        if sample == "cxloop_service_ready" and value == 1:
+            return True
+    return False
+
+
 async def two_workers(collector: Service) -> tuple[int, list[int]]:
-    """The started collector's parent process and, once both are up, its two workers."""
+    """The started collector's parent process and its two workers, once both have finished
+    their start-up (the service answers as soon as one has)."""
     assert collector.process is not None
     assert collector.process.proc is not None
     parent = collector.process.proc.pid
-    return parent, await eventually(lambda: _workers(parent), lambda w: len(w) == 2)
+
+    async def serving() -> list[int]:
+        workers = await _workers(parent)
+        if len(workers) != 2:
+            return []
+        directory = metrics_dir(workers[0])
+        return workers if all(ready_in(directory, w) for w in workers) else []
+
+    return parent, await eventually(serving, lambda w: len(w) == 2, timeout=60)
 
 
 class TestTwoWorkers:
@@ -146,21 +168,20 @@ class TestReplacement:
         collector = Service("collector", stack_env | {"CXLOOP_COLLECTOR_WORKERS": "2"}, api_key)
         await collector.start()
         try:
-            assert collector.process is not None
-            assert collector.process.proc is not None
-            parent = collector.process.proc.pid
-            workers = await eventually(lambda: _workers(parent), lambda w: len(w) == 2)
+            # Both have started: a worker of the first start that fails stops the service.
+            parent, workers = await two_workers(collector)
             # From now on a new worker's start-up fails (as during a database outage).
             original = await _set_key_check(database_url, b"another key's check value")
             os.kill(workers[0], signal.SIGKILL)
-            found = await eventually(
-                lambda: _replacements(collector.log),
-                lambda found: len(found) >= 3,
+            # (A failure shows what the parent said about its workers.)
+            said = await eventually(
+                lambda: _supervisor_lines(collector.log),
+                lambda said: len(_delays(said)) >= 3,
                 timeout=60,
             )
             # The replacements wait longer and longer, and the other worker keeps serving.
-            delays = [float(d) for d in found]
-            assert delays[:3] == [0.5, 1.0, 2.0]
+            assert _delays(said)[:3] == [0.5, 1.0, 2.0]
+            assert collector.process is not None
             assert collector.process.alive
             async with collector.client() as client:
                 r = await client.post(ROUTE, json=response_payload())
@@ -174,6 +195,8 @@ class TestReplacement:
             )
         finally:
             await collector.stop()
+        assert collector.process is not None
+        assert collector.process.proc is not None
         assert collector.process.proc.returncode == 0
 
 
@@ -274,9 +297,14 @@ async def _set_key_check(database_url: str, value: bytes) -> bytes:
     return bytes(before)
 
 
-async def _replacements(log: list[str]) -> list[str]:
+async def _supervisor_lines(log: list[str]) -> list[str]:
+    """What the parent logged about its workers, in order."""
+    return [line for line in log if re.search(r"worker \d+ (exited|failed)", line)]
+
+
+def _delays(lines: list[str]) -> list[float]:
     """The delays the parent announced before replacing a worker, in order."""
-    return re.findall(r"replacing it in ([0-9.]+) s", "\n".join(log))
+    return [float(d) for d in re.findall(r"replacing it in ([0-9.]+) s", "\n".join(lines))]
 
 
 async def _accepted(server_port: int, client_port: int) -> bool:
