@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from services.scorer import queries
 from services.scorer.consumer import BatchHandler
+from shared.db import create_engine
 from shared.kafka import Decoded
 from shared.scoring import bucket_start
+from shared.settings import DatabaseSettings
 from tests.builders import response_event
 
 
@@ -107,3 +111,69 @@ async def test_a_cached_statement_takes_each_request_s_own_values(database_url: 
             assert sum(g.counts.n for g in groups) == expected, (metric, scale, channel)
     finally:
         await engine.dispose()
+
+
+async def test_a_30_day_score_over_10m_answers_starts_no_parallel_workers(
+    database_url: str,
+) -> None:
+    # The hourly and daily rows 10M answers over 100 days leave (256 segment combinations an
+    # hour). Postgres's default parallel_setup_cost planned two workers for this query, and
+    # starting them took longer than reading the rows alone (16-20 ms against 8-9 ms).
+    engine = create_engine(DatabaseSettings(url=database_url))
+    statements: list[tuple[str, Any]] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        statements.append((statement, parameters))
+
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(sa.text(_HOURS), {"hours": 2400})
+            await conn.execute(sa.text(_DAYS))
+        async with engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(sa.text("ANALYZE score_buckets"))
+            await conn.execute(sa.text("ANALYZE score_days"))
+        sa.event.listen(engine.sync_engine, "before_cursor_execute", seen)
+        now = datetime.now(UTC)
+        async with engine.connect() as conn:
+            groups = await queries.score_counts(
+                conn,
+                metric="nps",
+                since=now - timedelta(days=30),
+                until=now,
+                scale=None,
+                filters={},
+                group_by="channel",
+            )
+        sa.event.remove(engine.sync_engine, "before_cursor_execute", seen)
+        assert sorted(g.group for g in groups) == ["call_center", "email", "sms", "web"]
+        ((statement, parameters),) = statements
+        async with engine.connect() as conn:
+            plan = await conn.exec_driver_sql(f"EXPLAIN {statement}", parameters)
+            lines = [row[0] for row in plan]
+        assert not [line for line in lines if "Gather" in line or "Parallel" in line], lines
+    finally:
+        await engine.dispose()
+
+
+_HOURS = """
+INSERT INTO score_buckets (bucket_start, metric, scale, channel, survey_type, touchpoint,
+    location, product, business_unit, n, score_sum, promoters, passives, detractors,
+    satisfied, easy, score_sq_sum)
+SELECT date_trunc('hour', now(), 'UTC') - h * interval '1 hour', 'nps', 10,
+    (ARRAY['web', 'sms', 'call_center', 'email'])[1 + k / 2 % 4],
+    (ARRAY['transactional', 'relationship'])[1 + k % 2],
+    (ARRAY['checkout', 'delivery', 'support_call', 'onboarding'])[1 + k / 8 % 4],
+    'loc' || k / 32 % 8, '', '', 16, 80, 5, 5, 6, 0, 0, 500
+FROM generate_series(0, CAST(:hours AS integer) - 1) AS h, generate_series(0, 255) AS k
+"""
+
+_DAYS = """
+INSERT INTO score_days (bucket_start, metric, scale, channel, survey_type, touchpoint,
+    location, product, business_unit, n, score_sum, promoters, passives, detractors,
+    satisfied, easy, score_sq_sum)
+SELECT date_trunc('day', bucket_start, 'UTC'), metric, scale, channel, survey_type, touchpoint,
+    location, product, business_unit, sum(n), sum(score_sum), sum(promoters), sum(passives),
+    sum(detractors), sum(satisfied), sum(easy), sum(score_sq_sum)
+FROM score_buckets GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
+"""
