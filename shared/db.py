@@ -11,15 +11,16 @@ from uuid import UUID
 
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Table, bindparam, func, select, text
+from sqlalchemy import Connection, Table, bindparam, event, func, select, text
 from sqlalchemy.dialects.postgresql import ARRAY, insert
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
     create_async_engine,
 )
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from shared.errors import PermanentError, SchemaOutdatedError
 from shared.settings import DatabaseSettings
@@ -43,22 +44,40 @@ SESSION_SETTINGS: Final[Mapping[str, str]] = MappingProxyType(
 def create_engine(settings: DatabaseSettings, pool_timeout: float = 30.0) -> AsyncEngine:
     """Return an asyncpg engine that checks connections before use (Postgres may restart).
 
+    The check costs no round trip: a pooled connection the server has closed (a restart,
+    ``pg_terminate_backend``, an idle timeout) was seen closing by the driver, and is
+    replaced at checkout (:func:`_refuse_closed`). SQLAlchemy's ``pool_pre_ping`` would ask
+    the server instead, with three round trips (BEGIN, an empty query, ROLLBACK) before
+    every transaction and every read. A connection that dies without the server closing it
+    (a network cut) fails its first statement, as it would have failed the ping: that
+    error is transient (:func:`is_transient`), and SQLAlchemy then replaces every
+    connection pooled before it.
+
     Its errors never quote the statement's parameters (comments, phone numbers, customer
     ids): an error's text reaches logs. ``pool_timeout`` is the longest wait, in seconds,
     for a pooled connection before ``sqlalchemy.exc.TimeoutError`` (transient, see
     :func:`is_transient`).
     """
-    return create_async_engine(
+    engine = create_async_engine(
         settings.sqlalchemy_url(),
         hide_parameters=True,
         pool_size=settings.pool_size,
         pool_timeout=pool_timeout,
-        pool_pre_ping=True,
         connect_args={
             "timeout": settings.connect_timeout_seconds,
             "server_settings": dict(SESSION_SETTINGS),
         },
     )
+    event.listen(engine.sync_engine, "checkout", _refuse_closed)
+    return engine
+
+
+def _refuse_closed(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
+    """At checkout, refuse a pooled connection its server closed: the pool then discards it
+    and hands out another (a new one when none is left)."""
+    driver = record.driver_connection
+    if driver is None or driver.is_closed():
+        raise DisconnectionError("the server closed this pooled connection")
 
 
 def is_transient(exc: BaseException) -> bool:
