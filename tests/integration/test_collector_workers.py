@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import struct
 import sys
 from pathlib import Path
 
@@ -66,15 +67,16 @@ def scraped_total(text: str) -> float:
 
 def ready_in(directory: Path, worker: int) -> bool:
     """Whether ``worker`` has finished its start-up: its lifespan then sets its ready gauge,
-    in a metrics file of its own."""
+    in a metrics file of its own (not ready while that file is missing or still being made)."""
     path = directory / f"gauge_livemin_{worker}.db"
-    if not path.exists():
+    try:
+        values = MmapedDict.read_all_values_from_file(str(path))  # type: ignore[no-untyped-call]
+        return any(
+            json.loads(key)[1] == "cxloop_service_ready" and value == 1
+            for key, value, _, _ in values
+        )
+    except (OSError, ValueError, struct.error):
         return False
-    for key, value, _, _ in MmapedDict.read_all_values_from_file(str(path)):  # type: ignore[no-untyped-call]
-        _name, sample, _, _ = json.loads(key)
-        if sample == "cxloop_service_ready" and value == 1:
-            return True
-    return False
 
 
 async def two_workers(collector: Service) -> tuple[int, list[int]]:
@@ -84,14 +86,19 @@ async def two_workers(collector: Service) -> tuple[int, list[int]]:
     assert collector.process.proc is not None
     parent = collector.process.proc.pid
 
-    async def serving() -> list[int]:
+    async def ready() -> dict[int, bool]:
         workers = await _workers(parent)
-        if len(workers) != 2:
-            return []
-        directory = metrics_dir(workers[0])
-        return workers if all(ready_in(directory, w) for w in workers) else []
+        try:
+            directory = metrics_dir(workers[0]) if workers else None
+        except (OSError, ValueError):  # that worker exited meanwhile
+            return dict.fromkeys(workers, False)
+        return {w: directory is not None and ready_in(directory, w) for w in workers}
 
-    return parent, await eventually(serving, lambda w: len(w) == 2, timeout=60)
+    # A failure shows each worker's pid and whether it was ready.
+    found = await eventually(
+        ready, lambda found: len(found) == 2 and all(found.values()), timeout=60
+    )
+    return parent, list(found)
 
 
 class TestTwoWorkers:
