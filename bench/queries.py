@@ -58,7 +58,7 @@ from common import (
 from scorer_throughput import answer
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from shared.db import SESSION_SETTINGS, create_engine
+from shared.db import create_engine, session_settings
 from shared.kafka import encode, make_producer
 from shared.settings import DatabaseSettings, KafkaSettings, ScorerSettings
 from shared.timing import parse_header
@@ -387,7 +387,9 @@ async def timed_bare(
 
 async def bare_connection(url: str) -> asyncpg.Connection:
     """A plain asyncpg connection with the session settings the scorer's engine sets."""
-    return await asyncpg.connect(asyncpg_dsn(url), server_settings=dict(SESSION_SETTINGS))
+    return await asyncpg.connect(
+        asyncpg_dsn(url), server_settings=session_settings(DatabaseSettings(url=url))
+    )
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -25,33 +26,45 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from shared.errors import PermanentError, SchemaOutdatedError
 from shared.settings import DatabaseSettings
 
-# Postgres settings of every session cxloop opens (and the benchmarks' bare connections).
+# Postgres settings of the sessions of every engine made by create_engine (the services',
+# the CLI's), and of the benchmarks' bare connections.
 SESSION_SETTINGS: Final[Mapping[str, str]] = MappingProxyType(
     {
         # asyncpg prepares every statement; from its sixth run Postgres may switch to a generic
         # plan that ignores the values: measured 17 -> 37 ms for a 90-day score, whose best plan
         # depends on how many days and hours the range covers.
         "plan_cache_mode": "force_custom_plan",
-        # Starting parallel workers takes milliseconds, which Postgres's default (1000) does not
-        # weigh: a 30-day score over the buckets of 10M answers planned two workers and took
-        # 16-20 ms against 8-9 ms without them, and a live value range over 1M orders 1.39 s
-        # against 1.15 s. At 10000 a plan goes parallel only when it stands to save far more.
-        "parallel_setup_cost": "10000",
     }
 )
 
+# A pooled connection idle longer than this is asked (one ping) before it is used again: a
+# load balancer or NAT may have dropped it without either end knowing (AWS's NLB after
+# 350 s idle, Azure's after 4 minutes). A busy service reuses its connections within
+# milliseconds, so it pays no ping.
+IDLE_PING_SECONDS: Final = 10.0
+_IDLE_SINCE: Final = "cxloop_idle_since"
 
-def create_engine(settings: DatabaseSettings, pool_timeout: float = 30.0) -> AsyncEngine:
+
+def session_settings(settings: DatabaseSettings) -> dict[str, str]:
+    """The Postgres settings every session of ``settings``' engines runs with."""
+    return {**SESSION_SETTINGS, "parallel_setup_cost": str(settings.parallel_setup_cost)}
+
+
+def create_engine(
+    settings: DatabaseSettings,
+    pool_timeout: float = 30.0,
+    idle_ping_seconds: float = IDLE_PING_SECONDS,
+) -> AsyncEngine:
     """Return an asyncpg engine that checks connections before use (Postgres may restart).
 
-    The check costs no round trip: a pooled connection the server has closed (a restart,
-    ``pg_terminate_backend``, an idle timeout) was seen closing by the driver, and is
-    replaced at checkout (:func:`_refuse_closed`). SQLAlchemy's ``pool_pre_ping`` would ask
-    the server instead, with three round trips (BEGIN, an empty query, ROLLBACK) before
-    every transaction and every read. A connection that dies without the server closing it
-    (a network cut) fails its first statement, as it would have failed the ping: that
-    error is transient (:func:`is_transient`), and SQLAlchemy then replaces every
-    connection pooled before it.
+    The check (:func:`_checkout`) costs no round trip for a connection that was in use in
+    the last ``idle_ping_seconds``: one the server closed (a restart,
+    ``pg_terminate_backend``) was seen closing by the driver, and is reconnected. A
+    connection idle for longer is also pinged, since a network drop closes nothing. What
+    SQLAlchemy's ``pool_pre_ping`` does instead costs three round trips (BEGIN, an empty
+    query, ROLLBACK) before every transaction and every read. A connection cut in the
+    middle of its idle window fails its first statement with a transient error
+    (:func:`is_transient`), and SQLAlchemy then replaces every connection pooled before it.
 
     Its errors never quote the statement's parameters (comments, phone numbers, customer
     ids): an error's text reaches logs. ``pool_timeout`` is the longest wait, in seconds,
@@ -65,19 +78,34 @@ def create_engine(settings: DatabaseSettings, pool_timeout: float = 30.0) -> Asy
         pool_timeout=pool_timeout,
         connect_args={
             "timeout": settings.connect_timeout_seconds,
-            "server_settings": dict(SESSION_SETTINGS),
+            "server_settings": session_settings(settings),
         },
     )
-    event.listen(engine.sync_engine, "checkout", _refuse_closed)
+
+    def checkout(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
+        _checkout(dbapi_connection, record, idle_ping_seconds)
+
+    event.listen(engine.sync_engine, "checkin", _checkin)
+    event.listen(engine.sync_engine, "checkout", checkout)
     return engine
 
 
-def _refuse_closed(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
-    """At checkout, refuse a pooled connection its server closed: the pool then discards it
-    and hands out another (a new one when none is left)."""
+def _checkin(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    record.info[_IDLE_SINCE] = time.monotonic()
+
+
+def _checkout(dbapi_connection: Any, record: ConnectionPoolEntry, idle_ping_seconds: float) -> None:
+    """Refuse a pooled connection its server closed, or one idle past ``idle_ping_seconds``
+    that does not answer a ping: SQLAlchemy then reconnects it (twice at most)."""
     driver = record.driver_connection
     if driver is None or driver.is_closed():
         raise DisconnectionError("the server closed this pooled connection")
+    since = record.info.pop(_IDLE_SINCE, None)
+    if since is not None and time.monotonic() - since > idle_ping_seconds:
+        try:
+            dbapi_connection.ping()
+        except Exception as exc:
+            raise DisconnectionError("an idle pooled connection did not answer") from exc
 
 
 def is_transient(exc: BaseException) -> bool:

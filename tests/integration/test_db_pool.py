@@ -1,16 +1,44 @@
 """The engine every service uses hands out live connections after Postgres closed pooled
-ones (a restart, ``pg_terminate_backend``, an idle timeout), without a ping per checkout."""
+ones (a restart, ``pg_terminate_backend``) or a network dropped idle ones, and asks the
+server nothing before reusing a connection that was busy a moment ago."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import pytest
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db import create_engine
 from shared.settings import DatabaseSettings
 from tests.helpers import eventually
+
+
+class Pings:
+    """Counts the pings the engine sends (SQLAlchemy's, through the driver's adapter), and
+    makes them fail while ``failing`` is set, as over a connection a network dropped."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.failing = False
+
+
+@pytest.fixture
+def pings(monkeypatch: pytest.MonkeyPatch) -> Pings:
+    seen = Pings()
+    ping = AsyncAdapt_asyncpg_connection.ping
+
+    def counted(self: AsyncAdapt_asyncpg_connection) -> None:
+        seen.sent += 1
+        if seen.failing:
+            raise OSError("connection reset by peer")
+        ping(self)  # type: ignore[no-untyped-call]
+
+    monkeypatch.setattr(AsyncAdapt_asyncpg_connection, "ping", counted)
+    return seen
 
 
 async def test_pooled_connections_the_server_closed_are_replaced_unseen(
@@ -19,23 +47,29 @@ async def test_pooled_connections_the_server_closed_are_replaced_unseen(
     engine = create_engine(DatabaseSettings(url=database_url))
     other = create_engine(DatabaseSettings(url=database_url))
     try:
+        drivers: list[Any] = []
+
         # Three connections in the pool, each having served.
         async def pid() -> int:
             async with engine.connect() as conn:
                 await asyncio.sleep(0.05)  # held, so that the three are different connections
+                drivers.append((await conn.get_raw_connection()).driver_connection)
                 return int(await conn.scalar(sa.text("SELECT pg_backend_pid()")) or 0)
 
         pooled = set(await asyncio.gather(pid(), pid(), pid()))
         assert len(pooled) == 3
         async with other.connect() as admin:
             killed = await admin.scalar(
-                sa.text("SELECT count(pg_terminate_backend(p)) FROM unnest(CAST(:p AS int[])) p"),
+                sa.text(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(p)) "
+                    "FROM unnest(CAST(:p AS int[])) p"
+                ),
                 {"p": sorted(pooled)},
             )
             assert killed == 3
-        await eventually(lambda: _alive(other, pooled), lambda alive: alive == 0, interval=0.01)
-        await asyncio.sleep(0.05)  # the driver reads each connection's end as it comes
-        # Every request after that is served, each by a new connection.
+        # Once the driver has read each connection's end (what the check looks at)...
+        await eventually(_closed_now(drivers), lambda closed: closed == [True] * 3, interval=0.01)
+        # ... every request is served, each by a new connection.
         for _ in range(4):
             async with engine.begin() as conn:
                 now = await conn.scalar(sa.text("SELECT pg_backend_pid()"))
@@ -45,12 +79,43 @@ async def test_pooled_connections_the_server_closed_are_replaced_unseen(
         await other.dispose()
 
 
-async def _alive(engine: AsyncEngine, pids: set[int]) -> int:
-    """How many of ``pids`` are still server processes (read in a transaction of its own:
-    pg_stat_activity keeps one snapshot per transaction)."""
+async def test_a_connection_in_use_a_moment_ago_is_not_pinged(
+    database_url: str, pings: Pings
+) -> None:
+    engine = create_engine(DatabaseSettings(url=database_url))
+    try:
+        for _ in range(5):
+            async with engine.begin() as conn:
+                await conn.scalar(sa.text("SELECT 1"))
+        assert pings.sent == 0
+    finally:
+        await engine.dispose()
+
+
+async def test_an_idle_connection_that_does_not_answer_is_replaced(
+    database_url: str, pings: Pings
+) -> None:
+    # Idle past the threshold from the start (0 s): every checkout after the first pings.
+    engine = create_engine(DatabaseSettings(url=database_url), idle_ping_seconds=0)
+    try:
+        first = await _pid(engine)
+        assert await _pid(engine) == first  # it answered its ping, and is kept
+        assert pings.sent == 1
+        pings.failing = True  # as if a NAT had dropped it while it waited in the pool
+        replaced = await _pid(engine)
+        assert replaced != first
+        assert pings.sent == 2  # the new connection is not pinged: it has just been made
+    finally:
+        await engine.dispose()
+
+
+async def _pid(engine: AsyncEngine) -> int:
     async with engine.connect() as conn:
-        found = await conn.scalar(
-            sa.text("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(CAST(:p AS int[]))"),
-            {"p": sorted(pids)},
-        )
-    return int(found or 0)
+        return int(await conn.scalar(sa.text("SELECT pg_backend_pid()")) or 0)
+
+
+def _closed_now(drivers: list[Any]) -> Any:
+    async def closed() -> list[bool]:
+        return [bool(d.is_closed()) for d in drivers]
+
+    return closed
