@@ -221,11 +221,23 @@ async def set_language(page: Page, lang: Literal["en", "ja"]) -> None:
 
 
 async def assert_no_page_scroll(page: Page) -> None:
-    """The page itself never scrolls sideways (wide tables scroll inside their panel)."""
+    """The page itself never scrolls sideways (wide tables scroll inside their panel); a
+    failure names the elements that reach past the viewport."""
     widths = await page.evaluate(
         "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
     )
-    assert widths[0] <= widths[1], f"the page scrolls sideways: {widths[0]}px in {widths[1]}px"
+    if widths[0] > widths[1]:
+        wide = await page.evaluate(
+            """(limit) => [...document.querySelectorAll('body *')]
+                .filter(e => e.getBoundingClientRect().right > limit + 0.5)
+                .slice(0, 8)
+                .map(e => e.tagName.toLowerCase() + (e.className ? '.' + e.className : '')
+                     + ' ' + Math.round(e.getBoundingClientRect().right) + 'px')""",
+            widths[1],
+        )
+        raise AssertionError(
+            f"the page scrolls sideways: {widths[0]}px in {widths[1]}px; too wide: {wide}"
+        )
 
 
 # ---- Accessibility ------------------------------------------------------------------------
