@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, Final
 from uuid import UUID
 
@@ -26,17 +25,6 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from shared.errors import PermanentError, SchemaOutdatedError
 from shared.settings import DatabaseSettings
 
-# Postgres settings of the sessions of every engine made by create_engine (the services',
-# the CLI's), and of the benchmarks' bare connections.
-SESSION_SETTINGS: Final[Mapping[str, str]] = MappingProxyType(
-    {
-        # asyncpg prepares every statement; from its sixth run Postgres may switch to a generic
-        # plan that ignores the values: measured 17 -> 37 ms for a 90-day score, whose best plan
-        # depends on how many days and hours the range covers.
-        "plan_cache_mode": "force_custom_plan",
-    }
-)
-
 # A pooled connection idle longer than this is asked (one ping) before it is used again: a
 # load balancer or NAT may have dropped it without either end knowing (AWS's NLB after
 # 350 s idle, Azure's after 4 minutes). A busy service reuses its connections within
@@ -46,8 +34,15 @@ _IDLE_SINCE: Final = "cxloop_idle_since"
 
 
 def session_settings(settings: DatabaseSettings) -> dict[str, str]:
-    """The Postgres settings every session of ``settings``' engines runs with."""
-    return {**SESSION_SETTINGS, "parallel_setup_cost": str(settings.parallel_setup_cost)}
+    """The Postgres settings every session of ``settings``' engines runs with (those of
+    create_engine, the services' and the CLI's, and the benchmarks' bare connections)."""
+    return {
+        # asyncpg prepares every statement; from its sixth run Postgres may switch to a generic
+        # plan that ignores the values: measured 17 -> 37 ms for a 90-day score, whose best plan
+        # depends on how many days and hours the range covers.
+        "plan_cache_mode": "force_custom_plan",
+        "parallel_setup_cost": str(settings.parallel_setup_cost),
+    }
 
 
 def create_engine(

@@ -68,7 +68,9 @@ async def test_pooled_connections_the_server_closed_are_replaced_unseen(
             )
             assert killed == 3
         # Once the driver has read each connection's end (what the check looks at)...
-        await eventually(_closed_now(drivers), lambda closed: closed == [True] * 3, interval=0.01)
+        await eventually(
+            lambda: _closed(drivers), lambda closed: closed == [True] * 3, interval=0.01
+        )
         # ... every request is served, each by a new connection.
         for _ in range(4):
             async with engine.begin() as conn:
@@ -114,8 +116,5 @@ async def _pid(engine: AsyncEngine) -> int:
         return int(await conn.scalar(sa.text("SELECT pg_backend_pid()")) or 0)
 
 
-def _closed_now(drivers: list[Any]) -> Any:
-    async def closed() -> list[bool]:
-        return [bool(d.is_closed()) for d in drivers]
-
-    return closed
+async def _closed(drivers: list[Any]) -> list[bool]:
+    return [bool(d.is_closed()) for d in drivers]
