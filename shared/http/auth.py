@@ -10,6 +10,7 @@ reads each route's requirements from its dependencies, so the two cannot disagre
 from __future__ import annotations
 
 import html
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -24,10 +25,12 @@ from starlette.routing import Match
 
 from shared.apikeys import KeyStore, Principal, Scope
 from shared.db import is_transient
-from shared.http.errors import send_error
+from shared.http.errors import DATABASE_ERRORS, DATABASE_RETRY_AFTER, send_error
 from shared.signatures import single_header
 from shared.web.security import HTML_HEADERS
 from shared.web.sessions import SESSION_SCOPE, Session, check_csrf, same_origin
+
+log = logging.getLogger(__name__)
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
 
@@ -384,6 +387,22 @@ class AuthGateMiddleware:
                     raise AuthError(signed.status, refusal)
         except AuthError as exc:
             await send_error(send, exc.status, exc.detail, headers=exc.headers)
+            return
+        except DATABASE_ERRORS as exc:
+            # The key's lookup missed the database: the key may well be good, so a 503 the
+            # client retries, not a 500 (nor a 401 that would send it to rotate its key).
+            if not is_transient(exc):
+                raise
+            log.warning(
+                "the database was unavailable to look up an API key (%s); answered 503",
+                type(exc).__name__,
+            )
+            await send_error(
+                send,
+                503,
+                "the database is unavailable; retry shortly",
+                headers={"Retry-After": DATABASE_RETRY_AFTER},
+            )
             return
         await self.app(scope, receive, send)
 

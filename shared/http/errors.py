@@ -15,8 +15,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from shared.db import is_transient
 from shared.errors import PermanentError
 from shared.logs import route_template
 
@@ -73,6 +76,9 @@ def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
             if operation.get("security"):
                 responses.setdefault("401", {"description": "Missing or invalid API key"})
                 responses.setdefault("403", {"description": "The key may not use this route"})
+                responses.setdefault(
+                    "503", {"description": "The database is unavailable; retry after Retry-After"}
+                )
             if method in ("post", "put", "patch"):
                 responses.setdefault("413", {"description": "Body larger than the limit"})
                 responses.setdefault("415", {"description": "Body of a media type not taken"})
@@ -190,12 +196,43 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(500, "internal error; see the service log"), status_code=500)
 
 
+# Raised when Postgres is unreachable, a pooled connection was cut, or every pooled
+# connection stays busy: each answered by :func:`database_error`.
+DATABASE_ERRORS: tuple[type[Exception], ...] = (DBAPIError, OSError, PoolTimeoutError)
+# How long a client is asked to wait before it retries a request the database missed.
+DATABASE_RETRY_AFTER = "2"
+
+
+async def database_error(request: Request, exc: Exception) -> Response:
+    """Answer 503 with Retry-After when the database is unavailable (the request may succeed
+    as it is once it is back); any other database error is a 500, as an unexpected one is.
+
+    Logged by the route's template and the error's kind only: a driver's message can quote
+    the values of the statement, a customer's id among them.
+    """
+    if not is_transient(exc):
+        return await _unexpected_error(request, exc)
+    log.warning(
+        "the database was unavailable to %s %s (%s); answered 503",
+        request.method,
+        route_template(request.scope),
+        type(exc).__name__,
+    )
+    return JSONResponse(
+        error_body(503, "the database is unavailable; retry shortly"),
+        status_code=503,
+        headers={"Retry-After": DATABASE_RETRY_AFTER},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Make every error response JSON in cxloop's shape."""
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(FieldErrors, _field_errors)
     app.add_exception_handler(PermanentError, _permanent_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    for kind in DATABASE_ERRORS:
+        app.add_exception_handler(kind, database_error)
     app.add_exception_handler(Exception, _unexpected_error)
 
 

@@ -24,13 +24,14 @@ import jinja2
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared import apikeys
 from shared.apikeys import Scope
 from shared.db import is_transient
 from shared.http.auth import CSRF_REFUSED, public
+from shared.http.errors import DATABASE_ERRORS
+from shared.http.errors import database_error as json_database
 from shared.http.middleware import JSON_ONLY, BodyPolicy
 from shared.web import i18n
 from shared.web.security import HTML_HEADERS, SecurityHeadersMiddleware
@@ -385,7 +386,9 @@ def install(app: FastAPI, pages: Pages) -> None:
     async def database_error(request: Request, exc: Exception) -> Response:
         # Registered for the database's own errors, so it runs inside the app (with the
         # headers) and the error is not re-raised to the server as an unhandled one.
-        if on_page(request) and is_transient(exc):
+        if not on_page(request):
+            return await json_database(request, exc)
+        if is_transient(exc):
             log.warning("a page of %s found the database unavailable", pages.service)
             return pages.error(request, 503, "error.database")
         return await any_error(request, exc)
@@ -397,8 +400,8 @@ def install(app: FastAPI, pages: Pages) -> None:
         return pages.error(request, 500, "error.internal")
 
     app.add_exception_handler(StarletteHTTPException, http_error)
-    for transient in (DBAPIError, OSError):
-        app.add_exception_handler(transient, database_error)
+    for kind in DATABASE_ERRORS:
+        app.add_exception_handler(kind, database_error)
     app.add_exception_handler(Exception, any_error)
     app.add_middleware(_PageBodyRefusals, pages=pages, on_page=on_page)
     app.add_middleware(SecurityHeadersMiddleware)

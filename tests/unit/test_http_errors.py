@@ -1,9 +1,11 @@
-"""Every PermanentError raised under a route is answered 422, naming its field."""
+"""Every PermanentError raised under a route is answered 422, naming its field; a database
+out of reach is a 503 to retry, and any other database error stays a 500."""
 
 from __future__ import annotations
 
 import httpx
 from fastapi import FastAPI
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from shared.errors import PermanentError, PoisonMessageError
 from shared.http import install_error_handlers
@@ -20,6 +22,14 @@ def _app() -> FastAPI:
     @app.post("/without-field")
     async def without_field() -> None:
         raise PoisonMessageError("cannot decode")
+
+    @app.post("/database-gone")
+    async def database_gone() -> None:
+        raise OperationalError("SELECT 'c-secret-42'", {}, ConnectionResetError())
+
+    @app.post("/database-refused")
+    async def database_refused() -> None:
+        raise IntegrityError("INSERT 'c-secret-42'", {}, ValueError("duplicate key"))
 
     return app
 
@@ -43,3 +53,18 @@ class TestPermanentErrorIs422:
         answer = await _post("/without-field")
         assert answer.status_code == 422
         assert "field" not in answer.json()
+
+
+class TestDatabaseErrors:
+    async def test_an_unreachable_database_is_503_with_retry_after(self) -> None:
+        answer = await _post("/database-gone")
+        assert answer.status_code == 503
+        assert answer.headers["retry-after"] == "2"
+        assert answer.json()["error"] == "unavailable"
+        assert "c-secret-42" not in answer.text
+
+    async def test_any_other_database_error_is_500(self) -> None:
+        answer = await _post("/database-refused")
+        assert answer.status_code == 500
+        assert "retry-after" not in answer.headers
+        assert "c-secret-42" not in answer.text

@@ -36,6 +36,17 @@ def test_every_operation_is_described(name: str) -> None:
     assert undocumented == []
 
 
+@pytest.mark.parametrize("name", list(APPS))
+def test_every_keyed_operation_documents_the_database_503(name: str) -> None:
+    missing = [
+        f"{method.upper()} {path}"
+        for path, operations in spec(name)["paths"].items()
+        for method, operation in operations.items()
+        if operation.get("security") and "503" not in operation["responses"]
+    ]
+    assert missing == []
+
+
 def test_collector_request_bodies_carry_examples() -> None:
     schemas = spec("collector")["components"]["schemas"]
     for model in ("ResponseIn", "EventIn", "InvitationIn", "GenericIvrCall"):
