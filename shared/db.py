@@ -103,6 +103,12 @@ def _checkout(dbapi_connection: Any, record: ConnectionPoolEntry, idle_ping_seco
             raise DisconnectionError("an idle pooled connection did not answer") from exc
 
 
+# SQLSTATEs of a server that cannot serve now but will: class 08 (connection exception),
+# 53300 too many connections (pgbouncer's "no more connections allowed" too), 57P01 admin
+# shutdown, 57P02 crash shutdown, 57P03 cannot connect now (starting up or shutting down).
+_UNAVAILABLE_SQLSTATES = frozenset({"53300", "57P01", "57P02", "57P03"})
+
+
 def is_transient(exc: BaseException) -> bool:
     """Return whether ``exc`` means the database is unreachable (or every pooled connection
     is busy) rather than the query wrong."""
@@ -110,7 +116,36 @@ def is_transient(exc: BaseException) -> bool:
         exc, OperationalError | InterfaceError | OSError | ConnectionError | PoolTimeoutError
     ):
         return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    # asyncpg's refusals while connecting (a restart's 57P03, 53300) reach SQLAlchemy's
+    # pool as its emulated base Error, a plain DBAPIError that is not marked invalidated.
+    postgres = postgres_error(exc)
+    code = getattr(postgres, "sqlstate", None)
+    return isinstance(code, str) and (code[:2] == "08" or code in _UNAVAILABLE_SQLSTATES)
+
+
+# The modules whose own OSError (a refused or cut connection, a timeout) is the database's.
+_DATABASE_MODULES = ("sqlalchemy.", "asyncpg.")
+
+
+def raised_by_database(exc: BaseException) -> bool:
+    """Return whether ``exc`` is the database's: a SQLAlchemy error, or an ``OSError`` raised
+    while the driver or the pool was connecting or talking to Postgres (asyncpg lets a
+    refused connection's ``OSError`` through unwrapped). An ``OSError`` of anything else in
+    a request (a file, another socket) is not, though :func:`is_transient` would call it so.
+    """
+    if isinstance(exc, DBAPIError | PoolTimeoutError):
+        return True
+    if not isinstance(exc, OSError):
+        return False
+    tb = exc.__traceback__
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        if isinstance(module, str) and module.startswith(_DATABASE_MODULES):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 # SQLSTATE classes that blame the values of the rows: 21 cardinality violation, 22 data

@@ -486,13 +486,17 @@ class SlaSettings(BaseSettings):
         return table.get(f"{channel}/{priority}", table.get(priority))
 
 
+def _batch_max_records(default: int) -> Any:
+    return Field(
+        default=default, ge=1, le=100_000, description="Most records applied in one transaction."
+    )
+
+
 class ConsumerSettings(HttpSettings):
     """A consuming service: its HTTP API and its consumer group."""
 
     group_id: str = Field(default="", description="Kafka consumer group.")
-    batch_max_records: int = Field(
-        default=2000, ge=1, le=100_000, description="Most records applied in one transaction."
-    )
+    batch_max_records: int = _batch_max_records(2000)
     batch_timeout_ms: int = Field(
         default=200, ge=1, description="Longest wait for a batch to fill."
     )
@@ -516,10 +520,8 @@ class ScorerSettings(ConsumerSettings, PageSettings):
     group_id: str = Field(default="cxloop-scorer", description="Kafka consumer group.")
     # Twice alerting's: on a backlog, 4000 a transaction stored about 10% more answers a
     # second than 2000 for 10% less CPU (fewer commits and bucket merges per answer), at
-    # about 40 MiB more at the peak (bench/notes.md).
-    batch_max_records: int = Field(
-        default=4000, ge=1, le=100_000, description="Most records applied in one transaction."
-    )
+    # about 40 MiB more at the peak (bench/notes.md, "Batch size").
+    batch_max_records: int = _batch_max_records(4000)
     min_n: int = Field(
         default=30, ge=1, description="Below this sample size a score is flagged insufficient."
     )

@@ -26,9 +26,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     415: {"description": "Body of a media type the route does not take"},
     422: {"description": "A field is invalid; every bad field is named"},
     503: {
-        "description": "Nothing was stored: the broker did not acknowledge, or the order "
-        "ledger (Postgres) was unreachable or busy, as the detail says; retry with the same "
-        "event_id (Retry-After)"
+        "description": "Nothing was stored: the broker did not acknowledge, the order "
+        "ledger (Postgres) was unreachable or busy, or Postgres was unreachable to look up "
+        "a source's key, as the detail says; retry with the same event_id (Retry-After)"
     },
 }
 

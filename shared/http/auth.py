@@ -24,7 +24,7 @@ from starlette.responses import HTMLResponse, RedirectResponse
 from starlette.routing import Match
 
 from shared.apikeys import KeyStore, Principal, Scope
-from shared.db import is_transient
+from shared.db import is_transient, raised_by_database
 from shared.http.errors import DATABASE_ERRORS, DATABASE_RETRY_AFTER, send_error
 from shared.signatures import single_header
 from shared.web.security import HTML_HEADERS
@@ -391,7 +391,7 @@ class AuthGateMiddleware:
         except DATABASE_ERRORS as exc:
             # The key's lookup missed the database: the key may well be good, so a 503 the
             # client retries, not a 500 (nor a 401 that would send it to rotate its key).
-            if not is_transient(exc):
+            if not (raised_by_database(exc) and is_transient(exc)):
                 raise
             log.warning(
                 "the database was unavailable to look up an API key (%s); answered 503",

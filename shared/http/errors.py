@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared.db import is_transient
+from shared.db import is_transient, raised_by_database
 from shared.errors import PermanentError
 from shared.logs import route_template
 
@@ -196,8 +196,9 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(500, "internal error; see the service log"), status_code=500)
 
 
-# Raised when Postgres is unreachable, a pooled connection was cut, or every pooled
-# connection stays busy: each answered by :func:`database_error`.
+# What Postgres being unreachable, a pooled connection cut, or every pooled connection busy
+# raise: each handled by :func:`database_error`, which answers 503 only for the database's
+# own (an OSError of a file or another socket stays a 500).
 DATABASE_ERRORS: tuple[type[Exception], ...] = (DBAPIError, OSError, PoolTimeoutError)
 # How long a client is asked to wait before it retries a request the database missed.
 DATABASE_RETRY_AFTER = "2"
@@ -205,12 +206,15 @@ DATABASE_RETRY_AFTER = "2"
 
 async def database_error(request: Request, exc: Exception) -> Response:
     """Answer 503 with Retry-After when the database is unavailable (the request may succeed
-    as it is once it is back); any other database error is a 500, as an unexpected one is.
+    once it is back); any other error is a 500, as an unexpected one is.
+
+    A write cut off at its commit may have been applied: the 503 says the database was out
+    of reach, not that nothing was stored.
 
     Logged by the route's template and the error's kind only: a driver's message can quote
     the values of the statement, a customer's id among them.
     """
-    if not is_transient(exc):
+    if not (raised_by_database(exc) and is_transient(exc)):
         return await _unexpected_error(request, exc)
     log.warning(
         "the database was unavailable to %s %s (%s); answered 503",

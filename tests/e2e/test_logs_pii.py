@@ -287,8 +287,8 @@ async def test_no_planted_personal_data_reaches_any_log_line(
             assert r.status_code == 200, r.text
             produced += 1
 
-        # A database error in a request: the collector answers 500 and logs it (and closes
-        # the connection, so this request has one of its own).
+        # A database error in a request (a refused value, not an outage): the collector
+        # answers 500 and logs it. On a connection of its own, should the server close it.
         async with collector.client() as own:
             r = await own.post("/v1/invitations", json=invitation | {"customer_id": planted.boom})
         assert r.status_code == 500, r.text

@@ -1,7 +1,7 @@
 """The database out of reach under the JSON APIs: a 503 with Retry-After that a client
 retries, never a 500, and nothing of the request in the log.
 
-Both services' apps run against the test Postgres; the outage is a dead engine (nothing
+The services' apps run against the test Postgres; the outage is a dead engine (nothing
 listens on port 1) swapped in for the one a request would use.
 """
 
@@ -17,15 +17,18 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from services.alerting.app import create_app as alerting_app
+from services.collector.app import create_app as collector_app
 from services.scorer.app import create_app as scorer_app
 from shared.apikeys import KeyKind, Scope, create_key
 from shared.settings import (
     AlertingSettings,
     AuthSettings,
+    CollectorSettings,
     DatabaseSettings,
     KafkaSettings,
     ScorerSettings,
 )
+from tests.builders import response_payload
 
 # A JSON route of each service that reads the database, with a customer's id in its path
 # where it has one (the log must not show it), and the scope a stored key needs for it.
@@ -88,14 +91,76 @@ def assert_retry_later(response: httpx.Response) -> None:
     assert "database" in response.json()["detail"]
 
 
-async def stored_key(database_url: str, scope: Scope) -> str:
+async def stored_key(
+    database_url: str, scope: Scope, kind: KeyKind = KeyKind.SECRET, **more: list[str]
+) -> str:
     engine = create_async_engine(database_url)
     try:
         async with engine.begin() as conn:
-            key, _ = await create_key(conn, name="dashboards", kind=KeyKind.SECRET, scopes=[scope])
+            key, _ = await create_key(conn, name="a source", kind=kind, scopes=[scope], **more)
     finally:
         await engine.dispose()
     return key
+
+
+SHOP = "https://shop.example"
+
+
+class TestCollectorKeyLookup:
+    @pytest.fixture
+    def collector(
+        self, kafka_settings: KafkaSettings, database_url: str, auth: AuthSettings
+    ) -> FastAPI:
+        return collector_app(
+            kafka=kafka_settings,
+            database=DatabaseSettings(url=database_url),
+            auth=auth,
+            settings=CollectorSettings(),
+        )
+
+    async def test_a_source_s_key_unseen_while_the_database_is_down_is_503(
+        self, collector: FastAPI, database_url: str
+    ) -> None:
+        key = await stored_key(database_url, Scope.RESPONSES_WRITE)
+        async with client_of(collector, key) as client:
+            keystore = collector.state.keystore
+            real = keystore.engine
+            async with dead_engine(real) as down:
+                keystore.engine = down
+                try:
+                    response = await client.post("/v1/responses", json=response_payload())
+                finally:
+                    keystore.engine = real
+            assert_retry_later(response)
+            assert (await client.post("/v1/responses", json=response_payload())).status_code == 202
+
+    async def test_the_widget_s_503_carries_its_cors_headers(
+        self, collector: FastAPI, database_url: str
+    ) -> None:
+        key = await stored_key(
+            database_url,
+            Scope.RESPONSES_WRITE,
+            KeyKind.PUBLISHABLE,
+            sources=["widget"],
+            origins=[SHOP],
+        )
+        async with client_of(collector, "unused") as client:
+            client.headers.pop("Authorization")
+            keystore = collector.state.keystore
+            real = keystore.engine
+            async with dead_engine(real) as down:
+                keystore.engine = down
+                try:
+                    response = await client.post(
+                        f"/v1/widget/responses?key={key}",
+                        json=response_payload(survey_type="in_the_moment"),
+                        headers={"Origin": SHOP},
+                    )
+                finally:
+                    keystore.engine = real
+            # The page's script may read the answer and its Retry-After.
+            assert_retry_later(response)
+            assert response.headers["access-control-allow-origin"] == SHOP
 
 
 class TestDatabaseUnavailable:

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import httpx
 from fastapi import FastAPI
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from shared.errors import PermanentError, PoisonMessageError
 from shared.http import install_error_handlers
+
+
+class _Refusal(Exception):
+    sqlstate = "57P03"
 
 
 def _app() -> FastAPI:
@@ -26,6 +30,16 @@ def _app() -> FastAPI:
     @app.post("/database-gone")
     async def database_gone() -> None:
         raise OperationalError("SELECT 'c-secret-42'", {}, ConnectionResetError())
+
+    @app.post("/database-starting")
+    async def database_starting() -> None:
+        # What a restart's refusal reaches SQLAlchemy's pool as: asyncpg's error, with its
+        # SQLSTATE, under a plain DBAPIError not marked invalidated.
+        raise DBAPIError("SELECT 1", {}, _Refusal("the database system is starting up"))
+
+    @app.post("/file-missing")
+    async def file_missing() -> None:
+        raise FileNotFoundError("/srv/widget.js")
 
     @app.post("/database-refused")
     async def database_refused() -> None:
@@ -68,3 +82,13 @@ class TestDatabaseErrors:
         assert answer.status_code == 500
         assert "retry-after" not in answer.headers
         assert "c-secret-42" not in answer.text
+
+    async def test_a_server_starting_up_is_503(self) -> None:
+        answer = await _post("/database-starting")
+        assert answer.status_code == 503
+        assert answer.headers["retry-after"] == "2"
+
+    async def test_an_os_error_that_is_not_the_database_s_is_500(self) -> None:
+        answer = await _post("/file-missing")
+        assert answer.status_code == 500
+        assert "database" not in answer.text

@@ -41,8 +41,10 @@ async def erase_customer(
     the customer id, after every event of theirs already sent; the scorer and the alerting
     service erase when they reach it (`GET /v1/erasures/{id}` shows each one's progress).
     An event for the customer that arrives later is stored under a pseudonym, without its
-    free text. Answered 202 only once the broker has acknowledged; 503 means nothing was
-    erased, and the call can be repeated. Erasure cannot reach backups, nor the copies of
+    free text. Answered 202 only once the broker has acknowledged. A 503 means repeat the
+    call: the broker did not acknowledge (nothing was erased), or Postgres was lost, which
+    at the very commit may leave the other services erasing while the collector's own part
+    is undone until the repeat. Erasure cannot reach backups, nor the copies of
     the customer's events in Kafka until they age out (CXLOOP_KAFKA_RETENTION_DAYS).
     """
     try:
