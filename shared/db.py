@@ -148,6 +148,12 @@ def raised_by_database(exc: BaseException) -> bool:
     return False
 
 
+def database_unavailable(exc: BaseException) -> bool:
+    """Return whether ``exc`` is the database's own and means it is out of reach for now:
+    what a request answers 503 for, with Retry-After, rather than 500."""
+    return raised_by_database(exc) and is_transient(exc)
+
+
 # SQLSTATE classes that blame the values of the rows: 21 cardinality violation, 22 data
 # exception (a value out of range or refused by its type), 23 integrity constraint violation,
 # 54 program limit exceeded (a value too big for an index row). Anything else (08 connection,

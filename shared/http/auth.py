@@ -24,8 +24,13 @@ from starlette.responses import HTMLResponse, RedirectResponse
 from starlette.routing import Match
 
 from shared.apikeys import KeyStore, Principal, Scope
-from shared.db import is_transient, raised_by_database
-from shared.http.errors import DATABASE_ERRORS, DATABASE_RETRY_AFTER, send_error
+from shared.db import database_unavailable, is_transient
+from shared.http.errors import (
+    DATABASE_ERRORS,
+    DATABASE_RETRY_AFTER,
+    DATABASE_UNAVAILABLE,
+    send_error,
+)
 from shared.signatures import single_header
 from shared.web.security import HTML_HEADERS
 from shared.web.sessions import SESSION_SCOPE, Session, check_csrf, same_origin
@@ -391,17 +396,14 @@ class AuthGateMiddleware:
         except DATABASE_ERRORS as exc:
             # The key's lookup missed the database: the key may well be good, so a 503 the
             # client retries, not a 500 (nor a 401 that would send it to rotate its key).
-            if not (raised_by_database(exc) and is_transient(exc)):
+            if not database_unavailable(exc):
                 raise
             log.warning(
                 "the database was unavailable to look up an API key (%s); answered 503",
                 type(exc).__name__,
             )
             await send_error(
-                send,
-                503,
-                "the database is unavailable; retry shortly",
-                headers={"Retry-After": DATABASE_RETRY_AFTER},
+                send, 503, DATABASE_UNAVAILABLE, headers={"Retry-After": DATABASE_RETRY_AFTER}
             )
             return
         await self.app(scope, receive, send)

@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared.db import is_transient, raised_by_database
+from shared.db import database_unavailable
 from shared.errors import PermanentError
 from shared.logs import route_template
 
@@ -202,6 +202,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 DATABASE_ERRORS: tuple[type[Exception], ...] = (DBAPIError, OSError, PoolTimeoutError)
 # How long a client is asked to wait before it retries a request the database missed.
 DATABASE_RETRY_AFTER = "2"
+DATABASE_UNAVAILABLE = "the database is unavailable; retry shortly"
 
 
 async def database_error(request: Request, exc: Exception) -> Response:
@@ -214,7 +215,7 @@ async def database_error(request: Request, exc: Exception) -> Response:
     Logged by the route's template and the error's kind only: a driver's message can quote
     the values of the statement, a customer's id among them.
     """
-    if not (raised_by_database(exc) and is_transient(exc)):
+    if not database_unavailable(exc):
         return await _unexpected_error(request, exc)
     log.warning(
         "the database was unavailable to %s %s (%s); answered 503",
@@ -223,7 +224,7 @@ async def database_error(request: Request, exc: Exception) -> Response:
         type(exc).__name__,
     )
     return JSONResponse(
-        error_body(503, "the database is unavailable; retry shortly"),
+        error_body(503, DATABASE_UNAVAILABLE),
         status_code=503,
         headers={"Retry-After": DATABASE_RETRY_AFTER},
     )

@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared import apikeys
 from shared.apikeys import Scope
-from shared.db import is_transient, raised_by_database
+from shared.db import database_unavailable
 from shared.http.auth import CSRF_REFUSED, public
 from shared.http.errors import DATABASE_ERRORS
 from shared.http.errors import database_error as json_database
@@ -388,7 +388,7 @@ def install(app: FastAPI, pages: Pages) -> None:
         # headers) and the error is not re-raised to the server as an unhandled one.
         if not on_page(request):
             return await json_database(request, exc)
-        if raised_by_database(exc) and is_transient(exc):
+        if database_unavailable(exc):
             log.warning("a page of %s found the database unavailable", pages.service)
             return pages.error(request, 503, "error.database")
         return await any_error(request, exc)

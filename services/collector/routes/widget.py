@@ -22,9 +22,9 @@ from services.collector.ratelimit import RateLimiter
 from services.collector.schemas import ResponseIn, Submitted
 from services.collector.service import validation_errors
 from shared.apikeys import KeyKind, KeyStore, Principal, Scope
-from shared.db import is_transient, raised_by_database
+from shared.db import database_unavailable
 from shared.http import JsonBodyError, error_body, load_json, public
-from shared.http.errors import DATABASE_ERRORS, DATABASE_RETRY_AFTER
+from shared.http.errors import DATABASE_ERRORS, DATABASE_RETRY_AFTER, DATABASE_UNAVAILABLE
 
 # Open to the auth gate: a page carries a publishable key in the query, checked here with
 # its origins, after the per-address rate limit.
@@ -75,11 +75,11 @@ async def _admit(request: Request, key: str, origin: str | None) -> Principal | 
     try:
         principal = await store.authenticate(key)
     except DATABASE_ERRORS as exc:
-        if not (raised_by_database(exc) and is_transient(exc)):
+        if not database_unavailable(exc):
             raise
         # Echoed unchecked, as a 429's: the page may read the Retry-After, and learns
         # nothing of the key.
-        response = _error(503, "the database is unavailable; retry shortly", origin)
+        response = _error(503, DATABASE_UNAVAILABLE, origin)
         response.headers["Retry-After"] = DATABASE_RETRY_AFTER
         return response
     if principal is None or principal.kind is not KeyKind.PUBLISHABLE:
