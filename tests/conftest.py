@@ -17,11 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from services.alerting.app import create_app as create_alerting
 from services.alerting.config import AlertingConfig
 from services.collector.app import create_app as create_collector
 from services.migrations import upgrade
+from services.scorer.app import create_app as create_scorer
 from services.servers import ApacheKafkaBroker, apache_kafka_available
 from shared.kafka import ensure_topics
 from shared.settings import (
@@ -173,6 +175,27 @@ def collector_app(
             sources=sources or SourceSettings(),
         )
         return serving(app, api_key, "collector")
+
+    return make
+
+
+@pytest.fixture
+def make_app(
+    service: str,
+    kafka_settings: KafkaSettings,
+    database_url: str,
+    auth: AuthSettings,
+    scorer_settings: ScorerSettings,
+    alerting_settings: AlertingSettings,
+) -> Callable[[], FastAPI]:
+    """Build the app of the service a module's own ``service`` fixture names ("scorer" or
+    "alerting") on this test's topics and database."""
+
+    def make() -> FastAPI:
+        database = DatabaseSettings(url=database_url)
+        if service == "scorer":
+            return create_scorer(kafka_settings, database, auth, scorer_settings)
+        return create_alerting(kafka_settings, database, auth, alerting_settings)
 
     return make
 

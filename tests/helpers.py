@@ -11,6 +11,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from fastapi import FastAPI
 from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from shared.kafka import encode, make_producer
 from shared.settings import KafkaSettings
@@ -126,6 +127,20 @@ async def serving(app: FastAPI, api_key: str, name: str) -> AsyncIterator[httpx.
         ) as client,
     ):
         yield client
+
+
+@asynccontextmanager
+async def database_down(holder: Any) -> AsyncIterator[None]:
+    """Swap ``holder.engine`` (an app's state, a key store) for one whose database nothing
+    answers (port 1 refuses), and put the real one back on the way out."""
+    real = holder.engine
+    down = create_async_engine(real.url.set(port=1), connect_args={"timeout": 2})
+    holder.engine = down
+    try:
+        yield
+    finally:
+        holder.engine = real
+        await down.dispose()
 
 
 @asynccontextmanager

@@ -46,6 +46,7 @@ from shared.timing import parse_header
 from shared.web.i18n import assert_catalogues_match, format_money, load_catalogue
 from shared.web.sessions import sign_in_link_for
 from tests.builders import order_event, response_event
+from tests.helpers import database_down
 
 MESSAGES = Path(__file__).parents[2] / "services/scorer/pages/messages"
 MIN_N = 3
@@ -720,14 +721,8 @@ class TestReviewedEdges:
         self, site: Site, engine: AsyncEngine
     ) -> None:
         await apply(engine, nps([10, 3], NOW - timedelta(hours=1)))
-        real = site.app.state.engine
-        down = create_async_engine(real.url.set(port=1), connect_args={"timeout": 2})
-        site.app.state.engine = down
-        try:
+        async with database_down(site.app.state):
             response = await site.browser.get("/dashboard")
-        finally:
-            site.app.state.engine = real
-            await down.dispose()
         assert response.status_code == 503
         assert response.headers["content-type"].startswith("text/html")
 

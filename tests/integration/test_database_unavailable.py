@@ -8,27 +8,18 @@ listens on port 1) swapped in for the one a request would use.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from services.alerting.app import create_app as alerting_app
 from services.collector.app import create_app as collector_app
-from services.scorer.app import create_app as scorer_app
 from shared.apikeys import KeyKind, Scope, create_key
-from shared.settings import (
-    AlertingSettings,
-    AuthSettings,
-    CollectorSettings,
-    DatabaseSettings,
-    KafkaSettings,
-    ScorerSettings,
-)
+from shared.settings import AuthSettings, CollectorSettings, DatabaseSettings, KafkaSettings
 from tests.builders import response_payload
+from tests.helpers import database_down, serving
 
 # A JSON route of each service that reads the database, with a customer's id in its path
 # where it has one (the log must not show it), and the scope a stored key needs for it.
@@ -41,46 +32,6 @@ ROUTES = {
 @pytest.fixture(params=sorted(ROUTES))
 def service(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-@pytest.fixture
-def make_app(
-    service: str,
-    kafka_settings: KafkaSettings,
-    database_url: str,
-    auth: AuthSettings,
-    scorer_settings: ScorerSettings,
-    alerting_settings: AlertingSettings,
-) -> Callable[[], FastAPI]:
-    def make() -> FastAPI:
-        database = DatabaseSettings(url=database_url)
-        if service == "scorer":
-            return scorer_app(kafka_settings, database, auth, scorer_settings)
-        return alerting_app(kafka_settings, database, auth, alerting_settings)
-
-    return make
-
-
-@asynccontextmanager
-async def client_of(app: FastAPI, key: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://testserver",
-            headers={"Authorization": f"Bearer {key}"},
-        ) as client,
-    ):
-        yield client
-
-
-@asynccontextmanager
-async def dead_engine(like: AsyncEngine) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(like.url.set(port=1), connect_args={"timeout": 2})
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 def assert_retry_later(response: httpx.Response) -> None:
@@ -122,15 +73,9 @@ class TestCollectorKeyLookup:
         self, collector: FastAPI, database_url: str
     ) -> None:
         key = await stored_key(database_url, Scope.RESPONSES_WRITE)
-        async with client_of(collector, key) as client:
-            keystore = collector.state.keystore
-            real = keystore.engine
-            async with dead_engine(real) as down:
-                keystore.engine = down
-                try:
-                    response = await client.post("/v1/responses", json=response_payload())
-                finally:
-                    keystore.engine = real
+        async with serving(collector, key, "collector") as client:
+            async with database_down(collector.state.keystore):
+                response = await client.post("/v1/responses", json=response_payload())
             assert_retry_later(response)
             assert (await client.post("/v1/responses", json=response_payload())).status_code == 202
 
@@ -144,20 +89,14 @@ class TestCollectorKeyLookup:
             sources=["widget"],
             origins=[SHOP],
         )
-        async with client_of(collector, "unused") as client:
+        async with serving(collector, "unused", "collector") as client:
             client.headers.pop("Authorization")
-            keystore = collector.state.keystore
-            real = keystore.engine
-            async with dead_engine(real) as down:
-                keystore.engine = down
-                try:
-                    response = await client.post(
-                        f"/v1/widget/responses?key={key}",
-                        json=response_payload(survey_type="in_the_moment"),
-                        headers={"Origin": SHOP},
-                    )
-                finally:
-                    keystore.engine = real
+            async with database_down(collector.state.keystore):
+                response = await client.post(
+                    f"/v1/widget/responses?key={key}",
+                    json=response_payload(survey_type="in_the_moment"),
+                    headers={"Origin": SHOP},
+                )
             # The page's script may read the answer and its Retry-After.
             assert_retry_later(response)
             assert response.headers["access-control-allow-origin"] == SHOP
@@ -173,17 +112,12 @@ class TestDatabaseUnavailable:
     ) -> None:
         path, _ = ROUTES[service]
         app = make_app()
-        async with client_of(app, api_key) as client:
+        async with serving(app, api_key, service) as client:
             served = (await client.get(path)).status_code
             assert served in (200, 404)  # a customer never seen is a 404
-            real = app.state.engine
-            async with dead_engine(real) as down:
-                app.state.engine = down
-                try:
-                    with caplog.at_level(logging.WARNING):
-                        response = await client.get(path)
-                finally:
-                    app.state.engine = real
+            async with database_down(app.state):
+                with caplog.at_level(logging.WARNING):
+                    response = await client.get(path)
             assert_retry_later(response)
             assert (await client.get(path)).status_code == served
         assert "answered 503" in caplog.text
@@ -199,16 +133,10 @@ class TestDatabaseUnavailable:
         path, scope = ROUTES[service]
         key = await stored_key(database_url, scope)
         app = make_app()
-        async with client_of(app, key) as client:
-            keystore = app.state.keystore
-            real = keystore.engine
-            async with dead_engine(real) as down:
-                keystore.engine = down
-                try:
-                    with caplog.at_level(logging.WARNING):
-                        response = await client.get(path)
-                finally:
-                    keystore.engine = real
+        async with serving(app, key, service) as client:
+            async with database_down(app.state.keystore):
+                with caplog.at_level(logging.WARNING):
+                    response = await client.get(path)
             assert_retry_later(response)
             # Nothing about the key was remembered: once the database is back, it is served.
             assert (await client.get(path)).status_code in (200, 404)

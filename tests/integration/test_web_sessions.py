@@ -14,18 +14,10 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from services.alerting.app import create_app as alerting_app
-from services.scorer.app import create_app as scorer_app
 from shared import apikeys
 from shared.apikeys import KeyKind, Scope
-from shared.settings import (
-    AlertingSettings,
-    AuthSettings,
-    DatabaseSettings,
-    KafkaSettings,
-    ScorerSettings,
-)
 from shared.web.sessions import sign_in_link_for
+from tests.helpers import database_down
 
 SERVICES = {
     "scorer": ("/dashboard", Scope.SCORES_READ, Scope.ALERTS_READ),
@@ -36,24 +28,6 @@ SERVICES = {
 @pytest.fixture(params=sorted(SERVICES))
 def service(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-@pytest.fixture
-def make_app(
-    service: str,
-    kafka_settings: KafkaSettings,
-    database_url: str,
-    auth: AuthSettings,
-    scorer_settings: ScorerSettings,
-    alerting_settings: AlertingSettings,
-) -> Callable[[], FastAPI]:
-    def make() -> FastAPI:
-        database = DatabaseSettings(url=database_url)
-        if service == "scorer":
-            return scorer_app(kafka_settings, database, auth, scorer_settings)
-        return alerting_app(kafka_settings, database, auth, alerting_settings)
-
-    return make
 
 
 @asynccontextmanager
@@ -434,15 +408,9 @@ class TestHeaders:
         app = make_app()
         async with browser(app) as client:
             await sign_in(client, api_key)
-            real = app.state.keystore.engine
-            down = create_async_engine(real.url.set(port=1), connect_args={"timeout": 2})
-            app.state.keystore.engine = down
-            app.state.keystore._known.clear()
-            try:
+            async with database_down(app.state.keystore):
+                app.state.keystore._known.clear()
                 response = await client.get(SERVICES[service][0])
-            finally:
-                app.state.keystore.engine = real
-                await down.dispose()
             assert response.status_code == 503
             assert response.headers["content-type"].startswith("text/html")
             assert "script-src 'self'" in response.headers["content-security-policy"]
