@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+import contextvars
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
+import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from fastapi import FastAPI
 from pydantic import BaseModel
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from shared.kafka import encode, make_producer
 from shared.settings import KafkaSettings
@@ -141,6 +144,47 @@ async def database_down(holder: Any) -> AsyncIterator[None]:
     finally:
         holder.engine = real
         await down.dispose()
+
+
+@dataclass
+class Recorded:
+    """What :func:`recording` saw: each statement's text, and each pool checkout."""
+
+    statements: list[str] = field(default_factory=list)
+    checkouts: int = 0
+
+
+_RECORDING: contextvars.ContextVar[Recorded | None] = contextvars.ContextVar(
+    "recording", default=None
+)
+
+
+@contextmanager
+def recording(engine: AsyncEngine) -> Iterator[Recorded]:
+    """Record the statements and checkouts that the current task (and what it awaits) runs
+    on ``engine``. An app's background tasks (an outbox sender, SLA timers) share the engine;
+    they were started before this context was set, so what they run is not recorded."""
+    recorded = Recorded()
+
+    def executed(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        mine = _RECORDING.get()
+        if mine is not None:
+            mine.statements.append(statement)
+
+    def checked_out(*args: Any) -> None:
+        mine = _RECORDING.get()
+        if mine is not None:
+            mine.checkouts += 1
+
+    sa.event.listen(engine.sync_engine, "before_cursor_execute", executed)
+    sa.event.listen(engine.sync_engine.pool, "checkout", checked_out)
+    token = _RECORDING.set(recorded)
+    try:
+        yield recorded
+    finally:
+        _RECORDING.reset(token)
+        sa.event.remove(engine.sync_engine, "before_cursor_execute", executed)
+        sa.event.remove(engine.sync_engine.pool, "checkout", checked_out)
 
 
 @asynccontextmanager

@@ -60,7 +60,7 @@ from shared.settings import (
 )
 from shared.web.i18n import assert_catalogues_match, load_messages
 from tests.builders import response_event
-from tests.helpers import eventually, http_server
+from tests.helpers import eventually, http_server, recording
 from tests.processes import TEST_HASH_KEY
 
 MESSAGES = Path(routes.__file__).parent / "messages"
@@ -326,28 +326,18 @@ class TestLive:
         self, console: Console
     ) -> None:
         await seed(console)
-        queries: list[str] = []
-
-        def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-            queries.append(statement)
-
-        engine: AsyncEngine = console.app.state.engine
-        sa.event.listen(engine.sync_engine, "before_cursor_execute", seen)
-        try:
-            first = (await console.hanako.get("/console/live")).json()
-            queries.clear()
+        first = (await console.hanako.get("/console/live")).json()
+        with recording(console.app.state.engine) as seen:
             again = (await console.hanako.get("/console/live")).json()
-            assert again == first
-            on_alerts = [q for q in queries if re.search(r"\bFROM alerts\b", q)]
-            assert on_alerts == []  # only the version, no queue and no facet
-            assert len([q for q in queries if "alerts_version" in q]) == 1
+        assert again == first
+        on_alerts = [q for q in seen.statements if re.search(r"\bFROM alerts\b", q)]
+        assert on_alerts == []  # only the version, no queue and no facet
+        assert len([q for q in seen.statements if "alerts_version" in q]) == 1
 
-            await console.detractor("newcomer", 0)
-            moved = (await console.hanako.get("/console/live")).json()
-            assert moved["signature"] != first["signature"]
-            assert len(moved["ids"]) == len(first["ids"]) + 1
-        finally:
-            sa.event.remove(engine.sync_engine, "before_cursor_execute", seen)
+        await console.detractor("newcomer", 0)
+        moved = (await console.hanako.get("/console/live")).json()
+        assert moved["signature"] != first["signature"]
+        assert len(moved["ids"]) == len(first["ids"]) + 1
 
     async def test_an_erased_customer_leaves_an_open_wallboard(self, console: Console) -> None:
         await console.detractor("wallboard-jane", 0, comment="Jane here, call me")
@@ -529,29 +519,16 @@ class TestAlertPage:
         self, console: Console
     ) -> None:
         alert_id = await console.detractor("c-viewed", 0)
-        engine: AsyncEngine = console.app.state.engine
-        statements: list[str] = []
-        checkouts: list[object] = []
-
-        def executed(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-            statements.append(statement)
-
-        def checked_out(*args: Any) -> None:
-            checkouts.append(args[0])
-
         await console.hanako.get(f"/console/alerts/{alert_id}")  # the session is cached
-        sa.event.listen(engine.sync_engine, "before_cursor_execute", executed)
-        sa.event.listen(engine.sync_engine.pool, "checkout", checked_out)
-        try:
+        with recording(console.app.state.engine) as seen:
             page = await console.hanako.get(f"/console/alerts/{alert_id}")
-        finally:
-            sa.event.remove(engine.sync_engine, "before_cursor_execute", executed)
-            sa.event.remove(engine.sync_engine.pool, "checkout", checked_out)
         assert page.status_code == 200
-        assert [s for s in statements if "FOR UPDATE" in s.upper()] == []
-        page_reads = [s for s in statements if re.search(r"\bFROM (alerts|alert_history)\b", s)]
+        assert [s for s in seen.statements if "FOR UPDATE" in s.upper()] == []
+        page_reads = [
+            s for s in seen.statements if re.search(r"\bFROM (alerts|alert_history)\b", s)
+        ]
         assert page_reads  # it did read them
-        assert len(checkouts) <= 2, len(checkouts)  # the session's look-up, and the page
+        assert seen.checkouts <= 2, seen.checkouts  # the session's look-up, and the page
 
     async def test_unknown_and_malformed_ids(self, console: Console) -> None:
         unknown = await console.hanako.get(f"/console/alerts/{uuid.uuid4()}")
