@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final
 from uuid import UUID
 
+import asyncpg
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Table, bindparam, event, func, select, text
@@ -85,6 +87,52 @@ def create_engine(
     return engine
 
 
+# What Postgres being unreachable, a pooled connection cut, or every pooled connection busy
+# raise: through SQLAlchemy (wrapped in a DBAPIError), from the pool, from the socket, and
+# from asyncpg itself for the statements sent through :func:`driver_connection`. Catch these,
+# then ask :func:`is_transient` (retry, or carry on without) or :func:`database_unavailable`.
+DATABASE_ERRORS: Final[tuple[type[Exception], ...]] = (
+    DBAPIError,
+    OSError,
+    PoolTimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+
+
+@asynccontextmanager
+async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
+    """Yield the asyncpg connection of a connection from ``engine``'s pool (checked as every
+    checkout is), for a hot statement sent straight to the driver.
+
+    Each statement commits on its own unless the caller opens ``driver.transaction()``.
+    What SQLAlchemy adds around a statement (its transaction, execution context, result
+    and the greenlet it runs in) cost the collector about a tenth of its CPU per single
+    answer for its two idempotency statements (bench/notes.md, "Idempotency statements").
+    asyncpg's errors come unwrapped: catch :data:`DATABASE_ERRORS`. A connection that saw
+    any error is closed rather than pooled again.
+    """
+    async with engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        driver: Any = raw.driver_connection
+        try:
+            yield driver
+        except BaseException as exc:
+            # None that saw an error goes back to the pool: one cut mid-statement may still
+            # look open to asyncpg, its protocol stuck in the failed operation.
+            await conn.invalidate()
+            if isinstance(exc, asyncpg.InternalClientError) and driver.is_closed():
+                # The server's goodbye (57P01 on pg_terminate_backend or a shutdown) read
+                # before its end of stream: the next statement finds the protocol still
+                # consuming that error. The connection is gone, and is_transient says so.
+                raise asyncpg.ConnectionDoesNotExistError(
+                    "the server closed the connection"
+                ) from exc
+            raise
+        if driver.is_in_transaction():  # a caller's BEGIN without its COMMIT
+            await conn.invalidate()
+
+
 def _checkin(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
     record.info[_IDLE_SINCE] = time.monotonic()
 
@@ -135,7 +183,9 @@ def raised_by_database(exc: BaseException) -> bool:
     refused connection's ``OSError`` through unwrapped). An ``OSError`` of anything else in
     a request (a file, another socket) is not, though :func:`is_transient` would call it so.
     """
-    if isinstance(exc, DBAPIError | PoolTimeoutError):
+    if isinstance(
+        exc, DBAPIError | PoolTimeoutError | asyncpg.PostgresError | asyncpg.InterfaceError
+    ):
         return True
     if not isinstance(exc, OSError):
         return False

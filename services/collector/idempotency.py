@@ -35,17 +35,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.coalesce import Coalescer
-from shared.db import is_transient
+from shared.db import DATABASE_ERRORS, driver_connection, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +67,19 @@ idempotency = sa.Table(
 
 # Fixed SQL over array parameters: one prepared statement whatever the batch size, where a
 # multi-row VALUES would be compiled afresh for every request (measured: most of the
-# collector's CPU per single answer). A row whose window has passed is claimed afresh: it
-# takes the new event id and fingerprint and a new window, so that a second collector
-# re-claiming it with another body finds it live. ON CONFLICT locks the row as it is now
-# (after any concurrent claim committed) and updates it only if it has expired: the rows
-# returned are exactly the fresh claims, `xmax = 0` the inserted ones among them. The rest
-# are live claims, still locked by this statement, read by _CURRENT in the same transaction.
-_CLAIM = sa.text("""
+# collector's CPU per single answer). Sent straight to asyncpg (shared.db.driver_connection),
+# hence the positional parameters: $1 keys, $2 event ids, $3 fingerprints, $4 the window.
+# A row whose window has passed is claimed afresh: it takes the new event id and fingerprint
+# and a new window, so that a second collector re-claiming it with another body finds it
+# live. ON CONFLICT locks the row as it is now (after any concurrent claim committed) and
+# updates it only if it has expired: the rows returned are exactly the fresh claims,
+# `xmax = 0` the inserted ones among them. The rest are live claims, still locked by this
+# statement, read by _CURRENT in the same transaction.
+_CLAIM = """
 INSERT INTO collector_idempotency AS t (key, event_id, fingerprint, produced, expires_at)
-SELECT key, event_id, fingerprint, false, now() + CAST(:window AS interval)
+SELECT key, event_id, fingerprint, false, now() + CAST($4 AS interval)
 FROM unnest(
-    CAST(:keys AS text[]), CAST(:event_ids AS uuid[]), CAST(:fingerprints AS bytea[])
+    CAST($1 AS text[]), CAST($2 AS uuid[]), CAST($3 AS bytea[])
 ) AS c(key, event_id, fingerprint)
 ON CONFLICT (key) DO UPDATE SET
     event_id = EXCLUDED.event_id,
@@ -89,27 +89,38 @@ ON CONFLICT (key) DO UPDATE SET
     expires_at = EXCLUDED.expires_at
 WHERE t.expires_at <= now()
 RETURNING key, fingerprint, produced, true AS fresh, xmax = 0 AS inserted
-""")
+"""
 
-_CURRENT = sa.text("""
+_CURRENT = """
 SELECT key, fingerprint, produced, false AS fresh, false AS inserted
-FROM collector_idempotency WHERE key = ANY(CAST(:keys AS text[]))
-""")
+FROM collector_idempotency WHERE key = ANY(CAST($1 AS text[]))
+"""
 
-_UNCLAIM = sa.text("DELETE FROM collector_idempotency WHERE key = ANY(CAST(:keys AS text[]))")
+_UNCLAIM = "DELETE FROM collector_idempotency WHERE key = ANY(CAST($1 AS text[]))"
 
 # A key's window starts when it is first produced and is not moved after that (a batch key
 # is marked again by every resend that produced an item): no claim made with a batch key
 # then expires before the batch's own. Keys marked with produced false are claims of items
-# the broker missed, given the window of the batch they were sent with.
-_MARK = sa.text("""
+# the broker missed, given the window of the batch they were sent with. $1 keys, $2 whether
+# each was produced, $3 the window.
+_MARK = """
 UPDATE collector_idempotency AS t SET
     produced = t.produced OR m.produced,
     expires_at = CASE WHEN t.produced THEN t.expires_at
-                      ELSE now() + CAST(:window AS interval) END
-FROM unnest(CAST(:keys AS text[]), CAST(:produced AS boolean[])) AS m(key, produced)
+                      ELSE now() + CAST($3 AS interval) END
+FROM unnest(CAST($1 AS text[]), CAST($2 AS boolean[])) AS m(key, produced)
 WHERE t.key = m.key
-""")
+"""
+
+
+class _Found(NamedTuple):
+    """A claimed key's row, as _CLAIM and _CURRENT return it."""
+
+    key: str
+    fingerprint: bytes | None
+    produced: bool
+    fresh: bool  # claimed by this statement (inserted, or its window had passed)
+    inserted: bool
 
 
 def caller_key(source: str, caller: str, key: str) -> str:
@@ -278,7 +289,7 @@ class IdempotencyStore:
             return []
         try:
             return await self._claim(claims)
-        except (DBAPIError, OSError, PoolTimeoutError) as exc:
+        except DATABASE_ERRORS as exc:
             if not is_transient(exc):
                 raise
             log.warning("idempotency store unreachable; producing without the duplicate check")
@@ -291,17 +302,14 @@ class IdempotencyStore:
         for i, c in enumerate(claims):
             first.setdefault(c.key, i)
         keys = sorted(first)  # one lock order across collectors
-        params = {
-            "keys": keys,
-            "event_ids": [claims[first[k]].event_id for k in keys],
-            "fingerprints": [claims[first[k]].fingerprint for k in keys],
-            "window": self._window,
-        }
-        async with self._engine.begin() as conn:
-            rows = {row.key: row for row in await conn.execute(_CLAIM, params)}
+        event_ids = [claims[first[k]].event_id for k in keys]
+        fingerprints = [claims[first[k]].fingerprint for k in keys]
+        async with driver_connection(self._engine) as driver, driver.transaction():
+            claimed = await driver.fetch(_CLAIM, keys, event_ids, fingerprints, self._window)
+            rows = {row[0]: _Found(*row) for row in claimed}
             live = [k for k in keys if k not in rows]
             if live:
-                rows |= {row.key: row for row in await conn.execute(_CURRENT, {"keys": live})}
+                rows |= {row[0]: _Found(*row) for row in await driver.fetch(_CURRENT, live)}
             verdicts: list[Verdict] = []
             batches: dict[str, tuple[bool, Verdict]] = {}  # the latest batch claim of each key
             unclaim: list[str] = []
@@ -329,7 +337,7 @@ class IdempotencyStore:
                     batches[c.key] = (fresh, verdict)
                 verdicts.append(verdict)
             if unclaim:
-                await conn.execute(_UNCLAIM, {"keys": unclaim})
+                await driver.execute(_UNCLAIM, unclaim)
         return verdicts
 
     async def was_produced(self, key: str) -> bool:
@@ -342,7 +350,7 @@ class IdempotencyStore:
         try:
             async with self._engine.connect() as conn:
                 return bool(await conn.scalar(query))
-        except (DBAPIError, OSError, PoolTimeoutError) as exc:
+        except DATABASE_ERRORS as exc:
             if not is_transient(exc):
                 raise
             return False
@@ -353,9 +361,9 @@ class IdempotencyStore:
         if not keys:
             return
         try:
-            async with self._engine.begin() as conn:
-                await conn.execute(_UNCLAIM, {"keys": sorted(set(keys))})
-        except (DBAPIError, OSError, PoolTimeoutError) as exc:
+            async with driver_connection(self._engine) as driver:
+                await driver.execute(_UNCLAIM, sorted(set(keys)))
+        except DATABASE_ERRORS as exc:
             # The resend of a corrected body then conflicts until the window passes.
             if not is_transient(exc):
                 raise
@@ -373,7 +381,7 @@ class IdempotencyStore:
             return
         try:
             await self._mark(marks)
-        except (DBAPIError, OSError, PoolTimeoutError) as exc:
+        except DATABASE_ERRORS as exc:
             # Only the duplicate answer is lost: a repeat is produced and dropped downstream.
             if not is_transient(exc):
                 raise
@@ -384,9 +392,9 @@ class IdempotencyStore:
         for key, acked in marks:
             produced[key] = produced.get(key, False) or acked
         keys = sorted(produced)
-        params = {"keys": keys, "produced": [produced[k] for k in keys], "window": self._window}
-        async with self._engine.begin() as conn:
-            await conn.execute(_MARK, params)
+        # One statement: it commits on its own.
+        async with driver_connection(self._engine) as driver:
+            await driver.execute(_MARK, keys, [produced[k] for k in keys], self._window)
         return [None] * len(marks)
 
     async def purge_expired(self) -> int:

@@ -24,9 +24,8 @@ from starlette.responses import HTMLResponse, RedirectResponse
 from starlette.routing import Match
 
 from shared.apikeys import KeyStore, Principal, Scope
-from shared.db import database_unavailable, is_transient
+from shared.db import DATABASE_ERRORS, database_unavailable, is_transient
 from shared.http.errors import (
-    DATABASE_ERRORS,
     DATABASE_RETRY_AFTER,
     DATABASE_UNAVAILABLE,
     send_error,

@@ -15,11 +15,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared.db import database_unavailable
+from shared.db import DATABASE_ERRORS, database_unavailable
 from shared.errors import PermanentError
 from shared.logs import route_template
 
@@ -196,10 +194,8 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(500, "internal error; see the service log"), status_code=500)
 
 
-# What Postgres being unreachable, a pooled connection cut, or every pooled connection busy
-# raise: each handled by :func:`database_error`, which answers 503 only for the database's
-# own (an OSError of a file or another socket stays a 500).
-DATABASE_ERRORS: tuple[type[Exception], ...] = (DBAPIError, OSError, PoolTimeoutError)
+# shared.db.DATABASE_ERRORS: each handled by :func:`database_error`, which answers 503 only
+# for the database's own (an OSError of a file or another socket stays a 500).
 # How long a client is asked to wait before it retries a request the database missed.
 DATABASE_RETRY_AFTER = "2"
 DATABASE_UNAVAILABLE = "the database is unavailable; retry shortly"

@@ -28,9 +28,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared import apikeys
 from shared.apikeys import Scope
-from shared.db import database_unavailable
+from shared.db import DATABASE_ERRORS, database_unavailable
 from shared.http.auth import CSRF_REFUSED, public
-from shared.http.errors import DATABASE_ERRORS
 from shared.http.errors import database_error as json_database
 from shared.http.middleware import JSON_ONLY, BodyPolicy
 from shared.web import i18n

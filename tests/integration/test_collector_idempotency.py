@@ -14,11 +14,12 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 import sqlalchemy as sa
 from prometheus_client import REGISTRY
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from services.collector.app import create_app
 from services.collector.idempotency import Claim, IdempotencyStore, Verdict
@@ -26,6 +27,7 @@ from services.collector.service import Ingest
 from services.migrations import downgrade, upgrade
 from services.servers import free_port
 from shared.apikeys import KeyKind, Scope, create_key
+from shared.db import create_engine
 from shared.events import ResponseSubmitted
 from shared.settings import AuthSettings, DatabaseSettings, KafkaSettings, PrivacySettings
 from shared.topics import Topic
@@ -624,3 +626,99 @@ class TestAFullPool:
         assert after == before + 1
         assert "upload-secret" not in caplog.text
         assert len(await produced(kafka_settings, 1)) == 1
+
+
+async def refuse(engine: AsyncEngine, sqlstate: str, operation: str) -> None:
+    """Have Postgres refuse ``operation`` on collector_idempotency with ``sqlstate``, as it
+    would itself while it restarts (57P03), or for a fault of ours (XX000)."""
+    async with engine.begin() as conn:
+        await conn.exec_driver_sql(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"RAISE EXCEPTION 'refused' USING ERRCODE = '{sqlstate}'; END $$"
+        )
+        await conn.exec_driver_sql(
+            f"CREATE TRIGGER refuse BEFORE {operation} ON collector_idempotency "
+            "FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
+
+
+class TestTheDriversOwnErrors:
+    """Claims and marks go straight to asyncpg, whose errors SQLAlchemy does not wrap."""
+
+    async def test_a_claim_postgres_cannot_serve_now_is_produced_without_the_check(
+        self, database_url: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        engine = create_engine(DatabaseSettings(url=database_url))
+        store = IdempotencyStore(engine, timedelta(days=1))
+        try:
+            await refuse(engine, "57P03", "INSERT")
+            claim = Claim(f"api:key:t:{uuid.uuid4()}", uuid.uuid4(), b"f")
+            assert await store.claim([claim]) == [Verdict.NEW]
+            assert "without the duplicate check" in caplog.text
+            assert claim.key not in caplog.text
+        finally:
+            await engine.dispose()
+
+    async def test_a_mark_postgres_cannot_serve_now_leaves_the_answer_standing(
+        self, database_url: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        engine = create_engine(DatabaseSettings(url=database_url))
+        store = IdempotencyStore(engine, timedelta(days=1))
+        try:
+            claim = Claim(f"api:key:t:{uuid.uuid4()}", uuid.uuid4(), b"f")
+            assert await store.claim([claim]) == [Verdict.NEW]
+            await refuse(engine, "57P03", "UPDATE")
+            await store.mark_produced([claim.key])  # does not raise
+            assert "could not record 1 produced key(s)" in caplog.text
+            assert not await store.was_produced(claim.key)
+        finally:
+            await engine.dispose()
+
+    async def test_any_other_refusal_is_raised_and_the_connection_serves_again(
+        self, database_url: str
+    ) -> None:
+        engine = create_async_engine(database_url, pool_size=1, max_overflow=0)
+        store = IdempotencyStore(engine, timedelta(days=1))
+        try:
+            await refuse(engine, "XX000", "INSERT")
+            claim = Claim(f"api:key:t:{uuid.uuid4()}", uuid.uuid4(), b"f")
+            with pytest.raises(asyncpg.InternalServerError):
+                await store.claim([claim])
+            async with engine.begin() as conn:
+                await conn.exec_driver_sql("DROP TRIGGER refuse ON collector_idempotency")
+            # The pool's one connection was given back out of the failed transaction.
+            assert await store.claim([claim]) == [Verdict.NEW]
+            await store.mark_produced([claim.key])
+            assert await store.claim([claim]) == [Verdict.DUPLICATE]
+        finally:
+            await engine.dispose()
+
+    async def test_a_pooled_connection_its_server_closed_is_replaced(
+        self, database_url: str
+    ) -> None:
+        engine = create_engine(DatabaseSettings(url=database_url))
+        store = IdempotencyStore(engine, timedelta(days=1))
+        other = create_async_engine(database_url, poolclass=sa.pool.NullPool)
+        try:
+            claim = Claim(f"api:key:t:{uuid.uuid4()}", uuid.uuid4(), b"f")
+            assert await store.claim([claim]) == [Verdict.NEW]
+            await store.mark_produced([claim.key])
+            async with other.connect() as conn:
+                killed = await conn.scalar(
+                    sa.text(
+                        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) "
+                        "FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                )
+            assert (killed or 0) >= 1
+
+            # A claim on the closed connection is produced without the check at worst;
+            # the next is served by a new one and finds the key produced.
+            async def verdicts() -> list[Verdict]:
+                return await store.claim([claim])
+
+            await eventually(verdicts, lambda v: v == [Verdict.DUPLICATE], timeout=10)
+        finally:
+            await engine.dispose()
+            await other.dispose()

@@ -3,6 +3,7 @@ out of reach is a 503 to retry, and any other database error stays a 500."""
 
 from __future__ import annotations
 
+import asyncpg
 import httpx
 from fastapi import FastAPI
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -40,6 +41,15 @@ def _app() -> FastAPI:
     @app.post("/file-missing")
     async def file_missing() -> None:
         raise FileNotFoundError("/srv/widget.js")
+
+    @app.post("/driver-starting")
+    async def driver_starting() -> None:
+        # A statement sent straight to asyncpg (shared.db.driver_connection): unwrapped.
+        raise asyncpg.CannotConnectNowError("the database system is starting up")
+
+    @app.post("/driver-refused")
+    async def driver_refused() -> None:
+        raise asyncpg.UniqueViolationError("duplicate key value violates unique constraint")
 
     @app.post("/database-refused")
     async def database_refused() -> None:
@@ -92,3 +102,13 @@ class TestDatabaseErrors:
         answer = await _post("/file-missing")
         assert answer.status_code == 500
         assert "database" not in answer.text
+
+    async def test_asyncpg_s_own_refusal_while_starting_up_is_503(self) -> None:
+        answer = await _post("/driver-starting")
+        assert answer.status_code == 503
+        assert answer.headers["retry-after"] == "2"
+
+    async def test_asyncpg_s_own_refusal_of_the_data_is_500(self) -> None:
+        answer = await _post("/driver-refused")
+        assert answer.status_code == 500
+        assert "retry-after" not in answer.headers

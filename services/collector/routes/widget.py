@@ -22,9 +22,9 @@ from services.collector.ratelimit import RateLimiter
 from services.collector.schemas import ResponseIn, Submitted
 from services.collector.service import validation_errors
 from shared.apikeys import KeyKind, KeyStore, Principal, Scope
-from shared.db import database_unavailable
+from shared.db import DATABASE_ERRORS, database_unavailable
 from shared.http import JsonBodyError, error_body, load_json, public
-from shared.http.errors import DATABASE_ERRORS, DATABASE_RETRY_AFTER, DATABASE_UNAVAILABLE
+from shared.http.errors import DATABASE_RETRY_AFTER, DATABASE_UNAVAILABLE
 
 # Open to the auth gate: a page carries a publishable key in the query, checked here with
 # its origins, after the per-address rate limit.
