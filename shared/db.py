@@ -61,12 +61,14 @@ def create_engine(
     SQLAlchemy's ``pool_pre_ping`` does instead costs three round trips (BEGIN, an empty
     query, ROLLBACK) before every transaction and every read. A connection cut in the
     middle of its idle window fails its first statement with a transient error
-    (:func:`is_transient`), and SQLAlchemy then replaces every connection pooled before it.
+    (:func:`is_transient`), and SQLAlchemy then replaces every connection pooled before it
+    (:func:`driver_connection` replaces only that one).
 
     Its errors never quote the statement's parameters (comments, phone numbers, customer
-    ids): an error's text reaches logs. ``pool_timeout`` is the longest wait, in seconds,
-    for a pooled connection before ``sqlalchemy.exc.TimeoutError`` (transient, see
-    :func:`is_transient`).
+    ids): an error's text reaches logs. What asyncpg itself raises may quote a parameter it
+    could not encode (see :func:`driver_connection`). ``pool_timeout`` is the longest wait,
+    in seconds, for a pooled connection before ``sqlalchemy.exc.TimeoutError`` (transient,
+    see :func:`is_transient`).
     """
     engine = create_async_engine(
         settings.sqlalchemy_url(),
@@ -109,25 +111,35 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
     What SQLAlchemy adds around a statement (its transaction, execution context, result
     and the greenlet it runs in) cost the collector about a tenth of its CPU per single
     answer for its two idempotency statements (bench/notes.md, "Idempotency statements").
-    asyncpg's errors come unwrapped: catch :data:`DATABASE_ERRORS`. A connection that saw
-    any error is closed rather than pooled again.
+    asyncpg's errors come unwrapped: catch :data:`DATABASE_ERRORS`. Any error on a
+    connection the server closed is raised as ``ConnectionDoesNotExistError`` (08003,
+    transient) from it. A connection that saw any error is closed rather than pooled again;
+    only that one: unlike SQLAlchemy's own disconnect handling, the rest of the pool is kept
+    and each is checked at its checkout. SQLAlchemy's ``hide_parameters`` does not reach
+    these statements: asyncpg's refusal to encode a parameter of the wrong type quotes its
+    first characters, as SQLAlchemy's chained cause already did.
     """
     async with engine.connect() as conn:
         raw = await conn.get_raw_connection()
         driver: Any = raw.driver_connection
         try:
             yield driver
-        except BaseException as exc:
+        except Exception as exc:
+            lost = driver.is_closed()
             # None that saw an error goes back to the pool: one cut mid-statement may still
             # look open to asyncpg, its protocol stuck in the failed operation.
             await conn.invalidate()
-            if isinstance(exc, asyncpg.InternalClientError) and driver.is_closed():
-                # The server's goodbye (57P01 on pg_terminate_backend or a shutdown) read
-                # before its end of stream: the next statement finds the protocol still
-                # consuming that error. The connection is gone, and is_transient says so.
+            if lost and not is_transient(exc):
+                # The server went away under the statement; what asyncpg raised is about its
+                # own state: "connection is closed" from a transaction's exit (the cause is
+                # then only in __context__), or, when the server's goodbye was read before
+                # its end of stream, InternalClientError from a protocol still consuming it.
                 raise asyncpg.ConnectionDoesNotExistError(
                     "the server closed the connection"
                 ) from exc
+            raise
+        except BaseException:  # cancelled: asyncpg may be mid-operation
+            await conn.invalidate()
             raise
         if driver.is_in_transaction():  # a caller's BEGIN without its COMMIT
             await conn.invalidate()

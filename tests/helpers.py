@@ -161,20 +161,20 @@ _RECORDING: contextvars.ContextVar[Recorded | None] = contextvars.ContextVar(
 
 @contextmanager
 def recording(engine: AsyncEngine) -> Iterator[Recorded]:
-    """Record the statements and checkouts that the current task (and what it awaits) runs
-    on ``engine``. An app's background tasks (an outbox sender, SLA timers) share the engine;
-    they were started before this context was set, so what they run is not recorded."""
+    """Record the statements and checkouts on ``engine`` of the current task and of the tasks
+    it starts meanwhile (they copy its context). Tasks that already ran do not count: an
+    app's background tasks (an outbox sender, SLA timers) share the engine, and so does a
+    coalescer's run started by an earlier request. Statements sent straight to asyncpg
+    (``shared.db.driver_connection``) are not seen, only their checkouts."""
     recorded = Recorded()
 
     def executed(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        mine = _RECORDING.get()
-        if mine is not None:
-            mine.statements.append(statement)
+        if _RECORDING.get() is recorded:
+            recorded.statements.append(statement)
 
     def checked_out(*args: Any) -> None:
-        mine = _RECORDING.get()
-        if mine is not None:
-            mine.checkouts += 1
+        if _RECORDING.get() is recorded:
+            recorded.checkouts += 1
 
     sa.event.listen(engine.sync_engine, "before_cursor_execute", executed)
     sa.event.listen(engine.sync_engine.pool, "checkout", checked_out)

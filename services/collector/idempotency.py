@@ -282,8 +282,9 @@ class IdempotencyStore:
         """Record ``claims`` and return one verdict each.
 
         When Postgres is unreachable every claim is NEW: the event is produced again and the
-        consumers recognise its event id, so availability is kept and nothing counts twice
-        (a conflict then goes unnoticed; its event carries the id of the first and is dropped).
+        consumers recognise its event id, so availability is kept and nothing counts twice.
+        A conflict then goes unnoticed: a key sent with another body names another event
+        (the id derives from both, see :class:`EventIds`), which is stored as such.
         """
         if not claims:
             return []

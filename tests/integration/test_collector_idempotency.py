@@ -634,12 +634,17 @@ async def refuse(engine: AsyncEngine, sqlstate: str, operation: str) -> None:
     async with engine.begin() as conn:
         await conn.exec_driver_sql(
             "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            f"RAISE EXCEPTION 'refused' USING ERRCODE = '{sqlstate}'; END $$"
+            f"RAISE EXCEPTION 'refused %', NEW.key USING ERRCODE = '{sqlstate}'; END $$"
         )
         await conn.exec_driver_sql(
             f"CREATE TRIGGER refuse BEFORE {operation} ON collector_idempotency "
             "FOR EACH ROW EXECUTE FUNCTION refuse()"
         )
+
+
+async def backend_pid(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int(await conn.scalar(sa.text("SELECT pg_backend_pid()")) or 0)
 
 
 class TestTheDriversOwnErrors:
@@ -681,12 +686,13 @@ class TestTheDriversOwnErrors:
         store = IdempotencyStore(engine, timedelta(days=1))
         try:
             await refuse(engine, "XX000", "INSERT")
+            before = await backend_pid(engine)
             claim = Claim(f"api:key:t:{uuid.uuid4()}", uuid.uuid4(), b"f")
             with pytest.raises(asyncpg.InternalServerError):
                 await store.claim([claim])
+            assert await backend_pid(engine) != before  # closed, not pooled again
             async with engine.begin() as conn:
                 await conn.exec_driver_sql("DROP TRIGGER refuse ON collector_idempotency")
-            # The pool's one connection was given back out of the failed transaction.
             assert await store.claim([claim]) == [Verdict.NEW]
             await store.mark_produced([claim.key])
             assert await store.claim([claim]) == [Verdict.DUPLICATE]
@@ -719,6 +725,46 @@ class TestTheDriversOwnErrors:
                 return await store.claim([claim])
 
             await eventually(verdicts, lambda v: v == [Verdict.DUPLICATE], timeout=10)
+        finally:
+            await engine.dispose()
+            await other.dispose()
+
+    async def test_a_claim_whose_connection_is_cut_mid_statement_is_produced(
+        self, database_url: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        engine = create_engine(DatabaseSettings(url=database_url))
+        store = IdempotencyStore(engine, timedelta(days=1))
+        other = create_async_engine(database_url, poolclass=sa.pool.NullPool)
+        key = f"api:key:t:{uuid.uuid4()}"
+        try:
+            async with other.connect() as holder, other.connect() as killer:
+                # Another collector's claim of the key, not yet committed: ours waits on it.
+                await holder.execute(
+                    sa.text(
+                        "INSERT INTO collector_idempotency (key, event_id, produced, expires_at) "
+                        "VALUES (:key, gen_random_uuid(), false, now() + interval '1 day')"
+                    ),
+                    {"key": key},
+                )
+                claiming = asyncio.create_task(store.claim([Claim(key, uuid.uuid4(), b"f")]))
+
+                async def waiting() -> list[int]:
+                    rows = await killer.execute(
+                        sa.text(
+                            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                            " AND wait_event_type = 'Lock'"
+                        )
+                    )
+                    pids = [int(pid) for (pid,) in rows]
+                    await killer.commit()  # pg_stat_activity is read once per transaction
+                    return pids
+
+                (pid,) = await eventually(waiting, lambda pids: len(pids) == 1, timeout=10)
+                await killer.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+                assert await claiming == [Verdict.NEW]
+                await holder.rollback()
+            assert "without the duplicate check" in caplog.text
+            assert key not in caplog.text
         finally:
             await engine.dispose()
             await other.dispose()

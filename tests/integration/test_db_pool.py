@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.db import create_engine
+from shared.db import create_engine, driver_connection, is_transient
 from shared.settings import DatabaseSettings
 from tests.helpers import eventually
 
@@ -118,3 +118,55 @@ async def _pid(engine: AsyncEngine) -> int:
 
 async def _closed(drivers: list[Any]) -> list[bool]:
     return [bool(d.is_closed()) for d in drivers]
+
+
+class TestDriverConnection:
+    """Statements sent straight to asyncpg never leave a connection the pool should not reuse."""
+
+    async def test_a_begin_without_its_commit_is_not_pooled(self, database_url: str) -> None:
+        engine = create_engine(DatabaseSettings(url=database_url, pool_size=1))
+        try:
+            before = await _pid(engine)
+            async with driver_connection(engine) as driver:
+                await driver.execute("BEGIN")
+                await driver.execute("CREATE TABLE left_open (x int)")
+            assert await _pid(engine) != before
+            async with engine.connect() as conn:  # nothing of the open transaction stayed
+                assert await conn.scalar(sa.text("SELECT to_regclass('left_open')")) is None
+        finally:
+            await engine.dispose()
+
+    async def test_a_cancelled_statement_leaves_no_busy_connection(self, database_url: str) -> None:
+        engine = create_engine(DatabaseSettings(url=database_url, pool_size=1), pool_timeout=5)
+        started = asyncio.Event()
+
+        async def sleep() -> None:
+            async with driver_connection(engine) as driver:
+                started.set()
+                await driver.fetch("SELECT pg_sleep(30)")
+
+        try:
+            task = asyncio.create_task(sleep())
+            await started.wait()
+            await asyncio.sleep(0.2)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            async with asyncio.timeout(10), driver_connection(engine) as driver:
+                assert await driver.fetchval("SELECT 1") == 1
+        finally:
+            await engine.dispose()
+
+    async def test_a_statement_the_server_cut_is_a_lost_connection(self, database_url: str) -> None:
+        engine = create_engine(DatabaseSettings(url=database_url, pool_size=1))
+        try:
+            # What asyncpg raises depends on when it reads the server's goodbye: its 57P01,
+            # or "connection is closed" from the transaction's exit, which alone says nothing.
+            with pytest.raises(Exception) as raised:  # noqa: PT011
+                async with driver_connection(engine) as driver, driver.transaction():
+                    await driver.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+            assert is_transient(raised.value), repr(raised.value)
+            async with driver_connection(engine) as driver:  # a new connection serves
+                assert await driver.fetchval("SELECT 1") == 1
+        finally:
+            await engine.dispose()
