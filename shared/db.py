@@ -89,6 +89,9 @@ def create_engine(
     return engine
 
 
+# What asyncpg raises itself, unwrapped, for what is sent through driver_connection.
+_DRIVER_ERRORS: Final = (asyncpg.PostgresError, asyncpg.InterfaceError)
+
 # What Postgres being unreachable, a pooled connection cut, or every pooled connection busy
 # raise: through SQLAlchemy (wrapped in a DBAPIError), from the pool, from the socket, and
 # from asyncpg itself for the statements sent through :func:`driver_connection`. Catch these,
@@ -97,8 +100,7 @@ DATABASE_ERRORS: Final[tuple[type[Exception], ...]] = (
     DBAPIError,
     OSError,
     PoolTimeoutError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
+    *_DRIVER_ERRORS,
 )
 
 
@@ -195,9 +197,7 @@ def raised_by_database(exc: BaseException) -> bool:
     refused connection's ``OSError`` through unwrapped). An ``OSError`` of anything else in
     a request (a file, another socket) is not, though :func:`is_transient` would call it so.
     """
-    if isinstance(
-        exc, DBAPIError | PoolTimeoutError | asyncpg.PostgresError | asyncpg.InterfaceError
-    ):
+    if isinstance(exc, (DBAPIError, PoolTimeoutError, *_DRIVER_ERRORS)):
         return True
     if not isinstance(exc, OSError):
         return False

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.alerting.app import create_app as create_alerting
 from services.alerting.config import AlertingConfig
@@ -25,6 +26,7 @@ from services.collector.app import create_app as create_collector
 from services.migrations import upgrade
 from services.scorer.app import create_app as create_scorer
 from services.servers import ApacheKafkaBroker, apache_kafka_available
+from shared.db import create_engine
 from shared.kafka import ensure_topics
 from shared.settings import (
     AlertingSettings,
@@ -106,6 +108,14 @@ def unique(prefix: str) -> str:
 async def database_url(postgres: backends.PostgresServer, migrated_template: str) -> str:
     """A fresh database at the newest migration, for this test alone."""
     return await postgres.create_database(unique("t"), template=migrated_template)
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on this test's database, as the services make theirs (shared.db)."""
+    engine = create_engine(DatabaseSettings(url=database_url))
+    yield engine
+    await engine.dispose()
 
 
 @pytest.fixture

@@ -146,6 +146,12 @@ async def database_down(holder: Any) -> AsyncIterator[None]:
         await down.dispose()
 
 
+async def backend_pid(engine: AsyncEngine) -> int:
+    """Return the server process id of the connection ``engine``'s pool hands out next."""
+    async with engine.connect() as conn:
+        return int(await conn.scalar(sa.text("SELECT pg_backend_pid()")) or 0)
+
+
 @dataclass
 class Recorded:
     """What :func:`recording` saw: each statement's text, and each pool checkout."""

@@ -20,7 +20,6 @@ from services.alerting.consumer import AlertHandler
 from services.alerting.models import alerts as alerts_table
 from services.alerting.models import touches as touches_table
 from services.alerting.schemas import QueueCounts, QueueFilters, QueueSort, QueueStatus
-from shared.db import create_engine
 from shared.errors import PermanentError
 from shared.events import CustomerErased, TouchpointEvent
 from shared.kafka import Decoded
@@ -37,13 +36,6 @@ from tests.helpers import serving
 from tests.processes import TEST_HASH_KEY
 
 NOW = datetime.now(UTC).replace(microsecond=0)
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(DatabaseSettings(url=database_url))
-    yield engine
-    await engine.dispose()
 
 
 def alert(name: str, **overrides: Any) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,12 +25,11 @@ from services.alerting.models import orders as orders_table
 from services.alerting.models import refunds as refunds_table
 from services.alerting.schemas import Alert, ResolveIn
 from services.servers import free_port
-from shared.db import create_engine
 from shared.events import CustomerErased, TouchpointEvent
 from shared.kafka import Decoded
 from shared.money import MAX_MINOR
 from shared.privacy import Hasher
-from shared.settings import DatabaseSettings, KafkaSettings, SlaSettings
+from shared.settings import KafkaSettings, SlaSettings
 from shared.topics import Topic
 from tests.builders import response_event
 from tests.conftest import AlertingFactory
@@ -65,13 +63,6 @@ def order(customer: str, order_id: str, amount: str, currency: str = "JPY", **fi
 
 def batch(*events: Any) -> list[Decoded]:
     return [Decoded(None, e) for e in events]
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(DatabaseSettings(url=database_url))
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture

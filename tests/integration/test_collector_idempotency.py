@@ -27,13 +27,12 @@ from services.collector.service import Ingest
 from services.migrations import downgrade, upgrade
 from services.servers import free_port
 from shared.apikeys import KeyKind, Scope, create_key
-from shared.db import create_engine
 from shared.events import ResponseSubmitted
 from shared.settings import AuthSettings, DatabaseSettings, KafkaSettings, PrivacySettings
 from shared.topics import Topic
 from tests.builders import response_payload
 from tests.conftest import CollectorFactory
-from tests.helpers import eventually, read_topic, serving
+from tests.helpers import backend_pid, eventually, read_topic, serving
 
 # How event ids were derived before they were keyed: anyone could compute them.
 OLD_NAMESPACE = uuid.UUID("0f3c2f0e-8a3b-5d2e-9c41-6b7e2d1a9f00")
@@ -642,42 +641,29 @@ async def refuse(engine: AsyncEngine, sqlstate: str, operation: str) -> None:
         )
 
 
-async def backend_pid(engine: AsyncEngine) -> int:
-    async with engine.connect() as conn:
-        return int(await conn.scalar(sa.text("SELECT pg_backend_pid()")) or 0)
-
-
 class TestTheDriversOwnErrors:
     """Claims and marks go straight to asyncpg, whose errors SQLAlchemy does not wrap."""
 
     async def test_a_claim_postgres_cannot_serve_now_is_produced_without_the_check(
-        self, database_url: str, caplog: pytest.LogCaptureFixture
+        self, engine: AsyncEngine, caplog: pytest.LogCaptureFixture
     ) -> None:
-        engine = create_engine(DatabaseSettings(url=database_url))
         store = IdempotencyStore(engine, timedelta(days=1))
-        try:
-            await refuse(engine, "57P03", "INSERT")
-            claim = Claim(f"api:key:t:{uuid.uuid4()}", uuid.uuid4(), b"f")
-            assert await store.claim([claim]) == [Verdict.NEW]
-            assert "without the duplicate check" in caplog.text
-            assert claim.key not in caplog.text
-        finally:
-            await engine.dispose()
+        await refuse(engine, "57P03", "INSERT")
+        claim = Claim(f"api:key:t:{uuid.uuid4()}", uuid.uuid4(), b"f")
+        assert await store.claim([claim]) == [Verdict.NEW]
+        assert "without the duplicate check" in caplog.text
+        assert claim.key not in caplog.text
 
     async def test_a_mark_postgres_cannot_serve_now_leaves_the_answer_standing(
-        self, database_url: str, caplog: pytest.LogCaptureFixture
+        self, engine: AsyncEngine, caplog: pytest.LogCaptureFixture
     ) -> None:
-        engine = create_engine(DatabaseSettings(url=database_url))
         store = IdempotencyStore(engine, timedelta(days=1))
-        try:
-            claim = Claim(f"api:key:t:{uuid.uuid4()}", uuid.uuid4(), b"f")
-            assert await store.claim([claim]) == [Verdict.NEW]
-            await refuse(engine, "57P03", "UPDATE")
-            await store.mark_produced([claim.key])  # does not raise
-            assert "could not record 1 produced key(s)" in caplog.text
-            assert not await store.was_produced(claim.key)
-        finally:
-            await engine.dispose()
+        claim = Claim(f"api:key:t:{uuid.uuid4()}", uuid.uuid4(), b"f")
+        assert await store.claim([claim]) == [Verdict.NEW]
+        await refuse(engine, "57P03", "UPDATE")
+        await store.mark_produced([claim.key])  # does not raise
+        assert "could not record 1 produced key(s)" in caplog.text
+        assert not await store.was_produced(claim.key)
 
     async def test_any_other_refusal_is_raised_and_the_connection_serves_again(
         self, database_url: str
@@ -700,9 +686,8 @@ class TestTheDriversOwnErrors:
             await engine.dispose()
 
     async def test_a_pooled_connection_its_server_closed_is_replaced(
-        self, database_url: str
+        self, database_url: str, engine: AsyncEngine
     ) -> None:
-        engine = create_engine(DatabaseSettings(url=database_url))
         store = IdempotencyStore(engine, timedelta(days=1))
         other = create_async_engine(database_url, poolclass=sa.pool.NullPool)
         try:
@@ -726,13 +711,11 @@ class TestTheDriversOwnErrors:
 
             await eventually(verdicts, lambda v: v == [Verdict.DUPLICATE], timeout=10)
         finally:
-            await engine.dispose()
             await other.dispose()
 
     async def test_a_claim_whose_connection_is_cut_mid_statement_is_produced(
-        self, database_url: str, caplog: pytest.LogCaptureFixture
+        self, database_url: str, engine: AsyncEngine, caplog: pytest.LogCaptureFixture
     ) -> None:
-        engine = create_engine(DatabaseSettings(url=database_url))
         store = IdempotencyStore(engine, timedelta(days=1))
         other = create_async_engine(database_url, poolclass=sa.pool.NullPool)
         key = f"api:key:t:{uuid.uuid4()}"
@@ -766,5 +749,4 @@ class TestTheDriversOwnErrors:
             assert "without the duplicate check" in caplog.text
             assert key not in caplog.text
         finally:
-            await engine.dispose()
             await other.dispose()

@@ -10,11 +10,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db import create_engine, driver_connection, is_transient
 from shared.settings import DatabaseSettings
-from tests.helpers import eventually
+from tests.helpers import backend_pid, eventually
 
 
 class Pings:
@@ -100,20 +99,15 @@ async def test_an_idle_connection_that_does_not_answer_is_replaced(
     # Idle past the threshold from the start (0 s): every checkout after the first pings.
     engine = create_engine(DatabaseSettings(url=database_url), idle_ping_seconds=0)
     try:
-        first = await _pid(engine)
-        assert await _pid(engine) == first  # it answered its ping, and is kept
+        first = await backend_pid(engine)
+        assert await backend_pid(engine) == first  # it answered its ping, and is kept
         assert pings.sent == 1
         pings.failing = True  # as if a NAT had dropped it while it waited in the pool
-        replaced = await _pid(engine)
+        replaced = await backend_pid(engine)
         assert replaced != first
         assert pings.sent == 2  # the new connection is not pinged: it has just been made
     finally:
         await engine.dispose()
-
-
-async def _pid(engine: AsyncEngine) -> int:
-    async with engine.connect() as conn:
-        return int(await conn.scalar(sa.text("SELECT pg_backend_pid()")) or 0)
 
 
 async def _closed(drivers: list[Any]) -> list[bool]:
@@ -126,11 +120,11 @@ class TestDriverConnection:
     async def test_a_begin_without_its_commit_is_not_pooled(self, database_url: str) -> None:
         engine = create_engine(DatabaseSettings(url=database_url, pool_size=1))
         try:
-            before = await _pid(engine)
+            before = await backend_pid(engine)
             async with driver_connection(engine) as driver:
                 await driver.execute("BEGIN")
                 await driver.execute("CREATE TABLE left_open (x int)")
-            assert await _pid(engine) != before
+            assert await backend_pid(engine) != before
             async with engine.connect() as conn:  # nothing of the open transaction stayed
                 assert await conn.scalar(sa.text("SELECT to_regclass('left_open')")) is None
         finally:
