@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-import httpx
 import yaml
+import yarl
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -189,11 +189,14 @@ class Receiver(BaseModel):
         # Checked as the sender will parse it, so that no notification fails on it later.
         if url:
             try:
-                host = httpx.URL(url).host
-            except httpx.InvalidURL as exc:
+                host = yarl.URL(url).host
+            except ValueError as exc:
                 raise ValueError(f"not a valid URL: {exc}") from None
             if not host:
                 raise ValueError("not a valid URL: it names no host")
+            if any(c.isspace() or c == "%" for c in host):
+                # yarl keeps such a host as written, and no name server knows it.
+                raise ValueError("not a valid URL: its host has a space or a % in it")
         return url
 
     @field_validator("secret_env")

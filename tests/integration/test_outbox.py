@@ -15,7 +15,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import pytest
 import sqlalchemy as sa
 from asyncpg.exceptions import DeadlockDetectedError
@@ -28,7 +27,7 @@ from starlette.routing import Route
 
 from services.alerting import outbox as outbox_module
 from services.alerting.config import AlertingConfig
-from services.alerting.outbox import Outbox
+from services.alerting.outbox import Outbox, client_session
 from services.migrations import upgrade
 from services.servers import free_port
 from shared.db import create_engine
@@ -338,6 +337,85 @@ class TestTotalDeadline:
                 assert not release.is_set()
 
 
+class TestHowItPosts:
+    async def test_a_redirect_is_the_receivers_answer_and_is_not_followed(
+        self,
+        hooks: tuple[Receivers, str],
+        alerting_with: AlertingFactory,
+        kafka_settings: KafkaSettings,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        # A receiver's URL is the operator's; a redirect from it to anywhere else (another
+        # host, an internal address) is refused, with the signed payload never sent on.
+        state, url = hooks
+        monkeypatch.setenv("GOOD_SECRET", SECRET)
+        moved: list[str] = []
+
+        async def redirect(request: Request) -> Response:
+            moved.append(request.headers["webhook-id"])
+            return Response(status_code=307, headers={"Location": f"{url}/good"})
+
+        app = Starlette(routes=[Route("/moved", redirect, methods=["POST"])])
+        async with http_server(app, free_port()) as elsewhere:
+            config = routing(url, {"name": "moved", "type": "webhook", "url": f"{elsewhere}/moved"})
+            async with alerting_with(config) as client:
+                await produce(
+                    kafka_settings, Topic.RESPONSES, [response_event(score=1, customer_id="c1")]
+                )
+                listed = await eventually(
+                    lambda: notifications(client, "c1"),
+                    lambda items: all(n["status"] != "pending" for n in items) and len(items) == 2,
+                    timeout=30,
+                )
+        (refused,) = by_receiver(listed, "moved")
+        assert refused["status"] == "failed"
+        assert refused["last_error"] == "HTTP 307: refused by the receiver"
+        assert len(moved) == 1
+        # Only good's own notification reached it, not the one redirected there.
+        assert sum(state.delivered.values()) == 1
+        assert moved[0] not in state.delivered
+
+    async def test_the_environments_proxy_carries_the_request(
+        self,
+        hooks: tuple[Receivers, str],
+        alerting_with: AlertingFactory,
+        kafka_settings: KafkaSettings,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        # Where egress goes through a proxy, HTTP_PROXY says so, as it did with httpx.
+        _, url = hooks
+        monkeypatch.setenv("GOOD_SECRET", SECRET)
+        through: list[str] = []
+
+        async def proxy(request: Request) -> Response:
+            # A forward proxy is sent the whole URL as the request target; the path is ours.
+            through.append(request.headers["host"])
+            return JSONResponse({"ok": True})
+
+        for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "http_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        app = Starlette(routes=[Route("/via", proxy, methods=["POST"])])
+        async with http_server(app, free_port()) as proxy_url:
+            monkeypatch.setenv("HTTP_PROXY", proxy_url)
+            # Not an address this test serves: only the proxy can deliver this.
+            config = routing(
+                url, {"name": "far", "type": "webhook", "url": "http://10.0.0.9:9/via"}
+            )
+            async with alerting_with(config) as client:
+                await produce(
+                    kafka_settings, Topic.RESPONSES, [response_event(score=1, customer_id="c1")]
+                )
+                listed = await eventually(
+                    lambda: notifications(client, "c1"),
+                    lambda items: any(
+                        n["status"] == "delivered" for n in by_receiver(items, "far")
+                    ),
+                    timeout=30,
+                )
+        assert through == ["10.0.0.9:9"]
+        assert by_receiver(listed, "far")[0]["attempts"] == 1
+
+
 class TestLeaseToken:
     async def test_an_answer_arriving_after_its_lease_ran_out_changes_nothing(
         self, database_url: str
@@ -359,7 +437,7 @@ class TestLeaseToken:
                     ),
                     {"a": alert_id},
                 )
-            async with httpx.AsyncClient() as http:
+            async with client_session(config) as http:
                 outbox = Outbox(engine, http, config)
                 ((first,),) = await outbox.lease()
                 # The send outlived its lease; another pass leased the row again.
@@ -456,7 +534,7 @@ async def _one_notification(database_url: str) -> AsyncIterator[tuple[Any, Outbo
                 ),
                 {"a": alert_id},
             )
-        async with httpx.AsyncClient() as http:
+        async with client_session(config) as http:
             yield engine, Outbox(engine, http, config)
     finally:
         await engine.dispose()
@@ -884,7 +962,7 @@ class TestGiveBack:
                 await conn.execute(
                     sa.text("UPDATE notifications SET next_attempt_at = now() - interval '1 s'")
                 )
-            async with httpx.AsyncClient() as http:
+            async with client_session(config) as http:
                 outbox = Outbox(engine, http, config)
                 # Leased again after a send whose record failed: the receiver has its id.
                 (group,) = await outbox.lease()
@@ -899,7 +977,7 @@ class TestGiveBack:
                 )
             assert len(set(keys)) == 2
             # Still sent: given back, it is leasable at once.
-            async with httpx.AsyncClient() as http:
+            async with client_session(config) as http:
                 leased = await Outbox(engine, http, config).lease()
             assert group[0].group_key in {g[0].group_key for g in leased}
         finally:
@@ -924,7 +1002,7 @@ async def _queued(
             async with engine.begin() as conn:
                 alert_id = await conn.scalar(sa.text(NEW_ALERT))
                 await conn.execute(sa.text(BACKLOG), {"a": alert_id, "receiver": "r", "n": n})
-            async with httpx.AsyncClient() as http:
+            async with client_session(config) as http:
                 yield engine, Outbox(engine, http, config, **outbox)
     finally:
         await engine.dispose()
@@ -1164,7 +1242,7 @@ class TestReceiverAnswers:
         stop = asyncio.Event()
         try:
             async with http_server(app, free_port()) as url:
-                # 128 requests hang at once: more than httpx's default pool of 100.
+                # 128 requests hang at once: more than aiohttp's default pool of 100 (httpx's too).
                 config = AlertingConfig.model_validate(
                     {
                         "receivers": [

@@ -16,9 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import httpx
-
-from services.alerting import consumer, repository
+from services.alerting import consumer, outbox, repository
 from services.cli import main
 from shared.kafka import Decoded
 
@@ -36,7 +34,7 @@ def _count_then_maybe_die() -> None:
 
 _apply = consumer.AlertHandler.__call__
 _open_or_fold = repository.open_or_fold
-_send = httpx.AsyncClient.send
+_attempt = outbox._attempt
 
 
 async def _open_or_fold_then_die(*args: Any, **kwargs: Any) -> Any:
@@ -52,18 +50,16 @@ async def _apply_then_die(self: consumer.AlertHandler, batch: Sequence[Decoded])
         _count_then_maybe_die()
 
 
-async def _send_then_die(
-    self: httpx.AsyncClient, request: httpx.Request, **kwargs: Any
-) -> httpx.Response:
-    response = await _send(self, request, **kwargs)
-    if _CRASH_AT == "delivery" and response.is_success:
+async def _attempt_then_die(*args: Any, **kwargs: Any) -> tuple[str, float | None, str | None]:
+    outcome = await _attempt(*args, **kwargs)
+    if _CRASH_AT == "delivery" and outcome[0] == "delivered":
         _count_then_maybe_die()
-    return response
+    return outcome
 
 
 consumer.AlertHandler.__call__ = _apply_then_die  # type: ignore[method-assign]
 repository.open_or_fold = _open_or_fold_then_die
-httpx.AsyncClient.send = _send_then_die  # type: ignore[method-assign]
+outbox._attempt = _attempt_then_die
 
 if __name__ == "__main__":
     sys.exit(main(["alerting"]))

@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 
-import httpx
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from services.alerting.config import load
-from services.alerting.outbox import _retry_after, client_limits, in_flight_max
+from services.alerting.outbox import _retry_after, connections, in_flight_max
 from services.cli import main
 from shared.errors import ConfigError
 
@@ -115,7 +115,9 @@ class TestCheckConfig:
         assert "alerting.yml:9: ticket_urls.zendesk" in str(exc.value)
         assert problem in str(exc.value)
 
-    @pytest.mark.parametrize("url", ["http://[::1/", "http:///hooks"])
+    @pytest.mark.parametrize(
+        "url", ["http://[::1/", "http:///hooks", "http://h:99999/hooks", "http://exa mple.com/x"]
+    )
     def test_a_url_the_sender_cannot_parse_is_refused_naming_the_line(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str
     ) -> None:
@@ -125,16 +127,20 @@ class TestCheckConfig:
         assert "alerting.yml:4: receivers.0.url: not a valid URL" in str(exc.value)
 
 
+def answered(**headers: str) -> CIMultiDictProxy[str]:
+    """Headers as aiohttp hands them over: case-insensitive, whatever the receiver wrote."""
+    return CIMultiDictProxy(CIMultiDict(headers))
+
+
 class TestRetryAfter:
     @pytest.mark.parametrize("value", ["²", "1.5", "-1", "١٢", "soon", "", "Wed, 02 Dec 2026"])
     def test_anything_but_digits_or_an_http_date_is_ignored(self, value: str) -> None:
-        response = httpx.Response(503, headers={b"Retry-After": value.encode()})
-        assert _retry_after(response) is None
+        assert _retry_after(answered(**{"retry-after": value})) is None
 
     def test_seconds_and_an_http_date_are_honoured(self) -> None:
-        assert _retry_after(httpx.Response(503, headers={"Retry-After": "7"})) == 7.0
+        assert _retry_after(answered(**{"RETRY-AFTER": "7"})) == 7.0
         soon = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
-        delay = _retry_after(httpx.Response(503, headers={"Retry-After": soon}))
+        delay = _retry_after(answered(**{"Retry-After": soon}))
         assert delay is not None
         assert 0 < delay <= 30
 
@@ -169,4 +175,4 @@ class TestMaxInFlight:
         wanted = {"oncall": 16, "team": 4, "busy": 12, "pager": 4}
         assert {name: in_flight_max(config, name) for name in wanted} == wanted
         # A connection for each of them at once: a hung receiver never starves another.
-        assert client_limits(config).max_connections == sum(wanted.values())
+        assert connections(config) == sum(wanted.values())

@@ -1,0 +1,108 @@
+"""The alerting outbox's HTTP client: CPU per webhook, aiohttp against httpx, side by side.
+
+Both post the same signed-size webhook (about 1 KiB of Japanese comment) to
+hook_receiver.py in a process of its own, 16 at a time (a receiver's default
+``max_in_flight``), with a pool of 16 kept-alive connections, reading and dropping each
+answer as the outbox does. Each client runs --rounds times, alternating, and the CPU-seconds
+of this process alone are counted: the receiver's are not.
+
+    python bench/http_clients.py --requests 3000 --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import httpx
+from common import until
+
+from services.servers import ServerProcess, free_port
+
+BODY = (
+    '{"type":"alert.opened","data":{"alert":{"customer_id":"c1","rule":"detractor",'
+    '"score":2,"comment":"' + "配送が遅い" * 60 + '"}}}'
+).encode()
+HEADERS = {"Content-Type": "application/json", "webhook-id": "msg_1", "webhook-signature": "v1,x"}
+AT_ONCE = 16
+
+
+async def with_httpx(url: str, n: int) -> None:
+    limits = httpx.Limits(max_connections=AT_ONCE, max_keepalive_connections=AT_ONCE)
+    async with httpx.AsyncClient(timeout=10, limits=limits) as client:
+        gate = asyncio.Semaphore(AT_ONCE)
+
+        async def one() -> None:
+            async with gate, client.stream("POST", url, content=BODY, headers=HEADERS) as r:
+                async for _ in r.aiter_raw():
+                    pass
+
+        await asyncio.gather(*(one() for _ in range(n)))
+
+
+async def with_aiohttp(url: str, n: int) -> None:
+    connector = aiohttp.TCPConnector(limit=AT_ONCE, limit_per_host=0, keepalive_timeout=1.0)
+    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+        gate = asyncio.Semaphore(AT_ONCE)
+
+        async def one() -> None:
+            async with (
+                gate,
+                session.post(url, data=BODY, headers=HEADERS, allow_redirects=False) as r,
+            ):
+                async for _ in r.content.iter_any():
+                    pass
+
+        await asyncio.gather(*(one() for _ in range(n)))
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    port = free_port()
+    receiver = ServerProcess("hook-receiver", sink=None)
+    await receiver.spawn(
+        sys.executable, str(Path(__file__).with_name("hook_receiver.py")), str(port)
+    )
+    url = f"http://127.0.0.1:{port}/hook"
+    try:
+        async with httpx.AsyncClient() as probe:
+
+            async def up() -> bool:
+                with contextlib.suppress(httpx.TransportError):
+                    return (await probe.get(f"http://127.0.0.1:{port}/arrivals")).is_success
+                return False
+
+            await until(up, timeout=30)
+        clients: dict[str, Callable[[str, int], Awaitable[None]]] = {
+            "httpx": with_httpx,
+            "aiohttp": with_aiohttp,
+        }
+        cpu: dict[str, list[float]] = {name: [] for name in clients}
+        for _ in range(args.rounds):
+            for name, send in clients.items():
+                await send(url, 200)  # connections made, code paths warm
+                started = time.process_time()
+                await send(url, args.requests)
+                cpu[name].append((time.process_time() - started) / args.requests * 1e6)
+        for name, values in cpu.items():
+            print(f"{name}: {statistics.median(values):,.0f} µs CPU per webhook ({values})")
+        ratio = statistics.median(cpu["httpx"]) / statistics.median(cpu["aiohttp"])
+        print(f"httpx / aiohttp: {ratio:.1f}x the CPU per webhook")
+    finally:
+        await receiver.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
