@@ -28,7 +28,9 @@ import logging
 import os
 import re
 import ssl
+import urllib.request
 import uuid
+from base64 import b64encode
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +40,7 @@ from typing import Any
 import aiohttp
 import certifi
 import sqlalchemy as sa
+import yarl
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.alerting import metrics, receivers
@@ -223,7 +226,11 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
 
 
 async def _attempt(
-    client: aiohttp.ClientSession, config: AlertingConfig, rows: list[Any], timeout: float
+    client: aiohttp.ClientSession,
+    config: AlertingConfig,
+    rows: list[Any],
+    timeout: float,
+    proxies: Proxies | None = None,
 ) -> tuple[str, float | None, str | None]:
     """Return (outcome, delay before a retry, error) for one notification or one group.
 
@@ -246,6 +253,9 @@ async def _attempt(
     loop = asyncio.get_running_loop()
     ends = loop.time() + timeout
     status: int | None = None
+    proxy, headers, proxy_headers = (
+        (None, request.headers, None) if proxies is None else proxies.route(request)
+    )
     retry_after: float | None = None
     try:
         async with contextlib.AsyncExitStack() as stack:
@@ -254,8 +264,10 @@ async def _attempt(
                     client.post(
                         request.url,
                         data=request.body,
-                        headers=request.headers,
+                        headers=headers,
                         allow_redirects=False,
+                        proxy=proxy,
+                        proxy_headers=proxy_headers,
                     )
                 )
             # The outcome is the status: the answer's body is read only so that the
@@ -447,9 +459,11 @@ def client_session(config: AlertingConfig, timeout: float = 10.0) -> aiohttp.Cli
     about 120 µs of CPU per request against httpx's 1,500 µs (``bench/http_clients.py``),
     and the alerting service sends one per detractor, in the process that consumes.
 
-    Like httpx before it: the proxy settings of the environment (HTTPS_PROXY, NO_PROXY)
-    are honoured, and TLS is verified against ``SSL_CERT_FILE`` or ``SSL_CERT_DIR`` when
-    set, else certifi's bundle. Answers are never decompressed: they are dropped unread.
+    Like httpx before it: TLS is verified against ``SSL_CERT_FILE`` or ``SSL_CERT_DIR``
+    when set, else certifi's bundle, and the environment's proxies are used (``Proxies``).
+    Not aiohttp's ``trust_env``: it reads ~/.netrc in a thread on every request, and sends
+    what it finds there to receivers as Basic credentials. No cookie a receiver sets is
+    kept or sent back. Answers are never decompressed: they are dropped unread.
     """
     connector = aiohttp.TCPConnector(
         limit=connections(config),
@@ -460,11 +474,50 @@ def client_session(config: AlertingConfig, timeout: float = 10.0) -> aiohttp.Cli
     return aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=timeout),
-        trust_env=True,
+        trust_env=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,
         skip_auto_headers=("Accept-Encoding",),
         raise_for_status=False,
     )
+
+
+@dataclass(frozen=True)
+class Proxies:
+    """The proxies the environment names (``HTTP_PROXY``, ``HTTPS_PROXY``, ``NO_PROXY``, in
+    either case), read once, as httpx read them: each receiver URL's proxy is worked out
+    once and kept (receivers' URLs are the config's, a bounded set)."""
+
+    by_scheme: dict[str, str] = field(default_factory=urllib.request.getproxies_environment)
+    chosen: dict[str, tuple[yarl.URL | None, dict[str, str] | None]] = field(default_factory=dict)
+
+    def route(
+        self, request: receivers.Request
+    ) -> tuple[yarl.URL | None, dict[str, str], dict[str, str] | None]:
+        """Return (the proxy, the request's headers, the headers of its CONNECT) for
+        ``request``. The proxy's credentials ride on a CONNECT to an https receiver, and on
+        the request itself to an http one (which the proxy forwards without them)."""
+        proxy, credentials = self.for_url(request.url)
+        if credentials is None or request.url.startswith("https:"):
+            return proxy, request.headers, credentials
+        return proxy, request.headers | credentials, None
+
+    def for_url(self, url: str) -> tuple[yarl.URL | None, dict[str, str] | None]:
+        """Return (the proxy, its Proxy-Authorization header) for ``url``, or (None, None)."""
+        found = self.chosen.get(url)
+        if found is None:
+            found = self.chosen[url] = self._choose(yarl.URL(url))
+        return found
+
+    def _choose(self, url: yarl.URL) -> tuple[yarl.URL | None, dict[str, str] | None]:
+        proxy = self.by_scheme.get(url.scheme)
+        if not proxy or (url.host is not None and urllib.request.proxy_bypass(url.host)):
+            return None, None
+        via = yarl.URL(proxy if "://" in proxy else f"http://{proxy}")
+        if via.user is None:
+            return via, None
+        pair = f"{via.user}:{via.password or ''}".encode()
+        return via.with_user(None), {"Proxy-Authorization": f"Basic {b64encode(pair).decode()}"}
 
 
 def _tls_context() -> ssl.SSLContext:
@@ -497,6 +550,7 @@ class Outbox:
     lease_seconds: float = 60.0
     timeout: float = 10.0
     record_timeout: float = RECORD_TIMEOUT
+    proxies: Proxies = field(default_factory=Proxies)
     in_flight: dict[str, int] = field(default_factory=dict)  # units being sent
     recording: dict[str, int] = field(default_factory=dict)  # sent, outcome not yet recorded
     sent: set[asyncio.Task[None]] = field(default_factory=set)  # delivery tasks past their send
@@ -706,7 +760,7 @@ class Outbox:
         first = group[0]
         try:
             outcome, retry_after, error = await _attempt(
-                self.client, self.config, group, self.timeout
+                self.client, self.config, group, self.timeout, self.proxies
             )
         except Exception as exc:
             outcome, retry_after, error = "retry", None, f"cannot send: {type(exc).__name__}"

@@ -13,6 +13,7 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -385,18 +386,18 @@ class TestHowItPosts:
         # Where egress goes through a proxy, HTTP_PROXY says so, as it did with httpx.
         _, url = hooks
         monkeypatch.setenv("GOOD_SECRET", SECRET)
-        through: list[str] = []
+        through: list[tuple[str, str | None]] = []
 
         async def proxy(request: Request) -> Response:
             # A forward proxy is sent the whole URL as the request target; the path is ours.
-            through.append(request.headers["host"])
+            through.append((request.headers["host"], request.headers.get("proxy-authorization")))
             return JSONResponse({"ok": True})
 
         for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "http_proxy"):
             monkeypatch.delenv(name, raising=False)
         app = Starlette(routes=[Route("/via", proxy, methods=["POST"])])
         async with http_server(app, free_port()) as proxy_url:
-            monkeypatch.setenv("HTTP_PROXY", proxy_url)
+            monkeypatch.setenv("HTTP_PROXY", proxy_url.replace("://", "://cx:s%40cret@"))
             # Not an address this test serves: only the proxy can deliver this.
             config = routing(
                 url, {"name": "far", "type": "webhook", "url": "http://10.0.0.9:9/via"}
@@ -412,8 +413,49 @@ class TestHowItPosts:
                     ),
                     timeout=30,
                 )
-        assert through == ["10.0.0.9:9"]
+        # The proxy's credentials go to the proxy, decoded from the URL (cx:s@cret).
+        assert through == [("10.0.0.9:9", "Basic Y3g6c0BjcmV0")]
         assert by_receiver(listed, "far")[0]["attempts"] == 1
+
+    async def test_no_credentials_from_netrc_and_no_cookies_go_to_a_receiver(
+        self,
+        hooks: tuple[Receivers, str],
+        alerting_with: AlertingFactory,
+        kafka_settings: KafkaSettings,
+        monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path,
+    ) -> None:
+        # A host's ~/.netrc (curl's, git's) is not the receivers' business, and a receiver
+        # cannot make the outbox carry state from one notification to the next.
+        _, url = hooks
+        monkeypatch.setenv("GOOD_SECRET", SECRET)
+        netrc = tmp_path / "netrc"
+        netrc.write_text("machine localhost login ops password hunter2\n")
+        netrc.chmod(0o600)
+        monkeypatch.setenv("NETRC", str(netrc))
+        seen: list[tuple[str | None, str | None]] = []
+
+        async def plain(request: Request) -> Response:
+            seen.append((request.headers.get("authorization"), request.headers.get("cookie")))
+            response = JSONResponse({"ok": True})
+            response.set_cookie("session", "abc")
+            return response
+
+        app = Starlette(routes=[Route("/plain", plain, methods=["POST"])])
+        async with http_server(app, free_port()) as there:
+            # By name: cookies set by an address (127.0.0.1) are never kept anyway.
+            named = there.replace("127.0.0.1", "localhost")
+            config = routing(url, {"name": "plain", "type": "webhook", "url": f"{named}/plain"})
+            async with alerting_with(config):
+                for customer in ("c1", "c2"):
+                    await produce(
+                        kafka_settings,
+                        Topic.RESPONSES,
+                        [response_event(score=1, customer_id=customer)],
+                    )
+                    await eventually(lambda: asyncio.sleep(0, len(seen)), lambda n: n >= 1)
+                await eventually(lambda: asyncio.sleep(0, len(seen)), lambda n: n == 2)
+        assert seen == [(None, None), (None, None)]
 
 
 class TestLeaseToken:
