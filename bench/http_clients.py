@@ -3,7 +3,8 @@
 Both post the same signed-size webhook (about 1 KiB of Japanese comment) to
 hook_receiver.py in a process of its own, 16 at a time (a receiver's default
 ``max_in_flight``), with a pool of 16 kept-alive connections, reading and dropping each
-answer as the outbox does. Each client runs --rounds times, alternating, and the CPU-seconds
+answer as the outbox does; the aiohttp side is the outbox's own session
+(``client_session``). Each client runs --rounds times, alternating, and the CPU-seconds
 of this process alone are counted: the receiver's are not.
 
     python bench/http_clients.py --requests 3000 --rounds 2
@@ -20,10 +21,11 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import aiohttp
 import httpx
 from common import until
 
+from services.alerting.config import AlertingConfig
+from services.alerting.outbox import client_session
 from services.servers import ServerProcess, free_port
 
 BODY = (
@@ -35,7 +37,10 @@ AT_ONCE = 16
 
 
 async def with_httpx(url: str, n: int) -> None:
-    limits = httpx.Limits(max_connections=AT_ONCE, max_keepalive_connections=AT_ONCE)
+    # As the outbox used it until a2eb3af: one pool, streamed answers, a 1 s keep-alive.
+    limits = httpx.Limits(
+        max_connections=AT_ONCE, max_keepalive_connections=AT_ONCE, keepalive_expiry=1.0
+    )
     async with httpx.AsyncClient(timeout=10, limits=limits) as client:
         gate = asyncio.Semaphore(AT_ONCE)
 
@@ -48,8 +53,11 @@ async def with_httpx(url: str, n: int) -> None:
 
 
 async def with_aiohttp(url: str, n: int) -> None:
-    connector = aiohttp.TCPConnector(limit=AT_ONCE, limit_per_host=0, keepalive_timeout=1.0)
-    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+    # The outbox's own session: its pool, TLS context, headers and settings.
+    config = AlertingConfig.model_validate(
+        {"receivers": [{"name": "r", "type": "webhook", "url": url}]}
+    )
+    async with client_session(config) as session:
         gate = asyncio.Semaphore(AT_ONCE)
 
         async def one() -> None:

@@ -58,7 +58,12 @@ async def receiver() -> AsyncIterator[httpx.AsyncClient]:
                 except httpx.TransportError:
                     return False
 
-            await until(up, timeout=30)
+            try:
+                await until(up, timeout=30)
+            except TimeoutError:
+                raise RuntimeError(
+                    "the webhook receiver did not start: " + " | ".join(process.tail[-5:])
+                ) from None
             yield client
     finally:
         await process.stop()

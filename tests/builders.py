@@ -105,3 +105,28 @@ def refund_event(
         currency,
         **{"type": "order.refunded", "refund_id": refund_id, **overrides},
     )
+
+
+def alert(**overrides: Any) -> dict[str, Any]:
+    """An alert as the outbox reads it from its row, for building notifications."""
+    base: dict[str, Any] = {
+        "id": uuid.UUID("6f1c1d5e-7b7a-4c39-9f3a-0d2b8b7d1a10"),
+        "rule": "detractor",
+        "severity": "critical",
+        "status": "open",
+        "customer_id": "c-1",
+        "channel": "sms",
+        "touchpoint": "support_call",
+        "ticket_id": "T-5",
+        "metric": "nps",
+        "score": 2,
+        "comment": None,
+        "reasons": ["price"],
+        "occurrences": 1,
+        "opened_at": datetime(2026, 11, 22, 1, 0, tzinfo=UTC),
+        "acknowledged_by": None,
+        "resolved_by": None,
+        "note": None,
+        "assignee": None,
+    }
+    return base | overrides

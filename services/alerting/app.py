@@ -59,6 +59,8 @@ def create_app(
     routing = config or (
         load_config(alerting.config_path) if alerting.config_path else AlertingConfig()
     )
+    # The environment's proxies for notifications: one that does not parse stops start-up.
+    routes = outbox.Routes.from_environment()
     # Set by the consumer when it queued notifications, so the outbox sends without waiting.
     queued = asyncio.Event()
     runtime = ConsumingService(
@@ -88,6 +90,7 @@ def create_app(
                         queued=queued,
                         max_age=timedelta(hours=alerting.notification_max_age_hours),
                         timeout=alerting.notification_timeout_seconds,
+                        routes=routes,
                     )
                 ),
                 asyncio.create_task(

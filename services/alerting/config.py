@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
+import re
 import string
 from decimal import Decimal
 from pathlib import Path
@@ -170,6 +172,21 @@ def _ticket_template(template: str) -> str:
 TicketTemplate = Annotated[str, AfterValidator(_ticket_template)]
 
 
+# A host name as name servers know it (IDNA-encoded by yarl): labels of 1 to 63 letters,
+# digits, '-' (not first or last) and '_' (service names in compose and Kubernetes).
+_HOSTNAME = re.compile(
+    r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?", re.ASCII
+)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 class Receiver(BaseModel):
     """Where notifications go."""
 
@@ -186,17 +203,29 @@ class Receiver(BaseModel):
     @field_validator("url")
     @classmethod
     def _url_parses(cls, url: str) -> str:
-        # Checked as the sender will parse it, so that no notification fails on it later.
+        # Checked as the sender (aiohttp) will parse it, so that no notification fails on it
+        # later, again and again until its retry budget is spent.
         if url:
+            if any(c.isspace() or ord(c) < 32 or c == "\x7f" for c in url):
+                # yarl would drop a tab or a newline and send to another host than written.
+                raise ValueError("not a valid URL: it has a space or a control character")
             try:
-                host = yarl.URL(url).host
+                parsed = yarl.URL(url)
+                host, port = parsed.raw_host, parsed.port
             except ValueError as exc:
                 raise ValueError(f"not a valid URL: {exc}") from None
             if not host:
                 raise ValueError("not a valid URL: it names no host")
-            if any(c.isspace() or c == "%" for c in host):
-                # yarl keeps such a host as written, and no name server knows it.
-                raise ValueError("not a valid URL: its host has a space or a % in it")
+            if port is not None and not 1 <= port <= 65535:
+                raise ValueError("not a valid URL: its port is not from 1 to 65535")
+            if not _is_ip(host) and not _HOSTNAME.fullmatch(host):
+                raise ValueError(
+                    "not a valid URL: its host is neither an IP address nor a name of "
+                    "letters, digits, '-' and '_' in labels of 1 to 63"
+                )
+            if parsed.user is not None and ":" in parsed.user:
+                # Basic credentials are "user:password": such a user cannot be sent.
+                raise ValueError("not a valid URL: its user name has a ':' in it")
         return url
 
     @field_validator("secret_env")

@@ -47,6 +47,7 @@ from services.alerting import metrics, receivers
 from services.alerting.config import AlertingConfig, label
 from services.alerting.models import alerts, notifications, silences
 from shared.db import refused_data
+from shared.errors import ConfigError
 from shared.kafka import backoff_delay
 
 log = logging.getLogger(__name__)
@@ -230,7 +231,7 @@ async def _attempt(
     config: AlertingConfig,
     rows: list[Any],
     timeout: float,
-    proxies: Proxies | None = None,
+    routes: Routes | None = None,
 ) -> tuple[str, float | None, str | None]:
     """Return (outcome, delay before a retry, error) for one notification or one group.
 
@@ -253,23 +254,30 @@ async def _attempt(
     loop = asyncio.get_running_loop()
     ends = loop.time() + timeout
     status: int | None = None
-    proxy, headers, proxy_headers = (
-        (None, request.headers, None) if proxies is None else proxies.route(request)
-    )
+    route = (routes or Routes())(request.url)
     retry_after: float | None = None
     try:
         async with contextlib.AsyncExitStack() as stack:
             async with asyncio.timeout_at(ends):
-                response = await stack.enter_async_context(
-                    client.post(
-                        request.url,
-                        data=request.body,
-                        headers=headers,
-                        allow_redirects=False,
-                        proxy=proxy,
-                        proxy_headers=proxy_headers,
-                    )
-                )
+                for again in (True, False):
+                    try:
+                        response = await stack.enter_async_context(
+                            client.post(
+                                route.url,
+                                data=request.body,
+                                headers=request.headers | route.headers,
+                                allow_redirects=False,
+                                proxy=route.proxy,
+                                proxy_headers=route.proxy_headers,
+                            )
+                        )
+                        break
+                    except aiohttp.ServerDisconnectedError:
+                        # Most often a kept-alive connection the receiver closed as it was
+                        # taken (httpx looked at the socket first; aiohttp does not): once
+                        # more at once, on a new one. The same id, so a repeat is dropped.
+                        if not again:
+                            raise
             # The outcome is the status: the answer's body is read only so that the
             # connection can carry the next request (see _drop_answer).
             status = response.status
@@ -455,12 +463,13 @@ def client_session(config: AlertingConfig, timeout: float = 10.0) -> aiohttp.Cli
     """The outbox's HTTP client: ``connections(config)`` connections in all (none per host
     beyond that), idle ones kept ``KEEPALIVE`` seconds, nothing longer than ``timeout``.
 
-    aiohttp, not httpx: posting the same webhook to a local receiver 16 at a time took
-    about 120 µs of CPU per request against httpx's 1,500 µs (``bench/http_clients.py``),
-    and the alerting service sends one per detractor, in the process that consumes.
+    aiohttp, not httpx: this session took about an eighth of the CPU per webhook that
+    httpx took as the outbox used it, posting 16 at a time to a local receiver
+    (``bench/http_clients.py``); the alerting service sends one per detractor, in the
+    process that consumes.
 
     Like httpx before it: TLS is verified against ``SSL_CERT_FILE`` or ``SSL_CERT_DIR``
-    when set, else certifi's bundle, and the environment's proxies are used (``Proxies``).
+    when set, else certifi's bundle, and the environment's proxies are used (``Routes``).
     Not aiohttp's ``trust_env``: it reads ~/.netrc in a thread on every request, and sends
     what it finds there to receivers as Basic credentials. No cookie a receiver sets is
     kept or sent back. Answers are never decompressed: they are dropped unread.
@@ -478,46 +487,77 @@ def client_session(config: AlertingConfig, timeout: float = 10.0) -> aiohttp.Cli
         cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,
         skip_auto_headers=("Accept-Encoding",),
+        headers={"User-Agent": "cxloop-alerting"},
         raise_for_status=False,
     )
 
 
+def _basic(user: str, password: str | None) -> str:
+    """Basic credentials, UTF-8 as httpx sent them (aiohttp's own are Latin-1)."""
+    return "Basic " + b64encode(f"{user}:{password or ''}".encode()).decode()
+
+
 @dataclass(frozen=True)
-class Proxies:
-    """The proxies the environment names (``HTTP_PROXY``, ``HTTPS_PROXY``, ``NO_PROXY``, in
-    either case), read once, as httpx read them: each receiver URL's proxy is worked out
-    once and kept (receivers' URLs are the config's, a bounded set)."""
+class Route:
+    """How a request to one receiver URL goes out."""
 
-    by_scheme: dict[str, str] = field(default_factory=urllib.request.getproxies_environment)
-    chosen: dict[str, tuple[yarl.URL | None, dict[str, str] | None]] = field(default_factory=dict)
+    url: yarl.URL  # without its credentials: they are in ``headers``
+    headers: dict[str, str]  # added to the request's own
+    proxy: yarl.URL | None = None
+    proxy_headers: dict[str, str] | None = None  # for a CONNECT (an https receiver)
 
-    def route(
-        self, request: receivers.Request
-    ) -> tuple[yarl.URL | None, dict[str, str], dict[str, str] | None]:
-        """Return (the proxy, the request's headers, the headers of its CONNECT) for
-        ``request``. The proxy's credentials ride on a CONNECT to an https receiver, and on
-        the request itself to an http one (which the proxy forwards without them)."""
-        proxy, credentials = self.for_url(request.url)
-        if credentials is None or request.url.startswith("https:"):
-            return proxy, request.headers, credentials
-        return proxy, request.headers | credentials, None
 
-    def for_url(self, url: str) -> tuple[yarl.URL | None, dict[str, str] | None]:
-        """Return (the proxy, its Proxy-Authorization header) for ``url``, or (None, None)."""
-        found = self.chosen.get(url)
+@dataclass
+class Routes:
+    """Each receiver URL's route, worked out once (receivers' URLs are the config's).
+
+    Proxies are the environment's, read when this is made, as httpx read them:
+    ``HTTP_PROXY``, ``HTTPS_PROXY`` and ``ALL_PROXY`` in either case, a proxy without a
+    scheme taken as http, hosts in ``NO_PROXY`` reached directly. A proxy that does not
+    parse, or names no host, is refused here (at start-up), not at every send.
+    """
+
+    proxies: dict[str, yarl.URL] = field(default_factory=dict)
+    known: dict[str, Route] = field(default_factory=dict)
+
+    @classmethod
+    def from_environment(cls) -> Routes:
+        proxies = {}
+        for scheme, value in urllib.request.getproxies_environment().items():
+            if scheme not in ("http", "https", "all"):
+                continue
+            try:
+                proxy = yarl.URL(value if "://" in value else f"http://{value}")
+            except ValueError:
+                proxy = yarl.URL()
+            if proxy.scheme not in ("http", "https") or not proxy.host:
+                raise ConfigError(f"{scheme.upper()}_PROXY is not an http(s) URL with a host")
+            proxies[scheme] = proxy
+        return cls(proxies)
+
+    def __call__(self, url: str) -> Route:
+        found = self.known.get(url)
         if found is None:
-            found = self.chosen[url] = self._choose(yarl.URL(url))
+            found = self.known[url] = self._route(url)
         return found
 
-    def _choose(self, url: yarl.URL) -> tuple[yarl.URL | None, dict[str, str] | None]:
-        proxy = self.by_scheme.get(url.scheme)
-        if not proxy or (url.host is not None and urllib.request.proxy_bypass(url.host)):
-            return None, None
-        via = yarl.URL(proxy if "://" in proxy else f"http://{proxy}")
-        if via.user is None:
-            return via, None
-        pair = f"{via.user}:{via.password or ''}".encode()
-        return via.with_user(None), {"Proxy-Authorization": f"Basic {b64encode(pair).decode()}"}
+    def _route(self, raw: str) -> Route:
+        url = yarl.URL(raw)
+        headers = {}
+        if url.user is not None:
+            # Sent as httpx sent them; aiohttp would encode them as Latin-1.
+            headers["Authorization"] = _basic(url.user, url.password)
+            url = url.with_user(None)
+        proxy = self.proxies.get(url.scheme) or self.proxies.get("all")
+        if proxy is None or (url.host is not None and urllib.request.proxy_bypass(url.host)):
+            return Route(url, headers)
+        if proxy.user is None:
+            return Route(url, headers, proxy)
+        credentials = {"Proxy-Authorization": _basic(proxy.user, proxy.password)}
+        if url.scheme == "https":
+            return Route(url, headers, proxy.with_user(None), credentials)
+        # To an http receiver the proxy is sent the request itself, and drops this header.
+        return Route(url, headers | credentials, proxy.with_user(None))
 
 
 def _tls_context() -> ssl.SSLContext:
@@ -550,7 +590,7 @@ class Outbox:
     lease_seconds: float = 60.0
     timeout: float = 10.0
     record_timeout: float = RECORD_TIMEOUT
-    proxies: Proxies = field(default_factory=Proxies)
+    routes: Routes = field(default_factory=Routes.from_environment)
     in_flight: dict[str, int] = field(default_factory=dict)  # units being sent
     recording: dict[str, int] = field(default_factory=dict)  # sent, outcome not yet recorded
     sent: set[asyncio.Task[None]] = field(default_factory=set)  # delivery tasks past their send
@@ -760,7 +800,7 @@ class Outbox:
         first = group[0]
         try:
             outcome, retry_after, error = await _attempt(
-                self.client, self.config, group, self.timeout, self.proxies
+                self.client, self.config, group, self.timeout, self.routes
             )
         except Exception as exc:
             outcome, retry_after, error = "retry", None, f"cannot send: {type(exc).__name__}"
@@ -997,6 +1037,7 @@ async def run(
     queued: asyncio.Event | None = None,
     max_age: timedelta = timedelta(hours=24),
     timeout: float = 10.0,
+    routes: Routes | None = None,
 ) -> None:
     """Deliver until ``stop`` is set: every ``every`` seconds, at once when ``queued`` is set,
     and whenever a receiver has room again.
@@ -1013,6 +1054,7 @@ async def run(
             max_age=max_age,
             lease_seconds=max(60.0, 3 * timeout),
             timeout=timeout,
+            routes=routes or Routes.from_environment(),
         )
         released_at = 0.0
         try:

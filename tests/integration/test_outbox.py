@@ -9,11 +9,13 @@ the retry budget; alerts opened under a silence are announced when it ends.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import Counter, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -34,6 +36,7 @@ from services.servers import free_port
 from shared.db import create_engine
 from shared.settings import DatabaseSettings, KafkaSettings
 from shared.topics import Topic
+from tests.builders import alert as alert_row
 from tests.builders import response_event
 from tests.conftest import AlertingFactory
 from tests.helpers import eventually, http_server, produce, stays
@@ -266,6 +269,39 @@ async def dripping_receiver(release: asyncio.Event, calls: list[int]) -> AsyncIt
         server.close()
 
 
+@asynccontextmanager
+async def one_answer_per_connection(requests: list[int]) -> AsyncIterator[str]:
+    """A receiver that answers the first request on a connection (keeping it alive), and
+    closes it on the next one without a word: a keep-alive that ran out as it was reused."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = len(requests)
+        try:
+            for nth in range(2):
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                await reader.readexactly(length)
+                requests.append(connection)
+                if nth == 0:
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/hook"
+    finally:
+        server.close()
+
+
 class TestFrozenGroup:
     async def test_an_alert_arriving_while_its_group_is_sent_starts_the_next_group(
         self,
@@ -430,7 +466,9 @@ class TestHowItPosts:
         _, url = hooks
         monkeypatch.setenv("GOOD_SECRET", SECRET)
         netrc = tmp_path / "netrc"
-        netrc.write_text("machine localhost login ops password hunter2\n")
+        netrc.write_text(
+            "machine localhost login ops password hunter2\ndefault login any password hunter3\n"
+        )
         netrc.chmod(0o600)
         monkeypatch.setenv("NETRC", str(netrc))
         seen: list[tuple[str | None, str | None]] = []
@@ -456,6 +494,28 @@ class TestHowItPosts:
                     await eventually(lambda: asyncio.sleep(0, len(seen)), lambda n: n >= 1)
                 await eventually(lambda: asyncio.sleep(0, len(seen)), lambda n: n == 2)
         assert seen == [(None, None), (None, None)]
+
+    async def test_a_kept_alive_connection_closed_as_it_is_reused_costs_no_attempt(
+        self,
+    ) -> None:
+        requests: list[int] = []
+        async with one_answer_per_connection(requests) as url:
+            config = AlertingConfig.model_validate(
+                {"receivers": [{"name": "r", "type": "webhook", "url": url}]}
+            )
+            async with client_session(config) as http:
+                outcomes = []
+                for n in range(3):
+                    row = SimpleNamespace(
+                        receiver="r",
+                        notification_id=uuid.uuid4(),
+                        action="trigger",
+                        alert=SimpleNamespace(_mapping=alert_row(customer_id=f"c{n}")),
+                    )
+                    outcomes.append(await outbox_module._attempt(http, config, [row], 10.0))
+        assert outcomes == [("delivered", None, None)] * 3
+        # Each later one was sent on the connection before it, which closed; then again.
+        assert len(requests) == 5
 
 
 class TestLeaseToken:

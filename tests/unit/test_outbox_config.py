@@ -11,7 +11,7 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from services.alerting.config import load
-from services.alerting.outbox import _retry_after, connections, in_flight_max
+from services.alerting.outbox import Routes, _retry_after, connections, in_flight_max
 from services.cli import main
 from shared.errors import ConfigError
 
@@ -116,7 +116,17 @@ class TestCheckConfig:
         assert problem in str(exc.value)
 
     @pytest.mark.parametrize(
-        "url", ["http://[::1/", "http:///hooks", "http://h:99999/hooks", "http://exa mple.com/x"]
+        "url",
+        [
+            "http://[::1/",
+            "http:///hooks",
+            "http://h:99999/hooks",
+            "http://h:0/hooks",
+            "http://exa mple.com/x",
+            "http://ho\u00a0st/x",
+            "http://a..b/x",
+            "http://us%3Aer:pw@h.example/x",
+        ],
     )
     def test_a_url_the_sender_cannot_parse_is_refused_naming_the_line(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str
@@ -176,3 +186,46 @@ class TestMaxInFlight:
         assert {name: in_flight_max(config, name) for name in wanted} == wanted
         # A connection for each of them at once: a hung receiver never starves another.
         assert connections(config) == sum(wanted.values())
+
+
+class TestRoutes:
+    """How the outbox reaches each receiver URL: its proxy, and credentials in the URL."""
+
+    @pytest.fixture(autouse=True)
+    def no_proxies(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        for scheme in ("http", "https", "all", "no"):
+            monkeypatch.delenv(f"{scheme}_proxy", raising=False)
+            monkeypatch.delenv(f"{scheme.upper()}_PROXY", raising=False)
+
+    def test_a_proxy_without_a_scheme_is_http_and_all_proxy_covers_the_rest(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("HTTPS_PROXY", "proxy.corp:3128")
+        monkeypatch.setenv("ALL_PROXY", "http://other.corp:8080")
+        monkeypatch.setenv("NO_PROXY", "internal.example")
+        routes = Routes.from_environment()
+        assert str(routes("https://hooks.slack.com/x").proxy) == "http://proxy.corp:3128"
+        assert str(routes("http://hooks.example/x").proxy) == "http://other.corp:8080"
+        assert routes("http://internal.example/x").proxy is None
+
+    def test_a_proxy_that_cannot_be_used_stops_start_up_naming_the_variable(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("HTTPS_PROXY", "http://:3128")
+        with pytest.raises(ConfigError, match="HTTPS_PROXY"):
+            Routes.from_environment()
+
+    def test_credentials_in_a_url_are_sent_as_utf8_basic_and_never_in_the_url(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("HTTPS_PROXY", "http://cx:pr%C3%B6xy@proxy.corp:3128")
+        route = Routes.from_environment()("https://ops:p%C3%A4ss@hooks.example/x")
+        assert str(route.url) == "https://hooks.example/x"
+        assert route.headers == {"Authorization": "Basic " + b64("ops:päss")}
+        # To an https receiver, the proxy's credentials ride on the CONNECT only.
+        assert str(route.proxy) == "http://proxy.corp:3128"
+        assert route.proxy_headers == {"Proxy-Authorization": "Basic " + b64("cx:pröxy")}
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from services.alerting import receivers
 from services.alerting.config import AlertingConfig, Receiver
+from tests.builders import alert
 
 HOSTILE = "<!channel> <https://evil.example|click here> & more"
 
@@ -32,30 +32,6 @@ CONFIG = AlertingConfig(
     ticket_urls={"default": "https://acme.zendesk.com/agent/tickets/{ticket_id}"},
 )
 HOOK, SLACK, PAGER, AM = CONFIG.receivers
-
-
-def alert(**overrides: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "id": uuid.UUID("6f1c1d5e-7b7a-4c39-9f3a-0d2b8b7d1a10"),
-        "rule": "detractor",
-        "severity": "critical",
-        "status": "open",
-        "customer_id": "c-1",
-        "channel": "sms",
-        "touchpoint": "support_call",
-        "ticket_id": "T-5",
-        "metric": "nps",
-        "score": 2,
-        "comment": None,
-        "reasons": ["price"],
-        "occurrences": 1,
-        "opened_at": datetime(2026, 11, 22, 1, 0, tzinfo=UTC),
-        "acknowledged_by": None,
-        "resolved_by": None,
-        "note": None,
-        "assignee": None,
-    }
-    return base | overrides
 
 
 def sent(receiver: Receiver, action: str, a: dict[str, Any]) -> Any:
