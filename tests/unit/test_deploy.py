@@ -9,10 +9,18 @@ from typing import Any
 import yaml
 
 from shared.settings import AlertingSettings, CollectorSettings, ScorerSettings, known_env_names
+from tests.helpers import load_script
 
 ROOT = Path(__file__).parents[2]
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 DOCKERFILE = (ROOT / "deploy" / "Dockerfile").read_text()
+
+
+LOCK_SCRIPT = "scripts/lock_requirements.py"
+
+
+def _lock_script() -> Any:
+    return load_script(ROOT / LOCK_SCRIPT)
 
 
 class TestImage:
@@ -22,20 +30,11 @@ class TestImage:
         assert "-c requirements.lock" in DOCKERFILE
         lock = (ROOT / "deploy" / "requirements.lock").read_text().split()
         pinned = {line.split("==")[0].lower().replace("_", "-") for line in lock}
-        runtime = {
-            "fastapi",
-            "uvicorn",
-            "aiokafka",
-            "sqlalchemy",
-            "asyncpg",
-            "alembic",
-            "pydantic",
-            "pydantic-settings",
-            "prometheus-client",
-            "httpx",
-            "pyyaml",
-        }
-        assert runtime <= pinned
+        # Every package the runtime dependencies pull in (as installed here), not only the
+        # direct ones: one left out is installed unpinned, at whatever version is newest.
+        needed = set(_lock_script().closure())
+        assert needed <= pinned, f"not pinned: {sorted(needed - pinned)}; run {LOCK_SCRIPT}"
+        assert {"fastapi", "aiohttp", "yarl", "greenlet", "jinja2", "orjson"} <= needed
         assert all("==" in line for line in lock)
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import sys
 import tomllib
 from pathlib import Path
 from types import ModuleType
@@ -12,18 +10,14 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "shared/web/static/vendor/VENDORED.toml"
 
 
 def vendor_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("vendor_script", ROOT / "scripts/vendor.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "scripts/vendor.py")
 
 
 VENDOR = vendor_script()
