@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -34,6 +35,8 @@ from shared.topics import Topic
 from shared.web.pages import install as install_pages
 from shared.web.pages import sign_in_router
 
+log = logging.getLogger(__name__)
+
 DESCRIPTION = """\
 Every detractor, dissatisfied or high-effort answer becomes one alert that a person
 follows up; repeats fold into the alert already open. Every `/v1` call needs
@@ -61,6 +64,7 @@ def create_app(
     )
     # The environment's proxies for notifications: one that does not parse stops start-up.
     routes = outbox.Routes.from_environment()
+    tls = outbox.tls_context()
     # Set by the consumer when it queued notifications, so the outbox sends without waiting.
     queued = asyncio.Event()
     runtime = ConsumingService(
@@ -91,7 +95,9 @@ def create_app(
                         max_age=timedelta(hours=alerting.notification_max_age_hours),
                         timeout=alerting.notification_timeout_seconds,
                         routes=routes,
-                    )
+                        tls=tls,
+                    ),
+                    name="outbox",
                 ),
                 asyncio.create_task(
                     drops.run(
@@ -111,6 +117,8 @@ def create_app(
                     )
                 ),
             ]
+            for task in background:
+                task.add_done_callback(_report_stopped)
             try:
                 yield
             finally:
@@ -133,3 +141,10 @@ def create_app(
     app.state.hasher = hasher
     app.state.alerting_settings = alerting
     return app
+
+
+def _report_stopped(task: asyncio.Task[None]) -> None:
+    """A background loop that ends on an error before shutdown says so at once, not at
+    shutdown (where ``gather`` raises it): its work (sending, timers) has stopped."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("the %s loop stopped: %s", task.get_name(), type(exc).__name__)

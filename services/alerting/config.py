@@ -179,12 +179,46 @@ _HOSTNAME = re.compile(
 )
 
 
-def _is_ip(host: str) -> bool:
+def is_ip(host: str) -> bool:
+    """Whether ``host`` is an IPv4 or IPv6 address (without brackets or a zone)."""
     try:
         ipaddress.ip_address(host)
     except ValueError:
         return False
     return True
+
+
+def url_problem(url: str) -> str | None:
+    """What stops the outbox's client (aiohttp) from sending to ``url`` as written, or None.
+
+    Checked when the config loads (and on proxies at start-up), so that no notification
+    fails on it later, again and again until its retry budget is spent. Never quotes the
+    URL, which may hold credentials.
+    """
+    if any(c.isspace() or ord(c) < 32 or c == "\x7f" for c in url):
+        # yarl would drop a tab or a newline and send to another host than written.
+        return "it has a space or a control character"
+    try:
+        parsed = yarl.URL(url)
+        host, port = parsed.raw_host, parsed.port
+    except ValueError as exc:
+        return str(exc)
+    if not host:
+        return "it names no host"
+    if port is not None and not 1 <= port <= 65535:
+        return "its port is not from 1 to 65535"
+    if "%" in host:
+        return "its host has a zone or a % in it"
+    numeric = host.rstrip(".").replace(".", "").isdigit()
+    if not is_ip(host) and (numeric or not _HOSTNAME.fullmatch(host)):
+        return (
+            "its host is neither an IP address nor a name of letters, digits, '-' and '_' "
+            "in labels of 1 to 63"
+        )
+    if parsed.user is not None and ":" in parsed.user:
+        # Basic credentials are "user:password": such a user cannot be sent.
+        return "its user name has a ':' in it"
+    return None
 
 
 class Receiver(BaseModel):
@@ -203,29 +237,8 @@ class Receiver(BaseModel):
     @field_validator("url")
     @classmethod
     def _url_parses(cls, url: str) -> str:
-        # Checked as the sender (aiohttp) will parse it, so that no notification fails on it
-        # later, again and again until its retry budget is spent.
-        if url:
-            if any(c.isspace() or ord(c) < 32 or c == "\x7f" for c in url):
-                # yarl would drop a tab or a newline and send to another host than written.
-                raise ValueError("not a valid URL: it has a space or a control character")
-            try:
-                parsed = yarl.URL(url)
-                host, port = parsed.raw_host, parsed.port
-            except ValueError as exc:
-                raise ValueError(f"not a valid URL: {exc}") from None
-            if not host:
-                raise ValueError("not a valid URL: it names no host")
-            if port is not None and not 1 <= port <= 65535:
-                raise ValueError("not a valid URL: its port is not from 1 to 65535")
-            if not _is_ip(host) and not _HOSTNAME.fullmatch(host):
-                raise ValueError(
-                    "not a valid URL: its host is neither an IP address nor a name of "
-                    "letters, digits, '-' and '_' in labels of 1 to 63"
-                )
-            if parsed.user is not None and ":" in parsed.user:
-                # Basic credentials are "user:password": such a user cannot be sent.
-                raise ValueError("not a valid URL: its user name has a ':' in it")
+        if url and (problem := url_problem(url)) is not None:
+            raise ValueError(f"not a valid URL: {problem}")
         return url
 
     @field_validator("secret_env")

@@ -44,7 +44,7 @@ import yarl
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.alerting import metrics, receivers
-from services.alerting.config import AlertingConfig, label
+from services.alerting.config import AlertingConfig, is_ip, label, url_problem
 from services.alerting.models import alerts, notifications, silences
 from shared.db import refused_data
 from shared.errors import ConfigError
@@ -254,12 +254,17 @@ async def _attempt(
     loop = asyncio.get_running_loop()
     ends = loop.time() + timeout
     status: int | None = None
-    route = (routes or Routes())(request.url)
     retry_after: float | None = None
+    try:
+        route = (routes or Routes())(request.url)
+    except ValueError:
+        return "failed", None, "the receiver's url cannot be sent to"
     try:
         async with contextlib.AsyncExitStack() as stack:
             async with asyncio.timeout_at(ends):
-                for again in (True, False):
+                # Slack's messages carry no id a repeat could be known by: never sent twice.
+                for again in (receiver.type != "slack", False):
+                    sent: dict[str, bool] = {}
                     try:
                         response = await stack.enter_async_context(
                             client.post(
@@ -269,22 +274,22 @@ async def _attempt(
                                 allow_redirects=False,
                                 proxy=route.proxy,
                                 proxy_headers=route.proxy_headers,
+                                trace_request_ctx=sent,
                             )
                         )
                         break
-                    except aiohttp.ServerDisconnectedError:
-                        # Most often a kept-alive connection the receiver closed as it was
-                        # taken (httpx looked at the socket first; aiohttp does not): once
-                        # more at once, on a new one. The same id, so a repeat is dropped.
-                        if not again:
+                    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                        # A kept-alive connection the receiver closed as it was taken
+                        # (httpx looked at the socket first; aiohttp does not): once more
+                        # at once, on a new one, if nothing of an answer came. The same
+                        # request, id and signature, so a receiver drops a repeat.
+                        if not (again and sent.get("reused") and _unanswered(exc)):
                             raise
             # The outcome is the status: the answer's body is read only so that the
             # connection can carry the next request (see _drop_answer).
             status = response.status
             retry_after = _retry_after(response.headers)
             await _drop_answer(response, min(ends, loop.time() + ANSWER_WAIT))
-    except aiohttp.InvalidURL:
-        return "failed", None, "the receiver's url is not a valid URL"
     except Exception as exc:
         if status is None:
             # Whatever went wrong, it is recorded and retried within the budget, never lost.
@@ -295,6 +300,25 @@ async def _attempt(
     if status == 429 or status >= 500:
         return "retry", retry_after, f"HTTP {status}"
     return "failed", None, f"HTTP {status}: refused by the receiver"
+
+
+def _unanswered(exc: aiohttp.ClientError) -> bool:
+    """Whether the connection went before any of an answer arrived (aiohttp carries the
+    part of an answer it had read as the error's message)."""
+    return not isinstance(exc, aiohttp.ServerDisconnectedError) or isinstance(exc.message, str)
+
+
+def _reuse_trace() -> aiohttp.TraceConfig:
+    """Marks a request's ``trace_request_ctx`` (a dict) when it was sent on a kept-alive
+    connection, not a new one."""
+
+    async def reused(session: Any, context: Any, params: Any) -> None:
+        if isinstance(context.trace_request_ctx, dict):
+            context.trace_request_ctx["reused"] = True
+
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_reuseconn.append(reused)
+    return trace
 
 
 async def _drop_answer(response: aiohttp.ClientResponse, until: float) -> None:
@@ -459,7 +483,9 @@ def connections(config: AlertingConfig) -> int:
     return max(1, sum(in_flight_max(config, r.name) for r in config.receivers))
 
 
-def client_session(config: AlertingConfig, timeout: float = 10.0) -> aiohttp.ClientSession:
+def client_session(
+    config: AlertingConfig, timeout: float = 10.0, tls: ssl.SSLContext | None = None
+) -> aiohttp.ClientSession:
     """The outbox's HTTP client: ``connections(config)`` connections in all (none per host
     beyond that), idle ones kept ``KEEPALIVE`` seconds, nothing longer than ``timeout``.
 
@@ -478,7 +504,7 @@ def client_session(config: AlertingConfig, timeout: float = 10.0) -> aiohttp.Cli
         limit=connections(config),
         limit_per_host=0,
         keepalive_timeout=KEEPALIVE,
-        ssl=_tls_context(),
+        ssl=tls or tls_context(),
     )
     return aiohttp.ClientSession(
         connector=connector,
@@ -488,13 +514,21 @@ def client_session(config: AlertingConfig, timeout: float = 10.0) -> aiohttp.Cli
         auto_decompress=False,
         skip_auto_headers=("Accept-Encoding",),
         headers={"User-Agent": "cxloop-alerting"},
+        trace_configs=[_reuse_trace()],
         raise_for_status=False,
     )
 
 
-def _basic(user: str, password: str | None) -> str:
+def _basic(user: str | None, password: str | None) -> str:
     """Basic credentials, UTF-8 as httpx sent them (aiohttp's own are Latin-1)."""
-    return "Basic " + b64encode(f"{user}:{password or ''}".encode()).decode()
+    return "Basic " + b64encode(f"{user or ''}:{password or ''}".encode()).decode()
+
+
+def _without_credentials(url: yarl.URL) -> tuple[yarl.URL, str | None]:
+    """``url`` without its user and password, and them as a Basic credential (or None)."""
+    if url.raw_user is None and url.raw_password is None:
+        return url, None
+    return url.with_user(None), _basic(url.user, url.password)
 
 
 @dataclass(frozen=True)
@@ -502,70 +536,125 @@ class Route:
     """How a request to one receiver URL goes out."""
 
     url: yarl.URL  # without its credentials: they are in ``headers``
-    headers: dict[str, str]  # added to the request's own
-    proxy: yarl.URL | None = None
-    proxy_headers: dict[str, str] | None = None  # for a CONNECT (an https receiver)
+    headers: dict[str, str] = field(repr=False)  # added to the request's own
+    proxy: yarl.URL | None = None  # without its credentials, as ``url``
+    proxy_headers: dict[str, str] | None = field(default=None, repr=False)  # for a CONNECT
+
+
+@dataclass(frozen=True)
+class _Proxy:
+    url: yarl.URL
+    credentials: str | None = field(repr=False)
+
+
+@dataclass(frozen=True)
+class _Bypass:
+    """One ``NO_PROXY`` entry, read as httpx reads it: ``*`` (everything), an optional
+    ``scheme://``, then an IP address or ``localhost`` (that host alone), a ``.domain``
+    (its subdomains) or a domain (it and its subdomains), and an optional ``:port``."""
+
+    scheme: str | None
+    host: str
+    port: int | None
+    subdomains_only: bool = False
+    exact: bool = False
+
+    @classmethod
+    def parse(cls, entry: str) -> _Bypass | None:
+        scheme = None
+        if "://" in entry:
+            scheme, entry = entry.split("://", 1)
+        try:
+            url = yarl.URL(f"http://{entry}")
+            host, port = url.raw_host, url.explicit_port
+        except ValueError:
+            return None
+        if not host:
+            return None
+        if host.startswith("."):
+            return cls(scheme, host[1:].lower(), port, subdomains_only=True)
+        return cls(scheme, host.lower(), port, exact=is_ip(host) or host == "localhost")
+
+    def matches(self, url: yarl.URL) -> bool:
+        host = (url.raw_host or "").lower()
+        if self.scheme is not None and self.scheme != url.scheme:
+            return False
+        if self.port is not None and self.port != url.port:
+            return False
+        if self.exact:
+            return host == self.host
+        inside = host.endswith(f".{self.host}")
+        return inside if self.subdomains_only else inside or host == self.host
 
 
 @dataclass
 class Routes:
     """Each receiver URL's route, worked out once (receivers' URLs are the config's).
 
-    Proxies are the environment's, read when this is made, as httpx read them:
-    ``HTTP_PROXY``, ``HTTPS_PROXY`` and ``ALL_PROXY`` in either case, a proxy without a
-    scheme taken as http, hosts in ``NO_PROXY`` reached directly. A proxy that does not
-    parse, or names no host, is refused here (at start-up), not at every send.
+    The environment's proxies are read when this is made, as httpx read them:
+    ``HTTP_PROXY``, ``HTTPS_PROXY`` and, where the scheme's own is unset, ``ALL_PROXY``,
+    in either case; a proxy without a scheme is http. ``NO_PROXY`` as ``_Bypass`` says.
+    A proxy URL the receivers' own rules would refuse stops start-up, naming the
+    variable, never quoting its value (it may hold credentials).
     """
 
-    proxies: dict[str, yarl.URL] = field(default_factory=dict)
-    known: dict[str, Route] = field(default_factory=dict)
+    proxies: dict[str, _Proxy] = field(default_factory=dict)
+    bypass: list[_Bypass] = field(default_factory=list)
+    everything_direct: bool = False
+    known: dict[str, Route] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_environment(cls) -> Routes:
+        found = urllib.request.getproxies_environment()
         proxies = {}
-        for scheme, value in urllib.request.getproxies_environment().items():
-            if scheme not in ("http", "https", "all"):
+        for scheme in ("http", "https", "all"):
+            value = found.get(scheme)
+            if not value:
                 continue
-            try:
-                proxy = yarl.URL(value if "://" in value else f"http://{value}")
-            except ValueError:
-                proxy = yarl.URL()
-            if proxy.scheme not in ("http", "https") or not proxy.host:
-                raise ConfigError(f"{scheme.upper()}_PROXY is not an http(s) URL with a host")
-            proxies[scheme] = proxy
-        return cls(proxies)
+            text = value if "://" in value else f"http://{value}"
+            problem = url_problem(text)
+            if problem is not None or not text.startswith(("http://", "https://")):
+                name = f"{scheme.upper()}_PROXY (or {scheme}_proxy)"
+                raise ConfigError(f"{name} is not a usable http(s) URL: {problem or 'scheme'}")
+            proxies[scheme] = _Proxy(*_without_credentials(yarl.URL(text)))
+        entries = [e.strip() for e in found.get("no", "").split(",") if e.strip()]
+        bypass = [b for b in map(_Bypass.parse, entries) if b is not None]
+        return cls(proxies, bypass, everything_direct="*" in entries)
 
     def __call__(self, url: str) -> Route:
         found = self.known.get(url)
         if found is None:
-            found = self.known[url] = self._route(url)
+            found = self.known[url] = self._route(yarl.URL(url))
         return found
 
-    def _route(self, raw: str) -> Route:
-        url = yarl.URL(raw)
-        headers = {}
-        if url.user is not None:
-            # Sent as httpx sent them; aiohttp would encode them as Latin-1.
-            headers["Authorization"] = _basic(url.user, url.password)
-            url = url.with_user(None)
+    def _route(self, written: yarl.URL) -> Route:
+        url, credentials = _without_credentials(written)
+        headers = {} if credentials is None else {"Authorization": credentials}
         proxy = self.proxies.get(url.scheme) or self.proxies.get("all")
-        if proxy is None or (url.host is not None and urllib.request.proxy_bypass(url.host)):
+        if proxy is None or self.everything_direct or any(b.matches(url) for b in self.bypass):
             return Route(url, headers)
-        if proxy.user is None:
-            return Route(url, headers, proxy)
-        credentials = {"Proxy-Authorization": _basic(proxy.user, proxy.password)}
+        if proxy.credentials is None:
+            return Route(url, headers, proxy.url)
+        auth = {"Proxy-Authorization": proxy.credentials}
         if url.scheme == "https":
-            return Route(url, headers, proxy.with_user(None), credentials)
+            return Route(url, headers, proxy.url, auth)  # on the CONNECT alone
         # To an http receiver the proxy is sent the request itself, and drops this header.
-        return Route(url, headers | credentials, proxy.with_user(None))
+        return Route(url, headers | auth, proxy.url)
 
 
-def _tls_context() -> ssl.SSLContext:
-    # The same choice, in the same order, as httpx made for the outbox before.
-    if cafile := os.environ.get("SSL_CERT_FILE"):
-        return ssl.create_default_context(cafile=cafile)
-    if capath := os.environ.get("SSL_CERT_DIR"):
-        return ssl.create_default_context(capath=capath)
+def tls_context() -> ssl.SSLContext:
+    """The CAs notifications are verified against: the same choice, in the same order, as
+    httpx made for the outbox before. One the process cannot read stops start-up."""
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
+        if where := os.environ.get(name):
+            try:
+                if name == "SSL_CERT_FILE":
+                    return ssl.create_default_context(cafile=where)
+                return ssl.create_default_context(capath=where)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(
+                    f"{name} cannot be read as CA certificates ({type(exc).__name__})"
+                ) from None
     return ssl.create_default_context(cafile=certifi.where())
 
 
@@ -590,7 +679,7 @@ class Outbox:
     lease_seconds: float = 60.0
     timeout: float = 10.0
     record_timeout: float = RECORD_TIMEOUT
-    routes: Routes = field(default_factory=Routes.from_environment)
+    routes: Routes = field(default_factory=Routes.from_environment, repr=False)
     in_flight: dict[str, int] = field(default_factory=dict)  # units being sent
     recording: dict[str, int] = field(default_factory=dict)  # sent, outcome not yet recorded
     sent: set[asyncio.Task[None]] = field(default_factory=set)  # delivery tasks past their send
@@ -1038,6 +1127,7 @@ async def run(
     max_age: timedelta = timedelta(hours=24),
     timeout: float = 10.0,
     routes: Routes | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> None:
     """Deliver until ``stop`` is set: every ``every`` seconds, at once when ``queued`` is set,
     and whenever a receiver has room again.
@@ -1046,7 +1136,7 @@ async def run(
     """
     queued = queued or asyncio.Event()
     loop = asyncio.get_running_loop()
-    async with client_session(config, timeout) as client:
+    async with client_session(config, timeout, tls) as client:
         outbox = Outbox(
             engine,
             client,

@@ -10,8 +10,14 @@ from pathlib import Path
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from services.alerting.config import load
-from services.alerting.outbox import Routes, _retry_after, connections, in_flight_max
+from services.alerting.config import AlertingConfig, load
+from services.alerting.outbox import (
+    Routes,
+    _retry_after,
+    connections,
+    in_flight_max,
+    tls_context,
+)
 from services.cli import main
 from shared.errors import ConfigError
 
@@ -126,6 +132,9 @@ class TestCheckConfig:
             "http://ho\u00a0st/x",
             "http://a..b/x",
             "http://us%3Aer:pw@h.example/x",
+            "http://[fe80::1%25eth0]/x",
+            "http://999.1.1.1/x",
+            "http://1234/x",
         ],
     )
     def test_a_url_the_sender_cannot_parse_is_refused_naming_the_line(
@@ -140,6 +149,27 @@ class TestCheckConfig:
 def answered(**headers: str) -> CIMultiDictProxy[str]:
     """Headers as aiohttp hands them over: case-insensitive, whatever the receiver wrote."""
     return CIMultiDictProxy(CIMultiDict(headers))
+
+
+class TestReceiverUrls:
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "https://hooks.slack.com/services/T000/B000/XXXXXXXX",
+            "https://acme.webhook.office.com/webhookb2/a@b/IncomingWebhook/c/d",
+            "https://prod-1.westus.logic.azure.com/workflows/x/triggers?sig=a%2Fb",
+            "https://bücher.example/hooks",
+            "http://[::1]:8080/hook",
+            "http://hooks.example./x",
+            "http://my_service:8000/hook",
+            "https://ops:p%C3%A4ss@hooks.example/x",
+        ],
+    )
+    def test_real_receiver_urls_load(self, url: str) -> None:
+        config = AlertingConfig.model_validate(
+            {"receivers": [{"name": "r", "type": "webhook", "url": url}]}
+        )
+        assert config.receivers[0].url == url
 
 
 class TestRetryAfter:
@@ -208,23 +238,72 @@ class TestRoutes:
         assert str(routes("http://hooks.example/x").proxy) == "http://other.corp:8080"
         assert routes("http://internal.example/x").proxy is None
 
+    @pytest.mark.parametrize(
+        "value", ["http://cx:s3cret@:3128", "http://cx:s3cret@pro xy:3128", "socks5://cx:s3cret@p"]
+    )
     def test_a_proxy_that_cannot_be_used_stops_start_up_naming_the_variable(
-        self, monkeypatch: pytest.MonkeyPatch
+        self, monkeypatch: pytest.MonkeyPatch, value: str
     ) -> None:
-        monkeypatch.setenv("HTTPS_PROXY", "http://:3128")
-        with pytest.raises(ConfigError, match="HTTPS_PROXY"):
+        monkeypatch.setenv("https_proxy", value)
+        with pytest.raises(ConfigError, match="HTTPS_PROXY") as exc:
             Routes.from_environment()
+        assert "s3cret" not in str(exc.value)
+
+    @pytest.mark.parametrize(
+        ("no_proxy", "direct", "proxied"),
+        [
+            ("*", ["http://a.example/x", "https://b.example/x"], []),
+            ("a.example, *", ["http://b.example/x"], []),
+            (
+                "example.com",
+                ["http://example.com/x", "http://a.example.com/x"],
+                ["http://xexample.com/"],
+            ),
+            (".example.com", ["http://a.example.com/x"], ["http://example.com/x"]),
+            ("hooks.example:8080", ["http://hooks.example:8080/x"], ["http://hooks.example/x"]),
+            ("https://hooks.example", ["https://hooks.example/x"], ["http://hooks.example/x"]),
+            (
+                "10.0.0.9,localhost",
+                ["http://10.0.0.9/x", "http://localhost/x"],
+                ["http://10.0.0.1/"],
+            ),
+        ],
+    )
+    def test_no_proxy_is_read_as_httpx_read_it(
+        self, monkeypatch: pytest.MonkeyPatch, no_proxy: str, direct: list[str], proxied: list[str]
+    ) -> None:
+        monkeypatch.setenv("ALL_PROXY", "http://proxy.corp:3128")
+        monkeypatch.setenv("no_proxy", no_proxy)
+        routes = Routes.from_environment()
+        assert [u for u in direct if routes(u).proxy is not None] == []
+        assert [u for u in proxied if routes(u).proxy is None] == []
 
     def test_credentials_in_a_url_are_sent_as_utf8_basic_and_never_in_the_url(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        monkeypatch.setenv("HTTPS_PROXY", "http://cx:pr%C3%B6xy@proxy.corp:3128")
+        monkeypatch.setenv("ALL_PROXY", "http://cx:pr%C3%B6xy@proxy.corp:3128")
         route = Routes.from_environment()("https://ops:p%C3%A4ss@hooks.example/x")
         assert str(route.url) == "https://hooks.example/x"
         assert route.headers == {"Authorization": "Basic " + b64("ops:päss")}
         # To an https receiver, the proxy's credentials ride on the CONNECT only.
         assert str(route.proxy) == "http://proxy.corp:3128"
         assert route.proxy_headers == {"Proxy-Authorization": "Basic " + b64("cx:pröxy")}
+        # To an http one, the proxy is sent the request itself: they ride on it, and no
+        # credential is ever shown in a repr (a log line, a traceback, a test's diff).
+        plain = Routes.from_environment()("http://:p%E2%82%ACss@hooks.example/x")
+        assert plain.headers == {
+            "Authorization": "Basic " + b64(":p€ss"),
+            "Proxy-Authorization": "Basic " + b64("cx:pröxy"),
+        }
+        assert plain.proxy_headers is None
+        assert "cx" not in repr(plain) + repr(Routes.from_environment())
+
+    def test_an_unreadable_ca_file_stops_start_up_naming_the_variable(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
+        with pytest.raises(ConfigError, match="SSL_CERT_FILE cannot be read"):
+            tls_context()
 
 
 def b64(text: str) -> str:
