@@ -522,6 +522,35 @@ async def until(
         await asyncio.sleep(every)
 
 
+@asynccontextmanager
+async def hook_receiver() -> AsyncIterator[httpx.AsyncClient]:
+    """bench/hook_receiver.py in a process of its own; yield a client for its URL (it takes
+    alerts at ``/hook`` and lists their arrivals at ``/arrivals``)."""
+    port = free_port()
+    process = ServerProcess("hook-receiver", sink=None)
+    await process.spawn(
+        sys.executable, str(Path(__file__).with_name("hook_receiver.py")), str(port)
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+
+            async def up() -> bool:
+                try:
+                    return (await client.get("/arrivals")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            try:
+                await until(up, timeout=30)
+            except TimeoutError:
+                raise RuntimeError(
+                    "the webhook receiver did not start: " + " | ".join(process.tail[-5:])
+                ) from None
+            yield client
+    finally:
+        await process.stop()
+
+
 def percentile(values: Sequence[float], p: float) -> float:
     """Return the ``p``-th percentile (0-100) by the inclusive method; NaN of no values."""
     if not values:

@@ -14,19 +14,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import statistics
-import sys
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import httpx
-from common import until
+from common import hook_receiver
 
 from services.alerting.config import AlertingConfig
 from services.alerting.outbox import client_session
-from services.servers import ServerProcess, free_port
 
 BODY = (
     '{"type":"alert.opened","data":{"alert":{"customer_id":"c1","rule":"detractor",'
@@ -78,21 +74,8 @@ async def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    port = free_port()
-    receiver = ServerProcess("hook-receiver", sink=None)
-    await receiver.spawn(
-        sys.executable, str(Path(__file__).with_name("hook_receiver.py")), str(port)
-    )
-    url = f"http://127.0.0.1:{port}/hook"
-    try:
-        async with httpx.AsyncClient() as probe:
-
-            async def up() -> bool:
-                with contextlib.suppress(httpx.TransportError):
-                    return (await probe.get(f"http://127.0.0.1:{port}/arrivals")).is_success
-                return False
-
-            await until(up, timeout=30)
+    async with hook_receiver() as receiver:
+        url = str(receiver.base_url.join("/hook"))
         clients: dict[str, Callable[[str, int], Awaitable[None]]] = {
             "httpx": with_httpx,
             "aiohttp": with_aiohttp,
@@ -108,8 +91,6 @@ async def main() -> None:
             print(f"{name}: {statistics.median(values):,.0f} µs CPU per webhook ({values})")
         ratio = statistics.median(cpu["httpx"]) / statistics.median(cpu["aiohttp"])
         print(f"httpx / aiohttp: {ratio:.1f}x the CPU per webhook")
-    finally:
-        await receiver.stop()
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import json
 import random
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -31,42 +30,22 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from common import LoadClient, Result, Servers, percentile, servers, skipped, stack, until
-
-from services.servers import ServerProcess, free_port
+from common import (
+    LoadClient,
+    Result,
+    Servers,
+    hook_receiver,
+    percentile,
+    servers,
+    skipped,
+    stack,
+)
 
 
 @contextlib.asynccontextmanager
 async def _scratch() -> AsyncIterator[str]:
     with tempfile.TemporaryDirectory(prefix="cxloop-latency-") as tmp:
         yield tmp
-
-
-@contextlib.asynccontextmanager
-async def receiver() -> AsyncIterator[httpx.AsyncClient]:
-    """hook_receiver.py in a process of its own; yield a client for its URL."""
-    port = free_port()
-    process = ServerProcess("hook-receiver", sink=None)
-    script = Path(__file__).with_name("hook_receiver.py")
-    await process.spawn(sys.executable, str(script), str(port))
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-
-            async def up() -> bool:
-                try:
-                    return (await client.get("/arrivals")).status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            try:
-                await until(up, timeout=30)
-            except TimeoutError:
-                raise RuntimeError(
-                    "the webhook receiver did not start: " + " | ".join(process.tail[-5:])
-                ) from None
-            yield client
-    finally:
-        await process.stop()
 
 
 async def arrivals(client: httpx.AsyncClient) -> dict[str, float]:
@@ -98,11 +77,11 @@ async def measure(srv: Servers, rate: int, seconds: int, probes: int = 1000) -> 
     total = rate * seconds
     every = max(1, total // probes)
     async with (
-        receiver() as hook,
+        hook_receiver() as hook,
         _scratch() as tmp,
     ):
         config = Path(tmp) / "alerting.yaml"
-        hook_url = f"{hook.base_url.scheme}://{hook.base_url.netloc.decode()}/hook"
+        hook_url = hook.base_url.join("/hook")
         config.write_text(
             f"receivers:\n  - name: bench\n    type: webhook\n    url: {hook_url}\n"
             "routes:\n  - receiver: bench\n"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -243,6 +243,19 @@ class TestNoLockDuringSend:
 
 
 @asynccontextmanager
+async def raw_receiver(
+    answer: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]], path: str
+) -> AsyncIterator[str]:
+    """Serve ``answer`` on each raw connection (HTTP written by hand); yield its URL."""
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}{path}"
+    finally:
+        server.close()
+
+
+@asynccontextmanager
 async def dripping_receiver(release: asyncio.Event, calls: list[int]) -> AsyncIterator[str]:
     """A receiver that answers a header line every 0.2 s, never finishing its answer."""
 
@@ -260,13 +273,11 @@ async def dripping_receiver(release: asyncio.Event, calls: list[int]) -> AsyncIt
         finally:
             writer.close()
 
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}/drip"
+        async with raw_receiver(answer, "/drip") as url:
+            yield url
     finally:
         release.set()
-        server.close()
 
 
 @asynccontextmanager
@@ -295,12 +306,8 @@ async def closing_receiver(requests: list[int], answered: int) -> AsyncIterator[
         finally:
             writer.close()
 
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}/hook"
-    finally:
-        server.close()
+    async with raw_receiver(answer, "/hook") as url:
+        yield url
 
 
 class TestFrozenGroup:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from services.alerting.schemas import CustomerValue, SilenceIn
 from services.cli import main
 from shared import money
 from shared.errors import ConfigError
+from tests.builders import alert
 
 GOOD = """\
 receivers:
@@ -46,26 +45,7 @@ score_drops:
   - {metric: nps, by: channel, drop_points: 10, runbook_url: https://wiki.example.com/drops}
 """
 
-ALERT: dict[str, Any] = {
-    "id": uuid.UUID("6f1c1d5e-7b7a-4c39-9f3a-0d2b8b7d1a10"),
-    "rule": "detractor",
-    "severity": "critical",
-    "status": "open",
-    "customer_id": "c-1",
-    "channel": "sms",
-    "touchpoint": "support_call",
-    "ticket_id": "T-5",
-    "metric": "nps",
-    "score": 2,
-    "comment": "二度と使わない",
-    "reasons": ["price"],
-    "occurrences": 1,
-    "opened_at": datetime(2026, 11, 22, 1, 0, tzinfo=UTC),
-    "acknowledged_by": None,
-    "resolved_by": None,
-    "note": None,
-    "assignee": None,
-}
+ALERT: dict[str, Any] = alert(comment="二度と使わない")
 
 
 @pytest.fixture(autouse=True)
