@@ -155,6 +155,7 @@ async def seed_orders(url: str, orders: int) -> float:
             await conn.execute(sa.text(_SEED_REFUNDS))
             await conn.execute(sa.text(_SEED_NPS))
             await conn.execute(sa.text(_SEED_ACTIVITY))
+            await repository.derive_retention(conn)
             await repository.rebuild_orders(conn)
             await repository.derive_latest_nps(conn)
         async with engine.connect() as conn:
@@ -165,6 +166,7 @@ async def seed_orders(url: str, orders: int) -> float:
                 "customer_revenue",
                 "customer_nps",
                 "customer_latest_nps",
+                "retention_counts",
             ):
                 await conn.execute(sa.text(f"VACUUM ANALYZE {table}"))
             await conn.execute(sa.text("VACUUM ANALYZE customer_activity"))

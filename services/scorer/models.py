@@ -129,3 +129,14 @@ customer_latest_nps = sa.Table(
     sa.Column("event_id", pg.UUID(as_uuid=True), nullable=False),
     sa.Column("score", sa.SmallInteger, nullable=False),
 )
+
+# Per period and period start: the customers active (rows of customer_activity) and, of
+# them, those active again the next period. Kept by the write path and cxloop scorer rebuild.
+retention_counts = sa.Table(
+    "retention_counts",
+    metadata,
+    sa.Column("period", sa.Text, primary_key=True),
+    sa.Column("period_start", sa.Date, primary_key=True),
+    sa.Column("active", sa.BigInteger, nullable=False),
+    sa.Column("retained", sa.BigInteger, nullable=False),
+)

@@ -456,15 +456,12 @@ async def reason_counts(
     return [(row.category, row.reason, int(row.n)) for row in rows]
 
 
+# Kept by the write path (services.scorer.repository, _COUNT_RETENTION): the same figures
+# as joining customer_activity with itself on the next period, without reading it.
 _RETENTION = """
-SELECT a.period_start, count(*) AS active, count(b.customer_key) AS retained
-FROM customer_activity a
-LEFT JOIN customer_activity b
-  ON b.period = a.period AND b.customer_key = a.customer_key
- AND b.period_start = CASE WHEN a.period = 'week' THEN a.period_start + 7
-                           ELSE CAST(a.period_start + interval '1 month' AS date) END
-WHERE a.period = :period AND a.period_start >= :since AND a.period_start < :until
-GROUP BY a.period_start ORDER BY a.period_start
+SELECT period_start, active, retained FROM retention_counts
+WHERE period = :period AND period_start >= :since AND period_start < :until AND active > 0
+ORDER BY period_start
 """
 
 

@@ -1,6 +1,7 @@
 """Recompute the score and reason buckets from the raw responses, the customer value
 facts (each order's refunded amount, ``customer_revenue``) from the raw order and refund
-rows, and each customer's latest NPS answer (``customer_latest_nps``) from
+rows, retention from the customers' activity (``retention_counts``), and each customer's
+latest NPS answer (``customer_latest_nps``) from
 ``customer_nps``, after adding to it the raw NPS responses it lacks (those an older scorer
 stored during a rolling deploy) (``cxloop scorer rebuild``).
 
@@ -74,6 +75,8 @@ async def rebuild(engine: AsyncEngine) -> Rebuilt:
         # commit between what this reads and writes, so no erased id comes back.
         await erasure.lock(conn, "scorer", exclusive=False)
         await conn.execute(sa.text("TRUNCATE score_buckets, score_days, reason_buckets"))
+        # Early, in the order live batches take their locks: buckets, then retention.
+        await repository.derive_retention(conn)
         result = await conn.stream(sa.select(responses).execution_options(yield_per=CHUNK))
         async for chunk in result.partitions(CHUNK):
             events = [_event(row) for row in chunk]

@@ -77,9 +77,12 @@ CREATE TEMP TABLE IF NOT EXISTS staged_reasons
     (LIKE reason_buckets INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS staged_activity
     (LIKE customer_activity INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS new_activity
+    (LIKE customer_activity INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
 DELETE FROM staged_scores;
 DELETE FROM staged_reasons;
 DELETE FROM staged_activity;
+DELETE FROM new_activity;
 """
 
 # Built from constant column names only. Rows merge in key order, so that concurrent
@@ -106,11 +109,79 @@ SELECT {_REASON_KEY}, n FROM staged_reasons ORDER BY {_REASON_KEY}
 ON CONFLICT ON CONSTRAINT reason_buckets_pkey DO UPDATE SET n = b.n + EXCLUDED.n
 """
 
+# The activity rows new to customer_activity are kept in new_activity: they, and only they,
+# add to retention_counts (RETENTION_LOCK, _COUNT_RETENTION).
 _MERGE_ACTIVITY = f"""
-INSERT INTO customer_activity ({_ACTIVITY_KEY})
-SELECT {_ACTIVITY_KEY} FROM staged_activity ORDER BY {_ACTIVITY_KEY}
-ON CONFLICT DO NOTHING
+WITH inserted AS (
+    INSERT INTO customer_activity ({_ACTIVITY_KEY})
+    SELECT {_ACTIVITY_KEY} FROM staged_activity ORDER BY {_ACTIVITY_KEY}
+    ON CONFLICT DO NOTHING
+    RETURNING {_ACTIVITY_KEY}
+)
+INSERT INTO new_activity ({_ACTIVITY_KEY}) SELECT {_ACTIVITY_KEY} FROM inserted
 """
+
+# A customer's activity in two neighbouring periods is one retained pair, counted for the
+# earlier period, whichever of its two rows arrives last. Two batches in flight (or two
+# scorers) may insert the two rows at once, and neither statement sees a row the other has
+# not committed; so a batch that inserted any new row first takes this transaction advisory
+# lock, held until its commit, and only then looks for neighbours: of two such batches the
+# second sees the first's rows (READ COMMITTED: each statement after the lock reads what
+# its previous holder committed), and the first could not see the second's. A batch with no
+# new activity takes no lock. The key is a space of its own (0x6352, "cR") with one key.
+RETENTION_LOCK: Final = 0x6352
+_NEXT = """CASE WHEN {t}.period = 'week' THEN {t}.period_start + 7
+         ELSE CAST({t}.period_start + interval '1 month' AS date) END"""
+_PREVIOUS = """CASE WHEN {t}.period = 'week' THEN {t}.period_start - 7
+         ELSE CAST({t}.period_start - interval '1 month' AS date) END"""
+_LOCK_RETENTION = f"""
+SELECT pg_advisory_xact_lock({RETENTION_LOCK}, 0) FROM (SELECT 1 FROM new_activity LIMIT 1) s
+"""
+# Each new row: +1 active in its period; +1 retained for the period before it if the
+# customer was active then; +1 retained for its own period if the customer is active in the
+# next one and that row is not itself new here (else that row counts the pair, as the later).
+_COUNT_RETENTION = f"""
+INSERT INTO retention_counts AS r (period, period_start, active, retained)
+SELECT period, period_start, sum(active), sum(retained) FROM (
+    SELECT n.period, n.period_start, 1 AS active, 0 AS retained FROM new_activity n
+    UNION ALL
+    SELECT n.period, {_PREVIOUS.format(t="n")}, 0, 1 FROM new_activity n
+    WHERE EXISTS (SELECT 1 FROM customer_activity a
+                  WHERE a.period = n.period AND a.customer_key = n.customer_key
+                    AND a.period_start = {_PREVIOUS.format(t="n")})
+    UNION ALL
+    SELECT n.period, n.period_start, 0, 1 FROM new_activity n
+    WHERE EXISTS (SELECT 1 FROM customer_activity a
+                  WHERE a.period = n.period AND a.customer_key = n.customer_key
+                    AND a.period_start = {_NEXT.format(t="n")})
+      AND NOT EXISTS (SELECT 1 FROM new_activity m
+                      WHERE m.period = n.period AND m.customer_key = n.customer_key
+                        AND m.period_start = {_NEXT.format(t="n")})
+) x
+GROUP BY period, period_start ORDER BY period, period_start
+ON CONFLICT ON CONSTRAINT retention_counts_pkey DO UPDATE SET
+    active = r.active + EXCLUDED.active, retained = r.retained + EXCLUDED.retained
+"""
+
+# retention_counts derived again from customer_activity (cxloop scorer rebuild).
+_DERIVE_RETENTION = f"""
+INSERT INTO retention_counts (period, period_start, active, retained)
+SELECT a.period, a.period_start, count(*), count(b.customer_key)
+FROM customer_activity a
+LEFT JOIN customer_activity b
+  ON b.period = a.period AND b.customer_key = a.customer_key
+ AND b.period_start = {_NEXT.format(t="a")}
+GROUP BY a.period, a.period_start
+"""
+
+
+async def derive_retention(conn: AsyncConnection) -> None:
+    """Derive every row of ``retention_counts`` again from ``customer_activity``, under
+    the retention lock: a live batch adds its new activity before or after, never across."""
+    await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k, 0)"), {"k": RETENTION_LOCK})
+    await conn.execute(sa.text("TRUNCATE retention_counts"))
+    await conn.execute(sa.text(_DERIVE_RETENTION))
+
 
 _TICKETS = """
 INSERT INTO tickets AS t (source, ticket_id, customer_id, channel, priority, priority_at,
@@ -508,8 +579,10 @@ async def _stage_and_merge(
         await driver.copy_records_to_table(
             "staged_activity", records=list(seen), columns=_ACTIVITY_KEY.split(", ")
         )
-        merges.append(_MERGE_ACTIVITY)
-    # One round trip: without parameters, asyncpg sends these as one simple query.
+        # Last: the retention lock is held from here to the commit.
+        merges += [_MERGE_ACTIVITY, _LOCK_RETENTION, _COUNT_RETENTION]
+    # One round trip: without parameters, asyncpg sends these as one simple query (each
+    # statement with its own snapshot).
     await driver.execute(";".join(merges))
 
 
