@@ -110,6 +110,8 @@ def _collector(args: argparse.Namespace) -> int:
 
 
 def _scorer(args: argparse.Namespace) -> int:
+    if args.action == "retention":
+        return _recount_retention()
     if args.action != "rebuild":
         return _run_service("scorer")
     from services.scorer.rebuild import Rebuilt, rebuild
@@ -129,6 +131,28 @@ def _scorer(args: argparse.Namespace) -> int:
         f"cxloop scorer rebuild: recomputed the buckets from {done.responses} responses "
         f"and the revenue facts from {done.orders} orders"
     )
+    return 0
+
+
+def _recount_retention() -> int:
+    import sqlalchemy as sa
+
+    from services.scorer import repository
+    from shared.db import create_engine
+
+    async def run() -> int:
+        await _check_schema()
+        engine = create_engine(load(DatabaseSettings))
+        try:
+            async with engine.begin() as conn:
+                await repository.derive_retention(conn)
+                return int(await conn.scalar(sa.text("SELECT count(*) FROM retention_counts")) or 0)
+        finally:
+            await engine.dispose()
+
+    logs.configure(load(LogSettings), "retention")
+    periods = asyncio.run(run())
+    print(f"cxloop scorer retention: counted {periods} periods again from the customers' activity")
     return 0
 
 
@@ -308,9 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
             service.add_argument(
                 "action",
                 nargs="?",
-                choices=["rebuild"],
+                choices=["rebuild", "retention"],
                 help="rebuild: recompute the score buckets from the raw responses and the revenue "
-                "facts from the raw orders, then exit",
+                "facts from the raw orders, then exit; retention: count retention again from "
+                "the customers' activity (after a rollout across migration 0023 during which "
+                "older scorers ran), then exit",
             )
             service.set_defaults(run=_scorer)
         if name == "alerting":

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.scorer import metrics, queries, repository
 from shared import erasure
@@ -34,7 +34,15 @@ class BatchHandler:
             async def apply(segment: list[ResponseSubmitted | TouchpointEvent]) -> None:
                 applied.append(await repository.apply_batch(conn, segment))
 
-            await erasure.apply_in_order(conn, self._hasher, "scorer", events, apply, _eraser(conn))
+            async def erase(customer_id: str, pseudonym: str) -> None:
+                await queries.erase_customer(conn, customer_id, pseudonym)
+                if any(a.activity for a in applied):
+                    await repository.rename_new_activity(conn, customer_id, pseudonym)
+
+            await erasure.apply_in_order(conn, self._hasher, "scorer", events, apply, erase)
+            if any(a.activity for a in applied):
+                # Last: the retention lock, if taken, is held only for the commit.
+                await repository.count_retention(conn)
         committed_at = utcnow()
         responses = [e for a in applied for e in a.responses]
         touchpoints = sum(len(a.touchpoints) for a in applied)
@@ -47,10 +55,3 @@ class BatchHandler:
             metrics.EVENT_TO_AGGREGATE_SECONDS.observe(
                 max(0.0, (committed_at - event.received_at).total_seconds())
             )
-
-
-def _eraser(conn: AsyncConnection) -> erasure.Erase:
-    async def erase(customer_id: str, pseudonym: str) -> None:
-        await queries.erase_customer(conn, customer_id, pseudonym)
-
-    return erase

@@ -456,8 +456,9 @@ async def reason_counts(
     return [(row.category, row.reason, int(row.n)) for row in rows]
 
 
-# Kept by the write path (services.scorer.repository, _COUNT_RETENTION): the same figures
-# as joining customer_activity with itself on the next period, without reading it.
+# Kept by the write path (services.scorer.repository.count_retention): the same figures as
+# joining customer_activity with itself on the next period, without reading it (once every
+# scorer is at migration 0023 or later, or `cxloop scorer retention` ran after them).
 _RETENTION = """
 SELECT period_start, active, retained FROM retention_counts
 WHERE period = :period AND period_start >= :since AND period_start < :until AND active > 0

@@ -75,8 +75,6 @@ async def rebuild(engine: AsyncEngine) -> Rebuilt:
         # commit between what this reads and writes, so no erased id comes back.
         await erasure.lock(conn, "scorer", exclusive=False)
         await conn.execute(sa.text("TRUNCATE score_buckets, score_days, reason_buckets"))
-        # Early, in the order live batches take their locks: buckets, then retention.
-        await repository.derive_retention(conn)
         result = await conn.stream(sa.select(responses).execution_options(yield_per=CHUNK))
         async for chunk in result.partitions(CHUNK):
             events = [_event(row) for row in chunk]
@@ -85,4 +83,6 @@ async def rebuild(engine: AsyncEngine) -> Rebuilt:
         orders = await repository.rebuild_orders(conn)
         await repository.restore_nps(conn)
         await repository.derive_latest_nps(conn)
+        # Last, as live batches take the retention lock last.
+        await repository.derive_retention(conn)
     return Rebuilt(read, orders)

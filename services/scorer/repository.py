@@ -37,6 +37,8 @@ class Applied:
 
     responses: list[ResponseSubmitted]
     touchpoints: list[TouchpointEvent]
+    activity: bool = False
+    """Whether it staged activity: new rows may wait in new_activity for count_retention."""
 
 
 def _columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
@@ -69,7 +71,9 @@ _ACTIVITY_KEY = "period, period_start, customer_key"
 # Bucket and activity rows are COPYed into per-session staging tables, then merged by one
 # INSERT ... SELECT each: COPY's binary rows cost a fraction of unnest()'s array parameters.
 # ON COMMIT DELETE ROWS empties them with each transaction without churning the catalog;
-# the DELETEs empty them between two merges of one transaction (a rebuild's chunks).
+# the DELETEs empty them between two merges of one transaction (a rebuild's chunks). Not
+# new_activity: it gathers the transaction's new activity rows, over every segment of a
+# batch that an erasure splits, for count_retention at its end.
 _STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS staged_scores
     (LIKE score_buckets INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
@@ -82,7 +86,6 @@ CREATE TEMP TABLE IF NOT EXISTS new_activity
 DELETE FROM staged_scores;
 DELETE FROM staged_reasons;
 DELETE FROM staged_activity;
-DELETE FROM new_activity;
 """
 
 # Built from constant column names only. Rows merge in key order, so that concurrent
@@ -110,7 +113,7 @@ ON CONFLICT ON CONSTRAINT reason_buckets_pkey DO UPDATE SET n = b.n + EXCLUDED.n
 """
 
 # The activity rows new to customer_activity are kept in new_activity: they, and only they,
-# add to retention_counts (RETENTION_LOCK, _COUNT_RETENTION).
+# add to retention_counts (count_retention).
 _MERGE_ACTIVITY = f"""
 WITH inserted AS (
     INSERT INTO customer_activity ({_ACTIVITY_KEY})
@@ -124,11 +127,13 @@ INSERT INTO new_activity ({_ACTIVITY_KEY}) SELECT {_ACTIVITY_KEY} FROM inserted
 # A customer's activity in two neighbouring periods is one retained pair, counted for the
 # earlier period, whichever of its two rows arrives last. Two batches in flight (or two
 # scorers) may insert the two rows at once, and neither statement sees a row the other has
-# not committed; so a batch that inserted any new row first takes this transaction advisory
-# lock, held until its commit, and only then looks for neighbours: of two such batches the
-# second sees the first's rows (READ COMMITTED: each statement after the lock reads what
-# its previous holder committed), and the first could not see the second's. A batch with no
-# new activity takes no lock. The key is a space of its own (0x6352, "cR") with one key.
+# not committed; so a transaction that inserted any new row takes this transaction advisory
+# lock before it looks for neighbours, as its last statements, and holds it to its commit:
+# of two such transactions the second sees the first's rows (READ COMMITTED: each statement
+# after the lock reads what its previous holder committed), and the first could not see the
+# second's. Last, after every other lock a batch takes (bucket rows, orders, customers), so
+# that no transaction waits for another while holding it, but for the commit. A batch with
+# no new activity takes no lock. The key is a space of its own (0x6352, "cR") with one key.
 RETENTION_LOCK: Final = 0x6352
 _NEXT = """CASE WHEN {t}.period = 'week' THEN {t}.period_start + 7
          ELSE CAST({t}.period_start + interval '1 month' AS date) END"""
@@ -137,6 +142,9 @@ _PREVIOUS = """CASE WHEN {t}.period = 'week' THEN {t}.period_start - 7
 _LOCK_RETENTION = f"""
 SELECT pg_advisory_xact_lock({RETENTION_LOCK}, 0) FROM (SELECT 1 FROM new_activity LIMIT 1) s
 """
+# An erasure between two segments of a batch: its new rows are the pseudonym's now, as the
+# customer's rows in customer_activity are.
+_RENAME_NEW_ACTIVITY = "UPDATE new_activity SET customer_key = $2 WHERE customer_key = $1"
 # Each new row: +1 active in its period; +1 retained for the period before it if the
 # customer was active then; +1 retained for its own period if the customer is active in the
 # next one and that row is not itself new here (else that row counts the pair, as the later).
@@ -177,10 +185,25 @@ GROUP BY a.period, a.period_start
 
 async def derive_retention(conn: AsyncConnection) -> None:
     """Derive every row of ``retention_counts`` again from ``customer_activity``, under
-    the retention lock: a live batch adds its new activity before or after, never across."""
+    the retention lock: a live batch counts its new activity before or after, never across.
+    DELETE, not TRUNCATE, so that readers of the counts never wait for it."""
     await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k, 0)"), {"k": RETENTION_LOCK})
-    await conn.execute(sa.text("TRUNCATE retention_counts"))
+    await conn.execute(sa.text("DELETE FROM retention_counts"))
     await conn.execute(sa.text(_DERIVE_RETENTION))
+
+
+async def count_retention(conn: AsyncConnection) -> None:
+    """Add the activity rows this transaction inserted (every :func:`apply_batch` since its
+    start that was given activity) to ``retention_counts``: the transaction's last
+    statements, taking the retention lock only if there is any."""
+    driver = await _driver(conn)
+    await driver.execute(";".join((_LOCK_RETENTION, _COUNT_RETENTION)))
+
+
+async def rename_new_activity(conn: AsyncConnection, customer_id: str, pseudonym: str) -> None:
+    """Give the pseudonym of an erased customer the activity rows this transaction inserted
+    for them and has not counted yet."""
+    await (await _driver(conn)).execute(_RENAME_NEW_ACTIVITY, customer_id, pseudonym)
 
 
 _TICKETS = """
@@ -213,7 +236,9 @@ ON CONFLICT ON CONSTRAINT tickets_pkey DO UPDATE SET
 async def apply_batch(
     conn: AsyncConnection, events: Sequence[ResponseSubmitted | TouchpointEvent]
 ) -> Applied:
-    """Store and count the events not applied before; return those new ones."""
+    """Store and count the events not applied before; return those new ones. Their new
+    activity waits in ``new_activity`` for :func:`count_retention`, which the transaction
+    runs once, after its last ``apply_batch``."""
     unique = {e.event_id: e for e in events}
     if not unique:
         return Applied([], [])
@@ -255,7 +280,7 @@ async def apply_batch(
     await _stage_and_merge(driver, folded.scores, folded.reasons, active)
     await _execute(conn, _TICKETS, tickets)
     await apply_orders(conn, completions, refunds)
-    return Applied(responses, touchpoints)
+    return Applied(responses, touchpoints, bool(active))
 
 
 def _uuid_order(event_id: uuid.UUID) -> int:
@@ -579,8 +604,7 @@ async def _stage_and_merge(
         await driver.copy_records_to_table(
             "staged_activity", records=list(seen), columns=_ACTIVITY_KEY.split(", ")
         )
-        # Last: the retention lock is held from here to the commit.
-        merges += [_MERGE_ACTIVITY, _LOCK_RETENTION, _COUNT_RETENTION]
+        merges.append(_MERGE_ACTIVITY)
     # One round trip: without parameters, asyncpg sends these as one simple query (each
     # statement with its own snapshot).
     await driver.execute(";".join(merges))

@@ -5,20 +5,23 @@ redelivered, applied by two transactions at once, rebuilt or migrated."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from services.migrations import upgrade
 from services.scorer import rebuild, repository
 from services.scorer.consumer import BatchHandler
-from shared.events import TouchpointEvent
+from shared.events import CustomerErased, TouchpointEvent, utcnow
 from shared.kafka import Decoded
 from tests.builders import response_event
 
@@ -112,6 +115,56 @@ class TestCounting:
         await rebuild.rebuild(engine)
         assert await rows(engine, COUNTED) == counted == await rows(engine, JOINED)
 
+    async def test_cxloop_scorer_retention_counts_them_again(
+        self, engine: AsyncEngine, database_url: str
+    ) -> None:
+        """What an operator runs after a rollout across 0023 during which older scorers
+        inserted activity that nothing counted."""
+        await BatchHandler(engine)(
+            [Decoded(None, csat(f"c{i % 3}", START + timedelta(days=5 * i))) for i in range(30)]
+        )
+        counted = await rows(engine, COUNTED)
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("UPDATE retention_counts SET active = 1, retained = 0"))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CXLOOP_")}
+        env["CXLOOP_DATABASE_URL"] = database_url
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "services.cli", "scorer", "retention"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert f"counted {len(counted)} periods again" in done.stdout
+        assert await rows(engine, COUNTED) == counted == await rows(engine, JOINED)
+
+
+async def apply_and_count(conn: AsyncConnection, events: Sequence[Any]) -> None:
+    """What the consumer's transaction does with a batch that holds no erasure."""
+    await repository.apply_batch(conn, events)
+    await repository.count_retention(conn)
+
+
+async def waits_for_retention_lock(engine: AsyncEngine, pid: int, done: asyncio.Task[None]) -> bool:
+    """Whether backend ``pid`` comes to wait for the retention lock before ``done`` ends."""
+    async with engine.connect() as watcher:
+        for _ in range(300):
+            waiting = await watcher.scalar(
+                sa.text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = :pid"
+                    " AND NOT granted AND classid = :k AND objid = 0 AND objsubid = 2"
+                ),
+                {"pid": pid, "k": repository.RETENTION_LOCK},
+            )
+            if waiting:
+                return True
+            if done.done():
+                return False
+            await asyncio.sleep(0.05)
+    return False
+
 
 class TestTwoBatchesAtOnce:
     @pytest.mark.parametrize("first", ["earlier", "later"])
@@ -127,17 +180,21 @@ class TestTwoBatchesAtOnce:
         weeks = [csat("pair", monday), csat("pair", monday + timedelta(days=7))]
         if first == "later":
             weeks.reverse()
+        pid: list[int] = []
+        started = asyncio.Event()
         async with engine.connect() as one:
             await one.begin()
-            await repository.apply_batch(one, [weeks[0]])
+            await apply_and_count(one, [weeks[0]])
 
             async def second() -> None:
                 async with engine.begin() as two:
-                    await repository.apply_batch(two, [weeks[1]])
+                    pid.append(int(await two.scalar(sa.text("SELECT pg_backend_pid()")) or 0))
+                    started.set()
+                    await apply_and_count(two, [weeks[1]])
 
             running = asyncio.create_task(second())
-            await asyncio.sleep(0.5)
-            waited = not running.done()
+            await asyncio.wait_for(started.wait(), 30)
+            waited = await waits_for_retention_lock(engine, pid[0], running)
             await one.commit()
             await running
         counted = await rows(engine, COUNTED)
@@ -150,14 +207,54 @@ class TestTwoBatchesAtOnce:
         await BatchHandler(engine)([Decoded(None, csat("seen", START))])
         async with engine.connect() as one:
             await one.begin()
-            await repository.apply_batch(one, [csat("new", START)])  # holds the lock
+            await apply_and_count(one, [csat("new", START)])  # holds the lock
             # The same customer, week and month, another day's buckets: nothing new.
             async with engine.begin() as two:
                 await asyncio.wait_for(
-                    repository.apply_batch(two, [csat("seen", START + timedelta(days=1))]), 10
+                    apply_and_count(two, [csat("seen", START + timedelta(days=1))]), 10
                 )
             await one.commit()
         assert await rows(engine, COUNTED) == await rows(engine, JOINED)
+
+
+class TestErasureInABatch:
+    async def test_a_customer_erased_between_two_of_their_periods_keeps_the_pair(
+        self, engine: AsyncEngine
+    ) -> None:
+        """The batch's new week for the customer is counted after the erasure renamed their
+        earlier weeks to the pseudonym: it is counted under the pseudonym too."""
+        handler = BatchHandler(engine)
+        monday = START - timedelta(days=START.weekday())
+        await handler([Decoded(None, csat("gone", monday))])
+        erased = CustomerErased(event_id=uuid.uuid4(), requested_at=utcnow(), customer_id="gone")
+        await handler(
+            [
+                Decoded(None, csat("gone", monday + timedelta(days=7))),
+                Decoded(None, erased),
+                Decoded(None, csat("gone", monday + timedelta(days=14))),
+            ]
+        )
+        counted = await rows(engine, COUNTED)
+        assert [r[2:] for r in counted if r[0] == "week"] == [(1, 1), (1, 1), (1, 0)]
+        assert counted == await rows(engine, JOINED)
+        assert not await rows(engine, "SELECT * FROM customer_activity WHERE customer_key = 'gone'")
+
+
+class TestMonths:
+    async def test_december_and_january_are_neighbours(self, engine: AsyncEngine) -> None:
+        december = datetime(2025, 12, 31, 23, tzinfo=UTC)
+        await BatchHandler(engine)(
+            [
+                Decoded(None, csat("new-year", december)),
+                Decoded(None, csat("new-year", december + timedelta(hours=2))),
+            ]
+        )
+        counted = await rows(engine, COUNTED)
+        assert [r[1:] for r in counted if r[0] == "month"] == [
+            (date(2025, 12, 1), 1, 1),
+            (date(2026, 1, 1), 1, 0),
+        ]
+        assert counted == await rows(engine, JOINED)
 
 
 class TestMigration:
