@@ -129,7 +129,7 @@ def _scorer(args: argparse.Namespace) -> int:
     done = asyncio.run(run())
     print(
         f"cxloop scorer rebuild: recomputed the buckets from {done.responses} responses "
-        f"and the revenue facts from {done.orders} orders"
+        f"and the revenue facts from {done.orders} orders, and counted retention again"
     )
     return 0
 
@@ -150,7 +150,7 @@ def _recount_retention() -> int:
         finally:
             await engine.dispose()
 
-    logs.configure(load(LogSettings), "retention")
+    logs.configure(load(LogSettings), "rebuild")
     periods = asyncio.run(run())
     print(f"cxloop scorer retention: counted {periods} periods again from the customers' activity")
     return 0
@@ -333,10 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
                 "action",
                 nargs="?",
                 choices=["rebuild", "retention"],
-                help="rebuild: recompute the score buckets from the raw responses and the revenue "
-                "facts from the raw orders, then exit; retention: count retention again from "
-                "the customers' activity (after a rollout across migration 0023 during which "
-                "older scorers ran), then exit",
+                help="rebuild: recompute the score buckets from the raw responses, the revenue "
+                "facts from the raw orders and retention from the activity, then exit; "
+                "retention: count retention again from the customers' activity (after a "
+                "rollout across migration 0023 during which older scorers ran), then exit",
             )
             service.set_defaults(run=_scorer)
         if name == "alerting":

@@ -67,8 +67,8 @@ class Rebuilt:
 
 
 async def rebuild(engine: AsyncEngine) -> Rebuilt:
-    """Recompute every bucket from the raw responses and every revenue fact from the raw
-    orders, in one transaction."""
+    """Recompute every bucket from the raw responses, every revenue fact from the raw
+    orders and the retention counts from the activity, in one transaction."""
     read = 0
     async with engine.begin() as conn:
         # Shared with the consumer's batches, exclusive to an erasure: an erasure cannot
