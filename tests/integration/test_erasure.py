@@ -42,7 +42,7 @@ from shared.settings import (
     ScorerSettings,
 )
 from shared.topics import Topic
-from tests.builders import response_payload
+from tests.builders import response_event, response_payload
 from tests.conftest import CollectorFactory, unique
 from tests.helpers import eventually, read_topic, serving
 from tests.processes import TEST_HASH_KEY
@@ -609,6 +609,35 @@ class TestErasureLocks:
             await redelivered.execute(sa.text("SET LOCAL lock_timeout = '5s'"))
             await erasure.apply_in_order(redelivered, hasher, "scorer", [event], apply, erase_one)
         assert erased == []
+
+    async def test_a_batch_around_a_completed_erasure_is_applied_whole(
+        self, engine: AsyncEngine
+    ) -> None:
+        """The copy of an erasure on the other customer topic, or a redelivery, splits
+        nothing: the events apply in one call, in order, the erased customer's pseudonymised,
+        so a batch takes its locks once, in their order."""
+        gone, kept = unique("gone"), unique("kept")
+        event = CustomerErased(event_id=uuid.uuid4(), requested_at=utcnow(), customer_id=gone)
+        hasher = Hasher(TEST_HASH_KEY.encode())
+        async with engine.begin() as conn:
+            await erasure.complete(conn, event.event_id, "scorer", event.requested_at)
+            pseudonym = await erasure.pseudonym_for(conn, hasher, "scorer", gone)
+        before, after = response_event(customer_id=gone), response_event(customer_id=kept)
+        calls: list[list[Any]] = []
+
+        async def apply(events: list[Any]) -> None:
+            calls.append(events)
+
+        async def erase_one(customer_id: str, pseudonym: str) -> None:
+            raise AssertionError("an erasure completed before is not erased again")
+
+        async with engine.begin() as conn:
+            await erasure.apply_in_order(
+                conn, hasher, "scorer", [before, event, after], apply, erase_one
+            )
+        assert [[(e.event_id, e.customer_id) for e in call] for call in calls] == [
+            [(before.event_id, pseudonym), (after.event_id, kept)]
+        ]
 
 
 async def test_a_customer_with_more_alerts_than_bind_parameters_is_erased(
