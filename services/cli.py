@@ -110,49 +110,30 @@ def _collector(args: argparse.Namespace) -> int:
 
 
 def _scorer(args: argparse.Namespace) -> int:
-    if args.action == "retention":
-        return _recount_retention()
-    if args.action != "rebuild":
+    if args.action not in ("rebuild", "retention"):
         return _run_service("scorer")
-    from services.scorer.rebuild import Rebuilt, rebuild
-    from shared.db import create_engine
-
-    async def run() -> Rebuilt:
-        await _check_schema()
-        engine = create_engine(load(DatabaseSettings))
-        try:
-            return await rebuild(engine)
-        finally:
-            await engine.dispose()
-
-    logs.configure(load(LogSettings), "rebuild")
-    done = asyncio.run(run())
-    print(
-        f"cxloop scorer rebuild: recomputed the buckets from {done.responses} responses "
-        f"and the revenue facts from {done.orders} orders, and counted retention again"
-    )
-    return 0
-
-
-def _recount_retention() -> int:
-    import sqlalchemy as sa
-
     from services.scorer import repository
+    from services.scorer.rebuild import rebuild
     from shared.db import create_engine
 
-    async def run() -> int:
+    async def run() -> str:
         await _check_schema()
         engine = create_engine(load(DatabaseSettings))
         try:
-            async with engine.begin() as conn:
-                await repository.derive_retention(conn)
-                return int(await conn.scalar(sa.text("SELECT count(*) FROM retention_counts")) or 0)
+            if args.action == "retention":
+                async with engine.begin() as conn:
+                    periods = await repository.derive_retention(conn)
+                return f"counted {periods} periods again from the customers' activity"
+            done = await rebuild(engine)
+            return (
+                f"recomputed the buckets from {done.responses} responses and the revenue "
+                f"facts from {done.orders} orders, and counted retention again"
+            )
         finally:
             await engine.dispose()
 
     logs.configure(load(LogSettings), "rebuild")
-    periods = asyncio.run(run())
-    print(f"cxloop scorer retention: counted {periods} periods again from the customers' activity")
+    print(f"cxloop scorer {args.action}: {asyncio.run(run())}")
     return 0
 
 

@@ -9,6 +9,25 @@ from typing import Any
 from shared.events import ResponseSubmitted, TouchpointEvent
 
 
+def _envelope() -> dict[str, Any]:
+    """What every wire event carries: a new id, now, the API as source, a new customer."""
+    now = datetime.now(UTC)
+    return {
+        "event_id": uuid.uuid4(),
+        "occurred_at": now,
+        "received_at": now,
+        "source": "api",
+        "channel": "web",
+        "customer_id": f"cust-{uuid.uuid4().hex[:8]}",
+    }
+
+
+def ticket_event(**overrides: Any) -> TouchpointEvent:
+    """A ``ticket.created`` touchpoint event as the collector would produce it."""
+    fields = {**_envelope(), "type": "ticket.created", "ticket_id": f"t-{uuid.uuid4().hex[:8]}"}
+    return TouchpointEvent.model_validate(fields | overrides)
+
+
 def response_payload(**overrides: Any) -> dict[str, Any]:
     """An HTTP body for ``POST /v1/responses``: an NPS 9 from the web widget."""
     body: dict[str, Any] = {
@@ -25,22 +44,15 @@ def response_payload(**overrides: Any) -> dict[str, Any]:
 
 def response_event(**overrides: Any) -> ResponseSubmitted:
     """A wire event as the collector would produce it."""
-    now = datetime.now(UTC)
     fields: dict[str, Any] = {
-        "event_id": uuid.uuid4(),
-        "occurred_at": now,
-        "received_at": now,
-        "source": "api",
-        "channel": "web",
-        "customer_id": f"cust-{uuid.uuid4().hex[:8]}",
+        **_envelope(),
         "metric": "nps",
         "scale": 10,
         "score": 9,
         "survey_type": "transactional",
         "touchpoint": "checkout",
     }
-    fields.update(overrides)
-    return ResponseSubmitted.model_validate(fields)
+    return ResponseSubmitted.model_validate(fields | overrides)
 
 
 def order_payload(**overrides: Any) -> dict[str, Any]:

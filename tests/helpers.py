@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import importlib.util
+import os
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -148,6 +150,21 @@ async def database_down(holder: Any) -> AsyncIterator[None]:
     finally:
         holder.engine = real
         await down.dispose()
+
+
+async def cxloop(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``cxloop *args`` (``python -m services.cli``) on ``database_url`` alone: no other
+    ``CXLOOP_*`` variable of this process reaches it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CXLOOP_")}
+    env["CXLOOP_DATABASE_URL"] = database_url
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "services.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 async def backend_pid(engine: AsyncEngine) -> int:

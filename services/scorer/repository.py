@@ -183,13 +183,14 @@ GROUP BY a.period, a.period_start
 """
 
 
-async def derive_retention(conn: AsyncConnection) -> None:
+async def derive_retention(conn: AsyncConnection) -> int:
     """Derive every row of ``retention_counts`` again from ``customer_activity``, under
     the retention lock: a live batch counts its new activity before or after, never across.
-    DELETE, not TRUNCATE, so that readers of the counts never wait for it."""
+    DELETE, not TRUNCATE, so that readers of the counts never wait for it. Return the
+    number of periods counted."""
     await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k, 0)"), {"k": RETENTION_LOCK})
     await conn.execute(sa.text("DELETE FROM retention_counts"))
-    await conn.execute(sa.text(_DERIVE_RETENTION))
+    return (await conn.execute(sa.text(_DERIVE_RETENTION))).rowcount
 
 
 async def count_retention(conn: AsyncConnection) -> None:

@@ -5,12 +5,9 @@ redelivered, applied by two transactions at once, rebuilt or migrated."""
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import subprocess
-import sys
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -21,9 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from services.migrations import upgrade
 from services.scorer import rebuild, repository
 from services.scorer.consumer import BatchHandler
-from shared.events import CustomerErased, TouchpointEvent, utcnow
+from shared.events import CustomerErased, utcnow
 from shared.kafka import Decoded
-from tests.builders import response_event
+from tests.builders import response_event, ticket_event
+from tests.helpers import cxloop
 
 # What GET /v1/retention answered before the counts were kept: the join, read from the raw
 # activity rows.
@@ -43,31 +41,9 @@ WHERE active > 0 ORDER BY period, period_start
 START = datetime(2026, 6, 1, 12, tzinfo=UTC)
 
 
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(database_url)
-    yield engine
-    await engine.dispose()
-
-
 async def rows(engine: AsyncEngine, sql: str) -> list[tuple[Any, ...]]:
     async with engine.connect() as conn:
         return [tuple(r) for r in await conn.execute(sa.text(sql))]
-
-
-def ticket_event(customer_id: str, at: datetime) -> TouchpointEvent:
-    return TouchpointEvent.model_validate(
-        {
-            "event_id": uuid.uuid4(),
-            "occurred_at": at,
-            "received_at": at,
-            "source": "api",
-            "channel": "web",
-            "customer_id": customer_id,
-            "type": "ticket.created",
-            "ticket_id": f"t-{uuid.uuid4().hex[:8]}",
-        }
-    )
 
 
 def csat(customer_id: str, at: datetime) -> Any:
@@ -86,7 +62,7 @@ class TestCounting:
             customer = f"c{rng.randint(0, 24)}"
             at = START + timedelta(days=rng.randint(0, 120), hours=rng.randint(0, 23))
             if rng.random() < 0.2:
-                events.append(ticket_event(customer, at))
+                events.append(ticket_event(customer_id=customer, occurred_at=at))
             else:
                 events.append(response_event(customer_id=customer, occurred_at=at,
                                              score=rng.randint(0, 10)))  # fmt: skip
@@ -126,16 +102,7 @@ class TestCounting:
         counted = await rows(engine, COUNTED)
         async with engine.begin() as conn:
             await conn.execute(sa.text("UPDATE retention_counts SET active = 1, retained = 0"))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CXLOOP_")}
-        env["CXLOOP_DATABASE_URL"] = database_url
-        done = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "services.cli", "scorer", "retention"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        done = await cxloop(database_url, "scorer", "retention")
         assert done.returncode == 0, done.stderr
         assert f"counted {len(counted)} periods again" in done.stdout
         assert await rows(engine, COUNTED) == counted == await rows(engine, JOINED)

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 import random
-import subprocess
-import sys
 
 import pytest
 import sqlalchemy as sa
@@ -16,6 +12,7 @@ from services.scorer import rebuild
 from services.scorer.consumer import BatchHandler
 from shared.kafka import Decoded
 from tests.builders import response_event
+from tests.helpers import cxloop
 
 SNAPSHOT = {
     "score_buckets": "SELECT * FROM score_buckets ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9",
@@ -58,16 +55,7 @@ class TestRebuild:
             live = await snapshot(engine)
             assert live["score_buckets"]
             assert live["customer_latest_nps"]
-            env = {k: v for k, v in os.environ.items() if not k.startswith("CXLOOP_")}
-            env["CXLOOP_DATABASE_URL"] = database_url
-            result = await asyncio.to_thread(
-                subprocess.run,
-                [sys.executable, "-m", "services.cli", "scorer", "rebuild"],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
+            result = await cxloop(database_url, "scorer", "rebuild")
             assert result.returncode == 0, result.stderr
             assert "from 400 responses" in result.stdout
             assert await snapshot(engine) == live
