@@ -148,21 +148,25 @@ _RENAME_NEW_ACTIVITY = "UPDATE new_activity SET customer_key = $2 WHERE customer
 # Each new row: +1 active in its period; +1 retained for the period before it if the
 # customer was active then; +1 retained for its own period if the customer is active in the
 # next one and that row is not itself new here (else that row counts the pair, as the later).
+# Each neighbour is looked up through a LATERAL ... LIMIT 1, which the planner cannot turn
+# into a join: it guesses hundreds of rows for the unanalysed new_activity, and an EXISTS
+# then became a hash join reading every row of customer_activity, tens of milliseconds per
+# batch from tens of thousands of rows on, while the batch held the retention lock.
 _COUNT_RETENTION = f"""
 INSERT INTO retention_counts AS r (period, period_start, active, retained)
 SELECT period, period_start, sum(active), sum(retained) FROM (
     SELECT n.period, n.period_start, 1 AS active, 0 AS retained FROM new_activity n
     UNION ALL
     SELECT n.period, {_PREVIOUS.format(t="n")}, 0, 1 FROM new_activity n
-    WHERE EXISTS (SELECT 1 FROM customer_activity a
-                  WHERE a.period = n.period AND a.customer_key = n.customer_key
-                    AND a.period_start = {_PREVIOUS.format(t="n")})
+    CROSS JOIN LATERAL (SELECT 1 FROM customer_activity a
+                        WHERE a.period = n.period AND a.customer_key = n.customer_key
+                          AND a.period_start = {_PREVIOUS.format(t="n")} LIMIT 1) earlier
     UNION ALL
     SELECT n.period, n.period_start, 0, 1 FROM new_activity n
-    WHERE EXISTS (SELECT 1 FROM customer_activity a
-                  WHERE a.period = n.period AND a.customer_key = n.customer_key
-                    AND a.period_start = {_NEXT.format(t="n")})
-      AND NOT EXISTS (SELECT 1 FROM new_activity m
+    CROSS JOIN LATERAL (SELECT 1 FROM customer_activity a
+                        WHERE a.period = n.period AND a.customer_key = n.customer_key
+                          AND a.period_start = {_NEXT.format(t="n")} LIMIT 1) later
+    WHERE NOT EXISTS (SELECT 1 FROM new_activity m
                       WHERE m.period = n.period AND m.customer_key = n.customer_key
                         AND m.period_start = {_NEXT.format(t="n")})
 ) x

@@ -133,6 +133,42 @@ async def waits_for_retention_lock(engine: AsyncEngine, pid: int, done: asyncio.
     return False
 
 
+# 6,000 customers active in five weeks (to 2026-06-01) and five months: 60,000 rows.
+SEEDED_ACTIVITY = """
+INSERT INTO customer_activity (period, period_start, customer_key)
+SELECT 'week', date '2026-05-04' + 7 * w, 'seeded' || c
+FROM generate_series(0, 5999) c, generate_series(0, 4) w
+UNION ALL
+SELECT 'month', CAST(date '2026-01-01' + make_interval(months => m) AS date), 'seeded' || c
+FROM generate_series(0, 5999) c, generate_series(0, 4) m
+"""
+
+
+class TestManyCustomers:
+    async def test_a_batch_looks_its_customers_up_instead_of_reading_every_customer(
+        self, engine: AsyncEngine
+    ) -> None:
+        """With tens of thousands of activity rows, counting a batch's new activity reads
+        only its customers' neighbouring rows: it took tens of milliseconds per batch when
+        it joined every row with the batch's (the planner guesses hundreds of new rows)."""
+        async with engine.begin() as conn:
+            await conn.execute(sa.text(SEEDED_ACTIVITY))
+            await repository.derive_retention(conn)
+            await conn.execute(sa.text("ANALYZE customer_activity"))
+        # 30 seeded customers come back the week after their last (2026-06-01), 70 are new.
+        events = [csat(f"seeded{i}", START + timedelta(days=7)) for i in range(30)]
+        events += [csat(f"new{i}", START + timedelta(days=7)) for i in range(70)]
+        # Within one transaction: what this backend has scanned and not yet reported.
+        scans = sa.text(
+            "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'customer_activity'"
+        )
+        async with engine.begin() as conn:
+            before = await conn.scalar(scans)
+            await apply_and_count(conn, events)
+            assert await conn.scalar(scans) == before
+        assert await rows(engine, COUNTED) == await rows(engine, JOINED)
+
+
 class TestTwoBatchesAtOnce:
     @pytest.mark.parametrize("first", ["earlier", "later"])
     async def test_a_pair_whose_halves_arrive_together_counts_once(
