@@ -148,10 +148,12 @@ _RENAME_NEW_ACTIVITY = "UPDATE new_activity SET customer_key = $2 WHERE customer
 # Each new row: +1 active in its period; +1 retained for the period before it if the
 # customer was active then; +1 retained for its own period if the customer is active in the
 # next one and that row is not itself new here (else that row counts the pair, as the later).
-# Each neighbour is looked up through a LATERAL ... LIMIT 1, which the planner cannot turn
-# into a join: it guesses hundreds of rows for the unanalysed new_activity, and an EXISTS
-# then became a hash join reading every row of customer_activity, tens of milliseconds per
-# batch from tens of thousands of rows on, while the batch held the retention lock.
+# Each neighbour is one index lookup: the LIMIT keeps Postgres from flattening the LATERAL
+# subquery into the outer query, so it runs once per new row. An EXISTS was flattened into
+# a semi-join, and with the planner's guess of hundreds of rows for the unanalysed
+# new_activity that became a hash join reading every row of customer_activity (14 ms per
+# batch at the median in bench/latency.py, under the retention lock). test_retention_counts
+# guards it.
 _COUNT_RETENTION = f"""
 INSERT INTO retention_counts AS r (period, period_start, active, retained)
 SELECT period, period_start, sum(active), sum(retained) FROM (
