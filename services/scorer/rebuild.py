@@ -7,9 +7,11 @@ stored during a rolling deploy) (``cxloop scorer rebuild``).
 
 The raw rows go through the same folding code as the live consumer, so a changed definition
 (say of "easy" on a CES scale) applies to history exactly as it will to new answers. It runs
-in one transaction that first truncates the buckets: live batches wait for it, and none is
-counted twice or missed. Answers erased with ``DELETE /v1/customers/{id}`` no longer exist
-as raw rows, so a rebuild no longer counts them.
+in one transaction that first locks every table it empties (in a live batch's order, so
+that a batch part-way through is waited for) and truncates the buckets: live batches wait
+for it, and none is counted twice or missed. Answers erased with
+``DELETE /v1/customers/{id}`` no longer exist as raw rows, so a rebuild no longer counts
+them.
 """
 
 from __future__ import annotations
@@ -26,6 +28,15 @@ from shared import erasure
 from shared.events import ResponseSubmitted
 
 CHUNK = 5_000
+# The tables a rebuild empties, in the order a live batch (repository.apply_batch) writes
+# them.
+EMPTIED = (
+    "customer_latest_nps",
+    "score_buckets",
+    "score_days",
+    "reason_buckets",
+    "customer_revenue",
+)
 
 
 def _event(row: sa.Row[tuple[object, ...]]) -> ResponseSubmitted:
@@ -74,6 +85,12 @@ async def rebuild(engine: AsyncEngine) -> Rebuilt:
         # Shared with the consumer's batches, exclusive to an erasure: an erasure cannot
         # commit between what this reads and writes, so no erased id comes back.
         await erasure.lock(conn, "scorer", exclusive=False)
+        # Every table it empties, at once and in the order a live batch writes them, before
+        # it empties any: a batch part-way through (its customers' latest answers written,
+        # its buckets not yet) is waited for, instead of being left waiting for the
+        # buckets while this waits for its latest answers, a deadlock Postgres ended by
+        # aborting one of the two.
+        await conn.execute(sa.text(f"LOCK TABLE {', '.join(EMPTIED)} IN ACCESS EXCLUSIVE MODE"))
         await conn.execute(sa.text("TRUNCATE score_buckets, score_days, reason_buckets"))
         result = await conn.stream(sa.select(responses).execution_options(yield_per=CHUNK))
         async for chunk in result.partitions(CHUNK):

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from services.scorer import rebuild
+from services.scorer import rebuild, repository
+from services.scorer.aggregates import fold, fold_reasons
 from services.scorer.consumer import BatchHandler
+from shared import erasure
 from shared.kafka import Decoded
 from tests.builders import response_event
 from tests.helpers import cxloop
@@ -107,3 +110,36 @@ class TestRebuild:
             assert (latest["rolled"], latest["kept"]) == (old.event_id, kept.event_id)
         finally:
             await engine.dispose()
+
+
+class TestBesideALiveBatch:
+    async def test_a_batch_part_way_through_is_waited_for_not_deadlocked(
+        self, engine: AsyncEngine
+    ) -> None:
+        """A batch that has written its customers' latest answers, and not yet its buckets,
+        when a rebuild starts: the rebuild waits for it, and both commit. The rebuild used
+        to empty the buckets at once and wait for the latest answers while the batch waited
+        for the buckets: Postgres found the deadlock and aborted one of the two."""
+        answer = response_event(metric="nps", score=3, customer_id="c-live")
+        async with engine.begin() as batch:
+            # What a live batch does first (repository.apply_batch), up to its buckets.
+            await erasure.lock(batch, "scorer", exclusive=False)
+            await batch.execute(
+                sa.text(
+                    "INSERT INTO customer_latest_nps (customer_key, occurred_at, event_id, score)"
+                    " VALUES (:c, :at, :id, 3)"
+                ),
+                {"c": "c-live", "at": answer.occurred_at, "id": answer.event_id},
+            )
+            rebuilding = asyncio.create_task(rebuild.rebuild(engine))
+            async with engine.connect() as watcher:
+                for _ in range(300):
+                    waiting = await watcher.scalar(
+                        sa.text("SELECT count(*) FROM pg_locks WHERE NOT granted")
+                    )
+                    if waiting or rebuilding.done():
+                        break
+                    await asyncio.sleep(0.05)
+            assert not rebuilding.done()  # it waits for this batch
+            await repository.add_to_buckets(batch, fold([answer]), fold_reasons([answer]))
+        assert (await asyncio.wait_for(rebuilding, timeout=30)).responses == 0
