@@ -3,7 +3,8 @@
 Labels: metric (nps, csat, ces), scale, window (24h, 7d, 30d) and channel (every channel
 and ``all``) — a few hundred series at most, never a customer or free text. Customer value:
 currency (only those of ``CXLOOP_SCORER_VALUE_CURRENCIES``) and NPS category, read from the
-365-day value snapshot (``services/scorer/snapshots.py``).
+365-day value snapshot (``services/scorer/snapshots.py``). Retention drift: period (week,
+month).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import sqlalchemy as sa
 from prometheus_client import Gauge
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.scorer.aggregates import period_starts
 from services.scorer.models import COUNTS
 from services.scorer.schemas import ValueWindow
 from services.scorer.snapshots import ValueSnapshots
@@ -68,6 +70,26 @@ CLV = Gauge(
     ["currency", "nps_category"],
 )
 
+RETENTION_DRIFT = Gauge(
+    name("scorer", "retention_drift"),
+    "Customers active in this or the previous week or month (customer_activity) less those "
+    "the retention counts (retention_counts) hold as active: 0 unless older scorers stored "
+    "activity during a rollout across migration 0023 (`cxloop scorer retention` counts it "
+    "again).",
+    ["period"],
+)
+
+# One statement, so one snapshot: a batch commits its activity rows and their counts
+# together, and a reader sees both or neither.
+_RETENTION_DRIFT_SQL = """
+SELECT p.period,
+       (SELECT count(*) FROM customer_activity a
+        WHERE a.period = p.period AND a.period_start >= p.since)
+     - (SELECT coalesce(sum(r.active), 0) FROM retention_counts r
+        WHERE r.period = p.period AND r.period_start >= p.since) AS drift
+FROM (VALUES ('week', CAST(:week AS date)), ('month', CAST(:month AS date))) AS p(period, since)
+"""
+
 _COUNTS_SQL = f"""
 SELECT metric, scale, channel, {", ".join(f"sum({c}) AS {c}" for c in COUNTS)}
 FROM score_buckets WHERE bucket_start >= :since GROUP BY metric, scale, channel
@@ -108,12 +130,20 @@ async def refresh(engine: AsyncEngine) -> None:
             for (metric, scale), c in totals.items():
                 scores[(metric, str(scale), window, "all")] = (scoring.score(metric, c), c.n)
         times = (await conn.execute(sa.text(_TIMES_SQL), {"since": now - timedelta(days=7)})).all()
+        week, month = period_starts(now)
+        previous = {
+            "week": week - timedelta(days=7),
+            "month": (month - timedelta(days=1)).replace(day=1),
+        }
+        drift = (await conn.execute(sa.text(_RETENTION_DRIFT_SQL), previous)).all()
     SCORE.clear()
     SAMPLE_SIZE.clear()
     for labels, (score, n) in scores.items():
         SAMPLE_SIZE.labels(*labels).set(n)
         if score is not None:
             SCORE.labels(*labels).set(score)
+    for row in drift:
+        RETENTION_DRIFT.labels(row.period).set(int(row.drift))
     SERVICE_TIME.clear()
     for row in times:
         for kind, q, value in (

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from services.migrations import upgrade
-from services.scorer import rebuild, repository
+from services.scorer import aggregates, gauges, rebuild, repository
 from services.scorer.consumer import BatchHandler
 from shared.events import CustomerErased, utcnow
 from shared.kafka import Decoded
@@ -155,6 +156,39 @@ SELECT (SELECT coalesce(seq_tup_read, 0) FROM pg_stat_xact_user_tables
      + (SELECT coalesce(sum(pg_stat_get_xact_tuples_returned(indexrelid)), 0) FROM pg_index
         WHERE indrelid = 'customer_activity'::regclass)
 """
+
+
+def drift(period: str) -> float | None:
+    return REGISTRY.get_sample_value("cxloop_scorer_retention_drift", {"period": period})
+
+
+class TestDriftGauge:
+    async def test_activity_an_older_scorer_left_uncounted_shows_until_counted_again(
+        self, engine: AsyncEngine
+    ) -> None:
+        now = utcnow()
+        await BatchHandler(engine)(
+            [Decoded(None, csat(f"c{i}", now - timedelta(minutes=i))) for i in range(3)]
+        )
+        await gauges.refresh(engine)
+        assert (drift("week"), drift("month")) == (0, 0)
+        # What a scorer from before migration 0023 does: activity, and no count.
+        week, month = aggregates.period_starts(now)
+        async with engine.begin() as conn:
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO customer_activity (period, period_start, customer_key)"
+                    " VALUES ('week', :w, 'older'), ('month', :m, 'older'),"
+                    " ('week', :w - 7, 'older')"
+                ),
+                {"w": week, "m": month},
+            )
+        await gauges.refresh(engine)
+        assert (drift("week"), drift("month")) == (2, 1)
+        async with engine.begin() as conn:
+            await repository.derive_retention(conn)
+        await gauges.refresh(engine)
+        assert (drift("week"), drift("month")) == (0, 0)
 
 
 class TestManyCustomers:
