@@ -7,36 +7,67 @@ stored during a rolling deploy) (``cxloop scorer rebuild``).
 
 The raw rows go through the same folding code as the live consumer, so a changed definition
 (say of "easy" on a CES scale) applies to history exactly as it will to new answers. It runs
-in one transaction that first locks every table it empties (in a live batch's order, so
-that a batch part-way through is waited for) and truncates the buckets: live batches wait
-for it, and none is counted twice or missed. Answers erased with
+in one transaction that first locks the tables it rewrites (``LOCKS``: in a live batch's
+order, so that a batch part-way through is waited for) and truncates the buckets: live
+batches wait for it, and none is counted twice or missed. Answers erased with
 ``DELETE /v1/customers/{id}`` no longer exist as raw rows, so a rebuild no longer counts
 them.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.scorer import repository
 from services.scorer.aggregates import fold, fold_reasons
 from services.scorer.models import responses
 from shared import erasure
+from shared.db import postgres_error
 from shared.events import ResponseSubmitted
 
 CHUNK = 5_000
-# The tables a rebuild empties, in the order a live batch (repository.apply_batch) writes
-# them.
-EMPTIED = (
-    "customer_latest_nps",
-    "score_buckets",
-    "score_days",
-    "reason_buckets",
-    "customer_revenue",
+# What a rebuild locks before it writes anything, in the order a live batch without an
+# erasure (repository.apply_batch, then count_retention) takes these tables: a batch
+# part-way through (its customers' latest answers written, its buckets not yet; its orders
+# written, its revenue facts not yet) is waited for, instead of waiting for this while this
+# waits for it. A batch with an erasure pending takes the erasure lock exclusively and
+# never runs beside a rebuild. The tables it truncates exclusively (readers wait too);
+# those it rewrites with DELETE and UPDATE against writers only (readers read the old rows
+# until it commits).
+LOCKS = (
+    ("EXCLUSIVE", ("customer_latest_nps",)),
+    ("ACCESS EXCLUSIVE", ("score_buckets", "score_days", "reason_buckets")),
+    ("EXCLUSIVE", ("orders", "customer_revenue")),
 )
+# A reader holding one of these tables while it waits for another (score queries take
+# score_days before score_buckets) can still meet the locking in a deadlock; Postgres then
+# aborts one of the two, and if it is this, the locking is tried again, up to this often.
+LOCK_ATTEMPTS = 5
+_DEADLOCK = "40P01"
+
+
+async def _lock(conn: AsyncConnection) -> None:
+    """Take :data:`LOCKS`, inside a savepoint: a deadlock rolls back only the locks taken
+    so far, and they are taken again after a pause."""
+    for attempt in range(1, LOCK_ATTEMPTS + 1):
+        savepoint = await conn.begin_nested()
+        try:
+            for mode, tables in LOCKS:
+                await conn.execute(sa.text(f"LOCK TABLE {', '.join(tables)} IN {mode} MODE"))
+        except DBAPIError as exc:
+            await savepoint.rollback()
+            error = postgres_error(exc)
+            if error is None or error.sqlstate != _DEADLOCK or attempt == LOCK_ATTEMPTS:
+                raise
+            await asyncio.sleep(0.1 * 2**attempt)
+            continue
+        await savepoint.commit()
+        return
 
 
 def _event(row: sa.Row[tuple[object, ...]]) -> ResponseSubmitted:
@@ -85,12 +116,7 @@ async def rebuild(engine: AsyncEngine) -> Rebuilt:
         # Shared with the consumer's batches, exclusive to an erasure: an erasure cannot
         # commit between what this reads and writes, so no erased id comes back.
         await erasure.lock(conn, "scorer", exclusive=False)
-        # Every table it empties, at once and in the order a live batch writes them, before
-        # it empties any: a batch part-way through (its customers' latest answers written,
-        # its buckets not yet) is waited for, instead of being left waiting for the
-        # buckets while this waits for its latest answers, a deadlock Postgres ended by
-        # aborting one of the two.
-        await conn.execute(sa.text(f"LOCK TABLE {', '.join(EMPTIED)} IN ACCESS EXCLUSIVE MODE"))
+        await _lock(conn)
         await conn.execute(sa.text("TRUNCATE score_buckets, score_days, reason_buckets"))
         result = await conn.stream(sa.select(responses).execution_options(yield_per=CHUNK))
         async for chunk in result.partitions(CHUNK):

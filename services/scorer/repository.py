@@ -369,7 +369,9 @@ async def derive_latest_nps(conn: AsyncConnection, keys: set[str] | None = None)
     """Derive ``customer_latest_nps`` again from ``customer_nps``: for ``keys`` only, or
     (None) for every customer."""
     if keys is None:
-        await conn.execute(sa.text("TRUNCATE customer_latest_nps"))
+        # DELETE, not TRUNCATE: readers keep the old rows until this commits (a rebuild
+        # holds the table against writers only).
+        await conn.execute(sa.text("DELETE FROM customer_latest_nps"))
         await conn.execute(sa.text(_DERIVE_LATEST_NPS.format(where="")))
         return
     params = {"k": sorted(keys)}
@@ -545,7 +547,7 @@ async def rebuild_orders(conn: AsyncConnection) -> int:
     """Derive every order's refunded amount and every customer's revenue facts again from
     the raw order and refund rows; return the number of completed orders."""
     await conn.execute(sa.text(_REFUNDED.format(where="")))
-    await conn.execute(sa.text("TRUNCATE customer_revenue"))
+    await conn.execute(sa.text("DELETE FROM customer_revenue"))  # readers never wait
     await conn.execute(
         sa.text(
             "INSERT INTO customer_revenue (customer_id, currency, orders, revenue_minor, "

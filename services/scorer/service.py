@@ -525,8 +525,10 @@ async def drivers(
     """The reasons given with NPS answers in ``span``, by category, with their shares.
 
     ``nps``: the NPS over the same span and filters (:func:`scores`), when the caller is
-    computing it anyway; its counts size the categories. Read here otherwise."""
-    async with engine.connect() as conn:
+    computing it anyway; its counts size the categories. Read here otherwise. Each
+    statement in autocommit: a lock on the reasons held into the score read could meet a
+    rebuild taking the two the other way round."""
+    async with _one_statement(engine) as conn:
         rows = await queries.reason_counts(
             conn, since=span.since, until=span.until, filters=filters
         )

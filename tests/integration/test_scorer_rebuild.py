@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from services.scorer import rebuild, repository
 from services.scorer.aggregates import fold, fold_reasons
 from services.scorer.consumer import BatchHandler
 from shared import erasure
+from shared.events import ResponseSubmitted
 from shared.kafka import Decoded
 from tests.builders import response_event
 from tests.helpers import cxloop
@@ -112,34 +116,102 @@ class TestRebuild:
             await engine.dispose()
 
 
+# A committed order whose stored refunded amount is stale (its refund says 500): what a
+# rebuild is run to put right, so it updates the row.
+STALE_ORDER = (
+    """
+INSERT INTO orders (order_id, customer_id, currency, amount_minor, completed_at,
+    completed_event, channel, location, product, business_unit, refunded_minor)
+VALUES ('o1', 'c-live', 'JPY', 1000, now(), gen_random_uuid(), 'web', '', '', '', 0)
+""",
+    """
+INSERT INTO order_refunds (order_id, refund_id, currency, amount_minor, occurred_at, event_id)
+VALUES ('o1', 'r1', 'JPY', 500, now(), gen_random_uuid())
+""",
+)
+
+
+async def latest_answer(batch: AsyncConnection, answer: ResponseSubmitted) -> None:
+    await batch.execute(
+        sa.text(
+            "INSERT INTO customer_latest_nps (customer_key, occurred_at, event_id, score)"
+            " VALUES (:c, :at, :id, 3)"
+        ),
+        {"c": answer.customer_id, "at": answer.occurred_at, "id": answer.event_id},
+    )
+
+
+async def buckets(batch: AsyncConnection, answer: ResponseSubmitted) -> None:
+    await repository.add_to_buckets(batch, fold([answer]), fold_reasons([answer]))
+
+
+async def order(batch: AsyncConnection, _: ResponseSubmitted) -> None:
+    await batch.execute(sa.text("UPDATE orders SET channel = 'email' WHERE order_id = 'o1'"))
+
+
+async def revenue(batch: AsyncConnection, _: ResponseSubmitted) -> None:
+    await batch.execute(
+        sa.text(
+            "INSERT INTO customer_revenue (customer_id, currency, orders, revenue_minor,"
+            " first_purchase_at, last_purchase_at) VALUES ('c-other', 'JPY', 1, 10, now(), now())"
+        )
+    )
+
+
+Step = Callable[[AsyncConnection, ResponseSubmitted], Awaitable[None]]
+
+
 class TestBesideALiveBatch:
+    @pytest.mark.parametrize(
+        ("first", "then"),
+        [(latest_answer, buckets), (order, revenue)],
+        ids=["latest answers, then buckets", "orders, then revenue facts"],
+    )
     async def test_a_batch_part_way_through_is_waited_for_not_deadlocked(
-        self, engine: AsyncEngine
+        self, engine: AsyncEngine, first: Step, then: Step
     ) -> None:
-        """A batch that has written its customers' latest answers, and not yet its buckets,
-        when a rebuild starts: the rebuild waits for it, and both commit. The rebuild used
-        to empty the buckets at once and wait for the latest answers while the batch waited
-        for the buckets: Postgres found the deadlock and aborted one of the two."""
+        """A live batch has written one table and not yet the next when a rebuild starts:
+        the rebuild waits for it, and both commit. The rebuild used to empty the buckets
+        (or lock the revenue facts) at once and wait for the latest answers (or the order)
+        while the batch waited for the buckets (or the revenue facts): Postgres found the
+        deadlock and aborted one of the two."""
+        async with engine.begin() as conn:
+            for statement in STALE_ORDER:
+                await conn.execute(sa.text(statement))
         answer = response_event(metric="nps", score=3, customer_id="c-live")
         async with engine.begin() as batch:
-            # What a live batch does first (repository.apply_batch), up to its buckets.
+            pid = await batch.scalar(sa.text("SELECT pg_backend_pid()"))
+            # What a live batch does, in repository.apply_batch's order.
             await erasure.lock(batch, "scorer", exclusive=False)
-            await batch.execute(
-                sa.text(
-                    "INSERT INTO customer_latest_nps (customer_key, occurred_at, event_id, score)"
-                    " VALUES (:c, :at, :id, 3)"
-                ),
-                {"c": "c-live", "at": answer.occurred_at, "id": answer.event_id},
-            )
+            await first(batch, answer)
             rebuilding = asyncio.create_task(rebuild.rebuild(engine))
-            async with engine.connect() as watcher:
-                for _ in range(300):
-                    waiting = await watcher.scalar(
-                        sa.text("SELECT count(*) FROM pg_locks WHERE NOT granted")
-                    )
-                    if waiting or rebuilding.done():
-                        break
-                    await asyncio.sleep(0.05)
-            assert not rebuilding.done()  # it waits for this batch
-            await repository.add_to_buckets(batch, fold([answer]), fold_reasons([answer]))
-        assert (await asyncio.wait_for(rebuilding, timeout=30)).responses == 0
+            try:
+                assert await blocks_someone(engine, pid, rebuilding)
+                await then(batch, answer)
+            except BaseException:
+                rebuilding.cancel()
+                with contextlib.suppress(BaseException):
+                    await rebuilding
+                raise
+        assert (await asyncio.wait_for(rebuilding, timeout=30)).orders == 1
+        async with engine.connect() as conn:
+            refunded = await conn.scalar(sa.text("SELECT refunded_minor FROM orders"))
+        assert refunded == 500
+
+
+async def blocks_someone(engine: AsyncEngine, pid: int, rebuilding: asyncio.Task[Any]) -> bool:
+    """Whether another session comes to wait for backend ``pid`` before ``rebuilding`` ends."""
+    async with engine.connect() as watcher:
+        for _ in range(300):
+            waiting = await watcher.scalar(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"
+                ),
+                {"pid": pid},
+            )
+            if waiting:
+                return True
+            if rebuilding.done():
+                return False
+            await asyncio.sleep(0.05)
+    return False
