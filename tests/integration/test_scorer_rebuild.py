@@ -202,7 +202,7 @@ class TestBesideALiveBatch:
 async def blocks_someone(engine: AsyncEngine, pid: int, rebuilding: asyncio.Task[Any]) -> bool:
     """Whether another session comes to wait for backend ``pid`` before ``rebuilding`` ends."""
     async with engine.connect() as watcher:
-        for _ in range(300):
+        for _ in range(600):  # 30 s: a loaded machine is slow to start the rebuild's session
             waiting = await watcher.scalar(
                 sa.text(
                     "SELECT count(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"
@@ -215,3 +215,26 @@ async def blocks_someone(engine: AsyncEngine, pid: int, rebuilding: asyncio.Task
                 return False
             await asyncio.sleep(0.05)
     return False
+
+
+class TestBesideAReader:
+    async def test_a_reader_meeting_the_locking_in_a_deadlock_lets_it_try_again(
+        self, engine: AsyncEngine
+    ) -> None:
+        """A reader holds the reason buckets and then reads the score buckets, which the
+        rebuild has locked while it waits for the reasons: Postgres aborts the rebuild's
+        locking (it waited first), which rolls back to its savepoint and locks again once
+        the reader is done. The rebuild used to fail."""
+        async with engine.begin() as reader:
+            pid = await reader.scalar(sa.text("SELECT pg_backend_pid()"))
+            await reader.execute(sa.text("SELECT count(*) FROM reason_buckets"))
+            rebuilding = asyncio.create_task(rebuild.rebuild(engine))
+            try:
+                assert await blocks_someone(engine, pid, rebuilding)
+                await reader.execute(sa.text("SELECT count(*) FROM score_buckets"))
+            except BaseException:
+                rebuilding.cancel()
+                with contextlib.suppress(BaseException):
+                    await rebuilding
+                raise
+        assert (await asyncio.wait_for(rebuilding, timeout=30)).responses == 0
