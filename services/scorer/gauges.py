@@ -74,8 +74,8 @@ RETENTION_DRIFT = Gauge(
     name("scorer", "retention_drift"),
     "Customers active in this or the previous week or month (customer_activity) less those "
     "the retention counts (retention_counts) hold as active: 0 unless older scorers stored "
-    "activity during a rollout across migration 0023 (`cxloop scorer retention` counts it "
-    "again).",
+    "activity during a rollout across migration 0023 (`cxloop scorer retention` counts every "
+    "period again). None while it cannot be read.",
     ["period"],
 )
 
@@ -130,20 +130,12 @@ async def refresh(engine: AsyncEngine) -> None:
             for (metric, scale), c in totals.items():
                 scores[(metric, str(scale), window, "all")] = (scoring.score(metric, c), c.n)
         times = (await conn.execute(sa.text(_TIMES_SQL), {"since": now - timedelta(days=7)})).all()
-        week, month = period_starts(now)
-        previous = {
-            "week": week - timedelta(days=7),
-            "month": (month - timedelta(days=1)).replace(day=1),
-        }
-        drift = (await conn.execute(sa.text(_RETENTION_DRIFT_SQL), previous)).all()
     SCORE.clear()
     SAMPLE_SIZE.clear()
     for labels, (score, n) in scores.items():
         SAMPLE_SIZE.labels(*labels).set(n)
         if score is not None:
             SCORE.labels(*labels).set(score)
-    for row in drift:
-        RETENTION_DRIFT.labels(row.period).set(int(row.drift))
     SERVICE_TIME.clear()
     for row in times:
         for kind, q, value in (
@@ -154,6 +146,26 @@ async def refresh(engine: AsyncEngine) -> None:
         ):
             if value is not None:
                 SERVICE_TIME.labels(kind, q, row.priority).set(value)
+
+
+async def refresh_retention_drift(engine: AsyncEngine) -> None:
+    """Set the retention drift of the current and previous week and month; on a failure
+    export none rather than a stale figure."""
+    week, month = period_starts(utcnow())
+    previous = {
+        "week": week - timedelta(days=7),
+        "month": (month - timedelta(days=1)).replace(day=1),
+    }
+    try:
+        async with engine.connect() as conn:
+            # Autocommit: it holds no lock once its one statement is done.
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            drift = (await conn.execute(sa.text(_RETENTION_DRIFT_SQL), previous)).all()
+    except Exception:
+        RETENTION_DRIFT.clear()
+        raise
+    for row in drift:
+        RETENTION_DRIFT.labels(row.period).set(int(row.drift))
 
 
 async def refresh_value(
@@ -195,4 +207,6 @@ async def keep_fresh(
             log.warning("refreshing the score gauges failed (%s)", type(exc).__name__)
         with contextlib.suppress(Exception):
             await refresh_value(engine, currencies, values)
+        with contextlib.suppress(Exception):
+            await refresh_retention_drift(engine)
         await sleep_unless_stopped(stop, every)

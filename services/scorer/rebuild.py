@@ -44,27 +44,36 @@ LOCKS = (
     ("ACCESS EXCLUSIVE", ("score_buckets", "score_days", "reason_buckets")),
     ("EXCLUSIVE", ("orders", "customer_revenue")),
 )
-# A reader holding one of these tables while it waits for another (score queries take
-# score_days before score_buckets) can still meet the locking in a deadlock; Postgres then
-# aborts one of the two, and if it is this, the locking is tried again, up to this often.
-LOCK_ATTEMPTS = 5
-_DEADLOCK = "40P01"
+# A reader holding one of these tables while it waits for another (a score query takes
+# score_days before score_buckets; a dashboard panel may hold one table into its next
+# statement) could meet the locking in a deadlock, and Postgres might abort the reader. So
+# each LOCK waits at most LOCK_TIMEOUT, less than Postgres's deadlock_timeout (1 s by
+# default): the locking backs off first, releases what it took, and tries again after a
+# pause, for up to about LOCK_ATTEMPTS × (LOCK_TIMEOUT + 2 s); a batch in flight is done
+# long before.
+LOCK_TIMEOUT = "500ms"
+LOCK_ATTEMPTS = 30
+_GIVE_WAY = ("55P03", "40P01")  # lock_not_available, deadlock_detected
 
 
 async def _lock(conn: AsyncConnection) -> None:
-    """Take :data:`LOCKS`, inside a savepoint: a deadlock rolls back only the locks taken
-    so far, and they are taken again after a pause."""
+    """Take :data:`LOCKS` inside a savepoint, each wait bounded by :data:`LOCK_TIMEOUT`: on
+    a timeout (or a deadlock) only the locks taken so far are released, and all are taken
+    again after a pause. The rest of the transaction waits without that bound."""
     for attempt in range(1, LOCK_ATTEMPTS + 1):
         savepoint = await conn.begin_nested()
         try:
+            # Local to the savepoint: rolled back with it, and reset below once it holds.
+            await conn.execute(sa.text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
             for mode, tables in LOCKS:
                 await conn.execute(sa.text(f"LOCK TABLE {', '.join(tables)} IN {mode} MODE"))
+            await conn.execute(sa.text("SET LOCAL lock_timeout TO DEFAULT"))
         except DBAPIError as exc:
             await savepoint.rollback()
             error = postgres_error(exc)
-            if error is None or error.sqlstate != _DEADLOCK or attempt == LOCK_ATTEMPTS:
+            if error is None or error.sqlstate not in _GIVE_WAY or attempt == LOCK_ATTEMPTS:
                 raise
-            await asyncio.sleep(0.1 * 2**attempt)
+            await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
             continue
         await savepoint.commit()
         return

@@ -170,24 +170,29 @@ class TestDriftGauge:
         await BatchHandler(engine)(
             [Decoded(None, csat(f"c{i}", now - timedelta(minutes=i))) for i in range(3)]
         )
-        await gauges.refresh(engine)
+        await gauges.refresh_retention_drift(engine)
         assert (drift("week"), drift("month")) == (0, 0)
-        # What a scorer from before migration 0023 does: activity, and no count.
+        # What a scorer from before migration 0023 does: activity, and no count. This and
+        # the previous week and month are watched; older periods are not (too many rows to
+        # count every 30 s), though cxloop scorer retention counts them again too.
         week, month = aggregates.period_starts(now)
+        previous_month = (month - timedelta(days=1)).replace(day=1)
         async with engine.begin() as conn:
             await conn.execute(
                 sa.text(
                     "INSERT INTO customer_activity (period, period_start, customer_key)"
-                    " VALUES ('week', :w, 'older'), ('month', :m, 'older'),"
-                    " ('week', :w - 7, 'older')"
+                    " VALUES ('week', :w, 'older'), ('week', :w - 7, 'older'),"
+                    " ('week', :w - 14, 'older'), ('month', :m, 'older'),"
+                    " ('month', :pm, 'older'),"
+                    " ('month', CAST(CAST(:pm AS date) - interval '1 month' AS date), 'older')"
                 ),
-                {"w": week, "m": month},
+                {"w": week, "m": month, "pm": previous_month},
             )
-        await gauges.refresh(engine)
-        assert (drift("week"), drift("month")) == (2, 1)
+        await gauges.refresh_retention_drift(engine)
+        assert (drift("week"), drift("month")) == (2, 2)
         async with engine.begin() as conn:
             await repository.derive_retention(conn)
-        await gauges.refresh(engine)
+        await gauges.refresh_retention_drift(engine)
         assert (drift("week"), drift("month")) == (0, 0)
 
 

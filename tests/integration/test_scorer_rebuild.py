@@ -222,9 +222,10 @@ class TestBesideAReader:
         self, engine: AsyncEngine
     ) -> None:
         """A reader holds the reason buckets and then reads the score buckets, which the
-        rebuild has locked while it waits for the reasons: Postgres aborts the rebuild's
-        locking (it waited first), which rolls back to its savepoint and locks again once
-        the reader is done. The rebuild used to fail."""
+        rebuild has locked while it waits for the reasons: the rebuild's wait times out
+        before Postgres looks for a deadlock, it releases what it took and locks again once
+        the reader is done; the reader is never aborted. The rebuild used to fail (or the
+        reader, whichever Postgres chose)."""
         async with engine.begin() as reader:
             pid = await reader.scalar(sa.text("SELECT pg_backend_pid()"))
             await reader.execute(sa.text("SELECT count(*) FROM reason_buckets"))
