@@ -105,6 +105,16 @@ DATABASE_ERRORS: Final[tuple[type[Exception], ...]] = (
 
 
 @asynccontextmanager
+async def autocommit_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection from ``engine``'s pool in autocommit, for reads: no BEGIN and ROLLBACK
+    round trips, and no lock held past the statement that took it. One statement reads
+    one snapshot all the same; two read two."""
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        yield conn
+
+
+@asynccontextmanager
 async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
     """Yield the asyncpg connection of a connection from ``engine``'s pool (checked as every
     checkout is), for a hot statement sent straight to the driver.

@@ -26,6 +26,7 @@ from services.scorer.models import COUNTS
 from services.scorer.schemas import ValueWindow
 from services.scorer.snapshots import ValueSnapshots
 from shared import scoring
+from shared.db import autocommit_connection
 from shared.events import utcnow
 from shared.kafka import sleep_unless_stopped
 from shared.metrics import name
@@ -157,9 +158,7 @@ async def refresh_retention_drift(engine: AsyncEngine) -> None:
         "month": (month - timedelta(days=1)).replace(day=1),
     }
     try:
-        async with engine.connect() as conn:
-            # Autocommit: it holds no lock once its one statement is done.
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
+        async with autocommit_connection(engine) as conn:  # no lock held past it
             drift = (await conn.execute(sa.text(_RETENTION_DRIFT_SQL), previous)).all()
     except Exception:
         RETENTION_DRIFT.clear()

@@ -12,14 +12,13 @@ import asyncio
 import base64
 import math
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
 from typing import Any, Final
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.scorer import queries
 from services.scorer.models import ORDER_DIMENSIONS
@@ -65,6 +64,7 @@ from services.scorer.schemas import (
     Window,
 )
 from shared import erasure, money, scoring
+from shared.db import autocommit_connection
 from shared.events import SCALES, Metric, utcnow
 from shared.http import FieldErrors
 from shared.privacy import Hasher
@@ -154,15 +154,6 @@ def resolve_range(
     return Range(scoring.window_start(window, now), now, window)
 
 
-@asynccontextmanager
-async def _one_statement(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """A connection for a read of one statement, in autocommit: no BEGIN and ROLLBACK
-    round trips around it. One statement reads one snapshot all the same."""
-    async with engine.connect() as conn:
-        await conn.execution_options(isolation_level="AUTOCOMMIT")
-        yield conn
-
-
 def check_scale(metric: Metric, scale: int | None) -> None:
     """Refuse a CES query without a scale, and a scale the metric does not have."""
     if metric is Metric.CES and scale is None:
@@ -184,7 +175,7 @@ async def _score_rows(
     interval: str | None = None,
 ) -> list[queries.Group]:
     check_scale(metric, scale)
-    async with _one_statement(engine) as conn:
+    async with autocommit_connection(engine) as conn:
         return await queries.score_counts(
             conn,
             metric=metric.value,
@@ -262,7 +253,7 @@ async def breakdowns(
     with its ``n``, margin and ``insufficient`` flag, and the total: one read of the range
     for every dimension (GROUPING SETS)."""
     check_scale(metric, scale)
-    async with _one_statement(engine) as conn:
+    async with autocommit_connection(engine) as conn:
         found = await queries.grouped_counts(
             conn,
             metrics=[metric.value],
@@ -302,7 +293,7 @@ async def trends(
     check_hourly(span, interval)
     if not series:
         return []
-    async with _one_statement(engine) as conn:
+    async with autocommit_connection(engine) as conn:
         (rows,) = await queries.grouped_counts(
             conn,
             metrics=sorted({m.value for m, _ in series}),
@@ -528,7 +519,7 @@ async def drivers(
     computing it anyway; its counts size the categories. Read here otherwise. Each
     statement in autocommit: a lock on the reasons held into the score read could meet a
     rebuild taking the two the other way round."""
-    async with _one_statement(engine) as conn:
+    async with autocommit_connection(engine) as conn:
         rows = await queries.reason_counts(
             conn, since=span.since, until=span.until, filters=filters
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -184,19 +184,29 @@ class TestBesideALiveBatch:
             # What a live batch does, in repository.apply_batch's order.
             await erasure.lock(batch, "scorer", exclusive=False)
             await first(batch, answer)
-            rebuilding = asyncio.create_task(rebuild.rebuild(engine))
-            try:
-                assert await blocks_someone(engine, pid, rebuilding)
+            async with rebuild_once_it_waits_for(engine, pid) as rebuilding:
                 await then(batch, answer)
-            except BaseException:
-                rebuilding.cancel()
-                with contextlib.suppress(BaseException):
-                    await rebuilding
-                raise
         assert (await asyncio.wait_for(rebuilding, timeout=30)).orders == 1
         async with engine.connect() as conn:
             refunded = await conn.scalar(sa.text("SELECT refunded_minor FROM orders"))
         assert refunded == 500
+
+
+@contextlib.asynccontextmanager
+async def rebuild_once_it_waits_for(
+    engine: AsyncEngine, pid: int
+) -> AsyncIterator[asyncio.Task[rebuild.Rebuilt]]:
+    """Start a rebuild, and go on once it (or anyone) waits for backend ``pid``; the rebuild
+    is cancelled if what runs inside fails."""
+    rebuilding = asyncio.create_task(rebuild.rebuild(engine))
+    try:
+        assert await blocks_someone(engine, pid, rebuilding)
+        yield rebuilding
+    except BaseException:
+        rebuilding.cancel()
+        with contextlib.suppress(BaseException):
+            await rebuilding
+        raise
 
 
 async def blocks_someone(engine: AsyncEngine, pid: int, rebuilding: asyncio.Task[Any]) -> bool:
@@ -229,13 +239,6 @@ class TestBesideAReader:
         async with engine.begin() as reader:
             pid = await reader.scalar(sa.text("SELECT pg_backend_pid()"))
             await reader.execute(sa.text("SELECT count(*) FROM reason_buckets"))
-            rebuilding = asyncio.create_task(rebuild.rebuild(engine))
-            try:
-                assert await blocks_someone(engine, pid, rebuilding)
+            async with rebuild_once_it_waits_for(engine, pid) as rebuilding:
                 await reader.execute(sa.text("SELECT count(*) FROM score_buckets"))
-            except BaseException:
-                rebuilding.cancel()
-                with contextlib.suppress(BaseException):
-                    await rebuilding
-                raise
         assert (await asyncio.wait_for(rebuilding, timeout=30)).responses == 0
