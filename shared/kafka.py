@@ -172,8 +172,12 @@ async def _set_topic_configs(
 
 
 def encode(event: BaseModel) -> bytes:
-    """Serialise an event for the wire: UTF-8 JSON."""
-    return event.model_dump_json().encode("utf-8")
+    """Serialise an event for the wire: UTF-8 JSON.
+
+    The bytes ``model_dump_json()`` would give, taken from the serializer as they are
+    instead of decoded to a str and encoded again (a third of the cost; once per record).
+    """
+    return event.__pydantic_serializer__.to_json(event)
 
 
 _ERASED_HEADER: Final = (HEADER_TYPE, CUSTOMER_ERASED.encode())

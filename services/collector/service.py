@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -131,7 +132,7 @@ def response_event(
         ticket_id=payload.ticket_id,
         comment=payload.comment,
         reasons=tuple(payload.reasons),
-        segments=Segments.model_validate(payload.segments.model_dump()),
+        segments=wire_segments(payload.segments),
         locale=payload.locale,
     )
 
@@ -151,13 +152,29 @@ def touchpoint_event(
         ticket_id=payload.ticket_id,
         priority=payload.priority,
         status=payload.status,
-        segments=Segments.model_validate(payload.segments.model_dump()),
+        segments=wire_segments(payload.segments),
         attributes=payload.attributes,
         order_id=payload.order_id,
         refund_id=payload.refund_id,
         currency=payload.currency,
         amount=in_currency(payload.amount, payload.currency),
     )
+
+
+def wire_segments(segments: Segments) -> Segments:
+    """Return ``segments`` as the wire event's own model (a request's are ``SegmentsIn``).
+
+    One shared instance per set of values: segments repeat from event to event, the model
+    is frozen, and validating it again cost a third of building a wire event.
+    """
+    return _wire_segments(segments.location, segments.product, segments.business_unit)
+
+
+@functools.lru_cache(maxsize=1024)
+def _wire_segments(
+    location: str | None, product: str | None, business_unit: str | None
+) -> Segments:
+    return Segments(location=location, product=product, business_unit=business_unit)
 
 
 def in_currency(amount: Decimal | None, currency: str | None) -> Decimal | None:
@@ -551,10 +568,13 @@ _PARTITIONER = DefaultPartitioner()
 
 
 def _headers(event: Event) -> list[tuple[str, bytes]]:
-    return [
-        (HEADER_TYPE, event.type.encode()),
-        (HEADER_SCHEMA, str(event.schema_version).encode()),
-    ]
+    return _headers_of(event.type, event.schema_version)
+
+
+@functools.lru_cache(maxsize=256)
+def _headers_of(event_type: str, schema_version: int) -> list[tuple[str, bytes]]:
+    # Shared by every record of the type: the producer only reads a record's headers.
+    return [(HEADER_TYPE, event_type.encode()), (HEADER_SCHEMA, str(schema_version).encode())]
 
 
 async def _send_batches(
@@ -576,8 +596,11 @@ async def _send_batches(
     partitions: dict[str, list[int]] = {}
     by_partition: dict[tuple[str, int], list[int]] = {}
     keyed: list[tuple[str, bytes, bytes]] = []
+    topic_of: dict[type[Event], str] = {}
     for event in events:
-        topic = settings.topic(_topic(event))
+        topic = topic_of.get(type(event)) or topic_of.setdefault(
+            type(event), settings.topic(_topic(event))
+        )
         if topic not in partitions:
             partitions[topic] = sorted(await producer.partitions_for(topic))
         key = partition_key(event.customer_id)

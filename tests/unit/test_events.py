@@ -79,6 +79,21 @@ class TestCompatibility:
         event = response_event(comment="対応が遅すぎる 😠 — très lent")
         assert ResponseSubmitted.model_validate_json(encode(event)).comment == event.comment
 
+    def test_the_wire_text_is_pydantics_json_in_utf8(self) -> None:
+        # Consumers in other languages read these bytes: raw UTF-8 (not \u escapes), UTC
+        # written as Z, the JSON Schema's field names, nothing but the event.
+        event = response_event(
+            comment="配送が遅い 😠",
+            occurred_at="2026-11-22T10:15:00+09:00",
+            segments={"location": "東京"},
+        )
+        wire = encode(event)
+        assert wire == event.model_dump_json().encode("utf-8")
+        assert "配送が遅い 😠".encode() in wire
+        assert b"\\u" not in wire
+        assert json.loads(wire)["occurred_at"] == "2026-11-22T10:15:00+09:00"
+        assert json.loads(wire)["received_at"].endswith("Z")
+
 
 class TestJsonSchemas:
     def test_every_event_has_a_schema_with_an_id(self) -> None:
