@@ -111,13 +111,22 @@ customer_revenue = sa.Table(
 )
 
 # Every NPS answer's customer, time and score (no text): survives erasure, pseudonymised.
+# The key's index carries the score, so that rating a customer at a past time reads the
+# index alone (migration 0024).
 customer_nps = sa.Table(
     "customer_nps",
     metadata,
-    sa.Column("customer_key", sa.Text, primary_key=True),
-    sa.Column("occurred_at", sa.DateTime(timezone=True), primary_key=True),
-    sa.Column("event_id", pg.UUID(as_uuid=True), primary_key=True),
+    sa.Column("customer_key", sa.Text),
+    sa.Column("occurred_at", sa.DateTime(timezone=True)),
+    sa.Column("event_id", pg.UUID(as_uuid=True)),
     sa.Column("score", sa.SmallInteger, nullable=False),
+    sa.PrimaryKeyConstraint(
+        "customer_key",
+        "occurred_at",
+        "event_id",
+        name="customer_nps_pkey",
+        postgresql_include=["score"],
+    ),
 )
 
 # Each customer's latest NPS answer in customer_nps (the greatest (occurred_at, event_id)).
