@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from services.migrations import upgrade
 from services.scorer import queries, rebuild, repository, service
 from services.scorer.consumer import BatchHandler
 from shared import money
@@ -423,6 +425,8 @@ class TestPastRange:
                 if (await conn.execute(pages)).scalar():
                     break
                 await asyncio.sleep(0.1)
+            else:
+                pytest.fail("VACUUM left customer_nps's pages not all-visible for 5 s")
         async with engine.begin() as conn:
             # However few rows this test has, probe by the key as on a real table.
             await conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
@@ -440,3 +444,37 @@ class TestPastRange:
         # At most the one page of the table's visibility map; with the score only in the
         # table, a page more per probe (60 more here).
         assert table_after - table_before <= 1
+
+    async def test_0024_keeps_every_answer_and_the_key(self, empty_database_url: str) -> None:
+        await asyncio.to_thread(upgrade, empty_database_url, "0023")
+        engine = create_async_engine(empty_database_url)
+        insert = sa.text(
+            "INSERT INTO customer_nps (customer_key, occurred_at, event_id, score) "
+            "VALUES (:c, :at, :e, :s)"
+        )
+        answers = [
+            {"c": f"c{i % 7}", "at": at(i), "e": uuid.uuid4(), "s": i % 11} for i in range(50)
+        ]
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(insert, answers)
+            await asyncio.to_thread(upgrade, empty_database_url, "head")
+            async with engine.connect() as conn:
+                stored = await conn.execute(
+                    sa.text("SELECT customer_key, occurred_at, event_id, score FROM customer_nps")
+                )
+                assert sorted(map(tuple, stored)) == sorted(
+                    (a["c"], a["at"], a["e"], a["s"]) for a in answers
+                )
+                key = await conn.scalar(
+                    sa.text(
+                        "SELECT pg_get_indexdef(conindid) FROM pg_constraint "
+                        "WHERE conname = 'customer_nps_pkey' AND contype = 'p'"
+                    )
+                )
+                assert "(customer_key, occurred_at, event_id) INCLUDE (score)" in key
+            with pytest.raises(sa.exc.IntegrityError, match="customer_nps_pkey"):
+                async with engine.begin() as conn:
+                    await conn.execute(insert, {**answers[0], "s": 3})
+        finally:
+            await engine.dispose()

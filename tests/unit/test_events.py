@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import datetime
 
 import pytest
 from pydantic import ValidationError
 
+from services.collector import service
+from services.collector.schemas import ResponseIn
 from shared.events import (
     NpsCategory,
     ResponseSubmitted,
+    Segments,
     TouchpointEvent,
     json_schemas,
     nps_category,
+    utcnow,
 )
 from shared.kafka import encode
 from tests.builders import response_event
@@ -93,6 +98,36 @@ class TestCompatibility:
         assert b"\\u" not in wire
         assert json.loads(wire)["occurred_at"] == "2026-11-22T10:15:00+09:00"
         assert json.loads(wire)["received_at"].endswith("Z")
+
+    def test_a_request_s_segments_reach_the_wire_as_the_contract_s_model(self) -> None:
+        # The collector shares one Segments per set of values between wire events.
+        payloads = [
+            ResponseIn.model_validate(
+                {
+                    "metric": "nps",
+                    "score": score,
+                    "channel": "web",
+                    "survey_type": "transactional",
+                    "touchpoint": "checkout",
+                    "customer_id": f"c{score}",
+                    "segments": {"location": " 東京 ", "product": "app"},
+                }
+            )
+            for score in (3, 9)
+        ]
+        events = [
+            service.response_event(p, event_id=uuid.uuid4(), received_at=utcnow(), source="api")
+            for p in payloads
+        ]
+        for event in events:
+            assert type(event.segments) is Segments
+            assert event.segments == Segments(location="東京", product="app")
+            assert ResponseSubmitted.model_validate_json(encode(event)) == event
+        assert json.loads(encode(events[1]))["segments"] == {
+            "location": "東京",
+            "product": "app",
+            "business_unit": None,
+        }
 
 
 class TestJsonSchemas:
