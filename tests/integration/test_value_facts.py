@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from services.migrations import upgrade
+from services.migrations import downgrade, upgrade
 from services.scorer import queries, rebuild, repository, service
 from services.scorer.consumer import BatchHandler
 from shared import money
@@ -445,7 +445,11 @@ class TestPastRange:
         # table, a page more per probe (60 more here).
         assert table_after - table_before <= 1
 
-    async def test_0024_keeps_every_answer_and_the_key(self, empty_database_url: str) -> None:
+
+class TestMigration0024:
+    async def test_it_waits_out_a_reader_and_keeps_every_answer_and_the_key(
+        self, empty_database_url: str
+    ) -> None:
         await asyncio.to_thread(upgrade, empty_database_url, "0023")
         engine = create_async_engine(empty_database_url)
         insert = sa.text(
@@ -458,7 +462,18 @@ class TestPastRange:
         try:
             async with engine.begin() as conn:
                 await conn.execute(insert, answers)
-            await asyncio.to_thread(upgrade, empty_database_url, "head")
+            # A reader holds the table for 1.5 s: the swap gives way (500 ms at a time) and
+            # gets it once the reader is done, instead of failing or queueing every other
+            # reader and writer behind it.
+            async with engine.connect() as reader:
+                await reader.execute(sa.text("LOCK TABLE customer_nps IN ACCESS SHARE MODE"))
+                migrating = asyncio.create_task(
+                    asyncio.to_thread(upgrade, empty_database_url, "head")
+                )
+                await asyncio.sleep(1.5)
+                assert not migrating.done()
+                await reader.rollback()
+            await asyncio.wait_for(migrating, timeout=60)
             async with engine.connect() as conn:
                 stored = await conn.execute(
                     sa.text("SELECT customer_key, occurred_at, event_id, score FROM customer_nps")
@@ -466,15 +481,32 @@ class TestPastRange:
                 assert sorted(map(tuple, stored)) == sorted(
                     (a["c"], a["at"], a["e"], a["s"]) for a in answers
                 )
-                key = await conn.scalar(
-                    sa.text(
-                        "SELECT pg_get_indexdef(conindid) FROM pg_constraint "
-                        "WHERE conname = 'customer_nps_pkey' AND contype = 'p'"
-                    )
+                assert await _indexes(conn) == [
+                    "CREATE UNIQUE INDEX customer_nps_pkey ON public.customer_nps USING btree "
+                    "(customer_key, occurred_at, event_id) INCLUDE (score)"
+                ]
+                options = await conn.scalar(
+                    sa.text("SELECT reloptions FROM pg_class WHERE relname = 'customer_nps'")
                 )
-                assert "(customer_key, occurred_at, event_id) INCLUDE (score)" in key
+                assert options == ["autovacuum_vacuum_insert_scale_factor=0.02"]
             with pytest.raises(sa.exc.IntegrityError, match="customer_nps_pkey"):
                 async with engine.begin() as conn:
                     await conn.execute(insert, {**answers[0], "s": 3})
+            await asyncio.to_thread(downgrade, empty_database_url, "0023")
+            async with engine.connect() as conn:
+                assert await _indexes(conn) == [
+                    "CREATE UNIQUE INDEX customer_nps_pkey ON public.customer_nps USING btree "
+                    "(customer_key, occurred_at, event_id)"
+                ]
         finally:
             await engine.dispose()
+
+
+async def _indexes(conn: Any) -> list[str]:
+    found = await conn.execute(
+        sa.text(
+            "SELECT pg_get_indexdef(indexrelid) FROM pg_index "
+            "WHERE indrelid = 'customer_nps'::regclass ORDER BY 1"
+        )
+    )
+    return [row[0] for row in found]

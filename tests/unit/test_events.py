@@ -123,6 +123,7 @@ class TestCompatibility:
             assert type(event.segments) is Segments
             assert event.segments == Segments(location="東京", product="app")
             assert ResponseSubmitted.model_validate_json(encode(event)) == event
+        assert events[0].segments is events[1].segments
         assert json.loads(encode(events[1]))["segments"] == {
             "location": "東京",
             "product": "app",
