@@ -112,11 +112,16 @@ def check_score(metric: Metric, scale: int, score: int) -> None:
         raise ValueError(f"score {score} is outside {low}–{high} for {metric.value}")
 
 
+# The least answers of a promoter and of a passive (the scorer's SQL folds use them too).
+NPS_PROMOTER_FROM: Final = 9
+NPS_PASSIVE_FROM: Final = 7
+
+
 def nps_category(score: int) -> NpsCategory:
     """Return the NPS category of a 0–10 answer: 9–10 promoter, 7–8 passive, 0–6 detractor."""
-    if score >= 9:
+    if score >= NPS_PROMOTER_FROM:
         return NpsCategory.PROMOTER
-    if score >= 7:
+    if score >= NPS_PASSIVE_FROM:
         return NpsCategory.PASSIVE
     return NpsCategory.DETRACTOR
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -53,6 +54,58 @@ def response_event(**overrides: Any) -> ResponseSubmitted:
         "touchpoint": "checkout",
     }
     return ResponseSubmitted.model_validate(fields | overrides)
+
+
+# Times at the edges of an hour, a day, an ISO week, a month and a year in UTC, given in
+# zones far from it: where a fold that took the local hour or day would be caught.
+EDGE_TIMES = (
+    "2026-12-31T23:30:00-08:00",  # 2027-01-01 07:30 UTC: a new year, month and day
+    "2027-01-01T08:59:59.999999+09:00",  # 2026-12-31 23:59:59.999999 UTC
+    "2026-12-28T00:00:00+00:00",  # a Monday, the first instant of an ISO week
+    "2026-12-28T05:00:00+14:00",  # 2026-12-27 15:00 UTC: the Sunday before
+    "2027-01-03T23:59:59-12:00",  # 2027-01-04 11:59:59 UTC: the next ISO week's Monday
+    "2026-11-30T18:44:59+05:45",  # 2026-11-30 12:59:59 UTC
+)
+
+
+def mixed_answers(n: int = 300, seed: int = 7) -> list[ResponseSubmitted]:
+    """Answers of every metric and scale, in many segments (some in Japanese), in zones
+    far from UTC and at the edges of its periods, with reasons named twice in one answer."""
+    rng = random.Random(seed)
+    metrics = [("nps", 10, 0), ("csat", 5, 1), ("ces", 5, 1), ("ces", 7, 1)]
+    events = []
+    for i in range(n):
+        metric, scale, low = rng.choice(metrics)
+        if i % 5 == 0:
+            occurred_at = rng.choice(EDGE_TIMES)
+        else:
+            occurred_at = (
+                f"2026-11-{rng.randint(1, 30):02d}T{rng.randint(0, 23):02d}:"
+                f"{rng.randint(0, 59):02d}:00{rng.choice(['+00:00', '+05:30', '-08:00'])}"
+            )
+        events.append(
+            response_event(
+                metric=metric,
+                scale=scale,
+                score=rng.randint(low, scale),
+                customer_id=rng.choice([f"c{i % 17}", "顧客-東京-1"]),
+                channel=rng.choice(["web", "sms"]),
+                occurred_at=occurred_at,
+                # Repeats too: a reason named twice in one answer counts once.
+                reasons=rng.choices(
+                    ["price", "wait_time", "app", "delivery.late"], k=rng.randint(0, 4)
+                ),
+                survey_type=rng.choice(["relationship", "transactional", "in_the_moment"]),
+                touchpoint=rng.choice(["checkout", "support", "delivery"]),
+                # Each dimension with values of its own, so a swap of two cannot pass.
+                segments={
+                    "location": rng.choice(["tokyo", "大阪", None]),
+                    "product": rng.choice(["p-basic", "p-pro", None]),
+                    "business_unit": rng.choice(["bu-retail", "bu-online", None]),
+                },
+            )
+        )
+    return events
 
 
 def order_payload(**overrides: Any) -> dict[str, Any]:

@@ -1,5 +1,12 @@
 """Folding events into bucket keys and additive counts, free of I/O (the scores those
-counts give are in ``shared.scoring``)."""
+counts give are in ``shared.scoring``).
+
+A batch's responses are folded by SQL in Postgres (``repository._APPLY_STAGED``, and
+``cxloop scorer rebuild`` from the raw rows); :func:`fold`, :func:`fold_reasons` and
+:func:`activity` are the definitions that SQL is held equal to
+(tests/integration/test_sql_fold.py). Ticket, order and touchpoint-activity facts are
+folded here for the live path.
+"""
 
 from __future__ import annotations
 
@@ -123,73 +130,6 @@ def fold_reasons(events: list[ResponseSubmitted]) -> dict[ReasonKey, int]:
             )
             counts[reason_key] = counts.get(reason_key, 0) + 1
     return counts
-
-
-@dataclass
-class FoldedResponses:
-    """Everything a batch of responses adds, folded in one pass: the score buckets, the NPS+
-    reasons, the customers' activity and the NPS answers (rows of ``customer_nps``)."""
-
-    scores: dict[BucketKey, Counts]
-    reasons: dict[ReasonKey, int]
-    activity: set[tuple[str, date, str]]
-    nps: list[tuple[str, datetime, uuid.UUID, int]]
-
-
-def fold_responses(events: list[ResponseSubmitted]) -> FoldedResponses:
-    """Fold ``events`` as :func:`fold`, :func:`fold_reasons`, :func:`activity` and
-    :func:`nps_answers` do, each event's time converted and its key built once."""
-    # The same sums as those four functions (tests/unit/test_aggregates.py holds them equal):
-    # this is the scorer's hot loop, so it is spelt out rather than composed of them.
-    scores: dict[BucketKey, Counts] = {}
-    reasons: dict[ReasonKey, int] = {}
-    seen: set[tuple[str, date, str]] = set()
-    nps: list[tuple[str, datetime, uuid.UUID, int]] = []
-    periods: dict[date, tuple[date, date]] = {}
-    for event in events:
-        at = in_utc(event.occurred_at)
-        s = event.segments
-        metric, score = event.metric, event.score
-        key = BucketKey(
-            at.replace(minute=0, second=0, microsecond=0),
-            metric.value,
-            event.scale,
-            event.channel.value,
-            event.survey_type.value,
-            event.touchpoint,
-            s.location or "",
-            s.product or "",
-            s.business_unit or "",
-        )
-        c = scores.get(key)
-        if c is None:
-            c = scores[key] = Counts()
-        c.n += 1
-        c.score_sum += score
-        c.score_sq_sum += score * score
-        if metric is Metric.NPS:
-            category = nps_category(score)
-            if category is NpsCategory.PROMOTER:
-                c.promoters += 1
-            elif category is NpsCategory.PASSIVE:
-                c.passives += 1
-            else:
-                c.detractors += 1
-            for reason in set(event.reasons):
-                reason_key = ReasonKey(key[0], category.value, reason, *key[3:])
-                reasons[reason_key] = reasons.get(reason_key, 0) + 1
-            nps.append((event.customer_id, at, event.event_id, score))
-        elif metric is Metric.CSAT:
-            c.satisfied += score >= SATISFIED_FROM
-        else:
-            c.easy += score >= EASY_FROM[event.scale]
-        day = at.date()
-        week_month = periods.get(day)
-        if week_month is None:
-            week_month = periods[day] = (day - timedelta(days=day.weekday()), day.replace(day=1))
-        seen.add(("week", week_month[0], event.customer_id))
-        seen.add(("month", week_month[1], event.customer_id))
-    return FoldedResponses(scores, reasons, seen, nps)
 
 
 FIRST_RESPONSE_TYPES: Final = frozenset({"ticket.first_response", "ticket.agent_replied"})

@@ -5,7 +5,7 @@ latest NPS answer (``customer_latest_nps``) from
 ``customer_nps``, after adding to it the raw NPS responses it lacks (those an older scorer
 stored during a rolling deploy) (``cxloop scorer rebuild``).
 
-The raw rows go through the same folding code as the live consumer, so a changed definition
+The raw rows are folded by the same SQL as a live batch's responses, so a changed definition
 (say of "easy" on a CES scale) applies to history exactly as it will to new answers. It runs
 in one transaction that first locks the tables it rewrites (``LOCKS``: in a live batch's
 order, so that a batch part-way through is waited for) and truncates the buckets: live
@@ -24,13 +24,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.scorer import repository
-from services.scorer.aggregates import fold, fold_reasons
-from services.scorer.models import responses
 from shared import erasure
 from shared.db import postgres_error
-from shared.events import ResponseSubmitted
 
-CHUNK = 5_000
 # What a rebuild locks before it writes anything, in the order a live batch without an
 # erasure (repository.apply_batch, then count_retention) takes these tables: a batch
 # part-way through (its customers' latest answers written, its buckets not yet; its orders
@@ -79,36 +75,6 @@ async def _lock(conn: AsyncConnection) -> None:
         return
 
 
-def _event(row: sa.Row[tuple[object, ...]]) -> ResponseSubmitted:
-    r = row._mapping
-    return ResponseSubmitted.model_validate(
-        {
-            **{
-                k: r[k]
-                for k in (
-                    "event_id",
-                    "submission_id",
-                    "metric",
-                    "scale",
-                    "score",
-                    "survey_type",
-                    "channel",
-                    "touchpoint",
-                    "customer_id",
-                    "ticket_id",
-                    "comment",
-                    "locale",
-                    "source",
-                    "occurred_at",
-                    "received_at",
-                )
-            },
-            "reasons": r["reasons"] or [],
-            "segments": {k: r[k] for k in ("location", "product", "business_unit") if r[k]},
-        }
-    )
-
-
 @dataclass(frozen=True)
 class Rebuilt:
     """What a rebuild read: raw responses, and completed orders."""
@@ -120,18 +86,13 @@ class Rebuilt:
 async def rebuild(engine: AsyncEngine) -> Rebuilt:
     """Recompute every bucket from the raw responses, every revenue fact from the raw
     orders and the retention counts from the activity, in one transaction."""
-    read = 0
     async with engine.begin() as conn:
         # Shared with the consumer's batches, exclusive to an erasure: an erasure cannot
         # commit between what this reads and writes, so no erased id comes back.
         await erasure.lock(conn, "scorer", exclusive=False)
         await _lock(conn)
         await conn.execute(sa.text("TRUNCATE score_buckets, score_days, reason_buckets"))
-        result = await conn.stream(sa.select(responses).execution_options(yield_per=CHUNK))
-        async for chunk in result.partitions(CHUNK):
-            events = [_event(row) for row in chunk]
-            read += len(events)
-            await repository.add_to_buckets(conn, fold(events), fold_reasons(events))
+        read = await repository.fold_stored_responses(conn)
         orders = await repository.rebuild_orders(conn)
         await repository.restore_nps(conn)
         await repository.derive_latest_nps(conn)

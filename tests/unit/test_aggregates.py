@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import math
-import random
 from datetime import UTC, datetime
 
 import pytest
 
 from services.scorer.aggregates import (
-    activity,
     fold,
-    fold_reasons,
-    fold_responses,
-    nps_answers,
 )
 from shared import scoring
-from shared.events import ResponseSubmitted
 from shared.scoring import Counts, bucket_start
 from tests.builders import response_event
 
@@ -102,46 +96,3 @@ class TestBuckets:
             for half in halves:
                 summed.add(half.get(key, Counts()))
             assert summed == counts
-
-
-def mixed_answers() -> list[ResponseSubmitted]:
-    rng = random.Random(7)
-    metrics = [("nps", 10, 0), ("csat", 5, 1), ("ces", 5, 1), ("ces", 7, 1)]
-    events = []
-    for i in range(300):
-        metric, scale, low = rng.choice(metrics)
-        events.append(
-            response_event(
-                metric=metric,
-                scale=scale,
-                score=rng.randint(low, scale),
-                customer_id=f"c{i % 17}",
-                channel=rng.choice(["web", "sms"]),
-                occurred_at=f"2026-11-{rng.randint(1, 30):02d}T{rng.randint(0, 23):02d}:"
-                f"{rng.randint(0, 59):02d}:00{rng.choice(['+00:00', '+05:30', '-08:00'])}",
-                # Repeats too: a reason named twice in one answer counts once.
-                reasons=rng.choices(["price", "wait_time", "app"], k=rng.randint(0, 4)),
-                survey_type=rng.choice(["relationship", "transactional", "in_the_moment"]),
-                touchpoint=rng.choice(["checkout", "support", "delivery"]),
-                # Each dimension with values of its own, so a swap of two cannot pass.
-                segments={
-                    "location": rng.choice(["tokyo", "osaka", None]),
-                    "product": rng.choice(["p-basic", "p-pro", None]),
-                    "business_unit": rng.choice(["bu-retail", "bu-online", None]),
-                },
-            )
-        )
-    return events
-
-
-class TestOnePassFold:
-    def test_gives_what_the_four_folds_give(self) -> None:
-        events = mixed_answers()
-        folded = fold_responses(events)
-        assert folded.scores == fold(events)
-        assert folded.reasons == fold_reasons(events)
-        assert folded.activity == activity(list(events))
-        assert folded.nps == nps_answers(events)
-        # What the test's events must hold for these equalities to mean something.
-        assert any(len(set(e.reasons)) < len(e.reasons) for e in events)
-        assert len({k[3:] for k in folded.scores}) > 20

@@ -1,0 +1,175 @@
+"""The scorer folds a batch's responses in SQL: exactly what the Python definitions give.
+
+``services/scorer/aggregates.py`` defines a bucket, a reason count and a customer's activity;
+the live path (repository._APPLY_STAGED) and ``cxloop scorer rebuild`` fold the staged (or
+stored) responses with SQL instead. Here both are held equal to those definitions on
+answers of every metric and scale, in zones far from UTC, at the edges of an hour, day,
+ISO week, month and year, with Japanese segments and reasons named twice in one answer.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import date
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.scorer import rebuild
+from services.scorer.aggregates import activity, fold, fold_reasons, nps_answers
+from services.scorer.consumer import BatchHandler
+from shared.errors import PermanentError
+from shared.events import ResponseSubmitted
+from shared.kafka import Decoded
+from shared.scoring import Counts, in_utc
+from tests.builders import EDGE_TIMES, mixed_answers, response_event
+
+COUNT_COLUMNS = (
+    "n, score_sum, score_sq_sum, promoters, passives, detractors, satisfied, easy"
+)  # fmt: skip
+KEY = (
+    "bucket_start, metric, scale, channel, survey_type, touchpoint, location, product,"
+    " business_unit"
+)
+
+
+def counts(c: Counts) -> tuple[int, ...]:
+    return (c.n, c.score_sum, c.score_sq_sum, c.promoters, c.passives, c.detractors,
+            c.satisfied, c.easy)  # fmt: skip
+
+
+def expected_days(events: list[ResponseSubmitted]) -> dict[tuple[Any, ...], tuple[int, ...]]:
+    days: dict[tuple[Any, ...], Counts] = {}
+    for key, c in fold(events).items():
+        day = key.bucket_start.replace(hour=0)
+        days.setdefault((day, *key[1:]), Counts()).add(c)
+    return {k: counts(c) for k, c in days.items()}
+
+
+async def tables(engine: AsyncEngine) -> dict[str, Any]:
+    async with engine.connect() as conn:
+
+        async def rows(sql: str) -> list[tuple[Any, ...]]:
+            return [tuple(r) for r in await conn.execute(sa.text(sql))]
+
+        return {
+            "scores": {
+                r[:9]: r[9:]
+                for r in await rows(f"SELECT {KEY}, {COUNT_COLUMNS} FROM score_buckets")  # noqa: S608
+            },
+            "days": {
+                r[:9]: r[9:]
+                for r in await rows(f"SELECT {KEY}, {COUNT_COLUMNS} FROM score_days")  # noqa: S608
+            },
+            "reasons": {
+                r[:9]: r[9]
+                for r in await rows(
+                    "SELECT bucket_start, category, reason, channel, survey_type, touchpoint,"
+                    " location, product, business_unit, n FROM reason_buckets"
+                )
+            },
+            "activity": set(
+                await rows("SELECT period, period_start, customer_key FROM customer_activity")
+            ),
+            "nps": Counter(
+                await rows("SELECT customer_key, occurred_at, event_id, score FROM customer_nps")
+            ),
+            "latest": set(
+                await rows(
+                    "SELECT customer_key, occurred_at, event_id, score FROM customer_latest_nps"
+                )
+            ),
+            "retention": await rows(
+                "SELECT period, period_start, active FROM retention_counts ORDER BY 1, 2"
+            ),
+        }
+
+
+def expected(events: list[ResponseSubmitted]) -> dict[str, Any]:
+    answers = nps_answers(events)
+    latest: dict[str, tuple[Any, ...]] = {}
+    for a in answers:
+        if a[0] not in latest or a[1:3] > latest[a[0]][1:3]:
+            latest[a[0]] = a
+    active = activity(list(events))
+    return {
+        "scores": {tuple(k): counts(c) for k, c in fold(events).items()},
+        "days": expected_days(events),
+        "reasons": {tuple(k): n for k, n in fold_reasons(events).items()},
+        "activity": active,
+        "nps": Counter(answers),
+        "latest": set(latest.values()),
+        "retention": sorted(Counter((p, s) for p, s, _ in active).items()),
+    }
+
+
+class TestLivePath:
+    async def test_folds_as_the_definitions_do_and_a_redelivery_adds_nothing(
+        self, engine: AsyncEngine
+    ) -> None:
+        events = mixed_answers(600)
+        handler = BatchHandler(engine)
+        for i in range(0, len(events), 97):
+            await handler([Decoded(None, e) for e in events[i : i + 97]])
+        # Redelivered, as after a crash before the offsets' commit: nothing changes.
+        await handler([Decoded(None, e) for e in events[100:300]])
+        got = await tables(engine)
+        want = expected(events)
+        want["retention"] = [(p, s, n) for (p, s), n in want["retention"]]
+        assert got == want
+        # What the events must hold for the equality to mean something.
+        assert any(len(set(e.reasons)) < len(e.reasons) for e in events)
+        assert {k[0].year for k in got["scores"]} == {2026, 2027}
+        assert len({k[3:] for k in got["scores"]}) > 20
+        assert {m for _, m, *_ in got["scores"]} == {"nps", "csat", "ces"}
+
+    async def test_each_edge_time_lands_in_its_utc_hour_and_periods(
+        self, engine: AsyncEngine
+    ) -> None:
+        events = [
+            response_event(occurred_at=t, customer_id=f"c{i}") for i, t in enumerate(EDGE_TIMES)
+        ]
+        await BatchHandler(engine)([Decoded(None, e) for e in events])
+        got = await tables(engine)
+        hours = sorted(k[0] for k in got["scores"])
+        assert hours == sorted(
+            in_utc(e.occurred_at).replace(minute=0, second=0, microsecond=0) for e in events
+        )
+        # 2026-12-31T23:30-08:00 is 2027-01-01 in UTC: January's and that ISO week's.
+        assert ("month", date(2027, 1, 1), "c0") in got["activity"]
+        assert ("week", date(2026, 12, 28), "c0") in got["activity"]
+        # 2026-12-28T05:00+14:00 is the Sunday before in UTC: the week before.
+        assert ("week", date(2026, 12, 21), "c3") in got["activity"]
+        want = expected(events)
+        for table in ("scores", "days", "reasons", "activity", "nps", "latest"):
+            assert got[table] == want[table], table
+
+    @pytest.mark.parametrize("moment", ["9999-12-31T23:30:00-01:00", "0001-01-01T00:30:00+01:00"])
+    async def test_a_time_past_the_calendar_in_utc_is_refused_naming_occurred_at(
+        self, engine: AsyncEngine, moment: str
+    ) -> None:
+        bad = response_event(occurred_at=moment)
+        with pytest.raises(PermanentError) as refused:
+            await BatchHandler(engine)([Decoded(None, response_event()), Decoded(None, bad)])
+        assert refused.value.field == "occurred_at"
+        async with engine.connect() as conn:
+            assert await conn.scalar(sa.text("SELECT count(*) FROM responses")) == 0
+
+
+class TestRebuild:
+    async def test_folds_the_stored_responses_as_the_definitions_do(
+        self, engine: AsyncEngine
+    ) -> None:
+        events = mixed_answers(400, seed=3)
+        await BatchHandler(engine)([Decoded(None, e) for e in events])
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("UPDATE score_buckets SET n = n + 1"))
+            await conn.execute(sa.text("DELETE FROM reason_buckets WHERE reason = 'delivery.late'"))
+        assert (await rebuild.rebuild(engine)).responses == len(events)
+        got = await tables(engine)
+        want = expected(events)
+        for table in ("scores", "days", "reasons"):
+            assert got[table] == want[table], table
+        assert any(k[2] == "delivery.late" for k in got["reasons"])
