@@ -44,13 +44,14 @@ WINDOWS: Final[Mapping[str, timedelta]] = {
 }
 
 
-def in_utc(moment: datetime) -> datetime:
+def in_utc(moment: datetime, field: str = "occurred_at") -> datetime:
     """Return ``moment`` in UTC; a time past either end of the calendar in UTC (valid in its
-    own zone, as ``0001-01-01T00:30+01:00`` is) is the event's fault: ``PermanentError``."""
+    own zone, as ``0001-01-01T00:30+01:00`` is) is the event's fault: ``PermanentError``
+    naming ``field``."""
     try:
         return moment.astimezone(UTC)
     except OverflowError:
-        raise PermanentError("is outside the years 1 to 9999 in UTC", field="occurred_at") from None
+        raise PermanentError("is outside the years 1 to 9999 in UTC", field=field) from None
 
 
 def bucket_start(moment: datetime) -> datetime:
@@ -79,7 +80,7 @@ class Counts:
 
     def add(self, other: Counts) -> None:
         """Add ``other``'s counts to these, in place."""
-        # Spelt out rather than looped over fields(): this runs once per event folded.
+        # Spelt out rather than looped over fields(): this runs once per bucket summed.
         self.n += other.n
         self.score_sum += other.score_sum
         self.score_sq_sum += other.score_sq_sum

@@ -47,7 +47,7 @@ def counts_of(event: ResponseSubmitted) -> Counts:
 
 
 def _count_into(c: Counts, event: ResponseSubmitted) -> Counts:
-    # Adds in place rather than summing a Counts per answer: this runs once per event folded.
+    # Adds in place rather than summing a Counts per answer.
     score = event.score
     c.n += 1
     c.score_sum += score
@@ -84,7 +84,7 @@ def key_of(event: ResponseSubmitted) -> BucketKey:
 
 
 def fold(events: list[ResponseSubmitted]) -> dict[BucketKey, Counts]:
-    """Sum the counts of ``events`` per bucket, so one batch writes each bucket once."""
+    """Sum the counts of ``events`` per bucket: the definition the SQL fold is held to."""
     folded: dict[BucketKey, Counts] = {}
     for event in events:
         key = key_of(event)
@@ -287,7 +287,8 @@ def fold_orders(
 
 
 def nps_answers(events: list[ResponseSubmitted]) -> list[tuple[str, datetime, uuid.UUID, int]]:
-    """Return the (customer, time, event id, score) of each NPS answer, for ``customer_nps``."""
+    """Return the (customer, time, event id, score) of each NPS answer: the rows of
+    ``customer_nps`` that the SQL stores from the staged responses."""
     return [
         (e.customer_id, in_utc(e.occurred_at), e.event_id, e.score)
         for e in events

@@ -47,7 +47,7 @@ DIMENSIONS = (
     "product",
     "business_unit",
 )
-# In the order of shared.scoring.Counts' fields: the write path COPYs them by position.
+# In the order of shared.scoring.Counts' fields: the staged rows and the merges name them.
 COUNTS = (
     "n", "score_sum", "score_sq_sum", "promoters", "passives", "detractors", "satisfied", "easy",
 )  # fmt: skip

@@ -23,6 +23,7 @@ from services.scorer.models import (
     score_buckets,
     score_days,
 )
+from shared.events import NPS_PASSIVE_FROM, NPS_PROMOTER_FROM
 from shared.scoring import Counts
 
 INTERVALS = ("hour", "day", "week", "month")
@@ -637,7 +638,8 @@ LEFT JOIN LATERAL (
 ) earlier ON true
 """
 _SCORE = "CASE WHEN l.occurred_at < :until THEN l.score ELSE earlier.score END"
-_CATEGORY = """CASE WHEN score >= 9 THEN 'promoter' WHEN score >= 7 THEN 'passive'
+_CATEGORY = f"""CASE WHEN score >= {NPS_PROMOTER_FROM} THEN 'promoter'
+     WHEN score >= {NPS_PASSIVE_FROM} THEN 'passive'
      WHEN score IS NOT NULL THEN 'detractor' ELSE 'unrated' END"""
 
 # sum() of bigint is numeric in Postgres: a customer's or a category's sums never overflow

@@ -29,13 +29,17 @@ from shared.db import postgres_error
 
 # What a rebuild locks before it writes anything, in the order a live batch without an
 # erasure (repository.apply_batch, then count_retention) takes these tables: a batch
-# part-way through (its customers' latest answers written, its buckets not yet; its orders
-# written, its revenue facts not yet) is waited for, instead of waiting for this while this
-# waits for it. A batch with an erasure pending takes the erasure lock exclusively and
-# never runs beside a rebuild. The tables it truncates exclusively (readers wait too);
-# those it rewrites with DELETE and UPDATE against writers only (readers read the old rows
-# until it commits).
+# part-way through (its raw rows written, its latest answers not yet; its customers'
+# latest answers written, its buckets not yet; its orders written, its revenue facts not
+# yet) is waited for, instead of waiting for this while this waits for it. A batch with an
+# erasure pending takes the erasure lock exclusively and never runs beside a rebuild. The
+# raw responses it reads against writers (SHARE): its folds of them, two statements, and
+# its restore of customer_nps from them read the same rows, though a scheduled DELETE of
+# old responses (docs/operations.md) were to commit between them. The tables it truncates
+# exclusively (readers wait too); those it rewrites with DELETE and UPDATE against writers
+# only (readers read the old rows until it commits).
 LOCKS = (
+    ("SHARE", ("responses",)),
     ("EXCLUSIVE", ("customer_latest_nps",)),
     ("ACCESS EXCLUSIVE", ("score_buckets", "score_days", "reason_buckets")),
     ("EXCLUSIVE", ("orders", "customer_revenue")),

@@ -81,25 +81,42 @@ _ACTIVITY_KEY = "period, period_start, customer_key"
 # ON COMMIT DELETE ROWS empties them with each transaction without churning the catalog;
 # the DELETEs empty them between two segments of one transaction (a batch an erasure
 # splits). Not new_activity: it gathers the transaction's new activity rows, over every
-# segment of a batch, for count_retention at its end.
-_STAGING = """
-CREATE TEMP TABLE IF NOT EXISTS staged_responses
-    (LIKE responses INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS staged_scores
-    (LIKE score_buckets INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS staged_reasons
-    (LIKE reason_buckets INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS staged_activity
-    (LIKE customer_activity INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS new_activity
-    (LIKE customer_activity INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+# segment of a batch, for count_retention at its end. Their columns are spelt out, not
+# LIKE the tables they stage for: LIKE would lock those tables (ACCESS SHARE) in a
+# session's first batch, before it writes customer_latest_nps, against the order
+# rebuild.LOCKS relies on (tests/integration/test_sql_fold.py holds the types equal).
+_STAGED_TABLES: Final = {
+    "staged_responses": (
+        "event_id uuid, submission_id uuid, metric text, scale smallint, score smallint,"
+        " survey_type text, channel text, touchpoint text, location text, product text,"
+        " business_unit text, customer_id text, ticket_id text, comment text, reasons text[],"
+        " locale text, source text, occurred_at timestamptz, received_at timestamptz"
+    ),
+    "staged_scores": (
+        f"bucket_start timestamptz, metric text, scale smallint, {_DIMS.replace(',', ' text,')}"
+        f" text, {', '.join(f'{c} bigint' for c in COUNTS)}"
+    ),
+    "staged_reasons": (
+        f"bucket_start timestamptz, category text, reason text,"
+        f" {_DIMS.replace(',', ' text,')} text, n bigint"
+    ),
+    "staged_activity": "period text, period_start date, customer_key text",
+    "new_activity": "period text, period_start date, customer_key text",
+}
+_STAGING = (
+    "".join(
+        f"CREATE TEMP TABLE IF NOT EXISTS {name} ({columns}) ON COMMIT DELETE ROWS;\n"
+        for name, columns in _STAGED_TABLES.items()
+    )
+    + """
 DELETE FROM staged_responses;
 DELETE FROM staged_scores;
 DELETE FROM staged_reasons;
 DELETE FROM staged_activity;
 """
+)
 
-# The fold of responses in SQL, from ``{source}`` (staged_responses live, responses for a
+# The fold of responses in SQL, from a source table (staged_responses live, responses for a
 # rebuild): the same keys and counts as aggregates.fold and fold_reasons, which
 # tests/integration/test_sql_fold.py holds them equal to. A bucket is the UTC hour of
 # occurred_at; an absent segment is ''; a reason named twice in one answer counts once.
@@ -115,23 +132,32 @@ _CATEGORY = (
     f" WHEN score >= {NPS_PASSIVE_FROM} THEN '{NpsCategory.PASSIVE.value}'"
     f" ELSE '{NpsCategory.DETRACTOR.value}' END"
 )
-_FOLD_SCORES = f"""
+
+
+def _fold_scores(source: str) -> str:
+    # sum(score * score) of two smallints would overflow past 181 (as migration 0017).
+    return f"""
 INSERT INTO staged_scores ({_SCORE_KEY}, {", ".join(COUNTS)})
 SELECT {_HOUR}, metric, scale, {_SEGMENTS},
-    count(*), sum(score), sum(score * score),
+    count(*), sum(score), sum(CAST(score AS integer) * score),
     count(*) FILTER (WHERE {_NPS} AND score >= {NPS_PROMOTER_FROM}),
     count(*) FILTER (WHERE {_NPS} AND score >= {NPS_PASSIVE_FROM} AND score < {NPS_PROMOTER_FROM}),
     count(*) FILTER (WHERE {_NPS} AND score < {NPS_PASSIVE_FROM}),
     count(*) FILTER (WHERE {_CSAT} AND score >= {SATISFIED_FROM}),
     count(*) FILTER (WHERE {_CES} AND CASE scale {_EASY} ELSE false END)
-FROM {{source}} GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
+FROM {source} GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
 """
-_FOLD_REASONS = f"""
+
+
+def _fold_reasons(source: str) -> str:
+    return f"""
 INSERT INTO staged_reasons ({_REASON_KEY}, n)
 SELECT {_HOUR}, {_CATEGORY}, u.reason, {_SEGMENTS}, count(*)
-FROM {{source}} r CROSS JOIN LATERAL (SELECT DISTINCT x FROM unnest(r.reasons) AS x) u(reason)
+FROM {source} r CROSS JOIN LATERAL (SELECT DISTINCT x FROM unnest(r.reasons) AS x) u(reason)
 WHERE {_NPS} GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
 """
+
+
 # A customer's ISO week and month of each answer, in UTC (aggregates.period_starts).
 _FOLD_ACTIVITY = """
 INSERT INTO staged_activity (period, period_start, customer_key)
@@ -191,12 +217,12 @@ ON CONFLICT ON CONSTRAINT reason_buckets_pkey DO UPDATE SET n = b.n + EXCLUDED.n
 """
 
 # The activity rows new to customer_activity are kept in new_activity: they, and only they,
-# add to retention_counts (count_retention). DISTINCT: a customer's responses and their
-# touchpoint events may stage the same row.
+# add to retention_counts (count_retention). A row staged twice (a customer's response and
+# touchpoint event in one period) is inserted once: DO NOTHING skips the second.
 _MERGE_ACTIVITY = f"""
 WITH inserted AS (
     INSERT INTO customer_activity ({_ACTIVITY_KEY})
-    SELECT DISTINCT {_ACTIVITY_KEY} FROM staged_activity ORDER BY {_ACTIVITY_KEY}
+    SELECT {_ACTIVITY_KEY} FROM staged_activity ORDER BY {_ACTIVITY_KEY}
     ON CONFLICT DO NOTHING
     RETURNING {_ACTIVITY_KEY}
 )
@@ -211,8 +237,8 @@ _APPLY_STAGED = ";".join(
         _STORE_RESPONSES,
         _STORE_NPS,
         _LATEST_NPS,
-        _FOLD_SCORES.format(source="staged_responses"),
-        _FOLD_REASONS.format(source="staged_responses"),
+        _fold_scores("staged_responses"),
+        _fold_reasons("staged_responses"),
         _FOLD_ACTIVITY,
         _MERGE_SCORES,
         _MERGE_SCORE_DAYS,
@@ -367,11 +393,13 @@ async def apply_batch(
         elif isinstance(e, TouchpointEvent):
             touchpoints.append(e)
     # Checked first: an event's time past the calendar in UTC is a PermanentError naming
-    # occurred_at, not an OverflowError of the driver's COPY. Only the first and last years
-    # of the calendar can pass it in UTC.
+    # its field, not an OverflowError of the driver's COPY (a bug, retried for ever). Only
+    # the first and last years of the calendar can pass it in UTC.
     for e in responses:
         if e.occurred_at.year in _CALENDAR_ENDS:
             in_utc(e.occurred_at)
+        if e.received_at.year in _CALENDAR_ENDS:
+            in_utc(e.received_at, "received_at")
     active = activity(list(touchpoints)) if touchpoints else set()
     tickets = _sorted(_as_dict(facts) for facts in fold_tickets(touchpoints).values())
     completions, refunds = fold_orders(touchpoints)
@@ -627,17 +655,19 @@ async def rebuild_orders(conn: AsyncConnection) -> int:
     return int(completed or 0)
 
 
+async def stage(conn: AsyncConnection) -> None:
+    """Create this session's staging tables if need be, and empty them: what a batch does
+    before it COPYs anything (apply_batch)."""
+    await (await _driver(conn)).execute(_STAGING)
+
+
 async def fold_stored_responses(conn: AsyncConnection) -> int:
     """Add every stored raw response to the score and reason buckets, folded as a live
     batch's responses are (``cxloop scorer rebuild``, after it empties the buckets); return
     the number of responses folded."""
     driver = await _driver(conn)
     await driver.execute(_STAGING)
-    await driver.execute(
-        ";".join(
-            (_FOLD_SCORES.format(source="responses"), _FOLD_REASONS.format(source="responses"))
-        )
-    )
+    await driver.execute(";".join((_fold_scores("responses"), _fold_reasons("responses"))))
     folded = await driver.fetchval("SELECT coalesce(sum(n), 0) FROM staged_scores")
     await driver.execute(";".join((_MERGE_SCORES, _MERGE_SCORE_DAYS, _MERGE_REASONS)))
     return int(folded)

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from services.scorer import rebuild
+from services.scorer import rebuild, repository
 from services.scorer.consumer import BatchHandler
 from shared import erasure
 from shared.events import ResponseSubmitted
@@ -136,8 +136,27 @@ async def latest_answer(batch: AsyncConnection, answer: ResponseSubmitted) -> No
     )
 
 
+async def raw_row(batch: AsyncConnection, answer: ResponseSubmitted) -> None:
+    # As a live batch: its staging tables, then its raw rows.
+    await repository.stage(batch)
+    await batch.execute(
+        sa.text(
+            "INSERT INTO responses (event_id, metric, scale, score, survey_type, channel,"
+            " touchpoint, customer_id, reasons, source, occurred_at, received_at)"
+            " VALUES (:id, 'nps', 10, :score, 'transactional', 'web', 'checkout', :c,"
+            " '{}', 'api', :at, :at)"
+        ),
+        {
+            "id": answer.event_id,
+            "score": answer.score,
+            "c": answer.customer_id,
+            "at": answer.occurred_at,
+        },
+    )
+
+
 async def buckets(batch: AsyncConnection, answer: ResponseSubmitted) -> None:
-    # As a live batch's merge adds its answers to a bucket.
+    # A row of score_buckets written, as a live batch's merge writes them.
     await batch.execute(
         sa.text(
             "INSERT INTO score_buckets (bucket_start, metric, scale, channel, survey_type,"
@@ -170,8 +189,12 @@ Step = Callable[[AsyncConnection, ResponseSubmitted], Awaitable[None]]
 class TestBesideALiveBatch:
     @pytest.mark.parametrize(
         ("first", "then"),
-        [(latest_answer, buckets), (order, revenue)],
-        ids=["latest answers, then buckets", "orders, then revenue facts"],
+        [(raw_row, latest_answer), (latest_answer, buckets), (order, revenue)],
+        ids=[
+            "raw rows, then latest answers",
+            "latest answers, then buckets",
+            "orders, then revenue facts",
+        ],
     )
     async def test_a_batch_part_way_through_is_waited_for_not_deadlocked(
         self, engine: AsyncEngine, first: Step, then: Step
@@ -180,7 +203,8 @@ class TestBesideALiveBatch:
         the rebuild waits for it, and both commit. The rebuild used to empty the buckets
         (or lock the revenue facts) at once and wait for the latest answers (or the order)
         while the batch waited for the buckets (or the revenue facts): Postgres found the
-        deadlock and aborted one of the two."""
+        deadlock and aborted one of the two. A rebuild that did not wait for a batch's raw
+        rows would fold the responses while a writer of them is part-way through."""
         async with engine.begin() as conn:
             for statement in STALE_ORDER:
                 await conn.execute(sa.text(statement))

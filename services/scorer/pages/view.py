@@ -27,7 +27,7 @@ from services.scorer.schemas import (
     TimeseriesOut,
 )
 from services.scorer.service import Dashboard, ces_scale
-from shared.events import Metric
+from shared.events import Metric, nps_category
 from shared.scoring import EASY_FROM, SATISFIED_FROM
 from shared.settings import DEFAULT_REASON_CODES
 from shared.web.i18n import Lang, format_money, format_number
@@ -304,7 +304,7 @@ def category(metric: str, scale: int, score: int) -> str:
     """How an answer reads: promoter/passive/detractor for NPS; for CSAT and CES
     good (satisfied, easy), neutral or poor."""
     if metric == "nps":
-        return "promoter" if score >= 9 else "passive" if score >= 7 else "detractor"
+        return nps_category(score).value
     good_from = SATISFIED_FROM if metric == "csat" else EASY_FROM.get(scale, scale)
     if score >= good_from:
         return "promoter"
