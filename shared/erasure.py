@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.events import CustomerErased, ResponseSubmitted, TouchpointEvent
 from shared.privacy import Hasher
+from shared.scoring import in_utc
 
 # Every service that holds customer data, in the order GET /v1/erasures/{id} lists them.
 SERVICES: Final = ("collector", "scorer", "alerting")
@@ -205,7 +206,10 @@ async def apply_in_order(
         if isinstance(event, CustomerErased):
             await _apply_segment(conn, hasher, service, segment, apply)
             segment = []
-            if await complete(conn, event.event_id, service, event.requested_at):
+            # A time past the calendar in UTC is the event's fault, not the driver's
+            # OverflowError (retried for ever).
+            requested_at = in_utc(event.requested_at, "requested_at")
+            if await complete(conn, event.event_id, service, requested_at):
                 pseudonym = await pseudonym_for(conn, hasher, service, event.customer_id)
                 await erase(event.customer_id, pseudonym)
         elif isinstance(event, ResponseSubmitted | TouchpointEvent):

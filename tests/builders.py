@@ -65,6 +65,7 @@ EDGE_TIMES = (
     "2026-12-28T05:00:00+14:00",  # 2026-12-27 15:00 UTC: the Sunday before
     "2027-01-03T23:59:59-12:00",  # 2027-01-04 11:59:59 UTC: the next ISO week's Monday
     "2026-11-30T18:44:59+05:45",  # 2026-11-30 12:59:59 UTC
+    "2026-12-27T20:00:00+00:00",  # a Sunday evening in UTC: Monday already east of +04:00
 )
 
 

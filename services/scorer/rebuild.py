@@ -6,8 +6,9 @@ latest NPS answer (``customer_latest_nps``) from
 stored during a rolling deploy) (``cxloop scorer rebuild``).
 
 The raw rows are folded by the same SQL as a live batch's responses, so a changed definition
-(say of "easy" on a CES scale) applies to history exactly as it will to new answers. It runs
-in one transaction that first locks the tables it rewrites (``LOCKS``: in a live batch's
+(say of "easy" on a CES scale) applies to history exactly as it will to new answers, and
+read once: the buckets, the reasons and the restored NPS answers are of the same rows. It
+runs in one transaction that first locks the tables it rewrites (``LOCKS``: in a live batch's
 order, so that a batch part-way through is waited for) and truncates the buckets: live
 batches wait for it, and none is counted twice or missed. Answers erased with
 ``DELETE /v1/customers/{id}`` no longer exist as raw rows, so a rebuild no longer counts
@@ -29,17 +30,15 @@ from shared.db import postgres_error
 
 # What a rebuild locks before it writes anything, in the order a live batch without an
 # erasure (repository.apply_batch, then count_retention) takes these tables: a batch
-# part-way through (its raw rows written, its latest answers not yet; its customers'
-# latest answers written, its buckets not yet; its orders written, its revenue facts not
-# yet) is waited for, instead of waiting for this while this waits for it. A batch with an
-# erasure pending takes the erasure lock exclusively and never runs beside a rebuild. The
-# raw responses it reads against writers (SHARE): its folds of them, two statements, and
-# its restore of customer_nps from them read the same rows, though a scheduled DELETE of
-# old responses (docs/operations.md) were to commit between them. The tables it truncates
-# exclusively (readers wait too); those it rewrites with DELETE and UPDATE against writers
-# only (readers read the old rows until it commits).
+# part-way through (its customers' latest answers written, its buckets not yet; its orders
+# written, its revenue facts not yet) is waited for, instead of waiting for this while this
+# waits for it. A batch with an erasure pending takes the erasure lock exclusively and
+# never runs beside a rebuild. The tables it truncates exclusively (readers wait too);
+# those it rewrites with DELETE and UPDATE against writers only (readers read the old rows
+# until it commits). Not the raw responses: it reads them once, in one statement
+# (repository.fold_stored_responses), and a batch's raw rows it does not see are counted by
+# that batch, which waits for it at customer_latest_nps.
 LOCKS = (
-    ("SHARE", ("responses",)),
     ("EXCLUSIVE", ("customer_latest_nps",)),
     ("ACCESS EXCLUSIVE", ("score_buckets", "score_days", "reason_buckets")),
     ("EXCLUSIVE", ("orders", "customer_revenue")),
@@ -98,7 +97,6 @@ async def rebuild(engine: AsyncEngine) -> Rebuilt:
         await conn.execute(sa.text("TRUNCATE score_buckets, score_days, reason_buckets"))
         read = await repository.fold_stored_responses(conn)
         orders = await repository.rebuild_orders(conn)
-        await repository.restore_nps(conn)
         await repository.derive_latest_nps(conn)
         # Last, as live batches take the retention lock last.
         await repository.derive_retention(conn)

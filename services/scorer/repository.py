@@ -453,11 +453,14 @@ INSERT INTO customer_nps (customer_key, occurred_at, event_id, score)
 SELECT customer_id, occurred_at, event_id, score FROM responses WHERE metric = 'nps'
 ON CONFLICT DO NOTHING
 """
-
-
-async def restore_nps(conn: AsyncConnection) -> None:
-    """Add to ``customer_nps`` every raw NPS response it does not hold."""
-    await conn.execute(sa.text(_RESTORE_NPS))
+# Data-modifying WITH queries share the statement's one snapshot, and each runs to its end
+# whether or not the query reads it.
+_FOLD_STORED = f"""
+WITH scores AS ({_fold_scores("responses")} RETURNING n),
+reasons AS ({_fold_reasons("responses")}),
+restored AS ({_RESTORE_NPS})
+SELECT coalesce(sum(n), 0) FROM scores
+"""
 
 
 async def derive_latest_nps(conn: AsyncConnection, keys: set[str] | None = None) -> None:
@@ -663,12 +666,15 @@ async def stage(conn: AsyncConnection) -> None:
 
 async def fold_stored_responses(conn: AsyncConnection) -> int:
     """Add every stored raw response to the score and reason buckets, folded as a live
-    batch's responses are (``cxloop scorer rebuild``, after it empties the buckets); return
-    the number of responses folded."""
+    batch's responses are, and to ``customer_nps`` the raw NPS answers it lacks (those an
+    older scorer stored during a rolling deploy): ``cxloop scorer rebuild``, after it
+    empties the buckets. Return the number of responses folded.
+
+    One statement reads the raw rows once, for all three: a scheduled DELETE of old
+    responses (docs/operations.md) that commits meanwhile leaves them agreeing."""
     driver = await _driver(conn)
     await driver.execute(_STAGING)
-    await driver.execute(";".join((_fold_scores("responses"), _fold_reasons("responses"))))
-    folded = await driver.fetchval("SELECT coalesce(sum(n), 0) FROM staged_scores")
+    folded = await driver.fetchval(_FOLD_STORED)
     await driver.execute(";".join((_MERGE_SCORES, _MERGE_SCORE_DAYS, _MERGE_REASONS)))
     return int(folded)
 
@@ -700,7 +706,7 @@ def _sorted(rows: Any) -> list[dict[str, Any]]:
 
 
 def response_record(e: ResponseSubmitted) -> tuple[Any, ...]:
-    """Return a response as a row of RESPONSE_COLUMNS, for COPY into ``responses``."""
+    """Return a response as a row of RESPONSE_COLUMNS, for COPY into ``staged_responses``."""
     s = e.segments
     return (
         e.event_id, e.submission_id, e.metric.value, e.scale, e.score, e.survey_type.value,

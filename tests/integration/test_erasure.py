@@ -8,7 +8,7 @@ import hashlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, cast
 
 import httpx
@@ -29,7 +29,7 @@ from services.migrations import upgrade
 from services.scorer.app import create_app as create_scorer
 from shared import erasure
 from shared.apikeys import KeyKind, Scope, create_key
-from shared.errors import ConfigError
+from shared.errors import ConfigError, PermanentError
 from shared.events import CustomerErased, ResponseSubmitted, utcnow
 from shared.kafka import decode, ensure_topics, topic_configs
 from shared.privacy import Hasher, verify_key
@@ -609,6 +609,26 @@ class TestErasureLocks:
             await redelivered.execute(sa.text("SET LOCAL lock_timeout = '5s'"))
             await erasure.apply_in_order(redelivered, hasher, "scorer", [event], apply, erase_one)
         assert erased == []
+
+    async def test_a_request_time_past_the_calendar_in_utc_is_refused_naming_it(
+        self, engine: AsyncEngine
+    ) -> None:
+        # Valid in its own zone; the driver's OverflowError instead was taken for a bug, and
+        # the batch retried for ever.
+        late = datetime(9999, 12, 31, 23, 30, tzinfo=timezone(timedelta(hours=-1)))
+        event = CustomerErased(event_id=uuid.uuid4(), requested_at=late, customer_id="c1")
+
+        async def apply(events: list[Any]) -> None:
+            pass
+
+        async def erase_one(customer_id: str, pseudonym: str) -> None:
+            pass
+
+        hasher = Hasher(TEST_HASH_KEY.encode())
+        with pytest.raises(PermanentError) as refused:
+            async with engine.begin() as conn:
+                await erasure.apply_in_order(conn, hasher, "scorer", [event], apply, erase_one)
+        assert refused.value.field == "requested_at"
 
     async def test_a_batch_around_a_completed_erasure_is_applied_whole(
         self, engine: AsyncEngine

@@ -71,6 +71,44 @@ class TestRebuild:
         finally:
             await engine.dispose()
 
+    async def test_old_responses_deleted_meanwhile_leave_the_buckets_and_answers_agreeing(
+        self, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # An answer an older scorer stored raw only (no customer_nps row), deleted by the
+        # scheduled trim of old responses while a rebuild runs: the trim commits just after
+        # the rebuild has folded the raw rows. What the rebuild counts in the buckets, it
+        # must also restore to customer_nps. It restored in a later statement, which no
+        # longer saw the row: the answer was counted and had no customer_nps row.
+        answers = [response_event(customer_id=f"c{s}", score=s) for s in (2, 9, 10)]
+        await BatchHandler(engine)([Decoded(None, e) for e in answers])
+        gone = answers[0]
+        async with engine.begin() as conn:
+            await conn.execute(
+                sa.text("DELETE FROM customer_nps WHERE event_id = :id"), {"id": gone.event_id}
+            )
+        async with engine.connect() as trim:
+            await trim.begin()
+            await trim.execute(
+                sa.text("DELETE FROM responses WHERE event_id = :id"), {"id": gone.event_id}
+            )
+            real = repository._driver
+
+            async def driver(conn: AsyncConnection) -> Any:
+                return TrimAfterTheFold(await real(conn), trim)
+
+            monkeypatch.setattr(repository, "_driver", driver)
+            assert (await rebuild.rebuild(engine)).responses == 3
+            assert not trim.in_transaction()  # the trim did commit meanwhile
+        async with engine.connect() as conn:
+            counted = await conn.scalar(sa.text("SELECT sum(n) FROM score_buckets"))
+            detractors = await conn.scalar(sa.text("SELECT sum(detractors) FROM score_buckets"))
+            kept = await conn.scalar(
+                sa.text("SELECT count(*) FROM customer_nps WHERE event_id = :id"),
+                {"id": gone.event_id},
+            )
+        assert (counted, detractors) == (3, 1)
+        assert kept == 1
+
     async def test_rebuild_restores_the_nps_answers_an_older_scorer_left_out(
         self, database_url: str
     ) -> None:
@@ -136,25 +174,6 @@ async def latest_answer(batch: AsyncConnection, answer: ResponseSubmitted) -> No
     )
 
 
-async def raw_row(batch: AsyncConnection, answer: ResponseSubmitted) -> None:
-    # As a live batch: its staging tables, then its raw rows.
-    await repository.stage(batch)
-    await batch.execute(
-        sa.text(
-            "INSERT INTO responses (event_id, metric, scale, score, survey_type, channel,"
-            " touchpoint, customer_id, reasons, source, occurred_at, received_at)"
-            " VALUES (:id, 'nps', 10, :score, 'transactional', 'web', 'checkout', :c,"
-            " '{}', 'api', :at, :at)"
-        ),
-        {
-            "id": answer.event_id,
-            "score": answer.score,
-            "c": answer.customer_id,
-            "at": answer.occurred_at,
-        },
-    )
-
-
 async def buckets(batch: AsyncConnection, answer: ResponseSubmitted) -> None:
     # A row of score_buckets written, as a live batch's merge writes them.
     await batch.execute(
@@ -189,12 +208,8 @@ Step = Callable[[AsyncConnection, ResponseSubmitted], Awaitable[None]]
 class TestBesideALiveBatch:
     @pytest.mark.parametrize(
         ("first", "then"),
-        [(raw_row, latest_answer), (latest_answer, buckets), (order, revenue)],
-        ids=[
-            "raw rows, then latest answers",
-            "latest answers, then buckets",
-            "orders, then revenue facts",
-        ],
+        [(latest_answer, buckets), (order, revenue)],
+        ids=["latest answers, then buckets", "orders, then revenue facts"],
     )
     async def test_a_batch_part_way_through_is_waited_for_not_deadlocked(
         self, engine: AsyncEngine, first: Step, then: Step
@@ -203,8 +218,9 @@ class TestBesideALiveBatch:
         the rebuild waits for it, and both commit. The rebuild used to empty the buckets
         (or lock the revenue facts) at once and wait for the latest answers (or the order)
         while the batch waited for the buckets (or the revenue facts): Postgres found the
-        deadlock and aborted one of the two. A rebuild that did not wait for a batch's raw
-        rows would fold the responses while a writer of them is part-way through."""
+        deadlock and aborted one of the two. The batch's next step must not wait for the
+        rebuild at all: the rebuild backs off from any lock wait after 500 ms, so a wrong
+        order would still see both commit, but only after the batch waited for it."""
         async with engine.begin() as conn:
             for statement in STALE_ORDER:
                 await conn.execute(sa.text(statement))
@@ -215,11 +231,40 @@ class TestBesideALiveBatch:
             await erasure.lock(batch, "scorer", exclusive=False)
             await first(batch, answer)
             async with rebuild_once_it_waits_for(engine, pid) as rebuilding:
+                # Under the rebuild's 500 ms: were the batch to wait for the rebuild, it
+                # would fail here, before the rebuild backs off.
+                await batch.execute(sa.text("SET LOCAL lock_timeout = '200ms'"))
                 await then(batch, answer)
         assert (await asyncio.wait_for(rebuilding, timeout=30)).orders == 1
         async with engine.connect() as conn:
             refunded = await conn.scalar(sa.text("SELECT refunded_minor FROM orders"))
         assert refunded == 500
+
+
+class TrimAfterTheFold:
+    """The rebuild's driver connection: once a statement that folds the raw rows (into
+    staged_scores) has run, the trim's transaction commits."""
+
+    def __init__(self, driver: Any, trim: AsyncConnection) -> None:
+        self._driver = driver
+        self._trim = trim
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._driver, name)
+
+    async def _then_trim(self, sql: str) -> None:
+        if "INTO staged_scores" in sql and self._trim.in_transaction():
+            await self._trim.commit()
+
+    async def execute(self, sql: str, *args: Any) -> Any:
+        result = await self._driver.execute(sql, *args)
+        await self._then_trim(sql)
+        return result
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        result = await self._driver.fetchval(sql, *args)
+        await self._then_trim(sql)
+        return result
 
 
 @contextlib.asynccontextmanager

@@ -22,10 +22,12 @@ from sqlalchemy.pool import NullPool
 from services.scorer import rebuild, repository
 from services.scorer.aggregates import activity, fold, fold_reasons, nps_answers
 from services.scorer.consumer import BatchHandler
+from shared.db import session_settings
 from shared.errors import PermanentError
 from shared.events import ResponseSubmitted
 from shared.kafka import Decoded
 from shared.scoring import Counts, in_utc
+from shared.settings import DatabaseSettings
 from tests.builders import EDGE_TIMES, mixed_answers, response_event
 
 COUNT_COLUMNS = (
@@ -114,8 +116,9 @@ SESSION_ZONE = "Asia/Kathmandu"
 
 @pytest.fixture
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    settings = session_settings(DatabaseSettings(url=database_url))
     engine = create_async_engine(
-        database_url, connect_args={"server_settings": {"TimeZone": SESSION_ZONE}}
+        database_url, connect_args={"server_settings": settings | {"TimeZone": SESSION_ZONE}}
     )
     async with engine.connect() as conn:
         assert await conn.scalar(sa.text("SHOW TimeZone")) == SESSION_ZONE
@@ -160,6 +163,8 @@ class TestLivePath:
         assert ("week", date(2026, 12, 28), "c0") in got["activity"]
         # 2026-12-28T05:00+14:00 is the Sunday before in UTC: the week before.
         assert ("week", date(2026, 12, 21), "c3") in got["activity"]
+        # A Sunday evening in UTC is Monday in the session's zone: still the UTC week's.
+        assert ("week", date(2026, 12, 21), "c6") in got["activity"]
         want = expected(events)
         for table in ("scores", "days", "reasons", "activity", "nps", "latest"):
             assert got[table] == want[table], table
