@@ -174,10 +174,17 @@ _STORE_RESPONSES = f"""
 INSERT INTO responses ({", ".join(RESPONSE_COLUMNS)})
 SELECT {", ".join(RESPONSE_COLUMNS)} FROM staged_responses
 """
-_STORE_NPS = f"""
+
+
+def _store_nps(source: str) -> str:
+    """The NPS answers of the responses in ``source``, as rows of ``customer_nps``."""
+    return f"""
 INSERT INTO customer_nps (customer_key, occurred_at, event_id, score)
-SELECT customer_id, occurred_at, event_id, score FROM staged_responses WHERE {_NPS}
+SELECT customer_id, occurred_at, event_id, score FROM {source} WHERE {_NPS}
 """
+
+
+_STORE_NPS = _store_nps("staged_responses")
 # A customer's latest answer is the greatest (occurred_at, event id): any arrival order
 # leaves the same row. One row per customer, in key order (row locks in one order).
 _LATEST_NPS = f"""
@@ -448,11 +455,7 @@ ORDER BY customer_key, occurred_at DESC, event_id DESC
 
 # The NPS answers of raw responses that customer_nps lacks: those an older scorer stored
 # during a rolling deploy. Erased customers' answers have no raw response: they stay.
-_RESTORE_NPS = """
-INSERT INTO customer_nps (customer_key, occurred_at, event_id, score)
-SELECT customer_id, occurred_at, event_id, score FROM responses WHERE metric = 'nps'
-ON CONFLICT DO NOTHING
-"""
+_RESTORE_NPS = f"{_store_nps('responses')}ON CONFLICT DO NOTHING\n"
 # Data-modifying WITH queries share the statement's one snapshot, and each runs to its end
 # whether or not the query reads it.
 _FOLD_STORED = f"""
