@@ -9,9 +9,10 @@ ISO week, month and year, with Japanese segments and reasons named twice in one 
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import AsyncIterator
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 import pytest
@@ -24,11 +25,11 @@ from services.scorer.aggregates import activity, fold, fold_reasons, nps_answers
 from services.scorer.consumer import BatchHandler
 from shared.db import session_settings
 from shared.errors import PermanentError
-from shared.events import ResponseSubmitted
+from shared.events import ResponseSubmitted, TouchpointEvent
 from shared.kafka import Decoded
 from shared.scoring import Counts, in_utc
 from shared.settings import DatabaseSettings
-from tests.builders import EDGE_TIMES, mixed_answers, response_event
+from tests.builders import EDGE_TIMES, mixed_answers, response_event, ticket_event
 
 COUNT_COLUMNS = (
     "n, score_sum, score_sq_sum, promoters, passives, detractors, satisfied, easy"
@@ -109,6 +110,10 @@ def expected(events: list[ResponseSubmitted]) -> dict[str, Any]:
     }
 
 
+def next_month(start: date) -> date:
+    return date(start.year + start.month // 12, start.month % 12 + 1, 1)
+
+
 # A session zone with a 45-minute offset: a fold that took the session's hour, day, week or
 # month instead of UTC's would put answers in other buckets and periods.
 SESSION_ZONE = "Asia/Kathmandu"
@@ -145,6 +150,50 @@ class TestLivePath:
         assert {k[0].year for k in got["scores"]} == {2026, 2027}
         assert len({k[3:] for k in got["scores"]}) > 20
         assert {m for _, m, *_ in got["scores"]} == {"nps", "csat", "ces"}
+
+    async def test_answers_and_touchpoints_in_one_batch_both_count_as_activity(
+        self, engine: AsyncEngine
+    ) -> None:
+        # A batch's touchpoints are staged apart from its answers, whose activity is read
+        # from the staged answers: both must reach customer_activity and retention_counts.
+        answers = mixed_answers(300, seed=11)
+        touchpoints = [
+            ticket_event(customer_id=a.customer_id, occurred_at=t)
+            for a, t in zip(answers[::7], EDGE_TIMES * 9, strict=False)
+        ] + [ticket_event(customer_id=f"only-tickets-{i}") for i in range(5)]
+        events: list[ResponseSubmitted | TouchpointEvent] = [*answers, *touchpoints]
+        random.Random(5).shuffle(events)
+        handler = BatchHandler(engine)
+        batches = [events[i : i + 61] for i in range(0, len(events), 61)]
+        for batch in batches:
+            await handler([Decoded(None, e) for e in batch])
+        got = await tables(engine)
+        active = activity(events)
+        assert got["activity"] == active
+        retained = Counter(
+            (p, s)
+            for p, s, c in active
+            if (p, s + timedelta(days=7) if p == "week" else next_month(s), c) in active
+        )
+        async with engine.connect() as conn:
+            counted = await conn.execute(
+                sa.text("SELECT period, period_start, active, retained FROM retention_counts")
+            )
+            assert {(p, s): (a, r) for p, s, a, r in counted} == {
+                (p, s): (n, retained[p, s])
+                for (p, s), n in Counter((p, s) for p, s, _ in active).items()
+            }
+        # What the events must hold for the equality to mean something.
+        only_touched = active - activity(list(answers))
+        assert any(k[2].startswith("only-tickets-") for k in only_touched)
+        assert any(not k[2].startswith("only-tickets-") for k in only_touched)
+        # Within one batch, an answer and a touchpoint of one customer in one period.
+        assert any(
+            activity([e for e in batch if isinstance(e, ResponseSubmitted)])
+            & activity([e for e in batch if isinstance(e, TouchpointEvent)])
+            for batch in batches
+        )
+        assert sum(retained.values()) > 0
 
     async def test_each_edge_time_lands_in_its_utc_hour_and_periods(
         self, engine: AsyncEngine
@@ -185,6 +234,26 @@ class TestLivePath:
 
 
 class TestRebuild:
+    @pytest.mark.parametrize("lower", [0, 5])
+    async def test_a_reason_counts_once_whatever_its_arrays_lower_bound(
+        self, engine: AsyncEngine, lower: int
+    ) -> None:
+        # Postgres arrays may start at any subscript; the rebuild reads what is stored.
+        await BatchHandler(engine)([Decoded(None, response_event(score=3))])
+        async with engine.begin() as conn:
+            await conn.execute(
+                sa.text("UPDATE responses SET reasons = CAST(CAST(:r AS text) AS text[])"),
+                {"r": f"[{lower}:{lower + 3}]={{price,app,price,app}}"},
+            )
+            lower_bound = sa.text("SELECT array_lower(reasons, 1) FROM responses")
+            assert await conn.scalar(lower_bound) == lower
+        await rebuild.rebuild(engine)
+        got = await tables(engine)
+        assert sorted((k[1], k[2], n) for k, n in got["reasons"].items()) == [
+            ("detractor", "app", 1),
+            ("detractor", "price", 1),
+        ]
+
     async def test_folds_the_stored_responses_as_the_definitions_do(
         self, engine: AsyncEngine
     ) -> None:
