@@ -402,6 +402,34 @@ class TestAlertPage:
         assert "Opened" in text
         assert "Where it was notified" in text
 
+    async def test_a_detractors_answers_are_marked_as_the_scorer_counts_them(
+        self, console: Console
+    ) -> None:
+        # The edges of the NPS categories, and a CSAT 1 (not an NPS detractor).
+        for score, metric, scale in ((6, "nps", 10), (7, "nps", 10), (1, "csat", 5)):
+            await console.handler(
+                [
+                    Decoded(
+                        None,
+                        response_event(customer_id="lee", score=score, metric=metric, scale=scale),
+                    )
+                ]
+            )
+        alert_id = (await service.alerts_for_customer(console.engine, "lee")).items[0].id
+        page = await console.hanako.get(f"/console/alerts/{alert_id}")
+        assert page.status_code == 200, page.text
+        (touches,) = re.findall(r'<ol class="touches">(.*?)</ol>', page.text, flags=re.S)
+        badges = re.findall(
+            r'<span class="badge (badge-\w+)">[^<]*</span>.*?<data class="num" value="(\d+)">',
+            touches,
+            flags=re.S,
+        )
+        assert sorted((int(score), badge) for badge, score in badges) == [
+            (1, "badge-info"),
+            (6, "badge-detractor"),
+            (7, "badge-info"),
+        ]
+
     async def _second(self, console: Console) -> uuid.UUID:
         await console.handler(
             [

@@ -42,7 +42,7 @@ from services.alerting.schemas import (
 from services.alerting.value import format_money
 from shared.apikeys import Scope
 from shared.errors import PermanentError
-from shared.events import utcnow
+from shared.events import Metric, NpsCategory, nps_category, utcnow
 from shared.http import EngineDep, signed_in
 from shared.web.pages import Pages
 from shared.web.sessions import Session
@@ -242,7 +242,23 @@ def _formats(pages: Pages, request: Request) -> dict[str, Any]:
         with the amount's own (ISO's) decimals."""
         return format_money(Decimal(amount), currency, locale=lang)
 
-    return {"when": when, "age": age, "label": label, "first_line": _first_line, "money": money}
+    return {
+        "when": when,
+        "age": age,
+        "label": label,
+        "first_line": _first_line,
+        "money": money,
+        "detractor": _detractor,
+    }
+
+
+def _detractor(metric: str | None, score: int | None) -> bool:
+    """Whether an answer is an NPS detractor, by the definition the scorer counts with."""
+    return (
+        metric == Metric.NPS.value
+        and score is not None
+        and (nps_category(score) is NpsCategory.DETRACTOR)
+    )
 
 
 def _see_other(url: str) -> RedirectResponse:
