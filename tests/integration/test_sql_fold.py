@@ -161,6 +161,10 @@ class TestLivePath:
             ticket_event(customer_id=a.customer_id, occurred_at=t)
             for a, t in zip(answers[::7], EDGE_TIMES * 9, strict=False)
         ] + [ticket_event(customer_id=f"only-tickets-{i}") for i in range(5)]
+        # 2026-12-27 15:00 in UTC: that Sunday's ISO week and December, whatever the zone.
+        touchpoints.append(
+            ticket_event(customer_id="only-tickets-edge", occurred_at="2026-12-28T05:00:00+14:00")
+        )
         events: list[ResponseSubmitted | TouchpointEvent] = [*answers, *touchpoints]
         random.Random(5).shuffle(events)
         handler = BatchHandler(engine)
@@ -170,6 +174,10 @@ class TestLivePath:
         got = await tables(engine)
         active = activity(events)
         assert got["activity"] == active
+        assert {k for k in got["activity"] if k[2] == "only-tickets-edge"} == {
+            ("week", date(2026, 12, 21), "only-tickets-edge"),
+            ("month", date(2026, 12, 1), "only-tickets-edge"),
+        }
         retained = Counter(
             (p, s)
             for p, s, c in active
@@ -187,12 +195,19 @@ class TestLivePath:
         only_touched = active - activity(list(answers))
         assert any(k[2].startswith("only-tickets-") for k in only_touched)
         assert any(not k[2].startswith("only-tickets-") for k in only_touched)
-        # Within one batch, an answer and a touchpoint of one customer in one period.
-        assert any(
-            activity([e for e in batch if isinstance(e, ResponseSubmitted)])
-            & activity([e for e in batch if isinstance(e, TouchpointEvent)])
-            for batch in batches
-        )
+        # Every batch holds answers, so no touchpoint went the touchpoint-only way; and
+        # within one batch, an answer and a touchpoint of one customer in one period new
+        # to customer_activity (a row the two sources both bring, inserted once).
+        assert all(any(isinstance(e, ResponseSubmitted) for e in batch) for batch in batches)
+        seen: set[tuple[str, date, str]] = set()
+        shared_new = 0
+        for batch in batches:
+            shared = activity([e for e in batch if isinstance(e, ResponseSubmitted)]) & activity(
+                [e for e in batch if isinstance(e, TouchpointEvent)]
+            )
+            shared_new += len(shared - seen)
+            seen |= activity(batch)
+        assert shared_new > 0
         assert sum(retained.values()) > 0
 
     async def test_each_edge_time_lands_in_its_utc_hour_and_periods(
