@@ -294,6 +294,9 @@ async def blocks_someone(engine: AsyncEngine, pid: int, rebuilding: asyncio.Task
                 ),
                 {"pid": pid},
             )
+            # pg_stat_activity is read once per transaction: a session that connects after
+            # the first poll would never be seen in the same one.
+            await watcher.commit()
             if waiting:
                 return True
             if rebuilding.done():
