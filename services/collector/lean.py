@@ -16,16 +16,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Request
 from pydantic import ValidationError
-from starlette._utils import is_async_callable
-from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from services.collector import service
 from services.collector.schemas import EventIn, ResponseIn, Submitted
 from shared.http.auth import Requirement, admitted_principal
+from shared.http.lean import handled
 
 _IDEMPOTENCY_KEY = b"idempotency-key"
 _MAX_KEY_CHARS = 255  # as the routes' Header(max_length=255)
@@ -69,6 +66,7 @@ class LeanSubmitMiddleware:
             await self.app(scope, replay, send)
             return
         self.answered += 1
+        answer: Submitted | Response
         try:
             answer = await service.submit_one(
                 scope["app"].state.ingest,
@@ -79,15 +77,7 @@ class LeanSubmitMiddleware:
                 caller=principal.caller,
             )
         except Exception as exc:
-            handler = _handler(scope["app"].exception_handlers, exc)
-            if handler is None:
-                raise  # to ServerErrorMiddleware, as from a route: a 500 with the route logged
-            request = Request(scope, replay)
-            if is_async_callable(handler):
-                answer = await handler(request, exc)
-            else:  # as Starlette runs a plain function: off the event loop
-                answer = await run_in_threadpool(handler, request, exc)
-            exc.__traceback__ = None  # as Starlette: a reused exception keeps no traceback
+            answer = await handled(scope, replay, exc)
         response: Response
         if isinstance(answer, Submitted):
             # What FastAPI sends for the route's response_model and status_code.
@@ -166,18 +156,3 @@ def _payload(
         return route.submission.model.model_validate(json.loads(body), from_attributes=True)
     except (ValueError, ValidationError, RecursionError):
         return None
-
-
-def _handler(handlers: Mapping[Any, Any], exc: Exception) -> Any:
-    """The exception handler Starlette's ExceptionMiddleware would pick for ``exc``, or None.
-
-    As Starlette's build_middleware_stack, the ``500`` and ``Exception`` keys are left out:
-    those are ServerErrorMiddleware's, outside every middleware, so the exception goes on.
-    """
-    inner = {key: value for key, value in handlers.items() if key not in (500, Exception)}
-    if isinstance(exc, HTTPException) and exc.status_code in inner:
-        return inner[exc.status_code]
-    for cls in type(exc).__mro__:
-        if cls in inner:
-            return inner[cls]
-    return None

@@ -5,6 +5,8 @@
 * :mod:`shared.http.operations`: ``/healthz``, ``/readyz``, ``/metrics``.
 * :mod:`shared.http.middleware`: body limits, the NUL guard, request metrics.
 * :mod:`shared.http.app`: :func:`build_app`, which assembles a service with all of them.
+* :mod:`shared.http.lean`: what a service's lean path (a hot route answered without FastAPI's
+  machinery) shares: answering an exception with the app's own handlers.
 
 The names below are re-exported so ``from shared.http import X`` keeps working.
 """

@@ -17,6 +17,7 @@ from services.collector import lean
 from services.collector.deps import get_ingest
 from services.collector.routes.generic import LEAN, router
 from shared.apikeys import KeyKind, Principal, Scope
+from shared.http.lean import handler_for
 from tests.builders import response_payload
 
 JSON = [(b"content-type", b"application/json")]
@@ -154,6 +155,6 @@ def test_the_500_and_exception_handlers_are_left_to_the_outermost_layer() -> Non
         return None
 
     handlers: dict[Any, Any] = {500: handler, Exception: handler}
-    assert lean._handler(handlers, HTTPException(500)) is None
-    assert lean._handler(handlers, RuntimeError()) is None
-    assert lean._handler({**handlers, 503: handler}, HTTPException(503)) is handler
+    assert handler_for(handlers, HTTPException(500)) is None
+    assert handler_for(handlers, RuntimeError()) is None
+    assert handler_for({**handlers, 503: handler}, HTTPException(503)) is handler
