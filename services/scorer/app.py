@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware import Middleware
 
 from services.migrations import MIGRATIONS_DIR
 from services.scorer import api, gauges, snapshots
 from services.scorer.consumer import BatchHandler
+from services.scorer.lean import LeanQueryMiddleware
 from services.scorer.pages import build as build_pages
 from services.scorer.pages import routes as page_routes
 from shared.apikeys import KeyStore
@@ -102,6 +104,7 @@ def create_app(
         keystore=keystore,
         http=scorer,
         body_policy=pages.body_policy(scorer.max_body_bytes),
+        innermost=[Middleware(LeanQueryMiddleware)],
     )
     install_pages(app, pages)
     app.state.scorer_settings = scorer
