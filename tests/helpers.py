@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from shared.apikeys import KeyKind, Scope, create_key
 from shared.kafka import encode, make_producer
 from shared.settings import KafkaSettings
 from shared.topics import TOPIC_SPECS, Topic
@@ -243,3 +244,25 @@ def load_script(path: Path) -> ModuleType:
     sys.modules[spec.name] = module  # dataclasses look their module up while being built
     spec.loader.exec_module(module)
     return module
+
+
+def lean_answered(app: FastAPI, layer_type: type[Any]) -> int:
+    """How many requests ``app``'s lean path (a middleware of ``layer_type`` with an
+    ``answered`` count) answered: 0 without one."""
+    layer: Any = app.middleware_stack
+    while layer is not None:
+        if isinstance(layer, layer_type):
+            return int(layer.answered)
+        layer = getattr(layer, "app", None)
+    return 0
+
+
+async def secret_key(database_url: str, scope: Scope, name: str) -> str:
+    """A new secret API key of ``scope`` alone, stored in ``database_url``."""
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            key, _ = await create_key(conn, name=name, kind=KeyKind.SECRET, scopes=[scope])
+    finally:
+        await engine.dispose()
+    return key

@@ -11,16 +11,15 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
 from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.middleware import Middleware
 
 from services.collector.app import create_app
 from services.collector.lean import LeanSubmitMiddleware
 from services.servers import free_port
-from shared.apikeys import KeyKind, Scope, create_key
+from shared.apikeys import Scope
 from shared.settings import AuthSettings, CollectorSettings, DatabaseSettings, KafkaSettings
 from tests.builders import response_payload
-from tests.helpers import eventually, serving
+from tests.helpers import eventually, lean_answered, secret_key, serving
 
 UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 JSON = {"Content-Type": "application/json"}
@@ -113,13 +112,7 @@ async def answers(
 
 
 def answered(app: FastAPI) -> int:
-    """How many requests the app's lean path answered (0 without one)."""
-    layer: Any = app.middleware_stack
-    while layer is not None:
-        if isinstance(layer, LeanSubmitMiddleware):
-            return layer.answered
-        layer = getattr(layer, "app", None)
-    return 0
+    return lean_answered(app, LeanSubmitMiddleware)
 
 
 def is_lean(layer: Middleware) -> bool:
@@ -127,13 +120,7 @@ def is_lean(layer: Middleware) -> bool:
 
 
 async def scoped_key(database_url: str, scope: Scope) -> str:
-    engine = create_async_engine(database_url)
-    try:
-        async with engine.begin() as conn:
-            key, _ = await create_key(conn, name="helpdesk", kind=KeyKind.SECRET, scopes=[scope])
-    finally:
-        await engine.dispose()
-    return key
+    return await secret_key(database_url, scope, "helpdesk")
 
 
 def build(

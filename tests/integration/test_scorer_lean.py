@@ -16,11 +16,11 @@ from services.scorer import service
 from services.scorer.app import create_app
 from services.scorer.consumer import BatchHandler
 from services.scorer.lean import LeanQueryMiddleware
-from shared.apikeys import KeyKind, Scope, create_key
+from shared.apikeys import Scope
 from shared.kafka import Decoded
 from shared.settings import AuthSettings, DatabaseSettings, KafkaSettings, ScorerSettings
 from tests.builders import response_event
-from tests.helpers import database_down, serving
+from tests.helpers import database_down, lean_answered, secret_key, serving
 
 # Every answer is computed at this moment, so that a rolling window's `to` is the same in
 # both apps' answers.
@@ -72,13 +72,7 @@ def is_lean(layer: Middleware) -> bool:
 
 
 def answered(app: FastAPI) -> int:
-    """How many requests the app's lean path answered (0 without one)."""
-    layer: Any = app.middleware_stack
-    while layer is not None:
-        if isinstance(layer, LeanQueryMiddleware):
-            return layer.answered
-        layer = getattr(layer, "app", None)
-    return 0
+    return lean_answered(app, LeanQueryMiddleware)
 
 
 def build(
@@ -146,13 +140,7 @@ async def seed(database_url: str) -> None:
 
 
 async def scoped_key(database_url: str, scope: Scope) -> str:
-    engine = create_async_engine(database_url)
-    try:
-        async with engine.begin() as conn:
-            key, _ = await create_key(conn, name="other", kind=KeyKind.SECRET, scopes=[scope])
-    finally:
-        await engine.dispose()
-    return key
+    return await secret_key(database_url, scope, "other")
 
 
 async def test_the_lean_path_answers_as_the_routes_do(
