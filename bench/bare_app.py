@@ -15,8 +15,10 @@ import uvicorn
 from fastapi import FastAPI
 
 from services.collector.schemas import ResponseIn, Submitted
+from shared.http.app import NO_NATIVE_TELEMETRY
 
-app = FastAPI()
+# FastAPI's native telemetry off, as in the services: the reference pays no cost they do not.
+app = FastAPI(**NO_NATIVE_TELEMETRY)
 
 
 @app.post("/v1/responses", status_code=202)

