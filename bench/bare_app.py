@@ -15,10 +15,14 @@ import uvicorn
 from fastapi import FastAPI
 
 from services.collector.schemas import ResponseIn, Submitted
-from shared.http.app import NO_NATIVE_TELEMETRY
 
-# FastAPI's native telemetry off, as in the services: the reference pays no cost they do not.
-app = FastAPI(**NO_NATIVE_TELEMETRY)
+# FastAPI's native telemetry off, as in the services (shared/http/app.py's
+# NO_NATIVE_TELEMETRY, written out so that the reference imports none of their HTTP stack):
+# the reference pays no cost they do not.
+try:
+    app = FastAPI(telemetry={"tracing": False, "metrics": False, "logs": False})
+except TypeError:  # a FastAPI from before its native telemetry
+    app = FastAPI()
 
 
 @app.post("/v1/responses", status_code=202)

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import fastapi.applications
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.middleware import Middleware
@@ -46,9 +47,11 @@ def _warn_if_any_proxy(service: str, http: HttpSettings) -> None:
 # on every request whether any is configured: 2.4% of the collector's CPU under single-event
 # load (py-spy), for spans and metrics nobody here collects. The services' metrics are their
 # Prometheus ones; with all three kinds off, FastAPI skips its telemetry at once.
+# FastAPI's own class is asked, not whatever ``fastapi.FastAPI`` is now: an instrumentation
+# that swaps in a subclass taking ``**kwargs`` would otherwise hide the parameter.
 NO_NATIVE_TELEMETRY: dict[str, Any] = (
     {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
-    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    if "telemetry" in inspect.signature(fastapi.applications.FastAPI.__init__).parameters
     else {}
 )
 

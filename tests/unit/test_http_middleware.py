@@ -4,14 +4,20 @@ reading of its two headers, and FastAPI's native telemetry left off."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.util import find_spec
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
 
-from shared.http.app import NO_NATIVE_TELEMETRY
+from shared.apikeys import KeyStore
+from shared.http.app import NO_NATIVE_TELEMETRY, build_app
 from shared.http.middleware import JSON_ONLY, BodyLimitMiddleware, RequestMetricsMiddleware
+from shared.settings import HttpSettings
 
 
 class _Route:
@@ -91,6 +97,21 @@ class TestRequestMetrics:
         assert _timed(service, "/v1/c") == 1
         assert _timed(service, "unmatched") == 2
 
+        # Two services' layers count the same label set each under its own service.
+        other = f"unit-{uuid.uuid4().hex[:8]}"
+        await _call(RequestMetricsMiddleware(app, service=other), path="/202/v1/a")
+        assert _count(other, "GET", "/v1/a", "202") == 1
+        assert _count(service, "GET", "/v1/a", "202") == 3
+
+    async def test_a_made_up_method_is_counted_as_other(self) -> None:
+        service = f"unit-{uuid.uuid4().hex[:8]}"
+        middleware = RequestMetricsMiddleware(_app_answering(405, "/v1/a"), service=service)
+        for method in ("BREW", "X" * 300, "DELETE"):
+            await _call(middleware, method=method)
+        assert _count(service, "other", "/v1/a", "405") == 2
+        assert _count(service, "DELETE", "/v1/a", "405") == 1
+        assert _count(service, "BREW", "/v1/a", "405") == 0
+
     async def test_an_app_that_raises_is_counted_500(self) -> None:
         service = f"unit-{uuid.uuid4().hex[:8]}"
 
@@ -126,6 +147,14 @@ class TestBodyLimitHeaders:
             ([(b"content-type", b"application/json"), (b"content-length", b"101")], 413),
             ([(b"content-type", b"application/json"), (b"Content-Length", b" 101 ")], 413),
             ([(b"content-type", b"application/json"), (b"content-length", b"100")], 202),
+            # A digit outside ASCII is no length at all (int() would raise on it).
+            (
+                [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", "²".encode("latin-1")),
+                ],
+                202,
+            ),
             (
                 [
                     (b"content-length", b"101"),
@@ -144,20 +173,55 @@ class TestBodyLimitHeaders:
 
 
 class _Configured:
-    """A tracer provider FastAPI takes for a configured one (not one of its deferred ones)."""
+    """An OpenTelemetry provider FastAPI takes for a configured one (not one of its deferred
+    ones), which fails whatever is asked of it: a request that uses it fails."""
 
-    def get_tracer(self, *args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("no tracer may be asked for")
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the provider was used: {name}")
 
 
-def test_native_telemetry_is_off_even_with_a_provider_configured(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    if not NO_NATIVE_TELEMETRY:
+@pytest.fixture
+def providers_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry import _logs, metrics, trace
+
+    monkeypatch.setattr(trace, "get_tracer_provider", _Configured)
+    monkeypatch.setattr(metrics, "get_meter_provider", _Configured)
+    monkeypatch.setattr(_logs, "get_logger_provider", _Configured)
+
+
+@asynccontextmanager
+async def _no_lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+
+
+async def _ready() -> dict[str, bool]:
+    return {}
+
+
+async def _healthz(app: FastAPI) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://unit") as client:
+        return await client.get("/healthz")
+
+
+@pytest.mark.usefixtures("providers_configured")
+async def test_a_services_app_leaves_a_configured_provider_alone() -> None:
+    if find_spec("fastapi.telemetry") is None:
         pytest.skip("this FastAPI has no native telemetry")
-    from opentelemetry import trace
+    assert NO_NATIVE_TELEMETRY, "FastAPI has native telemetry, but the services leave it on"
+    # The control: FastAPI's default uses the providers, and the request fails.
+    default = FastAPI()
+    default.add_api_route("/healthz", _ready)
+    with pytest.raises(AssertionError, match="the provider was used"):
+        await _healthz(default)
 
-    monkeypatch.setattr(trace, "get_tracer_provider", lambda: _Configured())
-    # The default would trace every request under that provider; the services' setting not.
-    assert FastAPI()._native_telemetry.enabled()
-    assert not FastAPI(**NO_NATIVE_TELEMETRY)._native_telemetry.enabled()
+    app = build_app(
+        service="unit",
+        description="",
+        lifespan=_no_lifespan,
+        readiness=_ready,
+        routers=[],
+        keystore=KeyStore(["k"]),
+        http=HttpSettings(),
+    )
+    assert (await _healthz(app)).status_code == 200
