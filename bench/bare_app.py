@@ -15,14 +15,11 @@ import uvicorn
 from fastapi import FastAPI
 
 from services.collector.schemas import ResponseIn, Submitted
+from shared.http.app import NO_NATIVE_TELEMETRY
 
-# FastAPI's native telemetry off, as in the services (shared/http/app.py's
-# NO_NATIVE_TELEMETRY, written out so that the reference imports none of their HTTP stack):
-# the reference pays no cost they do not.
-try:
-    app = FastAPI(telemetry={"tracing": False, "metrics": False, "logs": False})
-except TypeError:  # a FastAPI from before its native telemetry
-    app = FastAPI()
+# FastAPI's native telemetry off, as in the services: the reference pays no per-request cost
+# they do not. (The import loads the services' HTTP modules; only start-up pays for that.)
+app = FastAPI(**NO_NATIVE_TELEMETRY)
 
 
 @app.post("/v1/responses", status_code=202)

@@ -43,12 +43,12 @@ def _warn_if_any_proxy(service: str, http: HttpSettings) -> None:
         )
 
 
-# FastAPI's own OpenTelemetry (from 0.16x) asks the global tracer, meter and logger providers
-# on every request whether any is configured: 2.4% of the collector's CPU under single-event
-# load (py-spy), for spans and metrics nobody here collects. The services' metrics are their
-# Prometheus ones; with all three kinds off, FastAPI skips its telemetry at once.
-# FastAPI's own class is asked, not whatever ``fastapi.FastAPI`` is now: an instrumentation
-# that swaps in a subclass taking ``**kwargs`` would otherwise hide the parameter.
+# FastAPI's own OpenTelemetry (0.165 has it; older releases lack the parameter) asks the
+# global tracer, meter and logger providers on every request whether any is configured: 2.4%
+# of the collector's CPU under single-event load (py-spy), for spans and metrics nobody here
+# collects. With all three kinds off, FastAPI skips its telemetry at once. The signature of
+# FastAPI's own class is read, not that of ``fastapi.FastAPI``: an instrumentation may swap
+# in a subclass taking ``**kwargs``, which would hide the parameter.
 NO_NATIVE_TELEMETRY: dict[str, Any] = (
     {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
     if "telemetry" in inspect.signature(fastapi.applications.FastAPI.__init__).parameters
