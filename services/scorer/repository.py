@@ -711,9 +711,11 @@ def _sorted(rows: Any) -> list[dict[str, Any]]:
 def response_record(e: ResponseSubmitted) -> tuple[Any, ...]:
     """Return a response as a row of RESPONSE_COLUMNS, for COPY into ``staged_responses``."""
     s = e.segments
+    # The enums as they are: each is a str (StrEnum) whose text is its value, which the
+    # driver writes as it is, without the ``.value`` property's lookup for each of them.
     return (
-        e.event_id, e.submission_id, e.metric.value, e.scale, e.score, e.survey_type.value,
-        e.channel.value, e.touchpoint, s.location, s.product, s.business_unit, e.customer_id,
+        e.event_id, e.submission_id, e.metric, e.scale, e.score, e.survey_type,
+        e.channel, e.touchpoint, s.location, s.product, s.business_unit, e.customer_id,
         e.ticket_id, e.comment, list(e.reasons), e.locale, e.source, e.occurred_at,
         e.received_at,
     )  # fmt: skip
